@@ -1,0 +1,653 @@
+//! The TOML configuration: schema, defaults, validation, and errors that name the
+//! file, the line and the key, and say what is wrong.
+//!
+//! Parsing never panics on input; every problem becomes a [`ConfigError`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::{Deserialize, Deserializer};
+
+/// Where the default config lives (overridable with `MCPFLIP_CONFIG` or `--config`).
+pub const DEFAULT_PATH: &str = "config/mcpflip.toml";
+/// Socket path used by `mcpflip ctl` when neither `--socket` nor `MCPFLIP_SOCKET` is given.
+pub const DEFAULT_SOCKET: &str = "/run/mcpflip/control.sock";
+
+/// A configuration problem, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the problem has one.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `slot[1].upstream`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": key `{}`: {}", self.key, self.message)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub drain: DrainConfig,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    #[serde(default)]
+    pub watch: WatchConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(rename = "slot", default)]
+    pub slots: Vec<SlotConfig>,
+    /// The file this config was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    #[serde(default = "default_listen")]
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin")]
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    #[serde(default = "default_deadline", deserialize_with = "duration")]
+    pub deadline: Duration,
+    #[serde(default = "default_quiet", deserialize_with = "duration")]
+    pub quiet: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeTransport {
+    StreamableHttp,
+    Sse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    #[serde(default = "default_probe_transport")]
+    pub transport: ProbeTransport,
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub expect_tools: Option<Vec<String>>,
+    pub canary: Option<CanaryConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    pub tool: String,
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    #[serde(default = "default_window", deserialize_with = "duration")]
+    pub window: Duration,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_error_ratio")]
+    pub max_error_ratio: f64,
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+}
+
+/// How requests are forwarded (an extension of INTERFACE.md's schema).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Forward the client's `Host` instead of the upstream's own authority. Off by
+    /// default: MCP SDK servers answer 421 to a foreign Host (DNS-rebinding guard).
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Time allowed to open a TCP connection to a slot.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time a client has to send its request headers (slowloris guard).
+    #[serde(default = "default_header_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Idle upstream connections are kept this long in the pool.
+    #[serde(default = "default_pool_idle", deserialize_with = "duration")]
+    pub pool_idle_timeout: Duration,
+    /// Worker threads of the proxy runtime (0 = one per core).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    pub name: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub weight: u32,
+}
+
+impl SlotConfig {
+    /// The validated upstream URI (validation guarantees it parses).
+    pub fn upstream_uri(&self) -> Result<Uri, http::uri::InvalidUri> {
+        self.upstream.parse()
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_state_file() -> PathBuf {
+    PathBuf::from("/var/lib/mcpflip/state.json")
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_quiet() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_probe_path() -> String {
+    "/mcp".into()
+}
+fn default_probe_transport() -> ProbeTransport {
+    ProbeTransport::StreamableHttp
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_error_ratio() -> f64 {
+    0.05
+}
+fn default_true() -> bool {
+    true
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(90)
+}
+
+macro_rules! section_default {
+    ($t:ty { $($f:ident : $v:expr),* $(,)? }) => {
+        impl Default for $t {
+            fn default() -> Self {
+                Self { $($f: $v),* }
+            }
+        }
+    };
+}
+section_default!(ListenConfig { addr: default_listen(), tls: None });
+section_default!(AdminConfig { addr: default_admin() });
+section_default!(ControlConfig { socket: default_socket(), state_file: default_state_file() });
+section_default!(DrainConfig { deadline: default_deadline(), quiet: default_quiet() });
+section_default!(ProbeConfig {
+    path: default_probe_path(),
+    transport: default_probe_transport(),
+    timeout: default_probe_timeout(),
+    expect_tools: None,
+    canary: None,
+});
+section_default!(WatchConfig {
+    window: default_window(),
+    interval: default_interval(),
+    max_error_ratio: default_error_ratio(),
+    auto_rollback: true,
+});
+section_default!(ProxyConfig {
+    preserve_host: false,
+    connect_timeout: default_connect_timeout(),
+    header_read_timeout: default_header_timeout(),
+    pool_idle_timeout: default_pool_idle(),
+    workers: 0,
+});
+
+/// Parses a humane duration string ("250ms", "90s", "5m", "1h 30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?}: {e} (write it like \"250ms\", \"90s\" or \"5m\")")
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// Reads, parses and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => locate_offset(text, span.start),
+                None => (None, String::new()),
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                key,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.source = path.to_path_buf();
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let err = |section: &str, index: Option<usize>, key: &str, message: String| {
+            let line = locate_key(text, section, index, key);
+            let shown = match index {
+                Some(i) => format!("{section}[{i}].{key}"),
+                None if section.is_empty() => key.to_string(),
+                None => format!("{section}.{key}"),
+            };
+            ConfigError {
+                file: self.source.clone(),
+                line,
+                key: shown,
+                message,
+            }
+        };
+        if self.slots.is_empty() {
+            return Err(ConfigError {
+                file: self.source.clone(),
+                line: None,
+                key: "slot".into(),
+                message: "no [[slot]] is configured: add at least one, e.g.\n  [[slot]]\n  name = \"blue\"\n  upstream = \"http://127.0.0.1:3001\"\n  weight = 100".into(),
+            });
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.name.is_empty()
+                || slot.name.len() > 32
+                || !slot
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    "slot",
+                    Some(i),
+                    "name",
+                    format!(
+                        "slot name {:?} must be 1 to 32 characters of letters, digits, '-' or '_'",
+                        slot.name
+                    ),
+                ));
+            }
+            if let Some(j) = self.slots[..i].iter().position(|s| s.name == slot.name) {
+                return Err(err(
+                    "slot",
+                    Some(i),
+                    "name",
+                    format!("slot name {:?} is already used by slot[{j}]", slot.name),
+                ));
+            }
+            if let Err(message) = check_upstream(&slot.upstream) {
+                return Err(err("slot", Some(i), "upstream", message));
+            }
+            if slot.weight > 1_000_000 {
+                return Err(err(
+                    "slot",
+                    Some(i),
+                    "weight",
+                    format!("weight {} is out of range (0 to 1000000)", slot.weight),
+                ));
+            }
+        }
+        if self.slots.iter().all(|s| s.weight == 0) {
+            return Err(err(
+                "slot",
+                Some(0),
+                "weight",
+                "no slot has a weight above 0, so no slot would take new sessions: give the active slot `weight = 100`".into(),
+            ));
+        }
+        if self.drain.deadline.is_zero() {
+            return Err(err("drain", None, "deadline", "must be greater than 0".into()));
+        }
+        if self.probe.timeout.is_zero() {
+            return Err(err("probe", None, "timeout", "must be greater than 0".into()));
+        }
+        if !self.probe.path.starts_with('/') {
+            return Err(err(
+                "probe",
+                None,
+                "path",
+                format!("{:?} must be an absolute path such as \"/mcp\"", self.probe.path),
+            ));
+        }
+        if self.watch.interval.is_zero() {
+            return Err(err("watch", None, "interval", "must be greater than 0".into()));
+        }
+        if !(0.0..=1.0).contains(&self.watch.max_error_ratio) {
+            return Err(err(
+                "watch",
+                None,
+                "max_error_ratio",
+                format!("{} must be between 0 and 1", self.watch.max_error_ratio),
+            ));
+        }
+        if self.proxy.connect_timeout.is_zero() {
+            return Err(err("proxy", None, "connect_timeout", "must be greater than 0".into()));
+        }
+        if self.proxy.header_read_timeout.is_zero() {
+            return Err(err("proxy", None, "header_read_timeout", "must be greater than 0".into()));
+        }
+        if self.control.socket.as_os_str().is_empty() {
+            return Err(err("control", None, "socket", "must not be empty".into()));
+        }
+        if self.control.state_file.as_os_str().is_empty() {
+            return Err(err("control", None, "state_file", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// A human-readable summary of the resolved settings (for `mcpflip check`).
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.source.display());
+        let scheme = if self.listen.tls.is_some() { "https" } else { "http" };
+        let _ = writeln!(s, "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2)", self.listen.addr);
+        let _ = writeln!(s, "  admin         http://{}/metrics /status /healthz", self.admin.addr);
+        let _ = writeln!(s, "  control       {}", self.control.socket.display());
+        let _ = writeln!(s, "  state file    {}", self.control.state_file.display());
+        let _ = writeln!(
+            s,
+            "  drain         deadline {}, quiet {}",
+            d(self.drain.deadline),
+            d(self.drain.quiet)
+        );
+        let transport = match self.probe.transport {
+            ProbeTransport::StreamableHttp => "streamable-http",
+            ProbeTransport::Sse => "sse",
+        };
+        let _ = writeln!(
+            s,
+            "  probe         {} {} timeout {}{}",
+            transport,
+            self.probe.path,
+            d(self.probe.timeout),
+            match &self.probe.expect_tools {
+                Some(t) => format!(", expect tools [{}]", t.join(", ")),
+                None => String::new(),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  watch         window {}, interval {}, max error ratio {}, auto rollback {}",
+            d(self.watch.window),
+            d(self.watch.interval),
+            self.watch.max_error_ratio,
+            self.watch.auto_rollback
+        );
+        let _ = writeln!(
+            s,
+            "  proxy         preserve_host {}, connect timeout {}, header read timeout {}",
+            self.proxy.preserve_host,
+            d(self.proxy.connect_timeout),
+            d(self.proxy.header_read_timeout)
+        );
+        for slot in &self.slots {
+            let _ = writeln!(s, "  slot {:<8} {} weight {}", slot.name, slot.upstream, slot.weight);
+        }
+        s
+    }
+}
+
+fn check_upstream(s: &str) -> Result<(), String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a valid URL: {e} (write it like \"http://127.0.0.1:3001\")"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{s:?}: https:// upstreams are not supported yet; use http:// on a private network"
+            ))
+        }
+        _ => return Err(format!("{s:?} must start with http://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err(format!(
+            "{s:?} has a path; give only scheme, host and port (requests keep their own path)"
+        ));
+    }
+    Ok(())
+}
+
+/// The 1-based line of byte `offset` and the dotted key path written there.
+fn locate_offset(text: &str, offset: usize) -> (Option<usize>, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let mut section = String::new();
+    for l in before.lines().rev() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+    }
+    let trimmed = line.trim();
+    let key = if trimmed.starts_with('[') {
+        trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string()
+    } else {
+        let k = trimmed.split('=').next().unwrap_or("").trim();
+        match (section.is_empty(), k.is_empty()) {
+            (_, true) => section,
+            (true, false) => k.to_string(),
+            (false, false) => format!("{section}.{k}"),
+        }
+    };
+    (Some(line_no), key)
+}
+
+/// Finds the line of `key` in `[section]` (or in the `index`-th `[[section]]`).
+fn locate_key(text: &str, section: &str, index: Option<usize>, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut array_seen: usize = 0;
+    let mut current_index: Option<usize> = None;
+    let mut header_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            current = name.trim().to_string();
+            if current == section {
+                current_index = Some(array_seen);
+                array_seen += 1;
+                if current_index == index {
+                    header_line = Some(n + 1);
+                }
+            } else {
+                current_index = None;
+            }
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            current = name.trim().to_string();
+            current_index = None;
+            if index.is_none() && current == section {
+                header_line = Some(n + 1);
+            }
+            continue;
+        }
+        if current == section && current_index == index {
+            let k = t.split('=').next().unwrap_or("").trim();
+            if k == key {
+                return Some(n + 1);
+            }
+        }
+    }
+    header_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[listen]
+addr = "127.0.0.1:8080"
+
+[drain]
+deadline = "90s"
+
+[[slot]]
+name = "blue"
+upstream = "http://127.0.0.1:3001"
+weight = 100
+
+[[slot]]
+name = "green"
+upstream = "http://127.0.0.1:3002"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.drain.deadline, Duration::from_secs(90));
+        assert_eq!(c.drain.quiet, Duration::from_secs(1));
+        assert_eq!(c.slots.len(), 2);
+        assert_eq!(c.slots[1].weight, 0);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse(&GOOD.replace("deadline = \"90s\"", "deadlin = \"90s\"")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("test.toml:6: key `drain.deadlin`"), "{s}");
+        assert!(s.contains("unknown field"), "{s}");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let e = parse(&GOOD.replace("\"90s\"", "\"ninety\"")).unwrap_err();
+        assert_eq!(e.line, Some(6));
+        assert_eq!(e.key, "drain.deadline");
+        assert!(e.message.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_slot_is_located() {
+        let e = parse(&GOOD.replace("name = \"green\"", "name = \"blue\"")).unwrap_err();
+        assert_eq!(e.line, Some(14));
+        assert_eq!(e.key, "slot[1].name");
+        assert!(e.message.contains("already used"), "{e}");
+    }
+
+    #[test]
+    fn bad_upstream_is_located() {
+        let e = parse(&GOOD.replace("http://127.0.0.1:3002", "ftp://x")).unwrap_err();
+        assert_eq!(e.line, Some(15));
+        assert_eq!(e.key, "slot[1].upstream");
+    }
+
+    #[test]
+    fn all_zero_weights_are_refused() {
+        let e = parse(&GOOD.replace("weight = 100", "weight = 0")).unwrap_err();
+        assert!(e.message.contains("no slot has a weight"), "{e}");
+        assert_eq!(e.line, Some(11));
+    }
+
+    #[test]
+    fn wrong_type_is_located() {
+        let e = parse(&GOOD.replace("weight = 100", "weight = \"heavy\"")).unwrap_err();
+        assert_eq!(e.line, Some(11));
+        assert_eq!(e.key, "slot.weight");
+    }
+
+    #[test]
+    fn zero_deadline_is_refused() {
+        let e = parse(&GOOD.replace("\"90s\"", "\"0s\"")).unwrap_err();
+        assert_eq!(e.key, "drain.deadline");
+        assert_eq!(e.line, Some(6));
+    }
+}

@@ -1,0 +1,252 @@
+//! `mcpflip demo`: a self-contained blue-green deploy on loopback. Two built-in
+//! MCP slots, the proxy on an embedded config, clients holding legacy SSE
+//! sessions of different lengths, a flip with drain, and a timeline of who is
+//! where and how the live counts fall until blue is drained.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::upstream::{self, Transport, UpstreamConfig};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Timeline(Instant);
+
+impl Timeline {
+    fn say(&self, msg: impl AsRef<str>) {
+        println!("[{:>6.2}s] {}", self.0.elapsed().as_secs_f64(), msg.as_ref());
+    }
+}
+
+/// A legacy HTTP+SSE MCP session held open through the proxy.
+pub struct SseSession {
+    client: HttpClient,
+    base: String,
+    post_url: String,
+    stream: Incoming,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+impl SseSession {
+    /// Opens `GET {base}/sse`, reads the endpoint, and initializes.
+    pub async fn open(client: &HttpClient, base: &str) -> anyhow::Result<Self> {
+        let req = http::Request::get(format!("{base}/sse"))
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))?;
+        let resp = client.request(req).await.context("GET /sse")?;
+        if !resp.status().is_success() {
+            bail!("GET /sse answered {}", resp.status());
+        }
+        let mut s = SseSession {
+            client: client.clone(),
+            base: base.to_string(),
+            post_url: String::new(),
+            stream: resp.into_body(),
+            buf: Vec::new(),
+            next_id: 1,
+        };
+        let (event, data) = s.next_event().await?;
+        if event != "endpoint" {
+            bail!("first event was {event:?}, not endpoint");
+        }
+        s.post_url = if data.starts_with('/') { format!("{base}{data}") } else { data };
+        s.request("initialize", json!({"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "mcpflip-demo", "version": "1"}})).await?;
+        s.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await?;
+        Ok(s)
+    }
+
+    /// The tagged POST URL the proxy gave this session.
+    pub fn post_url(&self) -> &str {
+        &self.post_url
+    }
+
+    async fn next_event(&mut self) -> anyhow::Result<(String, String)> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&raw);
+                let (mut event, mut data) = ("message".to_string(), String::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if data.is_empty() && event == "message" {
+                    continue;
+                }
+                return Ok((event, data));
+            }
+            match self.stream.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.buf.extend_from_slice(&d.to_vec().into_iter().filter(|b| *b != b'\r').collect::<Vec<_>>());
+                    }
+                }
+                Some(Err(e)) => bail!("stream failed: {e}"),
+                None => bail!("stream closed"),
+            }
+        }
+    }
+
+    async fn post(&self, msg: Value) -> anyhow::Result<()> {
+        let req = http::Request::post(&self.post_url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(msg.to_string())))?;
+        let resp = self.client.request(req).await.context("POST message")?;
+        if !resp.status().is_success() {
+            bail!("POST answered {}", resp.status());
+        }
+        let _ = resp.into_body().collect().await;
+        Ok(())
+    }
+
+    /// Sends a request and waits for its response on the stream.
+    pub async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await?;
+        loop {
+            let (_, data) = self.next_event().await?;
+            let v: Value = serde_json::from_str(&data).with_context(|| format!("bad message {data:?}"))?;
+            if v["id"] == json!(id) {
+                if let Some(e) = v.get("error") {
+                    bail!("{method} failed: {e}");
+                }
+                return Ok(v["result"].clone());
+            }
+        }
+    }
+
+    /// Calls `tool` and returns its text.
+    pub async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<String> {
+        let r = self.request("tools/call", json!({"name": tool, "arguments": args})).await?;
+        Ok(r["content"][0]["text"].as_str().unwrap_or_default().to_string())
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+}
+
+/// A plain HTTP client for the demo and tests.
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn start_slot(name: &str, stop: &CancellationToken) -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    let cfg = UpstreamConfig::new(name, Transport::Both);
+    let stop = stop.clone();
+    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
+    Ok(port)
+}
+
+/// Runs the demo; `Ok` when the deploy succeeded.
+pub async fn run() -> anyhow::Result<()> {
+    let t = Arc::new(Timeline(Instant::now()));
+    let dir = std::env::temp_dir().join(format!("mcpflip-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let stop = CancellationToken::new();
+    let blue = start_slot("blue", &stop).await?;
+    let green = start_slot("green", &stop).await?;
+    t.say(format!("blue  slot: built-in MCP server on 127.0.0.1:{blue}"));
+    t.say(format!("green slot: built-in MCP server on 127.0.0.1:{green}"));
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{sock}\"\nstate_file = \"{state}\"\n[drain]\ndeadline = \"30s\"\nquiet = \"200ms\"\n\
+         [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\nweight = 0\n",
+        sock = dir.join("control.sock").display(),
+        state = dir.join("state.json").display(),
+    );
+    let config = Config::parse(&text, std::path::Path::new("<embedded demo config>")).map_err(|e| anyhow!("{e}"))?;
+    let running = crate::run::start(config, true).await?;
+    let base = format!("http://{}", running.public_addr);
+    let ctl = Arc::clone(&running.controller);
+    t.say(format!("mcpflip listening on {base} (metrics on http://{}/metrics)", running.admin_addr));
+
+    let client = http_client();
+    // Three clients hold legacy SSE sessions of different lengths.
+    let holds = [1.0f64, 2.0, 3.5];
+    let mut tasks = Vec::new();
+    for (i, hold) in holds.iter().enumerate() {
+        let mut s = SseSession::open(&client, &base).await?;
+        let who = s.call("whoami", json!({})).await?;
+        t.say(format!("client {} opened an SSE session on {who} (will hold it {hold}s)", i + 1));
+        let t = Arc::clone(&t);
+        let hold = *hold;
+        tasks.push(tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs_f64(hold);
+            let mut calls = 0;
+            while Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let who = s.call("whoami", json!({})).await?;
+                if who != "blue" {
+                    bail!("client {} was moved to {who}", i + 1);
+                }
+                calls += 1;
+            }
+            t.say(format!("client {} closes its session ({calls} calls, all answered by blue)", i + 1));
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let status = ctl.status();
+    t.say(format!("live streams: blue {}, green {}", status["slots"][0]["live_streams"], status["slots"][1]["live_streams"]));
+
+    t.say("deploy: flip green --no-probe --drain   (nginx recipe: reload, then `sleep 120`)");
+    let (reply, _) = ctl.flip("green", true).await.map_err(|e| anyhow!("{e}"))?;
+    t.say(format!("flipped {} -> {}; blue is draining", reply["from"].as_str().unwrap_or("?"), reply["to"].as_str().unwrap_or("?")));
+    let mut fresh = SseSession::open(&client, &base).await?;
+    let who = fresh.call("whoami", json!({})).await?;
+    t.say(format!("a new client lands on {who}"));
+    if who != "green" {
+        bail!("new session landed on {who}, not green");
+    }
+    drop(fresh);
+
+    let t2 = Arc::clone(&t);
+    let mut last = u64::MAX;
+    let outcome = ctl
+        .wait_drained("blue", Some(Duration::from_secs(60)), move |p| {
+            let live = p["live_streams"].as_u64().unwrap_or(0);
+            if live != last {
+                t2.say(format!("blue: {live} live streams, {} in flight", p["inflight"]));
+                last = live;
+            }
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    for task in tasks {
+        task.await??;
+    }
+    t.say(format!(
+        "blue drained after {:.2}s: its last session had just closed; safe to stop blue (the guide would still be sleeping for {:.0}s)",
+        outcome.drained_after_ms as f64 / 1000.0,
+        120.0 - outcome.drained_after_ms as f64 / 1000.0
+    ));
+    let status = ctl.status();
+    for s in status["slots"].as_array().into_iter().flatten() {
+        t.say(format!("  {:<6} {:<8} weight {:>3}  live streams {}", s["name"].as_str().unwrap_or(""), s["state"].as_str().unwrap_or(""), s["weight"], s["live_streams"]));
+    }
+    if outcome.forced > 0 {
+        bail!("{} streams had to be forced", outcome.forced);
+    }
+    running.shutdown().await;
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+    t.say("deploy succeeded");
+    Ok(())
+}

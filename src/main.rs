@@ -1,0 +1,203 @@
+//! The `mcpflip` command line: parses, then calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mcpflip::config::{Config, DEFAULT_PATH, DEFAULT_SOCKET};
+
+#[derive(Parser)]
+#[command(name = "mcpflip", version, about = "Blue-green reverse proxy for MCP servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy.
+    Run {
+        #[arg(long, env = "MCPFLIP_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Start from the config's weights, ignoring the state file.
+        #[arg(long)]
+        ignore_state: bool,
+    },
+    /// Validate a config and print the resolved settings (like `nginx -t`).
+    Check {
+        #[arg(long, env = "MCPFLIP_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// A self-contained showcase: two demo slots, clients holding SSE sessions, a flip with drain.
+    Demo,
+    /// The built-in demo MCP server.
+    Upstream {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "blue")]
+        slot: String,
+        #[arg(long, value_enum, default_value = "both")]
+        transport: TransportArg,
+        /// Serve only these tools (comma-separated); simulates a broken release.
+        #[arg(long, value_delimiter = ',')]
+        tools: Option<Vec<String>>,
+        /// Answer 500 to initialize.
+        #[arg(long)]
+        fail_initialize: bool,
+    },
+    /// Send one control command to a running proxy.
+    Ctl {
+        #[arg(long, env = "MCPFLIP_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the raw JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments, e.g. `flip green --no-probe --drain`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Sse,
+    StreamableHttp,
+    Both,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", c.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mcpflip: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config, ignore_state } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mcpflip: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing();
+            let workers = config.proxy.workers;
+            let rt = if workers > 0 {
+                tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+            } else {
+                runtime()
+            };
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mcpflip: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(run(config, ignore_state)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcpflip: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Demo => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mcpflip: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(mcpflip::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Upstream { port, slot, transport, tools, fail_initialize } => {
+            init_tracing();
+            let transport = match transport {
+                TransportArg::Sse => mcpflip::upstream::Transport::Sse,
+                TransportArg::StreamableHttp => mcpflip::upstream::Transport::StreamableHttp,
+                TransportArg::Both => mcpflip::upstream::Transport::Both,
+            };
+            let mut cfg = mcpflip::upstream::UpstreamConfig::new(slot, transport);
+            cfg.tools = tools;
+            cfg.fail_initialize = fail_initialize;
+            let result = runtime().and_then(|rt| {
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    let s2 = stop.clone();
+                    tokio::spawn(async move {
+                        shutdown_signal().await;
+                        s2.cancel();
+                    });
+                    mcpflip::upstream::serve(listener, cfg, stop).await
+                })
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcpflip upstream: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Ctl { socket, json, command } => {
+            let line = command.join(" ");
+            match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(mcpflip::control::client::run(&socket, &line, json))) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => {
+                    eprintln!("mcpflip ctl: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn run(config: Config, ignore_state: bool) -> anyhow::Result<()> {
+    let socket = config.control.socket.clone();
+    let running = mcpflip::run::start(config, ignore_state).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining every slot up to the drain deadline (signal again to stop at once)");
+    tokio::select! {
+        _ = running.shutdown() => {}
+        _ = shutdown_signal() => tracing::warn!("second signal: stopping now"),
+    }
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}

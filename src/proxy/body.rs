@@ -1,0 +1,234 @@
+//! Bodies on the request path: what we send upstream (`ForwardBody`) and what we
+//! send the client (`ResponseBody`), which carries the counting guards.
+//!
+//! An SSE response is passed on frame by frame, never buffered; the body knows
+//! the last event boundary, so a forced end (drain deadline) ends the stream
+//! between events, never inside one. Dropping the body (client gone) drops the
+//! guards and the upstream response with them, which closes the upstream
+//! connection at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
+use crate::stats::{InflightGuard, StreamGuard};
+
+/// A request body on its way upstream.
+#[derive(Debug)]
+pub enum ForwardBody {
+    /// The client's body, streamed.
+    Incoming(Incoming),
+    /// A body we made (probes).
+    Full(Full<Bytes>),
+}
+
+impl From<Incoming> for ForwardBody {
+    fn from(b: Incoming) -> Self {
+        ForwardBody::Incoming(b)
+    }
+}
+
+impl From<Bytes> for ForwardBody {
+    fn from(b: Bytes) -> Self {
+        ForwardBody::Full(Full::new(b))
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ForwardBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ForwardBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ForwardBody::Incoming(b) => b.is_end_stream(),
+            ForwardBody::Full(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ForwardBody::Incoming(b) => b.size_hint(),
+            ForwardBody::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    /// A body the proxy wrote itself (errors, 404 for a gone session).
+    Local(Full<Bytes>),
+    /// An upstream body that is not a stream; in flight until it ends.
+    Plain {
+        inner: Incoming,
+        guard: Option<InflightGuard>,
+    },
+    /// An SSE stream.
+    Stream(Box<Stream>),
+}
+
+struct Stream {
+    inner: Incoming,
+    guard: Option<StreamGuard>,
+    scanner: SseScanner,
+    force: Pin<Box<WaitForCancellationFutureOwned>>,
+    forced: bool,
+    done: bool,
+    rewrite: Option<EndpointRewrite>,
+}
+
+impl ResponseBody {
+    pub fn local(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Local(Full::new(bytes)),
+        }
+    }
+
+    pub fn plain(inner: Incoming, guard: InflightGuard) -> Self {
+        Self {
+            kind: Kind::Plain {
+                inner,
+                guard: Some(guard),
+            },
+        }
+    }
+
+    /// An SSE stream counted by `guard`, ended at an event boundary when the
+    /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`.
+    pub fn stream(inner: Incoming, guard: StreamGuard, rewrite: Option<EndpointRewrite>) -> Self {
+        let force = Box::pin(guard.stats().force_token().cancelled_owned());
+        Self {
+            kind: Kind::Stream(Box::new(Stream {
+                inner,
+                guard: Some(guard),
+                scanner: SseScanner::default(),
+                force,
+                forced: false,
+                done: false,
+                rewrite,
+            })),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Kind::Plain { inner, guard } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guard.take();
+                }
+                polled
+            }
+            Kind::Stream(s) => s.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(b) => b.is_end_stream(),
+            Kind::Plain { inner, .. } => inner.is_end_stream(),
+            Kind::Stream(s) => s.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local(b) => b.size_hint(),
+            Kind::Plain { inner, .. } => inner.size_hint(),
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Stream {
+    fn finish(&mut self) {
+        self.done = true;
+        self.guard.take();
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if !self.forced && self.force.as_mut().poll(cx).is_ready() {
+            self.forced = true;
+        }
+        if self.forced && self.scanner.at_boundary() && self.rewrite.is_none() {
+            self.finish();
+            return Poll::Ready(None);
+        }
+        loop {
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.finish();
+                    if let Some(held) = self.rewrite.take().and_then(|mut r| r.finish()) {
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.finish();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let mut data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => return Poll::Ready(Some(Ok(frame))),
+            };
+            if let Some(rewrite) = self.rewrite.as_mut() {
+                match rewrite.push(data) {
+                    Rewritten::Pending => continue,
+                    Rewritten::Done(out) => {
+                        self.rewrite = None;
+                        data = out;
+                    }
+                }
+            }
+            if self.forced {
+                // Send up to the end of the event in progress, then stop.
+                if let Some(end) = self.scanner.feed_to_boundary(&data) {
+                    self.finish();
+                    return Poll::Ready(Some(Ok(Frame::data(data.slice(..end)))));
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if let Some(ms) = self.scanner.feed(&data) {
+                if let Some(g) = &self.guard {
+                    g.stats().note_retry(ms);
+                }
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! One request's life, in phases: route → rewrite the request → send through the
+//! slot's pooled client → classify and rewrite the response → count it.
+//!
+//! The hot path: one `ArcSwap` load, a few atomics, header edits. No lock, no
+//! map lookup, no body buffering.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::proxy::affinity::{self, Route, TagSite};
+use crate::proxy::body::{ForwardBody, ResponseBody};
+use crate::proxy::sse::EndpointRewrite;
+use crate::stats::UpstreamError;
+use crate::table::{Slot, Tables};
+use crate::upstream_client::classify;
+
+pub const MCP_SESSION_ID: &str = "mcp-session-id";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the request path needs besides the request itself.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub tables: Arc<Tables>,
+    pub preserve_host: bool,
+    /// `https` when the public listener terminates TLS.
+    pub proto: HeaderValue,
+}
+
+impl Forwarder {
+    /// Serves one client request.
+    pub async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let (slot, pinned) = {
+            let table = self.tables.load();
+            match affinity::route(&table, &req) {
+                Route::Pinned { slot, site } => {
+                    strip_tag(&mut req, site);
+                    (slot, true)
+                }
+                Route::Picked(slot) => (slot, false),
+                Route::SessionGone => {
+                    tracing::info!(target: "access", %method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
+                    return session_not_found();
+                }
+                Route::NoSlot => {
+                    tracing::warn!(target: "access", %method, uri = %req.uri(), status = 503, "no slot is serving");
+                    return local_error(StatusCode::SERVICE_UNAVAILABLE, None, "no_slot", "no slot is serving");
+                }
+            }
+        };
+        let stats = &slot.stats;
+        if pinned {
+            stats.touch_pinned();
+        }
+        let inflight = stats.inflight_guard();
+        // A legacy SSE session starts with a GET that carries no session id.
+        let legacy_get = method == Method::GET && !req.headers().contains_key(MCP_SESSION_ID) && !pinned;
+
+        if let Err(resp) = self.rewrite_request(&mut req, &slot, peer) {
+            return resp;
+        }
+        let req = req.map(ForwardBody::from);
+        let resp = match slot.client.request(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let kind = classify(&e);
+                stats.count_upstream_error(kind);
+                let (status, code) = match kind {
+                    UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+                    UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream_connect"),
+                    UpstreamError::Reset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
+                };
+                stats.count_response(status.as_u16());
+                let cause = error_chain(&e);
+                tracing::warn!(target: "access", slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
+                return local_error(status, Some(&slot.name), code, &cause);
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        stats.count_response(parts.status.as_u16());
+        strip_hop_by_hop(&mut parts.headers);
+        if parts.status.is_success() {
+            if let Some(id) = parts.headers.get(MCP_SESSION_ID) {
+                // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
+                if let Some(tagged) = affinity::tag_header(&slot, id) {
+                    parts.headers.insert(MCP_SESSION_ID, tagged);
+                }
+            }
+        }
+        let is_sse = is_event_stream(&parts.headers);
+        tracing::info!(
+            target: "access",
+            slot = %slot.name,
+            %method,
+            status = parts.status.as_u16(),
+            sse = is_sse,
+            ms = started.elapsed().as_millis() as u64,
+        );
+        let body = if is_sse {
+            parts.headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            let rewrite = (legacy_get && parts.status.is_success())
+                .then(|| EndpointRewrite::new(affinity::tag_prefix(&slot), slot.authority.to_string()));
+            // The request is now a live stream; it stops counting as in flight.
+            let guard = stats.stream_guard();
+            drop(inflight);
+            ResponseBody::stream(body, guard, rewrite)
+        } else {
+            ResponseBody::plain(body, inflight)
+        };
+        Response::from_parts(parts, body)
+    }
+
+    fn rewrite_request(
+        &self,
+        req: &mut Request<Incoming>,
+        slot: &Slot,
+        peer: SocketAddr,
+    ) -> Result<(), Response<ResponseBody>> {
+        let client_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(slot.scheme.clone())
+            .authority(slot.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| local_error(StatusCode::BAD_REQUEST, None, "bad_request", &e.to_string()))?;
+        *req.uri_mut() = uri;
+        // Upstream connections are HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = http::Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        match (&client_host, self.preserve_host) {
+            (Some(h), true) => {
+                headers.insert(header::HOST, h.clone());
+            }
+            _ => {
+                headers.insert(header::HOST, slot.host_header.clone());
+            }
+        }
+        if let Some(h) = client_host {
+            headers.insert(X_FORWARDED_HOST, h);
+        }
+        headers.insert(X_FORWARDED_PROTO, self.proto.clone());
+        let ip = peer.ip().to_string();
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        Ok(())
+    }
+}
+
+/// Removes the tag found at `site` so the upstream sees its own session id.
+fn strip_tag(req: &mut Request<Incoming>, site: TagSite) {
+    match site {
+        TagSite::Header => {
+            let inner = req
+                .headers()
+                .get(MCP_SESSION_ID)
+                .and_then(|v| v.to_str().ok())
+                .and_then(affinity::SessionTag::decode)
+                .and_then(|t| HeaderValue::from_str(t.inner).ok());
+            if let Some(v) = inner {
+                req.headers_mut().insert(MCP_SESSION_ID, v);
+            }
+        }
+        TagSite::Query { value_at, prefix_len } => {
+            let uri = req.uri();
+            let Some(query) = uri.query() else { return };
+            let stripped = format!(
+                "{}?{}{}",
+                uri.path(),
+                &query[..value_at],
+                &query[value_at + prefix_len..]
+            );
+            if let Ok(pq) = PathAndQuery::try_from(stripped) {
+                let mut parts = uri.clone().into_parts();
+                parts.path_and_query = Some(pq);
+                if let Ok(new) = Uri::from_parts(parts) {
+                    *req.uri_mut() = new;
+                }
+            }
+        }
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                headers.remove(n);
+            }
+        }
+    }
+    for h in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(h);
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// A JSON error written by the proxy itself.
+pub fn local_error(status: StatusCode, slot: Option<&str>, code: &str, message: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": code,
+        "slot": slot,
+        "message": message,
+    });
+    json_response(status, body.to_string())
+}
+
+/// The 404 an SDK server gives for an unknown session: MCP clients start a new
+/// session on it (Streamable HTTP spec, "Session Management").
+pub fn session_not_found() -> Response<ResponseBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#.to_string(),
+    )
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

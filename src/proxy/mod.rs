@@ -1,0 +1,76 @@
+//! The public listener: accept, serve HTTP/1.1 and HTTP/2 (h2c) with hyper-util's
+//! auto connection, and hand every request to the [`Forwarder`].
+//!
+//! Malformed HTTP is answered 4xx by hyper and ends only that connection; a
+//! client slow to send its headers is cut after `header_read_timeout`.
+
+pub mod affinity;
+pub mod body;
+pub mod forward;
+pub mod sse;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use forward::Forwarder;
+
+/// Serves the public listener until `stop` is cancelled, then stops accepting
+/// and returns a handle that waits for the open connections.
+pub async fn serve(
+    listener: TcpListener,
+    forwarder: Arc<Forwarder>,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) -> GracefulShutdown {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let forwarder = Arc::clone(&forwarder);
+        let service = service_fn(move |req| {
+            let forwarder = Arc::clone(&forwarder);
+            async move { Ok::<_, Infallible>(forwarder.forward(req, peer).await) }
+        });
+        let builder = Arc::clone(&builder);
+        let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    graceful
+}

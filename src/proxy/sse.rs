@@ -1,0 +1,301 @@
+//! The SSE event scanner: finds event boundaries (an empty line) in passing bytes
+//! without copying them, notes `retry:` fields, and rewrites the legacy
+//! `endpoint` event so that its POST URL carries the session tag.
+//!
+//! It never buffers a stream: only the first event of a legacy SSE GET is held
+//! until complete (bounded), everything else goes out as it comes in.
+
+use bytes::{Bytes, BytesMut};
+
+/// Tracks where the stream stands relative to event boundaries.
+#[derive(Debug, Clone)]
+pub struct SseScanner {
+    /// Bytes of the current line seen so far (across chunks).
+    line_len: usize,
+    /// The current line began with '\r' (so "\r\n" alone is an empty line).
+    line_cr: bool,
+    /// True when everything sent so far ends exactly at an event boundary.
+    boundary: bool,
+}
+
+impl Default for SseScanner {
+    fn default() -> Self {
+        Self {
+            line_len: 0,
+            line_cr: false,
+            boundary: true,
+        }
+    }
+}
+
+impl SseScanner {
+    /// Whether the bytes seen so far end between two events.
+    pub fn at_boundary(&self) -> bool {
+        self.boundary
+    }
+
+    /// Consumes `data`; returns the largest `retry:` value (ms) found in it.
+    pub fn feed(&mut self, data: &[u8]) -> Option<u64> {
+        let mut retry = None;
+        self.scan(data, false, &mut retry);
+        retry
+    }
+
+    /// Consumes `data` up to and including the first event boundary in it, and
+    /// returns the offset just past that boundary; `None` (all consumed) if none.
+    pub fn feed_to_boundary(&mut self, data: &[u8]) -> Option<usize> {
+        let mut retry = None;
+        self.scan(data, true, &mut retry)
+    }
+
+    fn scan(&mut self, data: &[u8], stop_at_boundary: bool, retry: &mut Option<u64>) -> Option<usize> {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            let seg = &data[start..nl];
+            let len = self.line_len + seg.len();
+            let first_cr = if self.line_len == 0 {
+                seg.first() == Some(&b'\r')
+            } else {
+                self.line_cr
+            };
+            let empty = len == 0 || (len == 1 && first_cr);
+            if self.line_len == 0 {
+                if let Some(v) = seg.strip_prefix(b"retry:") {
+                    let v = v.strip_suffix(b"\r").unwrap_or(v);
+                    let v = v.strip_prefix(b" ").unwrap_or(v);
+                    if let Some(ms) = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()) {
+                        *retry = Some(retry.map_or(ms, |r: u64| r.max(ms)));
+                    }
+                }
+            }
+            self.line_len = 0;
+            self.line_cr = false;
+            self.boundary = empty;
+            start = nl + 1;
+            if empty && stop_at_boundary {
+                return Some(start);
+            }
+        }
+        let rest = &data[start..];
+        if !rest.is_empty() {
+            if self.line_len == 0 {
+                self.line_cr = rest[0] == b'\r';
+            }
+            self.line_len += rest.len();
+            self.boundary = false;
+        }
+        None
+    }
+}
+
+/// Holds back the first event of a legacy SSE stream until it is complete, then
+/// rewrites it if it is the `endpoint` event.
+#[derive(Debug)]
+pub struct EndpointRewrite {
+    buf: BytesMut,
+    scanner: SseScanner,
+    tag_prefix: String,
+    upstream_authority: String,
+}
+
+/// The first event may not grow beyond this before we give up and pass it on.
+const MAX_FIRST_EVENT: usize = 16 * 1024;
+
+/// What the rewrite stage produced for a chunk.
+pub enum Rewritten {
+    /// Still waiting for the first event to complete.
+    Pending,
+    /// Bytes to send on; the rewrite stage is finished.
+    Done(Bytes),
+}
+
+impl EndpointRewrite {
+    /// `tag_prefix` is the tag to put before the upstream's session key
+    /// (`mf1.blue.3.`); `upstream_authority` lets absolute URLs that point at the
+    /// upstream itself become relative, so clients keep talking to the proxy.
+    pub fn new(tag_prefix: String, upstream_authority: String) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            scanner: SseScanner::default(),
+            tag_prefix,
+            upstream_authority,
+        }
+    }
+
+    /// Feeds a chunk of the stream.
+    pub fn push(&mut self, data: Bytes) -> Rewritten {
+        let seen = self.buf.len();
+        self.buf.extend_from_slice(&data);
+        match self.scanner.feed_to_boundary(&self.buf[seen..]) {
+            Some(end) => {
+                let end = seen + end;
+                let rest = self.buf.split_off(end);
+                let event = std::mem::take(&mut self.buf);
+                let mut out = BytesMut::with_capacity(event.len() + self.tag_prefix.len() + rest.len());
+                match rewrite_endpoint(&event, &self.tag_prefix, &self.upstream_authority) {
+                    Some(new_event) => out.extend_from_slice(new_event.as_bytes()),
+                    None => out.extend_from_slice(&event),
+                }
+                out.extend_from_slice(&rest);
+                Rewritten::Done(out.freeze())
+            }
+            None if self.buf.len() > MAX_FIRST_EVENT => {
+                Rewritten::Done(std::mem::take(&mut self.buf).freeze())
+            }
+            None => Rewritten::Pending,
+        }
+    }
+
+    /// The stream ended before the first event completed: pass on what we held.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf).freeze())
+    }
+}
+
+/// Rewrites one complete SSE event if it is `event: endpoint`; `None` otherwise.
+pub fn rewrite_endpoint(event: &[u8], tag_prefix: &str, upstream_authority: &str) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut is_endpoint = false;
+    let mut out = String::with_capacity(text.len() + tag_prefix.len());
+    let mut rewrote = false;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let ending = &line[body.len()..];
+        if let Some(v) = field(body, "event") {
+            is_endpoint = v == "endpoint";
+        }
+        if let Some(v) = field(body, "data") {
+            if !rewrote {
+                if let Some(url) = tag_url(v, tag_prefix, upstream_authority) {
+                    out.push_str("data: ");
+                    out.push_str(&url);
+                    out.push_str(ending);
+                    rewrote = true;
+                    continue;
+                }
+            }
+        }
+        out.push_str(line);
+    }
+    (is_endpoint && rewrote).then_some(out)
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+    Some(rest.strip_prefix(' ').unwrap_or(rest))
+}
+
+/// Inserts `tag_prefix` before the value of `sessionId` / `session_id` in `url`.
+pub fn tag_url(url: &str, tag_prefix: &str, upstream_authority: &str) -> Option<String> {
+    let url = url.trim();
+    // An absolute URL that points at the upstream itself becomes relative, so
+    // the client resolves it against the proxy it connected to.
+    let url = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .and_then(|rest| rest.strip_prefix(upstream_authority))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(url);
+    let (pos, key_len) = find_session_param(url)?;
+    let value_at = pos + key_len;
+    let mut out = String::with_capacity(url.len() + tag_prefix.len());
+    out.push_str(&url[..value_at]);
+    out.push_str(tag_prefix);
+    out.push_str(&url[value_at..]);
+    Some(out)
+}
+
+/// Finds `sessionId=` or `session_id=` as a query parameter of a URL; returns
+/// its offset in `s` and the length of `key=`.
+pub fn find_session_param(s: &str) -> Option<(usize, usize)> {
+    let q = s.find('?')?;
+    find_in_query(&s[q + 1..]).map(|(at, len)| (q + 1 + at, len))
+}
+
+/// Like [`find_session_param`] on a bare query string (no '?').
+pub fn find_in_query(query: &str) -> Option<(usize, usize)> {
+    let mut at = 0;
+    for part in query.split('&') {
+        for key in ["sessionId=", "session_id="] {
+            if part.starts_with(key) {
+                return Some((at, key.len()));
+            }
+        }
+        at += part.len() + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundaries_across_chunks_and_line_ends() {
+        let mut s = SseScanner::default();
+        assert!(s.at_boundary());
+        s.feed(b"data: a\n");
+        assert!(!s.at_boundary());
+        s.feed(b"\n");
+        assert!(s.at_boundary());
+        s.feed(b"data: b\r\n\r");
+        assert!(!s.at_boundary());
+        s.feed(b"\n");
+        assert!(s.at_boundary());
+        s.feed(b"data: c");
+        assert!(!s.at_boundary());
+        assert_eq!(s.feed_to_boundary(b"\n\ndata: d\n\n"), Some(2));
+        assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn retry_is_noted() {
+        let mut s = SseScanner::default();
+        assert_eq!(s.feed(b"retry: 3000\nid: 1\ndata: x\n\nretry:500\n\n"), Some(3000));
+    }
+
+    #[test]
+    fn endpoint_rewrite_both_keys_and_forms() {
+        let p = "mf1.blue.1.";
+        let a = "127.0.0.1:3001";
+        assert_eq!(
+            tag_url("/messages?sessionId=abc", p, a).as_deref(),
+            Some("/messages?sessionId=mf1.blue.1.abc")
+        );
+        assert_eq!(
+            tag_url("/messages/?session_id=abc", p, a).as_deref(),
+            Some("/messages/?session_id=mf1.blue.1.abc")
+        );
+        assert_eq!(
+            tag_url("http://127.0.0.1:3001/m?x=1&sessionId=abc", p, a).as_deref(),
+            Some("/m?x=1&sessionId=mf1.blue.1.abc")
+        );
+        assert_eq!(
+            tag_url("https://public.example/m?sessionId=abc", p, a).as_deref(),
+            Some("https://public.example/m?sessionId=mf1.blue.1.abc")
+        );
+        assert_eq!(tag_url("/messages?other=abc", p, a), None);
+    }
+
+    #[test]
+    fn endpoint_event_split_across_chunks() {
+        let mut r = EndpointRewrite::new("mf1.green.2.".into(), "h:1".into());
+        assert!(matches!(r.push(Bytes::from_static(b"event: endpoint\r\nda")), Rewritten::Pending));
+        match r.push(Bytes::from_static(b"ta: /messages/?session_id=ff\r\n\r\nevent: message\n")) {
+            Rewritten::Done(b) => assert_eq!(
+                &b[..],
+                b"event: endpoint\r\ndata: /messages/?session_id=mf1.green.2.ff\r\n\r\nevent: message\n"
+            ),
+            Rewritten::Pending => panic!("should be done"),
+        }
+    }
+
+    #[test]
+    fn other_first_event_passes_unchanged() {
+        let mut r = EndpointRewrite::new("mf1.a.1.".into(), "h:1".into());
+        match r.push(Bytes::from_static(b"event: message\ndata: /x?sessionId=1\n\n")) {
+            Rewritten::Done(b) => assert_eq!(&b[..], b"event: message\ndata: /x?sessionId=1\n\n"),
+            Rewritten::Pending => panic!("should be done"),
+        }
+    }
+}

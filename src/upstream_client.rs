@@ -1,0 +1,64 @@
+//! The pooled HTTP client a slot forwards through (hyper-util's legacy client on a
+//! plain TCP connector), and the classification of its failures.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::proxy::body::ForwardBody;
+use crate::stats::UpstreamError;
+
+/// A cheaply cloneable pooled client; clones share the pool.
+#[derive(Clone, Debug)]
+pub struct UpstreamClient {
+    inner: Client<HttpConnector, ForwardBody>,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration, pool_idle: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.enforce_http(true);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool_idle)
+            .pool_max_idle_per_host(1024)
+            // We set Host ourselves (the upstream's authority, or the client's).
+            .set_host(false)
+            .build(connector);
+        Self { inner }
+    }
+
+    pub fn request(
+        &self,
+        req: http::Request<ForwardBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        self.inner.request(req)
+    }
+}
+
+/// Sorts a client error into the `kind` label of `mcpflip_upstream_errors_total`.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return UpstreamError::Timeout;
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        // hyper-util reports its connect timeout as a connect error whose message says so.
+        if format!("{err:?}").contains("timed out") || format!("{err:?}").contains("Timeout") {
+            return UpstreamError::Timeout;
+        }
+        UpstreamError::Connect
+    } else {
+        UpstreamError::Reset
+    }
+}
