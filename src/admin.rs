@@ -29,18 +29,42 @@ struct SlotCollector(Arc<Controller>);
 impl Collector for SlotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let table = self.0.tables.load_full();
-        let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, f: &dyn Fn(&crate::table::Slot) -> i64| {
+        let gauge = |enc: &mut DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     f: &dyn Fn(&crate::table::Slot) -> i64| {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for s in &table.slots {
-                m.encode_family(&[("slot", &*s.name)])?.encode_gauge(&f(s))?;
+                m.encode_family(&[("slot", &*s.name)])?
+                    .encode_gauge(&f(s))?;
             }
             Ok::<_, std::fmt::Error>(())
         };
-        gauge(&mut enc, "mcpflip_live_streams", "Open SSE responses per slot", &|s| s.stats.live_streams() as i64)?;
-        gauge(&mut enc, "mcpflip_inflight_requests", "Requests in flight per slot", &|s| s.stats.inflight() as i64)?;
-        gauge(&mut enc, "mcpflip_slot_weight", "Routing weight per slot", &|s| i64::from(s.weight))?;
+        gauge(
+            &mut enc,
+            "mcpflip_live_streams",
+            "Open SSE responses per slot",
+            &|s| s.stats.live_streams() as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "mcpflip_inflight_requests",
+            "Requests in flight per slot",
+            &|s| s.stats.inflight() as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "mcpflip_slot_weight",
+            "Routing weight per slot",
+            &|s| i64::from(s.weight),
+        )?;
         {
-            let mut m = enc.encode_descriptor("mcpflip_slot_state", "1 for the slot's current state", None, MetricType::Gauge)?;
+            let mut m = enc.encode_descriptor(
+                "mcpflip_slot_state",
+                "1 for the slot's current state",
+                None,
+                MetricType::Gauge,
+            )?;
             for s in &table.slots {
                 for st in SlotState::ALL {
                     m.encode_family(&[("slot", &*s.name), ("state", st.as_str())])?
@@ -49,39 +73,77 @@ impl Collector for SlotCollector {
             }
         }
         {
-            let mut m = enc.encode_descriptor("mcpflip_requests", "Responses per slot and status class", None, MetricType::Counter)?;
+            let mut m = enc.encode_descriptor(
+                "mcpflip_requests",
+                "Responses per slot and status class",
+                None,
+                MetricType::Counter,
+            )?;
             for s in &table.slots {
                 for class in 1..=5usize {
                     let code = format!("{class}xx");
                     m.encode_family(&[("slot", &*s.name), ("code", code.as_str())])?
-                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&s.stats.responses(class), None)?;
+                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                            &s.stats.responses(class),
+                            None,
+                        )?;
                 }
             }
         }
         {
-            let mut m = enc.encode_descriptor("mcpflip_upstream_errors", "Upstream failures per slot and kind", None, MetricType::Counter)?;
+            let mut m = enc.encode_descriptor(
+                "mcpflip_upstream_errors",
+                "Upstream failures per slot and kind",
+                None,
+                MetricType::Counter,
+            )?;
             for s in &table.slots {
                 for kind in UpstreamError::ALL {
                     m.encode_family(&[("slot", &*s.name), ("kind", kind.as_str())])?
-                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&s.stats.upstream_errors(kind), None)?;
+                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                            &s.stats.upstream_errors(kind),
+                            None,
+                        )?;
                 }
             }
         }
         for (name, help, pick) in [
-            ("mcpflip_stream_duration_seconds", "How long SSE streams stay open", true),
-            ("mcpflip_drain_duration_seconds", "How long drains take", false),
+            (
+                "mcpflip_stream_duration_seconds",
+                "How long SSE streams stay open",
+                true,
+            ),
+            (
+                "mcpflip_drain_duration_seconds",
+                "How long drains take",
+                false,
+            ),
         ] {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for s in &table.slots {
-                let h = if pick { &s.stats.stream_duration } else { &s.stats.drain_duration };
+                let h = if pick {
+                    &s.stats.stream_duration
+                } else {
+                    &s.stats.drain_duration
+                };
                 let (sum, count, buckets) = h.snapshot();
                 m.encode_family(&[("slot", &*s.name)])?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum, count, &buckets, None,
+                    )?;
             }
         }
         for (name, help, v) in [
-            ("mcpflip_flips", "Flips done", self.0.flips_total.load(Ordering::Relaxed)),
-            ("mcpflip_rollbacks", "Rollbacks done", self.0.rollbacks_total.load(Ordering::Relaxed)),
+            (
+                "mcpflip_flips",
+                "Flips done",
+                self.0.flips_total.load(Ordering::Relaxed),
+            ),
+            (
+                "mcpflip_rollbacks",
+                "Rollbacks done",
+                self.0.rollbacks_total.load(Ordering::Relaxed),
+            ),
         ] {
             let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             prometheus_client::metrics::counter::ConstCounter::new(v).encode(m)?;
@@ -103,14 +165,25 @@ pub fn metrics_text(ctl: &Arc<Controller>) -> String {
 
 async fn handle(req: Request<Incoming>, ctl: Arc<Controller>) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics_text(&ctl)),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics_text(&ctl),
+        ),
         "/status" => (StatusCode::OK, "application/json", ctl.status().to_string()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /status or /healthz\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /status or /healthz\n".to_string(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
     resp
 }
 

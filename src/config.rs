@@ -243,10 +243,21 @@ macro_rules! section_default {
         }
     };
 }
-section_default!(ListenConfig { addr: default_listen(), tls: None });
-section_default!(AdminConfig { addr: default_admin() });
-section_default!(ControlConfig { socket: default_socket(), state_file: default_state_file() });
-section_default!(DrainConfig { deadline: default_deadline(), quiet: default_quiet() });
+section_default!(ListenConfig {
+    addr: default_listen(),
+    tls: None
+});
+section_default!(AdminConfig {
+    addr: default_admin()
+});
+section_default!(ControlConfig {
+    socket: default_socket(),
+    state_file: default_state_file()
+});
+section_default!(DrainConfig {
+    deadline: default_deadline(),
+    quiet: default_quiet()
+});
 section_default!(ProbeConfig {
     path: default_probe_path(),
     transport: default_probe_transport(),
@@ -381,21 +392,39 @@ impl Config {
             ));
         }
         if self.drain.deadline.is_zero() {
-            return Err(err("drain", None, "deadline", "must be greater than 0".into()));
+            return Err(err(
+                "drain",
+                None,
+                "deadline",
+                "must be greater than 0".into(),
+            ));
         }
         if self.probe.timeout.is_zero() {
-            return Err(err("probe", None, "timeout", "must be greater than 0".into()));
+            return Err(err(
+                "probe",
+                None,
+                "timeout",
+                "must be greater than 0".into(),
+            ));
         }
         if !self.probe.path.starts_with('/') {
             return Err(err(
                 "probe",
                 None,
                 "path",
-                format!("{:?} must be an absolute path such as \"/mcp\"", self.probe.path),
+                format!(
+                    "{:?} must be an absolute path such as \"/mcp\"",
+                    self.probe.path
+                ),
             ));
         }
         if self.watch.interval.is_zero() {
-            return Err(err("watch", None, "interval", "must be greater than 0".into()));
+            return Err(err(
+                "watch",
+                None,
+                "interval",
+                "must be greater than 0".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&self.watch.max_error_ratio) {
             return Err(err(
@@ -406,16 +435,31 @@ impl Config {
             ));
         }
         if self.proxy.connect_timeout.is_zero() {
-            return Err(err("proxy", None, "connect_timeout", "must be greater than 0".into()));
+            return Err(err(
+                "proxy",
+                None,
+                "connect_timeout",
+                "must be greater than 0".into(),
+            ));
         }
         if self.proxy.header_read_timeout.is_zero() {
-            return Err(err("proxy", None, "header_read_timeout", "must be greater than 0".into()));
+            return Err(err(
+                "proxy",
+                None,
+                "header_read_timeout",
+                "must be greater than 0".into(),
+            ));
         }
         if self.control.socket.as_os_str().is_empty() {
             return Err(err("control", None, "socket", "must not be empty".into()));
         }
         if self.control.state_file.as_os_str().is_empty() {
-            return Err(err("control", None, "state_file", "must not be empty".into()));
+            return Err(err(
+                "control",
+                None,
+                "state_file",
+                "must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -426,9 +470,21 @@ impl Config {
         let d = |d: Duration| humantime::format_duration(d).to_string();
         let mut s = String::new();
         let _ = writeln!(s, "config {} is valid", self.source.display());
-        let scheme = if self.listen.tls.is_some() { "https" } else { "http" };
-        let _ = writeln!(s, "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2)", self.listen.addr);
-        let _ = writeln!(s, "  admin         http://{}/metrics /status /healthz", self.admin.addr);
+        let scheme = if self.listen.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let _ = writeln!(
+            s,
+            "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2)",
+            self.listen.addr
+        );
+        let _ = writeln!(
+            s,
+            "  admin         http://{}/metrics /status /healthz",
+            self.admin.addr
+        );
         let _ = writeln!(s, "  control       {}", self.control.socket.display());
         let _ = writeln!(s, "  state file    {}", self.control.state_file.display());
         let _ = writeln!(
@@ -468,16 +524,20 @@ impl Config {
             d(self.proxy.header_read_timeout)
         );
         for slot in &self.slots {
-            let _ = writeln!(s, "  slot {:<8} {} weight {}", slot.name, slot.upstream, slot.weight);
+            let _ = writeln!(
+                s,
+                "  slot {:<8} {} weight {}",
+                slot.name, slot.upstream, slot.weight
+            );
         }
         s
     }
 }
 
 fn check_upstream(s: &str) -> Result<(), String> {
-    let uri: Uri = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a valid URL: {e} (write it like \"http://127.0.0.1:3001\")"))?;
+    let uri: Uri = s.parse().map_err(|e| {
+        format!("{s:?} is not a valid URL: {e} (write it like \"http://127.0.0.1:3001\")")
+    })?;
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
@@ -490,7 +550,10 @@ fn check_upstream(s: &str) -> Result<(), String> {
     if uri.authority().is_none() {
         return Err(format!("{s:?} has no host"));
     }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
         return Err(format!(
             "{s:?} has a path; give only scheme, host and port (requests keep their own path)"
         ));
@@ -514,7 +577,10 @@ fn locate_offset(text: &str, offset: usize) -> (Option<usize>, String) {
     }
     let trimmed = line.trim();
     let key = if trimmed.starts_with('[') {
-        trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string()
+        trimmed
+            .trim_matches(|c| c == '[' || c == ']')
+            .trim()
+            .to_string()
     } else {
         let k = trimmed.split('=').next().unwrap_or("").trim();
         match (section.is_empty(), k.is_empty()) {

@@ -30,11 +30,17 @@ pub struct CtlError {
 
 impl CtlError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     fn unknown_slot(name: &str, table: &Table) -> Self {
         let known: Vec<&str> = table.slots.iter().map(|s| &*s.name).collect();
-        Self::new("unknown_slot", format!("no slot named {name:?} (slots: {})", known.join(", ")))
+        Self::new(
+            "unknown_slot",
+            format!("no slot named {name:?} (slots: {})", known.join(", ")),
+        )
     }
 }
 
@@ -68,10 +74,21 @@ pub struct Controller {
     shutdown: CancellationToken,
 }
 
-fn build_slot(stats: &StatsRegistry, cfg: &Config, name: &str, upstream: &str, weight: u32, state: SlotState, generation: u32) -> Result<Slot, CtlError> {
-    let uri: http::Uri = upstream
-        .parse()
-        .map_err(|e| CtlError::new("bad_config", format!("slot {name}: bad upstream {upstream:?}: {e}")))?;
+fn build_slot(
+    stats: &StatsRegistry,
+    cfg: &Config,
+    name: &str,
+    upstream: &str,
+    weight: u32,
+    state: SlotState,
+    generation: u32,
+) -> Result<Slot, CtlError> {
+    let uri: http::Uri = upstream.parse().map_err(|e| {
+        CtlError::new(
+            "bad_config",
+            format!("slot {name}: bad upstream {upstream:?}: {e}"),
+        )
+    })?;
     let authority = uri
         .authority()
         .cloned()
@@ -94,7 +111,11 @@ fn build_slot(stats: &StatsRegistry, cfg: &Config, name: &str, upstream: &str, w
 
 impl Controller {
     /// Builds the first table from the config, with the persisted state applied.
-    pub fn new(config: Config, persisted: Option<PersistedState>, shutdown: CancellationToken) -> Result<Arc<Self>, CtlError> {
+    pub fn new(
+        config: Config,
+        persisted: Option<PersistedState>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, CtlError> {
         let stats = StatsRegistry::default();
         let mut slots = Vec::new();
         for s in &config.slots {
@@ -104,7 +125,15 @@ impl Controller {
                 None if s.weight > 0 => (s.weight, SlotState::Serving, 1),
                 None => (0, SlotState::Standby, 1),
             };
-            slots.push(Arc::new(build_slot(&stats, &config, &s.name, &s.upstream, weight, state, generation)?));
+            slots.push(Arc::new(build_slot(
+                &stats,
+                &config,
+                &s.name,
+                &s.upstream,
+                weight,
+                state,
+                generation,
+            )?));
         }
         let state_file = config.control.state_file.clone();
         let ctl = Arc::new(Controller {
@@ -125,27 +154,44 @@ impl Controller {
     /// Restarts the drains of slots persisted as draining (after a restart).
     pub fn resume_drains(self: &Arc<Self>) {
         let table = self.tables.load_full();
-        for s in table.slots.iter().filter(|s| s.state == SlotState::Draining) {
+        for s in table
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Draining)
+        {
             self.spawn_drain(&s.name, self.drain_deadline());
         }
     }
 
     pub fn drain_deadline(&self) -> Duration {
-        self.config.lock().map(|c| c.drain.deadline).unwrap_or(Duration::from_secs(300))
+        self.config
+            .lock()
+            .map(|c| c.drain.deadline)
+            .unwrap_or(Duration::from_secs(300))
     }
 
     fn drain_quiet(&self) -> Duration {
-        self.config.lock().map(|c| c.drain.quiet).unwrap_or(Duration::from_secs(1))
+        self.config
+            .lock()
+            .map(|c| c.drain.quiet)
+            .unwrap_or(Duration::from_secs(1))
     }
 
     /// Swaps in a table made by `change` from the current one, and persists it.
-    fn swap(&self, change: impl FnOnce(&Table) -> Result<Vec<Arc<Slot>>, CtlError>) -> Result<Arc<Table>, CtlError> {
+    fn swap(
+        &self,
+        change: impl FnOnce(&Table) -> Result<Vec<Arc<Slot>>, CtlError>,
+    ) -> Result<Arc<Table>, CtlError> {
         let current = self.tables.load_full();
         let slots = change(&current)?;
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         self.tables.store(Table::new(slots, version));
         let table = self.tables.load_full();
-        let prev = self.previous_active.lock().map(|p| p.clone()).unwrap_or(None);
+        let prev = self
+            .previous_active
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or(None);
         let state = PersistedState::of(&table, prev);
         let path = self.state_file.clone();
         tokio::task::spawn_blocking(move || {
@@ -157,7 +203,10 @@ impl Controller {
     }
 
     fn check_slot(table: &Table, name: &str) -> Result<(), CtlError> {
-        table.get(name).map(|_| ()).ok_or_else(|| CtlError::unknown_slot(name, table))
+        table
+            .get(name)
+            .map(|_| ())
+            .ok_or_else(|| CtlError::unknown_slot(name, table))
     }
 
     /// `status`: the slots with their live counts.
@@ -198,7 +247,10 @@ impl Controller {
     }
 
     /// `weights NAME=W ...`: one table swap.
-    pub async fn set_weights(self: &Arc<Self>, weights: &[(String, u32)]) -> Result<Value, CtlError> {
+    pub async fn set_weights(
+        self: &Arc<Self>,
+        weights: &[(String, u32)],
+    ) -> Result<Value, CtlError> {
         let _w = self.write.lock().await;
         let table = self.swap(|t| {
             for (n, _) in weights {
@@ -207,24 +259,38 @@ impl Controller {
             let new: Vec<Arc<Slot>> = t
                 .slots
                 .iter()
-                .map(|s| match weights.iter().find(|(n, _)| n.as_str() == &*s.name) {
-                    Some((_, w)) => {
-                        let state = match (s.state, *w) {
-                            (SlotState::Retired, _) => SlotState::Retired,
-                            (_, w) if w > 0 => SlotState::Serving,
-                            (SlotState::Serving, _) => SlotState::Standby,
-                            (st, _) => st,
-                        };
-                        Arc::new(s.with(*w, state, s.generation))
-                    }
-                    None => Arc::clone(s),
-                })
+                .map(
+                    |s| match weights.iter().find(|(n, _)| n.as_str() == &*s.name) {
+                        Some((_, w)) => {
+                            let state = match (s.state, *w) {
+                                (SlotState::Retired, _) => SlotState::Retired,
+                                (_, w) if w > 0 => SlotState::Serving,
+                                (SlotState::Serving, _) => SlotState::Standby,
+                                (st, _) => st,
+                            };
+                            Arc::new(s.with(*w, state, s.generation))
+                        }
+                        None => Arc::clone(s),
+                    },
+                )
                 .collect();
-            if !new.iter().any(|s| s.state == SlotState::Serving && s.weight > 0) {
-                return Err(CtlError::new("no_serving_slot", "these weights leave no slot serving; give at least one slot a weight above 0"));
+            if !new
+                .iter()
+                .any(|s| s.state == SlotState::Serving && s.weight > 0)
+            {
+                return Err(CtlError::new(
+                    "no_serving_slot",
+                    "these weights leave no slot serving; give at least one slot a weight above 0",
+                ));
             }
-            if let Some((n, _)) = weights.iter().find(|(n, w)| *w > 0 && t.get(n).is_some_and(|s| s.state == SlotState::Retired)) {
-                return Err(CtlError::new("slot_retired", format!("slot {n} is retired; run `standby {n}` once its process is up again")));
+            if let Some((n, _)) = weights
+                .iter()
+                .find(|(n, w)| *w > 0 && t.get(n).is_some_and(|s| s.state == SlotState::Retired))
+            {
+                return Err(CtlError::new(
+                    "slot_retired",
+                    format!("slot {n} is retired; run `standby {n}` once its process is up again"),
+                ));
             }
             Ok(new)
         })?;
@@ -237,12 +303,22 @@ impl Controller {
     }
 
     /// `flip SLOT`: SLOT gets weight 100, every other serving slot 0 (draining if `drain`).
-    pub async fn flip(self: &Arc<Self>, to: &str, drain: bool) -> Result<(Value, Vec<String>), CtlError> {
+    pub async fn flip(
+        self: &Arc<Self>,
+        to: &str,
+        drain: bool,
+    ) -> Result<(Value, Vec<String>), CtlError> {
         let _w = self.write.lock().await;
         let before = self.tables.load_full();
         Self::check_slot(&before, to)?;
-        if before.get(to).is_some_and(|s| s.state == SlotState::Retired) {
-            return Err(CtlError::new("slot_retired", format!("slot {to} is retired; run `standby {to}` once its process is up again")));
+        if before
+            .get(to)
+            .is_some_and(|s| s.state == SlotState::Retired)
+        {
+            return Err(CtlError::new(
+                "slot_retired",
+                format!("slot {to} is retired; run `standby {to}` once its process is up again"),
+            ));
         }
         let from: Vec<String> = before
             .slots
@@ -258,7 +334,11 @@ impl Controller {
                     if &*s.name == to {
                         Arc::new(s.with(100, SlotState::Serving, s.generation))
                     } else if s.state == SlotState::Serving {
-                        let st = if drain { SlotState::Draining } else { SlotState::Standby };
+                        let st = if drain {
+                            SlotState::Draining
+                        } else {
+                            SlotState::Standby
+                        };
                         Arc::new(s.with(0, st, s.generation))
                     } else {
                         Arc::clone(s)
@@ -279,25 +359,48 @@ impl Controller {
                 self.spawn_drain(f, deadline);
             }
         }
-        let flipped_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let flipped_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         tracing::info!(from = ?from, to, drain, "flipped");
-        Ok((json!({"ok": true, "from": old_active, "to": to, "draining": if drain { from.clone() } else { vec![] }, "flipped_at": flipped_at}), from))
+        Ok((
+            json!({"ok": true, "from": old_active, "to": to, "draining": if drain { from.clone() } else { vec![] }, "flipped_at": flipped_at}),
+            from,
+        ))
     }
 
     /// `drain SLOT`: no new sessions; pinned ones keep going to it.
-    pub async fn drain(self: &Arc<Self>, name: &str, deadline: Option<Duration>) -> Result<(), CtlError> {
+    pub async fn drain(
+        self: &Arc<Self>,
+        name: &str,
+        deadline: Option<Duration>,
+    ) -> Result<(), CtlError> {
         let _w = self.write.lock().await;
         let table = self.tables.load_full();
-        let slot = table.get(name).ok_or_else(|| CtlError::unknown_slot(name, &table))?;
+        let slot = table
+            .get(name)
+            .ok_or_else(|| CtlError::unknown_slot(name, &table))?;
         match slot.state {
             SlotState::Draining | SlotState::Drained => return Ok(()),
-            SlotState::Retired => return Err(CtlError::new("slot_retired", format!("slot {name} is retired"))),
+            SlotState::Retired => {
+                return Err(CtlError::new(
+                    "slot_retired",
+                    format!("slot {name} is retired"),
+                ))
+            }
             _ => {}
         }
         self.swap(|t| {
             Ok(t.slots
                 .iter()
-                .map(|s| if &*s.name == name { Arc::new(s.with(0, SlotState::Draining, s.generation)) } else { Arc::clone(s) })
+                .map(|s| {
+                    if &*s.name == name {
+                        Arc::new(s.with(0, SlotState::Draining, s.generation))
+                    } else {
+                        Arc::clone(s)
+                    }
+                })
                 .collect())
         })?;
         self.spawn_drain(name, deadline.unwrap_or_else(|| self.drain_deadline()));
@@ -320,7 +423,15 @@ impl Controller {
         let cancel = self.shutdown.child_token();
         let (tx, rx) = watch::channel(None);
         if let Ok(mut d) = self.drains.lock() {
-            if let Some(old) = d.insert(name.to_string(), DrainHandle { cancel: cancel.clone(), outcome: rx, started: Instant::now(), deadline }) {
+            if let Some(old) = d.insert(
+                name.to_string(),
+                DrainHandle {
+                    cancel: cancel.clone(),
+                    outcome: rx,
+                    started: Instant::now(),
+                    deadline,
+                },
+            ) {
                 old.cancel.cancel();
             }
         }
@@ -342,15 +453,27 @@ impl Controller {
             };
             let elapsed = started.elapsed();
             stats.drain_duration.observe(elapsed);
-            let outcome = DrainOutcome { drained_after_ms: elapsed.as_millis() as u64, forced };
+            let outcome = DrainOutcome {
+                drained_after_ms: elapsed.as_millis() as u64,
+                forced,
+            };
             {
                 let _w = ctl.write.lock().await;
-                let still = ctl.tables.load().get(&name).is_some_and(|s| s.state == SlotState::Draining && s.generation == generation);
+                let still =
+                    ctl.tables.load().get(&name).is_some_and(|s| {
+                        s.state == SlotState::Draining && s.generation == generation
+                    });
                 if still && !cancel.is_cancelled() {
                     let _ = ctl.swap(|t| {
                         Ok(t.slots
                             .iter()
-                            .map(|s| if *s.name == *name { Arc::new(s.with(0, SlotState::Drained, s.generation)) } else { Arc::clone(s) })
+                            .map(|s| {
+                                if *s.name == *name {
+                                    Arc::new(s.with(0, SlotState::Drained, s.generation))
+                                } else {
+                                    Arc::clone(s)
+                                }
+                            })
                             .collect())
                     });
                 }
@@ -361,16 +484,39 @@ impl Controller {
     }
 
     /// Waits until `name` is drained, calling `progress` about once a second.
-    pub async fn wait_drained(&self, name: &str, timeout: Option<Duration>, mut progress: impl FnMut(Value)) -> Result<DrainOutcome, CtlError> {
+    pub async fn wait_drained(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        mut progress: impl FnMut(Value),
+    ) -> Result<DrainOutcome, CtlError> {
         let table = self.tables.load_full();
-        let slot = table.get(name).ok_or_else(|| CtlError::unknown_slot(name, &table))?;
+        let slot = table
+            .get(name)
+            .ok_or_else(|| CtlError::unknown_slot(name, &table))?;
         let stats = Arc::clone(&slot.stats);
         let (mut rx, started, deadline) = {
-            let d = self.drains.lock().map_err(|_| CtlError::new("internal", "drain registry poisoned"))?;
+            let d = self
+                .drains
+                .lock()
+                .map_err(|_| CtlError::new("internal", "drain registry poisoned"))?;
             match d.get(name) {
                 Some(h) => (h.outcome.clone(), h.started, h.deadline),
-                None if slot.state == SlotState::Drained => return Ok(DrainOutcome { drained_after_ms: 0, forced: 0 }),
-                None => return Err(CtlError::new("not_draining", format!("slot {name} is {}, not draining; start with `drain {name}`", slot.state))),
+                None if slot.state == SlotState::Drained => {
+                    return Ok(DrainOutcome {
+                        drained_after_ms: 0,
+                        forced: 0,
+                    })
+                }
+                None => {
+                    return Err(CtlError::new(
+                        "not_draining",
+                        format!(
+                            "slot {name} is {}, not draining; start with `drain {name}`",
+                            slot.state
+                        ),
+                    ))
+                }
             }
         };
         let limit = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(365 * 24 * 3600)));
@@ -395,12 +541,25 @@ impl Controller {
     }
 
     /// `retire SLOT` (its process is gone) / `standby SLOT` (started again: new generation).
-    pub async fn set_lifecycle(self: &Arc<Self>, name: &str, retire: bool) -> Result<Value, CtlError> {
+    pub async fn set_lifecycle(
+        self: &Arc<Self>,
+        name: &str,
+        retire: bool,
+    ) -> Result<Value, CtlError> {
         let _w = self.write.lock().await;
         let table = self.swap(|t| {
             let slot = t.get(name).ok_or_else(|| CtlError::unknown_slot(name, t))?;
-            if retire && slot.state == SlotState::Serving && !t.slots.iter().any(|s| &*s.name != name && s.state == SlotState::Serving && s.weight > 0) {
-                return Err(CtlError::new("last_serving_slot", format!("slot {name} is the only serving slot; flip to another slot first")));
+            if retire
+                && slot.state == SlotState::Serving
+                && !t
+                    .slots
+                    .iter()
+                    .any(|s| &*s.name != name && s.state == SlotState::Serving && s.weight > 0)
+            {
+                return Err(CtlError::new(
+                    "last_serving_slot",
+                    format!("slot {name} is the only serving slot; flip to another slot first"),
+                ));
             }
             Ok(t.slots
                 .iter()
@@ -416,7 +575,9 @@ impl Controller {
                 .collect())
         })?;
         self.cancel_drain(name);
-        let s = table.get(name).ok_or_else(|| CtlError::unknown_slot(name, &table))?;
+        let s = table
+            .get(name)
+            .ok_or_else(|| CtlError::unknown_slot(name, &table))?;
         Ok(json!({"ok": true, "slot": name, "state": s.state.as_str(), "generation": s.generation}))
     }
 

@@ -19,13 +19,19 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::upstream::{self, Transport, UpstreamConfig};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The plain HTTP client type of the demo and tests.
+pub type HttpClientAlias = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = HttpClientAlias;
 
 struct Timeline(Instant);
 
 impl Timeline {
     fn say(&self, msg: impl AsRef<str>) {
-        println!("[{:>6.2}s] {}", self.0.elapsed().as_secs_f64(), msg.as_ref());
+        println!(
+            "[{:>6.2}s] {}",
+            self.0.elapsed().as_secs_f64(),
+            msg.as_ref()
+        );
     }
 }
 
@@ -61,9 +67,14 @@ impl SseSession {
         if event != "endpoint" {
             bail!("first event was {event:?}, not endpoint");
         }
-        s.post_url = if data.starts_with('/') { format!("{base}{data}") } else { data };
+        s.post_url = if data.starts_with('/') {
+            format!("{base}{data}")
+        } else {
+            data
+        };
         s.request("initialize", json!({"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "mcpflip-demo", "version": "1"}})).await?;
-        s.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await?;
+        s.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
         Ok(s)
     }
 
@@ -93,7 +104,7 @@ impl SseSession {
             match self.stream.frame().await {
                 Some(Ok(f)) => {
                     if let Ok(d) = f.into_data() {
-                        self.buf.extend_from_slice(&d.to_vec().into_iter().filter(|b| *b != b'\r').collect::<Vec<_>>());
+                        self.buf.extend(d.iter().copied().filter(|b| *b != b'\r'));
                     }
                 }
                 Some(Err(e)) => bail!("stream failed: {e}"),
@@ -118,10 +129,12 @@ impl SseSession {
     pub async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
-        self.post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await?;
+        self.post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+            .await?;
         loop {
             let (_, data) = self.next_event().await?;
-            let v: Value = serde_json::from_str(&data).with_context(|| format!("bad message {data:?}"))?;
+            let v: Value =
+                serde_json::from_str(&data).with_context(|| format!("bad message {data:?}"))?;
             if v["id"] == json!(id) {
                 if let Some(e) = v.get("error") {
                     bail!("{method} failed: {e}");
@@ -133,8 +146,13 @@ impl SseSession {
 
     /// Calls `tool` and returns its text.
     pub async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<String> {
-        let r = self.request("tools/call", json!({"name": tool, "arguments": args})).await?;
-        Ok(r["content"][0]["text"].as_str().unwrap_or_default().to_string())
+        let r = self
+            .request("tools/call", json!({"name": tool, "arguments": args}))
+            .await?;
+        Ok(r["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
     }
 
     pub fn base(&self) -> &str {
@@ -164,19 +182,27 @@ pub async fn run() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let blue = start_slot("blue", &stop).await?;
     let green = start_slot("green", &stop).await?;
-    t.say(format!("blue  slot: built-in MCP server on 127.0.0.1:{blue}"));
-    t.say(format!("green slot: built-in MCP server on 127.0.0.1:{green}"));
+    t.say(format!(
+        "blue  slot: built-in MCP server on 127.0.0.1:{blue}"
+    ));
+    t.say(format!(
+        "green slot: built-in MCP server on 127.0.0.1:{green}"
+    ));
     let text = format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{sock}\"\nstate_file = \"{state}\"\n[drain]\ndeadline = \"30s\"\nquiet = \"200ms\"\n\
          [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\nweight = 0\n",
         sock = dir.join("control.sock").display(),
         state = dir.join("state.json").display(),
     );
-    let config = Config::parse(&text, std::path::Path::new("<embedded demo config>")).map_err(|e| anyhow!("{e}"))?;
+    let config = Config::parse(&text, std::path::Path::new("<embedded demo config>"))
+        .map_err(|e| anyhow!("{e}"))?;
     let running = crate::run::start(config, true).await?;
     let base = format!("http://{}", running.public_addr);
     let ctl = Arc::clone(&running.controller);
-    t.say(format!("mcpflip listening on {base} (metrics on http://{}/metrics)", running.admin_addr));
+    t.say(format!(
+        "mcpflip listening on {base} (metrics on http://{}/metrics)",
+        running.admin_addr
+    ));
 
     let client = http_client();
     // Three clients hold legacy SSE sessions of different lengths.
@@ -185,7 +211,10 @@ pub async fn run() -> anyhow::Result<()> {
     for (i, hold) in holds.iter().enumerate() {
         let mut s = SseSession::open(&client, &base).await?;
         let who = s.call("whoami", json!({})).await?;
-        t.say(format!("client {} opened an SSE session on {who} (will hold it {hold}s)", i + 1));
+        t.say(format!(
+            "client {} opened an SSE session on {who} (will hold it {hold}s)",
+            i + 1
+        ));
         let t = Arc::clone(&t);
         let hold = *hold;
         tasks.push(tokio::spawn(async move {
@@ -199,16 +228,26 @@ pub async fn run() -> anyhow::Result<()> {
                 }
                 calls += 1;
             }
-            t.say(format!("client {} closes its session ({calls} calls, all answered by blue)", i + 1));
+            t.say(format!(
+                "client {} closes its session ({calls} calls, all answered by blue)",
+                i + 1
+            ));
             Ok::<_, anyhow::Error>(())
         }));
     }
     let status = ctl.status();
-    t.say(format!("live streams: blue {}, green {}", status["slots"][0]["live_streams"], status["slots"][1]["live_streams"]));
+    t.say(format!(
+        "live streams: blue {}, green {}",
+        status["slots"][0]["live_streams"], status["slots"][1]["live_streams"]
+    ));
 
     t.say("deploy: flip green --no-probe --drain   (nginx recipe: reload, then `sleep 120`)");
     let (reply, _) = ctl.flip("green", true).await.map_err(|e| anyhow!("{e}"))?;
-    t.say(format!("flipped {} -> {}; blue is draining", reply["from"].as_str().unwrap_or("?"), reply["to"].as_str().unwrap_or("?")));
+    t.say(format!(
+        "flipped {} -> {}; blue is draining",
+        reply["from"].as_str().unwrap_or("?"),
+        reply["to"].as_str().unwrap_or("?")
+    ));
     let mut fresh = SseSession::open(&client, &base).await?;
     let who = fresh.call("whoami", json!({})).await?;
     t.say(format!("a new client lands on {who}"));
@@ -223,7 +262,10 @@ pub async fn run() -> anyhow::Result<()> {
         .wait_drained("blue", Some(Duration::from_secs(60)), move |p| {
             let live = p["live_streams"].as_u64().unwrap_or(0);
             if live != last {
-                t2.say(format!("blue: {live} live streams, {} in flight", p["inflight"]));
+                t2.say(format!(
+                    "blue: {live} live streams, {} in flight",
+                    p["inflight"]
+                ));
                 last = live;
             }
         })
@@ -239,7 +281,13 @@ pub async fn run() -> anyhow::Result<()> {
     ));
     let status = ctl.status();
     for s in status["slots"].as_array().into_iter().flatten() {
-        t.say(format!("  {:<6} {:<8} weight {:>3}  live streams {}", s["name"].as_str().unwrap_or(""), s["state"].as_str().unwrap_or(""), s["weight"], s["live_streams"]));
+        t.say(format!(
+            "  {:<6} {:<8} weight {:>3}  live streams {}",
+            s["name"].as_str().unwrap_or(""),
+            s["state"].as_str().unwrap_or(""),
+            s["weight"],
+            s["live_streams"]
+        ));
     }
     if outcome.forced > 0 {
         bail!("{} streams had to be forced", outcome.forced);

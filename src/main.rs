@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mcpflip::config::{Config, DEFAULT_PATH, DEFAULT_SOCKET};
 
 #[derive(Parser)]
-#[command(name = "mcpflip", version, about = "Blue-green reverse proxy for MCP servers")]
+#[command(
+    name = "mcpflip",
+    version,
+    about = "Blue-green reverse proxy for MCP servers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -68,11 +72,16 @@ enum TransportArg {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {
@@ -88,7 +97,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Run { config, ignore_state } => {
+        Cmd::Run {
+            config,
+            ignore_state,
+        } => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -99,7 +111,10 @@ fn main() -> ExitCode {
             init_tracing();
             let workers = config.proxy.workers;
             let rt = if workers > 0 {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
             } else {
                 runtime()
             };
@@ -134,7 +149,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Upstream { port, slot, transport, tools, fail_initialize } => {
+        Cmd::Upstream {
+            port,
+            slot,
+            transport,
+            tools,
+            fail_initialize,
+        } => {
             init_tracing();
             let transport = match transport {
                 TransportArg::Sse => mcpflip::upstream::Transport::Sse,
@@ -164,9 +185,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Ctl { socket, json, command } => {
+        Cmd::Ctl {
+            socket,
+            json,
+            command,
+        } => {
             let line = command.join(" ");
-            match runtime().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(mcpflip::control::client::run(&socket, &line, json))) {
+            match runtime()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(mcpflip::control::client::run(&socket, &line, json)))
+            {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
                     eprintln!("mcpflip ctl: {e}");

@@ -36,12 +36,15 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     };
     let stop = CancellationToken::new();
     let deadline = config.drain.deadline;
-    let public = TcpListener::bind(config.listen.addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} ([listen] addr): {e}", config.listen.addr))?;
-    let admin = TcpListener::bind(config.admin.addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {} ([admin] addr): {e}", config.admin.addr))?;
+    let public = TcpListener::bind(config.listen.addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} ([listen] addr): {e}",
+            config.listen.addr
+        )
+    })?;
+    let admin = TcpListener::bind(config.admin.addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {} ([admin] addr): {e}", config.admin.addr)
+    })?;
     let control = crate::control::bind(&config.control.socket)?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
@@ -50,16 +53,30 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         anyhow::bail!("[listen] tls is not supported by this version of mcpflip yet; terminate TLS in front of it for now");
     }
     let preserve_host = config.proxy.preserve_host;
-    let controller = Controller::new(config, persisted, stop.child_token()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let controller = Controller::new(config, persisted, stop.child_token())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
         preserve_host,
         proto: HeaderValue::from_static("http"),
     });
     controller.resume_drains();
-    tokio::spawn(crate::admin::serve(admin, Arc::clone(&controller), stop.child_token()));
-    tokio::spawn(crate::control::serve(control, Arc::clone(&controller), stop.child_token()));
-    let public = tokio::spawn(proxy::serve(public, forwarder, header_timeout, stop.child_token()));
+    tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::clone(&controller),
+        stop.child_token(),
+    ));
+    tokio::spawn(crate::control::serve(
+        control,
+        Arc::clone(&controller),
+        stop.child_token(),
+    ));
+    let public = tokio::spawn(proxy::serve(
+        public,
+        forwarder,
+        header_timeout,
+        stop.child_token(),
+    ));
     tracing::info!(%public_addr, %admin_addr, "mcpflip is serving");
     Ok(Running {
         public_addr,
@@ -84,7 +101,9 @@ impl Running {
             }
         };
         if tokio::time::timeout(self.deadline, all_idle).await.is_err() {
-            tracing::warn!("shutdown: drain deadline passed; ending the remaining streams at event boundaries");
+            tracing::warn!(
+                "shutdown: drain deadline passed; ending the remaining streams at event boundaries"
+            );
             for s in &table.slots {
                 s.stats.force_end_streams();
             }

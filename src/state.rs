@@ -30,7 +30,10 @@ pub enum StateError {
     #[error("state file {path} is corrupt: {reason}; fix or delete it, or start with `mcpflip run --ignore-state` to start from the config")]
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl PersistedState {
@@ -68,19 +71,26 @@ impl PersistedState {
                 })
             }
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| StateError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
     }
 
     /// Writes atomically: temporary file in the same directory, fsync, rename.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
             ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state.json")
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("state.json")
         ));
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         let mut f = std::fs::File::create(&tmp)?;

@@ -49,9 +49,11 @@ impl SlotState {
         }
     }
 
-    /// Whether requests pinned to a slot in this state are forwarded to it.
+    /// Whether requests pinned to a slot in this state are forwarded to it. A
+    /// drained slot's process is still up until it is retired, so a late request
+    /// of one of its sessions is still served rather than cut with a 404.
     pub fn accepts_pinned(self) -> bool {
-        matches!(self, Self::Serving | Self::Draining)
+        matches!(self, Self::Serving | Self::Draining | Self::Drained)
     }
 }
 
@@ -219,7 +221,10 @@ mod tests {
             state,
             generation: 1,
             stats: SlotStats::new(name),
-            client: UpstreamClient::new(std::time::Duration::from_secs(1), std::time::Duration::from_secs(1)),
+            client: UpstreamClient::new(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(1),
+            ),
         })
     }
 
@@ -233,10 +238,22 @@ mod tests {
             ],
             1,
         );
-        assert_eq!(&*t.pick_with(0).map(|s| s.name.clone()).expect("a slot"), "blue");
-        assert_eq!(&*t.pick_with(29).map(|s| s.name.clone()).expect("a slot"), "blue");
-        assert_eq!(&*t.pick_with(30).map(|s| s.name.clone()).expect("a slot"), "green");
-        assert_eq!(&*t.pick_with(99).map(|s| s.name.clone()).expect("a slot"), "green");
+        assert_eq!(
+            &*t.pick_with(0).map(|s| s.name.clone()).expect("a slot"),
+            "blue"
+        );
+        assert_eq!(
+            &*t.pick_with(29).map(|s| s.name.clone()).expect("a slot"),
+            "blue"
+        );
+        assert_eq!(
+            &*t.pick_with(30).map(|s| s.name.clone()).expect("a slot"),
+            "green"
+        );
+        assert_eq!(
+            &*t.pick_with(99).map(|s| s.name.clone()).expect("a slot"),
+            "green"
+        );
         let mut blue = 0;
         for _ in 0..10_000 {
             if &*t.pick().expect("a slot").name == "blue" {

@@ -9,7 +9,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 /// Sends `command`; returns the final reply (the one with `"ok"`).
-pub async fn send(socket: &Path, command: &str, mut on_progress: impl FnMut(&Value)) -> anyhow::Result<Value> {
+pub async fn send(
+    socket: &Path,
+    command: &str,
+    mut on_progress: impl FnMut(&Value),
+) -> anyhow::Result<Value> {
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to the control socket {}: {e}\n(is `mcpflip run` running? set --socket or MCPFLIP_SOCKET to its [control] socket)",
@@ -17,10 +21,13 @@ pub async fn send(socket: &Path, command: &str, mut on_progress: impl FnMut(&Val
         )
     })?;
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{}\n", command.trim()).as_bytes()).await?;
+    write
+        .write_all(format!("{}\n", command.trim()).as_bytes())
+        .await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
-        let v: Value = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("bad reply {line:?}: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("bad reply {line:?}: {e}"))?;
         if v.get("ok").is_some() {
             return Ok(v);
         }
@@ -53,7 +60,11 @@ pub async fn run(socket: &Path, command: &str, json: bool) -> anyhow::Result<i32
     } else {
         println!("{}", human(&reply));
     }
-    Ok(if reply["ok"] == Value::Bool(true) { 0 } else { 1 })
+    Ok(if reply["ok"] == Value::Bool(true) {
+        0
+    } else {
+        1
+    })
 }
 
 fn progress_line(p: &Value) -> String {
@@ -71,11 +82,18 @@ fn progress_line(p: &Value) -> String {
 /// A readable rendering of a final reply.
 pub fn human(v: &Value) -> String {
     if v["ok"] != Value::Bool(true) {
-        return format!("error ({}): {}", v["code"].as_str().unwrap_or("?"), v["error"].as_str().unwrap_or("?"));
+        return format!(
+            "error ({}): {}",
+            v["code"].as_str().unwrap_or("?"),
+            v["error"].as_str().unwrap_or("?")
+        );
     }
     let mut out = String::new();
     if let Some(slots) = v["slots"].as_array() {
-        out.push_str(&format!("{:<10} {:<9} {:>6} {:>4} {:>8} {:>8}  {}\n", "SLOT", "STATE", "WEIGHT", "GEN", "STREAMS", "INFLIGHT", "UPSTREAM"));
+        out.push_str(&format!(
+            "{:<10} {:<9} {:>6} {:>4} {:>8} {:>8}  {}\n",
+            "SLOT", "STATE", "WEIGHT", "GEN", "STREAMS", "INFLIGHT", "UPSTREAM"
+        ));
         for s in slots {
             out.push_str(&format!(
                 "{:<10} {:<9} {:>6} {:>4} {:>8} {:>8}  {}\n",
@@ -83,7 +101,9 @@ pub fn human(v: &Value) -> String {
                 s["state"].as_str().unwrap_or(""),
                 s["weight"],
                 s["generation"],
-                s.get("live_streams").map(|x| x.to_string()).unwrap_or_default(),
+                s.get("live_streams")
+                    .map(|x| x.to_string())
+                    .unwrap_or_default(),
                 s.get("inflight").map(|x| x.to_string()).unwrap_or_default(),
                 s["upstream"].as_str().unwrap_or(""),
             ));
@@ -93,7 +113,10 @@ pub fn human(v: &Value) -> String {
         }
     }
     if let Some(to) = v["to"].as_str() {
-        out.push_str(&format!("flipped {} -> {to}\n", v["from"].as_str().unwrap_or("(none)")));
+        out.push_str(&format!(
+            "flipped {} -> {to}\n",
+            v["from"].as_str().unwrap_or("(none)")
+        ));
     }
     if let Some(d) = v["drained"].as_array() {
         for o in d {
@@ -121,6 +144,10 @@ fn drained_line(o: &Value) -> String {
         "{} drained after {:.3}s{}",
         o["slot"].as_str().unwrap_or("?"),
         o["drained_after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        if forced > 0 { format!(" ({forced} streams ended at the deadline)") } else { String::new() }
+        if forced > 0 {
+            format!(" ({forced} streams ended at the deadline)")
+        } else {
+            String::new()
+        }
     )
 }

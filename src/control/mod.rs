@@ -24,7 +24,8 @@ use protocol::Command;
 /// Binds the control socket: replaces a stale file, refuses a live one.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -33,9 +34,11 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                 path.display()
             );
         }
-        std::fs::remove_file(path).map_err(|e| anyhow::anyhow!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| anyhow::anyhow!("cannot chmod 0600 {}: {e}", path.display()))?;
     Ok(listener)
@@ -50,7 +53,10 @@ pub async fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: Cancellat
             _ = stop.cancelled() => return,
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
         };
-        let allowed = stream.peer_cred().map(|c| c.uid() == me || c.uid() == 0).unwrap_or(false);
+        let allowed = stream
+            .peer_cred()
+            .map(|c| c.uid() == me || c.uid() == 0)
+            .unwrap_or(false);
         let ctl = Arc::clone(&ctl);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -104,23 +110,38 @@ async fn connection(stream: UnixStream, ctl: Arc<Controller>, stop: Cancellation
         let reply = match run.await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => error_json(&e),
-            Err(e) => json!({"ok": false, "error": format!("command failed: {e}"), "code": "internal"}),
+            Err(e) => {
+                json!({"ok": false, "error": format!("command failed: {e}"), "code": "internal"})
+            }
         };
-        if write.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+        if write
+            .write_all(format!("{reply}\n").as_bytes())
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
 /// Runs one command; progress objects go to `tx`, the final reply is returned.
-pub async fn execute(ctl: &Arc<Controller>, line: &str, tx: mpsc::UnboundedSender<Value>) -> Result<Value, CtlError> {
+pub async fn execute(
+    ctl: &Arc<Controller>,
+    line: &str,
+    tx: mpsc::UnboundedSender<Value>,
+) -> Result<Value, CtlError> {
     let progress = |v: Value| {
         let _ = tx.send(v);
     };
     match protocol::parse(line)? {
         Command::Status => Ok(ctl.status()),
         Command::Weights(w) => ctl.set_weights(&w).await,
-        Command::Flip { slot, no_probe, drain, wait } => {
+        Command::Flip {
+            slot,
+            no_probe,
+            drain,
+            wait,
+        } => {
             if !no_probe {
                 return Err(CtlError::new(
                     "not_supported",
@@ -139,7 +160,11 @@ pub async fn execute(ctl: &Arc<Controller>, line: &str, tx: mpsc::UnboundedSende
             }
             Ok(reply)
         }
-        Command::Drain { slot, wait, deadline } => {
+        Command::Drain {
+            slot,
+            wait,
+            deadline,
+        } => {
             ctl.drain(&slot, deadline).await?;
             if wait {
                 let o = ctl.wait_drained(&slot, None, progress).await?;

@@ -10,9 +10,21 @@ use crate::controller::CtlError;
 pub enum Command {
     Status,
     Weights(Vec<(String, u32)>),
-    Flip { slot: String, no_probe: bool, drain: bool, wait: bool },
-    Drain { slot: String, wait: bool, deadline: Option<Duration> },
-    Wait { slot: String, timeout: Option<Duration> },
+    Flip {
+        slot: String,
+        no_probe: bool,
+        drain: bool,
+        wait: bool,
+    },
+    Drain {
+        slot: String,
+        wait: bool,
+        deadline: Option<Duration>,
+    },
+    Wait {
+        slot: String,
+        timeout: Option<Duration>,
+    },
     Retire(String),
     Standby(String),
 }
@@ -35,7 +47,9 @@ pub fn parse(line: &str) -> Result<Command, CtlError> {
     let one_slot = |args: &[&str]| -> Result<String, CtlError> {
         match args.first() {
             Some(s) if !s.starts_with("--") => Ok(s.to_string()),
-            _ => Err(bad(format!("`{cmd}` needs a slot name, e.g. `{cmd} green`"))),
+            _ => Err(bad(format!(
+                "`{cmd}` needs a slot name, e.g. `{cmd} green`"
+            ))),
         }
     };
     match cmd {
@@ -114,19 +128,43 @@ mod tests {
         assert_eq!(parse("status").ok(), Some(Command::Status));
         assert_eq!(
             parse("weights blue=90 green=10").ok(),
-            Some(Command::Weights(vec![("blue".into(), 90), ("green".into(), 10)]))
+            Some(Command::Weights(vec![
+                ("blue".into(), 90),
+                ("green".into(), 10)
+            ]))
         );
         assert_eq!(
             parse("flip green --no-probe --drain --wait").ok(),
-            Some(Command::Flip { slot: "green".into(), no_probe: true, drain: true, wait: true })
+            Some(Command::Flip {
+                slot: "green".into(),
+                no_probe: true,
+                drain: true,
+                wait: true
+            })
         );
         assert_eq!(
             parse("drain blue --wait --deadline 2s").ok(),
-            Some(Command::Drain { slot: "blue".into(), wait: true, deadline: Some(Duration::from_secs(2)) })
+            Some(Command::Drain {
+                slot: "blue".into(),
+                wait: true,
+                deadline: Some(Duration::from_secs(2))
+            })
         );
-        assert_eq!(parse("wait blue drained").ok(), Some(Command::Wait { slot: "blue".into(), timeout: None }));
+        assert_eq!(
+            parse("wait blue drained").ok(),
+            Some(Command::Wait {
+                slot: "blue".into(),
+                timeout: None
+            })
+        );
         assert_eq!(parse("bogus").err().map(|e| e.code), Some("bad_command"));
-        assert_eq!(parse("weights blue=x").err().map(|e| e.code), Some("bad_command"));
-        assert_eq!(parse("drain --wait").err().map(|e| e.code), Some("bad_command"));
+        assert_eq!(
+            parse("weights blue=x").err().map(|e| e.code),
+            Some("bad_command")
+        );
+        assert_eq!(
+            parse("drain --wait").err().map(|e| e.code),
+            Some("bad_command")
+        );
     }
 }

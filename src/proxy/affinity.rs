@@ -32,7 +32,10 @@ impl<'a> SessionTag<'a> {
         let rest = s.strip_prefix(TAG_VERSION)?;
         let (slot, rest) = rest.split_once('.')?;
         let (generation, inner) = rest.split_once('.')?;
-        if slot.is_empty() || generation.is_empty() || !generation.bytes().all(|b| b.is_ascii_digit()) {
+        if slot.is_empty()
+            || generation.is_empty()
+            || !generation.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         Some(SessionTag {
@@ -107,10 +110,12 @@ pub fn route<B>(table: &Table, req: &Request<B>) -> Route {
 
 fn pinned(table: &Table, tag: &SessionTag<'_>, site: TagSite) -> Route {
     match table.get(tag.slot) {
-        Some(slot) if slot.generation == tag.generation && slot.state.accepts_pinned() => Route::Pinned {
-            slot: Arc::clone(slot),
-            site,
-        },
+        Some(slot) if slot.generation == tag.generation && slot.state.accepts_pinned() => {
+            Route::Pinned {
+                slot: Arc::clone(slot),
+                site,
+            }
+        }
         _ => Route::SessionGone,
     }
 }

@@ -40,7 +40,11 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Serves one client request.
-    pub async fn forward(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
         let (slot, pinned) = {
@@ -57,7 +61,12 @@ impl Forwarder {
                 }
                 Route::NoSlot => {
                     tracing::warn!(target: "access", %method, uri = %req.uri(), status = 503, "no slot is serving");
-                    return local_error(StatusCode::SERVICE_UNAVAILABLE, None, "no_slot", "no slot is serving");
+                    return local_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        None,
+                        "no_slot",
+                        "no slot is serving",
+                    );
                 }
             }
         };
@@ -67,10 +76,11 @@ impl Forwarder {
         }
         let inflight = stats.inflight_guard();
         // A legacy SSE session starts with a GET that carries no session id.
-        let legacy_get = method == Method::GET && !req.headers().contains_key(MCP_SESSION_ID) && !pinned;
+        let legacy_get =
+            method == Method::GET && !req.headers().contains_key(MCP_SESSION_ID) && !pinned;
 
         if let Err(resp) = self.rewrite_request(&mut req, &slot, peer) {
-            return resp;
+            return *resp;
         }
         let req = req.map(ForwardBody::from);
         let resp = match slot.client.request(req).await {
@@ -110,9 +120,12 @@ impl Forwarder {
             ms = started.elapsed().as_millis() as u64,
         );
         let body = if is_sse {
-            parts.headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-            let rewrite = (legacy_get && parts.status.is_success())
-                .then(|| EndpointRewrite::new(affinity::tag_prefix(&slot), slot.authority.to_string()));
+            parts
+                .headers
+                .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            let rewrite = (legacy_get && parts.status.is_success()).then(|| {
+                EndpointRewrite::new(affinity::tag_prefix(&slot), slot.authority.to_string())
+            });
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
@@ -128,12 +141,12 @@ impl Forwarder {
         req: &mut Request<Incoming>,
         slot: &Slot,
         peer: SocketAddr,
-    ) -> Result<(), Response<ResponseBody>> {
-        let client_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    ) -> Result<(), Box<Response<ResponseBody>>> {
+        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let pq = req
             .uri()
             .path_and_query()
@@ -144,7 +157,9 @@ impl Forwarder {
             .authority(slot.authority.clone())
             .path_and_query(pq)
             .build()
-            .map_err(|e| local_error(StatusCode::BAD_REQUEST, None, "bad_request", &e.to_string()))?;
+            .map_err(|e| {
+                local_error(StatusCode::BAD_REQUEST, None, "bad_request", &e.to_string())
+            })?;
         *req.uri_mut() = uri;
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
@@ -188,7 +203,10 @@ fn strip_tag(req: &mut Request<Incoming>, site: TagSite) {
                 req.headers_mut().insert(MCP_SESSION_ID, v);
             }
         }
-        TagSite::Query { value_at, prefix_len } => {
+        TagSite::Query {
+            value_at,
+            prefix_len,
+        } => {
             let uri = req.uri();
             let Some(query) = uri.query() else { return };
             let stripped = format!(
@@ -259,7 +277,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A JSON error written by the proxy itself.
-pub fn local_error(status: StatusCode, slot: Option<&str>, code: &str, message: &str) -> Response<ResponseBody> {
+pub fn local_error(
+    status: StatusCode,
+    slot: Option<&str>,
+    code: &str,
+    message: &str,
+) -> Response<ResponseBody> {
     let body = serde_json::json!({
         "error": code,
         "slot": slot,
@@ -273,14 +296,17 @@ pub fn local_error(status: StatusCode, slot: Option<&str>, code: &str, message: 
 pub fn session_not_found() -> Response<ResponseBody> {
     json_response(
         StatusCode::NOT_FOUND,
-        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#
+            .to_string(),
     )
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }

@@ -64,7 +64,9 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(forwarder.forward(req, peer).await) }
         });
         let builder = Arc::clone(&builder);
-        let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -48,7 +48,12 @@ impl SseScanner {
         self.scan(data, true, &mut retry)
     }
 
-    fn scan(&mut self, data: &[u8], stop_at_boundary: bool, retry: &mut Option<u64>) -> Option<usize> {
+    fn scan(
+        &mut self,
+        data: &[u8],
+        stop_at_boundary: bool,
+        retry: &mut Option<u64>,
+    ) -> Option<usize> {
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', data) {
             let seg = &data[start..nl];
@@ -63,7 +68,10 @@ impl SseScanner {
                 if let Some(v) = seg.strip_prefix(b"retry:") {
                     let v = v.strip_suffix(b"\r").unwrap_or(v);
                     let v = v.strip_prefix(b" ").unwrap_or(v);
-                    if let Some(ms) = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()) {
+                    if let Some(ms) = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
                         *retry = Some(retry.map_or(ms, |r: u64| r.max(ms)));
                     }
                 }
@@ -131,7 +139,8 @@ impl EndpointRewrite {
                 let end = seen + end;
                 let rest = self.buf.split_off(end);
                 let event = std::mem::take(&mut self.buf);
-                let mut out = BytesMut::with_capacity(event.len() + self.tag_prefix.len() + rest.len());
+                let mut out =
+                    BytesMut::with_capacity(event.len() + self.tag_prefix.len() + rest.len());
                 match rewrite_endpoint(&event, &self.tag_prefix, &self.upstream_authority) {
                     Some(new_event) => out.extend_from_slice(new_event.as_bytes()),
                     None => out.extend_from_slice(&event),
@@ -153,7 +162,11 @@ impl EndpointRewrite {
 }
 
 /// Rewrites one complete SSE event if it is `event: endpoint`; `None` otherwise.
-pub fn rewrite_endpoint(event: &[u8], tag_prefix: &str, upstream_authority: &str) -> Option<String> {
+pub fn rewrite_endpoint(
+    event: &[u8],
+    tag_prefix: &str,
+    upstream_authority: &str,
+) -> Option<String> {
     let text = std::str::from_utf8(event).ok()?;
     let mut is_endpoint = false;
     let mut out = String::with_capacity(text.len() + tag_prefix.len());
@@ -251,7 +264,10 @@ mod tests {
     #[test]
     fn retry_is_noted() {
         let mut s = SseScanner::default();
-        assert_eq!(s.feed(b"retry: 3000\nid: 1\ndata: x\n\nretry:500\n\n"), Some(3000));
+        assert_eq!(
+            s.feed(b"retry: 3000\nid: 1\ndata: x\n\nretry:500\n\n"),
+            Some(3000)
+        );
     }
 
     #[test]
@@ -280,7 +296,10 @@ mod tests {
     #[test]
     fn endpoint_event_split_across_chunks() {
         let mut r = EndpointRewrite::new("mf1.green.2.".into(), "h:1".into());
-        assert!(matches!(r.push(Bytes::from_static(b"event: endpoint\r\nda")), Rewritten::Pending));
+        assert!(matches!(
+            r.push(Bytes::from_static(b"event: endpoint\r\nda")),
+            Rewritten::Pending
+        ));
         match r.push(Bytes::from_static(b"ta: /messages/?session_id=ff\r\n\r\nevent: message\n")) {
             Rewritten::Done(b) => assert_eq!(
                 &b[..],
@@ -293,7 +312,9 @@ mod tests {
     #[test]
     fn other_first_event_passes_unchanged() {
         let mut r = EndpointRewrite::new("mf1.a.1.".into(), "h:1".into());
-        match r.push(Bytes::from_static(b"event: message\ndata: /x?sessionId=1\n\n")) {
+        match r.push(Bytes::from_static(
+            b"event: message\ndata: /x?sessionId=1\n\n",
+        )) {
             Rewritten::Done(b) => assert_eq!(&b[..], b"event: message\ndata: /x?sessionId=1\n\n"),
             Rewritten::Pending => panic!("should be done"),
         }

@@ -1,0 +1,257 @@
+//! The core issue's behaviour over real sockets: routing, affinity through a
+//! flip, exact live counts, event-driven drain, deadlines, control errors,
+//! socket mode and persisted state.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mcpflip::demo::{http_client, SseSession};
+use serde_json::json;
+use support::{until, Harness};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_session_keeps_its_slot_and_drain_waits_for_it() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config(""), true)
+        .await
+        .expect("proxy starts");
+    let base = format!("http://{}", p.public_addr);
+    let client = http_client();
+    let mut held = SseSession::open(&client, &base).await.expect("session");
+    assert!(
+        held.post_url().contains("sessionId=mf1.blue.1."),
+        "{}",
+        held.post_url()
+    );
+    assert_eq!(held.call("whoami", json!({})).await.expect("call"), "blue");
+
+    let flip = h.ctl("flip green --no-probe --drain").await;
+    assert_eq!(flip["ok"], true, "{flip}");
+    let mut fresh = SseSession::open(&client, &base).await.expect("new session");
+    assert_eq!(
+        fresh.call("whoami", json!({})).await.expect("call"),
+        "green"
+    );
+    drop(fresh);
+    assert_eq!(held.call("whoami", json!({})).await.expect("call"), "blue");
+
+    let socket = h.socket();
+    let waiter = tokio::spawn(async move {
+        mcpflip::control::client::send(&socket, "drain blue --wait", |_| {}).await
+    });
+    // The drain must not finish while the session is open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "drain returned while a session was open"
+    );
+    assert_eq!(
+        held.call("whoami", json!({}))
+            .await
+            .expect("call still served"),
+        "blue"
+    );
+    drop(held);
+    let reply = waiter.await.expect("join").expect("reply");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["forced"], 0);
+    let status = h.ctl("status").await;
+    assert_eq!(status["slots"][0]["state"], "drained", "{status}");
+    assert_eq!(status["slots"][0]["live_streams"], 0);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+async fn post_json(
+    client: &mcpflip::demo::HttpClientAlias,
+    url: &str,
+    session: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, Option<String>, String) {
+    let mut req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s);
+    }
+    let resp = client
+        .request(
+            req.body(Full::new(Bytes::from(body.to_string())))
+                .expect("req"),
+        )
+        .await
+        .expect("resp");
+    let status = resp.status().as_u16();
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, sid, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_session_is_tagged_pinned_and_404_once_retired() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config(""), true)
+        .await
+        .expect("proxy starts");
+    let url = format!("http://{}/mcp", p.public_addr);
+    let client = http_client();
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let (status, sid, _) = post_json(&client, &url, None, init.clone()).await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a session id");
+    assert!(sid.starts_with("mf1.blue.1."), "{sid}");
+    h.ctl("flip green --no-probe --drain").await;
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
+    let (status, _, body) = post_json(&client, &url, Some(&sid), call.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"blue\""), "{body}");
+    // A new session lands on green.
+    let (_, sid2, _) = post_json(&client, &url, None, init).await;
+    assert!(sid2.expect("id").starts_with("mf1.green.1."));
+    // Once blue is retired, its sessions get the SDK's 404.
+    let r = h.ctl("retire blue").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let (status, _, body) = post_json(&client, &url, Some(&sid), call.clone()).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("Session not found"), "{body}");
+    // A forged tag for a standby slot never reaches it.
+    let (status, _, _) = post_json(&client, &url, Some("mf1.blue.7.abc"), call).await;
+    assert_eq!(status, 404);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_counts_are_exact_and_deadline_ends_streams_between_events() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config(""), true)
+        .await
+        .expect("proxy starts");
+    let client = http_client();
+    let blue = p
+        .controller
+        .tables
+        .load()
+        .get("blue")
+        .map(|s| s.stats.clone())
+        .expect("blue");
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        let req = http::Request::get(format!(
+            "http://{}/ticker?interval_ms=20&pad=3000",
+            p.public_addr
+        ))
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+        streams.push(client.request(req).await.expect("stream").into_body());
+    }
+    until("6 live streams", || blue.live_streams() == 6).await;
+    streams.truncate(4); // two clients vanish without closing
+    until("4 live streams", || blue.live_streams() == 4).await;
+    // Drain with a short deadline: every remaining stream ends at an event boundary.
+    let r = h.ctl("drain blue --wait --deadline 300ms").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["forced"], 4, "{r}");
+    for body in streams {
+        let bytes = body
+            .collect()
+            .await
+            .expect("stream ended cleanly")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.ends_with("\n\n"),
+            "stream ended inside an event: {:?}",
+            &text[text.len().saturating_sub(80)..]
+        );
+    }
+    until("0 live streams", || {
+        blue.live_streams() == 0 && blue.inflight() == 0
+    })
+    .await;
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_errors_keep_the_connection_and_socket_is_private() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config(""), true)
+        .await
+        .expect("proxy starts");
+    let mode = std::fs::metadata(h.socket())
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let s = tokio::net::UnixStream::connect(h.socket())
+        .await
+        .expect("connect");
+    let (r, mut w) = s.into_split();
+    let mut lines = BufReader::new(r).lines();
+    for (line, code) in [
+        ("bogus", "bad_command"),
+        ("flip purple --no-probe", "unknown_slot"),
+        ("weights blue=x", "bad_command"),
+    ] {
+        w.write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+        let reply: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.expect("read").expect("line"))
+                .expect("json");
+        assert_eq!(reply["ok"], false);
+        assert_eq!(reply["code"], code, "{reply}");
+    }
+    w.write_all(b"status\n").await.expect("write");
+    let reply: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.expect("read").expect("line")).expect("json");
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["active"], "blue");
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_and_weights_route() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config(""), false)
+        .await
+        .expect("proxy starts");
+    let r = h.ctl("weights blue=0 green=100").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let client = http_client();
+    let mut s = SseSession::open(&client, &format!("http://{}", p.public_addr))
+        .await
+        .expect("session");
+    assert_eq!(s.call("whoami", json!({})).await.expect("call"), "green");
+    drop(s);
+    let state = h.dir.path().join("state.json");
+    until("state written", || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"green\"") && t.contains("100"))
+    })
+    .await;
+    p.shutdown().await;
+    let p = mcpflip::run::start(h.config(""), false)
+        .await
+        .expect("proxy restarts");
+    assert_eq!(p.controller.status()["active"], "green");
+    p.shutdown().await;
+    std::fs::write(&state, "{not json").expect("write");
+    let err = mcpflip::run::start(h.config(""), false)
+        .await
+        .err()
+        .expect("corrupt state refused");
+    assert!(err.to_string().contains("--ignore-state"), "{err}");
+    h.stop.cancel();
+}

@@ -1,0 +1,76 @@
+//! Test harness: built-in upstreams and the proxy in-process on port 0, a ctl
+//! client, and wait-for helpers (conditions, never fixed sleeps).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mcpflip::config::Config;
+use mcpflip::upstream::{self, Transport, UpstreamConfig};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub stop: CancellationToken,
+    pub blue: u16,
+    pub green: u16,
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        let stop = CancellationToken::new();
+        let blue = slot("blue", &stop).await;
+        let green = slot("green", &stop).await;
+        Harness {
+            dir: tempfile::tempdir().expect("tempdir"),
+            stop,
+            blue,
+            green,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    pub fn config(&self, extra: &str) -> Config {
+        let text = format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"50ms\"\n{extra}\n\
+             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{}\"\nweight = 0\n",
+            self.socket().display(),
+            self.dir.path().join("state.json").display(),
+            self.blue,
+            self.green
+        );
+        Config::parse(&text, std::path::Path::new("test.toml")).expect("valid test config")
+    }
+
+    pub async fn ctl(&self, line: &str) -> Value {
+        mcpflip::control::client::send(&self.socket(), line, |_| {})
+            .await
+            .expect("control reply")
+    }
+}
+
+async fn slot(name: &str, stop: &CancellationToken) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let stop = stop.clone();
+    let cfg = UpstreamConfig::new(name, Transport::Both);
+    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
+    port
+}
+
+/// Waits until `cond` holds (generous timeout; fails the test otherwise).
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
