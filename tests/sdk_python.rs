@@ -1,0 +1,214 @@
+//! The core issue's "done when", as a user would run it: two official Python SDK
+//! (1.x) servers as blue and green behind the real `mcpflip run` binary, a Python
+//! SDK legacy SSE client holding a session on blue through
+//! `mcpflip ctl flip green --no-probe --drain`, new sessions on green, and
+//! `mcpflip ctl drain blue --wait` returning only after that session closes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpflip");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Installs the Python 1.x SDK peer (idempotent); fails with the command to run by hand.
+fn install_py1() -> PathBuf {
+    let status = std::process::Command::new("bash")
+        .arg(repo().join("tests/peers/install.sh"))
+        .arg("py1")
+        .status()
+        .expect("bash runs");
+    assert!(
+        status.success(),
+        "could not install the Python MCP SDK peer; run `bash tests/peers/install.sh py1` and read its error"
+    );
+    repo().join("target/peers/py1/bin/python")
+}
+
+struct Proc {
+    child: Child,
+    out: Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn");
+        let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Proc { child, out }
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.out.next_line())
+            .await
+            .expect("a line within 60 s")
+            .expect("read")
+            .expect("process still running")
+    }
+
+    async fn json(&mut self) -> Value {
+        let l = self.line().await;
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))
+    }
+
+    async fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write");
+        stdin.flush().await.expect("flush");
+    }
+
+    async fn call(&mut self, tool: &str) -> Value {
+        self.send(&format!("call {tool}")).await;
+        self.json().await
+    }
+}
+
+async fn server(py: &Path, slot: &str) -> (Proc, u16) {
+    let mut p = Proc::spawn(
+        Command::new(py)
+            .arg(repo().join("tests/peers/server.py"))
+            .args(["--port", "0", "--slot", slot, "--transport", "sse"]),
+    );
+    let ready = p.line().await;
+    let port = ready
+        .strip_prefix("READY ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server line {ready:?}"));
+    (p, port)
+}
+
+async fn client(py: &Path, base: &str) -> Proc {
+    let mut c = Proc::spawn(
+        Command::new(py)
+            .arg(repo().join("tests/peers/client.py"))
+            .args(["--url", &format!("{base}/sse"), "--transport", "sse"]),
+    );
+    let ready = c.json().await;
+    assert_eq!(ready["event"], "ready", "{ready}");
+    c
+}
+
+async fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .await
+        .expect("ctl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_legacy_session_survives_a_flip_and_drain_waits_for_it() {
+    let py = install_py1();
+    let (_blue, blue) = server(&py, "blue").await;
+    let (_green, green) = server(&py, "green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("control.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("mcpflip.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"100ms\"\n\
+             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n",
+            socket.display(),
+            dir.path().join("state.json").display()
+        ),
+    )
+    .expect("write config");
+    let mut proxy = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mcpflip run");
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ctl(&socket, &["status"]).await.0 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "mcpflip run did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base = format!("http://127.0.0.1:{port}");
+
+    let mut held = client(&py, &base).await;
+    let r = held.call("whoami").await;
+    assert_eq!(
+        (r["ok"].clone(), r["text"].clone()),
+        (Value::Bool(true), "blue".into()),
+        "{r}"
+    );
+
+    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
+    assert!(ok, "{out}");
+
+    let mut fresh = client(&py, &base).await;
+    let r = fresh.call("whoami").await;
+    assert_eq!(r["text"], "green", "{r}");
+    fresh.send("quit").await;
+    assert_eq!(fresh.json().await["event"], "closed");
+
+    let r = held.call("whoami").await;
+    assert_eq!(
+        (r["ok"].clone(), r["text"].clone()),
+        (Value::Bool(true), "blue".into()),
+        "{r}"
+    );
+
+    let mut drain = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["drain", "blue", "--wait"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ctl drain");
+    // While the session is open, the drain must not return, and the session keeps working.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            drain.try_wait().expect("try_wait").is_none(),
+            "drain returned while the session was open"
+        );
+        let r = held.call("whoami").await;
+        assert_eq!(r["text"], "blue", "{r}");
+    }
+    held.send("quit").await;
+    assert_eq!(held.json().await["event"], "closed");
+    let out = tokio::time::timeout(Duration::from_secs(30), drain.wait_with_output())
+        .await
+        .expect("drain returns once the session closed")
+        .expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("blue drained after"), "{text}");
+    let (_, status) = ctl(&socket, &["--json", "status"]).await;
+    assert!(status.contains("\"state\":\"drained\""), "{status}");
+
+    let _ = proxy.start_kill();
+}
