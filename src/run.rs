@@ -34,6 +34,9 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     } else {
         PersistedState::load(&config.control.state_file)?
     };
+    if config.listen.tls.is_some() {
+        anyhow::bail!("[listen] tls is not supported by this version of mcpflip yet; terminate TLS in front of it for now");
+    }
     let stop = CancellationToken::new();
     let deadline = config.drain.deadline;
     let public = TcpListener::bind(config.listen.addr).await.map_err(|e| {
@@ -49,9 +52,6 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let header_timeout = config.proxy.header_read_timeout;
-    if config.listen.tls.is_some() {
-        anyhow::bail!("[listen] tls is not supported by this version of mcpflip yet; terminate TLS in front of it for now");
-    }
     let preserve_host = config.proxy.preserve_host;
     let controller = Controller::new(config, persisted, stop.child_token())
         .map_err(|e| anyhow::anyhow!("{e}"))?;

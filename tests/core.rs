@@ -255,3 +255,87 @@ async fn state_survives_a_restart_and_weights_route() {
     assert!(err.to_string().contains("--ignore-state"), "{err}");
     h.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
+    let h = Harness::new().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut config = h.config("");
+    config.slots[0].upstream = format!("http://127.0.0.1:{dead}");
+    let p = mcpflip::run::start(config, true)
+        .await
+        .expect("proxy starts");
+    let client = http_client();
+    let url = format!("http://{}/mcp", p.public_addr);
+    let (status, _, body) = post_json(
+        &client,
+        &url,
+        None,
+        json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json error body");
+    assert_eq!(
+        (v["slot"].as_str(), v["error"].as_str()),
+        (Some("blue"), Some("upstream_connect"))
+    );
+
+    // Garbage on one connection gets a 4xx; the proxy keeps serving the others.
+    let mut raw = tokio::net::TcpStream::connect(p.public_addr)
+        .await
+        .expect("connect");
+    raw.write_all(b"NOT HTTP AT ALL\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf),
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    h.ctl("flip green --no-probe").await;
+    let (status, _, _) = post_json(&client, &url, None, json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
+    assert_eq!(status, 200);
+
+    let metrics = client
+        .request(
+            http::Request::get(format!("http://{}/metrics", p.admin_addr))
+                .body(Full::new(Bytes::new()))
+                .expect("req"),
+        )
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(
+        &metrics
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes(),
+    )
+    .into_owned();
+    for needle in [
+        "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"connect\"} 1",
+        "mcpflip_requests_total{slot=\"blue\",code=\"5xx\"} 1",
+        "mcpflip_requests_total{slot=\"green\",code=\"2xx\"} 1",
+        "mcpflip_live_streams{slot=\"blue\"} 0",
+        "mcpflip_slot_state{slot=\"green\",state=\"serving\"} 1",
+        "mcpflip_slot_weight{slot=\"green\"} 100",
+        "mcpflip_flips_total 1",
+        "mcpflip_stream_duration_seconds_bucket",
+        "mcpflip_drain_duration_seconds_count",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}
