@@ -1,0 +1,116 @@
+//! The binary as an operator runs it: `check` on a bad config, a stale control
+//! socket replaced, a live one refused, SIGTERM ending with exit 0.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcpflip");
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let p = dir.join("mcpflip.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n\
+             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:1\"\nweight = 100\n",
+            dir.join("control.sock").display(),
+            dir.join("state.json").display()
+        ),
+    )
+    .expect("write config");
+    p
+}
+
+#[test]
+fn check_names_file_line_and_key_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[drain]\ndeadline = \"soon\"\n[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:1\"\nweight = 100\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2: key `drain.deadline`"), "{err}");
+    assert!(err.contains("invalid duration"), "{err}");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn stale_socket_replaced_live_one_refused_sigterm_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("control.sock");
+    // A stale socket file left by a crashed proxy.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+    assert!(sock.exists());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let cfg = write_config(dir.path(), port);
+    let mut proxy = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < end, "proxy did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cfg2 = write_config(&dir.path().join("second").tap_create(), 0);
+    std::fs::write(
+        &cfg2,
+        std::fs::read_to_string(&cfg2).expect("read").replace(
+            &format!(
+                "{}",
+                dir.path().join("second").join("control.sock").display()
+            ),
+            &format!("{}", sock.display()),
+        ),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg2)
+        .output()
+        .expect("second run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another running mcpflip"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SAFETY-free: kill(2) on our own child.
+    unsafe { libc::kill(proxy.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = proxy.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < end, "proxy did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "socket removed on clean shutdown");
+}
+
+trait TapCreate {
+    fn tap_create(self) -> Self;
+}
+
+impl TapCreate for std::path::PathBuf {
+    fn tap_create(self) -> Self {
+        std::fs::create_dir_all(&self).expect("mkdir");
+        self
+    }
+}
