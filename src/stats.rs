@@ -9,6 +9,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -104,7 +106,7 @@ pub struct SlotStats {
     pub stream_duration: AtomicHistogram,
     pub drain_duration: AtomicHistogram,
     /// Cancelled when a drain deadline passes: open streams end at their next event boundary.
-    force: Mutex<CancellationToken>,
+    force: ArcSwap<CancellationToken>,
 }
 
 impl SlotStats {
@@ -122,7 +124,7 @@ impl SlotStats {
             upstream_errors: Default::default(),
             stream_duration: AtomicHistogram::new(&STREAM_BUCKETS),
             drain_duration: AtomicHistogram::new(&DRAIN_BUCKETS),
-            force: Mutex::new(CancellationToken::new()),
+            force: ArcSwap::from_pointee(CancellationToken::new()),
         })
     }
 
@@ -202,20 +204,16 @@ impl SlotStats {
         self.upstream_errors[kind as usize].load(Ordering::Relaxed)
     }
 
-    /// The token a new stream watches for a forced end.
+    /// The token a new stream watches for a forced end (one atomic load, no lock).
     pub fn force_token(&self) -> CancellationToken {
-        self.force
-            .lock()
-            .map(|t| t.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        CancellationToken::clone(&self.force.load())
     }
 
     /// Ends every open stream of this slot at its next event boundary, and arms a
     /// fresh token for streams opened later.
     pub fn force_end_streams(&self) {
-        let mut guard = self.force.lock().unwrap_or_else(|p| p.into_inner());
-        guard.cancel();
-        *guard = CancellationToken::new();
+        let old = self.force.swap(Arc::new(CancellationToken::new()));
+        old.cancel();
     }
 
     /// Waits until the slot is idle. Event driven: the guard that brings a count

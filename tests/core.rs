@@ -339,3 +339,51 @@ async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_dies_mid_stream_brings_the_count_back_to_zero() {
+    let h = Harness::new().await;
+    let die = tokio_util::sync::CancellationToken::new();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let stop = die.clone();
+    tokio::spawn(async move {
+        mcpflip::upstream::serve(
+            l,
+            mcpflip::upstream::UpstreamConfig::new("blue", mcpflip::upstream::Transport::Both),
+            stop,
+        )
+        .await
+    });
+    let mut config = h.config("");
+    config.slots[0].upstream = format!("http://127.0.0.1:{port}");
+    let p = mcpflip::run::start(config, true)
+        .await
+        .expect("proxy starts");
+    let blue = p
+        .controller
+        .tables
+        .load()
+        .get("blue")
+        .map(|s| s.stats.clone())
+        .expect("blue");
+    let client = http_client();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let req = http::Request::get(format!("http://{}/ticker?interval_ms=50", p.public_addr))
+            .body(Full::new(Bytes::new()))
+            .expect("req");
+        bodies.push(client.request(req).await.expect("stream").into_body());
+    }
+    until("3 live streams", || blue.live_streams() == 3).await;
+    die.cancel();
+    until("0 live streams after the upstream died", || {
+        blue.live_streams() == 0 && blue.inflight() == 0
+    })
+    .await;
+    drop(bodies);
+    p.shutdown().await;
+    h.stop.cancel();
+}
