@@ -387,3 +387,44 @@ async fn an_upstream_that_dies_mid_stream_brings_the_count_back_to_zero() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_streams_on_one_connection_are_counted_each() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config(""), true)
+        .await
+        .expect("proxy starts");
+    let blue = p
+        .controller
+        .tables
+        .load()
+        .get("blue")
+        .map(|s| s.stats.clone())
+        .expect("blue");
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::get(format!("http://{}/ticker?interval_ms=50", p.public_addr))
+            .body(Full::new(Bytes::new()))
+            .expect("req");
+        let resp = h2.request(req).await.expect("h2 stream");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(
+            resp.headers()
+                .get("x-accel-buffering")
+                .map(|v| v.as_bytes()),
+            Some(&b"no"[..])
+        );
+        bodies.push(resp.into_body());
+    }
+    until("4 live streams over h2", || blue.live_streams() == 4).await;
+    bodies.truncate(1);
+    until("1 live stream over h2", || blue.live_streams() == 1).await;
+    drop(bodies);
+    until("0 live streams over h2", || blue.live_streams() == 0).await;
+    p.shutdown().await;
+    h.stop.cancel();
+}

@@ -93,9 +93,15 @@ struct Stream {
     scanner: SseScanner,
     force: Pin<Box<WaitForCancellationFutureOwned>>,
     forced: bool,
+    /// After a forced end, how long an upstream may take to finish the event in
+    /// progress before the stream is ended anyway.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     rewrite: Option<EndpointRewrite>,
 }
+
+/// How long a forced stream waits for the event in progress to complete.
+const FORCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ResponseBody {
     pub fn local(bytes: Bytes) -> Self {
@@ -124,6 +130,7 @@ impl ResponseBody {
                 scanner: SseScanner::default(),
                 force,
                 forced: false,
+                grace: None,
                 done: false,
                 rewrite,
             })),
@@ -185,9 +192,20 @@ impl Stream {
         if !self.forced && self.force.as_mut().poll(cx).is_ready() {
             self.forced = true;
         }
-        if self.forced && self.scanner.at_boundary() && self.rewrite.is_none() {
-            self.finish();
-            return Poll::Ready(None);
+        if self.forced {
+            if self.scanner.at_boundary() && self.rewrite.is_none() {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            // The upstream stalls inside an event: end anyway once the grace passes
+            // (the client discards an incomplete event at end of stream).
+            let grace = self
+                .grace
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(FORCE_GRACE)));
+            if grace.as_mut().poll(cx).is_ready() {
+                self.finish();
+                return Poll::Ready(None);
+            }
         }
         loop {
             let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
