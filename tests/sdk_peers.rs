@@ -1,4 +1,5 @@
-//! The core issue's "done when", as a user would run it: two official Python SDK
+//! Real official-SDK peers behind the real binary. The core issue's "done when":
+//! two official Python SDK
 //! (1.x) servers as blue and green behind the real `mcpflip run` binary, a Python
 //! SDK legacy SSE client holding a session on blue through
 //! `mcpflip ctl flip green --no-probe --drain`, new sessions on green, and
@@ -18,18 +19,56 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Installs the Python 1.x SDK peer (idempotent); fails with the command to run by hand.
-fn install_py1() -> PathBuf {
-    let status = std::process::Command::new("bash")
-        .arg(repo().join("tests/peers/install.sh"))
-        .arg("py1")
-        .status()
-        .expect("bash runs");
-    assert!(
-        status.success(),
-        "could not install the Python MCP SDK peer; run `bash tests/peers/install.sh py1` and read its error"
-    );
-    repo().join("target/peers/py1/bin/python")
+/// An official SDK runtime the peers run on.
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Py1,
+    Py2,
+    Ts,
+}
+
+impl Sdk {
+    fn name(self) -> &'static str {
+        match self {
+            Sdk::Py1 => "py1",
+            Sdk::Py2 => "py2",
+            Sdk::Ts => "node",
+        }
+    }
+
+    /// Installs the peer (idempotent); fails with the command to run by hand.
+    fn install(self) {
+        let status = std::process::Command::new("bash")
+            .arg(repo().join("tests/peers/install.sh"))
+            .arg(self.name())
+            .status()
+            .expect("bash runs");
+        assert!(
+            status.success(),
+            "could not install the {} MCP SDK peer; run `bash tests/peers/install.sh {}` and read its error",
+            self.name(),
+            self.name()
+        );
+    }
+
+    /// A command running `script` (server or client) on this SDK.
+    fn command(self, script: &str) -> Command {
+        self.install();
+        match self {
+            Sdk::Py1 | Sdk::Py2 => {
+                let mut c =
+                    Command::new(repo().join(format!("target/peers/{}/bin/python", self.name())));
+                c.arg(repo().join(format!("tests/peers/{script}.py")));
+                c
+            }
+            Sdk::Ts => {
+                let mut c = Command::new("node");
+                c.arg(repo().join(format!("tests/peers/{script}.mjs")));
+                c.env("PEERS_DIR", repo().join("target/peers"));
+                c
+            }
+        }
+    }
 }
 
 struct Proc {
@@ -77,12 +116,15 @@ impl Proc {
     }
 }
 
-async fn server(py: &Path, slot: &str) -> (Proc, u16) {
-    let mut p = Proc::spawn(
-        Command::new(py)
-            .arg(repo().join("tests/peers/server.py"))
-            .args(["--port", "0", "--slot", slot, "--transport", "sse"]),
-    );
+async fn server(sdk: Sdk, slot: &str, transport: &str) -> (Proc, u16) {
+    let mut p = Proc::spawn(sdk.command("server").args([
+        "--port",
+        "0",
+        "--slot",
+        slot,
+        "--transport",
+        transport,
+    ]));
     let ready = p.line().await;
     let port = ready
         .strip_prefix("READY ")
@@ -91,12 +133,14 @@ async fn server(py: &Path, slot: &str) -> (Proc, u16) {
     (p, port)
 }
 
-async fn client(py: &Path, base: &str) -> Proc {
-    let mut c = Proc::spawn(
-        Command::new(py)
-            .arg(repo().join("tests/peers/client.py"))
-            .args(["--url", &format!("{base}/sse"), "--transport", "sse"]),
-    );
+async fn client(sdk: Sdk, base: &str, transport: &str) -> Proc {
+    let path = if transport == "sse" { "sse" } else { "mcp" };
+    let mut c = Proc::spawn(sdk.command("client").args([
+        "--url",
+        &format!("{base}/{path}"),
+        "--transport",
+        transport,
+    ]));
     let ready = c.json().await;
     assert_eq!(ready["event"], "ready", "{ready}");
     c
@@ -119,20 +163,40 @@ async fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_legacy_session_survives_a_flip_and_drain_waits_for_it() {
-    let py = install_py1();
-    let (_blue, blue) = server(&py, "blue").await;
-    let (_green, green) = server(&py, "green").await;
+    scenario(Sdk::Py1, Sdk::Py1, "sse").await;
+}
+
+/// Clients of every SDK, on both session transports, against Python and
+/// TypeScript SDK servers: each session stays on blue through the flip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_matrix_sessions_survive_a_flip_and_drain() {
+    for server in [Sdk::Py1, Sdk::Ts] {
+        for client in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+            for transport in ["sse", "streamable-http"] {
+                eprintln!("matrix: server {server:?}, client {client:?}, {transport}");
+                scenario(server, client, transport).await;
+            }
+        }
+    }
+}
+
+async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
+    let (_blue, blue) = server(server_sdk, "blue", transport).await;
+    let (_green, green) = server(server_sdk, "green", transport).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("control.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
+    // A Streamable HTTP session without an open stream is seen only through its
+    // requests, so the quiet period must outlast the gap between its calls.
+    let quiet = if transport == "sse" { "100ms" } else { "2s" };
     let config = dir.path().join("mcpflip.toml");
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"100ms\"\n\
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"{quiet}\"\n\
              [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n",
             socket.display(),
             dir.path().join("state.json").display()
@@ -155,7 +219,7 @@ async fn python_sdk_legacy_session_survives_a_flip_and_drain_waits_for_it() {
     }
     let base = format!("http://127.0.0.1:{port}");
 
-    let mut held = client(&py, &base).await;
+    let mut held = client(client_sdk, &base, transport).await;
     let r = held.call("whoami").await;
     assert_eq!(
         (r["ok"].clone(), r["text"].clone()),
@@ -166,7 +230,7 @@ async fn python_sdk_legacy_session_survives_a_flip_and_drain_waits_for_it() {
     let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
     assert!(ok, "{out}");
 
-    let mut fresh = client(&py, &base).await;
+    let mut fresh = client(client_sdk, &base, transport).await;
     let r = fresh.call("whoami").await;
     assert_eq!(r["text"], "green", "{r}");
     fresh.send("quit").await;
