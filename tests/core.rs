@@ -17,9 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_session_keeps_its_slot_and_drain_waits_for_it() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config(""), true)
-        .await
-        .expect("proxy starts");
+    let p = h.start().await;
     let base = format!("http://{}", p.public_addr);
     let client = http_client();
     let mut held = SseSession::open(&client, &base).await.expect("session");
@@ -99,9 +97,7 @@ async fn post_json(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamable_session_is_tagged_pinned_and_404_once_retired() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config(""), true)
-        .await
-        .expect("proxy starts");
+    let p = h.start().await;
     let url = format!("http://{}/mcp", p.public_addr);
     let client = http_client();
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
@@ -133,25 +129,12 @@ async fn streamable_session_is_tagged_pinned_and_404_once_retired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_counts_are_exact_and_deadline_ends_streams_between_events() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config(""), true)
-        .await
-        .expect("proxy starts");
+    let p = h.start().await;
     let client = http_client();
-    let blue = p
-        .controller
-        .tables
-        .load()
-        .get("blue")
-        .map(|s| s.stats.clone())
-        .expect("blue");
+    let blue = support::stats(&p, "blue");
     let mut streams = Vec::new();
     for _ in 0..6 {
-        let req = http::Request::get(format!(
-            "http://{}/ticker?interval_ms=20&pad=3000",
-            p.public_addr
-        ))
-        .body(Full::new(Bytes::new()))
-        .expect("req");
+        let req = support::get(p.public_addr, "/ticker?interval_ms=20&pad=3000");
         streams.push(client.request(req).await.expect("stream").into_body());
     }
     until("6 live streams", || blue.live_streams() == 6).await;
@@ -185,9 +168,7 @@ async fn live_counts_are_exact_and_deadline_ends_streams_between_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_errors_keep_the_connection_and_socket_is_private() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config(""), true)
-        .await
-        .expect("proxy starts");
+    let p = h.start().await;
     let mode = std::fs::metadata(h.socket())
         .expect("socket")
         .permissions()
@@ -362,19 +343,11 @@ async fn an_upstream_that_dies_mid_stream_brings_the_count_back_to_zero() {
     let p = mcpflip::run::start(config, true)
         .await
         .expect("proxy starts");
-    let blue = p
-        .controller
-        .tables
-        .load()
-        .get("blue")
-        .map(|s| s.stats.clone())
-        .expect("blue");
+    let blue = support::stats(&p, "blue");
     let client = http_client();
     let mut bodies = Vec::new();
     for _ in 0..3 {
-        let req = http::Request::get(format!("http://{}/ticker?interval_ms=50", p.public_addr))
-            .body(Full::new(Bytes::new()))
-            .expect("req");
+        let req = support::get(p.public_addr, "/ticker?interval_ms=50");
         bodies.push(client.request(req).await.expect("stream").into_body());
     }
     until("3 live streams", || blue.live_streams() == 3).await;
@@ -391,25 +364,15 @@ async fn an_upstream_that_dies_mid_stream_brings_the_count_back_to_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_streams_on_one_connection_are_counted_each() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config(""), true)
-        .await
-        .expect("proxy starts");
-    let blue = p
-        .controller
-        .tables
-        .load()
-        .get("blue")
-        .map(|s| s.stats.clone())
-        .expect("blue");
+    let p = h.start().await;
+    let blue = support::stats(&p, "blue");
     let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http();
     let mut bodies = Vec::new();
     for _ in 0..4 {
-        let req = http::Request::get(format!("http://{}/ticker?interval_ms=50", p.public_addr))
-            .body(Full::new(Bytes::new()))
-            .expect("req");
+        let req = support::get(p.public_addr, "/ticker?interval_ms=50");
         let resp = h2.request(req).await.expect("h2 stream");
         assert_eq!(resp.version(), http::Version::HTTP_2);
         assert_eq!(

@@ -47,6 +47,13 @@ impl Harness {
         Config::parse(&text, std::path::Path::new("test.toml")).expect("valid test config")
     }
 
+    /// Starts the proxy on the default test config (state file ignored).
+    pub async fn start(&self) -> mcpflip::run::Running {
+        mcpflip::run::start(self.config(""), true)
+            .await
+            .expect("proxy starts")
+    }
+
     pub async fn ctl(&self, line: &str) -> Value {
         mcpflip::control::client::send(&self.socket(), line, |_| {})
             .await
@@ -73,4 +80,24 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The live stats of slot `name` in a running proxy.
+pub fn stats(p: &mcpflip::run::Running, name: &str) -> std::sync::Arc<mcpflip::stats::SlotStats> {
+    p.controller
+        .tables
+        .load()
+        .get(name)
+        .map(|s| s.stats.clone())
+        .expect("slot exists")
+}
+
+/// A body-less GET of `path` on `addr`.
+pub fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("valid request")
 }
