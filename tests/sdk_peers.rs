@@ -37,7 +37,10 @@ impl Sdk {
     }
 
     /// Installs the peer (idempotent); fails with the command to run by hand.
+    /// Tests run in parallel threads: one install at a time.
     fn install(self) {
+        static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
         let status = std::process::Command::new("bash")
             .arg(repo().join("tests/peers/install.sh"))
             .arg(self.name())

@@ -66,6 +66,11 @@ install_node() {
 peers=("$@")
 [[ ${#peers[@]} -eq 0 ]] && peers=(py1 py2 node)
 run mkdir -p "$PEERS_DIR"
+# One installer at a time (tests in parallel processes may all ask at once).
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$PEERS_DIR/.install.lock"
+  flock 9
+fi
 for p in "${peers[@]}"; do
   case "$p" in
     py1) install_py py1 "$PY1_MCP" py1.lock.txt ;;
