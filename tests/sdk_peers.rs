@@ -183,18 +183,19 @@ async fn sdk_matrix_sessions_survive_a_flip_and_drain() {
     }
 }
 
-async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
-    let (_blue, blue) = server(server_sdk, "blue", transport).await;
-    let (_green, green) = server(server_sdk, "green", transport).await;
+/// Starts the real `mcpflip run` in front of `blue` and `green`; returns once its
+/// control socket answers.
+async fn start_proxy(
+    blue: u16,
+    green: u16,
+    quiet: &str,
+) -> (tempfile::TempDir, PathBuf, String, Child) {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("control.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    // A Streamable HTTP session without an open stream is seen only through its
-    // requests, so the quiet period must outlast the gap between its calls.
-    let quiet = if transport == "sse" { "100ms" } else { "2s" };
     let config = dir.path().join("mcpflip.toml");
     std::fs::write(
         &config,
@@ -206,7 +207,7 @@ async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
         ),
     )
     .expect("write config");
-    let mut proxy = Command::new(BIN)
+    let proxy = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
         .kill_on_drop(true)
@@ -221,6 +222,16 @@ async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base = format!("http://127.0.0.1:{port}");
+    (dir, socket, base, proxy)
+}
+
+async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
+    let (_blue, blue) = server(server_sdk, "blue", transport).await;
+    let (_green, green) = server(server_sdk, "green", transport).await;
+    // A Streamable HTTP session without an open stream is seen only through its
+    // requests, so the quiet period must outlast the gap between its calls.
+    let quiet = if transport == "sse" { "100ms" } else { "2s" };
+    let (_dir, socket, base, mut proxy) = start_proxy(blue, green, quiet).await;
 
     let mut held = client(client_sdk, &base, transport).await;
     let r = held.call("whoami").await;
@@ -277,5 +288,29 @@ async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
     let (_, status) = ctl(&socket, &["--json", "status"]).await;
     assert!(status.contains("\"state\":\"drained\""), "{status}");
 
+    let _ = proxy.start_kill();
+}
+
+/// The stateless 2026-07-28 revision (Python SDK 2.x on both sides): no session,
+/// so every request goes by weight, and a drain of blue completes on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_2026_requests_follow_the_weights_through_a_flip() {
+    let (_blue, blue) = server(Sdk::Py2, "blue", "streamable-http").await;
+    let (_green, green) = server(Sdk::Py2, "green", "streamable-http").await;
+    let (_dir, socket, base, mut proxy) = start_proxy(blue, green, "100ms").await;
+    let mut c = client(Sdk::Py2, &base, "streamable-http").await;
+    let r = c.call("whoami").await;
+    assert_eq!(r["text"], "blue", "{r}");
+    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
+    assert!(ok, "{out}");
+    let r = c.call("whoami").await;
+    assert_eq!(
+        r["text"], "green",
+        "stateless requests follow the new weights: {r}"
+    );
+    let (ok, out) = ctl(&socket, &["wait", "blue", "drained", "--timeout", "30s"]).await;
+    assert!(ok && out.contains("blue drained after"), "{out}");
+    c.send("quit").await;
+    assert_eq!(c.json().await["event"], "closed");
     let _ = proxy.start_kill();
 }
