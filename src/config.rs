@@ -167,6 +167,10 @@ pub struct ProxyConfig {
     /// Worker threads of the proxy runtime (0 = one per core).
     #[serde(default)]
     pub workers: usize,
+    /// Send an SSE comment (`: keepalive`) on a stream idle this long, between
+    /// events only, so idle-timeout middleboxes keep it open. Off when absent.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub sse_keepalive: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +281,7 @@ section_default!(ProxyConfig {
     header_read_timeout: default_header_timeout(),
     pool_idle_timeout: default_pool_idle(),
     workers: 0,
+    sse_keepalive: None,
 });
 
 /// Parses a humane duration string ("250ms", "90s", "5m", "1h 30m").
@@ -289,6 +294,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 impl Config {
@@ -448,6 +457,14 @@ impl Config {
                 None,
                 "header_read_timeout",
                 "must be greater than 0".into(),
+            ));
+        }
+        if self.proxy.sse_keepalive.is_some_and(|d| d.is_zero()) {
+            return Err(err(
+                "proxy",
+                None,
+                "sse_keepalive",
+                "must be greater than 0 (leave it out to turn keep-alives off)".into(),
             ));
         }
         if self.control.socket.as_os_str().is_empty() {

@@ -53,12 +53,14 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     let admin_addr = admin.local_addr()?;
     let header_timeout = config.proxy.header_read_timeout;
     let preserve_host = config.proxy.preserve_host;
+    let sse_keepalive = config.proxy.sse_keepalive;
     let controller = Controller::new(config, persisted, stop.child_token())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
         preserve_host,
         proto: HeaderValue::from_static("http"),
+        sse_keepalive,
     });
     controller.resume_drains();
     tokio::spawn(crate::admin::serve(

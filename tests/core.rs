@@ -391,3 +391,57 @@ async fn h2c_streams_on_one_connection_are_counted_each() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_keepalive_comments_only_when_configured() {
+    let h = Harness::new().await;
+    let p = mcpflip::run::start(h.config("[proxy]\nsse_keepalive = \"100ms\""), true)
+        .await
+        .expect("proxy starts");
+    let client = http_client();
+    let mut body = client
+        .request(idle_stream(p.public_addr))
+        .await
+        .expect("stream")
+        .into_body();
+    let mut seen = 0;
+    while seen < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("a keep-alive within 10 s")
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(d) = frame.into_data() {
+            assert_eq!(&d[..], b": keepalive\n\n");
+            seen += 1;
+        }
+    }
+    drop(body);
+    p.shutdown().await;
+    // Off by default: an idle stream stays silent.
+    let p = h.start().await;
+    let mut body = client
+        .request(idle_stream(p.public_addr))
+        .await
+        .expect("stream")
+        .into_body();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), body.frame())
+            .await
+            .is_err(),
+        "no bytes on an idle stream by default"
+    );
+    drop(body);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// A GET stream that stays idle; it carries a session id, as a Streamable HTTP
+/// standalone stream does, so it is not taken for a legacy SSE session whose
+/// first event (the endpoint) is held back until complete.
+fn idle_stream(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {
+    let mut req = support::get(addr, "/ticker?interval_ms=60000");
+    req.headers_mut()
+        .insert("mcp-session-id", http::HeaderValue::from_static("s1"));
+    req
+}

@@ -98,7 +98,11 @@ struct Stream {
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     rewrite: Option<EndpointRewrite>,
+    /// Idle interval and its timer, when SSE keep-alive comments are on.
+    keepalive: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
 
 /// How long a forced stream waits for the event in progress to complete.
 const FORCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -121,7 +125,12 @@ impl ResponseBody {
 
     /// An SSE stream counted by `guard`, ended at an event boundary when the
     /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`.
-    pub fn stream(inner: Incoming, guard: StreamGuard, rewrite: Option<EndpointRewrite>) -> Self {
+    pub fn stream(
+        inner: Incoming,
+        guard: StreamGuard,
+        rewrite: Option<EndpointRewrite>,
+        keepalive: Option<std::time::Duration>,
+    ) -> Self {
         let force = Box::pin(guard.stats().force_token().cancelled_owned());
         Self {
             kind: Kind::Stream(Box::new(Stream {
@@ -133,6 +142,7 @@ impl ResponseBody {
                 grace: None,
                 done: false,
                 rewrite,
+                keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             })),
         }
     }
@@ -209,7 +219,22 @@ impl Stream {
         }
         loop {
             let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Idle: a comment between events keeps middleboxes from timing out.
+                    if let Some((every, timer)) = self.keepalive.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            let next = tokio::time::Instant::now() + *every;
+                            timer.as_mut().reset(next);
+                            if self.scanner.at_boundary() && self.rewrite.is_none() && !self.forced
+                            {
+                                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                                    KEEPALIVE_COMMENT,
+                                )))));
+                            }
+                        }
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) => {
                     self.finish();
                     if let Some(held) = self.rewrite.take().and_then(|mut r| r.finish()) {
@@ -223,6 +248,10 @@ impl Stream {
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
+            if let Some((every, timer)) = self.keepalive.as_mut() {
+                let next = tokio::time::Instant::now() + *every;
+                timer.as_mut().reset(next);
+            }
             let mut data = match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => return Poll::Ready(Some(Ok(frame))),

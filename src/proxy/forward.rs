@@ -36,6 +36,8 @@ pub struct Forwarder {
     pub preserve_host: bool,
     /// `https` when the public listener terminates TLS.
     pub proto: HeaderValue,
+    /// Idle interval for SSE keep-alive comments (off when `None`).
+    pub sse_keepalive: Option<std::time::Duration>,
 }
 
 impl Forwarder {
@@ -129,7 +131,7 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            ResponseBody::stream(body, guard, rewrite)
+            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive)
         } else {
             ResponseBody::plain(body, inflight)
         };
