@@ -400,21 +400,21 @@ impl Config {
                 "no slot has a weight above 0, so no slot would take new sessions: give the active slot `weight = 100`".into(),
             ));
         }
-        if self.drain.deadline.is_zero() {
-            return Err(err(
-                "drain",
-                None,
-                "deadline",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.probe.timeout.is_zero() {
-            return Err(err(
-                "probe",
-                None,
-                "timeout",
-                "must be greater than 0".into(),
-            ));
+        // Durations that must be positive.
+        for (section, key, d) in [
+            ("drain", "deadline", self.drain.deadline),
+            ("probe", "timeout", self.probe.timeout),
+            ("watch", "interval", self.watch.interval),
+            ("proxy", "connect_timeout", self.proxy.connect_timeout),
+            (
+                "proxy",
+                "header_read_timeout",
+                self.proxy.header_read_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return Err(err(section, None, key, "must be greater than 0".into()));
+            }
         }
         if !self.probe.path.starts_with('/') {
             return Err(err(
@@ -427,36 +427,12 @@ impl Config {
                 ),
             ));
         }
-        if self.watch.interval.is_zero() {
-            return Err(err(
-                "watch",
-                None,
-                "interval",
-                "must be greater than 0".into(),
-            ));
-        }
         if !(0.0..=1.0).contains(&self.watch.max_error_ratio) {
             return Err(err(
                 "watch",
                 None,
                 "max_error_ratio",
                 format!("{} must be between 0 and 1", self.watch.max_error_ratio),
-            ));
-        }
-        if self.proxy.connect_timeout.is_zero() {
-            return Err(err(
-                "proxy",
-                None,
-                "connect_timeout",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.proxy.header_read_timeout.is_zero() {
-            return Err(err(
-                "proxy",
-                None,
-                "header_read_timeout",
-                "must be greater than 0".into(),
             ));
         }
         if self.proxy.sse_keepalive.is_some_and(|d| d.is_zero()) {

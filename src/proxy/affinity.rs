@@ -65,8 +65,8 @@ pub fn tag_header(slot: &Slot, inner: &HeaderValue) -> Option<HeaderValue> {
 /// Where a session tag was found in a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagSite {
-    /// `Mcp-Session-Id` header.
-    Header,
+    /// `Mcp-Session-Id` header, whose tag prefix is this long.
+    Header { prefix_len: usize },
     /// Query parameter at this byte offset of the query string, with this prefix length.
     Query { value_at: usize, prefix_len: usize },
 }
@@ -86,8 +86,12 @@ pub enum Route {
 /// Decides where `req` goes on the snapshot `table`.
 pub fn route<B>(table: &Table, req: &Request<B>) -> Route {
     if let Some(value) = req.headers().get(crate::proxy::forward::MCP_SESSION_ID) {
-        if let Some(tag) = value.to_str().ok().and_then(SessionTag::decode) {
-            return pinned(table, &tag, TagSite::Header);
+        let text = value.to_str().unwrap_or_default();
+        if let Some(tag) = SessionTag::decode(text) {
+            let site = TagSite::Header {
+                prefix_len: tag.prefix_len(text),
+            };
+            return pinned(table, &tag, site);
         }
     } else if let Some(query) = req.uri().query() {
         if let Some((at, key_len)) = find_in_query(query) {

@@ -194,13 +194,13 @@ impl Forwarder {
 /// Removes the tag found at `site` so the upstream sees its own session id.
 fn strip_tag(req: &mut Request<Incoming>, site: TagSite) {
     match site {
-        TagSite::Header => {
+        // The route already decoded the tag: cut its prefix off, no second decode.
+        TagSite::Header { prefix_len } => {
             let inner = req
                 .headers()
                 .get(MCP_SESSION_ID)
-                .and_then(|v| v.to_str().ok())
-                .and_then(affinity::SessionTag::decode)
-                .and_then(|t| HeaderValue::from_str(t.inner).ok());
+                .and_then(|v| v.as_bytes().get(prefix_len..))
+                .and_then(|inner| HeaderValue::from_bytes(inner).ok());
             if let Some(v) = inner {
                 req.headers_mut().insert(MCP_SESSION_ID, v);
             }
