@@ -238,22 +238,10 @@ mod tests {
             ],
             1,
         );
-        assert_eq!(
-            &*t.pick_with(0).map(|s| s.name.clone()).expect("a slot"),
-            "blue"
-        );
-        assert_eq!(
-            &*t.pick_with(29).map(|s| s.name.clone()).expect("a slot"),
-            "blue"
-        );
-        assert_eq!(
-            &*t.pick_with(30).map(|s| s.name.clone()).expect("a slot"),
-            "green"
-        );
-        assert_eq!(
-            &*t.pick_with(99).map(|s| s.name.clone()).expect("a slot"),
-            "green"
-        );
+        for (point, expected) in [(0, "blue"), (29, "blue"), (30, "green"), (99, "green")] {
+            let picked = t.pick_with(point).map(|s| s.name.clone()).expect("a slot");
+            assert_eq!(&*picked, expected, "point {point}");
+        }
         let mut blue = 0;
         for _ in 0..10_000 {
             if &*t.pick().expect("a slot").name == "blue" {
