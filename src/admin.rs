@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::Controller;
+use crate::proxy::era::Era;
 use crate::stats::UpstreamError;
 use crate::table::SlotState;
 
@@ -102,6 +103,23 @@ impl Collector for SlotCollector {
                     m.encode_family(&[("slot", &*s.name), ("kind", kind.as_str())])?
                         .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
                             &s.stats.upstream_errors(kind),
+                            None,
+                        )?;
+                }
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "mcpflip_mcp_requests",
+                "Requests per slot and MCP protocol era, classified from headers",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &table.slots {
+                for era in Era::ALL {
+                    m.encode_family(&[("slot", &*s.name), ("era", era.label())])?
+                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                            &s.stats.era_requests(era),
                             None,
                         )?;
                 }

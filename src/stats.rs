@@ -14,6 +14,8 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+use crate::proxy::era::Era;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bounds (seconds) of the stream-duration histogram buckets.
@@ -103,6 +105,8 @@ pub struct SlotStats {
     epoch: Instant,
     requests: [AtomicU64; 5],
     upstream_errors: [AtomicU64; 3],
+    /// Requests by protocol era, indexed like `Era::ALL`.
+    eras: [AtomicU64; 4],
     pub stream_duration: AtomicHistogram,
     pub drain_duration: AtomicHistogram,
     /// Cancelled when a drain deadline passes: open streams end at their next event boundary.
@@ -122,6 +126,7 @@ impl SlotStats {
             epoch: Instant::now(),
             requests: Default::default(),
             upstream_errors: Default::default(),
+            eras: Default::default(),
             stream_duration: AtomicHistogram::new(&STREAM_BUCKETS),
             drain_duration: AtomicHistogram::new(&DRAIN_BUCKETS),
             force: ArcSwap::from_pointee(CancellationToken::new()),
@@ -194,6 +199,15 @@ impl SlotStats {
     /// Responses of status class `class` (1..=5) so far.
     pub fn responses(&self, class: usize) -> u64 {
         self.requests[class.clamp(1, 5) - 1].load(Ordering::Relaxed)
+    }
+
+    pub fn count_era(&self, era: Era) {
+        self.eras[era as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests of protocol era `era` so far.
+    pub fn era_requests(&self, era: Era) -> u64 {
+        self.eras[era as usize].load(Ordering::Relaxed)
     }
 
     pub fn count_upstream_error(&self, kind: UpstreamError) {

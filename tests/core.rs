@@ -314,6 +314,10 @@ async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
         "mcpflip_flips_total 1",
         "mcpflip_stream_duration_seconds_bucket",
         "mcpflip_drain_duration_seconds_count",
+        // A POST with no session and no 2026-07-28 headers: an older era's session-less request.
+        "mcpflip_mcp_requests_total{slot=\"blue\",era=\"sessionless\"} 1",
+        "mcpflip_mcp_requests_total{slot=\"green\",era=\"sessionless\"} 1",
+        "mcpflip_mcp_requests_total{slot=\"green\",era=\"stateless\"} 0",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

@@ -11,11 +11,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::proxy::affinity::{self, Route, TagSite};
 use crate::proxy::body::{ForwardBody, ResponseBody};
+use crate::proxy::era::{self, Era};
 use crate::proxy::sse::EndpointRewrite;
 use crate::stats::UpstreamError;
 use crate::table::{Slot, Tables};
@@ -49,14 +50,11 @@ impl Forwarder {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
-        let (slot, pinned) = {
+        let (slot, site) = {
             let table = self.tables.load();
             match affinity::route(&table, &req) {
-                Route::Pinned { slot, site } => {
-                    strip_tag(&mut req, site);
-                    (slot, true)
-                }
-                Route::Picked(slot) => (slot, false),
+                Route::Pinned { slot, site } => (slot, Some(site)),
+                Route::Picked(slot) => (slot, None),
                 Route::SessionGone => {
                     tracing::info!(target: "access", %method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
                     return session_not_found();
@@ -73,13 +71,17 @@ impl Forwarder {
             }
         };
         let stats = &slot.stats;
-        if pinned {
+        let era = Era::of(&method, req.headers(), site);
+        stats.count_era(era);
+        // A clone of the header value shares its bytes: no allocation.
+        let mcp_method = req.headers().get(era::MCP_METHOD).cloned();
+        if let Some(site) = site {
             stats.touch_pinned();
+            strip_tag(&mut req, site);
         }
         let inflight = stats.inflight_guard();
         // A legacy SSE session starts with a GET that carries no session id.
-        let legacy_get =
-            method == Method::GET && !req.headers().contains_key(MCP_SESSION_ID) && !pinned;
+        let legacy_get = era == Era::LegacySse && site.is_none();
 
         if let Err(resp) = self.rewrite_request(&mut req, &slot, peer) {
             return *resp;
@@ -117,6 +119,8 @@ impl Forwarder {
             target: "access",
             slot = %slot.name,
             %method,
+            era = era.label(),
+            mcp_method = mcp_method.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             status = parts.status.as_u16(),
             sse = is_sse,
             ms = started.elapsed().as_millis() as u64,

@@ -6,6 +6,7 @@
 
 pub mod affinity;
 pub mod body;
+pub mod era;
 pub mod forward;
 pub mod sse;
 

@@ -1,0 +1,150 @@
+//! Which MCP transport era a request belongs to, read from its headers and URL
+//! only: the proxy never parses a body to decide.
+//!
+//! The answer feeds the access log and `mcpflip_mcp_requests_total{era}`, so an
+//! operator sees how much traffic each era still carries while clients move to
+//! the stateless 2026-07-28 revision. Routing does not depend on it: a session tag
+//! pins, anything else goes by weight.
+
+use http::{HeaderMap, Method};
+
+use crate::proxy::affinity::TagSite;
+use crate::proxy::forward::MCP_SESSION_ID;
+
+pub const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+pub const MCP_METHOD: &str = "mcp-method";
+/// The first protocol revision without sessions, whose requests all carry `Mcp-Method`.
+const STATELESS_REVISION: &[u8] = b"2026-07-28";
+
+/// The protocol era of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// HTTP+SSE (2024-11-05): the `GET` opening the stream, and POSTs to its endpoint URL.
+    LegacySse,
+    /// Streamable HTTP with an `Mcp-Session-Id` (2025-03-26 to 2025-11-25).
+    Session,
+    /// Streamable HTTP without a session and before 2026-07-28: `initialize`
+    /// POSTs, and every request to a server run stateless.
+    Sessionless,
+    /// The stateless 2026-07-28 revision (`MCP-Protocol-Version` ≥ 2026-07-28 or an `Mcp-Method` header).
+    Stateless,
+}
+
+impl Era {
+    pub const ALL: [Era; 4] = [
+        Era::LegacySse,
+        Era::Session,
+        Era::Sessionless,
+        Era::Stateless,
+    ];
+
+    /// The `era` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Era::LegacySse => "legacy_sse",
+            Era::Session => "session",
+            Era::Sessionless => "sessionless",
+            Era::Stateless => "stateless",
+        }
+    }
+
+    /// Classifies a request; `site` is where its session tag was found, if any.
+    pub fn of(method: &Method, headers: &HeaderMap, site: Option<TagSite>) -> Era {
+        match site {
+            Some(TagSite::Query { .. }) => return Era::LegacySse,
+            Some(TagSite::Header { .. }) => return Era::Session,
+            None => {}
+        }
+        if headers.contains_key(MCP_SESSION_ID) {
+            return Era::Session;
+        }
+        let modern = headers.contains_key(MCP_METHOD)
+            || headers
+                .get(MCP_PROTOCOL_VERSION)
+                .is_some_and(|v| v.as_bytes() >= STATELESS_REVISION);
+        if modern {
+            Era::Stateless
+        } else if method == Method::GET {
+            // Streamable HTTP GETs need a session id; one without is a legacy SSE open.
+            Era::LegacySse
+        } else {
+            Era::Sessionless
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn eras_from_headers_alone() {
+        let tagged_query = Some(TagSite::Query {
+            value_at: 0,
+            prefix_len: 4,
+        });
+        let tagged_header = Some(TagSite::Header { prefix_len: 4 });
+        let cases: &[(
+            Method,
+            &[(&'static str, &'static str)],
+            Option<TagSite>,
+            Era,
+        )] = &[
+            (
+                Method::GET,
+                &[("accept", "text/event-stream")],
+                None,
+                Era::LegacySse,
+            ),
+            (Method::POST, &[], tagged_query, Era::LegacySse),
+            (
+                Method::POST,
+                &[("mcp-session-id", "mf1.blue.0.x")],
+                tagged_header,
+                Era::Session,
+            ),
+            (
+                Method::DELETE,
+                &[("mcp-session-id", "untagged")],
+                None,
+                Era::Session,
+            ),
+            (Method::POST, &[], None, Era::Sessionless),
+            (
+                Method::POST,
+                &[("mcp-protocol-version", "2025-11-25")],
+                None,
+                Era::Sessionless,
+            ),
+            (
+                Method::POST,
+                &[("mcp-protocol-version", "2026-07-28")],
+                None,
+                Era::Stateless,
+            ),
+            (
+                Method::POST,
+                &[("mcp-protocol-version", "2027-01-01")],
+                None,
+                Era::Stateless,
+            ),
+            (
+                Method::POST,
+                &[("mcp-method", "subscriptions/listen")],
+                None,
+                Era::Stateless,
+            ),
+        ];
+        for (method, h, site, want) in cases {
+            assert_eq!(Era::of(method, &headers(h), *site), *want, "{method} {h:?}");
+        }
+    }
+}
