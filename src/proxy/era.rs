@@ -85,6 +85,13 @@ mod tests {
         h
     }
 
+    type Case = (
+        Method,
+        &'static [(&'static str, &'static str)],
+        Option<TagSite>,
+        Era,
+    );
+
     #[test]
     fn eras_from_headers_alone() {
         let tagged_query = Some(TagSite::Query {
@@ -92,12 +99,7 @@ mod tests {
             prefix_len: 4,
         });
         let tagged_header = Some(TagSite::Header { prefix_len: 4 });
-        let cases: &[(
-            Method,
-            &[(&'static str, &'static str)],
-            Option<TagSite>,
-            Era,
-        )] = &[
+        let cases: &[Case] = &[
             (
                 Method::GET,
                 &[("accept", "text/event-stream")],
