@@ -26,6 +26,8 @@ use crate::upstream_client::UpstreamClient;
 pub struct CtlError {
     pub code: &'static str,
     pub message: String,
+    /// More fields for the error reply (a failed probe's steps, a rollback's reason).
+    pub extra: Option<serde_json::Map<String, Value>>,
 }
 
 impl CtlError {
@@ -33,7 +35,27 @@ impl CtlError {
         Self {
             code,
             message: message.into(),
+            extra: None,
         }
+    }
+
+    /// Adds `key: value` to the error reply.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
+        self
+    }
+
+    /// The error as a control reply line.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({"ok": false, "error": self.message, "code": self.code});
+        if let (Some(extra), Some(obj)) = (&self.extra, v.as_object_mut()) {
+            for (k, x) in extra {
+                obj.insert(k.clone(), x.clone());
+            }
+        }
+        v
     }
     fn unknown_slot(name: &str, table: &Table) -> Self {
         let known: Vec<&str> = table.slots.iter().map(|s| &*s.name).collect();
@@ -67,6 +89,12 @@ pub struct Controller {
     write: tokio::sync::Mutex<()>,
     previous_active: Mutex<Option<String>>,
     drains: Mutex<HashMap<String, DrainHandle>>,
+    /// The watch window running after the last probed flip.
+    pub(crate) watch: Mutex<Option<crate::deploy::WatchHandle>>,
+    /// The last rollback: from, to, reason, at.
+    pub(crate) last_rollback: Mutex<Option<Value>>,
+    /// Held by the one `deploy` that may run at a time.
+    pub(crate) deploying: tokio::sync::Mutex<()>,
     version: AtomicU64,
     pub flips_total: AtomicU64,
     pub rollbacks_total: AtomicU64,
@@ -142,6 +170,9 @@ impl Controller {
             write: tokio::sync::Mutex::new(()),
             previous_active: Mutex::new(persisted.and_then(|p| p.previous_active)),
             drains: Mutex::new(HashMap::new()),
+            watch: Mutex::new(None),
+            last_rollback: Mutex::new(None),
+            deploying: tokio::sync::Mutex::new(()),
             version: AtomicU64::new(1),
             flips_total: AtomicU64::new(0),
             rollbacks_total: AtomicU64::new(0),
@@ -168,6 +199,12 @@ impl Controller {
             .lock()
             .map(|c| c.drain.deadline)
             .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// The `[probe]` and `[watch]` sections as they are now.
+    pub fn probe_settings(&self) -> (crate::config::ProbeConfig, crate::config::WatchConfig) {
+        let c = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        (c.probe.clone(), c.watch.clone())
     }
 
     fn drain_quiet(&self) -> Duration {
@@ -243,6 +280,12 @@ impl Controller {
         if let Some(d) = drains.first() {
             v["drain"] = d.clone();
         }
+        if let Some(w) = self.watch_status() {
+            v["watch"] = w;
+        }
+        if let Some(r) = self.last_rollback.lock().ok().and_then(|r| r.clone()) {
+            v["last_rollback"] = r;
+        }
         v
     }
 
@@ -302,11 +345,13 @@ impl Controller {
         Ok(json!({"ok": true, "slots": slot_list(&table)}))
     }
 
-    /// `flip SLOT`: SLOT gets weight 100, every other serving slot 0 (draining if `drain`).
+    /// `flip SLOT`: SLOT gets weight 100, every other serving slot 0 (draining if
+    /// `drain`, ended at `deadline` or the configured one). No probe: see `deploy`.
     pub async fn flip(
         self: &Arc<Self>,
         to: &str,
         drain: bool,
+        deadline: Option<Duration>,
     ) -> Result<(Value, Vec<String>), CtlError> {
         let _w = self.write.lock().await;
         let before = self.tables.load_full();
@@ -353,7 +398,7 @@ impl Controller {
         }
         self.cancel_drain(to);
         self.flips_total.fetch_add(1, Ordering::Relaxed);
-        let deadline = self.drain_deadline();
+        let deadline = deadline.unwrap_or_else(|| self.drain_deadline());
         if drain {
             for f in &from {
                 self.spawn_drain(f, deadline);
@@ -579,6 +624,11 @@ impl Controller {
             .get(name)
             .ok_or_else(|| CtlError::unknown_slot(name, &table))?;
         Ok(json!({"ok": true, "slot": name, "state": s.state.as_str(), "generation": s.generation}))
+    }
+
+    /// Cancelled when the proxy shuts down.
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     pub fn previous_active(&self) -> Option<String> {

@@ -242,7 +242,10 @@ pub async fn run() -> anyhow::Result<()> {
     ));
 
     t.say("deploy: flip green --no-probe --drain   (nginx recipe: reload, then `sleep 120`)");
-    let (reply, _) = ctl.flip("green", true).await.map_err(|e| anyhow!("{e}"))?;
+    let (reply, _) = ctl
+        .flip("green", true, None)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     t.say(format!(
         "flipped {} -> {}; blue is draining",
         reply["from"].as_str().unwrap_or("?"),

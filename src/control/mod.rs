@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::{Controller, CtlError, DrainOutcome};
+use crate::deploy::FlipOptions;
 use protocol::Command;
 
 /// Binds the control socket: replaces a stale file, refuses a live one.
@@ -73,7 +74,7 @@ pub async fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: Cancellat
 }
 
 fn error_json(e: &CtlError) -> Value {
-    json!({"ok": false, "error": e.message, "code": e.code})
+    e.to_json()
 }
 
 fn outcome_json(slot: &str, o: DrainOutcome) -> Value {
@@ -142,14 +143,12 @@ pub async fn execute(
             drain,
             wait,
         } => {
-            if !no_probe {
-                return Err(CtlError::new(
-                    "not_supported",
-                    "probe-gated flips are not available in this version yet; add --no-probe to flip without a probe",
-                ));
-            }
-            let (mut reply, from) = ctl.flip(&slot, drain).await?;
-            reply["probe"] = Value::Null;
+            let opts = FlipOptions {
+                no_probe,
+                drain,
+                ..FlipOptions::default()
+            };
+            let (mut reply, from) = ctl.gated_flip(&slot, opts).await?;
             if drain && wait {
                 let mut drained = Vec::new();
                 for f in &from {
@@ -177,6 +176,28 @@ pub async fn execute(
             let o = ctl.wait_drained(&slot, timeout, progress).await?;
             Ok(outcome_json(&slot, o))
         }
+        Command::Probe(slot) => {
+            let report = ctl.probe_slot(&slot).await?;
+            let v = serde_json::to_value(&report)
+                .map_err(|e| CtlError::new("internal", e.to_string()))?;
+            if !report.ok {
+                return Err(CtlError::new(
+                    "probe_failed",
+                    format!(
+                        "probe of {slot} failed: {}",
+                        report.error.as_deref().unwrap_or("unknown failure")
+                    ),
+                )
+                .with("probe", v));
+            }
+            Ok(v)
+        }
+        Command::Rollback => ctl.rollback().await,
+        Command::Deploy {
+            slot,
+            deadline,
+            watch,
+        } => ctl.deploy(&slot, deadline, watch, progress).await,
         Command::Retire(slot) => ctl.set_lifecycle(&slot, true).await,
         Command::Standby(slot) => ctl.set_lifecycle(&slot, false).await,
     }

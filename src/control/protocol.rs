@@ -27,6 +27,14 @@ pub enum Command {
     },
     Retire(String),
     Standby(String),
+    Probe(String),
+    Rollback,
+    Deploy {
+        slot: String,
+        deadline: Option<Duration>,
+        /// Overrides `[watch] window` for this deploy (`0s`: no watch).
+        watch: Option<Duration>,
+    },
 }
 
 fn bad(msg: impl Into<String>) -> CtlError {
@@ -109,12 +117,29 @@ pub fn parse(line: &str) -> Result<Command, CtlError> {
         "standby" if args.len() == 1 => Ok(Command::Standby(one_slot(args)?)),
         "retire" | "standby" => Err(bad(format!("usage: {cmd} SLOT"))),
         "status" => Err(bad("`status` takes no arguments")),
-        "probe" | "rollback" | "deploy" | "reload" => Err(CtlError::new(
+        "probe" if args.len() == 1 => Ok(Command::Probe(one_slot(args)?)),
+        "probe" => Err(bad("usage: probe SLOT")),
+        "rollback" if args.is_empty() => Ok(Command::Rollback),
+        "rollback" => Err(bad("`rollback` takes no arguments: it goes back to the slot active before the last flip")),
+        "deploy" => {
+            let slot = one_slot(args)?;
+            let (mut deadline, mut watch) = (None, None);
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                match *a {
+                    "--deadline" => deadline = Some(dur(it.next().copied(), "--deadline")?),
+                    "--watch" => watch = Some(dur(it.next().copied(), "--watch")?),
+                    other => return Err(bad(format!("unknown flag {other:?} for deploy (flags: --deadline DUR --watch DUR)"))),
+                }
+            }
+            Ok(Command::Deploy { slot, deadline, watch })
+        }
+        "reload" => Err(CtlError::new(
             "not_supported",
             format!("`{cmd}` is not available in this version of mcpflip yet"),
         )),
         other => Err(bad(format!(
-            "unknown command {other:?}; commands: status, flip, weights, drain, wait, retire, standby"
+            "unknown command {other:?}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby"
         ))),
     }
 }

@@ -1,0 +1,440 @@
+//! Probe-gated flips, the watch window with automatic rollback, and `deploy`,
+//! against built-in MCP upstreams on loopback (each failure kind made for real:
+//! a wrong tool set, a failing `initialize`, a slot that hangs, one that is down).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mcpflip::config::Config;
+use mcpflip::demo::http_client;
+use mcpflip::upstream::{self, Transport, UpstreamConfig};
+use serde_json::{json, Value};
+use support::until;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Starts a built-in upstream; cancel `stop` to take it down.
+async fn upstream(cfg: UpstreamConfig, stop: &CancellationToken) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let stop = stop.clone();
+    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
+    port
+}
+
+/// A port that accepts connections and never answers.
+async fn hanging() -> (u16, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (port, task)
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+const ALL_TOOLS: &str =
+    r#"expect_tools = ["get_document", "list_documents", "search_documents", "slow", "whoami"]"#;
+
+fn config(dir: &Path, sections: &str, slots: &[(&str, u16, u32)]) -> Config {
+    let mut text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"50ms\"\n{sections}\n",
+        dir.join("control.sock").display(),
+        dir.join("state.json").display(),
+    );
+    for (name, port, weight) in slots {
+        text.push_str(&format!(
+            "[[slot]]\nname = \"{name}\"\nupstream = \"http://127.0.0.1:{port}\"\nweight = {weight}\n"
+        ));
+    }
+    Config::parse(&text, Path::new("deploy-test.toml")).expect("valid test config")
+}
+
+async fn ctl(socket: &Path, line: &str) -> Value {
+    mcpflip::control::client::send(socket, line, |_| {})
+        .await
+        .expect("control reply")
+}
+
+fn step<'a>(reply: &'a Value, name: &str) -> &'a Value {
+    reply["probe"]["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["step"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {reply}"))
+}
+
+fn failed_step(reply: &Value) -> &Value {
+    reply["probe"]["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["ok"] == false))
+        .unwrap_or_else(|| panic!("no failed step in {reply}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_passes_a_good_slot_and_names_every_kind_of_failure() {
+    let stop = CancellationToken::new();
+    let good = upstream(UpstreamConfig::new("good", Transport::Both), &stop).await;
+    let mut partial = UpstreamConfig::new("partial", Transport::Both);
+    partial.tools = Some(vec!["get_document".into(), "list_documents".into()]);
+    let partial = upstream(partial, &stop).await;
+    let mut broken = UpstreamConfig::new("broken", Transport::Both);
+    broken.fail_initialize = true;
+    let broken = upstream(broken, &stop).await;
+    let (hang, _hold) = hanging().await;
+    let down = closed_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let canary =
+        r#"canary = { tool = "get_document", arguments = { id = "health" }, expect = "ok" }"#;
+    let cfg = config(
+        dir.path(),
+        &format!("[probe]\ntimeout = \"1s\"\n{ALL_TOOLS}\n{canary}"),
+        &[
+            ("good", good, 100),
+            ("partial", partial, 0),
+            ("broken", broken, 0),
+            ("hang", hang, 0),
+            ("down", down, 0),
+        ],
+    );
+    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let sock = dir.path().join("control.sock");
+
+    let ok = ctl(&sock, "probe good").await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    let names: Vec<&str> = ok["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["initialize", "initialized", "tools/list", "canary", "close"]
+    );
+    assert!(ok["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .all(|s| s["ok"] == true && s["ms"].is_u64()));
+    assert_eq!(ok["protocol"], "2025-11-25");
+
+    let r = ctl(&sock, "probe partial").await;
+    assert_eq!(
+        (r["ok"].clone(), r["code"].clone()),
+        (json!(false), json!("probe_failed")),
+        "{r}"
+    );
+    let f = failed_step(&r);
+    assert_eq!(f["step"], "tools/list", "{r}");
+    let detail = f["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("missing search_documents, slow, whoami"),
+        "{detail}"
+    );
+
+    let r = ctl(&sock, "probe broken").await;
+    let f = failed_step(&r);
+    assert_eq!(
+        (f["step"].as_str(), f["status"].as_u64()),
+        (Some("initialize"), Some(500)),
+        "{r}"
+    );
+    assert!(
+        f["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("initialize failed"),
+        "{r}"
+    );
+
+    let r = ctl(&sock, "probe hang").await;
+    let f = failed_step(&r);
+    assert_eq!(f["step"], "initialize", "{r}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("probe timeout (1s)"),
+        "{r}"
+    );
+
+    let r = ctl(&sock, "probe down").await;
+    let f = failed_step(&r);
+    assert_eq!(f["step"], "initialize", "{r}");
+    assert!(
+        f["detail"].as_str().unwrap_or("").contains("(connect)"),
+        "{r}"
+    );
+
+    // A flip to a slot that fails its probe changes nothing.
+    for bad in ["partial", "broken", "down"] {
+        let r = ctl(&sock, &format!("flip {bad} --drain")).await;
+        assert_eq!(r["code"], "probe_failed", "{r}");
+        assert_eq!(step(&r, "initialize")["step"], "initialize");
+    }
+    let s = ctl(&sock, "status").await;
+    assert_eq!(s["active"], "good", "{s}");
+    assert_eq!(s["flips_total"], 0, "{s}");
+    p.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_mismatch_and_legacy_sse_probe() {
+    let stop = CancellationToken::new();
+    let blue = upstream(UpstreamConfig::new("blue", Transport::Sse), &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[probe]\ntransport = \"sse\"\npath = \"/sse\"\n{ALL_TOOLS}\ncanary = {{ tool = \"whoami\", expect = \"blue\" }}"
+        ),
+        &[("blue", blue, 100)],
+    );
+    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let sock = dir.path().join("control.sock");
+    let r = ctl(&sock, "probe blue").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let names: Vec<&str> = r["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "endpoint",
+            "initialize",
+            "initialized",
+            "tools/list",
+            "canary"
+        ]
+    );
+    p.shutdown().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        dir.path(),
+        "[probe]\ntransport = \"sse\"\npath = \"/sse\"\ncanary = { tool = \"whoami\", expect = \"green\" }",
+        &[("blue", blue, 100)],
+    );
+    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let r = ctl(&dir.path().join("control.sock"), "probe blue").await;
+    let f = failed_step(&r);
+    assert_eq!(f["step"], "canary", "{r}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not contain \"green\""),
+        "{r}"
+    );
+    p.shutdown().await;
+    stop.cancel();
+}
+
+struct Pair {
+    dir: tempfile::TempDir,
+    green_stop: CancellationToken,
+    blue_stop: CancellationToken,
+    proxy: mcpflip::run::Running,
+}
+
+impl Pair {
+    async fn new(watch: &str) -> Pair {
+        let blue_stop = CancellationToken::new();
+        let green_stop = CancellationToken::new();
+        let blue = upstream(UpstreamConfig::new("blue", Transport::Both), &blue_stop).await;
+        let green = upstream(UpstreamConfig::new("green", Transport::Both), &green_stop).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(
+            dir.path(),
+            &format!("[probe]\ntimeout = \"2s\"\n{ALL_TOOLS}\n[watch]\n{watch}"),
+            &[("blue", blue, 100), ("green", green, 0)],
+        );
+        let proxy = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+        Pair {
+            dir,
+            green_stop,
+            blue_stop,
+            proxy,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// Starts `deploy green` on its own connection; the task returns the final reply.
+    fn deploy(&self, line: &'static str) -> tokio::task::JoinHandle<(Value, Vec<Value>)> {
+        let sock = self.socket();
+        tokio::spawn(async move {
+            let mut progress = Vec::new();
+            let reply = mcpflip::control::client::send(&sock, line, |p| progress.push(p.clone()))
+                .await
+                .expect("deploy reply");
+            (reply, progress)
+        })
+    }
+
+    async fn active(&self) -> Value {
+        ctl(&self.socket(), "status").await["active"].clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_that_dies_after_the_flip_is_rolled_back_while_blue_is_up() {
+    let pair = Pair::new("window = \"30s\"\ninterval = \"100ms\"").await;
+    let deploy = pair.deploy("deploy green");
+    let p = &pair.proxy;
+    until("green is active", || {
+        p.controller
+            .tables
+            .load()
+            .active()
+            .is_some_and(|s| &*s.name == "green")
+    })
+    .await;
+    pair.green_stop.cancel(); // green's process dies during the watch window
+    let (reply, progress) = tokio::time::timeout(Duration::from_secs(20), deploy)
+        .await
+        .expect("deploy ends")
+        .expect("task");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["code"], "rolled_back", "{reply}");
+    assert_eq!(reply["watch"]["result"], "rolled_back", "{reply}");
+    assert_eq!(reply["watch"]["to"], "blue", "{reply}");
+    let reason = reply["watch"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("probe of green failed"), "{reason}");
+    let phases: Vec<&str> = progress
+        .iter()
+        .filter_map(|p| p["phase"].as_str())
+        .collect();
+    assert!(phases.starts_with(&["probe", "flip"]), "{phases:?}");
+
+    let s = ctl(&pair.socket(), "status").await;
+    assert_eq!(s["active"], "blue", "{s}");
+    assert_eq!(s["rollbacks_total"], 1, "{s}");
+    assert_eq!(s["last_rollback"]["from"], "green", "{s}");
+    assert!(
+        s["last_rollback"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("green"),
+        "{s}"
+    );
+
+    let metrics = http_client()
+        .request(support::get(p.admin_addr, "/metrics"))
+        .await
+        .expect("metrics");
+    let text = http_body_util::BodyExt::collect(metrics.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("mcpflip_rollbacks_total 1"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    pair.proxy.shutdown().await;
+    pair.blue_stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_green_answering_5xx_is_rolled_back_by_its_error_share() {
+    // A long interval: the 5xx share is read before the next probe would run.
+    let pair = Pair::new("window = \"30s\"\ninterval = \"1500ms\"\nmax_error_ratio = 0.05").await;
+    let deploy = pair.deploy("deploy green");
+    let p = &pair.proxy;
+    until("green is active", || {
+        p.controller
+            .tables
+            .load()
+            .active()
+            .is_some_and(|s| &*s.name == "green")
+    })
+    .await;
+    pair.green_stop.cancel();
+    let client = http_client();
+    for _ in 0..20 {
+        let resp = client
+            .request(
+                http::Request::post(format!("http://{}/mcp", p.public_addr))
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+                    )))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), 502);
+    }
+    let (reply, _) = tokio::time::timeout(Duration::from_secs(20), deploy)
+        .await
+        .expect("deploy ends")
+        .expect("task");
+    assert_eq!(reply["code"], "rolled_back", "{reply}");
+    let reason = reply["watch"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("with 5xx"), "{reason}");
+    assert_eq!(pair.active().await, "blue");
+    pair.proxy.shutdown().await;
+    pair.blue_stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_passes_its_watch_and_rollback_by_hand_needs_a_live_previous_slot() {
+    let pair = Pair::new("window = \"600ms\"\ninterval = \"100ms\"").await;
+    let (reply, progress) = pair.deploy("deploy green").await.expect("task");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        (reply["from"].as_str(), reply["to"].as_str()),
+        (Some("blue"), Some("green"))
+    );
+    assert_eq!(reply["watch"]["result"], "passed", "{reply}");
+    assert!(
+        reply["watch"]["probes"].as_u64().unwrap_or(0) >= 1,
+        "{reply}"
+    );
+    assert!(reply["drained_after_ms"].is_u64(), "{reply}");
+    assert!(
+        progress.iter().any(|p| p["phase"] == "watch"),
+        "{progress:?}"
+    );
+    let s = ctl(&pair.socket(), "status").await;
+    assert_eq!(s["slots"][0]["state"], "drained", "{s}");
+
+    // By hand: back to blue (it still passes its probe), then blue dies and
+    // a rollback to it is refused with nothing changed.
+    let r = ctl(&pair.socket(), "rollback").await;
+    assert_eq!(
+        (r["ok"].clone(), r["to"].clone()),
+        (json!(true), json!("blue")),
+        "{r}"
+    );
+    let r = ctl(&pair.socket(), "rollback").await;
+    assert_eq!(r["to"], "green", "{r}");
+    pair.blue_stop.cancel();
+    let r = ctl(&pair.socket(), "rollback").await;
+    assert_eq!(r["code"], "probe_failed", "{r}");
+    assert_eq!(pair.active().await, "green");
+    assert_eq!(ctl(&pair.socket(), "status").await["rollbacks_total"], 2);
+
+    let r = ctl(&pair.socket(), "deploy nosuch").await;
+    assert_eq!(r["code"], "unknown_slot", "{r}");
+    pair.proxy.shutdown().await;
+    pair.green_stop.cancel();
+}
