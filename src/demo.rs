@@ -1,7 +1,8 @@
 //! `mcpflip demo`: a self-contained blue-green deploy on loopback. Two built-in
 //! MCP slots, the proxy on an embedded config, clients holding legacy SSE
-//! sessions of different lengths, a flip with drain, and a timeline of who is
-//! where and how the live counts fall until blue is drained.
+//! sessions of different lengths; a deploy of a broken green that the probe
+//! refuses, then a real deploy (probe, flip, drain, watch) of the fixed green,
+//! with a timeline of who is where and how the live counts fall.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -165,10 +165,21 @@ pub fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-async fn start_slot(name: &str, stop: &CancellationToken) -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+/// Starts a built-in MCP slot on `port` (0: any); `tools` limits its tool set.
+async fn start_slot(
+    name: &str,
+    port: u16,
+    tools: Option<&[&str]>,
+    stop: &CancellationToken,
+) -> anyhow::Result<u16> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // The fixed green comes back on the port the broken one had.
+    socket.set_reuseaddr(true)?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let l = socket.listen(1024)?;
     let port = l.local_addr()?.port();
-    let cfg = UpstreamConfig::new(name, Transport::Both);
+    let mut cfg = UpstreamConfig::new(name, Transport::Both);
+    cfg.tools = tools.map(|t| t.iter().map(|s| s.to_string()).collect());
     let stop = stop.clone();
     tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
     Ok(port)
@@ -180,16 +191,27 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("mcpflip-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let stop = CancellationToken::new();
-    let blue = start_slot("blue", &stop).await?;
-    let green = start_slot("green", &stop).await?;
+    let blue = start_slot("blue", 0, None, &stop).await?;
+    // Green's first build has a registration bug: two of its five tools are missing.
+    let broken_stop = stop.child_token();
+    let green = start_slot(
+        "green",
+        0,
+        Some(&["get_document", "list_documents", "slow"]),
+        &broken_stop,
+    )
+    .await?;
     t.say(format!(
         "blue  slot: built-in MCP server on 127.0.0.1:{blue}"
     ));
     t.say(format!(
-        "green slot: built-in MCP server on 127.0.0.1:{green}"
+        "green slot: built-in MCP server on 127.0.0.1:{green} (new build, not yet verified)"
     ));
     let text = format!(
         "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{sock}\"\nstate_file = \"{state}\"\n[drain]\ndeadline = \"30s\"\nquiet = \"200ms\"\n\
+         [probe]\nexpect_tools = [\"get_document\", \"list_documents\", \"search_documents\", \"slow\", \"whoami\"]\n\
+         canary = {{ tool = \"get_document\", arguments = {{ id = \"health\" }}, expect = \"ok\" }}\n\
+         [watch]\nwindow = \"2s\"\ninterval = \"500ms\"\n\
          [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\nweight = 0\n",
         sock = dir.join("control.sock").display(),
         state = dir.join("state.json").display(),
@@ -241,39 +263,100 @@ pub async fn run() -> anyhow::Result<()> {
         status["slots"][0]["live_streams"], status["slots"][1]["live_streams"]
     ));
 
-    t.say("deploy: flip green --no-probe --drain   (nginx recipe: reload, then `sleep 120`)");
-    let (reply, _) = ctl
-        .flip("green", true, None)
+    t.say("deploy green   (the guide: curl smoke test, reload nginx, `sleep 120`)");
+    match ctl.deploy("green", None, None, |_| {}).await {
+        Err(e) if e.code == "probe_failed" => {
+            let why = e
+                .extra
+                .as_ref()
+                .and_then(|x| x.get("probe"))
+                .and_then(|p| p["error"].as_str())
+                .unwrap_or("?")
+                .to_owned();
+            t.say(format!("refused: {why}"));
+            t.say("nothing changed: every session stays on blue, no client saw the broken build");
+        }
+        Err(e) => bail!("the broken green was not refused by its probe but failed with: {e}"),
+        Ok(_) => bail!("the broken green passed its probe"),
+    }
+    broken_stop.cancel();
+    start_slot("green", green, None, &stop).await?;
+    ctl.set_lifecycle("green", false)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     t.say(format!(
-        "flipped {} -> {}; blue is draining",
-        reply["from"].as_str().unwrap_or("?"),
-        reply["to"].as_str().unwrap_or("?")
+        "green restarted with the fixed build on 127.0.0.1:{green}; `standby green`"
     ));
+
+    t.say("deploy green");
+    let t2 = Arc::clone(&t);
+    let (mut phase, mut last) = (String::new(), u64::MAX);
+    let ctl2 = Arc::clone(&ctl);
+    let deployed = tokio::spawn(async move {
+        ctl2.deploy("green", None, None, move |p| {
+            let now = p["phase"].as_str().unwrap_or("").to_owned();
+            match now.as_str() {
+                "probe" if phase != now => {
+                    t2.say("  probe: initialize, tools/list, canary get_document(health)")
+                }
+                "flip" => t2.say(format!(
+                    "  flip: {} -> green; blue is draining, new sessions go to green",
+                    p["from"].as_str().unwrap_or("?")
+                )),
+                "drain" => {
+                    let live = p["live_streams"].as_u64().unwrap_or(0);
+                    if live != last {
+                        t2.say(format!(
+                            "  drain: blue has {live} live streams, {} in flight",
+                            p["inflight"]
+                        ));
+                        last = live;
+                    }
+                }
+                "watch" if phase != now => t2.say(format!(
+                    "  watch: probing green every 500ms until the {:.0}s window ends",
+                    p["window_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                )),
+                _ => {}
+            }
+            phase = now;
+        })
+        .await
+    });
+    // A client arriving mid-deploy, once the flip is done.
+    let flipped = Instant::now() + Duration::from_secs(10);
+    while !ctl
+        .tables
+        .load()
+        .active()
+        .is_some_and(|s| &*s.name == "green")
+    {
+        if Instant::now() > flipped {
+            bail!("green never became active");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut fresh = SseSession::open(&client, &base).await?;
     let who = fresh.call("whoami", json!({})).await?;
-    t.say(format!("a new client lands on {who}"));
+    drop(fresh);
+    let reply = deployed.await?.map_err(|e| anyhow!("deploy failed: {e}"))?;
+    t.say(format!(
+        "a client that connected during the deploy landed on {who}"
+    ));
     if who != "green" {
         bail!("new session landed on {who}, not green");
     }
-    drop(fresh);
-
-    let t2 = Arc::clone(&t);
-    let mut last = u64::MAX;
-    let outcome = ctl
-        .wait_drained("blue", Some(Duration::from_secs(60)), move |p| {
-            let live = p["live_streams"].as_u64().unwrap_or(0);
-            if live != last {
-                t2.say(format!(
-                    "blue: {live} live streams, {} in flight",
-                    p["inflight"]
-                ));
-                last = live;
-            }
-        })
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let drained_ms = reply["drained_after_ms"].as_u64().unwrap_or(0);
+    let outcome = crate::controller::DrainOutcome {
+        drained_after_ms: drained_ms,
+        forced: reply["forced"].as_u64().unwrap_or(0),
+    };
+    t.say(format!(
+        "deploy done in {:.2}s: probe passed, blue drained after {:.2}s, watch {}",
+        reply["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        drained_ms as f64 / 1000.0,
+        reply["watch"]["result"].as_str().unwrap_or("?")
+    ));
     for task in tasks {
         task.await??;
     }

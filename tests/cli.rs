@@ -114,3 +114,26 @@ impl TapCreate for std::path::PathBuf {
         self
     }
 }
+
+/// The README's first command: the demo refuses a broken green by its probe,
+/// then deploys the fixed one and exits 0 once blue's last session ended.
+#[test]
+fn demo_refuses_a_broken_green_then_deploys_and_exits_0() {
+    let out = Command::new(BIN).arg("demo").output().expect("run demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "refused: tools/list failed: tool set differs from expect_tools: missing search_documents, whoami",
+        "flip: blue -> green",
+        "client 3 closes its session",
+        "landed on green",
+        "watch passed",
+        "deploy succeeded",
+    ] {
+        assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
+    }
+}
