@@ -137,3 +137,128 @@ fn demo_refuses_a_broken_green_then_deploys_and_exits_0() {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
     }
 }
+
+/// Kills the processes whose pids are in `dir/*.pid` (the slots deploy.sh started).
+struct Slots(std::path::PathBuf, std::process::Child);
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let _ = self.1.kill();
+        for slot in ["blue", "green"] {
+            if let Ok(pid) = std::fs::read_to_string(self.0.join(format!("{slot}.pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY-free: kill(2) of a process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// `examples/deploy.sh` as an operator runs it, with slots that are real
+/// `mcpflip upstream` processes: a deploy, a refused broken release, a deploy
+/// back into the other slot, and a rollback to the previous release.
+#[test]
+fn examples_deploy_sh_deploys_refuses_and_rolls_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (proxy_port, blue, green) = (free_port(), free_port(), free_port());
+    let cfg = d.join("mcpflip.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{proxy_port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n\
+             [drain]\nquiet = \"50ms\"\n[probe]\ntimeout = \"2s\"\nexpect_tools = [\"get_document\", \"list_documents\", \"search_documents\", \"slow\", \"whoami\"]\n\
+             [watch]\nwindow = \"300ms\"\ninterval = \"100ms\"\n\
+             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\nweight = 0\n",
+            d.join("control.sock").display(),
+            d.join("state.json").display()
+        ),
+    )
+    .expect("config");
+    let proxy = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let _slots = Slots(d.to_path_buf(), proxy);
+    // Blue runs release v1 already.
+    let start = format!(
+        "port_var=PORT_$SLOT; tools=; [ \"$RELEASE\" = broken ] && tools='--tools get_document'; \
+         {BIN} upstream --port ${{!port_var}} --slot $SLOT $tools >/dev/null 2>&1 & echo $! > {dir}/$SLOT.pid",
+        dir = d.display()
+    );
+    let stop = format!("kill $(cat {}/$SLOT.pid)", d.display());
+    let script = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/deploy.sh"))
+            .args(args)
+            .env("MCPFLIP", BIN)
+            .env("MCPFLIP_SOCKET", d.join("control.sock"))
+            .env("START_SLOT", &start)
+            .env("STOP_SLOT", &stop)
+            .env("STATE_DIR", d.join("state"))
+            .env("PORT_blue", blue.to_string())
+            .env("PORT_green", green.to_string())
+            .output()
+            .expect("deploy.sh runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let status = Command::new("bash")
+        .args(["-c", &start])
+        .env("SLOT", "blue")
+        .env("RELEASE", "v1")
+        .env("PORT_blue", blue.to_string())
+        .status()
+        .expect("start blue");
+    assert!(status.success());
+    let ctl = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["ctl", "--json", "--socket"])
+            .arg(d.join("control.sock"))
+            .args(args)
+            .output()
+            .expect("ctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !ctl(&["probe", "blue"]).contains("\"ok\":true") {
+        assert!(Instant::now() < end, "blue never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (code, out) = script(&["deploy", "v2"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("deployed blue -> green"), "{out}");
+    let s = ctl(&["status"]);
+    assert!(s.contains("\"active\":\"green\""), "{s}");
+    assert!(s.contains("\"name\":\"blue\",\"state\":\"retired\""), "{s}");
+
+    let (code, out) = script(&["deploy", "broken"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("missing list_documents, search_documents, slow, whoami"), "{out}");
+    assert!(ctl(&["status"]).contains("\"active\":\"green\""));
+
+    let (code, out) = script(&["deploy", "v3"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(ctl(&["status"]).contains("\"active\":\"blue\""));
+
+    let (code, out) = script(&["rollback"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rolled back to v2 in green"), "{out}");
+    let s = ctl(&["status"]);
+    assert!(s.contains("\"active\":\"green\""), "{s}");
+}
