@@ -190,6 +190,15 @@ async fn start_proxy(
     green: u16,
     quiet: &str,
 ) -> (tempfile::TempDir, PathBuf, String, Child) {
+    start_proxy_with(blue, green, &format!("[drain]\nquiet = \"{quiet}\"\n")).await
+}
+
+/// `start_proxy` with more config sections (`[drain]`, `[probe]`, `[watch]`...).
+async fn start_proxy_with(
+    blue: u16,
+    green: u16,
+    sections: &str,
+) -> (tempfile::TempDir, PathBuf, String, Child) {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("control.sock");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -200,7 +209,7 @@ async fn start_proxy(
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"{quiet}\"\n\
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{sections}\
              [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n",
             socket.display(),
             dir.path().join("state.json").display()
@@ -312,5 +321,91 @@ async fn stateless_2026_requests_follow_the_weights_through_a_flip() {
     assert!(ok && out.contains("blue drained after"), "{out}");
     c.send("quit").await;
     assert_eq!(c.json().await["event"], "closed");
+    let _ = proxy.start_kill();
+}
+
+/// Issue 4's "done when" with real peers: `mcpflip ctl deploy green` between two
+/// Python SDK servers while SDK clients (Python 1.x, 2.x, TypeScript) hold
+/// sessions on blue. The probe passes, new sessions land on green, the deploy
+/// shows its progress and returns only once blue's last session has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_between_sdk_servers_waits_for_the_last_sdk_session() {
+    let (_blue, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    let sections = "[drain]\nquiet = \"2s\"\n[probe]\ncanary = { tool = \"get_document\", arguments = { id = \"health\" }, expect = \"ok\" }\n\
+                    [watch]\nwindow = \"1s\"\ninterval = \"200ms\"\n";
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, sections).await;
+    let mut held = Vec::new();
+    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+        let mut c = client(sdk, &base, "streamable-http").await;
+        let r = c.call("whoami").await;
+        assert_eq!(r["text"], "blue", "{sdk:?}: {r}");
+        held.push(c);
+    }
+    let mut deploy = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["deploy", "green"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ctl deploy");
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ctl(&socket, &["--json", "status"])
+        .await
+        .1
+        .contains("\"active\":\"green\"")
+    {
+        assert!(
+            deploy.try_wait().expect("try_wait").is_none(),
+            "deploy ended before the flip"
+        );
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the deploy never flipped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut fresh = client(Sdk::Ts, &base, "streamable-http").await;
+    assert_eq!(fresh.call("whoami").await["text"], "green");
+    fresh.send("quit").await;
+    // Sessions on blue keep working, and the deploy waits for them.
+    for (i, c) in held.iter_mut().enumerate() {
+        let r = c.call("whoami").await;
+        assert_eq!(
+            (r["ok"].clone(), r["text"].clone()),
+            (Value::Bool(true), "blue".into()),
+            "client {i}: {r}"
+        );
+        assert!(
+            deploy.try_wait().expect("try_wait").is_none(),
+            "deploy returned while blue had sessions"
+        );
+    }
+    for mut c in held {
+        c.send("quit").await;
+        assert_eq!(c.json().await["event"], "closed");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), deploy.wait_with_output())
+        .await
+        .expect("deploy returns once blue's sessions ended")
+        .expect("output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("deployed blue -> green"), "{stdout}");
+    assert!(stdout.contains("watch  passed"), "{stdout}");
+    for phase in ["probe    green", "flip     blue -> green", "drain    blue"] {
+        assert!(stderr.contains(phase), "progress lacks {phase:?}: {stderr}");
+    }
+    let (_, status) = ctl(&socket, &["--json", "status"]).await;
+    assert!(
+        status.contains("\"name\":\"blue\",\"state\":\"drained\""),
+        "{status}"
+    );
     let _ = proxy.start_kill();
 }
