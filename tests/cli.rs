@@ -249,7 +249,10 @@ fn examples_deploy_sh_deploys_refuses_and_rolls_back() {
 
     let (code, out) = script(&["deploy", "broken"]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("missing list_documents, search_documents, slow, whoami"), "{out}");
+    assert!(
+        out.contains("missing list_documents, search_documents, slow, whoami"),
+        "{out}"
+    );
     assert!(ctl(&["status"]).contains("\"active\":\"green\""));
 
     let (code, out) = script(&["deploy", "v3"]);
