@@ -171,6 +171,11 @@ pub struct ProxyConfig {
     /// events only, so idle-timeout middleboxes keep it open. Off when absent.
     #[serde(default, deserialize_with = "opt_duration")]
     pub sse_keepalive: Option<Duration>,
+    /// Host names clients may use in `Host` and `Origin` (DNS-rebinding guard;
+    /// `["*"]` turns it off). Unset: a loopback listener accepts loopback names
+    /// only, like the MCP SDK servers; any other listener accepts every host.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +287,7 @@ section_default!(ProxyConfig {
     pool_idle_timeout: default_pool_idle(),
     workers: 0,
     sse_keepalive: None,
+    allowed_hosts: None,
 });
 
 /// Parses a humane duration string ("250ms", "90s", "5m", "1h 30m").
@@ -515,6 +521,17 @@ impl Config {
             self.proxy.preserve_host,
             d(self.proxy.connect_timeout),
             d(self.proxy.header_read_timeout)
+        );
+        let _ = writeln!(
+            s,
+            "  hosts         {}",
+            match &self.proxy.allowed_hosts {
+                Some(h) => format!("allowed: {}", h.join(", ")),
+                None if self.listen.addr.ip().is_loopback() =>
+                    "loopback names only (loopback listener; set [proxy] allowed_hosts to change)"
+                        .to_owned(),
+                None => "any (set [proxy] allowed_hosts to guard against DNS rebinding)".to_owned(),
+            }
         );
         for slot in &self.slots {
             let _ = writeln!(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::controller::Controller;
+use crate::proxy::host_guard::HostGuard;
 use crate::proxy::{self, Forwarder};
 use crate::state::PersistedState;
 
@@ -54,6 +55,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     let header_timeout = config.proxy.header_read_timeout;
     let preserve_host = config.proxy.preserve_host;
     let sse_keepalive = config.proxy.sse_keepalive;
+    let host_guard = HostGuard::new(public_addr, config.proxy.allowed_hosts.as_deref());
     let controller = Controller::new(config, persisted, stop.child_token())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let forwarder = Arc::new(Forwarder {
@@ -61,6 +63,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         preserve_host,
         proto: HeaderValue::from_static("http"),
         sse_keepalive,
+        host_guard,
     });
     controller.resume_drains();
     tokio::spawn(crate::admin::serve(

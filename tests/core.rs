@@ -449,3 +449,54 @@ fn idle_stream(addr: std::net::SocketAddr) -> http::Request<Full<Bytes>> {
         .insert("mcp-session-id", http::HeaderValue::from_static("s1"));
     req
 }
+
+/// DNS-rebinding guard: on a loopback listener a foreign Host or Origin gets the
+/// SDK servers' 403, and everyone else keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_host_or_origin_is_refused_on_a_loopback_listener() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let client = http_client();
+    let url = format!("http://{}/mcp", p.public_addr);
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    for (host, origin) in [
+        (Some("evil.example.com"), None),
+        (None, Some("http://evil.example.com")),
+    ] {
+        let mut b = http::Request::post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        let resp = client
+            .request(
+                b.body(Full::new(Bytes::from(ping.to_string())))
+                    .expect("req"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), 403);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON-RPC error");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Invalid "),
+            "{v}"
+        );
+    }
+    let (status, _, _) = post_json(&client, &url, None, ping).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        support::stats(&p, "blue").responses(2),
+        1,
+        "refused requests never reach a slot"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use crate::proxy::affinity::{self, Route, TagSite};
 use crate::proxy::body::{ForwardBody, ResponseBody};
 use crate::proxy::era::{self, Era};
+use crate::proxy::host_guard::HostGuard;
 use crate::proxy::sse::EndpointRewrite;
 use crate::stats::UpstreamError;
 use crate::table::{Slot, Tables};
@@ -39,6 +40,8 @@ pub struct Forwarder {
     pub proto: HeaderValue,
     /// Idle interval for SSE keep-alive comments (off when `None`).
     pub sse_keepalive: Option<std::time::Duration>,
+    /// DNS-rebinding guard on `Host` and `Origin`.
+    pub host_guard: HostGuard,
 }
 
 impl Forwarder {
@@ -50,6 +53,14 @@ impl Forwarder {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = req.method().clone();
+        if let Err(msg) = self.host_guard.check(req.headers(), req.uri().host()) {
+            tracing::warn!(target: "access", %method, uri = %req.uri(), %peer, status = 403, "{msg}");
+            return json_response(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": msg}})
+                    .to_string(),
+            );
+        }
         let (slot, site) = {
             let table = self.tables.load();
             match affinity::route(&table, &req) {

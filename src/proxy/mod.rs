@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod body;
 pub mod era;
 pub mod forward;
+pub mod host_guard;
 pub mod sse;
 
 use std::convert::Infallible;
