@@ -3,7 +3,9 @@
 
   tests/peers/selfcheck.py [--all] [--servers py1,py2,ts] [--clients py1,py2,ts]
 
-Each client does: ready -> tools -> call whoami -> call slow {"seconds":0.2} -> quit.
+Each client does: ready -> tools -> call whoami -> call slow {"seconds":0.2} -> call interrupted -> quit.
+In stateful streamable-http mode without --json-response, `interrupted` must also have been
+resumed: the server's stderr must show `RESUME ... session=<the client's session id>`.
 --all also covers --json-response servers and the py2 client in --mode legacy (py2L).
 Needs the peers installed (tests/peers/install.sh); honours $PEERS_DIR. stdlib only.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = Path(os.environ.get("PEERS_DIR", HERE.parent.parent / "target" / "peers"))
-TOOLS = ["get_document", "list_documents", "search_documents", "slow", "whoami"]
+TOOLS = ["get_document", "interrupted", "list_documents", "search_documents", "slow", "whoami"]
 PROCS: list[subprocess.Popen] = []
 
 
@@ -75,9 +77,9 @@ def next_line(q, timeout: float) -> str:
     return line
 
 
-def run_client(client: str, url: str, transport: str, slot: str) -> dict:
+def run_client(client: str, url: str, transport: str, slot: str, server: subprocess.Popen, resumable: bool) -> dict:
     p, q = spawn(client_cmd(client) + ["--url", url, "--transport", transport])
-    info = {"protocol": "-", "sid": "-"}
+    info = {"protocol": "-", "sid": "-", "resumed": "-"}
     try:
         def expect(event: str, timeout: float = 20) -> dict:
             msg = json.loads(next_line(q, timeout))
@@ -100,6 +102,17 @@ def run_client(client: str, url: str, transport: str, slot: str) -> dict:
         send('call slow {"seconds":0.2}')
         r = expect("result")
         assert r["ok"] and r["text"] == "slept", f"slow: {r}"
+        send("call interrupted")
+        r = expect("result")
+        assert r["ok"] and r["text"] == slot, f"interrupted: {r}"
+        # No session (py2 client + py2 server speak 2026-07-28: one JSON POST per request) -> nothing to resume.
+        if resumable and ready.get("session_id"):
+            mark = f" session={ready['session_id']}"
+            deadline = time.monotonic() + 2
+            while not any(ln.startswith("RESUME ") and ln.endswith(mark) for ln in server.stderr_lines):  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "interrupted: no RESUME line in server stderr"
+                time.sleep(0.05)
+            info["resumed"] = "yes"
         send("quit")
         expect("closed")
         rc = p.wait(10)
@@ -138,18 +151,19 @@ def main() -> int:
                 print(f"  {server} {mode}: READY after {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
                 url = f"http://127.0.0.1:{port}" + ("/sse" if transport == "sse" else "/mcp")
                 for client in clients:
-                    info = run_client(client, url, transport, slot)
+                    resumable = transport == "streamable-http" and not flags
+                    info = run_client(client, url, transport, slot, sp, resumable)
                     failed += info["result"] != "PASS"
-                    rows.append((server, mode, client, info["protocol"], info["sid"], info["result"]))
+                    rows.append((server, mode, client, info["protocol"], info["sid"], info["resumed"], info["result"]))
                     print(f"  {server:4} {mode:38} {client:5} {info['result']}", file=sys.stderr, flush=True)
             except Exception as e:  # noqa: BLE001
                 failed += 1
-                rows.append((server, mode, "*", "-", "-", f"FAIL server: {e}: {' | '.join(sp.stderr_lines[:3])}"[:300]))  # type: ignore[attr-defined]
+                rows.append((server, mode, "*", "-", "-", "-", f"FAIL server: {e}: {' | '.join(sp.stderr_lines[:3])}"[:300]))  # type: ignore[attr-defined]
             finally:
                 kill(sp)
 
-    hdr = ("server", "transport", "client", "protocol", "sid", "result")
-    widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(5)]
+    hdr = ("server", "transport", "client", "protocol", "sid", "resumed", "result")
+    widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(6)]
     print(" | ".join(h.ljust(w) for h, w in zip(hdr, widths + [0])))
     print("-+-".join("-" * w for w in widths + [6]))
     for r in rows:

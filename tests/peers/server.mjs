@@ -5,6 +5,10 @@
 //
 // Binds 127.0.0.1 (--port 0 picks a free port), prints `READY <port>` on stdout.
 // Legacy SSE: GET /sse + POST /messages/?sessionId=..; Streamable HTTP: /mcp.
+// Stateful Streamable HTTP is resumable: each session gets a small in-memory event
+// store and `retry: 200` (ms), so the tool `interrupted` can close its own SSE stream
+// and the client resumes with GET + Last-Event-ID. Every request carrying a
+// Last-Event-ID header is logged to stderr as `RESUME <id> method=<M> session=<id or ->`.
 // The SDK is loaded from $PEERS_DIR/node (default <repo>/target/peers/node), see install.sh.
 import http from 'node:http';
 import path from 'node:path';
@@ -35,6 +39,35 @@ const DOCS = {
   changelog: 'v0.1: first release of the test document store.',
 };
 const text = (t) => ({ content: [{ type: 'text', text: t }] });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const RETRY_MS = 200; // `retry:` of the SSE priming events: how long a client waits before resuming
+
+// Minimal in-memory EventStore (one per session): events in arrival order, ids `<8 hex>-<n>`.
+// Priming events (stored as `{}`) are valid Last-Event-IDs but are never replayed. Not the
+// SDK's examples/shared/inMemoryEventStore.js: that one orders events by sorting
+// `<stream>_<Date.now()>_<random>` ids, so two events of one stream stored in the same
+// millisecond can be replayed out of order or skipped.
+class MemoryEventStore {
+  constructor() { this.prefix = randomUUID().slice(0, 8); this.count = 0; this.events = new Map(); }
+  async storeEvent(streamId, message) {
+    const eventId = `${this.prefix}-${++this.count}`;
+    this.events.set(eventId, { streamId, message });
+    if (this.events.size > 1000) this.events.delete(this.events.keys().next().value);
+    return eventId;
+  }
+  // Lets the transport answer 400 to an unknown Last-Event-ID and 409 to a second resume of a live stream.
+  async getStreamIdForEventId(eventId) { return this.events.get(eventId)?.streamId; }
+  async replayEventsAfter(lastEventId, { send }) {
+    const last = this.events.get(lastEventId);
+    if (!last) return '';
+    let after = false;
+    for (const [eventId, { streamId, message }] of [...this.events]) {
+      if (eventId === lastEventId) after = true;
+      else if (after && streamId === last.streamId && message?.jsonrpc) await send(eventId, message);
+    }
+    return last.streamId;
+  }
+}
 
 // One McpServer per connection/session (an McpServer can only be connected to one transport).
 function makeServer() {
@@ -42,6 +75,13 @@ function makeServer() {
   s.registerTool('whoami', { description: "Return this upstream's slot name." }, async () => text(a.slot));
   s.registerTool('slow', { description: "Sleep `seconds`, then return 'slept'.", inputSchema: { seconds: z.number() } },
     async ({ seconds }) => { await new Promise((r) => setTimeout(r, seconds * 1000)); return text('slept'); });
+  s.registerTool('interrupted', { description: 'Close this call\'s SSE stream, sleep 0.5 s, return the slot name.' },
+    async (extra) => { // no inputSchema: the SDK passes only `extra`
+      // Only set with an event store, an SSE response and protocol >= 2025-11-25 (not sse, --stateless, --json-response).
+      extra.closeSSEStream?.();
+      await sleep(500);
+      return text(a.slot);
+    });
   s.registerTool('get_document', { description: "Return a document's text.", inputSchema: { id: z.string() } },
     async ({ id }) => {
       if (!(id in DOCS)) throw new Error(`no such document: ${id}`);
@@ -66,6 +106,9 @@ const sessions = new Map(); // session id -> transport (SSE or stateful Streamab
 
 async function handle(req, res) {
   const url = new URL(req.url, 'http://127.0.0.1');
+  if (req.headers['last-event-id'] !== undefined) {
+    console.error(`RESUME ${req.headers['last-event-id']} method=${req.method} session=${req.headers['mcp-session-id'] ?? '-'}`);
+  }
   if (a.transport === 'sse') {
     if (req.method === 'GET' && url.pathname === '/sse') {
       const t = new SSEServerTransport('/messages/', res);
@@ -101,6 +144,8 @@ async function handle(req, res) {
   const t = new StreamableHTTPServerTransport({
     sessionIdGenerator: () => randomUUID(),
     enableJsonResponse,
+    eventStore: new MemoryEventStore(),
+    retryInterval: RETRY_MS,
     onsessioninitialized: (id) => sessions.set(id, t),
   });
   t.onclose = () => t.sessionId && sessions.delete(t.sessionId);

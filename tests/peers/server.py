@@ -6,15 +6,24 @@
 Binds 127.0.0.1 (--port 0 picks a free port) and prints `READY <port>` on stdout
 once listening. Legacy SSE: GET /sse + POST /messages/?session_id=..;
 Streamable HTTP: /mcp. All logging goes to stderr, nothing else to stdout.
+
+Stateful Streamable HTTP (not --stateless) is resumable: each session gets a
+small in-memory event store and SSE events carry `retry: 200`, so the tool
+`interrupted` can close its own SSE stream and the client resumes with
+GET + Last-Event-ID. Every request carrying a Last-Event-ID header is logged
+to stderr as `RESUME <last-event-id> method=<METHOD> session=<id or ->`.
 """
 
 import argparse
 import json
 import sys
+import uuid
+from collections import OrderedDict
 from importlib.metadata import version
 
 import anyio
 import uvicorn
+from mcp.server.streamable_http import EventMessage, EventStore
 
 MCP_VERSION = version("mcp")
 MCP_MAJOR = int(MCP_VERSION.split(".")[0])
@@ -26,19 +35,94 @@ DOCS = {
 }
 
 
+RETRY_MS = 200  # `retry:` of the SSE priming events: how long a client waits before resuming
+
+
+class MemoryEventStore(EventStore):
+    """Minimal in-memory EventStore: events in arrival order, ids `<8 hex>-<n>`.
+
+    A priming event is stored with message None; it is a valid Last-Event-ID but
+    is never replayed. The newest MAX_EVENTS events are kept.
+    """
+
+    MAX_EVENTS = 1000
+
+    def __init__(self) -> None:
+        self._prefix = uuid.uuid4().hex[:8]
+        self._count = 0
+        self._events: OrderedDict[str, tuple[str, object]] = OrderedDict()  # event id -> (stream id, message)
+
+    async def store_event(self, stream_id, message):
+        self._count += 1
+        event_id = f"{self._prefix}-{self._count}"
+        self._events[event_id] = (stream_id, message)
+        if len(self._events) > self.MAX_EVENTS:
+            self._events.popitem(last=False)
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback):
+        if last_event_id not in self._events:
+            return None  # unknown or evicted: nothing to replay
+        stream_id = self._events[last_event_id][0]
+        after = False
+        for event_id, (sid, message) in list(self._events.items()):
+            if event_id == last_event_id:
+                after = True
+            elif after and sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+def one_event_store_per_session() -> None:
+    """The SDK hands the one configured EventStore to every session, and the Python
+    SDK's stream ids are the JSON-RPC request ids ("1", "2", ...), which repeat
+    across sessions, so a shared store could replay another session's response.
+    Give each session transport a fresh MemoryEventStore instead."""
+    import mcp.server.streamable_http_manager as manager
+
+    base = manager.StreamableHTTPServerTransport
+
+    class Transport(base):
+        def __init__(self, *args, **kwargs):
+            if kwargs.get("event_store") is not None:
+                kwargs["event_store"] = MemoryEventStore()
+            super().__init__(*args, **kwargs)
+
+    manager.StreamableHTTPServerTransport = Transport
+
+
+def log_resumes(app):
+    """ASGI wrapper: prints `RESUME <last-event-id> method=M session=S` to stderr."""
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            if b"last-event-id" in headers:
+                sid = headers.get(b"mcp-session-id", b"-").decode("latin-1")
+                print(f"RESUME {headers[b'last-event-id'].decode('latin-1')} method={scope['method']} session={sid}",
+                      file=sys.stderr, flush=True)
+        await app(scope, receive, send)
+    return wrapped
+
+
 def build_app(a: argparse.Namespace):
     name = f"mcpflip-peer-{a.slot}"
+    resumable = a.transport == "streamable-http" and not a.stateless
+    event_store = MemoryEventStore() if resumable else None
+    retry_interval = RETRY_MS if resumable else None
+    if resumable:
+        one_event_store_per_session()
     if MCP_MAJOR >= 2:  # 2.x renamed FastMCP -> MCPServer; transport options moved to *_app()
-        from mcp.server.mcpserver import MCPServer
+        from mcp.server.mcpserver import Context, MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
 
         mcp = MCPServer(name, log_level="WARNING")
     else:
-        from mcp.server.fastmcp import FastMCP
+        from mcp.server.fastmcp import Context, FastMCP
         from mcp.server.fastmcp.exceptions import ToolError
 
         mcp = FastMCP(name, host="127.0.0.1", port=a.port, log_level="WARNING",
-                      stateless_http=a.stateless, json_response=a.json_response)
+                      stateless_http=a.stateless, json_response=a.json_response,
+                      event_store=event_store, retry_interval=retry_interval)
 
     @mcp.tool()
     def whoami() -> str:
@@ -50,6 +134,15 @@ def build_app(a: argparse.Namespace):
         """Sleep `seconds`, then return 'slept'."""
         await anyio.sleep(seconds)
         return "slept"
+
+    @mcp.tool()
+    async def interrupted(ctx: Context) -> str:
+        """Close this call's SSE stream, sleep 0.5 s, return the slot name (resumed via Last-Event-ID)."""
+        # No-op where the SDK passes no close callback: sse, --stateless, --json-response,
+        # protocol < 2025-11-25, and py2's 2026-07-28 path (one JSON POST per request).
+        await ctx.close_sse_stream()
+        await anyio.sleep(0.5)
+        return a.slot
 
     @mcp.tool()
     def get_document(id: str) -> str:
@@ -70,10 +163,13 @@ def build_app(a: argparse.Namespace):
         return json.dumps(sorted(k for k, v in DOCS.items() if q in k.lower() or q in v.lower()))
 
     if a.transport == "sse":
-        return mcp.sse_app(host="127.0.0.1") if MCP_MAJOR >= 2 else mcp.sse_app()
-    if MCP_MAJOR >= 2:
-        return mcp.streamable_http_app(host="127.0.0.1", stateless_http=a.stateless, json_response=a.json_response)
-    return mcp.streamable_http_app()
+        app = mcp.sse_app(host="127.0.0.1") if MCP_MAJOR >= 2 else mcp.sse_app()
+    elif MCP_MAJOR >= 2:
+        app = mcp.streamable_http_app(host="127.0.0.1", stateless_http=a.stateless, json_response=a.json_response,
+                                      event_store=event_store, retry_interval=retry_interval)
+    else:
+        app = mcp.streamable_http_app()
+    return log_resumes(app)
 
 
 class Server(uvicorn.Server):
