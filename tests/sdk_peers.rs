@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -77,6 +78,8 @@ impl Sdk {
 struct Proc {
     child: Child,
     out: Lines<BufReader<ChildStdout>>,
+    /// Its stderr lines so far (also echoed to the test's stderr).
+    err: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -84,11 +87,31 @@ impl Proc {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn");
         let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Proc { child, out }
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let sink = Arc::clone(&err);
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                eprintln!("{l}");
+                sink.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+            }
+        });
+        Proc { child, out, err }
+    }
+
+    /// How many of its stderr lines start with `prefix`.
+    fn stderr_count(&self, prefix: &str) -> usize {
+        self.err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
     }
 
     async fn line(&mut self) -> String {
@@ -120,14 +143,15 @@ impl Proc {
 }
 
 async fn server(sdk: Sdk, slot: &str, transport: &str) -> (Proc, u16) {
-    let mut p = Proc::spawn(sdk.command("server").args([
-        "--port",
-        "0",
-        "--slot",
-        slot,
-        "--transport",
-        transport,
-    ]));
+    server_with(sdk, slot, transport, &[]).await
+}
+
+async fn server_with(sdk: Sdk, slot: &str, transport: &str, flags: &[&str]) -> (Proc, u16) {
+    let mut p = Proc::spawn(
+        sdk.command("server")
+            .args(["--port", "0", "--slot", slot, "--transport", transport])
+            .args(flags),
+    );
     let ready = p.line().await;
     let port = ready
         .strip_prefix("READY ")
@@ -166,21 +190,81 @@ async fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_legacy_session_survives_a_flip_and_drain_waits_for_it() {
-    scenario(Sdk::Py1, Sdk::Py1, "sse").await;
+    scenario(Sdk::Py1, Sdk::Py1, Era::LegacySse).await;
 }
 
-/// Clients of every SDK, on both session transports, against Python and
-/// TypeScript SDK servers: each session stays on blue through the flip.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_matrix_sessions_survive_a_flip_and_drain() {
-    for server in [Sdk::Py1, Sdk::Ts] {
-        for client in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
-            for transport in ["sse", "streamable-http"] {
-                eprintln!("matrix: server {server:?}, client {client:?}, {transport}");
-                scenario(server, client, transport).await;
-            }
+/// The protocol eras of the matrix, each as the SDK servers run it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Era {
+    /// HTTP+SSE (2024-11-05).
+    LegacySse,
+    /// Streamable HTTP with sessions, event store and resumption (2025-11-25).
+    Stateful,
+    /// Streamable HTTP, server run stateless (no session id).
+    Stateless,
+    /// A Python 2.x server, which speaks 2026-07-28 to clients that do (Python 2.x)
+    /// and 2025-11-25 with sessions to the others.
+    Y2026,
+}
+
+impl Era {
+    fn transport(self) -> &'static str {
+        if self == Era::LegacySse {
+            "sse"
+        } else {
+            "streamable-http"
         }
     }
+
+    fn server_flags(self) -> &'static [&'static str] {
+        if self == Era::Stateless {
+            &["--stateless"]
+        } else {
+            &[]
+        }
+    }
+
+    /// Does a client of `sdk` hold a session (pinned to its slot) in this era?
+    fn has_session(self, client: Sdk) -> bool {
+        match self {
+            Era::LegacySse | Era::Stateful => true,
+            Era::Stateless => false,
+            Era::Y2026 => !matches!(client, Sdk::Py2),
+        }
+    }
+}
+
+/// Clients of every SDK against SDK servers, era by era. Each through a live
+/// `flip green --drain` with a call running: zero failed calls, sessions stay
+/// on blue, new ones land on green, resumption with `Last-Event-ID` reaches
+/// blue, and the drain ends only after blue's last session (or call) is done.
+async fn matrix(servers: &[Sdk], era: Era) {
+    for &server in servers {
+        for client in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+            eprintln!("matrix: server {server:?}, client {client:?}, {era:?}");
+            scenario(server, client, era).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_legacy_sse() {
+    matrix(&[Sdk::Py1, Sdk::Ts], Era::LegacySse).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_streamable_http_with_sessions_and_resumption() {
+    matrix(&[Sdk::Py1, Sdk::Ts], Era::Stateful).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_streamable_http_stateless() {
+    matrix(&[Sdk::Py1, Sdk::Ts], Era::Stateless).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_2026_07_28_server() {
+    matrix(&[Sdk::Py2], Era::Y2026).await;
 }
 
 /// Starts the real `mcpflip run` in front of `blue` and `green`; returns once its
@@ -206,10 +290,16 @@ async fn start_proxy_with(
         .expect("free port")
         .port();
     let config = dir.path().join("mcpflip.toml");
+    // Tests that read /metrics bring their own [admin] section.
+    let admin = if sections.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\naddr = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{sections}\
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n{admin}[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{sections}\
              [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n",
             socket.display(),
             dir.path().join("state.json").display()
@@ -234,38 +324,55 @@ async fn start_proxy_with(
     (dir, socket, base, proxy)
 }
 
-async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
-    let (_blue, blue) = server(server_sdk, "blue", transport).await;
-    let (_green, green) = server(server_sdk, "green", transport).await;
+/// Blue's open streams plus requests in flight, from `status`.
+async fn blue_load(socket: &Path) -> u64 {
+    let (_, out) = ctl(socket, &["--json", "status"]).await;
+    let v: Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("status {out:?}: {e}"));
+    v["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "blue"))
+        .map(|s| s["live_streams"].as_u64().unwrap_or(0) + s["inflight"].as_u64().unwrap_or(0))
+        .unwrap_or_else(|| panic!("no blue in {v}"))
+}
+
+fn assert_ok(r: &Value, text: &str, what: &str) {
+    assert_eq!(
+        (r["ok"].clone(), r["text"].clone()),
+        (Value::Bool(true), Value::from(text)),
+        "{what}: {r}"
+    );
+}
+
+async fn scenario(server_sdk: Sdk, client_sdk: Sdk, era: Era) {
+    let transport = era.transport();
+    let (blue_srv, blue) = server_with(server_sdk, "blue", transport, era.server_flags()).await;
+    let (_green, green) = server_with(server_sdk, "green", transport, era.server_flags()).await;
     // A Streamable HTTP session without an open stream is seen only through its
     // requests, so the quiet period must outlast the gap between its calls.
-    let quiet = if transport == "sse" { "100ms" } else { "2s" };
+    let quiet = if era == Era::LegacySse { "100ms" } else { "2s" };
     let (_dir, socket, base, mut proxy) = start_proxy(blue, green, quiet).await;
+    let sticky = era.has_session(client_sdk);
+    let after_flip = if sticky { "blue" } else { "green" };
 
     let mut held = client(client_sdk, &base, transport).await;
-    let r = held.call("whoami").await;
-    assert_eq!(
-        (r["ok"].clone(), r["text"].clone()),
-        (Value::Bool(true), "blue".into()),
-        "{r}"
-    );
+    assert_ok(&held.call("whoami").await, "blue", "first call");
 
+    // A call is running on blue while the flip happens, and the drain waits for it.
+    let before = blue_load(&socket).await;
+    held.send(r#"call slow {"seconds": 2}"#).await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Without a session the call goes by weight: make sure it reached blue before
+    // the flip. (A session's call is pinned to blue whenever it is sent.)
+    while !sticky && blue_load(&socket).await <= before {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the slow call never reached blue"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
     assert!(ok, "{out}");
-
-    let mut fresh = client(client_sdk, &base, transport).await;
-    let r = fresh.call("whoami").await;
-    assert_eq!(r["text"], "green", "{r}");
-    fresh.send("quit").await;
-    assert_eq!(fresh.json().await["event"], "closed");
-
-    let r = held.call("whoami").await;
-    assert_eq!(
-        (r["ok"].clone(), r["text"].clone()),
-        (Value::Bool(true), "blue".into()),
-        "{r}"
-    );
-
     let mut drain = Command::new(BIN)
         .arg("ctl")
         .arg("--socket")
@@ -275,52 +382,81 @@ async fn scenario(server_sdk: Sdk, client_sdk: Sdk, transport: &str) {
         .kill_on_drop(true)
         .spawn()
         .expect("ctl drain");
-    // While the session is open, the drain must not return, and the session keeps working.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            drain.try_wait().expect("try_wait").is_none(),
-            "drain returned while the session was open"
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        drain.try_wait().expect("try_wait").is_none(),
+        "drain returned while a call was running on blue"
+    );
+    assert_ok(
+        &held.json().await,
+        "slept",
+        "the call running through the flip",
+    );
+
+    let mut fresh = client(client_sdk, &base, transport).await;
+    assert_ok(
+        &fresh.call("whoami").await,
+        "green",
+        "a new client after the flip",
+    );
+    fresh.send("quit").await;
+    assert_eq!(fresh.json().await["event"], "closed");
+
+    assert_ok(
+        &held.call("whoami").await,
+        after_flip,
+        "the held client after the flip",
+    );
+    if era == Era::Stateful || (era == Era::Y2026 && sticky) {
+        // The server closes the call's SSE stream; the client comes back with
+        // GET + Last-Event-ID, which must reach blue, where the rest is stored.
+        let before = blue_srv.stderr_count("RESUME ");
+        assert_ok(
+            &held.call("interrupted").await,
+            "blue",
+            "a call resumed with Last-Event-ID",
         );
-        let r = held.call("whoami").await;
-        assert_eq!(r["text"], "blue", "{r}");
+        assert!(
+            blue_srv.stderr_count("RESUME ") > before,
+            "blue saw no GET with Last-Event-ID"
+        );
+    }
+
+    if sticky {
+        // While the session is open, the drain must not return, and the session keeps working.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                drain.try_wait().expect("try_wait").is_none(),
+                "drain returned while the session was open"
+            );
+            assert_ok(
+                &held.call("whoami").await,
+                "blue",
+                "the held session during the drain",
+            );
+        }
+    } else {
+        // No session: the client's requests already go to green. Whatever it
+        // still holds on blue (the TypeScript client keeps a GET stream open
+        // there) ends when it quits.
+        assert_ok(
+            &held.call("whoami").await,
+            "green",
+            "a session-less client during the drain",
+        );
     }
     held.send("quit").await;
     assert_eq!(held.json().await["event"], "closed");
     let out = tokio::time::timeout(Duration::from_secs(30), drain.wait_with_output())
         .await
-        .expect("drain returns once the session closed")
+        .expect("drain returns once blue's last session is done")
         .expect("output");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("blue drained after"), "{text}");
     let (_, status) = ctl(&socket, &["--json", "status"]).await;
     assert!(status.contains("\"state\":\"drained\""), "{status}");
-
-    let _ = proxy.start_kill();
-}
-
-/// The stateless 2026-07-28 revision (Python SDK 2.x on both sides): no session,
-/// so every request goes by weight, and a drain of blue completes on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stateless_2026_requests_follow_the_weights_through_a_flip() {
-    let (_blue, blue) = server(Sdk::Py2, "blue", "streamable-http").await;
-    let (_green, green) = server(Sdk::Py2, "green", "streamable-http").await;
-    let (_dir, socket, base, mut proxy) = start_proxy(blue, green, "100ms").await;
-    let mut c = client(Sdk::Py2, &base, "streamable-http").await;
-    let r = c.call("whoami").await;
-    assert_eq!(r["text"], "blue", "{r}");
-    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
-    assert!(ok, "{out}");
-    let r = c.call("whoami").await;
-    assert_eq!(
-        r["text"], "green",
-        "stateless requests follow the new weights: {r}"
-    );
-    let (ok, out) = ctl(&socket, &["wait", "blue", "drained", "--timeout", "30s"]).await;
-    assert!(ok && out.contains("blue drained after"), "{out}");
-    c.send("quit").await;
-    assert_eq!(c.json().await["event"], "closed");
     let _ = proxy.start_kill();
 }
 
@@ -408,4 +544,156 @@ async fn deploy_between_sdk_servers_waits_for_the_last_sdk_session() {
         "{status}"
     );
     let _ = proxy.start_kill();
+}
+
+/// Runs `tests/peers/conformance.sh ARGS`; panics with its output on failure.
+async fn conformance(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo().join("tests/peers/conformance.sh"))
+        .args(args)
+        .output()
+        .await
+        .expect("bash runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "`tests/peers/conformance.sh {}` failed (install: `bash tests/peers/conformance.sh install`):\n{text}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The MCP conformance suite (server mode) against a TypeScript SDK server,
+/// directly and through mcpflip (default settings): identical result sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_results_are_identical_direct_and_through_mcpflip() {
+    // conformance.sh serializes installs itself (flock).
+    conformance(&["install"]).await;
+    let mut srv = Proc::spawn(
+        Command::new("bash")
+            .arg(repo().join("tests/peers/conformance.sh"))
+            .args(["server", "--port", "0"]),
+    );
+    let ready = srv.line().await;
+    let port: u16 = ready
+        .strip_prefix("READY ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server line {ready:?}"));
+    let (dir, _socket, base, mut proxy) = start_proxy(port, port, "100ms").await;
+    let direct = dir.path().join("direct.jsonl");
+    let proxied = dir.path().join("proxied.jsonl");
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    conformance(&["run", "--url", &url, "--out", &direct.to_string_lossy()]).await;
+    let url = format!("{base}/mcp");
+    conformance(&["run", "--url", &url, "--out", &proxied.to_string_lossy()]).await;
+    let direct = std::fs::read_to_string(&direct).expect("direct results");
+    let proxied = std::fs::read_to_string(&proxied).expect("proxied results");
+    let checks = direct.lines().count();
+    assert!(
+        checks >= 40,
+        "the suite ran only {checks} checks:\n{direct}"
+    );
+    assert!(direct.contains("\"status\":\"SUCCESS\""), "{direct}");
+    let differ: Vec<String> = direct
+        .lines()
+        .zip(proxied.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("direct:  {a}\nproxied: {b}"))
+        .collect();
+    assert!(
+        differ.is_empty() && direct.lines().count() == proxied.lines().count(),
+        "conformance results differ through mcpflip:\n{}",
+        differ.join("\n")
+    );
+    let _ = proxy.start_kill();
+}
+
+/// 2026-07-28 (Python SDK 2.x both sides): a `subscriptions/listen` stream is a
+/// live stream of the slot it opened on, the drain waits for it, and requests,
+/// classified from their headers alone, count under era="stateless".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_listen_counts_as_a_live_stream_and_holds_the_drain() {
+    let (_blue, blue) = server(Sdk::Py2, "blue", "streamable-http").await;
+    let (_green, green) = server(Sdk::Py2, "green", "streamable-http").await;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let sections = format!("[admin]\naddr = \"{admin}\"\n[drain]\nquiet = \"100ms\"\n");
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, &sections).await;
+    let mut c = client(Sdk::Py2, &base, "streamable-http").await;
+    c.send("listen").await;
+    assert_eq!(c.json().await["event"], "listening");
+    assert_eq!(
+        blue_load(&socket).await,
+        1,
+        "the listen stream is live on blue"
+    );
+
+    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
+    assert!(ok, "{out}");
+    assert_ok(
+        &c.call("whoami").await,
+        "green",
+        "a stateless call after the flip",
+    );
+    let mut drain = Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["drain", "blue", "--wait"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ctl drain");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        drain.try_wait().expect("try_wait").is_none(),
+        "drain returned while a listen stream was open on blue"
+    );
+    assert_eq!(blue_load(&socket).await, 1);
+    c.send("unlisten").await;
+    assert_eq!(c.json().await["event"], "unlistened");
+    let out = tokio::time::timeout(Duration::from_secs(30), drain.wait_with_output())
+        .await
+        .expect("drain returns once the listen stream closed")
+        .expect("output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let metrics = admin_metrics(admin).await;
+    for slot in ["blue", "green"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "mcpflip_mcp_requests_total{{slot=\"{slot}\",era=\"stateless\"}}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("no stateless count for {slot}:\n{metrics}"));
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(n >= 1, "{line}");
+    }
+    c.send("quit").await;
+    assert_eq!(c.json().await["event"], "closed");
+    let _ = proxy.start_kill();
+}
+
+/// GET /metrics over a plain TCP connection.
+async fn admin_metrics(admin: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
 }

@@ -64,8 +64,9 @@ impl Era {
                 .is_some_and(|v| v.as_bytes() >= STATELESS_REVISION);
         if modern {
             Era::Stateless
-        } else if method == Method::GET {
-            // Streamable HTTP GETs need a session id; one without is a legacy SSE open.
+        } else if method == Method::GET && !headers.contains_key(MCP_PROTOCOL_VERSION) {
+            // A legacy SSE open: no session id, and no MCP-Protocol-Version (2025-06-18
+            // and later clients send it, also on the GET stream of a stateless server).
             Era::LegacySse
         } else {
             Era::Sessionless
@@ -120,6 +121,12 @@ mod tests {
                 Era::Session,
             ),
             (Method::POST, &[], None, Era::Sessionless),
+            (
+                Method::GET,
+                &[("mcp-protocol-version", "2025-11-25")],
+                None,
+                Era::Sessionless,
+            ),
             (
                 Method::POST,
                 &[("mcp-protocol-version", "2025-11-25")],

@@ -7,6 +7,9 @@ Talks to the parent as JSON lines: prints {"event":"ready",...} after the
 handshake, then reads commands from stdin, one per line:
   call TOOL [JSON-args]   -> {"event":"result","tool":..,"ok":true,"text":..} | ok:false + error
   tools                   -> {"event":"tools","names":[...]}
+  listen                  -> {"event":"listening"} once a `subscriptions/listen` stream is
+                             acknowledged (mcp 2.x at protocol 2026-07-28 only)
+  unlisten                -> {"event":"unlistened"} once that stream is closed
   quit / EOF              -> {"event":"closed"}, exit 0
 Any fatal exception -> {"event":"error","error":..}, exit 1.
 --mode only matters on mcp 2.x: "auto" (the SDK default) first probes
@@ -77,11 +80,58 @@ async def connect(stack: AsyncExitStack, a, state: dict):
     return session
 
 
-async def handle(client, line: str) -> bool:
+class Listener:
+    """One `subscriptions/listen` stream held open in the background."""
+
+    def __init__(self, tg) -> None:
+        self.tg = tg
+        self.stop: anyio.Event | None = None
+        self.closed: anyio.Event | None = None
+
+    async def start(self, client) -> None:
+        ready = anyio.Event()
+        self.stop, self.closed = anyio.Event(), anyio.Event()
+        error: list[str] = []
+
+        async def hold() -> None:
+            try:
+                async with client.listen(tools_list_changed=True):
+                    ready.set()
+                    await self.stop.wait()
+            except Exception as e:  # reported as the listen command's result
+                error.append(describe(e))
+            finally:
+                ready.set()
+                self.closed.set()
+
+        self.tg.start_soon(hold)
+        await ready.wait()
+        if error:
+            emit(event="result", tool="listen", ok=False, error=error[0])
+        else:
+            emit(event="listening")
+
+    async def close(self) -> None:
+        if self.stop is None or self.closed is None:
+            emit(event="result", tool="unlisten", ok=False, error="not listening")
+            return
+        self.stop.set()
+        await self.closed.wait()
+        self.stop = self.closed = None
+        emit(event="unlistened")
+
+
+async def handle(client, line: str, listener: "Listener") -> bool:
     """Runs one command; returns False on quit."""
     cmd, _, rest = line.strip().partition(" ")
     if cmd == "quit":
         return False
+    if cmd == "listen":
+        await listener.start(client)
+        return True
+    if cmd == "unlisten":
+        await listener.close()
+        return True
     if cmd == "tools":
         names = sorted(t.name for t in (await client.list_tools()).tools)
         emit(event="tools", names=names)
@@ -106,10 +156,14 @@ async def run(a) -> None:
     async with AsyncExitStack() as stack:
         client = await connect(stack, a, state)
         emit(event="ready", protocol=state.get("protocol"), session_id=state.get("session_id"))
-        while True:
-            line = await anyio.to_thread.run_sync(sys.stdin.readline)
-            if not line or not await handle(client, line):
-                break
+        async with anyio.create_task_group() as tg:
+            listener = Listener(tg)
+            while True:
+                line = await anyio.to_thread.run_sync(sys.stdin.readline)
+                if not line or not await handle(client, line, listener):
+                    break
+            if listener.stop is not None:
+                listener.stop.set()
     emit(event="closed")
 
 
