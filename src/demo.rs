@@ -172,11 +172,24 @@ async fn start_slot(
     tools: Option<&[&str]>,
     stop: &CancellationToken,
 ) -> anyhow::Result<u16> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    // The fixed green comes back on the port the broken one had.
-    socket.set_reuseaddr(true)?;
-    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
-    let l = socket.listen(1024)?;
+    // The fixed green comes back on the port the broken one had, which is free
+    // once the stopped server's accept loop has let its listener go.
+    let mut tries = 0;
+    let l = loop {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .and_then(|()| socket.listen(1024))
+        {
+            Ok(l) => break l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(anyhow!("cannot listen on 127.0.0.1:{port}: {e}")),
+        }
+    };
     let port = l.local_addr()?.port();
     let mut cfg = UpstreamConfig::new(name, Transport::Both);
     cfg.tools = tools.map(|t| t.iter().map(|s| s.to_string()).collect());
