@@ -78,6 +78,18 @@ pub struct ListenConfig {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// More certificates, chosen by the SNI name the client asks for (an
+    /// extension: `sni = [{ cert = "...", key = "..." }]`).
+    #[serde(default)]
+    pub sni: Vec<CertPair>,
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,6 +197,10 @@ pub struct SlotConfig {
     pub upstream: String,
     #[serde(default)]
     pub weight: u32,
+    /// For an `https://` upstream: trust only the CA certificates in this PEM file
+    /// (default: the system's roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 impl SlotConfig {
@@ -389,6 +405,19 @@ impl Config {
             if let Err(message) = check_upstream(&slot.upstream) {
                 return Err(err("slot", Some(i), "upstream", message));
             }
+            if let Some(ca) = &slot.ca {
+                if !slot.upstream.starts_with("https://") {
+                    return Err(err(
+                        "slot",
+                        Some(i),
+                        "ca",
+                        format!("`ca` is for https:// upstreams; {} is plain HTTP", slot.upstream),
+                    ));
+                }
+                if let Err(message) = crate::tls::client_config(Some(ca)) {
+                    return Err(err("slot", Some(i), "ca", message));
+                }
+            }
             if slot.weight > 1_000_000 {
                 return Err(err(
                     "slot",
@@ -405,6 +434,11 @@ impl Config {
                 "weight",
                 "no slot has a weight above 0, so no slot would take new sessions: give the active slot `weight = 100`".into(),
             ));
+        }
+        if let Some(tls) = &self.listen.tls {
+            if let Err(message) = crate::tls::server_config(tls) {
+                return Err(err("listen", None, "tls", message));
+            }
         }
         // Durations that must be positive.
         for (section, key, d) in [
@@ -549,13 +583,8 @@ fn check_upstream(s: &str) -> Result<(), String> {
         format!("{s:?} is not a valid URL: {e} (write it like \"http://127.0.0.1:3001\")")
     })?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{s:?}: https:// upstreams are not supported yet; use http:// on a private network"
-            ))
-        }
-        _ => return Err(format!("{s:?} must start with http://")),
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{s:?} must start with http:// or https://")),
     }
     if uri.authority().is_none() {
         return Err(format!("{s:?} has no host"));

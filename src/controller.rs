@@ -95,6 +95,8 @@ pub struct Controller {
     pub(crate) last_rollback: Mutex<Option<Value>>,
     /// Held by the one `deploy` that may run at a time.
     pub(crate) deploying: tokio::sync::Mutex<()>,
+    /// The public listener's TLS config, when it terminates TLS (`reload` swaps it).
+    pub(crate) tls: Mutex<Option<crate::proxy::TlsSlot>>,
     version: AtomicU64,
     pub flips_total: AtomicU64,
     pub rollbacks_total: AtomicU64,
@@ -133,7 +135,18 @@ fn build_slot(
         state,
         generation,
         stats: stats.get(name),
-        client: UpstreamClient::new(cfg.proxy.connect_timeout, cfg.proxy.pool_idle_timeout),
+        client: if uri.scheme_str() == Some("https") {
+            let ca = cfg
+                .slots
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.ca.as_deref());
+            let tls = crate::tls::client_config(ca)
+                .map_err(|e| CtlError::new("bad_config", format!("slot {name}: {e}")))?;
+            UpstreamClient::with_tls(cfg.proxy.connect_timeout, cfg.proxy.pool_idle_timeout, tls)
+        } else {
+            UpstreamClient::new(cfg.proxy.connect_timeout, cfg.proxy.pool_idle_timeout)
+        },
     })
 }
 
@@ -173,6 +186,7 @@ impl Controller {
             watch: Mutex::new(None),
             last_rollback: Mutex::new(None),
             deploying: tokio::sync::Mutex::new(()),
+            tls: Mutex::new(None),
             version: AtomicU64::new(1),
             flips_total: AtomicU64::new(0),
             rollbacks_total: AtomicU64::new(0),
@@ -624,6 +638,13 @@ impl Controller {
             .get(name)
             .ok_or_else(|| CtlError::unknown_slot(name, &table))?;
         Ok(json!({"ok": true, "slot": name, "state": s.state.as_str(), "generation": s.generation}))
+    }
+
+    /// Hands the controller the listener's TLS config so `reload` can swap it.
+    pub fn set_tls(&self, tls: Option<crate::proxy::TlsSlot>) {
+        if let Ok(mut t) = self.tls.lock() {
+            *t = tls;
+        }
     }
 
     /// Cancelled when the proxy shuts down.

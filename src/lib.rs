@@ -25,5 +25,6 @@ pub mod run;
 pub mod state;
 pub mod stats;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 pub mod upstream_client;

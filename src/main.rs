@@ -49,6 +49,22 @@ enum Cmd {
         #[arg(long)]
         fail_initialize: bool,
     },
+    /// Write a development certificate: a local CA and a server certificate it
+    /// signed for localhost, 127.0.0.1 and ::1 (plus --name ...).
+    Cert {
+        /// Required: this command only makes development certificates.
+        #[arg(long, required = true)]
+        dev: bool,
+        /// Where to write dev-ca.crt, server.crt and server.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// More DNS names or IP addresses for the server certificate.
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Replace an existing development certificate.
+        #[arg(long)]
+        force: bool,
+    },
     /// Send one control command to a running proxy.
     Ctl {
         #[arg(long, env = "MCPFLIP_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -185,6 +201,32 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Cert {
+            dev: _,
+            dir,
+            names,
+            force,
+        } => match mcpflip::tls::write_dev_cert(&dir, &names, force) {
+            Ok(d) => {
+                println!(
+                    "wrote {} and {} (key, mode 0600), signed by the development CA {}\n\
+                     use:    [listen] tls = {{ cert = \"{}\", key = \"{}\" }}\n\
+                     trust:  curl --cacert {ca} | SSL_CERT_FILE={ca} (Python) | NODE_EXTRA_CA_CERTS={ca} (Node)\n\
+                     for development only: in production use a certificate from your CA (see certs/README.md)",
+                    d.cert.display(),
+                    d.key.display(),
+                    d.ca.display(),
+                    d.cert.display(),
+                    d.key.display(),
+                    ca = d.ca.display(),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mcpflip cert: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Ctl {
             socket,
             json,

@@ -35,9 +35,12 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     } else {
         PersistedState::load(&config.control.state_file)?
     };
-    if config.listen.tls.is_some() {
-        anyhow::bail!("[listen] tls is not supported by this version of mcpflip yet; terminate TLS in front of it for now");
-    }
+    let tls: Option<proxy::TlsSlot> = match &config.listen.tls {
+        Some(t) => Some(Arc::new(arc_swap::ArcSwap::new(
+            crate::tls::server_config(t).map_err(|e| anyhow::anyhow!("[listen] tls: {e}"))?,
+        ))),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let deadline = config.drain.deadline;
     let public = TcpListener::bind(config.listen.addr).await.map_err(|e| {
@@ -61,10 +64,11 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
         preserve_host,
-        proto: HeaderValue::from_static("http"),
+        proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         sse_keepalive,
         host_guard,
     });
+    controller.set_tls(tls.clone());
     controller.resume_drains();
     tokio::spawn(crate::admin::serve(
         admin,
@@ -80,6 +84,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         public,
         forwarder,
         header_timeout,
+        tls,
         stop.child_token(),
     ));
     tracing::info!(%public_addr, %admin_addr, "mcpflip is serving");

@@ -1,9 +1,11 @@
 //! The pooled HTTP client a slot forwards through (hyper-util's legacy client on a
-//! plain TCP connector), and the classification of its failures.
+//! TCP connector, with rustls for `https://` upstreams), and the classification
+//! of its failures.
 
 use std::error::Error as _;
 use std::time::Duration;
 
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -14,15 +16,35 @@ use crate::stats::UpstreamError;
 /// A cheaply cloneable pooled client; clones share the pool.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    inner: Client<HttpConnector, ForwardBody>,
+    inner: Client<HttpsConnector<HttpConnector>, ForwardBody>,
 }
 
 impl UpstreamClient {
+    /// A client for plain `http://` upstreams.
     pub fn new(connect_timeout: Duration, pool_idle: Duration) -> Self {
+        // Never used for TLS (the slot is http://): an empty root store is enough.
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Self::with_tls(connect_timeout, pool_idle, tls)
+    }
+
+    /// A client that speaks TLS to `https://` upstreams with `tls` (and plain
+    /// HTTP to `http://` ones).
+    pub fn with_tls(
+        connect_timeout: Duration,
+        pool_idle: Duration,
+        tls: rustls::ClientConfig,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(pool_idle)

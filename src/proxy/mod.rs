@@ -18,11 +18,16 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use arc_swap::ArcSwap;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use forward::Forwarder;
+
+/// The public listener's TLS config, swapped by `reload` (new handshakes get the
+/// new certificates; established connections keep theirs).
+pub type TlsSlot = Arc<ArcSwap<rustls::ServerConfig>>;
 
 /// Serves the public listener until `stop` is cancelled, then stops accepting
 /// and returns a handle that waits for the open connections.
@@ -30,6 +35,7 @@ pub async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
     header_read_timeout: Duration,
+    tls: Option<TlsSlot>,
     stop: CancellationToken,
 ) -> GracefulShutdown {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -66,15 +72,48 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(forwarder.forward(req, peer).await) }
         });
         let builder = Arc::clone(&builder);
-        let conn = builder
-            .serve_connection(TokioIo::new(tcp), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(builder, tcp, service, watcher, peer));
             }
-        });
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                tokio::spawn(async move {
+                    // The handshake gets the header-read budget: a silent client is cut.
+                    match tokio::time::timeout(header_read_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(builder, stream, service, watcher, peer).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     graceful
+}
+
+async fn serve_connection<I, S>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: I,
+    service: S,
+    watcher: Watcher,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<body::ResponseBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
 }

@@ -1,0 +1,344 @@
+//! TLS with rustls (ring provider, its safe defaults: TLS 1.2 and 1.3): the
+//! public listener's certificates (one default, more chosen by SNI), the
+//! development certificate of `mcpflip cert --dev`, and the client side for
+//! `https://` upstreams.
+//!
+//! Every error names the file and what is wrong with it, because these are read
+//! at start-up and on `reload`, where an operator fixes them by hand.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::{CertPair, TlsConfig};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key, loaded and checked.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// DNS names (and IP addresses, as text) the leaf certificate is for.
+    names: Vec<String>,
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+}
+
+/// Reads the PEM certificates of `path` (leaf first).
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path, "certificate file")?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate in it (expected -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+fn load(pair: &CertPair) -> Result<Loaded, String> {
+    let chain = read_chain(&pair.cert)?;
+    let pem = read(&pair.key, "key file")?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "{}: no private key in it (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+            pair.key.display()
+        )
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unusable private key: {e}", pair.key.display()))?;
+    let key = CertifiedKey::new(chain, signing);
+    key.keys_match().map_err(|e| {
+        format!(
+            "{} does not belong to the certificate {} ({e})",
+            pair.key.display(),
+            pair.cert.display()
+        )
+    })?;
+    let names = inspect(&key.cert[0], &pair.cert);
+    Ok(Loaded {
+        key: Arc::new(key),
+        names,
+    })
+}
+
+/// Warns about a certificate outside its validity period; returns its names.
+fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        tracing::warn!(cert = %path.display(), "cannot parse the certificate to check its dates and names");
+        return Vec::new();
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let validity = cert.validity();
+    if validity.not_after.timestamp() < now {
+        tracing::warn!(cert = %path.display(), expired = %validity.not_after, "the certificate has EXPIRED: clients will refuse it");
+    } else if validity.not_before.timestamp() > now {
+        tracing::warn!(cert = %path.display(), valid_from = %validity.not_before, "the certificate is not valid yet");
+    } else if validity.not_after.timestamp() - now < 14 * 24 * 3600 {
+        tracing::warn!(cert = %path.display(), expires = %validity.not_after, "the certificate expires within 14 days");
+    }
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    names.push(d.to_ascii_lowercase())
+                }
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(a).to_string());
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*ip) {
+                        names.push(std::net::IpAddr::from(a).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
+/// Picks a certificate by SNI name (exact, then `*.` wildcard); the default otherwise.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(sni) = hello.server_name() else {
+            return Some(Arc::clone(&self.default));
+        };
+        let sni = sni.to_ascii_lowercase();
+        let wildcard = sni.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        self.by_name
+            .iter()
+            .find(|(n, _)| *n == sni)
+            .or_else(|| {
+                wildcard
+                    .as_ref()
+                    .and_then(|w| self.by_name.iter().find(|(n, _)| n == w))
+            })
+            .map(|(_, k)| Arc::clone(k))
+            .or_else(|| Some(Arc::clone(&self.default)))
+    }
+}
+
+/// The public listener's TLS config: ALPN h2 and http/1.1, TLS 1.2 and 1.3.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+    let default = load(&CertPair {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+    })?;
+    let mut by_name = Vec::new();
+    for pair in &tls.sni {
+        let extra = load(pair)?;
+        if extra.names.is_empty() {
+            return Err(format!(
+                "{}: an SNI certificate needs DNS names in its subjectAltName",
+                pair.cert.display()
+            ));
+        }
+        for n in extra.names {
+            by_name.push((n, Arc::clone(&extra.key)));
+        }
+    }
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver {
+            default: default.key,
+            by_name,
+        }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The client side for `https://` upstreams: the system roots, or only the
+/// certificates of `ca` when given. Upstreams are spoken to in HTTP/1.1.
+pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut cfg = match ca {
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_chain(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => {
+            use hyper_rustls::ConfigBuilderExt;
+            builder
+                .with_native_roots()
+                .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+                .with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The files `mcpflip cert --dev` writes.
+#[derive(Debug)]
+pub struct DevCert {
+    /// The development CA to trust (in a browser, `curl --cacert`, `SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Writes a development CA and a server certificate it signed, for localhost,
+/// 127.0.0.1, ::1 and `extra_names`, into `dir`. Refuses to overwrite unless `force`.
+pub fn write_dev_cert(dir: &Path, extra_names: &[String], force: bool) -> Result<DevCert, String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let out = DevCert {
+        ca: dir.join("dev-ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    };
+    if !force {
+        if let Some(p) = [&out.ca, &out.cert, &out.key].into_iter().find(|p| p.exists()) {
+            return Err(format!(
+                "{} exists; pass --force to replace the development certificate",
+                p.display()
+            ));
+        }
+    }
+    let err = |e: rcgen::Error| format!("cannot make the development certificate: {e}");
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mcpflip development CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    names.extend(extra_names.iter().cloned());
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::new(names).map_err(err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "mcpflip development server");
+    // Valid from yesterday for 800 days (clients such as Apple's refuse > 825).
+    let today = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_secs() / 86_400) as i64)
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(today - 1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil_from_days(today + 800);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
+
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    write_file(&out.ca, ca.pem().as_bytes(), 0o644)?;
+    // The chain clients get: the leaf, then the CA that signed it.
+    write_file(&out.cert, format!("{}{}", cert.pem(), ca.pem()).as_bytes(), 0o644)?;
+    write_file(&out.key, key.serialize_pem().as_bytes(), 0o600)?;
+    Ok(out)
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn dev_cert_loads_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let tls = TlsConfig {
+            cert: dev.cert.clone(),
+            key: dev.key.clone(),
+            sni: vec![],
+        };
+        let cfg = server_config(&tls).expect("loads");
+        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert!(write_dev_cert(dir.path(), &[], false).unwrap_err().contains("--force"));
+        client_config(Some(&dev.ca)).expect("the dev CA is a usable root");
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let dev2 = write_dev_cert(other.path(), &[], false).expect("second dev cert");
+        let mismatched = TlsConfig {
+            cert: dev.cert.clone(),
+            key: dev2.key.clone(),
+            sni: vec![],
+        };
+        let e = server_config(&mismatched).unwrap_err();
+        assert!(e.contains("does not belong to the certificate"), "{e}");
+        let missing = TlsConfig {
+            cert: dir.path().join("nope.crt"),
+            key: dev.key.clone(),
+            sni: vec![],
+        };
+        let e = server_config(&missing).unwrap_err();
+        assert!(e.contains("cannot read the certificate file") && e.contains("nope.crt"), "{e}");
+        let empty = dir.path().join("empty.crt");
+        std::fs::write(&empty, "not pem\n").expect("write");
+        let e = server_config(&TlsConfig { cert: empty, key: dev.key.clone(), sni: vec![] }).unwrap_err();
+        assert!(e.contains("no certificate in it"), "{e}");
+        let e = server_config(&TlsConfig { cert: dev.cert.clone(), key: dev.cert, sni: vec![] }).unwrap_err();
+        assert!(e.contains("no private key"), "{e}");
+    }
+}
