@@ -411,7 +411,10 @@ impl Config {
                         "slot",
                         Some(i),
                         "ca",
-                        format!("`ca` is for https:// upstreams; {} is plain HTTP", slot.upstream),
+                        format!(
+                            "`ca` is for https:// upstreams; {} is plain HTTP",
+                            slot.upstream
+                        ),
                     ));
                 }
                 if let Err(message) = crate::tls::client_config(Some(ca)) {

@@ -85,8 +85,8 @@ struct DrainHandle {
 #[derive(Debug)]
 pub struct Controller {
     pub tables: Arc<Tables>,
-    config: Mutex<Config>,
-    write: tokio::sync::Mutex<()>,
+    pub(crate) config: Mutex<Config>,
+    pub(crate) write: tokio::sync::Mutex<()>,
     previous_active: Mutex<Option<String>>,
     drains: Mutex<HashMap<String, DrainHandle>>,
     /// The watch window running after the last probed flip.
@@ -97,6 +97,8 @@ pub struct Controller {
     pub(crate) deploying: tokio::sync::Mutex<()>,
     /// The public listener's TLS config, when it terminates TLS (`reload` swaps it).
     pub(crate) tls: Mutex<Option<crate::proxy::TlsSlot>>,
+    /// Per-name stats: a slot's counters outlive table swaps and reloads.
+    pub(crate) stats: StatsRegistry,
     version: AtomicU64,
     pub flips_total: AtomicU64,
     pub rollbacks_total: AtomicU64,
@@ -104,7 +106,7 @@ pub struct Controller {
     shutdown: CancellationToken,
 }
 
-fn build_slot(
+pub(crate) fn build_slot(
     stats: &StatsRegistry,
     cfg: &Config,
     name: &str,
@@ -187,6 +189,7 @@ impl Controller {
             last_rollback: Mutex::new(None),
             deploying: tokio::sync::Mutex::new(()),
             tls: Mutex::new(None),
+            stats,
             version: AtomicU64::new(1),
             flips_total: AtomicU64::new(0),
             rollbacks_total: AtomicU64::new(0),
@@ -229,7 +232,7 @@ impl Controller {
     }
 
     /// Swaps in a table made by `change` from the current one, and persists it.
-    fn swap(
+    pub(crate) fn swap(
         &self,
         change: impl FnOnce(&Table) -> Result<Vec<Arc<Slot>>, CtlError>,
     ) -> Result<Arc<Table>, CtlError> {
@@ -466,7 +469,7 @@ impl Controller {
         Ok(())
     }
 
-    fn cancel_drain(&self, name: &str) {
+    pub(crate) fn cancel_drain(&self, name: &str) {
         if let Ok(mut d) = self.drains.lock() {
             if let Some(h) = d.remove(name) {
                 h.cancel.cancel();

@@ -21,6 +21,7 @@ pub mod deploy;
 pub mod drain;
 pub mod probe;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod state;
 pub mod stats;

@@ -262,6 +262,22 @@ async fn shutdown_signal() {
 async fn run(config: Config, ignore_state: bool) -> anyhow::Result<()> {
     let socket = config.control.socket.clone();
     let running = mcpflip::run::start(config, ignore_state).await?;
+    // SIGHUP re-reads the config, like `mcpflip ctl reload` (and `nginx -s reload`).
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let ctl = std::sync::Arc::clone(&running.controller);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match ctl.reload().await {
+                    Ok(r) => {
+                        tracing::info!(changed = %r["changed"], restart_required = %r["restart_required"], "SIGHUP: config reloaded")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: reload refused; the running config stays")
+                    }
+                }
+            }
+        });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: draining every slot up to the drain deadline (signal again to stop at once)");
     tokio::select! {

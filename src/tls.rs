@@ -181,7 +181,8 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let mut cfg = match ca {
+    // No ALPN here: the HTTPS connector sets it (http/1.1) itself.
+    let cfg = match ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in read_chain(path)? {
@@ -199,7 +200,6 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
                 .with_no_client_auth()
         }
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
@@ -222,7 +222,10 @@ pub fn write_dev_cert(dir: &Path, extra_names: &[String], force: bool) -> Result
         key: dir.join("server.key"),
     };
     if !force {
-        if let Some(p) = [&out.ca, &out.cert, &out.key].into_iter().find(|p| p.exists()) {
+        if let Some(p) = [&out.ca, &out.cert, &out.key]
+            .into_iter()
+            .find(|p| p.exists())
+        {
             return Err(format!(
                 "{} exists; pass --force to replace the development certificate",
                 p.display()
@@ -239,7 +242,11 @@ pub fn write_dev_cert(dir: &Path, extra_names: &[String], force: bool) -> Result
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = ca_params.self_signed(&ca_key).map_err(err)?;
 
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     names.extend(extra_names.iter().cloned());
     let key = KeyPair::generate().map_err(err)?;
     let mut params = CertificateParams::new(names).map_err(err)?;
@@ -260,7 +267,11 @@ pub fn write_dev_cert(dir: &Path, extra_names: &[String], force: bool) -> Result
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     write_file(&out.ca, ca.pem().as_bytes(), 0o644)?;
     // The chain clients get: the leaf, then the CA that signed it.
-    write_file(&out.cert, format!("{}{}", cert.pem(), ca.pem()).as_bytes(), 0o644)?;
+    write_file(
+        &out.cert,
+        format!("{}{}", cert.pem(), ca.pem()).as_bytes(),
+        0o644,
+    )?;
     write_file(&out.key, key.serialize_pem().as_bytes(), 0o600)?;
     Ok(out)
 }
@@ -314,8 +325,13 @@ mod tests {
             sni: vec![],
         };
         let cfg = server_config(&tls).expect("loads");
-        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
-        assert!(write_dev_cert(dir.path(), &[], false).unwrap_err().contains("--force"));
+        assert_eq!(
+            cfg.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert!(write_dev_cert(dir.path(), &[], false)
+            .unwrap_err()
+            .contains("--force"));
         client_config(Some(&dev.ca)).expect("the dev CA is a usable root");
 
         let other = tempfile::tempdir().expect("tempdir");
@@ -333,12 +349,25 @@ mod tests {
             sni: vec![],
         };
         let e = server_config(&missing).unwrap_err();
-        assert!(e.contains("cannot read the certificate file") && e.contains("nope.crt"), "{e}");
+        assert!(
+            e.contains("cannot read the certificate file") && e.contains("nope.crt"),
+            "{e}"
+        );
         let empty = dir.path().join("empty.crt");
         std::fs::write(&empty, "not pem\n").expect("write");
-        let e = server_config(&TlsConfig { cert: empty, key: dev.key.clone(), sni: vec![] }).unwrap_err();
+        let e = server_config(&TlsConfig {
+            cert: empty,
+            key: dev.key.clone(),
+            sni: vec![],
+        })
+        .unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
-        let e = server_config(&TlsConfig { cert: dev.cert.clone(), key: dev.cert, sni: vec![] }).unwrap_err();
+        let e = server_config(&TlsConfig {
+            cert: dev.cert.clone(),
+            key: dev.cert,
+            sni: vec![],
+        })
+        .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
     }
 }

@@ -212,6 +212,21 @@ pub fn human(v: &Value) -> String {
             out.push_str(&format!("active: {a}\n"));
         }
     }
+    if let Some(changed) = v["changed"].as_array() {
+        if changed.is_empty() {
+            out.push_str("reloaded: nothing changed\n");
+        }
+        for c in changed {
+            out.push_str(&format!("reloaded: {}\n", c.as_str().unwrap_or("?")));
+        }
+        for r in v["restart_required"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "not applied (needs a restart): {}\n",
+                r.as_str().unwrap_or("?")
+            ));
+        }
+        return out.trim_end().to_string();
+    }
     if v["watch"].is_object() && v["drained"].is_array() {
         return deploy_summary(v);
     }

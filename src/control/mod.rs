@@ -193,6 +193,7 @@ pub async fn execute(
             Ok(v)
         }
         Command::Rollback => ctl.rollback().await,
+        Command::Reload => ctl.reload().await,
         Command::Deploy {
             slot,
             deadline,

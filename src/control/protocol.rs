@@ -29,6 +29,7 @@ pub enum Command {
     Standby(String),
     Probe(String),
     Rollback,
+    Reload,
     Deploy {
         slot: String,
         deadline: Option<Duration>,
@@ -134,12 +135,10 @@ pub fn parse(line: &str) -> Result<Command, CtlError> {
             }
             Ok(Command::Deploy { slot, deadline, watch })
         }
-        "reload" => Err(CtlError::new(
-            "not_supported",
-            format!("`{cmd}` is not available in this version of mcpflip yet"),
-        )),
+        "reload" if args.is_empty() => Ok(Command::Reload),
+        "reload" => Err(bad("`reload` takes no arguments")),
         other => Err(bad(format!(
-            "unknown command {other:?}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby"
+            "unknown command {other:?}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby, reload"
         ))),
     }
 }

@@ -10,9 +10,9 @@
 //! `body`.
 //!
 //! Routes: `GET /sse` + `POST /messages?sessionId=` (when [`Transport::Sse`]
-//! or [`Transport::Both`]), `POST|GET|DELETE /mcp` (when
-//! [`Transport::StreamableHttp`] or [`Transport::Both`]), and always
-//! `GET /ticker` and `GET /healthz`.
+//! or [`Transport::Both`]), `POST|GET|DELETE /mcp` and the session-less
+//! `POST /stateless` (when [`Transport::StreamableHttp`] or
+//! [`Transport::Both`]), and always `GET /ticker` and `GET /healthz`.
 
 mod body;
 mod legacy;
@@ -231,6 +231,10 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             Method::DELETE => streamable::delete(state, &req),
             _ => method_not_allowed("GET, POST, DELETE"),
         },
+        "/stateless" if state.transport.streamable() => match *method {
+            Method::POST => streamable::post_stateless(state, req).await,
+            _ => method_not_allowed("POST"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -435,6 +439,52 @@ mod tests {
             .expect("serve returns")
             .expect("join")
             .expect("serve ok");
+    }
+
+    /// `POST /stateless` answers a `tools/call` with no session, issues none,
+    /// and is served only with the Streamable HTTP transport.
+    #[tokio::test]
+    async fn stateless_call() {
+        let (addr, token, task) = start(UpstreamConfig::new("green", Transport::Both)).await;
+        let mut c = client(addr).await;
+        let resp = c
+            .send_request(request(
+                Method::POST,
+                "/stateless",
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"whoami"}}"#,
+            ))
+            .await
+            .expect("POST /stateless");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get(&MCP_SESSION_ID).is_none());
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(
+            &body[..],
+            &br#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"green"}],"isError":false}}"#[..]
+        );
+        let resp = c
+            .send_request(request(Method::GET, "/stateless", ""))
+            .await
+            .expect("GET /stateless");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let _ = resp.into_body().collect().await;
+        token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("serve returns");
+
+        let (addr, token, task) = start(UpstreamConfig::new("g", Transport::Sse)).await;
+        let mut c = client(addr).await;
+        let resp = c
+            .send_request(request(Method::POST, "/stateless", "{}"))
+            .await
+            .expect("POST /stateless");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let _ = resp.into_body().collect().await;
+        token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("serve returns");
     }
 
     #[tokio::test]

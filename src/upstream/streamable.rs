@@ -6,6 +6,12 @@
 //! Replies are plain JSON, except `tools/call` of `slow` from a client that
 //! accepts `text/event-stream`: that one is answered with an SSE stream
 //! carrying progress notifications and then the response.
+//!
+//! `POST /stateless` is the same server without sessions, like an SDK server
+//! built stateless (Python `stateless_http=True`, TypeScript
+//! `sessionIdGenerator: undefined`): every message is answered on its own, no
+//! `Mcp-Session-Id` is issued or read. The benchmarks flip slots under it, where
+//! no request is pinned to a slot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -152,6 +158,33 @@ pub(crate) async fn post(state: &Arc<State>, req: Request<Incoming>) -> Response
             .await;
             let reply = reply.unwrap_or_else(|| call.cancelled_response());
             with_session(json(StatusCode::OK, reply), sid)
+        }
+    }
+}
+
+/// `POST /stateless`: one JSON-RPC message answered without a session.
+pub(crate) async fn post_stateless(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let msg = match tools::parse(&body) {
+        Ok(m) => m,
+        Err(e) => return json(StatusCode::BAD_REQUEST, e.to_response()),
+    };
+    match state.dispatcher.dispatch(&msg) {
+        Outcome::NoReply => empty(StatusCode::ACCEPTED),
+        Outcome::Reply(reply) => json(StatusCode::OK, reply),
+        Outcome::Fail(reply) => json(StatusCode::INTERNAL_SERVER_ERROR, reply),
+        Outcome::Slow(call) => {
+            let mut reply = None;
+            call.run(&state.shutdown, std::future::pending(), |msg| {
+                reply = Some(msg);
+                true
+            })
+            .await;
+            let reply = reply.unwrap_or_else(|| call.cancelled_response());
+            json(StatusCode::OK, reply)
         }
     }
 }

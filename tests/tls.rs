@@ -1,0 +1,382 @@
+//! TLS termination, HTTP/2 to clients, https:// upstreams and live reload, with
+//! real TLS clients (rustls) on loopback and the development certificate.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mcpflip::config::Config;
+use mcpflip::upstream::{self, Transport, UpstreamConfig};
+use serde_json::{json, Value};
+use support::until;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+async fn upstream(name: &str, stop: &CancellationToken) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let stop = stop.clone();
+    let cfg = UpstreamConfig::new(name, Transport::Both);
+    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
+    port
+}
+
+fn write_config(dir: &Path, tls: bool, slots: &str) -> PathBuf {
+    let tls = if tls {
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            dir.join("certs/server.crt").display(),
+            dir.join("certs/server.key").display()
+        )
+    } else {
+        String::new()
+    };
+    let path = dir.join("mcpflip.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n{tls}[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"50ms\"\n{slots}",
+            dir.join("control.sock").display(),
+            dir.join("state.json").display(),
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+fn slots(blue: u16, green: u16) -> String {
+    format!(
+        "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n"
+    )
+}
+
+fn client_tls(ca: &Path) -> rustls::ClientConfig {
+    mcpflip::tls::client_config(Some(ca)).expect("client config")
+}
+
+type H2Client = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+fn h2_client(ca: &Path) -> H2Client {
+    let tls = client_tls(ca);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http2()
+        .build();
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector)
+}
+
+/// The leaf certificate a fresh TLS handshake with the proxy presents.
+async fn presented_cert(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca)));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("certs")[0].to_vec()
+}
+
+async fn ctl(dir: &Path, line: &str) -> Value {
+    mcpflip::control::client::send(&dir.join("control.sock"), line, |_| {})
+        .await
+        .expect("control reply")
+}
+
+/// Counts complete SSE events on a response body as they arrive.
+fn count_events(
+    body: hyper::body::Incoming,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&n);
+    let task = tokio::spawn(async move {
+        let mut body = body;
+        let mut tail = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                tail.extend_from_slice(&data);
+                while let Some(at) = tail.windows(2).position(|w| w == b"\n\n") {
+                    tail.drain(..at + 2);
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    (n, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_h2_streams_are_counted_each_and_reload_swaps_the_certificate_under_them() {
+    let stop = CancellationToken::new();
+    let (blue, green) = (
+        upstream("blue", &stop).await,
+        upstream("green", &stop).await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
+    let path = write_config(d, true, &slots(blue, green));
+    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
+        .await
+        .expect("proxy starts");
+    let base = format!("https://localhost:{}", p.public_addr.port());
+    let client = h2_client(&dev.ca);
+
+    // An MCP request over HTTPS + h2.
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let resp = client
+        .request(
+            http::Request::post(format!("{base}/mcp"))
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(Full::new(Bytes::from(init.to_string())))
+                .expect("req"),
+        )
+        .await
+        .expect("https response");
+    assert_eq!(
+        (resp.status(), resp.version()),
+        (http::StatusCode::OK, http::Version::HTTP_2)
+    );
+    assert!(resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("mf1.blue."));
+
+    // Three SSE streams on one h2 connection; the first is never read.
+    let mut streams = Vec::new();
+    for pad in [16384, 0, 0] {
+        let resp = client
+            .request(
+                http::Request::get(format!("{base}/ticker?interval_ms=20&pad={pad}"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("req"),
+            )
+            .await
+            .expect("stream");
+        assert_eq!(resp.status(), 200);
+        streams.push(resp.into_body());
+    }
+    let blue_stats = support::stats(&p, "blue");
+    until("3 live streams on blue", || blue_stats.live_streams() == 3).await;
+    let stalled = streams.remove(0);
+    let (a, _ta) = count_events(streams.remove(0));
+    let (b, _tb) = count_events(streams.remove(0));
+    // The unread stream's window fills (16 KiB events) while the others flow.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = a.load(std::sync::atomic::Ordering::Relaxed);
+    until("streams keep flowing beside a stalled one", || {
+        a.load(std::sync::atomic::Ordering::Relaxed) >= before + 20
+            && b.load(std::sync::atomic::Ordering::Relaxed) >= before + 20
+    })
+    .await;
+
+    // A new certificate: `reload` serves it to new handshakes; open streams go on.
+    let old_cert = presented_cert(p.public_addr, &dev.ca).await;
+    let dev2 = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], true).expect("new dev cert");
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let new_cert = presented_cert(p.public_addr, &dev2.ca).await;
+    assert_ne!(old_cert, new_cert, "new handshakes get the new certificate");
+    let before = a.load(std::sync::atomic::Ordering::Relaxed);
+    until("the old connection's streams survive the reload", || {
+        a.load(std::sync::atomic::Ordering::Relaxed) >= before + 10
+    })
+    .await;
+    assert_eq!(blue_stats.live_streams(), 3);
+
+    // A bad config is refused with its file and line; nothing is dropped.
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, format!("{text}[drain]\nquiet = \"never\"\n")).expect("write");
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["code"], "bad_config", "{r}");
+    let msg = r["error"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("mcpflip.toml:") && msg.contains("the running config stays"),
+        "{msg}"
+    );
+    let before = a.load(std::sync::atomic::Ordering::Relaxed);
+    until("streams still flow after a refused reload", || {
+        a.load(std::sync::atomic::Ordering::Relaxed) >= before + 10
+    })
+    .await;
+    assert_eq!(blue_stats.live_streams(), 3);
+    assert_eq!(ctl(d, "status").await["active"], "blue");
+
+    drop(stalled);
+    drop(client);
+    _ta.abort();
+    _tb.abort();
+    until("streams closed", || blue_stats.live_streams() == 0).await;
+    p.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_removes_and_readdresses_slots_keeping_runtime_weights() {
+    let stop = CancellationToken::new();
+    let (blue, green, canary) = (
+        upstream("blue", &stop).await,
+        upstream("green", &stop).await,
+        upstream("canary", &stop).await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let path = write_config(d, false, &slots(blue, green));
+    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
+        .await
+        .expect("proxy starts");
+    // Runtime weights differ from the file's.
+    assert_eq!(ctl(d, "weights blue=70 green=30").await["ok"], true);
+
+    let more = format!(
+        "{}[[slot]]\nname = \"canary\"\nupstream = \"http://127.0.0.1:{canary}\"\n",
+        slots(blue, green)
+    );
+    write_config(d, false, &more);
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["changed"].to_string().contains("slot canary added"),
+        "{r}"
+    );
+    let s = ctl(d, "status").await;
+    let weight = |s: &Value, n: &str| {
+        s["slots"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == n).cloned())
+            .unwrap_or_else(|| panic!("no slot {n} in {s}"))
+    };
+    assert_eq!(
+        weight(&s, "blue")["weight"],
+        70,
+        "runtime weights persist: {s}"
+    );
+    assert_eq!(weight(&s, "canary")["state"], "standby");
+
+    // Removing a serving slot is refused; re-addressing one gives a new generation.
+    let moved = upstream("green2", &stop).await;
+    write_config(
+        d,
+        false,
+        &format!(
+            "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"canary\"\nupstream = \"http://127.0.0.1:{canary}\"\n"
+        ),
+    );
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["code"], "slot_in_use", "{r}");
+    assert_eq!(
+        ctl(d, "status").await["slots"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(ctl(d, "weights blue=100 green=0").await["ok"], true);
+    write_config(
+        d,
+        false,
+        &format!(
+            "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{moved}\"\n"
+        ),
+    );
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let changed = r["changed"].to_string();
+    assert!(
+        changed.contains("slot green re-addressed") && changed.contains("slot canary removed"),
+        "{r}"
+    );
+    let s = ctl(d, "status").await;
+    assert_eq!(weight(&s, "green")["generation"], 2, "{s}");
+    assert_eq!(s["slots"].as_array().map(Vec::len), Some(2));
+    let r = ctl(d, "flip green --no-probe").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut sse = mcpflip::demo::SseSession::open(
+        &mcpflip::demo::http_client(),
+        &format!("http://{}", p.public_addr),
+    )
+    .await
+    .expect("session");
+    assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "green2");
+    drop(sse);
+    p.shutdown().await;
+    stop.cancel();
+}
+
+/// A TLS front for a plain upstream: an `https://` slot to test against.
+async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
+    let cfg = mcpflip::tls::server_config(&mcpflip::config::TlsConfig {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        sni: vec![],
+    })
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    if let Ok(mut up) = TcpStream::connect(("127.0.0.1", backend)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_against_the_slot_ca() {
+    let stop = CancellationToken::new();
+    let plain = upstream("remote", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
+    let front = tls_front(plain, &dev.cert, &dev.key).await;
+    let path = write_config(
+        d,
+        false,
+        &format!(
+            "[[slot]]\nname = \"remote\"\nupstream = \"https://localhost:{front}\"\nca = \"{}\"\nweight = 100\n\
+             [[slot]]\nname = \"untrusted\"\nupstream = \"https://localhost:{front}\"\n",
+            dev.ca.display()
+        ),
+    );
+    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
+        .await
+        .expect("proxy starts");
+    let r = ctl(d, "probe remote").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut sse = mcpflip::demo::SseSession::open(
+        &mcpflip::demo::http_client(),
+        &format!("http://{}", p.public_addr),
+    )
+    .await
+    .expect("session through the https upstream");
+    assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "remote");
+    drop(sse);
+    // The same server, but verified against the system roots: refused.
+    let r = ctl(d, "probe untrusted").await;
+    assert_eq!(r["ok"], false, "{r}");
+    let detail = r["probe"]["steps"][0]["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("(connect)") && detail.to_lowercase().contains("certificate"),
+        "{detail}"
+    );
+    p.shutdown().await;
+    stop.cancel();
+}
