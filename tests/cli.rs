@@ -265,3 +265,75 @@ fn examples_deploy_sh_deploys_refuses_and_rolls_back() {
     let s = ctl(&["status"]);
     assert!(s.contains("\"active\":\"green\""), "{s}");
 }
+
+/// `mcpflip cert --dev` writes a CA and a server pair (key 0600) that `check`
+/// accepts as `[listen] tls`, and refuses to overwrite them without --force.
+#[test]
+fn cert_dev_writes_a_usable_pair_and_keeps_it_unless_forced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["cert", "--dev", "--dir"])
+            .arg(&certs)
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(certs.join("server.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = run(&[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert!(run(&["--force"]).status.success());
+    let cfg = dir.path().join("tls.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[slot]]\nname = \"blue\"\nupstream = \"https://127.0.0.1:1\"\nweight = 100\n",
+            certs.join("server.crt").display(),
+            certs.join("server.key").display()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("(https, HTTP/1.1 and HTTP/2)"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key that is not the certificate's: the error names the file and line.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace("server.key", "dev-ca.crt"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tls.toml:3: key `listen.tls`") && err.contains("no private key"),
+        "{err}"
+    );
+}

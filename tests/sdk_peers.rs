@@ -161,13 +161,16 @@ async fn server_with(sdk: Sdk, slot: &str, transport: &str, flags: &[&str]) -> (
 }
 
 async fn client(sdk: Sdk, base: &str, transport: &str) -> Proc {
+    client_env(sdk, base, transport, &[]).await
+}
+
+async fn client_env(sdk: Sdk, base: &str, transport: &str, env: &[(&str, &Path)]) -> Proc {
     let path = if transport == "sse" { "sse" } else { "mcp" };
-    let mut c = Proc::spawn(sdk.command("client").args([
-        "--url",
-        &format!("{base}/{path}"),
-        "--transport",
-        transport,
-    ]));
+    let mut c = Proc::spawn(
+        sdk.command("client")
+            .args(["--url", &format!("{base}/{path}"), "--transport", transport])
+            .envs(env.iter().map(|(k, v)| (*k, *v))),
+    );
     let ready = c.json().await;
     assert_eq!(ready["event"], "ready", "{ready}");
     c
@@ -290,6 +293,11 @@ async fn start_proxy_with(
         .expect("free port")
         .port();
     let config = dir.path().join("mcpflip.toml");
+    // A first line `tls = {...}` belongs to [listen]: the proxy then serves https://localhost.
+    let (listen_tls, sections) = match sections.split_once('\n') {
+        Some((first, rest)) if first.starts_with("tls = ") => (format!("{first}\n"), rest),
+        _ => (String::new(), sections),
+    };
     // Tests that read /metrics bring their own [admin] section.
     let admin = if sections.contains("[admin]") {
         ""
@@ -299,7 +307,7 @@ async fn start_proxy_with(
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n{admin}[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{sections}\
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_tls}{admin}[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{sections}\
              [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n",
             socket.display(),
             dir.path().join("state.json").display()
@@ -320,7 +328,11 @@ async fn start_proxy_with(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let base = format!("http://127.0.0.1:{port}");
+    let base = if listen_tls.is_empty() {
+        format!("http://127.0.0.1:{port}")
+    } else {
+        format!("https://localhost:{port}")
+    };
     (dir, socket, base, proxy)
 }
 
@@ -696,4 +708,57 @@ async fn admin_metrics(admin: std::net::SocketAddr) -> String {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// HTTPS in front of SDK servers with the development certificate: the Python
+/// (httpx, `SSL_CERT_FILE`) and TypeScript (`NODE_EXTRA_CA_CERTS`) SDK clients
+/// trust the dev CA and hold sessions through a flip over `https://localhost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_over_https_with_the_dev_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dev = mcpflip::tls::write_dev_cert(certs.path(), &[], false).expect("dev cert");
+    let (_blue, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    let sections = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\n[drain]\nquiet = \"100ms\"\n",
+        dev.cert.display(),
+        dev.key.display()
+    );
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, &sections).await;
+    assert!(base.starts_with("https://"), "{base}");
+    let mut held = Vec::new();
+    for (sdk, var) in [
+        (Sdk::Py1, "SSL_CERT_FILE"),
+        (Sdk::Py2, "SSL_CERT_FILE"),
+        (Sdk::Ts, "NODE_EXTRA_CA_CERTS"),
+    ] {
+        let mut c = client_env(sdk, &base, "streamable-http", &[(var, &dev.ca)]).await;
+        assert_ok(
+            &c.call("whoami").await,
+            "blue",
+            &format!("{sdk:?} over https"),
+        );
+        held.push(c);
+    }
+    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
+    assert!(ok, "{out}");
+    for c in held.iter_mut() {
+        assert_ok(
+            &c.call("whoami").await,
+            "blue",
+            "a session over https after the flip",
+        );
+        c.send("quit").await;
+        assert_eq!(c.json().await["event"], "closed");
+    }
+    let mut fresh = client_env(
+        Sdk::Ts,
+        &base,
+        "streamable-http",
+        &[("NODE_EXTRA_CA_CERTS", &dev.ca)],
+    )
+    .await;
+    assert_ok(&fresh.call("whoami").await, "green", "a new https client");
+    fresh.send("quit").await;
+    let _ = proxy.start_kill();
 }
