@@ -197,6 +197,36 @@ async fn https_h2_streams_are_counted_each_and_reload_swaps_the_certificate_unde
     .await;
     assert_eq!(blue_stats.live_streams(), 3);
 
+    // Reloads under load drop nothing: requests on new and pooled connections all succeed.
+    let load = {
+        let client = client.clone();
+        let base = base.clone();
+        let init = init.to_string();
+        tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..200 {
+                let r = client
+                    .request(
+                        http::Request::post(format!("{base}/mcp"))
+                            .header("content-type", "application/json")
+                            .header("accept", "application/json, text/event-stream")
+                            .body(Full::new(Bytes::from(init.clone())))
+                            .expect("req"),
+                    )
+                    .await;
+                if !matches!(r, Ok(ref r) if r.status() == 200) {
+                    failed += 1;
+                }
+            }
+            failed
+        })
+    };
+    for _ in 0..5 {
+        assert_eq!(ctl(d, "reload").await["ok"], true);
+        let _ = presented_cert(p.public_addr, &dev2.ca).await;
+    }
+    assert_eq!(load.await.expect("load task"), 0, "requests failed during reloads");
+
     // A bad config is refused with its file and line; nothing is dropped.
     let text = std::fs::read_to_string(&path).expect("read");
     std::fs::write(&path, format!("{text}[drain]\nquiet = \"never\"\n")).expect("write");
