@@ -250,6 +250,9 @@ pub fn human(v: &Value) -> String {
         }
         out.push('\n');
     }
+    if let Some(w) = v["warning"].as_str() {
+        out.push_str(&format!("warning: {w}\n"));
+    }
     if let Some(w) = v["watch"].as_object() {
         out.push_str(&format!(
             "watch: {}{}\n",

@@ -149,6 +149,13 @@ pub async fn execute(
                 ..FlipOptions::default()
             };
             let (mut reply, from) = ctl.gated_flip(&slot, opts).await?;
+            if !drain && !from.is_empty() {
+                reply["warning"] = json!(format!(
+                    "{} went to standby without a drain: requests of its open sessions now get 404; \
+                     use `flip {slot} --drain` to let them finish",
+                    from.join(", ")
+                ));
+            }
             if drain && wait {
                 let mut drained = Vec::new();
                 for f in &from {
