@@ -9,20 +9,11 @@ use std::time::Duration;
 
 use mcpflip::config::Config;
 use mcpflip::demo::http_client;
-use mcpflip::upstream::{self, Transport, UpstreamConfig};
+use mcpflip::upstream::{Transport, UpstreamConfig};
 use serde_json::{json, Value};
-use support::until;
+use support::{until, upstream};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Starts a built-in upstream; cancel `stop` to take it down.
-async fn upstream(cfg: UpstreamConfig, stop: &CancellationToken) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let stop = stop.clone();
-    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
-    port
-}
 
 /// A port that accepts connections and never answers.
 async fn hanging() -> (u16, tokio::task::JoinHandle<()>) {
@@ -74,6 +65,16 @@ fn step<'a>(reply: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name} in {reply}"))
 }
 
+/// The names of a passing probe's steps, in order.
+fn step_names(reply: &Value) -> Vec<&str> {
+    reply["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or(""))
+        .collect()
+}
+
 fn failed_step(reply: &Value) -> &Value {
     reply["probe"]["steps"]
         .as_array()
@@ -112,12 +113,7 @@ async fn the_probe_passes_a_good_slot_and_names_every_kind_of_failure() {
 
     let ok = ctl(&sock, "probe good").await;
     assert_eq!(ok["ok"], true, "{ok}");
-    let names: Vec<&str> = ok["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["step"].as_str().unwrap_or(""))
-        .collect();
+    let names = step_names(&ok);
     assert_eq!(
         names,
         ["initialize", "initialized", "tools/list", "canary", "close"]
@@ -206,12 +202,7 @@ async fn canary_mismatch_and_legacy_sse_probe() {
     let sock = dir.path().join("control.sock");
     let r = ctl(&sock, "probe blue").await;
     assert_eq!(r["ok"], true, "{r}");
-    let names: Vec<&str> = r["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .map(|s| s["step"].as_str().unwrap_or(""))
-        .collect();
+    let names = step_names(&r);
     assert_eq!(
         names,
         [

@@ -336,6 +336,19 @@ async fn start_proxy_with(
     (dir, socket, base, proxy)
 }
 
+/// Starts `mcpflip ctl drain blue --wait`; it returns once blue is drained.
+fn drain_blue(socket: &Path) -> Child {
+    Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(["drain", "blue", "--wait"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ctl drain")
+}
+
 /// Blue's open streams plus requests in flight, from `status`.
 async fn blue_load(socket: &Path) -> u64 {
     let (_, out) = ctl(socket, &["--json", "status"]).await;
@@ -385,15 +398,7 @@ async fn scenario(server_sdk: Sdk, client_sdk: Sdk, era: Era) {
     }
     let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
     assert!(ok, "{out}");
-    let mut drain = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["drain", "blue", "--wait"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ctl drain");
+    let mut drain = drain_blue(&socket);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         drain.try_wait().expect("try_wait").is_none(),
@@ -649,15 +654,7 @@ async fn subscriptions_listen_counts_as_a_live_stream_and_holds_the_drain() {
         "green",
         "a stateless call after the flip",
     );
-    let mut drain = Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["drain", "blue", "--wait"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ctl drain");
+    let mut drain = drain_blue(&socket);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         drain.try_wait().expect("try_wait").is_none(),

@@ -12,19 +12,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mcpflip::config::Config;
-use mcpflip::upstream::{self, Transport, UpstreamConfig};
+use mcpflip::upstream::{Transport, UpstreamConfig};
 use serde_json::{json, Value};
 use support::until;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 async fn upstream(name: &str, stop: &CancellationToken) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let stop = stop.clone();
-    let cfg = UpstreamConfig::new(name, Transport::Both);
-    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
-    port
+    support::upstream(UpstreamConfig::new(name, Transport::Both), stop).await
 }
 
 fn write_config(dir: &Path, tls: bool, slots: &str) -> PathBuf {
@@ -225,7 +220,11 @@ async fn https_h2_streams_are_counted_each_and_reload_swaps_the_certificate_unde
         assert_eq!(ctl(d, "reload").await["ok"], true);
         let _ = presented_cert(p.public_addr, &dev2.ca).await;
     }
-    assert_eq!(load.await.expect("load task"), 0, "requests failed during reloads");
+    assert_eq!(
+        load.await.expect("load task"),
+        0,
+        "requests failed during reloads"
+    );
 
     // A bad config is refused with its file and line; nothing is dropped.
     let text = std::fs::read_to_string(&path).expect("read");

@@ -62,10 +62,14 @@ impl Harness {
 }
 
 async fn slot(name: &str, stop: &CancellationToken) -> u16 {
+    upstream(UpstreamConfig::new(name, Transport::Both), stop).await
+}
+
+/// Starts a built-in upstream on a loopback port; cancel `stop` to take it down.
+pub async fn upstream(cfg: UpstreamConfig, stop: &CancellationToken) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     let stop = stop.clone();
-    let cfg = UpstreamConfig::new(name, Transport::Both);
     tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
     port
 }
