@@ -759,3 +759,34 @@ async fn sdk_clients_over_https_with_the_dev_certificate() {
     fresh.send("quit").await;
     let _ = proxy.start_kill();
 }
+
+/// The probe against real Python SDK 2.x servers: one that speaks every era is
+/// probed with `initialize`; one that speaks 2026-07-28 only refuses it and is
+/// probed with `server/discover` and `Mcp-Method` requests, canary included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_speaks_2026_07_28_to_a_server_that_speaks_nothing_else() {
+    let (_blue, blue) = server(Sdk::Py2, "blue", "streamable-http").await;
+    let (_green, green) =
+        server_with(Sdk::Py2, "green", "streamable-http", &["--modern-only"]).await;
+    let sections = "[probe]\nexpect_tools = [\"get_document\", \"interrupted\", \"list_documents\", \"search_documents\", \"slow\", \"whoami\"]\n\
+                    canary = { tool = \"whoami\", expect = \"green\" }\n";
+    let (_dir, socket, _base, mut proxy) = start_proxy_with(blue, green, sections).await;
+    let (ok, out) = ctl(&socket, &["--json", "probe", "green"]).await;
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"));
+    assert!(ok, "{v}");
+    assert_eq!(v["protocol"], "2026-07-28", "{v}");
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(steps, ["discover", "tools/list", "canary"], "{v}");
+    // The same probe of the dual-era server stays on the initialize handshake.
+    let (ok, out) = ctl(&socket, &["--json", "probe", "blue"]).await;
+    assert!(!ok, "the canary expects green: {out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"));
+    assert_eq!(v["probe"]["steps"][0]["step"], "initialize", "{v}");
+    assert_eq!(v["probe"]["protocol"], "2025-11-25", "{v}");
+    let _ = proxy.start_kill();
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """MCP test upstream on the official Python SDK (works with mcp 1.x and 2.x).
 
-  server.py --port N --slot NAME --transport sse|streamable-http [--stateless] [--json-response]
+  server.py --port N --slot NAME --transport sse|streamable-http [--stateless] [--json-response] [--modern-only]
 
 Binds 127.0.0.1 (--port 0 picks a free port) and prints `READY <port>` on stdout
 once listening. Legacy SSE: GET /sse + POST /messages/?session_id=..;
@@ -104,6 +104,21 @@ def log_resumes(app):
     return wrapped
 
 
+def modern_only(app):
+    """ASGI wrapper: a server that speaks 2026-07-28 only. Requests without an
+    `Mcp-Method` header (every pre-2026 client's, `initialize` included) get 400."""
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http" and b"mcp-method" not in dict(scope["headers"]):
+            body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+                "code": -32600, "message": "this server speaks protocol 2026-07-28 only"}}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+    return wrapped
+
+
 def build_app(a: argparse.Namespace):
     name = f"mcpflip-peer-{a.slot}"
     resumable = a.transport == "streamable-http" and not a.stateless
@@ -169,6 +184,8 @@ def build_app(a: argparse.Namespace):
                                       event_store=event_store, retry_interval=retry_interval)
     else:
         app = mcp.streamable_http_app()
+    if a.modern_only:
+        app = modern_only(app)
     return log_resumes(app)
 
 
@@ -187,6 +204,8 @@ def main() -> None:
     p.add_argument("--transport", choices=["sse", "streamable-http"], required=True)
     p.add_argument("--stateless", action="store_true")
     p.add_argument("--json-response", action="store_true")
+    p.add_argument("--modern-only", action="store_true",
+                   help="refuse pre-2026-07-28 requests (mcp 2.x): a server that speaks 2026-07-28 only")
     a = p.parse_args()
     print(f"server.py: mcp {MCP_VERSION} slot={a.slot} transport={a.transport}"
           f" stateless={a.stateless} json={a.json_response}", file=sys.stderr, flush=True)
