@@ -409,3 +409,71 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
     p.shutdown().await;
     stop.cancel();
 }
+
+/// Shutdown over HTTPS + h2: an open SSE stream is ended at an event boundary
+/// once the drain deadline passes (a clean end of stream, not a reset), and the
+/// graceful shutdown (GOAWAY, then close) completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_h2_streams_cleanly_at_event_boundaries() {
+    let stop = CancellationToken::new();
+    let (blue, green) = (
+        upstream("blue", &stop).await,
+        upstream("green", &stop).await,
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
+    let path = write_config(
+        d,
+        true,
+        &format!("[drain]\ndeadline = \"300ms\"\n{}", slots(blue, green)),
+    );
+    let text = std::fs::read_to_string(&path).expect("read").replacen(
+        "[drain]\nquiet = \"50ms\"\n",
+        "",
+        1,
+    );
+    std::fs::write(&path, text).expect("write");
+    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
+        .await
+        .expect("proxy starts");
+    let client = h2_client(&dev.ca);
+    let resp = client
+        .request(
+            http::Request::get(format!(
+                "https://localhost:{}/ticker?interval_ms=10&pad=3000",
+                p.public_addr.port()
+            ))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+        )
+        .await
+        .expect("stream");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let reader = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut all = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => all.extend_from_slice(f.data_ref().map(|b| &b[..]).unwrap_or(&[])),
+                Err(e) => return Err(format!("stream broke: {e}")),
+            }
+        }
+        Ok(all)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(20), p.shutdown())
+        .await
+        .expect("shutdown ends after the deadline");
+    let all = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the stream ends")
+        .expect("task")
+        .expect("a clean end, not a reset");
+    assert!(
+        all.len() > 3000 && all.ends_with(b"\n\n"),
+        "ended between events: {} bytes",
+        all.len()
+    );
+    stop.cancel();
+}
