@@ -126,7 +126,13 @@ fn main() -> ExitCode {
             };
             init_tracing();
             let workers = config.proxy.workers;
-            let rt = if workers > 0 {
+            let rt = if workers == 1 {
+                // One worker: a current-thread runtime does the same work without
+                // the work-stealing scheduler's cross-thread wake-ups.
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else if workers > 1 {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(workers)
                     .enable_all()

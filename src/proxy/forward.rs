@@ -44,17 +44,30 @@ pub struct Forwarder {
     pub host_guard: HostGuard,
 }
 
+/// The client end of a connection, made once per connection: its address and
+/// its IP as a header value (`X-Forwarded-For` then costs no formatting).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer { addr, ip }
+    }
+}
+
 impl Forwarder {
     /// Serves one client request.
-    pub async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
+    pub async fn forward(&self, mut req: Request<Incoming>, peer: Peer) -> Response<ResponseBody> {
+        // The clock is read only when the access log will use it.
+        let started = tracing::enabled!(target: "access", tracing::Level::INFO).then(Instant::now);
         let method = req.method().clone();
         if let Err(msg) = self.host_guard.check(req.headers(), req.uri().host()) {
-            tracing::warn!(target: "access", %method, uri = %req.uri(), %peer, status = 403, "{msg}");
+            tracing::warn!(target: "access", %method, uri = %req.uri(), peer = %peer.addr, status = 403, "{msg}");
             return json_response(
                 StatusCode::FORBIDDEN,
                 serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": msg}})
@@ -94,7 +107,7 @@ impl Forwarder {
         // A legacy SSE session starts with a GET that carries no session id.
         let legacy_get = era == Era::LegacySse && site.is_none();
 
-        if let Err(resp) = self.rewrite_request(&mut req, &slot, peer) {
+        if let Err(resp) = self.rewrite_request(&mut req, &slot, &peer) {
             return *resp;
         }
         let req = req.map(ForwardBody::from);
@@ -134,7 +147,7 @@ impl Forwarder {
             mcp_method = mcp_method.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
             status = parts.status.as_u16(),
             sse = is_sse,
-            ms = started.elapsed().as_millis() as u64,
+            ms = started.map_or(0, |t| t.elapsed().as_millis() as u64),
         );
         let body = if is_sse {
             parts
@@ -157,7 +170,7 @@ impl Forwarder {
         &self,
         req: &mut Request<Incoming>,
         slot: &Slot,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Result<(), Box<Response<ResponseBody>>> {
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -194,12 +207,14 @@ impl Forwarder {
             headers.insert(X_FORWARDED_HOST, h);
         }
         headers.insert(X_FORWARDED_PROTO, self.proto.clone());
-        let ip = peer.ip().to_string();
         let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+            Some(prev) => {
+                let ip = peer.ip.to_str().unwrap_or("unknown");
+                HeaderValue::try_from(format!("{prev}, {ip}")).ok()
+            }
+            None => Some(peer.ip.clone()),
         };
-        if let Ok(v) = HeaderValue::try_from(xff) {
+        if let Some(v) = xff {
             headers.insert(X_FORWARDED_FOR, v);
         }
         Ok(())
@@ -243,8 +258,28 @@ fn strip_tag(req: &mut Request<Incoming>, site: TagSite) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name)
+}
+
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass of cheap name compares, no hashing.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         if let Ok(list) = conn.to_str() {
             let named: Vec<HeaderName> = list
@@ -256,17 +291,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for h in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
+    for h in HOP_BY_HOP {
         headers.remove(h);
     }
 }

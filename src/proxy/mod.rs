@@ -67,9 +67,11 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let forwarder = Arc::clone(&forwarder);
+        let client = forward::Peer::new(peer);
         let service = service_fn(move |req| {
             let forwarder = Arc::clone(&forwarder);
-            async move { Ok::<_, Infallible>(forwarder.forward(req, peer).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(forwarder.forward(req, client).await) }
         });
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
