@@ -1,0 +1,400 @@
+//! The machine side of the benchmark: which cores the proxy, the upstreams and
+//! the load generator get, the file-descriptor limit, readings from `/proc`
+//! (RSS and CPU time of a process tree), and the facts `BENCHMARKS.md` records
+//! (CPU, kernel, versions).
+//!
+//! Linux only, like the anchors' configs (epoll, `/proc`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// Which CPUs each party runs on.
+#[derive(Debug, Clone)]
+pub struct CpuPlan {
+    /// The proxy under test (its worker count is `proxy.len()`).
+    pub proxy: Vec<usize>,
+    /// The two `mcpflip upstream` slots.
+    pub upstream: Vec<usize>,
+    /// This process: the load generator.
+    pub loadgen: Vec<usize>,
+}
+
+impl CpuPlan {
+    /// Splits `cpus`: the proxy gets the last `proxy_cores` (default: a quarter,
+    /// at least one); with four or more CPUs the upstreams get the next quarter
+    /// and the load generator the rest, with fewer the upstreams and the load
+    /// generator share what the proxy does not get.
+    pub fn new(cpus: &[usize], proxy_cores: Option<usize>) -> CpuPlan {
+        let n = cpus.len();
+        if n <= 1 {
+            return CpuPlan {
+                proxy: cpus.to_vec(),
+                upstream: cpus.to_vec(),
+                loadgen: cpus.to_vec(),
+            };
+        }
+        let p = proxy_cores.unwrap_or((n / 4).max(1)).clamp(1, n - 1);
+        let (rest, proxy) = cpus.split_at(n - p);
+        if rest.len() < 3 {
+            return CpuPlan {
+                proxy: proxy.to_vec(),
+                upstream: rest.to_vec(),
+                loadgen: rest.to_vec(),
+            };
+        }
+        let u = (n / 4).clamp(1, rest.len() - 1);
+        let (loadgen, upstream) = rest.split_at(rest.len() - u);
+        CpuPlan {
+            proxy: proxy.to_vec(),
+            upstream: upstream.to_vec(),
+            loadgen: loadgen.to_vec(),
+        }
+    }
+
+    /// The proxies' worker count: mcpflip `workers`, nginx `worker_processes`,
+    /// HAProxy `nbthread`, Caddy `GOMAXPROCS`.
+    pub fn workers(&self) -> usize {
+        self.proxy.len()
+    }
+
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "proxy under test on CPU {} ({} worker{}), upstreams on CPU {}, load generator on CPU {}",
+            list(&self.proxy),
+            self.workers(),
+            if self.workers() == 1 { "" } else { "s" },
+            list(&self.upstream),
+            list(&self.loadgen)
+        )
+    }
+}
+
+/// `0,1,2` (the form `taskset -c` takes).
+pub fn list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set of the size we pass; the kernel writes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return (0..n).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread (and every thread it starts afterwards) to `cpus`.
+pub fn pin_self(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: `set` is zero-initialised and filled with CPU_SET before the call.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Raises `RLIMIT_NOFILE` towards `want` (the hard limit too when we may) and
+/// returns the soft limit now in force. Children inherit it.
+pub fn raise_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
+        let soft = libc::rlimit {
+            rlim_cur: want.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            soft.rlim_cur
+        } else {
+            lim.rlim_cur
+        }
+    }
+}
+
+/// The local port range for outgoing connections: (low, high).
+pub fn ephemeral_ports() -> (u32, u32) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// `pid` and every process below it.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1).and_then(|x| x.parse().ok())) {
+                parents.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(kids) = parents.get(&out[i]) {
+            out.extend(kids);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: index 0 is the state,
+/// 1 the ppid, 11 utime, 12 stime (`man 5 proc`, fields 3.. shifted by 3).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Resident memory of `pids`, in KiB (`VmRSS`).
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time of `pids` (every thread), in seconds: the sum of each thread's
+/// run time in `/proc/<pid>/task/<tid>/schedstat` (nanoseconds), or, where
+/// the kernel has no schedstat, user + system time from `/proc/<pid>/stat`
+/// (clock ticks: 10 ms steps, too coarse for short windows).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter().map(|&p| process_cpu(p)).sum()
+}
+
+fn process_cpu(pid: u32) -> f64 {
+    let from_schedstat = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .and_then(|dir| {
+            let mut ns = 0u64;
+            let mut any = false;
+            for t in dir.flatten() {
+                let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+                ns += s.split_whitespace().next()?.parse::<u64>().ok()?;
+                any = true;
+            }
+            any.then_some(ns as f64 / 1e9)
+        });
+    from_schedstat.unwrap_or_else(|| {
+        stat_fields(pid)
+            .and_then(|f| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+            .map_or(0.0, |t| t as f64 / clock_ticks())
+    })
+}
+
+/// CPU time of named process groups over an interval.
+pub struct CpuMeter {
+    groups: Vec<(&'static str, Vec<u32>, f64)>,
+    started: Instant,
+}
+
+/// What a [`CpuMeter`] measured: per group, CPU seconds and the share of one
+/// core it used (1.0 = one core busy all the time).
+#[derive(Debug, Clone, Default)]
+pub struct CpuUse {
+    pub groups: Vec<(&'static str, f64, f64)>,
+}
+
+impl CpuUse {
+    /// Share of one core used by `name` (0 when not measured).
+    pub fn cores(&self, name: &str) -> f64 {
+        self.groups
+            .iter()
+            .find(|g| g.0 == name)
+            .map_or(0.0, |g| g.2)
+    }
+
+    /// CPU seconds used by `name`.
+    pub fn seconds(&self, name: &str) -> f64 {
+        self.groups
+            .iter()
+            .find(|g| g.0 == name)
+            .map_or(0.0, |g| g.1)
+    }
+}
+
+impl CpuMeter {
+    pub fn start(groups: Vec<(&'static str, Vec<u32>)>) -> CpuMeter {
+        CpuMeter {
+            groups: groups
+                .into_iter()
+                .map(|(n, p)| {
+                    let c = cpu_seconds(&p);
+                    (n, p, c)
+                })
+                .collect(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn stop(self) -> CpuUse {
+        let wall = self.started.elapsed().as_secs_f64().max(1e-6);
+        CpuUse {
+            groups: self
+                .groups
+                .into_iter()
+                .map(|(n, p, c0)| {
+                    let used = (cpu_seconds(&p) - c0).max(0.0);
+                    (n, used, used / wall)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The facts about the machine the report starts with.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    /// `cores`: the CPUs this benchmark may use (read before it pins itself).
+    pub fn read(cores: usize) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
+        let mhz = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("cpu MHz"))
+            .and_then(|l| l.split_once(':'))
+            .and_then(|(_, v)| v.trim().parse::<f64>().ok());
+        let cpu_model = match mhz {
+            Some(m) => format!("{cpu_model} @ {:.2} GHz", m / 1000.0),
+            None => cpu_model,
+        };
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+        Machine {
+            cpu_model,
+            cores,
+            kernel,
+            memory_gib,
+        }
+    }
+}
+
+/// First line of a command's output (stdout, else stderr), or `None`.
+pub fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    let s = String::from_utf8_lossy(&text);
+    s.lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+}
+
+/// `git describe`-like revision of the repository at `dir` (`abc1234`, with
+/// `-dirty` when the tree has uncommitted changes).
+pub fn git_rev(dir: &Path) -> String {
+    let rev = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let Some(rev) = rev else {
+        return "unknown (not a git checkout)".to_owned();
+    };
+    let dirty = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .is_some_and(|o| !o.stdout.is_empty());
+    if dirty {
+        format!("{rev}-dirty")
+    } else {
+        rev
+    }
+}
+
+/// Finds `name` on `PATH` or in `/usr/sbin`, `/sbin` (where Debian puts nginx
+/// and HAProxy).
+pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}

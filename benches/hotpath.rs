@@ -1,0 +1,118 @@
+//! Micro benchmarks of the per-request hot path: the routing decision (weighted
+//! pick and pinned tag), tag decoding and encoding, era classification, and the
+//! SSE boundary scan every streamed byte goes through (GB/s).
+//!
+//! `cargo bench --bench hotpath`
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{HeaderValue, Method, Request};
+use mcpflip::config::Config;
+use mcpflip::controller::Controller;
+use mcpflip::proxy::affinity::{self, Route, SessionTag};
+use mcpflip::proxy::era::Era;
+use mcpflip::proxy::sse::SseScanner;
+use tokio_util::sync::CancellationToken;
+
+fn controller() -> std::sync::Arc<Controller> {
+    let text = "[control]\nsocket = \"/tmp/mcpflip-bench.sock\"\nstate_file = \"/tmp/mcpflip-bench.json\"\n\
+                [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:3001\"\nweight = 90\n\
+                [[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:3002\"\nweight = 10\n";
+    let cfg = Config::parse(text, Path::new("bench.toml")).expect("bench config");
+    Controller::new(cfg, None, CancellationToken::new()).expect("controller")
+}
+
+fn routing(c: &mut Criterion) {
+    let ctl = controller();
+    let untagged = Request::post("/mcp").body(()).expect("req");
+    let tagged = Request::post("/mcp")
+        .header(
+            "mcp-session-id",
+            "mf1.blue.1.5f0c3a9e2b7d4e6f8a1b2c3d4e5f6a7b",
+        )
+        .body(())
+        .expect("req");
+    let legacy =
+        Request::post("/messages/?session_id=mf1.green.1.5f0c3a9e2b7d4e6f8a1b2c3d4e5f6a7b")
+            .body(())
+            .expect("req");
+    let mut g = c.benchmark_group("route");
+    for (name, req) in [
+        ("weighted_pick", &untagged),
+        ("pinned_header", &tagged),
+        ("pinned_query", &legacy),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let table = ctl.tables.load();
+                match affinity::route(&table, black_box(req)) {
+                    Route::Pinned { slot, .. } | Route::Picked(slot) => black_box(slot.generation),
+                    _ => 0,
+                }
+            })
+        });
+    }
+    g.finish();
+
+    let table = ctl.tables.load_full();
+    let blue = table.get("blue").expect("blue");
+    let inner = HeaderValue::from_static("5f0c3a9e2b7d4e6f8a1b2c3d4e5f6a7b");
+    let mut g = c.benchmark_group("tag");
+    g.bench_function("decode", |b| {
+        b.iter(|| SessionTag::decode(black_box("mf1.blue.1.5f0c3a9e2b7d4e6f8a1b2c3d4e5f6a7b")))
+    });
+    g.bench_function("encode_header", |b| {
+        b.iter(|| affinity::tag_header(blue, black_box(&inner)))
+    });
+    g.finish();
+
+    let headers = tagged.headers().clone();
+    c.bench_function("era/classify", |b| {
+        b.iter(|| Era::of(black_box(&Method::POST), black_box(&headers), None))
+    });
+}
+
+fn sse_scan(c: &mut Criterion) {
+    // Typical MCP SSE traffic: JSON-RPC messages of a few hundred bytes.
+    let event = format!(
+        "event: message\nid: 42\ndata: {{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{}\"}}]}}}}\n\n",
+        "x".repeat(300)
+    );
+    let buf: Vec<u8> = event
+        .as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let big = format!("data: {}\n\n", "y".repeat(64 * 1024));
+    let big: Vec<u8> = big
+        .as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let mut g = c.benchmark_group("sse_scan");
+    g.throughput(Throughput::Bytes(buf.len() as u64));
+    g.bench_function("small_events_1MiB", |b| {
+        b.iter(|| {
+            let mut s = SseScanner::default();
+            black_box(s.feed(black_box(&buf)));
+            s.at_boundary()
+        })
+    });
+    g.bench_function("64KiB_events_1MiB", |b| {
+        b.iter(|| {
+            let mut s = SseScanner::default();
+            black_box(s.feed(black_box(&big)));
+            s.at_boundary()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routing, sse_scan);
+criterion_main!(benches);
