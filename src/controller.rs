@@ -136,6 +136,7 @@ pub(crate) fn build_slot(
         weight,
         state,
         generation,
+        tag_prefix: crate::proxy::affinity::tag_prefix(name, generation),
         stats: stats.get(name),
         client: if uri.scheme_str() == Some("https") {
             let ca = cfg

@@ -76,6 +76,8 @@ pub struct Slot {
     pub weight: u32,
     pub state: SlotState,
     pub generation: u32,
+    /// `mf1.<name>.<generation>.`, made once per slot version (see `affinity`).
+    pub tag_prefix: Arc<str>,
     pub stats: Arc<SlotStats>,
     pub client: UpstreamClient,
 }
@@ -92,6 +94,11 @@ impl Slot {
             host_header: self.host_header.clone(),
             weight,
             state,
+            tag_prefix: if generation == self.generation {
+                Arc::clone(&self.tag_prefix)
+            } else {
+                crate::proxy::affinity::tag_prefix(&self.name, generation)
+            },
             generation,
             stats: Arc::clone(&self.stats),
             client: self.client.clone(),
@@ -220,6 +227,7 @@ mod tests {
             weight,
             state,
             generation: 1,
+            tag_prefix: crate::proxy::affinity::tag_prefix(name, 1),
             stats: SlotStats::new(name),
             client: UpstreamClient::new(
                 std::time::Duration::from_secs(1),

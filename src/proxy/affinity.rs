@@ -51,15 +51,23 @@ impl<'a> SessionTag<'a> {
     }
 }
 
-/// The tag prefix for sessions created on `slot` (`mf1.blue.3.`).
-pub fn tag_prefix(slot: &Slot) -> String {
-    format!("{TAG_VERSION}{}.{}.", slot.name, slot.generation)
+/// The tag prefix for sessions created on slot `name` at `generation`
+/// (`mf1.blue.3.`); slots keep theirs in `Slot::tag_prefix`.
+pub fn tag_prefix(name: &str, generation: u32) -> Arc<str> {
+    Arc::from(format!("{TAG_VERSION}{name}.{generation}."))
 }
 
-/// Tags an upstream session id header value.
+/// Tags an upstream session id header value: one allocation, no formatting.
 pub fn tag_header(slot: &Slot, inner: &HeaderValue) -> Option<HeaderValue> {
-    let inner = inner.to_str().ok()?;
-    HeaderValue::try_from(format!("{}{}", tag_prefix(slot), inner)).ok()
+    let inner = inner.as_bytes();
+    // MCP session ids are visible ASCII (0x21..=0x7E); anything else is left untagged.
+    if !inner.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return None;
+    }
+    let mut v = Vec::with_capacity(slot.tag_prefix.len() + inner.len());
+    v.extend_from_slice(slot.tag_prefix.as_bytes());
+    v.extend_from_slice(inner);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
 }
 
 /// Where a session tag was found in a request.

@@ -100,7 +100,11 @@ impl Forwarder {
         // A clone of the header value shares its bytes: no allocation.
         let mcp_method = req.headers().get(era::MCP_METHOD).cloned();
         if let Some(site) = site {
-            stats.touch_pinned();
+            // A DELETE ends its session: it is no sign of more requests to come,
+            // so it does not hold a drain's quiet period.
+            if method != http::Method::DELETE {
+                stats.touch_pinned();
+            }
             strip_tag(&mut req, site);
         }
         let inflight = stats.inflight_guard();
@@ -154,7 +158,7 @@ impl Forwarder {
                 .headers
                 .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
             let rewrite = (legacy_get && parts.status.is_success()).then(|| {
-                EndpointRewrite::new(affinity::tag_prefix(&slot), slot.authority.to_string())
+                EndpointRewrite::new(slot.tag_prefix.to_string(), slot.authority.to_string())
             });
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
