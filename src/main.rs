@@ -126,13 +126,11 @@ fn main() -> ExitCode {
             };
             init_tracing();
             let workers = config.proxy.workers;
-            let rt = if workers == 1 {
-                // One worker: a current-thread runtime does the same work without
-                // the work-stealing scheduler's cross-thread wake-ups.
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else if workers > 1 {
+            // Multi-thread even for one worker: its LIFO slot runs a task woken by
+            // the task before it next, which keeps hyper's client dispatch hand-off
+            // (request task <-> connection task) short; a current-thread runtime
+            // measured worse in W1 and W2 relay p99 (BENCHMARKS.md).
+            let rt = if workers > 0 {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(workers)
                     .enable_all()
