@@ -150,14 +150,7 @@ pub(crate) async fn post(state: &Arc<State>, req: Request<Incoming>) -> Response
             with_session(sse_response(body), sid)
         }
         Outcome::Slow(call) => {
-            let mut reply = None;
-            call.run(&session.token, std::future::pending(), |msg| {
-                reply = Some(msg);
-                true
-            })
-            .await;
-            let reply = reply.unwrap_or_else(|| call.cancelled_response());
-            with_session(json(StatusCode::OK, reply), sid)
+            with_session(json(StatusCode::OK, call.reply(&session.token).await), sid)
         }
     }
 }
@@ -176,16 +169,7 @@ pub(crate) async fn post_stateless(state: &Arc<State>, req: Request<Incoming>) -
         Outcome::NoReply => empty(StatusCode::ACCEPTED),
         Outcome::Reply(reply) => json(StatusCode::OK, reply),
         Outcome::Fail(reply) => json(StatusCode::INTERNAL_SERVER_ERROR, reply),
-        Outcome::Slow(call) => {
-            let mut reply = None;
-            call.run(&state.shutdown, std::future::pending(), |msg| {
-                reply = Some(msg);
-                true
-            })
-            .await;
-            let reply = reply.unwrap_or_else(|| call.cancelled_response());
-            json(StatusCode::OK, reply)
-        }
+        Outcome::Slow(call) => json(StatusCode::OK, call.reply(&state.shutdown).await),
     }
 }
 

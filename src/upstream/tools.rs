@@ -262,6 +262,18 @@ impl SlowCall {
     pub(crate) fn cancelled_response(&self) -> Bytes {
         tool_text_response(&self.id, "cancelled: server shutting down", true)
     }
+
+    /// Runs the call to its end and returns its one reply, for a plain JSON
+    /// answer (no progress stream); the cancelled answer if `stop` fires first.
+    pub(crate) async fn reply(&self, stop: &CancellationToken) -> Bytes {
+        let mut reply = None;
+        self.run(stop, std::future::pending(), |msg| {
+            reply = Some(msg);
+            true
+        })
+        .await;
+        reply.unwrap_or_else(|| self.cancelled_response())
+    }
 }
 
 /// What the transport must do with a message.
