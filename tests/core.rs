@@ -500,3 +500,36 @@ async fn foreign_host_or_origin_is_refused_on_a_loopback_listener() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A DELETE ends its session, so it does not hold a drain's quiet period: with
+/// `quiet = 30s`, blue drains as soon as its last session was deleted, while a
+/// pinned POST would have held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_delete_does_not_hold_the_drain_quiet_period() {
+    let h = Harness::new().await;
+    let mut cfg = h.config("");
+    cfg.drain.quiet = Duration::from_secs(30);
+    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let client = http_client();
+    let url = format!("http://{}/mcp", p.public_addr);
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let (status, sid, _) = post_json(&client, &url, None, init).await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a tagged session id");
+    assert_eq!(h.ctl("flip green --no-probe --drain").await["ok"], true);
+    let resp = client
+        .request(
+            http::Request::delete(&url)
+                .header("mcp-session-id", &sid)
+                .body(Full::new(Bytes::new()))
+                .expect("req"),
+        )
+        .await
+        .expect("delete");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let r = h.ctl("wait blue drained --timeout 5s").await;
+    assert_eq!(r["ok"], true, "the DELETE held the 30 s quiet period: {r}");
+    assert_eq!(support::stats(&p, "blue").since_last_pinned(), None);
+    p.shutdown().await;
+    h.stop.cancel();
+}
