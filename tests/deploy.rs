@@ -280,6 +280,19 @@ impl Pair {
         })
     }
 
+    /// Waits until `slot` is the active one (the deploy flipped).
+    async fn until_active(&self, slot: &str) {
+        let p = &self.proxy;
+        until(&format!("{slot} is active"), || {
+            p.controller
+                .tables
+                .load()
+                .active()
+                .is_some_and(|s| &*s.name == slot)
+        })
+        .await;
+    }
+
     async fn active(&self) -> Value {
         ctl(&self.socket(), "status").await["active"].clone()
     }
@@ -290,14 +303,7 @@ async fn a_green_that_dies_after_the_flip_is_rolled_back_while_blue_is_up() {
     let pair = Pair::new("window = \"30s\"\ninterval = \"100ms\"").await;
     let deploy = pair.deploy("deploy green");
     let p = &pair.proxy;
-    until("green is active", || {
-        p.controller
-            .tables
-            .load()
-            .active()
-            .is_some_and(|s| &*s.name == "green")
-    })
-    .await;
+    pair.until_active("green").await;
     pair.green_stop.cancel(); // green's process dies during the watch window
     let (reply, progress) = tokio::time::timeout(Duration::from_secs(20), deploy)
         .await
@@ -350,14 +356,7 @@ async fn a_green_answering_5xx_is_rolled_back_by_its_error_share() {
     let pair = Pair::new("window = \"30s\"\ninterval = \"1500ms\"\nmax_error_ratio = 0.05").await;
     let deploy = pair.deploy("deploy green");
     let p = &pair.proxy;
-    until("green is active", || {
-        p.controller
-            .tables
-            .load()
-            .active()
-            .is_some_and(|s| &*s.name == "green")
-    })
-    .await;
+    pair.until_active("green").await;
     pair.green_stop.cancel();
     let client = http_client();
     for _ in 0..20 {
