@@ -22,6 +22,7 @@ async fn upstream(name: &str, stop: &CancellationToken) -> u16 {
     support::upstream(UpstreamConfig::new(name, Transport::Both), stop).await
 }
 
+/// Writes the test config; `slots` may begin with its own `[drain]` section.
 fn write_config(dir: &Path, tls: bool, slots: &str) -> PathBuf {
     let tls = if tls {
         format!(
@@ -32,17 +33,44 @@ fn write_config(dir: &Path, tls: bool, slots: &str) -> PathBuf {
     } else {
         String::new()
     };
+    let drain = if slots.starts_with("[drain]") {
+        ""
+    } else {
+        "[drain]\nquiet = \"50ms\"\n"
+    };
     let path = dir.join("mcpflip.toml");
     std::fs::write(
         &path,
         format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n{tls}[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"50ms\"\n{slots}",
+            "[listen]\naddr = \"127.0.0.1:0\"\n{tls}[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{drain}{slots}",
             dir.join("control.sock").display(),
             dir.join("state.json").display(),
         ),
     )
     .expect("write config");
     path
+}
+
+/// Blue and green built-in upstreams, the dev certificate, and the proxy on a
+/// TLS listener with `drain` (a `[drain]` section, or "") before the slots.
+async fn tls_proxy(
+    stop: &CancellationToken,
+    drain: &str,
+) -> (
+    tempfile::TempDir,
+    mcpflip::tls::DevCert,
+    PathBuf,
+    mcpflip::run::Running,
+) {
+    let (blue, green) = (upstream("blue", stop).await, upstream("green", stop).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev =
+        mcpflip::tls::write_dev_cert(&dir.path().join("certs"), &[], false).expect("dev cert");
+    let path = write_config(dir.path(), true, &format!("{drain}{}", slots(blue, green)));
+    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
+        .await
+        .expect("proxy starts");
+    (dir, dev, path, p)
 }
 
 fn slots(blue: u16, green: u16) -> String {
@@ -115,17 +143,8 @@ fn count_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_h2_streams_are_counted_each_and_reload_swaps_the_certificate_under_them() {
     let stop = CancellationToken::new();
-    let (blue, green) = (
-        upstream("blue", &stop).await,
-        upstream("green", &stop).await,
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, dev, path, p) = tls_proxy(&stop, "").await;
     let d = dir.path();
-    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
-    let path = write_config(d, true, &slots(blue, green));
-    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
-        .await
-        .expect("proxy starts");
     let base = format!("https://localhost:{}", p.public_addr.port());
     let client = h2_client(&dev.ca);
 
@@ -416,27 +435,7 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_h2_streams_cleanly_at_event_boundaries() {
     let stop = CancellationToken::new();
-    let (blue, green) = (
-        upstream("blue", &stop).await,
-        upstream("green", &stop).await,
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
-    let path = write_config(
-        d,
-        true,
-        &format!("[drain]\ndeadline = \"300ms\"\n{}", slots(blue, green)),
-    );
-    let text = std::fs::read_to_string(&path).expect("read").replacen(
-        "[drain]\nquiet = \"50ms\"\n",
-        "",
-        1,
-    );
-    std::fs::write(&path, text).expect("write");
-    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
-        .await
-        .expect("proxy starts");
+    let (_dir, dev, _path, p) = tls_proxy(&stop, "[drain]\ndeadline = \"300ms\"\n").await;
     let client = h2_client(&dev.ca);
     let resp = client
         .request(
