@@ -297,6 +297,13 @@ fn cert_dev_writes_a_usable_pair_and_keeps_it_unless_forced() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     assert!(run(&["--force"]).status.success());
     let cfg = dir.path().join("tls.toml");
+    let check = |cfg: &Path| {
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(cfg)
+            .output()
+            .expect("check")
+    };
     std::fs::write(
         &cfg,
         format!(
@@ -306,11 +313,7 @@ fn cert_dev_writes_a_usable_pair_and_keeps_it_unless_forced() {
         ),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("check");
+    let out = check(&cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("(https, HTTP/1.1 and HTTP/2)"),
@@ -325,11 +328,7 @@ fn cert_dev_writes_a_usable_pair_and_keeps_it_unless_forced() {
             .replace("server.key", "dev-ca.crt"),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("check");
+    let out = check(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
