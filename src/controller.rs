@@ -57,7 +57,7 @@ impl CtlError {
         }
         v
     }
-    fn unknown_slot(name: &str, table: &Table) -> Self {
+    pub(crate) fn unknown_slot(name: &str, table: &Table) -> Self {
         let known: Vec<&str> = table.slots.iter().map(|s| &*s.name).collect();
         Self::new(
             "unknown_slot",

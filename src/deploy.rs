@@ -109,13 +109,9 @@ impl Controller {
     /// `probe SLOT`: the configured MCP probe against the slot's upstream.
     pub async fn probe_slot(&self, name: &str) -> Result<ProbeReport, CtlError> {
         let table = self.tables.load_full();
-        let slot = table.get(name).ok_or_else(|| {
-            let known: Vec<&str> = table.slots.iter().map(|s| &*s.name).collect();
-            CtlError::new(
-                "unknown_slot",
-                format!("no slot named {name:?} (slots: {})", known.join(", ")),
-            )
-        })?;
+        let slot = table
+            .get(name)
+            .ok_or_else(|| CtlError::unknown_slot(name, &table))?;
         let (cfg, _) = self.probe_settings();
         let report = probe::probe(slot, &cfg).await;
         tracing::info!(

@@ -97,8 +97,8 @@ impl Forwarder {
         let stats = &slot.stats;
         let era = Era::of(&method, req.headers(), site);
         stats.count_era(era);
-        // A clone of the header value shares its bytes: no allocation.
-        let mcp_method = req.headers().get(era::MCP_METHOD).cloned();
+        // Only the access log reads it (a clone shares the header's bytes).
+        let mcp_method = started.and_then(|_| req.headers().get(era::MCP_METHOD).cloned());
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
             // so it does not hold a drain's quiet period.
