@@ -97,20 +97,15 @@ fn sse_scan(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("sse_scan");
     g.throughput(Throughput::Bytes(buf.len() as u64));
-    g.bench_function("small_events_1MiB", |b| {
-        b.iter(|| {
-            let mut s = SseScanner::default();
-            black_box(s.feed(black_box(&buf)));
-            s.at_boundary()
-        })
-    });
-    g.bench_function("64KiB_events_1MiB", |b| {
-        b.iter(|| {
-            let mut s = SseScanner::default();
-            black_box(s.feed(black_box(&big)));
-            s.at_boundary()
-        })
-    });
+    for (name, bytes) in [("small_events_1MiB", &buf), ("64KiB_events_1MiB", &big)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut s = SseScanner::default();
+                black_box(s.feed(black_box(bytes)));
+                s.at_boundary()
+            })
+        });
+    }
     g.finish();
 }
 
