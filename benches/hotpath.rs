@@ -11,8 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderValue, Method, Request};
 use mcpflip::config::Config;
 use mcpflip::controller::Controller;
-use mcpflip::proxy::affinity::{self, Route, SessionTag};
-use mcpflip::proxy::era::Era;
+use mcpflip::mcp::tag::{self, SessionTag};
+use mcpflip::mcp::Era;
+use mcpflip::proxy::affinity::{self, Route};
 use mcpflip::proxy::sse::SseScanner;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +65,7 @@ fn routing(c: &mut Criterion) {
         b.iter(|| SessionTag::decode(black_box("mf1.blue.1.5f0c3a9e2b7d4e6f8a1b2c3d4e5f6a7b")))
     });
     g.bench_function("encode_header", |b| {
-        b.iter(|| affinity::tag_header(blue, black_box(&inner)))
+        b.iter(|| tag::tag_header(&blue.tag_prefix, black_box(&inner)))
     });
     g.finish();
 

@@ -20,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::controller::Controller;
-use crate::proxy::era::Era;
-use crate::stats::UpstreamError;
+use crate::mcp::Era;
 use crate::table::SlotState;
+use crate::upstream::UpstreamError;
 
 #[derive(Debug)]
 struct SlotCollector(Arc<Controller>);

@@ -11,6 +11,8 @@ use std::time::Duration;
 use http::Uri;
 use serde::{Deserialize, Deserializer};
 
+pub use crate::tls::{CertPair, TlsConfig};
+
 /// Where the default config lives (overridable with `MCPFLIP_CONFIG` or `--config`).
 pub const DEFAULT_PATH: &str = "config/mcpflip.toml";
 /// Socket path used by `mcpflip ctl` when neither `--socket` nor `MCPFLIP_SOCKET` is given.
@@ -71,25 +73,6 @@ pub struct ListenConfig {
     #[serde(default = "default_listen")]
     pub addr: SocketAddr,
     pub tls: Option<TlsConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// More certificates, chosen by the SNI name the client asks for (an
-    /// extension: `sni = [{ cert = "...", key = "..." }]`).
-    #[serde(default)]
-    pub sni: Vec<CertPair>,
-}
-
-/// A certificate chain and its private key (PEM files).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertPair {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

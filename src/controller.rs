@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::state::PersistedState;
 use crate::stats::StatsRegistry;
 use crate::table::{Slot, SlotState, Table, Tables};
-use crate::upstream_client::UpstreamClient;
+use crate::upstream::UpstreamClient;
 
 /// A control error with a stable machine code.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ pub struct Controller {
     previous_active: Mutex<Option<String>>,
     drains: Mutex<HashMap<String, DrainHandle>>,
     /// The watch window running after the last probed flip.
-    pub(crate) watch: Mutex<Option<crate::deploy::WatchHandle>>,
+    pub(crate) watch: Mutex<Option<crate::watch::WatchHandle>>,
     /// The last rollback: from, to, reason, at.
     pub(crate) last_rollback: Mutex<Option<Value>>,
     /// Held by the one `deploy` that may run at a time.
@@ -136,7 +136,7 @@ pub(crate) fn build_slot(
         weight,
         state,
         generation,
-        tag_prefix: crate::proxy::affinity::tag_prefix(name, generation),
+        tag_prefix: crate::mcp::tag::tag_prefix(name, generation),
         stats: stats.get(name),
         client: if uri.scheme_str() == Some("https") {
             let ca = cfg

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::upstream::{self, Transport, UpstreamConfig};
+use crate::demo_server::{self, ServerConfig, Transport};
+use crate::probe::events::EventReader;
 
 /// The plain HTTP client type of the demo and tests.
 pub type HttpClientAlias = Client<HttpConnector, Full<Bytes>>;
@@ -40,8 +40,7 @@ pub struct SseSession {
     client: HttpClient,
     base: String,
     post_url: String,
-    stream: Incoming,
-    buf: Vec<u8>,
+    events: EventReader,
     next_id: u64,
 }
 
@@ -59,8 +58,7 @@ impl SseSession {
             client: client.clone(),
             base: base.to_string(),
             post_url: String::new(),
-            stream: resp.into_body(),
-            buf: Vec::new(),
+            events: EventReader::new(resp.into_body()),
             next_id: 1,
         };
         let (event, data) = s.next_event().await?;
@@ -85,31 +83,16 @@ impl SseSession {
 
     async fn next_event(&mut self) -> anyhow::Result<(String, String)> {
         loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&raw);
-                let (mut event, mut data) = ("message".to_string(), String::new());
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if data.is_empty() && event == "message" {
-                    continue;
-                }
-                return Ok((event, data));
+            let ev = self.events.next().await?;
+            if ev.data.is_empty() {
+                continue; // comments and keep-alives
             }
-            match self.stream.frame().await {
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        self.buf.extend(d.iter().copied().filter(|b| *b != b'\r'));
-                    }
-                }
-                Some(Err(e)) => bail!("stream failed: {e}"),
-                None => bail!("stream closed"),
-            }
+            let event = if ev.event.is_empty() {
+                "message".to_owned()
+            } else {
+                ev.event
+            };
+            return Ok((event, ev.data));
         }
     }
 
@@ -191,10 +174,10 @@ async fn start_slot(
         }
     };
     let port = l.local_addr()?.port();
-    let mut cfg = UpstreamConfig::new(name, Transport::Both);
+    let mut cfg = ServerConfig::new(name, Transport::Both);
     cfg.tools = tools.map(|t| t.iter().map(|s| s.to_string()).collect());
     let stop = stop.clone();
-    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
+    tokio::spawn(async move { demo_server::serve(l, cfg, stop).await });
     Ok(port)
 }
 

@@ -8,72 +8,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::controller::{Controller, CtlError, DrainOutcome};
 use crate::probe::{self, ProbeReport};
+use crate::watch::{WatchHandle, WatchOutcome};
 
 /// The watch judges the 5xx share only once the new slot answered this many requests.
 const MIN_ANSWERS_FOR_RATIO: u64 = 10;
 /// How often a waiting `deploy` reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// How a watch window ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WatchOutcome {
-    Passed {
-        probes: u64,
-    },
-    RolledBack {
-        reason: String,
-        to: String,
-    },
-    /// The slot failed but was not rolled back (auto_rollback off, or the old slot failed its probe).
-    Failed {
-        reason: String,
-    },
-    Cancelled {
-        why: String,
-    },
-}
-
-impl WatchOutcome {
-    pub fn to_json(&self) -> Value {
-        match self {
-            WatchOutcome::Passed { probes } => json!({"result": "passed", "probes": probes}),
-            WatchOutcome::RolledBack { reason, to } => {
-                json!({"result": "rolled_back", "reason": reason, "to": to})
-            }
-            WatchOutcome::Failed { reason } => json!({"result": "failed", "reason": reason}),
-            WatchOutcome::Cancelled { why } => json!({"result": "cancelled", "reason": why}),
-        }
-    }
-}
-
-/// A running (or finished) watch window.
-#[derive(Debug)]
-pub struct WatchHandle {
-    slot: String,
-    cancel: CancellationToken,
-    tx: Arc<watch::Sender<Option<WatchOutcome>>>,
-    started: Instant,
-    window: Duration,
-    probes: Arc<AtomicU64>,
-}
-
-impl WatchHandle {
-    /// Sets the outcome unless one is set already.
-    fn finish(tx: &watch::Sender<Option<WatchOutcome>>, outcome: WatchOutcome) {
-        tx.send_if_modified(|o| {
-            if o.is_none() {
-                *o = Some(outcome);
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
 
 /// How `flip` was asked for.
 #[derive(Debug, Clone, Copy, Default)]

@@ -6,19 +6,26 @@
 //! Prometheus ─► admin (/metrics /status /healthz)
 //! ```
 //!
-//! Modules: `config` (TOML), `table` (slots, weighted pick, the ArcSwap holder),
-//! `stats` (per-slot counts and guards), `proxy` (the request path), `controller`
-//! (the one place that changes the table), `drain`, `state` (persisted state),
-//! `control` (Unix socket and `ctl` client), `admin`, `upstream` (built-in MCP
-//! server), `run` (wiring), `demo`.
+//! Modules. The request path: `proxy` (listener, routing, forwarding, SSE
+//! relay) and `upstream` (the pooled client to a slot's server). The slot model:
+//! `table` (slots, weighted pick, the ArcSwap holder) and `stats` (per-slot
+//! counts and guards). The control path: `controller` (the one place that
+//! changes the table), `drain`, `watch`, `deploy`, `reload`, `probe`, `state`
+//! (persisted state), `control` (Unix socket and `ctl` client). Leaves every
+//! module may use: `mcp` (header names, protocol revisions, `Era`, the session
+//! tag codec), `config`, `tls`. Around them: `admin`, `run` (wiring), `demo`,
+//! and `demo_server` (the built-in MCP server behind `mcpflip upstream`).
+//! `tests/module_graph.rs` keeps this graph free of cycles.
 
 pub mod admin;
 pub mod config;
 pub mod control;
 pub mod controller;
 pub mod demo;
+pub mod demo_server;
 pub mod deploy;
 pub mod drain;
+pub mod mcp;
 pub mod probe;
 pub mod proxy;
 pub mod reload;
@@ -28,4 +35,4 @@ pub mod stats;
 pub mod table;
 pub mod tls;
 pub mod upstream;
-pub mod upstream_client;
+pub mod watch;

@@ -178,11 +178,11 @@ fn main() -> ExitCode {
         } => {
             init_tracing();
             let transport = match transport {
-                TransportArg::Sse => mcpflip::upstream::Transport::Sse,
-                TransportArg::StreamableHttp => mcpflip::upstream::Transport::StreamableHttp,
-                TransportArg::Both => mcpflip::upstream::Transport::Both,
+                TransportArg::Sse => mcpflip::demo_server::Transport::Sse,
+                TransportArg::StreamableHttp => mcpflip::demo_server::Transport::StreamableHttp,
+                TransportArg::Both => mcpflip::demo_server::Transport::Both,
             };
-            let mut cfg = mcpflip::upstream::UpstreamConfig::new(slot, transport);
+            let mut cfg = mcpflip::demo_server::ServerConfig::new(slot, transport);
             cfg.tools = tools;
             cfg.fail_initialize = fail_initialize;
             let result = runtime().and_then(|rt| {
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
                         shutdown_signal().await;
                         s2.cancel();
                     });
-                    mcpflip::upstream::serve(listener, cfg, stop).await
+                    mcpflip::demo_server::serve(listener, cfg, stop).await
                 })
             });
             match result {

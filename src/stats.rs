@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::proxy::era::Era;
+use crate::mcp::Era;
+use crate::upstream::UpstreamError;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bounds (seconds) of the stream-duration histogram buckets.
@@ -24,25 +25,6 @@ pub const STREAM_BUCKETS: [f64; 12] = [
 ];
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS: [f64; 10] = [0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
-
-/// Kinds of upstream failure, the `kind` label of `mcpflip_upstream_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamError {
-    Connect,
-    Timeout,
-    Reset,
-}
-
-impl UpstreamError {
-    pub const ALL: [UpstreamError; 3] = [Self::Connect, Self::Timeout, Self::Reset];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-        }
-    }
-}
 
 /// A fixed-bucket histogram made of atomics, encoded at scrape time.
 #[derive(Debug)]

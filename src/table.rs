@@ -12,7 +12,7 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 use crate::stats::SlotStats;
-use crate::upstream_client::UpstreamClient;
+use crate::upstream::UpstreamClient;
 
 /// The lifecycle state of a slot (INTERFACE.md, "Slot states").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ impl Slot {
             tag_prefix: if generation == self.generation {
                 Arc::clone(&self.tag_prefix)
             } else {
-                crate::proxy::affinity::tag_prefix(&self.name, generation)
+                crate::mcp::tag::tag_prefix(&self.name, generation)
             },
             generation,
             stats: Arc::clone(&self.stats),
@@ -227,7 +227,7 @@ mod tests {
             weight,
             state,
             generation: 1,
-            tag_prefix: crate::proxy::affinity::tag_prefix(name, 1),
+            tag_prefix: crate::mcp::tag::tag_prefix(name, 1),
             stats: SlotStats::new(name),
             client: UpstreamClient::new(
                 std::time::Duration::from_secs(1),

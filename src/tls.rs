@@ -17,7 +17,27 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{CertPair, TlsConfig};
+use serde::Deserialize;
+
+/// The `[listen] tls` section: the certificate the listener serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// More certificates, chosen by the SNI name the client asks for (an
+    /// extension: `sni = [{ cert = "...", key = "..." }]`).
+    #[serde(default)]
+    pub sni: Vec<CertPair>,
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

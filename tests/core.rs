@@ -335,9 +335,9 @@ async fn an_upstream_that_dies_mid_stream_brings_the_count_back_to_zero() {
     let port = l.local_addr().expect("addr").port();
     let stop = die.clone();
     tokio::spawn(async move {
-        mcpflip::upstream::serve(
+        mcpflip::demo_server::serve(
             l,
-            mcpflip::upstream::UpstreamConfig::new("blue", mcpflip::upstream::Transport::Both),
+            mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
             stop,
         )
         .await

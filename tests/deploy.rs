@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mcpflip::config::Config;
 use mcpflip::demo::http_client;
-use mcpflip::upstream::{Transport, UpstreamConfig};
+use mcpflip::demo_server::{ServerConfig, Transport};
 use serde_json::{json, Value};
 use support::{until, upstream};
 use tokio::net::TcpListener;
@@ -85,11 +85,11 @@ fn failed_step(reply: &Value) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_passes_a_good_slot_and_names_every_kind_of_failure() {
     let stop = CancellationToken::new();
-    let good = upstream(UpstreamConfig::new("good", Transport::Both), &stop).await;
-    let mut partial = UpstreamConfig::new("partial", Transport::Both);
+    let good = upstream(ServerConfig::new("good", Transport::Both), &stop).await;
+    let mut partial = ServerConfig::new("partial", Transport::Both);
     partial.tools = Some(vec!["get_document".into(), "list_documents".into()]);
     let partial = upstream(partial, &stop).await;
-    let mut broken = UpstreamConfig::new("broken", Transport::Both);
+    let mut broken = ServerConfig::new("broken", Transport::Both);
     broken.fail_initialize = true;
     let broken = upstream(broken, &stop).await;
     let (hang, _hold) = hanging().await;
@@ -189,7 +189,7 @@ async fn the_probe_passes_a_good_slot_and_names_every_kind_of_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_mismatch_and_legacy_sse_probe() {
     let stop = CancellationToken::new();
-    let blue = upstream(UpstreamConfig::new("blue", Transport::Sse), &stop).await;
+    let blue = upstream(ServerConfig::new("blue", Transport::Sse), &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(
         dir.path(),
@@ -247,8 +247,8 @@ impl Pair {
     async fn new(watch: &str) -> Pair {
         let blue_stop = CancellationToken::new();
         let green_stop = CancellationToken::new();
-        let blue = upstream(UpstreamConfig::new("blue", Transport::Both), &blue_stop).await;
-        let green = upstream(UpstreamConfig::new("green", Transport::Both), &green_stop).await;
+        let blue = upstream(ServerConfig::new("blue", Transport::Both), &blue_stop).await;
+        let green = upstream(ServerConfig::new("green", Transport::Both), &green_stop).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(
             dir.path(),

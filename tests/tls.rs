@@ -12,14 +12,14 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mcpflip::config::Config;
-use mcpflip::upstream::{Transport, UpstreamConfig};
+use mcpflip::demo_server::{ServerConfig, Transport};
 use serde_json::{json, Value};
 use support::until;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 async fn upstream(name: &str, stop: &CancellationToken) -> u16 {
-    support::upstream(UpstreamConfig::new(name, Transport::Both), stop).await
+    support::upstream(ServerConfig::new(name, Transport::Both), stop).await
 }
 
 /// Writes the test config; `slots` may begin with its own `[drain]` section.

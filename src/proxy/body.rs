@@ -1,5 +1,5 @@
-//! Bodies on the request path: what we send upstream (`ForwardBody`) and what we
-//! send the client (`ResponseBody`), which carries the counting guards.
+//! The response body on its way to the client (`ResponseBody`), which carries the
+//! counting guards.
 //!
 //! An SSE response is passed on frame by frame, never buffered; the body knows
 //! the last event boundary, so a forced end (drain deadline) ends the stream
@@ -19,56 +19,6 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, StreamGuard};
-
-/// A request body on its way upstream.
-#[derive(Debug)]
-pub enum ForwardBody {
-    /// The client's body, streamed.
-    Incoming(Incoming),
-    /// A body we made (probes).
-    Full(Full<Bytes>),
-}
-
-impl From<Incoming> for ForwardBody {
-    fn from(b: Incoming) -> Self {
-        ForwardBody::Incoming(b)
-    }
-}
-
-impl From<Bytes> for ForwardBody {
-    fn from(b: Bytes) -> Self {
-        ForwardBody::Full(Full::new(b))
-    }
-}
-
-impl Body for ForwardBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ForwardBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ForwardBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ForwardBody::Incoming(b) => b.is_end_stream(),
-            ForwardBody::Full(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ForwardBody::Incoming(b) => b.size_hint(),
-            ForwardBody::Full(b) => b.size_hint(),
-        }
-    }
-}
 
 /// A response body on its way to the client.
 pub struct ResponseBody {

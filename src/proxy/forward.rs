@@ -14,16 +14,15 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::proxy::affinity::{self, Route, TagSite};
-use crate::proxy::body::{ForwardBody, ResponseBody};
-use crate::proxy::era::{self, Era};
+use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::tag::{self, TagSite};
+use crate::mcp::Era;
+use crate::proxy::affinity::{self, Route};
+use crate::proxy::body::ResponseBody;
 use crate::proxy::host_guard::HostGuard;
 use crate::proxy::sse::EndpointRewrite;
-use crate::stats::UpstreamError;
 use crate::table::{Slot, Tables};
-use crate::upstream_client::classify;
-
-pub const MCP_SESSION_ID: &str = "mcp-session-id";
+use crate::upstream::{classify, ForwardBody, UpstreamError};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -98,7 +97,7 @@ impl Forwarder {
         let era = Era::of(&method, req.headers(), site);
         stats.count_era(era);
         // Only the access log reads it (a clone shares the header's bytes).
-        let mcp_method = started.and_then(|_| req.headers().get(era::MCP_METHOD).cloned());
+        let mcp_method = started.and_then(|_| req.headers().get(MCP_METHOD).cloned());
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
             // so it does not hold a drain's quiet period.
@@ -137,7 +136,7 @@ impl Forwarder {
         if parts.status.is_success() {
             if let Some(id) = parts.headers.get(MCP_SESSION_ID) {
                 // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
-                if let Some(tagged) = affinity::tag_header(&slot, id) {
+                if let Some(tagged) = tag::tag_header(&slot.tag_prefix, id) {
                     parts.headers.insert(MCP_SESSION_ID, tagged);
                 }
             }

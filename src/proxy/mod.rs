@@ -6,7 +6,6 @@
 
 pub mod affinity;
 pub mod body;
-pub mod era;
 pub mod forward;
 pub mod host_guard;
 pub mod sse;

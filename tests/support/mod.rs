@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mcpflip::config::Config;
-use mcpflip::upstream::{self, Transport, UpstreamConfig};
+use mcpflip::demo_server::{self, ServerConfig, Transport};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,15 +62,15 @@ impl Harness {
 }
 
 async fn slot(name: &str, stop: &CancellationToken) -> u16 {
-    upstream(UpstreamConfig::new(name, Transport::Both), stop).await
+    upstream(ServerConfig::new(name, Transport::Both), stop).await
 }
 
 /// Starts a built-in upstream on a loopback port; cancel `stop` to take it down.
-pub async fn upstream(cfg: UpstreamConfig, stop: &CancellationToken) -> u16 {
+pub async fn upstream(cfg: ServerConfig, stop: &CancellationToken) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     let stop = stop.clone();
-    tokio::spawn(async move { upstream::serve(l, cfg, stop).await });
+    tokio::spawn(async move { demo_server::serve(l, cfg, stop).await });
     port
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::body::{itoa_u64, Stop};
+use super::wire::{itoa_u64, query_pairs, Stop};
 
 /// Default `interval_ms`.
 pub(crate) const DEFAULT_INTERVAL_MS: u64 = 1000;
@@ -36,7 +36,7 @@ impl TickerParams {
             count: 0,
             pad: 0,
         };
-        for (k, v) in super::query_pairs(query) {
+        for (k, v) in query_pairs(query) {
             let num = || {
                 v.parse::<u64>()
                     .map_err(|_| format!("{k} must be a non-negative integer"))

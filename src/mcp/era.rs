@@ -8,13 +8,8 @@
 
 use http::{HeaderMap, Method};
 
-use crate::proxy::affinity::TagSite;
-use crate::proxy::forward::MCP_SESSION_ID;
-
-pub const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
-pub const MCP_METHOD: &str = "mcp-method";
-/// The first protocol revision without sessions, whose requests all carry `Mcp-Method`.
-const STATELESS_REVISION: &[u8] = b"2026-07-28";
+use crate::mcp::headers::{MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, STATELESS_REVISION};
+use crate::mcp::tag::TagSite;
 
 /// The protocol era of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +56,7 @@ impl Era {
         let modern = headers.contains_key(MCP_METHOD)
             || headers
                 .get(MCP_PROTOCOL_VERSION)
-                .is_some_and(|v| v.as_bytes() >= STATELESS_REVISION);
+                .is_some_and(|v| v.as_bytes() >= STATELESS_REVISION.as_bytes());
         if modern {
             Era::Stateless
         } else if method == Method::GET && !headers.contains_key(MCP_PROTOCOL_VERSION) {

@@ -10,8 +10,26 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::proxy::body::ForwardBody;
-use crate::stats::UpstreamError;
+use crate::upstream::body::ForwardBody;
+
+/// Kinds of upstream failure, the `kind` label of `mcpflip_upstream_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Reset,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 3] = [Self::Connect, Self::Timeout, Self::Reset];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+        }
+    }
+}
 
 /// A cheaply cloneable pooled client; clones share the pool.
 #[derive(Clone, Debug)]

@@ -305,7 +305,9 @@ impl Dispatcher {
         for name in tools.unwrap_or_default() {
             match Tool::ALL.iter().position(|t| t.name() == name) {
                 Some(i) => enabled[i] = true,
-                None => tracing::warn!(tool = %name, "upstream: ignoring unknown tool in override"),
+                None => {
+                    tracing::warn!(tool = %name, "demo server: ignoring unknown tool in override")
+                }
             }
         }
         let init_results = SUPPORTED_VERSIONS

@@ -9,87 +9,30 @@
 //! Each step reports ok, milliseconds and, on failure, the HTTP status and an
 //! excerpt of the body. The whole probe shares one deadline (`probe.timeout`).
 
+pub mod events;
+pub mod report;
+pub mod wire;
+
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use serde::Serialize;
+use http::Uri;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::{ProbeConfig, ProbeTransport};
-use crate::proxy::era::{MCP_METHOD, MCP_PROTOCOL_VERSION};
-use crate::proxy::forward::MCP_SESSION_ID;
+use crate::mcp::headers::{ACCEPTED_VERSIONS, STATELESS_REVISION as MODERN_VERSION};
 use crate::table::Slot;
+use bytes::Bytes;
+use events::EventReader;
+use http::{header, Method};
+use report::{excerpt, Fail};
+pub use report::{ProbeReport, Step};
+use wire::{
+    base_request, failed_answer, init_params, is_event_stream, modern_params, send, slot_uri, Wire,
+};
 
-/// Protocol revisions the probe (and the proxy's routing) understands.
-pub const ACCEPTED_VERSIONS: [&str; 5] = [
-    "2024-11-05",
-    "2025-03-26",
-    "2025-06-18",
-    "2025-11-25",
-    MODERN_VERSION,
-];
-/// The version `initialize` proposes; servers answer with the one they pick.
-const PROPOSED_VERSION: &str = "2025-11-25";
-const MODERN_VERSION: &str = "2026-07-28";
-/// How much of a failing body a step quotes.
-const EXCERPT: usize = 300;
-/// A probe answer larger than this is a failure, not something to buffer.
-const MAX_BODY: usize = 4 << 20;
 /// `tools/list` pages followed at most (a server looping on a cursor fails).
 const MAX_PAGES: usize = 100;
-
-/// The outcome of one probe, as the control protocol reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeReport {
-    pub ok: bool,
-    pub slot: String,
-    pub transport: &'static str,
-    /// The protocol version the server chose.
-    pub protocol: Option<String>,
-    pub ms: u64,
-    /// Tool names from `tools/list`, sorted.
-    pub tools: Vec<String>,
-    pub steps: Vec<Step>,
-    /// One line saying what failed (the failed step's detail), when not ok.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Step {
-    pub step: &'static str,
-    pub ok: bool,
-    pub ms: u64,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// An excerpt of the body that made the step fail.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-}
-
-/// Why a step failed.
-#[derive(Debug)]
-struct Fail {
-    detail: String,
-    status: Option<u16>,
-    body: Option<String>,
-}
-
-impl Fail {
-    fn new(detail: impl Into<String>) -> Self {
-        Fail {
-            detail: detail.into(),
-            status: None,
-            body: None,
-        }
-    }
-}
 
 /// Runs the probe configured by `cfg` against `slot`'s upstream.
 pub async fn probe(slot: &Slot, cfg: &ProbeConfig) -> ProbeReport {
@@ -433,29 +376,6 @@ fn found(protocol: &str, tools: &[String]) -> Found {
     }
 }
 
-fn init_params() -> Value {
-    json!({
-        "protocolVersion": PROPOSED_VERSION,
-        "capabilities": {},
-        "clientInfo": { "name": "mcpflip-probe", "version": env!("CARGO_PKG_VERSION") },
-    })
-}
-
-/// 2026-07-28 requests carry the protocol version, client info and capabilities in `_meta`.
-fn modern_params(mut params: Value) -> Value {
-    if let Some(obj) = params.as_object_mut() {
-        obj.insert(
-            "_meta".to_owned(),
-            json!({
-                "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
-                "io.modelcontextprotocol/clientInfo": { "name": "mcpflip-probe", "version": env!("CARGO_PKG_VERSION") },
-                "io.modelcontextprotocol/clientCapabilities": {},
-            }),
-        );
-    }
-    params
-}
-
 fn check_version(v: &str) -> Result<(), Fail> {
     if ACCEPTED_VERSIONS.contains(&v) {
         Ok(())
@@ -509,18 +429,6 @@ fn result_text(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn excerpt(s: &str) -> String {
-    let mut end = s.len().min(EXCERPT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < s.len() {
-        format!("{}…", &s[..end])
-    } else {
-        s.to_owned()
-    }
-}
-
 /// The legacy endpoint event's URL, made absolute against the slot's upstream.
 fn resolve(slot: &Slot, sse: &Uri, data: &str) -> Result<Uri, Fail> {
     if data.starts_with("http://") || data.starts_with("https://") {
@@ -535,347 +443,9 @@ fn resolve(slot: &Slot, sse: &Uri, data: &str) -> Result<Uri, Fail> {
     slot_uri(slot, &format!("{dir}/{data}"))
 }
 
-enum Wire {
-    Streamable {
-        uri: Uri,
-        session: Option<HeaderValue>,
-        version: Option<HeaderValue>,
-        /// Speaking 2026-07-28: `Mcp-Method` headers and `_meta` in every request.
-        modern: bool,
-    },
-    Legacy {
-        post: Uri,
-        events: EventReader,
-    },
-}
-
-impl Wire {
-    fn set_version(&mut self, v: &str) {
-        if let Wire::Streamable { version, .. } = self {
-            *version = HeaderValue::from_str(v).ok();
-        }
-    }
-
-    fn go_modern(&mut self) {
-        if let Wire::Streamable {
-            modern,
-            version,
-            session,
-            ..
-        } = self
-        {
-            *modern = true;
-            *session = None;
-            *version = Some(HeaderValue::from_static(MODERN_VERSION));
-        }
-    }
-
-    fn post(
-        &self,
-        slot: &Slot,
-        method: &str,
-        body: &Value,
-    ) -> Result<Request<crate::proxy::body::ForwardBody>, Fail> {
-        let (uri, session, version, modern) = match self {
-            Wire::Streamable {
-                uri,
-                session,
-                version,
-                modern,
-            } => (uri, session.as_ref(), version.as_ref(), *modern),
-            Wire::Legacy { post, .. } => (post, None, None, false),
-        };
-        let mut b = base_request(slot, Method::POST, uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream");
-        if let Some(s) = session {
-            b = b.header(MCP_SESSION_ID, s);
-        }
-        if let Some(v) = version {
-            b = b.header(MCP_PROTOCOL_VERSION, v);
-        }
-        if modern {
-            b = b.header(MCP_METHOD, method);
-            if let Some(name) = body["params"]["name"].as_str() {
-                b = b.header("mcp-name", name);
-            }
-        }
-        b.body(Bytes::from(body.to_string()).into())
-            .map_err(|e| Fail::new(format!("cannot build the {method} request: {e}")))
-    }
-
-    /// Sends a JSON-RPC request and returns its `result`.
-    async fn request(
-        &mut self,
-        slot: &Slot,
-        id: u64,
-        method: &str,
-        params: Value,
-    ) -> Result<Value, Fail> {
-        let params = match self {
-            Wire::Streamable { modern: true, .. } if method != "server/discover" => {
-                modern_params(params)
-            }
-            _ => params,
-        };
-        let msg = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
-        let req = self.post(slot, method, &msg)?;
-        let resp = send(slot, req).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(failed_answer(resp, method).await);
-        }
-        let answer = match self {
-            Wire::Streamable { session, .. } => {
-                if let Some(s) = resp.headers().get(MCP_SESSION_ID) {
-                    *session = Some(s.clone());
-                }
-                if is_event_stream(resp.headers()) {
-                    let mut events = EventReader::new(resp.into_body());
-                    answer_on_stream(&mut events, id).await?
-                } else {
-                    let body = read_body(resp.into_body()).await?;
-                    serde_json::from_slice::<Value>(&body).map_err(|e| Fail {
-                        detail: format!("{method} answer is not JSON: {e}"),
-                        status: Some(status.as_u16()),
-                        body: Some(excerpt(&String::from_utf8_lossy(&body))),
-                    })?
-                }
-            }
-            // Legacy: the POST is only accepted; the answer comes on the GET stream.
-            Wire::Legacy { events, .. } => answer_on_stream(events, id).await?,
-        };
-        if let Some(err) = answer.get("error") {
-            return Err(Fail::new(format!(
-                "{method} answered JSON-RPC error {}: {}",
-                err["code"],
-                err["message"].as_str().unwrap_or("")
-            )));
-        }
-        match answer.get("result") {
-            Some(r) => Ok(r.clone()),
-            None => Err(Fail::new(format!("{method} answer has no result"))),
-        }
-    }
-
-    async fn notify(&mut self, slot: &Slot, method: &str) -> Result<(), Fail> {
-        let msg = json!({ "jsonrpc": "2.0", "method": method });
-        let req = self.post(slot, method, &msg)?;
-        let resp = send(slot, req).await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(failed_answer(resp, method).await)
-        }
-    }
-
-    /// Ends the probe's session; a server that does not allow DELETE (405) is fine.
-    async fn delete(&mut self, slot: &Slot) -> Result<StatusCode, Fail> {
-        let Wire::Streamable {
-            uri,
-            session: Some(s),
-            version,
-            ..
-        } = self
-        else {
-            return Ok(StatusCode::OK);
-        };
-        let mut b =
-            base_request(slot, Method::DELETE, uri.clone()).header(MCP_SESSION_ID, s.clone());
-        if let Some(v) = version {
-            b = b.header(MCP_PROTOCOL_VERSION, v.clone());
-        }
-        let req = b
-            .body(Bytes::new().into())
-            .map_err(|e| Fail::new(e.to_string()))?;
-        let resp = send(slot, req).await?;
-        let status = resp.status();
-        if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED {
-            Ok(status)
-        } else {
-            Err(failed_answer(resp, "DELETE").await)
-        }
-    }
-}
-
-fn slot_uri(slot: &Slot, path_and_query: &str) -> Result<Uri, Fail> {
-    Uri::builder()
-        .scheme(slot.scheme.clone())
-        .authority(slot.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| Fail::new(format!("bad probe URL {path_and_query:?}: {e}")))
-}
-
-fn base_request(slot: &Slot, method: Method, uri: Uri) -> http::request::Builder {
-    Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::HOST, slot.host_header.clone())
-}
-
-async fn send(
-    slot: &Slot,
-    req: Request<crate::proxy::body::ForwardBody>,
-) -> Result<http::Response<Incoming>, Fail> {
-    slot.client.request(req).await.map_err(|e| {
-        let kind = crate::upstream_client::classify(&e);
-        let mut detail = format!("{} failed ({}): {e}", slot.upstream, kind.as_str());
-        let mut source = std::error::Error::source(&e);
-        while let Some(inner) = source {
-            detail.push_str(": ");
-            detail.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        Fail::new(detail)
-    })
-}
-
-/// A non-2xx answer as a failure with its status and a body excerpt.
-async fn failed_answer(resp: http::Response<Incoming>, what: &str) -> Fail {
-    let status = resp.status();
-    let body = match read_body(resp.into_body()).await {
-        Ok(b) => excerpt(&String::from_utf8_lossy(&b)),
-        Err(f) => f.detail,
-    };
-    Fail {
-        detail: format!("{what} answered HTTP {status}"),
-        status: Some(status.as_u16()),
-        body: Some(body),
-    }
-}
-
-async fn read_body(mut body: Incoming) -> Result<Bytes, Fail> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Fail::new(format!("reading the answer: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_BODY {
-                return Err(Fail::new(format!("answer larger than {MAX_BODY} bytes")));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
-}
-
-/// Reads SSE events until the JSON-RPC answer with `id` (skipping server
-/// notifications and requests on the same stream).
-async fn answer_on_stream(events: &mut EventReader, id: u64) -> Result<Value, Fail> {
-    loop {
-        let ev = events.next().await?;
-        if ev.data.is_empty() || !(ev.event.is_empty() || ev.event == "message") {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&ev.data).map_err(|e| Fail {
-            detail: format!("SSE event data is not JSON: {e}"),
-            status: None,
-            body: Some(excerpt(&ev.data)),
-        })?;
-        if v["id"].as_u64() == Some(id) && (v.get("result").is_some() || v.get("error").is_some()) {
-            return Ok(v);
-        }
-    }
-}
-
-#[derive(Debug, Default, PartialEq)]
-struct SseEvent {
-    event: String,
-    data: String,
-}
-
-/// A minimal SSE event reader over a response body.
-struct EventReader {
-    body: Incoming,
-    buf: BytesMut,
-}
-
-impl EventReader {
-    fn new(body: Incoming) -> Self {
-        EventReader {
-            body,
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Result<SseEvent, Fail> {
-        loop {
-            if let Some(ev) = take_event(&mut self.buf) {
-                return Ok(ev);
-            }
-            match self.body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if self.buf.len() + data.len() > MAX_BODY {
-                            return Err(Fail::new("SSE event larger than 4 MiB"));
-                        }
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(Fail::new(format!("SSE stream broke: {e}"))),
-                None => return Err(Fail::new("SSE stream ended before the answer")),
-            }
-        }
-    }
-}
-
-/// Takes one complete event (ended by a blank line) off the front of `buf`.
-fn take_event(buf: &mut BytesMut) -> Option<SseEvent> {
-    let (end, sep) = [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
-        .iter()
-        .filter_map(|sep| memchr::memmem::find(buf, sep).map(|at| (at, sep.len())))
-        .min()?;
-    let block = buf.split_to(end + sep);
-    let text = String::from_utf8_lossy(&block[..end]);
-    let mut ev = SseEvent::default();
-    for line in text.split(['\n', '\r']) {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => ev.event = value.to_owned(),
-            "data" => {
-                if !ev.data.is_empty() {
-                    ev.data.push('\n');
-                }
-                ev.data.push_str(value);
-            }
-            _ => {}
-        }
-    }
-    Some(ev)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn events_split_on_any_line_end() {
-        let mut buf = BytesMut::from(
-            &b"event: endpoint\r\ndata: /messages?sessionId=1\r\n\r\n: comment\n\ndata: {\"a\":\ndata: 1}\n\nrest"[..],
-        );
-        let e1 = take_event(&mut buf).expect("first");
-        assert_eq!(
-            (e1.event.as_str(), e1.data.as_str()),
-            ("endpoint", "/messages?sessionId=1")
-        );
-        assert_eq!(take_event(&mut buf), Some(SseEvent::default()));
-        let e3 = take_event(&mut buf).expect("third");
-        assert_eq!(e3.data, "{\"a\":\n1}");
-        assert_eq!(take_event(&mut buf), None);
-        assert_eq!(&buf[..], b"rest");
-    }
 
     #[test]
     fn tool_sets_compare_exactly() {

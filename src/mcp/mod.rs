@@ -1,0 +1,10 @@
+//! What MCP itself defines, and the proxy's one MCP-level invention (the session
+//! tag): header names, protocol revisions, the transport era of a request, and
+//! the tag codec. Imports nothing of the crate, so every other module may use it.
+
+pub mod era;
+pub mod headers;
+pub mod tag;
+
+pub use era::Era;
+pub use tag::{SessionTag, TagSite};

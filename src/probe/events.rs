@@ -1,0 +1,112 @@
+//! A small SSE event reader over a response body, for the proxy's own MCP
+//! clients (the probe, and the demo's simulated clients). Bounded: an event
+//! larger than [`MAX_EVENT`] is an error, not something to buffer.
+
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+/// The largest event (and unread backlog) the reader holds.
+pub const MAX_EVENT: usize = 4 << 20;
+
+/// One event: its `event:` name (empty when absent) and its joined `data:` lines.
+#[derive(Debug, Default, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// Why no event could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("SSE event larger than {} MiB", MAX_EVENT >> 20)]
+    TooLarge,
+    #[error("SSE stream broke: {0}")]
+    Broken(#[from] hyper::Error),
+    #[error("SSE stream ended")]
+    Ended,
+}
+
+/// Reads events off a `text/event-stream` body.
+pub struct EventReader {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl EventReader {
+    pub fn new(body: Incoming) -> Self {
+        EventReader {
+            body,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next complete event (comments and empty events included).
+    pub async fn next(&mut self) -> Result<SseEvent, EventError> {
+        loop {
+            if let Some(ev) = take_event(&mut self.buf) {
+                return Ok(ev);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if self.buf.len() + data.len() > MAX_EVENT {
+                            return Err(EventError::TooLarge);
+                        }
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(EventError::Broken(e)),
+                None => return Err(EventError::Ended),
+            }
+        }
+    }
+}
+
+/// Takes one complete event (ended by a blank line) off the front of `buf`.
+pub fn take_event(buf: &mut BytesMut) -> Option<SseEvent> {
+    let (end, sep) = [&b"\r\n\r\n"[..], b"\n\n", b"\r\r"]
+        .iter()
+        .filter_map(|sep| memchr::memmem::find(buf, sep).map(|at| (at, sep.len())))
+        .min()?;
+    let block = buf.split_to(end + sep);
+    let text = String::from_utf8_lossy(&block[..end]);
+    let mut ev = SseEvent::default();
+    for line in text.split(['\n', '\r']) {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => ev.event = value.to_owned(),
+            "data" => {
+                if !ev.data.is_empty() {
+                    ev.data.push('\n');
+                }
+                ev.data.push_str(value);
+            }
+            _ => {}
+        }
+    }
+    Some(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_on_any_line_end() {
+        let mut buf = BytesMut::from(
+            &b"event: endpoint\r\ndata: /messages?sessionId=1\r\n\r\n: comment\n\ndata: {\"a\":\ndata: 1}\n\nrest"[..],
+        );
+        let e1 = take_event(&mut buf).expect("first");
+        assert_eq!(
+            (e1.event.as_str(), e1.data.as_str()),
+            ("endpoint", "/messages?sessionId=1")
+        );
+        assert_eq!(take_event(&mut buf), Some(SseEvent::default()));
+        let e3 = take_event(&mut buf).expect("third");
+        assert_eq!(e3.data, "{\"a\":\n1}");
+        assert_eq!(take_event(&mut buf), None);
+        assert_eq!(&buf[..], b"rest");
+    }
+}
