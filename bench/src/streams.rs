@@ -45,6 +45,8 @@ pub struct TickerRun {
     pub failed: usize,
     /// Time to open all streams.
     pub setup: Duration,
+    /// Proxy RSS before the streams opened, KiB (`None` for direct).
+    pub rss_before_kib: Option<f64>,
     /// Proxy RSS growth with the streams open, KiB (`None` for direct).
     pub rss_growth_kib: Option<f64>,
     pub hist: Histogram<u64>,
@@ -80,7 +82,8 @@ pub async fn tickers(
     groups: impl Fn() -> Vec<(&'static str, Vec<u32>)>,
     window: Duration,
 ) -> TickerRun {
-    let rss0 = sys::rss_kib(&proxy());
+    let pids0 = proxy();
+    let rss0 = sys::rss_kib(&pids0);
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(false),
         events: AtomicU64::new(0),
@@ -145,6 +148,7 @@ pub async fn tickers(
         opened: shared.ready.load(Ordering::Acquire),
         failed: shared.failed.load(Ordering::Acquire),
         setup,
+        rss_before_kib: (!pids0.is_empty()).then_some(rss0 as f64),
         rss_growth_kib,
         hist,
         events: shared.events.load(Ordering::Acquire),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::http::{self, Conn, HttpError};
+use crate::model::Failures;
 use crate::stats;
 use crate::sys::{CpuMeter, CpuUse};
 
@@ -38,58 +39,6 @@ pub struct Load {
     /// Session ids, used round robin; empty: no `Mcp-Session-Id`.
     pub sessions: Arc<Vec<String>>,
     pub conns: usize,
-}
-
-/// Failed requests by cause.
-#[derive(Debug, Clone, Default)]
-pub struct Failures {
-    /// The proxy closed the keep-alive connection while the request was on
-    /// its way (a client sees this as a dropped request).
-    pub closed: u64,
-    /// The connection broke inside the answer, or the answer was malformed.
-    pub broken: u64,
-    pub connect: u64,
-    pub timeout: u64,
-    pub status_5xx: u64,
-    pub status_other: u64,
-}
-
-impl Failures {
-    pub fn total(&self) -> u64 {
-        self.closed
-            + self.broken
-            + self.connect
-            + self.timeout
-            + self.status_5xx
-            + self.status_other
-    }
-
-    fn add(&mut self, o: &Failures) {
-        self.closed += o.closed;
-        self.broken += o.broken;
-        self.connect += o.connect;
-        self.timeout += o.timeout;
-        self.status_5xx += o.status_5xx;
-        self.status_other += o.status_other;
-    }
-
-    /// `3 closed, 1 5xx` (empty when none).
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (n, what) in [
-            (self.closed, "closed by the proxy before the answer"),
-            (self.broken, "broken answer"),
-            (self.connect, "connect failed"),
-            (self.timeout, "timed out"),
-            (self.status_5xx, "5xx"),
-            (self.status_other, "other non-2xx"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        }
-        parts.join(", ")
-    }
 }
 
 /// What a run measured (requests started and finished inside the

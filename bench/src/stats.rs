@@ -1,7 +1,9 @@
-//! Numbers: latency histograms (HdrHistogram, microseconds) and the series of
-//! per-run figures every reported value is the median of.
+//! Numbers: latency histograms (HdrHistogram, microseconds), the series of
+//! per-round figures every reported value is the median of, and how numbers
+//! are written in the report. A leaf: imports nothing of the crate.
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A latency histogram in microseconds, 1 µs to 10 minutes, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
@@ -22,11 +24,60 @@ pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     }
 }
 
-/// The figures of one metric over several runs.
-#[derive(Debug, Clone, Default)]
+/// The figures of one metric over the rounds, in round order (a round that
+/// measured nothing holds `NaN`, so that two series pair up by index).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Series(pub Vec<f64>);
 
+/// A series as the JSON file holds it: the median and min–max a reader wants,
+/// and every round (`null` where a round measured nothing; JSON has no NaN).
+#[derive(Serialize, Deserialize)]
+struct SeriesJson {
+    #[serde(default)]
+    median: Option<f64>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
+    rounds: Vec<Option<f64>>,
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+impl Serialize for Series {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SeriesJson {
+            median: finite(self.median()),
+            min: finite(self.min()),
+            max: finite(self.max()),
+            rounds: self.0.iter().map(|&v| finite(v)).collect(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Series {
+    /// Only `rounds` is read: the summary fields are derived from it.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Series, D::Error> {
+        let j = SeriesJson::deserialize(d)?;
+        Ok(Series(
+            j.rounds
+                .into_iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect(),
+        ))
+    }
+}
+
 impl Series {
+    /// Round by round `a / b` (NaN where either is missing): the spread of a
+    /// ratio over the rounds, since each round ran every target once.
+    pub fn per_round_ratio(a: &Series, b: &Series) -> Series {
+        Series(a.0.iter().zip(&b.0).map(|(x, y)| x / y).collect())
+    }
+
     pub fn push(&mut self, v: f64) {
         self.0.push(v);
     }
@@ -146,5 +197,29 @@ pub fn two(v: f64) -> String {
         format!("{v:.2}")
     } else {
         "—".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_round_ratios_pair_rounds_by_index() {
+        let a = Series(vec![40.0, 42.0, f64::NAN]);
+        let b = Series(vec![48.0, 50.0, 46.0]);
+        let r = Series::per_round_ratio(&a, &b);
+        assert_eq!(r.0.len(), 3);
+        assert!((r.min() - 40.0 / 48.0).abs() < 1e-12);
+        assert!((r.max() - 42.0 / 50.0).abs() < 1e-12);
+        // A missing round does not count.
+        assert!(r.0[2].is_nan());
+    }
+
+    #[test]
+    fn show_gives_median_and_range() {
+        assert_eq!(Series(vec![3.0, 1.0, 2.0]).show(two), "2.00 (1.00–3.00)");
+        assert_eq!(Series(vec![2.0]).show(two), "2.00");
+        assert_eq!(Series(vec![f64::NAN]).show(two), "—");
     }
 }

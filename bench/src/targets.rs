@@ -18,63 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::http;
-use crate::sys::{self, CpuPlan};
-
-/// One of the five targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Direct,
-    Mcpflip,
-    Nginx,
-    Haproxy,
-    Caddy,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 5] = [
-        Kind::Direct,
-        Kind::Mcpflip,
-        Kind::Nginx,
-        Kind::Haproxy,
-        Kind::Caddy,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Kind::Direct => "direct",
-            Kind::Mcpflip => "mcpflip",
-            Kind::Nginx => "nginx",
-            Kind::Haproxy => "haproxy",
-            Kind::Caddy => "caddy",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::Direct => "direct",
-            Kind::Mcpflip => "mcpflip",
-            Kind::Nginx => "nginx",
-            Kind::Haproxy => "HAProxy",
-            Kind::Caddy => "Caddy",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.key().eq_ignore_ascii_case(s))
-    }
-
-    /// The binary an anchor needs.
-    pub fn binary(self) -> Option<&'static str> {
-        match self {
-            Kind::Nginx => Some("nginx"),
-            Kind::Haproxy => Some("haproxy"),
-            Kind::Caddy => Some("caddy"),
-            Kind::Direct | Kind::Mcpflip => None,
-        }
-    }
-}
+use crate::model::{self, CpuPlan, Kind};
+use crate::sys;
 
 /// A deployment slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +59,13 @@ pub struct Env {
     /// The `mcpflip` binary (release build).
     pub mcpflip: PathBuf,
     pub plan: CpuPlan,
+    /// Every CPU the bench may use (a proxy with more workers than the plan
+    /// has proxy cores runs on all of them).
+    pub all_cpus: Vec<usize>,
     /// `taskset`, when available (pinning is skipped without it).
     pub taskset: Option<PathBuf>,
+    /// `wrk`, when installed (the W1 cross-check is skipped without it).
+    pub wrk: Option<PathBuf>,
     /// RLIMIT_NOFILE of every process (nginx and HAProxy are told to stay within it).
     pub nofile: u64,
 }
@@ -126,7 +76,7 @@ impl Env {
         match &self.taskset {
             Some(t) => {
                 let mut c = Command::new(t);
-                c.arg("-c").arg(sys::list(cpus)).arg(program);
+                c.arg("-c").arg(model::list(cpus)).arg(program);
                 c
             }
             None => Command::new(program),
@@ -295,17 +245,32 @@ pub struct Target {
     admin_port: u16,
     /// mcpflip's control connection.
     ctl: Option<BufReader<UnixStream>>,
+    /// Workers (mcpflip `workers`, nginx `worker_processes`, HAProxy
+    /// `nbthread`, Caddy `GOMAXPROCS`) and the CPUs they run on.
+    workers: usize,
+    cpus: Vec<usize>,
+    /// mcpflip with its access log on (`RUST_LOG=info`).
+    access_log: bool,
 }
 
 impl Target {
     pub fn new(kind: Kind, env: &Env, upstreams: &Upstreams) -> anyhow::Result<Target> {
-        let dir = env.dir.join(kind.key());
+        Target::in_dir(kind, kind.key(), env, upstreams)
+    }
+
+    /// A second mcpflip, the same but for its access log, which is on.
+    pub fn mcpflip_with_access_log(env: &Env, upstreams: &Upstreams) -> anyhow::Result<Target> {
+        let mut t = Target::in_dir(Kind::Mcpflip, "mcpflip-access-log", env, upstreams)?;
+        t.access_log = true;
+        Ok(t)
+    }
+
+    fn in_dir(kind: Kind, name: &str, env: &Env, upstreams: &Upstreams) -> anyhow::Result<Target> {
+        let dir = env.dir.join(name);
         std::fs::create_dir_all(&dir)?;
         let binary = match kind.binary() {
             Some(b) => Some(sys::find_binary(b).with_context(|| {
-                format!(
-                    "{b} is not installed; run benches/setup.sh (as root) to install the anchors"
-                )
+                format!("{b} is not installed; run bench/setup.sh (as root) to install the anchors")
             })?),
             None => None,
         };
@@ -320,7 +285,30 @@ impl Target {
             env: env.clone(),
             admin_port: 0,
             ctl: None,
+            workers: env.plan.workers(),
+            cpus: env.plan.proxy.clone(),
+            access_log: false,
         })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Its own directory: configs, sockets, logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Workers and CPUs from the next start on.
+    pub fn set_workers(&mut self, workers: usize, cpus: Vec<usize>) {
+        self.workers = workers;
+        self.cpus = cpus;
+    }
+
+    /// The file the process's stdout and stderr go to (its access log, when on).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.kind.key()))
     }
 
     /// Where clients connect.
@@ -388,7 +376,7 @@ impl Target {
     fn try_start(&mut self) -> anyhow::Result<()> {
         self.port = free_port()?;
         let name = self.kind.key();
-        let cpus = self.env.plan.proxy.clone();
+        let cpus = self.cpus.clone();
         let cmd = match self.kind {
             Kind::Direct => return Ok(()),
             Kind::Mcpflip => {
@@ -400,7 +388,9 @@ impl Target {
                     .arg("--config")
                     .arg(&path)
                     .arg("--ignore-state")
-                    .env("RUST_LOG", "warn");
+                    // `info` is mcpflip's default level, and it includes the
+                    // `access` target: the access log.
+                    .env("RUST_LOG", if self.access_log { "info" } else { "warn" });
                 c
             }
             Kind::Nginx => {
@@ -432,7 +422,7 @@ impl Target {
                 c.arg("run")
                     .arg("--config")
                     .arg(self.dir.join("caddy.json"))
-                    .env("GOMAXPROCS", self.env.plan.workers().to_string())
+                    .env("GOMAXPROCS", self.workers.to_string())
                     .env("HOME", &self.dir)
                     .env("XDG_CONFIG_HOME", self.dir.join("config"))
                     .env("XDG_DATA_HOME", self.dir.join("data"));
@@ -486,7 +476,7 @@ impl Target {
     fn mcpflip_config(&self) -> String {
         let weight = |s: Slot| if s == self.active { 100 } else { 0 };
         format!(
-            r#"# written by benches/compare
+            r#"# written by mcpflip-bench
 [listen]
 addr = "127.0.0.1:{port}"
 
@@ -516,7 +506,7 @@ weight = {wg}
 "#,
             port = self.port,
             dir = self.dir.display(),
-            workers = self.env.plan.workers(),
+            workers = self.workers,
             blue = self.upstream(Slot::Blue),
             green = self.upstream(Slot::Green),
             wb = weight(Slot::Blue),
@@ -533,7 +523,7 @@ weight = {wg}
         let nofile = self.env.nofile;
         let conns = nofile.saturating_sub(64).max(1024);
         format!(
-            r#"# written by benches/compare
+            r#"# written by mcpflip-bench
 daemon off;
 master_process on;
 worker_processes {workers};
@@ -564,7 +554,7 @@ http {{
     }}
 }}
 "#,
-            workers = self.env.plan.workers(),
+            workers = self.workers,
             dir = self.dir.display(),
             up = self.upstream(self.active),
             port = self.port,
@@ -580,7 +570,7 @@ http {{
     fn haproxy_config(&self) -> String {
         let weight = |s: Slot| if s == self.active { 100 } else { 0 };
         format!(
-            r#"# written by benches/compare
+            r#"# written by mcpflip-bench
 global
     nbthread {workers}
     maxconn {maxconn}
@@ -606,7 +596,7 @@ backend slots
     server blue 127.0.0.1:{blue} weight {wb}
     server green 127.0.0.1:{green} weight {wg}
 "#,
-            workers = self.env.plan.workers(),
+            workers = self.workers,
             // A proxied connection takes two descriptors.
             maxconn = (self.env.nofile.saturating_sub(1_000) / 2).max(1_000),
             dir = self.dir.display(),

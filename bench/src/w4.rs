@@ -13,52 +13,21 @@
 use std::time::Duration;
 
 use crate::bench::Bench;
-use crate::stats::{self, Series};
+use crate::model::{Kind, W4Cell, W4};
+use crate::stats;
 use crate::streams;
-use crate::targets::{Kind, Slot};
+use crate::targets::Slot;
 
 /// The guide's fixed wait after switching nginx or Caddy.
 pub const GUIDE_SLEEP: Duration = Duration::from_secs(120);
-
-#[derive(Default, Clone)]
-pub struct W4Cell {
-    /// Seconds from t0 to the last session's close.
-    pub last_close: Vec<f64>,
-    /// Seconds from t0 to "drained" (mcpflip).
-    pub deploy: Vec<f64>,
-    /// Milliseconds from the last close to "drained" (mcpflip).
-    pub detection: Vec<f64>,
-    pub failed: usize,
-    pub cut: usize,
-}
-
-#[derive(Default)]
-pub struct W4 {
-    pub sessions: usize,
-    pub span: Duration,
-    pub cells: Vec<(Kind, W4Cell)>,
-}
-
-impl W4 {
-    pub fn cell(&self, k: Kind) -> Option<&W4Cell> {
-        self.cells.iter().find(|(kk, _)| *kk == k).map(|(_, c)| c)
-    }
-}
-
-pub fn series(v: &[f64]) -> Series {
-    Series(v.to_vec())
-}
 
 pub async fn run_w4(b: &mut Bench) -> anyhow::Result<W4> {
     let s = b.settings.clone();
     let mut w = W4 {
         sessions: s.w4_sessions,
-        span: s.w4_span,
-        cells: b
-            .kinds()
-            .into_iter()
-            .map(|k| (k, W4Cell::default()))
-            .collect(),
+        span_s: s.w4_span.as_secs_f64(),
+        guide_sleep_s: GUIDE_SLEEP.as_secs_f64(),
+        cells: b.kinds().into_iter().map(W4Cell::new).collect(),
     };
     b.restart_all().await?;
     let mut seed = 1u64;
@@ -104,13 +73,13 @@ pub async fn run_w4(b: &mut Bench) -> anyhow::Result<W4> {
                 if kind == Kind::Mcpflip {
                     b.targets[i].set_active(to);
                 }
-                let cell = &mut w.cells[i].1;
-                cell.last_close.push(run.last_close.as_secs_f64());
+                let cell = &mut w.cells[i];
+                cell.last_close_s.push(run.last_close.as_secs_f64());
                 if let Some(d) = run.deploy {
-                    cell.deploy.push(d.as_secs_f64());
+                    cell.deploy_s.push(d.as_secs_f64());
                 }
                 if let Some(d) = run.detection {
-                    cell.detection.push(d.as_secs_f64() * 1000.0);
+                    cell.detection_ms.push(d.as_secs_f64() * 1000.0);
                 }
                 cell.failed += run.failed;
                 cell.cut += run.cut;

@@ -13,24 +13,8 @@ use tokio::process::Command;
 use crate::bench::Bench;
 use crate::http;
 use crate::load::{self, Load};
+use crate::model::{Component, Kind, Profile, Profiles, Symbol};
 use crate::sys;
-use crate::targets::Kind;
-
-/// A profile summary.
-pub struct Profile {
-    /// perf's own version line.
-    pub perf: String,
-    pub seconds: f64,
-    pub rps: f64,
-    /// The proxy's CPU time per request during the profile, µs.
-    pub cpu_us: f64,
-    /// Share of samples in the kernel (`[k]`).
-    pub kernel_share: f64,
-    /// (share, symbol, where: `[k]` kernel or `[.]` user) by self time.
-    pub top: Vec<(f64, String, String)>,
-    /// User-space self time by component (share of all samples).
-    pub groups: Vec<(f64, &'static str)>,
-}
 
 /// Drops a Rust symbol hash suffix (`::h0123456789abcdef`).
 fn clean(sym: &str) -> String {
@@ -137,12 +121,6 @@ pub async fn under_w1(b: &mut Bench) -> Option<Profiles> {
     Some(Profiles { mcpflip, nginx })
 }
 
-/// The profiles of one run.
-pub struct Profiles {
-    pub mcpflip: Profile,
-    pub nginx: Option<Profile>,
-}
-
 async fn profile(b: &mut Bench, kind: Kind) -> Option<Profile> {
     let i = b.index(kind)?;
     let perf = sys::find_binary("perf")?;
@@ -218,20 +196,31 @@ async fn profile(b: &mut Bench, kind: Kind) -> Option<Profile> {
         .map(|l| l.pct)
         .sum::<f64>()
         / 100.0;
-    let mut groups: Vec<(f64, &'static str)> = Vec::new();
+    let mut components: Vec<Component> = Vec::new();
     for l in lines.iter().filter(|l| l.kind == "[.]") {
         let g = component(&l.dso, &l.sym);
-        match groups.iter_mut().find(|(_, n)| *n == g) {
-            Some(e) => e.0 += l.pct,
-            None => groups.push((l.pct, g)),
+        match components.iter_mut().find(|c| c.name == g) {
+            Some(c) => c.percent += l.pct,
+            None => components.push(Component {
+                percent: l.pct,
+                name: g.to_owned(),
+            }),
         }
     }
-    groups.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut top: Vec<(f64, String, String)> = lines
+    components.sort_by(|a, b| b.percent.total_cmp(&a.percent));
+    let mut top: Vec<Symbol> = lines
         .iter()
-        .map(|l| (l.pct, l.sym.clone(), l.kind.clone()))
+        .map(|l| Symbol {
+            percent: l.pct,
+            symbol: l.sym.clone(),
+            place: match l.kind.as_str() {
+                "[k]" => "kernel",
+                _ => "user",
+            }
+            .to_owned(),
+        })
         .collect();
-    top.sort_by(|a, b| b.0.total_cmp(&a.0));
+    top.sort_by(|a, b| b.percent.total_cmp(&a.percent));
     b.log(&format!(
         "profile: {} at {:.0} req/s, {:.1} µs CPU per request, {:.0}% of it in the kernel",
         kind.label(),
@@ -246,6 +235,6 @@ async fn profile(b: &mut Bench, kind: Kind) -> Option<Profile> {
         cpu_us,
         kernel_share,
         top: top.into_iter().take(20).collect(),
-        groups,
+        components,
     })
 }

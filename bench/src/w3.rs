@@ -16,49 +16,19 @@ use std::time::{Duration, Instant};
 
 use crate::bench::Bench;
 use crate::http;
-use crate::load::{self, Failures, Load};
-use crate::stats::{self, Series};
-use crate::targets::{Kind, Slot};
-
-#[derive(Default, Clone)]
-pub struct W3Cell {
-    pub failed: Series,
-    pub p50: Series,
-    pub p99: Series,
-    pub max: Series,
-    /// Seconds the 1,000 flips took.
-    pub flip_time: Series,
-    pub by_slot: [u64; 2],
-    pub requests: u64,
-    pub reconnects: u64,
-    pub failures: Failures,
-    pub flip_errors: u64,
-    pub flip_error: Option<String>,
-    /// The process died during a run (how), once per run it did.
-    pub crashes: Vec<String>,
-}
-
-#[derive(Default)]
-pub struct W3 {
-    pub flips: usize,
-    pub every: Duration,
-    pub rate: f64,
-    pub conns: usize,
-    pub cells: Vec<(Kind, W3Cell)>,
-}
+use crate::load::{self, Load};
+use crate::model::{Kind, W3Cell, W3};
+use crate::stats;
+use crate::targets::Slot;
 
 pub async fn run_w3(b: &mut Bench) -> anyhow::Result<W3> {
     let s = b.settings.clone();
     let mut w = W3 {
         flips: s.w3_flips,
-        every: s.w3_every,
+        every_ms: s.w3_every.as_millis() as u64,
         rate: s.w3_rate,
         conns: s.w3_conns,
-        cells: b
-            .kinds()
-            .into_iter()
-            .map(|k| (k, W3Cell::default()))
-            .collect(),
+        cells: b.kinds().into_iter().map(W3Cell::new).collect(),
     };
     b.restart_all().await?;
     for round in b.rounds() {
@@ -112,24 +82,21 @@ pub async fn run_w3(b: &mut Bench) -> anyhow::Result<W3> {
             let flip_time = flip_time.into_inner();
             let crashed = b.revive(i).await?;
             b.targets[i].reset().await?;
-            let cell = &mut w.cells[i].1;
+            let cell = &mut w.cells[i];
             cell.failed.push(o.failed.total() as f64);
-            cell.p50.push(stats::quantile_ms(&o.hist, 0.5));
-            cell.p99.push(stats::quantile_ms(&o.hist, 0.99));
-            cell.max.push(stats::quantile_ms(&o.hist, 1.0));
-            if kind != Kind::Direct {
-                cell.flip_time.push(flip_time.as_secs_f64());
-            }
+            cell.p50_ms.push(stats::quantile_ms(&o.hist, 0.5));
+            cell.p99_ms.push(stats::quantile_ms(&o.hist, 0.99));
+            cell.max_ms.push(stats::quantile_ms(&o.hist, 1.0));
+            cell.flip_time_s.push(if kind == Kind::Direct {
+                f64::NAN
+            } else {
+                flip_time.as_secs_f64()
+            });
             cell.by_slot[0] += o.by_slot[0];
             cell.by_slot[1] += o.by_slot[1];
             cell.requests += o.ok + o.failed.total();
             cell.reconnects += o.reconnects;
-            cell.failures.closed += o.failed.closed;
-            cell.failures.broken += o.failed.broken;
-            cell.failures.connect += o.failed.connect;
-            cell.failures.timeout += o.failed.timeout;
-            cell.failures.status_5xx += o.failed.status_5xx;
-            cell.failures.status_other += o.failed.status_other;
+            cell.failures.add(&o.failed);
             cell.flip_errors += nerr;
             if let Some(c) = crashed {
                 let done = (s.w3_flips as u64).saturating_sub(nerr);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the anchors of `cargo bench --bench compare` from Debian's packages:
-# nginx, HAProxy, Caddy (the proxies mcpflip is compared with), wrk and h2load
-# (reference load generators, recorded in BENCHMARKS.md) and perf (profiles).
+# Installs the anchors of `cargo run -p mcpflip-bench --release` from Debian's
+# packages: nginx, HAProxy, Caddy (the proxies mcpflip is compared with), wrk (the
+# second load generator of W1), h2load (for HTTP/2 by hand) and perf (profiles).
 # Idempotent: installs only what is missing. Needs root (or sudo) and apt.
 set -euo pipefail
 
@@ -23,7 +23,7 @@ for bin in nginx haproxy caddy wrk h2load perf; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "benches/setup.sh: nginx, haproxy, caddy, wrk, h2load and perf are installed"
+  echo "bench/setup.sh: nginx, haproxy, caddy, wrk, h2load and perf are installed"
   exit 0
 fi
 
@@ -32,20 +32,20 @@ if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then
     SUDO="sudo"
   else
-    echo "benches/setup.sh: need root to install: ${missing[*]}" >&2
+    echo "bench/setup.sh: need root to install: ${missing[*]}" >&2
     echo "  run as root: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
   fi
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "benches/setup.sh: apt-get not found; install these packages by hand: ${missing[*]}" >&2
+  echo "bench/setup.sh: apt-get not found; install these packages by hand: ${missing[*]}" >&2
   exit 1
 fi
 
-echo "benches/setup.sh: installing ${missing[*]}"
+echo "bench/setup.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 if ! $SUDO apt-get update -q; then
-  echo "benches/setup.sh: apt-get update failed (network? proxy?)." >&2
+  echo "bench/setup.sh: apt-get update failed (network? proxy?)." >&2
   echo "  rerun: $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends ${missing[*]}" >&2
   exit 1
 fi
@@ -63,8 +63,8 @@ if [ -n "$restore_policy" ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 if [ $status -ne 0 ]; then
-  echo "benches/setup.sh: apt-get install failed (exit $status)." >&2
+  echo "bench/setup.sh: apt-get install failed (exit $status)." >&2
   echo "  rerun: $SUDO apt-get install -y --no-install-recommends ${missing[*]}" >&2
   exit 1
 fi
-echo "benches/setup.sh: done"
+echo "bench/setup.sh: done"

@@ -1,7 +1,6 @@
-//! The machine side of the benchmark: which cores the proxy, the upstreams and
-//! the load generator get, the file-descriptor limit, readings from `/proc`
-//! (RSS and CPU time of a process tree), and the facts `BENCHMARKS.md` records
-//! (CPU, kernel, versions).
+//! The machine side of the benchmark: the CPUs it may use and its pinning,
+//! the file-descriptor limit, readings from `/proc` (RSS and CPU time of a
+//! process tree), and the facts the results record (CPU, kernel, versions).
 //!
 //! Linux only, like the anchors' configs (epoll, `/proc`).
 
@@ -10,75 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-/// Which CPUs each party runs on.
-#[derive(Debug, Clone)]
-pub struct CpuPlan {
-    /// The proxy under test (its worker count is `proxy.len()`).
-    pub proxy: Vec<usize>,
-    /// The two `mcpflip upstream` slots.
-    pub upstream: Vec<usize>,
-    /// This process: the load generator.
-    pub loadgen: Vec<usize>,
-}
-
-impl CpuPlan {
-    /// Splits `cpus`: the proxy gets the last `proxy_cores` (default: a quarter,
-    /// at least one); with four or more CPUs the upstreams get the next quarter
-    /// and the load generator the rest, with fewer the upstreams and the load
-    /// generator share what the proxy does not get.
-    pub fn new(cpus: &[usize], proxy_cores: Option<usize>) -> CpuPlan {
-        let n = cpus.len();
-        if n <= 1 {
-            return CpuPlan {
-                proxy: cpus.to_vec(),
-                upstream: cpus.to_vec(),
-                loadgen: cpus.to_vec(),
-            };
-        }
-        let p = proxy_cores.unwrap_or((n / 4).max(1)).clamp(1, n - 1);
-        let (rest, proxy) = cpus.split_at(n - p);
-        if rest.len() < 3 {
-            return CpuPlan {
-                proxy: proxy.to_vec(),
-                upstream: rest.to_vec(),
-                loadgen: rest.to_vec(),
-            };
-        }
-        let u = (n / 4).clamp(1, rest.len() - 1);
-        let (loadgen, upstream) = rest.split_at(rest.len() - u);
-        CpuPlan {
-            proxy: proxy.to_vec(),
-            upstream: upstream.to_vec(),
-            loadgen: loadgen.to_vec(),
-        }
-    }
-
-    /// The proxies' worker count: mcpflip `workers`, nginx `worker_processes`,
-    /// HAProxy `nbthread`, Caddy `GOMAXPROCS`.
-    pub fn workers(&self) -> usize {
-        self.proxy.len()
-    }
-
-    /// One line for the report.
-    pub fn describe(&self) -> String {
-        format!(
-            "proxy under test on CPU {} ({} worker{}), upstreams on CPU {}, load generator on CPU {}",
-            list(&self.proxy),
-            self.workers(),
-            if self.workers() == 1 { "" } else { "s" },
-            list(&self.upstream),
-            list(&self.loadgen)
-        )
-    }
-}
-
-/// `0,1,2` (the form `taskset -c` takes).
-pub fn list(cpus: &[usize]) -> String {
-    cpus.iter()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
+use crate::model::Machine;
 
 /// The CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
@@ -112,9 +43,10 @@ pub fn pin_self(cpus: &[usize]) -> std::io::Result<()> {
     }
 }
 
-/// Raises `RLIMIT_NOFILE` towards `want` (the hard limit too when we may) and
-/// returns the soft limit now in force. Children inherit it.
-pub fn raise_nofile(want: u64) -> u64 {
+/// Raises `RLIMIT_NOFILE` towards `want`: the hard limit too when we may
+/// (root with CAP_SYS_RESOURCE), else the soft limit up to the hard one.
+/// Returns (soft, hard) now in force. Children inherit them.
+pub fn raise_nofile(want: u64) -> (u64, u64) {
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
         let mut lim = libc::rlimit {
@@ -122,7 +54,7 @@ pub fn raise_nofile(want: u64) -> u64 {
             rlim_max: 0,
         };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
+            return (1024, 1024);
         }
         if lim.rlim_max < want {
             let raised = libc::rlimit {
@@ -130,7 +62,7 @@ pub fn raise_nofile(want: u64) -> u64 {
                 rlim_max: want,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return want;
+                return (want, want);
             }
         }
         let soft = libc::rlimit {
@@ -138,9 +70,9 @@ pub fn raise_nofile(want: u64) -> u64 {
             rlim_max: lim.rlim_max,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
-            soft.rlim_cur
+            (soft.rlim_cur, soft.rlim_max)
         } else {
-            lim.rlim_cur
+            (lim.rlim_cur, lim.rlim_max)
         }
     }
 }
@@ -298,51 +230,45 @@ impl CpuMeter {
 }
 
 /// The facts about the machine the report starts with.
-#[derive(Debug, Clone)]
-pub struct Machine {
-    pub cpu_model: String,
-    pub cores: usize,
-    pub kernel: String,
-    pub memory_gib: f64,
-}
-
-impl Machine {
-    /// `cores`: the CPUs this benchmark may use (read before it pins itself).
-    pub fn read(cores: usize) -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
-        let mhz = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("cpu MHz"))
-            .and_then(|l| l.split_once(':'))
-            .and_then(|(_, v)| v.trim().parse::<f64>().ok());
-        let cpu_model = match mhz {
-            Some(m) => format!("{cpu_model} @ {:.2} GHz", m / 1000.0),
-            None => cpu_model,
-        };
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
-        let memory_gib = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("MemTotal:"))?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-        Machine {
-            cpu_model,
-            cores,
-            kernel,
-            memory_gib,
-        }
+///
+/// `cores`: the CPUs this benchmark may use (read before it pins itself).
+pub fn machine(cores: usize) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
+    let mhz = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split_once(':'))
+        .and_then(|(_, v)| v.trim().parse::<f64>().ok());
+    let cpu_model = match mhz {
+        Some(m) => format!("{cpu_model} @ {:.2} GHz", m / 1000.0),
+        None => cpu_model,
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| String::new(), |s| s.trim().to_owned());
+    Machine {
+        hostname,
+        cpu_model,
+        cores,
+        kernel,
+        memory_gib,
     }
 }
 

@@ -6,48 +6,11 @@
 //! events relayed in it, gives CPU per 1,000 events.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use crate::bench::Bench;
-use crate::stats::{self, Series};
+use crate::model::{Kind, W2Cell, W2Level, W2};
+use crate::stats;
 use crate::streams;
-use crate::targets::Kind;
-
-#[derive(Default, Clone)]
-pub struct W2Cell {
-    /// KiB per stream.
-    pub mem: Series,
-    pub p50: Series,
-    pub p99: Series,
-    /// Proxy CPU milliseconds per 1,000 events.
-    pub cpu_per_1k: Series,
-    /// Seconds to open all streams.
-    pub setup: Series,
-    pub failed: usize,
-    pub cut: usize,
-    pub events: u64,
-}
-
-#[derive(Default)]
-pub struct W2 {
-    pub levels: Vec<usize>,
-    pub cells: Vec<Vec<(Kind, W2Cell)>>,
-    pub interval_ms: u64,
-    pub pad: usize,
-    pub window: Duration,
-    /// Why the largest level is what it is.
-    pub max_reason: String,
-}
-
-impl W2 {
-    pub fn cell(&self, n: usize, k: Kind) -> Option<&W2Cell> {
-        let i = self.levels.iter().position(|&x| x == n)?;
-        self.cells[i]
-            .iter()
-            .find(|(kk, _)| *kk == k)
-            .map(|(_, c)| c)
-    }
-}
 
 /// Client source addresses: 127.0.0.2 .. so that the client side never runs
 /// short of ports (each address has its own port range).
@@ -62,20 +25,18 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
     let s = b.settings.clone();
     let levels = s.w2_levels.clone();
     let mut w = W2 {
-        levels: levels.clone(),
-        cells: levels
-            .iter()
-            .map(|_| {
-                b.kinds()
-                    .into_iter()
-                    .map(|k| (k, W2Cell::default()))
-                    .collect()
-            })
-            .collect(),
         interval_ms: s.w2_interval_ms,
         pad: s.w2_pad,
-        window: s.w2_window,
+        window_s: s.w2_window.as_secs_f64(),
+        max_n: s.w2_max_n,
         max_reason: s.w2_max_reason.clone(),
+        levels: levels
+            .iter()
+            .map(|&n| W2Level {
+                n,
+                cells: b.kinds().into_iter().map(W2Cell::new).collect(),
+            })
+            .collect(),
     };
     let (lo, hi) = crate::sys::ephemeral_ports();
     let per_source = ((hi - lo) as usize).saturating_sub(2000).max(1000);
@@ -100,25 +61,24 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                     s.w2_window,
                 )
                 .await;
-                let cell = &mut w.cells[li][i].1;
+                let cell = &mut w.levels[li].cells[i];
+                // NaN where nothing was measured, so the rounds stay aligned.
                 let mem = run.rss_growth_kib.map(|g| g / n as f64);
-                if let Some(m) = mem {
-                    cell.mem.push(m);
-                }
+                cell.mem_kib.push(mem.unwrap_or(f64::NAN));
+                cell.rss_before_kib
+                    .push(run.rss_before_kib.unwrap_or(f64::NAN));
                 let p50 = stats::quantile_ms(&run.hist, 0.5);
                 let p99 = stats::quantile_ms(&run.hist, 0.99);
-                cell.p50.push(p50);
-                cell.p99.push(p99);
+                cell.p50_ms.push(p50);
+                cell.p99_ms.push(p99);
                 let cpu_ms = run.cpu.seconds("proxy") * 1000.0;
                 let per_1k = if kind == Kind::Direct || run.events == 0 {
                     f64::NAN
                 } else {
                     cpu_ms / run.events as f64 * 1000.0
                 };
-                if per_1k.is_finite() {
-                    cell.cpu_per_1k.push(per_1k);
-                }
-                cell.setup.push(run.setup.as_secs_f64());
+                cell.cpu_per_1k_ms.push(per_1k);
+                cell.setup_s.push(run.setup.as_secs_f64());
                 cell.failed += run.failed;
                 cell.cut += run.cut;
                 cell.events += run.events;

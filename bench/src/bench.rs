@@ -1,0 +1,518 @@
+//! The run as a whole: the command line (run, `render`, `diff`), the
+//! settings a run resolves to (full or `--quick`), and [`Bench`], which owns
+//! the upstreams and the targets and runs the rounds (every target once per
+//! round, in the same order, so A B A B: slow drift of the machine hits every
+//! target alike).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::model::{CpuPlan, Kind};
+use crate::sys;
+use crate::targets::{Env, Target, Upstreams};
+
+/// The parts of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Request/response, with this bench's load generator and with wrk.
+    W1,
+    /// SSE streams, and the scale row.
+    W2,
+    /// Flips under load.
+    W3,
+    /// Deploy time.
+    W4,
+    /// Affinity cost.
+    W5,
+    /// W1 c=64 with mcpflip's access log on and off.
+    AccessLog,
+    /// W1 c=64 with 1, 2, … workers for every proxy.
+    Multicore,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 7] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4,
+        Workload::W5,
+        Workload::AccessLog,
+        Workload::Multicore,
+    ];
+}
+
+/// `mcpflip-bench`: the comparison benchmark.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcpflip-bench",
+    about = "mcpflip side by side with nginx, HAProxy and Caddy (and direct) on loopback",
+    long_about = "Runs every workload (W1..W5, the access-log and multi-core sections) against \
+direct, mcpflip, nginx, HAProxy and Caddy on loopback, writes the results as JSON \
+(bench/results/<date>-<machine>.json) and renders BENCHMARKS.md from them.\n\n\
+Run it from the repository: cargo run -p mcpflip-bench --release -- [--quick]. \
+The anchors come from Debian's packages: bench/setup.sh (as root) installs them.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Options,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the benchmark (what no subcommand does too).
+    Run(Options),
+    /// Render a results file as BENCHMARKS.md's markdown (stdout, or --out).
+    Render {
+        /// A results file (`bench/results/*.json`).
+        file: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print how mcpflip's ratios moved from run A to run B.
+    Diff {
+        /// The earlier results file.
+        a: PathBuf,
+        /// The later results file.
+        b: PathBuf,
+    },
+}
+
+/// The options of a run.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Each workload briefly (a smoke test, about 3 minutes); writes under
+    /// target/compare/ unless --out / --json.
+    #[arg(long, env = "MCPFLIP_BENCH_QUICK")]
+    pub quick: bool,
+    /// Only these parts (writes under target/compare/ unless --out / --json).
+    #[arg(long, value_delimiter = ',', ignore_case = true)]
+    pub only: Vec<Workload>,
+    /// Only these targets.
+    #[arg(long, value_delimiter = ',', ignore_case = true)]
+    pub targets: Vec<Kind>,
+    /// Rounds per workload (default 3, and 5 for W1 and the access log; quick 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: Option<u32>,
+    /// Cores, and workers, for the proxy under test.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub proxy_cores: Option<u32>,
+    /// The multi-core section's worker counts (default 1,2 and the proxy's cores).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Vec<u32>,
+    /// W3's pace: one flip every N ms (default 5).
+    #[arg(long)]
+    pub flip_every_ms: Option<u64>,
+    /// Where the markdown report goes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where the JSON results go.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use this mcpflip binary instead of building target/release/mcpflip.
+    #[arg(long)]
+    pub mcpflip: Option<PathBuf>,
+    /// Skip the perf profile of mcpflip under W1.
+    #[arg(long)]
+    pub no_profile: bool,
+    /// Keep the temporary directory (every config and log).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl Options {
+    /// The parts to run (every part when `--only` is not given).
+    pub fn parts(&self) -> Vec<Workload> {
+        if self.only.is_empty() {
+            Workload::ALL.to_vec()
+        } else {
+            Workload::ALL
+                .into_iter()
+                .filter(|w| self.only.contains(w))
+                .collect()
+        }
+    }
+
+    /// The targets, in the order of a round.
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.targets.is_empty() || self.targets.contains(k))
+            .collect()
+    }
+
+    /// Every part against every target, full length: the run that may write
+    /// BENCHMARKS.md and `bench/results/`.
+    pub fn complete(&self) -> bool {
+        !self.quick
+            && self.parts().len() == Workload::ALL.len()
+            && self.kinds().len() == Kind::ALL.len()
+    }
+
+    pub fn wants(&self, w: Workload) -> bool {
+        self.parts().contains(&w)
+    }
+}
+
+/// Durations and sizes of every workload.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    /// W1 is the noisiest figure (CPU-bound on a shared machine): more rounds.
+    pub w1_rounds: usize,
+    pub w1_conc: Vec<usize>,
+    pub w1_warmup: Duration,
+    pub w1_measure: Duration,
+    pub w2_levels: Vec<usize>,
+    /// The most streams the machine allows, and why.
+    pub w2_max_n: usize,
+    pub w2_max_reason: String,
+    pub w2_interval_ms: u64,
+    pub w2_pad: usize,
+    pub w2_window: Duration,
+    pub w3_flips: usize,
+    /// One flip every this long (`--flip-every-ms`).
+    pub w3_every: Duration,
+    pub w3_rate: f64,
+    pub w3_conns: usize,
+    pub w3_warmup: Duration,
+    pub w4_sessions: usize,
+    pub w4_span: Duration,
+    pub w4_mcpflip_runs: usize,
+    pub w5_sessions: usize,
+    pub w5_measure: Duration,
+    /// wrk's run length (whole seconds: wrk takes no fractions).
+    pub wrk_seconds: u64,
+    /// The concurrency of the wrk cross-check, the access log and multi-core runs.
+    pub c64: usize,
+    /// The multi-core section's worker counts.
+    pub mc_workers: Vec<usize>,
+}
+
+impl Settings {
+    /// `max_streams`: the largest W2 level the machine allows; `proxy_cores`:
+    /// the workers every proxy gets outside the multi-core section.
+    pub fn new(
+        o: &Options,
+        max_streams: usize,
+        max_reason: String,
+        proxy_cores: usize,
+    ) -> Settings {
+        let ms = Duration::from_millis;
+        let rounds = o.rounds.map(|r| r as usize);
+        let mut mc_workers: Vec<usize> = if o.workers.is_empty() {
+            vec![1, 2, proxy_cores]
+        } else {
+            o.workers.iter().map(|&w| w as usize).collect()
+        };
+        mc_workers.sort_unstable();
+        mc_workers.dedup();
+        // 1k, 10k (or the most the machine allows, if less), and the most the
+        // machine allows when that is more (full runs only).
+        // (The scale row is the largest level measured.)
+        let mut levels = vec![1_000, max_streams.clamp(1_000, 10_000)];
+        if max_streams > 10_000 && !o.quick {
+            levels.push(max_streams);
+        }
+        levels.dedup();
+        if o.quick {
+            Settings {
+                quick: true,
+                rounds: rounds.unwrap_or(1),
+                w1_rounds: rounds.unwrap_or(1),
+                w1_conc: vec![1, 64, 256],
+                w1_warmup: ms(300),
+                w1_measure: ms(1000),
+                w2_levels: levels,
+                w2_max_n: max_streams,
+                w2_max_reason: max_reason,
+                w2_interval_ms: 500,
+                w2_pad: 256,
+                w2_window: ms(1500),
+                w3_flips: 100,
+                w3_every: ms(o.flip_every_ms.unwrap_or(5)),
+                w3_rate: 2000.0,
+                w3_conns: 64,
+                w3_warmup: ms(300),
+                w4_sessions: 20,
+                w4_span: ms(2000),
+                w4_mcpflip_runs: 3,
+                w5_sessions: 10_000,
+                w5_measure: ms(1000),
+                wrk_seconds: 1,
+                c64: 64,
+                mc_workers,
+            }
+        } else {
+            Settings {
+                quick: false,
+                rounds: rounds.unwrap_or(3),
+                w1_rounds: rounds.unwrap_or(5),
+                w1_conc: vec![1, 64, 256],
+                w1_warmup: ms(400),
+                w1_measure: ms(2000),
+                w2_levels: levels,
+                w2_max_n: max_streams,
+                w2_max_reason: max_reason,
+                w2_interval_ms: 500,
+                w2_pad: 256,
+                w2_window: ms(2500),
+                w3_flips: 1000,
+                w3_every: ms(o.flip_every_ms.unwrap_or(5)),
+                w3_rate: 2000.0,
+                w3_conns: 64,
+                w3_warmup: ms(500),
+                w4_sessions: 100,
+                w4_span: ms(2000),
+                w4_mcpflip_runs: 4,
+                w5_sessions: 100_000,
+                w5_measure: ms(2000),
+                wrk_seconds: 2,
+                c64: 64,
+                mc_workers,
+            }
+        }
+    }
+}
+
+/// One round of a workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    pub i: usize,
+    pub of: usize,
+}
+
+impl std::fmt::Display for Round {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}/{}", self.i + 1, self.of)
+    }
+}
+
+/// The upstreams, the targets, and the clock.
+pub struct Bench {
+    pub env: Env,
+    pub settings: Settings,
+    pub upstreams: Upstreams,
+    pub targets: Vec<Target>,
+    started: Instant,
+}
+
+impl Bench {
+    pub fn new(
+        env: Env,
+        settings: Settings,
+        kinds: &[Kind],
+        started: Instant,
+    ) -> anyhow::Result<Bench> {
+        let upstreams = Upstreams::start(&env)?;
+        let targets = kinds
+            .iter()
+            .map(|&k| Target::new(k, &env, &upstreams))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Bench {
+            env,
+            settings,
+            upstreams,
+            targets,
+            started,
+        })
+    }
+
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.targets.iter().map(|t| t.kind).collect()
+    }
+
+    pub fn index(&self, k: Kind) -> Option<usize> {
+        self.targets.iter().position(|t| t.kind == k)
+    }
+
+    pub fn rounds(&self) -> impl Iterator<Item = Round> {
+        Self::rounds_of(self.settings.rounds)
+    }
+
+    /// `of` rounds.
+    pub fn rounds_of(of: usize) -> impl Iterator<Item = Round> {
+        (0..of).map(move |i| Round { i, of })
+    }
+
+    /// The targets in the order of a round.
+    pub fn order(&self, _round: Round) -> Vec<usize> {
+        (0..self.targets.len()).collect()
+    }
+
+    /// The plan every target starts with.
+    pub fn plan(&self) -> &CpuPlan {
+        &self.env.plan
+    }
+
+    /// Process groups whose CPU time a run reads: the proxy under test, the
+    /// upstreams, and this process (the load generator).
+    pub fn cpu_groups(&self, i: usize) -> Vec<(&'static str, Vec<u32>)> {
+        self.groups_of(&self.targets[i], std::process::id())
+    }
+
+    /// The same for any target, with `loadgen` as the load generator's process.
+    pub fn groups_of(&self, t: &Target, loadgen: u32) -> Vec<(&'static str, Vec<u32>)> {
+        vec![
+            ("proxy", t.pids()),
+            ("upstream", self.upstreams.pids()),
+            ("loadgen", vec![loadgen]),
+        ]
+    }
+
+    /// Restarts target `i` if its process died during a run; returns what
+    /// ended it.
+    pub async fn revive(&mut self, i: usize) -> anyhow::Result<Option<String>> {
+        let Some(why) = self.targets[i].exited() else {
+            return Ok(None);
+        };
+        self.log(&format!("   {why}; starting it again"));
+        self.targets[i].start().await?;
+        Ok(Some(why))
+    }
+
+    /// Every proxy afresh (between workloads).
+    pub async fn restart_all(&mut self) -> anyhow::Result<()> {
+        for t in &mut self.targets {
+            t.restart().await?;
+        }
+        Ok(())
+    }
+
+    /// One progress line on stdout, stamped with the time since the start.
+    pub fn log(&self, msg: &str) {
+        println!("[{:>6.1}s] {msg}", self.started.elapsed().as_secs_f64());
+    }
+
+    pub fn stop(&mut self) {
+        for t in &mut self.targets {
+            t.stop();
+        }
+        self.upstreams.stop();
+    }
+}
+
+/// The largest number of streams W2 may hold on this machine, and why
+/// (`nofile`: the soft limit in force, already raised to the hard one).
+pub fn max_streams(nofile: u64) -> (usize, String) {
+    let (lo, hi) = sys::ephemeral_ports();
+    let ports = (hi.saturating_sub(lo) as usize).saturating_sub(3_000);
+    // The proxy holds two sockets per stream.
+    let fds = (nofile as usize).saturating_sub(2_000) / 2;
+    let round = |n: usize| n / 1_000 * 1_000;
+    if ports <= fds {
+        (
+            round(ports),
+            format!(
+                "each proxy opens its upstream connections from 127.0.0.1 to one upstream port, \
+                 so the ephemeral port range ({lo}–{hi}, less a margin) bounds the streams one \
+                 proxy can hold; the clients spread over 127.0.0.2.. and are not the limit"
+            ),
+        )
+    } else {
+        (
+            round(fds),
+            format!(
+                "the open-file limit: RLIMIT_NOFILE is {nofile} here (the soft limit raised to the \
+                 hard limit; raising the hard limit needs CAP_SYS_RESOURCE), and a proxy holds two \
+                 sockets per stream, so one proxy process can hold about {} streams",
+                round(fds)
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mcpflip-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn options_without_a_subcommand_run_the_bench() {
+        let cli = parse(&[
+            "--quick",
+            "--only",
+            "w1,Access-Log",
+            "--targets",
+            "nginx,mcpflip",
+        ])
+        .expect("parses");
+        assert!(cli.command.is_none());
+        let o = cli.run;
+        assert!(o.quick);
+        assert_eq!(o.parts(), vec![Workload::W1, Workload::AccessLog]);
+        // The order of a round, whatever the order given.
+        assert_eq!(o.kinds(), vec![Kind::Mcpflip, Kind::Nginx]);
+        assert!(!o.complete());
+    }
+
+    #[test]
+    fn every_part_and_target_by_default() {
+        let o = parse(&["run"]).expect("parses");
+        let Some(Command::Run(o)) = o.command else {
+            panic!("`run` is the run subcommand");
+        };
+        assert_eq!(o.parts(), Workload::ALL.to_vec());
+        assert_eq!(o.kinds(), Kind::ALL.to_vec());
+        assert_eq!(o.complete(), !o.quick);
+    }
+
+    #[test]
+    fn render_and_diff_take_files() {
+        let cli = parse(&["render", "a.json", "--out", "B.md"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Render { ref file, ref out })
+                if file == &PathBuf::from("a.json") && out.as_deref() == Some(std::path::Path::new("B.md"))
+        ));
+        let cli = parse(&["diff", "a.json", "b.json"]).expect("parses");
+        assert!(matches!(cli.command, Some(Command::Diff { .. })));
+        assert!(parse(&["diff", "a.json"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--rounds", "0"]).is_err());
+        assert!(parse(&["--workers", "1,0"]).is_err());
+        assert!(parse(&["--only", "W9"]).is_err());
+        assert!(parse(&["--targets", "envoy"]).is_err());
+    }
+
+    #[test]
+    fn multicore_counts_include_the_plans_workers() {
+        let o = parse(&[]).expect("parses").run;
+        let s = Settings::new(&o, 9_000, String::new(), 4);
+        assert_eq!(s.mc_workers, vec![1, 2, 4]);
+        let o = parse(&["--workers", "2,1,2"]).expect("parses").run;
+        let s = Settings::new(&o, 9_000, String::new(), 1);
+        assert_eq!(s.mc_workers, vec![1, 2]);
+    }
+
+    #[test]
+    fn w2_levels_end_at_the_largest_n_allowed() {
+        let full = parse(&[]).expect("parses").run;
+        let quick = parse(&["--quick"]).expect("parses").run;
+        assert_eq!(
+            Settings::new(&full, 9_000, String::new(), 1).w2_levels,
+            vec![1_000, 9_000]
+        );
+        assert_eq!(
+            Settings::new(&full, 25_000, String::new(), 1).w2_levels,
+            vec![1_000, 10_000, 25_000]
+        );
+        assert_eq!(
+            Settings::new(&quick, 25_000, String::new(), 1).w2_levels,
+            vec![1_000, 10_000]
+        );
+    }
+}

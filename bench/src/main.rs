@@ -1,0 +1,397 @@
+//! `mcpflip-bench`: mcpflip side by side with nginx, HAProxy and Caddy (and
+//! direct, no proxy), every workload of issues 5 and 14 on loopback. A run
+//! writes its results as JSON (`bench/results/<date>-<machine>.json`) and
+//! renders `BENCHMARKS.md` from that file; `render` does the same for any
+//! results file and `diff` compares two.
+//!
+//! Layout: `bench` (command line, settings, the rounds), `targets` (the
+//! processes and their configs), `http` (the load generator's client), `load`
+//! (request/response loops), `wrk` (the second load generator), `streams`
+//! (SSE streams and sessions), `w1`..`w5` and `multicore` (the workloads),
+//! `profile` (perf), `model` (the results as data), `figures` (ratios and the
+//! issue's targets), `report` (the markdown), `diff`, `sys` (cores, limits,
+//! /proc), `stats` (histograms, medians, number formats).
+//!
+//! It never imports the mcpflip library: it builds and runs the release
+//! binary, as operators do. The anchors come from Debian's packages
+//! (`bench/setup.sh`).
+
+mod bench;
+mod diff;
+mod figures;
+#[cfg(test)]
+mod fixture;
+mod http;
+mod load;
+mod model;
+mod multicore;
+mod profile;
+mod report;
+mod stats;
+mod streams;
+mod sys;
+mod targets;
+mod w1;
+mod w2;
+mod w3;
+mod w4;
+mod w5;
+mod wrk;
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, ExitCode, Stdio};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use bench::{Bench, Cli, Command, Options, Settings, Workload};
+use model::{Kind, Meta, Run, Version};
+use targets::Env;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(o)) => run(o),
+        Some(Command::Render { file, out }) => render(&file, out.as_deref()),
+        Some(Command::Diff { a, b }) => diff(&a, &b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcpflip-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository: this crate's parent directory.
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+fn render(file: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let run = Run::read(file)?;
+    let text = report::render(&run);
+    match out {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn diff(a: &Path, b: &Path) -> anyhow::Result<()> {
+    let (ra, rb) = (Run::read(a)?, Run::read(b)?);
+    print!(
+        "{}",
+        diff::render(&ra, &a.display().to_string(), &rb, &b.display().to_string())
+    );
+    Ok(())
+}
+
+/// Builds the release `mcpflip` binary and returns its path (cargo says where
+/// it put it, whatever the target directory).
+fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("mcpflip-bench: building mcpflip (cargo build --release -p mcpflip --bin mcpflip)");
+    let mut child = Process::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "-p", "mcpflip", "--bin", "mcpflip"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo")?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    let mut exe = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "mcpflip" {
+            if let Some(p) = msg["executable"].as_str() {
+                exe = Some(PathBuf::from(p));
+            }
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("cargo build --release -p mcpflip failed");
+    }
+    exe.context("cargo built no mcpflip executable")
+}
+
+/// Checks that the anchors (and wrk) are installed; runs `bench/setup.sh`
+/// once when one is missing.
+fn ensure_anchors(root: &Path, kinds: &[Kind], wrk: bool) -> anyhow::Result<()> {
+    let missing = || -> Vec<&'static str> {
+        kinds
+            .iter()
+            .filter_map(|k| k.binary())
+            .chain(wrk.then_some("wrk"))
+            .filter(|b| sys::find_binary(b).is_none())
+            .collect()
+    };
+    let before = missing();
+    if before.is_empty() {
+        return Ok(());
+    }
+    let setup = root.join("bench/setup.sh");
+    println!(
+        "mcpflip-bench: {} not installed; running {}",
+        before.join(", "),
+        setup.display()
+    );
+    let status = Process::new("bash")
+        .arg(&setup)
+        .status()
+        .with_context(|| format!("cannot run {}", setup.display()))?;
+    let after = missing();
+    if !status.success() || !after.is_empty() {
+        bail!(
+            "the anchors are missing ({}); install them with:\n    sudo {}\n\
+             or run only some targets: cargo run -p mcpflip-bench --release -- --targets direct,mcpflip",
+            after.join(", "),
+            setup.display()
+        );
+    }
+    Ok(())
+}
+
+/// `2026-11-24T22:05:31Z` → `2026-11-24T2205Z` (a file name without colons).
+fn stamp(date: &str) -> String {
+    let (day, time) = date.split_once('T').unwrap_or((date, ""));
+    let hm: String = time.chars().filter(char::is_ascii_digit).take(4).collect();
+    format!("{day}T{hm}Z")
+}
+
+fn versions(root: &Path) -> Vec<Version> {
+    let v = |cmd: &str, args: &[&str]| {
+        sys::find_binary(cmd)
+            .and_then(|p| sys::version_of(p.to_str()?, args))
+            .unwrap_or_else(|| "not installed".to_owned())
+    };
+    let rustc = sys::version_of("rustc", &["--version"]).unwrap_or_default();
+    [
+        (
+            "mcpflip",
+            format!("git {} (release profile, {rustc})", sys::git_rev(root)),
+        ),
+        ("nginx", v("nginx", &["-v"])),
+        ("HAProxy", v("haproxy", &["-v"])),
+        ("Caddy", v("caddy", &["version"])),
+        ("wrk", w1::short_wrk_version(&v("wrk", &["-v"]))),
+        ("perf", v("perf", &["--version"])),
+    ]
+    .into_iter()
+    .map(|(name, version)| Version {
+        name: name.to_owned(),
+        version,
+    })
+    .collect()
+}
+
+fn run(opts: Options) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "built without optimisations, the load generator would be the bottleneck; run\n    \
+             cargo run -p mcpflip-bench --release -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+    }
+    let started = Instant::now();
+    let root = root();
+    let kinds = opts.kinds();
+    let wants_wrk = opts.wants(Workload::W1) || opts.wants(Workload::Multicore);
+    ensure_anchors(&root, &kinds, wants_wrk)?;
+    let mcpflip = match &opts.mcpflip {
+        Some(p) => p.clone(),
+        None => build_mcpflip(&root)?,
+    };
+
+    // Pin before the runtime starts its threads: they inherit the mask.
+    let cpus = sys::allowed_cpus();
+    let machine = sys::machine(cpus.len());
+    let plan = model::CpuPlan::new(&cpus, opts.proxy_cores.map(|c| c as usize));
+    sys::pin_self(&plan.loadgen).context("cannot pin the load generator")?;
+    let (nofile, nofile_hard) = sys::raise_nofile(1 << 20);
+    let (max_n, max_reason) = bench::max_streams(nofile);
+    let settings = Settings::new(&opts, max_n, max_reason, plan.workers());
+    let dir = tempfile::Builder::new()
+        .prefix("mcpflip-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let env = Env {
+        dir: dir.path().to_path_buf(),
+        mcpflip,
+        plan: plan.clone(),
+        all_cpus: cpus.clone(),
+        taskset: sys::find_binary("taskset"),
+        wrk: if wants_wrk {
+            sys::find_binary("wrk")
+        } else {
+            None
+        },
+        nofile,
+    };
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let mut command = "cargo run -p mcpflip-bench --release".to_owned();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        command.push_str(" -- ");
+        command.push_str(&args.join(" "));
+    }
+    let meta = Meta {
+        date,
+        command,
+        quick: settings.quick,
+        complete: opts.complete(),
+        elapsed_s: 0.0,
+        rounds: settings.rounds,
+        w1_rounds: settings.w1_rounds,
+        targets: kinds.clone(),
+        machine,
+        plan: plan.clone(),
+        pinned: env.taskset.is_some(),
+        versions: versions(&root),
+        nofile,
+        nofile_hard,
+    };
+    println!(
+        "mcpflip-bench: {} ({} cores, kernel {}); {}",
+        meta.machine.cpu_model,
+        meta.machine.cores,
+        meta.machine.kernel,
+        plan.describe()
+    );
+    for v in &meta.versions {
+        println!("mcpflip-bench: {}: {}", v.name, v.version);
+    }
+    println!(
+        "mcpflip-bench: {} rounds{}; targets: {}",
+        settings.rounds,
+        if settings.quick { ", quick" } else { "" },
+        kinds
+            .iter()
+            .map(|k| k.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if env.taskset.is_none() {
+        println!("mcpflip-bench: taskset not found; processes are not pinned to their cores");
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.loadgen.len().max(1))
+        .enable_all()
+        .build()?;
+    let mut results = Run::new(meta);
+    let measured = rt.block_on(async {
+        let mut b = Bench::new(env, settings, &kinds, started)?;
+        b.log(&format!(
+            "upstreams on 127.0.0.1:{} (blue) and :{} (green); temp dir {}",
+            b.upstreams.port(targets::Slot::Blue),
+            b.upstreams.port(targets::Slot::Green),
+            dir.path().display()
+        ));
+        let r = workloads(&mut b, &opts, &mut results).await;
+        b.stop();
+        r
+    });
+    drop(rt);
+    if opts.keep {
+        let kept = dir.keep();
+        println!("mcpflip-bench: kept {}", kept.display());
+    }
+    measured?;
+    results.meta.elapsed_s = started.elapsed().as_secs_f64();
+
+    let name = format!(
+        "{}-{}",
+        stamp(&results.meta.date),
+        results.meta.machine.slug()
+    );
+    let (json, md) = if opts.complete() {
+        (
+            root.join("bench/results").join(format!("{name}.json")),
+            root.join("BENCHMARKS.md"),
+        )
+    } else {
+        let kind = if opts.quick { "quick" } else { "partial" };
+        (
+            root.join("target/compare")
+                .join(format!("{name}.{kind}.json")),
+            root.join(format!("target/compare/BENCHMARKS.{kind}.md")),
+        )
+    };
+    let json = opts.json.clone().unwrap_or(json);
+    let md = opts.out.clone().unwrap_or(md);
+    for p in [&json, &md] {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    std::fs::write(&json, results.to_json()?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    // The report comes from the file, so that the file is all it needs.
+    let text = report::render(&Run::read(&json)?);
+    println!("\n{text}");
+    std::fs::write(&md, text).with_context(|| format!("cannot write {}", md.display()))?;
+    println!(
+        "mcpflip-bench: wrote {} and {} ({:.0} s in all)",
+        json.display(),
+        md.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn workloads(b: &mut Bench, opts: &Options, r: &mut Run) -> anyhow::Result<()> {
+    for t in &mut b.targets {
+        t.start().await?;
+    }
+    if opts.wants(Workload::W1) {
+        let (w, with_wrk) = w1::run_w1(b).await?;
+        r.w1 = Some(w);
+        r.w1_wrk = with_wrk;
+        if !opts.no_profile && !b.settings.quick {
+            r.profile = profile::under_w1(b).await;
+        }
+    }
+    if opts.wants(Workload::AccessLog) {
+        r.access_log = w1::run_access_log(b).await?;
+    }
+    if opts.wants(Workload::Multicore) {
+        r.multicore = multicore::run_multicore(b, r.w1.as_ref(), r.w1_wrk.as_ref()).await?;
+    }
+    if opts.wants(Workload::W5) {
+        r.w5 = Some(w5::run_w5(b).await?);
+    }
+    if opts.wants(Workload::W3) {
+        r.w3 = Some(w3::run_w3(b).await?);
+    }
+    if opts.wants(Workload::W4) {
+        r.w4 = Some(w4::run_w4(b).await?);
+    }
+    if opts.wants(Workload::W2) {
+        r.w2 = Some(w2::run_w2(b).await?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_files_are_named_without_colons() {
+        assert_eq!(stamp("2026-11-24T22:05:31Z"), "2026-11-24T2205Z");
+    }
+}
