@@ -89,7 +89,12 @@ pub enum Command {
 pub struct Options {
     /// Each workload briefly (a smoke test, about 3 minutes); writes under
     /// target/compare/ unless --out / --json.
-    #[arg(long, env = "MCPFLIP_BENCH_QUICK")]
+    #[arg(
+        long,
+        env = "MCPFLIP_BENCH_QUICK",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub quick: bool,
     /// Only these parts (writes under target/compare/ unless --out / --json).
     #[arg(long, value_delimiter = ',', ignore_case = true)]
