@@ -461,6 +461,33 @@ mod tests {
         assert!(!o.complete());
     }
 
+    /// Run in a child process (the environment is the process's): what
+    /// `MCPFLIP_BENCH_QUICK` means.
+    #[test]
+    fn quick_from_the_environment() {
+        const CHILD: &str = "MCPFLIP_BENCH_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let want = std::env::var("MCPFLIP_BENCH_QUICK").is_ok_and(|v| v == "1" || v == "yes");
+            assert_eq!(parse(&[]).expect("parses").run.quick, want);
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        for (value, quick) in [("1", true), ("yes", true), ("0", false), ("", false)] {
+            let out = std::process::Command::new(&exe)
+                .args(["--exact", "bench::tests::quick_from_the_environment"])
+                .env(CHILD, "1")
+                .env("MCPFLIP_BENCH_QUICK", value)
+                .output()
+                .expect("runs the child");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "MCPFLIP_BENCH_QUICK={value:?} should mean quick={quick}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     #[test]
     fn every_part_and_target_by_default() {
         let o = parse(&["run"]).expect("parses");
