@@ -40,6 +40,7 @@ pub fn meta() -> Meta {
     Meta {
         date: "2026-11-24T22:05:31Z".to_owned(),
         command: "cargo run -p mcpflip-bench --release".to_owned(),
+        file: "bench/results/2026-11-24T2205Z-2c-amd-epyc.json".to_owned(),
         quick: false,
         complete: true,
         elapsed_s: 600.0,

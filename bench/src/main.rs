@@ -250,6 +250,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
     let meta = Meta {
         date,
         command,
+        file: String::new(),
         quick: settings.quick,
         complete: opts.complete(),
         elapsed_s: 0.0,
@@ -332,6 +333,11 @@ fn run(opts: Options) -> anyhow::Result<()> {
     };
     let json = opts.json.clone().unwrap_or(json);
     let md = opts.out.clone().unwrap_or(md);
+    results.meta.file = json
+        .strip_prefix(&root)
+        .unwrap_or(&json)
+        .display()
+        .to_string();
     for p in [&json, &md] {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)

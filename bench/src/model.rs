@@ -215,6 +215,9 @@ pub struct Meta {
     pub date: String,
     /// The command line that ran (for the report's first line).
     pub command: String,
+    /// Where the run wrote this file (relative to the repository when inside it).
+    #[serde(default)]
+    pub file: String,
     pub quick: bool,
     /// Every workload against every target: the run that may write BENCHMARKS.md.
     pub complete: bool,

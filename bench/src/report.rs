@@ -45,10 +45,15 @@ pub fn render(run: &Run) -> String {
     let _ = writeln!(
         o,
         "Written by `{}` on {} ({:.0} s for the whole run, build excluded), from the results \
-         file it wrote (`mcpflip-bench render` writes this text again from that file).{}",
+         file it wrote{} (`mcpflip-bench render` on that file writes this text again).{}",
         m.command,
         m.date,
         m.elapsed_s,
+        if m.file.is_empty() {
+            String::new()
+        } else {
+            format!(", `{}`", m.file)
+        },
         if m.quick {
             " **Quick mode: a smoke test, one short run per figure; not the reference numbers.**"
         } else if !m.complete {
@@ -956,6 +961,9 @@ mod tests {
     fn the_report_names_the_machine_and_both_load_generators() {
         let text = render(&fixture::run());
         assert!(text.contains("| machine | bench-host |"));
+        assert!(text.contains(
+            "from the results file it wrote, `bench/results/2026-11-24T2205Z-2c-amd-epyc.json`"
+        ));
         assert!(text.contains("| CPU | AMD EPYC @ 2.60 GHz, 2 cores |"));
         assert!(text.contains("### W1 with wrk (the cross-check)"));
         assert!(text.contains("mcpflip / nginx: 0.83× with this bench's generator, 1.11× with wrk"));
