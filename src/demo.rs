@@ -19,9 +19,8 @@ use crate::config::Config;
 use crate::demo_server::{self, ServerConfig, Transport};
 use crate::probe::events::EventReader;
 
-/// The plain HTTP client type of the demo and tests.
-pub type HttpClientAlias = Client<HttpConnector, Full<Bytes>>;
-type HttpClient = HttpClientAlias;
+/// The demo's plain HTTP client (tests have their own in `tests/support`).
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Timeline(Instant);
 
@@ -35,10 +34,10 @@ impl Timeline {
     }
 }
 
-/// A legacy HTTP+SSE MCP session held open through the proxy.
-pub struct SseSession {
+/// A legacy HTTP+SSE MCP session held open through the proxy (the demo's own
+/// client; tests have theirs in `tests/support`).
+struct SseSession {
     client: HttpClient,
-    base: String,
     post_url: String,
     events: EventReader,
     next_id: u64,
@@ -46,7 +45,7 @@ pub struct SseSession {
 
 impl SseSession {
     /// Opens `GET {base}/sse`, reads the endpoint, and initializes.
-    pub async fn open(client: &HttpClient, base: &str) -> anyhow::Result<Self> {
+    async fn open(client: &HttpClient, base: &str) -> anyhow::Result<Self> {
         let req = http::Request::get(format!("{base}/sse"))
             .header("accept", "text/event-stream")
             .body(Full::new(Bytes::new()))?;
@@ -56,7 +55,6 @@ impl SseSession {
         }
         let mut s = SseSession {
             client: client.clone(),
-            base: base.to_string(),
             post_url: String::new(),
             events: EventReader::new(resp.into_body()),
             next_id: 1,
@@ -74,11 +72,6 @@ impl SseSession {
         s.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
             .await?;
         Ok(s)
-    }
-
-    /// The tagged POST URL the proxy gave this session.
-    pub fn post_url(&self) -> &str {
-        &self.post_url
     }
 
     async fn next_event(&mut self) -> anyhow::Result<(String, String)> {
@@ -109,7 +102,7 @@ impl SseSession {
     }
 
     /// Sends a request and waits for its response on the stream.
-    pub async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+    async fn request(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
         self.post(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
@@ -128,7 +121,7 @@ impl SseSession {
     }
 
     /// Calls `tool` and returns its text.
-    pub async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<String> {
+    async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<String> {
         let r = self
             .request("tools/call", json!({"name": tool, "arguments": args}))
             .await?;
@@ -138,13 +131,10 @@ impl SseSession {
             .to_string())
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
 }
 
-/// A plain HTTP client for the demo and tests.
-pub fn http_client() -> HttpClient {
+/// A plain HTTP client for the demo.
+fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 

@@ -2,25 +2,13 @@
 //! socket replaced, a live one refused, SIGTERM ending with exit 0.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcpflip");
+mod support;
 
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let p = dir.join("mcpflip.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n\
-             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:1\"\nweight = 100\n",
-            dir.join("control.sock").display(),
-            dir.join("state.json").display()
-        ),
-    )
-    .expect("write config");
-    p
-}
+use support::proc::{ProxyProcess, BIN};
+use support::{closed_port, TestConfig};
 
 #[test]
 fn check_names_file_line_and_key_and_exits_2() {
@@ -47,41 +35,22 @@ fn check_names_file_line_and_key_and_exits_2() {
 #[test]
 fn stale_socket_replaced_live_one_refused_sigterm_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sock = dir.path().join("control.sock");
+    let cfg = TestConfig::new(dir.path()).slot("blue", closed_port(), 100);
+    let sock = cfg.socket();
     // A stale socket file left by a crashed proxy.
     drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
     assert!(sock.exists());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let cfg = write_config(dir.path(), port);
-    let mut proxy = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run");
-    let end = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < end, "proxy did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let cfg2 = write_config(&dir.path().join("second").tap_create(), 0);
-    std::fs::write(
-        &cfg2,
-        std::fs::read_to_string(&cfg2).expect("read").replace(
-            &format!(
-                "{}",
-                dir.path().join("second").join("control.sock").display()
-            ),
-            &format!("{}", sock.display()),
-        ),
-    )
-    .expect("write");
+    let mut proxy = ProxyProcess::spawn(&cfg.write(), &sock, &[]);
+    proxy.wait_ready();
+    // A second proxy on the same control socket is refused.
+    let second = dir.path().join("second");
+    std::fs::create_dir(&second).expect("mkdir");
+    let cfg2 = TestConfig::new(&second)
+        .set_str("control", "socket", sock.display().to_string())
+        .slot("blue", closed_port(), 100);
     let out = Command::new(BIN)
         .args(["run", "--config"])
-        .arg(&cfg2)
+        .arg(cfg2.write())
         .output()
         .expect("second run");
     assert_eq!(out.status.code(), Some(1));
@@ -90,29 +59,8 @@ fn stale_socket_replaced_live_one_refused_sigterm_exits_0() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // SAFETY-free: kill(2) on our own child.
-    unsafe { libc::kill(proxy.id() as i32, libc::SIGTERM) };
-    let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = proxy.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < end, "proxy did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(proxy.terminate().code(), Some(0));
     assert!(!sock.exists(), "socket removed on clean shutdown");
-}
-
-trait TapCreate {
-    fn tap_create(self) -> Self;
-}
-
-impl TapCreate for std::path::PathBuf {
-    fn tap_create(self) -> Self {
-        std::fs::create_dir_all(&self).expect("mkdir");
-        self
-    }
 }
 
 /// The README's first command: the demo refuses a broken green by its probe,
@@ -138,12 +86,13 @@ fn demo_refuses_a_broken_green_then_deploys_and_exits_0() {
     }
 }
 
-/// Kills the processes whose pids are in `dir/*.pid` (the slots deploy.sh started).
-struct Slots(std::path::PathBuf, std::process::Child);
+/// Kills the processes whose pids are in `dir/*.pid` (the slots deploy.sh
+/// started), and the proxy.
+struct Slots(std::path::PathBuf, ProxyProcess);
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        let _ = self.1.kill();
+        self.1.kill9();
         for slot in ["blue", "green"] {
             if let Ok(pid) = std::fs::read_to_string(self.0.join(format!("{slot}.pid"))) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
@@ -155,13 +104,6 @@ impl Drop for Slots {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 /// `examples/deploy.sh` as an operator runs it, with slots that are real
 /// `mcpflip upstream` processes: a deploy, a refused broken release, a deploy
 /// back into the other slot, and a rollback to the previous release.
@@ -169,26 +111,14 @@ fn free_port() -> u16 {
 fn examples_deploy_sh_deploys_refuses_and_rolls_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let (proxy_port, blue, green) = (free_port(), free_port(), free_port());
-    let cfg = d.join("mcpflip.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{proxy_port}\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n\
-             [drain]\nquiet = \"50ms\"\n[probe]\ntimeout = \"2s\"\nexpect_tools = [\"get_document\", \"list_documents\", \"search_documents\", \"slow\", \"whoami\"]\n\
-             [watch]\nwindow = \"300ms\"\ninterval = \"100ms\"\n\
-             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\nweight = 0\n",
-            d.join("control.sock").display(),
-            d.join("state.json").display()
-        ),
-    )
-    .expect("config");
-    let proxy = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run");
+    let (blue, green) = (closed_port(), closed_port());
+    let cfg = TestConfig::blue_green(d, blue, green)
+        .set_str("probe", "timeout", "2s")
+        .expect_all_tools()
+        .set_str("watch", "window", "300ms")
+        .set_str("watch", "interval", "100ms");
+    let mut proxy = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proxy.wait_ready();
     let _slots = Slots(d.to_path_buf(), proxy);
     // Blue runs release v1 already.
     let start = format!(
@@ -304,15 +234,10 @@ fn cert_dev_writes_a_usable_pair_and_keeps_it_unless_forced() {
             .output()
             .expect("check")
     };
-    std::fs::write(
-        &cfg,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:8443\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[[slot]]\nname = \"blue\"\nupstream = \"https://127.0.0.1:1\"\nweight = 100\n",
-            certs.join("server.crt").display(),
-            certs.join("server.key").display()
-        ),
-    )
-    .expect("write");
+    let tls = TestConfig::new(dir.path())
+        .tls(&certs.join("server.crt"), &certs.join("server.key"))
+        .slot_url("blue", "https://127.0.0.1:1", Some(100), None);
+    std::fs::write(&cfg, tls.text()).expect("write");
     let out = check(&cfg);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

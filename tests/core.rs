@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use mcpflip::demo::{http_client, SseSession};
 use serde_json::json;
-use support::{until, Harness};
+use support::mcp::{http_client, post_json, SseSession};
+use support::{until, Harness, TestConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,35 +63,6 @@ async fn legacy_session_keeps_its_slot_and_drain_waits_for_it() {
     assert_eq!(status["slots"][0]["live_streams"], 0);
     p.shutdown().await;
     h.stop.cancel();
-}
-
-async fn post_json(
-    client: &mcpflip::demo::HttpClientAlias,
-    url: &str,
-    session: Option<&str>,
-    body: serde_json::Value,
-) -> (u16, Option<String>, String) {
-    let mut req = http::Request::post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    if let Some(s) = session {
-        req = req.header("mcp-session-id", s);
-    }
-    let resp = client
-        .request(
-            req.body(Full::new(Bytes::from(body.to_string())))
-                .expect("req"),
-        )
-        .await
-        .expect("resp");
-    let status = resp.status().as_u16();
-    let sid = resp
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, sid, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +177,7 @@ async fn control_errors_keep_the_connection_and_socket_is_private() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_a_restart_and_weights_route() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config(""), false)
+    let p = mcpflip::run::start(h.config(), false)
         .await
         .expect("proxy starts");
     let r = h.ctl("weights blue=0 green=100").await;
@@ -223,13 +194,13 @@ async fn state_survives_a_restart_and_weights_route() {
     })
     .await;
     p.shutdown().await;
-    let p = mcpflip::run::start(h.config(""), false)
+    let p = mcpflip::run::start(h.config(), false)
         .await
         .expect("proxy restarts");
     assert_eq!(p.controller.status()["active"], "green");
     p.shutdown().await;
     std::fs::write(&state, "{not json").expect("write");
-    let err = mcpflip::run::start(h.config(""), false)
+    let err = mcpflip::run::start(h.config(), false)
         .await
         .err()
         .expect("corrupt state refused");
@@ -240,15 +211,8 @@ async fn state_survives_a_restart_and_weights_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
     let h = Harness::new().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut config = h.config("");
-    config.slots[0].upstream = format!("http://127.0.0.1:{dead}");
-    let p = mcpflip::run::start(config, true)
-        .await
-        .expect("proxy starts");
+    let dead = support::closed_port();
+    let p = support::start(TestConfig::blue_green(h.dir.path(), dead, h.green).load()).await;
     let client = http_client();
     let url = format!("http://{}/mcp", p.public_addr);
     let (status, _, body) = post_json(
@@ -329,24 +293,12 @@ async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
 async fn an_upstream_that_dies_mid_stream_brings_the_count_back_to_zero() {
     let h = Harness::new().await;
     let die = tokio_util::sync::CancellationToken::new();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let stop = die.clone();
-    tokio::spawn(async move {
-        mcpflip::demo_server::serve(
-            l,
-            mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
-            stop,
-        )
-        .await
-    });
-    let mut config = h.config("");
-    config.slots[0].upstream = format!("http://127.0.0.1:{port}");
-    let p = mcpflip::run::start(config, true)
-        .await
-        .expect("proxy starts");
+    let port = support::upstream(
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
+        &die,
+    )
+    .await;
+    let p = support::start(TestConfig::blue_green(h.dir.path(), port, h.green).load()).await;
     let blue = support::stats(&p, "blue");
     let client = http_client();
     let mut bodies = Vec::new();
@@ -399,9 +351,12 @@ async fn h2c_streams_on_one_connection_are_counted_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_streams_get_keepalive_comments_only_when_configured() {
     let h = Harness::new().await;
-    let p = mcpflip::run::start(h.config("[proxy]\nsse_keepalive = \"100ms\""), true)
-        .await
-        .expect("proxy starts");
+    let p = support::start(
+        h.builder()
+            .set_str("proxy", "sse_keepalive", "100ms")
+            .load(),
+    )
+    .await;
     let client = http_client();
     let mut body = client
         .request(idle_stream(p.public_addr))
@@ -507,9 +462,7 @@ async fn foreign_host_or_origin_is_refused_on_a_loopback_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_delete_does_not_hold_the_drain_quiet_period() {
     let h = Harness::new().await;
-    let mut cfg = h.config("");
-    cfg.drain.quiet = Duration::from_secs(30);
-    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let p = support::start(h.builder().set_str("drain", "quiet", "30s").load()).await;
     let client = http_client();
     let url = format!("http://{}/mcp", p.public_addr);
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});

@@ -7,11 +7,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mcpflip::config::Config;
-use mcpflip::demo::http_client;
 use mcpflip::demo_server::{ServerConfig, Transport};
 use serde_json::{json, Value};
-use support::{until, upstream};
+use support::mcp::http_client;
+use support::{closed_port, until, upstream, TestConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,34 +27,8 @@ async fn hanging() -> (u16, tokio::task::JoinHandle<()>) {
     (port, task)
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-const ALL_TOOLS: &str =
-    r#"expect_tools = ["get_document", "list_documents", "search_documents", "slow", "whoami"]"#;
-
-fn config(dir: &Path, sections: &str, slots: &[(&str, u16, u32)]) -> Config {
-    let mut text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"50ms\"\n{sections}\n",
-        dir.join("control.sock").display(),
-        dir.join("state.json").display(),
-    );
-    for (name, port, weight) in slots {
-        text.push_str(&format!(
-            "[[slot]]\nname = \"{name}\"\nupstream = \"http://127.0.0.1:{port}\"\nweight = {weight}\n"
-        ));
-    }
-    Config::parse(&text, Path::new("deploy-test.toml")).expect("valid test config")
-}
-
 async fn ctl(socket: &Path, line: &str) -> Value {
-    mcpflip::control::client::send(socket, line, |_| {})
-        .await
-        .expect("control reply")
+    support::ctl(socket, line).await
 }
 
 fn step<'a>(reply: &'a Value, name: &str) -> &'a Value {
@@ -95,20 +68,20 @@ async fn the_probe_passes_a_good_slot_and_names_every_kind_of_failure() {
     let (hang, _hold) = hanging().await;
     let down = closed_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let canary =
-        r#"canary = { tool = "get_document", arguments = { id = "health" }, expect = "ok" }"#;
-    let cfg = config(
-        dir.path(),
-        &format!("[probe]\ntimeout = \"1s\"\n{ALL_TOOLS}\n{canary}"),
-        &[
-            ("good", good, 100),
-            ("partial", partial, 0),
-            ("broken", broken, 0),
-            ("hang", hang, 0),
-            ("down", down, 0),
-        ],
-    );
-    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let cfg = TestConfig::new(dir.path())
+        .set_str("probe", "timeout", "1s")
+        .expect_all_tools()
+        .set(
+            "probe",
+            "canary",
+            r#"{ tool = "get_document", arguments = { id = "health" }, expect = "ok" }"#,
+        )
+        .slot("good", good, 100)
+        .slot("partial", partial, 0)
+        .slot("broken", broken, 0)
+        .slot("hang", hang, 0)
+        .slot("down", down, 0);
+    let p = support::start(cfg.load()).await;
     let sock = dir.path().join("control.sock");
 
     let ok = ctl(&sock, "probe good").await;
@@ -191,14 +164,18 @@ async fn canary_mismatch_and_legacy_sse_probe() {
     let stop = CancellationToken::new();
     let blue = upstream(ServerConfig::new("blue", Transport::Sse), &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(
-        dir.path(),
-        &format!(
-            "[probe]\ntransport = \"sse\"\npath = \"/sse\"\n{ALL_TOOLS}\ncanary = {{ tool = \"whoami\", expect = \"blue\" }}"
-        ),
-        &[("blue", blue, 100)],
-    );
-    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let sse = |dir: &Path, expect: &str| {
+        TestConfig::new(dir)
+            .set_str("probe", "transport", "sse")
+            .set_str("probe", "path", "/sse")
+            .set(
+                "probe",
+                "canary",
+                format!(r#"{{ tool = "whoami", expect = "{expect}" }}"#),
+            )
+            .slot("blue", blue, 100)
+    };
+    let p = support::start(sse(dir.path(), "blue").expect_all_tools().load()).await;
     let sock = dir.path().join("control.sock");
     let r = ctl(&sock, "probe blue").await;
     assert_eq!(r["ok"], true, "{r}");
@@ -216,12 +193,7 @@ async fn canary_mismatch_and_legacy_sse_probe() {
     p.shutdown().await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(
-        dir.path(),
-        "[probe]\ntransport = \"sse\"\npath = \"/sse\"\ncanary = { tool = \"whoami\", expect = \"green\" }",
-        &[("blue", blue, 100)],
-    );
-    let p = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+    let p = support::start(sse(dir.path(), "green").load()).await;
     let r = ctl(&dir.path().join("control.sock"), "probe blue").await;
     let f = failed_step(&r);
     assert_eq!(f["step"], "canary", "{r}");
@@ -244,18 +216,20 @@ struct Pair {
 }
 
 impl Pair {
-    async fn new(watch: &str) -> Pair {
+    /// Blue and green, `[probe]` expecting every tool, and `[watch]` with `watch`.
+    async fn new(watch: &[(&str, &str)]) -> Pair {
         let blue_stop = CancellationToken::new();
         let green_stop = CancellationToken::new();
         let blue = upstream(ServerConfig::new("blue", Transport::Both), &blue_stop).await;
         let green = upstream(ServerConfig::new("green", Transport::Both), &green_stop).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(
-            dir.path(),
-            &format!("[probe]\ntimeout = \"2s\"\n{ALL_TOOLS}\n[watch]\n{watch}"),
-            &[("blue", blue, 100), ("green", green, 0)],
-        );
-        let proxy = mcpflip::run::start(cfg, true).await.expect("proxy starts");
+        let mut cfg = TestConfig::blue_green(dir.path(), blue, green)
+            .set_str("probe", "timeout", "2s")
+            .expect_all_tools();
+        for (k, v) in watch {
+            cfg = cfg.set("watch", k, *v);
+        }
+        let proxy = support::start(cfg.load()).await;
         Pair {
             dir,
             green_stop,
@@ -300,7 +274,7 @@ impl Pair {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_green_that_dies_after_the_flip_is_rolled_back_while_blue_is_up() {
-    let pair = Pair::new("window = \"30s\"\ninterval = \"100ms\"").await;
+    let pair = Pair::new(&[("window", r#""30s""#), ("interval", r#""100ms""#)]).await;
     let deploy = pair.deploy("deploy green");
     let p = &pair.proxy;
     pair.until_active("green").await;
@@ -353,7 +327,12 @@ async fn a_green_that_dies_after_the_flip_is_rolled_back_while_blue_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_green_answering_5xx_is_rolled_back_by_its_error_share() {
     // A long interval: the 5xx share is read before the next probe would run.
-    let pair = Pair::new("window = \"30s\"\ninterval = \"1500ms\"\nmax_error_ratio = 0.05").await;
+    let pair = Pair::new(&[
+        ("window", r#""30s""#),
+        ("interval", r#""1500ms""#),
+        ("max_error_ratio", "0.05"),
+    ])
+    .await;
     let deploy = pair.deploy("deploy green");
     let p = &pair.proxy;
     pair.until_active("green").await;
@@ -387,7 +366,7 @@ async fn a_green_answering_5xx_is_rolled_back_by_its_error_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_passes_its_watch_and_rollback_by_hand_needs_a_live_previous_slot() {
-    let pair = Pair::new("window = \"600ms\"\ninterval = \"100ms\"").await;
+    let pair = Pair::new(&[("window", r#""600ms""#), ("interval", r#""100ms""#)]).await;
     let (reply, progress) = pair.deploy("deploy green").await.expect("task");
     assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(

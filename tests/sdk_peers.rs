@@ -10,11 +10,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod support;
+
 use serde_json::Value;
+use support::proc::BIN;
+use support::TestConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mcpflip");
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -277,46 +279,23 @@ async fn start_proxy(
     green: u16,
     quiet: &str,
 ) -> (tempfile::TempDir, PathBuf, String, Child) {
-    start_proxy_with(blue, green, &format!("[drain]\nquiet = \"{quiet}\"\n")).await
+    start_proxy_with(blue, green, |c| c.set_str("drain", "quiet", quiet)).await
 }
 
-/// `start_proxy` with more config sections (`[drain]`, `[probe]`, `[watch]`...).
+/// `start_proxy` with the test config changed by `edit` (`[drain]`, `[probe]`,
+/// `[watch]`, `[listen] tls`...).
 async fn start_proxy_with(
     blue: u16,
     green: u16,
-    sections: &str,
+    edit: impl FnOnce(TestConfig) -> TestConfig,
 ) -> (tempfile::TempDir, PathBuf, String, Child) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("control.sock");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let config = dir.path().join("mcpflip.toml");
-    // A first line `tls = {...}` belongs to [listen]: the proxy then serves https://localhost.
-    let (listen_tls, sections) = match sections.split_once('\n') {
-        Some((first, rest)) if first.starts_with("tls = ") => (format!("{first}\n"), rest),
-        _ => (String::new(), sections),
-    };
-    // Tests that read /metrics bring their own [admin] section.
-    let admin = if sections.contains("[admin]") {
-        ""
-    } else {
-        "[admin]\naddr = \"127.0.0.1:0\"\n"
-    };
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_tls}{admin}[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{sections}\
-             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n",
-            socket.display(),
-            dir.path().join("state.json").display()
-        ),
-    )
-    .expect("write config");
+    let port = support::closed_port();
+    let cfg = edit(TestConfig::blue_green(dir.path(), blue, green).listen_port(port));
+    let socket = cfg.socket();
     let proxy = Command::new(BIN)
         .args(["run", "--config"])
-        .arg(&config)
+        .arg(cfg.write())
         .kill_on_drop(true)
         .spawn()
         .expect("mcpflip run");
@@ -328,10 +307,11 @@ async fn start_proxy_with(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let base = if listen_tls.is_empty() {
-        format!("http://127.0.0.1:{port}")
-    } else {
+    // With `[listen] tls`, the proxy serves https://localhost.
+    let base = if cfg.text().contains("\ntls = ") {
         format!("https://localhost:{port}")
+    } else {
+        format!("http://127.0.0.1:{port}")
     };
     (dir, socket, base, proxy)
 }
@@ -485,9 +465,17 @@ async fn scenario(server_sdk: Sdk, client_sdk: Sdk, era: Era) {
 async fn deploy_between_sdk_servers_waits_for_the_last_sdk_session() {
     let (_blue, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
     let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
-    let sections = "[drain]\nquiet = \"2s\"\n[probe]\ncanary = { tool = \"get_document\", arguments = { id = \"health\" }, expect = \"ok\" }\n\
-                    [watch]\nwindow = \"1s\"\ninterval = \"200ms\"\n";
-    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, sections).await;
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("drain", "quiet", "2s")
+            .set(
+                "probe",
+                "canary",
+                r#"{ tool = "get_document", arguments = { id = "health" }, expect = "ok" }"#,
+            )
+            .set_str("watch", "window", "1s")
+            .set_str("watch", "interval", "200ms")
+    })
+    .await;
     let mut held = Vec::new();
     for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
         let mut c = client(sdk, &base, "streamable-http").await;
@@ -636,8 +624,11 @@ async fn subscriptions_listen_counts_as_a_live_stream_and_holds_the_drain() {
     let admin = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    let sections = format!("[admin]\naddr = \"{admin}\"\n[drain]\nquiet = \"100ms\"\n");
-    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, &sections).await;
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("admin", "addr", admin.to_string())
+            .set_str("drain", "quiet", "100ms")
+    })
+    .await;
     let mut c = client(Sdk::Py2, &base, "streamable-http").await;
     c.send("listen").await;
     assert_eq!(c.json().await["event"], "listening");
@@ -716,12 +707,11 @@ async fn sdk_clients_over_https_with_the_dev_certificate() {
     let dev = mcpflip::tls::write_dev_cert(certs.path(), &[], false).expect("dev cert");
     let (_blue, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
     let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
-    let sections = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}\n[drain]\nquiet = \"100ms\"\n",
-        dev.cert.display(),
-        dev.key.display()
-    );
-    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, &sections).await;
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.tls(&dev.cert, &dev.key)
+            .set_str("drain", "quiet", "100ms")
+    })
+    .await;
     assert!(base.starts_with("https://"), "{base}");
     let mut held = Vec::new();
     for (sdk, var) in [
@@ -768,9 +758,15 @@ async fn probe_speaks_2026_07_28_to_a_server_that_speaks_nothing_else() {
     let (_blue, blue) = server(Sdk::Py2, "blue", "streamable-http").await;
     let (_green, green) =
         server_with(Sdk::Py2, "green", "streamable-http", &["--modern-only"]).await;
-    let sections = "[probe]\nexpect_tools = [\"get_document\", \"interrupted\", \"list_documents\", \"search_documents\", \"slow\", \"whoami\"]\n\
-                    canary = { tool = \"whoami\", expect = \"green\" }\n";
-    let (_dir, socket, _base, mut proxy) = start_proxy_with(blue, green, sections).await;
+    let (_dir, socket, _base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set(
+            "probe",
+            "expect_tools",
+            r#"["get_document", "interrupted", "list_documents", "search_documents", "slow", "whoami"]"#,
+        )
+        .set("probe", "canary", r#"{ tool = "whoami", expect = "green" }"#)
+    })
+    .await;
     let (ok, out) = ctl(&socket, &["--json", "probe", "green"]).await;
     let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"));
     assert!(ok, "{v}");

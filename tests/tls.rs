@@ -11,10 +11,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mcpflip::config::Config;
 use mcpflip::demo_server::{ServerConfig, Transport};
 use serde_json::{json, Value};
-use support::until;
+use support::mcp::{http_client, SseSession};
+use support::{until, TestConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -22,40 +22,11 @@ async fn upstream(name: &str, stop: &CancellationToken) -> u16 {
     support::upstream(ServerConfig::new(name, Transport::Both), stop).await
 }
 
-/// Writes the test config; `slots` may begin with its own `[drain]` section.
-fn write_config(dir: &Path, tls: bool, slots: &str) -> PathBuf {
-    let tls = if tls {
-        format!(
-            "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
-            dir.join("certs/server.crt").display(),
-            dir.join("certs/server.key").display()
-        )
-    } else {
-        String::new()
-    };
-    let drain = if slots.starts_with("[drain]") {
-        ""
-    } else {
-        "[drain]\nquiet = \"50ms\"\n"
-    };
-    let path = dir.join("mcpflip.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n{tls}[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n{drain}{slots}",
-            dir.join("control.sock").display(),
-            dir.join("state.json").display(),
-        ),
-    )
-    .expect("write config");
-    path
-}
-
 /// Blue and green built-in upstreams, the dev certificate, and the proxy on a
-/// TLS listener with `drain` (a `[drain]` section, or "") before the slots.
+/// TLS listener with `[drain] deadline` when given.
 async fn tls_proxy(
     stop: &CancellationToken,
-    drain: &str,
+    drain_deadline: Option<&str>,
 ) -> (
     tempfile::TempDir,
     mcpflip::tls::DevCert,
@@ -66,17 +37,12 @@ async fn tls_proxy(
     let dir = tempfile::tempdir().expect("tempdir");
     let dev =
         mcpflip::tls::write_dev_cert(&dir.path().join("certs"), &[], false).expect("dev cert");
-    let path = write_config(dir.path(), true, &format!("{drain}{}", slots(blue, green)));
-    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
-        .await
-        .expect("proxy starts");
-    (dir, dev, path, p)
-}
-
-fn slots(blue: u16, green: u16) -> String {
-    format!(
-        "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{green}\"\n"
-    )
+    let mut cfg = TestConfig::blue_green(dir.path(), blue, green).tls(&dev.cert, &dev.key);
+    if let Some(d) = drain_deadline {
+        cfg = cfg.set_str("drain", "deadline", d);
+    }
+    let p = support::start(cfg.load()).await;
+    (dir, dev, cfg.path(), p)
 }
 
 fn client_tls(ca: &Path) -> rustls::ClientConfig {
@@ -143,7 +109,7 @@ fn count_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_h2_streams_are_counted_each_and_reload_swaps_the_certificate_under_them() {
     let stop = CancellationToken::new();
-    let (dir, dev, path, p) = tls_proxy(&stop, "").await;
+    let (dir, dev, path, p) = tls_proxy(&stop, None).await;
     let d = dir.path();
     let base = format!("https://localhost:{}", p.public_addr.port());
     let client = h2_client(&dev.ca);
@@ -282,18 +248,14 @@ async fn reload_adds_removes_and_readdresses_slots_keeping_runtime_weights() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let path = write_config(d, false, &slots(blue, green));
-    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
-        .await
-        .expect("proxy starts");
+    let cfg = TestConfig::blue_green(d, blue, green);
+    let p = support::start(cfg.load()).await;
     // Runtime weights differ from the file's.
     assert_eq!(ctl(d, "weights blue=70 green=30").await["ok"], true);
 
-    let more = format!(
-        "{}[[slot]]\nname = \"canary\"\nupstream = \"http://127.0.0.1:{canary}\"\n",
-        slots(blue, green)
-    );
-    write_config(d, false, &more);
+    cfg.clone()
+        .slot_url("canary", &format!("http://127.0.0.1:{canary}"), None, None)
+        .write();
     let r = ctl(d, "reload").await;
     assert_eq!(r["ok"], true, "{r}");
     assert!(
@@ -316,13 +278,11 @@ async fn reload_adds_removes_and_readdresses_slots_keeping_runtime_weights() {
 
     // Removing a serving slot is refused; re-addressing one gives a new generation.
     let moved = upstream("green2", &stop).await;
-    write_config(
-        d,
-        false,
-        &format!(
-            "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"canary\"\nupstream = \"http://127.0.0.1:{canary}\"\n"
-        ),
-    );
+    cfg.clone()
+        .clear_slots()
+        .slot("blue", blue, 100)
+        .slot_url("canary", &format!("http://127.0.0.1:{canary}"), None, None)
+        .write();
     let r = ctl(d, "reload").await;
     assert_eq!(r["code"], "slot_in_use", "{r}");
     assert_eq!(
@@ -330,13 +290,11 @@ async fn reload_adds_removes_and_readdresses_slots_keeping_runtime_weights() {
         Some(3)
     );
     assert_eq!(ctl(d, "weights blue=100 green=0").await["ok"], true);
-    write_config(
-        d,
-        false,
-        &format!(
-            "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{blue}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{moved}\"\n"
-        ),
-    );
+    cfg.clone()
+        .clear_slots()
+        .slot("blue", blue, 100)
+        .slot_url("green", &format!("http://127.0.0.1:{moved}"), None, None)
+        .write();
     let r = ctl(d, "reload").await;
     assert_eq!(r["ok"], true, "{r}");
     let changed = r["changed"].to_string();
@@ -349,12 +307,9 @@ async fn reload_adds_removes_and_readdresses_slots_keeping_runtime_weights() {
     assert_eq!(s["slots"].as_array().map(Vec::len), Some(2));
     let r = ctl(d, "flip green --no-probe").await;
     assert_eq!(r["ok"], true, "{r}");
-    let mut sse = mcpflip::demo::SseSession::open(
-        &mcpflip::demo::http_client(),
-        &format!("http://{}", p.public_addr),
-    )
-    .await
-    .expect("session");
+    let mut sse = SseSession::open(&http_client(), &format!("http://{}", p.public_addr))
+        .await
+        .expect("session");
     assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "green2");
     drop(sse);
     p.shutdown().await;
@@ -395,26 +350,16 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
     let d = dir.path();
     let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
     let front = tls_front(plain, &dev.cert, &dev.key).await;
-    let path = write_config(
-        d,
-        false,
-        &format!(
-            "[[slot]]\nname = \"remote\"\nupstream = \"https://localhost:{front}\"\nca = \"{}\"\nweight = 100\n\
-             [[slot]]\nname = \"untrusted\"\nupstream = \"https://localhost:{front}\"\n",
-            dev.ca.display()
-        ),
-    );
-    let p = mcpflip::run::start(Config::load(&path).expect("config"), true)
-        .await
-        .expect("proxy starts");
+    let url = format!("https://localhost:{front}");
+    let cfg = TestConfig::new(d)
+        .slot_url("remote", &url, Some(100), Some(&dev.ca))
+        .slot_url("untrusted", &url, None, None);
+    let p = support::start(cfg.load()).await;
     let r = ctl(d, "probe remote").await;
     assert_eq!(r["ok"], true, "{r}");
-    let mut sse = mcpflip::demo::SseSession::open(
-        &mcpflip::demo::http_client(),
-        &format!("http://{}", p.public_addr),
-    )
-    .await
-    .expect("session through the https upstream");
+    let mut sse = SseSession::open(&http_client(), &format!("http://{}", p.public_addr))
+        .await
+        .expect("session through the https upstream");
     assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "remote");
     drop(sse);
     // The same server, but verified against the system roots: refused.
@@ -435,7 +380,7 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_h2_streams_cleanly_at_event_boundaries() {
     let stop = CancellationToken::new();
-    let (_dir, dev, _path, p) = tls_proxy(&stop, "[drain]\ndeadline = \"300ms\"\n").await;
+    let (_dir, dev, _path, p) = tls_proxy(&stop, Some("300ms")).await;
     let client = h2_client(&dev.ca);
     let resp = client
         .request(

@@ -1,6 +1,12 @@
-//! Test harness: built-in upstreams and the proxy in-process on port 0, a ctl
+//! Test harness, one dialect for every test: [`config::TestConfig`] writes the
+//! configs, [`mcp`] is the tests' own MCP client, [`proc`] runs the real
+//! binary; built-in MCP servers and the proxy in-process on port 0, a control
 //! client, and wait-for helpers (conditions, never fixed sleeps).
 #![allow(dead_code)]
+
+pub mod config;
+pub mod mcp;
+pub mod proc;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +17,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use config::TestConfig;
+
+/// Blue and green built-in MCP servers and a directory for the proxy's files.
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub stop: CancellationToken,
@@ -35,30 +44,37 @@ impl Harness {
         self.dir.path().join("control.sock")
     }
 
-    pub fn config(&self, extra: &str) -> Config {
-        let text = format!(
-            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\nstate_file = \"{}\"\n[drain]\nquiet = \"50ms\"\n{extra}\n\
-             [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:{}\"\nweight = 100\n[[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:{}\"\nweight = 0\n",
-            self.socket().display(),
-            self.dir.path().join("state.json").display(),
-            self.blue,
-            self.green
-        );
-        Config::parse(&text, std::path::Path::new("test.toml")).expect("valid test config")
+    /// The test config: blue (weight 100) and green (0) in this directory.
+    pub fn builder(&self) -> TestConfig {
+        TestConfig::blue_green(self.dir.path(), self.blue, self.green)
+    }
+
+    pub fn config(&self) -> Config {
+        self.builder().load()
     }
 
     /// Starts the proxy on the default test config (state file ignored).
     pub async fn start(&self) -> mcpflip::run::Running {
-        mcpflip::run::start(self.config(""), true)
-            .await
-            .expect("proxy starts")
+        start(self.config()).await
     }
 
     pub async fn ctl(&self, line: &str) -> Value {
-        mcpflip::control::client::send(&self.socket(), line, |_| {})
-            .await
-            .expect("control reply")
+        ctl(&self.socket(), line).await
     }
+}
+
+/// Starts the proxy in-process on `config`, the state file ignored.
+pub async fn start(config: Config) -> mcpflip::run::Running {
+    mcpflip::run::start(config, true)
+        .await
+        .expect("proxy starts")
+}
+
+/// Sends one control line; returns the final reply.
+pub async fn ctl(socket: &std::path::Path, line: &str) -> Value {
+    mcpflip::control::client::send(socket, line, |_| {})
+        .await
+        .expect("control reply")
 }
 
 async fn slot(name: &str, stop: &CancellationToken) -> u16 {
@@ -72,6 +88,14 @@ pub async fn upstream(cfg: ServerConfig, stop: &CancellationToken) -> u16 {
     let stop = stop.clone();
     tokio::spawn(async move { demo_server::serve(l, cfg, stop).await });
     port
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
 }
 
 /// Waits until `cond` holds (generous timeout; fails the test otherwise).
