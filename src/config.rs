@@ -2,10 +2,17 @@
 //! file, the line and the key, and say what is wrong.
 //!
 //! Parsing never panics on input; every problem becomes a [`ConfigError`].
+//! Validation also resolves what the runtime needs once ([`Resolved`]: the
+//! listener's certificates and each `https://` slot's TLS client, loaded and
+//! checked), so nothing is loaded twice and a reload compares sections with
+//! `PartialEq`. Relative `[control]` paths are taken from the config file's
+//! directory, so `mcpflip run` and `mcpflip ctl` agree on them from anywhere.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -15,8 +22,11 @@ pub use crate::tls::{CertPair, TlsConfig};
 
 /// Where the default config lives (overridable with `MCPFLIP_CONFIG` or `--config`).
 pub const DEFAULT_PATH: &str = "config/mcpflip.toml";
-/// Socket path used by `mcpflip ctl` when neither `--socket` nor `MCPFLIP_SOCKET` is given.
+/// The `[control] socket` of a config that sets none, and the socket `mcpflip
+/// ctl` uses when neither `--socket`, `MCPFLIP_SOCKET` nor a config names one.
 pub const DEFAULT_SOCKET: &str = "/run/mcpflip/control.sock";
+/// The `[control] state_file` of a config that sets none.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/mcpflip/state.json";
 
 /// A configuration problem, located in its file.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +75,21 @@ pub struct Config {
     /// The file this config was read from.
     #[serde(skip)]
     pub source: PathBuf,
+    /// What validation loaded from the files the config names.
+    #[serde(skip)]
+    pub resolved: Resolved,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Built once by validation from the files a config names: the listener's TLS
+/// config (certificates loaded and checked) and the TLS client of every
+/// `https://` slot (its `ca` file or the system roots).
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    pub listener_tls: Option<Arc<rustls::ServerConfig>>,
+    pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     #[serde(default = "default_listen")]
@@ -75,14 +97,14 @@ pub struct ListenConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin")]
     pub addr: SocketAddr,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     #[serde(default = "default_socket")]
@@ -91,7 +113,7 @@ pub struct ControlConfig {
     pub state_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainConfig {
     #[serde(default = "default_deadline", deserialize_with = "duration")]
@@ -107,7 +129,7 @@ pub enum ProbeTransport {
     Sse,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
     #[serde(default = "default_probe_path")]
@@ -120,7 +142,7 @@ pub struct ProbeConfig {
     pub canary: Option<CanaryConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryConfig {
     pub tool: String,
@@ -129,7 +151,7 @@ pub struct CanaryConfig {
     pub expect: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchConfig {
     #[serde(default = "default_window", deserialize_with = "duration")]
@@ -143,7 +165,7 @@ pub struct WatchConfig {
 }
 
 /// How requests are forwarded (an extension of INTERFACE.md's schema).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Forward the client's `Host` instead of the upstream's own authority. Off by
@@ -173,7 +195,7 @@ pub struct ProxyConfig {
     pub allowed_hosts: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotConfig {
     pub name: String,
@@ -203,7 +225,7 @@ fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
 fn default_state_file() -> PathBuf {
-    PathBuf::from("/var/lib/mcpflip/state.json")
+    PathBuf::from(DEFAULT_STATE_FILE)
 }
 fn default_deadline() -> Duration {
     Duration::from_secs(300)
@@ -332,11 +354,19 @@ impl Config {
             }
         })?;
         config.source = path.to_path_buf();
-        config.validate(text)?;
+        if let Some(base) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            for p in [&mut config.control.socket, &mut config.control.state_file] {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        config.resolved = config.validate(text)?;
         Ok(config)
     }
 
-    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+    fn validate(&self, text: &str) -> Result<Resolved, ConfigError> {
+        let mut resolved = Resolved::default();
         let err = |section: &str, index: Option<usize>, key: &str, message: String| {
             let line = locate_key(text, section, index, key);
             let shown = match index {
@@ -388,28 +418,37 @@ impl Config {
             if let Err(message) = check_upstream(&slot.upstream) {
                 return Err(err("slot", Some(i), "upstream", message));
             }
-            if let Some(ca) = &slot.ca {
-                if !slot.upstream.starts_with("https://") {
-                    return Err(err(
-                        "slot",
-                        Some(i),
-                        "ca",
-                        format!(
-                            "`ca` is for https:// upstreams; {} is plain HTTP",
-                            slot.upstream
-                        ),
-                    ));
-                }
-                if let Err(message) = crate::tls::client_config(Some(ca)) {
-                    return Err(err("slot", Some(i), "ca", message));
+            let https = slot.upstream.starts_with("https://");
+            if slot.ca.is_some() && !https {
+                return Err(err(
+                    "slot",
+                    Some(i),
+                    "ca",
+                    format!(
+                        "`ca` is for https:// upstreams; {} is plain HTTP",
+                        slot.upstream
+                    ),
+                ));
+            }
+            if https {
+                let key = if slot.ca.is_some() { "ca" } else { "upstream" };
+                match crate::tls::client_config(slot.ca.as_deref()) {
+                    Ok(c) => {
+                        resolved.slot_tls.insert(slot.name.clone(), Arc::new(c));
+                    }
+                    Err(message) => return Err(err("slot", Some(i), key, message)),
                 }
             }
-            if slot.weight > 1_000_000 {
+            if slot.weight > crate::table::MAX_WEIGHT {
                 return Err(err(
                     "slot",
                     Some(i),
                     "weight",
-                    format!("weight {} is out of range (0 to 1000000)", slot.weight),
+                    format!(
+                        "weight {} is out of range (0 to {})",
+                        slot.weight,
+                        crate::table::MAX_WEIGHT
+                    ),
                 ));
             }
         }
@@ -422,8 +461,9 @@ impl Config {
             ));
         }
         if let Some(tls) = &self.listen.tls {
-            if let Err(message) = crate::tls::server_config(tls) {
-                return Err(err("listen", None, "tls", message));
+            match crate::tls::server_config(tls) {
+                Ok(c) => resolved.listener_tls = Some(c),
+                Err(message) => return Err(err("listen", None, "tls", message)),
             }
         }
         // Durations that must be positive.
@@ -480,7 +520,18 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
-        Ok(())
+        if self.control.state_file.file_name().is_none() {
+            return Err(err(
+                "control",
+                None,
+                "state_file",
+                format!(
+                    "{} names a directory; give a file, e.g. \"/var/lib/mcpflip/state.json\"",
+                    self.control.state_file.display()
+                ),
+            ));
+        }
+        Ok(resolved)
     }
 
     /// A human-readable summary of the resolved settings (for `mcpflip check`).
@@ -562,6 +613,47 @@ impl Config {
         }
         s
     }
+}
+
+/// The control socket the config at `path` names (`[control] socket`, relative
+/// to the file's directory; the default when it sets none), for `mcpflip ctl`.
+/// Only that key is read: `ctl` needs neither the certificates nor the rest.
+pub fn control_socket(path: &Path) -> Result<PathBuf, ConfigError> {
+    #[derive(Deserialize)]
+    struct Partial {
+        #[serde(default)]
+        control: PartialControl,
+    }
+    #[derive(Deserialize, Default)]
+    struct PartialControl {
+        socket: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    let partial: Partial = toml::from_str(&text).map_err(|e| {
+        let (line, key) = match e.span() {
+            Some(span) => locate_offset(&text, span.start),
+            None => (None, String::new()),
+        };
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            key,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    let socket = partial
+        .control
+        .socket
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    Ok(match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(base) if socket.is_relative() => base.join(socket),
+        _ => socket,
+    })
 }
 
 fn check_upstream(s: &str) -> Result<(), String> {
@@ -733,6 +825,43 @@ upstream = "http://127.0.0.1:3002"
         let e = parse(&GOOD.replace("weight = 100", "weight = \"heavy\"")).unwrap_err();
         assert_eq!(e.line, Some(11));
         assert_eq!(e.key, "slot.weight");
+    }
+
+    #[test]
+    fn relative_control_paths_are_taken_from_the_config_directory() {
+        let text = format!(
+            "{GOOD}[control]\nsocket = \"run/control.sock\"\nstate_file = \"/abs/state.json\"\n"
+        );
+        let c = Config::parse(&text, Path::new("/etc/mcpflip/mcpflip.toml")).expect("valid");
+        assert_eq!(c.control.socket, Path::new("/etc/mcpflip/run/control.sock"));
+        assert_eq!(c.control.state_file, Path::new("/abs/state.json"));
+        // Relative to the working directory when the file has no directory.
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.control.socket, Path::new("run/control.sock"));
+    }
+
+    #[test]
+    fn ctl_reads_the_socket_alone_from_a_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("mcpflip.toml");
+        // Certificates that do not exist do not matter to `ctl`.
+        std::fs::write(
+            &p,
+            "[listen]\ntls = { cert = \"nope.crt\", key = \"nope.key\" }\n[control]\nsocket = \"run/c.sock\"\n",
+        )
+        .expect("write");
+        assert_eq!(
+            control_socket(&p).expect("socket"),
+            dir.path().join("run/c.sock")
+        );
+        std::fs::write(&p, "[listen]\n").expect("write");
+        assert_eq!(
+            control_socket(&p).expect("socket"),
+            Path::new(DEFAULT_SOCKET)
+        );
+        std::fs::write(&p, "[control]\nsocket = 3\n").expect("write");
+        let e = control_socket(&p).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "control.socket"), "{e}");
     }
 
     #[test]

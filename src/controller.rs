@@ -139,14 +139,15 @@ pub(crate) fn build_slot(
         tag_prefix: crate::mcp::tag::tag_prefix(name, generation),
         stats: stats.get(name),
         client: if uri.scheme_str() == Some("https") {
-            let ca = cfg
-                .slots
-                .iter()
-                .find(|s| s.name == name)
-                .and_then(|s| s.ca.as_deref());
-            let tls = crate::tls::client_config(ca)
-                .map_err(|e| CtlError::new("bad_config", format!("slot {name}: {e}")))?;
-            UpstreamClient::with_tls(cfg.proxy.connect_timeout, cfg.proxy.pool_idle_timeout, tls)
+            // Loaded once, by the config's validation.
+            let tls = cfg.resolved.slot_tls.get(name).ok_or_else(|| {
+                CtlError::new("bad_config", format!("slot {name}: no TLS client resolved"))
+            })?;
+            UpstreamClient::with_tls(
+                cfg.proxy.connect_timeout,
+                cfg.proxy.pool_idle_timeout,
+                rustls::ClientConfig::clone(tls),
+            )
         } else {
             UpstreamClient::new(cfg.proxy.connect_timeout, cfg.proxy.pool_idle_timeout)
         },

@@ -130,7 +130,6 @@ impl SseSession {
             .unwrap_or_default()
             .to_string())
     }
-
 }
 
 /// A plain HTTP client for the demo.

@@ -44,10 +44,7 @@ impl Controller {
                 "[control] state_file",
                 old.control.state_file != new.control.state_file,
             ),
-            (
-                "[proxy]",
-                format!("{:?}", old.proxy) != format!("{:?}", new.proxy),
-            ),
+            ("[proxy]", old.proxy != new.proxy),
         ] {
             if differs {
                 restart.push(what.to_owned());
@@ -56,13 +53,9 @@ impl Controller {
 
         // Certificates: built now, swapped in only once everything else is valid.
         let listener_tls = self.tls.lock().ok().and_then(|t| t.clone());
-        let new_tls = match (&new.listen.tls, &listener_tls) {
-            (Some(t), Some(_)) => Some(crate::tls::server_config(t).map_err(|e| {
-                CtlError::new(
-                    "bad_config",
-                    format!("[listen] tls: {e}; the running config stays"),
-                )
-            })?),
+        // Loaded once, by the new config's validation.
+        let new_tls = match (&new.resolved.listener_tls, &listener_tls) {
+            (Some(t), Some(_)) => Some(Arc::clone(t)),
             (None, None) => None,
             _ => {
                 restart.push("[listen] tls (turning TLS on or off)".to_owned());
@@ -153,18 +146,9 @@ impl Controller {
         }
 
         for (what, differs) in [
-            (
-                "[drain]",
-                format!("{:?}", old.drain) != format!("{:?}", new.drain),
-            ),
-            (
-                "[probe]",
-                format!("{:?}", old.probe) != format!("{:?}", new.probe),
-            ),
-            (
-                "[watch]",
-                format!("{:?}", old.watch) != format!("{:?}", new.watch),
-            ),
+            ("[drain]", old.drain != new.drain),
+            ("[probe]", old.probe != new.probe),
+            ("[watch]", old.watch != new.watch),
         ] {
             if differs {
                 changed.push(format!("{what} settings"));

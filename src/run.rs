@@ -35,12 +35,12 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     } else {
         PersistedState::load(&config.control.state_file)?
     };
-    let tls: Option<proxy::TlsSlot> = match &config.listen.tls {
-        Some(t) => Some(Arc::new(arc_swap::ArcSwap::new(
-            crate::tls::server_config(t).map_err(|e| anyhow::anyhow!("[listen] tls: {e}"))?,
-        ))),
-        None => None,
-    };
+    // Certificates were loaded once, by the config's validation.
+    let tls: Option<proxy::TlsSlot> = config
+        .resolved
+        .listener_tls
+        .clone()
+        .map(|c| Arc::new(arc_swap::ArcSwap::new(c)));
     let stop = CancellationToken::new();
     let deadline = config.drain.deadline;
     let public = TcpListener::bind(config.listen.addr).await.map_err(|e| {

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::stats::SlotStats;
 use crate::upstream::UpstreamClient;
 
+/// The largest weight a slot may have, in the config and at run time (the
+/// cumulative pick adds weights in a `u32`: thousands of slots at this bound
+/// still fit).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
 /// The lifecycle state of a slot (INTERFACE.md, "Slot states").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

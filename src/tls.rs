@@ -20,7 +20,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::Deserialize;
 
 /// The `[listen] tls` section: the certificate the listener serves.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -32,7 +32,7 @@ pub struct TlsConfig {
 }
 
 /// A certificate chain and its private key (PEM files).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
     pub cert: PathBuf,

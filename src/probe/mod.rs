@@ -63,7 +63,7 @@ pub async fn probe(slot: &Slot, cfg: &ProbeConfig) -> ProbeReport {
     ProbeReport {
         ok: result.is_ok() && error.is_none(),
         slot: slot.name.to_string(),
-        transport,
+        transport: transport.into(),
         protocol,
         ms: started.elapsed().as_millis() as u64,
         tools,
@@ -111,7 +111,7 @@ impl Run<'_> {
         match out {
             Ok((v, detail)) => {
                 self.steps.push(Step {
-                    step: name,
+                    step: name.into(),
                     ok: true,
                     ms,
                     detail,
@@ -122,7 +122,7 @@ impl Run<'_> {
             }
             Err(f) => {
                 self.steps.push(Step {
-                    step: name,
+                    step: name.into(),
                     ok: false,
                     ms,
                     detail: f.detail,
@@ -359,7 +359,7 @@ impl Run<'_> {
 
     fn record_fail(&mut self, name: &'static str, f: Fail) {
         self.steps.push(Step {
-            step: name,
+            step: name.into(),
             ok: false,
             ms: 0,
             detail: f.detail,

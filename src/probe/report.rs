@@ -1,17 +1,19 @@
 //! What a probe reports: the steps it ran, each with its time and, on failure,
 //! the HTTP status and an excerpt of the body. Serialized as is into the control
-//! protocol's replies.
+//! protocol's replies, and read back by `mcpflip ctl`.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::probe::events::EventError;
 
 /// The outcome of one probe, as the control protocol reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeReport {
     pub ok: bool,
     pub slot: String,
-    pub transport: &'static str,
+    pub transport: Cow<'static, str>,
     /// The protocol version the server chose.
     pub protocol: Option<String>,
     pub ms: u64,
@@ -19,20 +21,20 @@ pub struct ProbeReport {
     pub tools: Vec<String>,
     pub steps: Vec<Step>,
     /// One line saying what failed (the failed step's detail), when not ok.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
-    pub step: &'static str,
+    pub step: Cow<'static, str>,
     pub ok: bool,
     pub ms: u64,
     pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// An excerpt of the body that made the step fail.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
 }
 
