@@ -10,19 +10,26 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderValue, Method, Request};
 use mcpflip::config::Config;
-use mcpflip::controller::Controller;
+use mcpflip::control::state::State;
+use mcpflip::control::Controller;
 use mcpflip::mcp::tag::{self, SessionTag};
 use mcpflip::mcp::Era;
 use mcpflip::proxy::affinity::{self, Route};
 use mcpflip::proxy::sse::SseScanner;
 use tokio_util::sync::CancellationToken;
 
+/// A controller on a runtime of its own (it runs an owner task); the routing
+/// benches only read its table.
 fn controller() -> std::sync::Arc<Controller> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = RT.get_or_init(|| tokio::runtime::Runtime::new().expect("runtime"));
+    let _in = rt.enter();
     let text = "[control]\nsocket = \"/tmp/mcpflip-bench.sock\"\nstate_file = \"/tmp/mcpflip-bench.json\"\n\
                 [[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:3001\"\nweight = 90\n\
                 [[slot]]\nname = \"green\"\nupstream = \"http://127.0.0.1:3002\"\nweight = 10\n";
     let cfg = Config::parse(text, Path::new("bench.toml")).expect("bench config");
-    Controller::new(cfg, None, CancellationToken::new()).expect("controller")
+    let state = State::from_config(cfg.slots.iter().map(|s| (s.name.as_str(), s.weight)));
+    Controller::start(cfg, state, None, CancellationToken::new()).expect("controller")
 }
 
 fn routing(c: &mut Criterion) {

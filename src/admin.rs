@@ -19,7 +19,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::Controller;
+use crate::control::protocol::Reply;
+use crate::control::Controller;
 use crate::mcp::Era;
 use crate::table::SlotState;
 use crate::upstream::UpstreamError;
@@ -162,10 +163,23 @@ impl Collector for SlotCollector {
                 "Rollbacks done",
                 self.0.rollbacks_total.load(Ordering::Relaxed),
             ),
+            (
+                "mcpflip_state_save_failures",
+                "Saves of the state file that failed",
+                self.0.state_save_failures_total.load(Ordering::Relaxed),
+            ),
         ] {
             let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             prometheus_client::metrics::counter::ConstCounter::new(v).encode(m)?;
         }
+        let m = enc.encode_descriptor(
+            "mcpflip_state_persisted",
+            "1 when the state file holds the state that routes, 0 after a change could not be saved",
+            None,
+            MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(i64::from(self.0.persisted()))
+            .encode(m)?;
         Ok(())
     }
 }
@@ -188,7 +202,11 @@ async fn handle(req: Request<Incoming>, ctl: Arc<Controller>) -> Response<Full<B
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics_text(&ctl),
         ),
-        "/status" => (StatusCode::OK, "application/json", ctl.status().to_string()),
+        "/status" => (
+            StatusCode::OK,
+            "application/json",
+            Reply::Status(Box::new(ctl.status())).to_value().to_string(),
+        ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         _ => (
             StatusCode::NOT_FOUND,

@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::deploy::{deploy, DeployOptions};
+use crate::control::protocol::{CtlError, Progress};
 use crate::demo_server::{self, ServerConfig, Transport};
 use crate::probe::events::EventReader;
 
@@ -170,11 +172,25 @@ async fn start_slot(
     Ok(port)
 }
 
+/// A fresh directory only this user can use (0700, a random name: nobody can
+/// have made it first) for the demo's control socket and state file.
+fn private_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    for _ in 0..16 {
+        let dir = std::env::temp_dir().join(format!("mcpflip-demo-{:016x}", fastrand::u64(..)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => bail!("cannot create {}: {e}", dir.display()),
+        }
+    }
+    bail!("cannot find a free name for the demo's directory")
+}
+
 /// Runs the demo; `Ok` when the deploy succeeded.
 pub async fn run() -> anyhow::Result<()> {
     let t = Arc::new(Timeline(Instant::now()));
-    let dir = std::env::temp_dir().join(format!("mcpflip-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = private_dir()?;
     let stop = CancellationToken::new();
     let blue = start_slot("blue", 0, None, &stop).await?;
     // Green's first build has a registration bug: two of its five tools are missing.
@@ -245,19 +261,13 @@ pub async fn run() -> anyhow::Result<()> {
     let status = ctl.status();
     t.say(format!(
         "live streams: blue {}, green {}",
-        status["slots"][0]["live_streams"], status["slots"][1]["live_streams"]
+        status.slots[0].live_streams, status.slots[1].live_streams
     ));
 
     t.say("deploy green   (the guide: curl smoke test, reload nginx, `sleep 120`)");
-    match ctl.deploy("green", None, None, |_| {}).await {
-        Err(e) if e.code == "probe_failed" => {
-            let why = e
-                .extra
-                .as_ref()
-                .and_then(|x| x.get("probe"))
-                .and_then(|p| p["error"].as_str())
-                .unwrap_or("?")
-                .to_owned();
+    match deploy(&ctl, "green", DeployOptions::default(), |_| {}).await {
+        Err(CtlError::ProbeFailed { report }) => {
+            let why = report.error.as_deref().unwrap_or("?");
             t.say(format!("refused: {why}"));
             t.say("nothing changed: every session stays on blue, no client saw the broken build");
         }
@@ -266,7 +276,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     broken_stop.cancel();
     start_slot("green", green, None, &stop).await?;
-    ctl.set_lifecycle("green", false)
+    ctl.lifecycle("green", false)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     t.say(format!(
@@ -275,32 +285,32 @@ pub async fn run() -> anyhow::Result<()> {
 
     t.say("deploy green");
     let t2 = Arc::clone(&t);
-    let (mut phase, mut last) = (String::new(), u64::MAX);
+    let (mut phase, mut last) = ("", u64::MAX);
     let ctl2 = Arc::clone(&ctl);
     let deployed = tokio::spawn(async move {
-        ctl2.deploy("green", None, None, move |p| {
-            let now = p["phase"].as_str().unwrap_or("").to_owned();
-            match now.as_str() {
-                "probe" if phase != now => {
+        deploy(&ctl2, "green", DeployOptions::default(), move |p| {
+            let now = crate::control::display::phase(&p);
+            match &p {
+                Progress::Probe { .. } if phase != now => {
                     t2.say("  probe: initialize, tools/list, canary get_document(health)")
                 }
-                "flip" => t2.say(format!(
+                Progress::Flip { from, .. } => t2.say(format!(
                     "  flip: {} -> green; blue is draining, new sessions go to green",
-                    p["from"].as_str().unwrap_or("?")
+                    from.as_deref().unwrap_or("?")
                 )),
-                "drain" => {
-                    let live = p["live_streams"].as_u64().unwrap_or(0);
-                    if live != last {
-                        t2.say(format!(
-                            "  drain: blue has {live} live streams, {} in flight",
-                            p["inflight"]
-                        ));
-                        last = live;
-                    }
+                Progress::Drain {
+                    live_streams,
+                    inflight,
+                    ..
+                } if *live_streams != last => {
+                    t2.say(format!(
+                        "  drain: blue has {live_streams} live streams, {inflight} in flight"
+                    ));
+                    last = *live_streams;
                 }
-                "watch" if phase != now => t2.say(format!(
+                Progress::Watch { window_ms, .. } if phase != now => t2.say(format!(
                     "  watch: probing green every 500ms until the {:.0}s window ends",
-                    p["window_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                    *window_ms as f64 / 1000.0
                 )),
                 _ => {}
             }
@@ -331,37 +341,32 @@ pub async fn run() -> anyhow::Result<()> {
     if who != "green" {
         bail!("new session landed on {who}, not green");
     }
-    let drained_ms = reply["drained_after_ms"].as_u64().unwrap_or(0);
-    let outcome = crate::controller::DrainOutcome {
-        drained_after_ms: drained_ms,
-        forced: reply["forced"].as_u64().unwrap_or(0),
-    };
+    let drained_ms = reply.drained_after_ms.unwrap_or(0);
     t.say(format!(
         "deploy done in {:.2}s: probe passed, blue drained after {:.2}s, watch {}",
-        reply["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        reply.elapsed_ms as f64 / 1000.0,
         drained_ms as f64 / 1000.0,
-        reply["watch"]["result"].as_str().unwrap_or("?")
+        match reply.watch {
+            crate::control::protocol::WatchOutcome::Passed { .. } => "passed",
+            _ => "did not pass",
+        }
     ));
     for task in tasks {
         task.await??;
     }
     t.say(format!(
         "blue drained after {:.2}s: its last session had just closed; safe to stop blue (the guide would still be sleeping for {:.0}s)",
-        outcome.drained_after_ms as f64 / 1000.0,
-        120.0 - outcome.drained_after_ms as f64 / 1000.0
+        drained_ms as f64 / 1000.0,
+        120.0 - drained_ms as f64 / 1000.0
     ));
-    let status = ctl.status();
-    for s in status["slots"].as_array().into_iter().flatten() {
+    for s in ctl.status().slots {
         t.say(format!(
             "  {:<6} {:<8} weight {:>3}  live streams {}",
-            s["name"].as_str().unwrap_or(""),
-            s["state"].as_str().unwrap_or(""),
-            s["weight"],
-            s["live_streams"]
+            s.name, s.state, s.weight, s.live_streams
         ));
     }
-    if outcome.forced > 0 {
-        bail!("{} streams had to be forced", outcome.forced);
+    if reply.forced > 0 {
+        bail!("{} streams had to be forced", reply.forced);
     }
     running.shutdown().await;
     stop.cancel();

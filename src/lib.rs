@@ -2,16 +2,17 @@
 //!
 //! ```text
 //! clients ─► proxy (route: pinned session? → its slot : weighted pick) ─► blue / green
-//! ctl ─────► control socket (flip, drain, weights, ...) ─► controller ─► table swap
+//! ctl ─────► control socket ─► controller (apply, persist, publish) ─► table swap
 //! Prometheus ─► admin (/metrics /status /healthz)
 //! ```
 //!
 //! Modules. The request path: `proxy` (listener, routing, forwarding, SSE
 //! relay) and `upstream` (the pooled client to a slot's server). The slot model:
 //! `table` (slots, weighted pick, the ArcSwap holder) and `stats` (per-slot
-//! counts and guards). The control path: `controller` (the one place that
-//! changes the table), `drain`, `watch`, `deploy`, `reload`, `probe`, `state`
-//! (persisted state), `control` (Unix socket and `ctl` client). Leaves every
+//! counts and guards). The control path: `control` (the state machine, the
+//! typed protocol, the controller that owns the state, the persister, the
+//! socket server and the `ctl` client, and the drain, watch, deploy and
+//! reload tasks) and `probe` (the MCP probe that gates flips). Leaves every
 //! module may use: `mcp` (header names, protocol revisions, `Era`, the session
 //! tag codec), `config`, `tls`. Around them: `admin`, `run` (wiring), `demo`,
 //! and `demo_server` (the built-in MCP server behind `mcpflip upstream`).
@@ -20,19 +21,13 @@
 pub mod admin;
 pub mod config;
 pub mod control;
-pub mod controller;
 pub mod demo;
 pub mod demo_server;
-pub mod deploy;
-pub mod drain;
 pub mod mcp;
 pub mod probe;
 pub mod proxy;
-pub mod reload;
 pub mod run;
-pub mod state;
 pub mod stats;
 pub mod table;
 pub mod tls;
 pub mod upstream;
-pub mod watch;

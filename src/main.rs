@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mcpflip::config::{Config, DEFAULT_PATH, DEFAULT_SOCKET};
+use mcpflip::control::protocol::Request;
 
 #[derive(Parser)]
 #[command(
@@ -66,15 +67,22 @@ enum Cmd {
         force: bool,
     },
     /// Send one control command to a running proxy.
+    ///
+    /// The socket: --socket, else MCPFLIP_SOCKET, else the [control] socket of
+    /// the config (--config, MCPFLIP_CONFIG, default config/mcpflip.toml),
+    /// else /run/mcpflip/control.sock. Exit 0 when the reply is ok, 1 otherwise.
     Ctl {
-        #[arg(long, env = "MCPFLIP_SOCKET", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// The control socket.
+        #[arg(long, global = true, env = "MCPFLIP_SOCKET")]
+        socket: Option<PathBuf>,
+        /// The config that names the socket (when --socket is not given).
+        #[arg(long, global = true, env = "MCPFLIP_CONFIG")]
+        config: Option<PathBuf>,
         /// Print the raw JSON lines.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
-        /// The command and its arguments, e.g. `flip green --no-probe --drain`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<String>,
+        #[command(subcommand)]
+        request: Request,
     },
 }
 
@@ -233,13 +241,20 @@ fn main() -> ExitCode {
         },
         Cmd::Ctl {
             socket,
+            config,
             json,
-            command,
+            request,
         } => {
-            let line = command.join(" ");
+            let socket = match ctl_socket(socket, config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("mcpflip ctl: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             match runtime()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(mcpflip::control::client::run(&socket, &line, json)))
+                .and_then(|rt| rt.block_on(mcpflip::control::client::run(&socket, &request, json)))
             {
                 Ok(code) => ExitCode::from(code as u8),
                 Err(e) => {
@@ -249,6 +264,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The socket `ctl` talks to: --socket / MCPFLIP_SOCKET, else the one the
+/// config names (an explicit --config / MCPFLIP_CONFIG must exist; the
+/// default config may be absent), else the default socket.
+fn ctl_socket(socket: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    let (path, explicit) = match config {
+        Some(p) => (p, true),
+        None => (PathBuf::from(DEFAULT_PATH), false),
+    };
+    if !explicit && !path.exists() {
+        return Ok(PathBuf::from(DEFAULT_SOCKET));
+    }
+    mcpflip::config::control_socket(&path).map_err(anyhow::Error::from)
 }
 
 async fn shutdown_signal() {
@@ -271,9 +303,9 @@ async fn run(config: Config, ignore_state: bool) -> anyhow::Result<()> {
         let ctl = std::sync::Arc::clone(&running.controller);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match ctl.reload().await {
+                match mcpflip::control::reload::reload(&ctl).await {
                     Ok(r) => {
-                        tracing::info!(changed = %r["changed"], restart_required = %r["restart_required"], "SIGHUP: config reloaded")
+                        tracing::info!(changed = ?r.changed, restart_required = ?r.restart_required, "SIGHUP: config reloaded")
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: reload refused; the running config stays")

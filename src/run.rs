@@ -1,7 +1,8 @@
-//! Wiring: binds the public, admin and control listeners around one controller,
-//! and shuts them down in order (stop accepting, drain every slot up to the
-//! deadline, end what is left at event boundaries). Used by `mcpflip run`, the
-//! demo and the tests (which bind port 0).
+//! Wiring: restores the control state (or starts from the config's), binds
+//! the public, admin and control listeners around one controller, and shuts
+//! them down in order (stop accepting, drain every slot up to the deadline,
+//! end what is left at event boundaries). Used by `mcpflip run`, the demo and
+//! the tests (which bind port 0).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +14,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::controller::Controller;
+use crate::control::controller::Controller;
+use crate::control::persist::{self, LoadError};
+use crate::control::state::State;
+use crate::control::{paths, server};
 use crate::proxy::host_guard::HostGuard;
 use crate::proxy::{self, Forwarder};
-use crate::state::PersistedState;
 
 /// A running proxy.
 pub struct Running {
@@ -28,13 +31,58 @@ pub struct Running {
     deadline: Duration,
 }
 
+/// The state to start on: the state file's, checked as strictly as a
+/// command's result, or the config's (with `ignore_state`, or no file yet).
+/// The state directory is created (0700) when missing and refused when
+/// another user could plant files in it.
+pub fn initial_state(config: &Config, ignore_state: bool) -> anyhow::Result<State> {
+    let path = &config.control.state_file;
+    paths::secure_dir(paths::parent_of(path))
+        .map_err(|e| anyhow::anyhow!("[control] state_file: {e}"))?;
+    persist::remove_stale_temps(path);
+    let configured: Vec<(String, u32)> = config
+        .slots
+        .iter()
+        .map(|s| (s.name.clone(), s.weight))
+        .collect();
+    let from_config = || State::from_config(configured.iter().map(|(n, w)| (n.as_str(), *w)));
+    if ignore_state {
+        tracing::info!(
+            "--ignore-state: starting from the config's weights; the next change overwrites {}",
+            path.display()
+        );
+        return Ok(from_config());
+    }
+    let Some(file) = persist::load(path)? else {
+        return Ok(from_config());
+    };
+    let (state, notes) = State::restore(
+        &configured,
+        &file.records(),
+        file.previous_active.as_deref(),
+        file.revision,
+    )
+    .map_err(|e| LoadError::Refused {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    for n in notes {
+        tracing::warn!("state file {}: {n}", path.display());
+    }
+    let (active, generation) = state
+        .active()
+        .map(|a| (a.name.as_str(), a.generation))
+        .unwrap_or(("none", 0));
+    tracing::info!(
+        "state restored from {} (active: {active}, generation {generation}); start with --ignore-state to use the config's weights",
+        path.display()
+    );
+    Ok(state)
+}
+
 /// Starts the proxy on `config`. With `ignore_state`, the state file is not read.
 pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running> {
-    let persisted = if ignore_state {
-        None
-    } else {
-        PersistedState::load(&config.control.state_file)?
-    };
+    let state = initial_state(&config, ignore_state)?;
     // Certificates were loaded once, by the config's validation.
     let tls: Option<proxy::TlsSlot> = config
         .resolved
@@ -52,14 +100,14 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     let admin = TcpListener::bind(config.admin.addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {} ([admin] addr): {e}", config.admin.addr)
     })?;
-    let control = crate::control::bind(&config.control.socket)?;
+    let control = server::bind(&config.control.socket)?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let header_timeout = config.proxy.header_read_timeout;
     let preserve_host = config.proxy.preserve_host;
     let sse_keepalive = config.proxy.sse_keepalive;
     let host_guard = HostGuard::new(public_addr, config.proxy.allowed_hosts.as_deref());
-    let controller = Controller::new(config, persisted, stop.child_token())
+    let controller = Controller::start(config, state, tls.clone(), stop.child_token())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
@@ -68,14 +116,12 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         sse_keepalive,
         host_guard,
     });
-    controller.set_tls(tls.clone());
-    controller.resume_drains();
     tokio::spawn(crate::admin::serve(
         admin,
         Arc::clone(&controller),
         stop.child_token(),
     ));
-    tokio::spawn(crate::control::serve(
+    tokio::spawn(server::serve(
         control,
         Arc::clone(&controller),
         stop.child_token(),

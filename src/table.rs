@@ -68,7 +68,9 @@ impl fmt::Display for SlotState {
     }
 }
 
-/// One upstream slot as the request path sees it.
+/// One upstream slot as the request path sees it. Built by the controller for
+/// each table; a new generation of a slot (a restarted process) always comes
+/// with a new `client`, so no pooled connection to the old process is reused.
 #[derive(Debug)]
 pub struct Slot {
     pub name: Arc<str>,
@@ -85,30 +87,6 @@ pub struct Slot {
     pub tag_prefix: Arc<str>,
     pub stats: Arc<SlotStats>,
     pub client: UpstreamClient,
-}
-
-impl Slot {
-    /// A copy of this slot with another weight, state or generation; the client
-    /// (its pool) and the stats are shared.
-    pub fn with(&self, weight: u32, state: SlotState, generation: u32) -> Slot {
-        Slot {
-            name: Arc::clone(&self.name),
-            upstream: self.upstream.clone(),
-            scheme: self.scheme.clone(),
-            authority: self.authority.clone(),
-            host_header: self.host_header.clone(),
-            weight,
-            state,
-            tag_prefix: if generation == self.generation {
-                Arc::clone(&self.tag_prefix)
-            } else {
-                crate::mcp::tag::tag_prefix(&self.name, generation)
-            },
-            generation,
-            stats: Arc::clone(&self.stats),
-            client: self.client.clone(),
-        }
-    }
 }
 
 /// An immutable snapshot of every slot.
@@ -211,9 +189,9 @@ impl Tables {
         self.0.load_full()
     }
 
-    /// Replaces the table. Only the controller calls this.
-    pub(crate) fn store(&self, table: Table) {
-        self.0.store(Arc::new(table));
+    /// Replaces the table. Only the controller's owner task calls this.
+    pub(crate) fn store(&self, table: Arc<Table>) {
+        self.0.store(table);
     }
 }
 

@@ -1,5 +1,7 @@
-//! The `mcpflip ctl` client: sends one command line to the control socket and
-//! prints the replies, readable by default or as raw JSON lines.
+//! The `mcpflip ctl` client: checks that the control socket is one root or the
+//! invoking user made (and that the proxy behind it runs as one of them),
+//! sends one JSON request, and prints the typed replies: readable by default
+//! (see `display`), the raw JSON lines with `--json`.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -8,26 +10,60 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-/// Sends `command`; returns the final reply (the one with `"ok"`).
-pub async fn send(
-    socket: &Path,
-    command: &str,
-    mut on_progress: impl FnMut(&Value),
-) -> anyhow::Result<Value> {
+use crate::control::display;
+use crate::control::paths;
+use crate::control::protocol::{ErrorReply, Progress, Reply, Request, MAX_LINE};
+
+/// Connects to `socket` after checking who could have made it.
+async fn connect(socket: &Path) -> anyhow::Result<UnixStream> {
+    paths::check_socket(socket).map_err(|e| match e {
+        paths::PathError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "no control socket at {} (is `mcpflip run` running? give --socket, MCPFLIP_SOCKET or --config naming its [control] socket)",
+            socket.display()
+        ),
+        e => anyhow::anyhow!("{e}"),
+    })?;
     let stream = UnixStream::connect(socket).await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot connect to the control socket {}: {e}\n(is `mcpflip run` running? set --socket or MCPFLIP_SOCKET to its [control] socket)",
+            "cannot connect to the control socket {}: {e}\n(is `mcpflip run` running? give --socket, MCPFLIP_SOCKET or --config naming its [control] socket)",
             socket.display()
         )
     })?;
+    // The path was checked; this checks the process that listens on it.
+    let peer = stream.peer_cred()?.uid();
+    if !paths::trusted_uid(peer, paths::euid()) {
+        anyhow::bail!(
+            "refusing the control socket {}: the process listening on it runs as uid {peer}, not as root or uid {} (you)",
+            socket.display(),
+            paths::euid()
+        );
+    }
+    Ok(stream)
+}
+
+/// Sends one control line (words or JSON) and returns the final reply (the
+/// object with `"ok"`); progress objects go to `on_progress`.
+pub async fn send(
+    socket: &Path,
+    line: &str,
+    mut on_progress: impl FnMut(&Value),
+) -> anyhow::Result<Value> {
+    let stream = connect(socket).await?;
     let (read, mut write) = stream.into_split();
     write
-        .write_all(format!("{}\n", command.trim()).as_bytes())
+        .write_all(format!("{}\n", line.trim()).as_bytes())
         .await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("bad reply {line:?}: {e}"))?;
+        if line.len() > 16 * MAX_LINE {
+            anyhow::bail!("the proxy sent a reply of {} bytes", line.len());
+        }
+        let v: Value = serde_json::from_str(&line).map_err(|e| {
+            anyhow::anyhow!(
+                "bad reply {:?}: {e}",
+                crate::control::protocol::quote(&line, 200)
+            )
+        })?;
         if v.get("ok").is_some() {
             return Ok(v);
         }
@@ -36,27 +72,57 @@ pub async fn send(
     anyhow::bail!("the proxy closed the control connection without a reply")
 }
 
-/// Runs `mcpflip ctl`: prints and returns the exit code (0 when ok).
-pub async fn run(socket: &Path, command: &str, json: bool) -> anyhow::Result<i32> {
+/// Sends `request`; returns its typed reply, or the error the proxy answered.
+pub async fn request(
+    socket: &Path,
+    request: &Request,
+    mut on_progress: impl FnMut(&Progress),
+) -> anyhow::Result<Result<Reply, ErrorReply>> {
+    let v = send(socket, &request.to_line(), |p| {
+        if let Ok(p) = serde_json::from_value::<Progress>(p.clone()) {
+            on_progress(&p);
+        }
+    })
+    .await?;
+    decode(request, v)
+}
+
+fn decode(request: &Request, v: Value) -> anyhow::Result<Result<Reply, ErrorReply>> {
+    if v["ok"] == Value::Bool(true) {
+        Reply::decode(request, v.clone())
+            .map(Ok)
+            .map_err(|e| anyhow::anyhow!("unexpected reply to `{}` ({e}): {v}", request.word()))
+    } else {
+        serde_json::from_value::<ErrorReply>(v.clone())
+            .map(Err)
+            .map_err(|e| anyhow::anyhow!("unexpected error reply ({e}): {v}"))
+    }
+}
+
+/// Runs `mcpflip ctl`: prints, and returns the exit code (0 when ok).
+pub async fn run(socket: &Path, request: &Request, json: bool) -> anyhow::Result<i32> {
     let tty = std::io::stderr().is_terminal();
     let mut printed_progress = false;
     let mut phase = String::new();
-    let reply = send(socket, command, |p| {
+    let reply = send(socket, &request.to_line(), |v| {
         if json {
-            println!("{p}");
+            println!("{v}");
             return;
         }
-        let this = p["phase"].as_str().unwrap_or("drain");
+        let Ok(p) = serde_json::from_value::<Progress>(v.clone()) else {
+            return;
+        };
+        let this = display::phase(&p);
         if tty {
             // A new phase keeps the last line of the previous one: a timeline.
             if printed_progress && this != phase {
                 eprintln!();
             }
-            eprint!("\r\x1b[K{}", progress_line(p));
+            eprint!("\r\x1b[K{}", display::progress_line(&p));
             let _ = std::io::stderr().flush();
             printed_progress = true;
         } else if this != phase || this != "drain" && this != "watch" {
-            eprintln!("{}", progress_line(p));
+            eprintln!("{}", display::progress_line(&p));
         }
         phase = this.to_owned();
     })
@@ -66,252 +132,20 @@ pub async fn run(socket: &Path, command: &str, json: bool) -> anyhow::Result<i32
     }
     if json {
         println!("{reply}");
-    } else {
-        println!("{}", human(&reply));
+        return Ok(if reply["ok"] == Value::Bool(true) {
+            0
+        } else {
+            1
+        });
     }
-    Ok(if reply["ok"] == Value::Bool(true) {
-        0
-    } else {
-        1
+    Ok(match decode(request, reply)? {
+        Ok(r) => {
+            println!("{}", display::reply(&r));
+            0
+        }
+        Err(e) => {
+            println!("{}", display::error(&e));
+            1
+        }
     })
-}
-
-fn secs(v: &Value) -> f64 {
-    v.as_u64().unwrap_or(0) as f64 / 1000.0
-}
-
-/// A 20-cell bar of `done` out of `total`.
-fn bar(done: f64, total: f64) -> String {
-    let cells = if total > 0.0 {
-        ((done / total).clamp(0.0, 1.0) * 20.0).round() as usize
-    } else {
-        0
-    };
-    format!("[{}{}]", "#".repeat(cells), ".".repeat(20 - cells))
-}
-
-fn progress_line(p: &Value) -> String {
-    let slot = p["slot"].as_str().unwrap_or("?");
-    match p["phase"].as_str() {
-        Some("probe") => format!("probe    {slot}: initialize, tools/list, canary ..."),
-        Some("flip") => format!(
-            "flip     {} -> {}; draining {}",
-            p["from"].as_str().unwrap_or("(none)"),
-            p["to"].as_str().unwrap_or("?"),
-            p["draining"]
-                .as_array()
-                .map(|d| d
-                    .iter()
-                    .filter_map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .filter(|d| !d.is_empty())
-                .unwrap_or_else(|| "nothing".to_owned()),
-        ),
-        Some("watch") => {
-            let (elapsed, window) = (secs(&p["elapsed_ms"]), secs(&p["window_ms"]));
-            format!(
-                "watch    {slot}: {} {:.0}s left, {} probes passed",
-                bar(elapsed, window),
-                (window - elapsed).max(0.0),
-                p["probes"],
-            )
-        }
-        // `drain --wait`, `wait` and the drain phase of `deploy`.
-        _ => {
-            let (elapsed, deadline) = (secs(&p["elapsed_ms"]), secs(&p["deadline_ms"]));
-            format!(
-                "drain    {slot}: {} live streams, {} in flight {} {:.1}s of {:.0}s deadline",
-                p["live_streams"],
-                p["inflight"],
-                bar(elapsed, deadline),
-                elapsed,
-                deadline,
-            )
-        }
-    }
-}
-
-/// The steps of a probe report, one line each.
-fn probe_lines(report: &Value, out: &mut String) {
-    let Some(steps) = report["steps"].as_array() else {
-        return;
-    };
-    for st in steps {
-        let ok = st["ok"] == Value::Bool(true);
-        out.push_str(&format!(
-            "  {} {:<12} {:>5}ms  {}\n",
-            if ok { "ok  " } else { "FAIL" },
-            st["step"].as_str().unwrap_or("?"),
-            st["ms"],
-            st["detail"].as_str().unwrap_or(""),
-        ));
-        if let Some(status) = st["status"].as_u64() {
-            out.push_str(&format!("       HTTP {status}"));
-            if let Some(b) = st["body"].as_str() {
-                out.push_str(&format!(": {b}"));
-            }
-            out.push('\n');
-        }
-    }
-}
-
-/// A readable rendering of a final reply.
-pub fn human(v: &Value) -> String {
-    let mut out = String::new();
-    if v["ok"] != Value::Bool(true) {
-        out.push_str(&format!(
-            "error ({}): {}\n",
-            v["code"].as_str().unwrap_or("?"),
-            v["error"].as_str().unwrap_or("?")
-        ));
-        if v["probe"].is_object() {
-            out.push_str(&format!(
-                "probe of {}:\n",
-                v["probe"]["slot"].as_str().unwrap_or("?")
-            ));
-            probe_lines(&v["probe"], &mut out);
-        }
-        if let Some(d) = v["drained"].as_array() {
-            for o in d {
-                out.push_str(&format!("{}\n", drained_line(o)));
-            }
-        }
-        return out.trim_end().to_string();
-    }
-    if v["steps"].is_array() {
-        out.push_str(&format!(
-            "probe of {} passed in {}ms (protocol {})\n",
-            v["slot"].as_str().unwrap_or("?"),
-            v["ms"],
-            v["protocol"].as_str().unwrap_or("?")
-        ));
-        probe_lines(v, &mut out);
-        return out.trim_end().to_string();
-    }
-    if let Some(slots) = v["slots"].as_array() {
-        out.push_str(&format!(
-            "{:<10} {:<9} {:>6} {:>4} {:>8} {:>8}  {}\n",
-            "SLOT", "STATE", "WEIGHT", "GEN", "STREAMS", "INFLIGHT", "UPSTREAM"
-        ));
-        for s in slots {
-            out.push_str(&format!(
-                "{:<10} {:<9} {:>6} {:>4} {:>8} {:>8}  {}\n",
-                s["name"].as_str().unwrap_or(""),
-                s["state"].as_str().unwrap_or(""),
-                s["weight"].as_u64().unwrap_or(0),
-                s["generation"].as_u64().unwrap_or(0),
-                s.get("live_streams")
-                    .map(|x| x.to_string())
-                    .unwrap_or_default(),
-                s.get("inflight").map(|x| x.to_string()).unwrap_or_default(),
-                s["upstream"].as_str().unwrap_or(""),
-            ));
-        }
-        if let Some(a) = v["active"].as_str() {
-            out.push_str(&format!("active: {a}\n"));
-        }
-    }
-    if let Some(changed) = v["changed"].as_array() {
-        if changed.is_empty() {
-            out.push_str("reloaded: nothing changed\n");
-        }
-        for c in changed {
-            out.push_str(&format!("reloaded: {}\n", c.as_str().unwrap_or("?")));
-        }
-        for r in v["restart_required"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "not applied (needs a restart): {}\n",
-                r.as_str().unwrap_or("?")
-            ));
-        }
-        return out.trim_end().to_string();
-    }
-    if v["watch"].is_object() && v["drained"].is_array() {
-        return deploy_summary(v);
-    }
-    if let Some(to) = v["to"].as_str() {
-        let verb = if v["reason"].is_string() {
-            "rolled back"
-        } else {
-            "flipped"
-        };
-        out.push_str(&format!(
-            "{verb} {} -> {to}",
-            v["from"].as_str().unwrap_or("(none)")
-        ));
-        match (&v["probe"]["ms"], v["reason"].as_str()) {
-            (Value::Number(ms), _) => out.push_str(&format!(" (probe passed in {ms}ms)")),
-            (_, _) if v.get("probe").is_some() => out.push_str(" (no probe)"),
-            _ => {}
-        }
-        if let Some(r) = v["reason"].as_str() {
-            out.push_str(&format!(": {r}"));
-        }
-        out.push('\n');
-    }
-    if let Some(w) = v["warning"].as_str() {
-        out.push_str(&format!("warning: {w}\n"));
-    }
-    if let Some(w) = v["watch"].as_object() {
-        out.push_str(&format!(
-            "watch: {}{}\n",
-            w.get("result").and_then(Value::as_str).unwrap_or("?"),
-            w.get("probes")
-                .map(|p| format!(" ({p} probes)"))
-                .unwrap_or_default()
-        ));
-    }
-    if let Some(d) = v["drained"].as_array() {
-        for o in d {
-            out.push_str(&format!("{}\n", drained_line(o)));
-        }
-    }
-    if v.get("drained_after_ms").is_some() {
-        out.push_str(&format!("{}\n", drained_line(v)));
-    } else if let (Some(slot), Some(state)) = (v["slot"].as_str(), v["state"].as_str()) {
-        out.push_str(&format!("{slot}: {state}"));
-        if let Some(g) = v["generation"].as_u64() {
-            out.push_str(&format!(" (generation {g})"));
-        }
-        out.push('\n');
-    }
-    if out.is_empty() {
-        out.push_str("ok\n");
-    }
-    out.trim_end().to_string()
-}
-
-/// The final reply of a successful `deploy`.
-fn deploy_summary(v: &Value) -> String {
-    let mut out = format!(
-        "deployed {} -> {} in {:.1}s\n  probe  passed in {}ms\n",
-        v["from"].as_str().unwrap_or("(none)"),
-        v["to"].as_str().unwrap_or("?"),
-        secs(&v["elapsed_ms"]),
-        v["probe"]["ms"],
-    );
-    for o in v["drained"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  drain  {}\n", drained_line(o)));
-    }
-    out.push_str(&format!(
-        "  watch  {} ({} probes)",
-        v["watch"]["result"].as_str().unwrap_or("?"),
-        v["watch"]["probes"]
-    ));
-    out
-}
-
-fn drained_line(o: &Value) -> String {
-    let forced = o["forced"].as_u64().unwrap_or(0);
-    format!(
-        "{} drained after {:.3}s{}",
-        o["slot"].as_str().unwrap_or("?"),
-        o["drained_after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        if forced > 0 {
-            format!(" ({forced} streams ended at the deadline)")
-        } else {
-            String::new()
-        }
-    )
 }

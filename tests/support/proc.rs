@@ -153,20 +153,56 @@ impl CtlRun {
     }
 }
 
-/// Runs `mcpflip ctl ARGS...` with `env` and no inherited MCPFLIP_* variables.
+/// Runs `mcpflip ctl ARGS...` with `env` and no inherited MCPFLIP_* variables;
+/// a run that takes over a minute is killed (`code` is then `None`).
 pub fn ctl_env(args: &[&str], env: &[(&str, &Path)]) -> CtlRun {
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .arg("ctl")
         .args(args)
         .env_remove("MCPFLIP_SOCKET")
         .env_remove("MCPFLIP_CONFIG")
         .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("mcpflip ctl runs");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     CtlRun {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 

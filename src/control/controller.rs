@@ -1,0 +1,888 @@
+//! The controller: the one owner of the control state. Its owner task takes
+//! commands in order from a queue, runs the pure [`state::apply`], builds the
+//! routing table (a new generation of a slot gets a new connection pool),
+//! hands the state to the one persister and waits until it is durable, then
+//! publishes the table (`Tables::store`), starts or stops drains, and
+//! broadcasts what happened. A command's reply is sent after all of that, so
+//! `ok` means the change routes and is on disk.
+//!
+//! When the save fails, a command is refused and nothing changes (the table
+//! was never published). A fact that cannot be refused (a drain that ended,
+//! a rollback after a failed watch) is applied anyway and reported with
+//! `persisted: false`, in `status` and in `mcpflip_state_persisted`.
+//!
+//! [`Controller`] is the handle everyone else holds: the request path reads
+//! `tables`; the control server, drains, the watch window and deploys issue
+//! commands through it like any client. Drains live in `drain`, the watch in
+//! `watch`, deploys in `deploy`, reloads in `reload`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProxyConfig, SlotConfig};
+use crate::control::drain::{self, Drains};
+use crate::control::host::Host;
+use crate::control::persist::{Persister, SaveError};
+use crate::control::protocol::{
+    CtlError, DrainOutcome, DrainStarted, Event, Flipped, Lifecycle, Progress, RollbackRecord,
+    SlotBrief, SlotStatus, StateFileStatus, Status, Weight, Weighted,
+};
+use crate::control::state::{self, Command, State};
+use crate::control::watch::Watcher;
+use crate::probe::{self, ProbeReport};
+use crate::proxy::TlsSlot;
+use crate::stats::{SlotStats, StatsRegistry};
+use crate::table::{Slot, SlotState, Table, Tables};
+use crate::upstream::UpstreamClient;
+
+/// Commands waiting for the owner.
+const QUEUE: usize = 64;
+/// Events a slow subscriber may fall behind by before it misses some.
+const HUB: usize = 1024;
+
+/// Where a slot forwards to, resolved from its config once.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: String,
+    scheme: Scheme,
+    authority: Authority,
+    host_header: HeaderValue,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Upstream {
+    /// The upstream of `slot` in a validated config.
+    pub fn of(slot: &SlotConfig, config: &Config) -> Result<Upstream, CtlError> {
+        let bad = |e: String| {
+            CtlError::BadConfig(format!(
+                "slot {}: upstream {:?}: {e}",
+                slot.name, slot.upstream
+            ))
+        };
+        let uri: http::Uri = slot.upstream.parse().map_err(|e| bad(format!("{e}")))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("no host".into()))?;
+        let host_header =
+            HeaderValue::from_str(authority.as_str()).map_err(|e| bad(format!("{e}")))?;
+        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let tls = if scheme == Scheme::HTTPS {
+            Some(
+                config
+                    .resolved
+                    .slot_tls
+                    .get(&slot.name)
+                    .cloned()
+                    .ok_or_else(|| bad("its TLS client was not resolved".into()))?,
+            )
+        } else {
+            None
+        };
+        Ok(Upstream {
+            url: slot.upstream.clone(),
+            scheme,
+            authority,
+            host_header,
+            tls,
+        })
+    }
+
+    /// A new client, with a pool of its own.
+    fn client(&self, proxy: &ProxyConfig) -> UpstreamClient {
+        match &self.tls {
+            Some(tls) => UpstreamClient::with_tls(
+                proxy.connect_timeout,
+                proxy.pool_idle_timeout,
+                rustls::ClientConfig::clone(tls),
+            ),
+            None => UpstreamClient::new(proxy.connect_timeout, proxy.pool_idle_timeout),
+        }
+    }
+}
+
+/// What a slot needs beyond its control state: where it forwards, the client
+/// of its current generation, and its counters (which outlive generations).
+#[derive(Debug, Clone)]
+struct Runtime {
+    upstream: Upstream,
+    generation: u32,
+    client: UpstreamClient,
+    stats: Arc<SlotStats>,
+}
+
+/// A command that went through.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// What changed (empty: the command changed nothing).
+    pub events: Vec<Event>,
+    /// False when the state could not be saved (only for facts; a command is refused instead).
+    pub persisted: bool,
+    pub state: Arc<State>,
+}
+
+enum Op {
+    Apply {
+        cmd: Command,
+        /// Deadline of the drains this command starts (else `[drain] deadline`).
+        deadline: Option<Duration>,
+        /// A fact (a drain ended, a rollback after a failed watch) is applied
+        /// even when the state cannot be saved.
+        fact: bool,
+        reply: oneshot::Sender<Result<Applied, CtlError>>,
+    },
+    /// A drain task ended: `Command::Drained`, applied as a fact unless task
+    /// `id` is no longer the slot's drain (flipped back meanwhile).
+    Drained {
+        cmd: Command,
+        id: u64,
+        reply: oneshot::Sender<Result<Applied, CtlError>>,
+    },
+    /// A reload: the reconcile command, the new config (swapped in with the
+    /// state change), and the upstreams of new and re-addressed slots.
+    Reconfigure {
+        cmd: Command,
+        config: Arc<Config>,
+        upstreams: BTreeMap<String, Upstream>,
+        reply: oneshot::Sender<Result<Applied, CtlError>>,
+    },
+}
+
+/// How `flip` was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlipOptions {
+    pub no_probe: bool,
+    pub drain: bool,
+    /// Drain deadline for the old slots (else `[drain] deadline`).
+    pub deadline: Option<Duration>,
+    /// Watch window (else `[watch] window`).
+    pub window: Option<Duration>,
+}
+
+/// The handle of the control plane.
+#[derive(Debug)]
+pub struct Controller {
+    /// The routing table the request path reads (only the owner task stores it).
+    pub tables: Arc<Tables>,
+    state: ArcSwap<State>,
+    ops: mpsc::Sender<Op>,
+    events: broadcast::Sender<Event>,
+    config: ArcSwap<Config>,
+    pub(crate) drains: Drains,
+    pub(crate) watch: Watcher,
+    /// Held by the one `deploy` that may run at a time.
+    pub(crate) deploying: tokio::sync::Mutex<()>,
+    /// The public listener's TLS config, when it terminates TLS (`reload` swaps it).
+    tls: Option<TlsSlot>,
+    pub flips_total: AtomicU64,
+    pub rollbacks_total: AtomicU64,
+    pub state_save_failures_total: AtomicU64,
+    state_file: Mutex<StateFileStatus>,
+    last_rollback: Mutex<Option<RollbackRecord>>,
+    shutdown: CancellationToken,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Controller {
+    /// Starts the owner task on `state` (the config's, or one restored from the
+    /// state file) and resumes the drains of slots that were draining.
+    pub fn start(
+        config: Config,
+        state: State,
+        tls: Option<TlsSlot>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Controller>, CtlError> {
+        let stats = StatsRegistry::default();
+        let mut runtime = BTreeMap::new();
+        for sc in &config.slots {
+            let upstream = Upstream::of(sc, &config)?;
+            let generation = state.get(&sc.name).map_or(1, |r| r.generation);
+            runtime.insert(
+                sc.name.clone(),
+                Runtime {
+                    client: upstream.client(&config.proxy),
+                    upstream,
+                    generation,
+                    stats: stats.get(&sc.name),
+                },
+            );
+        }
+        let table = table_of(&state, &runtime);
+        let (ops, rx) = mpsc::channel(QUEUE);
+        let (events, _) = broadcast::channel(HUB);
+        let persister = Persister::spawn(config.control.state_file.clone());
+        let (deadline, quiet) = (config.drain.deadline, config.drain.quiet);
+        let proxy = config.proxy.clone();
+        let ctl = Arc::new(Controller {
+            tables: Arc::new(Tables::new(table)),
+            state_file: Mutex::new(StateFileStatus {
+                path: config.control.state_file.clone(),
+                persisted: true,
+                revision: state.revision,
+                error: None,
+            }),
+            state: ArcSwap::from_pointee(state.clone()),
+            ops,
+            events,
+            config: ArcSwap::from_pointee(config),
+            drains: Drains::default(),
+            watch: Watcher::default(),
+            deploying: tokio::sync::Mutex::new(()),
+            tls,
+            flips_total: AtomicU64::new(0),
+            rollbacks_total: AtomicU64::new(0),
+            state_save_failures_total: AtomicU64::new(0),
+            last_rollback: Mutex::new(None),
+            shutdown,
+        });
+        let owner = Owner {
+            ctl: Arc::clone(&ctl),
+            state,
+            runtime,
+            stats,
+            proxy,
+            persister,
+        };
+        tokio::spawn(owner.run(rx));
+        ctl.drains
+            .reconcile(&ctl, &ctl.tables.load_full(), deadline, quiet);
+        Ok(ctl)
+    }
+
+    /// Every event from now on: changes, drain and watch progress, how they end.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Publishes an event to the subscribers (none is fine).
+    pub(crate) fn publish(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// The config as it is now (`reload` replaces it).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The control state as it is now.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    pub(crate) fn listener_tls(&self) -> Option<&TlsSlot> {
+        self.tls.as_ref()
+    }
+
+    async fn submit(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<Applied, CtlError>>) -> Op,
+    ) -> Result<Applied, CtlError> {
+        let (reply, rx) = oneshot::channel();
+        self.ops
+            .send(op(reply))
+            .await
+            .map_err(|_| CtlError::ShuttingDown)?;
+        rx.await.map_err(|_| CtlError::ShuttingDown)?
+    }
+
+    /// Applies a command; the reply comes once the change routes and is on disk.
+    pub async fn apply(
+        &self,
+        cmd: Command,
+        deadline: Option<Duration>,
+    ) -> Result<Applied, CtlError> {
+        self.submit(|reply| Op::Apply {
+            cmd,
+            deadline,
+            fact: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies a fact: kept even when it cannot be saved (`persisted: false`).
+    pub(crate) async fn apply_fact(&self, cmd: Command) -> Result<Applied, CtlError> {
+        self.submit(|reply| Op::Apply {
+            cmd,
+            deadline: None,
+            fact: true,
+            reply,
+        })
+        .await
+    }
+
+    /// A reload's state change and new config, applied together.
+    pub(crate) async fn reconfigure(
+        &self,
+        cmd: Command,
+        config: Arc<Config>,
+        upstreams: BTreeMap<String, Upstream>,
+    ) -> Result<Applied, CtlError> {
+        self.submit(|reply| Op::Reconfigure {
+            cmd,
+            config,
+            upstreams,
+            reply,
+        })
+        .await
+    }
+
+    /// `status`: the slots with their live counts, drains, watch, state file.
+    pub fn status(&self) -> Status {
+        let table = self.tables.load_full();
+        let drains = self.drains.status();
+        Status {
+            slots: table
+                .slots
+                .iter()
+                .map(|s| SlotStatus {
+                    name: s.name.to_string(),
+                    upstream: s.upstream.clone(),
+                    weight: s.weight,
+                    state: s.state,
+                    generation: s.generation,
+                    live_streams: s.stats.live_streams(),
+                    inflight: s.stats.inflight(),
+                })
+                .collect(),
+            active: table.active().map(|s| s.name.to_string()),
+            flips_total: self.flips_total.load(Ordering::Relaxed),
+            rollbacks_total: self.rollbacks_total.load(Ordering::Relaxed),
+            drain: drains.first().cloned(),
+            drains,
+            watch: self.watch.status(),
+            last_rollback: lock(&self.last_rollback).clone(),
+            state_file: lock(&self.state_file).clone(),
+        }
+    }
+
+    /// Whether the state file holds the state that routes.
+    pub fn persisted(&self) -> bool {
+        lock(&self.state_file).persisted
+    }
+
+    fn unknown(&self, name: &str) -> CtlError {
+        let table = self.tables.load();
+        CtlError::unknown_slot(name, table.slots.iter().map(|s| &*s.name))
+    }
+
+    /// `probe SLOT`: the configured MCP probe straight to the slot's upstream.
+    pub async fn probe(&self, name: &str) -> Result<ProbeReport, CtlError> {
+        let slot = self
+            .tables
+            .load()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.unknown(name))?;
+        let cfg = self.config();
+        let report = probe::probe(&slot, &cfg.probe).await;
+        tracing::info!(
+            slot = name,
+            ok = report.ok,
+            ms = report.ms,
+            error = report.error.as_deref().unwrap_or(""),
+            "probe"
+        );
+        self.publish(Event::ProbeDone {
+            slot: name.to_owned(),
+            ok: report.ok,
+            ms: report.ms,
+            error: report.error.clone(),
+        });
+        Ok(report)
+    }
+
+    /// `weights NAME=W ...`: one table swap.
+    pub async fn set_weights(&self, weights: Vec<Weight>) -> Result<Weighted, CtlError> {
+        let applied = self.apply(Command::Weights(weights), None).await?;
+        Ok(Weighted {
+            slots: briefs(&applied.state),
+        })
+    }
+
+    /// Whether `cmd` would apply to the state as it is now (a dry run of the
+    /// state machine): refuses what it would refuse before a probe runs.
+    pub fn check(&self, cmd: &Command) -> Result<(), CtlError> {
+        state::apply(&self.state(), cmd).map(|_| ())
+    }
+
+    /// `flip SLOT`: probes first (unless `no_probe`); on a pass flips and
+    /// starts the watch window. A failed probe changes nothing.
+    pub async fn flip(self: &Arc<Self>, to: &str, opts: FlipOptions) -> Result<Flipped, CtlError> {
+        let cmd = Command::Flip {
+            to: to.to_owned(),
+            drain: opts.drain,
+        };
+        // An unknown, retired or already active slot is refused without a probe.
+        self.check(&cmd)?;
+        let report = if opts.no_probe {
+            None
+        } else {
+            let r = self.probe(to).await?;
+            if !r.ok {
+                return Err(CtlError::ProbeFailed {
+                    report: Box::new(r),
+                });
+            }
+            Some(r)
+        };
+        let applied = self.apply(cmd, opts.deadline).await?;
+        self.watch.cancel("superseded by a new flip");
+        let mut reply = flipped(&applied, to);
+        tracing::info!(from = ?reply.from, to, drain = opts.drain, "flipped");
+        if !opts.drain && reply.from.is_some() {
+            let cut = standby_of(&applied);
+            if !cut.is_empty() {
+                reply.warning = Some(format!(
+                    "{} went to standby without a drain: requests of its open sessions now get 404; \
+                     use `flip {to} --drain` to let them finish",
+                    cut.join(", ")
+                ));
+            }
+        }
+        reply.probe = report;
+        // A flip without a probe is not watched by probes either: the operator opted out.
+        if reply.probe.is_some() {
+            let window = opts.window.unwrap_or(self.config().watch.window);
+            self.watch.start(self, to, window);
+            reply.watch_ms = Some(window.as_millis() as u64);
+        }
+        Ok(reply)
+    }
+
+    /// `rollback`: back to the slot active before the last flip, if it passes
+    /// its probe; ends the watch window.
+    pub async fn rollback(self: &Arc<Self>) -> Result<Flipped, CtlError> {
+        self.watch.cancel("manual rollback");
+        self.roll_back("manual rollback", false).await
+    }
+
+    /// Flips back to the previous slot after probing it. From the watch
+    /// window (`fact`), the flip is kept even if it cannot be saved.
+    pub(crate) async fn roll_back(&self, reason: &str, fact: bool) -> Result<Flipped, CtlError> {
+        let to = self
+            .state()
+            .previous_active
+            .clone()
+            .ok_or(CtlError::NoPrevious)?;
+        let report = self.probe(&to).await?;
+        if !report.ok {
+            return Err(CtlError::ProbeFailed {
+                report: Box::new(report),
+            });
+        }
+        let cmd = Command::Flip {
+            to: to.clone(),
+            drain: true,
+        };
+        let applied = if fact {
+            self.apply_fact(cmd).await?
+        } else {
+            self.apply(cmd, None).await?
+        };
+        self.rollbacks_total.fetch_add(1, Ordering::Relaxed);
+        let mut reply = flipped(&applied, &to);
+        tracing::warn!(from = ?reply.from, to, reason, "rolled back");
+        *lock(&self.last_rollback) = Some(RollbackRecord {
+            from: reply.from.clone(),
+            to: to.clone(),
+            reason: reason.to_owned(),
+            at: now_ms(),
+        });
+        self.publish(Event::RolledBack {
+            from: reply.from.clone(),
+            to,
+            reason: reason.to_owned(),
+        });
+        reply.reason = Some(reason.to_owned());
+        reply.probe = Some(report);
+        Ok(reply)
+    }
+
+    /// Waits until `slot` is drained (`drain --wait`, `wait`), passing its
+    /// progress to `progress`; `timeout` gives up waiting.
+    pub async fn wait_drained(
+        &self,
+        slot: &str,
+        timeout: Option<Duration>,
+        progress: impl FnMut(Progress),
+    ) -> Result<DrainOutcome, CtlError> {
+        drain::wait(self, &self.drains, slot, timeout, progress).await
+    }
+
+    /// `drain SLOT`: no new sessions; pinned ones keep going to it.
+    pub async fn drain(
+        &self,
+        name: &str,
+        deadline: Option<Duration>,
+    ) -> Result<DrainStarted, CtlError> {
+        self.apply(
+            Command::Drain {
+                slot: name.to_owned(),
+            },
+            deadline,
+        )
+        .await?;
+        Ok(DrainStarted {
+            slot: name.to_owned(),
+            state: SlotState::Draining,
+        })
+    }
+
+    /// `retire SLOT` (its process is gone) / `standby SLOT` (started again: a
+    /// new generation and a fresh connection pool).
+    pub async fn lifecycle(&self, name: &str, retire: bool) -> Result<Lifecycle, CtlError> {
+        let slot = name.to_owned();
+        let cmd = if retire {
+            Command::Retire { slot }
+        } else {
+            Command::Standby { slot }
+        };
+        let applied = self.apply(cmd, None).await?;
+        let r = applied.state.get(name).ok_or_else(|| self.unknown(name))?;
+        Ok(Lifecycle {
+            slot: name.to_owned(),
+            state: r.state,
+            generation: r.generation,
+        })
+    }
+}
+
+impl Host for Controller {
+    fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    fn config(&self) -> Arc<Config> {
+        Controller::config(self)
+    }
+
+    fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        Controller::subscribe(self)
+    }
+
+    fn publish(&self, event: Event) {
+        Controller::publish(self, event)
+    }
+
+    fn persisted(&self) -> bool {
+        Controller::persisted(self)
+    }
+
+    async fn drained(&self, cmd: Command, id: u64) -> Result<bool, CtlError> {
+        let applied = self.submit(|reply| Op::Drained { cmd, id, reply }).await?;
+        Ok(applied.persisted)
+    }
+
+    async fn probe(&self, slot: &str) -> Result<ProbeReport, CtlError> {
+        Controller::probe(self, slot).await
+    }
+
+    async fn roll_back(&self, reason: &str) -> Result<Flipped, CtlError> {
+        Controller::roll_back(self, reason, true).await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn briefs(state: &State) -> Vec<SlotBrief> {
+    state
+        .slots
+        .iter()
+        .map(|s| SlotBrief {
+            name: s.name.clone(),
+            weight: s.weight,
+            state: s.state,
+            generation: s.generation,
+        })
+        .collect()
+}
+
+/// The reply of a flip that went through.
+fn flipped(applied: &Applied, to: &str) -> Flipped {
+    let (from, draining) = applied
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Flipped { from, draining, .. } => Some((from.clone(), draining.clone())),
+            _ => None,
+        })
+        .unwrap_or_default();
+    Flipped {
+        from,
+        to: to.to_owned(),
+        draining,
+        flipped_at: now_ms(),
+        probe: None,
+        watch_ms: None,
+        warning: None,
+        drained: None,
+        reason: None,
+        persisted: applied.persisted,
+    }
+}
+
+fn standby_of(applied: &Applied) -> Vec<String> {
+    applied
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Flipped { standby, .. } => Some(standby.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The routing table of `state` over `runtime`.
+fn table_of(state: &State, runtime: &BTreeMap<String, Runtime>) -> Table {
+    let slots = state
+        .slots
+        .iter()
+        .filter_map(|r| {
+            let rt = runtime.get(&r.name)?;
+            Some(Arc::new(Slot {
+                name: Arc::from(r.name.as_str()),
+                upstream: rt.upstream.url.clone(),
+                scheme: rt.upstream.scheme.clone(),
+                authority: rt.upstream.authority.clone(),
+                host_header: rt.upstream.host_header.clone(),
+                weight: r.weight,
+                state: r.state,
+                generation: r.generation,
+                tag_prefix: crate::mcp::tag::tag_prefix(&r.name, r.generation),
+                stats: Arc::clone(&rt.stats),
+                client: rt.client.clone(),
+            }))
+        })
+        .collect();
+    Table::new(slots, state.revision)
+}
+
+/// The owner task: the only code that changes the state, the table and the file.
+struct Owner {
+    ctl: Arc<Controller>,
+    state: State,
+    runtime: BTreeMap<String, Runtime>,
+    stats: StatsRegistry,
+    /// `[proxy]` as the proxy started (it needs a restart to change).
+    proxy: ProxyConfig,
+    persister: Persister,
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let stop = self.ctl.shutdown.clone();
+        loop {
+            let op = tokio::select! {
+                _ = stop.cancelled() => return,
+                op = rx.recv() => match op { Some(op) => op, None => return },
+            };
+            match op {
+                Op::Apply {
+                    cmd,
+                    deadline,
+                    fact,
+                    reply,
+                } => {
+                    let r = self.apply(&cmd, deadline, fact, &BTreeMap::new()).await;
+                    let _ = reply.send(r);
+                }
+                Op::Drained { cmd, id, reply } => {
+                    let r = match &cmd {
+                        Command::Drained { slot, .. } if self.ctl.drains.is_current(slot, id) => {
+                            self.apply(&cmd, None, true, &BTreeMap::new()).await
+                        }
+                        Command::Drained { slot, .. } => {
+                            Err(CtlError::DrainCancelled { slot: slot.clone() })
+                        }
+                        other => Err(CtlError::Internal(format!("not a drain's end: {other:?}"))),
+                    };
+                    let _ = reply.send(r);
+                }
+                Op::Reconfigure {
+                    cmd,
+                    config,
+                    upstreams,
+                    reply,
+                } => {
+                    let r = self.apply(&cmd, None, false, &upstreams).await;
+                    if r.is_ok() {
+                        self.ctl.config.store(config);
+                    }
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    /// The runtime of `next`: a slot keeps its client while its generation
+    /// stays; a new generation (or a new upstream) gets a new client.
+    fn runtime_of(
+        &self,
+        next: &State,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> BTreeMap<String, Runtime> {
+        next.slots
+            .iter()
+            .filter_map(|r| {
+                let cur = self.runtime.get(&r.name);
+                let rt = match (cur, upstreams.get(&r.name)) {
+                    (Some(cur), None) if cur.generation == r.generation => cur.clone(),
+                    (cur, new) => {
+                        let upstream = new.or(cur.map(|c| &c.upstream))?.clone();
+                        Runtime {
+                            client: upstream.client(&self.proxy),
+                            upstream,
+                            generation: r.generation,
+                            stats: cur
+                                .map(|c| Arc::clone(&c.stats))
+                                .unwrap_or_else(|| self.stats.get(&r.name)),
+                        }
+                    }
+                };
+                Some((r.name.clone(), rt))
+            })
+            .collect()
+    }
+
+    async fn apply(
+        &mut self,
+        cmd: &Command,
+        deadline: Option<Duration>,
+        fact: bool,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> Result<Applied, CtlError> {
+        let (next, events) = state::apply(&self.state, cmd)?;
+        if events.is_empty() {
+            return Ok(Applied {
+                events,
+                persisted: self.ctl.persisted(),
+                state: self.ctl.state(),
+            });
+        }
+        if let Some(missing) = next
+            .slots
+            .iter()
+            .find(|r| !self.runtime.contains_key(&r.name) && !upstreams.contains_key(&r.name))
+        {
+            return Err(CtlError::Internal(format!(
+                "slot {} has no upstream",
+                missing.name
+            )));
+        }
+        let runtime = self.runtime_of(&next, upstreams);
+        let persisted = match self.persister.save(&next).await {
+            Ok(()) => {
+                self.durable(next.revision, None);
+                true
+            }
+            Err(e) => {
+                self.ctl
+                    .state_save_failures_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.ctl.publish(Event::StateNotSaved {
+                    path: e.path.clone(),
+                    error: e.to_string(),
+                });
+                if !fact {
+                    tracing::error!(path = %e.path.display(), error = %e, ?cmd, "cannot save the state: the command is refused and nothing changed");
+                    self.restore_file(&e).await;
+                    return Err(CtlError::StateNotSaved {
+                        path: e.path.clone(),
+                        error: e.to_string(),
+                    });
+                }
+                tracing::error!(path = %e.path.display(), error = %e, ?cmd, "CANNOT SAVE THE STATE: the change is applied but not on disk (persisted: false); a restart would come back on an older state");
+                self.behind(&e);
+                false
+            }
+        };
+        self.commit(next, runtime, &events, deadline);
+        Ok(Applied {
+            events,
+            persisted,
+            state: self.ctl.state(),
+        })
+    }
+
+    /// After a refused save that may have replaced the file (the rename
+    /// happened, the directory fsync failed), writes the current state back.
+    async fn restore_file(&mut self, e: &SaveError) {
+        if !e.after_rename() {
+            lock(&self.ctl.state_file).error = Some(e.to_string());
+            return;
+        }
+        match self.persister.save(&self.state).await {
+            Ok(()) => self.durable(self.state.revision, Some(e)),
+            Err(again) => {
+                tracing::error!(error = %again, "cannot write the state back either: the file may hold a change that was refused");
+                self.behind(&again);
+            }
+        }
+    }
+
+    /// The file holds `revision`; `error` is the last failure, if one just happened.
+    fn durable(&self, revision: u64, error: Option<&SaveError>) {
+        let mut f = lock(&self.ctl.state_file);
+        f.persisted = true;
+        f.revision = revision;
+        f.error = error.map(|e| e.to_string());
+        drop(f);
+        self.ctl.publish(Event::StateSaved { revision });
+    }
+
+    /// The file does not hold the state that routes.
+    fn behind(&self, e: &SaveError) {
+        let mut f = lock(&self.ctl.state_file);
+        f.persisted = false;
+        f.error = Some(e.to_string());
+    }
+
+    fn commit(
+        &mut self,
+        next: State,
+        runtime: BTreeMap<String, Runtime>,
+        events: &[Event],
+        deadline: Option<Duration>,
+    ) {
+        let table = Arc::new(table_of(&next, &runtime));
+        self.runtime = runtime;
+        self.state = next.clone();
+        self.ctl.tables.store(Arc::clone(&table));
+        self.ctl.state.store(Arc::new(next));
+        let cfg = self.ctl.config();
+        self.ctl.drains.reconcile(
+            &self.ctl,
+            &table,
+            deadline.unwrap_or(cfg.drain.deadline),
+            cfg.drain.quiet,
+        );
+        for e in events {
+            if matches!(e, Event::Flipped { .. }) {
+                self.ctl.flips_total.fetch_add(1, Ordering::Relaxed);
+            }
+            self.ctl.publish(e.clone());
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! How `mcpflip ctl` shows replies: one function per reply type, reading the
+//! typed replies of `protocol` (never guessing at JSON shapes).
+
+use std::fmt::Write;
+
+use crate::control::protocol::{
+    Deployed, Drained, ErrorDetail, ErrorReply, Flipped, Progress, Reply, Status, WatchOutcome,
+};
+use crate::probe::ProbeReport;
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// A 20-cell bar of `done` out of `total`.
+fn bar(done: f64, total: f64) -> String {
+    let cells = if total > 0.0 {
+        ((done / total).clamp(0.0, 1.0) * 20.0).round() as usize
+    } else {
+        0
+    };
+    format!("[{}{}]", "#".repeat(cells), ".".repeat(20 - cells))
+}
+
+/// The phase a progress line belongs to (a new phase starts a new line).
+pub fn phase(p: &Progress) -> &'static str {
+    match p {
+        Progress::Probe { .. } => "probe",
+        Progress::Flip { .. } => "flip",
+        Progress::Drain { .. } => "drain",
+        Progress::Watch { .. } => "watch",
+    }
+}
+
+pub fn progress_line(p: &Progress) -> String {
+    match p {
+        Progress::Probe { slot } => format!("probe    {slot}: initialize, tools/list, canary ..."),
+        Progress::Flip { from, to, draining } => format!(
+            "flip     {} -> {to}; draining {}",
+            from.as_deref().unwrap_or("(none)"),
+            if draining.is_empty() {
+                "nothing".to_owned()
+            } else {
+                draining.join(", ")
+            }
+        ),
+        Progress::Watch {
+            slot,
+            elapsed_ms,
+            window_ms,
+            probes,
+        } => {
+            let (elapsed, window) = (secs(*elapsed_ms), secs(*window_ms));
+            format!(
+                "watch    {slot}: {} {:.0}s left, {probes} probes passed",
+                bar(elapsed, window),
+                (window - elapsed).max(0.0),
+            )
+        }
+        Progress::Drain {
+            slot,
+            live_streams,
+            inflight,
+            elapsed_ms,
+            deadline_ms,
+        } => {
+            let (elapsed, deadline) = (secs(*elapsed_ms), secs(*deadline_ms));
+            format!(
+                "drain    {slot}: {live_streams} live streams, {inflight} in flight {} {elapsed:.1}s of {deadline:.0}s deadline",
+                bar(elapsed, deadline),
+            )
+        }
+    }
+}
+
+/// The steps of a probe report, one line each.
+fn probe_steps(report: &ProbeReport, out: &mut String) {
+    for st in &report.steps {
+        let _ = writeln!(
+            out,
+            "  {} {:<12} {:>5}ms  {}",
+            if st.ok { "ok  " } else { "FAIL" },
+            st.step,
+            st.ms,
+            st.detail,
+        );
+        if let Some(status) = st.status {
+            let _ = write!(out, "       HTTP {status}");
+            if let Some(b) = &st.body {
+                let _ = write!(out, ": {b}");
+            }
+            out.push('\n');
+        }
+    }
+}
+
+fn drained_line(d: &Drained) -> String {
+    let o = &d.outcome;
+    let mut s = format!("{} drained after {:.3}s", d.slot, secs(o.drained_after_ms));
+    if o.forced > 0 {
+        let _ = write!(s, " ({} streams ended at the deadline)", o.forced);
+    }
+    if !o.persisted {
+        s.push_str(" (NOT SAVED to the state file: see `status`)");
+    }
+    s
+}
+
+fn status(s: &Status) -> String {
+    let mut out = format!(
+        "{:<10} {:<9} {:>7} {:>4} {:>8} {:>8}  {}\n",
+        "SLOT", "STATE", "WEIGHT", "GEN", "STREAMS", "INFLIGHT", "UPSTREAM"
+    );
+    for x in &s.slots {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:>7} {:>4} {:>8} {:>8}  {}",
+            x.name, x.state, x.weight, x.generation, x.live_streams, x.inflight, x.upstream
+        );
+    }
+    if let Some(a) = &s.active {
+        let _ = writeln!(out, "active: {a}");
+    }
+    for d in &s.drains {
+        let _ = writeln!(
+            out,
+            "draining {}: {:.1}s of {:.0}s deadline",
+            d.slot,
+            secs(d.elapsed_ms),
+            secs(d.deadline_ms)
+        );
+    }
+    if let Some(w) = &s.watch {
+        let _ = writeln!(
+            out,
+            "watching {}: {:.0}s of {:.0}s, {} probes passed",
+            w.slot,
+            secs(w.elapsed_ms),
+            secs(w.window_ms),
+            w.probes
+        );
+    }
+    if let Some(r) = &s.last_rollback {
+        let _ = writeln!(
+            out,
+            "last rollback: {} -> {}: {}",
+            r.from.as_deref().unwrap_or("(none)"),
+            r.to,
+            r.reason
+        );
+    }
+    if !s.state_file.persisted {
+        let _ = writeln!(
+            out,
+            "WARNING: the state file {} does not hold this state ({}); a restart would come back on an older one",
+            s.state_file.path.display(),
+            s.state_file.error.as_deref().unwrap_or("a save failed")
+        );
+    }
+    out
+}
+
+fn flipped(f: &Flipped) -> String {
+    let verb = if f.reason.is_some() {
+        "rolled back"
+    } else {
+        "flipped"
+    };
+    let mut out = format!(
+        "{verb} {} -> {}",
+        f.from.as_deref().unwrap_or("(none)"),
+        f.to
+    );
+    match &f.probe {
+        Some(p) => {
+            let _ = write!(out, " (probe passed in {}ms)", p.ms);
+        }
+        None => out.push_str(" (no probe)"),
+    }
+    if let Some(r) = &f.reason {
+        let _ = write!(out, ": {r}");
+    }
+    out.push('\n');
+    if let Some(w) = &f.warning {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    if let Some(ms) = f.watch_ms {
+        let _ = writeln!(out, "watching {} for {:.0}s", f.to, secs(ms));
+    }
+    for d in f.drained.iter().flatten() {
+        let _ = writeln!(out, "{}", drained_line(d));
+    }
+    if !f.persisted {
+        let _ = writeln!(
+            out,
+            "WARNING: this change could not be saved to the state file (see `status`)"
+        );
+    }
+    out
+}
+
+fn watch_line(w: &WatchOutcome) -> String {
+    match w {
+        WatchOutcome::Passed { probes } => format!("passed ({probes} probes)"),
+        WatchOutcome::RolledBack { reason, to, .. } => format!("rolled back to {to}: {reason}"),
+        WatchOutcome::Failed { reason } => format!("failed: {reason}"),
+        WatchOutcome::Cancelled { reason } => format!("cancelled: {reason}"),
+    }
+}
+
+fn deployed(d: &Deployed) -> String {
+    let mut out = format!(
+        "deployed {} -> {} in {:.1}s\n",
+        d.from.as_deref().unwrap_or("(none)"),
+        d.to,
+        secs(d.elapsed_ms)
+    );
+    if let Some(p) = &d.probe {
+        let _ = writeln!(out, "  probe  passed in {}ms", p.ms);
+    }
+    for x in &d.drained {
+        let _ = writeln!(out, "  drain  {}", drained_line(x));
+    }
+    let _ = write!(out, "  watch  {}", watch_line(&d.watch));
+    out
+}
+
+/// A successful reply, readable.
+pub fn reply(r: &Reply) -> String {
+    let out = match r {
+        Reply::Status(s) => status(s),
+        Reply::Weights(w) => {
+            let mut out = String::new();
+            for s in &w.slots {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<9} weight {:>7}  generation {}",
+                    s.name, s.state, s.weight, s.generation
+                );
+            }
+            out
+        }
+        Reply::Flip(f) => flipped(f),
+        Reply::Drain(d) => format!("{}: {}", d.slot, d.state),
+        Reply::Drained(d) => drained_line(d),
+        Reply::Probe(p) => {
+            let mut out = format!(
+                "probe of {} passed in {}ms (protocol {})\n",
+                p.slot,
+                p.ms,
+                p.protocol.as_deref().unwrap_or("?")
+            );
+            probe_steps(p, &mut out);
+            out
+        }
+        Reply::Lifecycle(l) => format!("{}: {} (generation {})", l.slot, l.state, l.generation),
+        Reply::Deploy(d) => deployed(d),
+        Reply::Reload(r) => {
+            let mut out = String::new();
+            if r.changed.is_empty() {
+                out.push_str("reloaded: nothing changed\n");
+            }
+            for c in &r.changed {
+                let _ = writeln!(out, "reloaded: {c}");
+            }
+            for x in &r.restart_required {
+                let _ = writeln!(out, "not applied (needs a restart): {x}");
+            }
+            out
+        }
+    };
+    out.trim_end().to_owned()
+}
+
+/// An error reply, readable: the code, the message, and what it carries.
+pub fn error(e: &ErrorReply) -> String {
+    let mut out = format!("error ({}): {}\n", e.code, e.error);
+    match &e.detail {
+        ErrorDetail::Probe { probe } => {
+            let _ = writeln!(out, "probe of {}:", probe.slot);
+            probe_steps(probe, &mut out);
+        }
+        ErrorDetail::Deploy(d) => {
+            if let Some(p) = d.probe.as_ref() {
+                let _ = writeln!(out, "  probe  passed in {}ms", p.ms);
+            }
+            for x in &d.drained {
+                let _ = writeln!(out, "  drain  {}", drained_line(x));
+            }
+            let _ = writeln!(out, "  watch  {}", watch_line(&d.watch));
+        }
+        ErrorDetail::None {} => {}
+    }
+    out.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::{CtlError, DrainOutcome};
+
+    #[test]
+    fn errors_show_their_code_message_and_probe_steps() {
+        let report = ProbeReport {
+            ok: false,
+            slot: "green".into(),
+            transport: "streamable-http".into(),
+            protocol: None,
+            ms: 12,
+            tools: vec![],
+            steps: vec![crate::probe::Step {
+                step: "tools/list".into(),
+                ok: false,
+                ms: 3,
+                detail: "missing whoami".into(),
+                status: Some(200),
+                body: None,
+            }],
+            error: Some("tools/list failed: missing whoami".into()),
+        };
+        let wire = CtlError::ProbeFailed {
+            report: Box::new(report),
+        }
+        .to_reply()
+        .to_value();
+        let back: ErrorReply = serde_json::from_value(wire).expect("reads back");
+        let text = error(&back);
+        assert!(
+            text.starts_with("error (probe_failed): probe of green failed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FAIL tools/list") && text.contains("missing whoami"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_drain_that_was_not_saved_says_so() {
+        let d = Drained {
+            slot: "blue".into(),
+            outcome: DrainOutcome {
+                drained_after_ms: 1500,
+                forced: 2,
+                persisted: false,
+            },
+        };
+        let line = drained_line(&d);
+        assert!(
+            line.contains("1.500s") && line.contains("2 streams") && line.contains("NOT SAVED"),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! The control socket: a Unix socket (mode 0600, in a directory only root or
+//! the proxy's user can write; peers checked by uid) that takes one request
+//! per line and answers JSON lines.
+//!
+//! Lines are capped at [`MAX_LINE`] bytes: a longer one is answered with a
+//! `line_too_long` error (which never quotes it) and the connection closes,
+//! without waiting for its end. A malformed request gets a `bad_command`
+//! error and the connection stays usable. A connection idle longer than
+//! [`IDLE`] is closed, and a reader that stops reading gets [`WRITE`] per line.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+
+use crate::control::controller::{Controller, FlipOptions};
+use crate::control::deploy::{self, DeployOptions};
+use crate::control::paths;
+use crate::control::protocol::{parse_line, CtlError, Drained, Reply, Request, MAX_LINE};
+use crate::control::reload;
+
+/// A control connection with no complete line for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(600);
+/// The longest a reply line may take to be written.
+pub const WRITE: Duration = Duration::from_secs(30);
+/// After an accept error (EMFILE and friends), wait this long.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds the control socket: checks (or creates, 0700) its directory,
+/// replaces a stale socket, refuses a live one or a file that is not a socket.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    paths::secure_dir(paths::parent_of(path))
+        .map_err(|e| anyhow::anyhow!("[control] socket: {e}"))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "control socket {} is in use by another running mcpflip; stop it first or set [control] socket to another path",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path).map_err(|e| {
+                anyhow::anyhow!("cannot remove stale socket {}: {e}", path.display())
+            })?;
+        }
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; remove it or set [control] socket to another path",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("cannot chmod 0600 {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves control connections until `stop`.
+pub async fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: CancellationToken) {
+    let me = paths::euid();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|c| paths::trusted_uid(c.uid(), me));
+        let ctl = Arc::clone(&ctl);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if allowed {
+                connection(stream, ctl, stop).await;
+            } else {
+                let (_, mut w) = stream.into_split();
+                let _ = write_line(&mut w, &CtlError::Forbidden.to_reply().to_value()).await;
+            }
+        });
+    }
+}
+
+async fn write_line(w: &mut OwnedWriteHalf, v: &Value) -> std::io::Result<()> {
+    let line = format!("{v}\n");
+    match tokio::time::timeout(WRITE, w.write_all(line.as_bytes())).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// What the reader got.
+enum Read {
+    Line(String),
+    Closed,
+    TooLong,
+    Failed(String),
+}
+
+/// Reads lines of at most [`MAX_LINE`] bytes.
+struct Lines<R> {
+    read: R,
+    codec: LinesCodec,
+    buf: BytesMut,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Lines<R> {
+    fn new(read: R) -> Self {
+        Lines {
+            read,
+            codec: LinesCodec::new_with_max_length(MAX_LINE),
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+
+    async fn next(&mut self) -> Read {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(line)) => return Read::Line(line),
+                Ok(None) => {}
+                Err(LinesCodecError::MaxLineLengthExceeded) => return Read::TooLong,
+                Err(LinesCodecError::Io(e)) => return Read::Failed(e.to_string()),
+            }
+            match self.read.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return match self.codec.decode_eof(&mut self.buf) {
+                        Ok(Some(line)) => Read::Line(line),
+                        Ok(None) => Read::Closed,
+                        Err(LinesCodecError::MaxLineLengthExceeded) => Read::TooLong,
+                        Err(LinesCodecError::Io(e)) => Read::Failed(e.to_string()),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Read::Failed(e.to_string()),
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, ctl: Arc<Controller>, stop: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = Lines::new(read);
+    loop {
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(IDLE, lines.next()) => match r {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+        };
+        let line = match read {
+            Read::Line(l) => l,
+            Read::Closed => return,
+            Read::TooLong => {
+                let e = CtlError::LineTooLong { max: MAX_LINE };
+                let _ = write_line(&mut write, &e.to_reply().to_value()).await;
+                return;
+            }
+            Read::Failed(why) => {
+                let e = CtlError::BadCommand(format!("unreadable line: {why}"));
+                let _ = write_line(&mut write, &e.to_reply().to_value()).await;
+                return;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+        let ctl2 = Arc::clone(&ctl);
+        let run = tokio::spawn(async move {
+            let request = parse_line(&line)?;
+            execute(&ctl2, request, tx).await
+        });
+        while let Some(v) = rx.recv().await {
+            if write_line(&mut write, &v).await.is_err() {
+                run.abort();
+                return;
+            }
+        }
+        let reply = match run.await {
+            Ok(Ok(r)) => r.to_value(),
+            Ok(Err(e)) => e.to_reply().to_value(),
+            Err(e) => CtlError::Internal(format!("command failed: {e}"))
+                .to_reply()
+                .to_value(),
+        };
+        if write_line(&mut write, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one request; progress lines go to `tx`, the final reply is returned.
+pub async fn execute(
+    ctl: &Arc<Controller>,
+    request: Request,
+    tx: mpsc::UnboundedSender<Value>,
+) -> Result<Reply, CtlError> {
+    let progress = {
+        let tx = tx.clone();
+        move |p: crate::control::protocol::Progress| {
+            let _ = tx.send(p.to_value());
+        }
+    };
+    match request {
+        Request::Status => Ok(Reply::Status(Box::new(ctl.status()))),
+        Request::Weights { weights } => ctl.set_weights(weights).await.map(Reply::Weights),
+        Request::Flip {
+            slot,
+            no_probe,
+            drain,
+            wait,
+            deadline,
+        } => {
+            let opts = FlipOptions {
+                no_probe,
+                drain,
+                deadline,
+                window: None,
+            };
+            let mut reply = ctl.flip(&slot, opts).await?;
+            if drain && wait {
+                let mut drained = Vec::new();
+                let mut progress = progress;
+                for f in &reply.draining {
+                    let outcome = ctl.wait_drained(f, None, &mut progress).await?;
+                    drained.push(Drained {
+                        slot: f.clone(),
+                        outcome,
+                    });
+                }
+                reply.drained = Some(drained);
+            }
+            Ok(Reply::Flip(Box::new(reply)))
+        }
+        Request::Drain {
+            slot,
+            wait,
+            deadline,
+        } => {
+            let started = ctl.drain(&slot, deadline).await?;
+            if !wait {
+                return Ok(Reply::Drain(started));
+            }
+            let outcome = ctl.wait_drained(&slot, None, progress).await?;
+            Ok(Reply::Drained(Drained { slot, outcome }))
+        }
+        Request::Wait { slot, timeout, .. } => {
+            let outcome = ctl.wait_drained(&slot, timeout, progress).await?;
+            Ok(Reply::Drained(Drained { slot, outcome }))
+        }
+        Request::Probe { slot } => {
+            let report = ctl.probe(&slot).await?;
+            if !report.ok {
+                return Err(CtlError::ProbeFailed {
+                    report: Box::new(report),
+                });
+            }
+            Ok(Reply::Probe(Box::new(report)))
+        }
+        Request::Rollback => ctl.rollback().await.map(|r| Reply::Flip(Box::new(r))),
+        Request::Retire { slot } => ctl.lifecycle(&slot, true).await.map(Reply::Lifecycle),
+        Request::Standby { slot } => ctl.lifecycle(&slot, false).await.map(Reply::Lifecycle),
+        Request::Reload => reload::reload(ctl).await.map(Reply::Reload),
+        Request::Deploy {
+            slot,
+            deadline,
+            watch,
+        } => {
+            // A task of its own: a client that goes away does not stop a deploy
+            // halfway (its drains and watch go on, and `status` shows them).
+            let ctl = Arc::clone(ctl);
+            let opts = DeployOptions {
+                deadline,
+                window: watch,
+            };
+            let task =
+                tokio::spawn(async move { deploy::deploy(&ctl, &slot, opts, progress).await });
+            drop(tx);
+            task.await
+                .map_err(|e| CtlError::Internal(format!("the deploy failed: {e}")))?
+                .map(|d| Reply::Deploy(Box::new(d)))
+        }
+    }
+}
