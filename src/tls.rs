@@ -310,6 +310,7 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
     (y, m, d)
 }
 
+/// Writes a certificate file; never through a symlink someone put in its place.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -318,6 +319,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
         .create(true)
         .truncate(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     f.write_all(bytes)
@@ -333,6 +335,17 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_781), (2026, 11, 24));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn dev_cert_files_are_never_written_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.path().join("server.key")).expect("link");
+        let e = write_dev_cert(dir.path(), &[], true).expect_err("a linked key file");
+        assert!(e.contains("server.key"), "{e}");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
     }
 
     #[test]
