@@ -15,7 +15,8 @@
 #   STOP_SLOT    command run with SLOT in the environment
 #                (default: systemctl stop "mcp-server@$SLOT")
 #   MCPFLIP      the mcpflip binary (default: mcpflip on PATH)
-#   MCPFLIP_SOCKET  the control socket (default: the one in config/mcpflip.toml)
+#   MCPFLIP_SOCKET  the control socket (default: the [control] socket of MCPFLIP_CONFIG,
+#                   else of config/mcpflip.toml)
 #   SLOTS        the two slot names (default: "blue green")
 #   STATE_DIR    where the release each slot runs is remembered (default: /var/lib/mcpflip)
 #   READY_TRIES  probes of the new slot before giving up, one a second (default: 30)
