@@ -76,6 +76,7 @@ pub enum Request {
     },
     /// Stop new sessions to SLOT; its sessions keep going to it until it is drained.
     Drain {
+        /// The slot to drain.
         slot: String,
         /// Reply once the slot is drained (no live stream, nothing in flight) or the deadline passed.
         #[arg(long)]
@@ -93,6 +94,7 @@ pub enum Request {
     },
     /// Wait until SLOT is drained: `wait SLOT drained [--timeout DUR]`.
     Wait {
+        /// The draining slot.
         slot: String,
         /// The condition; `drained` is the only one (and the default).
         #[arg(value_parser = ["drained"], hide_possible_values = true)]
@@ -109,18 +111,28 @@ pub enum Request {
         timeout: Option<Duration>,
     },
     /// Run the MCP probe against SLOT and report each step.
-    Probe { slot: String },
+    Probe {
+        /// The slot to probe (straight to its upstream, not through the proxy).
+        slot: String,
+    },
     /// Flip back to the slot active before the last flip, if it passes its probe.
     Rollback,
     /// Mark SLOT's process as gone: requests of its sessions are answered 404.
-    Retire { slot: String },
+    Retire {
+        /// The slot whose process is gone.
+        slot: String,
+    },
     /// Mark SLOT's process as started again: a new generation, a fresh connection pool.
-    Standby { slot: String },
+    Standby {
+        /// The slot whose process was started again.
+        slot: String,
+    },
     /// Probe SLOT, flip, drain the old slot until its last session ends, then watch SLOT.
     ///
     /// Exits 0 when SLOT passed its watch; non-zero when the probe refused it
     /// (nothing changed), SLOT is already active, or the watch rolled back.
     Deploy {
+        /// The slot with the new release.
         slot: String,
         /// Drain deadline for the old slot (default: [drain] deadline).
         #[arg(long, value_name = "DUR", value_parser = parse_duration)]
@@ -546,7 +558,10 @@ impl Reply {
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Progress {
     /// A deploy probes its slot.
-    Probe { slot: String },
+    Probe {
+        /// The slot to probe (straight to its upstream, not through the proxy).
+        slot: String,
+    },
     /// A deploy flipped.
     Flip {
         from: Option<String>,
@@ -555,6 +570,7 @@ pub enum Progress {
     },
     /// A drain's counts against its deadline.
     Drain {
+        /// The slot to drain.
         slot: String,
         live_streams: u64,
         inflight: u64,
