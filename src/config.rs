@@ -70,6 +70,8 @@ pub struct Config {
     pub watch: WatchConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     #[serde(rename = "slot", default)]
     pub slots: Vec<SlotConfig>,
     /// The file this config was read from.
@@ -86,6 +88,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
     pub listener_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates `listener_tls` serves (for their expiry metric).
+    pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
 }
 
@@ -195,6 +199,57 @@ pub struct ProxyConfig {
     pub allowed_hosts: Option<Vec<String>>,
 }
 
+/// The `[log]` section (an extension of INTERFACE.md's schema): how the main
+/// log and the access log are written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable, colours only on a terminal) or `json` (one
+    /// object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The main log's level or filter (`RUST_LOG` syntax); `RUST_LOG`, when
+    /// set, wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `off`, `stderr` (beside the main log), or a file path (appended to,
+    /// created mode 0640, never through a symbolic link).
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    /// Beside the main log on stderr: where it went before `[log]` existed.
+    #[default]
+    Stderr,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "off" => Ok(AccessLog::Off),
+            "stderr" => Ok(AccessLog::Stderr),
+            "" => Err(serde::de::Error::custom(
+                "must be \"off\", \"stderr\" or a file path",
+            )),
+            path => Ok(AccessLog::File(PathBuf::from(path))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotConfig {
@@ -263,6 +318,9 @@ fn default_header_timeout() -> Duration {
 fn default_pool_idle() -> Duration {
     Duration::from_secs(90)
 }
+fn default_log_level() -> String {
+    "info".into()
+}
 
 macro_rules! section_default {
     ($t:ty { $($f:ident : $v:expr),* $(,)? }) => {
@@ -300,6 +358,11 @@ section_default!(WatchConfig {
     interval: default_interval(),
     max_error_ratio: default_error_ratio(),
     auto_rollback: true,
+});
+section_default!(LogConfig {
+    format: LogFormat::Text,
+    level: default_log_level(),
+    access_log: AccessLog::Stderr,
 });
 section_default!(ProxyConfig {
     preserve_host: false,
@@ -357,6 +420,12 @@ impl Config {
         if let Some(base) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             for p in [&mut config.control.socket, &mut config.control.state_file] {
                 if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = base.join(&*p);
+                }
+            }
+            // The access log too, like the control paths.
+            if let AccessLog::File(p) = &mut config.log.access_log {
+                if p.is_relative() {
                     *p = base.join(&*p);
                 }
             }
@@ -461,8 +530,11 @@ impl Config {
             ));
         }
         if let Some(tls) = &self.listen.tls {
-            match crate::tls::server_config(tls) {
-                Ok(c) => resolved.listener_tls = Some(c),
+            match crate::tls::listener_tls(tls) {
+                Ok((c, certs)) => {
+                    resolved.listener_tls = Some(c);
+                    resolved.certificates = certs;
+                }
                 Err(message) => return Err(err("listen", None, "tls", message)),
             }
         }
@@ -508,6 +580,31 @@ impl Config {
                 "sse_keepalive",
                 "must be greater than 0 (leave it out to turn keep-alives off)".into(),
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(err(
+                "log",
+                None,
+                "level",
+                format!(
+                    "{:?} is not a log level or filter ({e}): write e.g. \"info\", \"warn\" or \"info,mcpflip=debug\"",
+                    self.log.level
+                ),
+            ));
+        }
+        if let AccessLog::File(path) = &self.log.access_log {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                return Err(err(
+                    "log",
+                    None,
+                    "access_log",
+                    format!(
+                        "the directory {} of the access log does not exist; create it or use \"stderr\"",
+                        dir.display()
+                    ),
+                ));
+            }
         }
         if self.control.socket.as_os_str().is_empty() {
             return Err(err("control", None, "socket", "must not be empty".into()));
@@ -602,6 +699,20 @@ impl Config {
                     "loopback names only (loopback listener; set [proxy] allowed_hosts to change)"
                         .to_owned(),
                 None => "any (set [proxy] allowed_hosts to guard against DNS rebinding)".to_owned(),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  log           {} format, level {}, access log {}",
+            match self.log.format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+            self.log.level,
+            match &self.log.access_log {
+                AccessLog::Off => "off".to_owned(),
+                AccessLog::Stderr => "on stderr".to_owned(),
+                AccessLog::File(p) => p.display().to_string(),
             }
         );
         for slot in &self.slots {
@@ -862,6 +973,36 @@ upstream = "http://127.0.0.1:3002"
         std::fs::write(&p, "[control]\nsocket = 3\n").expect("write");
         let e = control_socket(&p).unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (Some(2), "control.socket"), "{e}");
+    }
+
+    #[test]
+    fn log_section_reads_format_level_and_access_log() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.log.access_log, AccessLog::Stderr);
+        let c = parse(&format!(
+            "{GOOD}\n[log]\nformat = \"json\"\nlevel = \"warn\"\naccess_log = \"off\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.access_log, AccessLog::Off);
+        let c = parse(&format!("{GOOD}\n[log]\naccess_log = \"access.log\"\n")).expect("valid");
+        assert_eq!(c.log.access_log, AccessLog::File("access.log".into()));
+    }
+
+    #[test]
+    fn bad_log_settings_are_located() {
+        let e = parse(&format!("{GOOD}\n[log]\nformat = \"xml\"\n")).unwrap_err();
+        assert_eq!(e.key, "log.format");
+        let e = parse(&format!("{GOOD}\n[log]\nlevel = \"loud[\"\n")).unwrap_err();
+        assert_eq!(e.key, "log.level");
+        assert_eq!(e.line, Some(18));
+        let e = parse(&format!(
+            "{GOOD}\n[log]\naccess_log = \"/nonexistent-dir/access.log\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "log.access_log");
+        assert!(e.message.contains("/nonexistent-dir"), "{e}");
     }
 
     #[test]

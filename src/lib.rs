@@ -14,7 +14,9 @@
 //! socket server and the `ctl` client, and the drain, watch, deploy and
 //! reload tasks) and `probe` (the MCP probe that gates flips). Leaves every
 //! module may use: `mcp` (header names, protocol revisions, `Era`, the session
-//! tag codec), `config`, `tls`. Around them: `admin`, `run` (wiring), `demo`,
+//! tag codec), `config`, `tls`. Around them: `admin` (the admin listener),
+//! `metrics` (what `/metrics` exposes, in OpenMetrics or the 0.0.4 text
+//! format), `log` (the main log and the access log), `run` (wiring), `demo`,
 //! and `demo_server` (the built-in MCP server behind `mcpflip upstream`).
 //! `tests/module_graph.rs` keeps this graph free of cycles.
 
@@ -23,7 +25,9 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod demo_server;
+pub mod log;
 pub mod mcp;
+pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod run;

@@ -93,13 +93,14 @@ enum TransportArg {
     Both,
 }
 
+/// The log of the commands that have no config (`upstream`): text on stderr,
+/// colours only on a terminal.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let cfg = mcpflip::config::LogConfig {
+        access_log: mcpflip::config::AccessLog::Off,
+        ..Default::default()
+    };
+    let _ = mcpflip::log::init(&cfg);
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -132,7 +133,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing();
+            // Kept until exit: dropping it flushes the access log.
+            let _log = match mcpflip::log::init(&config.log) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("mcpflip: {e}");
+                    return ExitCode::from(1);
+                }
+            };
             let workers = config.proxy.workers;
             // Multi-thread even for one worker: its LIFO slot runs a task woken by
             // the task before it next, which keeps hyper's client dispatch hand-off

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::mcp::Era;
+use crate::mcp::{method, Era};
 use crate::upstream::UpstreamError;
 use tokio_util::sync::CancellationToken;
 
@@ -25,48 +25,91 @@ pub const STREAM_BUCKETS: [f64; 12] = [
 ];
 /// Upper bounds (seconds) of the drain-duration histogram buckets.
 pub const DRAIN_BUCKETS: [f64; 10] = [0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+/// Upper bounds (seconds) of the request-duration histogram buckets: from a
+/// cached `tools/list` (sub-millisecond) to a slow tool call.
+pub const REQUEST_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+/// Upper bounds (seconds) of the probe-step histogram buckets.
+pub const PROBE_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// The probe's step names (`probe::probe`), for the `step` label; a step not
+/// listed here is not timed.
+pub const PROBE_STEPS: [&str; 7] = [
+    "discover",
+    "endpoint",
+    "initialize",
+    "initialized",
+    "tools/list",
+    "canary",
+    "close",
+];
 
 /// A fixed-bucket histogram made of atomics, encoded at scrape time.
+///
+/// Each observation lands in exactly one slot of `counts` (the last one is the
+/// `+Inf` overflow), so a snapshot's cumulative buckets and its count come from
+/// the same loads: `+Inf` always equals `_count`, whatever runs concurrently.
 #[derive(Debug)]
 pub struct AtomicHistogram {
     bounds: &'static [f64],
+    /// Per-bucket (not cumulative) counts; `bounds.len() + 1` of them.
     counts: Box<[AtomicU64]>,
-    count: AtomicU64,
     sum_micros: AtomicU64,
+}
+
+/// A histogram as the exposition formats want it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+    /// Number of observations (equal to the `+Inf` bucket).
+    pub count: u64,
+    /// `(upper bound, cumulative count)`, ascending; the last bound is `f64::INFINITY`.
+    pub buckets: Vec<(f64, u64)>,
 }
 
 impl AtomicHistogram {
     pub fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
         }
     }
 
+    /// Records one observation: two relaxed atomic adds, no allocation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// `(sum in seconds, count, cumulative buckets)` as Prometheus wants them.
-    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Cumulative buckets ending in `+Inf`, the count and the sum.
+    pub fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
-        for (b, c) in self.bounds.iter().zip(self.counts.iter()) {
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
+        for (b, c) in bounds.zip(self.counts.iter()) {
             cumulative += c.load(Ordering::Relaxed);
-            buckets.push((*b, cumulative));
+            buckets.push((b, cumulative));
         }
-        let count = self.count.load(Ordering::Relaxed);
-        buckets.push((f64::INFINITY, count));
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, buckets)
+        HistogramSnapshot {
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count: cumulative,
+            buckets,
+        }
     }
 }
 
@@ -91,6 +134,19 @@ pub struct SlotStats {
     eras: [AtomicU64; 4],
     pub stream_duration: AtomicHistogram,
     pub drain_duration: AtomicHistogram,
+    /// Request durations, arrival to the end of the response body (long-lived
+    /// streams excepted: they are in `stream_duration`).
+    pub request_duration: AtomicHistogram,
+    /// The same per MCP method named by `Mcp-Method`, indexed like `mcp::method`.
+    mcp_method_duration: Box<[AtomicHistogram]>,
+    /// Probes of this slot: `[passed, failed]`.
+    probes: [AtomicU64; 2],
+    /// Probe step durations, indexed like `PROBE_STEPS`.
+    probe_steps: Box<[AtomicHistogram]>,
+    /// Drains of this slot: `[drained, forced at the deadline]`.
+    drains: [AtomicU64; 2],
+    /// Streams a drain deadline ended.
+    forced_streams: AtomicU64,
     /// Cancelled when a drain deadline passes: open streams end at their next event boundary.
     force: ArcSwap<CancellationToken>,
 }
@@ -111,12 +167,28 @@ impl SlotStats {
             eras: Default::default(),
             stream_duration: AtomicHistogram::new(&STREAM_BUCKETS),
             drain_duration: AtomicHistogram::new(&DRAIN_BUCKETS),
+            request_duration: AtomicHistogram::new(&REQUEST_BUCKETS),
+            mcp_method_duration: (0..method::COUNT)
+                .map(|_| AtomicHistogram::new(&REQUEST_BUCKETS))
+                .collect(),
+            probes: Default::default(),
+            probe_steps: PROBE_STEPS
+                .iter()
+                .map(|_| AtomicHistogram::new(&PROBE_BUCKETS))
+                .collect(),
+            drains: Default::default(),
+            forced_streams: AtomicU64::new(0),
             force: ArcSwap::from_pointee(CancellationToken::new()),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The slot's name, shared (for records that outlive the request).
+    pub fn name_arc(&self) -> Arc<str> {
+        Arc::clone(&self.name)
     }
 
     pub fn live_streams(&self) -> u64 {
@@ -198,6 +270,59 @@ impl SlotStats {
 
     pub fn upstream_errors(&self, kind: UpstreamError) -> u64 {
         self.upstream_errors[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Records a finished request: its duration, and under its MCP method
+    /// (an index from `mcp::method::index`) when it named one.
+    pub fn observe_request(&self, took: Duration, mcp_method: Option<usize>) {
+        self.request_duration.observe(took);
+        if let Some(h) = mcp_method.and_then(|i| self.mcp_method_duration.get(i)) {
+            h.observe(took);
+        }
+    }
+
+    /// The duration histogram of MCP method index `i`.
+    pub fn mcp_method_duration(&self, i: usize) -> Option<&AtomicHistogram> {
+        self.mcp_method_duration.get(i)
+    }
+
+    /// Counts one probe of this slot and times its steps (named as in `PROBE_STEPS`).
+    pub fn record_probe<'a>(&self, passed: bool, steps: impl Iterator<Item = (&'a str, Duration)>) {
+        self.probes[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+        for (name, took) in steps {
+            if let Some(i) = PROBE_STEPS.iter().position(|s| *s == name) {
+                self.probe_steps[i].observe(took);
+            }
+        }
+    }
+
+    /// Probes so far that passed (`true`) or failed.
+    pub fn probes(&self, passed: bool) -> u64 {
+        self.probes[usize::from(!passed)].load(Ordering::Relaxed)
+    }
+
+    /// The duration histogram of probe step `PROBE_STEPS[i]`.
+    pub fn probe_step(&self, i: usize) -> Option<&AtomicHistogram> {
+        self.probe_steps.get(i)
+    }
+
+    /// Records a finished drain: how long it took and how many streams its
+    /// deadline ended (0: it drained by itself).
+    pub fn record_drain(&self, took: Duration, forced_streams: u64) {
+        self.drain_duration.observe(took);
+        self.drains[usize::from(forced_streams > 0)].fetch_add(1, Ordering::Relaxed);
+        self.forced_streams
+            .fetch_add(forced_streams, Ordering::Relaxed);
+    }
+
+    /// Drains so far that ended by themselves (`false`) or at the deadline (`true`).
+    pub fn drains(&self, forced: bool) -> u64 {
+        self.drains[usize::from(forced)].load(Ordering::Relaxed)
+    }
+
+    /// Streams ended by drain deadlines so far.
+    pub fn forced_streams(&self) -> u64 {
+        self.forced_streams.load(Ordering::Relaxed)
     }
 
     /// The token a new stream watches for a forced end (one atomic load, no lock).
@@ -334,15 +459,49 @@ mod tests {
     }
 
     #[test]
-    fn histogram_is_cumulative() {
+    fn histogram_is_cumulative_once_and_ends_in_inf_equal_to_count() {
         let h = AtomicHistogram::new(&STREAM_BUCKETS);
-        h.observe(Duration::from_millis(50));
+        // The two streams (0.3 s and 2 s), and one beyond every bound.
+        h.observe(Duration::from_millis(300));
         h.observe(Duration::from_secs(2));
         h.observe(Duration::from_secs(10_000));
-        let (_, count, buckets) = h.snapshot();
-        assert_eq!(count, 3);
-        assert_eq!(buckets[0], (0.1, 1));
-        assert_eq!(buckets[3], (5.0, 2));
-        assert_eq!(buckets.last().map(|b| b.1), Some(3));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets.len(), STREAM_BUCKETS.len() + 1);
+        assert_eq!(s.buckets[0], (0.1, 0));
+        assert_eq!(s.buckets[1], (0.5, 1));
+        assert_eq!(s.buckets[2], (1.0, 1));
+        assert_eq!(s.buckets[3], (5.0, 2));
+        assert_eq!(s.buckets[11], (3600.0, 2));
+        assert_eq!(s.buckets[12], (f64::INFINITY, 3));
+        assert!(s.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!((s.sum - 10_002.3).abs() < 1e-6, "{}", s.sum);
+    }
+
+    #[test]
+    fn probes_and_drains_count_by_outcome() {
+        let s = SlotStats::new("green");
+        s.record_probe(
+            true,
+            [
+                ("initialize", Duration::from_millis(3)),
+                ("bogus", Duration::ZERO),
+            ]
+            .into_iter(),
+        );
+        s.record_probe(false, std::iter::empty());
+        assert_eq!((s.probes(true), s.probes(false)), (1, 1));
+        let init = PROBE_STEPS.iter().position(|n| *n == "initialize");
+        assert_eq!(
+            init.and_then(|i| s.probe_step(i)).map(|h| h.count()),
+            Some(1)
+        );
+        s.record_drain(Duration::from_secs(1), 0);
+        s.record_drain(Duration::from_secs(300), 4);
+        assert_eq!(
+            (s.drains(false), s.drains(true), s.forced_streams()),
+            (1, 1, 4)
+        );
+        assert_eq!(s.drain_duration.count(), 2);
     }
 }

@@ -49,6 +49,19 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     /// DNS names (and IP addresses, as text) the leaf certificate is for.
     names: Vec<String>,
+    /// The leaf's notAfter, seconds since the Unix epoch (`None`: unparsable).
+    not_after: Option<i64>,
+}
+
+/// A certificate the listener serves, for `mcpflip_certificate_expiry_timestamp_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The certificate file.
+    pub file: PathBuf,
+    /// Its first DNS name or IP address (the file name when it has none).
+    pub name: String,
+    /// The leaf's notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
@@ -91,18 +104,20 @@ fn load(pair: &CertPair) -> Result<Loaded, String> {
             pair.cert.display()
         )
     })?;
-    let names = inspect(&key.cert[0], &pair.cert);
+    let (names, not_after) = inspect(&key.cert[0], &pair.cert);
     Ok(Loaded {
         key: Arc::new(key),
         names,
+        not_after,
     })
 }
 
-/// Warns about a certificate outside its validity period; returns its names.
-fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> Vec<String> {
+/// Warns about a certificate outside its validity period; returns its names
+/// and its notAfter.
+fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> (Vec<String>, Option<i64>) {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
         tracing::warn!(cert = %path.display(), "cannot parse the certificate to check its dates and names");
-        return Vec::new();
+        return (Vec::new(), None);
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -134,7 +149,7 @@ fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> Vec<String> {
             }
         }
     }
-    names
+    (names, Some(validity.not_after.timestamp()))
 }
 
 /// Picks a certificate by SNI name (exact, then `*.` wildcard); the default otherwise.
@@ -166,13 +181,38 @@ impl ResolvesServerCert for SniResolver {
 
 /// The public listener's TLS config: ALPN h2 and http/1.1, TLS 1.2 and 1.3.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
-    let default = load(&CertPair {
+    listener_tls(tls).map(|(cfg, _)| cfg)
+}
+
+/// [`server_config`], and the certificates it serves (for their expiry metric),
+/// from one reading of the files.
+pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<CertificateInfo>), String> {
+    let default_pair = CertPair {
         cert: tls.cert.clone(),
         key: tls.key.clone(),
-    })?;
+    };
+    let default = load(&default_pair)?;
+    let mut certificates = Vec::new();
+    let mut note = |pair: &CertPair, loaded: &Loaded| {
+        if let Some(not_after) = loaded.not_after {
+            let name = loaded.names.first().cloned().unwrap_or_else(|| {
+                pair.cert
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            certificates.push(CertificateInfo {
+                file: pair.cert.clone(),
+                name,
+                not_after,
+            });
+        }
+    };
+    note(&default_pair, &default);
     let mut by_name = Vec::new();
     for pair in &tls.sni {
         let extra = load(pair)?;
+        note(pair, &extra);
         if extra.names.is_empty() {
             return Err(format!(
                 "{}: an SNI certificate needs DNS names in its subjectAltName",
@@ -192,7 +232,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
             by_name,
         }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), certificates))
 }
 
 /// The client side for `https://` upstreams: the system roots, or only the

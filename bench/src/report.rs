@@ -379,7 +379,7 @@ fn access_log_section(o: &mut String, a: &AccessLog) {
     let _ = writeln!(o, "## W1 with mcpflip's access log on\n");
     let _ = writeln!(
         o,
-        "mcpflip at c={} with its access log on ({}) and off (`RUST_LOG=warn`), two processes \
+        "mcpflip at c={} with its access log on ({}) and off (`access_log = \"off\"`), two processes \
          with the same config side by side, run back to back in each round ({:.1} s measured \
          each). The log goes to a file (the process's stderr), as under a service manager; it \
          wrote {} over the runs.\n",

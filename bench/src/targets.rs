@@ -249,7 +249,7 @@ pub struct Target {
     /// `nbthread`, Caddy `GOMAXPROCS`) and the CPUs they run on.
     workers: usize,
     cpus: Vec<usize>,
-    /// mcpflip with its access log on (`RUST_LOG=info`).
+    /// mcpflip with its access log on (`[log] access_log = "stderr"`).
     access_log: bool,
 }
 
@@ -388,9 +388,9 @@ impl Target {
                     .arg("--config")
                     .arg(&path)
                     .arg("--ignore-state")
-                    // `info` is mcpflip's default level, and it includes the
-                    // `access` target: the access log.
-                    .env("RUST_LOG", if self.access_log { "info" } else { "warn" });
+                    // The access log is `[log] access_log` (in the config); the
+                    // main log stays quiet either way.
+                    .env("RUST_LOG", "warn");
                 c
             }
             Kind::Nginx => {
@@ -494,6 +494,10 @@ quiet = "1s"
 [proxy]
 workers = {workers}
 
+[log]
+# On: mcpflip's default, beside the main log on stderr (the process's log file).
+access_log = "{access_log}"
+
 [[slot]]
 name = "blue"
 upstream = "http://127.0.0.1:{blue}"
@@ -507,6 +511,7 @@ weight = {wg}
             port = self.port,
             dir = self.dir.display(),
             workers = self.workers,
+            access_log = if self.access_log { "stderr" } else { "off" },
             blue = self.upstream(Slot::Blue),
             green = self.upstream(Slot::Green),
             wb = weight(Slot::Blue),

@@ -281,7 +281,7 @@ pub async fn run_access_log(b: &mut Bench) -> anyhow::Result<Option<AccessLog>> 
     let mut a = AccessLog {
         conc: s.c64,
         measure_s: s.w1_measure.as_secs_f64(),
-        how: "`RUST_LOG=info`, mcpflip's default level, which includes the `access` target"
+        how: "`[log] access_log = \"stderr\"`, mcpflip's default; the log's own thread formats and writes it"
             .to_owned(),
         off_rps: Series::default(),
         on_rps: Series::default(),

@@ -185,6 +185,8 @@ pub struct Controller {
     pub flips_total: AtomicU64,
     pub rollbacks_total: AtomicU64,
     pub state_save_failures_total: AtomicU64,
+    /// Outcome counters `/metrics` reads (reloads; the start time).
+    pub counters: crate::metrics::counters::ControlCounters,
     state_file: Mutex<StateFileStatus>,
     last_rollback: Mutex<Option<RollbackRecord>>,
     shutdown: CancellationToken,
@@ -247,6 +249,7 @@ impl Controller {
             flips_total: AtomicU64::new(0),
             rollbacks_total: AtomicU64::new(0),
             state_save_failures_total: AtomicU64::new(0),
+            counters: Default::default(),
             last_rollback: Mutex::new(None),
             shutdown,
         });

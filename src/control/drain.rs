@@ -201,7 +201,7 @@ async fn run<H: Host>(ctl: Arc<H>, t: Task, tx: watch::Sender<Option<DrainOutcom
         }
     };
     let elapsed = started.elapsed();
-    t.stats.drain_duration.observe(elapsed);
+    t.stats.record_drain(elapsed, forced);
     let applied = ctl
         .drained(
             Command::Drained {

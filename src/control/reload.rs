@@ -20,6 +20,12 @@ use crate::control::state::{Command, ConfigSlot};
 
 /// Re-reads the config file this proxy was started with.
 pub async fn reload(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
+    let result = apply(ctl).await;
+    ctl.counters.count_reload(result.is_ok());
+    result
+}
+
+async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
     let old = ctl.config();
     let new = Config::load(&old.source)
         .map_err(|e| CtlError::BadConfig(format!("{e}; the running config stays")))?;
@@ -35,6 +41,7 @@ pub async fn reload(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
             old.control.state_file != new.control.state_file,
         ),
         ("[proxy]", old.proxy != new.proxy),
+        ("[log]", old.log != new.log),
     ] {
         if differs {
             restart.push(what.to_owned());

@@ -35,11 +35,28 @@ struct Handle {
 #[derive(Debug, Default)]
 pub struct Watcher {
     current: Mutex<Option<Handle>>,
+    /// Windows ended, by outcome (`WATCH_RESULTS` order), for `/metrics`;
+    /// shared with the window's task, which sets most outcomes.
+    ended: Arc<[AtomicU64; 4]>,
 }
 
-/// Sets the outcome unless one is set already.
-fn finish(tx: &watch::Sender<Option<WatchOutcome>>, outcome: WatchOutcome) {
-    tx.send_if_modified(|o| {
+/// The `result` label values of `mcpflip_watch_outcomes_total`, as the
+/// control protocol spells them.
+pub const WATCH_RESULTS: [&str; 4] = ["passed", "rolled_back", "failed", "cancelled"];
+
+fn result_index(o: &WatchOutcome) -> usize {
+    match o {
+        WatchOutcome::Passed { .. } => 0,
+        WatchOutcome::RolledBack { .. } => 1,
+        WatchOutcome::Failed { .. } => 2,
+        WatchOutcome::Cancelled { .. } => 3,
+    }
+}
+
+/// Sets the outcome unless one is set already, and counts it when it does.
+fn finish(ended: &[AtomicU64; 4], tx: &watch::Sender<Option<WatchOutcome>>, outcome: WatchOutcome) {
+    let i = result_index(&outcome);
+    let set = tx.send_if_modified(|o| {
         if o.is_none() {
             *o = Some(outcome);
             true
@@ -47,6 +64,9 @@ fn finish(tx: &watch::Sender<Option<WatchOutcome>>, outcome: WatchOutcome) {
             false
         }
     });
+    if set {
+        ended[i].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Watcher {
@@ -71,6 +91,7 @@ impl Watcher {
         });
         if let Some(old) = old {
             finish(
+                &self.ended,
                 &old.outcome,
                 WatchOutcome::Cancelled {
                     reason: "superseded by a new flip".into(),
@@ -80,6 +101,7 @@ impl Watcher {
         }
         let ctl = Arc::clone(ctl);
         let slot = slot.to_owned();
+        let ended = Arc::clone(&self.ended);
         tokio::spawn(async move {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -95,7 +117,7 @@ impl Watcher {
                 slot: slot.clone(),
                 outcome: outcome.clone(),
             });
-            finish(&tx, outcome);
+            finish(&ended, &tx, outcome);
         });
     }
 
@@ -103,6 +125,7 @@ impl Watcher {
     pub(crate) fn cancel(&self, why: &str) {
         if let Some(h) = self.lock().take() {
             finish(
+                &self.ended,
                 &h.outcome,
                 WatchOutcome::Cancelled {
                     reason: why.to_owned(),
@@ -110,6 +133,11 @@ impl Watcher {
             );
             h.cancel.cancel();
         }
+    }
+
+    /// Windows that ended with `WATCH_RESULTS[i]` so far.
+    pub fn ended(&self, i: usize) -> u64 {
+        self.ended.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// The window that runs, for `status`.

@@ -60,8 +60,14 @@ pub async fn probe(slot: &Slot, cfg: &ProbeConfig) -> ProbeReport {
         .iter()
         .find(|s| !s.ok)
         .map(|s| format!("{} failed: {}", s.step, s.detail));
+    let ok = result.is_ok() && error.is_none();
+    let steps = run
+        .steps
+        .iter()
+        .map(|s| (&*s.step, Duration::from_millis(s.ms)));
+    slot.stats.record_probe(ok, steps);
     ProbeReport {
-        ok: result.is_ok() && error.is_none(),
+        ok,
         slot: slot.name.to_string(),
         transport: transport.into(),
         protocol,

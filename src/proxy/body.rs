@@ -5,7 +5,8 @@
 //! the last event boundary, so a forced end (drain deadline) ends the stream
 //! between events, never inside one. Dropping the body (client gone) drops the
 //! guards and the upstream response with them, which closes the upstream
-//! connection at once.
+//! connection at once. The body also carries its exchange's record
+//! (`Exchange`), closed when the body ends or is dropped.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,12 +18,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, StreamGuard};
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
     kind: Kind,
+    exchange: Option<Exchange>,
 }
 
 enum Kind {
@@ -61,6 +64,7 @@ impl ResponseBody {
     pub fn local(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Local(Full::new(bytes)),
+            exchange: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl ResponseBody {
                 inner,
                 guard: Some(guard),
             },
+            exchange: None,
         }
     }
 
@@ -94,6 +99,32 @@ impl ResponseBody {
                 rewrite,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             })),
+            exchange: None,
+        }
+    }
+
+    /// Hands the body its exchange's record, closed when the body ends.
+    pub fn attach(&mut self, exchange: Exchange) {
+        self.exchange = Some(exchange);
+    }
+
+    /// Whether a drain deadline ended this stream.
+    fn forced(&self) -> bool {
+        matches!(&self.kind, Kind::Stream(s) if s.forced)
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            // hyper stops polling a body that says it has ended (a known length
+            // fully sent); anything else dropped early lost its client.
+            let end = if self.is_end_stream() {
+                End::Complete
+            } else {
+                End::ClientGone
+            };
+            exchange.end(end);
         }
     }
 }
@@ -106,7 +137,8 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             Kind::Plain { inner, guard } => {
                 let polled = Pin::new(inner).poll_frame(cx);
@@ -116,7 +148,25 @@ impl Body for ResponseBody {
                 polled
             }
             Kind::Stream(s) => s.poll_frame(cx),
+        };
+        if let Some(exchange) = this.exchange.as_mut() {
+            let end = match &polled {
+                Poll::Pending => None,
+                Poll::Ready(Some(Ok(frame))) => {
+                    exchange.sent(frame.data_ref().map_or(0, Bytes::len));
+                    None
+                }
+                Poll::Ready(Some(Err(_))) => Some(End::UpstreamError),
+                Poll::Ready(None) if this.forced() => Some(End::Forced),
+                Poll::Ready(None) => Some(End::Complete),
+            };
+            if let Some(end) = end {
+                if let Some(exchange) = this.exchange.take() {
+                    exchange.end(end);
+                }
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -14,11 +13,12 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
 use crate::proxy::body::ResponseBody;
+use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::HostGuard;
 use crate::proxy::sse::EndpointRewrite;
 use crate::table::{Slot, Tables};
@@ -60,13 +60,25 @@ impl Peer {
 }
 
 impl Forwarder {
-    /// Serves one client request.
-    pub async fn forward(&self, mut req: Request<Incoming>, peer: Peer) -> Response<ResponseBody> {
-        // The clock is read only when the access log will use it.
-        let started = tracing::enabled!(target: "access", tracing::Level::INFO).then(Instant::now);
+    /// Serves one client request, and records it (latency histograms, access
+    /// log) when its response body ends.
+    pub async fn forward(&self, req: Request<Incoming>, peer: Peer) -> Response<ResponseBody> {
+        let mut exchange = Exchange::start(&req, peer.addr);
+        let mut resp = self.relay(req, peer, &mut exchange).await;
+        exchange.respond(&resp);
+        resp.body_mut().attach(exchange);
+        resp
+    }
+
+    async fn relay(
+        &self,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        exchange: &mut Exchange,
+    ) -> Response<ResponseBody> {
         let method = req.method().clone();
         if let Err(msg) = self.host_guard.check(req.headers(), req.uri().host()) {
-            tracing::warn!(target: "access", %method, uri = %req.uri(), peer = %peer.addr, status = 403, "{msg}");
+            tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, status = 403, "{msg}");
             return json_response(
                 StatusCode::FORBIDDEN,
                 serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": msg}})
@@ -79,11 +91,11 @@ impl Forwarder {
                 Route::Pinned { slot, site } => (slot, Some(site)),
                 Route::Picked(slot) => (slot, None),
                 Route::SessionGone => {
-                    tracing::info!(target: "access", %method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
+                    tracing::debug!(%method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
                     return session_not_found();
                 }
                 Route::NoSlot => {
-                    tracing::warn!(target: "access", %method, uri = %req.uri(), status = 503, "no slot is serving");
+                    tracing::warn!(%method, uri = %req.uri(), status = 503, "no slot is serving");
                     return local_error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         None,
@@ -96,8 +108,7 @@ impl Forwarder {
         let stats = &slot.stats;
         let era = Era::of(&method, req.headers(), site);
         stats.count_era(era);
-        // Only the access log reads it (a clone shares the header's bytes).
-        let mcp_method = started.and_then(|_| req.headers().get(MCP_METHOD).cloned());
+        exchange.routed(stats, era);
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
             // so it does not hold a drain's quiet period.
@@ -126,11 +137,12 @@ impl Forwarder {
                 };
                 stats.count_response(status.as_u16());
                 let cause = error_chain(&e);
-                tracing::warn!(target: "access", slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
+                tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
                 return local_error(status, Some(&slot.name), code, &cause);
             }
         };
         let (mut parts, body) = resp.into_parts();
+        exchange.upstream_answered();
         stats.count_response(parts.status.as_u16());
         strip_hop_by_hop(&mut parts.headers);
         if parts.status.is_success() {
@@ -142,17 +154,8 @@ impl Forwarder {
             }
         }
         let is_sse = is_event_stream(&parts.headers);
-        tracing::info!(
-            target: "access",
-            slot = %slot.name,
-            %method,
-            era = era.label(),
-            mcp_method = mcp_method.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-            status = parts.status.as_u16(),
-            sse = is_sse,
-            ms = started.map_or(0, |t| t.elapsed().as_millis() as u64),
-        );
         let body = if is_sse {
+            exchange.stream_opened(&method);
             parts
                 .headers
                 .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));

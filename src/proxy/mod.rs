@@ -6,6 +6,7 @@
 
 pub mod affinity;
 pub mod body;
+pub mod exchange;
 pub mod forward;
 pub mod host_guard;
 pub mod sse;

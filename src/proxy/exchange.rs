@@ -1,0 +1,198 @@
+//! One exchange's record, from the request's arrival to the end of its response
+//! body: what the latency histograms and the access log need. It rides in the
+//! `ResponseBody` and is closed when the body ends (or the client goes away),
+//! because a streamed body's size and duration are only known then.
+//!
+//! On the request path it costs one clock read at the start and one at the
+//! end, an `Arc` clone of the slot's stats, and a few relaxed atomic adds into
+//! fixed histograms; no lock, no map, no allocation. Only when the access log
+//! is on does it fill in a boxed `access::Record` (and read the clock at the
+//! upstream's answer too), which the log's own thread formats and writes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HeaderName;
+use http::{Method, Request, Response};
+
+use crate::log::access::{self, Fingerprint, Inline, Record};
+use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::{method, Era};
+use crate::proxy::sse::find_in_query;
+use crate::stats::SlotStats;
+
+pub use crate::log::access::End;
+
+// Parsed once: a lookup by `&str` would parse and validate the name per request.
+const MCP_METHOD_HEADER: HeaderName = HeaderName::from_static(MCP_METHOD);
+const MCP_SESSION_ID_HEADER: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+
+/// The record of one exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    started: Instant,
+    /// The slot that answered; `None` for answers the proxy made before routing.
+    slot: Option<Arc<SlotStats>>,
+    /// Index of the `Mcp-Method` header's value in `mcp::method`, when present.
+    mcp_method: Option<usize>,
+    /// False for long-lived streams: their lifetime is not a request latency.
+    timed: bool,
+    /// The access-log line; `None` while the access log is off. Inline, not
+    /// boxed: an allocation here and its free on the writer thread cost more
+    /// than moving the record.
+    line: Option<Record>,
+}
+
+impl Exchange {
+    /// Starts the record of `req` from `peer` (reads the clock).
+    pub fn start<B>(req: &Request<B>, peer: SocketAddr) -> Exchange {
+        let started = Instant::now();
+        let mcp_header = req.headers().get(MCP_METHOD_HEADER);
+        let mcp_method = mcp_header.map(|v| method::index(v.as_bytes()));
+        let line = access::enabled().then(|| {
+            let mut r = Record::new(peer, req.method().clone(), req.uri().path());
+            if let Some(m) = mcp_header.and_then(|v| v.to_str().ok()) {
+                r.mcp_method = Inline::new(m);
+            }
+            r.session = session_of(req);
+            r
+        });
+        Exchange {
+            started,
+            slot: None,
+            mcp_method,
+            timed: !mcp_method.is_some_and(method::is_subscription),
+            line,
+        }
+    }
+
+    /// The request goes to this slot, classified as `era`.
+    pub fn routed(&mut self, stats: &Arc<SlotStats>, era: Era) {
+        self.slot = Some(Arc::clone(stats));
+        if let Some(l) = self.line.as_mut() {
+            l.era = Some(era);
+            l.slot = Some(stats.name_arc());
+        }
+    }
+
+    /// The upstream's response headers arrived.
+    pub fn upstream_answered(&mut self) {
+        if let Some(l) = self.line.as_mut() {
+            l.upstream_time = Some(self.started.elapsed());
+        }
+    }
+
+    /// The response is an event stream; one opened by a GET (a standalone or
+    /// legacy SSE stream) lives as long as its session, so it is not timed as a
+    /// request (`mcpflip_stream_duration_seconds` has it).
+    pub fn stream_opened(&mut self, by: &Method) {
+        if by == Method::GET {
+            self.timed = false;
+        }
+    }
+
+    /// Notes the response's status, and the session it starts (an
+    /// `initialize` answer's `Mcp-Session-Id`) when the request carried none.
+    pub fn respond<B>(&mut self, resp: &Response<B>) {
+        if let Some(l) = self.line.as_mut() {
+            l.status = resp.status().as_u16();
+            if l.session.is_none() {
+                l.session = resp
+                    .headers()
+                    .get(MCP_SESSION_ID_HEADER)
+                    .map(|v| Fingerprint::of(v.as_bytes()));
+            }
+        }
+    }
+
+    /// `n` more body bytes went to the client.
+    pub fn sent(&mut self, n: usize) {
+        if let Some(l) = self.line.as_mut() {
+            l.bytes_sent += n as u64;
+        }
+    }
+
+    /// Closes the record: the latency histograms, then the access-log line.
+    pub fn end(self, how: End) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.started);
+        if let (true, Some(stats)) = (self.timed, &self.slot) {
+            stats.observe_request(took, self.mcp_method);
+        }
+        if let Some(mut l) = self.line {
+            l.request_time = took;
+            l.ended = Some(now);
+            l.end = how;
+            access::send(l);
+        }
+    }
+}
+
+/// The fingerprint of the session id a request carries: `Mcp-Session-Id`,
+/// or the legacy SSE POST URL's `sessionId` / `session_id`.
+fn session_of<B>(req: &Request<B>) -> Option<Fingerprint> {
+    if let Some(v) = req.headers().get(MCP_SESSION_ID_HEADER) {
+        return Some(Fingerprint::of(v.as_bytes()));
+    }
+    let query = req.uri().query()?;
+    let (at, key_len) = find_in_query(query)?;
+    let value = query[at + key_len..].split('&').next()?;
+    Some(Fingerprint::of(value.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_comes_from_the_header_or_the_legacy_query() {
+        let with_header = Request::post("/mcp")
+            .header(MCP_SESSION_ID, "abc")
+            .body(())
+            .expect("request");
+        assert_eq!(session_of(&with_header), Some(Fingerprint::of(b"abc")));
+        let legacy = Request::post("/messages/?session_id=xyz&x=1")
+            .body(())
+            .expect("request");
+        assert_eq!(session_of(&legacy), Some(Fingerprint::of(b"xyz")));
+        let none = Request::post("/mcp").body(()).expect("request");
+        assert_eq!(session_of(&none), None);
+    }
+
+    #[test]
+    fn an_exchange_times_requests_but_not_get_streams_nor_subscriptions() {
+        let stats = SlotStats::new("blue");
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let call = Request::post("/mcp")
+            .header(MCP_METHOD, "tools/call")
+            .body(())
+            .expect("request");
+        let mut ex = Exchange::start(&call, peer);
+        ex.routed(&stats, Era::Stateless);
+        ex.end(End::Complete);
+        let get = Request::get("/mcp").body(()).expect("request");
+        let mut ex = Exchange::start(&get, peer);
+        ex.routed(&stats, Era::Session);
+        ex.stream_opened(&Method::GET);
+        ex.end(End::ClientGone);
+        let listen = Request::post("/mcp")
+            .header(MCP_METHOD, "subscriptions/listen")
+            .body(())
+            .expect("request");
+        let mut ex = Exchange::start(&listen, peer);
+        ex.routed(&stats, Era::Stateless);
+        ex.end(End::Complete);
+        assert_eq!(stats.request_duration.count(), 1);
+        let call_i = method::index(b"tools/call");
+        assert_eq!(
+            stats.mcp_method_duration(call_i).map(|h| h.count()),
+            Some(1)
+        );
+        let listen_i = method::index(b"subscriptions/listen");
+        assert_eq!(
+            stats.mcp_method_duration(listen_i).map(|h| h.count()),
+            Some(0)
+        );
+    }
+}
