@@ -949,3 +949,29 @@ async fn text_logs_off_a_terminal_carry_no_colour_codes() {
         assert!(line.contains(field), "{field} missing in {line}");
     }
 }
+
+#[test]
+fn every_family_a_scrape_has_is_in_the_readme_metrics_reference() {
+    let run = run();
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let documented: BTreeSet<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("mcpflip_"))
+        .collect();
+    // The 0.0.4 text format's family names: `_total` on counters, as documented.
+    let families: BTreeSet<&str> = run
+        .last
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let missing: Vec<&&str> = families.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "not in README's metrics reference: {missing:?}"
+    );
+    let stale: Vec<&&str> = documented.difference(&families).collect();
+    assert!(stale.is_empty(), "documented but not exposed: {stale:?}");
+}
