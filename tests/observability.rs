@@ -379,7 +379,7 @@ async fn deploy_run() -> anyhow::Result<Run> {
         "tls = {{ cert = \"{}\", key = \"{}\" }}\n\
          [drain]\nquiet = \"50ms\"\ndeadline = \"30s\"\n\
          [probe]\ntimeout = \"2s\"\n\
-         [watch]\nwindow = \"3s\"\ninterval = \"200ms\"\n\
+         [watch]\nwindow = \"5s\"\ninterval = \"200ms\"\n\
          [log]\nformat = \"json\"\naccess_log = \"{}\"\n",
         certs.join("server.crt").display(),
         certs.join("server.key").display(),
@@ -526,7 +526,7 @@ async fn deploy_run() -> anyhow::Result<Run> {
         s["state"] == "draining"
     })
     .await?;
-    // The streams hold the drain, and the watch window (3 s) outlasts these waits:
+    // The streams hold the drain, and the watch window (5 s) outlasts these waits:
     // both are seen by a scrape before the streams close.
     until_scraped(&mut latest, "mcpflip_drain_elapsed_seconds{slot=\"blue\"}").await?;
     until_scraped(&mut latest, "mcpflip_watch_active 1\n").await?;
