@@ -320,11 +320,11 @@ pub async fn run() -> anyhow::Result<()> {
     });
     // A client arriving mid-deploy, once the flip is done.
     let flipped = Instant::now() + Duration::from_secs(10);
-    while !ctl
+    while ctl
         .tables
         .load()
         .active()
-        .is_some_and(|s| &*s.name == "green")
+        .is_none_or(|s| &*s.name != "green")
     {
         if Instant::now() > flipped {
             bail!("green never became active");

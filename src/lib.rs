@@ -21,6 +21,7 @@
 //! `tests/module_graph.rs` keeps this graph free of cycles.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -1,97 +1,12 @@
-//! The `mcpflip` command line: parses, then calls into the library.
+//! The `mcpflip` command line: parses (the grammar is `mcpflip::cli`), then
+//! calls into the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use mcpflip::cli::{Cli, Cmd, TransportArg};
 use mcpflip::config::{Config, DEFAULT_PATH, DEFAULT_SOCKET};
-use mcpflip::control::protocol::Request;
-
-#[derive(Parser)]
-#[command(
-    name = "mcpflip",
-    version,
-    about = "Blue-green reverse proxy for MCP servers"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the proxy.
-    Run {
-        #[arg(long, env = "MCPFLIP_CONFIG", default_value = DEFAULT_PATH)]
-        config: PathBuf,
-        /// Start from the config's weights, ignoring the state file.
-        #[arg(long)]
-        ignore_state: bool,
-    },
-    /// Validate a config and print the resolved settings (like `nginx -t`).
-    Check {
-        #[arg(long, env = "MCPFLIP_CONFIG", default_value = DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// A self-contained showcase: two demo slots, clients holding SSE sessions, a flip with drain.
-    Demo,
-    /// The built-in demo MCP server.
-    Upstream {
-        #[arg(long)]
-        port: u16,
-        #[arg(long, default_value = "blue")]
-        slot: String,
-        #[arg(long, value_enum, default_value = "both")]
-        transport: TransportArg,
-        /// Serve only these tools (comma-separated); simulates a broken release.
-        #[arg(long, value_delimiter = ',')]
-        tools: Option<Vec<String>>,
-        /// Answer 500 to initialize.
-        #[arg(long)]
-        fail_initialize: bool,
-    },
-    /// Write a development certificate: a local CA and a server certificate it
-    /// signed for localhost, 127.0.0.1 and ::1 (plus --name ...).
-    Cert {
-        /// Required: this command only makes development certificates.
-        #[arg(long, required = true)]
-        dev: bool,
-        /// Where to write dev-ca.crt, server.crt and server.key.
-        #[arg(long, default_value = "certs")]
-        dir: PathBuf,
-        /// More DNS names or IP addresses for the server certificate.
-        #[arg(long = "name")]
-        names: Vec<String>,
-        /// Replace an existing development certificate.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Send one control command to a running proxy.
-    ///
-    /// The socket: --socket, else MCPFLIP_SOCKET, else the [control] socket of
-    /// the config (--config, MCPFLIP_CONFIG, default config/mcpflip.toml),
-    /// else /run/mcpflip/control.sock. Exit 0 when the reply is ok, 1 otherwise.
-    Ctl {
-        /// The control socket.
-        #[arg(long, global = true, env = "MCPFLIP_SOCKET")]
-        socket: Option<PathBuf>,
-        /// The config that names the socket (when --socket is not given).
-        #[arg(long, global = true, env = "MCPFLIP_CONFIG")]
-        config: Option<PathBuf>,
-        /// Print the raw JSON lines.
-        #[arg(long, global = true)]
-        json: bool,
-        #[command(subcommand)]
-        request: Request,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TransportArg {
-    Sse,
-    StreamableHttp,
-    Both,
-}
 
 /// The log of the commands that have no config (`upstream`): text on stderr,
 /// colours only on a terminal.
@@ -244,6 +159,29 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("mcpflip cert: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Completions { shell } => {
+            mcpflip::cli::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Cmd::Man { dir: None } => match mcpflip::cli::man_page()
+            .and_then(|page| std::io::Write::write_all(&mut std::io::stdout(), &page))
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mcpflip man: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Man { dir: Some(dir) } => match mcpflip::cli::write_man_pages(&dir) {
+            Ok(pages) => {
+                println!("wrote {} man pages to {}", pages.len(), dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mcpflip man: {e}");
                 ExitCode::from(1)
             }
         },
