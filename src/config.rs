@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::tls::{CertPair, TlsConfig};
 
@@ -53,7 +53,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -93,22 +93,22 @@ pub struct Resolved {
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(default = "default_admin")]
+    #[serde(default = "default_admin", deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     #[serde(default = "default_socket")]
@@ -117,36 +117,48 @@ pub struct ControlConfig {
     pub state_file: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainConfig {
-    #[serde(default = "default_deadline", deserialize_with = "duration")]
+    #[serde(
+        default = "default_deadline",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub deadline: Duration,
-    #[serde(default = "default_quiet", deserialize_with = "duration")]
+    #[serde(
+        default = "default_quiet",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub quiet: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProbeTransport {
     StreamableHttp,
     Sse,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
     #[serde(default = "default_probe_path")]
     pub path: String,
     #[serde(default = "default_probe_transport")]
     pub transport: ProbeTransport,
-    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_probe_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub timeout: Duration,
     pub expect_tools: Option<Vec<String>>,
     pub canary: Option<CanaryConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryConfig {
     pub tool: String,
@@ -155,12 +167,20 @@ pub struct CanaryConfig {
     pub expect: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchConfig {
-    #[serde(default = "default_window", deserialize_with = "duration")]
+    #[serde(
+        default = "default_window",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub window: Duration,
-    #[serde(default = "default_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub interval: Duration,
     #[serde(default = "default_error_ratio")]
     pub max_error_ratio: f64,
@@ -169,7 +189,7 @@ pub struct WatchConfig {
 }
 
 /// How requests are forwarded (an extension of INTERFACE.md's schema).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Forward the client's `Host` instead of the upstream's own authority. Off by
@@ -177,20 +197,36 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub preserve_host: bool,
     /// Time allowed to open a TCP connection to a slot.
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub connect_timeout: Duration,
     /// Time a client has to send its request headers (slowloris guard).
-    #[serde(default = "default_header_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_header_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub header_read_timeout: Duration,
     /// Idle upstream connections are kept this long in the pool.
-    #[serde(default = "default_pool_idle", deserialize_with = "duration")]
+    #[serde(
+        default = "default_pool_idle",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
     pub pool_idle_timeout: Duration,
     /// Worker threads of the proxy runtime (0 = one per core).
     #[serde(default)]
     pub workers: usize,
     /// Send an SSE comment (`: keepalive`) on a stream idle this long, between
     /// events only, so idle-timeout middleboxes keep it open. Off when absent.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "opt_duration_out"
+    )]
     pub sse_keepalive: Option<Duration>,
     /// Host names clients may use in `Host` and `Origin` (DNS-rebinding guard;
     /// `["*"]` turns it off). Unset: a loopback listener accepts loopback names
@@ -201,7 +237,7 @@ pub struct ProxyConfig {
 
 /// The `[log]` section (an extension of INTERFACE.md's schema): how the main
 /// log and the access log are written.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (human-readable, colours only on a terminal) or `json` (one
@@ -218,7 +254,7 @@ pub struct LogConfig {
     pub access_log: AccessLog,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -236,6 +272,16 @@ pub enum AccessLog {
     File(PathBuf),
 }
 
+impl Serialize for AccessLog {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AccessLog::Off => s.serialize_str("off"),
+            AccessLog::Stderr => s.serialize_str("stderr"),
+            AccessLog::File(p) => p.serialize(s),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for AccessLog {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -250,7 +296,7 @@ impl<'de> Deserialize<'de> for AccessLog {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotConfig {
     pub name: String,
@@ -384,6 +430,58 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A listener address: an IP address and a port. Host names are refused with
+/// the address to write instead (a listener binds an address, and resolving
+/// `localhost` could bind ::1 or 127.0.0.1 depending on the machine).
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim()
+        .parse()
+        .map_err(|_| serde::de::Error::custom(socket_addr_hint(&s)))
+}
+
+fn socket_addr_hint(s: &str) -> String {
+    // Quote a bounded part of what the file says.
+    let shown: String = s.chars().take(64).collect();
+    match s.trim().rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => format!(
+            "{shown:?} is not an IP address and port: a listener binds an address, not a host name; \
+             write \"127.0.0.1:{port}\" (this machine only), \"0.0.0.0:{port}\" (every IPv4 \
+             interface) or \"[::]:{port}\" (IPv6 too)"
+        ),
+        _ => format!(
+            "{shown:?} is not an IP address and port; write it like \"127.0.0.1:8080\", \
+             \"0.0.0.0:8080\" or \"[::1]:8080\""
+        ),
+    }
+}
+
+/// A duration as the config writes it: "250ms", "90s", "5m", "1h".
+pub fn duration_text(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return match d.subsec_nanos() % 1_000_000 {
+            0 if d.as_secs() < 1000 => format!("{}ms", d.as_millis()),
+            _ => humantime::format_duration(d).to_string(),
+        };
+    }
+    match d.as_secs() {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn duration_out<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&duration_text(*d))
+}
+
+fn opt_duration_out<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration_out(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -1003,6 +1101,35 @@ upstream = "http://127.0.0.1:3002"
         .unwrap_err();
         assert_eq!(e.key, "log.access_log");
         assert!(e.message.contains("/nonexistent-dir"), "{e}");
+    }
+
+    #[test]
+    fn a_host_name_as_listen_address_says_what_to_write() {
+        let e = parse(&GOOD.replace("127.0.0.1:8080", "localhost:8080")).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "listen.addr"), "{e}");
+        assert!(
+            e.message.contains("not a host name")
+                && e.message.contains("\"127.0.0.1:8080\"")
+                && e.message.contains("\"0.0.0.0:8080\""),
+            "{e}"
+        );
+        let e = parse(&format!("[admin]\naddr = \"9090\"\n{GOOD}")).unwrap_err();
+        assert_eq!(e.key, "admin.addr", "{e}");
+        assert!(e.message.contains("like \"127.0.0.1:8080\""), "{e}");
+    }
+
+    #[test]
+    fn serializes_durations_as_the_config_writes_them() {
+        for (d, text) in [
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(duration_text(d), text);
+            assert_eq!(parse_duration(text), Ok(d));
+        }
     }
 
     #[test]

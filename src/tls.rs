@@ -17,10 +17,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `[listen] tls` section: the certificate the listener serves.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -32,7 +32,7 @@ pub struct TlsConfig {
 }
 
 /// A certificate chain and its private key (PEM files).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertPair {
     pub cert: PathBuf,
