@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::control::deploy::{deploy, DeployOptions};
+use crate::control::display::counted;
 use crate::control::protocol::{CtlError, Progress};
 use crate::demo_server::{self, ServerConfig, Transport};
 use crate::probe::events::EventReader;
@@ -304,7 +305,8 @@ pub async fn run() -> anyhow::Result<()> {
                     ..
                 } if *live_streams != last => {
                     t2.say(format!(
-                        "  drain: blue has {live_streams} live streams, {inflight} in flight"
+                        "  drain: blue has {}, {inflight} in flight",
+                        counted(*live_streams, "live stream")
                     ));
                     last = *live_streams;
                 }

@@ -118,7 +118,14 @@ fn main() -> ExitCode {
             cfg.fail_initialize = fail_initialize;
             let result = runtime().and_then(|rt| {
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+                    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                        .await
+                        .map_err(|e| {
+                            std::io::Error::new(
+                                e.kind(),
+                                format!("cannot listen on 127.0.0.1:{port} (--port): {e}"),
+                            )
+                        })?;
                     let stop = tokio_util::sync::CancellationToken::new();
                     let s2 = stop.clone();
                     tokio::spawn(async move {

@@ -78,6 +78,8 @@ fn demo_refuses_a_broken_green_then_deploys_and_exits_0() {
         "refused: tools/list failed: tool set differs from expect_tools: missing search_documents, whoami",
         "flip: blue -> green",
         "client 3 closes its session",
+        // One stream is "1 live stream", not "1 live streams".
+        "drain: blue has 1 live stream, 0 in flight",
         "landed on green",
         "watch passed",
         "deploy succeeded",
@@ -258,6 +260,23 @@ fn cert_dev_writes_a_usable_pair_and_keeps_it_unless_forced() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("tls.toml:3: key `listen.tls`") && err.contains("no private key"),
+        "{err}"
+    );
+}
+
+/// `mcpflip upstream` on a port that is taken says which port, not only the OS error.
+#[test]
+fn upstream_on_a_busy_port_names_the_port() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = Command::new(BIN)
+        .args(["upstream", "--port", &port.to_string()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port} (--port)")),
         "{err}"
     );
 }

@@ -421,3 +421,28 @@ async fn shutdown_ends_h2_streams_cleanly_at_event_boundaries() {
     );
     stop.cancel();
 }
+
+/// Plain HTTP to the TLS port gets a 400 that says to use https://, not a
+/// failed handshake the client reports as garbage; TLS on the same port still works.
+#[tokio::test]
+async fn plain_http_to_the_tls_port_is_answered_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stop = CancellationToken::new();
+    let (_dir, dev, _cfg, p) = tls_proxy(&stop, None).await;
+    let mut tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+    tcp.write_all(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text:?}");
+    assert!(text.contains("Use https://"), "{text:?}");
+    // The port still speaks TLS.
+    assert!(!presented_cert(p.public_addr, &dev.ca).await.is_empty());
+    p.shutdown().await;
+    stop.cancel();
+}

@@ -8,6 +8,15 @@ use crate::control::protocol::{
 };
 use crate::probe::ProbeReport;
 
+/// "1 live stream", "2 live streams": a count with its noun, singular for one.
+pub fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
@@ -66,7 +75,8 @@ pub fn progress_line(p: &Progress) -> String {
         } => {
             let (elapsed, deadline) = (secs(*elapsed_ms), secs(*deadline_ms));
             format!(
-                "drain    {slot}: {live_streams} live streams, {inflight} in flight {} {elapsed:.1}s of {deadline:.0}s deadline",
+                "drain    {slot}: {}, {inflight} in flight {} {elapsed:.1}s of {deadline:.0}s deadline",
+                counted(*live_streams, "live stream"),
                 bar(elapsed, deadline),
             )
         }
@@ -333,6 +343,26 @@ mod tests {
             text.contains("FAIL tools/list") && text.contains("missing whoami"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_live_stream_is_singular() {
+        let drain = |live_streams| {
+            progress_line(&Progress::Drain {
+                slot: "blue".into(),
+                live_streams,
+                inflight: 0,
+                elapsed_ms: 1000,
+                deadline_ms: 10_000,
+            })
+        };
+        assert!(
+            drain(1).contains("blue: 1 live stream, 0 in flight"),
+            "{}",
+            drain(1)
+        );
+        assert!(drain(2).contains("blue: 2 live streams,"), "{}", drain(2));
+        assert!(drain(0).contains("blue: 0 live streams,"), "{}", drain(0));
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! auto connection, and hand every request to the [`Forwarder`].
 //!
 //! Malformed HTTP is answered 4xx by hyper and ends only that connection; a
-//! client slow to send its headers is cut after `header_read_timeout`.
+//! client slow to send its headers is cut after `header_read_timeout`; plain
+//! HTTP sent to the TLS listener is answered 400 (`plaintext`).
 
 pub mod affinity;
 pub mod body;
 pub mod exchange;
 pub mod forward;
 pub mod host_guard;
+pub mod plaintext;
 pub mod sse;
 
 use std::convert::Infallible;
@@ -83,7 +85,20 @@ pub async fn serve(
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
                 tokio::spawn(async move {
                     // The handshake gets the header-read budget: a silent client is cut.
-                    match tokio::time::timeout(header_read_timeout, acceptor.accept(tcp)).await {
+                    let deadline = tokio::time::Instant::now() + header_read_timeout;
+                    match tokio::time::timeout_at(deadline, plaintext::is_plain_http(&tcp)).await {
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => {
+                            tracing::debug!(%peer, "plain HTTP on the TLS listener: answered 400");
+                            let _ = tokio::time::timeout_at(deadline, plaintext::refuse(tcp)).await;
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            return tracing::debug!(%peer, error = %e, "connection failed")
+                        }
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(builder, stream, service, watcher, peer).await
                         }
