@@ -120,7 +120,7 @@ pub struct Options {
     /// Where the JSON results go.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Use this mcpflip binary instead of building target/release/mcpflip.
+    /// Use this mcpflip binary instead of building target/profiling/mcpflip.
     #[arg(long)]
     pub mcpflip: Option<PathBuf>,
     /// Skip the perf profile of mcpflip under W1.

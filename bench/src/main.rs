@@ -96,14 +96,24 @@ fn diff(a: &Path, b: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the release `mcpflip` binary and returns its path (cargo says where
-/// it put it, whatever the target directory).
+/// Builds the `mcpflip` binary with the `profiling` profile (the release code
+/// with line tables, so that perf names lines; the shipped release build has
+/// no debug info) and returns its path (cargo says where it put it, whatever
+/// the target directory).
 fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("mcpflip-bench: building mcpflip (cargo build --release -p mcpflip --bin mcpflip)");
+    println!("mcpflip-bench: building mcpflip (cargo build --profile profiling -p mcpflip --bin mcpflip)");
     let mut child = Process::new(&cargo)
         .current_dir(root)
-        .args(["build", "--release", "-p", "mcpflip", "--bin", "mcpflip"])
+        .args([
+            "build",
+            "--profile",
+            "profiling",
+            "-p",
+            "mcpflip",
+            "--bin",
+            "mcpflip",
+        ])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .spawn()
@@ -122,7 +132,7 @@ fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     if !child.wait()?.success() {
-        bail!("cargo build --release -p mcpflip failed");
+        bail!("cargo build --profile profiling -p mcpflip failed");
     }
     exe.context("cargo built no mcpflip executable")
 }
@@ -181,7 +191,10 @@ fn versions(root: &Path) -> Vec<Version> {
     [
         (
             "mcpflip",
-            format!("git {} (release profile, {rustc})", sys::git_rev(root)),
+            format!(
+                "git {} (profiling profile: release + line tables, {rustc})",
+                sys::git_rev(root)
+            ),
         ),
         ("nginx", v("nginx", &["-v"])),
         ("HAProxy", v("haproxy", &["-v"])),
