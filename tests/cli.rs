@@ -280,3 +280,88 @@ fn upstream_on_a_busy_port_names_the_port() {
         "{err}"
     );
 }
+
+/// `examples/deploy.sh` on a machine without systemd and without START_SLOT /
+/// STOP_SLOT says what to set instead of a raw `systemctl` error; and once the
+/// first release is recorded, `rollback` right after the first deploy
+/// restarts it.
+#[test]
+fn deploy_sh_needs_slot_commands_without_systemd_and_rolls_back_the_first_deploy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (blue, green) = (closed_port(), closed_port());
+    let cfg = TestConfig::blue_green(d, blue, green)
+        .set_str("probe", "timeout", "2s")
+        .set_str("watch", "window", "300ms")
+        .set_str("watch", "interval", "100ms");
+    let mut proxy = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proxy.wait_ready();
+    let _slots = Slots(d.to_path_buf(), proxy);
+    let start = format!(
+        "port_var=PORT_$SLOT; echo \"$RELEASE\" > {dir}/$SLOT.release; \
+         {BIN} upstream --port ${{!port_var}} --slot $SLOT >/dev/null 2>&1 & echo $! > {dir}/$SLOT.pid",
+        dir = d.display()
+    );
+    let stop = format!("kill $(cat {}/$SLOT.pid)", d.display());
+    let script = |args: &[&str], commands: bool| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/deploy.sh"))
+            .args(args)
+            .env("MCPFLIP", BIN)
+            .env("MCPFLIP_SOCKET", d.join("control.sock"))
+            .env("STATE_DIR", d.join("state"))
+            .env("SYSTEMD_RUN_DIR", d.join("no-systemd"))
+            .env("PORT_blue", blue.to_string())
+            .env("PORT_green", green.to_string())
+            .env_remove("START_SLOT")
+            .env_remove("STOP_SLOT")
+            .env_remove("CURRENT_RELEASE");
+        if commands {
+            cmd.env("START_SLOT", &start).env("STOP_SLOT", &stop);
+        }
+        let out = cmd.output().expect("deploy.sh runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+
+    // No systemd, no commands: refused before anything changes.
+    let (code, out) = script(&["deploy", "v2"], false);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("START_SLOT and STOP_SLOT default to systemd") && !out.contains("systemctl:"),
+        "{out}"
+    );
+
+    // Blue runs v1, recorded once; deploy v2 to green, then roll back to v1.
+    let status = Command::new("bash")
+        .args(["-c", &start])
+        .env("SLOT", "blue")
+        .env("RELEASE", "v1")
+        .env("PORT_blue", blue.to_string())
+        .status()
+        .expect("start blue");
+    assert!(status.success());
+    let (code, out) = script(&["record", "blue", "v1"], true);
+    assert_eq!(code, Some(0), "{out}");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !support::proc::ctl(&d.join("control.sock"), &["probe", "blue"]).ok() {
+        assert!(Instant::now() < end, "blue never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out) = script(&["deploy", "v2"], true);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = script(&["rollback"], true);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rolled back to v1 in blue"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("blue.release")).expect("blue's release"),
+        "v1\n",
+        "rollback restarted blue with v1"
+    );
+    let s = support::proc::ctl(&d.join("control.sock"), &["--json", "status"]);
+    assert!(s.stdout.contains("\"active\":\"blue\""), "{}", s.stdout);
+}
