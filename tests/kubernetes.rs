@@ -127,7 +127,7 @@ fn the_deployment_probes_readiness_drains_within_its_grace_period_and_ships_a_va
     for dir in [&config.control.socket, &config.control.state_file] {
         let dir = dir.parent().and_then(Path::to_str).expect("dir");
         assert!(
-            init.contains(&format!("chmod 0700 "))
+            init.contains("chmod 0700 ")
                 && init.contains(dir)
                 && init.contains("chown 10001:10001"),
             "the init container does not make {dir} 0700 for uid 10001: {init}"
