@@ -61,9 +61,10 @@ pub fn progress_line(p: &Progress) -> String {
         } => {
             let (elapsed, window) = (secs(*elapsed_ms), secs(*window_ms));
             format!(
-                "watch    {slot}: {} {:.0}s left, {probes} probes passed",
+                "watch    {slot}: {} {:.0}s left, {} passed",
                 bar(elapsed, window),
                 (window - elapsed).max(0.0),
+                counted(*probes, "probe"),
             )
         }
         Progress::Drain {
@@ -143,11 +144,11 @@ fn status(s: &Status) -> String {
     if let Some(w) = &s.watch {
         let _ = writeln!(
             out,
-            "watching {}: {:.0}s of {:.0}s, {} probes passed",
+            "watching {}: {:.0}s of {:.0}s, {} passed",
             w.slot,
             secs(w.elapsed_ms),
             secs(w.window_ms),
-            w.probes
+            counted(w.probes, "probe")
         );
     }
     if let Some(r) = &s.last_rollback {
@@ -211,7 +212,7 @@ fn flipped(f: &Flipped) -> String {
 
 fn watch_line(w: &WatchOutcome) -> String {
     match w {
-        WatchOutcome::Passed { probes } => format!("passed ({probes} probes)"),
+        WatchOutcome::Passed { probes } => format!("passed ({})", counted(*probes, "probe")),
         WatchOutcome::RolledBack { reason, to, .. } => format!("rolled back to {to}: {reason}"),
         WatchOutcome::Failed { reason } => format!("failed: {reason}"),
         WatchOutcome::Cancelled { reason } => format!("cancelled: {reason}"),
@@ -363,6 +364,10 @@ mod tests {
         );
         assert!(drain(2).contains("blue: 2 live streams,"), "{}", drain(2));
         assert!(drain(0).contains("blue: 0 live streams,"), "{}", drain(0));
+        assert_eq!(
+            watch_line(&WatchOutcome::Passed { probes: 1 }),
+            "passed (1 probe)"
+        );
     }
 
     #[test]
