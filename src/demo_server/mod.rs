@@ -13,6 +13,11 @@
 //! or [`Transport::Both`]), `POST|GET|DELETE /mcp` and the session-less
 //! `POST /stateless` (when [`Transport::StreamableHttp`] or
 //! [`Transport::Both`]), and always `GET /ticker` and `GET /healthz`.
+//!
+//! Every response names the slot that made it in `X-Served-By` (as `whoami`
+//! does in a tool result): a client behind a proxy can tell which slot a
+//! stream or an error page came from before any body arrives, which the soak
+//! benchmark needs to attribute a broken stream to the slot it killed.
 
 mod body;
 mod legacy;
@@ -27,6 +32,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -89,9 +95,14 @@ impl ServerConfig {
 /// How long open connections get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// The response header that names the slot (`X-Served-By: blue`).
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+
 /// Shared server state: each transport owns its sessions.
 struct State {
     transport: Transport,
+    /// The slot's name as a header value (`None` when it is not one).
+    served_by: Option<HeaderValue>,
     legacy: legacy::Legacy,
     streamable: streamable::Streamable,
     shutdown: CancellationToken,
@@ -111,6 +122,7 @@ pub async fn serve(
     ));
     let state = Arc::new(State {
         transport: cfg.transport,
+        served_by: HeaderValue::from_str(&cfg.slot).ok(),
         legacy: legacy::Legacy::new(Arc::clone(&dispatcher), shutdown.clone()),
         streamable: streamable::Streamable::new(dispatcher, shutdown.clone()),
         shutdown: shutdown.clone(),
@@ -175,7 +187,13 @@ async fn serve_connection(
     let shutdown = state.shutdown.clone();
     let svc = service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(&state, req).await) }
+        async move {
+            let mut resp = route(&state, req).await;
+            if let Some(v) = &state.served_by {
+                resp.headers_mut().insert(SERVED_BY, v.clone());
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
@@ -433,8 +451,23 @@ mod tests {
                 .await
                 .expect("request");
             assert_eq!(resp.status(), status, "{method} {uri}");
+            // Every answer, errors and streams alike, names its slot.
+            assert_eq!(
+                resp.headers().get(SERVED_BY).map(HeaderValue::as_bytes),
+                Some(&b"g"[..]),
+                "{method} {uri}"
+            );
             let _ = resp.into_body().collect().await;
         }
+        let resp = c
+            .send_request(request(Method::GET, "/ticker?count=1&interval_ms=1", ""))
+            .await
+            .expect("GET /ticker");
+        assert_eq!(
+            resp.headers().get(SERVED_BY).map(HeaderValue::as_bytes),
+            Some(&b"g"[..])
+        );
+        let _ = resp.into_body().collect().await;
         token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), task)
             .await
