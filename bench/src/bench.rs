@@ -1,4 +1,4 @@
-//! The run as a whole: the command line (run, `render`, `diff`), the
+//! The run as a whole: the command line (run, `render`, `diff`, `soak`), the
 //! settings a run resolves to (full or `--quick`), and [`Bench`], which owns
 //! the upstreams and the targets and runs the rounds (every target once per
 //! round, in the same order, so A B A B: slow drift of the machine hits every
@@ -52,6 +52,7 @@ impl Workload {
     long_about = "Runs every workload (W1..W5, the access-log and multi-core sections) against \
 direct, mcpflip, nginx, HAProxy and Caddy on loopback, writes the results as JSON \
 (bench/results/<date>-<machine>.json) and renders BENCHMARKS.md from them.\n\n\
+`soak` runs issue 10's soak instead (mcpflip alone, 30 minutes or --smoke). \
 Run it from the repository: cargo run -p mcpflip-bench --release -- [--quick]. \
 The anchors come from Debian's packages: bench/setup.sh (as root) installs them.",
     args_conflicts_with_subcommands = true
@@ -74,7 +75,15 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A soak's results file (`mcpflip-bench soak`): its section is
+        /// rendered into the report (BENCHMARKS.md's soak figures).
+        #[arg(long)]
+        soak: Option<PathBuf>,
     },
+    /// The soak: mixed load through mcpflip for 30 minutes (or --minutes, or
+    /// --smoke: 2), a deploy every minute, an upstream killed every three;
+    /// exits 1 when a check fails.
+    Soak(SoakOptions),
     /// Print how mcpflip's ratios moved from run A to run B.
     Diff {
         /// The earlier results file.
@@ -162,6 +171,52 @@ impl Options {
 
     pub fn wants(&self, w: Workload) -> bool {
         self.parts().contains(&w)
+    }
+}
+
+/// The options of a soak.
+#[derive(Debug, Clone, Args)]
+pub struct SoakOptions {
+    /// Minutes of load.
+    #[arg(long, default_value_t = SOAK_MINUTES, value_parser = clap::value_parser!(u32).range(1..=24 * 60))]
+    pub minutes: u32,
+    /// Two minutes (two deploys, one kill): a smoke test; writes under
+    /// target/compare/ unless --out / --json.
+    #[arg(long, conflicts_with = "minutes")]
+    pub smoke: bool,
+    /// Where the markdown section goes.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where the JSON results go.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use this mcpflip binary instead of building target/release/mcpflip.
+    #[arg(long)]
+    pub mcpflip: Option<PathBuf>,
+    /// Keep the temporary directory (the config and every process's log).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// The soak's reference length (the issue's).
+pub const SOAK_MINUTES: u32 = 30;
+
+/// The smoke run's length.
+pub const SMOKE_MINUTES: u32 = 2;
+
+impl SoakOptions {
+    /// Minutes of load.
+    pub fn minutes(&self) -> f64 {
+        f64::from(if self.smoke {
+            SMOKE_MINUTES
+        } else {
+            self.minutes
+        })
+    }
+
+    /// The reference run: the one that writes `bench/results/`.
+    pub fn reference(&self) -> bool {
+        !self.smoke && self.minutes == SOAK_MINUTES
     }
 }
 
@@ -504,12 +559,33 @@ mod tests {
         let cli = parse(&["render", "a.json", "--out", "B.md"]).expect("parses");
         assert!(matches!(
             cli.command,
-            Some(Command::Render { ref file, ref out })
+            Some(Command::Render { ref file, ref out, .. })
                 if file == &PathBuf::from("a.json") && out.as_deref() == Some(std::path::Path::new("B.md"))
         ));
         let cli = parse(&["diff", "a.json", "b.json"]).expect("parses");
         assert!(matches!(cli.command, Some(Command::Diff { .. })));
         assert!(parse(&["diff", "a.json"]).is_err());
+    }
+
+    #[test]
+    fn the_soak_is_thirty_minutes_unless_told() {
+        let soak = |args: &[&str]| match parse(args).expect("parses").command {
+            Some(Command::Soak(o)) => o,
+            other => panic!("not the soak: {other:?}"),
+        };
+        let o = soak(&["soak"]);
+        assert_eq!((o.minutes(), o.reference()), (30.0, true));
+        let o = soak(&["soak", "--smoke"]);
+        assert_eq!((o.minutes(), o.reference()), (2.0, false));
+        let o = soak(&["soak", "--minutes", "5"]);
+        assert_eq!((o.minutes(), o.reference()), (5.0, false));
+        assert!(parse(&["soak", "--minutes", "0"]).is_err());
+        assert!(parse(&["soak", "--smoke", "--minutes", "5"]).is_err());
+        let cli = parse(&["render", "a.json", "--soak", "s.json"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Render { soak: Some(ref s), .. }) if s == &PathBuf::from("s.json")
+        ));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! A made-up run for the tests of `figures`, `report` and `diff`: three
 //! rounds, every part, round numbers chosen so that each ratio and each
-//! target's status is known by hand (see the comments beside them).
+//! target's status is known by hand (see the comments beside them); and a
+//! made-up soak for the soak's verdicts and report.
 
 use crate::model::{
-    AccessLog, CpuPlan, Kind, Machine, Meta, MultiCore, MultiCoreLevel, Run, Version, W1Cell,
+    AccessLog, CpuPlan, Deploy, Exchange, ExchangeCount, FailureCount, Kill, Kind, Machine, Meta,
+    MultiCore, MultiCoreLevel, Run, Slot, SlotCounts, Soak, SoakEnd, Span, Version, W1Cell,
     W1Level, W2Cell, W2Level, W3Cell, W4Cell, W5Cell, W1, W2, W3, W4, W5,
 };
 use crate::stats::Series;
@@ -258,4 +260,94 @@ pub fn run() -> Run {
             .collect(),
     });
     r
+}
+
+fn counts(slot: &str, live: u64, inflight: u64) -> SlotCounts {
+    SlotCounts {
+        slot: slot.to_owned(),
+        live_streams: live,
+        inflight,
+    }
+}
+
+/// A 2-minute soak that passed: two deploys, one kill, three failures that
+/// were the killed upstream's own.
+pub fn soak() -> Soak {
+    Soak {
+        date: String::new(),
+        command: String::new(),
+        file: String::new(),
+        mcpflip: String::new(),
+        machine: meta().machine,
+        minutes: 2.0,
+        load_s: 120.0,
+        smoke: true,
+        mix: Vec::new(),
+        config: String::new(),
+        requests: vec![ExchangeCount {
+            exchange: Exchange::Call,
+            ok: 1_000,
+            failed: 3,
+            expected: 3,
+        }],
+        sse_events: 10,
+        failures: vec![FailureCount {
+            exchange: Exchange::Call,
+            what: "404 Session not found".to_owned(),
+            expected: 3,
+            unexpected: 0,
+        }],
+        examples: Vec::new(),
+        kills: vec![Kill {
+            slot: Slot::Green,
+            generation: 3,
+            deploy: 2,
+            state: "draining".to_owned(),
+            live_streams: 10,
+            inflight: 2,
+            killed_ms: 10_000,
+            recovered_ms: 10_500,
+            new_generation: 4,
+            failures: 3,
+        }],
+        deploys: vec![Deploy {
+            n: 1,
+            at_s: 20.0,
+            from: Slot::Blue,
+            to: Slot::Green,
+            outcome: "passed".to_owned(),
+            message: None,
+            elapsed_s: 31.0,
+            drained_after_ms: Some(30_000),
+            forced: 0,
+            killed: false,
+        }],
+        planned_deploys: 1,
+        planned_kills: 1,
+        end: SoakEnd {
+            zero_after_s: Some(0.3),
+            waited_s: 30.0,
+            settle_s: 12.0,
+            status: vec![counts("blue", 0, 0), counts("green", 0, 0)],
+            metrics: vec![counts("blue", 0, 0), counts("green", 0, 0)],
+            proxy_exit: None,
+            stuck_clients: 0,
+            fds_start: Vec::new(),
+            fds_end: Vec::new(),
+            log_errors: Vec::new(),
+            log_error_count: 0,
+        },
+        rss_kib: Span {
+            start: 10_000,
+            peak: 40_000,
+            end: 20_000,
+        },
+        fds: Span {
+            start: 20,
+            peak: 300,
+            end: 24,
+        },
+        samples: Vec::new(),
+        checks: Vec::new(),
+    }
 }

@@ -14,6 +14,8 @@ use std::os::fd::AsRawFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::model::Slot;
+
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -63,6 +65,9 @@ pub struct Head {
     /// The server will close the connection after this response.
     pub close: bool,
     pub event_stream: bool,
+    /// The slot `mcpflip upstream` names in `X-Served-By` (parsed without
+    /// allocating: every response carries it).
+    pub served_by: Option<Slot>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -203,6 +208,28 @@ impl Conn {
             .map_err(HttpError::Connect)
     }
 
+    /// Drops the connection with a TCP reset (`SO_LINGER` 0), as a client
+    /// that crashes or loses its network does, instead of a clean FIN.
+    pub fn reset(self) {
+        // Linger on with a zero timeout: close() sends RST at once and never
+        // blocks (tokio's set_linger is deprecated for the blocking case only).
+        // A failure only means the close is a FIN instead: still a vanished client.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid fd and a `linger` value of the size passed.
+        unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// `true` when the server has closed this (idle) connection: what a
     /// careful client (hyper's pool, for one) checks before reusing it.
     pub fn peer_closed(&mut self) -> bool {
@@ -279,6 +306,8 @@ impl Conn {
                                 head.event_stream = contains_ci(h.value, b"text/event-stream");
                             } else if want_session && name.eq_ignore_ascii_case("mcp-session-id") {
                                 head.session = std::str::from_utf8(h.value).ok().map(str::to_owned);
+                            } else if name.eq_ignore_ascii_case("x-served-by") {
+                                head.served_by = Slot::parse(h.value);
                             }
                         }
                         let framing = match framing {
@@ -406,6 +435,23 @@ pub fn write_post(out: &mut Vec<u8>, host: &str, path: &str, session: Option<&st
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+}
+
+/// A plain `GET` (an admin page).
+pub fn get(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+/// A `DELETE` of a Streamable HTTP session (written into `out`, cleared first).
+pub fn write_delete(out: &mut Vec<u8>, host: &str, path: &str, session: &str) {
+    out.clear();
+    out.extend_from_slice(
+        format!(
+            "DELETE {path} HTTP/1.1\r\nHost: {host}\r\nMcp-Session-Id: {session}\r\n\
+             MCP-Protocol-Version: 2025-06-18\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    );
 }
 
 /// A `GET` that asks for an event stream.

@@ -10,7 +10,9 @@
 //! (SSE streams and sessions), `w1`..`w5` and `multicore` (the workloads),
 //! `profile` (perf), `model` (the results as data), `figures` (ratios and the
 //! issue's targets), `report` (the markdown), `diff`, `sys` (cores, limits,
-//! /proc), `stats` (histograms, medians, number formats).
+//! /proc), `stats` (histograms, medians, number formats), and `soak` (issue
+//! 10's soak: mixed load, deploys and upstream kills through mcpflip alone,
+//! with verdicts; `mcpflip-bench soak`).
 //!
 //! It never imports the mcpflip library: it builds and runs the release
 //! binary, as operators do. The anchors come from Debian's packages
@@ -27,6 +29,7 @@ mod model;
 mod multicore;
 mod profile;
 mod report;
+mod soak;
 mod stats;
 mod streams;
 mod sys;
@@ -46,7 +49,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use bench::{Bench, Cli, Command, Options, Settings, Workload};
+use bench::{Bench, Cli, Command, Options, Settings, SoakOptions, Workload};
 use model::{Kind, Meta, Run, Version};
 use targets::Env;
 
@@ -55,8 +58,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => run(cli.run),
         Some(Command::Run(o)) => run(o),
-        Some(Command::Render { file, out }) => render(&file, out.as_deref()),
+        Some(Command::Render { file, out, soak }) => render(&file, soak.as_deref(), out.as_deref()),
         Some(Command::Diff { a, b }) => diff(&a, &b),
+        Some(Command::Soak(o)) => match soak(&o) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                eprintln!("mcpflip-bench: the soak FAILED (see the checks above)");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,8 +86,15 @@ fn root() -> PathBuf {
         .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
 }
 
-fn render(file: &Path, out: Option<&Path>) -> anyhow::Result<()> {
-    let run = Run::read(file)?;
+fn render(file: &Path, soak: Option<&Path>, out: Option<&Path>) -> anyhow::Result<()> {
+    let mut run = Run::read(file)?;
+    if let Some(p) = soak {
+        run.soak = Some(
+            Run::read(p)?
+                .soak
+                .with_context(|| format!("{} holds no soak results", p.display()))?,
+        );
+    }
     let text = report::render(&run);
     match out {
         Some(p) => {
@@ -370,6 +388,105 @@ fn run(opts: Options) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `soak`: runs it, writes its results and its report section; `Ok(false)`
+/// when a check failed.
+fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "built without optimisations; run\n    cargo run -p mcpflip-bench --release -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+    }
+    let started = Instant::now();
+    let root = root();
+    let mcpflip = match &opts.mcpflip {
+        Some(p) => p.clone(),
+        None => build_mcpflip(&root)?,
+    };
+    let (nofile, nofile_hard) = sys::raise_nofile(1 << 16);
+    let cpus = sys::allowed_cpus();
+    let machine = sys::machine(cpus.len());
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let command = format!(
+        "cargo run -p mcpflip-bench --release -- {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let rustc = sys::version_of("rustc", &["--version"]).unwrap_or_default();
+    let version = format!("git {} (release profile, {rustc})", sys::git_rev(&root));
+    println!(
+        "mcpflip-bench: soak of mcpflip {version} on {} ({} cores)",
+        machine.cpu_model, machine.cores
+    );
+    let mut result = soak::run(opts, &mcpflip, machine.clone(), soak::Log(started))?;
+    let name = format!("{}-{}", stamp(&date), machine.slug());
+    let (json, md) = if opts.reference() {
+        (
+            root.join("bench/results").join(format!("{name}.soak.json")),
+            root.join("target/compare/SOAK.md"),
+        )
+    } else {
+        let kind = if opts.smoke { "smoke" } else { "partial" };
+        (
+            root.join("target/compare")
+                .join(format!("{name}.soak.{kind}.json")),
+            root.join(format!("target/compare/SOAK.{kind}.md")),
+        )
+    };
+    let json = opts.json.clone().unwrap_or(json);
+    let md = opts.out.clone().unwrap_or(md);
+    let file = json
+        .strip_prefix(&root)
+        .unwrap_or(&json)
+        .display()
+        .to_string();
+    result.date = date.clone();
+    result.command = command.clone();
+    result.file = file.clone();
+    result.mcpflip = version.clone();
+    let meta = Meta {
+        date,
+        command,
+        file,
+        quick: opts.smoke,
+        complete: false,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        rounds: 1,
+        w1_rounds: 1,
+        targets: vec![Kind::Mcpflip],
+        plan: model::CpuPlan::new(&cpus, None),
+        machine,
+        pinned: false,
+        versions: vec![Version {
+            name: "mcpflip".to_owned(),
+            version,
+        }],
+        nofile,
+        nofile_hard,
+    };
+    let passed = result.passed();
+    let mut run = Run::new(meta);
+    run.soak = Some(result);
+    for p in [&json, &md] {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+    }
+    std::fs::write(&json, run.to_json()?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let text = report::render(&Run::read(&json)?);
+    println!("\n{text}");
+    std::fs::write(&md, text).with_context(|| format!("cannot write {}", md.display()))?;
+    println!(
+        "mcpflip-bench: wrote {} and {} ({:.0} s in all); the soak {}",
+        json.display(),
+        md.display(),
+        started.elapsed().as_secs_f64(),
+        if passed { "passed" } else { "FAILED" }
+    );
+    Ok(passed)
 }
 
 async fn workloads(b: &mut Bench, opts: &Options, r: &mut Run) -> anyhow::Result<()> {

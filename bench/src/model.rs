@@ -77,6 +77,46 @@ impl Kind {
     }
 }
 
+/// A deployment slot (the two `mcpflip upstream` processes are named so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+impl Slot {
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::Blue => Slot::Green,
+            Slot::Green => Slot::Blue,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Slot::Blue => 0,
+            Slot::Green => 1,
+        }
+    }
+
+    /// The slot a name (a header value, a JSON string) names.
+    pub fn parse(name: &[u8]) -> Option<Slot> {
+        match name {
+            b"blue" => Some(Slot::Blue),
+            b"green" => Some(Slot::Green),
+            _ => None,
+        }
+    }
+}
+
 /// Which CPUs each party runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CpuPlan {
@@ -268,6 +308,10 @@ pub struct Run {
     pub w4: Option<W4>,
     #[serde(default)]
     pub w5: Option<W5>,
+    /// The soak (`mcpflip-bench soak`): a file of its own, or merged into a
+    /// comparison's report by `render --soak`.
+    #[serde(default)]
+    pub soak: Option<Soak>,
 }
 
 impl Run {
@@ -284,7 +328,21 @@ impl Run {
             w3: None,
             w4: None,
             w5: None,
+            soak: None,
         }
+    }
+
+    /// Whether it holds any part of the comparison (a soak's file holds none).
+    pub fn has_comparison(&self) -> bool {
+        self.w1.is_some()
+            || self.w1_wrk.is_some()
+            || self.access_log.is_some()
+            || self.multicore.is_some()
+            || self.profile.is_some()
+            || self.w2.is_some()
+            || self.w3.is_some()
+            || self.w4.is_some()
+            || self.w5.is_some()
     }
 
     pub fn to_json(&self) -> anyhow::Result<String> {
@@ -727,6 +785,336 @@ pub struct W5 {
 impl W5 {
     pub fn cell(&self, k: Kind) -> Option<&W5Cell> {
         cell_of(&self.cells, k, |c| c.target)
+    }
+}
+
+// ----- the soak -------------------------------------------------------------
+
+/// What a soak client was doing when a request succeeded or failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exchange {
+    /// Streamable HTTP: `initialize` (a new session, routed by weight).
+    Initialize,
+    /// Streamable HTTP: `notifications/initialized`.
+    Initialized,
+    /// Streamable HTTP: a `tools/call` answered with JSON.
+    Call,
+    /// Streamable HTTP: `tools/call slow`, answered with an SSE stream
+    /// (progress notifications, then the result).
+    SlowCall,
+    /// Streamable HTTP: `DELETE` of the session.
+    Delete,
+    /// Legacy HTTP+SSE: `GET /sse` up to its `endpoint` event.
+    SseOpen,
+    /// Legacy HTTP+SSE: a `POST` to the endpoint (answered 202).
+    SsePost,
+    /// Legacy HTTP+SSE: the reply to a `POST`, on the session's stream.
+    SseReply,
+    /// `POST /stateless` (`tools/call whoami`, routed by weight).
+    Stateless,
+    /// `GET /ticker`, read to its last event.
+    Ticker,
+    /// A stream opened and then dropped by its client on purpose.
+    Vanish,
+}
+
+impl Exchange {
+    pub const ALL: [Exchange; 11] = [
+        Exchange::Initialize,
+        Exchange::Initialized,
+        Exchange::Call,
+        Exchange::SlowCall,
+        Exchange::Delete,
+        Exchange::SseOpen,
+        Exchange::SsePost,
+        Exchange::SseReply,
+        Exchange::Stateless,
+        Exchange::Ticker,
+        Exchange::Vanish,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Exchange::Initialize => "Streamable HTTP initialize",
+            Exchange::Initialized => "Streamable HTTP notifications/initialized",
+            Exchange::Call => "Streamable HTTP tools/call (JSON answer)",
+            Exchange::SlowCall => "Streamable HTTP tools/call slow (SSE answer)",
+            Exchange::Delete => "Streamable HTTP DELETE",
+            Exchange::SseOpen => "legacy SSE: GET /sse to its endpoint event",
+            Exchange::SsePost => "legacy SSE: POST (202)",
+            Exchange::SseReply => "legacy SSE: reply on the stream",
+            Exchange::Stateless => "stateless POST",
+            Exchange::Ticker => "GET /ticker read to its end",
+            Exchange::Vanish => "stream dropped by its client",
+        }
+    }
+}
+
+/// Why a soak request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The connection to the proxy could not be opened.
+    Connect,
+    /// The proxy closed the connection before any byte of an answer.
+    Closed,
+    /// The answer or the stream broke (EOF or reset inside it, malformed).
+    Broken,
+    /// No answer (or no next event) in time.
+    Timeout,
+    /// An HTTP status other than the one asked for (`status` says which).
+    Status,
+    /// `404` with the JSON-RPC "Session not found" body: the session is gone.
+    SessionNotFound,
+    /// Answered by a slot other than the one that holds the session.
+    WrongSlot,
+    /// The status was right but the answer was not (no result, wrong id, events out of order).
+    WrongAnswer,
+    /// A stream ended cleanly before its last event.
+    Cut,
+}
+
+impl Cause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Connect => "connect failed",
+            Cause::Closed => "closed before any answer",
+            Cause::Broken => "broken answer or stream",
+            Cause::Timeout => "timed out",
+            Cause::Status => "HTTP status",
+            Cause::SessionNotFound => "404 Session not found",
+            Cause::WrongSlot => "answered by the wrong slot",
+            Cause::WrongAnswer => "wrong answer",
+            Cause::Cut => "stream ended early",
+        }
+    }
+}
+
+/// One failed request of the soak, with what is known of where it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub exchange: Exchange,
+    pub cause: Cause,
+    /// The HTTP status, for [`Cause::Status`] (and 404s).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The slot the request was routed to, where the client can know it: the
+    /// session's tag, the upstream's `X-Served-By`, or the `slot` of the
+    /// proxy's own JSON error.
+    #[serde(default)]
+    pub slot: Option<Slot>,
+    /// The slot generation in the session's tag (session requests only).
+    #[serde(default)]
+    pub generation: Option<u32>,
+    /// Milliseconds from the start of the load to the request's send, and to its failure.
+    pub sent_ms: u64,
+    pub failed_ms: u64,
+    /// What the client saw (the proxy's error code, the bytes that were wrong).
+    pub detail: String,
+}
+
+impl Failure {
+    /// `HTTP 502` for a status, the cause's label otherwise.
+    pub fn what(&self) -> String {
+        match (self.cause, self.status) {
+            (Cause::Status, Some(s)) => format!("HTTP {s}"),
+            (c, _) => c.label().to_owned(),
+        }
+    }
+}
+
+/// Requests of one kind: answered as asked, and failed (of those, how many
+/// were the killed upstream's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeCount {
+    pub exchange: Exchange,
+    pub ok: u64,
+    pub failed: u64,
+    pub expected: u64,
+}
+
+/// Failures of one kind and cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureCount {
+    pub exchange: Exchange,
+    /// [`Failure::what`]: the cause, or the HTTP status.
+    pub what: String,
+    /// Failures of requests routed to a killed upstream within its kill window.
+    pub expected: u64,
+    /// Every other failure: each one fails the soak.
+    pub unexpected: u64,
+}
+
+/// One SIGKILL of an upstream slot process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kill {
+    pub slot: Slot,
+    /// The slot's generation while the killed process served it.
+    pub generation: u32,
+    /// The deploy it happened in (its number, from 1).
+    pub deploy: usize,
+    /// The slot's state and counts (`status`) just before the kill.
+    pub state: String,
+    pub live_streams: u64,
+    pub inflight: u64,
+    /// Milliseconds from the start of the load: the kill, and the end of the
+    /// operator's answer to it (`retire`, restart, `standby`).
+    pub killed_ms: u64,
+    pub recovered_ms: u64,
+    /// The generation `standby` gave the restarted process.
+    pub new_generation: u32,
+    /// Failures attributed to this kill.
+    pub failures: u64,
+}
+
+/// One `ctl deploy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deploy {
+    /// From 1.
+    pub n: usize,
+    /// Seconds from the start of the load to the `deploy` command.
+    pub at_s: f64,
+    pub from: Slot,
+    pub to: Slot,
+    /// `passed`, or the error code of the final reply (`rolled_back`,
+    /// `probe_failed`, …), or `error` when the command itself failed.
+    pub outcome: String,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The command's duration, seconds.
+    pub elapsed_s: f64,
+    /// How long the old slot took to drain (`None`: its drain was cancelled
+    /// by a kill's `retire`, or the deploy failed first).
+    #[serde(default)]
+    pub drained_after_ms: Option<u64>,
+    /// Streams the drain deadline ended.
+    pub forced: u64,
+    /// An upstream was killed during this deploy.
+    pub killed: bool,
+}
+
+/// A slot's live counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlotCounts {
+    pub slot: String,
+    pub live_streams: u64,
+    pub inflight: u64,
+}
+
+/// The proxy after the load stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoakEnd {
+    /// Seconds from the end of the load until `/status` showed every count at
+    /// 0 (`None`: not within `waited_s`).
+    #[serde(default)]
+    pub zero_after_s: Option<f64>,
+    pub waited_s: f64,
+    /// How long after that the end (RSS, descriptors) was read.
+    #[serde(default)]
+    pub settle_s: f64,
+    /// `/status` at the end of the wait.
+    pub status: Vec<SlotCounts>,
+    /// The `mcpflip_live_streams` and `mcpflip_inflight_requests` gauges of `/metrics`, read after.
+    pub metrics: Vec<SlotCounts>,
+    /// Set when the proxy process was not running at the end (how it ended).
+    #[serde(default)]
+    pub proxy_exit: Option<String>,
+    /// Client tasks that had not finished 60 s after the load stopped.
+    pub stuck_clients: u64,
+    /// The proxy's descriptors at the start and at the end, grouped by what
+    /// they are (`2 × TCP ESTABLISHED an ephemeral port → blue upstream :3001`).
+    #[serde(default)]
+    pub fds_start: Vec<String>,
+    #[serde(default)]
+    pub fds_end: Vec<String>,
+    /// ERROR lines of the proxy's log (the first few): not a check of the
+    /// issue's, shown so that nothing the proxy said goes unread.
+    #[serde(default)]
+    pub log_errors: Vec<String>,
+    /// How many ERROR lines it wrote in all.
+    #[serde(default)]
+    pub log_error_count: u64,
+}
+
+/// A reading at the start, its highest value, and at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    pub start: u64,
+    pub peak: u64,
+    pub end: u64,
+}
+
+/// The proxy at one moment of the soak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoakSample {
+    /// Seconds from the start of the load.
+    pub t_s: f64,
+    pub rss_kib: u64,
+    pub fds: u64,
+    pub live_streams: u64,
+    pub inflight: u64,
+}
+
+/// One pass/fail verdict of the soak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// One kind of soak client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MixPart {
+    pub what: String,
+    pub clients: usize,
+    pub detail: String,
+}
+
+/// The soak: mixed load through mcpflip for minutes, a `deploy` every minute,
+/// an upstream killed every few, and what the proxy looked like at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Soak {
+    /// Where and how it ran (a comparison's report that shows this soak
+    /// names it): RFC 3339 date, the command, the results file, mcpflip's
+    /// version, the machine.
+    pub date: String,
+    pub command: String,
+    pub file: String,
+    pub mcpflip: String,
+    pub machine: Machine,
+    /// The planned length of the load, minutes, and what it ran, seconds.
+    pub minutes: f64,
+    pub load_s: f64,
+    pub smoke: bool,
+    pub mix: Vec<MixPart>,
+    /// The config file mcpflip ran with.
+    pub config: String,
+    pub requests: Vec<ExchangeCount>,
+    /// SSE events the clients read (tickers, legacy sessions, slow calls).
+    pub sse_events: u64,
+    pub failures: Vec<FailureCount>,
+    /// The first unexpected failures, as the clients saw them.
+    pub examples: Vec<Failure>,
+    pub kills: Vec<Kill>,
+    pub deploys: Vec<Deploy>,
+    /// What the schedule asked for (the plan of `soak::plan`).
+    pub planned_deploys: usize,
+    pub planned_kills: usize,
+    pub end: SoakEnd,
+    /// The proxy's resident memory (`VmRSS`; the peak is `VmHWM`), KiB.
+    pub rss_kib: Span,
+    /// The proxy's open file descriptors (`/proc/PID/fd`).
+    pub fds: Span,
+    /// The proxy, every 10 s.
+    pub samples: Vec<SoakSample>,
+    pub checks: Vec<Check>,
+}
+
+impl Soak {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
     }
 }
 

@@ -1,7 +1,9 @@
 //! `BENCHMARKS.md` from a run's results ([`Run`], as the JSON file holds
 //! them): the machine and versions, the ratios, the targets of issue 14 and
 //! where mcpflip stands, one section per workload with absolute medians
-//! (min–max), the profile, and what limited each result. It reads nothing but
+//! (min–max), the profile, the soak's section when one was merged in
+//! (`soak::report` writes it, and a soak's own file), and what limited each
+//! result. It reads nothing but
 //! the `Run`: `mcpflip-bench render RUN.json` writes the same text the run
 //! wrote.
 
@@ -11,6 +13,7 @@ use crate::figures::{self, Goal};
 use crate::model::{
     self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, W1Cell, W1, W2, W3, W4, W5,
 };
+use crate::soak;
 use crate::stats::{self, Series};
 
 fn pct(v: f64) -> String {
@@ -39,6 +42,9 @@ fn labels(kinds: &[Kind]) -> String {
 
 /// The markdown report of `run`.
 pub fn render(run: &Run) -> String {
+    if !run.has_comparison() && run.soak.is_some() {
+        return soak::report::document(run);
+    }
     let mut o = String::new();
     let m = &run.meta;
     let _ = writeln!(o, "# mcpflip benchmarks\n");
@@ -108,6 +114,9 @@ pub fn render(run: &Run) -> String {
     }
     if let Some(w) = &run.w5 {
         w5_section(&mut o, w);
+    }
+    if let Some(s) = &run.soak {
+        soak::report::section(&mut o, s);
     }
     limits(&mut o, run);
     o

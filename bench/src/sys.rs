@@ -122,13 +122,22 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 /// Resident memory of `pids`, in KiB (`VmRSS`).
 pub fn rss_kib(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| {
-            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .sum()
+    pids.iter().filter_map(|&p| status_kib(p, "VmRSS")).sum()
+}
+
+/// A KiB figure of `/proc/<pid>/status`: `VmRSS` (resident now), `VmHWM`
+/// (the most it was resident since it started).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+}
+
+/// The file descriptors `pid` has open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 fn clock_ticks() -> f64 {
@@ -323,4 +332,131 @@ pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/bin".into()])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// What one open descriptor of a process is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fd {
+    /// A TCP socket: its local and remote ports (loopback here) and its state.
+    Tcp {
+        local: u16,
+        remote: u16,
+        state: &'static str,
+    },
+    /// Anything else, as `/proc/<pid>/fd/<n>` links it (`anon_inode:[eventpoll]`,
+    /// `socket:[…]` of a Unix socket, `pipe:[…]`, a path).
+    Other(String),
+}
+
+/// The states of `/proc/net/tcp` (`include/net/tcp_states.h`).
+fn tcp_state(hex: &str) -> &'static str {
+    match hex {
+        "01" => "ESTABLISHED",
+        "02" => "SYN_SENT",
+        "03" => "SYN_RECV",
+        "04" => "FIN_WAIT1",
+        "05" => "FIN_WAIT2",
+        "06" => "TIME_WAIT",
+        "07" => "CLOSE",
+        "08" => "CLOSE_WAIT",
+        "09" => "LAST_ACK",
+        "0A" => "LISTEN",
+        "0B" => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The TCP sockets of `/proc/net/tcp{,6}` text, by inode.
+pub fn tcp_sockets(text: &str) -> HashMap<u64, Fd> {
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let inode = f.get(9)?.parse::<u64>().ok()?;
+            Some((
+                inode,
+                Fd::Tcp {
+                    local: port(f.get(1)?)?,
+                    remote: port(f.get(2)?)?,
+                    state: tcp_state(f.get(3)?),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Every open descriptor of `pid`, as far as `/proc` says what it is.
+pub fn fds_of(pid: u32) -> Vec<Fd> {
+    let mut tcp = HashMap::new();
+    for f in ["tcp", "tcp6"] {
+        if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{f}")) {
+            tcp.extend(tcp_sockets(&t));
+        }
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Fd> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse::<u64>().ok())
+                .and_then(|inode| tcp.get(&inode).cloned())
+                .unwrap_or(Fd::Other(link))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_sockets_are_read_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:D3A2 0100007F:5622 08 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
+        let s = tcp_sockets(text);
+        assert_eq!(
+            s.get(&4242),
+            Some(&Fd::Tcp {
+                local: 8080,
+                remote: 0,
+                state: "LISTEN"
+            })
+        );
+        assert_eq!(
+            s.get(&4343),
+            Some(&Fd::Tcp {
+                local: 54178,
+                remote: 22050,
+                state: "CLOSE_WAIT"
+            })
+        );
+    }
+
+    #[test]
+    fn this_process_descriptors_are_described() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let fds = fds_of(std::process::id());
+        assert!(
+            fds.contains(&Fd::Tcp {
+                local: port,
+                remote: 0,
+                state: "LISTEN"
+            }),
+            "{fds:?}"
+        );
+    }
 }

@@ -18,38 +18,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::http;
+pub use crate::model::Slot;
 use crate::model::{self, CpuPlan, Kind};
 use crate::sys;
-
-/// A deployment slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
-    Blue,
-    Green,
-}
-
-impl Slot {
-    pub fn name(self) -> &'static str {
-        match self {
-            Slot::Blue => "blue",
-            Slot::Green => "green",
-        }
-    }
-
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::Blue => Slot::Green,
-            Slot::Green => Slot::Blue,
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Slot::Blue => 0,
-            Slot::Green => 1,
-        }
-    }
-}
 
 /// What every process needs to know.
 #[derive(Debug, Clone)]
@@ -85,7 +56,7 @@ impl Env {
 }
 
 /// A free loopback port (bound and released; the child binds it right after).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -98,13 +69,13 @@ fn log_file(dir: &Path, name: &str) -> anyhow::Result<(File, File)> {
     Ok((f.try_clone()?, f))
 }
 
-fn log_tail(dir: &Path, name: &str) -> String {
+pub(crate) fn log_tail(dir: &Path, name: &str) -> String {
     let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Child> {
+pub(crate) fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Child> {
     let (out, err) = log_file(dir, name)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
@@ -114,7 +85,12 @@ fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Child> {
 }
 
 /// Waits until `port` accepts connections while `child` is alive.
-fn wait_listening(child: &mut Child, port: u16, dir: &Path, name: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(
+    child: &mut Child,
+    port: u16,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -138,7 +114,7 @@ fn wait_listening(child: &mut Child, port: u16, dir: &Path, name: &str) -> anyho
 
 /// Stops a child: SIGTERM, again after 2 s (mcpflip and Caddy stop at once on
 /// a second signal), then SIGKILL to it and every process below it.
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     let pid = child.id();
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
@@ -167,6 +143,72 @@ fn stop_child(child: &mut Child) {
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A connection to mcpflip's control socket: one command per line out, one
+/// JSON object per line back (progress objects, then the final one that
+/// carries `ok`).
+pub struct Control {
+    conn: BufReader<UnixStream>,
+}
+
+impl Control {
+    /// Connects to `path`, retrying for up to 10 s while the proxy starts.
+    pub async fn connect(path: &Path) -> anyhow::Result<Control> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(path).await {
+                Ok(s) => {
+                    return Ok(Control {
+                        conn: BufReader::new(s),
+                    })
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!(
+                        "mcpflip's control socket {} did not open: {e}",
+                        path.display()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Sends `line`, hands every progress object to `progress`, and returns
+    /// the final object whatever its `ok` says.
+    pub async fn send(
+        &mut self,
+        line: &str,
+        mut progress: impl FnMut(&Value),
+    ) -> anyhow::Result<Value> {
+        self.conn
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await?;
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            if self.conn.read_line(&mut buf).await? == 0 {
+                bail!("mcpflip closed the control connection after {line:?}");
+            }
+            let v: Value = serde_json::from_str(buf.trim())
+                .with_context(|| format!("bad control reply {buf:?}"))?;
+            if v.get("ok").is_some() {
+                return Ok(v);
+            }
+            progress(&v);
+        }
+    }
+
+    /// [`Control::send`] for a command that must succeed: an error when the
+    /// reply says `"ok": false`.
+    pub async fn ok(&mut self, line: &str) -> anyhow::Result<Value> {
+        let v = self.send(line, |_| {}).await?;
+        if v["ok"] != Value::Bool(true) {
+            bail!("`{line}` failed: {v}");
+        }
+        Ok(v)
     }
 }
 
@@ -244,7 +286,7 @@ pub struct Target {
     /// Caddy's admin API port.
     admin_port: u16,
     /// mcpflip's control connection.
-    ctl: Option<BufReader<UnixStream>>,
+    ctl: Option<Control>,
     /// Workers (mcpflip `workers`, nginx `worker_processes`, HAProxy
     /// `nbthread`, Caddy `GOMAXPROCS`) and the CPUs they run on.
     workers: usize,
@@ -642,23 +684,8 @@ backend slots
     // ----- control ---------------------------------------------------------
 
     async fn connect_ctl(&mut self) -> anyhow::Result<()> {
-        let path = self.dir.join("control.sock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match UnixStream::connect(&path).await {
-                Ok(s) => {
-                    self.ctl = Some(BufReader::new(s));
-                    return Ok(());
-                }
-                Err(e) if Instant::now() > deadline => {
-                    bail!(
-                        "mcpflip's control socket {} did not open: {e}",
-                        path.display()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        self.ctl = Some(Control::connect(&self.dir.join("control.sock")).await?);
+        Ok(())
     }
 
     /// Sends one line to mcpflip's control socket and returns the final reply
@@ -667,25 +694,11 @@ backend slots
         if self.ctl.is_none() {
             self.connect_ctl().await?;
         }
-        let ctl = self.ctl.as_mut().context("no control connection")?;
-        ctl.get_mut()
-            .write_all(format!("{line}\n").as_bytes())
-            .await?;
-        let mut buf = String::new();
-        loop {
-            buf.clear();
-            if ctl.read_line(&mut buf).await? == 0 {
-                bail!("mcpflip closed the control connection after {line:?}");
-            }
-            let v: Value = serde_json::from_str(buf.trim())
-                .with_context(|| format!("bad control reply {buf:?}"))?;
-            if v.get("ok").is_some() {
-                if v["ok"] != Value::Bool(true) {
-                    bail!("`{line}` failed: {v}");
-                }
-                return Ok(v);
-            }
-        }
+        self.ctl
+            .as_mut()
+            .context("no control connection")?
+            .ok(line)
+            .await
     }
 
     /// Makes `to` the active slot, the way operators of this proxy do.
