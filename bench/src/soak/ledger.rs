@@ -147,6 +147,8 @@ pub fn checks(s: &Soak, limits: Limits) -> Vec<Check> {
         unexpected == 0 && ok > 0,
         if ok == 0 {
             "no request succeeded: the load did not run".to_owned()
+        } else if unexpected == 0 && expected == 0 {
+            format!("{ok} requests answered as asked; none failed")
         } else if unexpected == 0 {
             format!(
                 "{ok} requests answered as asked; {expected} failed, every one routed to a killed \
@@ -270,9 +272,11 @@ pub fn checks(s: &Soak, limits: Limits) -> Vec<Check> {
             )
         } else {
             format!(
-                "{} deploys passed (none forced a stream at its drain deadline), {} upstream kills",
+                "{} deploy{} passed (none forced a stream at its drain deadline), {} upstream kill{}",
                 s.deploys.len(),
-                s.kills.len()
+                if s.deploys.len() == 1 { "" } else { "s" },
+                s.kills.len(),
+                if s.kills.len() == 1 { "" } else { "s" },
             )
         },
     ));

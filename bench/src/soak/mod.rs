@@ -167,8 +167,44 @@ impl Drop for Proxy {
     }
 }
 
-/// What the soak does; `mcpflip` is the release binary, `machine` and
-/// `version` describe where and what it ran.
+/// Writes the proxy's config and starts it, on fresh ports up to three
+/// times (a port picked free may be taken before the proxy binds it).
+/// Returns the process, its public and admin ports, and the config.
+fn start_proxy(
+    mcpflip: &Path,
+    dir: &Path,
+    slots: [u16; 2],
+) -> anyhow::Result<(Child, u16, u16, String)> {
+    let mut last = None;
+    for _attempt in 0..3 {
+        let port = targets::free_port()?;
+        let admin = targets::free_port()?;
+        if admin == port || slots.contains(&port) || slots.contains(&admin) {
+            continue;
+        }
+        let text = config(dir, port, admin, slots);
+        let path = dir.join("mcpflip.toml");
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        let mut cmd = Command::new(mcpflip);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .arg("--ignore-state")
+            .env("RUST_LOG", "warn");
+        let mut c = targets::spawn(cmd, dir, "mcpflip")?;
+        match targets::wait_listening(&mut c, port, dir, "mcpflip") {
+            Ok(()) => return Ok((c, port, admin, text)),
+            Err(e) => {
+                targets::stop_child(&mut c);
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no two free ports for the proxy")))
+}
+
+/// What the soak does; `mcpflip` is the release binary, `machine` says
+/// where it ran (the results record it).
 pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> anyhow::Result<Soak> {
     let minutes = opts.minutes();
     let load = Duration::from_secs_f64(minutes * 60.0);
@@ -177,20 +213,8 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
         .prefix("mcpflip-soak-")
         .tempdir()
         .context("cannot create a temporary directory")?;
-    let port = targets::free_port()?;
-    let admin = targets::free_port()?;
-    let blue = quiet_port(&[port, admin])?;
-    let green = quiet_port(&[port, admin, blue])?;
-    let text = config(dir.path(), port, admin, [blue, green]);
-    let path = dir.path().join("mcpflip.toml");
-    std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
-    log.say(&format!(
-        "soak: {minutes} min of load through mcpflip on 127.0.0.1:{port} (admin :{admin}), \
-         blue upstream on :{blue}, green on :{green}; {} deploys, {} kills; temp dir {}",
-        steps.len(),
-        steps.iter().filter(|s| s.kill).count(),
-        dir.path().display()
-    ));
+    let blue = quiet_port(&[])?;
+    let green = quiet_port(&[blue])?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -198,24 +222,16 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
     let result = rt.block_on(async {
         let mut slots = Slots::new(mcpflip, dir.path(), [blue, green]);
         slots.start(Slot::Blue).await?;
-        let mut cmd = Command::new(mcpflip);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&path)
-            .arg("--ignore-state")
-            .env("RUST_LOG", "warn");
-        let d = dir.path().to_path_buf();
-        let child = tokio::task::spawn_blocking(move || -> anyhow::Result<Child> {
-            let mut c = targets::spawn(cmd, &d, "mcpflip")?;
-            match targets::wait_listening(&mut c, port, &d, "mcpflip") {
-                Ok(()) => Ok(c),
-                Err(e) => {
-                    targets::stop_child(&mut c);
-                    Err(e)
-                }
-            }
-        })
-        .await??;
+        let (exe, d) = (mcpflip.to_path_buf(), dir.path().to_path_buf());
+        let (child, port, admin, text) =
+            tokio::task::spawn_blocking(move || start_proxy(&exe, &d, [blue, green])).await??;
+        log.say(&format!(
+            "soak: {minutes} min of load through mcpflip on 127.0.0.1:{port} (admin :{admin}), \
+             blue upstream on :{blue}, green on :{green}; deploys planned: {}, kills: {}; temp dir {}",
+            steps.len(),
+            steps.iter().filter(|s| s.kill).count(),
+            dir.path().display()
+        ));
         let pid = child.id();
         let mut proxy = Proxy(Some(child));
         let socket = dir.path().join("control.sock");
@@ -323,9 +339,10 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
             }
         };
         tokio::time::sleep(SETTLE).await;
+        // The sampler first: its admin requests would count among the descriptors.
+        let samples = sampler.stop().await;
         let (rss1, fds1, hwm) = (g.rss_kib(), g.fds(), g.peak_rss_kib());
         let fds_end = g.fd_kinds(&ports);
-        let samples = sampler.stop().await;
         let proxy_exit = proxy.exited(dir.path());
         log.say(&format!(
             "end: {rss1} KiB resident (peak {hwm}), {fds1} descriptors; counts {}",

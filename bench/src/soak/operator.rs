@@ -198,7 +198,7 @@ impl Operator {
             (command.await, None)
         };
         let elapsed_s = started.elapsed().as_secs_f64();
-        let record = match reply {
+        let mut record = match reply {
             Ok(v) => deploy_record(n, at_s, from, to, elapsed_s, &v),
             Err(e) => Deploy {
                 n,
@@ -213,7 +213,6 @@ impl Operator {
                 killed: step.kill,
             },
         };
-        let mut record = record;
         record.killed = step.kill;
         match kill {
             Some(Ok(k)) => {

@@ -40,8 +40,9 @@ pub fn section(o: &mut String, s: &Soak) {
     let m = &s.machine;
     let _ = writeln!(
         o,
-        "## Soak: {} minutes of mixed load, a deploy every minute, an upstream killed every three\n",
-        s.minutes
+        "## Soak: {} minute{} of mixed load, a deploy every minute, an upstream killed every three\n",
+        s.minutes,
+        if s.minutes == 1.0 { "" } else { "s" }
     );
     let _ = writeln!(
         o,
