@@ -336,6 +336,8 @@ pub fn soak() -> Soak {
             fds_end: Vec::new(),
             log_errors: Vec::new(),
             log_error_count: 0,
+            log_bytes: 0,
+            access_log_dropped: Some(0),
         },
         rss_kib: Span {
             start: 10_000,

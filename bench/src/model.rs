@@ -1035,6 +1035,12 @@ pub struct SoakEnd {
     /// How many ERROR lines it wrote in all.
     #[serde(default)]
     pub log_error_count: u64,
+    /// The size of the proxy's log file (its access log included), bytes.
+    #[serde(default)]
+    pub log_bytes: u64,
+    /// `mcpflip_access_log_dropped_lines_total` at the end (`None`: not in /metrics).
+    #[serde(default)]
+    pub access_log_dropped: Option<u64>,
 }
 
 /// A reading at the start, its highest value, and at the end.

@@ -425,7 +425,7 @@ fn access_log_section(o: &mut String, a: &AccessLog) {
     );
 }
 
-fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     let n = n as f64;
     if n >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", n / 1024.0 / 1024.0)

@@ -116,6 +116,18 @@ fn sample(text: &str, metric: &str, slot: &str) -> Option<f64> {
     })
 }
 
+/// The value of an unlabelled counter (`name value`), if the text has it.
+pub fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix(name)?.strip_prefix(' ')?;
+        v.split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .map(|v| v as u64)
+    })
+}
+
 /// `mcpflip_live_streams` and `mcpflip_inflight_requests` of each of `slots`
 /// (a gauge that is missing reads as `u64::MAX`: it cannot pass for 0).
 pub fn metric_counts(text: &str, slots: &[String]) -> Vec<SlotCounts> {
@@ -272,6 +284,18 @@ mod tests {
         assert_eq!((c[0].live_streams, c[0].inflight), (0, 1));
         // Green has no gauge there: it cannot read as 0.
         assert_eq!(c[1].live_streams, u64::MAX);
+    }
+
+    #[test]
+    fn unlabelled_counters_are_read() {
+        let text = "# TYPE mcpflip_access_log_dropped_lines counter\n\
+                    mcpflip_access_log_dropped_lines_total 3\n\
+                    mcpflip_access_log_dropped_lines_created 1.7e9\n";
+        assert_eq!(
+            counter(text, "mcpflip_access_log_dropped_lines_total"),
+            Some(3)
+        );
+        assert_eq!(counter("", "mcpflip_access_log_dropped_lines_total"), None);
     }
 
     #[test]

@@ -125,6 +125,10 @@ auto_rollback = true
 [proxy]
 pool_idle_timeout = "{pool}s"
 
+# The default: the soak runs what operators run, the access log's writer included.
+[log]
+access_log = "stderr"
+
 [[slot]]
 name = "blue"
 upstream = "http://127.0.0.1:{blue}"
@@ -331,11 +335,14 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let names: Vec<String> = status.iter().map(|c| c.slot.clone()).collect();
-        let metrics = match g.metrics().await {
-            Ok(text) => gauges::metric_counts(&text, &names),
+        let (metrics, access_log_dropped) = match g.metrics().await {
+            Ok(text) => (
+                gauges::metric_counts(&text, &names),
+                gauges::counter(&text, "mcpflip_access_log_dropped_lines_total"),
+            ),
             Err(e) => {
                 log.say(&format!("/metrics: {e:#}"));
-                Vec::new()
+                (Vec::new(), None)
             }
         };
         tokio::time::sleep(SETTLE).await;
@@ -353,7 +360,9 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
         ));
         proxy.stop();
         slots.stop_all();
-        let (log_error_count, log_errors) = log_errors(&dir.path().join("mcpflip.log"));
+        let log_path = dir.path().join("mcpflip.log");
+        let (log_error_count, log_errors) = log_errors(&log_path);
+        let log_bytes = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         if let Some(e) = &done.error {
             log.say(e);
         }
@@ -405,6 +414,8 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
                 fds_end,
                 log_errors,
                 log_error_count,
+                log_bytes,
+                access_log_dropped,
             },
             rss_kib: gauges::span(rss0, rss1, std::iter::once(rss_peak)),
             fds: gauges::span(fds0, fds1, samples.iter().map(|s| s.fds)),
@@ -423,13 +434,17 @@ pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> an
 }
 
 /// ERROR lines the proxy logged: how many, and the first few (colour codes
-/// taken out).
+/// taken out). The file also holds the access log: it is read line by line.
 fn log_errors(path: &Path) -> (u64, Vec<String>) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::BufRead as _;
     let mut n = 0;
     let mut first = Vec::new();
-    for line in text.lines() {
-        let plain = strip_ansi(line);
+    let Ok(f) = std::fs::File::open(path) else {
+        return (0, first);
+    };
+    for line in std::io::BufReader::new(f).lines() {
+        let Ok(line) = line else { break };
+        let plain = strip_ansi(&line);
         if plain.split_whitespace().nth(1) == Some("ERROR") {
             n += 1;
             if first.len() < 10 {

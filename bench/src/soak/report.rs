@@ -258,6 +258,17 @@ pub fn section(o: &mut String, s: &Soak) {
         list(&e.fds_start),
         list(&e.fds_end)
     );
+    let _ = writeln!(
+        o,
+        "The proxy's log (its access log included, `[log] access_log = \"stderr\"`, the \
+         default) came to {}{}.\n",
+        crate::report::bytes(e.log_bytes),
+        match e.access_log_dropped {
+            Some(0) => "; no access-log line was dropped".to_owned(),
+            Some(n) => format!("; {n} access-log lines were dropped"),
+            None => String::new(),
+        }
+    );
     if e.log_error_count > 0 {
         let _ = writeln!(
             o,
