@@ -190,7 +190,7 @@ pub struct SoakOptions {
     /// Where the JSON results go.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Use this mcpflip binary instead of building target/release/mcpflip.
+    /// Use this mcpflip binary instead of building target/profiling/mcpflip.
     #[arg(long)]
     pub mcpflip: Option<PathBuf>,
     /// Keep the temporary directory (the config and every process's log).

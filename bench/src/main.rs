@@ -414,7 +414,10 @@ fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     let rustc = sys::version_of("rustc", &["--version"]).unwrap_or_default();
-    let version = format!("git {} (release profile, {rustc})", sys::git_rev(&root));
+    let version = format!(
+        "git {} (profiling profile: release + line tables, {rustc})",
+        sys::git_rev(&root)
+    );
     println!(
         "mcpflip-bench: soak of mcpflip {version} on {} ({} cores)",
         machine.cpu_model, machine.cores

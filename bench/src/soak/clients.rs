@@ -447,7 +447,7 @@ pub async fn session(ctx: Ctx, seed: u64) {
                     .as_deref()
                     .and_then(|s| wire::tag(s).map(|t| (s, t)))
                 {
-                    Some((sid, t)) if head.served_by.map_or(true, |s| s == t.slot) => {
+                    Some((sid, t)) if head.served_by.is_none_or(|s| s == t.slot) => {
                         Ok((sid.to_owned(), t))
                     }
                     Some((sid, _)) => Err(Fault::new(

@@ -1,9 +1,9 @@
-//! `mcpflip-bench soak`: mixed load through the real release `mcpflip` for
-//! 30 minutes (`--minutes`, or `--smoke`: 2), with a `deploy` every minute
-//! and an upstream SIGKILLed every three, then the verdicts: no failed
-//! request beyond the killed upstreams' own, live counts back to exactly 0,
-//! RSS within 2× of its start, file descriptors back to theirs, every deploy
-//! passed.
+//! `mcpflip-bench soak`: mixed load through the real `mcpflip` binary
+//! (release code) for 30 minutes (`--minutes`, or `--smoke`: 2), with a
+//! `deploy` every minute and an upstream SIGKILLed every three, then the
+//! verdicts: no failed request beyond the killed upstreams' own, live counts
+//! back to exactly 0, RSS within 2× of its start, file descriptors back to
+//! theirs, every deploy passed.
 //!
 //! Layout: `plan` (when the operator acts), `clients` (the load), `operator`
 //! (slot processes, deploys, kills), `gauges` (`/proc`, `/status`,
@@ -207,7 +207,7 @@ fn start_proxy(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no two free ports for the proxy")))
 }
 
-/// What the soak does; `mcpflip` is the release binary, `machine` says
+/// What the soak does; `mcpflip` is the binary (release code), `machine` says
 /// where it ran (the results record it).
 pub fn run(opts: &SoakOptions, mcpflip: &Path, machine: Machine, log: Log) -> anyhow::Result<Soak> {
     let minutes = opts.minutes();

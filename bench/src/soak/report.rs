@@ -63,7 +63,7 @@ pub fn section(o: &mut String, s: &Soak) {
     );
     let _ = writeln!(
         o,
-        "Through the release `mcpflip` binary on loopback, in front of two `mcpflip upstream` \
+        "Through the `mcpflip` binary (release code) on loopback, in front of two `mcpflip upstream` \
          slots (blue and green) on ports of their own. The operator follows \
          `examples/deploy.sh`: a `ctl deploy` every minute, alternating blue and green (start the \
          idle slot, `standby`, `deploy`, then stop the drained slot and `retire` it); during \
