@@ -422,7 +422,7 @@ fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
         "mcpflip-bench: soak of mcpflip {version} on {} ({} cores)",
         machine.cpu_model, machine.cores
     );
-    let mut result = soak::run(opts, &mcpflip, machine.clone(), soak::Log(started))?;
+    let mut result = soak::run(opts, &mcpflip, machine.clone(), soak::Log(Instant::now()))?;
     let name = format!("{}-{}", stamp(&date), machine.slug());
     let (json, md) = if opts.reference() {
         (

@@ -58,7 +58,8 @@ const SETTLE: Duration = Duration::from_secs(2 * POOL_IDLE.as_secs() + 2);
 /// Failures kept as examples in the results.
 const EXAMPLES: usize = 20;
 
-/// Progress lines, stamped with the time since the soak started.
+/// Progress lines, stamped with the time since the soak started (after
+/// the build).
 #[derive(Clone, Copy)]
 pub struct Log(pub Instant);
 
