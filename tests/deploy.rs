@@ -407,3 +407,138 @@ async fn deploy_passes_its_watch_and_rollback_by_hand_needs_a_live_previous_slot
     pair.proxy.shutdown().await;
     pair.green_stop.cancel();
 }
+
+/// Every event the hub has for `rx` now, as JSON.
+fn drain_events(
+    rx: &mut tokio::sync::broadcast::Receiver<mcpflip::control::protocol::Event>,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push(e.to_value());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_records_each_deploy_phase_as_it_happens_and_the_hub_announces_it() {
+    let pair = Pair::new(&[("window", r#""1s""#), ("interval", r#""200ms""#)]).await;
+    let p = &pair.proxy;
+    let mut hub = p.controller.subscribe();
+    let client = http_client();
+    let session = support::mcp::SseSession::open(&client, &format!("http://{}", p.public_addr))
+        .await
+        .expect("a session held on blue");
+    let deploy = pair.deploy("deploy green");
+
+    // The watch window (1 s) ends while blue still drains: the record has
+    // its outcome at once, not when the drain is over.
+    until("the watch ended during the drain", || {
+        p.controller
+            .deploy_status()
+            .is_some_and(|d| d.watch.is_some())
+    })
+    .await;
+    let d = serde_json::to_value(p.controller.deploy_status()).expect("json");
+    assert_eq!(d["phase"], "drain", "{d}");
+    assert_eq!(d["watch"]["result"], "passed", "{d}");
+    assert_eq!(
+        (d["to"].as_str(), d["from"].as_str()),
+        (Some("green"), Some("blue")),
+        "{d}"
+    );
+    assert_eq!(d["probe"]["ok"], true, "{d}");
+    assert!(d["flipped_at"].is_u64(), "{d}");
+    assert_eq!(d["draining"], json!(["blue"]), "{d}");
+    assert!(d.get("drained").is_none(), "{d}");
+    let s = ctl(&pair.socket(), "status").await;
+    assert_eq!(
+        s["deploy"]["phase"], "drain",
+        "status carries the deploy: {s}"
+    );
+
+    drop(session);
+    let (reply, _) = deploy.await.expect("task");
+    assert_eq!(reply["ok"], true, "{reply}");
+    let d = ctl(&pair.socket(), "status").await["deploy"].clone();
+    assert_eq!(d["phase"], "passed", "{d}");
+    assert_eq!(d["drained"][0]["slot"], "blue", "{d}");
+    assert_eq!(
+        d["elapsed_ms"],
+        reply["elapsed_ms"]
+            .as_u64()
+            .map(|_| d["elapsed_ms"].clone())
+            .unwrap_or_default()
+    );
+    let events = drain_events(&mut hub);
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|n| *n != "progress" && *n != "state_saved")
+        .collect();
+    let at = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("no {n} in {names:?}"))
+    };
+    assert!(
+        at("deploy_started") < at("probe_done")
+            && at("probe_done") < at("flipped")
+            && at("flipped") < at("watch_ended")
+            && at("watch_ended") < at("drain_ended")
+            && at("drain_ended") < at("deploy_ended"),
+        "{names:?}"
+    );
+    let probe = events
+        .iter()
+        .find(|e| e["event"] == "probe_done")
+        .expect("probe_done");
+    let steps: Vec<&str> = probe["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    assert!(
+        steps.starts_with(&["initialize", "initialized", "tools/list"]),
+        "{probe}"
+    );
+    let ended = events
+        .iter()
+        .find(|e| e["event"] == "deploy_ended")
+        .expect("deploy_ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+
+    // A deploy whose probe fails: recorded as failed, with the failed step.
+    pair.blue_stop.cancel();
+    let r = ctl(&pair.socket(), "deploy blue").await;
+    assert_eq!(r["code"], "probe_failed", "{r}");
+    let d = ctl(&pair.socket(), "status").await["deploy"].clone();
+    assert_eq!(
+        (d["phase"].as_str(), d["code"].as_str(), d["to"].as_str()),
+        (Some("failed"), Some("probe_failed"), Some("blue")),
+        "{d}"
+    );
+    assert_eq!(d["probe"]["ok"], false, "{d}");
+    assert_eq!(d["probe"]["steps"][0]["ok"], false, "{d}");
+    assert!(d.get("flipped_at").is_none(), "{d}");
+    let events = drain_events(&mut hub);
+    let ended = events
+        .iter()
+        .find(|e| e["event"] == "deploy_ended")
+        .expect("deploy_ended");
+    assert_eq!(
+        (ended["ok"].as_bool(), ended["code"].as_str()),
+        (Some(false), Some("probe_failed")),
+        "{ended}"
+    );
+    // A refused deploy (the active slot) never started: the record stays.
+    let r = ctl(&pair.socket(), "deploy green").await;
+    assert_eq!(r["code"], "already_active", "{r}");
+    assert_eq!(ctl(&pair.socket(), "status").await["deploy"]["to"], "blue");
+    assert!(drain_events(&mut hub)
+        .iter()
+        .all(|e| e["event"] != "deploy_started"));
+    pair.proxy.shutdown().await;
+    pair.green_stop.cancel();
+}

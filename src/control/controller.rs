@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
@@ -32,8 +32,8 @@ use crate::control::drain::{self, Drains};
 use crate::control::host::Host;
 use crate::control::persist::{Persister, SaveError};
 use crate::control::protocol::{
-    CtlError, DrainOutcome, DrainStarted, Event, Flipped, Lifecycle, Progress, RollbackRecord,
-    SlotBrief, SlotStatus, StateFileStatus, Status, Weight, Weighted,
+    CtlError, DeployStatus, DrainOutcome, DrainStarted, Event, Flipped, Lifecycle, Progress,
+    RollbackRecord, SlotBrief, SlotStatus, StateFileStatus, Status, Weight, Weighted,
 };
 use crate::control::state::{self, Command, State};
 use crate::control::watch::Watcher;
@@ -189,7 +189,18 @@ pub struct Controller {
     pub counters: crate::metrics::counters::ControlCounters,
     state_file: Mutex<StateFileStatus>,
     last_rollback: Mutex<Option<RollbackRecord>>,
+    /// The deploy that runs or ran last (only `deploy` writes it).
+    deploy_run: Mutex<Option<DeployRun>>,
     shutdown: CancellationToken,
+}
+
+/// A deploy's record for `status`: what it did so far, and its clock.
+#[derive(Debug)]
+struct DeployRun {
+    started: Instant,
+    /// How long it took, once it ended.
+    took: Option<Duration>,
+    status: DeployStatus,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -251,6 +262,7 @@ impl Controller {
             state_save_failures_total: AtomicU64::new(0),
             counters: Default::default(),
             last_rollback: Mutex::new(None),
+            deploy_run: Mutex::new(None),
             shutdown,
         });
         let owner = Owner {
@@ -371,6 +383,43 @@ impl Controller {
             watch: self.watch.status(),
             last_rollback: lock(&self.last_rollback).clone(),
             state_file: lock(&self.state_file).clone(),
+            deploy: self.deploy_status(),
+        }
+    }
+
+    /// The deploy that runs, or the last one.
+    pub fn deploy_status(&self) -> Option<DeployStatus> {
+        let run = lock(&self.deploy_run);
+        let run = run.as_ref()?;
+        let mut status = run.status.clone();
+        status.elapsed_ms = run
+            .took
+            .unwrap_or_else(|| run.started.elapsed())
+            .as_millis() as u64;
+        // The window runs beside the drain and may end first: the deploy
+        // records it once it waits for it, `status` shows it as it happens.
+        if status.watch.is_none() && status.flipped_at.is_some() && !status.phase.ended() {
+            status.watch = self.watch.last_outcome(&status.to);
+        }
+        Some(status)
+    }
+
+    /// A deploy starts: its record replaces the last one's.
+    pub(crate) fn deploy_begin(&self, status: DeployStatus) {
+        *lock(&self.deploy_run) = Some(DeployRun {
+            started: Instant::now(),
+            took: None,
+            status,
+        });
+    }
+
+    /// The running deploy's record changes; once its phase says it ended, its clock stops.
+    pub(crate) fn deploy_update(&self, change: impl FnOnce(&mut DeployStatus)) {
+        if let Some(run) = lock(&self.deploy_run).as_mut() {
+            change(&mut run.status);
+            if run.status.phase.ended() && run.took.is_none() {
+                run.took = Some(run.started.elapsed());
+            }
         }
     }
 
@@ -406,6 +455,7 @@ impl Controller {
             ok: report.ok,
             ms: report.ms,
             error: report.error.clone(),
+            steps: report.steps.clone(),
         });
         Ok(report)
     }

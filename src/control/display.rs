@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use crate::control::protocol::{
-    Deployed, Drained, ErrorDetail, ErrorReply, Flipped, Progress, Reply, Status, WatchOutcome,
+    DeployPhase, DeployStatus, Deployed, Drained, ErrorDetail, ErrorReply, Flipped, Progress,
+    Reply, Status, WatchOutcome,
 };
 use crate::probe::ProbeReport;
 
@@ -151,6 +152,9 @@ fn status(s: &Status) -> String {
             counted(w.probes, "probe")
         );
     }
+    if let Some(d) = &s.deploy {
+        let _ = writeln!(out, "{}", deploy_line(d));
+    }
     if let Some(r) = &s.last_rollback {
         let _ = writeln!(
             out,
@@ -169,6 +173,30 @@ fn status(s: &Status) -> String {
         );
     }
     out
+}
+
+/// The running (or last) deploy in one line.
+fn deploy_line(d: &DeployStatus) -> String {
+    let from = d.from.as_deref().unwrap_or("(none)");
+    match d.phase {
+        DeployPhase::Passed => format!(
+            "last deploy: {from} -> {} passed in {:.1}s",
+            d.to,
+            secs(d.elapsed_ms)
+        ),
+        DeployPhase::Failed => format!(
+            "last deploy: {from} -> {} failed after {:.1}s: {}",
+            d.to,
+            secs(d.elapsed_ms),
+            d.error.as_deref().unwrap_or("unknown error")
+        ),
+        phase => format!(
+            "deploying {from} -> {}: {} phase, {:.1}s so far",
+            d.to,
+            phase.as_str(),
+            secs(d.elapsed_ms)
+        ),
+    }
 }
 
 fn flipped(f: &Flipped) -> String {
@@ -367,6 +395,34 @@ mod tests {
         assert_eq!(
             watch_line(&WatchOutcome::Passed { probes: 1 }),
             "passed (1 probe)"
+        );
+    }
+
+    #[test]
+    fn the_deploy_shows_its_phase_or_how_it_ended() {
+        let mut d = DeployStatus {
+            to: "green".into(),
+            from: Some("blue".into()),
+            phase: DeployPhase::Drain,
+            started_at: 0,
+            elapsed_ms: 2500,
+            probe: None,
+            flipped_at: Some(1),
+            draining: vec!["blue".into()],
+            drained: vec![],
+            watch: None,
+            error: None,
+            code: None,
+        };
+        assert_eq!(
+            deploy_line(&d),
+            "deploying blue -> green: drain phase, 2.5s so far"
+        );
+        d.phase = DeployPhase::Failed;
+        d.error = Some("green was rolled back to blue: 5xx".into());
+        assert_eq!(
+            deploy_line(&d),
+            "last deploy: blue -> green failed after 2.5s: green was rolled back to blue: 5xx"
         );
     }
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::config::parse_duration;
+use crate::probe::report::Step;
 use crate::probe::ProbeReport;
 use crate::table::{SlotState, MAX_WEIGHT};
 
@@ -396,6 +397,75 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<RollbackRecord>,
     pub state_file: StateFileStatus,
+    /// The deploy that runs, or else the last one since the proxy started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployStatus>,
+}
+
+/// Where a deploy is. The flip happens between `probe` and `drain`; the watch
+/// window starts at the flip and runs beside the drain, and `watch` is the
+/// wait for it once every old slot drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployPhase {
+    Probe,
+    Drain,
+    Watch,
+    /// Ended: the new slot passed its watch.
+    Passed,
+    /// Ended otherwise: `error` and `code` say how.
+    Failed,
+}
+
+impl DeployPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Probe => "probe",
+            Self::Drain => "drain",
+            Self::Watch => "watch",
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the deploy ended.
+    pub fn ended(self) -> bool {
+        matches!(self, Self::Passed | Self::Failed)
+    }
+}
+
+/// A deploy as it goes (`status.deploy`): what each phase did so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployStatus {
+    /// The slot with the new release.
+    pub to: String,
+    /// The active slot when the deploy started; after the flip, the slot it flipped from.
+    pub from: Option<String>,
+    pub phase: DeployPhase,
+    /// Milliseconds since the Unix epoch.
+    pub started_at: u64,
+    /// Time since the start; once ended, how long the deploy took.
+    pub elapsed_ms: u64,
+    /// The probe that gated the flip, once it ran (passed or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
+    /// Milliseconds since the Unix epoch, once flipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flipped_at: Option<u64>,
+    /// The old slots the flip set draining.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
+    /// How each of them drained, as its drain ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained: Vec<Drained>,
+    /// How the watch window ended (a rollback included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchOutcome>,
+    /// Why it failed, and the error's code (`probe_failed`, `rolled_back`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `weights`.
@@ -652,6 +722,8 @@ pub enum Event {
         ms: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// What each step did (initialize, initialized, tools/list, canary, ...).
+        steps: Vec<Step>,
     },
     WatchEnded {
         slot: String,
@@ -673,6 +745,79 @@ pub enum Event {
         changed: Vec<String>,
         restart_required: Vec<String>,
     },
+    /// `deploy` passed its refusals and probes its slot now.
+    DeployStarted {
+        to: String,
+        /// The active slot it starts from.
+        from: Option<String>,
+    },
+    /// A deploy ended: `ok` when the slot passed its watch, else the error
+    /// (its message and code) the `deploy` command answered.
+    DeployEnded {
+        to: String,
+        ok: bool,
+        elapsed_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+impl Event {
+    /// Every event name, as the `event` field spells it (what the admin
+    /// listener's `/events` feed names its SSE events).
+    pub const NAMES: [&'static str; 19] = [
+        "weights_set",
+        "flipped",
+        "drain_started",
+        "slot_drained",
+        "retired",
+        "standby",
+        "slot_added",
+        "slot_removed",
+        "slot_readdressed",
+        "drain_ended",
+        "progress",
+        "probe_done",
+        "watch_ended",
+        "rolled_back",
+        "state_saved",
+        "state_not_saved",
+        "reloaded",
+        "deploy_started",
+        "deploy_ended",
+    ];
+
+    /// The event's name (its `event` field on the wire).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::WeightsSet { .. } => "weights_set",
+            Event::Flipped { .. } => "flipped",
+            Event::DrainStarted { .. } => "drain_started",
+            Event::SlotDrained { .. } => "slot_drained",
+            Event::Retired { .. } => "retired",
+            Event::Standby { .. } => "standby",
+            Event::SlotAdded { .. } => "slot_added",
+            Event::SlotRemoved { .. } => "slot_removed",
+            Event::SlotReaddressed { .. } => "slot_readdressed",
+            Event::DrainEnded { .. } => "drain_ended",
+            Event::Progress(_) => "progress",
+            Event::ProbeDone { .. } => "probe_done",
+            Event::WatchEnded { .. } => "watch_ended",
+            Event::RolledBack { .. } => "rolled_back",
+            Event::StateSaved { .. } => "state_saved",
+            Event::StateNotSaved { .. } => "state_not_saved",
+            Event::Reloaded { .. } => "reloaded",
+            Event::DeployStarted { .. } => "deploy_started",
+            Event::DeployEnded { .. } => "deploy_ended",
+        }
+    }
+
+    /// The event as a JSON object, `{"event": NAME, ...}`.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_else(|_| serde_json::json!({"event": self.name()}))
+    }
 }
 
 /// The stable machine codes of [`CtlError`].
@@ -1140,6 +1285,91 @@ mod tests {
         assert_eq!(v["code"], "unknown_slot");
         assert_eq!(v["error"], "no slot named \"purple\" (slots: blue, green)");
         assert_eq!(v.as_object().map(|o| o.len()), Some(3), "{v}");
+    }
+
+    #[test]
+    fn every_event_is_named_as_serde_tags_it() {
+        let all = vec![
+            Event::WeightsSet { slots: vec![] },
+            Event::Flipped {
+                from: None,
+                to: "g".into(),
+                draining: vec![],
+                standby: vec![],
+            },
+            Event::DrainStarted {
+                slot: "b".into(),
+                generation: 1,
+            },
+            Event::SlotDrained {
+                slot: "b".into(),
+                generation: 1,
+            },
+            Event::Retired { slot: "b".into() },
+            Event::Standby {
+                slot: "b".into(),
+                generation: 2,
+            },
+            Event::SlotAdded {
+                slot: "c".into(),
+                state: SlotState::Standby,
+            },
+            Event::SlotRemoved { slot: "c".into() },
+            Event::SlotReaddressed {
+                slot: "c".into(),
+                generation: 2,
+            },
+            Event::DrainEnded {
+                slot: "b".into(),
+                outcome: DrainOutcome {
+                    drained_after_ms: 1,
+                    forced: 0,
+                    persisted: true,
+                },
+            },
+            Event::Progress(Progress::Probe { slot: "g".into() }),
+            Event::ProbeDone {
+                slot: "g".into(),
+                ok: true,
+                ms: 3,
+                error: None,
+                steps: vec![],
+            },
+            Event::WatchEnded {
+                slot: "g".into(),
+                outcome: WatchOutcome::Passed { probes: 1 },
+            },
+            Event::RolledBack {
+                from: None,
+                to: "b".into(),
+                reason: "r".into(),
+            },
+            Event::StateSaved { revision: 1 },
+            Event::StateNotSaved {
+                path: "/x".into(),
+                error: "e".into(),
+            },
+            Event::Reloaded {
+                changed: vec![],
+                restart_required: vec![],
+            },
+            Event::DeployStarted {
+                to: "g".into(),
+                from: Some("b".into()),
+            },
+            Event::DeployEnded {
+                to: "g".into(),
+                ok: true,
+                elapsed_ms: 5,
+                code: None,
+                error: None,
+            },
+        ];
+        assert_eq!(all.len(), Event::NAMES.len(), "one sample per variant");
+        for (e, name) in all.iter().zip(Event::NAMES) {
+            assert_eq!(e.name(), name);
+            assert_eq!(e.to_value()["event"], name, "{e:?}");
+        }
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct Watcher {
     /// Windows ended, by outcome (`WATCH_RESULTS` order), for `/metrics`;
     /// shared with the window's task, which sets most outcomes.
     ended: Arc<[AtomicU64; 4]>,
+    /// The slot and outcome of the last window, once its task ended it (set
+    /// before `watch_ended` is published, so a status read on that event has
+    /// it); cleared when a window starts, so it is never an older window's.
+    last: Arc<Mutex<Option<(String, WatchOutcome)>>>,
 }
 
 /// The `result` label values of `mcpflip_watch_outcomes_total`, as the
@@ -99,9 +103,11 @@ impl Watcher {
             );
             old.cancel.cancel();
         }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let ctl = Arc::clone(ctl);
         let slot = slot.to_owned();
         let ended = Arc::clone(&self.ended);
+        let last = Arc::clone(&self.last);
         tokio::spawn(async move {
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -113,6 +119,7 @@ impl Watcher {
                 }
                 other => tracing::warn!(slot, outcome = ?other, "watch window failed"),
             }
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some((slot.clone(), outcome.clone()));
             ctl.publish(Event::WatchEnded {
                 slot: slot.clone(),
                 outcome: outcome.clone(),
@@ -133,6 +140,15 @@ impl Watcher {
             );
             h.cancel.cancel();
         }
+    }
+
+    /// How the window that started last ended, when its task ended it (passed,
+    /// rolled back or failed) and it watched `slot`.
+    pub fn last_outcome(&self, slot: &str) -> Option<WatchOutcome> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(s, _)| s == slot)
+            .map(|(_, o)| o.clone())
     }
 
     /// Windows that ended with `WATCH_RESULTS[i]` so far.

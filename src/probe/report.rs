@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::probe::events::EventError;
 
 /// The outcome of one probe, as the control protocol reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeReport {
     pub ok: bool,
     pub slot: String,
@@ -25,7 +25,7 @@ pub struct ProbeReport {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub step: Cow<'static, str>,
     pub ok: bool,
