@@ -747,7 +747,7 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  admin         http://{}/metrics /status /healthz",
+            "  admin         http://{}/ (status page) /events /metrics /status /healthz",
             self.admin.addr
         );
         let _ = writeln!(s, "  control       {}", self.control.socket.display());

@@ -224,8 +224,8 @@ pub async fn run() -> anyhow::Result<()> {
     let base = format!("http://{}", running.public_addr);
     let ctl = Arc::clone(&running.controller);
     t.say(format!(
-        "mcpflip listening on {base} (metrics on http://{}/metrics)",
-        running.admin_addr
+        "mcpflip listening on {base} (status page http://{admin}/, metrics http://{admin}/metrics)",
+        admin = running.admin_addr
     ));
 
     let client = http_client();

@@ -3,7 +3,7 @@
 //! ```text
 //! clients ─► proxy (route: pinned session? → its slot : weighted pick) ─► blue / green
 //! ctl ─────► control socket ─► controller (apply, persist, publish) ─► table swap
-//! Prometheus ─► admin (/metrics /status /healthz)
+//! Prometheus, browsers ─► admin (/ /events /metrics /status /healthz)
 //! ```
 //!
 //! Modules. The request path: `proxy` (listener, routing, forwarding, SSE
@@ -14,10 +14,11 @@
 //! socket server and the `ctl` client, and the drain, watch, deploy and
 //! reload tasks) and `probe` (the MCP probe that gates flips). Leaves every
 //! module may use: `mcp` (header names, protocol revisions, `Era`, the session
-//! tag codec), `config`, `tls`. Around them: `admin` (the admin listener),
-//! `metrics` (what `/metrics` exposes, in OpenMetrics or the 0.0.4 text
-//! format), `log` (the main log and the access log), `run` (wiring), `demo`,
-//! and `demo_server` (the built-in MCP server behind `mcpflip upstream`).
+//! tag codec), `config`, `tls`. Around them: `admin` (the admin listener:
+//! the live status page and its event feed, `/metrics`, `/status`), `metrics`
+//! (what `/metrics` exposes, in OpenMetrics or the 0.0.4 text format), `log`
+//! (the main log and the access log), `run` (wiring), `demo`, and
+//! `demo_server` (the built-in MCP server behind `mcpflip upstream`).
 //! `tests/module_graph.rs` keeps this graph free of cycles.
 
 pub mod admin;

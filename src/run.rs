@@ -28,6 +28,7 @@ pub struct Running {
     pub controller: Arc<Controller>,
     stop: CancellationToken,
     public: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
+    admin: JoinHandle<()>,
     deadline: Duration,
 }
 
@@ -116,9 +117,15 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         sse_keepalive,
         host_guard,
     });
-    tokio::spawn(crate::admin::serve(
+    let admin = tokio::spawn(crate::admin::serve(
         admin,
         Arc::clone(&controller),
+        crate::admin::Settings {
+            // The admin listener has no allowed_hosts of its own: loopback names
+            // on a loopback address, no check elsewhere.
+            guard: HostGuard::new(admin_addr, None),
+            header_read_timeout: header_timeout,
+        },
         stop.child_token(),
     ));
     tokio::spawn(server::serve(
@@ -140,6 +147,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         controller,
         stop,
         public,
+        admin,
         deadline,
     })
 }
@@ -167,5 +175,7 @@ impl Running {
         if let Some(g) = graceful {
             let _ = tokio::time::timeout(Duration::from_secs(5), g.shutdown()).await;
         }
+        // Its feeds ended at `stop`; it returns once its idle connections closed.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
     }
 }

@@ -690,7 +690,7 @@ async fn subscriptions_listen_counts_as_a_live_stream_and_holds_the_drain() {
 async fn admin_metrics(admin: std::net::SocketAddr) -> String {
     use tokio::io::AsyncReadExt;
     let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
     let mut buf = Vec::new();

@@ -1,23 +1,59 @@
-//! The admin listener: `GET /metrics` (OpenMetrics or the Prometheus text
+//! The admin listener: the status page (`GET /`, with `/app.js`, `/style.css`
+//! and `/favicon.svg` embedded in the binary; `page`), its live feed
+//! `GET /events` (`feed`), `GET /metrics` (OpenMetrics or the Prometheus text
 //! format, as the scraper's `Accept` asks; the families are in `metrics`),
-//! `GET /status` (the `status` JSON) and `GET /healthz`. Loopback by default;
-//! nothing here runs on the request path.
+//! `GET /status` (the `status` JSON) and `GET /healthz`. Read-only: a method
+//! other than GET or HEAD is answered 405. Nothing here runs on the request
+//! path.
+//!
+//! Loopback by default, and guarded like the public listener: on a loopback
+//! address only loopback names pass as `Host` and `Origin`, so a page on
+//! another site rebound to 127.0.0.1 cannot read the status (DNS rebinding).
+//! A client slow to send its request head is cut after `[proxy]
+//! header_read_timeout`; a feed, once its response started, is not (it is
+//! long-lived by design) and ends when the proxy shuts down.
+
+pub mod feed;
+pub mod page;
+pub mod recent;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::protocol::Reply;
 use crate::control::Controller;
 use crate::metrics::{self, Format};
+use crate::proxy::host_guard::HostGuard;
+use feed::{Feed, FeedBody, Feeds};
+use recent::Recent;
+
+/// The page's Content-Security-Policy: its own script and stylesheet only (no
+/// inline script or style), its own feed, nothing from anywhere else, never
+/// in a frame; DOM sinks that parse HTML are refused (Trusted Types), so the
+/// script can only set text.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                       frame-ancestors 'none'; require-trusted-types-for 'script'";
+
+/// How long, at shutdown, idle admin connections get to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What every admin response body is: a whole one, or a feed.
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Renders the metrics text in the 0.0.4 text format (what a scraper without an
 /// `Accept` header gets).
@@ -25,54 +61,228 @@ pub fn metrics_text(ctl: &Arc<Controller>) -> String {
     metrics::render(ctl, Format::Text)
 }
 
-async fn handle(req: Request<Incoming>, ctl: Arc<Controller>) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => {
-            let format = Format::negotiate(req.headers().get(header::ACCEPT).map(|v| v.as_bytes()));
-            (
-                StatusCode::OK,
-                format.content_type(),
-                metrics::render(&ctl, format),
-            )
-        }
-        "/status" => (
-            StatusCode::OK,
-            "application/json",
-            Reply::Status(Box::new(ctl.status())).to_value().to_string(),
-        ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /metrics, /status or /healthz\n".to_string(),
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+/// How the admin listener treats its clients.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `Host`/`Origin` check (loopback names on a loopback address).
+    pub guard: HostGuard,
+    /// A client must send its request head within this (`[proxy] header_read_timeout`).
+    pub header_read_timeout: Duration,
+}
+
+/// What the handlers share.
+struct Admin {
+    ctl: Arc<Controller>,
+    guard: HostGuard,
+    recent: Arc<Recent>,
+    feeds: Feeds,
+    stop: CancellationToken,
+}
+
+impl feed::Source for Admin {
+    fn status(&self) -> Value {
+        serde_json::to_value(self.ctl.status()).unwrap_or(Value::Null)
+    }
+
+    fn recent(&self) -> Vec<Value> {
+        self.recent.list()
+    }
+}
+
+fn whole(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(body.into()).boxed_unsync());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    // Caches must not hand one scraper the other format.
-    resp.headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("accept"));
     resp
 }
 
-/// Serves the admin listener until `stop`.
-pub async fn serve(listener: TcpListener, ctl: Arc<Controller>, stop: CancellationToken) {
+/// Headers every admin answer carries: no sniffing, no framing, no referrer,
+/// the page's CSP (harmless on JSON and text, and it covers error pages too).
+fn secure(resp: &mut Response<AdminBody>, cache: &'static str) {
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+}
+
+fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
+    let mut cache = "no-store";
+    let mut resp = if let Err(why) = admin.guard.check(req.headers(), req.uri().host()) {
+        whole(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"))
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = whole(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "the admin listener is read-only: GET or HEAD\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r
+    } else {
+        match req.uri().path() {
+            "/" => {
+                let status = admin.ctl.status();
+                let recent = admin.recent.list();
+                let html = page::Page {
+                    status: &status,
+                    recent: &recent,
+                    version: metrics::VERSION,
+                    commit: metrics::COMMIT,
+                }
+                .render();
+                whole(StatusCode::OK, "text/html; charset=utf-8", html)
+            }
+            "/app.js" => {
+                cache = "no-cache";
+                whole(
+                    StatusCode::OK,
+                    "text/javascript; charset=utf-8",
+                    page::APP_JS,
+                )
+            }
+            "/style.css" => {
+                cache = "no-cache";
+                whole(StatusCode::OK, "text/css; charset=utf-8", page::STYLE_CSS)
+            }
+            "/favicon.svg" => {
+                cache = "no-cache";
+                whole(StatusCode::OK, "image/svg+xml", page::FAVICON_SVG)
+            }
+            "/events" => match admin.feeds.try_open() {
+                Some(permit) => {
+                    // Subscribed before the first status is read: nothing falls between.
+                    let feed = Feed::new(
+                        Arc::clone(admin) as Arc<dyn feed::Source>,
+                        admin.ctl.subscribe(),
+                        admin.stop.clone(),
+                        Some(permit),
+                    );
+                    let mut r = Response::new(FeedBody::new(feed).boxed_unsync());
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+                    );
+                    r
+                }
+                None => {
+                    let mut r = whole(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        format!(
+                            "{} event feeds are open, the most the admin listener serves; close one\n",
+                            feed::MAX_FEEDS
+                        ),
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                    r
+                }
+            },
+            "/metrics" => {
+                let format =
+                    Format::negotiate(req.headers().get(header::ACCEPT).map(|v| v.as_bytes()));
+                let mut r = whole(
+                    StatusCode::OK,
+                    format.content_type(),
+                    metrics::render(&admin.ctl, format),
+                );
+                // Caches must not hand one scraper the other format.
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("accept"));
+                r
+            }
+            "/status" => whole(
+                StatusCode::OK,
+                "application/json",
+                Reply::Status(Box::new(admin.ctl.status()))
+                    .to_value()
+                    .to_string(),
+            ),
+            "/healthz" => whole(StatusCode::OK, "text/plain", "ok\n"),
+            _ => whole(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /, /events, /metrics, /status or /healthz\n",
+            ),
+        }
+    };
+    secure(&mut resp, cache);
+    resp
+}
+
+/// Serves the admin listener until `stop`; then the feeds end, idle
+/// connections close (up to 5 s), and it returns.
+pub async fn serve(
+    listener: TcpListener,
+    ctl: Arc<Controller>,
+    settings: Settings,
+    stop: CancellationToken,
+) {
+    let recent = Arc::new(Recent::default());
+    tokio::spawn(recent::record(
+        Arc::clone(&recent),
+        ctl.subscribe(),
+        stop.clone(),
+    ));
+    let admin = Arc::new(Admin {
+        ctl,
+        guard: settings.guard,
+        recent,
+        feeds: Feeds::default(),
+        stop: stop.clone(),
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(feed::MAX_FEEDS as u32)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
     loop {
         let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a { Ok((t, _)) => t, Err(_) => continue },
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
-        let ctl = Arc::clone(&ctl);
+        let admin = Arc::clone(&admin);
+        let svc = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            async move { Ok::<_, Infallible>(handle(&req, &admin)) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), svc)
+            .into_owned();
+        let watched = graceful.watch(conn);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctl = Arc::clone(&ctl);
-                async move { Ok::<_, Infallible>(handle(req, ctl).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let _ = watched.await;
         });
     }
+    // The feeds saw `stop` and end; what is idle closes now.
+    let _ = tokio::time::timeout(CLOSE_GRACE, graceful.shutdown()).await;
 }
