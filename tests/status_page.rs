@@ -424,22 +424,17 @@ async fn the_feed_outlives_the_header_timeout_and_ends_at_shutdown() {
 }
 
 #[test]
-fn the_readme_documents_every_event_of_the_feed() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
-    let section = readme
-        .split("## The status page and the event feed")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("README has the status page section");
+fn docs_status_page_md_documents_every_event_of_the_feed() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/status-page.md"))
+        .expect("docs/status-page.md");
     let missing: Vec<&str> = mcpflip::control::protocol::Event::NAMES
         .iter()
         .chain(&["status", "recent", "lagged"])
         .copied()
-        .filter(|n| !section.contains(&format!("`{n}`")))
+        .filter(|n| !doc.contains(&format!("`{n}`")))
         .collect();
     assert!(
         missing.is_empty(),
-        "not in README's event table: {missing:?}"
+        "not in docs/status-page.md: {missing:?}"
     );
 }

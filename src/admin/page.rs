@@ -51,7 +51,7 @@ pub fn dur(ms: u64) -> String {
         format!("{:.1} s", ms as f64 / 1000.0)
     } else if ms < 120_000 {
         format!("{} s", ms / 1000)
-    } else if ms / 1000 % 60 == 0 {
+    } else if (ms / 1000).is_multiple_of(60) {
         format!("{} min", ms / 60_000)
     } else {
         format!("{} min {} s", ms / 60_000, ms / 1000 % 60)
