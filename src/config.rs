@@ -106,6 +106,11 @@ pub struct ListenConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin", deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
+    /// Host names the admin listener answers to in `Host` and `Origin` (the
+    /// same guard as `[proxy] allowed_hosts`). Unset: loopback names only on a
+    /// loopback address; any host elsewhere.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -203,13 +208,52 @@ pub struct ProxyConfig {
         serialize_with = "duration_out"
     )]
     pub connect_timeout: Duration,
-    /// Time a client has to send its request headers (slowloris guard).
+    /// Time a new connection has, from accept, to deliver its first complete
+    /// request head (TLS handshake included): slowloris and silent-socket guard.
     #[serde(
         default = "default_header_timeout",
         deserialize_with = "duration",
         serialize_with = "duration_out"
     )]
     pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress (HTTP/1.1), or with
+    /// no open stream (HTTP/2), is closed after this long.
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub idle_timeout: Duration,
+    /// Longest wait between two reads of a client's request body (answered 408).
+    #[serde(
+        default = "default_client_body_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub client_body_timeout: Duration,
+    /// Longest wait, once the request is sent, for a slot's response head
+    /// (answered 504); `[[slot]] response_header_timeout` overrides it per slot.
+    /// SSE bodies are never timed once their head arrived.
+    #[serde(
+        default = "default_response_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub response_header_timeout: Duration,
+    /// The same wait for a request that carries `Mcp-Method: tools/call` (tool
+    /// calls run long). Clients before 2026-07-28 send no `Mcp-Method`: their
+    /// calls are bounded by `response_header_timeout`.
+    #[serde(
+        default = "default_tool_call_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub tool_call_timeout: Duration,
+    /// Cap on open client connections of the public listener; at the cap a new
+    /// connection is answered 503 (or closed). Unset: half the process's
+    /// open-file limit (each client connection may hold a slot connection too).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Idle upstream connections are kept this long in the pool.
     #[serde(
         default = "default_pool_idle",
@@ -307,6 +351,13 @@ pub struct SlotConfig {
     /// (default: the system's roots).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// This slot's `[proxy] response_header_timeout`.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "opt_duration_out"
+    )]
+    pub response_header_timeout: Option<Duration>,
 }
 
 impl SlotConfig {
@@ -367,6 +418,18 @@ fn default_pool_idle() -> Duration {
 fn default_log_level() -> String {
     "info".into()
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(75)
+}
+fn default_client_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_tool_call_timeout() -> Duration {
+    Duration::from_secs(600)
+}
 
 macro_rules! section_default {
     ($t:ty { $($f:ident : $v:expr),* $(,)? }) => {
@@ -382,7 +445,8 @@ section_default!(ListenConfig {
     tls: None
 });
 section_default!(AdminConfig {
-    addr: default_admin()
+    addr: default_admin(),
+    allowed_hosts: None,
 });
 section_default!(ControlConfig {
     socket: default_socket(),
@@ -414,6 +478,11 @@ section_default!(ProxyConfig {
     preserve_host: false,
     connect_timeout: default_connect_timeout(),
     header_read_timeout: default_header_timeout(),
+    idle_timeout: default_idle_timeout(),
+    client_body_timeout: default_client_body_timeout(),
+    response_header_timeout: default_response_timeout(),
+    tool_call_timeout: default_tool_call_timeout(),
+    max_connections: None,
     pool_idle_timeout: default_pool_idle(),
     workers: 0,
     sse_keepalive: None,
@@ -647,9 +716,40 @@ impl Config {
                 "header_read_timeout",
                 self.proxy.header_read_timeout,
             ),
+            ("proxy", "idle_timeout", self.proxy.idle_timeout),
+            (
+                "proxy",
+                "client_body_timeout",
+                self.proxy.client_body_timeout,
+            ),
+            (
+                "proxy",
+                "response_header_timeout",
+                self.proxy.response_header_timeout,
+            ),
+            ("proxy", "tool_call_timeout", self.proxy.tool_call_timeout),
         ] {
             if d.is_zero() {
                 return Err(err(section, None, key, "must be greater than 0".into()));
+            }
+        }
+        if self.proxy.max_connections == Some(0) {
+            return Err(err(
+                "proxy",
+                None,
+                "max_connections",
+                "must be at least 1 (leave it out for half the open-file limit)".into(),
+            ));
+        }
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.response_header_timeout.is_some_and(|d| d.is_zero()) {
+                return Err(err(
+                    "slot",
+                    Some(i),
+                    "response_header_timeout",
+                    "must be greater than 0 (leave it out for [proxy] response_header_timeout)"
+                        .into(),
+                ));
             }
         }
         if !self.probe.path.starts_with('/') {
@@ -790,6 +890,19 @@ impl Config {
         );
         let _ = writeln!(
             s,
+            "  limits        header read {}, idle {}, client body {}, response header {}, tools/call {}, max connections {}",
+            d(self.proxy.header_read_timeout),
+            d(self.proxy.idle_timeout),
+            d(self.proxy.client_body_timeout),
+            d(self.proxy.response_header_timeout),
+            d(self.proxy.tool_call_timeout),
+            match self.proxy.max_connections {
+                Some(n) => n.to_string(),
+                None => format!("{} (half the open-file limit)", default_max_connections()),
+            }
+        );
+        let _ = writeln!(
+            s,
             "  hosts         {}",
             match &self.proxy.allowed_hosts {
                 Some(h) => format!("allowed: {}", h.join(", ")),
@@ -816,8 +929,14 @@ impl Config {
         for slot in &self.slots {
             let _ = writeln!(
                 s,
-                "  slot {:<8} {} weight {}",
-                slot.name, slot.upstream, slot.weight
+                "  slot {:<8} {} weight {}{}",
+                slot.name,
+                slot.upstream,
+                slot.weight,
+                match slot.response_header_timeout {
+                    Some(t) => format!(", response header timeout {}", d(t)),
+                    None => String::new(),
+                }
             );
         }
         s
@@ -863,6 +982,30 @@ pub fn control_socket(path: &Path) -> Result<PathBuf, ConfigError> {
         Some(base) if socket.is_relative() => base.join(socket),
         _ => socket,
     })
+}
+
+impl ProxyConfig {
+    /// `max_connections`, or its default: half the open-file limit.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(default_max_connections)
+    }
+}
+
+/// Half the soft `RLIMIT_NOFILE` (a client connection may hold a slot
+/// connection too), at least 16; 4096 when the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and has no other effect.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        return 4096;
+    }
+    usize::try_from(lim.rlim_cur / 2)
+        .unwrap_or(usize::MAX)
+        .max(16)
 }
 
 fn check_upstream(s: &str) -> Result<(), String> {

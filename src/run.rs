@@ -18,16 +18,20 @@ use crate::control::controller::Controller;
 use crate::control::persist::{self, LoadError};
 use crate::control::state::State;
 use crate::control::{paths, server};
+use crate::proxy::conn::{Connections, Limits};
 use crate::proxy::host_guard::HostGuard;
 use crate::proxy::{self, Forwarder};
+use crate::stats::ProxyStats;
 
 /// A running proxy.
 pub struct Running {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub controller: Arc<Controller>,
+    /// The public listener's counters that belong to no slot.
+    pub proxy_stats: Arc<ProxyStats>,
     stop: CancellationToken,
-    public: JoinHandle<hyper_util::server::graceful::GracefulShutdown>,
+    public: JoinHandle<Arc<Connections>>,
     admin: JoinHandle<()>,
     deadline: Duration,
 }
@@ -104,27 +108,33 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     let control = server::bind(&config.control.socket)?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let header_timeout = config.proxy.header_read_timeout;
-    let preserve_host = config.proxy.preserve_host;
-    let sse_keepalive = config.proxy.sse_keepalive;
-    let host_guard = HostGuard::new(public_addr, config.proxy.allowed_hosts.as_deref());
+    let proxy_cfg = config.proxy.clone();
+    let limits = Limits {
+        header_read: proxy_cfg.header_read_timeout,
+        idle: proxy_cfg.idle_timeout,
+    };
+    let host_guard = HostGuard::new(public_addr, proxy_cfg.allowed_hosts.as_deref());
+    let admin_guard = HostGuard::new(admin_addr, config.admin.allowed_hosts.as_deref());
     let controller = Controller::start(config, state, tls.clone(), stop.child_token())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let proxy_stats = Arc::new(ProxyStats::default());
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
-        preserve_host,
+        preserve_host: proxy_cfg.preserve_host,
         proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
-        sse_keepalive,
+        sse_keepalive: proxy_cfg.sse_keepalive,
         host_guard,
+        client_body_timeout: proxy_cfg.client_body_timeout,
+        tool_call_timeout: proxy_cfg.tool_call_timeout,
+        stats: Arc::clone(&proxy_stats),
     });
     let admin = tokio::spawn(crate::admin::serve(
         admin,
         Arc::clone(&controller),
         crate::admin::Settings {
-            // The admin listener has no allowed_hosts of its own: loopback names
-            // on a loopback address, no check elsewhere.
-            guard: HostGuard::new(admin_addr, None),
-            header_read_timeout: header_timeout,
+            guard: admin_guard,
+            limits,
+            proxy: Arc::clone(&proxy_stats),
         },
         stop.child_token(),
     ));
@@ -133,18 +143,23 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         Arc::clone(&controller),
         stop.child_token(),
     ));
+    let max_connections = proxy_cfg.max_connections();
     let public = tokio::spawn(proxy::serve(
         public,
         forwarder,
-        header_timeout,
-        tls,
+        proxy::Settings {
+            limits,
+            max_connections,
+            tls,
+        },
         stop.child_token(),
     ));
-    tracing::info!(%public_addr, %admin_addr, "mcpflip is serving");
+    tracing::info!(%public_addr, %admin_addr, max_connections, "mcpflip is serving");
     Ok(Running {
         public_addr,
         admin_addr,
         controller,
+        proxy_stats,
         stop,
         public,
         admin,
@@ -172,8 +187,8 @@ impl Running {
                 s.stats.force_end_streams();
             }
         }
-        if let Some(g) = graceful {
-            let _ = tokio::time::timeout(Duration::from_secs(5), g.shutdown()).await;
+        if let Some(connections) = graceful {
+            let _ = tokio::time::timeout(Duration::from_secs(5), connections.shutdown()).await;
         }
         // Its feeds ended at `stop`; it returns once its idle connections closed.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;

@@ -6,6 +6,10 @@
 //! creation, decrement in `Drop`), so a client that vanishes, an upstream that
 //! dies or a panic can never leak a count. Nothing here takes a lock on the
 //! request path: a guard is one or two atomic operations.
+//!
+//! [`ProxyStats`] holds the listener-wide counters that belong to no slot:
+//! open connections, refused connections, client faults, and the answers the
+//! proxy makes itself before a slot is chosen.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,7 +133,10 @@ pub struct SlotStats {
     max_retry_ms: AtomicU64,
     epoch: Instant,
     requests: [AtomicU64; 5],
-    upstream_errors: [AtomicU64; 3],
+    /// 5xx caused by the slot: its own 5xx answers and the proxy's 502/504 for
+    /// its faults (never a client's fault). The watch window reads this.
+    upstream_failures: AtomicU64,
+    upstream_errors: [AtomicU64; UpstreamError::ALL.len()],
     /// Requests by protocol era, indexed like `Era::ALL`.
     eras: [AtomicU64; 4],
     pub stream_duration: AtomicHistogram,
@@ -147,7 +154,10 @@ pub struct SlotStats {
     drains: [AtomicU64; 2],
     /// Streams a drain deadline ended.
     forced_streams: AtomicU64,
-    /// Cancelled when a drain deadline passes: open streams end at their next event boundary.
+    /// Cancelled when a drain deadline passes: open streams end at their next
+    /// event boundary (or their connection is closed after the grace). It stays
+    /// cancelled while a `ForceHold` lives, so a stream opened on the slot
+    /// meanwhile ends at once too.
     force: ArcSwap<CancellationToken>,
 }
 
@@ -163,6 +173,7 @@ impl SlotStats {
             max_retry_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             requests: Default::default(),
+            upstream_failures: AtomicU64::new(0),
             upstream_errors: Default::default(),
             eras: Default::default(),
             stream_duration: AtomicHistogram::new(&STREAM_BUCKETS),
@@ -250,6 +261,18 @@ impl SlotStats {
         self.requests[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a 5xx the slot caused: its own 5xx answer, or the proxy's 502/504
+    /// for its connect, reset or timeout (see `upstream_failures`).
+    pub fn count_upstream_failure(&self) {
+        self.upstream_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// 5xx answers the slot caused so far: what the watch window judges.
+    /// Client faults (a broken or slow request body) are 4xx and never here.
+    pub fn upstream_failures(&self) -> u64 {
+        self.upstream_failures.load(Ordering::Relaxed)
+    }
+
     /// Responses of status class `class` (1..=5) so far.
     pub fn responses(&self, class: usize) -> u64 {
         self.requests[class.clamp(1, 5) - 1].load(Ordering::Relaxed)
@@ -330,16 +353,39 @@ impl SlotStats {
         CancellationToken::clone(&self.force.load())
     }
 
-    /// Ends every open stream of this slot at its next event boundary, and arms a
-    /// fresh token for streams opened later.
+    /// Ends every open stream of this slot at its next event boundary; a stream
+    /// whose client does not read has its connection closed after the grace
+    /// (`proxy::body`). Streams opened later end at once too (shutdown).
     pub fn force_end_streams(&self) {
-        let old = self.force.swap(Arc::new(CancellationToken::new()));
-        old.cancel();
+        self.force.load().cancel();
+    }
+
+    /// Ends every open stream as `force_end_streams` does, and every stream
+    /// opened until the returned hold drops; then streams run again.
+    pub fn force_streams(&self) -> ForceHold<'_> {
+        self.force_end_streams();
+        ForceHold(self)
+    }
+
+    /// Lets streams opened from now on run again.
+    fn rearm_force(&self) {
+        if self.force.load().is_cancelled() {
+            self.force.store(Arc::new(CancellationToken::new()));
+        }
+    }
+
+    /// Waits until no stream of this slot is open (in-flight requests aside).
+    pub async fn wait_streams_ended(&self) {
+        self.wait_until(|s| s.live_streams() == 0).await
     }
 
     /// Waits until the slot is idle. Event driven: the guard that brings a count
     /// to zero wakes this future; there is no polling.
     pub async fn wait_idle(&self) {
+        self.wait_until(SlotStats::is_idle).await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&SlotStats) -> bool) {
         let _watch = WatchGuard::new(self);
         loop {
             let notified = self.idle.notified();
@@ -347,17 +393,29 @@ impl SlotStats {
             // Register before checking, so a zero-crossing between the check and
             // the await cannot be missed.
             notified.as_mut().enable();
-            if self.is_idle() {
+            if done(self) {
                 return;
             }
             notified.await;
         }
     }
 
-    fn wake_if_idle(&self) {
-        if self.watchers.load(Ordering::SeqCst) > 0 && self.is_idle() {
+    /// Called by a guard whose count reached zero: wakes the waiters (only
+    /// while someone waits), which check their own condition.
+    fn wake_at_zero(&self) {
+        if self.watchers.load(Ordering::SeqCst) > 0 {
             self.idle.notify_waiters();
         }
+    }
+}
+
+/// Keeps a slot's streams forced (see `SlotStats::force_streams`).
+#[derive(Debug)]
+pub struct ForceHold<'a>(&'a SlotStats);
+
+impl Drop for ForceHold<'_> {
+    fn drop(&mut self) {
+        self.0.rearm_force();
     }
 }
 
@@ -389,7 +447,7 @@ impl InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.wake_if_idle();
+            self.0.wake_at_zero();
         }
     }
 }
@@ -411,7 +469,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.stats.stream_duration.observe(self.opened.elapsed());
         if self.stats.live_streams.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.stats.wake_if_idle();
+            self.stats.wake_at_zero();
         }
     }
 }
@@ -433,6 +491,159 @@ impl StatsRegistry {
         let s = SlotStats::new(name);
         all.push(Arc::clone(&s));
         s
+    }
+}
+
+/// A client fault: the `kind` label of `mcpflip_client_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFault {
+    /// No complete request head within `header_read_timeout` of accept.
+    HeaderTimeout,
+    /// A request body paused longer than `client_body_timeout` (answered 408).
+    BodyTimeout,
+    /// A request body that broke: a bad chunk, cut short, reset (answered 400).
+    BodyInvalid,
+    /// A malformed or duplicate `Host` / `Origin` (answered 400).
+    BadHost,
+    /// Plain HTTP sent to the TLS listener (answered 400).
+    NotTls,
+}
+
+impl ClientFault {
+    pub const ALL: [ClientFault; 5] = [
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::BodyInvalid,
+        Self::BadHost,
+        Self::NotTls,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyInvalid => "body_invalid",
+            Self::BadHost => "bad_host",
+            Self::NotTls => "not_tls",
+        }
+    }
+}
+
+/// An answer the proxy makes itself before a slot is chosen: the `code` and
+/// `reason` labels of `mcpflip_local_responses_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalResponse {
+    /// 400: `Host` or `Origin` is not a valid authority, or is repeated.
+    BadHost,
+    /// 403: the Host guard refused the name (DNS-rebinding guard).
+    HostNotAllowed,
+    /// 404: the session's slot is gone or not serving.
+    SessionGone,
+    /// 503: no slot is serving.
+    NoSlot,
+    /// 400: a request the proxy cannot forward.
+    BadRequest,
+    /// 400: plain HTTP on the TLS listener.
+    NotTls,
+}
+
+impl LocalResponse {
+    pub const ALL: [LocalResponse; 6] = [
+        Self::BadHost,
+        Self::HostNotAllowed,
+        Self::SessionGone,
+        Self::NoSlot,
+        Self::BadRequest,
+        Self::NotTls,
+    ];
+    pub fn code(self) -> u16 {
+        match self {
+            Self::BadHost | Self::BadRequest | Self::NotTls => 400,
+            Self::HostNotAllowed => 403,
+            Self::SessionGone => 404,
+            Self::NoSlot => 503,
+        }
+    }
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::BadHost => "bad_host",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::SessionGone => "session_gone",
+            Self::NoSlot => "no_slot",
+            Self::BadRequest => "bad_request",
+            Self::NotTls => "not_tls",
+        }
+    }
+}
+
+/// Why a connection was refused: the `reason` label of
+/// `mcpflip_connections_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The public listener holds `max_connections` open connections.
+    MaxConnections,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 1] = [Self::MaxConnections];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+        }
+    }
+}
+
+/// The public listener's counters that belong to no slot. Atomics only.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    open_connections: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+    client_faults: [AtomicU64; ClientFault::ALL.len()],
+    local: [AtomicU64; LocalResponse::ALL.len()],
+}
+
+impl ProxyStats {
+    /// Counts an accepted connection until the guard drops.
+    pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(Arc::clone(self))
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn count_refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_client_fault(&self, kind: ClientFault) {
+        self.client_faults[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_faults(&self, kind: ClientFault) -> u64 {
+        self.client_faults[kind as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_local(&self, answer: LocalResponse) {
+        self.local[answer as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn local_responses(&self, answer: LocalResponse) -> u64 {
+        self.local[answer as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// One open client connection of the public listener (the gauge).
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<ProxyStats>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

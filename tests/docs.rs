@@ -84,6 +84,7 @@ fn populated() -> Config {
         },
         admin: AdminConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            allowed_hosts: Some(vec!["h".into()]),
         },
         control: ControlConfig {
             socket: p("c.sock"),
@@ -114,6 +115,11 @@ fn populated() -> Config {
             preserve_host: true,
             connect_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            client_body_timeout: Duration::from_secs(1),
+            response_header_timeout: Duration::from_secs(1),
+            tool_call_timeout: Duration::from_secs(1),
+            max_connections: Some(1),
             pool_idle_timeout: Duration::from_secs(1),
             workers: 1,
             sse_keepalive: Some(Duration::from_secs(1)),
@@ -129,6 +135,7 @@ fn populated() -> Config {
             upstream: "https://127.0.0.1:1".into(),
             weight: 1,
             ca: Some(p("ca.pem")),
+            response_header_timeout: Some(Duration::from_secs(1)),
         }],
         source: PathBuf::new(),
         resolved: Default::default(),

@@ -7,11 +7,14 @@
 //! path.
 //!
 //! Loopback by default, and guarded like the public listener: on a loopback
-//! address only loopback names pass as `Host` and `Origin`, so a page on
-//! another site rebound to 127.0.0.1 cannot read the status (DNS rebinding).
-//! A client slow to send its request head is cut after `[proxy]
-//! header_read_timeout`; a feed, once its response started, is not (it is
-//! long-lived by design) and ends when the proxy shuts down.
+//! address only loopback names pass as `Host` and `Origin` (`[admin]
+//! allowed_hosts` sets the list), so a page on another site rebound to
+//! 127.0.0.1 cannot read the status (DNS rebinding); a malformed `Host` or
+//! `Origin` is 400. It is an edge like the public listener: its accept loop
+//! backs off at the descriptor limit, and its connections have `[proxy]`'s
+//! `header_read_timeout` (from accept) and `idle_timeout` (`proxy::conn`). A
+//! feed, once its response started, is busy and never idle (it is long-lived
+//! by design) and ends when the proxy shuts down.
 
 pub mod feed;
 pub mod page;
@@ -27,9 +30,6 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,10 @@ use tokio_util::sync::CancellationToken;
 use crate::control::protocol::Reply;
 use crate::control::Controller;
 use crate::metrics::{self, Format};
-use crate::proxy::host_guard::HostGuard;
+use crate::proxy::accept::Backoff;
+use crate::proxy::conn::{self, Conn, Connections, Limits, Tracked};
+use crate::proxy::host_guard::{HostGuard, Refused};
+use crate::stats::ProxyStats;
 use feed::{Feed, FeedBody, Feeds};
 use recent::Recent;
 
@@ -57,22 +60,26 @@ pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Renders the metrics text in the 0.0.4 text format (what a scraper without an
 /// `Accept` header gets).
-pub fn metrics_text(ctl: &Arc<Controller>) -> String {
-    metrics::render(ctl, Format::Text)
+pub fn metrics_text(ctl: &Arc<Controller>, proxy: &ProxyStats) -> String {
+    metrics::render(ctl, proxy, Format::Text)
 }
 
 /// How the admin listener treats its clients.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The `Host`/`Origin` check (loopback names on a loopback address).
+    /// The `Host`/`Origin` check (`[admin] allowed_hosts`; loopback names on a
+    /// loopback address).
     pub guard: HostGuard,
-    /// A client must send its request head within this (`[proxy] header_read_timeout`).
-    pub header_read_timeout: Duration,
+    /// The connection timers (`[proxy] header_read_timeout`, `idle_timeout`).
+    pub limits: Limits,
+    /// The public listener's counters that belong to no slot, for `/metrics`.
+    pub proxy: Arc<ProxyStats>,
 }
 
 /// What the handlers share.
 struct Admin {
     ctl: Arc<Controller>,
+    proxy: Arc<ProxyStats>,
     guard: HostGuard,
     recent: Arc<Recent>,
     feeds: Feeds,
@@ -119,8 +126,12 @@ fn secure(resp: &mut Response<AdminBody>, cache: &'static str) {
 
 fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
     let mut cache = "no-store";
-    let mut resp = if let Err(why) = admin.guard.check(req.headers(), req.uri().host()) {
-        whole(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"))
+    let mut resp = if let Err(why) = admin.guard.check(req.headers(), req.uri()) {
+        let status = match why {
+            Refused::Malformed(_) => StatusCode::BAD_REQUEST,
+            Refused::NotAllowed(_) => StatusCode::FORBIDDEN,
+        };
+        whole(status, "text/plain", format!("{why}\n"))
     } else if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = whole(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -196,7 +207,7 @@ fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
                 let mut r = whole(
                     StatusCode::OK,
                     format.content_type(),
-                    metrics::render(&admin.ctl, format),
+                    metrics::render(&admin.ctl, &admin.proxy, format),
                 );
                 // Caches must not hand one scraper the other format.
                 r.headers_mut()
@@ -238,51 +249,43 @@ pub async fn serve(
     ));
     let admin = Arc::new(Admin {
         ctl,
+        proxy: settings.proxy,
         guard: settings.guard,
         recent,
         feeds: Feeds::default(),
         stop: stop.clone(),
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(feed::MAX_FEEDS as u32)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let limits = settings.limits;
+    let builder = Arc::new(conn::builder(feed::MAX_FEEDS as u32));
+    let connections = Connections::new();
+    let mut backoff = Backoff::new("admin");
     loop {
         let tcp = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "admin listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            (tcp, _) = backoff.accept(|| listener.accept()) => tcp,
         };
+        let head_deadline = tokio::time::Instant::now() + limits.header_read;
         let admin = Arc::clone(&admin);
-        let svc = service_fn(move |req| {
-            let admin = Arc::clone(&admin);
-            async move { Ok::<_, Infallible>(handle(&req, &admin)) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(tcp), svc)
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let builder = Arc::clone(&builder);
+        let entered = connections.enter();
+        let shutdown = connections.shutdown_token().clone();
         tokio::spawn(async move {
-            let _ = watched.await;
+            let _entered = entered;
+            let conn = Conn::new();
+            let svc = {
+                let conn = conn.clone();
+                service_fn(move |req| {
+                    // Busy until the response body is gone (a feed: until it ends).
+                    let active = conn.begin();
+                    let admin = Arc::clone(&admin);
+                    async move {
+                        Ok::<_, Infallible>(handle(&req, &admin).map(|b| Tracked::new(b, active)))
+                    }
+                })
+            };
+            let _ = conn::drive(&builder, tcp, svc, &conn, limits, head_deadline, &shutdown).await;
         });
     }
     // The feeds saw `stop` and end; what is idle closes now.
-    let _ = tokio::time::timeout(CLOSE_GRACE, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, connections.shutdown()).await;
 }

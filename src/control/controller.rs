@@ -56,6 +56,8 @@ pub struct Upstream {
     authority: Authority,
     host_header: HeaderValue,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[[slot]] response_header_timeout`, else `[proxy]`'s.
+    response_timeout: Duration,
 }
 
 impl Upstream {
@@ -93,6 +95,9 @@ impl Upstream {
             authority,
             host_header,
             tls,
+            response_timeout: slot
+                .response_header_timeout
+                .unwrap_or(config.proxy.response_header_timeout),
         })
     }
 
@@ -106,6 +111,7 @@ impl Upstream {
             ),
             None => UpstreamClient::new(proxy.connect_timeout, proxy.pool_idle_timeout),
         }
+        .with_response_timeout(self.response_timeout)
     }
 }
 

@@ -185,7 +185,12 @@ async fn run<H: Host>(ctl: Arc<H>, t: Task, tx: watch::Sender<Option<DrainOutcom
             _ = tokio::time::sleep(t.deadline) => {
                 let n = t.stats.live_streams();
                 tracing::warn!(slot = %t.slot, streams = n, "drain deadline passed: ending the remaining streams at event boundaries");
-                t.stats.force_end_streams();
+                // Streams opened meanwhile end at once too, until this drain
+                // ends or is cancelled (the slot may serve again).
+                let _forced = t.stats.force_streams();
+                // A forced stream ends within its grace (its connection closed
+                // if its client does not read): never `drained` while one is open.
+                t.stats.wait_streams_ended().await;
                 let _ = tokio::time::timeout(FORCE_GRACE, t.stats.wait_idle()).await;
                 n
             }

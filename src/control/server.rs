@@ -32,8 +32,6 @@ use crate::control::reload;
 pub const IDLE: Duration = Duration::from_secs(600);
 /// The longest a reply line may take to be written.
 pub const WRITE: Duration = Duration::from_secs(30);
-/// After an accept error (EMFILE and friends), wait this long.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the control socket: checks (or creates, 0700) its directory,
 /// replaces a stale socket, refuses a live one or a file that is not a socket.
@@ -68,17 +66,12 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 /// Serves control connections until `stop`.
 pub async fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: CancellationToken) {
     let me = paths::euid();
+    // At the descriptor limit: back off (doubling, capped), as every listener does.
+    let mut backoff = crate::proxy::accept::Backoff::new("control");
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+            (s, _) = backoff.accept(|| listener.accept()) => s,
         };
         let allowed = stream
             .peer_cred()

@@ -234,7 +234,8 @@ async fn run<H: Host>(
             reason: format!("slot {slot} vanished"),
         };
     };
-    let (base_5xx, base_all) = (stats.responses(5), answers(&stats));
+    // Only 5xx the slot caused count: a client's broken body is its own 4xx.
+    let (base_5xx, base_all) = (stats.upstream_failures(), answers(&stats));
     let started = tokio::time::Instant::now();
     let end = started + window;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -258,7 +259,7 @@ async fn run<H: Host>(
                 })),
             }
         }
-        let errors = stats.responses(5) - base_5xx;
+        let errors = stats.upstream_failures() - base_5xx;
         let all = answers(&stats) - base_all;
         let mut reason = None;
         if all >= MIN_ANSWERS_FOR_RATIO {

@@ -17,7 +17,7 @@ use exposition::{Histogram, Kind, Writer};
 use crate::control::watch::WATCH_RESULTS;
 use crate::control::Controller;
 use crate::mcp::{method, Era};
-use crate::stats::{AtomicHistogram, PROBE_STEPS};
+use crate::stats::{AtomicHistogram, ClientFault, LocalResponse, ProxyStats, Refusal, PROBE_STEPS};
 use crate::table::{Slot, SlotState};
 use crate::upstream::UpstreamError;
 
@@ -28,8 +28,9 @@ pub const COMMIT: &str = env!("MCPFLIP_COMMIT");
 /// Which of a slot's histograms a family shows.
 type PickHistogram = fn(&Slot) -> &AtomicHistogram;
 
-/// Renders one scrape in `format`.
-pub fn render(ctl: &Controller, format: Format) -> String {
+/// Renders one scrape in `format`; `proxy` holds the public listener's
+/// counters that belong to no slot.
+pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
     let table = ctl.tables.load_full();
     let slots = &table.slots;
     let mut w = Writer::new(format);
@@ -115,6 +116,7 @@ pub fn render(ctl: &Controller, format: Format) -> String {
             }
         }
     }
+    edge(&mut w, proxy);
     {
         let mut fam = w.family(
             "mcpflip_mcp_requests",
@@ -352,6 +354,51 @@ pub fn render(ctl: &Controller, format: Format) -> String {
     )
     .gauge(&[], ctl.counters.started());
     w.finish()
+}
+
+/// The public listener's own families: its connections, the connections it
+/// refused, client faults, and the answers it made before choosing a slot.
+fn edge(w: &mut Writer, proxy: &ProxyStats) {
+    w.family(
+        "mcpflip_open_connections",
+        Kind::Gauge,
+        "Open client connections of the public listener",
+    )
+    .gauge(&[], proxy.open_connections() as f64);
+    {
+        let mut fam = w.family(
+            "mcpflip_connections_refused",
+            Kind::Counter,
+            "Client connections refused, by reason (`max_connections`: answered 503 or closed at the cap)",
+        );
+        for why in Refusal::ALL {
+            fam.counter(&[("reason", why.as_str())], proxy.refused(why));
+        }
+    }
+    {
+        let mut fam = w.family(
+            "mcpflip_client_errors",
+            Kind::Counter,
+            "Client faults by kind (never in a slot's 5xx): no request head in time, a request body that paused too long or broke, a malformed Host/Origin, plain HTTP on the TLS port",
+        );
+        for kind in ClientFault::ALL {
+            fam.counter(&[("kind", kind.as_str())], proxy.client_faults(kind));
+        }
+    }
+    {
+        let mut fam = w.family(
+            "mcpflip_local_responses",
+            Kind::Counter,
+            "Answers the proxy made itself before a slot was chosen, by status code and reason",
+        );
+        for answer in LocalResponse::ALL {
+            let code = answer.code().to_string();
+            fam.counter(
+                &[("code", &code), ("reason", answer.reason())],
+                proxy.local_responses(answer),
+            );
+        }
+    }
 }
 
 fn histogram(s: &crate::stats::HistogramSnapshot) -> Histogram<'_> {

@@ -7,6 +7,13 @@
 //! guards and the upstream response with them, which closes the upstream
 //! connection at once. The body also carries its exchange's record
 //! (`Exchange`), closed when the body ends or is dropped.
+//!
+//! A forced stream ends within [`FORCE_GRACE`] whatever the client or the slot
+//! does: at the next event boundary when the body is polled; at
+//! `FORCE_GRACE - 1s` if the slot stalls inside an event; and, when the client
+//! does not read (hyper then stops polling the body), by its connection being
+//! closed at `FORCE_GRACE` (see `conn`). A forced stream's guard is parked on
+//! its connection, so it counts until the connection is really gone.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +25,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, StreamGuard};
@@ -53,12 +61,19 @@ struct Stream {
     rewrite: Option<EndpointRewrite>,
     /// Idle interval and its timer, when SSE keep-alive comments are on.
     keepalive: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// The client connection, which a forced end closes and parks the guard on.
+    conn: Conn,
+    /// Forces the connection when the slot's force token fires, until dropped.
+    _watch: ForceWatch,
 }
 
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
 
-/// How long a forced stream waits for the event in progress to complete.
-const FORCE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a forced stream waits for the event in progress to complete: a
+/// second less than its connection's grace, so a stream whose client reads
+/// ends cleanly before the connection is dropped.
+const STALL_GRACE: std::time::Duration =
+    FORCE_GRACE.saturating_sub(std::time::Duration::from_secs(1));
 
 impl ResponseBody {
     pub fn local(bytes: Bytes) -> Self {
@@ -80,13 +95,17 @@ impl ResponseBody {
 
     /// An SSE stream counted by `guard`, ended at an event boundary when the
     /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`.
+    /// `conn` is the client connection it is sent on.
     pub fn stream(
         inner: Incoming,
         guard: StreamGuard,
         rewrite: Option<EndpointRewrite>,
         keepalive: Option<std::time::Duration>,
+        conn: &Conn,
     ) -> Self {
-        let force = Box::pin(guard.stats().force_token().cancelled_owned());
+        let token = guard.stats().force_token();
+        let watch = conn.watch_force(token.clone());
+        let force = Box::pin(token.cancelled_owned());
         Self {
             kind: Kind::Stream(Box::new(Stream {
                 inner,
@@ -98,6 +117,8 @@ impl ResponseBody {
                 done: false,
                 rewrite,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+                conn: conn.clone(),
+                _watch: watch,
             })),
             exchange: None,
         }
@@ -189,7 +210,14 @@ impl Body for ResponseBody {
 impl Stream {
     fn finish(&mut self) {
         self.done = true;
-        self.guard.take();
+        if let Some(guard) = self.guard.take() {
+            if self.forced {
+                // Its last bytes may still wait for a client that does not read:
+                // it counts until the connection (closed within the grace) is gone.
+                self.conn.park(guard);
+                self.conn.force();
+            }
+        }
     }
 
     fn poll_frame(
@@ -211,7 +239,7 @@ impl Stream {
             // (the client discards an incomplete event at end of stream).
             let grace = self
                 .grace
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(FORCE_GRACE)));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(STALL_GRACE)));
             if grace.as_mut().poll(cx).is_ready() {
                 self.finish();
                 return Poll::Ready(None);

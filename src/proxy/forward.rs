@@ -1,11 +1,19 @@
-//! One request's life, in phases: route → rewrite the request → send through the
-//! slot's pooled client → classify and rewrite the response → count it.
+//! One request's life, in phases: check `Host`/`Origin` → route → rewrite the
+//! request → send through the slot's pooled client → classify and rewrite the
+//! response → count it.
+//!
+//! Who failed decides the answer and where it is counted: an upstream fault
+//! (connect, reset, no response head in time) is the slot's 502/504 and its
+//! `upstream_errors`; a client fault (a request body that breaks or pauses too
+//! long) is 400/408, a client error, and never in the slot's 5xx share, so no
+//! client can make the watch roll a deploy back.
 //!
 //! The hot path: one `ArcSwap` load, a few atomics, header edits. No lock, no
 //! map lookup, no body buffering.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -13,22 +21,27 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::mcp::headers::MCP_SESSION_ID;
+use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
 use crate::proxy::body::ResponseBody;
+use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
-use crate::proxy::host_guard::HostGuard;
+use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::sse::EndpointRewrite;
+use crate::stats::{ClientFault, LocalResponse, ProxyStats};
 use crate::table::{Slot, Tables};
-use crate::upstream::{classify, ForwardBody, UpstreamError};
+use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+// Parsed once: a lookup by `&str` would parse the name per request.
+const MCP_METHOD_HEADER: HeaderName = HeaderName::from_static(MCP_METHOD);
+const TOOLS_CALL: &[u8] = b"tools/call";
 
 /// What the request path needs besides the request itself.
 #[derive(Debug)]
@@ -41,28 +54,36 @@ pub struct Forwarder {
     pub sse_keepalive: Option<std::time::Duration>,
     /// DNS-rebinding guard on `Host` and `Origin`.
     pub host_guard: HostGuard,
+    /// Longest pause between two reads of a client's request body.
+    pub client_body_timeout: Duration,
+    /// Response header timeout of a `tools/call` (`Mcp-Method` header).
+    pub tool_call_timeout: Duration,
+    /// Counters that belong to no slot.
+    pub stats: Arc<ProxyStats>,
 }
 
-/// The client end of a connection, made once per connection: its address and
-/// its IP as a header value (`X-Forwarded-For` then costs no formatting).
-#[derive(Debug, Clone)]
+/// The client end of a connection, made once per connection: its address, its
+/// IP as a header value (`X-Forwarded-For` then costs no formatting), and the
+/// connection's handle (a forced stream closes it).
+#[derive(Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    pub conn: Conn,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, conn: Conn) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, ip }
+        Peer { addr, ip, conn }
     }
 }
 
 impl Forwarder {
     /// Serves one client request, and records it (latency histograms, access
     /// log) when its response body ends.
-    pub async fn forward(&self, req: Request<Incoming>, peer: Peer) -> Response<ResponseBody> {
+    pub async fn forward(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
         let mut exchange = Exchange::start(&req, peer.addr);
         let mut resp = self.relay(req, peer, &mut exchange).await;
         exchange.respond(&resp);
@@ -73,17 +94,22 @@ impl Forwarder {
     async fn relay(
         &self,
         mut req: Request<Incoming>,
-        peer: Peer,
+        peer: &Peer,
         exchange: &mut Exchange,
     ) -> Response<ResponseBody> {
         let method = req.method().clone();
-        if let Err(msg) = self.host_guard.check(req.headers(), req.uri().host()) {
-            tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, status = 403, "{msg}");
-            return json_response(
-                StatusCode::FORBIDDEN,
-                serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": msg}})
-                    .to_string(),
-            );
+        let h1 = req.version() < http::Version::HTTP_2;
+        if let Err(refused) = self.host_guard.check(req.headers(), req.uri()) {
+            let (status, answer) = match &refused {
+                Refused::Malformed(_) => {
+                    self.stats.count_client_fault(ClientFault::BadHost);
+                    (StatusCode::BAD_REQUEST, LocalResponse::BadHost)
+                }
+                Refused::NotAllowed(_) => (StatusCode::FORBIDDEN, LocalResponse::HostNotAllowed),
+            };
+            self.stats.count_local(answer);
+            tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, status = status.as_u16(), "{refused}");
+            return jsonrpc_error(status, &refused.to_string());
         }
         let (slot, site) = {
             let table = self.tables.load();
@@ -91,10 +117,12 @@ impl Forwarder {
                 Route::Pinned { slot, site } => (slot, Some(site)),
                 Route::Picked(slot) => (slot, None),
                 Route::SessionGone => {
+                    self.stats.count_local(LocalResponse::SessionGone);
                     tracing::debug!(%method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
                     return session_not_found();
                 }
                 Route::NoSlot => {
+                    self.stats.count_local(LocalResponse::NoSlot);
                     tracing::warn!(%method, uri = %req.uri(), status = 503, "no slot is serving");
                     return local_error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +135,11 @@ impl Forwarder {
         };
         let stats = &slot.stats;
         let era = Era::of(&method, req.headers(), site);
+        // Tool calls run long: they get their own response header timeout.
+        let wait = match req.headers().get(MCP_METHOD_HEADER) {
+            Some(m) if m.as_bytes() == TOOLS_CALL => self.tool_call_timeout,
+            _ => slot.client.response_timeout(),
+        };
         stats.count_era(era);
         exchange.routed(stats, era);
         if let Some(site) = site {
@@ -121,29 +154,85 @@ impl Forwarder {
         // A legacy SSE session starts with a GET that carries no session id.
         let legacy_get = era == Era::LegacySse && site.is_none();
 
-        if let Err(resp) = self.rewrite_request(&mut req, &slot, &peer) {
+        if let Err(resp) = self.rewrite_request(&mut req, &slot, peer) {
+            self.stats.count_local(LocalResponse::BadRequest);
             return *resp;
         }
-        let req = req.map(ForwardBody::from);
-        let resp = match slot.client.request(req).await {
+        let (head, body) = req.into_parts();
+        let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
+        let req = Request::from_parts(head, body);
+        let resp = match slot.client.send(req, wait, &watch).await {
             Ok(resp) => resp,
-            Err(e) => {
-                let kind = classify(&e);
+            Err(SendError::ClientBody(state)) => {
+                // The client's body failed: its fault, whatever the upstream
+                // client made of it. A 4xx of the slot, never its 5xx share.
+                let (status, fault, code, message) = match state {
+                    BodyState::TimedOut => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        ClientFault::BodyTimeout,
+                        "body_timeout",
+                        format!(
+                            "the request body paused longer than client_body_timeout ({})",
+                            humantime::format_duration(self.client_body_timeout)
+                        ),
+                    ),
+                    _ => (
+                        StatusCode::BAD_REQUEST,
+                        ClientFault::BodyInvalid,
+                        "body_invalid",
+                        "the request body was malformed or cut short".to_owned(),
+                    ),
+                };
+                self.stats.count_client_fault(fault);
+                stats.count_response(status.as_u16());
+                tracing::debug!(slot = %slot.name, %method, status = status.as_u16(), peer = %peer.addr, "{message}");
+                let mut resp = local_error(status, Some(&slot.name), code, &message);
+                if h1 {
+                    // The rest of a broken body cannot be told from a next
+                    // request: close (an HTTP/2 stream ends on its own).
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    peer.conn.close_soon();
+                }
+                return resp;
+            }
+            Err(SendError::Upstream { kind, error }) => {
                 stats.count_upstream_error(kind);
                 let (status, code) = match kind {
-                    UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+                    UpstreamError::Timeout | UpstreamError::ResponseTimeout => {
+                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                    }
                     UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream_connect"),
                     UpstreamError::Reset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
                 };
                 stats.count_response(status.as_u16());
-                let cause = error_chain(&e);
+                stats.count_upstream_failure();
+                let cause = match &error {
+                    Some(e) => error_chain(e),
+                    None => format!(
+                        "no response head within {}",
+                        humantime::format_duration(wait)
+                    ),
+                };
                 tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
-                return local_error(status, Some(&slot.name), code, &cause);
+                let mut resp = local_error(status, Some(&slot.name), code, &cause);
+                if watch.state() == BodyState::Sending && h1 {
+                    // The rest of the client's body will never be read: close
+                    // the connection rather than wait for it (an HTTP/2
+                    // stream's window holds the client back on its own).
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    peer.conn.close_soon();
+                }
+                return resp;
             }
         };
         let (mut parts, body) = resp.into_parts();
         exchange.upstream_answered();
         stats.count_response(parts.status.as_u16());
+        if parts.status.is_server_error() {
+            stats.count_upstream_failure();
+        }
         strip_hop_by_hop(&mut parts.headers);
         if parts.status.is_success() {
             if let Some(id) = parts.headers.get(MCP_SESSION_ID) {
@@ -165,7 +254,7 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive)
+            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive, &peer.conn)
         } else {
             ResponseBody::plain(body, inflight)
         };
@@ -345,6 +434,15 @@ pub fn session_not_found() -> Response<ResponseBody> {
     json_response(
         StatusCode::NOT_FOUND,
         r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#
+            .to_string(),
+    )
+}
+
+/// A JSON-RPC error answer, as the SDK servers give for a refused Host.
+fn jsonrpc_error(status: StatusCode, message: &str) -> Response<ResponseBody> {
+    json_response(
+        status,
+        serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": message}})
             .to_string(),
     )
 }

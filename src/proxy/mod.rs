@@ -1,12 +1,18 @@
-//! The public listener: accept, serve HTTP/1.1 and HTTP/2 (h2c) with hyper-util's
-//! auto connection, and hand every request to the [`Forwarder`].
+//! The public listener: accept (backing off at the descriptor limit), cap the
+//! open connections, terminate TLS, serve HTTP/1.1 and HTTP/2 with hyper-util's
+//! auto connection under the connection timers of `conn`, and hand every
+//! request to the [`Forwarder`].
 //!
-//! Malformed HTTP is answered 4xx by hyper and ends only that connection; a
-//! client slow to send its headers is cut after `header_read_timeout`; plain
-//! HTTP sent to the TLS listener is answered 400 (`plaintext`).
+//! Malformed HTTP is answered 4xx by hyper and ends only that connection. At
+//! `max_connections` a new connection is answered 503 (when it sends a request
+//! head in time) or closed, so the proxy degrades before the kernel's
+//! descriptor limit; plain HTTP sent to the TLS listener gets a 400 that says so
+//! (`plaintext`).
 
+pub mod accept;
 pub mod affinity;
 pub mod body;
+pub mod conn;
 pub mod exchange;
 pub mod forward;
 pub mod host_guard;
@@ -14,125 +20,235 @@ pub mod plaintext;
 pub mod sse;
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::{header, HeaderValue, StatusCode};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::stats::{ClientFault, LocalResponse, ProxyStats, Refusal};
+use conn::{Conn, Connections, End, Limits, Tracked};
 pub use forward::Forwarder;
 
 /// The public listener's TLS config, swapped by `reload` (new handshakes get the
 /// new certificates; established connections keep theirs).
 pub type TlsSlot = Arc<ArcSwap<rustls::ServerConfig>>;
 
+/// HTTP/2 streams one client connection may have open at once.
+const MAX_STREAMS: u32 = 1024;
+/// Connections being refused at once (each waits at most `header_read_timeout`
+/// for a request head to answer 503 to); beyond this they are closed at once.
+const MAX_REFUSING: usize = 64;
+
+/// How the public listener treats its connections.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub tls: Option<TlsSlot>,
+}
+
 /// Serves the public listener until `stop` is cancelled, then stops accepting
-/// and returns a handle that waits for the open connections.
+/// and returns the open connections, to be closed gracefully.
 pub async fn serve(
     listener: TcpListener,
     forwarder: Arc<Forwarder>,
-    header_read_timeout: Duration,
-    tls: Option<TlsSlot>,
+    settings: Settings,
     stop: CancellationToken,
-) -> GracefulShutdown {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+) -> Arc<Connections> {
+    let builder = Arc::new(conn::builder(MAX_STREAMS));
+    let connections = Connections::new();
+    let refusing = Arc::new(AtomicUsize::new(0));
+    let stats = Arc::clone(&forwarder.stats);
+    let mut backoff = accept::Backoff::new("public");
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = backoff.accept(|| listener.accept()) => accepted,
         };
+        let head_deadline = Instant::now() + settings.limits.header_read;
         let _ = tcp.set_nodelay(true);
-        let forwarder = Arc::clone(&forwarder);
-        let client = forward::Peer::new(peer);
-        let service = service_fn(move |req| {
-            let forwarder = Arc::clone(&forwarder);
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(forwarder.forward(req, client).await) }
-        });
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
-        match &tls {
-            None => {
-                tokio::spawn(serve_connection(builder, tcp, service, watcher, peer));
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
+        if stats.open_connections() >= settings.max_connections as u64 {
+            stats.count_refused(Refusal::MaxConnections);
+            if refusing.load(Ordering::Relaxed) >= MAX_REFUSING {
+                continue; // dropped: closed at once
             }
-            Some(tls) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-                tokio::spawn(async move {
-                    // The handshake gets the header-read budget: a silent client is cut.
-                    let deadline = tokio::time::Instant::now() + header_read_timeout;
-                    match tokio::time::timeout_at(deadline, plaintext::is_plain_http(&tcp)).await {
-                        Ok(Ok(false)) => {}
-                        Ok(Ok(true)) => {
-                            tracing::debug!(%peer, "plain HTTP on the TLS listener: answered 400");
-                            let _ = tokio::time::timeout_at(deadline, plaintext::refuse(tcp)).await;
-                            return;
+            let refusal = Refusing::new(&refusing);
+            let builder = Arc::clone(&builder);
+            let limits = Limits {
+                header_read: settings.limits.header_read,
+                // Answer once, then close.
+                idle: Duration::ZERO,
+            };
+            let (stats, max) = (Arc::clone(&stats), settings.max_connections);
+            tokio::spawn(async move {
+                let _refusal = refusal;
+                let conn = Conn::new();
+                let service = {
+                    let conn = conn.clone();
+                    service_fn(move |_req| {
+                        let active = conn.begin();
+                        async move {
+                            Ok::<_, Infallible>(at_capacity(max).map(|b| Tracked::new(b, active)))
                         }
-                        Ok(Err(e)) => {
-                            return tracing::debug!(%peer, error = %e, "connection failed")
-                        }
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    })
+                };
+                let never = CancellationToken::new();
+                match tls {
+                    None => {
+                        conn::drive(&builder, tcp, service, &conn, limits, head_deadline, &never)
+                            .await;
                     }
-                    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            serve_connection(builder, stream, service, watcher, peer).await
+                    Some(acceptor) => {
+                        if let Some(io) = handshake(tcp, acceptor, head_deadline, &stats).await {
+                            conn::drive(
+                                &builder,
+                                io,
+                                service,
+                                &conn,
+                                limits,
+                                head_deadline,
+                                &never,
+                            )
+                            .await;
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                });
-            }
+                }
+            });
+            continue;
         }
+        let counted = stats.connection();
+        let entered = connections.enter();
+        let forwarder = Arc::clone(&forwarder);
+        let builder = Arc::clone(&builder);
+        let shutdown = connections.shutdown_token().clone();
+        let limits = settings.limits;
+        tokio::spawn(async move {
+            let (_counted, _entered) = (counted, entered);
+            let conn = Conn::new();
+            let stats = Arc::clone(&forwarder.stats);
+            let addr = peer;
+            let peer = Arc::new(forward::Peer::new(addr, conn.clone()));
+            let service = service_fn(move |req| {
+                // A request head arrived: the connection is busy until its
+                // response body is gone.
+                let active = peer.conn.begin();
+                let forwarder = Arc::clone(&forwarder);
+                let peer = Arc::clone(&peer);
+                async move {
+                    let resp = forwarder.forward(req, &peer).await;
+                    Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
+                }
+            });
+            let end = match tls {
+                None => {
+                    conn::drive(
+                        &builder,
+                        tcp,
+                        service,
+                        &conn,
+                        limits,
+                        head_deadline,
+                        &shutdown,
+                    )
+                    .await
+                }
+                Some(acceptor) => match handshake(tcp, acceptor, head_deadline, &stats).await {
+                    Some(io) => {
+                        conn::drive(
+                            &builder,
+                            io,
+                            service,
+                            &conn,
+                            limits,
+                            head_deadline,
+                            &shutdown,
+                        )
+                        .await
+                    }
+                    None => End::Closed,
+                },
+            };
+            if end == End::HeaderTimeout {
+                stats.count_client_fault(ClientFault::HeaderTimeout);
+                tracing::debug!(peer = %addr, "no request head within header_read_timeout: closed");
+            }
+        });
     }
-    graceful
+    connections
 }
 
-async fn serve_connection<I, S>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    io: I,
-    service: S,
-    watcher: Watcher,
-    peer: std::net::SocketAddr,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<body::ResponseBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+/// One connection being refused (bounded by [`MAX_REFUSING`]).
+struct Refusing(Arc<AtomicUsize>);
+
+impl Refusing {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Refusing(Arc::clone(count))
+    }
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The answer at `max_connections`.
+fn at_capacity(max: usize) -> http::Response<body::ResponseBody> {
+    let mut resp = forward::local_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        "max_connections",
+        &format!("the proxy holds its maximum of {max} client connections ([proxy] max_connections); retry shortly"),
+    );
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// The TLS handshake, within the connection's first-head deadline. A client
+/// that opens with plain HTTP is answered 400 (`plaintext`).
+async fn handshake(
+    tcp: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    deadline: Instant,
+    stats: &ProxyStats,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(deadline, plaintext::is_plain_http(&tcp)).await {
+        Err(_) => {
+            stats.count_client_fault(ClientFault::HeaderTimeout);
+            return None;
+        }
+        Ok(Err(_)) => return None,
+        Ok(Ok(true)) => {
+            stats.count_client_fault(ClientFault::NotTls);
+            stats.count_local(LocalResponse::NotTls);
+            let _ = tokio::time::timeout_at(deadline, plaintext::refuse(tcp)).await;
+            return None;
+        }
+        Ok(Ok(false)) => {}
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            stats.count_client_fault(ClientFault::HeaderTimeout);
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
     }
 }

@@ -1,26 +1,156 @@
-//! The request body on its way to a slot: the client's, streamed, or one the
-//! proxy made itself (probes).
+//! The request body on its way to a slot: the client's, streamed under a read
+//! timeout, or one the proxy made itself (probes).
+//!
+//! A client body that breaks (a bad chunk, cut short, reset) or pauses longer
+//! than `client_body_timeout` is the client's fault, whatever error hyper-util's
+//! client reports for the request it was part of: the body records its fault in
+//! a [`BodyWatch`] that the forwarder reads after the request failed, so such a
+//! request is answered 400/408 and never counted against the slot.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+/// What became of a client body, as its [`BodyWatch`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyState {
+    /// Still being read from the client.
+    Sending,
+    /// Read to its end (or the request had none).
+    Sent,
+    /// The client paused longer than the body timeout.
+    TimedOut,
+    /// The client's body broke (bad framing, cut short, reset).
+    Broken,
+}
+
+impl BodyState {
+    fn from_u8(v: u8) -> BodyState {
+        match v {
+            0 => BodyState::Sending,
+            1 => BodyState::Sent,
+            2 => BodyState::TimedOut,
+            _ => BodyState::Broken,
+        }
+    }
+
+    /// True when the client, not the slot, made the request fail.
+    pub fn is_client_fault(self) -> bool {
+        matches!(self, BodyState::TimedOut | BodyState::Broken)
+    }
+}
+
+/// What the body and the forwarder share (one allocation per request with a body).
+#[derive(Debug, Default)]
+struct Shared {
+    state: AtomicU8,
+    /// The last read is waiting on the client (its body timer runs).
+    waiting: AtomicBool,
+    /// Frames read so far (wrapping).
+    frames: AtomicU32,
+}
+
+/// The forwarder's view of a client body it handed to the upstream client.
+/// Requests without a body share no state (nothing can go wrong).
+#[derive(Debug, Clone, Default)]
+pub struct BodyWatch(Option<Arc<Shared>>);
+
+impl BodyWatch {
+    pub fn state(&self) -> BodyState {
+        match &self.0 {
+            None => BodyState::Sent,
+            Some(s) => BodyState::from_u8(s.state.load(Ordering::Acquire)),
+        }
+    }
+
+    /// True while the body waits for the client's next bytes (rather than for
+    /// the slot to take the last ones).
+    pub fn waiting_on_client(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.waiting.load(Ordering::Acquire))
+    }
+
+    /// Frames read from the client so far (wrapping): progress.
+    pub fn frames(&self) -> u32 {
+        self.0
+            .as_ref()
+            .map_or(0, |s| s.frames.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a client body failed; the error hyper-util's client gets from the body.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client sent no request body data for {0:?} (client_body_timeout)")]
+    Timeout(Duration),
+    #[error("the client's request body broke: {0}")]
+    Broken(#[source] hyper::Error),
+}
+
+/// The client's body, streamed, with a timeout between reads.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    timeout: Duration,
+    /// Armed only when a read would wait: a body that arrives with its head
+    /// (most MCP requests) never sets a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since the timer was last set.
+    progressed: bool,
+    shared: Option<Arc<Shared>>,
+}
+
+impl ClientBody {
+    fn set(&self, s: BodyState) {
+        if let Some(shared) = &self.shared {
+            shared.state.store(s as u8, Ordering::Release);
+        }
+    }
+
+    fn set_waiting(&self, waiting: bool) {
+        if let Some(shared) = &self.shared {
+            shared.waiting.store(waiting, Ordering::Release);
+            if !waiting {
+                shared.frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// A request body on its way upstream.
 #[derive(Debug)]
 pub enum ForwardBody {
     /// The client's body, streamed.
-    Incoming(Incoming),
+    Client(ClientBody),
     /// A body we made (probes).
     Full(Full<Bytes>),
 }
 
-impl From<Incoming> for ForwardBody {
-    fn from(b: Incoming) -> Self {
-        ForwardBody::Incoming(b)
+impl ForwardBody {
+    /// The client's body, read with at most `timeout` between two reads, and
+    /// the watch that tells the forwarder whether it failed.
+    pub fn client(inner: Incoming, timeout: Duration) -> (ForwardBody, BodyWatch) {
+        // A body already at its end needs no shared state: one allocation saved
+        // on every GET.
+        let shared = (!inner.is_end_stream()).then(|| Arc::new(Shared::default()));
+        let watch = BodyWatch(shared.clone());
+        let body = ClientBody {
+            inner,
+            timeout,
+            timer: None,
+            progressed: false,
+            shared,
+        };
+        (ForwardBody::Client(body), watch)
     }
 }
 
@@ -32,29 +162,82 @@ impl From<Bytes> for ForwardBody {
 
 impl Body for ForwardBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ForwardBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ForwardBody::Client(b) => b.poll_frame(cx),
             ForwardBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ForwardBody::Incoming(b) => b.is_end_stream(),
+            ForwardBody::Client(b) => b.inner.is_end_stream(),
             ForwardBody::Full(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ForwardBody::Incoming(b) => b.size_hint(),
+            ForwardBody::Client(b) => b.inner.size_hint(),
             ForwardBody::Full(b) => b.size_hint(),
+        }
+    }
+}
+
+impl ClientBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Progress: the next wait gets a whole timeout again.
+                self.progressed = true;
+                self.set_waiting(false);
+                // A body with a length ends with its last byte: hyper then
+                // asks `is_end_stream` and never polls for the end.
+                if self.inner.is_end_stream() {
+                    self.set(BodyState::Sent);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.set_waiting(false);
+                self.set(BodyState::Sent);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.set_waiting(false);
+                self.set(BodyState::Broken);
+                Poll::Ready(Some(Err(ClientBodyError::Broken(e))))
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = match self.timer.as_mut() {
+                    Some(t) => {
+                        if std::mem::take(&mut self.progressed) {
+                            t.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        }
+                        t
+                    }
+                    None => {
+                        self.progressed = false;
+                        self.timer.insert(Box::pin(tokio::time::sleep(timeout)))
+                    }
+                };
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.set_waiting(false);
+                    self.set(BodyState::TimedOut);
+                    return Poll::Ready(Some(Err(ClientBodyError::Timeout(timeout))));
+                }
+                self.set_waiting(true);
+                Poll::Pending
+            }
         }
     }
 }

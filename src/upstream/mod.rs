@@ -5,5 +5,5 @@
 pub mod body;
 pub mod client;
 
-pub use body::ForwardBody;
-pub use client::{classify, UpstreamClient, UpstreamError};
+pub use body::{BodyState, BodyWatch, ClientBodyError, ForwardBody};
+pub use client::{classify, SendError, UpstreamClient, UpstreamError};

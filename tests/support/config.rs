@@ -23,6 +23,8 @@ struct SlotSpec {
     upstream: String,
     weight: Option<u32>,
     ca: Option<PathBuf>,
+    /// More `key = value` lines (raw TOML values).
+    extra: Vec<(String, String)>,
 }
 
 /// A TOML string value, quoted and escaped.
@@ -139,7 +141,19 @@ impl TestConfig {
             upstream: url.to_owned(),
             weight,
             ca: ca.map(Path::to_path_buf),
+            extra: Vec::new(),
         });
+        self
+    }
+
+    /// Sets `key = value` in slot `name`'s table (`value` is raw TOML).
+    pub fn slot_set(mut self, name: &str, key: &str, value: impl Into<String>) -> Self {
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no slot {name} in the test config"));
+        slot.extra.push((key.to_owned(), value.into()));
         self
     }
 
@@ -186,6 +200,9 @@ impl TestConfig {
             }
             if let Some(ca) = &s.ca {
                 out.push_str(&format!("ca = {}\n", q(ca.display().to_string())));
+            }
+            for (k, v) in &s.extra {
+                out.push_str(&format!("{k} = {v}\n"));
             }
         }
         out

@@ -113,6 +113,22 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the async `cond` holds (same timeout as [`until`]).
+pub async fn until_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The live stats of slot `name` in a running proxy.
 pub fn stats(p: &mcpflip::run::Running, name: &str) -> std::sync::Arc<mcpflip::stats::SlotStats> {
     p.controller

@@ -1,0 +1,357 @@
+//! One client connection's life on a listener (public or admin), with the timers
+//! hyper does not have and the close that no client can hold off:
+//!
+//! - From accept until its first complete request head (the TLS handshake
+//!   included), a connection has `header_read_timeout`; then it is dropped. A
+//!   socket that sends nothing, a partial h2c preface, a TLS client that stops
+//!   after the handshake: each holds a descriptor for that long at most.
+//! - A connection with no request in progress (HTTP/1.1 keep-alive) or no open
+//!   stream (HTTP/2) for `idle_timeout` is closed gracefully (HTTP/1.1 at once,
+//!   HTTP/2 with GOAWAY) and dropped if still open [`FORCE_GRACE`] later.
+//! - A forced stream (drain deadline) closes its connection gracefully at once
+//!   and drops it [`FORCE_GRACE`] later: hyper stops polling a response body
+//!   while the client's socket (h1) or the stream's window (h2) is full, so a
+//!   client that does not read can only be ended here, at the connection. On
+//!   HTTP/2 that ends the connection's other streams too; a forced drain
+//!   deadline is the point where that is acceptable.
+//!
+//! Nothing here runs per request beyond two atomic operations and, when a
+//! request ends with none left, one `Notify`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::StreamGuard;
+
+/// How long a forced or idle-closed connection may take to finish before it
+/// is dropped.
+pub const FORCE_GRACE: Duration = Duration::from_secs(5);
+
+/// A listener's connection timers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to the first complete request head.
+    pub header_read: Duration,
+    /// With no request in progress / no open stream.
+    pub idle: Duration,
+}
+
+/// A handle on one connection, shared by its driver, its requests and the
+/// watchers of its streams.
+#[derive(Debug, Clone, Default)]
+pub struct Conn(Arc<ConnState>);
+
+#[derive(Debug, Default)]
+struct ConnState {
+    /// Requests whose response has not ended (h1: 0 or 1; h2: open streams).
+    active: AtomicU32,
+    /// A request head has been delivered.
+    started: AtomicBool,
+    /// A stream of this connection was forced.
+    forced: AtomicBool,
+    /// Wakes the driver: the last request ended, or a stream was forced.
+    wake: Notify,
+    /// Guards of forced streams that ended: they count until the connection is
+    /// really gone, so a drain never reports `drained` while bytes of a
+    /// stream it counted are still on their way to a client.
+    parked: Mutex<Vec<StreamGuard>>,
+}
+
+impl Conn {
+    pub fn new() -> Conn {
+        Conn::default()
+    }
+
+    /// A request head arrived: the connection is busy until the guard drops
+    /// (the response body ends or the request is abandoned).
+    pub fn begin(&self) -> Active {
+        self.0.active.fetch_add(1, Ordering::Relaxed);
+        self.0.started.store(true, Ordering::Relaxed);
+        Active(self.clone())
+    }
+
+    /// A stream of this connection was forced: close the connection now
+    /// gracefully, and drop it after [`FORCE_GRACE`].
+    pub fn force(&self) {
+        self.0.forced.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
+
+    /// Closes the connection after the response in progress, and drops it
+    /// [`FORCE_GRACE`] later if it has not closed by then (an HTTP/1.1 request
+    /// body the proxy will never read keeps hyper from closing on its own).
+    pub fn close_soon(&self) {
+        self.force();
+    }
+
+    /// Keeps a forced stream's guard until the connection is gone.
+    pub fn park(&self, guard: StreamGuard) {
+        if let Ok(mut p) = self.0.parked.lock() {
+            p.push(guard);
+        }
+    }
+
+    /// Watches `force` for a stream of this connection until the returned
+    /// handle drops (the stream ended): when it fires, the connection is forced.
+    /// A task of its own: the stream's body is not polled while its client
+    /// does not read, so it cannot watch for itself.
+    pub fn watch_force(&self, force: CancellationToken) -> ForceWatch {
+        let (ended, ended_rx) = oneshot::channel::<()>();
+        let conn = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                // A stream that ends because it was forced still forces its
+                // connection (its body also does, when it sees the force).
+                biased;
+                _ = force.cancelled() => conn.force(),
+                _ = ended_rx => {}
+            }
+        });
+        ForceWatch(ended)
+    }
+}
+
+/// Ends a stream's force watcher when dropped.
+#[derive(Debug)]
+pub struct ForceWatch(#[allow(dead_code)] oneshot::Sender<()>);
+
+/// One request in progress on a connection.
+#[derive(Debug)]
+pub struct Active(Conn);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.0 .0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0.wake.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request [`Active`] until it is dropped.
+#[derive(Debug)]
+pub struct Tracked<B> {
+    inner: B,
+    _active: Active,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, active: Active) -> Self {
+        Tracked {
+            inner,
+            _active: active,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Closed by either side, or after a graceful close.
+    Closed,
+    /// No complete request head within `header_read_timeout` of accept.
+    HeaderTimeout,
+    /// Dropped: a forced or idle-closed connection outlived its grace.
+    Dropped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the first request head (the timer is its deadline).
+    Head,
+    /// Serving; the timer, when armed, is the idle deadline.
+    Open,
+    /// Closing; the timer is when the connection is dropped.
+    Closing,
+}
+
+/// The HTTP/1.1 + HTTP/2 builder every listener uses: hyper's own h1 header
+/// timer is off (it would start at the end of each response and cut idle
+/// keep-alive connections; [`drive`] times the first head and idleness itself).
+pub fn builder(max_streams: u32) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Serves one connection with `service` until it ends. `head_deadline` is
+/// accept + `header_read_timeout` (a TLS handshake already spent part of it).
+pub async fn drive<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    conn: &Conn,
+    limits: Limits,
+    head_deadline: Instant,
+    shutdown: &CancellationToken,
+) -> End
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let state = &conn.0;
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let timer = tokio::time::sleep_until(head_deadline);
+    tokio::pin!(timer);
+    let mut armed = true;
+    let mut phase = Phase::Head;
+    let mut graceful = false;
+    let end = loop {
+        tokio::select! {
+            biased;
+            res = connection.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                break End::Closed;
+            }
+            _ = state.wake.notified() => {
+                if state.forced.load(Ordering::Acquire) && phase != Phase::Closing {
+                    if !graceful {
+                        connection.as_mut().graceful_shutdown();
+                        graceful = true;
+                    }
+                    phase = Phase::Closing;
+                    timer.as_mut().reset(Instant::now() + FORCE_GRACE);
+                    armed = true;
+                } else if phase != Phase::Closing
+                    && state.started.load(Ordering::Relaxed)
+                    && state.active.load(Ordering::Acquire) == 0
+                {
+                    // The last request ended: idle from now.
+                    phase = Phase::Open;
+                    timer.as_mut().reset(Instant::now() + limits.idle);
+                    armed = true;
+                }
+            }
+            _ = &mut timer, if armed => match phase {
+                Phase::Head if !state.started.load(Ordering::Relaxed) => break End::HeaderTimeout,
+                Phase::Head | Phase::Open if state.active.load(Ordering::Acquire) > 0 => {
+                    // Busy: the end of the last request wakes us.
+                    phase = Phase::Open;
+                    armed = false;
+                }
+                Phase::Head => {
+                    phase = Phase::Open;
+                    timer.as_mut().reset(Instant::now() + limits.idle);
+                }
+                Phase::Open => {
+                    if !graceful {
+                        connection.as_mut().graceful_shutdown();
+                        graceful = true;
+                    }
+                    phase = Phase::Closing;
+                    timer.as_mut().reset(Instant::now() + FORCE_GRACE);
+                }
+                Phase::Closing => break End::Dropped,
+            },
+            _ = shutdown.cancelled(), if !graceful => {
+                connection.as_mut().graceful_shutdown();
+                graceful = true;
+            }
+        }
+    };
+    // The connection (and with it every body and guard it holds) is dropped on
+    // return; the parked guards of its forced streams go with it.
+    if let Ok(mut p) = state.parked.lock() {
+        p.clear();
+    }
+    end
+}
+
+/// The open connections of one listener, for a graceful shutdown.
+#[derive(Debug, Default)]
+pub struct Connections {
+    shutdown: CancellationToken,
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl Connections {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Connections::default())
+    }
+
+    /// Counts a connection until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> Entered {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Entered(Arc::clone(self))
+    }
+
+    /// Cancelled when the listener shuts down: connections close gracefully.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Asks every connection to close gracefully and waits until all have.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One connection counted by [`Connections`].
+#[derive(Debug)]
+pub struct Entered(Arc<Connections>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}

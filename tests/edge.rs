@@ -1,0 +1,801 @@
+//! Issue 10, the edge: nothing a client or an upstream does can exhaust, stall
+//! or steer the proxy. Each test drives the proxy over real loopback sockets
+//! (raw TCP where the bytes matter) and fails on the code before its fix.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use support::mcp::http_client;
+use support::{until, Harness, TestConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a test waits for something the proxy must do on its own (a
+/// generous bound for a busy machine, not a measurement).
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// Reads until the peer closes; `Err` if it is still open after `PATIENCE`.
+async fn read_until_closed(s: &mut TcpStream) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let end = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Writes `request` on a fresh connection and reads the answer to the end.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("the proxy answers and closes");
+    parse_answer(&got)
+}
+
+fn parse_answer(got: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(got).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    (status, text)
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    let resp = http_client()
+        .request(support::get(admin, "/metrics"))
+        .await
+        .expect("metrics");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the metric line that starts with `series` (0 when absent).
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The test config with `[proxy] key = value` (string values) set.
+fn proxy_keys(cfg: TestConfig, keys: &[(&str, &str)]) -> TestConfig {
+    keys.iter().fold(cfg, |c, (k, v)| c.set_str("proxy", k, v))
+}
+
+async fn start(h: &Harness, keys: &[(&str, &str)]) -> mcpflip::run::Running {
+    support::start(proxy_keys(h.builder(), keys).load()).await
+}
+
+/// Defect 1: a connection that delivers no complete request head is closed
+/// after `header_read_timeout` from accept: silent TCP, a partial h2c preface,
+/// a partial HTTP/1.1 head, and the same on the admin listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_head_are_closed() {
+    let h = Harness::new().await;
+    let p = start(&h, &[("header_read_timeout", "400ms")]).await;
+    let mut open = Vec::new();
+    for (addr, first) in [
+        (p.public_addr, &b""[..]),
+        (p.public_addr, &b"PRI * HTTP/2.0\r\n"[..]),
+        (
+            p.public_addr,
+            &b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n"[..],
+        ),
+        (p.admin_addr, &b""[..]),
+        (p.admin_addr, &b"GET /status HTTP/1.1\r\n"[..]),
+    ] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(first).await.expect("write");
+        open.push((addr, first, s));
+    }
+    for (addr, first, mut s) in open {
+        let got = read_until_closed(&mut s).await;
+        assert!(
+            got.is_ok(),
+            "{addr} kept a connection open that sent {:?} and then nothing",
+            String::from_utf8_lossy(first)
+        );
+    }
+    let m = metrics(p.admin_addr).await;
+    assert!(
+        metric(&m, "mcpflip_client_errors_total{kind=\"header_timeout\"}") >= 3,
+        "{m}"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Defect 1: an HTTP/1.1 keep-alive connection with no request in progress,
+/// and an HTTP/2 connection with no open stream, are closed after
+/// `idle_timeout`; a request that outlasts `header_read_timeout` is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_close_after_idle_timeout() {
+    let h = Harness::new().await;
+    let p = start(
+        &h,
+        &[("header_read_timeout", "300ms"), ("idle_timeout", "1s")],
+    )
+    .await;
+    // HTTP/1.1: a stream that lasts well past header_read_timeout, then idle.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"GET /ticker?interval_ms=100&count=12 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("closed once idle for idle_timeout");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        text.matches("event: tick").count(),
+        12,
+        "the stream ran to its end: {text}"
+    );
+    assert!(text.ends_with("0\r\n\r\n"), "ended cleanly: {text:?}");
+
+    // HTTP/2 (prior knowledge): one request, then no stream: GOAWAY and close.
+    let tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let resp = send
+        .send_request(support::get(p.public_addr, "/healthz"))
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let ended = tokio::time::timeout(PATIENCE, driver).await;
+    assert!(ended.is_ok(), "an idle h2 connection stayed open");
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Defect 1 on the TLS listener: a silent TCP client, and clients that finish
+/// the handshake (ALPN h2, http/1.1) and then send nothing, are closed; plain
+/// HTTP sent to the TLS port is answered 400 saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_that_send_nothing_are_closed_and_plain_http_gets_400() {
+    let h = Harness::new().await;
+    let certs = h.dir.path().join("certs");
+    mcpflip::tls::write_dev_cert(&certs, &[], false).expect("dev cert");
+    let cfg = proxy_keys(h.builder(), &[("header_read_timeout", "400ms")])
+        .tls(&certs.join("server.crt"), &certs.join("server.key"));
+    let p = support::start(cfg.load()).await;
+
+    let silent = TcpStream::connect(p.public_addr).await.expect("connect");
+    let mut handshaken = Vec::new();
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let mut client =
+            mcpflip::tls::client_config(Some(&certs.join("dev-ca.crt"))).expect("client config");
+        client.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+        let tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        handshaken.push(tls);
+    }
+    let mut silent = silent;
+    assert!(
+        read_until_closed(&mut silent).await.is_ok(),
+        "a silent client of the TLS listener stayed connected"
+    );
+    for mut tls in handshaken {
+        let mut buf = [0u8; 1024];
+        let end = tokio::time::Instant::now() + PATIENCE;
+        let closed = loop {
+            match tokio::time::timeout_at(end, tls.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => {} // h2 SETTINGS, GOAWAY
+            }
+        };
+        assert!(
+            closed,
+            "a TLS client silent after its handshake stayed connected"
+        );
+    }
+
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /mcp HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("This port speaks HTTPS"), "{text}");
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_local_responses_total{code=\"400\",reason=\"not_tls\"}"
+        ),
+        1,
+        "{m}"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// A slot that accepts connections, reads requests and never answers (or
+/// answers its head one byte at a time, when `trickle`).
+async fn silent_slot(trickle: bool) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if trickle {
+                    for b in b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-slow: yes" {
+                        if s.write_all(&[*b]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let _ = s.read(&mut buf).await; // until the proxy lets go
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    port
+}
+
+/// A slot whose every answer waits `?ms=N` before its head (a long tool call).
+async fn delaying_slot() -> u16 {
+    use hyper::service::service_fn;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let ms: u64 = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.strip_prefix("ms="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"{\"ok\":true}"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// Defect 2: a request body that stalls is answered 408 (and stops holding the
+/// slot's in-flight count); a slot that never answers, or trickles its head,
+/// is answered 504 and counted as `response_timeout`; a `tools/call` gets
+/// `tool_call_timeout`; an SSE body is not timed once its head arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_get_408_and_silent_slots_504() {
+    let h = Harness::new().await;
+    let (silent, trickle, delaying) = (
+        silent_slot(false).await,
+        silent_slot(true).await,
+        delaying_slot().await,
+    );
+    let cfg = proxy_keys(
+        TestConfig::new(h.dir.path())
+            .slot("blue", h.blue, 100)
+            .slot("green", silent, 0)
+            .slot_set("green", "response_header_timeout", "\"500ms\""),
+        &[
+            ("client_body_timeout", "500ms"),
+            ("response_header_timeout", "5s"),
+            ("tool_call_timeout", "5s"),
+        ],
+    );
+    let p = support::start(cfg.load()).await;
+    let blue = support::stats(&p, "blue");
+
+    // A body that stops after 10 of its 100 bytes.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("a stalled body is answered and its connection closed");
+    let (status, text) = parse_answer(&got);
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("\"error\":\"body_timeout\""), "{text}");
+    until("the stalled request no longer in flight", || {
+        blue.inflight() == 0
+    })
+    .await;
+
+    // Green is a slot that never answers; its own timeout is 500 ms.
+    assert_eq!(h.ctl("flip green --no-probe").await["ok"], true);
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("upstream_timeout"), "{text}");
+    // It does not read a large body either: that is timed too (the body's
+    // own timer only runs while the proxy waits on the client).
+    let s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    let big = 8 << 20;
+    let writer = tokio::spawn(async move {
+        let head =
+            format!("POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {big}\r\n\r\n");
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&vec![b' '; big]).await;
+        wr
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, rd.read_to_end(&mut got)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection of an unread body stayed open"
+    );
+    let (status, text) = parse_answer(&got);
+    assert_eq!(status, 504, "{text}");
+    writer.abort();
+
+    // A slot that trickles its head is timed the same way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = TestConfig::new(dir.path())
+        .slot("blue", trickle, 100)
+        .set_str("proxy", "response_header_timeout", "800ms");
+    let q = support::start(cfg.load()).await;
+    let (status, text) = exchange(
+        q.public_addr,
+        b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 504, "{text}");
+    q.shutdown().await;
+
+    // A slow answer: 504 after response_header_timeout, unless it is a tools/call.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = proxy_keys(
+        TestConfig::new(dir.path()).slot("blue", delaying, 100),
+        &[
+            ("response_header_timeout", "300ms"),
+            ("tool_call_timeout", "10s"),
+        ],
+    );
+    let r = support::start(cfg.load()).await;
+    let slow = b"POST /mcp?ms=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 2\r\n";
+    let (status, text) = exchange(r.public_addr, &[&slow[..], b"\r\n{}"].concat()).await;
+    assert_eq!(status, 504, "{text}");
+    let (status, text) = exchange(
+        r.public_addr,
+        &[&slow[..], b"Mcp-Method: tools/call\r\n\r\n{}"].concat(),
+    )
+    .await;
+    assert_eq!(status, 200, "a tools/call gets tool_call_timeout: {text}");
+    r.shutdown().await;
+
+    let m = metrics(p.admin_addr).await;
+    for (series, want) in [
+        ("mcpflip_client_errors_total{kind=\"body_timeout\"}", 1),
+        (
+            "mcpflip_upstream_errors_total{slot=\"green\",kind=\"response_timeout\"}",
+            2,
+        ),
+        ("mcpflip_requests_total{slot=\"blue\",code=\"4xx\"}", 1),
+        ("mcpflip_requests_total{slot=\"blue\",code=\"5xx\"}", 0),
+    ] {
+        assert_eq!(metric(&m, series), want, "{series} in\n{m}");
+    }
+    p.shutdown().await;
+
+    // An SSE stream quieter than response_header_timeout stays open.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = TestConfig::new(dir.path())
+        .slot("blue", h.blue, 100)
+        .set_str("proxy", "response_header_timeout", "200ms");
+    let p = support::start(cfg.load()).await;
+    let mut body = http_client()
+        .request(support::get(
+            p.public_addr,
+            "/ticker?interval_ms=700&count=3",
+        ))
+        .await
+        .expect("stream")
+        .into_body();
+    let mut events = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the quiet stream is not cut");
+        if let Ok(d) = frame.into_data() {
+            events += String::from_utf8_lossy(&d).matches("event: tick").count();
+        }
+    }
+    assert_eq!(events, 3);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// A request whose chunked body has an invalid chunk size.
+const BAD_CHUNK: &[u8] = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"jsonrpc\"\r\nzz\r\n";
+
+/// Defect 3: a broken client body is the client's 400, never the slot's 5xx:
+/// 20 of them during `deploy green`'s watch window do not roll green back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_client_bodies_are_400_and_never_roll_back_a_deploy() {
+    let h = Harness::new().await;
+    let cfg = h
+        .builder()
+        .set_str("watch", "window", "3s")
+        .set_str("watch", "interval", "1500ms")
+        .set("watch", "max_error_ratio", "0.05");
+    let p = support::start(cfg.load()).await;
+    let socket = h.socket();
+    let deploy = tokio::spawn(async move {
+        mcpflip::control::client::send(&socket, "deploy green", |_| {}).await
+    });
+    until("green serving", || {
+        p.controller
+            .tables
+            .load()
+            .get("green")
+            .is_some_and(|s| s.weight > 0)
+    })
+    .await;
+    for i in 0..20 {
+        let (status, text) = if i % 2 == 0 {
+            exchange(p.public_addr, BAD_CHUNK).await
+        } else {
+            // A body cut short: the client closes its side after 10 of 100 bytes.
+            let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+            s.write_all(
+                b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"",
+            )
+            .await
+            .expect("write");
+            s.shutdown().await.expect("half close");
+            parse_answer(&read_until_closed(&mut s).await.expect("answered"))
+        };
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("body_invalid"), "{text}");
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(30), deploy)
+        .await
+        .expect("deploy ends")
+        .expect("task")
+        .expect("reply");
+    assert_eq!(
+        reply["ok"], true,
+        "a client rolled the deploy back: {reply}"
+    );
+    assert_eq!(reply["watch"]["result"], "passed", "{reply}");
+    let m = metrics(p.admin_addr).await;
+    for (series, want) in [
+        ("mcpflip_client_errors_total{kind=\"body_invalid\"}", 20),
+        ("mcpflip_requests_total{slot=\"green\",code=\"4xx\"}", 20),
+        ("mcpflip_requests_total{slot=\"green\",code=\"5xx\"}", 0),
+        (
+            "mcpflip_upstream_errors_total{slot=\"green\",kind=\"reset\"}",
+            0,
+        ),
+    ] {
+        assert_eq!(metric(&m, series), want, "{series} in\n{m}");
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Bytes the proxy has queued for `client_port` on its connection from
+/// `proxy_port` (the kernel's send queue: a client that does not read makes
+/// it grow).
+fn send_queue(proxy_port: u16, client_port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let (local, remote) = (
+        format!("0100007F:{proxy_port:04X}"),
+        format!("0100007F:{client_port:04X}"),
+    );
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()))
+                .then(|| f.get(4)?.split(':').next())
+                .flatten()
+                .and_then(|tx| u64::from_str_radix(tx, 16).ok())
+        })
+        .next()
+        .unwrap_or(0)
+}
+
+/// A fast ticker for a client that will stop reading.
+const FLOOD: &str = "/ticker?interval_ms=1&pad=16384";
+
+/// Defect 4, HTTP/1.1: a forced stream whose client stopped reading ends
+/// within the grace: `drain --wait` reports `drained` only once the stream
+/// no longer counts, and the client's connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_stream_whose_h1_client_does_not_read_is_ended() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let blue = support::stats(&p, "blue");
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock.connect(p.public_addr).await.expect("connect");
+    let client_port = s.local_addr().expect("addr").port();
+    s.write_all(format!("GET {FLOOD} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).await.expect("head");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    until("1 live stream", || blue.live_streams() == 1).await;
+    // The client reads no more: the proxy's send queue fills.
+    until("the proxy's send queue to the client is full", || {
+        send_queue(p.public_addr.port(), client_port) > 256 * 1024
+    })
+    .await;
+    assert_eq!(h.ctl("weights green=1").await["ok"], true);
+    let r = h.ctl("drain blue --wait --deadline 300ms").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["forced"], 1, "{r}");
+    assert_eq!(
+        blue.live_streams(),
+        0,
+        "the slot reported drained while its forced stream was still open: {r}"
+    );
+    assert!(
+        read_until_closed(&mut s).await.is_ok(),
+        "the forced stream's connection is still open"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Defect 4, HTTP/2: the same with a client that stops reading one stream (its
+/// flow-control window fills; hyper stops polling the body). The connection is
+/// dropped after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_stream_whose_h2_client_does_not_read_is_ended() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let blue = support::stats(&p, "blue");
+    let tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 * 1024)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let resp = send
+        .send_request(support::get(p.public_addr, FLOOD))
+        .await
+        .expect("h2 stream");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // One frame read, then none: the stream's window fills at once.
+    body.frame().await.expect("a frame").expect("data");
+    until("1 live stream", || blue.live_streams() == 1).await;
+    assert_eq!(h.ctl("weights green=1").await["ok"], true);
+    let r = h.ctl("drain blue --wait --deadline 500ms").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["forced"], 1, "{r}");
+    assert_eq!(
+        blue.live_streams(),
+        0,
+        "the slot reported drained while its forced stream was still open: {r}"
+    );
+    let ended = tokio::time::timeout(PATIENCE, driver).await;
+    assert!(
+        ended.is_ok(),
+        "the forced stream's h2 connection is still open"
+    );
+    drop(body);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Defect 5: at `max_connections` a new connection is answered 503 with
+/// `Connection: close` and counted; the others keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_new_connections_get_503() {
+    let h = Harness::new().await;
+    let p = support::start(h.builder().set("proxy", "max_connections", "2").load()).await;
+    let client = http_client();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let req = support::get(p.public_addr, "/ticker?interval_ms=1000");
+        held.push(client.request(req).await.expect("stream").into_body());
+    }
+    until("2 open connections", || {
+        p.proxy_stats.open_connections() == 2
+    })
+    .await;
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.contains("\"error\":\"max_connections\""), "{text}");
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(metric(&m, "mcpflip_open_connections"), 2, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        1,
+        "{m}"
+    );
+    held.pop();
+    until("1 open connection", || {
+        p.proxy_stats.open_connections() == 1
+    })
+    .await;
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /ticker?count=1&interval_ms=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    drop(held);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Defect 6: malformed `Host` / `Origin` values are 400 on the public listener,
+/// counted, and never reach a slot; the admin listener has the guard too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_hosts_are_400_and_the_admin_listener_is_guarded() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let attacks: [&[u8]; 6] = [
+        b"Host: localhost:80@evil.com\r\n",
+        b"Host: localhost:evil.com\r\n",
+        b"Host: [::1]evil.com\r\n",
+        b"Host: localhost\r\nHost: evil.com\r\n",
+        b"Host: l\xc3\xb6calhost\r\n",
+        b"Host: localhost\r\nOrigin: http://localhost:80@evil.com\r\n",
+    ];
+    for headers in attacks {
+        let req = [
+            &b"POST /mcp HTTP/1.1\r\n"[..],
+            headers,
+            b"Connection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        ]
+        .concat();
+        let (status, text) = exchange(p.public_addr, &req).await;
+        assert_eq!(
+            status,
+            400,
+            "{:?} -> {text}",
+            String::from_utf8_lossy(headers)
+        );
+        assert!(text.contains("Bad Request"), "{text}");
+    }
+    let blue = support::stats(&p, "blue");
+    assert_eq!(
+        (1..=5).map(|c| blue.responses(c)).sum::<u64>(),
+        0,
+        "a malformed Host reached the slot"
+    );
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_local_responses_total{code=\"400\",reason=\"bad_host\"}"
+        ),
+        6,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "mcpflip_client_errors_total{kind=\"bad_host\"}"),
+        6
+    );
+
+    // The admin listener answers /status only to loopback names.
+    let admin = p.admin_addr;
+    let status_with = |host: &'static [u8]| async move {
+        let req = [
+            &b"GET /status HTTP/1.1\r\nHost: "[..],
+            host,
+            b"\r\nConnection: close\r\n\r\n",
+        ]
+        .concat();
+        exchange(admin, &req).await
+    };
+    let (status, text) = status_with(b"evil.example.com").await;
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        !text.contains("upstream"),
+        "the refused answer leaks slots: {text}"
+    );
+    let (status, _) = status_with(b"localhost:80@evil.com").await;
+    assert_eq!(status, 400);
+    let (status, text) = status_with(b"localhost").await;
+    assert_eq!(status, 200, "{text}");
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Typed classification: a connect timeout (a slot whose accept queue is full
+/// drops the SYN) is `timeout` and 504; a refused connect is `connect` and 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_classified_by_type() {
+    let h = Harness::new().await;
+    // A listener with a backlog of one that never accepts: once its queue is
+    // full, further SYNs are dropped and a connect waits.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let full = sock.listen(1).expect("listen");
+    let full_port = full.local_addr().expect("addr").port();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(300),
+            TcpStream::connect(("127.0.0.1", full_port)),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+    }
+    let refused = support::closed_port();
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", full_port, 100)
+        .slot("green", refused, 0)
+        .set_str("proxy", "connect_timeout", "300ms");
+    let p = support::start(cfg.load()).await;
+    let get = b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let (status, text) = exchange(p.public_addr, get).await;
+    assert_eq!(status, 504, "{text}");
+    assert_eq!(h.ctl("flip green --no-probe").await["ok"], true);
+    let (status, text) = exchange(p.public_addr, get).await;
+    assert_eq!(status, 502, "{text}");
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"timeout\"}"
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_upstream_errors_total{slot=\"green\",kind=\"connect\"}"
+        ),
+        1,
+        "{m}"
+    );
+    drop(fillers);
+    drop(full);
+    p.shutdown().await;
+    h.stop.cancel();
+}
