@@ -8,6 +8,22 @@ use clap::Parser;
 use mcpflip::cli::{Cli, Cmd, TransportArg};
 use mcpflip::config::{Config, DEFAULT_PATH, DEFAULT_SOCKET};
 
+/// jemalloc, because it gives memory back: after a burst of SSE streams closes,
+/// glibc's malloc kept its freed arenas (RSS stayed at the high-water mark and
+/// climbed across bursts) and mimalloc kept pages freed by other threads until
+/// those threads allocate again. jemalloc's background thread returns dirty
+/// pages after about `dirty_decay_ms`, idle or not (issue 10, defect 7;
+/// measured by tests/edge_process.rs).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its first allocation: purge freed pages from a
+/// background thread within about a second, straight to the OS (`muzzy` pages,
+/// MADV_FREE'd, would still count in RSS until the kernel needs them).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// The log of the commands that have no config (`upstream`): text on stderr,
 /// colours only on a terminal.
 fn init_tracing() {
