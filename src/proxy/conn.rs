@@ -239,6 +239,13 @@ where
     tokio::pin!(connection);
     let timer = tokio::time::sleep_until(head_deadline);
     tokio::pin!(timer);
+    // The wake-up and shutdown futures live across iterations: made anew on
+    // every poll of the connection, each would register and unregister a
+    // waiter (a lock) per poll.
+    let wake = state.wake.notified();
+    tokio::pin!(wake);
+    let shut = shutdown.cancelled();
+    tokio::pin!(shut);
     let mut armed = true;
     let mut phase = Phase::Head;
     let mut graceful = false;
@@ -251,7 +258,8 @@ where
                 }
                 break End::Closed;
             }
-            _ = state.wake.notified() => {
+            _ = wake.as_mut() => {
+                wake.set(state.wake.notified());
                 if state.forced.load(Ordering::Acquire) && phase != Phase::Closing {
                     if !graceful {
                         connection.as_mut().graceful_shutdown();
@@ -291,7 +299,7 @@ where
                 }
                 Phase::Closing => break End::Dropped,
             },
-            _ = shutdown.cancelled(), if !graceful => {
+            _ = shut.as_mut(), if !graceful => {
                 connection.as_mut().graceful_shutdown();
                 graceful = true;
             }
