@@ -1,8 +1,9 @@
 //! Wiring: restores the control state (or starts from the config's), binds
 //! the public, admin and control listeners around one controller, and shuts
-//! them down in order (stop accepting, drain every slot up to the deadline,
-//! end what is left at event boundaries). Used by `mcpflip run`, the demo and
-//! the tests (which bind port 0).
+//! them down in order (`/readyz` turns 503, stop accepting, drain every slot
+//! up to the deadline, end what is left at event boundaries; the admin
+//! listener answers until the end). Used by `mcpflip run`, the demo and the
+//! tests (which bind port 0).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::control::controller::Controller;
 use crate::control::persist::{self, LoadError};
 use crate::control::state::State;
 use crate::control::{paths, server};
+use crate::health::{Lifecycle, Phase};
 use crate::proxy::conn::{Connections, Limits};
 use crate::proxy::host_guard::HostGuard;
 use crate::proxy::{self, Forwarder};
@@ -30,6 +32,11 @@ pub struct Running {
     pub controller: Arc<Controller>,
     /// The public listener's counters that belong to no slot.
     pub proxy_stats: Arc<ProxyStats>,
+    /// Serving, shutting down or handing over (`/readyz` reports it).
+    pub lifecycle: Arc<Lifecycle>,
+    /// Stops the public listener's accept loop and the control server.
+    stop_accepting: CancellationToken,
+    /// Stops everything else (the admin listener, the controller's tasks).
     stop: CancellationToken,
     public: JoinHandle<Arc<Connections>>,
     admin: JoinHandle<()>,
@@ -95,6 +102,8 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         .clone()
         .map(|c| Arc::new(arc_swap::ArcSwap::new(c)));
     let stop = CancellationToken::new();
+    let stop_accepting = stop.child_token();
+    let lifecycle = Arc::new(Lifecycle::default());
     let deadline = config.drain.deadline;
     let public = TcpListener::bind(config.listen.addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -115,7 +124,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     };
     let host_guard = HostGuard::new(public_addr, proxy_cfg.allowed_hosts.as_deref());
     let admin_guard = HostGuard::new(admin_addr, config.admin.allowed_hosts.as_deref());
-    let controller = Controller::start(config, state, tls.clone(), stop.child_token())
+    let controller = Controller::start(config, state, tls.clone(), stop_accepting.child_token())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy_stats = Arc::new(ProxyStats::default());
     let forwarder = Arc::new(Forwarder {
@@ -135,13 +144,18 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
             guard: admin_guard,
             limits,
             proxy: Arc::clone(&proxy_stats),
+            lifecycle: Arc::clone(&lifecycle),
         },
         stop.child_token(),
     ));
     tokio::spawn(server::serve(
         control,
         Arc::clone(&controller),
-        stop.child_token(),
+        stop_accepting.child_token(),
+    ));
+    tokio::spawn(crate::health::probe_serving(
+        Arc::clone(&controller),
+        stop_accepting.child_token(),
     ));
     let max_connections = proxy_cfg.max_connections();
     let public = tokio::spawn(proxy::serve(
@@ -152,7 +166,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
             max_connections,
             tls,
         },
-        stop.child_token(),
+        stop_accepting.child_token(),
     ));
     tracing::info!(%public_addr, %admin_addr, max_connections, "mcpflip is serving");
     Ok(Running {
@@ -160,6 +174,8 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         admin_addr,
         controller,
         proxy_stats,
+        lifecycle,
+        stop_accepting,
         stop,
         public,
         admin,
@@ -172,7 +188,8 @@ impl Running {
     /// remaining streams at event boundaries, and returns.
     pub async fn shutdown(self) {
         let table = self.controller.tables.load_full();
-        self.stop.cancel();
+        self.lifecycle.enter(Phase::ShuttingDown);
+        self.stop_accepting.cancel();
         let graceful = self.public.await.ok();
         let all_idle = async {
             for s in &table.slots {
@@ -190,7 +207,9 @@ impl Running {
         if let Some(connections) = graceful {
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.shutdown()).await;
         }
-        // Its feeds ended at `stop`; it returns once its idle connections closed.
+        // The admin listener answered (`/readyz`: 503) until now; its feeds
+        // end at `stop`, and it returns once its idle connections closed.
+        self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
     }
 }

@@ -162,7 +162,10 @@ impl Forwarder {
         let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
         let req = Request::from_parts(head, body);
         let resp = match slot.client.send(req, wait, &watch).await {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                stats.note_answer();
+                resp
+            }
             Err(SendError::ClientBody(state)) => {
                 // The client's body failed: its fault, whatever the upstream
                 // client made of it. A 4xx of the slot, never its 5xx share.
@@ -198,6 +201,9 @@ impl Forwarder {
             }
             Err(SendError::Upstream { kind, error }) => {
                 stats.count_upstream_error(kind);
+                if matches!(kind, UpstreamError::Connect | UpstreamError::Timeout) {
+                    stats.note_connect_failure();
+                }
                 let (status, code) = match kind {
                     UpstreamError::Timeout | UpstreamError::ResponseTimeout => {
                         (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
