@@ -17,6 +17,9 @@
 //! tag codec), `config`, `tls`. Around them: `admin` (the admin listener:
 //! the live status page and its event feed, `/metrics`, `/status`, `/readyz`),
 //! `health` (readiness: the process's phase and the serving slots' health),
+//! `notify` (the systemd notification protocol, a leaf), `handover` (the
+//! hitless upgrade: the listeners and the live counts passed to a new
+//! process),
 //! `metrics`
 //! (what `/metrics` exposes, in OpenMetrics or the 0.0.4 text format), `log`
 //! (the main log and the access log), `run` (wiring), `demo`, and
@@ -29,10 +32,12 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod demo_server;
+pub mod handover;
 pub mod health;
 pub mod log;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod proxy;
 pub mod run;

@@ -243,9 +243,7 @@ impl SlotStats {
     pub fn set_previous(&self, live_streams: u64, inflight: u64) {
         self.previous[0].store(live_streams, Ordering::SeqCst);
         self.previous[1].store(inflight, Ordering::SeqCst);
-        if live_streams == 0 || inflight == 0 {
-            self.wake_at_zero();
-        }
+        self.wake_at_zero();
     }
 
     /// The slot answered (any status): it is reachable. A load before the

@@ -73,6 +73,9 @@ _mcpflip() {
             mcpflip__subcmd__ctl,status)
                 cmd="mcpflip__subcmd__ctl__subcmd__status"
                 ;;
+            mcpflip__subcmd__ctl,upgrade)
+                cmd="mcpflip__subcmd__ctl__subcmd__upgrade"
+                ;;
             mcpflip__subcmd__ctl,wait)
                 cmd="mcpflip__subcmd__ctl__subcmd__wait"
                 ;;
@@ -108,6 +111,9 @@ _mcpflip() {
                 ;;
             mcpflip__subcmd__ctl__subcmd__help,status)
                 cmd="mcpflip__subcmd__ctl__subcmd__help__subcmd__status"
+                ;;
+            mcpflip__subcmd__ctl__subcmd__help,upgrade)
+                cmd="mcpflip__subcmd__ctl__subcmd__help__subcmd__upgrade"
                 ;;
             mcpflip__subcmd__ctl__subcmd__help,wait)
                 cmd="mcpflip__subcmd__ctl__subcmd__help__subcmd__wait"
@@ -168,6 +174,9 @@ _mcpflip() {
                 ;;
             mcpflip__subcmd__help__subcmd__ctl,status)
                 cmd="mcpflip__subcmd__help__subcmd__ctl__subcmd__status"
+                ;;
+            mcpflip__subcmd__help__subcmd__ctl,upgrade)
+                cmd="mcpflip__subcmd__help__subcmd__ctl__subcmd__upgrade"
                 ;;
             mcpflip__subcmd__help__subcmd__ctl,wait)
                 cmd="mcpflip__subcmd__help__subcmd__ctl__subcmd__wait"
@@ -250,7 +259,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl)
-            opts="-h --socket --config --json --help status flip weights drain wait probe rollback retire standby deploy reload help"
+            opts="-h --socket --config --json --help status flip weights drain wait probe rollback retire standby deploy reload upgrade help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -354,7 +363,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__help)
-            opts="status flip weights drain wait probe rollback retire standby deploy reload help"
+            opts="status flip weights drain wait probe rollback retire standby deploy reload upgrade help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -494,6 +503,20 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mcpflip__subcmd__ctl__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -667,6 +690,36 @@ _mcpflip() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mcpflip__subcmd__ctl__subcmd__upgrade)
+            opts="-h --binary --timeout --socket --config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --binary)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mcpflip__subcmd__ctl__subcmd__wait)
             opts="-h --timeout --socket --config --json --help drained"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -786,7 +839,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__help__subcmd__ctl)
-            opts="status flip weights drain wait probe rollback retire standby deploy reload"
+            opts="status flip weights drain wait probe rollback retire standby deploy reload upgrade"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -912,6 +965,20 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__help__subcmd__ctl__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mcpflip__subcmd__help__subcmd__ctl__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -154,8 +154,31 @@ pub enum Request {
         )]
         watch: Option<Duration>,
     },
-    /// Re-read the config file: slots, certificates, [drain], [probe], [watch].
+    /// Re-read the config file: slots, certificates, [drain], [probe], [watch], [health].
     Reload,
+    /// Start the mcpflip binary again and hand it the listeners without dropping a connection.
+    ///
+    /// The new process gets the listening sockets, takes over the control
+    /// socket and serves; this one stops accepting, finishes its open
+    /// connections and streams (up to [drain] deadline) and exits. If the new
+    /// process fails (a bad config, a crash, no answer in time), this one
+    /// serves on as before and the command fails with the new process's error.
+    /// Listener addresses, the control socket and [proxy] may change.
+    Upgrade {
+        /// The binary to start (default: the path this process was started from, read anew).
+        #[arg(long, value_name = "PATH")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+        /// How long the new process has to take over (default: 30s).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        #[serde(
+            default,
+            serialize_with = "duration_out",
+            deserialize_with = "duration_in",
+            skip_serializing_if = "Option::is_none"
+        )]
+        timeout: Option<Duration>,
+    },
 }
 
 impl Request {
@@ -173,6 +196,7 @@ impl Request {
             Request::Standby { .. } => "standby",
             Request::Deploy { .. } => "deploy",
             Request::Reload => "reload",
+            Request::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -400,6 +424,9 @@ pub struct Status {
     /// The deploy that runs, or else the last one since the proxy started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployStatus>,
+    /// The process this one took over from, while it still serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<HandoverStatus>,
 }
 
 /// Where a deploy is. The flip happens between `probe` and `drain`; the watch
@@ -580,6 +607,37 @@ pub struct Reloaded {
     pub restart_required: Vec<String>,
 }
 
+/// `upgrade`: the new process serves; this one finishes its streams and exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// This process, which now hands over.
+    pub old_pid: u32,
+    /// The process that took over.
+    pub new_pid: u32,
+    pub binary: PathBuf,
+}
+
+/// A handover in progress, as the new process's `status` shows it: the
+/// process that handed over still serves these streams and requests, and
+/// a drain of a slot ends only when they are gone too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverStatus {
+    /// The process handing over.
+    pub pid: u32,
+    /// Milliseconds since it handed over.
+    pub since_ms: u64,
+    /// Its open streams and requests in flight, per slot.
+    pub slots: Vec<HandoverSlot>,
+}
+
+/// One slot's counts in the process handing over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverSlot {
+    pub slot: String,
+    pub live_streams: u64,
+    pub inflight: u64,
+}
+
 /// The final reply of a command that succeeded.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -593,6 +651,7 @@ pub enum Reply {
     Lifecycle(Lifecycle),
     Deploy(Box<Deployed>),
     Reload(Reloaded),
+    Upgrade(Upgraded),
 }
 
 impl Reply {
@@ -618,6 +677,7 @@ impl Reply {
             Request::Retire { .. } | Request::Standby { .. } => Reply::Lifecycle(of(v)?),
             Request::Deploy { .. } => Reply::Deploy(of(v)?),
             Request::Reload => Reply::Reload(of(v)?),
+            Request::Upgrade { .. } => Reply::Upgrade(of(v)?),
         })
     }
 }
@@ -846,11 +906,12 @@ pub enum ErrorCode {
     StateNotSaved,
     Forbidden,
     ShuttingDown,
+    UpgradeFailed,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::BadCommand,
         Self::LineTooLong,
         Self::UnknownSlot,
@@ -874,6 +935,7 @@ impl ErrorCode {
         Self::StateNotSaved,
         Self::Forbidden,
         Self::ShuttingDown,
+        Self::UpgradeFailed,
         Self::Internal,
     ];
 
@@ -902,6 +964,7 @@ impl ErrorCode {
             Self::StateNotSaved => "state_not_saved",
             Self::Forbidden => "forbidden",
             Self::ShuttingDown => "shutting_down",
+            Self::UpgradeFailed => "upgrade_failed",
             Self::Internal => "internal",
         }
     }
@@ -983,6 +1046,8 @@ pub enum CtlError {
     Forbidden,
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("upgrade failed: {0}; this process serves on as before")]
+    UpgradeFailed(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -1014,6 +1079,7 @@ impl CtlError {
             Self::StateNotSaved { .. } => ErrorCode::StateNotSaved,
             Self::Forbidden => ErrorCode::Forbidden,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
+            Self::UpgradeFailed(_) => ErrorCode::UpgradeFailed,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -1224,6 +1290,11 @@ mod tests {
             words("standby blue"),
             words("deploy green --deadline 1m --watch 0s"),
             Request::Reload,
+            words("upgrade --binary /usr/bin/mcpflip --timeout 5s"),
+            Request::Upgrade {
+                binary: None,
+                timeout: None,
+            },
         ];
         for r in all {
             let line = r.to_line();

@@ -20,9 +20,14 @@ use crate::control::protocol::{CtlError, Event, Reloaded};
 use crate::control::state::{Command, ConfigSlot};
 
 /// Re-reads the config file this proxy was started with.
+/// Tells systemd `RELOADING=1` first and `READY=1` after, applied or refused
+/// (`Type=notify-reload` waits for both; a refusal fails `ctl reload`, which
+/// fails `systemctl reload` through `ExecReload`).
 pub async fn reload(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
+    crate::notify::reloading();
     let result = apply(ctl).await;
     ctl.counters.count_reload(result.is_ok());
+    crate::notify::ready();
     result
 }
 
