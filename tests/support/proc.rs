@@ -19,10 +19,15 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `mcpflip run --config CONFIG ARGS...`; `socket` is its control socket.
     pub fn spawn(config: &Path, socket: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(config).args(args);
+        Self::spawn_command(cmd, socket)
+    }
+
+    /// Starts `cmd` (a `mcpflip run`, perhaps behind a wrapper or with more
+    /// environment); `socket` is its control socket.
+    pub fn spawn_command(mut cmd: Command, socket: &Path) -> Self {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
