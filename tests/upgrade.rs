@@ -281,3 +281,167 @@ async fn an_upgrade_to_a_binary_that_hangs_times_out_and_the_old_process_serves_
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_applies_a_new_listener_address_and_proxy_section() {
+    let h = Harness::new().await;
+    let (cfg, public, admin) = config(&h);
+    let path = cfg.write();
+    let socket = cfg.socket();
+    let mut old = ProxyProcess::spawn(&path, &socket, &[]);
+    old.ready().await;
+    // What `reload` cannot apply: a new admin address and a [proxy] change.
+    let reload_said = {
+        let moved = closed_port();
+        cfg.clone()
+            .set_str("admin", "addr", format!("127.0.0.1:{moved}"))
+            .set_str("proxy", "idle_timeout", "30s")
+            .write();
+        let out = ctl(&socket, &["--json", "reload"]);
+        assert!(out.ok(), "{out:?}");
+        (moved, out.stdout)
+    };
+    let (moved, said) = reload_said;
+    assert!(
+        said.contains("[admin] addr") && said.contains("[proxy]"),
+        "{said}"
+    );
+
+    let out = ctl(&socket, &["--json", "upgrade"]);
+    assert!(out.ok(), "{out:?}\n{}", old.stderr());
+    let reply: Value = serde_json::from_str(&out.stdout).expect("json");
+    let _new = Pid(reply["new_pid"].as_i64().expect("new_pid") as i32);
+    assert!(old.wait_exit().success(), "{}", old.stderr());
+
+    // The public socket was taken over; the admin listener moved.
+    let client = http_client();
+    let (code, _, _) = post_json(
+        &client,
+        &format!("http://127.0.0.1:{public}/mcp"),
+        None,
+        initialize(),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let ready = support::mcp::get_text(&client, &format!("http://127.0.0.1:{moved}/readyz")).await;
+    assert!(ready.contains("\"ready\":true"), "{ready}");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", admin))
+            .await
+            .is_err(),
+        "the old admin address is closed"
+    );
+    // The new process runs the new config: a reload finds nothing to restart for.
+    let out = ctl(&socket, &["--json", "reload"]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout.contains("\"restart_required\":[]"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// `n` upgrades in a row under a continuous load of requests, each with
+/// `STREAMS` SSE sessions held across it: every request must succeed and
+/// every held session must still answer (through the new process) after its
+/// upgrade. Returns `(requests sent, requests failed)`.
+async fn upgrades_under_load(n: usize) -> (u64, u64) {
+    let h = Harness::new().await;
+    let (cfg, public, _) = config(&h);
+    let path = cfg.write();
+    let socket = cfg.socket();
+    let mut first = ProxyProcess::spawn(&path, &socket, &[]);
+    first.ready().await;
+    let binaries = [PathBuf::from(BIN), rebuilt(h.dir.path())];
+    let base = format!("http://127.0.0.1:{public}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        let client = http_client();
+        let url = format!("{base}/mcp");
+        load.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, _, body) = post_json(&client, &url, None, initialize()).await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 200 || !body.contains("\"result\"") {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    if errors.len() < 5 {
+                        errors.push(format!("{status}: {body}"));
+                    }
+                }
+            }
+            errors
+        }));
+    }
+    let started = std::time::Instant::now();
+    let mut current: Option<Pid> = None;
+    for i in 0..n {
+        let client = http_client();
+        let mut sessions = Vec::new();
+        for _ in 0..STREAMS {
+            sessions.push(SseSession::open(&client, &base).await.expect("session"));
+        }
+        let binary = binaries[i % 2].to_str().expect("utf-8");
+        let out = ctl(&socket, &["--json", "upgrade", "--binary", binary]);
+        assert!(out.ok(), "upgrade {i}: {out:?}\n{}", first.stderr());
+        let reply: Value = serde_json::from_str(&out.stdout).expect("json");
+        let new_pid = reply["new_pid"].as_i64().expect("new_pid") as i32;
+        for s in &mut sessions {
+            let who = s.call("whoami", json!({})).await;
+            assert_eq!(
+                who.as_deref().ok(),
+                Some("blue"),
+                "upgrade {i}: a held stream broke: {who:?}"
+            );
+        }
+        drop(sessions);
+        drop(client);
+        support::until_async("the old process finished", || async {
+            status(&socket).get("handover").is_none()
+        })
+        .await;
+        // The old process exits; its own guard (if any) must not kill the new one.
+        if let Some(old) = current.replace(Pid(new_pid)) {
+            support::until("the old process exited", || !alive(old.0)).await;
+            std::mem::forget(old);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for l in load {
+        errors.extend(l.await.expect("load task"));
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "upgrades under load: {n} upgrades in {:.1}s, {STREAMS} SSE sessions held across each; \
+         requests sent {sent}, failed {failed}; first failures: {errors:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(first.wait_exit().success(), "{}", first.stderr());
+    (sent, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_few_upgrades_in_a_row_under_load_lose_nothing() {
+    let (sent, failed) = upgrades_under_load(3).await;
+    assert!(sent > 0);
+    assert_eq!(failed, 0);
+}
+
+/// The benchmark of the done-when: 100 upgrades (`UPGRADES=N` for another
+/// count) under load. Run it with
+/// `cargo test --release --test upgrade -- --ignored --nocapture upgrades_bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark (about a minute): run it with --ignored"]
+async fn upgrades_bench() {
+    let n = std::env::var("UPGRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let (_, failed) = upgrades_under_load(n).await;
+    assert_eq!(failed, 0);
+}
