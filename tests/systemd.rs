@@ -133,6 +133,17 @@ impl Notify {
     }
 }
 
+/// A process this test started through `ctl upgrade`: SIGKILLed when the
+/// test ends, so that a failing test leaves nothing behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid this test learned from `ctl upgrade`.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
 fn lines(msg: &str) -> Vec<&str> {
     msg.lines().collect()
 }
@@ -205,6 +216,7 @@ async fn the_notification_protocol_is_spoken_at_start_reload_upgrade_and_stop() 
     assert!(out.ok(), "{out:?}");
     let reply: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     let new_pid = reply["new_pid"].as_u64().expect("new_pid");
+    let _guard = KillOnDrop(new_pid as i32);
     let main = notify.until("MAINPID=", |m| m.contains("MAINPID="));
     assert_eq!(
         lines(&main),
