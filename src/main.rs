@@ -368,6 +368,7 @@ async fn run(config: Config, start: Start) -> anyhow::Result<()> {
                 admin: h.admin.take(),
                 replace_control: true,
                 previous: h.counts().to_vec(),
+                drains: h.drains(),
             }
         }
         None => {
@@ -458,12 +459,22 @@ async fn run(config: Config, start: Start) -> anyhow::Result<()> {
         tracing::info!(binary = %binary.display(), "upgrade: starting the new process");
         let [public, admin] = running.sockets();
         let table = ctl.tables.load_full();
+        let drains = ctl
+            .status()
+            .drains
+            .into_iter()
+            .map(|d| {
+                let left = d.deadline_ms.saturating_sub(d.elapsed_ms);
+                (d.slot, std::time::Duration::from_millis(left))
+            })
+            .collect();
         let result = mcpflip::handover::start_successor(mcpflip::handover::Offer {
             binary: &binary,
             args: &args,
             public,
             admin,
             table: &table,
+            drains,
             timeout,
         })
         .await;

@@ -112,6 +112,8 @@ pub struct Inherited {
     pub replace_control: bool,
     /// The counts of the process handing over, per slot.
     pub previous: Vec<crate::control::protocol::HandoverSlot>,
+    /// What its drains had left of their deadlines, per slot.
+    pub drains: Vec<(String, Duration)>,
 }
 
 /// The listener for `addr` (`what` names the key in errors): `inherited`
@@ -186,6 +188,7 @@ pub async fn start_with(
         tls.clone(),
         stop_accepting.child_token(),
         &inherited.previous,
+        inherited.drains,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy_stats = Arc::new(ProxyStats::default());

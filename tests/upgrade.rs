@@ -151,6 +151,13 @@ async fn an_upgrade_under_load_loses_no_request_cuts_no_stream_and_keeps_affinit
         0,
         "no stream moved: {st}"
     );
+    // The drain resumed with what was left of its deadline (5m), not a new one.
+    let drain = st["drains"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["slot"] == "blue"))
+        .expect("blue's drain runs in the new process");
+    let deadline = drain["deadline_ms"].as_u64().expect("deadline_ms");
+    assert!(deadline < 300_000 && deadline > 200_000, "{drain}");
     assert!(old.exited().is_none(), "the old process serves its streams");
 
     // Every held session still works, and its requests (sent through the new

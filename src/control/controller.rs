@@ -242,18 +242,21 @@ impl Controller {
         tls: Option<TlsSlot>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Controller>, CtlError> {
-        Self::start_after(config, state, tls, shutdown, &[])
+        Self::start_after(config, state, tls, shutdown, &[], Vec::new())
     }
 
     /// `start` for a process that takes over from another (`handover`):
     /// `previous` are that process's counts, marked on the slots before any
-    /// drain resumes, so that no drain ends while it still serves the slot.
+    /// drain resumes, so that no drain ends while it still serves the slot;
+    /// `drains` are the deadlines its drains had left, which the resumed
+    /// drains keep.
     pub fn start_after(
         config: Config,
         state: State,
         tls: Option<TlsSlot>,
         shutdown: CancellationToken,
         previous: &[HandoverSlot],
+        drains: Vec<(String, Duration)>,
     ) -> Result<Arc<Controller>, CtlError> {
         let stats = StatsRegistry::default();
         for p in previous {
@@ -314,6 +317,7 @@ impl Controller {
             persister,
         };
         tokio::spawn(owner.run(rx));
+        ctl.drains.resume_with(drains);
         ctl.drains
             .reconcile(&ctl, &ctl.tables.load_full(), deadline, quiet);
         Ok(ctl)

@@ -58,6 +58,9 @@ enum Msg {
         admin: SocketAddr,
         /// The old process's counts when it made the offer.
         slots: Vec<HandoverSlot>,
+        /// Its running drains: slot and milliseconds left of the deadline.
+        #[serde(default)]
+        drains: Vec<(String, u64)>,
     },
     /// New to old: it serves; the old one may stop accepting.
     Ready { pid: u32 },
@@ -157,6 +160,8 @@ pub struct Offer<'a> {
     pub public: (BorrowedFd<'a>, SocketAddr),
     pub admin: (BorrowedFd<'a>, SocketAddr),
     pub table: &'a Table,
+    /// The running drains: slot and what is left of its deadline.
+    pub drains: Vec<(String, Duration)>,
     pub timeout: Duration,
 }
 
@@ -195,6 +200,11 @@ pub async fn start_successor(offer: Offer<'_>) -> Result<Successor, HandoverErro
             public: offer.public.1,
             admin: offer.admin.1,
             slots: counts(offer.table),
+            drains: offer
+                .drains
+                .iter()
+                .map(|(s, d)| (s.clone(), d.as_millis() as u64))
+                .collect(),
         });
         let fds = [offer.public.0.as_raw_fd(), offer.admin.0.as_raw_fd()];
         let sent = match ours.send_with_fd(&msg, &fds) {
@@ -307,6 +317,7 @@ pub struct Incoming {
     pub public: Option<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
     slots: Vec<HandoverSlot>,
+    drains: Vec<(String, Duration)>,
 }
 
 impl Incoming {
@@ -362,7 +373,9 @@ impl Incoming {
             len += n;
         }
         let end = buf[..len].iter().position(|b| *b == b'\n').unwrap_or(len);
-        let Msg::Offer { pid, slots, .. } = serde_json::from_slice(&buf[..end])
+        let Msg::Offer {
+            pid, slots, drains, ..
+        } = serde_json::from_slice(&buf[..end])
             .map_err(|e| HandoverError::Protocol(e.to_string()))?
         else {
             return Err(HandoverError::Protocol(
@@ -381,6 +394,10 @@ impl Incoming {
             public: Some(std::net::TcpListener::from(p)),
             admin: Some(std::net::TcpListener::from(a)),
             slots,
+            drains: drains
+                .into_iter()
+                .map(|(s, ms)| (s, Duration::from_millis(ms)))
+                .collect(),
         }))
     }
 
@@ -396,6 +413,11 @@ impl Incoming {
     /// `Controller::start_after`).
     pub fn counts(&self) -> &[HandoverSlot] {
         &self.slots
+    }
+
+    /// What the old process's drains had left of their deadlines.
+    pub fn drains(&self) -> Vec<(String, Duration)> {
+        self.drains.clone()
     }
 
     /// Tells the old process this one serves; follows its counts until it exits.
