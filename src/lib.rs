@@ -32,6 +32,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod demo_server;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handover;
 pub mod health;
 pub mod log;

@@ -231,7 +231,7 @@ pub fn parse_line(line: &str) -> Result<Request, CtlError> {
     if words.is_empty() {
         return Err(CtlError::BadCommand("empty command; try `status`".into()));
     }
-    <Words as clap::Parser>::try_parse_from(&words)
+    let request = <Words as clap::Parser>::try_parse_from(&words)
         .map(|w| w.request)
         .map_err(|e| {
             let text = e.render().to_string();
@@ -245,7 +245,34 @@ pub fn parse_line(line: &str) -> Result<Request, CtlError> {
                 "{}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby, reload (`mcpflip ctl CMD --help`)",
                 quote(first, 200)
             ))
-        })
+        })?;
+    as_on_the_wire(request)
+}
+
+/// The words' request as its JSON form carries it, so that both forms of one
+/// command are the same request: `wait SLOT drained` is `wait SLOT` (the
+/// condition is the default and never sent), and a slot named twice in
+/// `weights` is refused as the JSON object refuses it.
+fn as_on_the_wire(request: Request) -> Result<Request, CtlError> {
+    Ok(match request {
+        Request::Wait { slot, timeout, .. } => Request::Wait {
+            slot,
+            condition: None,
+            timeout,
+        },
+        Request::Weights { weights } => {
+            for (i, w) in weights.iter().enumerate() {
+                if weights[..i].iter().any(|o| o.slot == w.slot) {
+                    return Err(CtlError::BadCommand(format!(
+                        "slot {} is given twice",
+                        quote(&w.slot, QUOTE)
+                    )));
+                }
+            }
+            Request::Weights { weights }
+        }
+        other => other,
+    })
 }
 
 /// At most `max` bytes of `s` (on a character boundary), marked when cut.
