@@ -335,3 +335,41 @@ pub async fn execute(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(input: &[u8]) -> Vec<Read> {
+        let mut lines = Lines::new(input);
+        let mut out = Vec::new();
+        loop {
+            match lines.next().await {
+                Read::Closed => return out,
+                r @ (Read::TooLong | Read::Failed(_)) => {
+                    out.push(r);
+                    return out;
+                }
+                r => out.push(r),
+            }
+        }
+    }
+
+    /// The codec, not the parser, bounds a line: MAX_LINE bytes are read,
+    /// one more is refused, with or without its newline (the control-line
+    /// fuzz target only sees lines within the bound).
+    #[tokio::test]
+    async fn lines_are_bounded_by_the_codec() {
+        let max = "x".repeat(MAX_LINE);
+        let got = read_all(format!("status\n{max}\n").as_bytes()).await;
+        assert!(
+            matches!(&got[..], [Read::Line(a), Read::Line(b)] if a == "status" && b.len() == MAX_LINE),
+            "{} reads",
+            got.len()
+        );
+        for input in [format!("{max}y\nstatus\n"), format!("{max}y")] {
+            let got = read_all(input.as_bytes()).await;
+            assert!(matches!(&got[..], [Read::TooLong]), "{} reads", got.len());
+        }
+    }
+}
