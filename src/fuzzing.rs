@@ -190,28 +190,30 @@ pub fn endpoint_rewrite(data: &[u8]) {
         .zip(payload)
         .take_while(|(a, b)| a == b)
         .count();
-    let text = std::str::from_utf8(payload).expect("only UTF-8 events are rewritten");
-    let out = std::str::from_utf8(&whole).expect("a rewrite of UTF-8 is UTF-8");
-    // The URL is the trimmed value of the data line where they first differ.
+    // Only the first event is text; what follows it may be any bytes.
     let line_start = payload[..pre]
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    let line_end = text[line_start..]
-        .find('\n')
-        .map_or(text.len(), |i| line_start + i);
-    let body = text[line_start..line_end].trim_end_matches('\r');
+    let line_end = payload[line_start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(payload.len(), |i| line_start + i);
+    let line = std::str::from_utf8(&payload[line_start..line_end])
+        .expect("only a UTF-8 first event is rewritten");
+    let body = line.trim_end_matches('\r');
     let value = body
         .strip_prefix("data:")
         .expect("only a data line is rewritten");
     let url_start = line_start + 5 + (value.len() - value.trim_start().len());
     let url_in = value.trim();
-    let tail = &text[url_start + url_in.len()..];
+    let tail = &payload[url_start + url_in.len()..];
     assert!(
-        out.starts_with(&text[..url_start]) && out.ends_with(tail),
-        "bytes outside the URL changed: {text:?} -> {out:?}"
+        whole.starts_with(&payload[..url_start]) && whole.ends_with(tail),
+        "bytes outside the URL changed: {payload:?} -> {whole:?}"
     );
-    let url_out = &out[url_start..out.len() - tail.len()];
+    let url_out = std::str::from_utf8(&whole[url_start..whole.len() - tail.len()])
+        .expect("the rewritten URL is UTF-8");
     let (at, key_len) = find_session_param(url_out).expect("the new URL has the session key");
     let value_at = at + key_len;
     assert!(
