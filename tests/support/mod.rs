@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod config;
+pub mod etcd;
 pub mod mcp;
 pub mod proc;
 pub mod tools;
