@@ -74,6 +74,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(rename = "slot", default)]
     pub slots: Vec<SlotConfig>,
+    /// The fleet: absent, this instance is on its own (as before the fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     /// The file this config was read from.
     #[serde(skip)]
     pub source: PathBuf,
@@ -91,6 +94,76 @@ pub struct Resolved {
     /// The certificates `listener_tls` serves (for their expiry metric).
     pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
+    /// `[cluster]`'s TLS client (its `ca`, `cert` and `key`) for https endpoints.
+    pub cluster_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[cluster] password_file`'s content (trailing newline removed).
+    pub cluster_password: Option<String>,
+}
+
+/// Builds the error of a key: section, index in an array of tables, key, message.
+type KeyError<'a> = dyn Fn(&str, Option<usize>, &str, String) -> ConfigError + 'a;
+
+/// `[cluster]`: the etcd this instance shares its table, counts and commands
+/// through with the rest of its fleet.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://` or `https://`), tried in order.
+    pub etcd: Vec<String>,
+    /// Every key of this fleet lives under it.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// This instance's name in the fleet (default: the host name).
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// The CA that signed etcd's certificates (https endpoints).
+    pub ca: Option<PathBuf>,
+    /// The client certificate and key presented to etcd.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd user; its password is read from `password_file`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// TTL of this instance's lease (its counts vanish this long after it died).
+    #[serde(
+        default = "default_lease_ttl",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub lease_ttl: Duration,
+    /// How long one etcd request may take on one endpoint.
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub request_timeout: Duration,
+}
+
+fn default_cluster_prefix() -> String {
+    "/mcpflip".into()
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// The host name (the default `[cluster] instance`).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn default_instance() -> String {
+    host_name()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -815,6 +888,9 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        if let Some(c) = &self.cluster {
+            self.validate_cluster(c, &mut resolved, &err)?;
+        }
         if self.control.state_file.file_name().is_none() {
             return Err(err(
                 "control",
@@ -827,6 +903,135 @@ impl Config {
             ));
         }
         Ok(resolved)
+    }
+
+    fn validate_cluster(
+        &self,
+        c: &ClusterConfig,
+        resolved: &mut Resolved,
+        err: &KeyError<'_>,
+    ) -> Result<(), ConfigError> {
+        let e = |key: &str, m: String| err("cluster", None, key, m);
+        if c.etcd.is_empty() || c.etcd.len() > 16 {
+            return Err(e(
+                "etcd",
+                "give 1 to 16 etcd client URLs, e.g. [\"http://127.0.0.1:2379\"]".into(),
+            ));
+        }
+        let mut https = false;
+        for u in &c.etcd {
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|x| e("etcd", format!("{u:?} is not a URL: {x}")))?;
+            match uri.scheme_str() {
+                Some("http") => {}
+                Some("https") => https = true,
+                _ => {
+                    return Err(e(
+                        "etcd",
+                        format!("{u:?}: an etcd endpoint is http://HOST:PORT or https://HOST:PORT"),
+                    ))
+                }
+            }
+            if uri.authority().is_none() || uri.path().len() > 1 {
+                return Err(e(
+                    "etcd",
+                    format!("{u:?}: an etcd endpoint is http://HOST:PORT or https://HOST:PORT, without a path"),
+                ));
+            }
+        }
+        if !c.prefix.starts_with('/') || c.prefix.len() > 256 || c.prefix.ends_with('/') {
+            return Err(e(
+                "prefix",
+                format!(
+                    "{:?}: a prefix starts with '/', does not end with one, and is at most 256 bytes, e.g. \"/mcpflip/prod\"",
+                    c.prefix
+                ),
+            ));
+        }
+        if c.instance.is_empty()
+            || c.instance.len() > 64
+            || !c
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(e(
+                "instance",
+                format!(
+                    "{:?}: an instance name is 1 to 64 letters, digits, '-', '_' or '.' (the host name when unset), unique in the fleet",
+                    c.instance
+                ),
+            ));
+        }
+        if c.lease_ttl < Duration::from_secs(2) || c.lease_ttl > Duration::from_secs(600) {
+            return Err(e(
+                "lease_ttl",
+                "a lease lasts 2s to 10m (whole seconds)".into(),
+            ));
+        }
+        if c.request_timeout < Duration::from_millis(10)
+            || c.request_timeout > Duration::from_secs(60)
+        {
+            return Err(e("request_timeout", "10ms to 60s".into()));
+        }
+        if c.cert.is_some() != c.key.is_some() {
+            return Err(e(
+                if c.cert.is_some() { "key" } else { "cert" },
+                "a client certificate needs both `cert` and `key`".into(),
+            ));
+        }
+        if (c.ca.is_some() || c.cert.is_some()) && !https {
+            return Err(e(
+                if c.ca.is_some() { "ca" } else { "cert" },
+                "TLS settings are for https:// etcd endpoints; every endpoint here is plain http"
+                    .into(),
+            ));
+        }
+        if https {
+            let identity = match (&c.cert, &c.key) {
+                (Some(cert), Some(key)) => Some(crate::tls::CertPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            };
+            let tls = crate::tls::client_config_with_identity(c.ca.as_deref(), identity.as_ref())
+                .map_err(|m| e(if c.cert.is_some() { "cert" } else { "ca" }, m))?;
+            resolved.cluster_tls = Some(Arc::new(tls));
+        }
+        match (&c.username, &c.password_file) {
+            (Some(_), Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|x| {
+                    e(
+                        "password_file",
+                        format!("cannot read {}: {x}", path.display()),
+                    )
+                })?;
+                let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+                if pw.is_empty() || pw.len() > 1024 {
+                    return Err(e(
+                        "password_file",
+                        format!(
+                            "{} must hold the password (1 to 1024 bytes)",
+                            path.display()
+                        ),
+                    ));
+                }
+                resolved.cluster_password = Some(pw);
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(e(
+                    "password_file",
+                    "a `username` needs a `password_file`".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(e("username", "a `password_file` needs a `username`".into()))
+            }
+        }
+        Ok(())
     }
 
     /// A human-readable summary of the resolved settings (for `mcpflip check`).

@@ -115,8 +115,19 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
     };
     let host_guard = HostGuard::new(public_addr, proxy_cfg.allowed_hosts.as_deref());
     let admin_guard = HostGuard::new(admin_addr, config.admin.allowed_hosts.as_deref());
-    let controller = Controller::start(config, state, tls.clone(), stop.child_token())
+    let (state, fleet) = match config.cluster.clone() {
+        Some(c) => {
+            let (state, joined, fleet) = crate::cluster::join(&c, &config, state).await?;
+            (state, Some((joined, fleet)))
+        }
+        None => (state, None),
+    };
+    let (joined, fleet) = fleet.unzip();
+    let controller = Controller::start_in(config, state, tls.clone(), stop.child_token(), joined)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(fleet) = &fleet {
+        crate::cluster::spawn(&controller, fleet, &stop);
+    }
     let proxy_stats = Arc::new(ProxyStats::default());
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),

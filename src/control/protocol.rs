@@ -400,6 +400,54 @@ pub struct Status {
     /// The deploy that runs, or else the last one since the proxy started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployStatus>,
+    /// The fleet, when this instance is in one (`[cluster]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The fleet as one of its instances sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This instance's name.
+    pub instance: String,
+    pub prefix: String,
+    /// Whether etcd answers this instance now.
+    pub connected: bool,
+    /// Since when it does not (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_since_ms: Option<u64>,
+    /// The etcd revision of the table this instance routes by.
+    pub revision: i64,
+    /// Every live instance (whose lease holds), this one included.
+    pub instances: Vec<InstanceStatus>,
+    /// The sums over `instances`, per slot.
+    pub totals: Vec<SlotCounts>,
+}
+
+/// One instance of the fleet and the counts it published last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    /// How long ago it published them (its lease is renewed as it does).
+    pub lease_age_ms: u64,
+    pub slots: Vec<SlotCounts>,
+}
+
+/// One slot's counts on one instance (or summed over the fleet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCounts {
+    pub slot: String,
+    pub live_streams: u64,
+    pub inflight: u64,
+    /// How long the slot had been idle here (no stream, nothing in flight,
+    /// no pinned request) when published; absent while busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Responses so far, and those of them that were 5xx.
+    #[serde(default)]
+    pub responses: u64,
+    #[serde(default)]
+    pub errors_5xx: u64,
 }
 
 /// Where a deploy is. The flip happens between `probe` and `drain`; the watch
@@ -847,10 +895,12 @@ pub enum ErrorCode {
     Forbidden,
     ShuttingDown,
     Internal,
+    Conflict,
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::BadCommand,
         Self::LineTooLong,
         Self::UnknownSlot,
@@ -875,6 +925,8 @@ impl ErrorCode {
         Self::Forbidden,
         Self::ShuttingDown,
         Self::Internal,
+        Self::Conflict,
+        Self::ClusterUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -903,6 +955,8 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::Conflict => "conflict",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -985,6 +1039,14 @@ pub enum CtlError {
     ShuttingDown,
     #[error("{0}")]
     Internal(String),
+    /// The fleet's table changed since this instance computed the change
+    /// (another operator, another instance): nothing changed; retry.
+    #[error("the fleet's table changed meanwhile (revision {seen} is no longer the latest): nothing changed; look at `status` and retry")]
+    Conflict { seen: i64 },
+    /// etcd cannot be reached: this instance keeps serving on its last table
+    /// but changes nothing on its own.
+    #[error("the fleet's etcd cannot be reached ({reason}): this instance keeps serving on its last table and refuses changes until etcd is back")]
+    ClusterUnavailable { reason: String },
 }
 
 impl CtlError {
@@ -1015,6 +1077,8 @@ impl CtlError {
             Self::Forbidden => ErrorCode::Forbidden,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::Conflict { .. } => ErrorCode::Conflict,
+            Self::ClusterUnavailable { .. } => ErrorCode::ClusterUnavailable,
         }
     }
 

@@ -170,11 +170,7 @@ impl EtcdCluster {
 
     /// The endpoints as a TOML array.
     pub fn toml_endpoints(&self) -> String {
-        let list: Vec<String> = self
-            .endpoints()
-            .iter()
-            .map(super::config::q)
-            .collect();
+        let list: Vec<String> = self.endpoints().iter().map(super::config::q).collect();
         format!("[{}]", list.join(", "))
     }
 
