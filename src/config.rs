@@ -1331,6 +1331,45 @@ upstream = "http://127.0.0.1:3002"
     }
 
     #[test]
+    fn the_cluster_section_is_checked_with_the_key_to_fix() {
+        let base = "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:3001\"\nweight = 100\n[cluster]\n";
+        let c = parse(&format!(
+            "{base}etcd = [\"http://127.0.0.1:2379\"]\ninstance = \"edge-1\"\n"
+        ))
+        .expect("a good [cluster]");
+        let cluster = c.cluster.expect("cluster");
+        assert_eq!(cluster.prefix, "/mcpflip");
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(5));
+        assert!(c.resolved.cluster_tls.is_none());
+        for (extra, key) in [
+            ("etcd = []", "cluster.etcd"),
+            ("etcd = [\"ftp://x:1\"]", "cluster.etcd"),
+            ("etcd = [\"http://x:1/v3\"]", "cluster.etcd"),
+            (
+                "etcd = [\"http://x:1\"]\nprefix = \"nope\"",
+                "cluster.prefix",
+            ),
+            (
+                "etcd = [\"http://x:1\"]\ninstance = \"a b\"",
+                "cluster.instance",
+            ),
+            (
+                "etcd = [\"http://x:1\"]\nlease_ttl = \"1s\"",
+                "cluster.lease_ttl",
+            ),
+            ("etcd = [\"http://x:1\"]\nca = \"ca.pem\"", "cluster.ca"),
+            ("etcd = [\"https://x:1\"]\ncert = \"c.pem\"", "cluster.key"),
+            (
+                "etcd = [\"http://x:1\"]\nusername = \"u\"",
+                "cluster.password_file",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).expect_err(extra);
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn parses_a_good_config() {
         let c = parse(GOOD).expect("valid");
         assert_eq!(c.drain.deadline, Duration::from_secs(90));

@@ -985,7 +985,6 @@ impl Owner {
         if revision <= self.revision {
             return;
         }
-        self.revision = revision;
         let now = now_ms();
         let store = self.ctl.store.clone();
         let adopted = |committed_ms| {
@@ -994,6 +993,7 @@ impl Owner {
             }
         };
         if shared.state == self.state {
+            self.revision = revision;
             self.shared_drains = shared.drains;
             adopted(shared.committed_ms);
             return;
@@ -1007,10 +1007,11 @@ impl Owner {
             tracing::error!(
                 slot = %unknown.name,
                 by = %shared.by,
-                "the fleet's table names a slot this instance's config does not have: not adopted (reload this instance with the fleet's slots)"
+                "the fleet's table names a slot this instance's config does not have: not adopted (reload this instance with the fleet's slots); its changes conflict until then"
             );
             return;
         }
+        self.revision = revision;
         let runtime = self.runtime_of(&shared.state, &BTreeMap::new());
         let deadline = store::remaining(&shared.drains, now);
         tracing::info!(revision, by = %shared.by, rev = shared.state.revision, "adopted the fleet's table");

@@ -111,3 +111,54 @@ pub fn remaining(drains: &BTreeMap<String, SharedDrain>, now_ms: u64) -> Option<
         })
         .min()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draining(names: &[&str]) -> State {
+        let mut s = State::from_config([("blue", 0), ("green", 100), ("red", 0)]);
+        for r in &mut s.slots {
+            if names.contains(&r.name.as_str()) {
+                r.state = crate::table::SlotState::Draining;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn a_drain_keeps_its_clock_and_a_new_one_starts_now() {
+        let d = Duration::from_secs(60);
+        let first = drains_of(&BTreeMap::new(), &draining(&["blue"]), 1_000, d);
+        assert_eq!(
+            first["blue"],
+            SharedDrain {
+                started_ms: 1_000,
+                deadline_ms: 60_000
+            }
+        );
+        // Later, red starts draining too: blue keeps its start, red gets now.
+        let second = drains_of(&first, &draining(&["blue", "red"]), 5_000, d);
+        assert_eq!(second["blue"].started_ms, 1_000);
+        assert_eq!(second["red"].started_ms, 5_000);
+        // Blue drained: its clock goes.
+        let third = drains_of(&second, &draining(&["red"]), 9_000, d);
+        assert!(!third.contains_key("blue"));
+    }
+
+    #[test]
+    fn what_is_left_of_a_shared_deadline() {
+        let mut m = BTreeMap::new();
+        assert_eq!(remaining(&m, 0), None);
+        m.insert(
+            "blue".into(),
+            SharedDrain {
+                started_ms: 1_000,
+                deadline_ms: 10_000,
+            },
+        );
+        assert_eq!(remaining(&m, 4_000), Some(Duration::from_secs(7)));
+        // Past its deadline: nothing left (the streams end at once).
+        assert_eq!(remaining(&m, 20_000), Some(Duration::ZERO));
+    }
+}
