@@ -58,6 +58,9 @@ pub struct Fleet {
     revision: AtomicI64,
     /// Every live instance's last report (this one's included), by name.
     instances: watch::Sender<BTreeMap<String, Seen>>,
+    /// Counts the times etcd was lost: the watch, which may hang on a
+    /// connection that a partition left open, starts again on each.
+    losses: watch::Sender<u64>,
     propagation: AtomicHistogram,
 }
 
@@ -72,6 +75,7 @@ impl Fleet {
             disconnected_ms: AtomicU64::new(0),
             revision: AtomicI64::new(0),
             instances: watch::Sender::new(BTreeMap::new()),
+            losses: watch::Sender::new(0),
             propagation: AtomicHistogram::new(PROPAGATION_BOUNDS),
         })
     }
@@ -103,8 +107,14 @@ impl Fleet {
     pub fn mark_disconnected(&self, why: &EtcdError) {
         if self.connected.swap(false, Ordering::SeqCst) {
             self.disconnected_ms.store(now_ms(), Ordering::SeqCst);
+            self.losses.send_modify(|n| *n += 1);
             tracing::error!(error = %why, "the fleet's etcd cannot be reached: serving on the last table, refusing changes until it is back");
         }
+    }
+
+    /// Changes each time etcd is lost.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.losses.subscribe()
     }
 
     pub fn connected(&self) -> bool {

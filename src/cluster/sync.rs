@@ -77,10 +77,18 @@ async fn read_all(ctl: &Controller, fleet: &Fleet) -> Result<i64, EtcdError> {
 /// (compacted), `Err` when etcd went away.
 async fn follow(ctl: &Controller, fleet: &Fleet, from: i64) -> Result<(), EtcdError> {
     let prefix = format!("{}/", fleet.prefix);
+    let mut lost = fleet.losses();
+    lost.borrow_and_update();
     let mut watch = fleet.etcd.watch(prefix.as_bytes(), from).await?;
     let table = fleet.table_key();
     loop {
-        match watch.next().await? {
+        let batch = tokio::select! {
+            b = watch.next() => b?,
+            // Another request found etcd gone: this watch may hang on a
+            // connection a partition left open; read everything again.
+            _ = lost.changed() => return Ok(()),
+        };
+        match batch {
             WatchBatch::Events { events, .. } => {
                 for e in events {
                     match e {

@@ -19,7 +19,12 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `mcpflip run --config CONFIG ARGS...`; `socket` is its control socket.
     pub fn spawn(config: &Path, socket: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn_with(Command::new(BIN), config, socket, args)
+    }
+
+    /// [`ProxyProcess::spawn`] through `program` (e.g. `ip netns exec NS BIN`).
+    pub fn spawn_with(mut program: Command, config: &Path, socket: &Path, args: &[&str]) -> Self {
+        let mut child = program
             .args(["run", "--config"])
             .arg(config)
             .args(args)
