@@ -35,6 +35,7 @@ struct Instance {
     base: String,
     admin: String,
     socket: PathBuf,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -108,13 +109,15 @@ impl Fleet {
                 .set_str("cluster", "lease_ttl", "2s")
                 .set_str("cluster", "request_timeout", "1s");
             let socket = cfg.socket();
-            let mut proc = ProxyProcess::spawn(&cfg.write(), &socket, &[]);
+            let config = cfg.write();
+            let mut proc = ProxyProcess::spawn(&config, &socket, &[]);
             proc.ready().await;
             instances.push(Instance {
                 proc,
                 base: format!("http://127.0.0.1:{port}"),
                 admin: format!("http://127.0.0.1:{admin}"),
                 socket,
+                config,
                 _dir: dir,
             });
         }
@@ -368,6 +371,17 @@ async fn leases_and_etcd_outages() {
         s["active"] == "green" && s["cluster"]["connected"] == true
     })
     .await;
+
+    // A restarted instance takes the table from etcd, not from its state
+    // file (which never saw these weights: it was dead).
+    let r = f.i(1).ctl("weights blue=30 green=70").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let dead = &mut f.instances[2];
+    dead.proc = ProxyProcess::spawn(&dead.config, &dead.socket, &[]);
+    dead.proc.ready().await;
+    let s = f.i(3).status().await;
+    assert_eq!(slot_of(&s, "blue")["weight"], 30, "{s}");
+    assert_eq!(slot_of(&s, "green")["weight"], 70, "{s}");
 }
 
 async fn get_status(client: &HttpClient, url: &str) -> u16 {
