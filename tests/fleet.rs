@@ -103,6 +103,7 @@ impl Fleet {
                 .set_str("admin", "addr", format!("127.0.0.1:{admin}"))
                 .set_str("drain", "quiet", "300ms")
                 .set_str("drain", "deadline", "60s")
+                .set_str("watch", "interval", "200ms")
                 .set("cluster", "etcd", etcd.toml_endpoints())
                 .set_str("cluster", "prefix", "/fleet-test")
                 .set_str("cluster", "instance", format!("edge-{n}"))
@@ -394,4 +395,61 @@ async fn get_status(client: &HttpClient, url: &str) -> u16 {
         .await
         .expect("response");
     resp.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deploy_at_a_time_in_the_fleet_and_an_orphaned_one_shows() {
+    let mut f = Fleet::start(CancellationToken::new()).await;
+
+    // A deploy on instance 1 with a long watch window holds the fleet's lock.
+    let deploying = {
+        let socket = f.i(1).socket.clone();
+        // Its instance dies before it replies.
+        tokio::spawn(async move {
+            let _ =
+                mcpflip::control::client::send(&socket, "deploy green --watch 60s", |_| {}).await;
+        })
+    };
+    let s = until_status(f.i(2), "edge-1 holds the deploy lock", |s| {
+        s["cluster"]["deploy_lock"] == "edge-1"
+            && s["cluster"]["deploy"]["status"]["phase"] == "watch"
+            && s["active"] == "green"
+    })
+    .await;
+    assert_eq!(s["cluster"]["deploy"]["by"], "edge-1", "{s}");
+    assert_eq!(s["cluster"]["deploy"]["orphaned"], false, "{s}");
+
+    // No second deploy anywhere in the fleet meanwhile.
+    for n in [2, 3] {
+        let r = f.i(n).ctl("deploy blue --watch 0s").await;
+        assert_eq!(r["code"], "busy", "instance {n}: {r}");
+    }
+
+    // The deploying instance dies: its lease ends the lock, the others see
+    // the last phase as orphaned, and the committed flip stands.
+    f.instances[0].proc.kill9();
+    drop(deploying);
+    let s = until_status(f.i(2), "the lock released, the deploy orphaned", |s| {
+        s["cluster"]["deploy_lock"].is_null() && s["cluster"]["deploy"]["orphaned"] == true
+    })
+    .await;
+    assert_eq!(s["cluster"]["deploy"]["status"]["phase"], "watch", "{s}");
+    assert_eq!(s["active"], "green", "{s}");
+    let text = support::proc::ctl_env(&["status"], &[("MCPFLIP_SOCKET", &f.i(2).socket)]);
+    assert!(
+        text.stdout.contains("ORPHANED in its watch phase"),
+        "{}",
+        text.stdout
+    );
+
+    // Another instance may deploy now.
+    let r = f.i(3).ctl("deploy blue --watch 0s").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let s = until_status(f.i(2), "edge-3's deploy passed", |s| {
+        s["cluster"]["deploy"]["by"] == "edge-3"
+            && s["cluster"]["deploy"]["status"]["phase"] == "passed"
+    })
+    .await;
+    assert_eq!(s["cluster"]["deploy"]["orphaned"], false, "{s}");
+    assert_eq!(s["active"], "blue", "{s}");
 }

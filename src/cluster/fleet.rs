@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use super::etcd::{Compare, Etcd, EtcdError, Op, Txn};
 use crate::config::ClusterConfig;
 use crate::control::controller::now_ms;
-use crate::control::protocol::{ClusterStatus, CtlError, InstanceStatus, SlotCounts};
+use crate::control::protocol::{
+    ClusterStatus, CtlError, DeployStatus, FleetDeploy, InstanceStatus, SlotCounts,
+};
 use crate::control::store::{BoxFuture, Shared, Store};
 use crate::stats::{AtomicHistogram, HistogramSnapshot};
 
@@ -62,6 +64,35 @@ pub struct Fleet {
     /// connection that a partition left open, starts again on each.
     losses: watch::Sender<u64>,
     propagation: AtomicHistogram,
+    /// Who holds `{prefix}/locks/deploy`, and `{prefix}/deploy`, as last seen.
+    deploy_lock: std::sync::Mutex<Option<String>>,
+    deploy: std::sync::Mutex<Option<(String, DeployStatus)>>,
+    /// The deploy record to write next (`write_deploys` writes the latest, in order).
+    deploy_out: watch::Sender<Option<Vec<u8>>>,
+}
+
+/// What `{prefix}/deploy` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub by: String,
+    pub status: DeployStatus,
+}
+
+/// The fleet's deploy lock while held: its lease is kept alive; dropping
+/// it revokes the lease, which releases the lock (and so would the lease
+/// running out if this instance died).
+struct DeployLock {
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for DeployLock {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Fleet {
@@ -77,12 +108,63 @@ impl Fleet {
             instances: watch::Sender::new(BTreeMap::new()),
             losses: watch::Sender::new(0),
             propagation: AtomicHistogram::new(PROPAGATION_BOUNDS),
+            deploy_lock: Default::default(),
+            deploy: Default::default(),
+            deploy_out: watch::Sender::new(None),
         })
     }
 
     /// `{prefix}/table`.
     pub fn table_key(&self) -> Vec<u8> {
         format!("{}/table", self.prefix).into_bytes()
+    }
+
+    /// `{prefix}/locks/deploy`: held by the instance that deploys.
+    pub fn lock_key(&self) -> Vec<u8> {
+        format!("{}/locks/deploy", self.prefix).into_bytes()
+    }
+
+    /// `{prefix}/deploy`: the fleet's deploy and its phase.
+    pub fn deploy_key(&self) -> Vec<u8> {
+        format!("{}/deploy", self.prefix).into_bytes()
+    }
+
+    /// Writes the deploy's records to `{prefix}/deploy` as they come, the
+    /// latest one when several came meanwhile, in order; until `stop`.
+    pub async fn write_deploys(&self, stop: tokio_util::sync::CancellationToken) {
+        let mut rx = self.deploy_out.subscribe();
+        let key = self.deploy_key();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let Some(value) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            while let Err(e) = self.etcd.put(&key, &value, 0).await {
+                tracing::warn!(error = %e, "cannot record the deploy's phase in etcd; trying again");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if rx.has_changed().unwrap_or(false) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The lock's holder changed (`None`: released).
+    pub fn set_deploy_lock(&self, holder: Option<String>) {
+        *lock(&self.deploy_lock) = holder;
+    }
+
+    /// `{prefix}/deploy` changed.
+    pub fn set_deploy(&self, value: Option<&[u8]>) {
+        *lock(&self.deploy) = value
+            .and_then(|v| serde_json::from_slice::<DeployRecord>(v).ok())
+            .map(|r| (r.by, r.status));
     }
 
     /// `{prefix}/instances/`.
@@ -296,7 +378,15 @@ impl Store for Fleet {
             })
             .collect();
         let since = self.disconnected_ms.load(Ordering::SeqCst);
+        let deploy_lock = lock(&self.deploy_lock).clone();
+        let deploy = lock(&self.deploy).clone().map(|(by, status)| FleetDeploy {
+            orphaned: !status.phase.ended() && deploy_lock.is_none(),
+            by,
+            status,
+        });
         ClusterStatus {
+            deploy_lock,
+            deploy,
             instance: self.instance.clone(),
             prefix: self.prefix.clone(),
             connected: self.connected(),
@@ -305,6 +395,83 @@ impl Store for Fleet {
             totals: totals(instances.iter()),
             instances,
         }
+    }
+
+    fn lock_deploy(&self) -> BoxFuture<'_, Result<Box<dyn Send + Sync>, CtlError>> {
+        Box::pin(async move {
+            let lease = self
+                .etcd
+                .grant(self.lease_ttl)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let key = self.lock_key();
+            let txn = Txn {
+                compare: vec![Compare::CreateRevision {
+                    key: key.clone(),
+                    revision: 0,
+                }],
+                success: vec![Op::Put {
+                    key: key.clone(),
+                    value: self.instance.clone().into_bytes(),
+                    lease: lease.id,
+                }],
+                failure: vec![Op::Get { key }],
+            };
+            let out = match self.etcd.txn(&txn).await {
+                Ok(out) => out,
+                Err(e) => {
+                    let _ = self.etcd.revoke(lease.id).await;
+                    return Err(self.fail(e));
+                }
+            };
+            if !out.succeeded {
+                let _ = self.etcd.revoke(lease.id).await;
+                let holder = out
+                    .gets
+                    .first()
+                    .and_then(|kvs| kvs.first())
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+                tracing::info!(holder = ?holder, "a deploy runs on another instance of the fleet");
+                return Err(CtlError::Busy);
+            }
+            let stop = tokio_util::sync::CancellationToken::new();
+            let (etcd, token, every) = (self.etcd.clone(), stop.clone(), self.lease_ttl / 3);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(every) => {
+                            if let Ok(None) = etcd.keep_alive(lease.id).await {
+                                tracing::error!("the fleet's deploy lock expired while the deploy ran (etcd was out of reach longer than lease_ttl)");
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = etcd.revoke(lease.id).await;
+            });
+            let guard: Box<dyn Send + Sync> = Box::new(DeployLock { stop });
+            Ok(guard)
+        })
+    }
+
+    fn record_deploy(&self, status: &DeployStatus) {
+        let record = DeployRecord {
+            by: self.instance.clone(),
+            status: status.clone(),
+        };
+        let Ok(value) = serde_json::to_vec(&record) else {
+            return;
+        };
+        self.deploy_out.send_replace(Some(value));
+    }
+
+    fn others_answers(&self, slot: &str) -> (u64, u64) {
+        let all = self.instances.borrow();
+        all.iter()
+            .filter(|(name, _)| **name != self.instance)
+            .filter_map(|(_, seen)| seen.report.slots.iter().find(|c| c.slot == slot))
+            .fold((0, 0), |(e, a), c| (e + c.errors_5xx, a + c.responses))
     }
 
     fn propagation(&self) -> HistogramSnapshot {

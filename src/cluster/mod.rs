@@ -147,6 +147,8 @@ pub fn spawn(ctl: &Arc<Controller>, fleet: &Arc<Fleet>, stop: &CancellationToken
         Arc::clone(fleet),
         stop.child_token(),
     ));
+    let (f, token) = (Arc::clone(fleet), stop.child_token());
+    tokio::spawn(async move { f.write_deploys(token).await });
     tokio::spawn(report::run(
         Arc::clone(ctl),
         Arc::clone(fleet),

@@ -57,7 +57,7 @@ impl IdleClock {
                     inflight: s.stats.inflight(),
                     idle_ms,
                     responses,
-                    errors_5xx: s.stats.responses(5),
+                    errors_5xx: s.stats.upstream_failures(),
                 }
             })
             .collect();
@@ -77,6 +77,8 @@ fn changed(a: &Report, b: &Report, draining: &[String]) -> bool {
         || a.slots.len() != b.slots.len()
         || a.slots.iter().zip(&b.slots).any(|(x, y)| {
             x.slot != y.slot
+                // The fleet's watch window reads every instance's 5xx.
+                || x.errors_5xx != y.errors_5xx
                 || (draining.contains(&x.slot)
                     && (x.live_streams != y.live_streams
                         || x.inflight != y.inflight

@@ -54,8 +54,14 @@ async fn read_all(ctl: &Controller, fleet: &Fleet) -> Result<i64, EtcdError> {
     fleet.mark_connected();
     let table = fleet.table_key();
     let mut instances = BTreeMap::new();
+    fleet.set_deploy_lock(None);
+    fleet.set_deploy(None);
     for kv in &kvs {
-        if kv.key == table {
+        if kv.key == fleet.lock_key() {
+            fleet.set_deploy_lock(Some(String::from_utf8_lossy(&kv.value).into_owned()));
+        } else if kv.key == fleet.deploy_key() {
+            fleet.set_deploy(Some(&kv.value));
+        } else if kv.key == table {
             adopt(ctl, kv).await;
         } else if let Some(name) = fleet.instance_of(&kv.key) {
             if let Some(report) = report_of(name, &kv.value) {
@@ -93,6 +99,14 @@ async fn follow(ctl: &Controller, fleet: &Fleet, from: i64) -> Result<(), EtcdEr
                 for e in events {
                     match e {
                         WatchEvent::Put(kv) if kv.key == table => adopt(ctl, &kv).await,
+                        WatchEvent::Put(kv) if kv.key == fleet.lock_key() => fleet
+                            .set_deploy_lock(Some(String::from_utf8_lossy(&kv.value).into_owned())),
+                        WatchEvent::Put(kv) if kv.key == fleet.deploy_key() => {
+                            fleet.set_deploy(Some(&kv.value))
+                        }
+                        WatchEvent::Delete { key, .. } if key == fleet.lock_key() => {
+                            fleet.set_deploy_lock(None)
+                        }
                         WatchEvent::Put(kv) => {
                             if let Some(name) = fleet.instance_of(&kv.key) {
                                 if let Some(r) = report_of(name, &kv.value) {

@@ -465,6 +465,9 @@ impl Controller {
 
     /// A deploy starts: its record replaces the last one's.
     pub(crate) fn deploy_begin(&self, status: DeployStatus) {
+        if let Some(store) = &self.store {
+            store.record_deploy(&status);
+        }
         *lock(&self.deploy_run) = Some(DeployRun {
             started: Instant::now(),
             took: None,
@@ -478,6 +481,14 @@ impl Controller {
             change(&mut run.status);
             if run.status.phase.ended() && run.took.is_none() {
                 run.took = Some(run.started.elapsed());
+            }
+            if let Some(store) = &self.store {
+                let mut status = run.status.clone();
+                status.elapsed_ms = run
+                    .took
+                    .unwrap_or_else(|| run.started.elapsed())
+                    .as_millis() as u64;
+                store.record_deploy(&status);
             }
         }
     }
@@ -707,6 +718,12 @@ impl Host for Controller {
 
     async fn probe(&self, slot: &str) -> Result<ProbeReport, CtlError> {
         Controller::probe(self, slot).await
+    }
+
+    fn others_answers(&self, slot: &str) -> (u64, u64) {
+        self.store
+            .as_ref()
+            .map_or((0, 0), |s| s.others_answers(slot))
     }
 
     async fn others_idle(&self, slot: &str, quiet: Duration) {

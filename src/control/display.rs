@@ -218,6 +218,21 @@ fn fleet(c: &ClusterStatus) -> String {
             "(fleet)", x.slot, x.live_streams, x.inflight
         );
     }
+    if let Some(holder) = &c.deploy_lock {
+        let _ = writeln!(out, "fleet deploy lock: held by {holder}");
+    }
+    if let Some(d) = &c.deploy {
+        let line = deploy_line(&d.status);
+        if d.orphaned {
+            let _ = writeln!(
+                out,
+                "fleet deploy by {}: ORPHANED in its {} phase (its instance died; the committed table stands, the watch window does not resume)",
+                d.by, d.status.phase.as_str()
+            );
+        } else {
+            let _ = writeln!(out, "fleet deploy by {}: {line}", d.by);
+        }
+    }
     out
 }
 

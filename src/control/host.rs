@@ -43,6 +43,8 @@ pub trait Host: Send + Sync + 'static {
         slot: &str,
         quiet: std::time::Duration,
     ) -> impl Future<Output = ()> + Send;
+    /// The 5xx and all answers of `slot` on the rest of the fleet (none on its own).
+    fn others_answers(&self, slot: &str) -> (u64, u64);
     /// Flips back to the previous slot (after probing it) because `reason`;
     /// kept even if it cannot be saved.
     fn roll_back(&self, reason: &str) -> impl Future<Output = Result<Flipped, CtlError>> + Send;

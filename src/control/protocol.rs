@@ -406,7 +406,7 @@ pub struct Status {
 }
 
 /// The fleet as one of its instances sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// This instance's name.
     pub instance: String,
@@ -422,6 +422,25 @@ pub struct ClusterStatus {
     pub instances: Vec<InstanceStatus>,
     /// The sums over `instances`, per slot.
     pub totals: Vec<SlotCounts>,
+    /// The instance that holds the fleet's deploy lock (a deploy runs there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_lock: Option<String>,
+    /// The fleet's last deploy as its instance recorded it in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<FleetDeploy>,
+}
+
+/// A deploy as the fleet sees it (`{prefix}/deploy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetDeploy {
+    /// The instance that runs (or ran) it.
+    pub by: String,
+    pub status: DeployStatus,
+    /// Its phase says it runs, but no instance holds the lock: the instance
+    /// running it died. The committed table stands; the watch window does
+    /// not resume.
+    #[serde(default)]
+    pub orphaned: bool,
 }
 
 /// One instance of the fleet and the counts it published last.
@@ -443,7 +462,8 @@ pub struct SlotCounts {
     /// no pinned request) when published; absent while busy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
-    /// Responses so far, and those of them that were 5xx.
+    /// Responses so far, and the 5xx among them that the slot caused (what
+    /// the watch window judges).
     #[serde(default)]
     pub responses: u64,
     #[serde(default)]

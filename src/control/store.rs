@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::protocol::{ClusterStatus, CtlError};
+use crate::control::protocol::{ClusterStatus, CtlError, DeployStatus};
 use crate::control::state::State;
 
 /// A boxed future (the trait is used as `dyn Store`).
@@ -61,6 +61,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The fleet as `status` shows it.
     fn status(&self) -> ClusterStatus;
+
+    /// Takes the fleet's deploy lock (one deploy at a time in the fleet);
+    /// dropping the guard releases it. `Busy` when another instance holds it.
+    fn lock_deploy(&self) -> BoxFuture<'_, Result<Box<dyn Send + Sync>, CtlError>>;
+
+    /// Records the running deploy's phase for the fleet (best effort).
+    fn record_deploy(&self, status: &DeployStatus);
+
+    /// The 5xx and all answers of `slot` on the other instances, as they
+    /// published them last (counters since each one started).
+    fn others_answers(&self, slot: &str) -> (u64, u64);
 
     /// Commit elsewhere -> routed here, for `mcpflip_cluster_propagation_seconds`.
     fn propagation(&self) -> crate::stats::HistogramSnapshot;
