@@ -630,6 +630,45 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     duration(d).map(Some)
 }
 
+/// The `[cluster]` section of a config file, resolved (its TLS client and
+/// password loaded): what `mcpflip ctl --cluster` needs on a machine that
+/// only reaches etcd (a CI runner). The rest of the file is not read.
+pub fn load_cluster(path: &Path) -> Result<(ClusterConfig, Resolved), ConfigError> {
+    #[derive(Deserialize)]
+    struct ClusterOnly {
+        cluster: Option<ClusterConfig>,
+    }
+    let fail = |line, key: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line,
+        key: key.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(None, "", format!("cannot read the config file: {e}")))?;
+    let only: ClusterOnly = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| locate_offset(&text, s.start).0);
+        fail(line.flatten(), "cluster", e.message().to_owned())
+    })?;
+    let c = only.cluster.ok_or_else(|| {
+        fail(
+            None,
+            "cluster",
+            "no [cluster] section: `ctl --cluster` needs etcd's endpoints and the fleet's prefix"
+                .into(),
+        )
+    })?;
+    let mut resolved = Resolved::default();
+    let err = |section: &str, _: Option<usize>, key: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: locate_key(&text, section, None, key),
+        key: format!("{section}.{key}"),
+        message,
+    };
+    Config::validate_cluster(&c, &mut resolved, &err)?;
+    Ok((c, resolved))
+}
+
 impl Config {
     /// Reads, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -889,7 +928,7 @@ impl Config {
             ));
         }
         if let Some(c) = &self.cluster {
-            self.validate_cluster(c, &mut resolved, &err)?;
+            Config::validate_cluster(c, &mut resolved, &err)?;
         }
         if self.control.state_file.file_name().is_none() {
             return Err(err(
@@ -906,7 +945,6 @@ impl Config {
     }
 
     fn validate_cluster(
-        &self,
         c: &ClusterConfig,
         resolved: &mut Resolved,
         err: &KeyError<'_>,

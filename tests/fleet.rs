@@ -453,3 +453,70 @@ async fn one_deploy_at_a_time_in_the_fleet_and_an_orphaned_one_shows() {
     assert_eq!(s["cluster"]["deploy"]["orphaned"], false, "{s}");
     assert_eq!(s["active"], "blue", "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_cluster_from_outside_the_instances_deploys() {
+    let f = Fleet::start(CancellationToken::new()).await;
+    // A CI runner's config: only where etcd is and the fleet's prefix.
+    let runner = tempfile::tempdir().expect("tempdir");
+    let config = runner.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\netcd = {}\nprefix = \"/fleet-test\"\ninstance = \"ci\"\n",
+            f.etcd.toml_endpoints()
+        ),
+    )
+    .expect("write runner config");
+    let path = config.to_str().expect("utf-8 path").to_owned();
+    let run = move |args: &[&str]| {
+        let mut all = vec!["--cluster", path.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            support::proc::ctl_env(&refs, &[])
+        })
+    };
+
+    let status = run(&["status"]).await.expect("ctl");
+    assert!(status.ok(), "{status:?}");
+    assert!(
+        status.stdout.contains("active: blue") && status.stdout.contains("edge-3"),
+        "{}",
+        status.stdout
+    );
+
+    let deploy = run(&["deploy", "green", "--watch", "0s"])
+        .await
+        .expect("ctl");
+    assert!(deploy.ok(), "{deploy:?}");
+    assert!(
+        deploy.stdout.contains("deployed blue -> green"),
+        "{}",
+        deploy.stdout
+    );
+    for n in 1..=3 {
+        until_status(f.i(n), "green active after the remote deploy", |s| {
+            s["active"] == "green" && state_of(s, "blue") == "drained"
+        })
+        .await;
+    }
+
+    // An error reply renders and exits as a local `ctl` does.
+    let refused = run(&["flip", "nosuch"]).await.expect("ctl");
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stdout.contains("no slot named"),
+        "{}",
+        refused.stdout
+    );
+    let json = run(&["--json", "status"]).await.expect("ctl");
+    let v: Value = serde_json::from_str(json.stdout.trim()).expect("JSON status");
+    assert_eq!(v["active"], "green", "{v}");
+    assert_eq!(
+        v["cluster"]["instances"].as_array().map(Vec::len),
+        Some(3),
+        "{v}"
+    );
+}

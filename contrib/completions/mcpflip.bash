@@ -250,7 +250,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl)
-            opts="-h --socket --config --json --help status flip weights drain wait probe rollback retire standby deploy reload help"
+            opts="-h --socket --config --cluster --json --help status flip weights drain wait probe rollback retire standby deploy reload help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -264,6 +264,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -272,7 +276,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__deploy)
-            opts="-h --deadline --watch --socket --config --json --help"
+            opts="-h --deadline --watch --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -294,6 +298,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -302,7 +310,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__drain)
-            opts="-h --wait --deadline --socket --config --json --help"
+            opts="-h --wait --deadline --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -317,6 +325,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -328,7 +340,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__flip)
-            opts="-h --no-probe --drain --wait --deadline --socket --config --json --help"
+            opts="-h --no-probe --drain --wait --deadline --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -343,6 +355,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -536,7 +552,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__probe)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -547,6 +563,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -558,7 +578,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__reload)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -569,6 +589,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -580,7 +604,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__retire)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -591,6 +615,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -602,7 +630,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__rollback)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -613,6 +641,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -624,7 +656,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__standby)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -635,6 +667,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -646,7 +682,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__status)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -660,6 +696,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -668,7 +708,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__wait)
-            opts="-h --timeout --socket --config --json --help drained"
+            opts="-h --timeout --socket --config --cluster --json --help drained"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -686,6 +726,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -694,7 +738,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__weights)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -705,6 +749,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

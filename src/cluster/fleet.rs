@@ -36,6 +36,10 @@ pub const PROPAGATION_BOUNDS: &[f64] = &[
 pub struct Report {
     /// The etcd revision of the table it routes by.
     pub revision: i64,
+    /// When it was published (wall clock, ms since the epoch), for readers
+    /// that only read it once (`ctl --cluster status`).
+    #[serde(default)]
+    pub at_ms: u64,
     pub slots: Vec<SlotCounts>,
 }
 
@@ -278,7 +282,7 @@ impl Fleet {
 }
 
 /// The counts of `slots` summed over `instances`.
-fn totals<'a>(instances: impl Iterator<Item = &'a InstanceStatus>) -> Vec<SlotCounts> {
+pub(crate) fn totals<'a>(instances: impl Iterator<Item = &'a InstanceStatus>) -> Vec<SlotCounts> {
     let mut sum: BTreeMap<String, SlotCounts> = BTreeMap::new();
     for i in instances {
         for c in &i.slots {

@@ -9,12 +9,14 @@
 //!
 //! `etcd` is the client (etcd's JSON gateway over hyper and rustls); `fleet`
 //! the store and what the instance knows of the fleet; `sync` the watch;
-//! `report` this instance's counts. [`join`] reads the fleet's table at
+//! `report` this instance's counts; `remote` the command queue of `ctl
+//! --cluster` and its leader. [`join`] reads the fleet's table at
 //! start (a restarted instance takes it from etcd, not from its state file)
 //! and [`spawn`] starts the tasks. The request path never touches any of it.
 
 pub mod etcd;
 pub mod fleet;
+pub mod remote;
 pub mod report;
 pub mod sync;
 
@@ -143,6 +145,11 @@ fn unreachable_start(
 /// Starts the watch and the counts' publisher; they end at `stop`.
 pub fn spawn(ctl: &Arc<Controller>, fleet: &Arc<Fleet>, stop: &CancellationToken) {
     tokio::spawn(sync::run(
+        Arc::clone(ctl),
+        Arc::clone(fleet),
+        stop.child_token(),
+    ));
+    tokio::spawn(remote::serve(
         Arc::clone(ctl),
         Arc::clone(fleet),
         stop.child_token(),

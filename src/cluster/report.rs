@@ -63,6 +63,7 @@ impl IdleClock {
             .collect();
         Report {
             revision: fleet.revision(),
+            at_ms: crate::control::controller::now_ms(),
             slots,
         }
     }
