@@ -1,8 +1,10 @@
 //! The fleet (issue 15) with real processes: a three-member etcd of our own
 //! on loopback (tests/support/etcd.rs), three `mcpflip run` instances (the
-//! built binary) sharing it, and blue and green served by the built-in MCP
-//! server (`mcpflip upstream`'s, in this test process: it names the slot
-//! that answered, which is what these tests read).
+//! built binary) sharing it, and blue and green served by the official
+//! Python MCP SDK's server (tests/peers/server.py, Streamable HTTP) in the
+//! flip-and-drain test, by the built-in MCP server (`mcpflip upstream`'s,
+//! in this test process) in the others, which need no SDK behaviour. Both
+//! answer `whoami` with their slot's name, which is what the tests read.
 //!
 //! Proven here: a flip on one instance routes new sessions to green through
 //! every instance while sessions pinned to blue stay on blue through every
@@ -54,6 +56,67 @@ struct Fleet {
     instances: Vec<Instance>,
     client: HttpClient,
     _stop: tokio_util::sync::DropGuard,
+    _sdk_servers: Vec<SdkServer>,
+}
+
+/// What serves blue and green.
+#[derive(Clone, Copy, PartialEq)]
+enum Slots {
+    BuiltIn,
+    /// The official Python MCP SDK (2.x), Streamable HTTP.
+    PythonSdk,
+}
+
+/// A Python SDK server process; killed when dropped.
+struct SdkServer(std::process::Child);
+
+impl Drop for SdkServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tests/peers/server.py` (installed by tests/peers/install.sh py2)
+/// as `slot`; returns it and its port.
+fn sdk_server(slot: &str) -> (SdkServer, u16) {
+    use std::io::BufRead;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let install = std::process::Command::new("bash")
+        .arg(repo.join("tests/peers/install.sh"))
+        .arg("py2")
+        .status()
+        .expect("bash runs");
+    assert!(
+        install.success(),
+        "could not install the py2 MCP SDK peer; run `bash tests/peers/install.sh py2` and read its error"
+    );
+    let mut child = std::process::Command::new(repo.join("target/peers/py2/bin/python"))
+        .arg(repo.join("tests/peers/server.py"))
+        .args([
+            "--port",
+            "0",
+            "--slot",
+            slot,
+            "--transport",
+            "streamable-http",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the Python SDK server starts");
+    let out = child.stdout.take().expect("stdout");
+    let server = SdkServer(child);
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("READY line");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server line {line:?}"));
+    (server, port)
 }
 
 fn slot_of(status: &Value, name: &str) -> Value {
@@ -91,9 +154,24 @@ async fn until_status(i: &Instance, what: &str, cond: impl Fn(&Value) -> bool) -
 impl Fleet {
     /// Three etcd members, blue (active) and green, three instances.
     async fn start(stop: CancellationToken) -> Fleet {
+        Self::start_with(stop, Slots::BuiltIn).await
+    }
+
+    async fn start_with(stop: CancellationToken, kind: Slots) -> Fleet {
         let etcd = EtcdCluster::start(3);
-        let blue = upstream(ServerConfig::new("blue", Transport::Both), &stop).await;
-        let green = upstream(ServerConfig::new("green", Transport::Both), &stop).await;
+        let mut sdk_servers = Vec::new();
+        let (blue, green) = match kind {
+            Slots::BuiltIn => (
+                upstream(ServerConfig::new("blue", Transport::Both), &stop).await,
+                upstream(ServerConfig::new("green", Transport::Both), &stop).await,
+            ),
+            Slots::PythonSdk => {
+                let (b, blue) = sdk_server("blue");
+                let (g, green) = sdk_server("green");
+                sdk_servers.extend([b, g]);
+                (blue, green)
+            }
+        };
         let mut instances = Vec::new();
         for n in 1..=3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -127,6 +205,7 @@ impl Fleet {
             instances,
             client: http_client(),
             _stop: stop.drop_guard(),
+            _sdk_servers: sdk_servers,
         };
         // Every instance sees every other one's counts.
         for i in &fleet.instances {
@@ -169,17 +248,32 @@ async fn sse_whoami(s: &mut SseSession) -> String {
     s.call("whoami", json!({})).await.expect("whoami")
 }
 
+/// A Streamable HTTP session's standalone SSE stream (`GET /mcp`) through
+/// `base`, held open until the returned body is dropped.
+async fn hold_stream(client: &HttpClient, base: &str, sid: &str) -> hyper::body::Incoming {
+    let req = http::Request::get(format!("{base}/mcp"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("GET /mcp");
+    assert_eq!(resp.status(), 200, "GET /mcp through {base}");
+    resp.into_body()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_reaches_the_fleet_and_its_drain_waits_for_the_fleet() {
-    let f = Fleet::start(CancellationToken::new()).await;
+    let f = Fleet::start_with(CancellationToken::new(), Slots::PythonSdk).await;
     let c = &f.client;
 
-    // Pinned to blue before the flip: one Streamable HTTP session (through
-    // instance 1) and one legacy SSE stream held through instance 3.
+    // Pinned to blue before the flip: one session through instance 1, and
+    // one whose stream (GET /mcp) is held through instance 3.
     let (pinned, slot) = new_session(c, &f.i(1).base).await;
     assert_eq!(slot, "blue");
-    let mut held = SseSession::open(c, &f.i(3).base).await.expect("SSE via 3");
-    assert!(sse_whoami(&mut held).await.contains("blue"));
+    let (streaming, slot) = new_session(c, &f.i(3).base).await;
+    assert_eq!(slot, "blue");
+    let held = hold_stream(c, &f.i(3).base, &streaming).await;
 
     let r = f.i(1).ctl("flip green --drain --no-probe").await;
     assert_eq!(r["ok"], true, "{r}");
