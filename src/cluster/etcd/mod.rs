@@ -36,8 +36,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use watch::{Watch, WatchBatch, WatchEvent};
-pub use wire::Kv;
 use wire::{code, GatewayError};
+pub use wire::{EtcdError, Kv};
 
 /// The largest response body read (a range over a fleet's prefix).
 pub const MAX_RESPONSE: usize = 16 << 20;
@@ -79,39 +79,6 @@ impl fmt::Debug for Settings {
             .field("credentials", &self.credentials)
             .field("request_timeout", &self.request_timeout)
             .finish()
-    }
-}
-
-/// Why an etcd request failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EtcdError {
-    /// No endpoint could be reached or answered in time: etcd is down, or
-    /// this machine is cut off from it.
-    #[error("etcd cannot be reached ({tried} endpoint{} tried; last: {last})", if *.tried == 1 { "" } else { "s" })]
-    Unavailable { tried: usize, last: String },
-    /// etcd answered with an error (a gRPC status code).
-    #[error("etcd refused the request: {message} (gRPC status {code})")]
-    Status { code: i32, message: String },
-    /// The username or password was refused.
-    #[error("etcd refused the credentials of user {username}: {message}")]
-    Auth { username: String, message: String },
-    /// An answer that is not etcd's, or too large.
-    #[error("etcd's answer cannot be used: {0}")]
-    Protocol(String),
-}
-
-impl EtcdError {
-    /// Whether etcd could not be reached at all (as opposed to refusing).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, EtcdError::Unavailable { .. })
-    }
-
-    /// etcd's gRPC status code, when it answered with one.
-    pub fn status_code(&self) -> Option<i32> {
-        match self {
-            EtcdError::Status { code, .. } => Some(*code),
-            _ => None,
-        }
     }
 }
 

@@ -9,8 +9,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::wire::{self, WatchMessage};
-use super::EtcdError;
+use super::wire::{self, EtcdError, WatchMessage};
 
 /// The largest watch message read (a batch of events; etcd's own limit on a
 /// value is 1.5 MiB).

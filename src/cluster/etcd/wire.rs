@@ -7,12 +7,14 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Bytes as base64, the way the gateway writes `bytes` fields.
 pub mod b64 {
-    use super::*;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    use serde::de;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&B64.encode(b))
@@ -27,7 +29,8 @@ pub mod b64 {
 
 /// A 64-bit integer as the gateway writes it: a string (`"42"`), or a number.
 pub mod int64 {
-    use super::*;
+    use serde::de;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(n: &i64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&n.to_string())
@@ -319,7 +322,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::cluster::etcd::wire::*;
 
     #[test]
     fn reads_what_the_gateway_writes() {
@@ -365,5 +368,38 @@ mod tests {
         assert_eq!(prefix_end(b"/p/"), b"/p0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+}
+
+/// Why an etcd request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint could be reached or answered in time: etcd is down, or
+    /// this machine is cut off from it.
+    #[error("etcd cannot be reached ({tried} endpoint{} tried; last: {last})", if *.tried == 1 { "" } else { "s" })]
+    Unavailable { tried: usize, last: String },
+    /// etcd answered with an error (a gRPC status code).
+    #[error("etcd refused the request: {message} (gRPC status {code})")]
+    Status { code: i32, message: String },
+    /// The username or password was refused.
+    #[error("etcd refused the credentials of user {username}: {message}")]
+    Auth { username: String, message: String },
+    /// An answer that is not etcd's, or too large.
+    #[error("etcd's answer cannot be used: {0}")]
+    Protocol(String),
+}
+
+impl EtcdError {
+    /// Whether etcd could not be reached at all (as opposed to refusing).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, EtcdError::Unavailable { .. })
+    }
+
+    /// etcd's gRPC status code, when it answered with one.
+    pub fn status_code(&self) -> Option<i32> {
+        match self {
+            EtcdError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
     }
 }
