@@ -70,6 +70,9 @@ pub struct Config {
     pub watch: WatchConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Skipped when unset: an empty table would be a key of its own.
+    #[serde(default, skip_serializing_if = "HealthConfig::is_unset")]
+    pub health: HealthConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(rename = "slot", default)]
@@ -350,6 +353,28 @@ pub struct ProxyConfig {
     /// only, like the MCP SDK servers; any other listener accepts every host.
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// The `[health]` section (an extension of INTERFACE.md's schema): what
+/// `/readyz` knows about the serving slots besides the requests they answer.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Probe every serving slot this often with the MCP probe (`[probe]`); a
+    /// failed probe makes the slot down for `/readyz` until one passes or it
+    /// answers a request. Unset: readiness is passive only.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "opt_duration_out"
+    )]
+    pub interval: Option<Duration>,
+}
+
+impl HealthConfig {
+    fn is_unset(&self) -> bool {
+        *self == HealthConfig::default()
+    }
 }
 
 /// The `[log]` section (an extension of INTERFACE.md's schema): how the main
@@ -845,6 +870,14 @@ impl Config {
                 return Err(err(section, None, key, "must be greater than 0".into()));
             }
         }
+        if self.health.interval.is_some_and(|d| d.is_zero()) {
+            return Err(err(
+                "health",
+                None,
+                "interval",
+                "must be greater than 0 (leave it out for passive readiness only)".into(),
+            ));
+        }
         if self.proxy.max_connections == Some(0) {
             return Err(err(
                 "proxy",
@@ -1123,6 +1156,14 @@ impl Config {
             d(self.watch.interval),
             self.watch.max_error_ratio,
             self.watch.auto_rollback
+        );
+        let _ = writeln!(
+            s,
+            "  health        {}",
+            match self.health.interval {
+                Some(i) => format!("probe serving slots every {}", d(i)),
+                None => "passive (the requests they answer)".to_owned(),
+            }
         );
         let _ = writeln!(
             s,

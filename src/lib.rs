@@ -15,7 +15,12 @@
 //! reload tasks) and `probe` (the MCP probe that gates flips). Leaves every
 //! module may use: `mcp` (header names, protocol revisions, `Era`, the session
 //! tag codec), `config`, `tls`. Around them: `admin` (the admin listener:
-//! the live status page and its event feed, `/metrics`, `/status`), `metrics`
+//! the live status page and its event feed, `/metrics`, `/status`, `/readyz`),
+//! `health` (readiness: the process's phase and the serving slots' health),
+//! `notify` (the systemd notification protocol, a leaf), `handover` (the
+//! hitless upgrade: the listeners and the live counts passed to a new
+//! process),
+//! `metrics`
 //! (what `/metrics` exposes, in OpenMetrics or the 0.0.4 text format), `log`
 //! (the main log and the access log), `run` (wiring), `demo`, and
 //! `demo_server` (the built-in MCP server behind `mcpflip upstream`).
@@ -28,9 +33,14 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod demo_server;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod handover;
+pub mod health;
 pub mod log;
 pub mod mcp;
 pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod proxy;
 pub mod run;

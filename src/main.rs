@@ -57,9 +57,32 @@ fn main() -> ExitCode {
             config,
             ignore_state,
         } => {
+            // Before any thread starts (both edit the environment): the
+            // handover socket of a process that upgrades to this one, and the
+            // sockets systemd passed (socket activation).
+            let incoming = match mcpflip::handover::Incoming::from_env() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("mcpflip: cannot take over: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let activated = match activated_sockets() {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("mcpflip: socket activation (LISTEN_FDS): {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            // The path this process was started from: an upgrade starts it
+            // again, read anew from disk (a package upgrade replaced it).
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
+                    if let Some(i) = &incoming {
+                        i.fail(&format!("bad config: {e}"));
+                    }
                     eprintln!("mcpflip: {e}");
                     return ExitCode::from(2);
                 }
@@ -68,6 +91,9 @@ fn main() -> ExitCode {
             let _log = match mcpflip::log::init(&config.log) {
                 Ok(guard) => guard,
                 Err(e) => {
+                    if let Some(i) = &incoming {
+                        i.fail(&format!("{e}"));
+                    }
                     eprintln!("mcpflip: {e}");
                     return ExitCode::from(1);
                 }
@@ -88,11 +114,20 @@ fn main() -> ExitCode {
             let rt = match rt {
                 Ok(rt) => rt,
                 Err(e) => {
+                    if let Some(i) = &incoming {
+                        i.fail(&format!("cannot start the runtime: {e}"));
+                    }
                     eprintln!("mcpflip: cannot start the runtime: {e}");
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(run(config, ignore_state)) {
+            let start = Start {
+                ignore_state,
+                incoming,
+                activated,
+                exe,
+            };
+            match rt.block_on(run(config, start)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mcpflip: {e:#}");
@@ -280,12 +315,135 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(config: Config, ignore_state: bool) -> anyhow::Result<()> {
+/// The listening sockets systemd passed (`LISTEN_FDS`, `LISTEN_FDNAMES`),
+/// with their names; the variables are removed so that no child sees them.
+fn activated_sockets() -> std::io::Result<Vec<(String, std::net::TcpListener)>> {
+    let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()?.collect();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let mut out = Vec::new();
+    for (fd, name) in fds {
+        // SAFETY: systemd passed these descriptors to this process (LISTEN_PID matched).
+        let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let l = std::net::TcpListener::from(owned);
+        if let Err(e) = l.local_addr() {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("descriptor {fd} ({name}) is not a TCP listening socket: {e}"),
+            ));
+        }
+        out.push((name, l));
+    }
+    Ok(out)
+}
+
+/// How `run` starts: what this process inherited, and where its binary is.
+struct Start {
+    ignore_state: bool,
+    incoming: Option<mcpflip::handover::Incoming>,
+    activated: Vec<(String, std::net::TcpListener)>,
+    exe: PathBuf,
+}
+
+/// The socket-activated listener for a role: the one named `name`
+/// (`FileDescriptorName=`), else the one bound to `addr`.
+fn take_activated(
+    activated: &mut Vec<(String, std::net::TcpListener)>,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> Option<std::net::TcpListener> {
+    let i = activated.iter().position(|(n, _)| n == name).or_else(|| {
+        activated
+            .iter()
+            .position(|(_, l)| l.local_addr().is_ok_and(|a| a == addr))
+    })?;
+    Some(activated.remove(i).1)
+}
+
+async fn run(config: Config, start: Start) -> anyhow::Result<()> {
+    use mcpflip::control::controller::UpgradeRequest;
+    use mcpflip::control::protocol::{CtlError, Upgraded};
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let Start {
+        ignore_state,
+        incoming,
+        mut activated,
+        exe,
+    } = start;
     let socket = config.control.socket.clone();
-    let running = mcpflip::run::start(config, ignore_state).await?;
+    let mut handshake = incoming;
+    let inherited = match &mut handshake {
+        Some(h) => {
+            if ignore_state {
+                tracing::info!("taking over: the state comes from the state file the running process saved (--ignore-state applies to a cold start only)");
+            }
+            mcpflip::run::Inherited {
+                public: h.public.take(),
+                admin: h.admin.take(),
+                replace_control: true,
+                previous: h.counts().to_vec(),
+                drains: h.drains(),
+            }
+        }
+        None => {
+            let public = take_activated(&mut activated, "public", config.listen.addr);
+            let admin = take_activated(&mut activated, "admin", config.admin.addr);
+            for (name, l) in &activated {
+                tracing::warn!(name, addr = ?l.local_addr().ok(), "socket activation: a socket neither named public/admin nor bound to [listen] or [admin] addr is closed");
+            }
+            mcpflip::run::Inherited {
+                public,
+                admin,
+                ..Default::default()
+            }
+        }
+    };
+    drop(activated);
+    let ignore_state = ignore_state && handshake.is_none();
+    let running = match mcpflip::run::start_with(config, ignore_state, inherited).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(h) = &handshake {
+                h.fail(&format!("{e:#}"));
+            }
+            return Err(e);
+        }
+    };
+    let ctl = std::sync::Arc::clone(&running.controller);
+    match handshake {
+        Some(h) => {
+            let old = h.old_pid;
+            if let Err(e) = h.ready(std::sync::Arc::clone(&ctl)) {
+                tracing::warn!(error = %e, "the process that handed over did not hear that this one serves");
+            }
+            tracing::info!(
+                old_pid = old,
+                "took over: this process serves; the old one finishes its streams"
+            );
+            mcpflip::notify::main_pid_ready();
+        }
+        None => mcpflip::notify::ready(),
+    }
+    if mcpflip::notify::enabled() {
+        let ctl = std::sync::Arc::clone(&ctl);
+        let lifecycle = std::sync::Arc::clone(&running.lifecycle);
+        tokio::spawn(async move {
+            let mut last = String::new();
+            while lifecycle.phase() == mcpflip::health::Phase::Serving {
+                let line = mcpflip::run::status_line(&ctl);
+                if line != last {
+                    mcpflip::notify::status(&line);
+                    last = line;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        });
+    }
     // SIGHUP re-reads the config, like `mcpflip ctl reload` (and `nginx -s reload`).
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        let ctl = std::sync::Arc::clone(&running.controller);
+    if let Ok(mut hup) = signal(SignalKind::hangup()) {
+        let ctl = std::sync::Arc::clone(&ctl);
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 match mcpflip::control::reload::reload(&ctl).await {
@@ -299,7 +457,72 @@ async fn run(config: Config, ignore_state: bool) -> anyhow::Result<()> {
             }
         });
     }
-    shutdown_signal().await;
+    // `ctl upgrade` and SIGUSR2 (like nginx's binary upgrade) start the new process.
+    let (tx, mut upgrades) = tokio::sync::mpsc::channel::<UpgradeRequest>(1);
+    ctl.set_upgrader(tx);
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    loop {
+        let (binary, timeout, reply) = tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(r) = upgrades.recv() => (r.binary, r.timeout, Some(r.reply)),
+            Some(()) = usr2.recv() => (None, mcpflip::control::controller::UPGRADE_TIMEOUT, None),
+        };
+        let binary = binary.unwrap_or_else(|| exe.clone());
+        tracing::info!(binary = %binary.display(), "upgrade: starting the new process");
+        let [public, admin] = running.sockets();
+        let table = ctl.tables.load_full();
+        let drains = ctl
+            .status()
+            .drains
+            .into_iter()
+            .map(|d| {
+                let left = d.deadline_ms.saturating_sub(d.elapsed_ms);
+                (d.slot, std::time::Duration::from_millis(left))
+            })
+            .collect();
+        let result = mcpflip::handover::start_successor(mcpflip::handover::Offer {
+            binary: &binary,
+            args: &args,
+            public,
+            admin,
+            table: &table,
+            drains,
+            timeout,
+        })
+        .await;
+        match result {
+            Ok(successor) => {
+                let upgraded = Upgraded {
+                    old_pid: std::process::id(),
+                    new_pid: successor.pid,
+                    binary: binary.clone(),
+                };
+                tracing::info!(new_pid = successor.pid, "upgrade: the new process serves; handing over (finishing the open streams, up to the drain deadline)");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(upgraded));
+                }
+                successor.publish_counts(table);
+                tokio::select! {
+                    _ = running.hand_over() => {}
+                    _ = term.recv() => tracing::warn!("signal during the handover: stopping now"),
+                    _ = int.recv() => tracing::warn!("signal during the handover: stopping now"),
+                }
+                // The control socket's path is the new process's now: left alone.
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade failed; this process serves on as before");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(CtlError::UpgradeFailed(e.to_string())));
+                }
+            }
+        }
+    }
+    mcpflip::notify::stopping();
     tracing::info!("shutting down: draining every slot up to the drain deadline (signal again to stop at once)");
     tokio::select! {
         _ = running.shutdown() => {}

@@ -1,10 +1,12 @@
 //! Wiring: restores the control state (or starts from the config's), binds
 //! the public, admin and control listeners around one controller, and shuts
-//! them down in order (stop accepting, drain every slot up to the deadline,
-//! end what is left at event boundaries). Used by `mcpflip run`, the demo and
-//! the tests (which bind port 0).
+//! them down in order (`/readyz` turns 503, stop accepting, drain every slot
+//! up to the deadline, end what is left at event boundaries; the admin
+//! listener answers until the end). Used by `mcpflip run`, the demo and the
+//! tests (which bind port 0).
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use crate::control::controller::Controller;
 use crate::control::persist::{self, LoadError};
 use crate::control::state::State;
 use crate::control::{paths, server};
+use crate::health::{Lifecycle, Phase};
 use crate::proxy::conn::{Connections, Limits};
 use crate::proxy::host_guard::HostGuard;
 use crate::proxy::{self, Forwarder};
@@ -30,10 +33,21 @@ pub struct Running {
     pub controller: Arc<Controller>,
     /// The public listener's counters that belong to no slot.
     pub proxy_stats: Arc<ProxyStats>,
+    /// Serving, shutting down or handing over (`/readyz` reports it).
+    pub lifecycle: Arc<Lifecycle>,
+    /// Stops the public listener's accept loop and the control server.
+    stop_accepting: CancellationToken,
+    /// Stops everything else (the admin listener, the controller's tasks).
     stop: CancellationToken,
     public: JoinHandle<Arc<Connections>>,
     admin: JoinHandle<()>,
+    control: JoinHandle<()>,
+    /// The public and admin listening sockets (second descriptors) with their
+    /// addresses, to hand over in an upgrade.
+    sockets: [(OwnedFd, SocketAddr); 2],
     deadline: Duration,
+    /// `[proxy] idle_timeout`: how long a handover waits for idle connections.
+    idle: Duration,
 }
 
 /// The state to start on: the state file's, checked as strictly as a
@@ -85,8 +99,61 @@ pub fn initial_state(config: &Config, ignore_state: bool) -> anyhow::Result<Stat
     Ok(state)
 }
 
+/// Listening sockets this process did not bind itself: from the process it
+/// takes over from (`handover`), or from systemd (socket activation).
+#[derive(Default)]
+pub struct Inherited {
+    /// The public listener, with the address it is bound to.
+    pub public: Option<std::net::TcpListener>,
+    /// The admin listener.
+    pub admin: Option<std::net::TcpListener>,
+    /// Take the control socket over from a live process (bind beside it and
+    /// rename over it) instead of refusing a socket in use.
+    pub replace_control: bool,
+    /// The counts of the process handing over, per slot.
+    pub previous: Vec<crate::control::protocol::HandoverSlot>,
+    /// What its drains had left of their deadlines, per slot.
+    pub drains: Vec<(String, Duration)>,
+}
+
+/// The listener for `addr` (`what` names the key in errors): `inherited`
+/// when it is bound to `addr` (or `addr` asks for port 0 on its address),
+/// else a fresh one (the inherited one is closed: the address changed).
+async fn listener(
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+    what: &str,
+) -> anyhow::Result<TcpListener> {
+    if let Some(l) = inherited {
+        let bound = l.local_addr()?;
+        if bound == addr || (addr.port() == 0 && bound.ip() == addr.ip()) {
+            l.set_nonblocking(true)?;
+            tracing::info!(%bound, "{what}: listening socket taken over");
+            return Ok(TcpListener::from_std(l)?);
+        }
+        tracing::info!(old = %bound, new = %addr, "{what} changed: binding the new address");
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}
+
+/// A second descriptor of `l`'s socket, kept to hand the socket over.
+fn keep(l: &TcpListener) -> anyhow::Result<(OwnedFd, SocketAddr)> {
+    Ok((l.as_fd().try_clone_to_owned()?, l.local_addr()?))
+}
+
 /// Starts the proxy on `config`. With `ignore_state`, the state file is not read.
 pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running> {
+    start_with(config, ignore_state, Inherited::default()).await
+}
+
+/// `start` with listening sockets taken over instead of bound.
+pub async fn start_with(
+    config: Config,
+    ignore_state: bool,
+    inherited: Inherited,
+) -> anyhow::Result<Running> {
     let state = initial_state(&config, ignore_state)?;
     // Certificates were loaded once, by the config's validation.
     let tls: Option<proxy::TlsSlot> = config
@@ -95,17 +162,17 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         .clone()
         .map(|c| Arc::new(arc_swap::ArcSwap::new(c)));
     let stop = CancellationToken::new();
+    let stop_accepting = stop.child_token();
+    let lifecycle = Arc::new(Lifecycle::default());
     let deadline = config.drain.deadline;
-    let public = TcpListener::bind(config.listen.addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} ([listen] addr): {e}",
-            config.listen.addr
-        )
-    })?;
-    let admin = TcpListener::bind(config.admin.addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {} ([admin] addr): {e}", config.admin.addr)
-    })?;
-    let control = server::bind(&config.control.socket)?;
+    let public = listener(config.listen.addr, inherited.public, "[listen] addr").await?;
+    let admin = listener(config.admin.addr, inherited.admin, "[admin] addr").await?;
+    let control = if inherited.replace_control {
+        server::bind_replacing(&config.control.socket)?
+    } else {
+        server::bind(&config.control.socket)?
+    };
+    let sockets = [keep(&public)?, keep(&admin)?];
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let proxy_cfg = config.proxy.clone();
@@ -123,10 +190,21 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         None => (state, None),
     };
     let (joined, fleet) = fleet.unzip();
-    let controller = Controller::start_in(config, state, tls.clone(), stop.child_token(), joined)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let controller = Controller::start_after(
+        config,
+        state,
+        tls.clone(),
+        stop_accepting.child_token(),
+        &inherited.previous,
+        inherited.drains,
+        joined,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The fleet's tasks (the watch, the counts under this instance's lease,
+    // the command queue) end when this process stops accepting: after an
+    // upgrade the new process is the instance.
     if let Some(fleet) = &fleet {
-        crate::cluster::spawn(&controller, fleet, &stop);
+        crate::cluster::spawn(&controller, fleet, &stop_accepting);
     }
     let proxy_stats = Arc::new(ProxyStats::default());
     let forwarder = Arc::new(Forwarder {
@@ -146,13 +224,18 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
             guard: admin_guard,
             limits,
             proxy: Arc::clone(&proxy_stats),
+            lifecycle: Arc::clone(&lifecycle),
         },
         stop.child_token(),
     ));
-    tokio::spawn(server::serve(
+    let control = tokio::spawn(server::serve(
         control,
         Arc::clone(&controller),
-        stop.child_token(),
+        stop_accepting.child_token(),
+    ));
+    tokio::spawn(crate::health::probe_serving(
+        Arc::clone(&controller),
+        stop_accepting.child_token(),
     ));
     let max_connections = proxy_cfg.max_connections();
     let public = tokio::spawn(proxy::serve(
@@ -163,7 +246,7 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
             max_connections,
             tls,
         },
-        stop.child_token(),
+        stop_accepting.child_token(),
     ));
     tracing::info!(%public_addr, %admin_addr, max_connections, "mcpflip is serving");
     Ok(Running {
@@ -171,19 +254,66 @@ pub async fn start(config: Config, ignore_state: bool) -> anyhow::Result<Running
         admin_addr,
         controller,
         proxy_stats,
+        lifecycle,
+        stop_accepting,
         stop,
         public,
         admin,
+        control,
+        sockets,
         deadline,
+        idle: limits.idle,
     })
 }
 
+/// One line for `systemctl status` (`STATUS=`): the active slot and the
+/// live streams per slot.
+pub fn status_line(ctl: &Controller) -> String {
+    let table = ctl.tables.load();
+    let streams: Vec<String> = table
+        .slots
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.stats.live_streams()))
+        .collect();
+    format!(
+        "active: {}; live streams: {}",
+        table.active().map_or("none", |s| &*s.name),
+        streams.join(", ")
+    )
+}
+
 impl Running {
+    /// The public and admin listening sockets, with their addresses.
+    pub fn sockets(&self) -> [(BorrowedFd<'_>, SocketAddr); 2] {
+        let [(p, pa), (a, aa)] = &self.sockets;
+        [(p.as_fd(), *pa), (a.as_fd(), *aa)]
+    }
+
     /// Stops accepting, lets every slot drain up to the drain deadline, ends the
     /// remaining streams at event boundaries, and returns.
     pub async fn shutdown(self) {
+        self.finish(Phase::ShuttingDown).await
+    }
+
+    /// A new process took the listeners over: stops accepting on them (and on
+    /// the control socket, whose path the new process owns now) at once,
+    /// closes idle keep-alive connections so that their clients move over,
+    /// and finishes the open requests and streams as `shutdown` does.
+    pub async fn hand_over(self) {
+        self.finish(Phase::HandingOver).await
+    }
+
+    async fn finish(self, phase: Phase) {
+        let started = std::time::Instant::now();
         let table = self.controller.tables.load_full();
-        self.stop.cancel();
+        self.lifecycle.enter(phase);
+        self.stop_accepting.cancel();
+        if phase == Phase::HandingOver {
+            // The admin listener is the new process's too: stop taking its connections.
+            self.stop.cancel();
+        }
+        // From here on each response tells its client to reconnect (to the
+        // new process, in a handover): see `proxy::serve`.
         let graceful = self.public.await.ok();
         let all_idle = async {
             for s in &table.slots {
@@ -192,16 +322,33 @@ impl Running {
         };
         if tokio::time::timeout(self.deadline, all_idle).await.is_err() {
             tracing::warn!(
-                "shutdown: drain deadline passed; ending the remaining streams at event boundaries"
+                "{}: drain deadline passed; ending the remaining streams at event boundaries",
+                match phase {
+                    Phase::HandingOver => "handover",
+                    _ => "shutdown",
+                }
             );
             for s in &table.slots {
                 s.stats.force_end_streams();
             }
         }
         if let Some(connections) = graceful {
+            if phase == Phase::HandingOver {
+                // Idle keep-alive connections are not closed under their
+                // clients (a request sent as the close happens would be
+                // lost): each goes with its next response, or at its idle
+                // timeout, within what is left of the deadline.
+                let left = self.deadline.saturating_sub(started.elapsed());
+                let wait = left.min(self.idle + Duration::from_secs(1));
+                let _ = tokio::time::timeout(wait, connections.closed()).await;
+            }
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.shutdown()).await;
         }
-        // Its feeds ended at `stop`; it returns once its idle connections closed.
+        // Commands still running (an `upgrade`'s own reply) finish.
+        let _ = self.control.await;
+        // The admin listener answered (`/readyz`: 503) until now; its feeds
+        // end at `stop`, and it returns once its idle connections closed.
+        self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
     }
 }

@@ -11,7 +11,7 @@
 //! open connections, refused connections, client faults, and the answers the
 //! proxy makes itself before a slot is chosen.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -159,7 +159,18 @@ pub struct SlotStats {
     /// cancelled while a `ForceHold` lives, so a stream opened on the slot
     /// meanwhile ends at once too.
     force: ArcSwap<CancellationToken>,
+    /// Connect failures in a row (passive health), or `UNHEALTHY_AFTER` after a
+    /// failed active probe; any answer of the slot or a passing probe resets
+    /// it. `/readyz` reads it (`health`).
+    health_failures: AtomicU32,
+    /// Live streams and requests in flight on this slot in the process this
+    /// one took over from (a hitless upgrade), until that process exits: a
+    /// drain is over only when both processes are idle.
+    previous: [AtomicU64; 2],
 }
+
+/// Connect failures in a row after which a slot counts as down for `/readyz`.
+pub const UNHEALTHY_AFTER: u32 = 3;
 
 impl SlotStats {
     pub fn new(name: &str) -> Arc<Self> {
@@ -190,6 +201,8 @@ impl SlotStats {
             drains: Default::default(),
             forced_streams: AtomicU64::new(0),
             force: ArcSwap::from_pointee(CancellationToken::new()),
+            health_failures: AtomicU32::new(0),
+            previous: Default::default(),
         })
     }
 
@@ -210,9 +223,52 @@ impl SlotStats {
         self.inflight.load(Ordering::SeqCst)
     }
 
-    /// True when no stream is open and no request is in flight.
+    /// True when no stream is open and no request is in flight, here and in
+    /// the process this one took over from.
     pub fn is_idle(&self) -> bool {
-        self.live_streams() == 0 && self.inflight() == 0
+        self.live_streams() == 0 && self.inflight() == 0 && self.previous() == (0, 0)
+    }
+
+    /// `(live streams, in flight)` of this slot in the process handing over
+    /// to this one (zeros when there is none).
+    pub fn previous(&self) -> (u64, u64) {
+        (
+            self.previous[0].load(Ordering::SeqCst),
+            self.previous[1].load(Ordering::SeqCst),
+        )
+    }
+
+    /// Records the previous process's counts (published over the handover
+    /// socket); waiters are woken when they fall to zero.
+    pub fn set_previous(&self, live_streams: u64, inflight: u64) {
+        self.previous[0].store(live_streams, Ordering::SeqCst);
+        self.previous[1].store(inflight, Ordering::SeqCst);
+        self.wake_at_zero();
+    }
+
+    /// The slot answered (any status): it is reachable. A load before the
+    /// store keeps the common case a read of a shared cache line.
+    pub fn note_answer(&self) {
+        if self.health_failures.load(Ordering::Relaxed) != 0 {
+            self.health_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection to the slot could not be made (refused or timed out).
+    pub fn note_connect_failure(&self) {
+        self.health_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The outcome of an active health probe (`[health] interval`).
+    pub fn note_health_probe(&self, passed: bool) {
+        let v = if passed { 0 } else { UNHEALTHY_AFTER };
+        self.health_failures.store(v, Ordering::Relaxed);
+    }
+
+    /// False once the slot's last `UNHEALTHY_AFTER` requests all failed to
+    /// connect, or its last active probe failed.
+    pub fn is_healthy(&self) -> bool {
+        self.health_failures.load(Ordering::Relaxed) < UNHEALTHY_AFTER
     }
 
     /// Takes an in-flight guard: the request counts until the guard drops.

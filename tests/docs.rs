@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use mcpflip::config::{
     AccessLog, AdminConfig, CanaryConfig, CertPair, ClusterConfig, Config, ControlConfig,
-    DrainConfig, ListenConfig, LogConfig, LogFormat, ProbeConfig, ProbeTransport, ProxyConfig,
-    SlotConfig, TlsConfig, WatchConfig,
+    DrainConfig, HealthConfig, ListenConfig, LogConfig, LogFormat, ProbeConfig, ProbeTransport,
+    ProxyConfig, SlotConfig, TlsConfig, WatchConfig,
 };
 use mcpflip::control::protocol::ErrorCode;
 
@@ -124,6 +124,9 @@ fn populated() -> Config {
             workers: 1,
             sse_keepalive: Some(Duration::from_secs(1)),
             allowed_hosts: Some(vec!["h".into()]),
+        },
+        health: HealthConfig {
+            interval: Some(Duration::from_secs(1)),
         },
         log: LogConfig {
             format: LogFormat::Json,

@@ -73,6 +73,9 @@ _mcpflip() {
             mcpflip__subcmd__ctl,status)
                 cmd="mcpflip__subcmd__ctl__subcmd__status"
                 ;;
+            mcpflip__subcmd__ctl,upgrade)
+                cmd="mcpflip__subcmd__ctl__subcmd__upgrade"
+                ;;
             mcpflip__subcmd__ctl,wait)
                 cmd="mcpflip__subcmd__ctl__subcmd__wait"
                 ;;
@@ -108,6 +111,9 @@ _mcpflip() {
                 ;;
             mcpflip__subcmd__ctl__subcmd__help,status)
                 cmd="mcpflip__subcmd__ctl__subcmd__help__subcmd__status"
+                ;;
+            mcpflip__subcmd__ctl__subcmd__help,upgrade)
+                cmd="mcpflip__subcmd__ctl__subcmd__help__subcmd__upgrade"
                 ;;
             mcpflip__subcmd__ctl__subcmd__help,wait)
                 cmd="mcpflip__subcmd__ctl__subcmd__help__subcmd__wait"
@@ -168,6 +174,9 @@ _mcpflip() {
                 ;;
             mcpflip__subcmd__help__subcmd__ctl,status)
                 cmd="mcpflip__subcmd__help__subcmd__ctl__subcmd__status"
+                ;;
+            mcpflip__subcmd__help__subcmd__ctl,upgrade)
+                cmd="mcpflip__subcmd__help__subcmd__ctl__subcmd__upgrade"
                 ;;
             mcpflip__subcmd__help__subcmd__ctl,wait)
                 cmd="mcpflip__subcmd__help__subcmd__ctl__subcmd__wait"
@@ -250,7 +259,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl)
-            opts="-h --socket --config --cluster --json --help status flip weights drain wait probe rollback retire standby deploy reload help"
+            opts="-h --socket --config --cluster --json --help status flip weights drain wait probe rollback retire standby deploy reload upgrade help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -370,7 +379,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__help)
-            opts="status flip weights drain wait probe rollback retire standby deploy reload help"
+            opts="status flip weights drain wait probe rollback retire standby deploy reload upgrade help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -510,6 +519,20 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mcpflip__subcmd__ctl__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -707,6 +730,40 @@ _mcpflip() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mcpflip__subcmd__ctl__subcmd__upgrade)
+            opts="-h --binary --timeout --socket --config --cluster --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --binary)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mcpflip__subcmd__ctl__subcmd__wait)
             opts="-h --timeout --socket --config --cluster --json --help drained"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -834,7 +891,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__help__subcmd__ctl)
-            opts="status flip weights drain wait probe rollback retire standby deploy reload"
+            opts="status flip weights drain wait probe rollback retire standby deploy reload upgrade"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -960,6 +1017,20 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__help__subcmd__ctl__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mcpflip__subcmd__help__subcmd__ctl__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

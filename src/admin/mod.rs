@@ -2,7 +2,9 @@
 //! and `/favicon.svg` embedded in the binary; `page`), its live feed
 //! `GET /events` (`feed`), `GET /metrics` (OpenMetrics or the Prometheus text
 //! format, as the scraper's `Accept` asks; the families are in `metrics`),
-//! `GET /status` (the `status` JSON) and `GET /healthz`. Read-only: a method
+//! `GET /status` (the `status` JSON), `GET /healthz` (liveness: the process
+//! answers) and `GET /readyz` (readiness, `health`: 200 while accepting with a
+//! healthy serving slot, else 503 with a JSON body saying why). Read-only: a method
 //! other than GET or HEAD is answered 405. Nothing here runs on the request
 //! path.
 //!
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::protocol::Reply;
 use crate::control::Controller;
+use crate::health::{self, Lifecycle};
 use crate::metrics::{self, Format};
 use crate::proxy::accept::Backoff;
 use crate::proxy::conn::{self, Conn, Connections, Limits, Tracked};
@@ -74,6 +77,8 @@ pub struct Settings {
     pub limits: Limits,
     /// The public listener's counters that belong to no slot, for `/metrics`.
     pub proxy: Arc<ProxyStats>,
+    /// The process's phase, for `/readyz`.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// What the handlers share.
@@ -83,6 +88,7 @@ struct Admin {
     guard: HostGuard,
     recent: Arc<Recent>,
     feeds: Feeds,
+    lifecycle: Arc<Lifecycle>,
     stop: CancellationToken,
 }
 
@@ -222,10 +228,20 @@ fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
                     .to_string(),
             ),
             "/healthz" => whole(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => {
+                let r = health::readiness(&admin.lifecycle, &admin.ctl.tables.load());
+                let status = if r.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = serde_json::to_string(&r).unwrap_or_default();
+                whole(status, "application/json", body + "\n")
+            }
             _ => whole(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /, /events, /metrics, /status or /healthz\n",
+                "not found: try /, /events, /metrics, /status, /healthz or /readyz\n",
             ),
         }
     };
@@ -253,6 +269,7 @@ pub async fn serve(
         guard: settings.guard,
         recent,
         feeds: Feeds::default(),
+        lifecycle: settings.lifecycle,
         stop: stop.clone(),
     });
     let limits = settings.limits;

@@ -621,6 +621,7 @@ mod tests {
                 code: None,
             }),
             cluster: None,
+            handover: None,
         }
     }
 

@@ -180,6 +180,7 @@ async fn read_status(etcd: &Etcd, prefix: &str) -> anyhow::Result<Value> {
             error: None,
         },
         deploy: None,
+        handover: None,
         cluster: Some(ClusterStatus {
             instance: "(ctl --cluster)".into(),
             prefix: prefix.to_owned(),

@@ -17,8 +17,9 @@
 //! `watch`, deploys in `deploy`, reloads in `reload`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -32,8 +33,9 @@ use crate::control::drain::{self, Drains};
 use crate::control::host::Host;
 use crate::control::persist::{Persister, SaveError};
 use crate::control::protocol::{
-    CtlError, DeployStatus, DrainOutcome, DrainStarted, Event, Flipped, Lifecycle, Progress,
-    RollbackRecord, SlotBrief, SlotStatus, StateFileStatus, Status, Weight, Weighted,
+    CtlError, DeployStatus, DrainOutcome, DrainStarted, Event, Flipped, HandoverSlot,
+    HandoverStatus, Lifecycle, Progress, RollbackRecord, SlotBrief, SlotStatus, StateFileStatus,
+    Status, Upgraded, Weight, Weighted,
 };
 use crate::control::state::{self, Command, State};
 use crate::control::store::{self, Joined, Shared, SharedDrain, Store};
@@ -207,7 +209,21 @@ pub struct Controller {
     deploy_run: Mutex<Option<DeployRun>>,
     /// The fleet's shared store, when `[cluster]` is set.
     store: Option<Arc<dyn Store>>,
+    /// The process that handed over to this one, and since when, while it runs.
+    handover: Mutex<Option<(u32, Instant)>>,
+    upgrader: OnceLock<mpsc::Sender<UpgradeRequest>>,
     shutdown: CancellationToken,
+}
+
+/// How long a new process has, by default, to take over (`ctl upgrade --timeout`).
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An `upgrade` for the wiring that owns the listeners.
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    pub binary: Option<PathBuf>,
+    pub timeout: Duration,
+    pub reply: oneshot::Sender<Result<Upgraded, CtlError>>,
 }
 
 /// A deploy's record for `status`: what it did so far, and its clock.
@@ -236,19 +252,28 @@ impl Controller {
         tls: Option<TlsSlot>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Controller>, CtlError> {
-        Self::start_in(config, state, tls, shutdown, None)
+        Self::start_after(config, state, tls, shutdown, &[], Vec::new(), None)
     }
 
-    /// [`Controller::start`], in a fleet when `joined` is given: changes are
-    /// committed through its store first.
-    pub fn start_in(
+    /// `start` for a process that takes over from another (`handover`)
+    /// and/or joins a fleet. `previous` are the handing-over process's
+    /// counts, marked on the slots before any drain resumes, so that no
+    /// drain ends while it still serves the slot; `drains` are the deadlines
+    /// its drains had left, which the resumed drains keep. In a fleet
+    /// (`joined`), changes are committed through its store first.
+    pub fn start_after(
         config: Config,
         state: State,
         tls: Option<TlsSlot>,
         shutdown: CancellationToken,
+        previous: &[HandoverSlot],
+        drains: Vec<(String, Duration)>,
         joined: Option<Joined>,
     ) -> Result<Arc<Controller>, CtlError> {
         let stats = StatsRegistry::default();
+        for p in previous {
+            stats.get(&p.slot).set_previous(p.live_streams, p.inflight);
+        }
         let mut runtime = BTreeMap::new();
         for sc in &config.slots {
             let upstream = Upstream::of(sc, &config)?;
@@ -299,6 +324,8 @@ impl Controller {
             last_rollback: Mutex::new(None),
             deploy_run: Mutex::new(None),
             store: joined.as_ref().map(|j| Arc::clone(&j.store)),
+            handover: Mutex::new(None),
+            upgrader: OnceLock::new(),
             shutdown,
         });
         let owner = Owner {
@@ -312,6 +339,7 @@ impl Controller {
             shared_drains: joined.map(|j| j.drains).unwrap_or_default(),
         };
         tokio::spawn(owner.run(rx));
+        ctl.drains.resume_with(drains);
         ctl.drains
             .reconcile(&ctl, &ctl.tables.load_full(), deadline, quiet);
         Ok(ctl)
@@ -442,8 +470,76 @@ impl Controller {
             last_rollback: lock(&self.last_rollback).clone(),
             state_file: lock(&self.state_file).clone(),
             deploy: self.deploy_status(),
+            handover: self.handover_status(&table),
             cluster: self.store.as_ref().map(|s| s.status()),
         }
+    }
+
+    /// The process handing over to this one, with its counts, while it runs.
+    fn handover_status(&self, table: &Table) -> Option<HandoverStatus> {
+        let (pid, since) = (*lock(&self.handover))?;
+        Some(HandoverStatus {
+            pid,
+            since_ms: since.elapsed().as_millis() as u64,
+            slots: table
+                .slots
+                .iter()
+                .map(|s| {
+                    let (live_streams, inflight) = s.stats.previous();
+                    HandoverSlot {
+                        slot: s.name.to_string(),
+                        live_streams,
+                        inflight,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Records that process `pid` handed over to this one (`None`: it exited).
+    pub fn set_handover(&self, pid: Option<u32>) {
+        *lock(&self.handover) = pid.map(|p| (p, Instant::now()));
+    }
+
+    /// Where `upgrade` requests go: the wiring that owns the listeners
+    /// (`mcpflip run`) sets it once; without it `upgrade` is refused.
+    pub fn set_upgrader(&self, tx: mpsc::Sender<UpgradeRequest>) {
+        let _ = self.upgrader.set(tx);
+    }
+
+    /// `upgrade`: asks the wiring to start the new binary and hand over.
+    /// Refused while a deploy or a watch window runs (their timers are not
+    /// handed over) and while a handover to this process is still running.
+    pub async fn upgrade(
+        &self,
+        binary: Option<PathBuf>,
+        timeout: Option<Duration>,
+    ) -> Result<Upgraded, CtlError> {
+        let Some(tx) = self.upgrader.get() else {
+            return Err(CtlError::UpgradeFailed(
+                "this process was not started by `mcpflip run`, which alone can hand over its listeners".into(),
+            ));
+        };
+        let deploying = self.deploying.try_lock().is_err();
+        if deploying || self.watch.status().is_some() {
+            return Err(CtlError::UpgradeFailed(
+                "a deploy or a watch window is running (their timers are not handed over); upgrade once it ends".into(),
+            ));
+        }
+        if lock(&self.handover).is_some() {
+            return Err(CtlError::UpgradeFailed(
+                "the process this one took over from still serves its streams; upgrade once it exited (`status` shows it)".into(),
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        tx.send(UpgradeRequest {
+            binary,
+            timeout: timeout.unwrap_or(UPGRADE_TIMEOUT),
+            reply,
+        })
+        .await
+        .map_err(|_| CtlError::ShuttingDown)?;
+        rx.await.map_err(|_| CtlError::ShuttingDown)?
     }
 
     /// The deploy that runs, or the last one.

@@ -155,6 +155,32 @@ fn status(s: &Status) -> String {
     if let Some(d) = &s.deploy {
         let _ = writeln!(out, "{}", deploy_line(d));
     }
+    if let Some(h) = &s.handover {
+        let held: Vec<String> = h
+            .slots
+            .iter()
+            .filter(|c| c.live_streams + c.inflight > 0)
+            .map(|c| {
+                format!(
+                    "{} {}, {} in flight",
+                    c.slot,
+                    counted(c.live_streams, "live stream"),
+                    c.inflight
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "handover: process {} handed over {:.0}s ago and still serves {} (drains wait for it too)",
+            h.pid,
+            secs(h.since_ms),
+            if held.is_empty() {
+                "nothing".to_owned()
+            } else {
+                held.join("; ")
+            }
+        );
+    }
     if let Some(r) = &s.last_rollback {
         let _ = writeln!(
             out,
@@ -364,10 +390,19 @@ pub fn reply(r: &Reply) -> String {
                 let _ = writeln!(out, "reloaded: {c}");
             }
             for x in &r.restart_required {
-                let _ = writeln!(out, "not applied (needs a restart): {x}");
+                let _ = writeln!(
+                    out,
+                    "not applied (needs a restart, e.g. `mcpflip ctl upgrade`): {x}"
+                );
             }
             out
         }
+        Reply::Upgrade(u) => format!(
+            "upgraded: process {} ({}) serves; process {} finishes its open streams and exits",
+            u.new_pid,
+            u.binary.display(),
+            u.old_pid
+        ),
     };
     out.trim_end().to_owned()
 }

@@ -84,11 +84,23 @@ struct Handle {
 pub struct Drains {
     tasks: Mutex<HashMap<String, Handle>>,
     next_id: AtomicU64,
+    /// Deadlines for the next drain of a slot, taken once: what was left of
+    /// the drains of the process this one took over from (`handover`).
+    resumed: Mutex<HashMap<String, Duration>>,
 }
 
 impl Drains {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Handle>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next drain of each named slot gets this deadline instead of the
+    /// configured one (the remaining time of a drain handed over).
+    pub(crate) fn resume_with(&self, deadlines: impl IntoIterator<Item = (String, Duration)>) {
+        self.resumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(deadlines);
     }
 
     /// Makes the drain tasks match `table`: a task for every draining slot
@@ -116,6 +128,12 @@ impl Drains {
             if s.state != SlotState::Draining || tasks.contains_key(&*s.name) {
                 continue;
             }
+            let deadline = self
+                .resumed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&*s.name)
+                .unwrap_or(deadline);
             let cancel = ctl.shutdown_token().child_token();
             let (tx, rx) = watch::channel(None);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

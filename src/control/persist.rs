@@ -163,18 +163,21 @@ pub fn load(path: &Path) -> Result<Option<StateFile>, LoadError> {
     f.take(MAX_FILE)
         .read_to_string(&mut text)
         .map_err(read_err)?;
-    let file: StateFile =
-        serde_json::from_str(&text).map_err(|e| refused(path, format!("it is corrupt: {e}")))?;
+    parse(&text)
+        .map(Some)
+        .map_err(|reason| refused(path, reason))
+}
+
+/// Parses state-file text (what [`load`] read): the file, or why it is refused.
+pub fn parse(text: &str) -> Result<StateFile, String> {
+    let file: StateFile = serde_json::from_str(text).map_err(|e| format!("it is corrupt: {e}"))?;
     if file.version != FORMAT {
-        return Err(refused(
-            path,
-            format!(
-                "its format version is {}; this mcpflip reads version {FORMAT}",
-                file.version
-            ),
+        return Err(format!(
+            "its format version is {}; this mcpflip reads version {FORMAT}",
+            file.version
         ));
     }
-    Ok(Some(file))
+    Ok(file)
 }
 
 /// The step of a save that failed.

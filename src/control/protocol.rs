@@ -154,8 +154,31 @@ pub enum Request {
         )]
         watch: Option<Duration>,
     },
-    /// Re-read the config file: slots, certificates, [drain], [probe], [watch].
+    /// Re-read the config file: slots, certificates, [drain], [probe], [watch], [health].
     Reload,
+    /// Start the mcpflip binary again and hand it the listeners without dropping a connection.
+    ///
+    /// The new process gets the listening sockets, takes over the control
+    /// socket and serves; this one stops accepting, finishes its open
+    /// connections and streams (up to [drain] deadline) and exits. If the new
+    /// process fails (a bad config, a crash, no answer in time), this one
+    /// serves on as before and the command fails with the new process's error.
+    /// Listener addresses, the control socket and [proxy] may change.
+    Upgrade {
+        /// The binary to start (default: the path this process was started from, read anew).
+        #[arg(long, value_name = "PATH")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<PathBuf>,
+        /// How long the new process has to take over (default: 30s).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        #[serde(
+            default,
+            serialize_with = "duration_out",
+            deserialize_with = "duration_in",
+            skip_serializing_if = "Option::is_none"
+        )]
+        timeout: Option<Duration>,
+    },
 }
 
 impl Request {
@@ -173,6 +196,7 @@ impl Request {
             Request::Standby { .. } => "standby",
             Request::Deploy { .. } => "deploy",
             Request::Reload => "reload",
+            Request::Upgrade { .. } => "upgrade",
         }
     }
 
@@ -207,7 +231,7 @@ pub fn parse_line(line: &str) -> Result<Request, CtlError> {
     if words.is_empty() {
         return Err(CtlError::BadCommand("empty command; try `status`".into()));
     }
-    <Words as clap::Parser>::try_parse_from(&words)
+    let request = <Words as clap::Parser>::try_parse_from(&words)
         .map(|w| w.request)
         .map_err(|e| {
             let text = e.render().to_string();
@@ -221,7 +245,34 @@ pub fn parse_line(line: &str) -> Result<Request, CtlError> {
                 "{}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby, reload (`mcpflip ctl CMD --help`)",
                 quote(first, 200)
             ))
-        })
+        })?;
+    as_on_the_wire(request)
+}
+
+/// The words' request as its JSON form carries it, so that both forms of one
+/// command are the same request: `wait SLOT drained` is `wait SLOT` (the
+/// condition is the default and never sent), and a slot named twice in
+/// `weights` is refused as the JSON object refuses it.
+fn as_on_the_wire(request: Request) -> Result<Request, CtlError> {
+    Ok(match request {
+        Request::Wait { slot, timeout, .. } => Request::Wait {
+            slot,
+            condition: None,
+            timeout,
+        },
+        Request::Weights { weights } => {
+            for (i, w) in weights.iter().enumerate() {
+                if weights[..i].iter().any(|o| o.slot == w.slot) {
+                    return Err(CtlError::BadCommand(format!(
+                        "slot {} is given twice",
+                        quote(&w.slot, QUOTE)
+                    )));
+                }
+            }
+            Request::Weights { weights }
+        }
+        other => other,
+    })
 }
 
 /// At most `max` bytes of `s` (on a character boundary), marked when cut.
@@ -400,6 +451,9 @@ pub struct Status {
     /// The deploy that runs, or else the last one since the proxy started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployStatus>,
+    /// The process this one took over from, while it still serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<HandoverStatus>,
     /// The fleet, when this instance is in one (`[cluster]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
@@ -648,6 +702,37 @@ pub struct Reloaded {
     pub restart_required: Vec<String>,
 }
 
+/// `upgrade`: the new process serves; this one finishes its streams and exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// This process, which now hands over.
+    pub old_pid: u32,
+    /// The process that took over.
+    pub new_pid: u32,
+    pub binary: PathBuf,
+}
+
+/// A handover in progress, as the new process's `status` shows it: the
+/// process that handed over still serves these streams and requests, and
+/// a drain of a slot ends only when they are gone too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverStatus {
+    /// The process handing over.
+    pub pid: u32,
+    /// Milliseconds since it handed over.
+    pub since_ms: u64,
+    /// Its open streams and requests in flight, per slot.
+    pub slots: Vec<HandoverSlot>,
+}
+
+/// One slot's counts in the process handing over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverSlot {
+    pub slot: String,
+    pub live_streams: u64,
+    pub inflight: u64,
+}
+
 /// The final reply of a command that succeeded.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
@@ -661,6 +746,7 @@ pub enum Reply {
     Lifecycle(Lifecycle),
     Deploy(Box<Deployed>),
     Reload(Reloaded),
+    Upgrade(Upgraded),
 }
 
 impl Reply {
@@ -686,6 +772,7 @@ impl Reply {
             Request::Retire { .. } | Request::Standby { .. } => Reply::Lifecycle(of(v)?),
             Request::Deploy { .. } => Reply::Deploy(of(v)?),
             Request::Reload => Reply::Reload(of(v)?),
+            Request::Upgrade { .. } => Reply::Upgrade(of(v)?),
         })
     }
 }
@@ -914,13 +1001,14 @@ pub enum ErrorCode {
     StateNotSaved,
     Forbidden,
     ShuttingDown,
+    UpgradeFailed,
     Internal,
     Conflict,
     ClusterUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::BadCommand,
         Self::LineTooLong,
         Self::UnknownSlot,
@@ -944,6 +1032,7 @@ impl ErrorCode {
         Self::StateNotSaved,
         Self::Forbidden,
         Self::ShuttingDown,
+        Self::UpgradeFailed,
         Self::Internal,
         Self::Conflict,
         Self::ClusterUnavailable,
@@ -974,6 +1063,7 @@ impl ErrorCode {
             Self::StateNotSaved => "state_not_saved",
             Self::Forbidden => "forbidden",
             Self::ShuttingDown => "shutting_down",
+            Self::UpgradeFailed => "upgrade_failed",
             Self::Internal => "internal",
             Self::Conflict => "conflict",
             Self::ClusterUnavailable => "cluster_unavailable",
@@ -1057,6 +1147,8 @@ pub enum CtlError {
     Forbidden,
     #[error("the proxy is shutting down")]
     ShuttingDown,
+    #[error("upgrade failed: {0}; this process serves on as before")]
+    UpgradeFailed(String),
     #[error("{0}")]
     Internal(String),
     /// The fleet's table changed since this instance computed the change
@@ -1096,6 +1188,7 @@ impl CtlError {
             Self::StateNotSaved { .. } => ErrorCode::StateNotSaved,
             Self::Forbidden => ErrorCode::Forbidden,
             Self::ShuttingDown => ErrorCode::ShuttingDown,
+            Self::UpgradeFailed(_) => ErrorCode::UpgradeFailed,
             Self::Internal(_) => ErrorCode::Internal,
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::ClusterUnavailable { .. } => ErrorCode::ClusterUnavailable,
@@ -1207,9 +1300,11 @@ mod tests {
         );
         assert_eq!(
             words("wait blue drained --timeout 5s"),
+            // The condition word is the default and never on the wire: the
+            // words read as the JSON `ctl` sends (tests/fuzz_found.rs).
             Request::Wait {
                 slot: "blue".into(),
-                condition: Some("drained".into()),
+                condition: None,
                 timeout: Some(Duration::from_secs(5))
             }
         );
@@ -1308,6 +1403,11 @@ mod tests {
             words("standby blue"),
             words("deploy green --deadline 1m --watch 0s"),
             Request::Reload,
+            words("upgrade --binary /usr/bin/mcpflip --timeout 5s"),
+            Request::Upgrade {
+                binary: None,
+                timeout: None,
+            },
         ];
         for r in all {
             let line = r.to_line();

@@ -5,10 +5,11 @@
 //!
 //! Applied live: slots added, removed (only when idle) or re-addressed (a new
 //! generation: the old process's sessions get the 404 that makes clients
-//! start over), `[drain]`, `[probe]`, `[watch]`, and the listener's
+//! start over), `[drain]`, `[probe]`, `[watch]`, `[health]`, and the listener's
 //! certificates (new handshakes get them; open connections keep theirs).
 //! Runtime weights and states persist. Listener addresses, the control
-//! socket, the state file and `[proxy]` need a restart; the reply names them.
+//! socket, the state file and `[proxy]` need a restart (`mcpflip ctl upgrade`
+//! makes one without dropping a connection); the reply names them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,9 +20,14 @@ use crate::control::protocol::{CtlError, Event, Reloaded};
 use crate::control::state::{Command, ConfigSlot};
 
 /// Re-reads the config file this proxy was started with.
+/// Tells systemd `RELOADING=1` first and `READY=1` after, applied or refused
+/// (`Type=notify-reload` waits for both; a refusal fails `ctl reload`, which
+/// fails `systemctl reload` through `ExecReload`).
 pub async fn reload(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
+    crate::notify::reloading();
     let result = apply(ctl).await;
     ctl.counters.count_reload(result.is_ok());
+    crate::notify::ready();
     result
 }
 
@@ -89,6 +95,7 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         ("[drain]", old.drain != new.drain),
         ("[probe]", old.probe != new.probe),
         ("[watch]", old.watch != new.watch),
+        ("[health]", old.health != new.health),
     ] {
         if differs {
             changed.push(format!("{what} settings"));

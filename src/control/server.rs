@@ -63,14 +63,55 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves control connections until `stop`.
+/// Binds the control socket for a process that takes over from a running
+/// one (a hitless upgrade): binds a temporary name beside it and renames it
+/// over the path, so the path always names a live socket (the old one's,
+/// then this one's) and a `ctl` never finds it missing.
+pub fn bind_replacing(path: &Path) -> anyhow::Result<UnixListener> {
+    paths::secure_dir(paths::parent_of(path))
+        .map_err(|e| anyhow::anyhow!("[control] socket: {e}"))?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket; remove it or set [control] socket to another path",
+                path.display()
+            );
+        }
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.new", std::process::id()));
+    let temp = std::path::PathBuf::from(name);
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", temp.display()))?;
+    let placed = std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        anyhow::bail!("cannot put the control socket at {}: {e}", path.display());
+    }
+    Ok(listener)
+}
+
+/// How long, once `serve` stops, its connections get to write the reply of
+/// the command they run (an `upgrade`'s reply is written as the process that
+/// handed over stops serving).
+const FINISH: Duration = Duration::from_secs(5);
+
+/// Serves control connections until `stop`; then waits (up to 5 s) for the
+/// commands still running to reply.
 pub async fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: CancellationToken) {
     let me = paths::euid();
     // At the descriptor limit: back off (doubling, capped), as every listener does.
     let mut backoff = crate::proxy::accept::Backoff::new("control");
+    let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let stream = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                tracker.close();
+                let _ = tokio::time::timeout(FINISH, tracker.wait()).await;
+                return;
+            }
             (s, _) = backoff.accept(|| listener.accept()) => s,
         };
         let allowed = stream
@@ -78,7 +119,7 @@ pub async fn serve(listener: UnixListener, ctl: Arc<Controller>, stop: Cancellat
             .is_ok_and(|c| paths::trusted_uid(c.uid(), me));
         let ctl = Arc::clone(&ctl);
         let stop = stop.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             if allowed {
                 connection(stream, ctl, stop).await;
             } else {
@@ -270,6 +311,9 @@ pub async fn execute(
         Request::Retire { slot } => ctl.lifecycle(&slot, true).await.map(Reply::Lifecycle),
         Request::Standby { slot } => ctl.lifecycle(&slot, false).await.map(Reply::Lifecycle),
         Request::Reload => reload::reload(ctl).await.map(Reply::Reload),
+        Request::Upgrade { binary, timeout } => {
+            ctl.upgrade(binary, timeout).await.map(Reply::Upgrade)
+        }
         Request::Deploy {
             slot,
             deadline,
@@ -288,6 +332,44 @@ pub async fn execute(
             task.await
                 .map_err(|e| CtlError::Internal(format!("the deploy failed: {e}")))?
                 .map(|d| Reply::Deploy(Box::new(d)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(input: &[u8]) -> Vec<Read> {
+        let mut lines = Lines::new(input);
+        let mut out = Vec::new();
+        loop {
+            match lines.next().await {
+                Read::Closed => return out,
+                r @ (Read::TooLong | Read::Failed(_)) => {
+                    out.push(r);
+                    return out;
+                }
+                r => out.push(r),
+            }
+        }
+    }
+
+    /// The codec, not the parser, bounds a line: MAX_LINE bytes are read,
+    /// one more is refused, with or without its newline (the control-line
+    /// fuzz target only sees lines within the bound).
+    #[tokio::test]
+    async fn lines_are_bounded_by_the_codec() {
+        let max = "x".repeat(MAX_LINE);
+        let got = read_all(format!("status\n{max}\n").as_bytes()).await;
+        assert!(
+            matches!(&got[..], [Read::Line(a), Read::Line(b)] if a == "status" && b.len() == MAX_LINE),
+            "{} reads",
+            got.len()
+        );
+        for input in [format!("{max}y\nstatus\n"), format!("{max}y")] {
+            let got = read_all(input.as_bytes()).await;
+            assert!(matches!(&got[..], [Read::TooLong]), "{} reads", got.len());
         }
     }
 }

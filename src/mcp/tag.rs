@@ -26,9 +26,12 @@ impl<'a> SessionTag<'a> {
         let rest = s.strip_prefix(TAG_VERSION)?;
         let (slot, rest) = rest.split_once('.')?;
         let (generation, inner) = rest.split_once('.')?;
+        // One spelling per tag: `mf1.blue.03.` is not `mf1.blue.3.`, the
+        // prefix the proxy writes and strips.
         if slot.is_empty()
             || generation.is_empty()
             || !generation.bytes().all(|b| b.is_ascii_digit())
+            || (generation.len() > 1 && generation.starts_with('0'))
         {
             return None;
         }

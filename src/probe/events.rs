@@ -2,7 +2,7 @@
 //! clients (the probe, and the demo's simulated clients). Bounded: an event
 //! larger than [`MAX_EVENT`] is an error, not something to buffer.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -28,13 +28,18 @@ pub enum EventError {
 }
 
 /// Reads events off a `text/event-stream` body.
-pub struct EventReader {
-    body: Incoming,
+/// Generic over the body: the probe reads its pooled client's
+/// (`UpstreamBody`), the demo's clients read hyper's own.
+pub struct EventReader<B = Incoming> {
+    body: B,
     buf: BytesMut,
 }
 
-impl EventReader {
-    pub fn new(body: Incoming) -> Self {
+impl<B> EventReader<B>
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    pub fn new(body: B) -> Self {
         EventReader {
             body,
             buf: BytesMut::new(),

@@ -2,11 +2,11 @@
 //! session header, 2026-07-28 `Mcp-Method` requests) and legacy HTTP+SSE (POSTs
 //! answered on the event stream), straight to a slot's upstream.
 
+use crate::upstream::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::mcp::headers::{
@@ -30,7 +30,7 @@ pub(crate) enum Wire {
     },
     Legacy {
         post: Uri,
-        events: EventReader,
+        events: EventReader<UpstreamBody>,
     },
 }
 
@@ -202,7 +202,7 @@ pub(crate) fn base_request(slot: &Slot, method: Method, uri: Uri) -> http::reque
 pub(crate) async fn send(
     slot: &Slot,
     req: Request<crate::upstream::ForwardBody>,
-) -> Result<http::Response<Incoming>, Fail> {
+) -> Result<http::Response<UpstreamBody>, Fail> {
     slot.client.request(req).await.map_err(|e| {
         let kind = crate::upstream::classify(&e);
         let mut detail = format!("{} failed ({}): {e}", slot.upstream, kind.as_str());
@@ -217,7 +217,7 @@ pub(crate) async fn send(
 }
 
 /// A non-2xx answer as a failure with its status and a body excerpt.
-pub(crate) async fn failed_answer(resp: http::Response<Incoming>, what: &str) -> Fail {
+pub(crate) async fn failed_answer(resp: http::Response<UpstreamBody>, what: &str) -> Fail {
     let status = resp.status();
     let body = match read_body(resp.into_body()).await {
         Ok(b) => excerpt(&String::from_utf8_lossy(&b)),
@@ -230,7 +230,7 @@ pub(crate) async fn failed_answer(resp: http::Response<Incoming>, what: &str) ->
     }
 }
 
-async fn read_body(mut body: Incoming) -> Result<Bytes, Fail> {
+async fn read_body(mut body: UpstreamBody) -> Result<Bytes, Fail> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Fail::new(format!("reading the answer: {e}")))?;
@@ -257,7 +257,10 @@ pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
 
 /// Reads SSE events until the JSON-RPC answer with `id` (skipping server
 /// notifications and requests on the same stream).
-pub(crate) async fn answer_on_stream(events: &mut EventReader, id: u64) -> Result<Value, Fail> {
+pub(crate) async fn answer_on_stream(
+    events: &mut EventReader<UpstreamBody>,
+    id: u64,
+) -> Result<Value, Fail> {
     loop {
         let ev = events.next().await?;
         if ev.data.is_empty() || !(ev.event.is_empty() || ev.event == "message") {

@@ -22,13 +22,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, StreamGuard};
+use crate::upstream::UpstreamBody;
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -41,7 +41,7 @@ enum Kind {
     Local(Full<Bytes>),
     /// An upstream body that is not a stream; in flight until it ends.
     Plain {
-        inner: Incoming,
+        inner: UpstreamBody,
         guard: Option<InflightGuard>,
     },
     /// An SSE stream.
@@ -49,7 +49,7 @@ enum Kind {
 }
 
 struct Stream {
-    inner: Incoming,
+    inner: UpstreamBody,
     guard: Option<StreamGuard>,
     scanner: SseScanner,
     force: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -83,7 +83,7 @@ impl ResponseBody {
         }
     }
 
-    pub fn plain(inner: Incoming, guard: InflightGuard) -> Self {
+    pub fn plain(inner: UpstreamBody, guard: InflightGuard) -> Self {
         Self {
             kind: Kind::Plain {
                 inner,
@@ -97,7 +97,7 @@ impl ResponseBody {
     /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`.
     /// `conn` is the client connection it is sent on.
     pub fn stream(
-        inner: Incoming,
+        inner: UpstreamBody,
         guard: StreamGuard,
         rewrite: Option<EndpointRewrite>,
         keepalive: Option<std::time::Duration>,

@@ -60,6 +60,9 @@ struct ConnState {
     started: AtomicBool,
     /// A stream of this connection was forced.
     forced: AtomicBool,
+    /// Close once the open requests end, with no deadline (HTTP/2: GOAWAY;
+    /// its open streams go on): the process is handing over or stopping.
+    wind_down: AtomicBool,
     /// Wakes the driver: the last request ended, or a stream was forced.
     wake: Notify,
     /// Guards of forced streams that ended: they count until the connection is
@@ -86,6 +89,15 @@ impl Conn {
     pub fn force(&self) {
         self.0.forced.store(true, Ordering::Release);
         self.0.wake.notify_one();
+    }
+
+    /// Closes the connection gracefully once its open requests and streams
+    /// end, however long they last (HTTP/2: GOAWAY now, so that the client
+    /// opens its next streams elsewhere).
+    pub fn wind_down(&self) {
+        if !self.0.wind_down.swap(true, Ordering::AcqRel) {
+            self.0.wake.notify_one();
+        }
     }
 
     /// Closes the connection after the response in progress, and drops it
@@ -260,6 +272,10 @@ where
             }
             _ = wake.as_mut() => {
                 wake.set(state.wake.notified());
+                if !graceful && state.wind_down.load(Ordering::Acquire) {
+                    connection.as_mut().graceful_shutdown();
+                    graceful = true;
+                }
                 if state.forced.load(Ordering::Acquire) && phase != Phase::Closing {
                     if !graceful {
                         connection.as_mut().graceful_shutdown();
@@ -340,6 +356,11 @@ impl Connections {
     /// Asks every connection to close gracefully and waits until all have.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        self.closed().await
+    }
+
+    /// Waits until every connection has closed (on its own).
+    pub async fn closed(&self) {
         loop {
             let notified = self.closed.notified();
             tokio::pin!(notified);

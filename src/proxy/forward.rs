@@ -154,15 +154,19 @@ impl Forwarder {
         // A legacy SSE session starts with a GET that carries no session id.
         let legacy_get = era == Era::LegacySse && site.is_none();
 
-        if let Err(resp) = self.rewrite_request(&mut req, &slot, peer) {
-            self.stats.count_local(LocalResponse::BadRequest);
-            return *resp;
-        }
+        self.rewrite_request(&mut req, &slot, peer);
         let (head, body) = req.into_parts();
         let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
         let req = Request::from_parts(head, body);
-        let resp = match slot.client.send(req, wait, &watch).await {
-            Ok(resp) => resp,
+        let resp = match slot
+            .client
+            .send(&slot.scheme, &slot.authority, req, wait, &watch)
+            .await
+        {
+            Ok(resp) => {
+                stats.note_answer();
+                resp
+            }
             Err(SendError::ClientBody(state)) => {
                 // The client's body failed: its fault, whatever the upstream
                 // client made of it. A 4xx of the slot, never its 5xx share.
@@ -198,6 +202,9 @@ impl Forwarder {
             }
             Err(SendError::Upstream { kind, error }) => {
                 stats.count_upstream_error(kind);
+                if matches!(kind, UpstreamError::Connect | UpstreamError::Timeout) {
+                    stats.note_connect_failure();
+                }
                 let (status, code) = match kind {
                     UpstreamError::Timeout | UpstreamError::ResponseTimeout => {
                         (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
@@ -261,31 +268,23 @@ impl Forwarder {
         Response::from_parts(parts, body)
     }
 
-    fn rewrite_request(
-        &self,
-        req: &mut Request<Incoming>,
-        slot: &Slot,
-        peer: &Peer,
-    ) -> Result<(), Box<Response<ResponseBody>>> {
+    fn rewrite_request(&self, req: &mut Request<Incoming>, slot: &Slot, peer: &Peer) {
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(slot.scheme.clone())
-            .authority(slot.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| {
-                local_error(StatusCode::BAD_REQUEST, None, "bad_request", &e.to_string())
-            })?;
-        *req.uri_mut() = uri;
+        // The upstream gets the origin-form target; the pool knows where to
+        // send it. An HTTP/1.1 client's URI already is that form (no rebuild);
+        // an HTTP/2 one (or an absolute-form h1 one) carries scheme and authority.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq);
+        }
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
@@ -312,7 +311,6 @@ impl Forwarder {
         if let Some(v) = xff {
             headers.insert(X_FORWARDED_FOR, v);
         }
-        Ok(())
     }
 }
 

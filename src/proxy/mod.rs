@@ -131,6 +131,7 @@ pub async fn serve(
         let forwarder = Arc::clone(&forwarder);
         let builder = Arc::clone(&builder);
         let shutdown = connections.shutdown_token().clone();
+        let winding_down = stop.clone();
         let limits = settings.limits;
         tokio::spawn(async move {
             let (_counted, _entered) = (counted, entered);
@@ -144,8 +145,26 @@ pub async fn serve(
                 let active = peer.conn.begin();
                 let forwarder = Arc::clone(&forwarder);
                 let peer = Arc::clone(&peer);
+                let winding_down = winding_down.is_cancelled();
+                let h1 = req.version() < http::Version::HTTP_2;
                 async move {
-                    let resp = forwarder.forward(req, &peer).await;
+                    let mut resp = forwarder.forward(req, &peer).await;
+                    if winding_down {
+                        // The listener stopped (shutdown, or a new process
+                        // took it over): this connection's next request
+                        // must go to a fresh connection. HTTP/1.1 is told in
+                        // the response, so that the client never sends on a
+                        // connection closed under it (an idle close races
+                        // the client's next request); HTTP/2 gets GOAWAY.
+                        if h1 {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        } else {
+                            peer.conn.wind_down();
+                        }
+                    }
                     Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
                 }
             });

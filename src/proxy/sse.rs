@@ -7,6 +7,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+/// The longest line read as a `retry:` field (`retry: ` and the 20 digits of
+/// the largest u64 fit with room to spare); a longer line is no `retry:`
+/// field, whichever way the stream is cut.
+pub const MAX_RETRY_LINE: usize = 64;
+
 /// Tracks where the stream stands relative to event boundaries.
 #[derive(Debug, Clone)]
 pub struct SseScanner {
@@ -16,6 +21,9 @@ pub struct SseScanner {
     line_cr: bool,
     /// True when everything sent so far ends exactly at an event boundary.
     boundary: bool,
+    /// The current line's bytes while it could still be a `retry:` field
+    /// (up to [`MAX_RETRY_LINE`]), so a field cut across chunks is read whole.
+    head: [u8; MAX_RETRY_LINE],
 }
 
 impl Default for SseScanner {
@@ -24,6 +32,7 @@ impl Default for SseScanner {
             line_len: 0,
             line_cr: false,
             boundary: true,
+            head: [0; MAX_RETRY_LINE],
         }
     }
 }
@@ -64,17 +73,15 @@ impl SseScanner {
                 self.line_cr
             };
             let empty = len == 0 || (len == 1 && first_cr);
-            if self.line_len == 0 {
-                if let Some(v) = seg.strip_prefix(b"retry:") {
-                    let v = v.strip_suffix(b"\r").unwrap_or(v);
-                    let v = v.strip_prefix(b" ").unwrap_or(v);
-                    if let Some(ms) = std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                    {
-                        *retry = Some(retry.map_or(ms, |r: u64| r.max(ms)));
-                    }
-                }
+            // Only a short line can be a `retry:` field; one begun in an
+            // earlier chunk is read from `head`, so the cut does not matter.
+            if len <= MAX_RETRY_LINE && seg.len() < len {
+                let mut line = [0; MAX_RETRY_LINE];
+                line[..self.line_len].copy_from_slice(&self.head[..self.line_len]);
+                line[self.line_len..len].copy_from_slice(seg);
+                note_retry(&line[..len], retry);
+            } else if len <= MAX_RETRY_LINE {
+                note_retry(seg, retry);
             }
             self.line_len = 0;
             self.line_cr = false;
@@ -89,10 +96,29 @@ impl SseScanner {
             if self.line_len == 0 {
                 self.line_cr = rest[0] == b'\r';
             }
-            self.line_len += rest.len();
+            let len = self.line_len + rest.len();
+            if len <= MAX_RETRY_LINE {
+                self.head[self.line_len..len].copy_from_slice(rest);
+            }
+            self.line_len = len;
             self.boundary = false;
         }
         None
+    }
+}
+
+/// Notes the value of `line` (without its '\n') if it is a `retry:` field.
+fn note_retry(line: &[u8], retry: &mut Option<u64>) {
+    let Some(v) = line.strip_prefix(b"retry:") else {
+        return;
+    };
+    let v = v.strip_suffix(b"\r").unwrap_or(v);
+    let v = v.strip_prefix(b" ").unwrap_or(v);
+    if let Some(ms) = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        *retry = Some(retry.map_or(ms, |r: u64| r.max(ms)));
     }
 }
 
@@ -101,6 +127,7 @@ impl SseScanner {
 #[derive(Debug)]
 pub struct EndpointRewrite {
     buf: BytesMut,
+    max_first_event: usize,
     scanner: SseScanner,
     tag_prefix: String,
     upstream_authority: String,
@@ -124,10 +151,24 @@ impl EndpointRewrite {
     pub fn new(tag_prefix: String, upstream_authority: String) -> Self {
         Self {
             buf: BytesMut::new(),
+            max_first_event: MAX_FIRST_EVENT,
             scanner: SseScanner::default(),
             tag_prefix,
             upstream_authority,
         }
+    }
+
+    /// The same stage with another bound on the held first event (the fuzz
+    /// property uses small ones, so that the fuzzer reaches that path).
+    #[doc(hidden)]
+    pub fn with_first_event_limit(mut self, limit: usize) -> Self {
+        self.max_first_event = limit;
+        self
+    }
+
+    /// How many bytes of the first event are held now.
+    pub fn held(&self) -> usize {
+        self.buf.len()
     }
 
     /// Feeds a chunk of the stream.
@@ -135,6 +176,11 @@ impl EndpointRewrite {
         let seen = self.buf.len();
         self.buf.extend_from_slice(&data);
         match self.scanner.feed_to_boundary(&self.buf[seen..]) {
+            // A first event over the limit passes on untouched, as it does
+            // when it arrives in pieces (below): the cut must not decide.
+            Some(end) if seen + end > self.max_first_event => {
+                Rewritten::Done(std::mem::take(&mut self.buf).freeze())
+            }
             Some(end) => {
                 let end = seen + end;
                 let rest = self.buf.split_off(end);
@@ -148,7 +194,7 @@ impl EndpointRewrite {
                 out.extend_from_slice(&rest);
                 Rewritten::Done(out.freeze())
             }
-            None if self.buf.len() > MAX_FIRST_EVENT => {
+            None if self.buf.len() > self.max_first_event => {
                 Rewritten::Done(std::mem::take(&mut self.buf).freeze())
             }
             None => Rewritten::Pending,
@@ -180,8 +226,13 @@ pub fn rewrite_endpoint(
         if let Some(v) = field(body, "data") {
             if !rewrote {
                 if let Some(url) = tag_url(v, tag_prefix, upstream_authority) {
-                    out.push_str("data: ");
+                    // Only the URL changes: the field name, the blanks around
+                    // the URL and the line ending stay as the upstream wrote them.
+                    let url_at = body.len() - v.trim_start().len();
+                    let url_end = body.len() - (v.len() - v.trim_end().len());
+                    out.push_str(&body[..url_at]);
                     out.push_str(&url);
+                    out.push_str(&body[url_end..]);
                     out.push_str(ending);
                     rewrote = true;
                     continue;

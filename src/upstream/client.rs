@@ -1,13 +1,36 @@
-//! The pooled HTTP client a slot forwards through (hyper-util's legacy client on a
-//! TCP connector, with rustls for `https://` upstreams), and the classification
-//! of its failures.
+//! The client a slot forwards through: a pool of our own HTTP/1.1 connections
+//! (`hyper::client::conn::http1`, TCP, rustls for `https://` upstreams), and
+//! the classification of its failures.
+//!
+//! Why not hyper-util's legacy client: on every request it checks a
+//! connection out of a keyed pool, hops through a channel to the connection's
+//! dispatch, rebuilds the request URI into origin-form and spawns a task that
+//! waits for the connection to become idle again. A slot's client talks to
+//! one upstream, so here a request takes the newest idle connection from one
+//! list (LIFO: the warmest, and the oldest age out), sends on it directly, and
+//! the response body itself puts the connection back when it ends (see
+//! [`UpstreamBody`]): no key hashing, no extra task.
+//!
+//! A connection is handed out only while its dispatcher says it is ready for
+//! a request (`is_ready`); a closed one (the upstream hung up while it idled)
+//! is dropped when met. A request that a reused connection could not even
+//! start sending (it closed in the meantime) is sent once more on a new one.
+//! Idle connections older than `pool_idle_timeout` are closed by a reaper task
+//! that lives as long as the pool.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
 
@@ -41,6 +64,40 @@ impl UpstreamError {
     }
 }
 
+/// Why the client got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request URI names no upstream (`scheme://authority`).
+    #[error("the request URI {0} names no upstream")]
+    NoUpstream(Uri),
+    /// The TCP connection could not be made.
+    #[error("connecting to {authority} failed")]
+    Connect {
+        authority: Authority,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connection was not made within `connect_timeout`.
+    #[error("connecting to {authority} took longer than connect_timeout ({timeout:?})")]
+    ConnectTimeout {
+        authority: Authority,
+        timeout: Duration,
+    },
+    /// The upstream's host is not a name TLS can verify.
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {authority} failed")]
+    Tls {
+        authority: Authority,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed (the connection broke, the answer did not parse).
+    #[error("the upstream connection failed")]
+    Http(#[source] hyper::Error),
+}
+
 /// Why a forwarded request got no response head.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -52,16 +109,79 @@ pub enum SendError {
     Upstream {
         kind: UpstreamError,
         /// The client error, for the message (none for a response timeout).
-        error: Option<hyper_util::client::legacy::Error>,
+        error: Option<ClientError>,
     },
 }
+
+/// The most idle connections a slot keeps (what hyper-util's pool was given).
+const MAX_IDLE: usize = 1024;
 
 /// A cheaply cloneable pooled client; clones share the pool.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    inner: Client<HttpsConnector<HttpConnector>, ForwardBody>,
+    pool: Arc<Pool>,
     /// The slot's response header timeout.
     response_timeout: Duration,
+}
+
+/// A slot's connections and how new ones are made.
+struct Pool {
+    /// Idle connections, newest last. A short lock, never held across an
+    /// await: a push or a pop (a few closed ones skipped at most).
+    idle: Mutex<Vec<Idle>>,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    tls: tokio_rustls::TlsConnector,
+    h1: http1::Builder,
+    /// The reaper of expired idle connections runs.
+    reaping: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle_timeout", &self.idle_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a connection goes: an idle one serves only requests for the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    https: bool,
+    authority: Authority,
+}
+
+struct Idle {
+    tx: SendRequest<ForwardBody>,
+    target: Target,
+    since: Instant,
+}
+
+/// The response head's connection, on its way back to the pool.
+struct Pooled {
+    tx: SendRequest<ForwardBody>,
+    target: Target,
+    pool: Arc<Pool>,
+}
+
+/// The response body of an upstream answer. Its connection goes back to the
+/// pool when the body has ended and the connection is ready for the next
+/// request; a body dropped before its end closes the connection (the rest of
+/// the answer would otherwise be read as the next one's).
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    pooled: Option<Pooled>,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The response header timeout of a client made without one.
@@ -82,26 +202,21 @@ impl UpstreamClient {
     pub fn with_tls(
         connect_timeout: Duration,
         pool_idle: Duration,
-        tls: rustls::ClientConfig,
+        mut tls: rustls::ClientConfig,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool_idle)
-            .pool_max_idle_per_host(1024)
-            // We set Host ourselves (the upstream's authority, or the client's).
-            .set_host(false)
-            .build(connector);
+        // HTTP/1.1 only upstream, as before (hyper-rustls offered just http/1.1).
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let h1 = http1::Builder::new();
+        let pool = Pool {
+            idle: Mutex::new(Vec::new()),
+            idle_timeout: pool_idle,
+            connect_timeout,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            h1,
+            reaping: std::sync::atomic::AtomicBool::new(false),
+        };
         Self {
-            inner,
+            pool: Arc::new(pool),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
         }
     }
@@ -117,25 +232,57 @@ impl UpstreamClient {
         self.response_timeout
     }
 
-    /// Sends `req` as is (probes keep their own timeout).
-    pub fn request(
-        &self,
-        req: http::Request<ForwardBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.inner.request(req)
+    /// Idle connections a request could take now: ready, not expired.
+    pub fn idle_connections(&self) -> usize {
+        let now = Instant::now();
+        self.pool
+            .lock()
+            .iter()
+            .filter(|e| e.tx.is_ready() && now.duration_since(e.since) < self.pool.idle_timeout)
+            .count()
     }
 
-    /// Sends a client's request and waits at most `wait` for the response head,
-    /// counted from the end of the client's body (`body`): a client that sends
-    /// its body slowly does not make the slot look slow. A failure is the
-    /// client's when its body failed, however the client library reports it.
+    /// Sends `req` (an absolute URI: `scheme://authority/path`) as is; probes
+    /// keep their own timeout.
+    pub async fn request(
+        &self,
+        mut req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let uri = req.uri();
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(ClientError::NoUpstream(uri.clone()));
+        };
+        let target = Target {
+            https: *scheme == Scheme::HTTPS,
+            authority: authority.clone(),
+        };
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+        self.pool.send(target, req).await
+    }
+
+    /// Sends a client's request to `scheme://authority` (the request URI is
+    /// sent as its request target: origin-form) and waits at most `wait` for
+    /// the response head, counted from the end of the client's body (`body`):
+    /// a client that sends its body slowly does not make the slot look slow. A
+    /// failure is the client's when its body failed, however the connection
+    /// reports it.
     pub async fn send(
         &self,
-        req: http::Request<ForwardBody>,
+        scheme: &Scheme,
+        authority: &Authority,
+        req: Request<ForwardBody>,
         wait: Duration,
         body: &BodyWatch,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let response = self.inner.request(req);
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let target = Target {
+            https: *scheme == Scheme::HTTPS,
+            authority: authority.clone(),
+        };
+        let response = self.pool.send(target, req);
         tokio::pin!(response);
         let mut frames = body.frames();
         loop {
@@ -173,22 +320,290 @@ impl UpstreamClient {
     }
 }
 
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding the lock leaves a valid Vec: carry on.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest idle connection to `target` that is ready for a request.
+    fn checkout(&self, target: &Target) -> Option<SendRequest<ForwardBody>> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // Newest first; closed or expired ones met on the way are dropped (a
+        // connection is put back only when ready: one that is not ready now
+        // has closed). A slot's client has one target, so the newest is
+        // almost always the one taken.
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].target != *target {
+                continue;
+            }
+            let e = idle.remove(i);
+            if e.tx.is_ready() && now.duration_since(e.since) < self.idle_timeout {
+                return Some(e.tx);
+            }
+        }
+        None
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        target: Target,
+        req: Request<ForwardBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let (mut tx, reused) = match self.checkout(&target) {
+            Some(tx) => (tx, true),
+            None => (self.connect(&target).await?, false),
+        };
+        let resp = match tx.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // A reused connection closed before the request went out:
+                // nothing was sent, so it is safe to send once more.
+                Some(req) if reused => {
+                    tx = self.connect(&target).await?;
+                    tx.send_request(req).await.map_err(ClientError::Http)?
+                }
+                _ => return Err(ClientError::Http(e.into_error())),
+            },
+        };
+        let (head, inner) = resp.into_parts();
+        let mut body = UpstreamBody {
+            inner,
+            pooled: Some(Pooled {
+                tx,
+                target,
+                pool: Arc::clone(self),
+            }),
+        };
+        // A body that ended with its head (204, Content-Length: 0): the
+        // connection may already be ready again.
+        body.release_if_ready();
+        Ok(Response::from_parts(head, body))
+    }
+
+    /// A new connection to `target`, its dispatch task spawned.
+    async fn connect(&self, target: &Target) -> Result<SendRequest<ForwardBody>, ClientError> {
+        let authority = &target.authority;
+        // `host()` keeps an IPv6 literal's brackets.
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = authority
+            .port_u16()
+            .unwrap_or(if target.https { 443 } else { 80 });
+        let tcp = tokio::time::timeout(self.connect_timeout, connect_tcp(host, port))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                authority: authority.clone(),
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| ClientError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
+        // Small requests and answers: never wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        if target.https {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|_| ClientError::ServerName(host.to_owned()))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|source| ClientError::Tls {
+                    authority: authority.clone(),
+                    source,
+                })?;
+            self.handshake(tls).await
+        } else {
+            self.handshake(tcp).await
+        }
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<SendRequest<ForwardBody>, ClientError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, conn) = self
+            .h1
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(ClientError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// Puts a connection that is ready for a request back, newest last.
+    fn put(self: &Arc<Self>, tx: SendRequest<ForwardBody>, target: Target) {
+        let mut idle = self.lock();
+        if idle.len() >= MAX_IDLE {
+            return;
+        }
+        idle.push(Idle {
+            tx,
+            target,
+            since: Instant::now(),
+        });
+        drop(idle);
+        if !self
+            .reaping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+}
+
+/// Closes a pool's idle connections once they have idled `timeout`, until
+/// the pool is gone.
+async fn reap(pool: Weak<Pool>, timeout: Duration) {
+    // As hyper-util's pool: check every `timeout`, at least every 90 ms apart.
+    let every = timeout.max(Duration::from_millis(90));
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = Instant::now();
+        // Dropped outside the lock: closing a connection wakes its task.
+        let expired: Vec<Idle> = {
+            let mut idle = pool.lock();
+            let (keep, expired) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|e| !e.tx.is_closed() && now.duration_since(e.since) < timeout);
+            *idle = keep;
+            expired
+        };
+        drop(expired);
+    }
+}
+
+/// The first address of `host:port` that accepts a connection.
+async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    // An IP literal is parsed, not resolved.
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        )
+    }))
+}
+
+impl UpstreamBody {
+    /// Gives the connection back once the body has ended and the connection is
+    /// ready; `cx` is woken when it becomes ready.
+    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(p) = self.pooled.as_mut() else {
+            return Poll::Ready(());
+        };
+        match p.tx.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(ready) => {
+                if let Some(p) = self.pooled.take() {
+                    if ready.is_ok() {
+                        p.pool.put(p.tx, p.target);
+                    }
+                }
+                Poll::Ready(())
+            }
+        }
+    }
+
+    fn release_if_ready(&mut self) {
+        if self.inner.is_end_stream() && self.pooled.as_ref().is_some_and(|p| p.tx.is_ready()) {
+            if let Some(p) = self.pooled.take() {
+                p.pool.put(p.tx, p.target);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    // The last bytes: give the connection back now if it is
+                    // ready, so that the body ends with this frame.
+                    let _ = this.poll_release(cx);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            // The end is told only once the connection is back: the next
+            // request on this client connection then finds it idle.
+            Poll::Ready(None) => this.poll_release(cx).map(|()| None),
+            Poll::Ready(Some(Err(e))) => {
+                this.pooled = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pooled.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Ended but not yet given back (hyper stopped at the last frame): give
+        // it back if ready; otherwise it is dropped, and with it the connection.
+        self.release_if_ready();
+    }
+}
+
 /// Sorts a client error into the `kind` label of `mcpflip_upstream_errors_total`,
-/// by the types in its source chain (never by its text).
-pub fn classify(err: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let timed_out = chain(err).any(|e| {
-        // hyper-util's connector wraps `connect_timeout`'s `Elapsed`; the OS
-        // reports its own connect timeout as `TimedOut`.
-        e.is::<tokio::time::error::Elapsed>()
-            || e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout)
-    });
-    match (err.is_connect(), timed_out) {
-        (_, true) => UpstreamError::Timeout,
-        (true, false) => UpstreamError::Connect,
-        (false, false) => UpstreamError::Reset,
+/// by its variant and the types in its source chain (never by its text).
+pub fn classify(err: &ClientError) -> UpstreamError {
+    match err {
+        ClientError::ConnectTimeout { .. } => UpstreamError::Timeout,
+        // The OS reports its own connect timeout as `TimedOut`.
+        ClientError::Connect { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+            UpstreamError::Timeout
+        }
+        ClientError::NoUpstream(_)
+        | ClientError::Connect { .. }
+        | ClientError::ServerName(_)
+        | ClientError::Tls { .. } => UpstreamError::Connect,
+        ClientError::Http(e) => {
+            let timed_out = e.is_timeout()
+                || chain(e).any(|e| {
+                    e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+            if timed_out {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Reset
+            }
+        }
     }
 }
 
@@ -197,4 +612,178 @@ fn chain<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(err.source(), |e| e.source())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pool against a raw upstream on loopback that counts its connections.
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Upstream {
+        /// Answers every request, keeps the connection.
+        KeepAlive,
+        /// Answers one request (without `Connection: close`), then hangs up.
+        CloseAfterOne,
+        /// Promises 10 bytes, sends 2, then waits.
+        Stall,
+    }
+
+    struct Counts {
+        accepted: AtomicUsize,
+        closed: AtomicUsize,
+    }
+
+    async fn upstream(mode: Upstream) -> (Authority, Arc<Counts>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let counts = Arc::new(Counts {
+            accepted: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
+        });
+        let c = Arc::clone(&counts);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                c.accepted.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => {
+                                    c.closed.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let answer: &[u8] = match mode {
+                            Upstream::Stall => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
+                            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                        };
+                        if sock.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if mode == Upstream::CloseAfterOne {
+                            c.closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (authority, counts)
+    }
+
+    fn get(authority: &Authority) -> Request<ForwardBody> {
+        Request::builder()
+            .uri(format!("http://{authority}/"))
+            .header(http::header::HOST, authority.as_str())
+            .body(ForwardBody::from(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_sequential_requests() {
+        let (authority, counts) = upstream(Upstream::KeepAlive).await;
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
+        for _ in 0..5 {
+            let resp = client.request(get(&authority)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            assert_eq!(client.idle_connections(), 1);
+        }
+        assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_never_handed_out() {
+        let (authority, counts) = upstream(Upstream::CloseAfterOne).await;
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
+        for round in 1..=3 {
+            let resp = client.request(get(&authority)).await.unwrap();
+            assert_eq!(resp.status(), 200, "round {round}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            // The upstream hung up on the idle connection; once the pool's
+            // connection has seen it, nothing is offered.
+            until("the pool sees the close", || client.idle_connections() == 0).await;
+        }
+        assert_eq!(counts.accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout() {
+        let (authority, counts) = upstream(Upstream::KeepAlive).await;
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_millis(100));
+        let resp = client.request(get(&authority)).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        until("the upstream sees its idle connection closed", || {
+            counts.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(client.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_along() {
+        let (authority, counts) = upstream(Upstream::Stall).await;
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
+        for _ in 0..2 {
+            let resp = client.request(get(&authority)).await.unwrap();
+            let mut body = resp.into_body();
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(&first[..], b"ok");
+            drop(body);
+            assert_eq!(client.idle_connections(), 0);
+        }
+        assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+        until("both cut connections closed", || {
+            counts.closed.load(Ordering::SeqCst) == 2
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn failures_are_classified_by_variant() {
+        // Nothing listens on a port just freed: refused, a connect failure.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let authority = Authority::try_from(format!("127.0.0.1:{port}")).unwrap();
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
+        let err = client.request(get(&authority)).await.unwrap_err();
+        assert_eq!(classify(&err), UpstreamError::Connect, "{err}");
+        // An upstream that answers garbage: the exchange broke.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(b"not http at all\r\n\r\n").await;
+            }
+        });
+        let err = client.request(get(&authority)).await.unwrap_err();
+        assert_eq!(classify(&err), UpstreamError::Reset, "{err}");
+    }
 }

@@ -1,4 +1,4 @@
-//! The slot's side of a request: the pooled client that forwards to a slot's
+//! The slot's side of a request: the pooled client (a connection pool of its own) that forwards to a slot's
 //! upstream server, the request body it sends, and how its failures are told
 //! apart. "Upstream" in this crate always means a slot's backend server.
 
@@ -6,4 +6,4 @@ pub mod body;
 pub mod client;
 
 pub use body::{BodyState, BodyWatch, ClientBodyError, ForwardBody};
-pub use client::{classify, SendError, UpstreamClient, UpstreamError};
+pub use client::{classify, ClientError, SendError, UpstreamBody, UpstreamClient, UpstreamError};

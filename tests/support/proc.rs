@@ -24,10 +24,14 @@ impl ProxyProcess {
 
     /// [`ProxyProcess::spawn`] through `program` (e.g. `ip netns exec NS BIN`).
     pub fn spawn_with(mut program: Command, config: &Path, socket: &Path, args: &[&str]) -> Self {
-        let mut child = program
-            .args(["run", "--config"])
-            .arg(config)
-            .args(args)
+        program.args(["run", "--config"]).arg(config).args(args);
+        Self::spawn_command(program, socket)
+    }
+
+    /// Starts `cmd` (a `mcpflip run`, perhaps behind a wrapper or with more
+    /// environment); `socket` is its control socket.
+    pub fn spawn_command(mut cmd: Command, socket: &Path) -> Self {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

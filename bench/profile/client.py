@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""The fixed-count clients of bench/profile/run.sh (stdlib only).
+
+  client.py calls HOST:PORT N C   N tools/call POSTs on C keep-alive connections (one session)
+  client.py streams HOST:PORT N   opens N SSE sessions (half legacy GET /sse, half Streamable
+                                  HTTP GET /mcp), prints "open", holds them until stdin closes
+"""
+import http.client
+import socket
+import sys
+import threading
+
+INIT = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"profile","version":"1"}}}'
+INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_document","arguments":{"id":"health"}}}'
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def session(host, port):
+    c = http.client.HTTPConnection(host, port, timeout=60)
+    c.request("POST", "/mcp", INIT, HEADERS)
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"initialize answered {r.status}")
+    sid = r.getheader("Mcp-Session-Id")
+    h = dict(HEADERS, **{"Mcp-Session-Id": sid})
+    c.request("POST", "/mcp", INITIALIZED, h)
+    c.getresponse().read()
+    return c, h
+
+
+def calls(host, port, n, conns):
+    c0, h = session(host, port)
+    errors = []
+
+    def worker(count):
+        c = http.client.HTTPConnection(host, port, timeout=300)
+        for _ in range(count):
+            c.request("POST", "/mcp", CALL, h)
+            r = c.getresponse()
+            body = r.read()
+            if r.status != 200 or b"ok" not in body:
+                errors.append(r.status)
+        c.close()
+
+    threads = [threading.Thread(target=worker, args=(n // conns + (i < n % conns),)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    c0.close()
+    if errors:
+        sys.exit(f"{len(errors)} calls failed: {errors[:5]}")
+
+
+def read_until(s, marker):
+    buf = b""
+    while marker not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit(f"stream closed before {marker!r}: {buf[:200]!r}")
+        buf += chunk
+    return buf
+
+
+def streams(host, port, n):
+    held = []
+    for i in range(n):
+        s = socket.create_connection((host, port))
+        if i % 2 == 0:
+            s.sendall(f"GET /sse HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            read_until(s, b"event: endpoint")
+        else:
+            c, h = session(host, port)
+            sid = h["Mcp-Session-Id"]
+            c.close()
+            s.sendall(f"GET /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n".encode())
+            head = read_until(s, b"\r\n\r\n")
+            if b" 200 " not in head.split(b"\r\n")[0]:
+                sys.exit(f"GET /mcp answered {head[:100]!r}")
+        held.append(s)
+    print("open", flush=True)
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    mode, addr = sys.argv[1], sys.argv[2]
+    host, port = addr.rsplit(":", 1)
+    if mode == "calls":
+        calls(host, int(port), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        streams(host, int(port), int(sys.argv[3]))

@@ -1,0 +1,492 @@
+//! The properties the fuzz targets in `fuzz/` check, one function per parser
+//! that input reaches. They live in the library so that the fuzz targets
+//! (nightly, libFuzzer) and `tests/fuzz_corpus.rs` (stable, every committed
+//! corpus file) run exactly the same checks. Each function takes the raw
+//! fuzzer bytes and panics, with what differed, when its property fails.
+//!
+//! Not part of the product's interface: hidden from the docs, used by nothing
+//! but the fuzz targets and the tests.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, HOST, ORIGIN};
+use http::uri::Authority;
+use http::Uri;
+
+use crate::config::Config;
+use crate::control::persist::{self, StateFile};
+use crate::control::protocol::{parse_line, Request};
+use crate::control::state::{State, MAX_GENERATION};
+use crate::mcp::tag::{tag_header, tag_prefix, SessionTag};
+use crate::proxy::host_guard::{authority_host, origin_host, HostGuard, Refused};
+use crate::proxy::sse::{
+    find_in_query, find_session_param, EndpointRewrite, Rewritten, SseScanner,
+};
+
+/// Fuzzer bytes as cut points and a payload: byte 0 says how many cuts
+/// (0 to 7), each cut is two little-endian bytes (taken modulo the payload's
+/// length + 1), the rest is the payload. Returns the payload and its chunks.
+pub fn chunked(data: &[u8]) -> (&[u8], Vec<&[u8]>) {
+    let Some((&n, rest)) = data.split_first() else {
+        return (&[], Vec::new());
+    };
+    let n = usize::from(n % 8);
+    let (cuts, payload) = rest.split_at((2 * n).min(rest.len()));
+    let mut at: Vec<usize> = cuts
+        .chunks_exact(2)
+        .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (payload.len() + 1))
+        .collect();
+    at.sort_unstable();
+    let mut chunks = Vec::with_capacity(at.len() + 1);
+    let mut start = 0;
+    for cut in at {
+        chunks.push(&payload[start..cut]);
+        start = cut;
+    }
+    chunks.push(&payload[start..]);
+    (payload, chunks)
+}
+
+/// The SSE scanner: the event boundaries, `at_boundary` after every chunk and
+/// the largest `retry:` are the same whatever the chunking of the same bytes,
+/// and agree with a line-by-line model of the grammar; `feed_to_boundary`
+/// never returns an offset past its data.
+pub fn sse_scanner(data: &[u8]) {
+    let (payload, chunks) = chunked(data);
+
+    // The model: lines end at '\n'; an empty line ("" or "\r") ends an event.
+    let mut model_boundary = vec![true; payload.len() + 1];
+    let mut model_retry: Option<u64> = None;
+    let mut line_start = 0;
+    for (i, &b) in payload.iter().enumerate() {
+        model_boundary[i + 1] = false;
+        if b == b'\n' {
+            let line = &payload[line_start..i];
+            model_boundary[i + 1] = line.is_empty() || line == b"\r";
+            if let Some(ms) = retry_of(line) {
+                model_retry = Some(model_retry.map_or(ms, |r| r.max(ms)));
+            }
+            line_start = i + 1;
+        }
+    }
+    let model_ends: Vec<usize> = (1..=payload.len())
+        .filter(|&i| model_boundary[i] && payload[i - 1] == b'\n')
+        .collect();
+
+    // `feed`, chunk by chunk.
+    let mut s = SseScanner::default();
+    let mut retry: Option<u64> = None;
+    let mut at = 0;
+    for c in &chunks {
+        if let Some(ms) = s.feed(c) {
+            retry = Some(retry.map_or(ms, |r| r.max(ms)));
+        }
+        at += c.len();
+        assert_eq!(
+            s.at_boundary(),
+            model_boundary[at],
+            "at_boundary after {at} bytes of {payload:?} cut as {chunks:?}"
+        );
+    }
+    assert_eq!(
+        retry, model_retry,
+        "largest retry of {payload:?} cut as {chunks:?}"
+    );
+
+    // `feed_to_boundary`, chunk by chunk: every boundary, in order.
+    let mut s = SseScanner::default();
+    let mut ends = Vec::new();
+    let mut base = 0;
+    for c in &chunks {
+        let mut off = 0;
+        while let Some(end) = s.feed_to_boundary(&c[off..]) {
+            assert!(
+                end >= 1 && end <= c.len() - off,
+                "feed_to_boundary returned {end} for {} bytes",
+                c.len() - off
+            );
+            off += end;
+            ends.push(base + off);
+            if off == c.len() {
+                break;
+            }
+        }
+        base += c.len();
+    }
+    assert_eq!(
+        ends, model_ends,
+        "event ends of {payload:?} cut as {chunks:?}"
+    );
+}
+
+/// The `retry:` grammar the model holds the scanner to (one line, without '\n').
+fn retry_of(line: &[u8]) -> Option<u64> {
+    if line.len() > crate::proxy::sse::MAX_RETRY_LINE {
+        return None;
+    }
+    let v = line.strip_prefix(b"retry:")?;
+    let v = v.strip_suffix(b"\r").unwrap_or(v);
+    let v = v.strip_prefix(b" ").unwrap_or(v);
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The tag and the upstream authority the endpoint property rewrites with.
+const REWRITE_TAG: &str = "mf1.blue.3.";
+const REWRITE_UPSTREAM: &str = "127.0.0.1:3001";
+
+/// The legacy endpoint rewrite: byte 0 picks the first-event limit, the rest is
+/// [`chunked`]. The output is the same whatever the chunking; while the first
+/// event is held, what is held stays within the limit; the output is the input
+/// except for one URL, which is the input's (relative when it named the
+/// upstream) with the tag inserted exactly once, before the session key's value.
+pub fn endpoint_rewrite(data: &[u8]) {
+    let Some((&limit, rest)) = data.split_first() else {
+        return;
+    };
+    // Small limits, so the fuzzer reaches the held-too-long path too.
+    let limit = 16 + usize::from(limit) * 4;
+    let (payload, chunks) = chunked(rest);
+    let run = |chunks: &[&[u8]]| -> Vec<u8> {
+        let mut r = EndpointRewrite::new(REWRITE_TAG.into(), REWRITE_UPSTREAM.into())
+            .with_first_event_limit(limit);
+        let mut out = Vec::new();
+        let mut held = true;
+        for c in chunks {
+            if !held {
+                out.extend_from_slice(c);
+                continue;
+            }
+            match r.push(Bytes::copy_from_slice(c)) {
+                Rewritten::Pending => assert!(
+                    r.held() <= limit,
+                    "held {} bytes over the limit {limit}",
+                    r.held()
+                ),
+                Rewritten::Done(b) => {
+                    out.extend_from_slice(&b);
+                    held = false;
+                }
+            }
+        }
+        if held {
+            out.extend(r.finish().unwrap_or_default());
+        }
+        out
+    };
+    let whole = run(&[payload]);
+    let cut = run(&chunks);
+    assert_eq!(
+        cut, whole,
+        "chunking changed the output of {payload:?} cut as {chunks:?}"
+    );
+    if whole == payload {
+        return;
+    }
+    // One span differs: it starts where the outputs first differ.
+    let pre = whole
+        .iter()
+        .zip(payload)
+        .take_while(|(a, b)| a == b)
+        .count();
+    // Only the first event is text; what follows it may be any bytes.
+    let line_start = payload[..pre]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line_end = payload[line_start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(payload.len(), |i| line_start + i);
+    let line = std::str::from_utf8(&payload[line_start..line_end])
+        .expect("only a UTF-8 first event is rewritten");
+    let body = line.trim_end_matches('\r');
+    let value = body
+        .strip_prefix("data:")
+        .expect("only a data line is rewritten");
+    let url_start = line_start + 5 + (value.len() - value.trim_start().len());
+    let url_in = value.trim();
+    let tail = &payload[url_start + url_in.len()..];
+    assert!(
+        whole.starts_with(&payload[..url_start]) && whole.ends_with(tail),
+        "bytes outside the URL changed: {payload:?} -> {whole:?}"
+    );
+    let url_out = std::str::from_utf8(&whole[url_start..whole.len() - tail.len()])
+        .expect("the rewritten URL is UTF-8");
+    let (at, key_len) = find_session_param(url_out).expect("the new URL has the session key");
+    let value_at = at + key_len;
+    assert!(
+        url_out[value_at..].starts_with(REWRITE_TAG),
+        "no tag before the session value: {url_out:?}"
+    );
+    let untagged = format!(
+        "{}{}",
+        &url_out[..value_at],
+        &url_out[value_at + REWRITE_TAG.len()..]
+    );
+    let relative = ["http://", "https://"]
+        .iter()
+        .find_map(|s| url_in.strip_prefix(s))
+        .and_then(|r| r.strip_prefix(REWRITE_UPSTREAM))
+        .filter(|r| r.starts_with('/'));
+    assert!(
+        untagged == url_in || Some(untagged.as_str()) == relative,
+        "the URL changed beyond its tag: {url_in:?} -> {url_out:?}"
+    );
+    assert_eq!(
+        url_out.matches(REWRITE_TAG).count(),
+        url_in.matches(REWRITE_TAG).count() + 1,
+        "the tag is not added exactly once: {url_in:?} -> {url_out:?}"
+    );
+}
+
+/// The session-tag codec. For a slot name the config allows, any generation
+/// and any visible-ASCII inner id built from the input, the header and query
+/// forms round-trip. For the input itself as a header value or a query
+/// string, a decoded tag re-encodes to exactly the prefix it was read from.
+pub fn session_tag(data: &[u8]) {
+    // Arbitrary input, header form.
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Some(t) = SessionTag::decode(s) {
+            let prefix = tag_prefix(t.slot, t.generation);
+            assert!(
+                s.starts_with(&*prefix) && t.prefix_len(s) == prefix.len(),
+                "{s:?} decodes to {t:?}, which encodes as {prefix:?}"
+            );
+            assert_eq!(&s[prefix.len()..], t.inner);
+        }
+        // Query form: the key is at a parameter's start, and the value
+        // decodes the same way.
+        if let Some((at, key_len)) = find_in_query(s) {
+            assert!(
+                at == 0 || s.as_bytes()[at - 1] == b'&',
+                "{s:?}: key at {at}"
+            );
+            let key = &s[at..at + key_len];
+            assert!(
+                key == "sessionId=" || key == "session_id=",
+                "{s:?}: {key:?}"
+            );
+            let value = s[at + key_len..].split('&').next().unwrap_or("");
+            if let Some(t) = SessionTag::decode(value) {
+                assert!(value.starts_with(&*tag_prefix(t.slot, t.generation)));
+            }
+        }
+    }
+
+    // Round trip of what the proxy itself writes.
+    let Some((head, rest)) = data.split_first_chunk::<5>() else {
+        return;
+    };
+    let generation = u32::from_le_bytes([head[0], head[1], head[2], head[3]]).min(MAX_GENERATION);
+    let name_len = 1 + usize::from(head[4] % 32);
+    const NAME: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+    let name: String = rest
+        .iter()
+        .take(name_len)
+        .map(|b| char::from(NAME[usize::from(b % 64)]))
+        .collect();
+    if name.is_empty() {
+        return;
+    }
+    let inner_bytes = rest.get(name_len..).unwrap_or_default();
+    let inner: String = inner_bytes
+        .iter()
+        .map(|b| char::from(0x21 + b % 94))
+        .collect();
+    let prefix = tag_prefix(&name, generation);
+    let header = HeaderValue::from_str(&inner).expect("visible ASCII is a header value");
+    let tagged = tag_header(&prefix, &header).expect("visible ASCII is tagged");
+    let text = tagged.to_str().expect("a tag is ASCII");
+    let t = SessionTag::decode(text).expect("our own tag decodes");
+    assert_eq!(
+        (t.slot, t.generation, t.inner),
+        (name.as_str(), generation, inner.as_str())
+    );
+    assert_eq!(&text[t.prefix_len(text)..], inner);
+    // Query form, the way the legacy endpoint URL carries it (no '&' or '#' in a
+    // query value; an upstream percent-encodes those).
+    let inner_q: String = inner.chars().filter(|c| !matches!(c, '&' | '#')).collect();
+    let query = format!("a=1&sessionId={prefix}{inner_q}&b=2");
+    let (at, key_len) = find_in_query(&query).expect("the key is found");
+    let value = query[at + key_len..].split('&').next().unwrap_or("");
+    let t = SessionTag::decode(value).expect("our own tag decodes from a query");
+    assert_eq!(
+        (t.slot, t.generation, t.inner),
+        (name.as_str(), generation, inner_q.as_str())
+    );
+}
+
+/// The Host/Origin guard. Input: byte 0 picks the allow list, then `Host` and
+/// `Origin` separated by a 0 byte. An accepted request's `Host` is a valid
+/// authority (as `http::uri::Authority` parses it too) without userinfo,
+/// whose host is on the list (ASCII case aside); a value with '@' or a
+/// non-ASCII byte is always refused as malformed.
+pub fn host_guard(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let lists: [&[&str]; 3] = [&[], &["mcp.example.com", "::1"], &["*"]];
+    let allowed: Vec<String> = lists[usize::from(pick % 3)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let addr = if pick & 4 == 0 {
+        "127.0.0.1:8080"
+    } else {
+        "0.0.0.0:8080"
+    };
+    let guard = HostGuard::new(
+        addr.parse().expect("a socket address"),
+        (!allowed.is_empty()).then_some(allowed.as_slice()),
+    );
+    let mut parts = rest.splitn(2, |&b| b == 0);
+    let host = parts.next().unwrap_or_default();
+    let origin = parts.next();
+
+    // The authority grammar on its own.
+    if let Ok(s) = std::str::from_utf8(host) {
+        if let Ok(name) = authority_host(s) {
+            let a = Authority::from_str(s)
+                .unwrap_or_else(|e| panic!("{s:?} passes the guard's grammar but not http's: {e}"));
+            assert!(
+                a.host()
+                    .eq_ignore_ascii_case(name.trim_start_matches('[').trim_end_matches(']'))
+                    || a.host().eq_ignore_ascii_case(name),
+                "{s:?}: guard host {name:?}, http host {:?}",
+                a.host()
+            );
+            assert!(!s.contains('@'), "{s:?} has userinfo");
+        }
+        if let Ok(name) = origin_host(s) {
+            let (_, authority) = s.split_once("://").expect("an origin has ://");
+            assert_eq!(authority_host(authority), Ok(name));
+        }
+    }
+
+    let Ok(host_value) = HeaderValue::from_bytes(host) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(HOST, host_value);
+    if let Some(o) = origin {
+        let Ok(v) = HeaderValue::from_bytes(o) else {
+            return;
+        };
+        headers.insert(ORIGIN, v);
+    }
+    let verdict = guard.check(&headers, &Uri::from_static("/mcp"));
+    let bad = |v: &[u8]| v.contains(&b'@') || !v.is_ascii();
+    if bad(host) || origin.is_some_and(|o| bad(o) && o != b"null") {
+        assert!(
+            matches!(verdict, Err(Refused::Malformed(_))),
+            "{host:?} / {origin:?} not refused as malformed: {verdict:?}"
+        );
+    }
+    if verdict.is_ok() {
+        let s = std::str::from_utf8(host).expect("an accepted Host is ASCII");
+        let a = Authority::from_str(s).expect("an accepted Host is an authority");
+        if let Some(p) = a.port() {
+            assert!(s.ends_with(p.as_str()));
+        }
+        if let HostGuard::Only(list) = &guard {
+            let name = authority_host(s).expect("accepted");
+            assert!(
+                list.iter().any(|l| l.eq_ignore_ascii_case(name)),
+                "{s:?} accepted, {name:?} is not on {list:?}"
+            );
+            if let Some(o) = origin {
+                let o = std::str::from_utf8(o).expect("an accepted Origin is ASCII");
+                let name = origin_host(o).expect("an accepted Origin parses");
+                assert!(list.iter().any(|l| l.eq_ignore_ascii_case(name)));
+            }
+        }
+    }
+}
+
+/// The control protocol: a line that parses, words or JSON, re-serialises to
+/// a JSON line that parses back to the same request (what `ctl` sends is what
+/// the proxy acts on), and the JSON round trip is stable.
+pub fn control_line(data: &[u8]) {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(req) = parse_line(line) else {
+        return;
+    };
+    let json = req.to_line();
+    let back: Request = parse_line(&json)
+        .unwrap_or_else(|e| panic!("{line:?} parsed as {req:?}, whose JSON {json:?} fails: {e}"));
+    assert_eq!(back, req, "{line:?} -> {json:?}");
+    assert_eq!(back.to_line(), json, "JSON of {req:?} is not stable");
+}
+
+/// The config loader: TOML text gives a validated config or an error that
+/// names the file; a config that validates serialises to TOML that validates
+/// again to the same config.
+pub fn config_text(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // No directory part: relative paths stay as written, nothing is joined.
+    let path = Path::new("fuzz.toml");
+    let config = match Config::parse(text, path) {
+        Ok(c) => c,
+        Err(e) => {
+            assert_eq!(e.file, path);
+            assert!(
+                e.to_string().starts_with("fuzz.toml"),
+                "error does not name the file: {e}"
+            );
+            return;
+        }
+    };
+    let first = toml::Value::try_from(&config).expect("a valid config serialises");
+    let again_text = toml::to_string(&config).expect("a valid config serialises to TOML");
+    let again = Config::parse(&again_text, path).unwrap_or_else(|e| {
+        panic!("{text:?} validates, its serialisation {again_text:?} does not: {e}")
+    });
+    let second = toml::Value::try_from(&again).expect("a valid config serialises");
+    assert_eq!(first, second, "{text:?} -> {again_text:?}");
+}
+
+/// The state-file reader: never panics; a file it accepts, restored onto a
+/// config of its own slots, passes the state machine's rules or is refused
+/// with a reason; a restored state written back reads back to the same state.
+pub fn state_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(file) = persist::parse(text) else {
+        return;
+    };
+    assert_eq!(file.version, persist::FORMAT);
+    let config: Vec<(String, u32)> = file
+        .slots
+        .iter()
+        .map(|(n, e)| (n.clone(), e.weight))
+        .collect();
+    let restore = |f: &StateFile| {
+        State::restore(
+            &config,
+            &f.records(),
+            f.previous_active.as_deref(),
+            f.revision,
+        )
+    };
+    let Ok((state, _)) = restore(&file) else {
+        return;
+    };
+    state.check().expect("a restored state passes the rules");
+    let written = serde_json::to_string(&StateFile::of(&state)).expect("a state file serialises");
+    let reread = persist::parse(&written).unwrap_or_else(|e| {
+        panic!("{text:?}: the state written back, {written:?}, is refused: {e}")
+    });
+    let (again, _) = restore(&reread).expect("a written state restores");
+    assert_eq!(
+        StateFile::of(&again),
+        StateFile::of(&state),
+        "{text:?} -> {written:?}"
+    );
+}
