@@ -281,7 +281,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__deploy)
-            opts="-h --deadline --watch --socket --config --json --help"
+            opts="-h --deadline --migrate --watch --socket --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -311,7 +311,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__drain)
-            opts="-h --wait --deadline --socket --config --json --help"
+            opts="-h --wait --deadline --migrate --socket --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

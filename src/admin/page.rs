@@ -621,6 +621,7 @@ mod tests {
                 code: None,
             }),
             handover: None,
+            migration: None,
         }
     }
 
