@@ -98,6 +98,9 @@ pub enum Cmd {
         /// The config that names the socket (when --socket is not given).
         #[arg(long, global = true, env = "MCPFLIP_CONFIG", value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Control the fleet of this config's [cluster] straight through etcd (no socket; from any machine that reaches etcd).
+        #[arg(long, global = true, value_name = "CONFIG", conflicts_with = "socket")]
+        cluster: Option<PathBuf>,
         /// Print the raw JSON lines.
         #[arg(long, global = true)]
         json: bool,

@@ -77,6 +77,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(rename = "slot", default)]
     pub slots: Vec<SlotConfig>,
+    /// The fleet: absent, this instance is on its own (as before the fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     /// The file this config was read from.
     #[serde(skip)]
     pub source: PathBuf,
@@ -94,6 +97,76 @@ pub struct Resolved {
     /// The certificates `listener_tls` serves (for their expiry metric).
     pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
+    /// `[cluster]`'s TLS client (its `ca`, `cert` and `key`) for https endpoints.
+    pub cluster_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `[cluster] password_file`'s content (trailing newline removed).
+    pub cluster_password: Option<String>,
+}
+
+/// Builds the error of a key: section, index in an array of tables, key, message.
+type KeyError<'a> = dyn Fn(&str, Option<usize>, &str, String) -> ConfigError + 'a;
+
+/// `[cluster]`: the etcd this instance shares its table, counts and commands
+/// through with the rest of its fleet.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://` or `https://`), tried in order.
+    pub etcd: Vec<String>,
+    /// Every key of this fleet lives under it.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// This instance's name in the fleet (default: the host name).
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// The CA that signed etcd's certificates (https endpoints).
+    pub ca: Option<PathBuf>,
+    /// The client certificate and key presented to etcd.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd user; its password is read from `password_file`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// TTL of this instance's lease (its counts vanish this long after it died).
+    #[serde(
+        default = "default_lease_ttl",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub lease_ttl: Duration,
+    /// How long one etcd request may take on one endpoint.
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub request_timeout: Duration,
+}
+
+fn default_cluster_prefix() -> String {
+    "/mcpflip".into()
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// The host name (the default `[cluster] instance`).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn default_instance() -> String {
+    host_name()
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -627,6 +700,45 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     duration(d).map(Some)
 }
 
+/// The `[cluster]` section of a config file, resolved (its TLS client and
+/// password loaded): what `mcpflip ctl --cluster` needs on a machine that
+/// only reaches etcd (a CI runner). The rest of the file is not read.
+pub fn load_cluster(path: &Path) -> Result<(ClusterConfig, Resolved), ConfigError> {
+    #[derive(Deserialize)]
+    struct ClusterOnly {
+        cluster: Option<ClusterConfig>,
+    }
+    let fail = |line, key: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line,
+        key: key.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(None, "", format!("cannot read the config file: {e}")))?;
+    let only: ClusterOnly = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| locate_offset(&text, s.start).0);
+        fail(line.flatten(), "cluster", e.message().to_owned())
+    })?;
+    let c = only.cluster.ok_or_else(|| {
+        fail(
+            None,
+            "cluster",
+            "no [cluster] section: `ctl --cluster` needs etcd's endpoints and the fleet's prefix"
+                .into(),
+        )
+    })?;
+    let mut resolved = Resolved::default();
+    let err = |section: &str, _: Option<usize>, key: &str, message: String| ConfigError {
+        file: path.to_path_buf(),
+        line: locate_key(&text, section, None, key),
+        key: format!("{section}.{key}"),
+        message,
+    };
+    Config::validate_cluster(&c, &mut resolved, &err)?;
+    Ok((c, resolved))
+}
+
 impl Config {
     /// Reads, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -902,6 +1014,9 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        if let Some(c) = &self.cluster {
+            Config::validate_cluster(c, &mut resolved, &err)?;
+        }
         if self.control.state_file.file_name().is_none() {
             return Err(err(
                 "control",
@@ -914,6 +1029,134 @@ impl Config {
             ));
         }
         Ok(resolved)
+    }
+
+    fn validate_cluster(
+        c: &ClusterConfig,
+        resolved: &mut Resolved,
+        err: &KeyError<'_>,
+    ) -> Result<(), ConfigError> {
+        let e = |key: &str, m: String| err("cluster", None, key, m);
+        if c.etcd.is_empty() || c.etcd.len() > 16 {
+            return Err(e(
+                "etcd",
+                "give 1 to 16 etcd client URLs, e.g. [\"http://127.0.0.1:2379\"]".into(),
+            ));
+        }
+        let mut https = false;
+        for u in &c.etcd {
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|x| e("etcd", format!("{u:?} is not a URL: {x}")))?;
+            match uri.scheme_str() {
+                Some("http") => {}
+                Some("https") => https = true,
+                _ => {
+                    return Err(e(
+                        "etcd",
+                        format!("{u:?}: an etcd endpoint is http://HOST:PORT or https://HOST:PORT"),
+                    ))
+                }
+            }
+            if uri.authority().is_none() || uri.path().len() > 1 {
+                return Err(e(
+                    "etcd",
+                    format!("{u:?}: an etcd endpoint is http://HOST:PORT or https://HOST:PORT, without a path"),
+                ));
+            }
+        }
+        if !c.prefix.starts_with('/') || c.prefix.len() > 256 || c.prefix.ends_with('/') {
+            return Err(e(
+                "prefix",
+                format!(
+                    "{:?}: a prefix starts with '/', does not end with one, and is at most 256 bytes, e.g. \"/mcpflip/prod\"",
+                    c.prefix
+                ),
+            ));
+        }
+        if c.instance.is_empty()
+            || c.instance.len() > 64
+            || !c
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(e(
+                "instance",
+                format!(
+                    "{:?}: an instance name is 1 to 64 letters, digits, '-', '_' or '.' (the host name when unset), unique in the fleet",
+                    c.instance
+                ),
+            ));
+        }
+        if c.lease_ttl < Duration::from_secs(2) || c.lease_ttl > Duration::from_secs(600) {
+            return Err(e(
+                "lease_ttl",
+                "a lease lasts 2s to 10m (whole seconds)".into(),
+            ));
+        }
+        if c.request_timeout < Duration::from_millis(10)
+            || c.request_timeout > Duration::from_secs(60)
+        {
+            return Err(e("request_timeout", "10ms to 60s".into()));
+        }
+        if c.cert.is_some() != c.key.is_some() {
+            return Err(e(
+                if c.cert.is_some() { "key" } else { "cert" },
+                "a client certificate needs both `cert` and `key`".into(),
+            ));
+        }
+        if (c.ca.is_some() || c.cert.is_some()) && !https {
+            return Err(e(
+                if c.ca.is_some() { "ca" } else { "cert" },
+                "TLS settings are for https:// etcd endpoints; every endpoint here is plain http"
+                    .into(),
+            ));
+        }
+        if https {
+            let identity = match (&c.cert, &c.key) {
+                (Some(cert), Some(key)) => Some(crate::tls::CertPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            };
+            let tls = crate::tls::client_config_with_identity(c.ca.as_deref(), identity.as_ref())
+                .map_err(|m| e(if c.cert.is_some() { "cert" } else { "ca" }, m))?;
+            resolved.cluster_tls = Some(Arc::new(tls));
+        }
+        match (&c.username, &c.password_file) {
+            (Some(_), Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|x| {
+                    e(
+                        "password_file",
+                        format!("cannot read {}: {x}", path.display()),
+                    )
+                })?;
+                let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+                if pw.is_empty() || pw.len() > 1024 {
+                    return Err(e(
+                        "password_file",
+                        format!(
+                            "{} must hold the password (1 to 1024 bytes)",
+                            path.display()
+                        ),
+                    ));
+                }
+                resolved.cluster_password = Some(pw);
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(e(
+                    "password_file",
+                    "a `username` needs a `password_file`".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(e("username", "a `password_file` needs a `username`".into()))
+            }
+        }
+        Ok(())
     }
 
     /// A human-readable summary of the resolved settings (for `mcpflip check`).
@@ -1219,6 +1462,45 @@ upstream = "http://127.0.0.1:3002"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn the_cluster_section_is_checked_with_the_key_to_fix() {
+        let base = "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:3001\"\nweight = 100\n[cluster]\n";
+        let c = parse(&format!(
+            "{base}etcd = [\"http://127.0.0.1:2379\"]\ninstance = \"edge-1\"\n"
+        ))
+        .expect("a good [cluster]");
+        let cluster = c.cluster.expect("cluster");
+        assert_eq!(cluster.prefix, "/mcpflip");
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(5));
+        assert!(c.resolved.cluster_tls.is_none());
+        for (extra, key) in [
+            ("etcd = []", "cluster.etcd"),
+            ("etcd = [\"ftp://x:1\"]", "cluster.etcd"),
+            ("etcd = [\"http://x:1/v3\"]", "cluster.etcd"),
+            (
+                "etcd = [\"http://x:1\"]\nprefix = \"nope\"",
+                "cluster.prefix",
+            ),
+            (
+                "etcd = [\"http://x:1\"]\ninstance = \"a b\"",
+                "cluster.instance",
+            ),
+            (
+                "etcd = [\"http://x:1\"]\nlease_ttl = \"1s\"",
+                "cluster.lease_ttl",
+            ),
+            ("etcd = [\"http://x:1\"]\nca = \"ca.pem\"", "cluster.ca"),
+            ("etcd = [\"https://x:1\"]\ncert = \"c.pem\"", "cluster.key"),
+            (
+                "etcd = [\"http://x:1\"]\nusername = \"u\"",
+                "cluster.password_file",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}\n")).expect_err(extra);
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -244,10 +244,26 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Ctl {
+            cluster: Some(cluster),
+            json,
+            request,
+            ..
+        } => match runtime()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(mcpflip::cluster::remote::ctl(&cluster, &request, json)))
+        {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("mcpflip ctl --cluster: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Ctl {
             socket,
             config,
             json,
             request,
+            ..
         } => {
             let socket = match ctl_socket(socket, config) {
                 Ok(s) => s,

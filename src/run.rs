@@ -184,6 +184,14 @@ pub async fn start_with(
     };
     let host_guard = HostGuard::new(public_addr, proxy_cfg.allowed_hosts.as_deref());
     let admin_guard = HostGuard::new(admin_addr, config.admin.allowed_hosts.as_deref());
+    let (state, fleet) = match config.cluster.clone() {
+        Some(c) => {
+            let (state, joined, fleet) = crate::cluster::join(&c, &config, state).await?;
+            (state, Some((joined, fleet)))
+        }
+        None => (state, None),
+    };
+    let (joined, fleet) = fleet.unzip();
     let controller = Controller::start_after(
         config,
         state,
@@ -191,8 +199,15 @@ pub async fn start_with(
         stop_accepting.child_token(),
         &inherited.previous,
         inherited.drains,
+        joined,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The fleet's tasks (the watch, the counts under this instance's lease,
+    // the command queue) end when this process stops accepting: after an
+    // upgrade the new process is the instance.
+    if let Some(fleet) = &fleet {
+        crate::cluster::spawn(&controller, fleet, &stop_accepting);
+    }
     let proxy_stats = Arc::new(ProxyStats::default());
     let _ = controller.proxy_stats.set(Arc::clone(&proxy_stats));
     let sessions = (drain_cfg.migrate == MigrateMode::Replay).then(|| {

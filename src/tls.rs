@@ -238,11 +238,21 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
 /// The client side for `https://` upstreams: the system roots, or only the
 /// certificates of `ca` when given. Upstreams are spoken to in HTTP/1.1.
 pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
+    client_config_with_identity(ca, None)
+}
+
+/// A TLS client that trusts `ca` (else the system's roots) and, with
+/// `identity`, presents that certificate and key (etcd's client
+/// certificate authentication).
+pub fn client_config_with_identity(
+    ca: Option<&Path>,
+    identity: Option<&CertPair>,
+) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     // No ALPN here: the HTTPS connector sets it (http/1.1) itself.
-    let cfg = match ca {
+    let builder = match ca {
         Some(path) => {
             let mut roots = RootCertStore::empty();
             for cert in read_chain(path)? {
@@ -250,17 +260,32 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
                     .add(cert)
                     .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
         None => {
             use hyper_rustls::ConfigBuilderExt;
             builder
                 .with_native_roots()
                 .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
-                .with_no_client_auth()
         }
     };
-    Ok(cfg)
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(pair) => {
+            let loaded = load(pair)?;
+            let chain = loaded.key.cert.clone();
+            let pem = read(&pair.key, "key file")?;
+            let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                format!(
+                    "{}: no private key in it (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+                    pair.key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, der)
+                .map_err(|e| format!("{}: unusable client certificate: {e}", pair.cert.display()))
+        }
+    }
 }
 
 /// The files `mcpflip cert --dev` writes.

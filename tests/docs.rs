@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mcpflip::config::{
-    AccessLog, AdminConfig, CanaryConfig, CertPair, Config, ControlConfig, DrainConfig,
-    HealthConfig, ListenConfig, LogConfig, LogFormat, MigrateMode, ProbeConfig, ProbeTransport,
-    ProxyConfig, SlotConfig, TlsConfig, WatchConfig,
+    AccessLog, AdminConfig, CanaryConfig, CertPair, ClusterConfig, Config, ControlConfig,
+    DrainConfig, HealthConfig, ListenConfig, LogConfig, LogFormat, MigrateMode, ProbeConfig,
+    ProbeTransport, ProxyConfig, SlotConfig, TlsConfig, WatchConfig,
 };
 use mcpflip::control::protocol::ErrorCode;
 
@@ -143,6 +143,18 @@ fn populated() -> Config {
             ca: Some(p("ca.pem")),
             response_header_timeout: Some(Duration::from_secs(1)),
         }],
+        cluster: Some(ClusterConfig {
+            etcd: vec!["https://127.0.0.1:2379".into()],
+            prefix: "/mcpflip/prod".into(),
+            instance: "edge-1".into(),
+            ca: Some(p("etcd-ca.pem")),
+            cert: Some(p("etcd.crt")),
+            key: Some(p("etcd.key")),
+            username: Some("mcpflip".into()),
+            password_file: Some(p("etcd.password")),
+            lease_ttl: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+        }),
         source: PathBuf::new(),
         resolved: Default::default(),
     }

@@ -84,6 +84,16 @@ pub enum Command {
     /// --smoke: 2), a deploy every minute, an upstream killed every three;
     /// exits 1 when a check fails.
     Soak(SoakOptions),
+    /// The fleet's figures (issue 15): propagation of a flip to 3 instances
+    /// through a 3-member etcd, and the fleet drain's detection time.
+    Fleet {
+        /// Flips to time.
+        #[arg(long, default_value_t = 200)]
+        flips: usize,
+        /// The mcpflip binary (default: build the profiling profile).
+        #[arg(long)]
+        mcpflip: Option<PathBuf>,
+    },
     /// Print how mcpflip's ratios moved from run A to run B.
     Diff {
         /// The earlier results file.

@@ -12,7 +12,8 @@
 //! issue's targets), `report` (the markdown), `diff`, `sys` (cores, limits,
 //! /proc), `stats` (histograms, medians, number formats), and `soak` (issue
 //! 10's soak: mixed load, deploys and upstream kills through mcpflip alone,
-//! with verdicts; `mcpflip-bench soak`).
+//! with verdicts; `mcpflip-bench soak`), and `fleet` (issue 15's fleet figures:
+//! propagation and drain detection with three instances and etcd).
 //!
 //! It never imports the mcpflip library: it builds and runs the release
 //! binary, as operators do. The anchors come from Debian's packages
@@ -23,6 +24,7 @@ mod diff;
 mod figures;
 #[cfg(test)]
 mod fixture;
+mod fleet;
 mod http;
 mod load;
 mod model;
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Some(Command::Run(o)) => run(o),
         Some(Command::Render { file, out, soak }) => render(&file, soak.as_deref(), out.as_deref()),
         Some(Command::Diff { a, b }) => diff(&a, &b),
+        Some(Command::Fleet { flips, mcpflip }) => fleet_figures(flips, mcpflip),
         Some(Command::Soak(o)) => match soak(&o) {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -79,6 +82,20 @@ fn main() -> ExitCode {
 }
 
 /// The repository: this crate's parent directory.
+fn fleet_figures(flips: usize, mcpflip: Option<PathBuf>) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "built without optimisations; run\n    cargo run -p mcpflip-bench --release -- fleet"
+        );
+    }
+    let root = root();
+    let mcpflip = match mcpflip {
+        Some(p) => p,
+        None => build_mcpflip(&root)?,
+    };
+    fleet::run(&root, &mcpflip, flips)
+}
+
 fn root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest

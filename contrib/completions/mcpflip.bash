@@ -259,7 +259,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl)
-            opts="-h --socket --config --json --help status flip weights drain wait probe rollback retire standby deploy reload upgrade help"
+            opts="-h --socket --config --cluster --json --help status flip weights drain wait probe rollback retire standby deploy reload upgrade help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -273,6 +273,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -281,7 +285,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__deploy)
-            opts="-h --deadline --migrate --watch --socket --config --json --help"
+            opts="-h --deadline --migrate --watch --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -303,6 +307,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -311,7 +319,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__drain)
-            opts="-h --wait --deadline --migrate --socket --config --json --help"
+            opts="-h --wait --deadline --migrate --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -326,6 +334,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -337,7 +349,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__flip)
-            opts="-h --no-probe --drain --wait --deadline --socket --config --json --help"
+            opts="-h --no-probe --drain --wait --deadline --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -352,6 +364,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -559,7 +575,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__probe)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -570,6 +586,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -581,7 +601,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__reload)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -592,6 +612,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -603,7 +627,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__retire)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -614,6 +638,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -625,7 +653,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__rollback)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -636,6 +664,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -647,7 +679,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__standby)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -658,6 +690,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -669,7 +705,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__status)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -683,6 +719,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -691,7 +731,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__upgrade)
-            opts="-h --binary --timeout --socket --config --json --help"
+            opts="-h --binary --timeout --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -713,6 +753,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -721,7 +765,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__wait)
-            opts="-h --timeout --socket --config --json --help drained"
+            opts="-h --timeout --socket --config --cluster --json --help drained"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -739,6 +783,10 @@ _mcpflip() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --cluster)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -747,7 +795,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__weights)
-            opts="-h --socket --config --json --help"
+            opts="-h --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -758,6 +806,10 @@ _mcpflip() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

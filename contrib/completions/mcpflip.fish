@@ -56,6 +56,7 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand cert" -l force -d 'Repla
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand cert" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -f -a "status" -d 'The slots with their live counts, the active slot, a running drain and watch'
@@ -73,11 +74,13 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and not __fish_seen_subcommand_from status flip weights drain wait probe rollback retire standby deploy reload upgrade help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from status" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from status" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from status" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from status" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l deadline -d 'Drain deadline for the old slots (default: [drain] deadline), e.g. 90s' -r
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l no-probe -d 'Skip the probe (and the watch window that follows a probed flip)'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l drain -d 'Drain the slots that served until now: their sessions keep going to them'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -l wait -d 'With --drain: reply once the old slots are drained'
@@ -85,11 +88,13 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_sub
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from flip" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l deadline -d 'After this, the slot\'s remaining streams end at an event boundary (default: [drain] deadline)' -r
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l wait -d 'Reply once the slot is drained (no live stream, nothing in flight) or the deadline passed'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l migrate -d 'End the slot\'s streams at event boundaries now and move its sessions to a serving slot (needs [drain] migrate = "replay"; else they get 404)'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l json -d 'Print the raw JSON lines'
@@ -97,39 +102,47 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_sub
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -l timeout -d 'Give up (code `timeout`) after this long; the drain goes on' -r
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from probe" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from probe" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from probe" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from probe" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from probe" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from rollback" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from rollback" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from rollback" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from rollback" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from rollback" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from retire" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from retire" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from retire" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from retire" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from retire" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from standby" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from standby" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from standby" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from standby" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from standby" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l deadline -d 'Drain deadline for the old slot (default: [drain] deadline)' -r
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l watch -d 'Watch window (default: [watch] window); 0s skips the watch' -r
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l migrate -d 'Drain the old slot with `drain --migrate`: its sessions move to SLOT at once'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from reload" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from reload" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from reload" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from reload" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from reload" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -l binary -d 'The binary to start (default: the path this process was started from, read anew)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -l timeout -d 'How long the new process has to take over (default: 30s)' -r
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from upgrade" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from help" -f -a "status" -d 'The slots with their live counts, the active slot, a running drain and watch'

@@ -620,6 +620,7 @@ mod tests {
                 error: None,
                 code: None,
             }),
+            cluster: None,
             handover: None,
             migration: None,
         }

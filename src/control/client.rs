@@ -101,10 +101,27 @@ fn decode(request: &Request, v: Value) -> anyhow::Result<Result<Reply, ErrorRepl
 
 /// Runs `mcpflip ctl`: prints, and returns the exit code (0 when ok).
 pub async fn run(socket: &Path, request: &Request, json: bool) -> anyhow::Result<i32> {
+    let line = request.to_line();
+    render(request, json, |on_progress| {
+        send(socket, &line, on_progress)
+    })
+    .await
+}
+
+/// Sends `request` through `transport` (the control socket, or the fleet's
+/// command queue in etcd: `ctl --cluster`), prints its progress and reply
+/// as `ctl` does, and returns the exit code (0 when ok).
+pub async fn render<'a, T, F>(request: &Request, json: bool, transport: T) -> anyhow::Result<i32>
+where
+    T: FnOnce(Box<dyn FnMut(&Value) + Send + 'a>) -> F,
+    F: std::future::Future<Output = anyhow::Result<Value>> + 'a,
+{
     let tty = std::io::stderr().is_terminal();
+    let printed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::clone(&printed);
     let mut printed_progress = false;
     let mut phase = String::new();
-    let reply = send(socket, &request.to_line(), |v| {
+    let reply = transport(Box::new(move |v: &Value| {
         if json {
             println!("{v}");
             return;
@@ -121,13 +138,14 @@ pub async fn run(socket: &Path, request: &Request, json: bool) -> anyhow::Result
             eprint!("\r\x1b[K{}", display::progress_line(&p));
             let _ = std::io::stderr().flush();
             printed_progress = true;
+            seen.store(true, std::sync::atomic::Ordering::Relaxed);
         } else if this != phase || this != "drain" && this != "watch" {
             eprintln!("{}", display::progress_line(&p));
         }
         phase = this.to_owned();
-    })
+    }))
     .await?;
-    if printed_progress {
+    if printed.load(std::sync::atomic::Ordering::Relaxed) {
         eprintln!();
     }
     if json {

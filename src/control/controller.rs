@@ -38,6 +38,7 @@ use crate::control::protocol::{
     StateFileStatus, Status, Upgraded, Weight, Weighted,
 };
 use crate::control::state::{self, Command, State};
+use crate::control::store::{self, Joined, Shared, SharedDrain, Store};
 use crate::control::watch::Watcher;
 use crate::probe::{self, ProbeReport};
 use crate::proxy::TlsSlot;
@@ -154,6 +155,13 @@ enum Op {
         id: u64,
         reply: oneshot::Sender<Result<Applied, CtlError>>,
     },
+    /// A state another instance of the fleet committed (at etcd `revision`):
+    /// routed here unless this instance already has it or a later one.
+    Adopt {
+        shared: Box<Shared>,
+        revision: i64,
+        done: oneshot::Sender<()>,
+    },
     /// A reload: the reconcile command, the new config (swapped in with the
     /// state change), and the upstreams of new and re-addressed slots.
     Reconfigure {
@@ -199,6 +207,8 @@ pub struct Controller {
     last_rollback: Mutex<Option<RollbackRecord>>,
     /// The deploy that runs or ran last (only `deploy` writes it).
     deploy_run: Mutex<Option<DeployRun>>,
+    /// The fleet's shared store, when `[cluster]` is set.
+    store: Option<Arc<dyn Store>>,
     /// The process that handed over to this one, and since when, while it runs.
     handover: Mutex<Option<(u32, Instant)>>,
     upgrader: OnceLock<mpsc::Sender<UpgradeRequest>>,
@@ -245,14 +255,15 @@ impl Controller {
         tls: Option<TlsSlot>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Controller>, CtlError> {
-        Self::start_after(config, state, tls, shutdown, &[], Vec::new())
+        Self::start_after(config, state, tls, shutdown, &[], Vec::new(), None)
     }
 
-    /// `start` for a process that takes over from another (`handover`):
-    /// `previous` are that process's counts, marked on the slots before any
-    /// drain resumes, so that no drain ends while it still serves the slot;
-    /// `drains` are the deadlines its drains had left, which the resumed
-    /// drains keep.
+    /// `start` for a process that takes over from another (`handover`)
+    /// and/or joins a fleet. `previous` are the handing-over process's
+    /// counts, marked on the slots before any drain resumes, so that no
+    /// drain ends while it still serves the slot; `drains` are the deadlines
+    /// its drains had left, which the resumed drains keep. In a fleet
+    /// (`joined`), changes are committed through its store first.
     pub fn start_after(
         config: Config,
         state: State,
@@ -260,6 +271,7 @@ impl Controller {
         shutdown: CancellationToken,
         previous: &[HandoverSlot],
         drains: Vec<(String, Duration)>,
+        joined: Option<Joined>,
     ) -> Result<Arc<Controller>, CtlError> {
         let stats = StatsRegistry::default();
         for p in previous {
@@ -283,7 +295,14 @@ impl Controller {
         let (ops, rx) = mpsc::channel(QUEUE);
         let (events, _) = broadcast::channel(HUB);
         let persister = Persister::spawn(config.control.state_file.clone());
-        let (deadline, quiet) = (config.drain.deadline, config.drain.quiet);
+        let (mut deadline, quiet) = (config.drain.deadline, config.drain.quiet);
+        if let Some(left) = joined
+            .as_ref()
+            .and_then(|j| store::remaining(&j.drains, now_ms()))
+        {
+            // Drains the fleet started before this instance: their deadline is the fleet's.
+            deadline = left;
+        }
         let proxy = config.proxy.clone();
         let ctl = Arc::new(Controller {
             tables: Arc::new(Tables::new(table)),
@@ -307,6 +326,7 @@ impl Controller {
             counters: Default::default(),
             last_rollback: Mutex::new(None),
             deploy_run: Mutex::new(None),
+            store: joined.as_ref().map(|j| Arc::clone(&j.store)),
             handover: Mutex::new(None),
             upgrader: OnceLock::new(),
             shutdown,
@@ -319,6 +339,8 @@ impl Controller {
             stats,
             proxy,
             persister,
+            revision: joined.as_ref().map_or(0, |j| j.revision),
+            shared_drains: joined.map(|j| j.drains).unwrap_or_default(),
         };
         tokio::spawn(owner.run(rx));
         ctl.drains.resume_with(drains);
@@ -335,6 +357,26 @@ impl Controller {
     /// Publishes an event to the subscribers (none is fine).
     pub(crate) fn publish(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// Routes a state another instance of the fleet committed at etcd
+    /// `revision`; returns once it routes (or was found older than what does).
+    pub async fn adopt(&self, shared: Shared, revision: i64) -> Result<(), CtlError> {
+        let (done, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Adopt {
+                shared: Box::new(shared),
+                revision,
+                done,
+            })
+            .await
+            .map_err(|_| CtlError::ShuttingDown)?;
+        rx.await.map_err(|_| CtlError::ShuttingDown)
+    }
+
+    /// The fleet's store, when this instance is in one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
     }
 
     /// The config as it is now (`reload` replaces it).
@@ -434,6 +476,7 @@ impl Controller {
             deploy: self.deploy_status(),
             handover: self.handover_status(&table),
             migration: self.migration_status(),
+            cluster: self.store.as_ref().map(|s| s.status()),
         }
     }
 
@@ -543,6 +586,9 @@ impl Controller {
 
     /// A deploy starts: its record replaces the last one's.
     pub(crate) fn deploy_begin(&self, status: DeployStatus) {
+        if let Some(store) = &self.store {
+            store.record_deploy(&status);
+        }
         *lock(&self.deploy_run) = Some(DeployRun {
             started: Instant::now(),
             took: None,
@@ -556,6 +602,14 @@ impl Controller {
             change(&mut run.status);
             if run.status.phase.ended() && run.took.is_none() {
                 run.took = Some(run.started.elapsed());
+            }
+            if let Some(store) = &self.store {
+                let mut status = run.status.clone();
+                status.elapsed_ms = run
+                    .took
+                    .unwrap_or_else(|| run.started.elapsed())
+                    .as_millis() as u64;
+                store.record_deploy(&status);
             }
         }
     }
@@ -787,6 +841,18 @@ impl Host for Controller {
         Controller::probe(self, slot).await
     }
 
+    fn others_answers(&self, slot: &str) -> (u64, u64) {
+        self.store
+            .as_ref()
+            .map_or((0, 0), |s| s.others_answers(slot))
+    }
+
+    async fn others_idle(&self, slot: &str, quiet: Duration) {
+        if let Some(store) = &self.store {
+            store.others_idle(slot, quiet).await;
+        }
+    }
+
     async fn roll_back(&self, reason: &str) -> Result<Flipped, CtlError> {
         Controller::roll_back(self, reason, true).await
     }
@@ -878,6 +944,10 @@ struct Owner {
     /// `[proxy]` as the proxy started (it needs a restart to change).
     proxy: ProxyConfig,
     persister: Persister,
+    /// In a fleet: the etcd revision of the shared state `state` is (0: none read).
+    revision: i64,
+    /// In a fleet: the clocks of the drains `state` runs.
+    shared_drains: BTreeMap<String, SharedDrain>,
 }
 
 impl Owner {
@@ -900,8 +970,25 @@ impl Owner {
                 }
                 Op::Drained { cmd, id, reply } => {
                     let r = match &cmd {
-                        Command::Drained { slot, .. } if self.ctl.drains.is_current(slot, id) => {
-                            self.apply(&cmd, None, true, &BTreeMap::new()).await
+                        Command::Drained { slot, generation }
+                            if self.ctl.drains.is_current(slot, id) =>
+                        {
+                            match self.apply(&cmd, None, true, &BTreeMap::new()).await {
+                                // In a fleet, another instance committed this
+                                // drain's end first: it ended all the same.
+                                Err(CtlError::NotDraining { .. })
+                                    if self.state.get(slot).is_some_and(|r| {
+                                        r.state == SlotState::Drained && r.generation == *generation
+                                    }) =>
+                                {
+                                    Ok(Applied {
+                                        events: Vec::new(),
+                                        persisted: true,
+                                        state: self.ctl.state(),
+                                    })
+                                }
+                                r => r,
+                            }
                         }
                         Command::Drained { slot, .. } => {
                             Err(CtlError::DrainCancelled { slot: slot.clone() })
@@ -909,6 +996,14 @@ impl Owner {
                         other => Err(CtlError::Internal(format!("not a drain's end: {other:?}"))),
                     };
                     let _ = reply.send(r);
+                }
+                Op::Adopt {
+                    shared,
+                    revision,
+                    done,
+                } => {
+                    self.adopt(*shared, revision).await;
+                    let _ = done.send(());
                 }
                 Op::Reconfigure {
                     cmd,
@@ -963,6 +1058,150 @@ impl Owner {
         fact: bool,
         upstreams: &BTreeMap<String, Upstream>,
     ) -> Result<Applied, CtlError> {
+        let Some(store) = self.ctl.store.clone() else {
+            return self.apply_local(cmd, deadline, fact, upstreams).await;
+        };
+        // A fact (a drain's end, the watch's rollback) that lost a race is
+        // computed again on the state that won: a drain's end that another
+        // instance committed first then changes nothing.
+        let mut tries = if fact { 3 } else { 1 };
+        loop {
+            tries -= 1;
+            match self.apply_shared(&*store, cmd, deadline, upstreams).await {
+                Err(CtlError::Conflict { .. }) if tries > 0 => {
+                    if let Ok(Some((shared, revision))) = store.read().await {
+                        self.adopt(shared, revision).await;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// In a fleet: the change is committed to the store (compared with the
+    /// revision it was computed from), then routed here; the state file is
+    /// written after it, as the fallback for a start without etcd.
+    async fn apply_shared(
+        &mut self,
+        store: &dyn Store,
+        cmd: &Command,
+        deadline: Option<Duration>,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> Result<Applied, CtlError> {
+        let (next, events) = state::apply(&self.state, cmd)?;
+        if events.is_empty() {
+            return Ok(Applied {
+                events,
+                persisted: true,
+                state: self.ctl.state(),
+            });
+        }
+        self.check_upstreams(&next, upstreams)?;
+        let cfg = self.ctl.config();
+        let deadline = deadline.unwrap_or(cfg.drain.deadline);
+        let now = now_ms();
+        let shared = Shared {
+            drains: store::drains_of(&self.shared_drains, &next, now, deadline),
+            state: next,
+            committed_ms: now,
+            by: String::new(),
+        };
+        self.revision = store.commit(self.revision, &shared).await?;
+        let runtime = self.runtime_of(&shared.state, upstreams);
+        self.save_fallback(&shared.state).await;
+        self.shared_drains = shared.drains;
+        self.commit(shared.state, runtime, &events, Some(deadline));
+        Ok(Applied {
+            events,
+            persisted: true,
+            state: self.ctl.state(),
+        })
+    }
+
+    /// Routes a state another instance committed.
+    async fn adopt(&mut self, shared: Shared, revision: i64) {
+        if revision <= self.revision {
+            return;
+        }
+        let now = now_ms();
+        let store = self.ctl.store.clone();
+        let adopted = |committed_ms| {
+            if let Some(store) = &store {
+                store.adopted(revision, committed_ms);
+            }
+        };
+        if shared.state == self.state {
+            self.revision = revision;
+            self.shared_drains = shared.drains;
+            adopted(shared.committed_ms);
+            return;
+        }
+        if let Some(unknown) = shared
+            .state
+            .slots
+            .iter()
+            .find(|r| !self.runtime.contains_key(&r.name))
+        {
+            tracing::error!(
+                slot = %unknown.name,
+                by = %shared.by,
+                "the fleet's table names a slot this instance's config does not have: not adopted (reload this instance with the fleet's slots); its changes conflict until then"
+            );
+            return;
+        }
+        self.revision = revision;
+        let runtime = self.runtime_of(&shared.state, &BTreeMap::new());
+        let deadline = store::remaining(&shared.drains, now);
+        tracing::info!(revision, by = %shared.by, rev = shared.state.revision, "adopted the fleet's table");
+        self.shared_drains = shared.drains;
+        let committed_ms = shared.committed_ms;
+        // Routed first (that is what propagation measures), then written down.
+        self.commit(shared.state.clone(), runtime, &[], deadline);
+        adopted(committed_ms);
+        self.save_fallback(&shared.state).await;
+    }
+
+    /// In a fleet, the state file is the fallback: a failure is logged and
+    /// shown in `status`, not a refusal (the commit to etcd is the durable one).
+    async fn save_fallback(&mut self, state: &State) {
+        match self.persister.save(state).await {
+            Ok(()) => self.durable(state.revision, None),
+            Err(e) => {
+                self.ctl
+                    .state_save_failures_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %e.path.display(), error = %e, "cannot write the local state file (the fleet's table in etcd holds the change; the file is only the fallback for a start without etcd)");
+                self.behind(&e);
+            }
+        }
+    }
+
+    fn check_upstreams(
+        &self,
+        next: &State,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> Result<(), CtlError> {
+        match next
+            .slots
+            .iter()
+            .find(|r| !self.runtime.contains_key(&r.name) && !upstreams.contains_key(&r.name))
+        {
+            Some(missing) => Err(CtlError::Internal(format!(
+                "slot {} has no upstream",
+                missing.name
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// On its own: the change is saved to the state file, then routed.
+    async fn apply_local(
+        &mut self,
+        cmd: &Command,
+        deadline: Option<Duration>,
+        fact: bool,
+        upstreams: &BTreeMap<String, Upstream>,
+    ) -> Result<Applied, CtlError> {
         let (next, events) = state::apply(&self.state, cmd)?;
         if events.is_empty() {
             return Ok(Applied {
@@ -971,16 +1210,7 @@ impl Owner {
                 state: self.ctl.state(),
             });
         }
-        if let Some(missing) = next
-            .slots
-            .iter()
-            .find(|r| !self.runtime.contains_key(&r.name) && !upstreams.contains_key(&r.name))
-        {
-            return Err(CtlError::Internal(format!(
-                "slot {} has no upstream",
-                missing.name
-            )));
-        }
+        self.check_upstreams(&next, upstreams)?;
         let runtime = self.runtime_of(&next, upstreams);
         let persisted = match self.persister.save(&next).await {
             Ok(()) => {

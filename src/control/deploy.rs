@@ -37,6 +37,12 @@ pub async fn deploy(
     let Ok(_one) = ctl.deploying.try_lock() else {
         return Err(CtlError::Busy);
     };
+    // In a fleet, one deploy at a time in the whole fleet: its probe, flip
+    // and watch run once, here.
+    let _fleet_lock = match ctl.store() {
+        Some(store) => Some(store.lock_deploy().await?),
+        None => None,
+    };
     let started = Instant::now();
     // Refused before the probe: an unknown or retired slot, or the active one.
     // A refused deploy never started: the last deploy's record stays.

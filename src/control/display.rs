@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use crate::control::protocol::{
-    DeployPhase, DeployStatus, Deployed, Drained, ErrorDetail, ErrorReply, Flipped, Progress,
-    Reply, Status, WatchOutcome,
+    ClusterStatus, DeployPhase, DeployStatus, Deployed, Drained, ErrorDetail, ErrorReply, Flipped,
+    Progress, Reply, Status, WatchOutcome,
 };
 use crate::probe::ProbeReport;
 
@@ -190,6 +190,9 @@ fn status(s: &Status) -> String {
             r.reason
         );
     }
+    if let Some(c) = &s.cluster {
+        out.push_str(&fleet(c));
+    }
     if !s.state_file.persisted {
         let _ = writeln!(
             out,
@@ -197,6 +200,64 @@ fn status(s: &Status) -> String {
             s.state_file.path.display(),
             s.state_file.error.as_deref().unwrap_or("a save failed")
         );
+    }
+    out
+}
+
+/// The fleet: the connection, each live instance's counts, the totals.
+fn fleet(c: &ClusterStatus) -> String {
+    let mut out = match c.disconnected_since_ms {
+        Some(since) if !c.connected => format!(
+            "cluster: disconnected since {} (serving on table revision {}; changes are refused)\n",
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(since)
+            ),
+            c.revision
+        ),
+        _ => format!(
+            "cluster: connected, instance {} of {} (table revision {})\n",
+            c.instance, c.prefix, c.revision
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "{:<16} {:<10} {:>8} {:>8} {:>9}",
+        "INSTANCE", "SLOT", "STREAMS", "INFLIGHT", "LEASE AGE"
+    );
+    for i in &c.instances {
+        for x in &i.slots {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<10} {:>8} {:>8} {:>8.1}s",
+                i.name,
+                x.slot,
+                x.live_streams,
+                x.inflight,
+                secs(i.lease_age_ms)
+            );
+        }
+    }
+    for x in &c.totals {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<10} {:>8} {:>8}",
+            "(fleet)", x.slot, x.live_streams, x.inflight
+        );
+    }
+    if let Some(holder) = &c.deploy_lock {
+        let _ = writeln!(out, "fleet deploy lock: held by {holder}");
+    }
+    if let Some(d) = &c.deploy {
+        let line = deploy_line(&d.status);
+        if d.orphaned {
+            let _ = writeln!(
+                out,
+                "fleet deploy by {}: ORPHANED in its {} phase (its instance died; the committed table stands, the watch window does not resume)",
+                d.by, d.status.phase.as_str()
+            );
+        } else {
+            let _ = writeln!(out, "fleet deploy by {}: {line}", d.by);
+        }
     }
     out
 }

@@ -43,6 +43,30 @@ pub async fn until_drained(stats: &SlotStats, quiet: Duration) {
     }
 }
 
+/// Returns once `slot` is drained everywhere: here (idle and quiet, as
+/// [`until_drained`]) and on every other instance of the fleet (as they
+/// report it; on its own, at once). Here is checked again after the fleet,
+/// since a pinned request may have arrived meanwhile.
+async fn until_drained_everywhere<H: Host>(
+    ctl: &H,
+    slot: &str,
+    stats: &SlotStats,
+    quiet: Duration,
+) {
+    loop {
+        until_drained(stats, quiet).await;
+        ctl.others_idle(slot, quiet).await;
+        let quiet = quiet.max(stats.max_retry());
+        if stats.is_idle() && stats.since_last_pinned().is_none_or(|s| s >= quiet) {
+            return;
+        }
+    }
+}
+
+/// How long a drain's end waits before it is committed again while the
+/// fleet's etcd cannot be reached.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
+
 /// One drain task's handle.
 #[derive(Debug)]
 struct Handle {
@@ -225,7 +249,7 @@ async fn run<H: Host>(ctl: Arc<H>, t: Task, tx: watch::Sender<Option<DrainOutcom
             _ = tokio::time::sleep(t.deadline), if t.deadline.is_zero() => {
                 force_end(&t).await
             }
-            _ = until_drained(&t.stats, t.quiet) => 0,
+            _ = until_drained_everywhere(&*ctl, &t.slot, &t.stats, t.quiet) => 0,
             _ = tokio::time::sleep(t.deadline) => force_end(&t).await,
         }
     };
@@ -241,17 +265,29 @@ async fn run<H: Host>(ctl: Arc<H>, t: Task, tx: watch::Sender<Option<DrainOutcom
     };
     let elapsed = started.elapsed();
     t.stats.record_drain(elapsed, forced);
-    let applied = ctl
-        .drained(
-            Command::Drained {
-                slot: t.slot.clone(),
-                generation: t.generation,
+    let cmd = Command::Drained {
+        slot: t.slot.clone(),
+        generation: t.generation,
+    };
+    // In a fleet cut off from etcd, the end waits for etcd (it is the fleet's
+    // fact, committed once); the streams here have ended either way.
+    let applied = loop {
+        match ctl.drained(cmd.clone(), t.id).await {
+            Err(CtlError::ClusterUnavailable { .. }) => tokio::select! {
+                _ = t.cancel.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_UNAVAILABLE) => {}
             },
-            t.id,
-        )
-        .await;
+            other => break other,
+        }
+    };
     // Flipped back (or shutting down) while the drain ended: nobody waits for it.
-    let Ok(persisted) = applied else { return };
+    let persisted = match applied {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(slot = %t.slot, error = %e, "the drain's end was not applied");
+            return;
+        }
+    };
     if t.cancel.is_cancelled() {
         return;
     }

@@ -36,6 +36,15 @@ pub trait Host: Send + Sync + 'static {
         -> impl Future<Output = Result<bool, CtlError>> + Send;
     /// Runs the configured probe against `slot`.
     fn probe(&self, slot: &str) -> impl Future<Output = Result<ProbeReport, CtlError>> + Send;
+    /// Returns once the rest of the fleet (if any) reports `slot` idle for
+    /// `quiet`; on its own, at once.
+    fn others_idle(
+        &self,
+        slot: &str,
+        quiet: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send;
+    /// The 5xx and all answers of `slot` on the rest of the fleet (none on its own).
+    fn others_answers(&self, slot: &str) -> (u64, u64);
     /// Flips back to the previous slot (after probing it) because `reason`;
     /// kept even if it cannot be saved.
     fn roll_back(&self, reason: &str) -> impl Future<Output = Result<Flipped, CtlError>> + Send;

@@ -15,7 +15,8 @@
 //! `protocol` holds the types `mcpflip ctl` and the server share; `client`
 //! and `display` are the `ctl` side; `paths` refuses directories and sockets
 //! another user could have planted; `host` is what the drain and watch tasks
-//! need of the controller (so the controller owns them without a cycle).
+//! need of the controller (so the controller owns them without a cycle);
+//! `store` is the seam a fleet's shared store (etcd) plugs into.
 
 pub mod client;
 pub mod controller;
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod watch;
 
 pub use controller::Controller;

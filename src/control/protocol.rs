@@ -466,6 +466,74 @@ pub struct Status {
     /// Live session migration, when `[drain] migrate = "replay"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationStatus>,
+    /// The fleet, when this instance is in one (`[cluster]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The fleet as one of its instances sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This instance's name.
+    pub instance: String,
+    pub prefix: String,
+    /// Whether etcd answers this instance now.
+    pub connected: bool,
+    /// Since when it does not (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_since_ms: Option<u64>,
+    /// The etcd revision of the table this instance routes by.
+    pub revision: i64,
+    /// Every live instance (whose lease holds), this one included.
+    pub instances: Vec<InstanceStatus>,
+    /// The sums over `instances`, per slot.
+    pub totals: Vec<SlotCounts>,
+    /// The instance that holds the fleet's deploy lock (a deploy runs there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_lock: Option<String>,
+    /// The fleet's last deploy as its instance recorded it in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<FleetDeploy>,
+}
+
+/// A deploy as the fleet sees it (`{prefix}/deploy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetDeploy {
+    /// The instance that runs (or ran) it.
+    pub by: String,
+    pub status: DeployStatus,
+    /// Its phase says it runs, but no instance holds the lock: the instance
+    /// running it died. The committed table stands; the watch window does
+    /// not resume.
+    #[serde(default)]
+    pub orphaned: bool,
+}
+
+/// One instance of the fleet and the counts it published last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    /// How long ago it published them (its lease is renewed as it does).
+    pub lease_age_ms: u64,
+    pub slots: Vec<SlotCounts>,
+}
+
+/// One slot's counts on one instance (or summed over the fleet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCounts {
+    pub slot: String,
+    pub live_streams: u64,
+    pub inflight: u64,
+    /// How long the slot had been idle here (no stream, nothing in flight,
+    /// no pinned request) when published; absent while busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Responses so far, and the 5xx among them that the slot caused (what
+    /// the watch window judges).
+    #[serde(default)]
+    pub responses: u64,
+    #[serde(default)]
+    pub errors_5xx: u64,
 }
 
 /// Live session migration's counts since the proxy started.
@@ -964,10 +1032,12 @@ pub enum ErrorCode {
     ShuttingDown,
     UpgradeFailed,
     Internal,
+    Conflict,
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::BadCommand,
         Self::LineTooLong,
         Self::UnknownSlot,
@@ -993,6 +1063,8 @@ impl ErrorCode {
         Self::ShuttingDown,
         Self::UpgradeFailed,
         Self::Internal,
+        Self::Conflict,
+        Self::ClusterUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -1022,6 +1094,8 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::UpgradeFailed => "upgrade_failed",
             Self::Internal => "internal",
+            Self::Conflict => "conflict",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -1106,6 +1180,14 @@ pub enum CtlError {
     UpgradeFailed(String),
     #[error("{0}")]
     Internal(String),
+    /// The fleet's table changed since this instance computed the change
+    /// (another operator, another instance): nothing changed; retry.
+    #[error("the fleet's table changed meanwhile (revision {seen} is no longer the latest): nothing changed; look at `status` and retry")]
+    Conflict { seen: i64 },
+    /// etcd cannot be reached: this instance keeps serving on its last table
+    /// but changes nothing on its own.
+    #[error("the fleet's etcd cannot be reached ({reason}): this instance keeps serving on its last table and refuses changes until etcd is back")]
+    ClusterUnavailable { reason: String },
 }
 
 impl CtlError {
@@ -1137,6 +1219,8 @@ impl CtlError {
             Self::ShuttingDown => ErrorCode::ShuttingDown,
             Self::UpgradeFailed(_) => ErrorCode::UpgradeFailed,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::Conflict { .. } => ErrorCode::Conflict,
+            Self::ClusterUnavailable { .. } => ErrorCode::ClusterUnavailable,
         }
     }
 

@@ -24,7 +24,7 @@ pub const MAX_GENERATION: u32 = u32::MAX - 1;
 pub const FLIP_WEIGHT: u32 = 100;
 
 /// One slot's control state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlotRecord {
     pub name: String,
     pub weight: u32,
@@ -63,7 +63,7 @@ impl SlotRecord {
 
 /// Every slot (in config order), the slot to roll back to, and a revision
 /// that grows by one with every change.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct State {
     pub slots: Vec<SlotRecord>,
     pub previous_active: Option<String>,

@@ -235,7 +235,13 @@ async fn run<H: Host>(
         };
     };
     // Only 5xx the slot caused count: a client's broken body is its own 4xx.
-    let (base_5xx, base_all) = (stats.upstream_failures(), answers(&stats));
+    // In a fleet, the share is the fleet's: this instance's answers and the
+    // others' as they published them.
+    let fleet = |slot: &str| {
+        let (e, a) = ctl.others_answers(slot);
+        (stats.upstream_failures() + e, answers(&stats) + a)
+    };
+    let (base_5xx, base_all) = fleet(slot);
     let started = tokio::time::Instant::now();
     let end = started + window;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -259,8 +265,10 @@ async fn run<H: Host>(
                 })),
             }
         }
-        let errors = stats.upstream_failures() - base_5xx;
-        let all = answers(&stats) - base_all;
+        let (now_5xx, now_all) = fleet(slot);
+        // An instance whose lease expired takes its counts with it.
+        let errors = now_5xx.saturating_sub(base_5xx);
+        let all = now_all.saturating_sub(base_all);
         let mut reason = None;
         if all >= MIN_ANSWERS_FOR_RATIO {
             let ratio = errors as f64 / all as f64;

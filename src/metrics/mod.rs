@@ -318,6 +318,21 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
         "1 when the state file holds the state that routes, 0 after a change could not be saved",
     )
     .gauge(&[], f64::from(u8::from(ctl.persisted())));
+    if let Some(store) = ctl.store() {
+        w.family(
+            "mcpflip_cluster_connected",
+            Kind::Gauge,
+            "1 while the fleet's etcd answers this instance, 0 while it is cut off (it serves on its last table and refuses changes)",
+        )
+        .gauge(&[], f64::from(u8::from(store.status().connected)));
+        let snap = store.propagation();
+        w.family(
+            "mcpflip_cluster_propagation_seconds",
+            Kind::Histogram,
+            "Time from a table change's commit to etcd (on another instance) to its routing here (wall clocks; millisecond resolution)",
+        )
+        .histogram(&[], histogram(&snap));
+    }
     {
         let mut fam = w.family(
             "mcpflip_reloads",

@@ -7,7 +7,9 @@
 
 pub mod browser;
 pub mod config;
+pub mod etcd;
 pub mod mcp;
+pub mod netns;
 pub mod proc;
 pub mod tools;
 

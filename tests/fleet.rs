@@ -1,0 +1,616 @@
+//! The fleet (issue 15) with real processes: a three-member etcd of our own
+//! on loopback (tests/support/etcd.rs), three `mcpflip run` instances (the
+//! built binary) sharing it, and blue and green served by the official
+//! Python MCP SDK's server (tests/peers/server.py, Streamable HTTP) in the
+//! flip-and-drain test, by the built-in MCP server (`mcpflip upstream`'s,
+//! in this test process) in the others, which need no SDK behaviour. Both
+//! answer `whoami` with their slot's name, which is what the tests read.
+//!
+//! Proven here: a flip on one instance routes new sessions to green through
+//! every instance while sessions pinned to blue stay on blue through every
+//! instance; the fleet's drain waits for a stream held through another
+//! instance and completes right after it closes; `status` shows the fleet;
+//! two concurrent flips from two instances never both succeed and race to a
+//! `conflict`; `kill -9` of the instance holding the last blue stream lets
+//! the drain complete once its lease expires; one etcd member stopped
+//! changes nothing; all of etcd stopped keeps every instance serving and
+//! refuses changes with `cluster_unavailable` (status and metric say
+//! disconnected) until etcd is back.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::etcd::EtcdCluster;
+use support::mcp::{get_text, http_client, initialize, post_json, HttpClient, SseSession};
+use support::proc::ProxyProcess;
+use support::{closed_port, ctl, upstream, TestConfig};
+use tokio_util::sync::CancellationToken;
+
+use mcpflip::demo_server::{ServerConfig, Transport};
+
+/// One instance: its process, its public and admin addresses, its socket.
+struct Instance {
+    proc: ProxyProcess,
+    base: String,
+    admin: String,
+    socket: PathBuf,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Instance {
+    async fn ctl(&self, line: &str) -> Value {
+        ctl(&self.socket, line).await
+    }
+
+    async fn status(&self) -> Value {
+        self.ctl("status").await
+    }
+}
+
+struct Fleet {
+    etcd: EtcdCluster,
+    instances: Vec<Instance>,
+    client: HttpClient,
+    _stop: tokio_util::sync::DropGuard,
+    _sdk_servers: Vec<SdkServer>,
+}
+
+/// What serves blue and green.
+#[derive(Clone, Copy, PartialEq)]
+enum Slots {
+    BuiltIn,
+    /// The official Python MCP SDK (2.x), Streamable HTTP.
+    PythonSdk,
+}
+
+/// A Python SDK server process; killed when dropped.
+struct SdkServer(std::process::Child);
+
+impl Drop for SdkServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tests/peers/server.py` (installed by tests/peers/install.sh py2)
+/// as `slot`; returns it and its port.
+fn sdk_server(slot: &str) -> (SdkServer, u16) {
+    use std::io::BufRead;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let install = std::process::Command::new("bash")
+        .arg(repo.join("tests/peers/install.sh"))
+        .arg("py2")
+        .status()
+        .expect("bash runs");
+    assert!(
+        install.success(),
+        "could not install the py2 MCP SDK peer; run `bash tests/peers/install.sh py2` and read its error"
+    );
+    let mut child = std::process::Command::new(repo.join("target/peers/py2/bin/python"))
+        .arg(repo.join("tests/peers/server.py"))
+        .args([
+            "--port",
+            "0",
+            "--slot",
+            slot,
+            "--transport",
+            "streamable-http",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the Python SDK server starts");
+    let out = child.stdout.take().expect("stdout");
+    let server = SdkServer(child);
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("READY line");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected server line {line:?}"));
+    (server, port)
+}
+
+fn slot_of(status: &Value, name: &str) -> Value {
+    status["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no slot {name} in {status}"))
+}
+
+fn state_of(status: &Value, name: &str) -> String {
+    slot_of(status, name)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Waits (20 s at most) until `cond` holds for `instance`'s status.
+async fn until_status(i: &Instance, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = i.status().await;
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for: {what}\nlast status: {s}\nits log:\n{}",
+            i.proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Fleet {
+    /// Three etcd members, blue (active) and green, three instances.
+    async fn start(stop: CancellationToken) -> Fleet {
+        Self::start_with(stop, Slots::BuiltIn).await
+    }
+
+    async fn start_with(stop: CancellationToken, kind: Slots) -> Fleet {
+        let etcd = EtcdCluster::start(3);
+        let mut sdk_servers = Vec::new();
+        let (blue, green) = match kind {
+            Slots::BuiltIn => (
+                upstream(ServerConfig::new("blue", Transport::Both), &stop).await,
+                upstream(ServerConfig::new("green", Transport::Both), &stop).await,
+            ),
+            Slots::PythonSdk => {
+                let (b, blue) = sdk_server("blue");
+                let (g, green) = sdk_server("green");
+                sdk_servers.extend([b, g]);
+                (blue, green)
+            }
+        };
+        let mut instances = Vec::new();
+        for n in 1..=3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (port, admin) = (closed_port(), closed_port());
+            let cfg = TestConfig::blue_green(dir.path(), blue, green)
+                .listen_port(port)
+                .set_str("admin", "addr", format!("127.0.0.1:{admin}"))
+                .set_str("drain", "quiet", "300ms")
+                .set_str("drain", "deadline", "60s")
+                .set_str("watch", "interval", "200ms")
+                .set("cluster", "etcd", etcd.toml_endpoints())
+                .set_str("cluster", "prefix", "/fleet-test")
+                .set_str("cluster", "instance", format!("edge-{n}"))
+                .set_str("cluster", "lease_ttl", "2s")
+                .set_str("cluster", "request_timeout", "1s");
+            let socket = cfg.socket();
+            let config = cfg.write();
+            let mut proc = ProxyProcess::spawn(&config, &socket, &[]);
+            proc.ready().await;
+            instances.push(Instance {
+                proc,
+                base: format!("http://127.0.0.1:{port}"),
+                admin: format!("http://127.0.0.1:{admin}"),
+                socket,
+                config,
+                _dir: dir,
+            });
+        }
+        let fleet = Fleet {
+            etcd,
+            instances,
+            client: http_client(),
+            _stop: stop.drop_guard(),
+            _sdk_servers: sdk_servers,
+        };
+        // Every instance sees every other one's counts.
+        for i in &fleet.instances {
+            until_status(i, "three instances in the fleet", |s| {
+                s["cluster"]["instances"].as_array().map(Vec::len) == Some(3)
+            })
+            .await;
+        }
+        fleet
+    }
+
+    fn i(&self, n: usize) -> &Instance {
+        &self.instances[n - 1]
+    }
+}
+
+/// A new Streamable HTTP session through `base`: `(session id, slot that answered)`.
+async fn new_session(client: &HttpClient, base: &str) -> (String, String) {
+    let (status, sid, body) = post_json(client, &format!("{base}/mcp"), None, initialize()).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = sid.expect("a session id");
+    let slot = whoami(client, base, &sid).await;
+    (sid, slot)
+}
+
+/// The slot that answers session `sid`'s `whoami` through `base`.
+async fn whoami(client: &HttpClient, base: &str, sid: &str) -> String {
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
+    let (status, _, body) = post_json(client, &format!("{base}/mcp"), Some(sid), call).await;
+    assert_eq!(status, 200, "whoami through {base}: {body}");
+    for slot in ["blue", "green"] {
+        if body.contains(&format!("\"text\":\"{slot}\"")) {
+            return slot.to_owned();
+        }
+    }
+    panic!("whoami answered neither blue nor green: {body}")
+}
+
+async fn sse_whoami(s: &mut SseSession) -> String {
+    s.call("whoami", json!({})).await.expect("whoami")
+}
+
+/// A Streamable HTTP session's standalone SSE stream (`GET /mcp`) through
+/// `base`, held open until the returned body is dropped.
+async fn hold_stream(client: &HttpClient, base: &str, sid: &str) -> hyper::body::Incoming {
+    let req = http::Request::get(format!("{base}/mcp"))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("GET /mcp");
+    assert_eq!(resp.status(), 200, "GET /mcp through {base}");
+    resp.into_body()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_reaches_the_fleet_and_its_drain_waits_for_the_fleet() {
+    let f = Fleet::start_with(CancellationToken::new(), Slots::PythonSdk).await;
+    let c = &f.client;
+
+    // Pinned to blue before the flip: one session through instance 1, and
+    // one whose stream (GET /mcp) is held through instance 3.
+    let (pinned, slot) = new_session(c, &f.i(1).base).await;
+    assert_eq!(slot, "blue");
+    let (streaming, slot) = new_session(c, &f.i(3).base).await;
+    assert_eq!(slot, "blue");
+    let held = hold_stream(c, &f.i(3).base, &streaming).await;
+
+    let r = f.i(1).ctl("flip green --drain --no-probe").await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    // Every instance routes by the new table: new sessions land on green.
+    for n in 1..=3 {
+        until_status(f.i(n), "green active everywhere", |s| {
+            s["active"] == "green"
+        })
+        .await;
+        let (_, slot) = new_session(c, &f.i(n).base).await;
+        assert_eq!(slot, "green", "a new session through instance {n}");
+        // The session pinned to blue stays on blue, whichever instance it goes through.
+        assert_eq!(
+            whoami(c, &f.i(n).base, &pinned).await,
+            "blue",
+            "instance {n}"
+        );
+    }
+
+    // The drain waits for the stream held through instance 3, wherever it is asked.
+    let waiter = {
+        let socket = f.i(2).socket.clone();
+        tokio::spawn(async move { ctl(&socket, "wait blue drained --timeout 30s").await })
+    };
+    let s = until_status(
+        f.i(1),
+        "instance 3's blue stream in the fleet's status",
+        |s| {
+            s["cluster"]["totals"]
+                .as_array()
+                .and_then(|t| t.iter().find(|x| x["slot"] == "blue"))
+                .is_some_and(|b| b["live_streams"] == 1)
+        },
+    )
+    .await;
+    let edge3 = s["cluster"]["instances"]
+        .as_array()
+        .and_then(|i| i.iter().find(|i| i["name"] == "edge-3"))
+        .cloned()
+        .expect("edge-3 in status");
+    assert!(edge3["lease_age_ms"].as_u64().is_some(), "{edge3}");
+    // Well past the quiet period, instance 1 (idle itself) still drains: the fleet is not idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in 1..=3 {
+        assert_eq!(
+            state_of(&f.i(n).status().await, "blue"),
+            "draining",
+            "instance {n}"
+        );
+    }
+    assert!(!waiter.is_finished(), "wait ended while a stream was open");
+    // `ctl status` renders the fleet.
+    let text = support::proc::ctl_env(&["status"], &[("MCPFLIP_SOCKET", &f.i(1).socket)]);
+    assert!(text.ok(), "{text:?}");
+    assert!(
+        text.stdout.contains("cluster: connected") && text.stdout.contains("edge-3"),
+        "{}",
+        text.stdout
+    );
+
+    drop(held);
+    let r = waiter.await.expect("waiter");
+    assert_eq!(r["ok"], true, "{r}\n{}", f.i(2).proc.stderr());
+    for n in 1..=3 {
+        until_status(f.i(n), "blue drained everywhere", |s| {
+            state_of(s, "blue") == "drained"
+        })
+        .await;
+    }
+
+    // Propagation is measured on the instances that adopted the flip.
+    let m = get_text(c, &format!("{}/metrics", f.i(2).admin)).await;
+    assert!(m.contains("mcpflip_cluster_connected 1"), "{m}");
+    let count = m
+        .lines()
+        .find_map(|l| l.strip_prefix("mcpflip_cluster_propagation_seconds_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(count >= 1, "{m}");
+
+    // Two concurrent flips from two instances never both go through, and
+    // they race to a `conflict` (the loser retries).
+    let mut conflicts = 0;
+    let mut to = "blue";
+    for round in 0..20 {
+        let line = format!("flip {to} --no-probe");
+        let (a, b) = tokio::join!(f.i(1).ctl(&line), f.i(2).ctl(&line));
+        let oks = [&a, &b].iter().filter(|r| r["ok"] == true).count();
+        assert_eq!(oks, 1, "round {round}: {a} / {b}");
+        let loser = if a["ok"] == true { &b } else { &a };
+        match loser["code"].as_str() {
+            Some("conflict") => conflicts += 1,
+            // It had already adopted the winner's flip.
+            Some("already_active") => {}
+            other => panic!("round {round}: {other:?}: {loser}"),
+        }
+        if conflicts > 0 {
+            break;
+        }
+        for n in 1..=3 {
+            until_status(f.i(n), "the flip everywhere", |s| s["active"] == to).await;
+        }
+        to = if to == "blue" { "green" } else { "blue" };
+    }
+    assert!(conflicts > 0, "no concurrent flip ever conflicted");
+    drop(f.etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_etcd_outages() {
+    let mut f = Fleet::start(CancellationToken::new()).await;
+    let c = f.client.clone();
+
+    // The last blue stream is held through instance 3, which dies with it.
+    let mut held = SseSession::open(&c, &f.i(3).base).await.expect("SSE via 3");
+    assert!(sse_whoami(&mut held).await.contains("blue"));
+    let r = f.i(1).ctl("flip green --drain --no-probe").await;
+    assert_eq!(r["ok"], true, "{r}");
+    until_status(f.i(1), "instance 3's blue stream counted", |s| {
+        s["cluster"]["totals"]
+            .as_array()
+            .and_then(|t| t.iter().find(|x| x["slot"] == "blue"))
+            .is_some_and(|b| b["live_streams"] == 1)
+    })
+    .await;
+    f.instances[2].proc.kill9();
+    // Its lease (2 s) expires with its counts, and the fleet's drain completes.
+    until_status(f.i(1), "blue drained after edge-3's lease expired", |s| {
+        state_of(s, "blue") == "drained"
+            && s["cluster"]["instances"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    drop(held);
+
+    // One etcd member stopped changes nothing.
+    f.etcd.stop(0);
+    let r = f.i(2).ctl("flip blue --no-probe").await;
+    assert_eq!(r["ok"], true, "{r}");
+    until_status(f.i(1), "blue active on instance 1", |s| {
+        s["active"] == "blue"
+    })
+    .await;
+
+    // All of etcd stopped: every instance serves on its table, refuses changes.
+    f.etcd.stop_all();
+    for n in 1..=2 {
+        let r = f.i(n).ctl("flip green --no-probe").await;
+        assert_eq!(r["code"], "cluster_unavailable", "instance {n}: {r}");
+        let (_, slot) = new_session(&c, &f.i(n).base).await;
+        assert_eq!(slot, "blue", "instance {n} serves on its last table");
+        let s = until_status(f.i(n), "disconnected", |s| {
+            s["cluster"]["connected"] == false
+        })
+        .await;
+        assert!(
+            s["cluster"]["disconnected_since_ms"].as_u64().is_some(),
+            "{s}"
+        );
+        let text = support::proc::ctl_env(&["status"], &[("MCPFLIP_SOCKET", &f.i(n).socket)]);
+        assert!(
+            text.stdout.contains("cluster: disconnected since"),
+            "{}",
+            text.stdout
+        );
+        let m = get_text(&c, &format!("{}/metrics", f.i(n).admin)).await;
+        assert!(m.contains("mcpflip_cluster_connected 0"), "{m}");
+        assert_eq!(
+            get_status(&c, &format!("{}/healthz", f.i(n).admin)).await,
+            200
+        );
+    }
+
+    // etcd back: changes go through again, and reach the other instance.
+    f.etcd.restart_all();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = f.i(1).ctl("flip green --no-probe").await;
+        if r["ok"] == true {
+            break;
+        }
+        assert_eq!(r["code"], "cluster_unavailable", "{r}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "etcd never came back: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_status(f.i(2), "green on instance 2 after the outage", |s| {
+        s["active"] == "green" && s["cluster"]["connected"] == true
+    })
+    .await;
+
+    // A restarted instance takes the table from etcd, not from its state
+    // file (which never saw these weights: it was dead).
+    let r = f.i(1).ctl("weights blue=30 green=70").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let dead = &mut f.instances[2];
+    dead.proc = ProxyProcess::spawn(&dead.config, &dead.socket, &[]);
+    dead.proc.ready().await;
+    let s = f.i(3).status().await;
+    assert_eq!(slot_of(&s, "blue")["weight"], 30, "{s}");
+    assert_eq!(slot_of(&s, "green")["weight"], 70, "{s}");
+}
+
+async fn get_status(client: &HttpClient, url: &str) -> u16 {
+    let resp = client
+        .request(
+            http::Request::get(url)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    resp.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deploy_at_a_time_in_the_fleet_and_an_orphaned_one_shows() {
+    let mut f = Fleet::start(CancellationToken::new()).await;
+
+    // A deploy on instance 1 with a long watch window holds the fleet's lock.
+    let deploying = {
+        let socket = f.i(1).socket.clone();
+        // Its instance dies before it replies.
+        tokio::spawn(async move {
+            let _ =
+                mcpflip::control::client::send(&socket, "deploy green --watch 60s", |_| {}).await;
+        })
+    };
+    let s = until_status(f.i(2), "edge-1 holds the deploy lock", |s| {
+        s["cluster"]["deploy_lock"] == "edge-1"
+            && s["cluster"]["deploy"]["status"]["phase"] == "watch"
+            && s["active"] == "green"
+    })
+    .await;
+    assert_eq!(s["cluster"]["deploy"]["by"], "edge-1", "{s}");
+    assert_eq!(s["cluster"]["deploy"]["orphaned"], false, "{s}");
+
+    // No second deploy anywhere in the fleet meanwhile.
+    for n in [2, 3] {
+        let r = f.i(n).ctl("deploy blue --watch 0s").await;
+        assert_eq!(r["code"], "busy", "instance {n}: {r}");
+    }
+
+    // The deploying instance dies: its lease ends the lock, the others see
+    // the last phase as orphaned, and the committed flip stands.
+    f.instances[0].proc.kill9();
+    drop(deploying);
+    let s = until_status(f.i(2), "the lock released, the deploy orphaned", |s| {
+        s["cluster"]["deploy_lock"].is_null() && s["cluster"]["deploy"]["orphaned"] == true
+    })
+    .await;
+    assert_eq!(s["cluster"]["deploy"]["status"]["phase"], "watch", "{s}");
+    assert_eq!(s["active"], "green", "{s}");
+    let text = support::proc::ctl_env(&["status"], &[("MCPFLIP_SOCKET", &f.i(2).socket)]);
+    assert!(
+        text.stdout.contains("ORPHANED in its watch phase"),
+        "{}",
+        text.stdout
+    );
+
+    // Another instance may deploy now.
+    let r = f.i(3).ctl("deploy blue --watch 0s").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let s = until_status(f.i(2), "edge-3's deploy passed", |s| {
+        s["cluster"]["deploy"]["by"] == "edge-3"
+            && s["cluster"]["deploy"]["status"]["phase"] == "passed"
+    })
+    .await;
+    assert_eq!(s["cluster"]["deploy"]["orphaned"], false, "{s}");
+    assert_eq!(s["active"], "blue", "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_cluster_from_outside_the_instances_deploys() {
+    let f = Fleet::start(CancellationToken::new()).await;
+    // A CI runner's config: only where etcd is and the fleet's prefix.
+    let runner = tempfile::tempdir().expect("tempdir");
+    let config = runner.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\netcd = {}\nprefix = \"/fleet-test\"\ninstance = \"ci\"\n",
+            f.etcd.toml_endpoints()
+        ),
+    )
+    .expect("write runner config");
+    let path = config.to_str().expect("utf-8 path").to_owned();
+    let run = move |args: &[&str]| {
+        let mut all = vec!["--cluster", path.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            support::proc::ctl_env(&refs, &[])
+        })
+    };
+
+    let status = run(&["status"]).await.expect("ctl");
+    assert!(status.ok(), "{status:?}");
+    assert!(
+        status.stdout.contains("active: blue") && status.stdout.contains("edge-3"),
+        "{}",
+        status.stdout
+    );
+
+    let deploy = run(&["deploy", "green", "--watch", "0s"])
+        .await
+        .expect("ctl");
+    assert!(deploy.ok(), "{deploy:?}");
+    assert!(
+        deploy.stdout.contains("deployed blue -> green"),
+        "{}",
+        deploy.stdout
+    );
+    for n in 1..=3 {
+        until_status(f.i(n), "green active after the remote deploy", |s| {
+            s["active"] == "green" && state_of(s, "blue") == "drained"
+        })
+        .await;
+    }
+
+    // An error reply renders and exits as a local `ctl` does.
+    let refused = run(&["flip", "nosuch"]).await.expect("ctl");
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stdout.contains("no slot named"),
+        "{}",
+        refused.stdout
+    );
+    let json = run(&["--json", "status"]).await.expect("ctl");
+    let v: Value = serde_json::from_str(json.stdout.trim()).expect("JSON status");
+    assert_eq!(v["active"], "green", "{v}");
+    assert_eq!(
+        v["cluster"]["instances"].as_array().map(Vec::len),
+        Some(3),
+        "{v}"
+    );
+}
