@@ -213,6 +213,42 @@ pub struct DrainConfig {
         serialize_with = "duration_out"
     )]
     pub quiet: Duration,
+    /// What becomes of a session whose slot is gone (`proxy::migrate`).
+    #[serde(default)]
+    pub migrate: MigrateMode,
+    /// Most sessions whose `initialize` is kept for a replay.
+    #[serde(default = "default_migrate_max_sessions")]
+    pub migrate_max_sessions: usize,
+    /// A captured session nobody used for this long is forgotten.
+    #[serde(
+        default = "default_migrate_idle",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub migrate_idle: Duration,
+}
+
+/// `[drain] migrate`: what happens to a session whose slot is retired,
+/// stopped, past its drain deadline or refusing connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrateMode {
+    /// The session ends: its requests get the SDK-style 404 (the behaviour
+    /// before migration existed).
+    #[default]
+    Off,
+    /// The proxy replays the session's `initialize` on a serving slot and
+    /// maps the client's session id to the new one.
+    Replay,
+}
+
+impl MigrateMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Replay => "replay",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -483,6 +519,12 @@ fn default_deadline() -> Duration {
 fn default_quiet() -> Duration {
     Duration::from_secs(1)
 }
+fn default_migrate_max_sessions() -> usize {
+    100_000
+}
+fn default_migrate_idle() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_probe_path() -> String {
     "/mcp".into()
 }
@@ -552,7 +594,10 @@ section_default!(ControlConfig {
 });
 section_default!(DrainConfig {
     deadline: default_deadline(),
-    quiet: default_quiet()
+    quiet: default_quiet(),
+    migrate: MigrateMode::Off,
+    migrate_max_sessions: default_migrate_max_sessions(),
+    migrate_idle: default_migrate_idle()
 });
 section_default!(ProbeConfig {
     path: default_probe_path(),
@@ -845,6 +890,7 @@ impl Config {
         // Durations that must be positive.
         for (section, key, d) in [
             ("drain", "deadline", self.drain.deadline),
+            ("drain", "migrate_idle", self.drain.migrate_idle),
             ("probe", "timeout", self.probe.timeout),
             ("watch", "interval", self.watch.interval),
             ("proxy", "connect_timeout", self.proxy.connect_timeout),
@@ -876,6 +922,14 @@ impl Config {
                 None,
                 "interval",
                 "must be greater than 0 (leave it out for passive readiness only)".into(),
+            ));
+        }
+        if self.drain.migrate_max_sessions == 0 {
+            return Err(err(
+                "drain",
+                None,
+                "migrate_max_sessions",
+                "must be at least 1 (set migrate = \"off\" to capture nothing)".into(),
             ));
         }
         if self.proxy.max_connections == Some(0) {
@@ -1130,9 +1184,10 @@ impl Config {
         let _ = writeln!(s, "  state file    {}", self.control.state_file.display());
         let _ = writeln!(
             s,
-            "  drain         deadline {}, quiet {}",
+            "  drain         deadline {}, quiet {}, migrate {}",
             d(self.drain.deadline),
-            d(self.drain.quiet)
+            d(self.drain.quiet),
+            self.drain.migrate.as_str()
         );
         let transport = match self.probe.transport {
             ProbeTransport::StreamableHttp => "streamable-http",

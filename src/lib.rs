@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Modules. The request path: `proxy` (listener, routing, forwarding, SSE
-//! relay) and `upstream` (the pooled client to a slot's server). The slot model:
+//! relay, live session migration) and `upstream` (the pooled client to a slot's server). The slot model:
 //! `table` (slots, weighted pick, the ArcSwap holder) and `stats` (per-slot
 //! counts and guards). The control path: `control` (the state machine, the
 //! typed protocol, the controller that owns the state, the persister, the

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, MigrateMode};
 use crate::control::controller::Controller;
 use crate::control::persist::{self, LoadError};
 use crate::control::state::State;
@@ -23,6 +23,7 @@ use crate::control::{paths, server};
 use crate::health::{Lifecycle, Phase};
 use crate::proxy::conn::{Connections, Limits};
 use crate::proxy::host_guard::HostGuard;
+use crate::proxy::migrate::Sessions;
 use crate::proxy::{self, Forwarder};
 use crate::stats::ProxyStats;
 
@@ -176,6 +177,7 @@ pub async fn start_with(
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let proxy_cfg = config.proxy.clone();
+    let drain_cfg = config.drain.clone();
     let limits = Limits {
         header_read: proxy_cfg.header_read_timeout,
         idle: proxy_cfg.idle_timeout,
@@ -207,6 +209,16 @@ pub async fn start_with(
         crate::cluster::spawn(&controller, fleet, &stop_accepting);
     }
     let proxy_stats = Arc::new(ProxyStats::default());
+    let _ = controller.proxy_stats.set(Arc::clone(&proxy_stats));
+    let sessions = (drain_cfg.migrate == MigrateMode::Replay).then(|| {
+        let s = Arc::new(Sessions::new(
+            drain_cfg.migrate_max_sessions,
+            drain_cfg.migrate_idle,
+            Arc::clone(&proxy_stats),
+        ));
+        tokio::spawn(Arc::clone(&s).expire_every(stop.child_token()));
+        s
+    });
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
         preserve_host: proxy_cfg.preserve_host,
@@ -216,6 +228,7 @@ pub async fn start_with(
         client_body_timeout: proxy_cfg.client_body_timeout,
         tool_call_timeout: proxy_cfg.tool_call_timeout,
         stats: Arc::clone(&proxy_stats),
+        sessions,
     });
     let admin = tokio::spawn(crate::admin::serve(
         admin,

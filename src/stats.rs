@@ -11,7 +11,7 @@
 //! open connections, refused connections, client faults, and the answers the
 //! proxy makes itself before a slot is chosen.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -167,6 +167,9 @@ pub struct SlotStats {
     /// one took over from (a hitless upgrade), until that process exits: a
     /// drain is over only when both processes are idle.
     previous: [AtomicU64; 2],
+    /// Set when a drain deadline passed or `drain --migrate` began: with
+    /// `[drain] migrate = "replay"` the slot's sessions move to a serving slot.
+    cut: AtomicBool,
 }
 
 /// Connect failures in a row after which a slot counts as down for `/readyz`.
@@ -203,6 +206,7 @@ impl SlotStats {
             force: ArcSwap::from_pointee(CancellationToken::new()),
             health_failures: AtomicU32::new(0),
             previous: Default::default(),
+            cut: AtomicBool::new(false),
         })
     }
 
@@ -407,6 +411,16 @@ impl SlotStats {
     /// The token a new stream watches for a forced end (one atomic load, no lock).
     pub fn force_token(&self) -> CancellationToken {
         CancellationToken::clone(&self.force.load())
+    }
+
+    /// Marks the slot as cut (its sessions may move) or not.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Release);
+    }
+
+    /// Whether a drain deadline or `drain --migrate` cut this slot's sessions.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
     }
 
     /// Ends every open stream of this slot at its next event boundary; a stream
@@ -648,6 +662,44 @@ impl Refusal {
     }
 }
 
+/// Why a session could not be migrated: the `cause` label of
+/// `mcpflip_migrations_failed_total`. Its request is then answered 404, as
+/// without migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MigrateFailure {
+    /// The session's `initialize` was not captured (created before the proxy
+    /// started, with migration off, a chunked or oversized body, the store full,
+    /// or forgotten after `migrate_idle`).
+    #[error("the session's initialize was not captured")]
+    NotCaptured,
+    /// No slot serves.
+    #[error("no slot is serving")]
+    NoSlot,
+    /// The serving slot failed (connect, reset, timeout) during the replay.
+    #[error("the serving slot failed during the replay")]
+    Upstream,
+    /// The serving slot answered the replayed `initialize` without a session.
+    #[error("the serving slot refused the replayed initialize")]
+    Refused,
+}
+
+impl MigrateFailure {
+    pub const ALL: [MigrateFailure; 4] = [
+        Self::NotCaptured,
+        Self::NoSlot,
+        Self::Upstream,
+        Self::Refused,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotCaptured => "not_captured",
+            Self::NoSlot => "no_slot",
+            Self::Upstream => "upstream",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// The public listener's counters that belong to no slot. Atomics only.
 #[derive(Debug, Default)]
 pub struct ProxyStats {
@@ -655,6 +707,16 @@ pub struct ProxyStats {
     refused: [AtomicU64; Refusal::ALL.len()],
     client_faults: [AtomicU64; ClientFault::ALL.len()],
     local: [AtomicU64; LocalResponse::ALL.len()],
+    /// Sessions moved to another slot (`proxy::migrate`).
+    migrated: AtomicU64,
+    migrate_failures: [AtomicU64; MigrateFailure::ALL.len()],
+    /// Captured sessions held now, and their bodies' bytes (gauges the store keeps).
+    captured: AtomicU64,
+    captured_bytes: AtomicU64,
+    /// Sessions not captured because the store was full.
+    capture_refused: AtomicU64,
+    /// Calls cut in flight and answered with a JSON-RPC error.
+    interrupted: AtomicU64,
 }
 
 impl ProxyStats {
@@ -690,6 +752,51 @@ impl ProxyStats {
 
     pub fn local_responses(&self, answer: LocalResponse) -> u64 {
         self.local[answer as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_migrated(&self) {
+        self.migrated.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn migrated(&self) -> u64 {
+        self.migrated.load(Ordering::Relaxed)
+    }
+
+    pub fn count_migrate_failure(&self, cause: MigrateFailure) {
+        self.migrate_failures[cause as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn migrate_failures(&self, cause: MigrateFailure) -> u64 {
+        self.migrate_failures[cause as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn set_captured(&self, n: usize, bytes: usize) {
+        self.captured.store(n as u64, Ordering::Relaxed);
+        self.captured_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn captured_bytes(&self) -> u64 {
+        self.captured_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn captured_sessions(&self) -> u64 {
+        self.captured.load(Ordering::Relaxed)
+    }
+
+    pub fn count_capture_refused(&self) {
+        self.capture_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn capture_refused(&self) -> u64 {
+        self.capture_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn count_interrupted(&self) {
+        self.interrupted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn interrupted(&self) -> u64 {
+        self.interrupted.load(Ordering::Relaxed)
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use mcpflip::config::{
     AccessLog, AdminConfig, CanaryConfig, CertPair, ClusterConfig, Config, ControlConfig,
-    DrainConfig, HealthConfig, ListenConfig, LogConfig, LogFormat, ProbeConfig, ProbeTransport,
-    ProxyConfig, SlotConfig, TlsConfig, WatchConfig,
+    DrainConfig, HealthConfig, ListenConfig, LogConfig, LogFormat, MigrateMode, ProbeConfig,
+    ProbeTransport, ProxyConfig, SlotConfig, TlsConfig, WatchConfig,
 };
 use mcpflip::control::protocol::ErrorCode;
 
@@ -93,6 +93,9 @@ fn populated() -> Config {
         drain: DrainConfig {
             deadline: Duration::from_secs(1),
             quiet: Duration::from_secs(1),
+            migrate: MigrateMode::Replay,
+            migrate_max_sessions: 1,
+            migrate_idle: Duration::from_secs(1),
         },
         probe: ProbeConfig {
             path: "/mcp".into(),

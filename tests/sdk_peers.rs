@@ -786,3 +786,213 @@ async fn probe_speaks_2026_07_28_to_a_server_that_speaks_nothing_else() {
     assert_eq!(v["probe"]["protocol"], "2025-11-25", "{v}");
     let _ = proxy.start_kill();
 }
+
+/// Issue 16, live session migration. An SDK client holding a Streamable HTTP
+/// session calls `whoami` every 100 ms (`ticker`) while a second one has a
+/// long `slow` call running on blue, through `deploy green` with a 2 s
+/// deadline, then blue's retirement and the end of its process.
+///
+/// With `[drain] migrate = "replay"`: no ticker call fails, the slow call cut
+/// at the deadline gets a JSON-RPC error (not a hang), and the ticker's calls
+/// after blue is gone are answered by green. With migration off (the
+/// baseline) the same run fails calls once blue is gone.
+async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
+    let (_blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    let mode = if replay { "replay" } else { "off" };
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("drain", "quiet", "100ms")
+            .set_str("drain", "migrate", mode)
+    })
+    .await;
+    let mut blue_srv = _blue_srv;
+    let mut ticker = client(client_sdk, &base, "streamable-http").await;
+    assert_ok(
+        &ticker.call("whoami").await,
+        "blue",
+        "the ticker's first call",
+    );
+    let mut slow = client(client_sdk, &base, "streamable-http").await;
+    assert_ok(
+        &slow.call("whoami").await,
+        "blue",
+        "the slow client's first call",
+    );
+    let before = blue_load(&socket).await;
+    slow.send(r#"call slow {"seconds": 60}"#).await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    while blue_load(&socket).await <= before {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the slow call never reached blue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The ticker: a call every 100 ms until told to stop; a call with no
+    // answer within 10 s is a hang and ends it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticking = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut results: Vec<Value> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ticker.send("call whoami").await;
+                match tokio::time::timeout(Duration::from_secs(10), ticker.json()).await {
+                    Ok(r) => results.push(r),
+                    Err(_) => {
+                        results.push(serde_json::json!({"ok": false, "error": "hang: no answer within 10 s"}));
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (ticker, results)
+        })
+    };
+
+    let (ok, out) = ctl(
+        &socket,
+        &["deploy", "green", "--deadline", "2s", "--watch", "0s"],
+    )
+    .await;
+    assert!(ok, "deploy: {out}");
+    // The slow call was cut at the deadline: with replay it got an error for
+    // its id; without, it must not be answered "slept" by a slot that was cut.
+    let cut = tokio::time::timeout(Duration::from_secs(15), slow.json()).await;
+    if replay {
+        let cut = cut.expect("the call cut at the deadline got an answer, not a hang");
+        assert_eq!(cut["ok"], false, "{cut}");
+        assert!(
+            cut["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("interrupted by a deploy")),
+            "the cut call's error names the deploy: {cut}"
+        );
+    }
+    let (ok, out) = ctl(&socket, &["retire", "blue"]).await;
+    assert!(ok, "retire: {out}");
+    blue_srv.child.start_kill().expect("stop blue");
+    let _ = blue_srv.child.wait().await;
+    // A second with blue gone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ticker, results) = ticking.await.expect("ticker");
+    let failed: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).collect();
+    eprintln!(
+        "{client_sdk:?} migrate={mode}: {} calls, {} failed: {failed:?}",
+        results.len(),
+        failed.len()
+    );
+    if replay {
+        assert!(
+            failed.is_empty(),
+            "{client_sdk:?}: failed calls with replay: {failed:?}"
+        );
+        assert_eq!(
+            results.last().map(|r| r["text"].clone()),
+            Some(Value::from("green")),
+            "{client_sdk:?}: the ticker's last call"
+        );
+        assert_ok(
+            &ticker.call("whoami").await,
+            "green",
+            "a call after the deploy",
+        );
+        let (_, out) = ctl(&socket, &["--json", "status"]).await;
+        let v: Value = serde_json::from_str(out.trim()).expect("status");
+        // The memory a captured session costs, for BENCHMARKS.md.
+        eprintln!("{client_sdk:?} migration status: {}", v["migration"]);
+        assert!(
+            v["migration"]["migrated"].as_u64() == Some(2),
+            "both sessions moved, once each: {}",
+            v["migration"]
+        );
+    } else {
+        assert!(
+            !failed.is_empty(),
+            "{client_sdk:?}: without migration, the calls after blue is gone fail (the baseline)"
+        );
+    }
+    proxy.start_kill().expect("kill proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_python1_client_across_a_deploy() {
+    migration_across_a_deploy(Sdk::Py1, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_python2_client_across_a_deploy() {
+    migration_across_a_deploy(Sdk::Py2, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_typescript_client_across_a_deploy() {
+    migration_across_a_deploy(Sdk::Ts, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_off_python1_client_fails_across_a_deploy_baseline() {
+    migration_across_a_deploy(Sdk::Py1, false).await;
+}
+
+/// Issue 16: `kill -9` of blue while SDK sessions are open on it (blue
+/// draining after a flip, so green serves): with replay, each session's next
+/// call is answered by green; with migration off it fails.
+async fn migration_after_kill(replay: bool) {
+    let (blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    let mode = if replay { "replay" } else { "off" };
+    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("drain", "quiet", "100ms")
+            .set_str("drain", "migrate", mode)
+    })
+    .await;
+    let mut clients = Vec::new();
+    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+        let mut c = client(sdk, &base, "streamable-http").await;
+        assert_ok(&c.call("whoami").await, "blue", "first call");
+        clients.push((sdk, c));
+    }
+    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
+    assert!(ok, "{out}");
+    for (sdk, c) in &mut clients {
+        let r = c.call("whoami").await;
+        assert_eq!(
+            r["text"], "blue",
+            "{sdk:?}: sessions stay on draining blue: {r}"
+        );
+    }
+    let mut blue_srv = blue_srv;
+    // SIGKILL: no goodbye on any connection.
+    blue_srv.child.start_kill().expect("kill -9 blue");
+    let _ = blue_srv.child.wait().await;
+    for (sdk, c) in &mut clients {
+        let r = c.call("whoami").await;
+        if replay {
+            assert_ok(
+                &r,
+                "green",
+                &format!("{sdk:?}: the next call after kill -9 of blue"),
+            );
+        } else {
+            // A failed call, or (Python 1.x) a client that gave up altogether.
+            assert_ne!(
+                r["ok"], true,
+                "{sdk:?}: without migration the call fails: {r}"
+            );
+        }
+    }
+    proxy.start_kill().expect("kill proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_after_kill_9_of_blue() {
+    migration_after_kill(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_off_after_kill_9_of_blue_fails_baseline() {
+    migration_after_kill(false).await;
+}

@@ -285,7 +285,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__deploy)
-            opts="-h --deadline --watch --socket --config --cluster --json --help"
+            opts="-h --deadline --migrate --watch --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -319,7 +319,7 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__drain)
-            opts="-h --wait --deadline --socket --config --cluster --json --help"
+            opts="-h --wait --deadline --migrate --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -96,6 +96,7 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_sub
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l wait -d 'Reply once the slot is drained (no live stream, nothing in flight) or the deadline passed'
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l migrate -d 'End the slot\'s streams at event boundaries now and move its sessions to a serving slot (needs [drain] migrate = "replay"; else they get 404)'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from drain" -s h -l help -d 'Print help'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from wait" -l timeout -d 'Give up (code `timeout`) after this long; the drain goes on' -r
@@ -129,6 +130,7 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_sub
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l migrate -d 'Drain the old slot with `drain --migrate`: its sessions move to SLOT at once'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from deploy" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from reload" -l socket -d 'The control socket' -r -F

@@ -622,6 +622,7 @@ mod tests {
             }),
             cluster: None,
             handover: None,
+            migration: None,
         }
     }
 

@@ -181,6 +181,7 @@ async fn read_status(etcd: &Etcd, prefix: &str) -> anyhow::Result<Value> {
         },
         deploy: None,
         handover: None,
+        migration: None,
         cluster: Some(ClusterStatus {
             instance: "(ctl --cluster)".into(),
             prefix: prefix.to_owned(),

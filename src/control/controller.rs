@@ -34,15 +34,15 @@ use crate::control::host::Host;
 use crate::control::persist::{Persister, SaveError};
 use crate::control::protocol::{
     CtlError, DeployStatus, DrainOutcome, DrainStarted, Event, Flipped, HandoverSlot,
-    HandoverStatus, Lifecycle, Progress, RollbackRecord, SlotBrief, SlotStatus, StateFileStatus,
-    Status, Upgraded, Weight, Weighted,
+    HandoverStatus, Lifecycle, MigrationStatus, Progress, RollbackRecord, SlotBrief, SlotStatus,
+    StateFileStatus, Status, Upgraded, Weight, Weighted,
 };
 use crate::control::state::{self, Command, State};
 use crate::control::store::{self, Joined, Shared, SharedDrain, Store};
 use crate::control::watch::Watcher;
 use crate::probe::{self, ProbeReport};
 use crate::proxy::TlsSlot;
-use crate::stats::{SlotStats, StatsRegistry};
+use crate::stats::{MigrateFailure, SlotStats, StatsRegistry};
 use crate::table::{Slot, SlotState, Table, Tables};
 use crate::upstream::UpstreamClient;
 
@@ -213,6 +213,9 @@ pub struct Controller {
     handover: Mutex<Option<(u32, Instant)>>,
     upgrader: OnceLock<mpsc::Sender<UpgradeRequest>>,
     shutdown: CancellationToken,
+    /// The public listener's counters (set once the listener is wired), for
+    /// the migration counts in `status`.
+    pub proxy_stats: std::sync::OnceLock<Arc<crate::stats::ProxyStats>>,
 }
 
 /// How long a new process has, by default, to take over (`ctl upgrade --timeout`).
@@ -327,6 +330,7 @@ impl Controller {
             handover: Mutex::new(None),
             upgrader: OnceLock::new(),
             shutdown,
+            proxy_stats: std::sync::OnceLock::new(),
         });
         let owner = Owner {
             ctl: Arc::clone(&ctl),
@@ -471,6 +475,7 @@ impl Controller {
             state_file: lock(&self.state_file).clone(),
             deploy: self.deploy_status(),
             handover: self.handover_status(&table),
+            migration: self.migration_status(),
             cluster: self.store.as_ref().map(|s| s.status()),
         }
     }
@@ -540,6 +545,26 @@ impl Controller {
         .await
         .map_err(|_| CtlError::ShuttingDown)?;
         rx.await.map_err(|_| CtlError::ShuttingDown)?
+    }
+
+    /// Migration's counts, once the proxy runs with `[drain] migrate = "replay"`.
+    pub fn migration_status(&self) -> Option<MigrationStatus> {
+        let mode = self.config.load().drain.migrate;
+        if mode == crate::config::MigrateMode::Off {
+            return None;
+        }
+        let stats = self.proxy_stats.get()?;
+        Some(MigrationStatus {
+            mode: mode.as_str().to_owned(),
+            captured_sessions: stats.captured_sessions(),
+            captured_bytes: stats.captured_bytes(),
+            migrated: stats.migrated(),
+            failed: MigrateFailure::ALL
+                .iter()
+                .map(|c| (c.as_str().to_owned(), stats.migrate_failures(*c)))
+                .collect(),
+            interrupted_calls: stats.interrupted(),
+        })
     }
 
     /// The deploy that runs, or the last one.

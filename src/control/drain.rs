@@ -218,27 +218,43 @@ impl Task {
     }
 }
 
+/// The deadline passed (or `drain --migrate`): the slot's sessions may move,
+/// its streams end at event boundaries; returns how many were open.
+async fn force_end(t: &Task) -> u64 {
+    let n = t.stats.live_streams();
+    tracing::warn!(slot = %t.slot, streams = n, "drain deadline passed: ending the remaining streams at event boundaries");
+    // With `[drain] migrate = "replay"`, its sessions move to a serving slot
+    // from now on (`proxy::migrate::must_move`).
+    t.stats.set_cut(true);
+    // Streams opened meanwhile end at once too, until this drain
+    // ends or is cancelled (the slot may serve again).
+    let _forced = t.stats.force_streams();
+    // A forced stream ends within its grace (its connection closed
+    // if its client does not read): never `drained` while one is open.
+    t.stats.wait_streams_ended().await;
+    let _ = tokio::time::timeout(FORCE_GRACE, t.stats.wait_idle()).await;
+    n
+}
+
 /// One drain, from start to `drained` (or its cancellation, which drops `tx`).
 async fn run<H: Host>(ctl: Arc<H>, t: Task, tx: watch::Sender<Option<DrainOutcome>>) {
     let started = Instant::now();
+    // A zero deadline is `drain --migrate`: the slot's sessions may move at
+    // once (with `[drain] migrate = "replay"`), before any stream is ended.
+    // A drain that is not cut keeps its sessions where they are.
+    t.stats.set_cut(t.deadline.is_zero());
     let work = async {
         tokio::select! {
-            _ = until_drained_everywhere(&*ctl, &t.slot, &t.stats, t.quiet) => 0,
-            _ = tokio::time::sleep(t.deadline) => {
-                let n = t.stats.live_streams();
-                tracing::warn!(slot = %t.slot, streams = n, "drain deadline passed: ending the remaining streams at event boundaries");
-                // Streams opened meanwhile end at once too, until this drain
-                // ends or is cancelled (the slot may serve again).
-                let _forced = t.stats.force_streams();
-                // A forced stream ends within its grace (its connection closed
-                // if its client does not read): never `drained` while one is open.
-                t.stats.wait_streams_ended().await;
-                let _ = tokio::time::timeout(FORCE_GRACE, t.stats.wait_idle()).await;
-                n
+            biased;
+            _ = tokio::time::sleep(t.deadline), if t.deadline.is_zero() => {
+                force_end(&t).await
             }
+            _ = until_drained_everywhere(&*ctl, &t.slot, &t.stats, t.quiet) => 0,
+            _ = tokio::time::sleep(t.deadline) => force_end(&t).await,
         }
     };
     tokio::pin!(work);
+
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     let forced = loop {
         tokio::select! {

@@ -92,6 +92,11 @@ pub enum Request {
             skip_serializing_if = "Option::is_none"
         )]
         deadline: Option<Duration>,
+        /// End the slot's streams at event boundaries now and move its sessions
+        /// to a serving slot (needs [drain] migrate = "replay"; else they get 404).
+        #[arg(long, conflicts_with = "deadline")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        migrate: bool,
     },
     /// Wait until SLOT is drained: `wait SLOT drained [--timeout DUR]`.
     Wait {
@@ -144,6 +149,10 @@ pub enum Request {
             skip_serializing_if = "Option::is_none"
         )]
         deadline: Option<Duration>,
+        /// Drain the old slot with `drain --migrate`: its sessions move to SLOT at once.
+        #[arg(long, conflicts_with = "deadline")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        migrate: bool,
         /// Watch window (default: [watch] window); 0s skips the watch.
         #[arg(long, value_name = "DUR", value_parser = parse_duration)]
         #[serde(
@@ -454,6 +463,9 @@ pub struct Status {
     /// The process this one took over from, while it still serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<HandoverStatus>,
+    /// Live session migration, when `[drain] migrate = "replay"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationStatus>,
     /// The fleet, when this instance is in one (`[cluster]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
@@ -522,6 +534,23 @@ pub struct SlotCounts {
     pub responses: u64,
     #[serde(default)]
     pub errors_5xx: u64,
+}
+
+/// Live session migration's counts since the proxy started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// `[drain] migrate`.
+    pub mode: String,
+    /// Sessions whose `initialize` is held for a replay.
+    pub captured_sessions: u64,
+    /// Bytes of request bodies held for them.
+    pub captured_bytes: u64,
+    /// Sessions moved to another slot.
+    pub migrated: u64,
+    /// Sessions that could not move, by cause (answered 404).
+    pub failed: std::collections::BTreeMap<String, u64>,
+    /// Calls cut in flight and answered with a JSON-RPC error.
+    pub interrupted_calls: u64,
 }
 
 /// Where a deploy is. The flip happens between `probe` and `drain`; the watch
@@ -1295,7 +1324,17 @@ mod tests {
             Request::Drain {
                 slot: "blue".into(),
                 wait: true,
-                deadline: Some(Duration::from_secs(2))
+                deadline: Some(Duration::from_secs(2)),
+                migrate: false,
+            }
+        );
+        assert_eq!(
+            words("drain blue --migrate"),
+            Request::Drain {
+                slot: "blue".into(),
+                wait: false,
+                deadline: None,
+                migrate: true,
             }
         );
         assert_eq!(
@@ -1317,9 +1356,14 @@ mod tests {
             Request::Deploy {
                 slot: "green".into(),
                 deadline: None,
-                watch: Some(Duration::ZERO)
+                watch: Some(Duration::ZERO),
+                migrate: false,
             }
         );
+        assert!(matches!(
+            words("deploy green --migrate"),
+            Request::Deploy { migrate: true, .. }
+        ));
         for (line, expected) in [
             ("rollback", Request::Rollback),
             ("reload", Request::Reload),

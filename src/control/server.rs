@@ -286,7 +286,14 @@ pub async fn execute(
             slot,
             wait,
             deadline,
+            migrate,
         } => {
+            // `--migrate`: a drain whose deadline is now (see `drain`).
+            let deadline = if migrate {
+                Some(Duration::ZERO)
+            } else {
+                deadline
+            };
             let started = ctl.drain(&slot, deadline).await?;
             if !wait {
                 return Ok(Reply::Drain(started));
@@ -318,12 +325,17 @@ pub async fn execute(
             slot,
             deadline,
             watch,
+            migrate,
         } => {
             // A task of its own: a client that goes away does not stop a deploy
             // halfway (its drains and watch go on, and `status` shows them).
             let ctl = Arc::clone(ctl);
             let opts = DeployOptions {
-                deadline,
+                deadline: if migrate {
+                    Some(Duration::ZERO)
+                } else {
+                    deadline
+                },
                 window: watch,
             };
             let task =

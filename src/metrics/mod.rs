@@ -17,7 +17,9 @@ use exposition::{Histogram, Kind, Writer};
 use crate::control::watch::WATCH_RESULTS;
 use crate::control::Controller;
 use crate::mcp::{method, Era};
-use crate::stats::{AtomicHistogram, ClientFault, LocalResponse, ProxyStats, Refusal, PROBE_STEPS};
+use crate::stats::{
+    AtomicHistogram, ClientFault, LocalResponse, MigrateFailure, ProxyStats, Refusal, PROBE_STEPS,
+};
 use crate::table::{Slot, SlotState};
 use crate::upstream::UpstreamError;
 
@@ -414,6 +416,41 @@ fn edge(w: &mut Writer, proxy: &ProxyStats) {
             );
         }
     }
+    // Live session migration ([drain] migrate = "replay"; zero when off).
+    w.family(
+        "mcpflip_sessions_migrated",
+        Kind::Counter,
+        "Sessions moved to a serving slot by replaying their initialize ([drain] migrate = \"replay\")",
+    )
+    .counter(&[], proxy.migrated());
+    {
+        let mut fam = w.family(
+            "mcpflip_migrations_failed",
+            Kind::Counter,
+            "Sessions that could not move to a serving slot, by cause (their request was answered 404)",
+        );
+        for cause in MigrateFailure::ALL {
+            fam.counter(&[("cause", cause.as_str())], proxy.migrate_failures(cause));
+        }
+    }
+    w.family(
+        "mcpflip_captured_sessions",
+        Kind::Gauge,
+        "Sessions whose initialize the proxy holds for a replay",
+    )
+    .gauge(&[], proxy.captured_sessions() as f64);
+    w.family(
+        "mcpflip_captured_session_bytes",
+        Kind::Gauge,
+        "Bytes of request bodies held for captured sessions",
+    )
+    .gauge(&[], proxy.captured_bytes() as f64);
+    w.family(
+        "mcpflip_interrupted_calls",
+        Kind::Counter,
+        "Calls whose slot went away before answering, answered with a JSON-RPC error by the proxy",
+    )
+    .counter(&[], proxy.interrupted());
 }
 
 fn histogram(s: &crate::stats::HistogramSnapshot) -> Histogram<'_> {

@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -27,7 +28,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
-use crate::stats::{InflightGuard, StreamGuard};
+use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
 use crate::upstream::UpstreamBody;
 
 /// A response body on its way to the client.
@@ -65,6 +66,12 @@ struct Stream {
     conn: Conn,
     /// Forces the connection when the slot's force token fires, until dropped.
     _watch: ForceWatch,
+    /// Migration on, a POST's stream with a known request id: the JSON-RPC
+    /// error event sent if the proxy ends the stream (or the slot breaks it)
+    /// before the answer passed, and the counter of such calls.
+    cut: Option<(Bytes, Arc<ProxyStats>)>,
+    /// An answer (`"result"` or `"error"`) passed: nothing to send at a cut.
+    answered: bool,
 }
 
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
@@ -102,6 +109,7 @@ impl ResponseBody {
         rewrite: Option<EndpointRewrite>,
         keepalive: Option<std::time::Duration>,
         conn: &Conn,
+        cut: Option<(Bytes, Arc<ProxyStats>)>,
     ) -> Self {
         let token = guard.stats().force_token();
         let watch = conn.watch_force(token.clone());
@@ -119,6 +127,8 @@ impl ResponseBody {
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
                 _watch: watch,
+                cut,
+                answered: false,
             })),
             exchange: None,
         }
@@ -208,6 +218,35 @@ impl Body for ResponseBody {
 }
 
 impl Stream {
+    /// The error event for a call cut before its answer, once.
+    fn cut_reply(&mut self) -> Option<Bytes> {
+        let (event, stats) = self.cut.take()?;
+        if self.answered {
+            return None;
+        }
+        stats.count_interrupted();
+        Some(event)
+    }
+
+    /// Notes whether `data` carries the call's answer (the stream of a POST
+    /// holds one request's messages: progress notifications, server requests,
+    /// then the answer).
+    fn watch_answer(&mut self, data: &[u8]) {
+        if self.cut.is_some() && !self.answered {
+            self.answered = memchr::memmem::find(data, b"\"result\"").is_some()
+                || memchr::memmem::find(data, b"\"error\"").is_some();
+        }
+    }
+
+    /// Ends the stream after a cut: the error event first if the call is unanswered.
+    fn end_cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.finish();
+        match self.cut_reply() {
+            Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
+            None => Poll::Ready(None),
+        }
+    }
+
     fn finish(&mut self) {
         self.done = true;
         if let Some(guard) = self.guard.take() {
@@ -232,8 +271,7 @@ impl Stream {
         }
         if self.forced {
             if self.scanner.at_boundary() && self.rewrite.is_none() {
-                self.finish();
-                return Poll::Ready(None);
+                return self.end_cut();
             }
             // The upstream stalls inside an event: end anyway once the grace passes
             // (the client discards an incomplete event at end of stream).
@@ -271,6 +309,12 @@ impl Stream {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    if self.cut.is_some() && !self.answered && self.scanner.at_boundary() {
+                        // The slot broke off mid-call (killed): the client gets
+                        // an error for its call instead of a stream cut short.
+                        tracing::debug!(error = %e, "the slot broke a call's stream: answered with a JSON-RPC error");
+                        return self.end_cut();
+                    }
                     self.finish();
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -296,11 +340,24 @@ impl Stream {
             if self.forced {
                 // Send up to the end of the event in progress, then stop.
                 if let Some(end) = self.scanner.feed_to_boundary(&data) {
+                    self.watch_answer(&data[..end]);
                     self.finish();
-                    return Poll::Ready(Some(Ok(Frame::data(data.slice(..end)))));
+                    let data = data.slice(..end);
+                    return match self.cut_reply() {
+                        // The event in progress and the error, in one frame.
+                        Some(event) => {
+                            let mut both = Vec::with_capacity(data.len() + event.len());
+                            both.extend_from_slice(&data);
+                            both.extend_from_slice(&event);
+                            Poll::Ready(Some(Ok(Frame::data(Bytes::from(both)))))
+                        }
+                        None => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    };
                 }
+                self.watch_answer(&data);
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
+            self.watch_answer(&data);
             if let Some(ms) = self.scanner.feed(&data) {
                 if let Some(g) = &self.guard {
                     g.stats().note_retry(ms);

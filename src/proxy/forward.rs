@@ -19,6 +19,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
@@ -29,8 +31,9 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
+use crate::proxy::migrate::{self, Sessions};
 use crate::proxy::sse::EndpointRewrite;
-use crate::stats::{ClientFault, LocalResponse, ProxyStats};
+use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -60,6 +63,17 @@ pub struct Forwarder {
     pub tool_call_timeout: Duration,
     /// Counters that belong to no slot.
     pub stats: Arc<ProxyStats>,
+    /// Captured sessions, when `[drain] migrate = "replay"` (else `None`, and
+    /// the request path is exactly what it is without migration).
+    pub sessions: Option<Arc<Sessions>>,
+}
+
+/// Where a request goes, decided on one table snapshot.
+enum Decision {
+    /// To this slot; the tag to strip, or the session's new upstream id.
+    Go(Arc<Slot>, Option<TagSite>, Option<HeaderValue>),
+    /// Its session must move first.
+    Move,
 }
 
 /// The client end of a connection, made once per connection: its address, its
@@ -93,7 +107,7 @@ impl Forwarder {
 
     async fn relay(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: &Peer,
         exchange: &mut Exchange,
     ) -> Response<ResponseBody> {
@@ -111,11 +125,24 @@ impl Forwarder {
             tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, status = status.as_u16(), "{refused}");
             return jsonrpc_error(status, &refused.to_string());
         }
-        let (slot, site) = {
+        // With migration on: the session id the client holds, for the store.
+        let client_sid = self
+            .sessions
+            .as_ref()
+            .and_then(|_| req.headers().get(MCP_SESSION_ID).cloned());
+        let decision = {
             let table = self.tables.load();
             match affinity::route(&table, &req) {
-                Route::Pinned { slot, site } => (slot, Some(site)),
-                Route::Picked(slot) => (slot, None),
+                Route::Pinned { slot, site }
+                    if client_sid.is_some()
+                        && matches!(site, TagSite::Header { .. })
+                        && migrate::must_move(&slot) =>
+                {
+                    Decision::Move
+                }
+                Route::Pinned { slot, site } => Decision::Go(slot, Some(site), None),
+                Route::Picked(slot) => Decision::Go(slot, None, None),
+                Route::SessionGone if client_sid.is_some() => Decision::Move,
                 Route::SessionGone => {
                     self.stats.count_local(LocalResponse::SessionGone);
                     tracing::debug!(%method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
@@ -133,15 +160,98 @@ impl Forwarder {
                 }
             }
         };
-        let stats = &slot.stats;
-        let era = Era::of(&method, req.headers(), site);
+        let (slot, site, moved) = match decision {
+            Decision::Go(slot, site, moved) => (slot, site, moved),
+            Decision::Move => match self.moved(&req, client_sid.as_ref()).await {
+                Ok((slot, inner)) => (slot, None, Some(inner)),
+                Err(()) => return session_not_found(),
+            },
+        };
+        if let (Some(sessions), Some(sid), None) = (&self.sessions, &client_sid, &moved) {
+            // A session that never moves: its idle clock only.
+            sessions.touch(sid.as_bytes());
+        }
+        self.send_to(req, peer, exchange, slot, site, moved, client_sid, h1)
+            .await
+    }
+
+    /// Where a session whose slot is gone continues: where it moved already,
+    /// or a serving slot it is replayed on now. `Err` (counted, logged) when
+    /// it cannot move: the request is then answered 404 as without migration.
+    async fn moved(
+        &self,
+        req: &Request<Incoming>,
+        client_sid: Option<&HeaderValue>,
+    ) -> Result<(Arc<Slot>, HeaderValue), ()> {
+        let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
+            return Err(());
+        };
+        let fail = |cause: MigrateFailure| {
+            self.stats.count_migrate_failure(cause);
+            self.stats.count_local(LocalResponse::SessionGone);
+            tracing::info!(method = %req.method(), %cause, "session could not migrate: answered 404");
+        };
+        let Some(captured) = sessions.get(sid.as_bytes()) else {
+            fail(MigrateFailure::NotCaptured);
+            return Err(());
+        };
+        if let Some(found) = migrate::current(&self.tables.load(), &captured) {
+            return Ok(found);
+        }
+        match migrate::migrate(&self.tables, &captured, None, req.headers(), req.uri()).await {
+            Ok((slot, inner, replayed)) => {
+                if replayed {
+                    self.stats.count_migrated();
+                    tracing::info!(to = %slot.name, method = %req.method(), "session migrated: initialize replayed on a serving slot");
+                }
+                Ok((slot, inner))
+            }
+            Err(cause) => {
+                fail(cause);
+                Err(())
+            }
+        }
+    }
+
+    /// Reads a small POST body whole (migration on only): the proxy may need
+    /// its method (capture), its id (a cut call's error) or to send it again
+    /// (a slot that refused the connection).
+    async fn buffer_body(&self, body: Incoming) -> Result<Bytes, BodyState> {
+        let limited = http_body_util::Limited::new(body, migrate::MAX_BODY as usize);
+        match tokio::time::timeout(self.client_body_timeout, limited.collect()).await {
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+            Ok(Err(_)) => Err(BodyState::Broken),
+            Err(_) => Err(BodyState::TimedOut),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_to(
+        &self,
+        mut req: Request<Incoming>,
+        peer: &Peer,
+        exchange: &mut Exchange,
+        slot: Arc<Slot>,
+        site: Option<TagSite>,
+        moved: Option<HeaderValue>,
+        client_sid: Option<HeaderValue>,
+        h1: bool,
+    ) -> Response<ResponseBody> {
+        let method = req.method().clone();
+        let mut slot = slot;
+        let stats = Arc::clone(&slot.stats);
+        let era = if moved.is_some() {
+            Era::Session
+        } else {
+            Era::of(&method, req.headers(), site)
+        };
         // Tool calls run long: they get their own response header timeout.
         let wait = match req.headers().get(MCP_METHOD_HEADER) {
             Some(m) if m.as_bytes() == TOOLS_CALL => self.tool_call_timeout,
             _ => slot.client.response_timeout(),
         };
         stats.count_era(era);
-        exchange.routed(stats, era);
+        exchange.routed(&stats, era);
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
             // so it does not hold a drain's quiet period.
@@ -150,55 +260,113 @@ impl Forwarder {
             }
             strip_tag(&mut req, site);
         }
+        if let Some(inner) = &moved {
+            if method != http::Method::DELETE {
+                stats.touch_pinned();
+            }
+            req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+        }
         let inflight = stats.inflight_guard();
         // A legacy SSE session starts with a GET that carries no session id.
-        let legacy_get = era == Era::LegacySse && site.is_none();
+        let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
         self.rewrite_request(&mut req, &slot, peer);
         let (head, body) = req.into_parts();
-        let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
+        // Migration on: a small POST is read whole (see `buffer_body`).
+        let small = self.sessions.is_some()
+            && head.method == http::Method::POST
+            && head
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n <= migrate::MAX_BODY);
+        let (buffered, body, watch) = if small {
+            match self.buffer_body(body).await {
+                Ok(bytes) => (
+                    Some(bytes.clone()),
+                    ForwardBody::from(bytes),
+                    crate::upstream::BodyWatch::default(),
+                ),
+                Err(state) => return self.body_failed(state, &slot, &method, peer, h1),
+            }
+        } else {
+            let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
+            (None, body, watch)
+        };
+        let kind = buffered
+            .as_deref()
+            .map_or(migrate::Kind::Other, migrate::kind);
+        let call_id = buffered.as_deref().and_then(migrate::request_id);
+        // A request that can be sent again if the slot refuses the connection:
+        // its body is in hand (or it has none), and its session can move.
+        let resend = (client_sid.is_some() && (buffered.is_some() || body.is_end_stream()))
+            .then(|| (head.method.clone(), head.uri.clone(), head.headers.clone()));
         let req = Request::from_parts(head, body);
-        let resp = match slot
+        let mut sent = slot
             .client
             .send(&slot.scheme, &slot.authority, req, wait, &watch)
-            .await
+            .await;
+        let mut moved = moved;
+        if let (
+            Err(SendError::Upstream {
+                kind: refused @ (UpstreamError::Connect | UpstreamError::Timeout),
+                ..
+            }),
+            Some((m, uri, headers)),
+        ) = (&sent, resend)
         {
+            // The slot refuses connections (its process is gone): the session
+            // moves, and the request goes where it moved. The refusal is the
+            // old slot's error; the answer, the new slot's.
+            let refused = *refused;
+            if let Ok((to, inner)) = self
+                .moved_for(&headers, &uri, client_sid.as_ref(), &slot.name)
+                .await
+            {
+                let mut retry = Request::new(match &buffered {
+                    Some(b) => ForwardBody::from(b.clone()),
+                    None => ForwardBody::from(Bytes::new()),
+                });
+                *retry.method_mut() = m;
+                *retry.headers_mut() = headers;
+                retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                if !self.preserve_host {
+                    retry
+                        .headers_mut()
+                        .insert(header::HOST, to.host_header.clone());
+                }
+                // Already in origin form (`rewrite_request`): the pool knows where.
+                *retry.uri_mut() = uri;
+                stats.count_upstream_error(refused);
+                sent = to
+                    .client
+                    .send(
+                        &to.scheme,
+                        &to.authority,
+                        retry,
+                        wait,
+                        &crate::upstream::BodyWatch::default(),
+                    )
+                    .await;
+                to.stats.touch_pinned();
+                slot = to;
+                moved = Some(inner);
+            }
+        }
+        let stats = &slot.stats;
+        let inflight = if Arc::ptr_eq(inflight.stats(), stats) {
+            inflight
+        } else {
+            stats.inflight_guard()
+        };
+        let resp = match sent {
             Ok(resp) => {
                 stats.note_answer();
                 resp
             }
             Err(SendError::ClientBody(state)) => {
-                // The client's body failed: its fault, whatever the upstream
-                // client made of it. A 4xx of the slot, never its 5xx share.
-                let (status, fault, code, message) = match state {
-                    BodyState::TimedOut => (
-                        StatusCode::REQUEST_TIMEOUT,
-                        ClientFault::BodyTimeout,
-                        "body_timeout",
-                        format!(
-                            "the request body paused longer than client_body_timeout ({})",
-                            humantime::format_duration(self.client_body_timeout)
-                        ),
-                    ),
-                    _ => (
-                        StatusCode::BAD_REQUEST,
-                        ClientFault::BodyInvalid,
-                        "body_invalid",
-                        "the request body was malformed or cut short".to_owned(),
-                    ),
-                };
-                self.stats.count_client_fault(fault);
-                stats.count_response(status.as_u16());
-                tracing::debug!(slot = %slot.name, %method, status = status.as_u16(), peer = %peer.addr, "{message}");
-                let mut resp = local_error(status, Some(&slot.name), code, &message);
-                if h1 {
-                    // The rest of a broken body cannot be told from a next
-                    // request: close (an HTTP/2 stream ends on its own).
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    peer.conn.close_soon();
-                }
-                return resp;
+                return self.body_failed(state, &slot, &method, peer, h1);
             }
             Err(SendError::Upstream { kind, error }) => {
                 stats.count_upstream_error(kind);
@@ -222,6 +390,17 @@ impl Forwarder {
                     ),
                 };
                 tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
+                let reached = matches!(kind, UpstreamError::Reset | UpstreamError::ResponseTimeout);
+                if let (true, Some(id)) = (reached, &call_id) {
+                    // Migration on, a call whose slot went away mid-call: the
+                    // client gets a JSON-RPC error for its id, not an HTTP error
+                    // some SDK clients never turn into one.
+                    self.stats.count_interrupted();
+                    return json_response(
+                        StatusCode::OK,
+                        String::from_utf8_lossy(&migrate::interrupted(id)).into_owned(),
+                    );
+                }
                 let mut resp = local_error(status, Some(&slot.name), code, &cause);
                 if watch.state() == BodyState::Sending && h1 {
                     // The rest of the client's body will never be read: close
@@ -241,10 +420,25 @@ impl Forwarder {
             stats.count_upstream_failure();
         }
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(sessions) = &self.sessions {
+            self.record(sessions, &parts, &method, kind, &buffered, &client_sid);
+        }
         if parts.status.is_success() {
-            if let Some(id) = parts.headers.get(MCP_SESSION_ID) {
+            if let (Some(_), Some(sid)) = (&moved, &client_sid) {
+                // The client keeps the id it has.
+                if parts.headers.contains_key(MCP_SESSION_ID) {
+                    parts.headers.insert(MCP_SESSION_ID, sid.clone());
+                }
+            } else if let Some(id) = parts.headers.get(MCP_SESSION_ID) {
                 // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
                 if let Some(tagged) = tag::tag_header(&slot.tag_prefix, id) {
+                    if let (Some(sessions), migrate::Kind::Initialize, Some(init)) =
+                        (&self.sessions, kind, &buffered)
+                    {
+                        if site.is_none() && moved.is_none() {
+                            sessions.capture(&tagged, init.clone());
+                        }
+                    }
                     parts.headers.insert(MCP_SESSION_ID, tagged);
                 }
             }
@@ -261,11 +455,106 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive, &peer.conn)
+            let cut = call_id.map(|id| (migrate::interrupted_event(&id), Arc::clone(&self.stats)));
+            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive, &peer.conn, cut)
         } else {
             ResponseBody::plain(body, inflight)
         };
         Response::from_parts(parts, body)
+    }
+
+    /// [`Forwarder::moved`] for a request already taken apart.
+    async fn moved_for(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        client_sid: Option<&HeaderValue>,
+        avoid: &Arc<str>,
+    ) -> Result<(Arc<Slot>, HeaderValue), ()> {
+        let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
+            return Err(());
+        };
+        let Some(captured) = sessions.get(sid.as_bytes()) else {
+            self.stats
+                .count_migrate_failure(MigrateFailure::NotCaptured);
+            return Err(());
+        };
+        match migrate::migrate(&self.tables, &captured, Some(avoid), headers, uri).await {
+            Ok((slot, inner, replayed)) => {
+                if replayed {
+                    self.stats.count_migrated();
+                    tracing::info!(from = %avoid, to = %slot.name, "session migrated: its slot refused the connection");
+                }
+                Ok((slot, inner))
+            }
+            Err(cause) => {
+                self.stats.count_migrate_failure(cause);
+                tracing::info!(from = %avoid, %cause, "session could not migrate");
+                Err(())
+            }
+        }
+    }
+
+    /// Keeps the store in step with a session's life: capture is done by the
+    /// caller; shaping requests are recorded, ended sessions forgotten.
+    fn record(
+        &self,
+        sessions: &Sessions,
+        parts: &http::response::Parts,
+        method: &http::Method,
+        kind: migrate::Kind,
+        buffered: &Option<Bytes>,
+        client_sid: &Option<HeaderValue>,
+    ) {
+        let Some(sid) = client_sid else { return };
+        if *method == http::Method::DELETE || parts.status == StatusCode::NOT_FOUND {
+            sessions.remove(sid.as_bytes());
+        } else if let (true, migrate::Kind::Shaping, Some(body)) =
+            (parts.status.is_success(), kind, buffered)
+        {
+            sessions.shape(sid.as_bytes(), body.clone());
+        }
+    }
+
+    /// The answer to a client body that failed: its fault, whatever the
+    /// upstream client made of it. A 4xx of the slot, never its 5xx share.
+    fn body_failed(
+        &self,
+        state: BodyState,
+        slot: &Slot,
+        method: &http::Method,
+        peer: &Peer,
+        h1: bool,
+    ) -> Response<ResponseBody> {
+        let (status, fault, code, message) = match state {
+            BodyState::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                ClientFault::BodyTimeout,
+                "body_timeout",
+                format!(
+                    "the request body paused longer than client_body_timeout ({})",
+                    humantime::format_duration(self.client_body_timeout)
+                ),
+            ),
+            _ => (
+                StatusCode::BAD_REQUEST,
+                ClientFault::BodyInvalid,
+                "body_invalid",
+                "the request body was malformed or cut short".to_owned(),
+            ),
+        };
+        self.stats.count_client_fault(fault);
+        slot.stats.count_response(status.as_u16());
+        tracing::debug!(slot = %slot.name, %method, status = status.as_u16(), peer = %peer.addr, "{message}");
+        let mut resp = local_error(status, Some(&slot.name), code, &message);
+        if h1 {
+            // The rest of a broken body cannot be told from a next
+            // request: close (an HTTP/2 stream ends on its own).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            peer.conn.close_soon();
+        }
+        resp
     }
 
     fn rewrite_request(&self, req: &mut Request<Incoming>, slot: &Slot, peer: &Peer) {

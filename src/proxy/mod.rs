@@ -8,6 +8,9 @@
 //! head in time) or closed, so the proxy degrades before the kernel's
 //! descriptor limit; plain HTTP sent to the TLS listener gets a 400 that says so
 //! (`plaintext`).
+//!
+//! With `[drain] migrate = "replay"`, `migrate` keeps each session's
+//! `initialize` and moves a session whose slot is gone to a serving one.
 
 pub mod accept;
 pub mod affinity;
@@ -16,6 +19,7 @@ pub mod conn;
 pub mod exchange;
 pub mod forward;
 pub mod host_guard;
+pub mod migrate;
 pub mod plaintext;
 pub mod sse;
 

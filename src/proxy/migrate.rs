@@ -1,0 +1,556 @@
+//! Live session migration (`[drain] migrate = "replay"`): a Streamable HTTP
+//! session that outlives its slot continues on a serving one.
+//!
+//! Capture: when a session-less POST carrying `initialize` is answered 2xx with
+//! an `Mcp-Session-Id`, its body is kept under the tagged id the client got
+//! (`Sessions`), with the session-shaping requests that follow
+//! (`logging/setLevel`, `resources/subscribe`, `resources/unsubscribe`), in order.
+//! Replay: when the session's slot is retired, restarted, past its drain
+//! deadline or refusing connections, the proxy sends the captured `initialize`,
+//! `notifications/initialized` and the shaping requests to a serving slot,
+//! and remembers the new upstream session id (`Moved`). The client keeps its
+//! id; requests carry the new one upstream, answers carry the client's back.
+//!
+//! The store is a sharded `std` map: a session that never migrates costs one
+//! shard read-lock and an atomic store per request (its idle clock), and only
+//! with migration on. The `Moved` record is read only once the pinned slot is
+//! gone. No new dependency: lookups are rare enough (capture, idle touch,
+//! migration) that a lock-free map (papaya, scc) buys nothing measurable here,
+//! and shards keep writers (session creation) from queueing behind each other.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::stats::{MigrateFailure, ProxyStats};
+use crate::table::{Slot, SlotState, Table};
+use crate::upstream::{BodyWatch, SendError};
+
+/// Largest request body the proxy buffers (an `initialize` to capture, a
+/// pinned POST whose id it may need); larger bodies stay streamed.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// Most session-shaping requests kept per session (the oldest are dropped
+/// first: the later `setLevel` wins anyway).
+const MAX_SHAPING: usize = 32;
+/// Largest session-shaping request kept (`setLevel` and `subscribe` bodies
+/// are a few hundred bytes; a larger one is not replayed).
+const MAX_SHAPING_BODY: usize = 4 * 1024;
+/// Most bytes all captured sessions may hold together, whatever
+/// `migrate_max_sessions` allows: clients choose the bodies' sizes.
+const MAX_HELD: usize = 256 * 1024 * 1024;
+/// Longest a replay may take per step.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer to a replayed request the proxy reads.
+const MAX_REPLY: usize = 256 * 1024;
+const SHARDS: usize = 16;
+
+/// Where a migrated session lives now.
+#[derive(Debug)]
+pub struct Moved {
+    pub slot: Arc<str>,
+    pub generation: u32,
+    /// The new upstream session id (untagged, as the slot issued it).
+    pub inner: HeaderValue,
+}
+
+/// One captured session.
+#[derive(Debug)]
+pub struct Captured {
+    init: Bytes,
+    shaping: Mutex<Vec<Bytes>>,
+    /// Seconds since the store's epoch of the last request.
+    last_used: AtomicU64,
+    moved: ArcSwapOption<Moved>,
+    /// One replay at a time per session; concurrent requests wait for it.
+    replaying: tokio::sync::Mutex<()>,
+}
+
+impl Captured {
+    fn bytes(&self) -> usize {
+        let shaping = self.shaping.lock().unwrap_or_else(|p| p.into_inner());
+        self.init.len() + shaping.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
+type Shard = RwLock<HashMap<Box<[u8]>, Arc<Captured>>>;
+
+/// The captured sessions, by the tagged `Mcp-Session-Id` the client holds.
+#[derive(Debug)]
+pub struct Sessions {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    max: usize,
+    idle: Duration,
+    count: AtomicUsize,
+    /// Bytes of captured bodies held (the memory a session costs, reported).
+    held: AtomicUsize,
+    epoch: Instant,
+    stats: Arc<ProxyStats>,
+}
+
+impl Sessions {
+    pub fn new(max: usize, idle: Duration, stats: Arc<ProxyStats>) -> Self {
+        Sessions {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            max,
+            idle,
+            count: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            stats,
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> &Shard {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    /// Captured sessions held.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held for captured sessions (bodies only).
+    pub fn bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self) {
+        self.stats.set_captured(self.len(), self.bytes());
+    }
+
+    /// Keeps `init` for the session the client knows as `id`; false when the
+    /// store is full (the session then ends with its slot, as without migration).
+    pub fn capture(&self, id: &HeaderValue, init: Bytes) -> bool {
+        if self.len() >= self.max || self.bytes().saturating_add(init.len()) > MAX_HELD {
+            self.stats.count_capture_refused();
+            return false;
+        }
+        let entry = Arc::new(Captured {
+            init,
+            shaping: Mutex::default(),
+            last_used: AtomicU64::new(self.now()),
+            moved: ArcSwapOption::empty(),
+            replaying: tokio::sync::Mutex::new(()),
+        });
+        let key = id.as_bytes();
+        self.held.fetch_add(entry.bytes(), Ordering::Relaxed);
+        let old = {
+            let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
+            map.insert(key.into(), entry)
+        };
+        match old {
+            Some(old) => {
+                self.held.fetch_sub(old.bytes(), Ordering::Relaxed);
+            }
+            None => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.publish();
+        true
+    }
+
+    /// The captured session `id`, its idle clock reset.
+    pub fn get(&self, id: &[u8]) -> Option<Arc<Captured>> {
+        let map = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
+        let c = map.get(id)?;
+        c.last_used.store(self.now(), Ordering::Relaxed);
+        Some(Arc::clone(c))
+    }
+
+    /// Resets `id`'s idle clock: one read lock, one atomic store.
+    pub fn touch(&self, id: &[u8]) {
+        let map = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(id) {
+            c.last_used.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets `id` (its session ended: DELETE, or a 404 from its slot).
+    pub fn remove(&self, id: &[u8]) {
+        let gone = self
+            .shard(id)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(c) = gone {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.held.fetch_sub(c.bytes(), Ordering::Relaxed);
+            self.publish();
+        }
+    }
+
+    /// Records a session-shaping request of `id` (answered 2xx), to replay in order.
+    pub fn shape(&self, id: &[u8], body: Bytes) {
+        if body.len() > MAX_SHAPING_BODY || self.bytes().saturating_add(body.len()) > MAX_HELD {
+            tracing::debug!(
+                bytes = body.len(),
+                "a session-shaping request too large to keep for a replay"
+            );
+            return;
+        }
+        if let Some(c) = self.get(id) {
+            let mut list = c.shaping.lock().unwrap_or_else(|p| p.into_inner());
+            if list.len() >= MAX_SHAPING {
+                let dropped = list.remove(0);
+                self.held.fetch_sub(dropped.len(), Ordering::Relaxed);
+            }
+            self.held.fetch_add(body.len(), Ordering::Relaxed);
+            list.push(body);
+            drop(list);
+            self.publish();
+        }
+    }
+
+    /// Forgets sessions idle longer than `migrate_idle`; returns how many.
+    pub fn expire(&self) -> usize {
+        let now = self.now();
+        let idle = self.idle.as_secs();
+        let mut gone = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, c| {
+                let keep = now.saturating_sub(c.last_used.load(Ordering::Relaxed)) < idle;
+                if !keep {
+                    gone += 1;
+                    self.held.fetch_sub(c.bytes(), Ordering::Relaxed);
+                }
+                keep
+            });
+        }
+        if gone > 0 {
+            self.count.fetch_sub(gone, Ordering::Relaxed);
+            self.publish();
+        }
+        gone
+    }
+
+    /// Runs [`Sessions::expire`] until `stop` is cancelled.
+    pub async fn expire_every(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let every = (self.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => { self.expire(); }
+            }
+        }
+    }
+}
+
+/// Whether a session pinned to `slot` must move: its slot is not serving and
+/// a drain deadline (or `drain --migrate`) cut it. Retired and restarted slots
+/// never reach here: their sessions are `SessionGone` already.
+pub fn must_move(slot: &Slot) -> bool {
+    slot.state != SlotState::Serving && slot.stats.is_cut()
+}
+
+/// Where a migrated session lives now on `table`, if that slot still takes it.
+pub fn current(table: &Table, c: &Captured) -> Option<(Arc<Slot>, HeaderValue)> {
+    let moved = c.moved.load_full()?;
+    let slot = table.get(&moved.slot)?;
+    (slot.generation == moved.generation && slot.state.accepts_pinned() && !must_move(slot))
+        .then(|| (Arc::clone(slot), moved.inner.clone()))
+}
+
+/// Where a session continues, and whether this call moved it (else a
+/// concurrent request of the same session did, while this one waited).
+pub type Migrated = (Arc<Slot>, HeaderValue, bool);
+
+/// Moves the captured session `c` to a serving slot (not `avoid`): replays
+/// its `initialize`, `notifications/initialized` and shaping requests there.
+/// `template` is the client's current request head, whose headers
+/// (authorization, accept, content type) the replay reuses.
+pub async fn migrate(
+    tables: &crate::table::Tables,
+    c: &Captured,
+    avoid: Option<&str>,
+    template: &HeaderMap,
+    path: &Uri,
+) -> Result<Migrated, MigrateFailure> {
+    let _one = c.replaying.lock().await;
+    // Another request of this session may have moved it meanwhile (not away
+    // from `avoid`, the slot that just refused this request).
+    if let Some((slot, inner)) = current(&tables.load(), c) {
+        if avoid != Some(&*slot.name) {
+            return Ok((slot, inner, false));
+        }
+    }
+    let slot = {
+        let table = tables.load();
+        let picked = match avoid {
+            Some(a) => table.pick_other(a),
+            None => table.pick(),
+        };
+        Arc::clone(picked.ok_or(MigrateFailure::NoSlot)?)
+    };
+    let inner = replay(&slot, c, template, path).await?;
+    c.moved.store(Some(Arc::new(Moved {
+        slot: Arc::clone(&slot.name),
+        generation: slot.generation,
+        inner: inner.clone(),
+    })));
+    Ok((slot, inner, true))
+}
+
+/// Headers of the client's request a replay carries: who the client is (a
+/// server may check the same credentials on `initialize`), never anything
+/// about the old session, the old body or the connection.
+const CARRIED: [header::HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::USER_AGENT,
+    header::ORIGIN,
+];
+
+/// Headers of a replayed request.
+fn replay_headers(template: &HeaderMap, slot: &Slot) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(CARRIED.len() + 3);
+    for name in CARRIED {
+        for v in template.get_all(&name) {
+            h.append(name.clone(), v.clone());
+        }
+    }
+    h.insert(header::HOST, slot.host_header.clone());
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    h
+}
+
+async fn send(
+    slot: &Slot,
+    headers: &HeaderMap,
+    path: &Uri,
+    body: Bytes,
+) -> Result<(StatusCode, HeaderMap, Bytes), MigrateFailure> {
+    // Origin form: the slot's pool knows where to send it.
+    let uri = Uri::try_from(path.path()).map_err(|_| MigrateFailure::Refused)?;
+    let mut req = Request::new(crate::upstream::ForwardBody::from(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers.clone();
+    let resp = match slot
+        .client
+        .send(
+            &slot.scheme,
+            &slot.authority,
+            req,
+            REPLAY_TIMEOUT,
+            &BodyWatch::default(),
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(SendError::Upstream { .. } | SendError::ClientBody(_)) => {
+            return Err(MigrateFailure::Upstream)
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let limited = http_body_util::Limited::new(body, MAX_REPLY);
+    let bytes = match tokio::time::timeout(REPLAY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => return Err(MigrateFailure::Upstream),
+    };
+    Ok((parts.status, parts.headers, bytes))
+}
+
+/// The first JSON-RPC message of a JSON or SSE answer.
+fn first_message(body: &[u8]) -> Option<Value> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Some(v);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .find_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+}
+
+async fn replay(
+    slot: &Slot,
+    c: &Captured,
+    template: &HeaderMap,
+    path: &Uri,
+) -> Result<HeaderValue, MigrateFailure> {
+    let mut headers = replay_headers(template, slot);
+    let (status, h, body) = send(slot, &headers, path, c.init.clone()).await?;
+    let Some(inner) = h
+        .get(MCP_SESSION_ID)
+        .cloned()
+        .filter(|_| status.is_success())
+    else {
+        return Err(MigrateFailure::Refused);
+    };
+    let msg = first_message(&body).ok_or(MigrateFailure::Refused)?;
+    if msg.get("error").is_some() {
+        return Err(MigrateFailure::Refused);
+    }
+    headers.insert(MCP_SESSION_ID, inner.clone());
+    if let Some(v) = msg
+        .pointer("/result/protocolVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(MCP_PROTOCOL_VERSION, v);
+    }
+    let initialized =
+        Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let (status, _, _) = send(slot, &headers, path, initialized).await?;
+    if !status.is_success() {
+        return Err(MigrateFailure::Refused);
+    }
+    let shaping = c.shaping.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for body in shaping {
+        // A refused shaping request leaves the session as the slot has it:
+        // the request itself was answered once already, on the old slot.
+        let (status, _, _) = send(slot, &headers, path, body).await?;
+        if !status.is_success() {
+            tracing::debug!(slot = %slot.name, status = status.as_u16(), "a replayed session-shaping request was refused");
+        }
+    }
+    Ok(inner)
+}
+
+/// What a buffered request body says, read only when the proxy needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Initialize,
+    /// `logging/setLevel`, `resources/subscribe`, `resources/unsubscribe`.
+    Shaping,
+    Other,
+}
+
+/// The method of a buffered JSON-RPC body, by a byte search first (most
+/// bodies are neither), then a parse to be sure.
+pub fn kind(body: &[u8]) -> Kind {
+    let finder = |n: &[u8]| memchr::memmem::find(body, n).is_some();
+    let candidate = finder(b"initialize")
+        || finder(b"logging/setLevel")
+        || finder(b"resources/subscribe")
+        || finder(b"resources/unsubscribe");
+    if !candidate {
+        return Kind::Other;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Kind::Other;
+    };
+    match v.get("method").and_then(Value::as_str) {
+        Some("initialize") => Kind::Initialize,
+        Some("logging/setLevel" | "resources/subscribe" | "resources/unsubscribe") => Kind::Shaping,
+        _ => Kind::Other,
+    }
+}
+
+/// The id of a buffered JSON-RPC request, as JSON text (`None` for a
+/// notification, a batch or anything unparsable).
+pub fn request_id(body: &[u8]) -> Option<Bytes> {
+    let v = serde_json::from_slice::<Value>(body).ok()?;
+    v.get("method")?;
+    let id = v.get("id")?;
+    (id.is_string() || id.is_number()).then(|| Bytes::from(id.to_string()))
+}
+
+/// The JSON-RPC error for a call the proxy cut (drain deadline, `drain
+/// --migrate`, a slot that went away mid-call).
+pub fn interrupted(id: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(160 + id.len());
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    out.extend_from_slice(id);
+    out.extend_from_slice(
+        br#","error":{"code":-32603,"message":"the call was interrupted by a deploy (its server went away before answering); it was not retried"}}"#,
+    );
+    Bytes::from(out)
+}
+
+/// [`interrupted`] as one SSE event.
+pub fn interrupted_event(id: &[u8]) -> Bytes {
+    let msg = interrupted(id);
+    let mut out = Vec::with_capacity(msg.len() + 24);
+    out.extend_from_slice(b"event: message\ndata: ");
+    out.extend_from_slice(&msg);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_ids_from_bodies() {
+        let init = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
+        assert_eq!(kind(init), Kind::Initialize);
+        assert_eq!(
+            kind(br#"{"jsonrpc":"2.0","id":"a","method":"logging/setLevel","params":{"level":"debug"}}"#),
+            Kind::Shaping
+        );
+        // A tool call that only mentions a method name stays a tool call.
+        assert_eq!(
+            kind(
+                br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"initialize"}}"#
+            ),
+            Kind::Other
+        );
+        assert_eq!(request_id(init).as_deref(), Some(&b"0"[..]));
+        assert_eq!(
+            request_id(br#"{"jsonrpc":"2.0","id":"x-1","method":"ping"}"#).as_deref(),
+            Some(&br#""x-1""#[..])
+        );
+        assert_eq!(
+            request_id(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            None
+        );
+        let v: Value = serde_json::from_slice(&interrupted(b"7")).expect("json");
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["error"]["code"], -32603);
+    }
+
+    #[test]
+    fn the_store_is_bounded_and_forgets_ended_and_idle_sessions() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(2, Duration::from_secs(3600), Arc::clone(&stats));
+        let a = HeaderValue::from_static("mf1.blue.0.a");
+        let b = HeaderValue::from_static("mf1.blue.0.b");
+        let c = HeaderValue::from_static("mf1.blue.0.c");
+        assert!(s.capture(&a, Bytes::from_static(b"{}")));
+        assert!(s.capture(&b, Bytes::from_static(b"{}")));
+        assert!(!s.capture(&c, Bytes::from_static(b"{}")), "full");
+        assert_eq!((s.len(), stats.captured_sessions()), (2, 2));
+        s.shape(a.as_bytes(), Bytes::from_static(b"12345"));
+        assert_eq!(s.bytes(), 2 + 2 + 5);
+        s.remove(a.as_bytes());
+        assert!(s.get(a.as_bytes()).is_none());
+        assert_eq!(s.len(), 1);
+        // Idle expiry: zero idle forgets everything not touched this second.
+        let zero = Sessions::new(2, Duration::ZERO, Arc::clone(&stats));
+        zero.capture(&a, Bytes::from_static(b"{}"));
+        assert_eq!(zero.expire(), 1);
+        assert!(zero.is_empty());
+    }
+}

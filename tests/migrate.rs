@@ -1,0 +1,436 @@
+//! Live session migration (issue 16) against recording upstreams: what the
+//! new slot receives when a session moves (the replayed `initialize`,
+//! `notifications/initialized`, the session-shaping requests in order, then
+//! the client's request, all on the new session id), the client's id kept on
+//! the way out, `drain --migrate` with ten open streams, and the causes a
+//! session cannot move for.
+
+mod support;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use mcpflip::stats::MigrateFailure;
+use mcpflip::upstream::UpstreamError;
+use serde_json::{json, Value};
+use support::mcp::{http_client, initialize, post_json};
+use support::TestConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What one recording upstream saw: (session id, method or HTTP verb), in order.
+#[derive(Default)]
+struct Seen(Mutex<Vec<(String, String)>>);
+
+impl Seen {
+    fn of(&self, session: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(s, _)| s == session)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    fn sessions(&self) -> Vec<String> {
+        let mut s: Vec<String> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect();
+        s.dedup();
+        s
+    }
+}
+
+/// A GET stream that stays open and silent.
+struct Silent;
+
+impl Body for Silent {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Pending
+    }
+}
+
+type Answer = hyper::Response<BoxBody<Bytes, Infallible>>;
+
+fn answer(status: u16, session: Option<&str>, body: Option<Value>) -> Answer {
+    let mut b = hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    if let Some(s) = session {
+        b = b.header("mcp-session-id", s);
+    }
+    let body = body.map(|v| v.to_string()).unwrap_or_default();
+    b.body(Full::new(Bytes::from(body)).boxed())
+        .expect("answer")
+}
+
+/// A Streamable HTTP server with sessions that records every request.
+async fn recording(slot: &'static str) -> (u16, Arc<Seen>) {
+    let (port, seen, _stop) = stoppable(slot).await;
+    (port, seen)
+}
+
+/// [`recording`], and a token that takes it down: its port then refuses
+/// connections (every answer closes its connection, so none is pooled).
+async fn stoppable(slot: &'static str) -> (u16, Arc<Seen>, CancellationToken) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen = Arc::new(Seen::default());
+    let next = Arc::new(AtomicU32::new(1));
+    let log = Arc::clone(&seen);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                _ = stopped.cancelled() => return,
+                a = l.accept() => match a { Ok((tcp, _)) => tcp, Err(_) => return },
+            };
+            let (seen, next) = (Arc::clone(&log), Arc::clone(&next));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                    let (seen, next) = (Arc::clone(&seen), Arc::clone(&next));
+                    async move { Ok::<_, Infallible>(serve(slot, req, &seen, &next).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, seen, stop)
+}
+
+async fn serve(
+    slot: &'static str,
+    req: hyper::Request<Incoming>,
+    seen: &Seen,
+    next: &AtomicU32,
+) -> Answer {
+    let session = req
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let verb = req.method().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let record = |s: &str, what: &str| {
+        seen.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((s.to_owned(), what.to_owned()))
+    };
+    if verb != hyper::Method::POST {
+        let Some(s) = session else {
+            return answer(400, None, None);
+        };
+        record(&s, verb.as_str());
+        if verb == hyper::Method::GET {
+            return hyper::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Silent.boxed())
+                .expect("stream");
+        }
+        return answer(200, None, None);
+    }
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let method = msg["method"].as_str().unwrap_or("").to_owned();
+    if method == "initialize" {
+        let s = format!("{slot}-{}", next.fetch_add(1, Ordering::Relaxed));
+        record(&s, &method);
+        let result = json!({"jsonrpc":"2.0","id":msg["id"],"result":{
+            "protocolVersion":"2025-06-18","capabilities":{},
+            "serverInfo":{"name":slot,"version":"1"}}});
+        return answer(200, Some(&s), Some(result));
+    }
+    let Some(s) = session else {
+        return answer(400, None, None);
+    };
+    record(&s, &method);
+    if msg.get("id").is_none() {
+        return answer(202, None, None);
+    }
+    // Like the SDK servers, every answer names the session.
+    let result = json!({"jsonrpc":"2.0","id":msg["id"],"result":{"slot":slot,"session":s}});
+    answer(200, Some(&s), Some(result))
+}
+
+fn request(id: u32, method: &str, params: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})
+}
+
+/// A session through the proxy: its id as the client holds it.
+async fn open(client: &support::mcp::HttpClient, url: &str) -> String {
+    let (status, sid, _) = post_json(client, url, None, initialize()).await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a session id");
+    let (status, _, _) = post_json(
+        client,
+        url,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    sid
+}
+
+async fn call(client: &support::mcp::HttpClient, url: &str, sid: &str, id: u32) -> (u16, Value) {
+    let (status, back, body) = post_json(
+        client,
+        url,
+        Some(sid),
+        request(id, "tools/call", json!({"name":"whoami"})),
+    )
+    .await;
+    if status == 200 {
+        assert_eq!(
+            back.as_deref(),
+            Some(sid),
+            "the client keeps its session id"
+        );
+    }
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn config(dir: &std::path::Path, blue: u16, green: u16, migrate: &str) -> TestConfig {
+    TestConfig::blue_green(dir, blue, green)
+        .set_str("drain", "migrate", migrate)
+        .set_str("drain", "deadline", "60s")
+}
+
+#[tokio::test]
+async fn a_session_moves_with_its_shaping_requests_in_order_and_keeps_its_id() {
+    let (blue, blue_seen) = recording("blue").await;
+    let (green, green_seen) = recording("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    let client = http_client();
+
+    let sid = open(&client, &url).await;
+    for (id, method, params) in [
+        (2, "logging/setLevel", json!({"level":"debug"})),
+        (3, "resources/subscribe", json!({"uri":"file:///a"})),
+    ] {
+        let (status, _, _) =
+            post_json(&client, &url, Some(&sid), request(id, method, params)).await;
+        assert_eq!(status, 200, "{method}");
+    }
+    let (_, r) = call(&client, &url, &sid, 4).await;
+    assert_eq!(r["result"]["slot"], "blue");
+    assert_eq!(proxy.proxy_stats.captured_sessions(), 1);
+    assert!(proxy.proxy_stats.captured_bytes() > initialize().to_string().len() as u64);
+
+    // Green serves; blue is drained with --migrate: the session moves.
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, r) = call(&client, &url, &sid, 5).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["slot"], "green", "{r}");
+    let new = r["result"]["session"].as_str().expect("green's session");
+    assert_eq!(
+        green_seen.of(new),
+        [
+            "initialize",
+            "notifications/initialized",
+            "logging/setLevel",
+            "resources/subscribe",
+            "tools/call"
+        ],
+        "what green got for the moved session, in order"
+    );
+    // Later calls stay on the moved session; nothing more goes to blue.
+    let before = blue_seen.0.lock().map(|v| v.len()).unwrap_or(0);
+    let (_, r) = call(&client, &url, &sid, 6).await;
+    assert_eq!(r["result"]["session"], new);
+    assert_eq!(blue_seen.0.lock().map(|v| v.len()).unwrap_or(0), before);
+    assert_eq!(
+        proxy.proxy_stats.migrated(),
+        1,
+        "one replay, not one per call"
+    );
+
+    // A DELETE ends the session: it is forgotten, and reaches green under its new id.
+    let del = http::Request::delete(&url)
+        .header("mcp-session-id", &sid)
+        .body(Full::new(Bytes::new()))
+        .expect("delete");
+    let resp = client.request(del).await.expect("delete answered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        green_seen.of(new).last().map(String::as_str),
+        Some("DELETE")
+    );
+    assert_eq!(proxy.proxy_stats.captured_sessions(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn drain_migrate_ends_ten_open_streams_at_once_and_every_session_moves() {
+    let (blue, _blue_seen) = recording("blue").await;
+    let (green, green_seen) = recording("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    let client = http_client();
+
+    let mut sessions = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let sid = open(&client, &url).await;
+        let get = http::Request::get(&url)
+            .header("mcp-session-id", &sid)
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .expect("get");
+        let resp = client.request(get).await.expect("stream opens");
+        assert_eq!(resp.status(), 200);
+        streams.push(tokio::spawn(resp.into_body().collect()));
+        sessions.push(sid);
+    }
+    support::until("ten streams open on blue", || {
+        proxy
+            .controller
+            .tables
+            .load()
+            .get("blue")
+            .is_some_and(|s| s.stats.live_streams() == 10)
+    })
+    .await;
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    // The deadline is 60 s: a drain that ends before it was not waiting for it.
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert_eq!(r["forced"], 10, "{r}");
+    assert!(
+        r["drained_after_ms"].as_u64().is_some_and(|ms| ms < 60_000),
+        "{r}"
+    );
+    for s in streams {
+        s.await.expect("join").expect("each stream ended cleanly");
+    }
+    for (i, sid) in sessions.iter().enumerate() {
+        let (status, r) = call(&client, &url, sid, 10 + i as u32).await;
+        assert_eq!(
+            (status, r["result"]["slot"].clone()),
+            (200, json!("green")),
+            "{r}"
+        );
+    }
+    assert_eq!(green_seen.sessions().len(), 10);
+    assert_eq!(proxy.proxy_stats.migrated(), 10);
+    let status = support::ctl(&socket, "status").await;
+    assert_eq!(status["migration"]["migrated"], 10, "{status}");
+    assert_eq!(status["migration"]["captured_sessions"], 10, "{status}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
+    let (blue, _b, blue_stop) = stoppable("blue").await;
+    let (green, _g) = recording("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    let client = http_client();
+    let sid = open(&client, &url).await;
+    // Blue's process is gone (its port refuses) and nothing else serves:
+    // nowhere to go, and the call was never sent: the slot's 502.
+    blue_stop.cancel();
+    let (status, _) = call(&client, &url, &sid, 2).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        proxy.proxy_stats.migrate_failures(MigrateFailure::NoSlot),
+        1
+    );
+    // Green serves now: the next call moves the session there, blue still
+    // "serving" in the table (nobody retired it).
+    let r = support::ctl(&socket, "weights green=100").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!(
+        (status, r["result"]["slot"].clone()),
+        (200, json!("green")),
+        "{r}"
+    );
+    assert_eq!(proxy.proxy_stats.migrated(), 1);
+    // Each refused connection is blue's error once, moved or not.
+    let refusals = proxy
+        .controller
+        .tables
+        .load()
+        .get("blue")
+        .map(|b| b.stats.upstream_errors(UpstreamError::Connect));
+    assert_eq!(refusals, Some(2));
+    // A session the proxy never saw begin (created before it started) whose
+    // slot is retired: the SDK-style 404, counted as not captured.
+    let r = support::ctl(&socket, "weights blue=0").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "retire blue").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, _) = call(&client, &url, "mf1.blue.0.blue-99", 4).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        proxy
+            .proxy_stats
+            .migrate_failures(MigrateFailure::NotCaptured),
+        1
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_migration_off_a_session_of_a_gone_slot_gets_the_404() {
+    let (blue, _b) = recording("blue").await;
+    let (green, _g) = recording("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(config(dir.path(), blue, green, "off").load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    let client = http_client();
+    let sid = open(&client, &url).await;
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "retire blue").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, _) = call(&client, &url, &sid, 2).await;
+    assert_eq!(
+        status, 404,
+        "the behaviour before migration, kept when it is off"
+    );
+    assert_eq!(proxy.proxy_stats.captured_sessions(), 0, "nothing captured");
+    proxy.shutdown().await;
+}
