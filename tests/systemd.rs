@@ -20,6 +20,7 @@ use support::{closed_port, Harness};
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn systemd_analyze() -> PathBuf {
+    support::tools::ensure("systemd");
     let p = PathBuf::from("/usr/bin/systemd-analyze");
     assert!(
         p.exists(),
@@ -258,6 +259,7 @@ async fn sockets_passed_by_socket_activation_are_served() {
             .listen_port(public)
             .set_str("admin", "addr", format!("127.0.0.1:{admin}"));
     let path = cfg.write();
+    support::tools::ensure("systemd");
     let activate = PathBuf::from("/usr/bin/systemd-socket-activate");
     assert!(
         activate.exists(),

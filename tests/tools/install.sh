@@ -28,6 +28,9 @@
 #   tests/tools/install.sh prom            # only some
 #   tests/tools/install.sh chromium        # the browser (asked for by tests/status_page.rs)
 #   tests/tools/install.sh etcd            # etcd (asked for by the fleet tests)
+#   tests/tools/install.sh systemd         # systemd-analyze and systemd-socket-activate
+#                                          # (Debian's `systemd`, asked for by tests/systemd.rs;
+#                                          # only the tools are used, no service is started)
 #
 # Target: $TOOLS_DIR (default <repo>/target/tools). Idempotent: each tool has a
 # stamp file holding its exact spec; a second run with the same pins is instant.
@@ -203,6 +206,25 @@ install_chromium() {
   run chromium --version
 }
 
+# Debian's `systemd` package for its tools (systemd-analyze verify, systemd-socket-activate);
+# a container image may lack it. Installing the package starts nothing here.
+install_systemd() {
+  if [[ -x /usr/bin/systemd-analyze && -x /usr/bin/systemd-socket-activate ]]; then
+    echo "tools: systemd tools present ($(/usr/bin/systemd-analyze --version | head -1))"
+    return
+  fi
+  local cmd="apt-get install -y --no-install-recommends systemd"
+  if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "tools/install.sh: systemd-analyze or systemd-socket-activate is missing; install them as root with:  $cmd" >&2
+    exit 1
+  fi
+  echo "tools: installing systemd (for its tools) with apt-get"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; then
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd
+  fi
+}
+
 tools=("$@")
 [[ ${#tools[@]} -eq 0 ]] && tools=(prom promtool cargo-deb pkg)
 run mkdir -p "$TOOLS_DIR"
@@ -219,7 +241,8 @@ for t in "${tools[@]}"; do
     pkg) install_pkg ;;
     chromium) install_chromium ;;
     etcd) install_etcd ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd)" >&2; exit 2 ;;
+    systemd) install_systemd ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"
