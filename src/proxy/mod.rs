@@ -107,26 +107,13 @@ pub async fn serve(
                     })
                 };
                 let never = CancellationToken::new();
-                match tls {
-                    None => {
-                        conn::drive(&builder, tcp, service, &conn, limits, head_deadline, &never)
-                            .await;
-                    }
-                    Some(acceptor) => {
-                        if let Some(io) = handshake(tcp, acceptor, head_deadline, &stats).await {
-                            conn::drive(
-                                &builder,
-                                io,
-                                service,
-                                &conn,
-                                limits,
-                                head_deadline,
-                                &never,
-                            )
-                            .await;
-                        }
-                    }
-                }
+                let at = Accepted {
+                    tcp,
+                    tls,
+                    head_deadline,
+                };
+                at.drive(&builder, service, &conn, limits, &stats, &never)
+                    .await;
             });
             continue;
         }
@@ -172,35 +159,14 @@ pub async fn serve(
                     Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
                 }
             });
-            let end = match tls {
-                None => {
-                    conn::drive(
-                        &builder,
-                        tcp,
-                        service,
-                        &conn,
-                        limits,
-                        head_deadline,
-                        &shutdown,
-                    )
-                    .await
-                }
-                Some(acceptor) => match handshake(tcp, acceptor, head_deadline, &stats).await {
-                    Some(io) => {
-                        conn::drive(
-                            &builder,
-                            io,
-                            service,
-                            &conn,
-                            limits,
-                            head_deadline,
-                            &shutdown,
-                        )
-                        .await
-                    }
-                    None => End::Closed,
-                },
+            let at = Accepted {
+                tcp,
+                tls,
+                head_deadline,
             };
+            let end = at
+                .drive(&builder, service, &conn, limits, &stats, &shutdown)
+                .await;
             if end == End::HeaderTimeout {
                 stats.count_client_fault(ClientFault::HeaderTimeout);
                 tracing::debug!(peer = %addr, "no request head within header_read_timeout: closed");
@@ -238,6 +204,56 @@ fn at_capacity(max: usize) -> http::Response<body::ResponseBody> {
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     resp
+}
+
+/// A connection just accepted, with the TLS it is to speak (if the listener
+/// has it) and its first-head deadline.
+struct Accepted {
+    tcp: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    head_deadline: Instant,
+}
+
+impl Accepted {
+    /// Runs the TLS handshake where there is one, then serves the
+    /// connection with [`conn::drive`]; a failed handshake is `Closed`.
+    async fn drive<S, B>(
+        self,
+        builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+        service: S,
+        conn: &Conn,
+        limits: Limits,
+        stats: &ProxyStats,
+        shutdown: &CancellationToken,
+    ) -> End
+    where
+        S: hyper::service::Service<
+                http::Request<hyper::body::Incoming>,
+                Response = http::Response<B>,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Accepted {
+            tcp,
+            tls,
+            head_deadline,
+        } = self;
+        match tls {
+            None => conn::drive(builder, tcp, service, conn, limits, head_deadline, shutdown).await,
+            Some(acceptor) => match handshake(tcp, acceptor, head_deadline, stats).await {
+                Some(io) => {
+                    conn::drive(builder, io, service, conn, limits, head_deadline, shutdown).await
+                }
+                None => End::Closed,
+            },
+        }
+    }
 }
 
 /// The TLS handshake, within the connection's first-head deadline. A client
