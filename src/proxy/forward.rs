@@ -162,7 +162,7 @@ impl Forwarder {
         };
         let (slot, site, moved) = match decision {
             Decision::Go(slot, site, moved) => (slot, site, moved),
-            Decision::Move => match self.moved(&req, client_sid.as_ref()).await {
+            Decision::Move => match Box::pin(self.moved(&req, client_sid.as_ref())).await {
                 Ok((slot, inner)) => (slot, None, Some(inner)),
                 Err(()) => return session_not_found(),
             },
@@ -282,7 +282,7 @@ impl Forwarder {
                 .and_then(|v| v.parse::<u64>().ok())
                 .is_some_and(|n| n <= migrate::MAX_BODY);
         let (buffered, body, watch) = if small {
-            match self.buffer_body(body).await {
+            match Box::pin(self.buffer_body(body)).await {
                 Ok(bytes) => (
                     Some(bytes.clone()),
                     ForwardBody::from(bytes),
@@ -320,9 +320,8 @@ impl Forwarder {
             // moves, and the request goes where it moved. The refusal is the
             // old slot's error; the answer, the new slot's.
             let refused = *refused;
-            if let Ok((to, inner)) = self
-                .moved_for(&headers, &uri, client_sid.as_ref(), &slot.name)
-                .await
+            if let Ok((to, inner)) =
+                Box::pin(self.moved_for(&headers, &uri, client_sid.as_ref(), &slot.name)).await
             {
                 let mut retry = Request::new(match &buffered {
                     Some(b) => ForwardBody::from(b.clone()),
@@ -339,16 +338,14 @@ impl Forwarder {
                 // Already in origin form (`rewrite_request`): the pool knows where.
                 *retry.uri_mut() = uri;
                 stats.count_upstream_error(refused);
-                sent = to
-                    .client
-                    .send(
-                        &to.scheme,
-                        &to.authority,
-                        retry,
-                        wait,
-                        &crate::upstream::BodyWatch::default(),
-                    )
-                    .await;
+                sent = Box::pin(to.client.send(
+                    &to.scheme,
+                    &to.authority,
+                    retry,
+                    wait,
+                    &crate::upstream::BodyWatch::default(),
+                ))
+                .await;
                 to.stats.touch_pinned();
                 slot = to;
                 moved = Some(inner);

@@ -138,7 +138,12 @@ pub async fn serve(
                 let peer = Arc::clone(&peer);
                 let winding_down = winding_down.is_cancelled();
                 let h1 = req.version() < http::Version::HTTP_2;
-                async move {
+                // Boxed: hyper moves the service's future into the
+                // connection's in-flight slot (a copy of its whole size per
+                // request) and keeps that slot, sized for the future, for the
+                // connection's life (an open SSE stream's too). Boxed, both
+                // are a pointer.
+                Box::pin(async move {
                     let mut resp = forwarder.forward(req, &peer).await;
                     if winding_down {
                         // The listener stopped (shutdown, or a new process
@@ -157,7 +162,7 @@ pub async fn serve(
                         }
                     }
                     Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
-                }
+                })
             });
             let at = Accepted {
                 tcp,
@@ -246,12 +251,22 @@ impl Accepted {
         } = self;
         match tls {
             None => conn::drive(builder, tcp, service, conn, limits, head_deadline, shutdown).await,
-            Some(acceptor) => match handshake(tcp, acceptor, head_deadline, stats).await {
-                Some(io) => {
-                    conn::drive(builder, io, service, conn, limits, head_deadline, shutdown).await
-                }
-                None => End::Closed,
-            },
+            // Boxed: the handshake's and a TLS connection's state would
+            // otherwise size every connection's task, plain ones included
+            // (8.7 KiB for the handshake alone); a TLS connection allocates
+            // far more than this box for its buffers anyway.
+            Some(acceptor) => {
+                Box::pin(async move {
+                    match handshake(tcp, acceptor, head_deadline, stats).await {
+                        Some(io) => {
+                            conn::drive(builder, io, service, conn, limits, head_deadline, shutdown)
+                                .await
+                        }
+                        None => End::Closed,
+                    }
+                })
+                .await
+            }
         }
     }
 }

@@ -355,7 +355,9 @@ impl Pool {
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let (mut tx, reused) = match self.checkout(&target) {
             Some(tx) => (tx, true),
-            None => (self.connect(&target).await?, false),
+            // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
+            // its future would otherwise make every request's future larger.
+            None => (Box::pin(self.connect(&target)).await?, false),
         };
         let resp = match tx.try_send_request(req).await {
             Ok(resp) => resp,
@@ -363,7 +365,7 @@ impl Pool {
                 // A reused connection closed before the request went out:
                 // nothing was sent, so it is safe to send once more.
                 Some(req) if reused => {
-                    tx = self.connect(&target).await?;
+                    tx = Box::pin(self.connect(&target)).await?;
                     tx.send_request(req).await.map_err(ClientError::Http)?
                 }
                 _ => return Err(ClientError::Http(e.into_error())),
