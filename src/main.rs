@@ -35,9 +35,18 @@ fn init_tracing() {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    runtime_builder().build()
+}
+
+/// A multi-thread runtime whose workers hand their access-log lines to the
+/// writer whenever they run out of work or stop (`mcpflip::log::access`
+/// gathers them per thread).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all()
+        .on_thread_park(mcpflip::log::access::flush_thread)
+        .on_thread_stop(mcpflip::log::access::flush_thread);
+    b
 }
 
 fn main() -> ExitCode {
@@ -104,10 +113,7 @@ fn main() -> ExitCode {
             // (request task <-> connection task) short; a current-thread runtime
             // measured worse in W1 and W2 relay p99 (BENCHMARKS.md).
             let rt = if workers > 0 {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .enable_all()
-                    .build()
+                runtime_builder().worker_threads(workers).build()
             } else {
                 runtime()
             };

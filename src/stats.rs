@@ -214,11 +214,6 @@ impl SlotStats {
         &self.name
     }
 
-    /// The slot's name, shared (for records that outlive the request).
-    pub fn name_arc(&self) -> Arc<str> {
-        Arc::clone(&self.name)
-    }
-
     pub fn live_streams(&self) -> u64 {
         self.live_streams.load(Ordering::SeqCst)
     }

@@ -3,19 +3,24 @@
 //! path), formatted there as text or JSON and written in batches: the thread
 //! drains the queue every 20 ms and writes what it found in one go.
 //!
-//! The request path's cost is one boxed record and one `try_send`; when the
-//! writer falls [`QUEUE_LINES`] lines behind, records are dropped, never waited for,
-//! and counted (`mcpflip_access_log_dropped_lines_total`). Formatting with
+//! The request path's cost is one record pushed on its thread's batch; a
+//! batch goes to the writer, in one channel send, when it holds [`BATCH`]
+//! lines or when its thread runs out of work (the runtime's
+//! `on_thread_park` calls [`flush_thread`]), so a line waits at most until its
+//! worker idles or 63 more lines end there. When the writer falls
+//! [`QUEUE_LINES`] lines behind, batches are dropped, never waited for, and
+//! counted (`mcpflip_access_log_dropped_lines_total`). Formatting with
 //! tracing-subscriber on the request thread cost about 20 times as much per
-//! line, more than the 5% of W1 throughput the access log may take (README).
+//! line, more than the 5% of W1 throughput the access log may take; a send per
+//! line cost about 400 instructions more than a push (bench/PROFILE.md).
 
-use std::collections::hash_map::RandomState;
+use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Method;
@@ -25,8 +30,13 @@ use crate::mcp::Era;
 /// Records the writer may queue before new ones are dropped.
 pub const QUEUE_LINES: usize = 16 * 1024;
 
+/// Records a worker thread gathers before it hands them over in one send.
+pub const BATCH: usize = 64;
+
 /// The longest path a line prints (a client controls it; MCP endpoints are short).
 pub const MAX_PATH: usize = 128;
+/// A slot name's longest (config validation).
+pub const MAX_SLOT: usize = 32;
 /// The longest `Mcp-Method` a line prints.
 pub const MAX_MCP_METHOD: usize = 48;
 
@@ -62,17 +72,20 @@ impl End {
     }
 }
 
-/// A short, non-reversible stand-in for a session id: 32 bits of SipHash under
-/// a key drawn at random once per process, so lines of one session correlate
-/// within a process's log while the id itself (a bearer credential for its
-/// session) is never written.
+/// A short, non-reversible stand-in for a session id: 32 bits of a keyed hash
+/// (foldhash's quality variant) under a seed drawn at random once per process,
+/// so lines of one session correlate within a process's log while the id
+/// itself (a bearer credential for its session) is never written: 32 bits
+/// cannot give back an id of 128 random bits, and without the seed they do
+/// not even confirm a guess. SipHash cost 300 instructions per request here,
+/// this a tenth of that (bench/PROFILE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint(u32);
 
 impl Fingerprint {
     pub fn of(session_id: &[u8]) -> Fingerprint {
-        static KEY: OnceLock<RandomState> = OnceLock::new();
-        let h = KEY.get_or_init(RandomState::new).hash_one(session_id);
+        static KEY: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+        let h = KEY.get_or_init(Default::default).hash_one(session_id);
         Fingerprint(h as u32)
     }
 }
@@ -110,7 +123,13 @@ impl<const N: usize> Inline<N> {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    /// The bytes (UTF-8: `new` cuts at a character boundary), for the
+    /// writer, which copies them without checking them again.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -138,7 +157,10 @@ pub struct Record {
     pub ended: Option<Instant>,
     pub request_time: Duration,
     pub upstream_time: Option<Duration>,
-    pub slot: Option<Arc<str>>,
+    /// The slot's name (at most 32 bytes, config validation), copied: an
+    /// `Arc` clone here would bounce one reference count between every worker
+    /// and the writer thread on every request.
+    pub slot: Inline<MAX_SLOT>,
     pub era: Option<Era>,
     /// The `Mcp-Method` header (empty when absent).
     pub mcp_method: Inline<MAX_MCP_METHOD>,
@@ -157,7 +179,7 @@ impl Record {
             ended: None,
             request_time: Duration::ZERO,
             upstream_time: None,
-            slot: None,
+            slot: Inline::EMPTY,
             era: None,
             mcp_method: Inline::EMPTY,
             session: None,
@@ -177,35 +199,85 @@ pub enum Style {
 }
 
 struct Queue {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    /// Lines sent and not yet taken by the writer: the bound on the queue.
+    queued: AtomicUsize,
     dropped: AtomicU64,
 }
 
-// `Stop` is sent once; boxing the common variant is the allocation avoided.
-#[allow(clippy::large_enum_variant)]
+impl Queue {
+    /// Sends `lines` to the writer, or drops and counts them when the
+    /// writer is [`QUEUE_LINES`] behind (or gone). Never blocks.
+    fn hand_off(&self, lines: Vec<Record>) {
+        let n = lines.len();
+        if self.queued.fetch_add(n, Ordering::Relaxed) + n > QUEUE_LINES {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.send(Msg::Lines(lines)).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 enum Msg {
-    Line(Record),
+    Lines(Vec<Record>),
     /// Write out what is queued and end (sent by `Writer`'s drop).
     Stop,
 }
 
 static WRITER: OnceLock<Queue> = OnceLock::new();
 
+/// A thread's lines not handed over yet; handed over when the thread ends too.
+struct Local(Vec<Record>);
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let (Some(q), false) = (WRITER.get(), self.0.is_empty()) {
+            q.hand_off(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const { RefCell::new(Local(Vec::new())) };
+}
+
 /// Whether the access log is on (one atomic load).
 pub fn enabled() -> bool {
     WRITER.get().is_some()
 }
 
-/// Hands `record` to the writer; drops (and counts) it when the writer is
-/// [`QUEUE_LINES`] lines behind. Never blocks.
+/// Queues `record` on this thread's batch, handed to the writer when it holds
+/// [`BATCH`] lines or when the thread next idles ([`flush_thread`]).
 pub fn send(record: Record) {
     let Some(q) = WRITER.get() else { return };
-    match q.tx.try_send(Msg::Line(record)) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            q.dropped.fetch_add(1, Ordering::Relaxed);
+    let sent = LOCAL.try_with(|local| {
+        let mut local = local.borrow_mut();
+        local.0.push(record);
+        if local.0.len() >= BATCH {
+            q.hand_off(std::mem::take(&mut local.0));
         }
+    });
+    if sent.is_err() {
+        // The thread is ending (its batch is gone): lost, and counted.
+        q.dropped.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Hands this thread's gathered lines to the writer. The runtime calls it
+/// whenever a worker runs out of work (`on_thread_park`); `run` calls it when
+/// the proxy returns. Cheap when the batch is empty or the log is off.
+pub fn flush_thread() {
+    let Some(q) = WRITER.get() else { return };
+    let _ = LOCAL.try_with(|local| {
+        let mut local = local.borrow_mut();
+        if !local.0.is_empty() {
+            q.hand_off(std::mem::take(&mut local.0));
+        }
+    });
 }
 
 /// Lines dropped so far: the writer fell behind, or a write failed.
@@ -223,7 +295,8 @@ pub struct Writer {
 impl Drop for Writer {
     fn drop(&mut self) {
         if let Some(q) = WRITER.get() {
-            // Blocking send: at exit, the queued lines are written before Stop.
+            // At exit: this thread's lines, then Stop after everything queued.
+            flush_thread();
             let _ = q.tx.send(Msg::Stop);
         }
         if let Some(t) = self.thread.take() {
@@ -234,10 +307,12 @@ impl Drop for Writer {
 
 /// Starts the process's access-log writer on `sink`. `None` when one runs already.
 pub fn start(sink: Box<dyn Write + Send>, style: Style) -> std::io::Result<Option<Writer>> {
-    let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+    // Unbounded as a channel, bounded in lines by `Queue::queued`.
+    let (tx, rx) = mpsc::channel();
     if WRITER
         .set(Queue {
             tx,
+            queued: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
         })
         .is_err()
@@ -255,17 +330,24 @@ pub fn start(sink: Box<dyn Write + Send>, style: Style) -> std::io::Result<Optio
 fn write_loop(rx: Receiver<Msg>, mut sink: Box<dyn Write + Send>, style: Style) {
     let mut clock = Clock::new();
     let mut out = Pending::default();
+    let queued = WRITER.get().map(|q| &q.queued);
     loop {
         // The writer wakes on its own clock, never on a send: a send to a
         // receiver that is not parked costs the request path no system call.
         std::thread::sleep(DRAIN_EVERY);
+        clock.resync();
         loop {
             match rx.try_recv() {
-                Ok(Msg::Line(r)) => {
-                    format(&mut out.buf, &r, style, &mut clock);
-                    out.lines += 1;
-                    if out.buf.len() >= WRITE_CHUNK {
-                        out.write(&mut sink);
+                Ok(Msg::Lines(lines)) => {
+                    if let Some(q) = queued {
+                        q.fetch_sub(lines.len(), Ordering::Relaxed);
+                    }
+                    for r in &lines {
+                        format(&mut out.buf, r, style, &mut clock);
+                        out.lines += 1;
+                        if out.buf.len() >= WRITE_CHUNK {
+                            out.write(&mut sink);
+                        }
                     }
                 }
                 Ok(Msg::Stop) | Err(TryRecvError::Disconnected) => {
@@ -308,33 +390,48 @@ impl Pending {
 }
 
 /// Turns a record's `Instant` into wall-clock time, and formats the date
-/// part once per second.
+/// part once per second. The wall clock is read once per drain of the queue
+/// (so a clock step shows within 20 ms): each line is then an `Instant`
+/// difference and integer arithmetic (a `SystemTime` sum and an epoch
+/// difference per line cost twice as much).
 struct Clock {
-    wall: SystemTime,
     mono: Instant,
+    /// Nanoseconds since the Unix epoch at `mono`.
+    wall_ns: u64,
     second: u64,
     date: [u8; 20],
 }
 
 impl Clock {
     fn new() -> Clock {
-        Clock {
-            wall: SystemTime::now(),
+        let mut c = Clock {
             mono: Instant::now(),
+            wall_ns: 0,
             second: u64::MAX,
             date: [b'0'; 20],
-        }
+        };
+        c.resync();
+        c
+    }
+
+    /// Reads the wall clock again.
+    fn resync(&mut self) {
+        self.mono = Instant::now();
+        self.wall_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
     }
 
     /// `2026-11-29T23:00:32.188790Z` for `at`.
     fn write(&mut self, out: &mut Vec<u8>, at: Option<Instant>) {
-        let when = match at {
-            Some(t) if t >= self.mono => self.wall + (t - self.mono),
-            Some(t) => self.wall - (self.mono - t),
-            None => SystemTime::now(),
+        let at = at.unwrap_or_else(Instant::now);
+        let ns = match at.checked_duration_since(self.mono) {
+            Some(d) => self.wall_ns.saturating_add(d.as_nanos() as u64),
+            None => self
+                .wall_ns
+                .saturating_sub(self.mono.duration_since(at).as_nanos() as u64),
         };
-        let since = when.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
+        let secs = ns / 1_000_000_000;
         if secs != self.second {
             self.second = secs;
             let (y, mo, d) = civil(secs / 86_400);
@@ -348,7 +445,7 @@ impl Clock {
             self.date.copy_from_slice(&text.as_bytes()[..20]);
         }
         out.extend_from_slice(&self.date);
-        six(out, since.subsec_micros());
+        six(out, (ns % 1_000_000_000 / 1_000) as u32);
         out.push(b'Z');
     }
 }
@@ -373,19 +470,37 @@ fn num(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// The two decimal digits of 0..=99.
+fn pair(n: u32) -> [u8; 2] {
+    [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]
+}
+
 /// `n` (below 1,000,000) as six digits, zero-padded.
-fn six(out: &mut Vec<u8>, mut n: u32) {
-    let mut d = [b'0'; 6];
-    for slot in d.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
+fn six(out: &mut Vec<u8>, n: u32) {
+    let (a, b, c) = (pair(n / 10_000 % 100), pair(n / 100 % 100), pair(n % 100));
+    out.extend_from_slice(&[a[0], a[1], b[0], b[1], c[0], c[1]]);
+}
+
+/// `n` (0..=255) in decimal, without a call to a formatter.
+fn octet(out: &mut Vec<u8>, n: u8) {
+    let n = u32::from(n);
+    if n >= 100 {
+        let p = pair(n % 100);
+        out.extend_from_slice(&[b'0' + (n / 100) as u8, p[0], p[1]]);
+    } else if n >= 10 {
+        out.extend_from_slice(&pair(n));
+    } else {
+        out.push(b'0' + n as u8);
     }
-    out.extend_from_slice(&d);
 }
 
 /// Seconds with microsecond precision: `0.002781`.
 fn seconds(out: &mut Vec<u8>, d: Duration) {
-    num(out, d.as_secs());
+    match d.as_secs() {
+        // Almost every request: one digit, no formatter.
+        s @ 0..=9 => out.push(b'0' + s as u8),
+        s => num(out, s),
+    }
     out.push(b'.');
     six(out, d.subsec_micros());
 }
@@ -393,12 +508,14 @@ fn seconds(out: &mut Vec<u8>, d: Duration) {
 fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                num(out, *o);
-            }
+            let [a, b, c, d] = v4.ip().octets();
+            octet(out, a);
+            out.push(b'.');
+            octet(out, b);
+            out.push(b'.');
+            octet(out, c);
+            out.push(b'.');
+            octet(out, d);
             out.push(b':');
             num(out, v4.port());
         }
@@ -410,20 +527,22 @@ fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
 
 fn hex8(out: &mut Vec<u8>, f: Fingerprint) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..8).rev() {
-        out.push(HEX[((f.0 >> (shift * 4)) & 0xf) as usize]);
+    let mut d = [0; 8];
+    for (i, slot) in d.iter_mut().enumerate() {
+        *slot = HEX[((f.0 >> ((7 - i) * 4)) & 0xf) as usize];
     }
+    out.extend_from_slice(&d);
 }
 
 /// `s` as a JSON string body (or a quoted text value): `"` and `\` escaped,
 /// control characters as `\u00XX`.
-fn escaped(out: &mut Vec<u8>, s: &str) {
+fn escaped(out: &mut Vec<u8>, s: &[u8]) {
     let plain = |b: &u8| !matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f);
-    if s.as_bytes().iter().all(plain) {
-        out.extend_from_slice(s.as_bytes());
+    if s.iter().all(plain) {
+        out.extend_from_slice(s);
         return;
     }
-    for b in s.bytes() {
+    for &b in s {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -436,7 +555,7 @@ fn escaped(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `value` quoted and escaped.
-fn quoted(out: &mut Vec<u8>, value: &str) {
+fn quoted(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
     escaped(out, value);
     out.push(b'"');
@@ -454,9 +573,21 @@ fn trusted(out: &mut Vec<u8>, json: bool, v: &str) {
 }
 
 fn format(out: &mut Vec<u8>, r: &Record, style: Style, clock: &mut Clock) {
-    let json = style == Style::Json;
+    // A line is at most about 450 bytes (the path and method are bounded):
+    // one capacity check for the line instead of one per field.
+    out.reserve(512);
+    match style {
+        Style::Text => format_as::<false>(out, r, clock),
+        Style::Json => format_as::<true>(out, r, clock),
+    }
+}
+
+/// One line, its style a constant: every key is a copy of a known length
+/// (inlined moves, no call to `memcpy`).
+fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock) {
+    let json = JSON;
     // Each key as the style writes it: `,"k":` or ` k=`.
-    let key = |out: &mut Vec<u8>, k: Key| out.extend_from_slice(if json { k.1 } else { k.0 });
+    let key = |out: &mut Vec<u8>, k: Key| out.extend_from_slice(if JSON { k.1 } else { k.0 });
     if json {
         out.extend_from_slice(b"{\"timestamp\":\"");
         clock.write(out, r.ended);
@@ -472,7 +603,7 @@ fn format(out: &mut Vec<u8>, r: &Record, style: Style, clock: &mut Clock) {
     // A method is a token (RFC 9110): no quote, backslash or control byte.
     trusted(out, json, r.method.as_str());
     key(out, PATH);
-    quoted(out, r.path.as_str());
+    quoted(out, r.path.as_bytes());
     key(out, STATUS);
     num(out, r.status);
     key(out, BYTES_SENT);
@@ -483,11 +614,11 @@ fn format(out: &mut Vec<u8>, r: &Record, style: Style, clock: &mut Clock) {
         key(out, UPSTREAM_TIME);
         seconds(out, u);
     }
-    if let Some(s) = &r.slot {
+    if !r.slot.is_empty() {
         // Slot names are `[A-Za-z0-9_-]` (config validation).
         key(out, SLOT);
         out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(r.slot.as_bytes());
         out.push(b'"');
     }
     if let Some(e) = r.era {
@@ -498,7 +629,7 @@ fn format(out: &mut Vec<u8>, r: &Record, style: Style, clock: &mut Clock) {
     }
     if !r.mcp_method.is_empty() {
         key(out, MCP_METHOD);
-        quoted(out, r.mcp_method.as_str());
+        quoted(out, r.mcp_method.as_bytes());
     }
     if let Some(f) = r.session {
         key(out, SESSION);
@@ -548,7 +679,7 @@ mod tests {
         r.bytes_sent = 110;
         r.request_time = Duration::from_micros(2781);
         r.upstream_time = Some(Duration::from_micros(2615));
-        r.slot = Some(Arc::from("blue"));
+        r.slot = Inline::new("blue");
         r.era = Some(Era::Session);
         r.mcp_method = Inline::new("tools/\"call");
         r.session = Some(Fingerprint::of(b"secret"));
@@ -591,7 +722,7 @@ mod tests {
         let mut out = Vec::new();
         let mut r = record();
         r.upstream_time = None;
-        r.slot = None;
+        r.slot = Inline::EMPTY;
         format(&mut out, &r, Style::Text, &mut Clock::new());
         let line = String::from_utf8(out).expect("utf-8");
         assert!(

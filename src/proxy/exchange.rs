@@ -72,7 +72,7 @@ impl Exchange {
         self.slot = Some(Arc::clone(stats));
         if let Some(l) = self.line.as_mut() {
             l.era = Some(era);
-            l.slot = Some(stats.name_arc());
+            l.slot = access::Inline::new(stats.name());
         }
     }
 
