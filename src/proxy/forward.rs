@@ -27,7 +27,7 @@ use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
-use crate::proxy::body::ResponseBody;
+use crate::proxy::body::{Cut, ResponseBody};
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
@@ -66,6 +66,9 @@ pub struct Forwarder {
     /// Captured sessions, when `[drain] migrate = "replay"` (else `None`, and
     /// the request path is exactly what it is without migration).
     pub sessions: Option<Arc<Sessions>>,
+    /// With migration on: how long a call in flight at a cut may take to
+    /// answer before its stream ends with the JSON-RPC error.
+    pub call_grace: Duration,
 }
 
 /// Where a request goes, decided on one table snapshot.
@@ -452,7 +455,11 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            let cut = call_id.map(|id| (migrate::interrupted_event(&id), Arc::clone(&self.stats)));
+            let cut = call_id.map(|id| Cut {
+                event: migrate::interrupted_event(&id),
+                stats: Arc::clone(&self.stats),
+                grace: self.call_grace,
+            });
             ResponseBody::stream(body, guard, rewrite, self.sse_keepalive, &peer.conn, cut)
         } else {
             ResponseBody::plain(body, inflight)
