@@ -620,3 +620,54 @@ async fn a_call_in_flight_at_the_cut_may_answer_within_its_grace() {
     );
     proxy.shutdown().await;
 }
+
+/// `drain --migrate` on a slot already draining (a deploy waiting for a long
+/// session) cuts that drain now rather than at its deadline (60 s here):
+/// its stream ends, the drain ends, the session moves. Before, the running
+/// drain kept its deadline and `--migrate` changed nothing.
+#[tokio::test]
+async fn drain_migrate_cuts_a_drain_already_running() {
+    let (blue, _b) = recording("blue").await;
+    let (green, _g) = recording("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    let client = http_client();
+    let sid = open(&client, &url).await;
+    let get = http::Request::get(&url)
+        .header("mcp-session-id", &sid)
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .expect("get");
+    let resp = client.request(get).await.expect("stream opens");
+    assert_eq!(resp.status(), 200);
+    let stream = tokio::spawn(resp.into_body().collect());
+    let blue_stats = support::stats(&proxy, "blue");
+    support::until("the stream open on blue", || blue_stats.live_streams() == 1).await;
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain blue").await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert!(
+        !blue_stats.is_cut(),
+        "a drain with a deadline does not cut at once"
+    );
+
+    let r = support::ctl(&socket, "drain blue --migrate").await;
+    assert!(r.get("error").is_none(), "{r}");
+    support::until("blue's stream ended by the cut", || stream.is_finished()).await;
+    stream
+        .await
+        .expect("join")
+        .expect("the stream ended cleanly");
+    let r = support::ctl(&socket, "wait blue").await;
+    assert_eq!(r["forced"], 1, "{r}");
+    let (status, r) = call(&client, &url, &sid, 2).await;
+    assert_eq!(
+        (status, r["result"]["slot"].clone()),
+        (200, json!("green")),
+        "{r}"
+    );
+    proxy.shutdown().await;
+}
