@@ -147,7 +147,7 @@ impl Sessions {
             return false;
         }
         let entry = Arc::new(Captured {
-            init,
+            init: own(&init),
             shaping: Mutex::default(),
             last_used: AtomicU64::new(self.now()),
             moved: ArcSwapOption::empty(),
@@ -217,7 +217,7 @@ impl Sessions {
                 self.held.fetch_sub(dropped.len(), Ordering::Relaxed);
             }
             self.held.fetch_add(body.len(), Ordering::Relaxed);
-            list.push(body);
+            list.push(own(&body));
             drop(list);
             self.publish();
         }
@@ -257,6 +257,13 @@ impl Sessions {
             }
         }
     }
+}
+
+/// A body to keep, in an allocation of its own: a buffered request body is a
+/// slice of the connection's read buffer, and keeping the slice would keep the
+/// whole buffer (kilobytes) alive for as long as the session is captured.
+fn own(body: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(body)
 }
 
 /// Whether a session pinned to `slot` must move: its slot is not serving and
@@ -529,6 +536,29 @@ mod tests {
         let v: Value = serde_json::from_slice(&interrupted(b"7")).expect("json");
         assert_eq!(v["id"], 7);
         assert_eq!(v["error"]["code"], -32603);
+    }
+
+    #[test]
+    fn captured_bodies_do_not_keep_the_buffer_they_were_read_into() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(2, Duration::from_secs(3600), stats);
+        // A request body as hyper hands it over: a slice of a larger buffer.
+        let buffer = Bytes::from(vec![b'x'; 16 * 1024]);
+        let a = HeaderValue::from_static("mf1.blue.0.a");
+        assert!(s.capture(&a, buffer.slice(..200)));
+        s.shape(a.as_bytes(), buffer.slice(200..300));
+        let c = s.get(a.as_bytes()).expect("captured");
+        assert!(
+            c.init.is_unique(),
+            "the initialize body shares the read buffer"
+        );
+        let shaping = c.shaping.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            shaping[0].is_unique(),
+            "a shaping body shares the read buffer"
+        );
+        assert_eq!((c.init.len(), shaping[0].len()), (200, 100));
+        drop(buffer);
     }
 
     #[test]
