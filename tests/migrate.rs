@@ -55,20 +55,6 @@ impl Seen {
     }
 }
 
-/// A GET stream that stays open and silent.
-struct Silent;
-
-impl Body for Silent {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Pending
-    }
-}
-
 type Answer = hyper::Response<BoxBody<Bytes, Infallible>>;
 
 fn answer(status: u16, session: Option<&str>, body: Option<Value>) -> Answer {
@@ -213,6 +199,11 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .map(String::from);
     let verb = req.method().clone();
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let body = req
         .into_body()
         .collect()
@@ -229,13 +220,21 @@ async fn serve(
         let Some(s) = session else {
             return answer(400, None, None);
         };
-        record(&s, verb.as_str());
         if verb == hyper::Method::GET {
+            match &last_event_id {
+                Some(id) => record(&s, &format!("GET last-event-id={id}")),
+                None => record(&s, "GET"),
+            }
+            // One event with an id, then silence until the proxy lets go.
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let _ = tx.send(Bytes::from(format!("id: {s}-ev\ndata: \n\n")));
+            tokio::spawn(async move { tx.closed().await });
             return hyper::Response::builder()
                 .header("content-type", "text/event-stream")
-                .body(Silent.boxed())
+                .body(Channel(rx).boxed())
                 .expect("stream");
         }
+        record(&s, verb.as_str());
         return answer(200, None, None);
     }
     let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -669,5 +668,100 @@ async fn drain_migrate_cuts_a_drain_already_running() {
         (200, json!("green")),
         "{r}"
     );
+    proxy.shutdown().await;
+}
+
+/// Opens a GET stream of session `sid` (with `Last-Event-ID` if given);
+/// the id of its first event and the body, still open.
+async fn get_stream(
+    client: &support::mcp::HttpClient,
+    url: &str,
+    sid: &str,
+    last_event_id: Option<&str>,
+) -> (String, Incoming) {
+    let mut req = http::Request::get(url)
+        .header("mcp-session-id", sid)
+        .header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).expect("get"))
+        .await
+        .expect("stream opens");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    while !seen.windows(2).any(|w| w == b"\n\n") {
+        match body.frame().await {
+            Some(Ok(f)) => seen.extend_from_slice(f.data_ref().expect("data")),
+            other => panic!("the stream ended before its first event: {other:?}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("no id in {text:?}"))
+        .to_owned();
+    (id, body)
+}
+
+/// A GET that reconnects after its session moved: a `Last-Event-ID` the old
+/// slot minted is not passed to the new session (it names an event the new
+/// server never had; the Python SDK server answers it with an empty stream,
+/// which the Python client resumes again and again), so the GET opens a live
+/// stream there. The new session's event ids carry the new slot's tag on the
+/// way out and lose it on the way back, so resuming on the new slot works.
+#[tokio::test]
+async fn a_reconnecting_get_of_a_moved_session_resumes_only_what_the_new_slot_sent() {
+    let (blue, _b) = recording("blue").await;
+    let (green, green_seen) = recording("green").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    let client = http_client();
+    let sid = open(&client, &url).await;
+    let (old_id, stream) = get_stream(&client, &url, &sid, None).await;
+    assert_eq!(
+        old_id, "blue-1-ev",
+        "a session that never moved: ids as the slot wrote them"
+    );
+    let stream = tokio::spawn(stream.collect());
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    stream
+        .await
+        .expect("join")
+        .expect("the stream ended cleanly at the cut");
+
+    // The client reconnects with the last id it saw: blue's.
+    let (new_id, body) = get_stream(&client, &url, &sid, Some(&old_id)).await;
+    let green_session = green_seen
+        .sessions()
+        .first()
+        .cloned()
+        .expect("green's session");
+    assert_eq!(
+        green_seen.of(&green_session).last().map(String::as_str),
+        Some("GET"),
+        "green got the GET without blue's event id"
+    );
+    assert_eq!(
+        new_id,
+        format!("mf1.green.1.{green_session}-ev"),
+        "green's id, tagged"
+    );
+    drop(body);
+    // Resuming from green's event reaches green with green's own id.
+    let (_, body) = get_stream(&client, &url, &sid, Some(&new_id)).await;
+    assert_eq!(
+        green_seen.of(&green_session).last(),
+        Some(&format!("GET last-event-id={green_session}-ev"))
+    );
+    drop(body);
     proxy.shutdown().await;
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
-use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
+use crate::proxy::sse::{EndpointRewrite, EventIdTag, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
 use crate::upstream::UpstreamBody;
 
@@ -66,6 +66,8 @@ struct Stream {
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     rewrite: Option<EndpointRewrite>,
+    /// A moved session's stream: its event ids get the new slot's tag.
+    ids: Option<EventIdTag>,
     /// Idle interval and its timer, when SSE keep-alive comments are on.
     keepalive: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// The client connection, which a forced end closes and parks the guard on.
@@ -117,12 +119,13 @@ impl ResponseBody {
     }
 
     /// An SSE stream counted by `guard`, ended at an event boundary when the
-    /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`.
-    /// `conn` is the client connection it is sent on.
+    /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`
+    /// and event ids tagged if `ids`. `conn` is the client connection it is sent on.
     pub fn stream(
         inner: UpstreamBody,
         guard: StreamGuard,
         rewrite: Option<EndpointRewrite>,
+        ids: Option<EventIdTag>,
         keepalive: Option<std::time::Duration>,
         conn: &Conn,
         cut: Option<Cut>,
@@ -140,6 +143,7 @@ impl ResponseBody {
                 grace: None,
                 done: false,
                 rewrite,
+                ids,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
                 _watch: watch,
@@ -365,6 +369,9 @@ impl Stream {
                 Ok(data) => data,
                 Err(frame) => return Poll::Ready(Some(Ok(frame))),
             };
+            if let Some(ids) = self.ids.as_mut() {
+                data = ids.push(data);
+            }
             if let Some(rewrite) = self.rewrite.as_mut() {
                 match rewrite.push(data) {
                     Rewritten::Pending => continue,

@@ -32,7 +32,7 @@ use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::migrate::{self, Sessions};
-use crate::proxy::sse::EndpointRewrite;
+use crate::proxy::sse::{EndpointRewrite, EventIdTag};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
@@ -268,6 +268,7 @@ impl Forwarder {
                 stats.touch_pinned();
             }
             req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+            migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
         }
         let inflight = stats.inflight_guard();
         // A legacy SSE session starts with a GET that carries no session id.
@@ -333,6 +334,7 @@ impl Forwarder {
                 *retry.method_mut() = m;
                 *retry.headers_mut() = headers;
                 retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
                 if !self.preserve_host {
                     retry
                         .headers_mut()
@@ -460,7 +462,19 @@ impl Forwarder {
                 stats: Arc::clone(&self.stats),
                 grace: self.call_grace,
             });
-            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive, &peer.conn, cut)
+            // A moved session's event ids name the slot that minted them.
+            let ids = moved
+                .as_ref()
+                .map(|_| EventIdTag::new(Bytes::copy_from_slice(slot.tag_prefix.as_bytes())));
+            ResponseBody::stream(
+                body,
+                guard,
+                rewrite,
+                ids,
+                self.sse_keepalive,
+                &peer.conn,
+                cut,
+            )
         } else {
             ResponseBody::plain(body, inflight)
         };

@@ -31,7 +31,7 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::mcp::headers::{LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::stats::{MigrateFailure, ProxyStats};
 use crate::table::{Slot, SlotState, Table};
 use crate::upstream::{BodyWatch, SendError};
@@ -264,6 +264,33 @@ impl Sessions {
 /// whole buffer (kilobytes) alive for as long as the session is captured.
 fn own(body: &Bytes) -> Bytes {
     Bytes::copy_from_slice(body)
+}
+
+/// A moved session's `Last-Event-ID`, on its way to the slot it lives on
+/// now, whose events the proxy tagged with that slot's `prefix` on their way
+/// out ([`crate::proxy::sse::EventIdTag`]): such an id loses the tag. Any
+/// other id names an event of a slot the session left, which cannot be
+/// replayed: the header goes, and the reconnecting GET opens a fresh stream on
+/// the new session. (Passed on, the new server answers an id it never issued
+/// with a stream that ends at once, and the Python SDK client resumes it
+/// again and again, never getting a live stream.)
+pub fn last_event_id(headers: &mut HeaderMap, prefix: &str) {
+    let Some(v) = headers.get(LAST_EVENT_ID) else {
+        return;
+    };
+    let inner = v
+        .as_bytes()
+        .strip_prefix(prefix.as_bytes())
+        .filter(|i| !i.is_empty())
+        .and_then(|i| HeaderValue::from_bytes(i).ok());
+    match inner {
+        Some(inner) => {
+            headers.insert(LAST_EVENT_ID, inner);
+        }
+        None => {
+            headers.remove(LAST_EVENT_ID);
+        }
+    }
 }
 
 /// Whether a session pinned to `slot` must move: its slot is not serving and
