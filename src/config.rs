@@ -226,6 +226,15 @@ pub struct DrainConfig {
         serialize_with = "duration_out"
     )]
     pub migrate_idle: Duration,
+    /// At a cut (drain deadline, `drain --migrate`), how long a call already
+    /// in flight on the slot may take to answer before the proxy ends its
+    /// stream with a JSON-RPC error (with `migrate = "replay"`).
+    #[serde(
+        default = "default_migrate_call_grace",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub migrate_call_grace: Duration,
 }
 
 /// `[drain] migrate`: what happens to a session whose slot is retired,
@@ -525,6 +534,13 @@ fn default_migrate_max_sessions() -> usize {
 fn default_migrate_idle() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_migrate_call_grace() -> Duration {
+    Duration::from_secs(1)
+}
+/// The longest `migrate_call_grace`: a cut stream's client connection is
+/// closed [`crate::proxy::conn::FORCE_GRACE`] (5 s) after the cut, and a
+/// stream stalled inside an event is ended a second before that.
+pub const MAX_MIGRATE_CALL_GRACE: Duration = Duration::from_secs(3);
 fn default_probe_path() -> String {
     "/mcp".into()
 }
@@ -597,7 +613,8 @@ section_default!(DrainConfig {
     quiet: default_quiet(),
     migrate: MigrateMode::Off,
     migrate_max_sessions: default_migrate_max_sessions(),
-    migrate_idle: default_migrate_idle()
+    migrate_idle: default_migrate_idle(),
+    migrate_call_grace: default_migrate_call_grace()
 });
 section_default!(ProbeConfig {
     path: default_probe_path(),
@@ -922,6 +939,18 @@ impl Config {
                 None,
                 "interval",
                 "must be greater than 0 (leave it out for passive readiness only)".into(),
+            ));
+        }
+        if self.drain.migrate_call_grace > MAX_MIGRATE_CALL_GRACE {
+            return Err(err(
+                "drain",
+                None,
+                "migrate_call_grace",
+                format!(
+                    "must be at most {} (a cut stream's connection is closed 5s after the cut); \
+                     \"0s\" ends calls in flight at the cut at once",
+                    humantime::format_duration(MAX_MIGRATE_CALL_GRACE)
+                ),
             ));
         }
         if self.drain.migrate_max_sessions == 0 {
@@ -1658,5 +1687,19 @@ upstream = "http://127.0.0.1:3002"
         let e = parse(&GOOD.replace("\"90s\"", "\"0s\"")).unwrap_err();
         assert_eq!(e.key, "drain.deadline");
         assert_eq!(e.line, Some(6));
+    }
+    #[test]
+    fn a_call_grace_past_the_connection_grace_is_refused() {
+        let with = |grace: &str| {
+            GOOD.replace(
+                "[drain]\n",
+                &format!("[drain]\nmigrate_call_grace = \"{grace}\"\n"),
+            )
+        };
+        let e = parse(&with("4s")).unwrap_err();
+        assert_eq!(e.key, "drain.migrate_call_grace");
+        assert!(e.to_string().contains("at most 3s"), "{e}");
+        let c = parse(&with("0s")).expect("0s is allowed");
+        assert_eq!(c.drain.migrate_call_grace, Duration::ZERO);
     }
 }

@@ -1,8 +1,11 @@
 //! `mcpflip demo`: a self-contained blue-green deploy on loopback. Two built-in
 //! MCP slots, the proxy on an embedded config, clients holding legacy SSE
-//! sessions of different lengths; a deploy of a broken green that the probe
-//! refuses, then a real deploy (probe, flip, drain, watch) of the fixed green,
-//! with a timeline of who is where and how the live counts fall.
+//! sessions of different lengths and one long Streamable HTTP session; a
+//! deploy of a broken green that the probe refuses, then a real deploy (probe,
+//! flip, drain, watch) of the fixed green, with a timeline of who is where and
+//! how the live counts fall. The legacy sessions end on their own; the long
+//! one would hold blue until the drain deadline, so `drain blue --migrate`
+//! moves it to green (`[drain] migrate = "replay"`) under the id it has.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +138,129 @@ impl SseSession {
     }
 }
 
+/// A Streamable HTTP MCP session through the proxy (the demo's own client):
+/// one JSON-RPC message per POST, the session named by `Mcp-Session-Id`.
+struct HttpSession {
+    client: HttpClient,
+    url: String,
+    /// The session id as the proxy gave it (tagged with its slot).
+    sid: String,
+    next_id: u64,
+}
+
+impl HttpSession {
+    /// `initialize` then `notifications/initialized` on `{base}/mcp`.
+    async fn open(client: &HttpClient, base: &str) -> anyhow::Result<Self> {
+        let mut s = HttpSession {
+            client: client.clone(),
+            url: format!("{base}/mcp"),
+            sid: String::new(),
+            next_id: 1,
+        };
+        let (sid, _) = s
+            .post(
+                json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "mcpflip-demo", "version": "1"}}}),
+            )
+            .await?;
+        s.sid = sid.ok_or_else(|| anyhow!("initialize answered without Mcp-Session-Id"))?;
+        s.post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await?;
+        Ok(s)
+    }
+
+    /// POSTs `msg`; the answer's session id and JSON body (`Null` for 202).
+    async fn post(&self, msg: Value) -> anyhow::Result<(Option<String>, Value)> {
+        let mut req = http::Request::post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if !self.sid.is_empty() {
+            req = req.header("mcp-session-id", &self.sid);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::from(msg.to_string())))?)
+            .await
+            .context("POST /mcp")?;
+        let status = resp.status();
+        let sid = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!(
+                "POST /mcp answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let v = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).context("an answer that is not JSON")?
+        };
+        Ok((sid, v))
+    }
+
+    /// Calls `tool`; its text. Fails if the answer names another session.
+    async fn call(&mut self, tool: &str) -> anyhow::Result<String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (sid, v) = self
+            .post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": tool, "arguments": {}}}))
+            .await?;
+        if let Some(sid) = sid.filter(|s| *s != self.sid) {
+            bail!("the session id changed from {} to {sid}", self.sid);
+        }
+        if let Some(e) = v.get("error") {
+            bail!("{tool} failed: {e}");
+        }
+        Ok(v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    }
+}
+
+/// Client 4's long session: a call every 200 ms, a line when the slot that
+/// answers changes, until `stop` or a few calls after it moved. Returns the
+/// calls answered by each slot, in order.
+async fn long_session(
+    mut s: HttpSession,
+    t: Arc<Timeline>,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut answered: Vec<(String, u32)> = Vec::new();
+    let mut calls = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(answered),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let who = s.call("whoami").await?;
+        calls += 1;
+        match answered.last_mut() {
+            Some((slot, n)) if *slot == who => *n += 1,
+            _ => {
+                if !answered.is_empty() {
+                    t.say(format!(
+                        "client 4: call {calls} answered by {who}, same session id {} (mcpflip replayed its initialize on {who})",
+                        s.sid
+                    ));
+                }
+                answered.push((who, 1));
+            }
+        }
+        // Enough to show it stays there.
+        if answered.len() > 1 && answered.last().is_some_and(|(_, n)| *n >= 3) {
+            return Ok(answered);
+        }
+    }
+}
+
 /// A plain HTTP client for the demo.
 fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
@@ -210,7 +336,7 @@ pub async fn run() -> anyhow::Result<()> {
         "green slot: built-in MCP server on 127.0.0.1:{green} (new build, not yet verified)"
     ));
     let text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{sock}\"\nstate_file = \"{state}\"\n[drain]\ndeadline = \"30s\"\nquiet = \"200ms\"\n\
+        "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[control]\nsocket = \"{sock}\"\nstate_file = \"{state}\"\n[drain]\ndeadline = \"30s\"\nquiet = \"200ms\"\nmigrate = \"replay\"\n\
          [probe]\nexpect_tools = [\"get_document\", \"list_documents\", \"search_documents\", \"slow\", \"whoami\"]\n\
          canary = {{ tool = \"get_document\", arguments = {{ id = \"health\" }}, expect = \"ok\" }}\n\
          [watch]\nwindow = \"2s\"\ninterval = \"500ms\"\n\
@@ -259,6 +385,15 @@ pub async fn run() -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(())
         }));
     }
+    // A fourth client works in one long Streamable HTTP session.
+    let mut long = HttpSession::open(&client, &base).await?;
+    let who = long.call("whoami").await?;
+    t.say(format!(
+        "client 4 opened a Streamable HTTP session on {who} (session id {}); it calls whoami every 200 ms and does not stop",
+        long.sid
+    ));
+    let stop_long = CancellationToken::new();
+    let long_task = tokio::spawn(long_session(long, Arc::clone(&t), stop_long.clone()));
     let status = ctl.status();
     t.say(format!(
         "live streams: blue {}, green {}",
@@ -336,12 +471,42 @@ pub async fn run() -> anyhow::Result<()> {
     let mut fresh = SseSession::open(&client, &base).await?;
     let who = fresh.call("whoami", json!({})).await?;
     drop(fresh);
-    let reply = deployed.await?.map_err(|e| anyhow!("deploy failed: {e}"))?;
     t.say(format!(
         "a client that connected during the deploy landed on {who}"
     ));
     if who != "green" {
         bail!("new session landed on {who}, not green");
+    }
+    // The legacy sessions end on their own; client 4's would keep blue
+    // draining until the deadline.
+    for task in tasks {
+        task.await??;
+    }
+    // Their streams close once the proxy sees the connections go.
+    let blue_stats = ctl.tables.load().get("blue").map(|s| Arc::clone(&s.stats));
+    if let Some(stats) = blue_stats {
+        tokio::time::timeout(Duration::from_secs(5), stats.wait_streams_ended())
+            .await
+            .map_err(|_| anyhow!("blue's SSE streams did not close"))?;
+    }
+    t.say("blue's SSE sessions have all ended; client 4's session still works on blue, so the drain would wait for its 30s deadline");
+    t.say("drain blue --migrate   (blue's sessions move to green; [drain] migrate = \"replay\")");
+    ctl.drain("blue", Some(Duration::ZERO))
+        .await
+        .map_err(|e| anyhow!("drain --migrate: {e}"))?;
+    let reply = deployed.await?.map_err(|e| anyhow!("deploy failed: {e}"))?;
+    let moved = match tokio::time::timeout(Duration::from_secs(10), long_task).await {
+        Ok(joined) => joined??,
+        Err(_) => {
+            stop_long.cancel();
+            bail!("client 4's session did not reach green");
+        }
+    };
+    match moved.as_slice() {
+        [(first, before), (then, after)] if first == "blue" && then == "green" => t.say(format!(
+            "client 4: {before} calls answered by blue, then {after} by green, one session id throughout, none failed"
+        )),
+        other => bail!("client 4's calls were answered by {other:?}, not blue then green"),
     }
     let drained_ms = reply.drained_after_ms.unwrap_or(0);
     t.say(format!(
@@ -353,11 +518,8 @@ pub async fn run() -> anyhow::Result<()> {
             _ => "did not pass",
         }
     ));
-    for task in tasks {
-        task.await??;
-    }
     t.say(format!(
-        "blue drained after {:.2}s: its last session had just closed; safe to stop blue (the guide would still be sleeping for {:.0}s)",
+        "blue drained after {:.2}s: its SSE sessions closed, its long session moved; safe to stop blue (the guide would still be sleeping for {:.0}s)",
         drained_ms as f64 / 1000.0,
         120.0 - drained_ms as f64 / 1000.0
     ));

@@ -229,6 +229,7 @@ pub async fn start_with(
         tool_call_timeout: proxy_cfg.tool_call_timeout,
         stats: Arc::clone(&proxy_stats),
         sessions,
+        call_grace: drain_cfg.migrate_call_grace,
     });
     let admin = tokio::spawn(crate::admin::serve(
         admin,

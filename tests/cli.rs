@@ -64,7 +64,9 @@ fn stale_socket_replaced_live_one_refused_sigterm_exits_0() {
 }
 
 /// The README's first command: the demo refuses a broken green by its probe,
-/// then deploys the fixed one and exits 0 once blue's last session ended.
+/// then deploys the fixed one: blue's SSE sessions end on their own, its long
+/// Streamable HTTP session moves to green with `drain --migrate` (answered by
+/// blue, then by green, under one session id), and it exits 0.
 #[test]
 fn demo_refuses_a_broken_green_then_deploys_and_exits_0() {
     let out = Command::new(BIN).arg("demo").output().expect("run demo");
@@ -78,14 +80,36 @@ fn demo_refuses_a_broken_green_then_deploys_and_exits_0() {
         "refused: tools/list failed: tool set differs from expect_tools: missing search_documents, whoami",
         "flip: blue -> green",
         "client 3 closes its session",
-        // One stream is "1 live stream", not "1 live streams".
-        "drain: blue has 1 live stream, 0 in flight",
+        // One stream is "1 live stream", not "1 live streams" (client 4's
+        // calls may be in flight at the count).
+        "drain: blue has 1 live stream, ",
         "landed on green",
+        "client 4 opened a Streamable HTTP session on blue (session id mf1.blue.",
+        "drain blue --migrate",
         "watch passed",
         "deploy succeeded",
     ] {
         assert!(text.contains(needle), "demo output lacks {needle:?}:\n{text}");
     }
+    // The long session moved: green answered it under the id blue gave it.
+    let sid = text
+        .split("(session id ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("client 4's session id");
+    let moved = format!("answered by green, same session id {sid} ");
+    assert!(
+        text.contains(&moved),
+        "demo output lacks {moved:?}:\n{text}"
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.contains("client 4: ") && l.contains("calls answered by blue, then "))
+        .unwrap_or_else(|| panic!("no summary of client 4's calls:\n{text}"));
+    assert!(
+        summary.ends_with("by green, one session id throughout, none failed"),
+        "{summary}"
+    );
 }
 
 /// Kills the processes whose pids are in `dir/*.pid` (the slots deploy.sh

@@ -96,6 +96,7 @@ fn populated() -> Config {
             migrate: MigrateMode::Replay,
             migrate_max_sessions: 1,
             migrate_idle: Duration::from_secs(1),
+            migrate_call_grace: Duration::from_secs(1),
         },
         probe: ProbeConfig {
             path: "/mcp".into(),

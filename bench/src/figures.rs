@@ -507,6 +507,27 @@ pub fn goals(run: &Run) -> Vec<Goal> {
                 detail: format!("mcpflip's CPU per request {}×", two(c.cpu_ratio.median())),
             });
         }
+        // Issue 16: session capture for migration must not cost affinity.
+        if let Some(c) = &w.capture {
+            out.push(Goal {
+                figure: format!(
+                    "W5 req/s with {} sessions ÷ with 1, capture on",
+                    int(w.sessions as f64)
+                ),
+                today: "—",
+                better: Better::Higher,
+                must: 0.95,
+                stretch: None,
+                unit: Unit::Plain,
+                value: c.cell.ratio.median(),
+                rounds: c.cell.ratio.clone(),
+                detail: format!(
+                    "{} bytes of RSS per captured session; CPU per request {}×",
+                    int(c.bytes_per_session()),
+                    two(c.cell.cpu_ratio.median())
+                ),
+            });
+        }
     }
     out
 }
@@ -572,6 +593,17 @@ mod tests {
         assert_eq!(
             goal(&goals, "W5 req/s with 100,000 sessions ÷ with 1").must_met(),
             Some(true)
+        );
+        let g = goal(
+            &goals,
+            "W5 req/s with 100,000 sessions ÷ with 1, capture on",
+        );
+        assert_eq!((g.value, g.must_met()), (0.95, Some(true)));
+        assert!(
+            g.detail
+                .starts_with("512 bytes of RSS per captured session"),
+            "{}",
+            g.detail
         );
     }
 

@@ -6,7 +6,7 @@
 use crate::model::{
     AccessLog, CpuPlan, Deploy, Exchange, ExchangeCount, FailureCount, Kill, Kind, Machine, Meta,
     MultiCore, MultiCoreLevel, Run, Slot, SlotCounts, Soak, SoakEnd, Span, Version, W1Cell,
-    W1Level, W2Cell, W2Level, W3Cell, W4Cell, W5Cell, W1, W2, W3, W4, W5,
+    W1Level, W2Cell, W2Level, W3Cell, W4Cell, W5Capture, W5Cell, W1, W2, W3, W4, W5,
 };
 use crate::stats::Series;
 
@@ -258,6 +258,23 @@ pub fn run() -> Run {
                 c
             })
             .collect(),
+        // Capture on: 0.95: met (the bound itself); 50,000 KiB over 100,000
+        // sessions: 512 bytes each.
+        capture: Some(W5Capture {
+            how: "a second mcpflip with `[drain] migrate = \"replay\"`".to_owned(),
+            cell: {
+                let mut c = W5Cell::new(Kind::Mcpflip);
+                c.one = s(&[40_000.0; 3]);
+                c.many = s(&[38_000.0; 3]);
+                c.ratio = s(&[0.95, 0.96, 0.94]);
+                c.cpu_ratio = s(&[1.06; 3]);
+                c
+            },
+            captured: 100_000,
+            captured_bytes: 21_600_000,
+            rss_growth_kib: 50_000.0,
+            rss_growth_off_kib: Some(4_000.0),
+        }),
     });
     r
 }

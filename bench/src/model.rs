@@ -780,6 +780,47 @@ pub struct W5 {
     pub conns: usize,
     pub created_in_s: f64,
     pub cells: Vec<W5Cell>,
+    /// The same with mcpflip capturing sessions for migration (absent in
+    /// runs from before it was measured, and without mcpflip among the targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<W5Capture>,
+}
+
+/// W5 against a second mcpflip with live session migration on (`[drain]
+/// migrate = "replay"`): every session's `initialize` is kept, and each
+/// request of a session touches its idle clock in the sharded store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct W5Capture {
+    /// How the second mcpflip was set up.
+    pub how: String,
+    /// Its figures, measured as the other targets' (sessions opened through it).
+    pub cell: W5Cell,
+    /// Sessions it held captured once they were opened (`status.migration`).
+    pub captured: u64,
+    /// Bytes of captured bodies it held (`mcpflip_captured_session_bytes`).
+    pub captured_bytes: u64,
+    /// Its RSS growth over opening the sessions, KiB.
+    pub rss_growth_kib: f64,
+    /// mcpflip's RSS growth (capture off) over opening as many, KiB (`None`
+    /// when the sessions were not opened through it).
+    pub rss_growth_off_kib: Option<f64>,
+}
+
+impl W5Capture {
+    /// RSS growth per captured session, bytes.
+    pub fn bytes_per_session(&self) -> f64 {
+        self.rss_growth_kib * 1024.0 / self.captured as f64
+    }
+
+    /// The same for mcpflip with capture off, bytes per session opened.
+    pub fn bytes_per_session_off(&self, sessions: usize) -> Option<f64> {
+        Some(self.rss_growth_off_kib? * 1024.0 / sessions as f64)
+    }
+
+    /// Captured bodies per session, bytes.
+    pub fn body_bytes_per_session(&self) -> f64 {
+        self.captured_bytes as f64 / self.captured as f64
+    }
 }
 
 impl W5 {

@@ -833,11 +833,13 @@ fn w5_section(o: &mut String, w: &W5) {
         "| target | req/s, 1 session | req/s, {n} sessions | ratio | proxy CPU µs per request, 1 session | …, {n} sessions | CPU ratio | failed |\n|---|---|---|---|---|---|---|---|",
         n = stats::int(w.sessions as f64)
     );
-    for c in &w.cells {
+    let capture = w.capture.as_ref().map(|c| ("mcpflip, capture on", &c.cell));
+    let rows = w.cells.iter().map(|c| (c.target.label(), c)).chain(capture);
+    for (label, c) in rows {
         let _ = writeln!(
             o,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.target.label(),
+            label,
             c.one.show(stats::int),
             c.many.show(stats::int),
             c.ratio.show(stats::two),
@@ -853,6 +855,29 @@ fn w5_section(o: &mut String, w: &W5) {
          saturation it also moves with the upstream's cost, so the proxy's own CPU per request \
          (lower is better; a CPU ratio of 1.00 means affinity costs nothing) is shown beside it."
     );
+    if let Some(c) = &w.capture {
+        let _ = writeln!(
+            o,
+            "\n**Capture on** (live session migration, issue 16): {}. It keeps each session's \
+             `initialize` for a replay, and each request of a session touches the session's idle \
+             clock in a sharded map. Its {} sessions were opened through it ({} captured, {} bytes \
+             of captured bodies, {} per session). Memory per captured session: its RSS grew by {} \
+             KiB over opening them, **{} bytes per session**{}.",
+            c.how,
+            stats::int(w.sessions as f64),
+            stats::int(c.captured as f64),
+            stats::int(c.captured_bytes as f64),
+            stats::int(c.body_bytes_per_session()),
+            stats::int(c.rss_growth_kib),
+            stats::int(c.bytes_per_session()),
+            c.bytes_per_session_off(w.sessions)
+                .map_or(String::new(), |off| format!(
+                    " (mcpflip with capture off grew {} bytes per session opened through it: \
+                     connections and allocator, not sessions)",
+                    stats::int(off)
+                )),
+        );
+    }
     let _ = writeln!(o);
 }
 
@@ -933,11 +958,17 @@ fn limits(o: &mut String, run: &Run) {
              the Unix socket), measured on one clock. The anchors have no drain signal at all."
         );
     }
-    if run.w5.is_some() {
+    if let Some(w) = &run.w5 {
         let _ = writeln!(
             o,
             "- **W5.** Affinity lives in the session id; there is no table to grow. What grows with \
-             100,000 sessions is the upstream's own session map (the same for every target)."
+             100,000 sessions is the upstream's own session map (the same for every target).{}",
+            if w.capture.is_some() {
+                " With capture on (live session migration) mcpflip does keep a table, of captured \
+                 sessions: its memory per session is measured beside the W5 table."
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(
@@ -992,6 +1023,43 @@ mod tests {
         );
         let want = (10_240.0 + 650_000.0) / 1_048_576.0;
         assert!((projected_gib(10_240.0, 6.5, 100_000.0) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn w5_shows_capture_on_beside_the_targets_and_its_memory_per_session() {
+        let text = render(&fixture::run());
+        assert!(
+            text.contains("| mcpflip, capture on | 40,000 | 38,000 | 0.95 (0.94–0.96) |"),
+            "{text}"
+        );
+        // 50,000 KiB over 100,000 captured sessions; 21.6 MB of bodies.
+        assert!(
+            text.contains(
+                "its RSS grew by 50,000 KiB over opening them, **512 bytes per session**"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("21,600,000 bytes of captured bodies, 216 per session"),
+            "{text}"
+        );
+        assert!(
+            text.contains("capture off grew 41 bytes per session"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| W5 req/s with 100,000 sessions ÷ with 1, capture on | — | ≥ 0.95 |"),
+            "{text}"
+        );
+        // A run from before capture was measured reads and renders without it.
+        let mut old = fixture::run();
+        if let Some(w) = old.w5.as_mut() {
+            w.capture = None;
+        }
+        let json = old.to_json().expect("serialises");
+        assert!(!json.contains("\"capture\""));
+        let back = Run::from_json(&json).expect("reads back");
+        assert!(!render(&back).contains("capture on"));
     }
 
     #[test]

@@ -293,6 +293,8 @@ pub struct Target {
     cpus: Vec<usize>,
     /// mcpflip with its access log on (`[log] access_log = "stderr"`).
     access_log: bool,
+    /// mcpflip capturing sessions for migration (`[drain] migrate = "replay"`).
+    capture: bool,
 }
 
 impl Target {
@@ -304,6 +306,14 @@ impl Target {
     pub fn mcpflip_with_access_log(env: &Env, upstreams: &Upstreams) -> anyhow::Result<Target> {
         let mut t = Target::in_dir(Kind::Mcpflip, "mcpflip-access-log", env, upstreams)?;
         t.access_log = true;
+        Ok(t)
+    }
+
+    /// A second mcpflip, the same but for live session migration, which is
+    /// on: it captures every session's `initialize` (`[drain] migrate = "replay"`).
+    pub fn mcpflip_with_capture(env: &Env, upstreams: &Upstreams) -> anyhow::Result<Target> {
+        let mut t = Target::in_dir(Kind::Mcpflip, "mcpflip-capture", env, upstreams)?;
+        t.capture = true;
         Ok(t)
     }
 
@@ -330,6 +340,7 @@ impl Target {
             workers: env.plan.workers(),
             cpus: env.plan.proxy.clone(),
             access_log: false,
+            capture: false,
         })
     }
 
@@ -532,6 +543,9 @@ state_file = "{dir}/state.json"
 [drain]
 deadline = "5m"
 quiet = "1s"
+migrate = "{migrate}"
+# Room for W5's sessions, whatever its settings.
+migrate_max_sessions = 10000000
 
 [proxy]
 workers = {workers}
@@ -554,6 +568,7 @@ weight = {wg}
             dir = self.dir.display(),
             workers = self.workers,
             access_log = if self.access_log { "stderr" } else { "off" },
+            migrate = if self.capture { "replay" } else { "off" },
             blue = self.upstream(Slot::Blue),
             green = self.upstream(Slot::Green),
             wb = weight(Slot::Blue),

@@ -782,6 +782,12 @@ impl Controller {
             deadline,
         )
         .await?;
+        // `--migrate` (a zero deadline) on a slot that was draining already:
+        // its running drain keeps the deadline it started with, so cut it
+        // now (a new drain with a zero deadline cuts itself at once anyway).
+        if deadline.is_some_and(|d| d.is_zero()) {
+            self.drains.cut(name);
+        }
         Ok(DrainStarted {
             slot: name.to_owned(),
             state: SlotState::Draining,

@@ -74,6 +74,9 @@ struct Handle {
     id: u64,
     generation: u32,
     cancel: CancellationToken,
+    /// Cut the drain now, whatever its deadline (`drain --migrate` on a
+    /// slot already draining).
+    cut: CancellationToken,
     outcome: watch::Receiver<Option<DrainOutcome>>,
     started: Instant,
     deadline: Duration,
@@ -135,6 +138,7 @@ impl Drains {
                 .remove(&*s.name)
                 .unwrap_or(deadline);
             let cancel = ctl.shutdown_token().child_token();
+            let cut = CancellationToken::new();
             let (tx, rx) = watch::channel(None);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             tasks.insert(
@@ -143,6 +147,7 @@ impl Drains {
                     id,
                     generation: s.generation,
                     cancel: cancel.clone(),
+                    cut: cut.clone(),
                     outcome: rx,
                     started: Instant::now(),
                     deadline,
@@ -158,9 +163,23 @@ impl Drains {
                     deadline,
                     quiet,
                     cancel,
+                    cut,
                 },
                 tx,
             ));
+        }
+    }
+
+    /// Cuts the running drain of `slot` now, as its deadline would
+    /// (`drain SLOT --migrate` while it drains: its sessions move, its
+    /// streams end at event boundaries). False when none runs.
+    pub(crate) fn cut(&self, slot: &str) -> bool {
+        match self.lock().get(slot) {
+            Some(h) if h.outcome.borrow().is_none() => {
+                h.cut.cancel();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -204,6 +223,7 @@ struct Task {
     deadline: Duration,
     quiet: Duration,
     cancel: CancellationToken,
+    cut: CancellationToken,
 }
 
 impl Task {
@@ -249,6 +269,7 @@ async fn run<H: Host>(ctl: Arc<H>, t: Task, tx: watch::Sender<Option<DrainOutcom
             _ = tokio::time::sleep(t.deadline), if t.deadline.is_zero() => {
                 force_end(&t).await
             }
+            _ = t.cut.cancelled() => force_end(&t).await,
             _ = until_drained_everywhere(&*ctl, &t.slot, &t.stats, t.quiet) => 0,
             _ = tokio::time::sleep(t.deadline) => force_end(&t).await,
         }

@@ -5,6 +5,8 @@ pub const MCP_SESSION_ID: &str = "mcp-session-id";
 /// The negotiated protocol revision, sent on every request after `initialize`
 /// (2025-06-18 and later).
 pub const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+/// The id of the last SSE event a reconnecting client saw (resumption).
+pub const LAST_EVENT_ID: &str = "last-event-id";
 /// The JSON-RPC method, mirrored in a header (2026-07-28).
 pub const MCP_METHOD: &str = "mcp-method";
 

@@ -14,6 +14,12 @@
 //! does not read (hyper then stops polling the body), by its connection being
 //! closed at `FORCE_GRACE` (see `conn`). A forced stream's guard is parked on
 //! its connection, so it counts until the connection is really gone.
+//!
+//! With migration on, a POST's stream whose call is still unanswered when it
+//! is forced (a [`Cut`]) first gets the call's grace (`[drain]
+//! migrate_call_grace`, at most 3 s) to pass its answer: a call that was a few
+//! milliseconds from done is not failed for a cut that came between its
+//! first event and its answer. After the grace it ends with the JSON-RPC error.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +33,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
-use crate::proxy::sse::{EndpointRewrite, Rewritten, SseScanner};
+use crate::proxy::sse::{EndpointRewrite, EventIdTag, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
 use crate::upstream::UpstreamBody;
 
@@ -60,18 +66,30 @@ struct Stream {
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     rewrite: Option<EndpointRewrite>,
+    /// A moved session's stream: its event ids get the new slot's tag.
+    ids: Option<EventIdTag>,
     /// Idle interval and its timer, when SSE keep-alive comments are on.
     keepalive: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// The client connection, which a forced end closes and parks the guard on.
     conn: Conn,
     /// Forces the connection when the slot's force token fires, until dropped.
     _watch: ForceWatch,
-    /// Migration on, a POST's stream with a known request id: the JSON-RPC
-    /// error event sent if the proxy ends the stream (or the slot breaks it)
-    /// before the answer passed, and the counter of such calls.
-    cut: Option<(Bytes, Arc<ProxyStats>)>,
+    /// Migration on, a POST's stream with a known request id: what to do if
+    /// the proxy ends the stream (or the slot breaks it) before the answer passed.
+    cut: Option<Cut>,
     /// An answer (`"result"` or `"error"`) passed: nothing to send at a cut.
     answered: bool,
+    /// After a forced end, the end of the unanswered call's grace.
+    call_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A call's stream that may be cut: the JSON-RPC error event for its id, the
+/// counter of interrupted calls, and how long the call may still take to
+/// answer once its stream is forced.
+pub struct Cut {
+    pub event: Bytes,
+    pub stats: Arc<ProxyStats>,
+    pub grace: std::time::Duration,
 }
 
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
@@ -101,15 +119,16 @@ impl ResponseBody {
     }
 
     /// An SSE stream counted by `guard`, ended at an event boundary when the
-    /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`.
-    /// `conn` is the client connection it is sent on.
+    /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`
+    /// and event ids tagged if `ids`. `conn` is the client connection it is sent on.
     pub fn stream(
         inner: UpstreamBody,
         guard: StreamGuard,
         rewrite: Option<EndpointRewrite>,
+        ids: Option<EventIdTag>,
         keepalive: Option<std::time::Duration>,
         conn: &Conn,
-        cut: Option<(Bytes, Arc<ProxyStats>)>,
+        cut: Option<Cut>,
     ) -> Self {
         let token = guard.stats().force_token();
         let watch = conn.watch_force(token.clone());
@@ -124,11 +143,13 @@ impl ResponseBody {
                 grace: None,
                 done: false,
                 rewrite,
+                ids,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
                 _watch: watch,
                 cut,
                 answered: false,
+                call_deadline: None,
             })),
             exchange: None,
         }
@@ -220,12 +241,27 @@ impl Body for ResponseBody {
 impl Stream {
     /// The error event for a call cut before its answer, once.
     fn cut_reply(&mut self) -> Option<Bytes> {
-        let (event, stats) = self.cut.take()?;
+        let cut = self.cut.take()?;
         if self.answered {
             return None;
         }
-        stats.count_interrupted();
-        Some(event)
+        cut.stats.count_interrupted();
+        Some(cut.event)
+    }
+
+    /// Whether a forced stream still waits for its call's answer: the call
+    /// is unanswered and its grace (timed from the first poll after the
+    /// force) has not passed. Registers the grace's wake-up.
+    fn in_call_grace(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(cut) = &self.cut else { return false };
+        if self.answered || cut.grace.is_zero() {
+            return false;
+        }
+        let grace = cut.grace;
+        let deadline = self
+            .call_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+        deadline.as_mut().poll(cx).is_pending()
     }
 
     /// Notes whether `data` carries the call's answer (the stream of a POST
@@ -268,9 +304,14 @@ impl Stream {
         }
         if !self.forced && self.force.as_mut().poll(cx).is_ready() {
             self.forced = true;
+            // Timed from the force, whatever happens in the call's grace, so
+            // the stream ends before its connection is dropped.
+            self.grace = Some(Box::pin(tokio::time::sleep(STALL_GRACE)));
         }
+        // A forced stream whose call is in its grace is relayed as usual.
+        let cutting = self.forced && !self.in_call_grace(cx);
         if self.forced {
-            if self.scanner.at_boundary() && self.rewrite.is_none() {
+            if cutting && self.scanner.at_boundary() && self.rewrite.is_none() {
                 return self.end_cut();
             }
             // The upstream stalls inside an event: end anyway once the grace passes
@@ -328,6 +369,9 @@ impl Stream {
                 Ok(data) => data,
                 Err(frame) => return Poll::Ready(Some(Ok(frame))),
             };
+            if let Some(ids) = self.ids.as_mut() {
+                data = ids.push(data);
+            }
             if let Some(rewrite) = self.rewrite.as_mut() {
                 match rewrite.push(data) {
                     Rewritten::Pending => continue,
@@ -337,7 +381,7 @@ impl Stream {
                     }
                 }
             }
-            if self.forced {
+            if cutting {
                 // Send up to the end of the event in progress, then stop.
                 if let Some(end) = self.scanner.feed_to_boundary(&data) {
                     self.watch_answer(&data[..end]);

@@ -27,12 +27,12 @@ use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
-use crate::proxy::body::ResponseBody;
+use crate::proxy::body::{Cut, ResponseBody};
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::migrate::{self, Sessions};
-use crate::proxy::sse::EndpointRewrite;
+use crate::proxy::sse::{EndpointRewrite, EventIdTag};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
@@ -66,6 +66,9 @@ pub struct Forwarder {
     /// Captured sessions, when `[drain] migrate = "replay"` (else `None`, and
     /// the request path is exactly what it is without migration).
     pub sessions: Option<Arc<Sessions>>,
+    /// With migration on: how long a call in flight at a cut may take to
+    /// answer before its stream ends with the JSON-RPC error.
+    pub call_grace: Duration,
 }
 
 /// Where a request goes, decided on one table snapshot.
@@ -265,6 +268,7 @@ impl Forwarder {
                 stats.touch_pinned();
             }
             req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+            migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
         }
         let inflight = stats.inflight_guard();
         // A legacy SSE session starts with a GET that carries no session id.
@@ -330,6 +334,7 @@ impl Forwarder {
                 *retry.method_mut() = m;
                 *retry.headers_mut() = headers;
                 retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
                 if !self.preserve_host {
                     retry
                         .headers_mut()
@@ -452,8 +457,24 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            let cut = call_id.map(|id| (migrate::interrupted_event(&id), Arc::clone(&self.stats)));
-            ResponseBody::stream(body, guard, rewrite, self.sse_keepalive, &peer.conn, cut)
+            let cut = call_id.map(|id| Cut {
+                event: migrate::interrupted_event(&id),
+                stats: Arc::clone(&self.stats),
+                grace: self.call_grace,
+            });
+            // A moved session's event ids name the slot that minted them.
+            let ids = moved
+                .as_ref()
+                .map(|_| EventIdTag::new(Bytes::copy_from_slice(slot.tag_prefix.as_bytes())));
+            ResponseBody::stream(
+                body,
+                guard,
+                rewrite,
+                ids,
+                self.sse_keepalive,
+                &peer.conn,
+                cut,
+            )
         } else {
             ResponseBody::plain(body, inflight)
         };

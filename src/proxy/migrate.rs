@@ -31,7 +31,7 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::mcp::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::mcp::headers::{LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::stats::{MigrateFailure, ProxyStats};
 use crate::table::{Slot, SlotState, Table};
 use crate::upstream::{BodyWatch, SendError};
@@ -147,7 +147,7 @@ impl Sessions {
             return false;
         }
         let entry = Arc::new(Captured {
-            init,
+            init: own(&init),
             shaping: Mutex::default(),
             last_used: AtomicU64::new(self.now()),
             moved: ArcSwapOption::empty(),
@@ -217,7 +217,7 @@ impl Sessions {
                 self.held.fetch_sub(dropped.len(), Ordering::Relaxed);
             }
             self.held.fetch_add(body.len(), Ordering::Relaxed);
-            list.push(body);
+            list.push(own(&body));
             drop(list);
             self.publish();
         }
@@ -255,6 +255,40 @@ impl Sessions {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => { self.expire(); }
             }
+        }
+    }
+}
+
+/// A body to keep, in an allocation of its own: a buffered request body is a
+/// slice of the connection's read buffer, and keeping the slice would keep the
+/// whole buffer (kilobytes) alive for as long as the session is captured.
+fn own(body: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(body)
+}
+
+/// A moved session's `Last-Event-ID`, on its way to the slot it lives on
+/// now, whose events the proxy tagged with that slot's `prefix` on their way
+/// out ([`crate::proxy::sse::EventIdTag`]): such an id loses the tag. Any
+/// other id names an event of a slot the session left, which cannot be
+/// replayed: the header goes, and the reconnecting GET opens a fresh stream on
+/// the new session. (Passed on, the new server answers an id it never issued
+/// with a stream that ends at once, and the Python SDK client resumes it
+/// again and again, never getting a live stream.)
+pub fn last_event_id(headers: &mut HeaderMap, prefix: &str) {
+    let Some(v) = headers.get(LAST_EVENT_ID) else {
+        return;
+    };
+    let inner = v
+        .as_bytes()
+        .strip_prefix(prefix.as_bytes())
+        .filter(|i| !i.is_empty())
+        .and_then(|i| HeaderValue::from_bytes(i).ok());
+    match inner {
+        Some(inner) => {
+            headers.insert(LAST_EVENT_ID, inner);
+        }
+        None => {
+            headers.remove(LAST_EVENT_ID);
         }
     }
 }
@@ -529,6 +563,29 @@ mod tests {
         let v: Value = serde_json::from_slice(&interrupted(b"7")).expect("json");
         assert_eq!(v["id"], 7);
         assert_eq!(v["error"]["code"], -32603);
+    }
+
+    #[test]
+    fn captured_bodies_do_not_keep_the_buffer_they_were_read_into() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(2, Duration::from_secs(3600), stats);
+        // A request body as hyper hands it over: a slice of a larger buffer.
+        let buffer = Bytes::from(vec![b'x'; 16 * 1024]);
+        let a = HeaderValue::from_static("mf1.blue.0.a");
+        assert!(s.capture(&a, buffer.slice(..200)));
+        s.shape(a.as_bytes(), buffer.slice(200..300));
+        let c = s.get(a.as_bytes()).expect("captured");
+        assert!(
+            c.init.is_unique(),
+            "the initialize body shares the read buffer"
+        );
+        let shaping = c.shaping.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            shaping[0].is_unique(),
+            "a shaping body shares the read buffer"
+        );
+        assert_eq!((c.init.len(), shaping[0].len()), (200, 100));
+        drop(buffer);
     }
 
     #[test]

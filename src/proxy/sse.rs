@@ -1,6 +1,7 @@
 //! The SSE event scanner: finds event boundaries (an empty line) in passing bytes
 //! without copying them, notes `retry:` fields, and rewrites the legacy
-//! `endpoint` event so that its POST URL carries the session tag.
+//! `endpoint` event so that its POST URL carries the session tag. For a
+//! migrated session, event ids get the new slot's tag ([`EventIdTag`]).
 //!
 //! It never buffers a stream: only the first event of a legacy SSE GET is held
 //! until complete (bounded), everything else goes out as it comes in.
@@ -207,6 +208,88 @@ impl EndpointRewrite {
     }
 }
 
+/// Puts a prefix before the value of every `id:` field of an SSE stream as it
+/// passes, never holding bytes back: a field name cut across chunks is
+/// carried over as state. A moved session's events then name the slot that
+/// minted them (its session tag prefix), so that a `Last-Event-ID` the client
+/// sends later can be told from one a slot it left minted (see
+/// `proxy::migrate::last_event_id`).
+#[derive(Debug)]
+pub struct EventIdTag {
+    prefix: Bytes,
+    state: IdState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdState {
+    /// At the start of a line.
+    LineStart,
+    /// This many bytes of `id:` matched at the start of the line.
+    Name(u8),
+    /// Just after `id:`: a space (dropped by readers) or the value is next.
+    Colon,
+    /// Just after `id: `: the value is next.
+    Space,
+    /// Anywhere else in a line.
+    Rest,
+}
+
+impl EventIdTag {
+    pub fn new(prefix: Bytes) -> Self {
+        EventIdTag {
+            prefix,
+            state: IdState::LineStart,
+        }
+    }
+
+    /// `data` with the prefix put before each `id:` value that starts in it
+    /// (the same bytes, not copied, when none does). An empty `id:` (which
+    /// resets the client's last event id) is left empty.
+    pub fn push(&mut self, data: Bytes) -> Bytes {
+        let mut at = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            if self.state == IdState::Rest {
+                // Skip to the next line: most bytes are here.
+                match memchr::memchr2(b'\n', b'\r', &data[i..]) {
+                    Some(j) => {
+                        i += j + 1;
+                        self.state = IdState::LineStart;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let b = data[i];
+            self.state = match (self.state, b) {
+                (_, b'\n' | b'\r') => IdState::LineStart,
+                (IdState::LineStart, b'i') => IdState::Name(1),
+                (IdState::Name(1), b'd') => IdState::Name(2),
+                (IdState::Name(2), b':') => IdState::Colon,
+                (IdState::Colon, b' ') => IdState::Space,
+                (IdState::Colon | IdState::Space, _) => {
+                    at.push(i);
+                    IdState::Rest
+                }
+                _ => IdState::Rest,
+            };
+            i += 1;
+        }
+        if at.is_empty() {
+            return data;
+        }
+        let mut out = BytesMut::with_capacity(data.len() + at.len() * self.prefix.len());
+        let mut from = 0;
+        for i in at {
+            out.extend_from_slice(&data[from..i]);
+            out.extend_from_slice(&self.prefix);
+            from = i;
+        }
+        out.extend_from_slice(&data[from..]);
+        out.freeze()
+    }
+}
+
 /// Rewrites one complete SSE event if it is `event: endpoint`; `None` otherwise.
 pub fn rewrite_endpoint(
     event: &[u8],
@@ -293,6 +376,38 @@ pub fn find_in_query(query: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds `chunks` through a tagger; the bytes out, joined.
+    fn tagged(chunks: &[&str]) -> String {
+        let mut t = EventIdTag::new(Bytes::from_static(b"mf1.green.2."));
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&t.push(Bytes::copy_from_slice(c.as_bytes())));
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn event_ids_get_the_prefix_wherever_the_stream_is_cut() {
+        let stream = "id: a-1\ndata: {\"id\":1}\n\nid:a-2\r\nretry: 200\r\n\r\n: id: a comment\nevent: message\ndata: id: x\nid:\n\nid: \n\n";
+        let want = "id: mf1.green.2.a-1\ndata: {\"id\":1}\n\nid:mf1.green.2.a-2\r\nretry: 200\r\n\r\n: id: a comment\nevent: message\ndata: id: x\nid:\n\nid: \n\n";
+        assert_eq!(tagged(&[stream]), want);
+        // Cut at every byte: the same output.
+        for at in 0..=stream.len() {
+            assert_eq!(tagged(&[&stream[..at], &stream[at..]]), want, "cut at {at}");
+        }
+        let bytes: Vec<String> = stream.chars().map(String::from).collect();
+        let each: Vec<&str> = bytes.iter().map(String::as_str).collect();
+        assert_eq!(tagged(&each), want);
+    }
+
+    #[test]
+    fn a_chunk_without_an_id_passes_uncopied() {
+        let mut t = EventIdTag::new(Bytes::from_static(b"p."));
+        let data = Bytes::from_static(b"event: message\ndata: {}\n\n");
+        let out = t.push(data.clone());
+        assert_eq!(out.as_ptr(), data.as_ptr());
+    }
 
     #[test]
     fn boundaries_across_chunks_and_line_ends() {
