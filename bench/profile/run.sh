@@ -6,7 +6,8 @@
 #   bench/profile/run.sh streams BIN [N=1000]            # KiB of proxy RSS per open SSE stream
 #
 # BIN is an mcpflip binary (target/release/mcpflip: symbols are kept). The upstream is the
-# built-in demo server (`mcpflip upstream`) run from the same binary; access log off.
+# built-in demo server (`mcpflip upstream`) run from the same binary; access log off
+# (ACCESS_LOG=stderr turns it on), migration off (MIGRATE=replay turns it on).
 set -euo pipefail
 mode=$1 bin=$(realpath "$2")
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +32,8 @@ workers = 1
 [log]
 level = "warn"
 access_log = "${ACCESS_LOG:-off}"
+[drain]
+migrate = "${MIGRATE:-off}"
 [[slot]]
 name = "blue"
 upstream = "http://127.0.0.1:$up"

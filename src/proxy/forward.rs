@@ -298,10 +298,9 @@ impl Forwarder {
             let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
             (None, body, watch)
         };
-        let kind = buffered
+        let (kind, call_id) = buffered
             .as_deref()
-            .map_or(migrate::Kind::Other, migrate::kind);
-        let call_id = buffered.as_deref().and_then(migrate::request_id);
+            .map_or((migrate::Kind::Other, None), migrate::read);
         // A request that can be sent again if the slot refuses the connection:
         // its body is in hand (or it has none), and its session can move.
         let resend = (client_sid.is_some() && (buffered.is_some() || body.is_end_stream()))
