@@ -731,7 +731,7 @@ pub fn load_cluster(path: &Path) -> Result<(ClusterConfig, Resolved), ConfigErro
         key: key.to_owned(),
         message,
     };
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG)
         .map_err(|e| fail(None, "", format!("cannot read the config file: {e}")))?;
     let only: ClusterOnly = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| locate_offset(&text, s.start).0);
@@ -759,11 +759,13 @@ pub fn load_cluster(path: &Path) -> Result<(ClusterConfig, Resolved), ConfigErro
 impl Config {
     /// Reads, parses and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read the config file: {e}"),
+        let text = crate::files::read_to_string(path, crate::files::MAX_CONFIG).map_err(|e| {
+            ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }
         })?;
         Config::parse(&text, path)
     }
@@ -1156,12 +1158,13 @@ impl Config {
         }
         match (&c.username, &c.password_file) {
             (Some(_), Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|x| {
-                    e(
-                        "password_file",
-                        format!("cannot read {}: {x}", path.display()),
-                    )
-                })?;
+                let text =
+                    crate::files::read_to_string(path, crate::files::MAX_SECRET).map_err(|x| {
+                        e(
+                            "password_file",
+                            format!("cannot read {}: {x}", path.display()),
+                        )
+                    })?;
                 let pw = text.trim_end_matches(['\n', '\r']).to_owned();
                 if pw.is_empty() || pw.len() > 1024 {
                     return Err(e(
@@ -1324,12 +1327,13 @@ pub fn control_socket(path: &Path) -> Result<PathBuf, ConfigError> {
     struct PartialControl {
         socket: Option<PathBuf>,
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read the config file: {e}"),
-    })?;
+    let text =
+        crate::files::read_to_string(path, crate::files::MAX_CONFIG).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
     let partial: Partial = toml::from_str(&text).map_err(|e| {
         let (line, key) = match e.span() {
             Some(span) => locate_offset(&text, span.start),

@@ -14,7 +14,8 @@
 //! socket server and the `ctl` client, and the drain, watch, deploy and
 //! reload tasks) and `probe` (the MCP probe that gates flips). Leaves every
 //! module may use: `mcp` (header names, protocol revisions, `Era`, the session
-//! tag codec), `config`, `tls`. Around them: `admin` (the admin listener:
+//! tag codec), `config`, `tls`, `files` (bounded reads of the files an
+//! operator names). Around them: `admin` (the admin listener:
 //! the live status page and its event feed, `/metrics`, `/status`, `/readyz`),
 //! `health` (readiness: the process's phase and the serving slots' health),
 //! `notify` (the systemd notification protocol, a leaf), `handover` (the
@@ -33,6 +34,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod demo_server;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handover;

@@ -65,7 +65,8 @@ pub struct CertificateInfo {
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    crate::files::read(path, crate::files::MAX_PEM)
+        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
 }
 
 /// Reads the PEM certificates of `path` (leaf first).
