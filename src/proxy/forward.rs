@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
-use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
@@ -301,37 +300,34 @@ impl Forwarder {
         let (kind, call_id) = buffered
             .as_deref()
             .map_or((migrate::Kind::Other, None), migrate::read);
-        // A request that can be sent again if the slot refuses the connection:
-        // its body is in hand (or it has none), and its session can move.
-        let resend = (client_sid.is_some() && (buffered.is_some() || body.is_end_stream()))
-            .then(|| (head.method.clone(), head.uri.clone(), head.headers.clone()));
         let req = Request::from_parts(head, body);
         let mut sent = slot
             .client
             .send(&slot.scheme, &slot.authority, req, wait, &watch)
             .await;
         let mut moved = moved;
-        if let (
+        // The slot refuses connections (its process is gone): a request of a
+        // session that can move goes where the session moved, as it was (the
+        // client hands it back unsent: nothing of it went out, nothing of its
+        // body was read). The refusal is the old slot's error; the answer,
+        // the new slot's.
+        let refused = match &mut sent {
             Err(SendError::Upstream {
-                kind: refused @ (UpstreamError::Connect | UpstreamError::Timeout),
+                kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),
+                unsent,
                 ..
-            }),
-            Some((m, uri, headers)),
-        ) = (&sent, resend)
-        {
-            // The slot refuses connections (its process is gone): the session
-            // moves, and the request goes where it moved. The refusal is the
-            // old slot's error; the answer, the new slot's.
-            let refused = *refused;
-            if let Ok((to, inner)) =
-                Box::pin(self.moved_for(&headers, &uri, client_sid.as_ref(), &slot.name)).await
-            {
-                let mut retry = Request::new(match &buffered {
-                    Some(b) => ForwardBody::from(b.clone()),
-                    None => ForwardBody::from(Bytes::new()),
-                });
-                *retry.method_mut() = m;
-                *retry.headers_mut() = headers;
+            }) if client_sid.is_some() => unsent.take().map(|req| (*kind, req)),
+            _ => None,
+        };
+        if let Some((refused, mut retry)) = refused {
+            let to = Box::pin(self.moved_for(
+                retry.headers(),
+                retry.uri(),
+                client_sid.as_ref(),
+                &slot.name,
+            ))
+            .await;
+            if let Ok((to, inner)) = to {
                 retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
                 migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
                 if !self.preserve_host {
@@ -340,15 +336,11 @@ impl Forwarder {
                         .insert(header::HOST, to.host_header.clone());
                 }
                 // Already in origin form (`rewrite_request`): the pool knows where.
-                *retry.uri_mut() = uri;
                 stats.count_upstream_error(refused);
-                sent = Box::pin(to.client.send(
-                    &to.scheme,
-                    &to.authority,
-                    retry,
-                    wait,
-                    &crate::upstream::BodyWatch::default(),
-                ))
+                sent = Box::pin(
+                    to.client
+                        .send(&to.scheme, &to.authority, *retry, wait, &watch),
+                )
                 .await;
                 to.stats.touch_pinned();
                 slot = to;
@@ -369,7 +361,7 @@ impl Forwarder {
             Err(SendError::ClientBody(state)) => {
                 return self.body_failed(state, &slot, &method, peer, h1);
             }
-            Err(SendError::Upstream { kind, error }) => {
+            Err(SendError::Upstream { kind, error, .. }) => {
                 stats.count_upstream_error(kind);
                 if matches!(kind, UpstreamError::Connect | UpstreamError::Timeout) {
                     stats.note_connect_failure();

@@ -110,6 +110,10 @@ pub enum SendError {
         kind: UpstreamError,
         /// The client error, for the message (none for a response timeout).
         error: Option<ClientError>,
+        /// The request, untouched, when no connection to the slot could be
+        /// made (nothing of it was sent nor read from the client): the
+        /// forwarder may send it elsewhere without having copied it before.
+        unsent: Option<Box<Request<ForwardBody>>>,
     },
 }
 
@@ -261,7 +265,7 @@ impl UpstreamClient {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(pq);
-        self.pool.send(target, req).await
+        self.pool.send(target, req).await.map_err(|(e, _)| e)
     }
 
     /// Sends a client's request to `scheme://authority` (the request URI is
@@ -288,7 +292,7 @@ impl UpstreamClient {
         loop {
             match tokio::time::timeout(wait, &mut response).await {
                 Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => {
+                Ok(Err((e, unsent))) => {
                     let state = body.state();
                     if state.is_client_fault() {
                         return Err(SendError::ClientBody(state));
@@ -296,6 +300,7 @@ impl UpstreamClient {
                     return Err(SendError::Upstream {
                         kind: classify(&e),
                         error: Some(e),
+                        unsent,
                     });
                 }
                 // The client is still sending (each pause bounded by its body
@@ -313,6 +318,7 @@ impl UpstreamClient {
                     return Err(SendError::Upstream {
                         kind: UpstreamError::ResponseTimeout,
                         error: None,
+                        unsent: None,
                     })
                 }
             }
@@ -348,16 +354,21 @@ impl Pool {
         None
     }
 
+    /// Sends `req` on an idle connection or a new one. When no connection
+    /// could be made, the error carries the request back, unsent.
     async fn send(
         self: &Arc<Self>,
         target: Target,
         req: Request<ForwardBody>,
-    ) -> Result<Response<UpstreamBody>, ClientError> {
+    ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
         let (mut tx, reused) = match self.checkout(&target) {
             Some(tx) => (tx, true),
             // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
             // its future would otherwise make every request's future larger.
-            None => (Box::pin(self.connect(&target)).await?, false),
+            None => match Box::pin(self.connect(&target)).await {
+                Ok(tx) => (tx, false),
+                Err(e) => return Err((e, Some(Box::new(req)))),
+            },
         };
         let resp = match tx.try_send_request(req).await {
             Ok(resp) => resp,
@@ -365,10 +376,15 @@ impl Pool {
                 // A reused connection closed before the request went out:
                 // nothing was sent, so it is safe to send once more.
                 Some(req) if reused => {
-                    tx = Box::pin(self.connect(&target)).await?;
-                    tx.send_request(req).await.map_err(ClientError::Http)?
+                    tx = match Box::pin(self.connect(&target)).await {
+                        Ok(tx) => tx,
+                        Err(e) => return Err((e, Some(Box::new(req)))),
+                    };
+                    tx.send_request(req)
+                        .await
+                        .map_err(|e| (ClientError::Http(e), None))?
                 }
-                _ => return Err(ClientError::Http(e.into_error())),
+                _ => return Err((ClientError::Http(e.into_error()), None)),
             },
         };
         let (head, inner) = resp.into_parts();
