@@ -1498,6 +1498,15 @@ upstream = "http://127.0.0.1:3002"
     }
 
     #[test]
+    fn the_config_and_pem_readers_use_the_size_bound() {
+        let zero = Path::new("/dev/zero");
+        let e = Config::load(zero).expect_err("/dev/zero is no config");
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let e = crate::tls::read_chain(zero).expect_err("/dev/zero is no certificate");
+        assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
     fn the_cluster_section_is_checked_with_the_key_to_fix() {
         let base = "[[slot]]\nname = \"blue\"\nupstream = \"http://127.0.0.1:3001\"\nweight = 100\n[cluster]\n";
         let c = parse(&format!(
