@@ -306,15 +306,35 @@ fn config(dir: &std::path::Path, blue: u16, green: u16, migrate: &str) -> TestCo
         .set_str("drain", "deadline", "60s")
 }
 
+/// A proxy started on [`config`] (as `edit` leaves it), with its public URL,
+/// its control socket, a client, and the directory that holds its config,
+/// state and socket (kept until the test ends).
+type Rig = (
+    mcpflip::run::Running,
+    String,
+    std::path::PathBuf,
+    support::mcp::HttpClient,
+    tempfile::TempDir,
+);
+
+async fn rig(
+    blue: u16,
+    green: u16,
+    migrate: &str,
+    edit: impl FnOnce(TestConfig) -> TestConfig,
+) -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = support::start(edit(config(dir.path(), blue, green, migrate)).load()).await;
+    let url = format!("http://{}/mcp", proxy.public_addr);
+    let socket = dir.path().join("control.sock");
+    (proxy, url, socket, http_client(), dir)
+}
+
 #[tokio::test]
 async fn a_session_moves_with_its_shaping_requests_in_order_and_keeps_its_id() {
     let (blue, blue_seen) = recording("blue").await;
     let (green, green_seen) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
 
     let sid = open(&client, &url).await;
     for (id, method, params) in [
@@ -380,11 +400,7 @@ async fn a_session_moves_with_its_shaping_requests_in_order_and_keeps_its_id() {
 async fn drain_migrate_ends_ten_open_streams_at_once_and_every_session_moves() {
     let (blue, _blue_seen) = recording("blue").await;
     let (green, green_seen) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
 
     let mut sessions = Vec::new();
     let mut streams = Vec::new();
@@ -441,11 +457,7 @@ async fn drain_migrate_ends_ten_open_streams_at_once_and_every_session_moves() {
 async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
     let (blue, _b, blue_stop) = stoppable("blue").await;
     let (green, _g) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
     let sid = open(&client, &url).await;
     // Blue's process is gone (its port refuses) and nothing else serves:
     // nowhere to go, and the call was never sent: the slot's 502.
@@ -496,11 +508,7 @@ async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
 async fn with_migration_off_a_session_of_a_gone_slot_gets_the_404() {
     let (blue, _b) = recording("blue").await;
     let (green, _g) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = support::start(config(dir.path(), blue, green, "off").load()).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "off", |c| c).await;
     let sid = open(&client, &url).await;
     let r = support::ctl(&socket, "weights blue=100 green=1").await;
     assert!(r.get("error").is_none(), "{r}");
@@ -565,14 +573,10 @@ fn start_call(
 async fn a_call_in_flight_at_the_cut_may_answer_within_its_grace() {
     let blue = upstream("blue").await;
     let (green, _g) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), blue.port, green, "replay")
-        .set_str("drain", "migrate_call_grace", "3s")
-        .load();
-    let proxy = support::start(cfg).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue.port, green, "replay", |c| {
+        c.set_str("drain", "migrate_call_grace", "3s")
+    })
+    .await;
     let sid = open(&client, &url).await;
 
     let held = start_call(&client, &url, &sid, 2, "held");
@@ -628,11 +632,7 @@ async fn a_call_in_flight_at_the_cut_may_answer_within_its_grace() {
 async fn drain_migrate_cuts_a_drain_already_running() {
     let (blue, _b) = recording("blue").await;
     let (green, _g) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
     let sid = open(&client, &url).await;
     let get = http::Request::get(&url)
         .header("mcp-session-id", &sid)
@@ -717,11 +717,7 @@ async fn get_stream(
 async fn a_reconnecting_get_of_a_moved_session_resumes_only_what_the_new_slot_sent() {
     let (blue, _b) = recording("blue").await;
     let (green, green_seen) = recording("green").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let proxy = support::start(config(dir.path(), blue, green, "replay").load()).await;
-    let url = format!("http://{}/mcp", proxy.public_addr);
-    let socket = dir.path().join("control.sock");
-    let client = http_client();
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
     let sid = open(&client, &url).await;
     let (old_id, stream) = get_stream(&client, &url, &sid, None).await;
     assert_eq!(
