@@ -21,6 +21,64 @@ use support::{closed_port, Harness, TestConfig};
 /// The streams held across the upgrade.
 const STREAMS: usize = 50;
 
+/// A continuous load of Streamable HTTP requests (an `initialize`, so a new
+/// session each) on four keep-alive connections, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(base: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            let client = http_client();
+            let url = format!("{base}/mcp");
+            tasks.push(tokio::spawn(async move {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, _, body) = post_json(&client, &url, None, initialize()).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if status != 200 || !body.contains("\"result\"") {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if errors.len() < 5 {
+                            errors.push(format!("{status}: {body}"));
+                        }
+                    }
+                }
+                errors
+            }));
+        }
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Requests sent so far.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Stops the loops: requests sent, failed, and the first failures.
+    async fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.expect("load task"));
+        }
+        let sent = self.sent.load(Ordering::Relaxed);
+        (sent, self.failed.load(Ordering::Relaxed), errors)
+    }
+}
+
 /// A process this test started indirectly (the new process of an upgrade):
 /// SIGKILLed when dropped, so that a failing test leaves nothing behind.
 struct Pid(i32);
@@ -94,29 +152,8 @@ async fn an_upgrade_under_load_loses_no_request_cuts_no_stream_and_keeps_affinit
 
     // A continuous load of Streamable HTTP requests (a new session each) on
     // keep-alive connections, through the whole upgrade.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        let client = http_client();
-        let url = format!("{base}/mcp");
-        load.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let (status, _, body) = post_json(&client, &url, None, initialize()).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if status != 200 || !body.contains("\"result\"") {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    if errors.len() < 5 {
-                        errors.push(format!("{status}: {body}"));
-                    }
-                }
-            }
-            errors
-        }));
-    }
-    support::until("the load runs", || sent.load(Ordering::Relaxed) > 50).await;
+    let load = Load::start(&base);
+    support::until("the load runs", || load.sent() > 50).await;
 
     let out = ctl(
         &socket,
@@ -133,7 +170,7 @@ async fn an_upgrade_under_load_loses_no_request_cuts_no_stream_and_keeps_affinit
     let _new = Pid(new_pid);
     assert_eq!(reply["old_pid"], old.id());
     assert!(alive(new_pid));
-    let after_upgrade = sent.load(Ordering::Relaxed);
+    let after_upgrade = load.sent();
 
     // The control socket is the new process's; the old one still holds the
     // streams, so blue's drain goes on waiting for them.
@@ -170,7 +207,7 @@ async fn an_upgrade_under_load_loses_no_request_cuts_no_stream_and_keeps_affinit
         assert_eq!(who, "blue");
     }
     support::until("the load ran on the new process", || {
-        sent.load(Ordering::Relaxed) > after_upgrade + 50
+        load.sent() > after_upgrade + 50
     })
     .await;
     let st = status(&socket);
@@ -190,16 +227,10 @@ async fn an_upgrade_under_load_loses_no_request_cuts_no_stream_and_keeps_affinit
     .await;
     assert!(status(&socket).get("handover").is_none());
 
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for l in load {
-        errors.extend(l.await.expect("load task"));
-    }
+    let (sent, failed, errors) = load.stop().await;
     assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "of {} requests, these failed (the first few): {errors:?}",
-        sent.load(Ordering::Relaxed)
+        failed, 0,
+        "of {sent} requests, these failed (the first few): {errors:?}"
     );
     // The new process serves on alone; its admin listener is the old one's socket.
     let ready = support::mcp::get_text(&client, &format!("http://127.0.0.1:{admin}/readyz")).await;
@@ -362,28 +393,7 @@ async fn upgrades_under_load(n: usize) -> (u64, u64) {
     let binaries = [PathBuf::from(BIN), rebuilt(h.dir.path())];
     let base = format!("http://127.0.0.1:{public}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        let client = http_client();
-        let url = format!("{base}/mcp");
-        load.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let (status, _, body) = post_json(&client, &url, None, initialize()).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if status != 200 || !body.contains("\"result\"") {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    if errors.len() < 5 {
-                        errors.push(format!("{status}: {body}"));
-                    }
-                }
-            }
-            errors
-        }));
-    }
+    let load = Load::start(&base);
     let started = std::time::Instant::now();
     let mut current: Option<Pid> = None;
     for i in 0..n {
@@ -417,12 +427,7 @@ async fn upgrades_under_load(n: usize) -> (u64, u64) {
             std::mem::forget(old);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for l in load {
-        errors.extend(l.await.expect("load task"));
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed, errors) = load.stop().await;
     println!(
         "upgrades under load: {n} upgrades in {:.1}s, {STREAMS} SSE sessions held across each; \
          requests sent {sent}, failed {failed}; first failures: {errors:?}",
