@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use support::mcp::{http_client, initialize, post_json};
 use support::proc::{ctl, ProxyProcess, BIN};
-use support::{closed_port, Harness};
+use support::Harness;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -152,11 +152,7 @@ fn lines(msg: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notification_protocol_is_spoken_at_start_reload_upgrade_and_stop() {
     let h = Harness::new().await;
-    let (public, admin) = (closed_port(), closed_port());
-    let cfg =
-        h.builder()
-            .listen_port(public)
-            .set_str("admin", "addr", format!("127.0.0.1:{admin}"));
+    let (cfg, public, _admin) = h.builder_on_ports();
     let path = cfg.write();
     let socket = cfg.socket();
     let mut notify = Notify::new(h.dir.path());
@@ -253,11 +249,7 @@ async fn the_notification_protocol_is_spoken_at_start_reload_upgrade_and_stop() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_passed_by_socket_activation_are_served() {
     let h = Harness::new().await;
-    let (public, admin) = (closed_port(), closed_port());
-    let cfg =
-        h.builder()
-            .listen_port(public)
-            .set_str("admin", "addr", format!("127.0.0.1:{admin}"));
+    let (cfg, public, admin) = h.builder_on_ports();
     let path = cfg.write();
     support::tools::ensure("systemd");
     let activate = PathBuf::from("/usr/bin/systemd-socket-activate");

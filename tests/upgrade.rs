@@ -118,13 +118,8 @@ fn slot<'a>(status: &'a Value, name: &str) -> &'a Value {
 /// Proxy config on fixed loopback ports (the new process must find the same
 /// addresses in its config to take the sockets over).
 fn config(h: &Harness) -> (TestConfig, u16, u16) {
-    let (public, admin) = (closed_port(), closed_port());
-    let cfg = h
-        .builder()
-        .listen_port(public)
-        .set_str("admin", "addr", format!("127.0.0.1:{admin}"))
-        .set_str("drain", "deadline", "5m");
-    (cfg, public, admin)
+    let (cfg, public, admin) = h.builder_on_ports();
+    (cfg.set_str("drain", "deadline", "5m"), public, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

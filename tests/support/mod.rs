@@ -54,6 +54,19 @@ impl Harness {
         TestConfig::blue_green(self.dir.path(), self.blue, self.green)
     }
 
+    /// [`Harness::builder`] with the public and admin listeners on fixed
+    /// loopback ports (a process started from it, or one that takes its
+    /// sockets over, must find the same addresses): (config, public, admin).
+    pub fn builder_on_ports(&self) -> (TestConfig, u16, u16) {
+        let (public, admin) = (closed_port(), closed_port());
+        let cfg = self.builder().listen_port(public).set_str(
+            "admin",
+            "addr",
+            format!("127.0.0.1:{admin}"),
+        );
+        (cfg, public, admin)
+    }
+
     pub fn config(&self) -> Config {
         self.builder().load()
     }
