@@ -514,16 +514,6 @@ pub fn read(body: &[u8]) -> (Kind, Option<Bytes>) {
     (kind, id.map(|t| Bytes::copy_from_slice(t.as_bytes())))
 }
 
-/// The method of a buffered JSON-RPC body ([`read`]).
-pub fn kind(body: &[u8]) -> Kind {
-    read(body).0
-}
-
-/// The id of a buffered JSON-RPC request, as JSON text ([`read`]).
-pub fn request_id(body: &[u8]) -> Option<Bytes> {
-    read(body).1
-}
-
 /// The JSON-RPC error for a call the proxy cut (drain deadline, `drain
 /// --migrate`, a slot that went away mid-call).
 pub fn interrupted(id: &[u8]) -> Bytes {
@@ -549,6 +539,14 @@ pub fn interrupted_event(id: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kind(body: &[u8]) -> Kind {
+        read(body).0
+    }
+
+    fn request_id(body: &[u8]) -> Option<Bytes> {
+        read(body).1
+    }
 
     #[test]
     fn kinds_and_ids_from_bodies() {
