@@ -787,6 +787,20 @@ async fn probe_speaks_2026_07_28_to_a_server_that_speaks_nothing_else() {
     let _ = proxy.start_kill();
 }
 
+/// Python 1.x SDK servers as blue and green behind a proxy with `[drain]
+/// migrate = mode`: (blue's server, green's, the proxy's directory, its
+/// control socket, its base URL, the proxy).
+async fn migration_rig(mode: &str) -> (Proc, Proc, tempfile::TempDir, PathBuf, String, Child) {
+    let (blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (green_srv, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    let (dir, socket, base, proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("drain", "quiet", "100ms")
+            .set_str("drain", "migrate", mode)
+    })
+    .await;
+    (blue_srv, green_srv, dir, socket, base, proxy)
+}
+
 /// Issue 16, live session migration. An SDK client holding a Streamable HTTP
 /// session calls `whoami` every 100 ms (`ticker`) while a second one has a
 /// long `slow` call running on blue, through `deploy green` with a 2 s
@@ -797,15 +811,8 @@ async fn probe_speaks_2026_07_28_to_a_server_that_speaks_nothing_else() {
 /// after blue is gone are answered by green. With migration off (the
 /// baseline) the same run fails calls once blue is gone.
 async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
-    let (_blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
-    let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
     let mode = if replay { "replay" } else { "off" };
-    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
-        c.set_str("drain", "quiet", "100ms")
-            .set_str("drain", "migrate", mode)
-    })
-    .await;
-    let mut blue_srv = _blue_srv;
+    let (mut blue_srv, _green, _dir, socket, base, mut proxy) = migration_rig(mode).await;
     let mut ticker = client(client_sdk, &base, "streamable-http").await;
     assert_ok(
         &ticker.call("whoami").await,
@@ -941,14 +948,8 @@ async fn migration_off_python1_client_fails_across_a_deploy_baseline() {
 /// draining after a flip, so green serves): with replay, each session's next
 /// call is answered by green; with migration off it fails.
 async fn migration_after_kill(replay: bool) {
-    let (blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
-    let (_green, green) = server(Sdk::Py1, "green", "streamable-http").await;
     let mode = if replay { "replay" } else { "off" };
-    let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
-        c.set_str("drain", "quiet", "100ms")
-            .set_str("drain", "migrate", mode)
-    })
-    .await;
+    let (blue_srv, _green, _dir, socket, base, mut proxy) = migration_rig(mode).await;
     let mut clients = Vec::new();
     for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
         let mut c = client(sdk, &base, "streamable-http").await;
