@@ -437,11 +437,11 @@ fn a_restart_says_what_it_restored_and_a_deploy_to_the_active_slot_is_refused() 
 
     let mut proxy = ProxyProcess::spawn(&path, &cfg.socket(), &[]);
     proxy.wait_ready();
-    let log = proxy.stderr();
     let expected = format!(
         "state restored from {} (active: green, generation 1); start with --ignore-state to use the config's weights",
         cfg.state_file().display()
     );
+    let log = proxy.stderr_with(&expected);
     assert!(log.contains(&expected), "{log}");
     let run = ctl_bin(&cfg.socket(), &["deploy", "green"]);
     assert_eq!(run.code, Some(1), "{run:?}");

@@ -286,7 +286,8 @@ async fn sockets_passed_by_socket_activation_are_served() {
     assert_eq!(code, 200);
     let ready = support::mcp::get_text(&client, &format!("http://127.0.0.1:{admin}/readyz")).await;
     assert!(ready.contains("\"ready\":true"), "{ready}");
-    let log = proxy.stderr();
+    proxy.stderr_with("[listen] addr: listening socket taken over");
+    let log = proxy.stderr_with("[admin] addr: listening socket taken over");
     assert!(
         log.contains("[listen] addr: listening socket taken over")
             && log.contains("[admin] addr: listening socket taken over"),

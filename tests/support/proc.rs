@@ -65,6 +65,21 @@ impl ProxyProcess {
             .clone()
     }
 
+    /// The stderr read so far once it contains `needle` (or after 10 s):
+    /// the log reaches the test through a reader thread, so a line the
+    /// process wrote before it became ready may not be here yet when
+    /// `wait_ready` returns.
+    pub fn stderr_with(&self, needle: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.stderr();
+            if log.contains(needle) || Instant::now() >= end {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn id(&self) -> u32 {
         self.child.id()
     }
