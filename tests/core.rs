@@ -488,3 +488,47 @@ async fn a_session_delete_does_not_hold_the_drain_quiet_period() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A client body sent in chunks with a pause between them: the first chunk
+/// goes with the request head, the rest streams after it, and the slot gets
+/// the whole body (the proxy's own HTTP/1.1 client, chunked coding upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_reaches_the_slot_whole() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"chunked","version":"1"}}}"#;
+    let (a, b) = body.split_at(40);
+    let mut raw = tokio::net::TcpStream::connect(p.public_addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        p.public_addr,
+        a.len()
+    );
+    raw.write_all(head.as_bytes()).await.expect("write");
+    raw.write_all(a).await.expect("write");
+    raw.write_all(b"\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raw.write_all(format!("{:x}\r\n", b.len()).as_bytes())
+        .await
+        .expect("write");
+    raw.write_all(b).await.expect("write");
+    raw.write_all(b"\r\n0\r\n\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf),
+    )
+    .await
+    .expect("the answer within 10 s")
+    .expect("read");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("\"id\":7") && text.contains("protocolVersion"),
+        "{text}"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}

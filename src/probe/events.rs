@@ -22,7 +22,7 @@ pub enum EventError {
     #[error("SSE event larger than {} MiB", MAX_EVENT >> 20)]
     TooLarge,
     #[error("SSE stream broke: {0}")]
-    Broken(#[from] hyper::Error),
+    Broken(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("SSE stream ended")]
     Ended,
 }
@@ -37,7 +37,8 @@ pub struct EventReader<B = Incoming> {
 
 impl<B> EventReader<B>
 where
-    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub fn new(body: B) -> Self {
         EventReader {
@@ -61,7 +62,7 @@ where
                         self.buf.extend_from_slice(&data);
                     }
                 }
-                Some(Err(e)) => return Err(EventError::Broken(e)),
+                Some(Err(e)) => return Err(EventError::Broken(e.into())),
                 None => return Err(EventError::Ended),
             }
         }

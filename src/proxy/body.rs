@@ -35,7 +35,7 @@ use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{HttpError, UpstreamBody};
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -183,12 +183,12 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = HttpError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
@@ -275,7 +275,7 @@ impl Stream {
     }
 
     /// Ends the stream after a cut: the error event first if the call is unanswered.
-    fn end_cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn end_cut(&mut self) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         self.finish();
         match self.cut_reply() {
             Some(event) => Poll::Ready(Some(Ok(Frame::data(event)))),
@@ -298,7 +298,7 @@ impl Stream {
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         if self.done {
             return Poll::Ready(None);
         }

@@ -1,38 +1,37 @@
 //! The client a slot forwards through: a pool of our own HTTP/1.1 connections
-//! (`hyper::client::conn::http1`, TCP, rustls for `https://` upstreams), and
+//! (TCP, rustls for `https://` upstreams; the wire format is [`h1`]'s), and
 //! the classification of its failures.
 //!
-//! Why not hyper-util's legacy client: on every request it checks a
-//! connection out of a keyed pool, hops through a channel to the connection's
-//! dispatch, rebuilds the request URI into origin-form and spawns a task that
-//! waits for the connection to become idle again. A slot's client talks to
-//! one upstream, so here a request takes the newest idle connection from one
-//! list (LIFO: the warmest, and the oldest age out), sends on it directly, and
-//! the response body itself puts the connection back when it ends (see
-//! [`UpstreamBody`]): no key hashing, no extra task.
+//! A slot's client talks to one upstream, so a request takes the newest idle
+//! connection from one list (LIFO: the warmest, and the oldest age out),
+//! writes itself on it from its own task and reads the answer's head; the
+//! response body reads the rest off the same socket and puts the connection
+//! back the moment its last byte is read (see [`UpstreamBody`]). No
+//! connection task, no channel between tasks, no key hashing.
 //!
-//! A connection is handed out only while its dispatcher says it is ready for
-//! a request (`is_ready`); a closed one (the upstream hung up while it idled)
-//! is dropped when met. A request that a reused connection could not even
-//! start sending (it closed in the meantime) is sent once more on a new one.
-//! Idle connections older than `pool_idle_timeout` are closed by a reaper task
-//! that lives as long as the pool.
+//! A connection is handed out only while it is open (`Conn::is_open`: the
+//! upstream neither closed it nor sent anything while it idled). A request
+//! whose first write failed on a reused connection (it closed in the
+//! meantime) is sent once more on a new one. Idle connections older than
+//! `pool_idle_timeout`, or closed by the upstream, are dropped by a reaper
+//! task that lives as long as the pool.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
+use crate::upstream::h1::{self, Conn, Decoded, Framing, Head, HttpError, Io, ReqFraming};
 
 /// Kinds of upstream failure, the `kind` label of `mcpflip_upstream_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +94,7 @@ pub enum ClientError {
     },
     /// The HTTP exchange failed (the connection broke, the answer did not parse).
     #[error("the upstream connection failed")]
-    Http(#[source] hyper::Error),
+    Http(#[source] HttpError),
 }
 
 /// Why a forwarded request got no response head.
@@ -136,7 +135,6 @@ struct Pool {
     idle_timeout: Duration,
     connect_timeout: Duration,
     tls: tokio_rustls::TlsConnector,
-    h1: http1::Builder,
     /// The reaper of expired idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -169,32 +167,34 @@ impl Target {
 }
 
 struct Idle {
-    tx: SendRequest<ForwardBody>,
+    conn: Conn,
     target: Target,
     since: Instant,
 }
 
-/// The response head's connection, on its way back to the pool.
-struct Pooled {
-    tx: SendRequest<ForwardBody>,
-    target: Target,
+/// Where a response body's connection goes back to.
+struct Home {
     pool: Arc<Pool>,
+    target: Target,
 }
 
-/// The response body of an upstream answer. Its connection goes back to the
-/// pool when the body has ended and the connection is ready for the next
-/// request; a body dropped before its end closes the connection (the rest of
-/// the answer would otherwise be read as the next one's).
-#[derive(Debug)]
+/// The response body of an upstream answer, read straight off its
+/// connection. The connection goes back to the pool the moment the body's
+/// last byte is read (when the upstream keeps it alive); a body dropped
+/// before its end closes the connection (the rest of the answer would
+/// otherwise be read as the next one's).
 pub struct UpstreamBody {
-    inner: Incoming,
-    pooled: Option<Pooled>,
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    home: Option<Home>,
 }
 
-impl std::fmt::Debug for Pooled {
+impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pooled")
-            .field("target", &self.target)
+        f.debug_struct("UpstreamBody")
+            .field("framing", &self.framing)
+            .field("keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
     }
 }
@@ -219,15 +219,13 @@ impl UpstreamClient {
         pool_idle: Duration,
         mut tls: rustls::ClientConfig,
     ) -> Self {
-        // HTTP/1.1 only upstream, as before (hyper-rustls offered just http/1.1).
+        // HTTP/1.1 only upstream.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let h1 = http1::Builder::new();
         let pool = Pool {
             idle: Mutex::new(Vec::new()),
             idle_timeout: pool_idle,
             connect_timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            h1,
             reaping: std::sync::atomic::AtomicBool::new(false),
         };
         Self {
@@ -247,13 +245,14 @@ impl UpstreamClient {
         self.response_timeout
     }
 
-    /// Idle connections a request could take now: ready, not expired.
+    /// Idle connections a request could take now: open, not expired.
     pub fn idle_connections(&self) -> usize {
         let now = Instant::now();
         self.pool
             .lock()
-            .iter()
-            .filter(|e| e.tx.is_ready() && now.duration_since(e.since) < self.pool.idle_timeout)
+            .iter_mut()
+            .map(|e| now.duration_since(e.since) < self.pool.idle_timeout && e.conn.is_open())
+            .filter(|&open| open)
             .count()
     }
 
@@ -261,7 +260,7 @@ impl UpstreamClient {
     /// keep their own timeout.
     pub async fn request(
         &self,
-        mut req: Request<ForwardBody>,
+        req: Request<ForwardBody>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let uri = req.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
@@ -271,11 +270,7 @@ impl UpstreamClient {
             https: *scheme == Scheme::HTTPS,
             authority: authority.clone(),
         };
-        let pq = uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
+        // The request line is origin-form: the URI's path and query.
         self.pool.send(target, req).await.map_err(|(e, _)| e)
     }
 
@@ -343,23 +338,22 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest idle connection to `target` that is ready for a request.
-    fn checkout(&self, target: &Target) -> Option<SendRequest<ForwardBody>> {
+    /// The newest idle connection to `target` that is still open.
+    fn checkout(&self, target: &Target) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.lock();
-        // Newest first; closed or expired ones met on the way are dropped (a
-        // connection is put back only when ready: one that is not ready now
-        // has closed). A slot's client has one target, so the newest is
-        // almost always the one taken.
+        // Newest first; closed or expired ones met on the way are dropped. A
+        // slot's client has one target, so the newest is almost always the
+        // one taken.
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             if !idle[i].target.same(target) {
                 continue;
             }
-            let e = idle.remove(i);
-            if e.tx.is_ready() && now.duration_since(e.since) < self.idle_timeout {
-                return Some(e.tx);
+            let mut e = idle.remove(i);
+            if now.duration_since(e.since) < self.idle_timeout && e.conn.is_open() {
+                return Some(e.conn);
             }
         }
         None
@@ -372,49 +366,52 @@ impl Pool {
         target: Target,
         req: Request<ForwardBody>,
     ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
-        let (mut tx, reused) = match self.checkout(&target) {
-            Some(tx) => (tx, true),
+        let (mut conn, mut reused) = match self.checkout(&target) {
+            Some(conn) => (conn, true),
             // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
             // its future would otherwise make every request's future larger.
             None => match Box::pin(self.connect(&target)).await {
-                Ok(tx) => (tx, false),
+                Ok(conn) => (conn, false),
                 Err(e) => return Err((e, Some(Box::new(req)))),
             },
         };
-        let resp = match tx.try_send_request(req).await {
-            Ok(resp) => resp,
-            Err(mut e) => match e.take_message() {
+        let mut req = req;
+        let head = loop {
+            match exchange(&mut conn, &target, req, reused).await {
+                Ok(head) => break head,
                 // A reused connection closed before the request went out:
                 // nothing was sent, so it is safe to send once more.
-                Some(req) if reused => {
-                    tx = match Box::pin(self.connect(&target)).await {
-                        Ok(tx) => tx,
-                        Err(e) => return Err((e, Some(Box::new(req)))),
+                Err((_, Some(unsent))) if reused => {
+                    conn = match Box::pin(self.connect(&target)).await {
+                        Ok(conn) => conn,
+                        Err(e) => return Err((e, Some(unsent))),
                     };
-                    tx.send_request(req)
-                        .await
-                        .map_err(|e| (ClientError::Http(e), None))?
+                    req = *unsent;
+                    reused = false;
                 }
-                _ => return Err((ClientError::Http(e.into_error()), None)),
-            },
+                Err((e, _)) => return Err((ClientError::Http(e), None)),
+            }
         };
-        let (head, inner) = resp.into_parts();
-        let mut body = UpstreamBody {
-            inner,
-            pooled: Some(Pooled {
-                tx,
-                target,
+        let mut resp = Response::new(UpstreamBody {
+            conn: Some(conn),
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            home: Some(Home {
                 pool: Arc::clone(self),
+                target,
             }),
-        };
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
         // A body that ended with its head (204, Content-Length: 0): the
-        // connection may already be ready again.
-        body.release_if_ready();
-        Ok(Response::from_parts(head, body))
+        // connection is ready again now.
+        resp.body_mut().release_if_ended();
+        Ok(resp)
     }
 
-    /// A new connection to `target`, its dispatch task spawned.
-    async fn connect(&self, target: &Target) -> Result<SendRequest<ForwardBody>, ClientError> {
+    /// A new connection to `target`.
+    async fn connect(&self, target: &Target) -> Result<Conn, ClientError> {
         let authority = &target.authority;
         // `host()` keeps an IPv6 literal's brackets.
         let host = authority.host();
@@ -448,37 +445,20 @@ impl Pool {
                     authority: authority.clone(),
                     source,
                 })?;
-            self.handshake(tls).await
+            Ok(Conn::new(Io::Tls(Box::new(tls))))
         } else {
-            self.handshake(tcp).await
+            Ok(Conn::new(Io::Plain(tcp)))
         }
     }
 
-    async fn handshake<I>(&self, io: I) -> Result<SendRequest<ForwardBody>, ClientError>
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (tx, conn) = self
-            .h1
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(ClientError::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
-    }
-
     /// Puts a connection that is ready for a request back, newest last.
-    fn put(self: &Arc<Self>, tx: SendRequest<ForwardBody>, target: Target) {
+    fn put(self: &Arc<Self>, conn: Conn, target: Target) {
         let mut idle = self.lock();
         if idle.len() >= MAX_IDLE {
             return;
         }
         idle.push(Idle {
-            tx,
+            conn,
             target,
             since: Instant::now(),
         });
@@ -492,8 +472,135 @@ impl Pool {
     }
 }
 
-/// Closes a pool's idle connections once they have idled `timeout`, until
-/// the pool is gone.
+/// Writes `req` on `conn` and reads the response head. The whole request is
+/// written before the answer is read (MCP's requests are small JSON bodies).
+/// On a failed first write the request comes back in the error when nothing
+/// of it was taken from its body yet, or all of it was (then as a buffered
+/// body): the caller may send it on another connection.
+async fn exchange(
+    conn: &mut Conn,
+    target: &Target,
+    req: Request<ForwardBody>,
+    reused: bool,
+) -> Result<Head, (HttpError, Option<Box<Request<ForwardBody>>>)> {
+    let (parts, mut body) = req.into_parts();
+    let framing = ReqFraming::of(
+        &parts.method,
+        body.is_end_stream(),
+        body.size_hint().exact(),
+    );
+    let mut ended = framing == ReqFraming::None || body.is_end_stream();
+    // The body's first bytes, when they are already here, go with the head
+    // in one write.
+    let mut first: Option<Bytes> = None;
+    if !ended {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+        match polled.await {
+            Poll::Ready(Some(Ok(frame))) => {
+                first = frame.into_data().ok();
+                ended = body.is_end_stream();
+            }
+            Poll::Ready(None) => ended = true,
+            Poll::Ready(Some(Err(e))) => return Err((HttpError::Body(e), None)),
+            Poll::Pending => {}
+        }
+    }
+    let mut out = Vec::new();
+    h1::encode_head(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        target.authority.as_str(),
+        framing,
+        &mut out,
+    );
+    let mut sent: u64 = 0;
+    if let Some(d) = first.as_ref().filter(|d| !d.is_empty()) {
+        sent = d.len() as u64;
+        match framing {
+            ReqFraming::Chunked => h1::encode_chunk(d, &mut out),
+            _ => out.extend_from_slice(d),
+        }
+    }
+    if ended && framing == ReqFraming::Chunked {
+        out.extend_from_slice(h1::LAST_CHUNK);
+    }
+    match conn.io.write(&out).await {
+        Ok(n) => {
+            if let Err(e) = conn.io.write_all(&out[n..]).await {
+                return Err((e.into(), None));
+            }
+        }
+        Err(e) => {
+            let unsent = match first {
+                _ if !reused => None,
+                None => Some(body),
+                Some(d) if ended => Some(ForwardBody::from(d)),
+                Some(_) => None,
+            };
+            let unsent = unsent.map(|b| Box::new(Request::from_parts(parts, b)));
+            return Err((e.into(), unsent));
+        }
+    }
+    while !ended {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                ended = body.is_end_stream();
+                let Ok(d) = frame.into_data() else { continue };
+                if d.is_empty() {
+                    continue;
+                }
+                sent += d.len() as u64;
+                let result = match framing {
+                    ReqFraming::Chunked => {
+                        out.clear();
+                        h1::encode_chunk(&d, &mut out);
+                        if ended {
+                            out.extend_from_slice(h1::LAST_CHUNK);
+                        }
+                        conn.io.write_all(&out).await
+                    }
+                    _ => conn.io.write_all(&d).await,
+                };
+                result.map_err(|e| (HttpError::from(e), None))?;
+            }
+            Some(Err(e)) => return Err((HttpError::Body(e), None)),
+            None => {
+                ended = true;
+                if framing == ReqFraming::Chunked {
+                    conn.io
+                        .write_all(h1::LAST_CHUNK)
+                        .await
+                        .map_err(|e| (HttpError::from(e), None))?;
+                }
+            }
+        }
+    }
+    if let ReqFraming::Length(n) = framing {
+        if sent != n {
+            return Err((HttpError::BodyLength, None));
+        }
+    }
+    conn.io
+        .flush()
+        .await
+        .map_err(|e| (HttpError::from(e), None))?;
+    loop {
+        if let Some(head) =
+            h1::parse_response(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
+        {
+            return Ok(head);
+        }
+        match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) => return Err((HttpError::Closed, None)),
+            Ok(_) => {}
+            Err(e) => return Err((e.into(), None)),
+        }
+    }
+}
+
+/// Closes a pool's idle connections once they have idled `timeout`, or the
+/// upstream closed them, until the pool is gone.
 async fn reap(pool: Weak<Pool>, timeout: Duration) {
     // As hyper-util's pool: check every `timeout`, at least every 90 ms apart.
     let every = timeout.max(Duration::from_millis(90));
@@ -502,15 +609,13 @@ async fn reap(pool: Weak<Pool>, timeout: Duration) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        // Dropped outside the lock: closing a connection wakes its task.
-        let expired: Vec<Idle> = {
-            let mut idle = pool.lock();
-            let (keep, expired) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|e| !e.tx.is_closed() && now.duration_since(e.since) < timeout);
-            *idle = keep;
-            expired
-        };
+        // Dropped outside the lock.
+        let expired: Vec<Idle> = pool
+            .lock()
+            .extract_if(.., |e| {
+                now.duration_since(e.since) >= timeout || !e.conn.is_open()
+            })
+            .collect();
         drop(expired);
     }
 }
@@ -534,77 +639,91 @@ async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
 }
 
 impl UpstreamBody {
-    /// Gives the connection back once the body has ended and the connection is
-    /// ready; `cx` is woken when it becomes ready.
-    fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(p) = self.pooled.as_mut() else {
-            return Poll::Ready(());
-        };
-        match p.tx.poll_ready(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(ready) => {
-                if let Some(p) = self.pooled.take() {
-                    if ready.is_ok() {
-                        p.pool.put(p.tx, p.target);
-                    }
-                }
-                Poll::Ready(())
-            }
+    /// Once the body has ended: its connection goes back to the pool when
+    /// the upstream keeps it alive and sent nothing more, else it closes.
+    fn release_if_ended(&mut self) {
+        if self.framing == Framing::Empty {
+            self.framing = Framing::Done;
         }
-    }
-
-    fn release_if_ready(&mut self) {
-        if self.inner.is_end_stream() && self.pooled.as_ref().is_some_and(|p| p.tx.is_ready()) {
-            if let Some(p) = self.pooled.take() {
-                p.pool.put(p.tx, p.target);
+        if self.framing != Framing::Done {
+            return;
+        }
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.buf.is_empty() {
+                if let Some(home) = self.home.take() {
+                    home.pool.put(conn, home.target);
+                }
             }
         }
     }
 }
 
 impl Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Data = Bytes;
+    type Error = HttpError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    // The last bytes: give the connection back now if it is
-                    // ready, so that the body ends with this frame.
-                    let _ = this.poll_release(cx);
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match h1::decode(&mut this.framing, &mut conn.buf) {
+                Ok(Decoded::Data(d)) => {
+                    // The last bytes: the connection goes back now, so that
+                    // the body ends with this frame.
+                    this.release_if_ended();
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Ok(Decoded::End) => {
+                    this.release_if_ended();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
-            // The end is told only once the connection is back: the next
-            // request on this client connection then finds it idle.
-            Poll::Ready(None) => this.poll_release(cx).map(|()| None),
-            Poll::Ready(Some(Err(e))) => {
-                this.pooled = None;
-                Poll::Ready(Some(Err(e)))
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    this.conn = None;
+                    if this.framing == Framing::UntilClose {
+                        this.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(HttpError::Closed)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pooled.is_none() && self.inner.is_end_stream()
+        matches!(self.framing, Framing::Done | Framing::Empty)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            Framing::Done | Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // Ended but not yet given back (hyper stopped at the last frame): give
-        // it back if ready; otherwise it is dropped, and with it the connection.
-        self.release_if_ready();
+        // Ended but not yet given back: give it back; otherwise it is
+        // dropped, and with it the connection.
+        self.release_if_ended();
     }
 }
 
@@ -621,26 +740,11 @@ pub fn classify(err: &ClientError) -> UpstreamError {
         | ClientError::Connect { .. }
         | ClientError::ServerName(_)
         | ClientError::Tls { .. } => UpstreamError::Connect,
-        ClientError::Http(e) => {
-            let timed_out = e.is_timeout()
-                || chain(e).any(|e| {
-                    e.downcast_ref::<std::io::Error>()
-                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                });
-            if timed_out {
-                UpstreamError::Timeout
-            } else {
-                UpstreamError::Reset
-            }
+        ClientError::Http(HttpError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            UpstreamError::Timeout
         }
+        ClientError::Http(_) => UpstreamError::Reset,
     }
-}
-
-/// `err`'s source chain, `err` excluded.
-fn chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(err.source(), |e| e.source())
 }
 
 #[cfg(test)]
@@ -660,6 +764,8 @@ mod tests {
         CloseAfterOne,
         /// Promises 10 bytes, sends 2, then waits.
         Stall,
+        /// Answers every request with a chunked body, keeps the connection.
+        Chunked,
     }
 
     struct Counts {
@@ -695,6 +801,9 @@ mod tests {
                         buf.clear();
                         let answer: &[u8] = match mode {
                             Upstream::Stall => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
+                            Upstream::Chunked => {
+                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\no\r\n1;x=y\r\nk\r\n0\r\nT: 1\r\n\r\n"
+                            }
                             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                         };
                         if sock.write_all(answer).await.is_err() {
@@ -734,6 +843,19 @@ mod tests {
         let (authority, counts) = upstream(Upstream::KeepAlive).await;
         let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
         for _ in 0..5 {
+            let resp = client.request(get(&authority)).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            assert_eq!(client.idle_connections(), 1);
+        }
+        assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_decoded_and_its_connection_reused() {
+        let (authority, counts) = upstream(Upstream::Chunked).await;
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
+        for _ in 0..3 {
             let resp = client.request(get(&authority)).await.unwrap();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");

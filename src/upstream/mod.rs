@@ -4,6 +4,8 @@
 
 pub mod body;
 pub mod client;
+pub mod h1;
 
 pub use body::{BodyState, BodyWatch, ClientBodyError, ForwardBody};
 pub use client::{classify, ClientError, SendError, UpstreamBody, UpstreamClient, UpstreamError};
+pub use h1::HttpError;

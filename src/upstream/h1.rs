@@ -1,0 +1,739 @@
+//! HTTP/1.1 on an upstream connection, without a connection task: the
+//! request's own task writes the request head and body and reads the response
+//! head, and the response body reads the rest straight off the socket.
+//!
+//! Why not `hyper::client::conn::http1`: it runs each connection as a task of
+//! its own and hands every request, response head and body chunk between that
+//! task and the request's through channels (three task hand-offs per
+//! request), and it keeps, per connection, an 8 KiB write-head buffer, its
+//! read buffer and a 10 KiB dispatch channel block for as long as the
+//! connection lives: an open SSE stream's included (bench/PROFILE.md §6).
+//! Here an idle stream holds its socket and a few words of state; a read
+//! copies what arrived out of a stack buffer into an allocation of its size,
+//! handed on as the frame.
+//!
+//! What the codec accepts is RFC 9112's message framing, strictly: a response
+//! head of at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers, a
+//! `Content-Length` that is one number (repeated copies must agree), chunked
+//! coding as the last transfer coding (any other: read to close), 1xx
+//! interim answers skipped, no body for HEAD, 204 and 304.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The largest response head accepted (nginx's `proxy_buffer_size` is 4-8 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most response headers accepted (hyper's client default).
+pub const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line and the most trailer bytes accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// One read's most bytes (a stack buffer: nothing is held between reads).
+const READ_SIZE: usize = 8 * 1024;
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The socket failed (reset, timed out).
+    #[error("the upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    /// The upstream closed the connection before its answer was complete.
+    #[error("the upstream closed the connection before its answer was complete")]
+    Closed,
+    /// The upstream's answer is not HTTP/1.1 as RFC 9112 frames it.
+    #[error("the upstream's answer is malformed: {0}")]
+    Malformed(&'static str),
+    /// The request body ended before the length its head announced.
+    #[error("the request body ended before its Content-Length")]
+    BodyLength,
+    /// The request body failed while it was being sent (see its `BodyWatch`).
+    #[error("the request body failed: {0}")]
+    Body(#[source] crate::upstream::body::ClientBodyError),
+}
+
+/// An upstream connection's byte stream.
+pub enum Io {
+    Plain(TcpStream),
+    /// Boxed: the TLS state is large and most slots are plain.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection and the bytes read from it but not yet used.
+pub struct Conn {
+    pub io: Io,
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: Io) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// True when an idle connection can take a request: the upstream has
+    /// neither closed it nor sent anything unasked. Polls once with a waker
+    /// that does nothing: a socket with no news answers `Pending` from
+    /// tokio's cached readiness without a system call.
+    pub fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        let mut rb = ReadBuf::uninit(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// Reads once more into `buf`; `Ok(0)` at the end of the stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut rb = ReadBuf::uninit(&mut stack);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                // An empty buffer allocates just what arrived: an idle
+                // stream keeps no read buffer between events.
+                self.buf.extend_from_slice(rb.filled());
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqFraming {
+    /// No body and no framing header (a GET).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl ReqFraming {
+    /// The framing of a body: `end` when it has nothing to send, `exact` its
+    /// size when known. A method that carries content gets `Content-Length: 0`
+    /// for an empty body, as hyper's client sent it.
+    pub fn of(method: &Method, end: bool, exact: Option<u64>) -> ReqFraming {
+        if end {
+            let content = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+            return if content {
+                ReqFraming::Length(0)
+            } else {
+                ReqFraming::None
+            };
+        }
+        match exact {
+            Some(n) => ReqFraming::Length(n),
+            None => ReqFraming::Chunked,
+        }
+    }
+}
+
+/// Writes the request head into `out`: the request line (origin-form: the
+/// URI's path and query), the headers but the framing ones (given by
+/// `framing`), and `Host: host` when the headers carry none.
+pub fn encode_head(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    host: &str,
+    framing: ReqFraming,
+    out: &mut Vec<u8>,
+) {
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(method.as_str().len() + target.len() + size + host.len() + 64);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ReqFraming::None => {}
+        ReqFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n, &mut [0; 20]));
+            out.extend_from_slice(b"\r\n");
+        }
+        ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of chunked coding (`data` must not be empty).
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of chunked coding, without trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// How the response body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all (HEAD, 204, 304, `Content-Length: 0`).
+    Empty,
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked coding, in this state.
+    Chunked(Chunk),
+    /// Everything until the upstream closes (the connection is not reused).
+    UntilClose,
+    /// The body has ended.
+    Done,
+}
+
+/// Where chunked decoding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// At the CRLF after a chunk's data.
+    DataEnd,
+    /// In the trailer section, this many bytes read of it.
+    Trailers(usize),
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once this body has ended.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head off the front of `buf`: `Ok(None)` while it is
+/// incomplete. Interim 1xx heads are dropped. The header values share the
+/// head's bytes (no copy); what follows the head stays in `buf`.
+pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HttpError> {
+    loop {
+        // Offsets into `buf` of each name and value, so that the bytes can be
+        // split off (httparse's slices borrow `buf`).
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut headers);
+        let base = buf.as_ptr() as usize;
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD {
+                    return Err(HttpError::Malformed("response head too large"));
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(HttpError::Malformed("too many response headers"))
+            }
+            Err(_) => return Err(HttpError::Malformed("response head does not parse")),
+        };
+        if len > MAX_HEAD {
+            return Err(HttpError::Malformed("response head too large"));
+        }
+        let code = res.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| HttpError::Malformed("bad status code"))?;
+        let version = if res.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(HttpError::Malformed(
+                    "101 to a request that asked no upgrade",
+                ));
+            }
+            // 100 Continue, 103 Early Hints: the answer follows.
+            buf.advance(len);
+            continue;
+        }
+        let count = res.headers.len();
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            *span = (
+                n as u32,
+                (n + h.name.len()) as u32,
+                v as u32,
+                (v + h.value.len()) as u32,
+            );
+        }
+        let head = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                .map_err(|_| HttpError::Malformed("bad header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                .map_err(|_| HttpError::Malformed("bad header value"))?;
+            map.append(name, value);
+        }
+        let (framing, framed) = framing(method, status, &map)?;
+        let keep_alive = framed && version == Version::HTTP_11 && !has_token(&map, "close");
+        return Ok(Some(Head {
+            status,
+            version,
+            headers: map,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body's framing (RFC 9112 §6.3), and whether its end is known without
+/// the connection closing.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    h: &HeaderMap,
+) -> Result<(Framing, bool), HttpError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        // The last coding decides; both with Content-Length: the length is
+        // ignored and the connection not reused (§6.3 item 3).
+        let last = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        if chunked {
+            return Ok((
+                Framing::Chunked(Chunk::Size),
+                !h.contains_key(header::CONTENT_LENGTH),
+            ));
+        }
+        return Ok((Framing::UntilClose, false));
+    }
+    let mut length: Option<u64> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii())
+                .ok_or(HttpError::Malformed("bad Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+fn parse_length(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// True when a `Connection` header lists `token`.
+fn has_token(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// What decoding found at the front of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// More bytes are needed.
+    NeedMore,
+    /// The body has ended.
+    End,
+}
+
+/// Takes the next piece of the body off `buf` as `framing` frames it,
+/// advancing `framing`. `UntilClose` takes all there is (its end is the
+/// connection's: the caller's to see).
+pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, HttpError> {
+    loop {
+        match framing {
+            Framing::Empty | Framing::Done => {
+                *framing = Framing::Done;
+                return Ok(Decoded::End);
+            }
+            Framing::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                return Ok(Decoded::Data(take(buf, buf.len())));
+            }
+            Framing::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    *framing = Framing::Done;
+                }
+                return Ok(Decoded::Data(take(buf, n)));
+            }
+            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(HttpError::Malformed("chunk size line too long"));
+                    }
+                    return Ok(Decoded::NeedMore);
+                }
+                Err(_) => return Err(HttpError::Malformed("bad chunk size")),
+            },
+            Framing::Chunked(Chunk::Data(left)) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = (*left).min(buf.len() as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    *framing = Framing::Chunked(Chunk::DataEnd);
+                }
+                return Ok(Decoded::Data(take(buf, n)));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(HttpError::Malformed("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                // Trailer fields are dropped (nothing downstream uses them);
+                // an empty line ends the body.
+                let Some(eol) = memchr::memchr(b'\n', buf) else {
+                    if *seen + buf.len() > MAX_TRAILERS {
+                        return Err(HttpError::Malformed("trailers too large"));
+                    }
+                    return Ok(Decoded::NeedMore);
+                };
+                let line = &buf[..eol];
+                let empty = line.is_empty() || line == b"\r";
+                *seen += eol + 1;
+                buf.advance(eol + 1);
+                if empty {
+                    *framing = Framing::Done;
+                } else if *seen > MAX_TRAILERS {
+                    return Err(HttpError::Malformed("trailers too large"));
+                }
+            }
+        }
+    }
+}
+
+/// The first `n` bytes of `buf`, split off without a copy. A buffer taken
+/// whole is replaced by an empty one, so that no capacity stays behind.
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n == buf.len() {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &[u8], method: &Method) -> (Head, BytesMut) {
+        let mut buf = BytesMut::from(text);
+        let head = parse_response(&mut buf, method).unwrap().unwrap();
+        (head, buf)
+    }
+
+    fn body(mut framing: Framing, bytes: &[u8], step: usize) -> Result<Vec<u8>, HttpError> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decode(&mut framing, &mut buf)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::End => return Ok(out),
+                Decoded::NeedMore if fed < bytes.len() => {
+                    let end = (fed + step).min(bytes.len());
+                    buf.extend_from_slice(&bytes[fed..end]);
+                    fed = end;
+                }
+                Decoded::NeedMore => return Err(HttpError::Closed),
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_is_parsed_and_its_values_share_the_bytes() {
+        let (head, rest) = parse(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-A: 1\r\nX-A: 2\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            &Method::GET,
+        );
+        assert_eq!(head.status, 200);
+        assert_eq!(head.headers["content-type"], "text/event-stream");
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(head.framing, Framing::Chunked(Chunk::Size));
+        assert!(head.keep_alive);
+        assert_eq!(&rest[..], b"5\r\nhello\r\n");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_a_huge_one_is_refused() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nA: b\r\n"[..]);
+        assert!(parse_response(&mut buf, &Method::GET).unwrap().is_none());
+        let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        while huge.len() <= MAX_HEAD {
+            huge.extend_from_slice(b"X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(matches!(
+            parse_response(&mut huge, &Method::GET),
+            Err(HttpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn interim_answers_are_skipped() {
+        let (head, rest) = parse(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n\
+              HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            &Method::POST,
+        );
+        assert_eq!(head.status, 201);
+        assert_eq!(head.framing, Framing::Length(2));
+        assert_eq!(&rest[..], b"ok");
+        let mut up = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
+        assert!(parse_response(&mut up, &Method::GET).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |text: &[u8], m: &Method| parse(text, m).0;
+        let h = f(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            &Method::HEAD,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+        let h = f(b"HTTP/1.1 204 No Content\r\n\r\n", &Method::GET);
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(h.keep_alive);
+        let h = f(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+        let h = f(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Length(7));
+        // No length: until close, never reused.
+        let h = f(b"HTTP/1.1 200 OK\r\n\r\n", &Method::GET);
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.keep_alive);
+        let h = f(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, Framing::UntilClose);
+        // Chunked wins over a length, and the connection goes.
+        let h = f(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &Method::GET,
+        );
+        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
+        assert!(!h.keep_alive);
+        let h = f(
+            b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 1\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(!h.keep_alive);
+        let h = f(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+            &Method::GET,
+        );
+        assert!(!h.keep_alive);
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(parse_response(&mut buf, &Method::GET).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_their_cuts() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let out = body(Framing::Chunked(Chunk::Size), wire, step).unwrap();
+            assert_eq!(out, b"hello world", "step {step}");
+        }
+        assert!(body(Framing::Chunked(Chunk::Size), b"5\r\nhelloXX", 64).is_err());
+        assert!(body(Framing::Chunked(Chunk::Size), b"zz\r\n", 64).is_err());
+        // Cut short: the caller sees the connection end while bytes are owed.
+        assert!(matches!(
+            body(Framing::Chunked(Chunk::Size), b"5\r\nhel", 64),
+            Err(HttpError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let mut framing = Framing::Length(3);
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        assert_eq!(
+            decode(&mut framing, &mut buf).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
+        assert_eq!(decode(&mut framing, &mut buf).unwrap(), Decoded::End);
+        assert_eq!(&buf[..], b"def");
+    }
+
+    #[test]
+    fn the_request_head_carries_the_framing_and_a_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", HeaderValue::from_static("text/event-stream"));
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        let uri: http::Uri = "/mcp?x=1".parse().unwrap();
+        let mut out = Vec::new();
+        encode_head(
+            &Method::POST,
+            &uri,
+            &headers,
+            "up:80",
+            ReqFraming::Length(12),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"POST /mcp?x=1 HTTP/1.1\r\nhost: up:80\r\naccept: text/event-stream\r\n\
+              content-length: 12\r\n\r\n"
+        );
+        assert_eq!(
+            ReqFraming::of(&Method::GET, true, Some(0)),
+            ReqFraming::None
+        );
+        assert_eq!(
+            ReqFraming::of(&Method::POST, true, Some(0)),
+            ReqFraming::Length(0)
+        );
+        assert_eq!(
+            ReqFraming::of(&Method::POST, false, None),
+            ReqFraming::Chunked
+        );
+        let mut chunk = Vec::new();
+        encode_chunk(&[b'a'; 26], &mut chunk);
+        assert_eq!(&chunk[..4], b"1a\r\n");
+    }
+}
