@@ -49,6 +49,28 @@ fn runtime_builder() -> tokio::runtime::Builder {
     b
 }
 
+/// The proxy's runtime. One worker is one thread running everything: a
+/// current-thread runtime, without the multi-thread scheduler's work-stealing
+/// queues, idle-worker wake-ups and atomics. Since the upstream client writes
+/// and reads from the request's own task (no connection task to hand off to),
+/// a request lives on one task, and W1 at c=64 measured 0.92-0.98x nginx's
+/// requests/s against 0.80-0.82x with a one-worker multi-thread pool
+/// (bench/PROFILE.md §7). More workers (or `0`, one per core) are tokio's
+/// multi-thread pool.
+fn proxy_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
+        1 => {
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            b.enable_all()
+                .on_thread_park(mcpflip::log::access::flush_thread)
+                .on_thread_stop(mcpflip::log::access::flush_thread);
+            b.build()
+        }
+        0 => runtime(),
+        n => runtime_builder().worker_threads(n).build(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -107,16 +129,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let workers = config.proxy.workers;
-            // Multi-thread even for one worker: its LIFO slot runs a task woken by
-            // the task before it next, which keeps hyper's client dispatch hand-off
-            // (request task <-> connection task) short; a current-thread runtime
-            // measured worse in W1 and W2 relay p99 (BENCHMARKS.md).
-            let rt = if workers > 0 {
-                runtime_builder().worker_threads(workers).build()
-            } else {
-                runtime()
-            };
+            let rt = proxy_runtime(config.proxy.workers);
             let rt = match rt {
                 Ok(rt) => rt,
                 Err(e) => {

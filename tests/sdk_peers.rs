@@ -291,7 +291,13 @@ async fn start_proxy_with(
 ) -> (tempfile::TempDir, PathBuf, String, Child) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = support::closed_port();
-    let cfg = edit(TestConfig::blue_green(dir.path(), blue, green).listen_port(port));
+    // One worker, as the benchmarks run it: the SDK matrix runs the
+    // current-thread runtime (the other process tests run the multi-thread one).
+    let cfg = edit(
+        TestConfig::blue_green(dir.path(), blue, green)
+            .listen_port(port)
+            .set("proxy", "workers", "1"),
+    );
     let socket = cfg.socket();
     let proxy = Command::new(BIN)
         .args(["run", "--config"])
