@@ -24,6 +24,7 @@ use crate::proxy::host_guard::{authority_host, origin_host, HostGuard, Refused};
 use crate::proxy::sse::{
     find_in_query, find_session_param, EndpointRewrite, Rewritten, SseScanner,
 };
+use crate::upstream::h1;
 
 /// Fuzzer bytes as cut points and a payload: byte 0 says how many cuts
 /// (0 to 7), each cut is two little-endian bytes (taken modulo the payload's
@@ -489,4 +490,70 @@ pub fn state_file(data: &[u8]) {
         StateFile::of(&state),
         "{text:?} -> {written:?}"
     );
+}
+
+/// What reading one upstream answer came to: its head (status, header
+/// count), the body bytes decoded, and whether the body ended; or an error.
+#[derive(Debug, PartialEq, Eq)]
+enum H1Outcome {
+    Error,
+    Answer {
+        status: u16,
+        headers: usize,
+        body: Vec<u8>,
+        ended: bool,
+    },
+}
+
+/// Reads one answer from `pieces` as the client does: the head parsed after
+/// each read, then the body decoded after each read.
+fn h1_read(pieces: &[&[u8]]) -> H1Outcome {
+    let mut buf = bytes::BytesMut::new();
+    let mut rest = pieces.iter();
+    let head = loop {
+        match h1::parse_response(&mut buf, &http::Method::GET) {
+            Err(_) => return H1Outcome::Error,
+            Ok(Some(head)) => break head,
+            Ok(None) => match rest.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => return H1Outcome::Error,
+            },
+        }
+    };
+    let mut framing = head.framing;
+    let mut body = Vec::new();
+    loop {
+        match h1::decode(&mut framing, &mut buf) {
+            Err(_) => return H1Outcome::Error,
+            Ok(h1::Decoded::Data(d)) => {
+                assert!(!d.is_empty(), "an empty data frame");
+                body.extend_from_slice(&d);
+            }
+            Ok(h1::Decoded::End) => break,
+            Ok(h1::Decoded::NeedMore) => match rest.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => break,
+            },
+        }
+    }
+    H1Outcome::Answer {
+        status: head.status.as_u16(),
+        headers: head.headers.len(),
+        body,
+        ended: framing == h1::Framing::Done,
+    }
+}
+
+/// The upstream HTTP/1.1 codec (`upstream::h1`): an answer read in pieces,
+/// however the reads cut it, comes to what it comes to read whole (the same
+/// head, body bytes, end or error), and the body is never longer than what
+/// arrived.
+pub fn h1_response(data: &[u8]) {
+    let (payload, chunks) = chunked(data);
+    let whole = h1_read(&[payload]);
+    let cut = h1_read(&chunks);
+    assert_eq!(whole, cut, "read whole vs in {} pieces", chunks.len());
+    if let H1Outcome::Answer { body, .. } = &whole {
+        assert!(body.len() <= payload.len());
+    }
 }

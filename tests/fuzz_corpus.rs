@@ -40,6 +40,11 @@ fn replay(target: &str, property: fn(&[u8])) {
 }
 
 #[test]
+fn h1_response_corpus() {
+    replay("h1_response", mcpflip::fuzzing::h1_response);
+}
+
+#[test]
 fn sse_scanner_corpus() {
     replay("sse_scanner", mcpflip::fuzzing::sse_scanner);
 }

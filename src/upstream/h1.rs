@@ -474,6 +474,10 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, Http
             }
             Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {
+                    // As long a line is refused whole as in pieces.
+                    if used > MAX_CHUNK_LINE {
+                        return Err(HttpError::Malformed("chunk size line too long"));
+                    }
                     buf.advance(used);
                     *framing = Framing::Chunked(if size == 0 {
                         Chunk::Trailers(0)
@@ -521,12 +525,15 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, Http
                 };
                 let line = &buf[..eol];
                 let empty = line.is_empty() || line == b"\r";
+                // The limit counts the ending empty line too, so that it
+                // holds alike whatever the reads' cuts.
                 *seen += eol + 1;
+                if *seen > MAX_TRAILERS {
+                    return Err(HttpError::Malformed("trailers too large"));
+                }
                 buf.advance(eol + 1);
                 if empty {
                     *framing = Framing::Done;
-                } else if *seen > MAX_TRAILERS {
-                    return Err(HttpError::Malformed("trailers too large"));
                 }
             }
         }
