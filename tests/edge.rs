@@ -165,6 +165,50 @@ async fn idle_keepalive_connections_close_after_idle_timeout() {
     h.stop.cancel();
 }
 
+/// The idle timer is lazy (moved when it fires, not reset per request): a
+/// keep-alive connection whose requests come more often than
+/// `idle_timeout` stays open however long it lives, and closes no sooner
+/// than `idle_timeout` after its last request ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_timer_counts_from_the_last_request() {
+    let h = Harness::new().await;
+    let p = start(
+        &h,
+        &[("header_read_timeout", "300ms"), ("idle_timeout", "1s")],
+    )
+    .await;
+    let tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("h1 handshake");
+    let driver = tokio::spawn(conn);
+    // 3 s of requests 250 ms apart on one connection: three idle periods.
+    let started = tokio::time::Instant::now();
+    let mut last_end = started;
+    while started.elapsed() < Duration::from_secs(3) {
+        let resp = send
+            .send_request(support::get(p.public_addr, "/healthz"))
+            .await
+            .expect("the connection stays open while requests come");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.expect("body");
+        last_end = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::timeout(PATIENCE, driver)
+        .await
+        .expect("closed once idle")
+        .expect("join")
+        .expect("a clean close");
+    let idle = last_end.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed {idle:?} after the last request, before idle_timeout (1 s)"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// Defect 1 on the TLS listener: a silent TCP client, and clients that finish
 /// the handshake (ALPN h2, http/1.1) and then send nothing, are closed; plain
 /// HTTP sent to the TLS port is answered 400 saying so.

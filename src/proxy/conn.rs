@@ -15,10 +15,15 @@
 //!   HTTP/2 that ends the connection's other streams too; a forced drain
 //!   deadline is the point where that is acceptable.
 //!
-//! Nothing here runs per request beyond two atomic operations and, when a
-//! request ends with none left, one `Notify`.
+//! Nothing here runs per request beyond three atomic operations and a clock
+//! read: the idle timer is lazy (as nginx's and HAProxy's are). A request's
+//! end stores the time; the driver's timer, set for the idle deadline of an
+//! earlier request, moves itself to the new one when it fires. Only a
+//! driver whose timer found the connection busy asks to be woken by the end
+//! of the request (`Notify`), so a keep-alive connection's requests neither
+//! reset a timer nor wake the driver one by one.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,7 +68,13 @@ struct ConnState {
     /// Close once the open requests end, with no deadline (HTTP/2: GOAWAY;
     /// its open streams go on): the process is handing over or stopping.
     wind_down: AtomicBool,
-    /// Wakes the driver: the last request ended, or a stream was forced.
+    /// When a request last ended, in [`clock`] milliseconds.
+    last_end: AtomicU64,
+    /// The driver waits for the last request to end (its timer found the
+    /// connection busy): the end wakes it.
+    wants_end: AtomicBool,
+    /// Wakes the driver: the last request ended (when asked), or a stream
+    /// was forced, or the connection is to wind down.
     wake: Notify,
     /// Guards of forced streams that ended: they count until the connection is
     /// really gone, so a drain never reports `drained` while bytes of a
@@ -144,10 +155,36 @@ pub struct Active(Conn);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        if self.0 .0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0 .0.wake.notify_one();
+        let s = &self.0 .0;
+        // Stored before the count falls: a driver that sees no request
+        // active sees when the last one ended.
+        s.last_end.store(clock(), Ordering::Relaxed);
+        // SeqCst with `busy`'s two: of the end's decrement and the driver's
+        // flag, whichever comes second sees the first.
+        if s.active.fetch_sub(1, Ordering::SeqCst) == 1
+            && s.wants_end.load(Ordering::SeqCst)
+            && s.wants_end.swap(false, Ordering::SeqCst)
+        {
+            s.wake.notify_one();
         }
     }
+}
+
+/// Milliseconds on tokio's clock (paused in tests as it is) since the first
+/// call: the idle clock's unit.
+fn clock() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    Instant::now().saturating_duration_since(base).as_millis() as u64
+}
+
+/// The [`Instant`] of a [`clock`] reading.
+fn instant(ms: u64) -> Instant {
+    let now = clock();
+    let now_i = Instant::now();
+    now_i
+        .checked_sub(Duration::from_millis(now.saturating_sub(ms)))
+        .unwrap_or(now_i)
 }
 
 /// A response body that keeps its request [`Active`] until it is dropped.
@@ -184,6 +221,21 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// True when a request is in progress; then the end of the last one wakes
+/// the driver. The flag is raised before the count is read again, so an end
+/// between the two is never missed (it either sees the flag or is seen).
+fn busy(state: &ConnState) -> bool {
+    if state.active.load(Ordering::SeqCst) == 0 {
+        return false;
+    }
+    state.wants_end.store(true, Ordering::SeqCst);
+    if state.active.load(Ordering::SeqCst) == 0 {
+        state.wants_end.store(false, Ordering::SeqCst);
+        return false;
+    }
+    true
 }
 
 /// How a connection ended.
@@ -285,27 +337,33 @@ where
                     timer.as_mut().reset(Instant::now() + FORCE_GRACE);
                     armed = true;
                 } else if phase != Phase::Closing
-                    && state.started.load(Ordering::Relaxed)
+                    && !armed
                     && state.active.load(Ordering::Acquire) == 0
                 {
-                    // The last request ended: idle from now.
+                    // The request the timer found busy ended: idle from its end.
                     phase = Phase::Open;
-                    timer.as_mut().reset(Instant::now() + limits.idle);
+                    timer.as_mut().reset(instant(state.last_end.load(Ordering::Relaxed)) + limits.idle);
                     armed = true;
                 }
             }
             _ = &mut timer, if armed => match phase {
                 Phase::Head if !state.started.load(Ordering::Relaxed) => break End::HeaderTimeout,
-                Phase::Head | Phase::Open if state.active.load(Ordering::Acquire) > 0 => {
+                Phase::Head | Phase::Open if busy(state) => {
                     // Busy: the end of the last request wakes us.
                     phase = Phase::Open;
                     armed = false;
                 }
-                Phase::Head => {
+                Phase::Head | Phase::Open
+                    if instant(state.last_end.load(Ordering::Relaxed)) + limits.idle
+                        > Instant::now() =>
+                {
+                    // Requests came and went since the timer was set: the
+                    // idle deadline is the last one's end + idle.
                     phase = Phase::Open;
-                    timer.as_mut().reset(Instant::now() + limits.idle);
+                    let at = instant(state.last_end.load(Ordering::Relaxed)) + limits.idle;
+                    timer.as_mut().reset(at);
                 }
-                Phase::Open => {
+                Phase::Head | Phase::Open => {
                     if !graceful {
                         connection.as_mut().graceful_shutdown();
                         graceful = true;

@@ -25,8 +25,8 @@ use crate::stats::SlotStats;
 pub use crate::log::access::End;
 
 // Parsed once: a lookup by `&str` would parse and validate the name per request.
-const MCP_METHOD_HEADER: HeaderName = HeaderName::from_static(MCP_METHOD);
-const MCP_SESSION_ID_HEADER: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
+const MCP_METHOD_HEADER: HeaderName = MCP_METHOD;
+const MCP_SESSION_ID_HEADER: HeaderName = MCP_SESSION_ID;
 
 /// The record of one exchange.
 #[derive(Debug)]

@@ -42,7 +42,7 @@ const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 // Parsed once: a lookup by `&str` would parse the name per request.
-const MCP_METHOD_HEADER: HeaderName = HeaderName::from_static(MCP_METHOD);
+const MCP_METHOD_HEADER: HeaderName = MCP_METHOD;
 const TOOLS_CALL: &[u8] = b"tools/call";
 
 /// What the request path needs besides the request itself.
@@ -617,13 +617,16 @@ fn strip_tag(req: &mut Request<Incoming>, site: TagSite) {
     match site {
         // The route already decoded the tag: cut its prefix off, no second decode.
         TagSite::Header { prefix_len } => {
-            let inner = req
-                .headers()
-                .get(MCP_SESSION_ID)
-                .and_then(|v| v.as_bytes().get(prefix_len..))
-                .and_then(|inner| HeaderValue::from_bytes(inner).ok());
-            if let Some(v) = inner {
-                req.headers_mut().insert(MCP_SESSION_ID, v);
+            // One lookup: the value is replaced in place (the route decoded
+            // the first `Mcp-Session-Id`; a request with two is refused).
+            if let Some(v) = req.headers_mut().get_mut(MCP_SESSION_ID) {
+                if let Some(inner) = v
+                    .as_bytes()
+                    .get(prefix_len..)
+                    .and_then(|inner| HeaderValue::from_bytes(inner).ok())
+                {
+                    *v = inner;
+                }
             }
         }
         TagSite::Query {
@@ -688,14 +691,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
-        })
+    // On the bytes: the media type is ASCII, parameters after `;` ignored.
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        let media = v.split(|&b| b == b';').next().unwrap_or(v);
+        media
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"text/event-stream")
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
