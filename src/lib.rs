@@ -6,8 +6,9 @@
 //! Prometheus, browsers ─► admin (/ /events /metrics /status /healthz)
 //! ```
 //!
-//! Modules. The request path: `proxy` (listener, routing, forwarding, SSE
-//! relay, live session migration) and `upstream` (the pooled client to a slot's server). The slot model:
+//! Modules. The request path: `proxy` (listener, per-core workers, routing,
+//! forwarding, SSE relay, live session migration) and `upstream` (the pooled
+//! HTTP/1.1 client to a slot's server, with its own codec). The slot model:
 //! `table` (slots, weighted pick, the ArcSwap holder) and `stats` (per-slot
 //! counts and guards). The control path: `control` (the state machine, the
 //! typed protocol, the controller that owns the state, the persister, the

@@ -49,26 +49,19 @@ fn runtime_builder() -> tokio::runtime::Builder {
     b
 }
 
-/// The proxy's runtime. One worker is one thread running everything: a
-/// current-thread runtime, without the multi-thread scheduler's work-stealing
-/// queues, idle-worker wake-ups and atomics. Since the upstream client writes
-/// and reads from the request's own task (no connection task to hand off to),
-/// a request lives on one task, and W1 at c=64 measured 0.92-0.98x nginx's
-/// requests/s against 0.80-0.82x with a one-worker multi-thread pool
-/// (bench/PROFILE.md §7). More workers (or `0`, one per core) are tokio's
-/// multi-thread pool.
-fn proxy_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    match workers {
-        1 => {
-            let mut b = tokio::runtime::Builder::new_current_thread();
-            b.enable_all()
-                .on_thread_park(mcpflip::log::access::flush_thread)
-                .on_thread_stop(mcpflip::log::access::flush_thread);
-            b.build()
-        }
-        0 => runtime(),
-        n => runtime_builder().worker_threads(n).build(),
-    }
+/// The proxy's main runtime: a current-thread runtime, worker 0 of the
+/// per-core workers (`proxy::workers`; `[proxy] workers` counts them), which
+/// also runs the control plane. A current-thread runtime has no
+/// work-stealing queues, idle-worker wake-ups or atomics: since the upstream
+/// client writes and reads from the request's own task, a request lives on
+/// one task, and W1 at c=64 measured 0.92-0.98x nginx's requests/s against
+/// 0.80-0.82x with a one-worker multi-thread pool (bench/PROFILE.md §7).
+fn proxy_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    b.enable_all()
+        .on_thread_park(mcpflip::log::access::flush_thread)
+        .on_thread_stop(mcpflip::log::access::flush_thread);
+    b.build()
 }
 
 fn main() -> ExitCode {
@@ -129,7 +122,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let rt = proxy_runtime(config.proxy.workers);
+            let rt = proxy_runtime();
             let rt = match rt {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -49,6 +49,9 @@ pub struct Running {
     deadline: Duration,
     /// `[proxy] idle_timeout`: how long a handover waits for idle connections.
     idle: Duration,
+    /// The worker threads client connections run on: kept until the
+    /// connections have closed (dropping it stops the threads).
+    workers: Arc<proxy::workers::Workers>,
 }
 
 /// The state to start on: the state file's, checked as strictly as a
@@ -252,6 +255,13 @@ pub async fn start_with(
         stop_accepting.child_token(),
     ));
     let max_connections = proxy_cfg.max_connections();
+    // `workers = 0`: one per core, as nginx's `worker_processes auto`.
+    let count = match proxy_cfg.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let workers = proxy::workers::Workers::start(count, crate::log::access::flush_thread)
+        .map_err(|e| anyhow::anyhow!("cannot start the worker threads: {e}"))?;
     let public = tokio::spawn(proxy::serve(
         public,
         forwarder,
@@ -259,10 +269,11 @@ pub async fn start_with(
             limits,
             max_connections,
             tls,
+            workers: Arc::clone(&workers),
         },
         stop_accepting.child_token(),
     ));
-    tracing::info!(%public_addr, %admin_addr, max_connections, "mcpflip is serving");
+    tracing::info!(%public_addr, %admin_addr, max_connections, workers = count, "mcpflip is serving");
     Ok(Running {
         public_addr,
         admin_addr,
@@ -277,6 +288,7 @@ pub async fn start_with(
         sockets,
         deadline,
         idle: limits.idle,
+        workers,
     })
 }
 
@@ -364,5 +376,7 @@ impl Running {
         // end at `stop`, and it returns once its idle connections closed.
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin).await;
+        // The client connections are closed: the worker threads may stop.
+        drop(self.workers);
     }
 }

@@ -22,6 +22,7 @@ pub mod host_guard;
 pub mod migrate;
 pub mod plaintext;
 pub mod sse;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +56,8 @@ pub struct Settings {
     pub limits: Limits,
     pub max_connections: usize,
     pub tls: Option<TlsSlot>,
+    /// The workers client connections are spread over.
+    pub workers: Arc<workers::Workers>,
 }
 
 /// Serves the public listener until `stop` is cancelled, then stops accepting
@@ -124,7 +127,7 @@ pub async fn serve(
         let shutdown = connections.shutdown_token().clone();
         let winding_down = stop.clone();
         let limits = settings.limits;
-        tokio::spawn(async move {
+        settings.workers.spawn(tcp, move |tcp| async move {
             let (_counted, _entered) = (counted, entered);
             let conn = Conn::new();
             let stats = Arc::clone(&forwarder.stats);

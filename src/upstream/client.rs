@@ -129,9 +129,11 @@ pub struct UpstreamClient {
 
 /// A slot's connections and how new ones are made.
 struct Pool {
-    /// Idle connections, newest last. A short lock, never held across an
-    /// await: a push or a pop (a few closed ones skipped at most).
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections, newest last, one list per thread index (modulo):
+    /// a worker takes back the connections its own reactor drives (see
+    /// `proxy::workers`). A short lock, never held across an await: a push
+    /// or a pop (a few closed ones skipped at most).
+    idle: Box<[Mutex<Vec<Idle>>]>,
     idle_timeout: Duration,
     connect_timeout: Duration,
     tls: tokio_rustls::TlsConnector,
@@ -221,8 +223,9 @@ impl UpstreamClient {
     ) -> Self {
         // HTTP/1.1 only upstream.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let lists = std::thread::available_parallelism().map_or(1, |n| n.get().min(64));
         let pool = Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
             idle_timeout: pool_idle,
             connect_timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
@@ -248,12 +251,18 @@ impl UpstreamClient {
     /// Idle connections a request could take now: open, not expired.
     pub fn idle_connections(&self) -> usize {
         let now = Instant::now();
-        self.pool
-            .lock()
-            .iter_mut()
-            .map(|e| now.duration_since(e.since) < self.pool.idle_timeout && e.conn.is_open())
-            .filter(|&open| open)
-            .count()
+        (0..self.pool.idle.len())
+            .map(|i| {
+                self.pool
+                    .lock_at(i)
+                    .iter_mut()
+                    .map(|e| {
+                        now.duration_since(e.since) < self.pool.idle_timeout && e.conn.is_open()
+                    })
+                    .filter(|&open| open)
+                    .count()
+            })
+            .sum()
     }
 
     /// Sends `req` (an absolute URI: `scheme://authority/path`) as is; probes
@@ -333,9 +342,16 @@ impl UpstreamClient {
 }
 
 impl Pool {
+    /// This thread's idle list.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.lock_at(thread_index())
+    }
+
+    fn lock_at(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         // A panic while holding the lock leaves a valid Vec: carry on.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        self.idle[i % self.idle.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The newest idle connection to `target` that is still open.
@@ -609,15 +625,41 @@ async fn reap(pool: Weak<Pool>, timeout: Duration) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
-        // Dropped outside the lock.
-        let expired: Vec<Idle> = pool
-            .lock()
-            .extract_if(.., |e| {
-                now.duration_since(e.since) >= timeout || !e.conn.is_open()
-            })
-            .collect();
-        drop(expired);
+        for i in 0..pool.idle.len() {
+            // Dropped outside the lock.
+            let expired: Vec<Idle> = pool
+                .lock_at(i)
+                .extract_if(.., |e| {
+                    now.duration_since(e.since) >= timeout || !e.conn.is_open()
+                })
+                .collect();
+            drop(expired);
+        }
     }
+}
+
+thread_local! {
+    static THREAD_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// This thread's index, for the pool's idle lists: each worker thread (see
+/// `proxy::workers`) has its own, so that it takes back the connections its
+/// own reactor drives instead of being woken through another thread's.
+/// Threads that were given none get the next free one.
+fn thread_index() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 16);
+    THREAD_INDEX.with(|c| {
+        c.get().unwrap_or_else(|| {
+            let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.set(Some(i));
+            i
+        })
+    })
+}
+
+/// Makes this thread worker `i` for the pools' idle lists.
+pub fn set_thread_index(i: usize) {
+    THREAD_INDEX.with(|c| c.set(Some(i)));
 }
 
 /// The first address of `host:port` that accepts a connection.
