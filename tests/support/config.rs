@@ -34,7 +34,10 @@ pub fn q(s: impl AsRef<str>) -> String {
 
 impl TestConfig {
     /// Listeners on 127.0.0.1 port 0, `dir/control.sock`, `dir/state.json`,
-    /// `[drain] quiet = "50ms"`, and no slot yet.
+    /// `[drain] quiet = "50ms"`, `[proxy] workers = 2` (the per-core workers
+    /// with a connection hand-off, whatever the machine's cores: a many-core
+    /// CI machine would otherwise start a thread per core for every proxy a
+    /// test starts), and no slot yet.
     pub fn new(dir: &Path) -> Self {
         TestConfig {
             dir: dir.to_path_buf(),
@@ -54,6 +57,7 @@ impl TestConfig {
             q(dir.join("state.json").display().to_string()),
         )
         .set("drain", "quiet", q("50ms"))
+        .set("proxy", "workers", "2")
     }
 
     /// Blue (weight 100) and green (weight 0) on loopback ports.
