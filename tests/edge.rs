@@ -209,6 +209,52 @@ async fn the_idle_timer_counts_from_the_last_request() {
     h.stop.cancel();
 }
 
+/// A plain connection's protocol is told from a peek at its first bytes;
+/// a first packet that is still a prefix of the h2c preface ("P", "PRI * HT")
+/// is served by sniffing as before: an HTTP/1.1 request whose first byte came
+/// alone, and an h2c preface cut in two, are both served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_cut_inside_the_h2c_preface_is_still_served() {
+    let h = Harness::new().await;
+    let p = start(&h, &[]).await;
+    // HTTP/1.1, "P" alone first.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"P").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let rest = format!(
+        "OST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(rest.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("answered and closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    // h2c prior knowledge, the preface in two parts, then SETTINGS: the
+    // server's first frame is its SETTINGS (type 4).
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"PRI * HT").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"TP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut frame))
+        .await
+        .expect("a frame in time")
+        .expect("read");
+    assert_eq!(
+        frame[3], 4,
+        "the server's first frame is SETTINGS: {frame:?}"
+    );
+    drop(s);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// Defect 1 on the TLS listener: a silent TCP client, and clients that finish
 /// the handshake (ALPN h2, http/1.1) and then send nothing, are closed; plain
 /// HTTP sent to the TLS port is answered 400 saying so.

@@ -278,6 +278,65 @@ pub fn builder(max_streams: u32) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The HTTP/2 connection preface a client with prior knowledge opens with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One listener's builders: `auto` tells HTTP/1.1 from an h2c preface by
+/// reading the connection's first bytes and handing them back (hyper-util's
+/// `Rewind`); `h1` and `h2` serve a connection whose protocol is known
+/// without reading it (a peek at its first bytes, or ALPN).
+///
+/// Why not `auto` for every connection: hyper's HTTP/1.1 reader then gets
+/// the request head in two parts (the sniffed bytes, then the rest), and its
+/// read buffer, asked for 8 KiB more while holding the first part, doubles
+/// to 16 KiB, for the connection's life: half of what an open SSE stream
+/// cost (bench/PROFILE.md §10).
+#[derive(Debug, Clone)]
+pub struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub fn new(max_streams: u32) -> Builders {
+        let auto = builder(max_streams);
+        Builders {
+            h1: auto.clone().http1_only(),
+            h2: auto.clone().http2_only(),
+            auto,
+        }
+    }
+
+    /// The builder for a plain TCP connection, from a peek at its first
+    /// bytes (nothing is read off the socket): `h2` for the h2c preface,
+    /// `h1` for anything else, `auto` while what arrived is still a prefix
+    /// of the preface (a peek cannot wait for more without spinning).
+    pub async fn sniff(
+        &self,
+        tcp: &tokio::net::TcpStream,
+        deadline: Instant,
+    ) -> &auto::Builder<TokioExecutor> {
+        let mut first = [0u8; H2_PREFACE.len()];
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 && !H2_PREFACE.starts_with(&first[..n]) => &self.h1,
+            Ok(Ok(n)) if n == H2_PREFACE.len() => &self.h2,
+            // Closed, failed, timed out (the head timer ends it), or a
+            // prefix of the preface so far.
+            _ => &self.auto,
+        }
+    }
+
+    /// The builder for a TLS connection, by the protocol ALPN chose.
+    pub fn by_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+        match alpn {
+            Some(b"h2") => &self.h2,
+            Some(b"http/1.1") => &self.h1,
+            _ => &self.auto,
+        }
+    }
+}
+
 /// Serves one connection with `service` until it ends. `head_deadline` is
 /// accept + `header_read_timeout` (a TLS handshake already spent part of it).
 pub async fn drive<I, S, B>(

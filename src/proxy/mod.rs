@@ -68,7 +68,7 @@ pub async fn serve(
     settings: Settings,
     stop: CancellationToken,
 ) -> Arc<Connections> {
-    let builder = Arc::new(conn::builder(MAX_STREAMS));
+    let builder = Arc::new(conn::Builders::new(MAX_STREAMS));
     let connections = Connections::new();
     let refusing = Arc::new(AtomicUsize::new(0));
     let stats = Arc::clone(&forwarder.stats);
@@ -227,7 +227,7 @@ impl Accepted {
     /// connection with [`conn::drive`]; a failed handshake is `Closed`.
     async fn drive<S, B>(
         self,
-        builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+        builders: &conn::Builders,
         service: S,
         conn: &Conn,
         limits: Limits,
@@ -253,7 +253,10 @@ impl Accepted {
             head_deadline,
         } = self;
         match tls {
-            None => conn::drive(builder, tcp, service, conn, limits, head_deadline, shutdown).await,
+            None => {
+                let builder = builders.sniff(&tcp, head_deadline).await;
+                conn::drive(builder, tcp, service, conn, limits, head_deadline, shutdown).await
+            }
             // Boxed: the handshake's and a TLS connection's state would
             // otherwise size every connection's task, plain ones included
             // (8.7 KiB for the handshake alone); a TLS connection allocates
@@ -262,6 +265,7 @@ impl Accepted {
                 Box::pin(async move {
                     match handshake(tcp, acceptor, head_deadline, stats).await {
                         Some(io) => {
+                            let builder = builders.by_alpn(io.get_ref().1.alpn_protocol());
                             conn::drive(builder, io, service, conn, limits, head_deadline, shutdown)
                                 .await
                         }
