@@ -10,7 +10,7 @@
 //! idle-worker bookkeeping cost atomics and cross-thread wake-ups on every
 //! task wake, and a connection's task may run on any thread. With one task
 //! per connection (the upstream client has no task of its own), a worker
-//! per core does the same work with no sharing (bench/PROFILE.md §8).
+//! per core does the same work with no sharing (bench/PROFILE.md §9).
 //!
 //! Worker 0 is the runtime the accept loop runs on (the process's main
 //! runtime, which also runs the control plane); workers 1.. are threads
