@@ -288,10 +288,17 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         // Offsets into `buf` of each name and value, so that the bytes can be
         // split off (httparse's slices borrow `buf`).
         let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut headers);
+        // Uninitialised: httparse writes only the headers it finds (100
+        // `EMPTY_HEADER`s cost 3.2 KB of stores per answer).
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let len = match res.parse(buf) {
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD {
