@@ -34,15 +34,6 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Only the caller's runtime.
-    pub fn local() -> Arc<Workers> {
-        Arc::new(Workers {
-            handles: Vec::new(),
-            next: AtomicUsize::new(0),
-            stop: CancellationToken::new(),
-        })
-    }
-
     /// `count` workers in all: the caller's runtime and `count - 1` threads,
     /// each running a current-thread runtime. `on_park` runs on each worker
     /// thread when it runs out of work and when it stops (the access log's

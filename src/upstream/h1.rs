@@ -618,51 +618,77 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc_9112() {
-        let f = |text: &[u8], m: &Method| parse(text, m).0;
-        let h = f(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
-            &Method::HEAD,
-        );
-        assert_eq!(h.framing, Framing::Empty);
-        let h = f(b"HTTP/1.1 204 No Content\r\n\r\n", &Method::GET);
-        assert_eq!(h.framing, Framing::Empty);
-        assert!(h.keep_alive);
-        let h = f(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            &Method::GET,
-        );
-        assert_eq!(h.framing, Framing::Empty);
-        let h = f(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
-            &Method::GET,
-        );
-        assert_eq!(h.framing, Framing::Length(7));
-        // No length: until close, never reused.
-        let h = f(b"HTTP/1.1 200 OK\r\n\r\n", &Method::GET);
-        assert_eq!(h.framing, Framing::UntilClose);
-        assert!(!h.keep_alive);
-        let h = f(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-            &Method::GET,
-        );
-        assert_eq!(h.framing, Framing::UntilClose);
-        // Chunked wins over a length, and the connection goes.
-        let h = f(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            &Method::GET,
-        );
-        assert_eq!(h.framing, Framing::Chunked(Chunk::Size));
-        assert!(!h.keep_alive);
-        let h = f(
-            b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 1\r\n\r\n",
-            &Method::GET,
-        );
-        assert!(!h.keep_alive);
-        let h = f(
-            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
-            &Method::GET,
-        );
-        assert!(!h.keep_alive);
+        use Framing::*;
+        // (answer, request method, framing, keep-alive; `None`: not asserted)
+        type Case = (&'static [u8], Method, Option<Framing>, Option<bool>);
+        let cases: [Case; 9] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+                Method::HEAD,
+                Some(Empty),
+                None,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                Method::GET,
+                Some(Empty),
+                Some(true),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Method::GET,
+                Some(Empty),
+                None,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+                Method::GET,
+                Some(Length(7)),
+                None,
+            ),
+            // No length: until close, never reused.
+            (
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                Method::GET,
+                Some(UntilClose),
+                Some(false),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Method::GET,
+                Some(UntilClose),
+                None,
+            ),
+            // Chunked wins over a length, and the connection goes.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::GET,
+                Some(Chunked(Chunk::Size)),
+                Some(false),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                None,
+                Some(false),
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                None,
+                Some(false),
+            ),
+        ];
+        for (text, method, framing, keep_alive) in cases {
+            let h = parse(text, &method).0;
+            let shown = String::from_utf8_lossy(text);
+            if let Some(f) = framing {
+                assert_eq!(h.framing, f, "{shown:?}");
+            }
+            if let Some(k) = keep_alive {
+                assert_eq!(h.keep_alive, k, "{shown:?}");
+            }
+        }
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
