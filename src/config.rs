@@ -538,7 +538,8 @@ fn default_migrate_call_grace() -> Duration {
     Duration::from_secs(1)
 }
 /// The longest `migrate_call_grace`: a cut stream's client connection is
-/// closed [`crate::proxy::conn::FORCE_GRACE`] (5 s) after the cut, and a
+/// dropped if the stream has not ended [`crate::proxy::conn::FORCE_GRACE`]
+/// (5 s) after the cut, and a
 /// stream stalled inside an event is ended a second before that.
 pub const MAX_MIGRATE_CALL_GRACE: Duration = Duration::from_secs(3);
 fn default_probe_path() -> String {
@@ -949,7 +950,7 @@ impl Config {
                 None,
                 "migrate_call_grace",
                 format!(
-                    "must be at most {} (a cut stream's connection is closed 5s after the cut); \
+                    "must be at most {} (a cut stream's connection is dropped if the stream has not ended 5s after the cut); \
                      \"0s\" ends calls in flight at the cut at once",
                     humantime::format_duration(MAX_MIGRATE_CALL_GRACE)
                 ),

@@ -671,6 +671,83 @@ async fn drain_migrate_cuts_a_drain_already_running() {
     proxy.shutdown().await;
 }
 
+/// A cut ends an HTTP/1.1 stream at an event boundary and leaves its
+/// connection open: the client's next request on it (the session's next
+/// call, which the new slot answers) is served. Before, the cut closed the
+/// connection right after the stream's end, whose head had said keep-alive:
+/// a client that sent its next request before it saw the close lost it
+/// (hyper's `IncompleteMessage`, httpx's `RemoteProtocolError`), and a
+/// migrated session's next call died for nothing.
+#[tokio::test]
+async fn a_cut_stream_leaves_its_http1_connection_open_for_the_next_request() {
+    let (blue, _b) = recording("blue").await;
+    let (green, _g) = recording("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let sid = open(&client, &url).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.public_addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h1 handshake");
+    let driver = tokio::spawn(conn);
+    let host = proxy.public_addr.to_string();
+    let get = http::Request::get("/mcp")
+        .header("host", &host)
+        .header("mcp-session-id", &sid)
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .expect("get");
+    let resp = send.send_request(get).await.expect("stream opens");
+    assert_eq!(resp.status(), 200);
+    let stream = tokio::spawn(resp.into_body().collect());
+    let blue_stats = support::stats(&proxy, "blue");
+    support::until("the stream open on blue", || blue_stats.live_streams() == 1).await;
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert_eq!(r["forced"], 1, "{r}");
+    stream
+        .await
+        .expect("join")
+        .expect("the cut stream ended cleanly");
+
+    // The connection outlives the cut: a close, had there been one, came
+    // with the stream's end, and `ready` sees it.
+    send.ready()
+        .await
+        .expect("the cut stream's connection is still open");
+    let call = http::Request::post("/mcp")
+        .header("host", &host)
+        .header("mcp-session-id", &sid)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(Bytes::from(
+            request(2, "tools/call", json!({"name":"whoami"})).to_string(),
+        )))
+        .expect("call");
+    let resp = send
+        .send_request(call)
+        .await
+        .expect("the next request on the cut stream's connection is answered");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let r: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        r["result"]["slot"],
+        "green",
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        !driver.is_finished(),
+        "the connection closed after the call"
+    );
+    drop(send);
+    proxy.shutdown().await;
+}
+
 /// Opens a GET stream of session `sid` (with `Last-Event-ID` if given);
 /// the id of its first event and the body, still open.
 async fn get_stream(

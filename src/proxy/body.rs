@@ -12,8 +12,9 @@
 //! does: at the next event boundary when the body is polled; at
 //! `FORCE_GRACE - 1s` if the slot stalls inside an event; and, when the client
 //! does not read (hyper then stops polling the body), by its connection being
-//! closed at `FORCE_GRACE` (see `conn`). A forced stream's guard is parked on
-//! its connection, so it counts until the connection is really gone.
+//! dropped at `FORCE_GRACE` (see `conn`). A forced stream's guard is parked on
+//! its connection, so it counts until its response has ended there (HTTP/1.1:
+//! the connection settled and stays open) or the connection is gone.
 //!
 //! With migration on, a POST's stream whose call is still unanswered when it
 //! is forced (a [`Cut`]) first gets the call's grace (`[drain]
@@ -70,8 +71,11 @@ struct Stream {
     ids: Option<EventIdTag>,
     /// Idle interval and its timer, when SSE keep-alive comments are on.
     keepalive: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
-    /// The client connection, which a forced end closes and parks the guard on.
+    /// The client connection, which a forced end settles or closes and
+    /// parks the guard on.
     conn: Conn,
+    /// The connection is HTTP/1.1 (a forced end settles it, see `conn`).
+    h1: bool,
     /// Forces the connection when the slot's force token fires, until dropped.
     _watch: ForceWatch,
     /// Migration on, a POST's stream with a known request id: what to do if
@@ -120,7 +124,9 @@ impl ResponseBody {
 
     /// An SSE stream counted by `guard`, ended at an event boundary when the
     /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`
-    /// and event ids tagged if `ids`. `conn` is the client connection it is sent on.
+    /// and event ids tagged if `ids`. `conn` is the client connection it is
+    /// sent on (`h1`: HTTP/1.1).
+    #[allow(clippy::too_many_arguments)]
     pub fn stream(
         inner: UpstreamBody,
         guard: StreamGuard,
@@ -128,10 +134,11 @@ impl ResponseBody {
         ids: Option<EventIdTag>,
         keepalive: Option<std::time::Duration>,
         conn: &Conn,
+        h1: bool,
         cut: Option<Cut>,
     ) -> Self {
         let token = guard.stats().force_token();
-        let watch = conn.watch_force(token.clone());
+        let watch = conn.watch_force(token.clone(), h1);
         let force = Box::pin(token.cancelled_owned());
         Self {
             kind: Kind::Stream(Box::new(Stream {
@@ -146,6 +153,7 @@ impl ResponseBody {
                 ids,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
+                h1,
                 _watch: watch,
                 cut,
                 answered: false,
@@ -287,10 +295,12 @@ impl Stream {
         self.done = true;
         if let Some(guard) = self.guard.take() {
             if self.forced {
-                // Its last bytes may still wait for a client that does not read:
-                // it counts until the connection (closed within the grace) is gone.
+                // Its last bytes may still wait for a client that does not
+                // read: it counts until its response has ended on the
+                // connection (h1) or the connection is gone (dropped, at the
+                // latest, at the end of the grace).
                 self.conn.park(guard);
-                self.conn.force();
+                self.conn.force_stream(self.h1);
             }
         }
     }

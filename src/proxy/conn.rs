@@ -8,12 +8,20 @@
 //! - A connection with no request in progress (HTTP/1.1 keep-alive) or no open
 //!   stream (HTTP/2) for `idle_timeout` is closed gracefully (HTTP/1.1 at once,
 //!   HTTP/2 with GOAWAY) and dropped if still open [`FORCE_GRACE`] later.
-//! - A forced stream (drain deadline) closes its connection gracefully at once
-//!   and drops it [`FORCE_GRACE`] later: hyper stops polling a response body
-//!   while the client's socket (h1) or the stream's window (h2) is full, so a
-//!   client that does not read can only be ended here, at the connection. On
-//!   HTTP/2 that ends the connection's other streams too; a forced drain
-//!   deadline is the point where that is acceptable.
+//! - A forced stream (drain deadline, `drain --migrate`) must end within
+//!   [`FORCE_GRACE`]: hyper stops polling a response body while the client's
+//!   socket (h1) or the stream's window (h2) is full, so a client that does
+//!   not read can only be ended here, at the connection.
+//!   - HTTP/1.1: the connection *settles*. If the forced response ends
+//!     within the grace (its client reads), the connection stays open for
+//!     the client's next request; if not, it is dropped. Closing it right
+//!     after a response whose head said keep-alive would race the client's
+//!     next request on it (sent before the client saw the close, it fails:
+//!     a migrated session's next call would die for nothing).
+//!   - HTTP/2: GOAWAY at once (a client sees it before it opens another
+//!     stream), dropped after the grace. That ends the connection's other
+//!     streams too; a forced drain deadline is the point where that is
+//!     acceptable.
 //!
 //! Nothing here runs per request beyond three atomic operations and a clock
 //! read: the idle timer is lazy (as nginx's and HAProxy's are). A request's
@@ -63,8 +71,12 @@ struct ConnState {
     active: AtomicU32,
     /// A request head has been delivered.
     started: AtomicBool,
-    /// A stream of this connection was forced.
+    /// Close now gracefully; drop after [`FORCE_GRACE`] (an HTTP/2 stream
+    /// was forced, or the rest of a request body will never be read).
     forced: AtomicBool,
+    /// An HTTP/1.1 stream was forced: its response must end within
+    /// [`FORCE_GRACE`], or the connection is dropped.
+    settle: AtomicBool,
     /// Close once the open requests end, with no deadline (HTTP/2: GOAWAY;
     /// its open streams go on): the process is handing over or stopping.
     wind_down: AtomicBool,
@@ -76,9 +88,10 @@ struct ConnState {
     /// Wakes the driver: the last request ended (when asked), or a stream
     /// was forced, or the connection is to wind down.
     wake: Notify,
-    /// Guards of forced streams that ended: they count until the connection is
-    /// really gone, so a drain never reports `drained` while bytes of a
-    /// stream it counted are still on their way to a client.
+    /// Guards of forced streams that ended: they count until their response
+    /// has ended on the connection (HTTP/1.1: it settled) or the connection
+    /// is gone, so a drain never reports `drained` while a client still
+    /// waits for the end of a stream it counted.
     parked: Mutex<Vec<StreamGuard>>,
 }
 
@@ -95,9 +108,20 @@ impl Conn {
         Active(self.clone())
     }
 
-    /// A stream of this connection was forced: close the connection now
-    /// gracefully, and drop it after [`FORCE_GRACE`].
-    pub fn force(&self) {
+    /// A stream of this connection was forced. HTTP/1.1 (`h1`): the
+    /// connection settles (kept if the response ends within [`FORCE_GRACE`],
+    /// else dropped); HTTP/2: closed now gracefully, dropped after the grace.
+    pub fn force_stream(&self, h1: bool) {
+        if h1 {
+            self.0.settle.store(true, Ordering::Release);
+            self.0.wake.notify_one();
+        } else {
+            self.force();
+        }
+    }
+
+    /// Closes the connection now gracefully, and drops it after [`FORCE_GRACE`].
+    fn force(&self) {
         self.0.forced.store(true, Ordering::Release);
         self.0.wake.notify_one();
     }
@@ -125,11 +149,12 @@ impl Conn {
         }
     }
 
-    /// Watches `force` for a stream of this connection until the returned
-    /// handle drops (the stream ended): when it fires, the connection is forced.
-    /// A task of its own: the stream's body is not polled while its client
-    /// does not read, so it cannot watch for itself.
-    pub fn watch_force(&self, force: CancellationToken) -> ForceWatch {
+    /// Watches `force` for a stream of this connection (`h1`: HTTP/1.1) until
+    /// the returned handle drops (the stream ended): when it fires, the stream
+    /// is forced ([`Conn::force_stream`]). A task of its own: the stream's
+    /// body is not polled while its client does not read, so it cannot watch
+    /// for itself.
+    pub fn watch_force(&self, force: CancellationToken, h1: bool) -> ForceWatch {
         let (ended, ended_rx) = oneshot::channel::<()>();
         let conn = self.clone();
         tokio::spawn(async move {
@@ -137,7 +162,7 @@ impl Conn {
                 // A stream that ends because it was forced still forces its
                 // connection (its body also does, when it sees the force).
                 biased;
-                _ = force.cancelled() => conn.force(),
+                _ = force.cancelled() => conn.force_stream(h1),
                 _ = ended_rx => {}
             }
         });
@@ -255,6 +280,9 @@ enum Phase {
     Head,
     /// Serving; the timer, when armed, is the idle deadline.
     Open,
+    /// HTTP/1.1 with a forced stream: the timer is when the connection is
+    /// dropped unless the response ended first.
+    Settling,
     /// Closing; the timer is when the connection is dropped.
     Closing,
 }
@@ -395,6 +423,22 @@ where
                     phase = Phase::Closing;
                     timer.as_mut().reset(Instant::now() + FORCE_GRACE);
                     armed = true;
+                } else if phase == Phase::Settling {
+                    // The end of the response in progress at the settle
+                    // consumes the flag `busy` raised (the connection may be
+                    // busy again already, with the client's next request).
+                    if !state.wants_end.load(Ordering::SeqCst) {
+                        phase = Phase::Open;
+                        settled(state, timer.as_mut(), limits.idle);
+                    }
+                } else if phase != Phase::Closing && state.settle.swap(false, Ordering::AcqRel) {
+                    phase = Phase::Settling;
+                    timer.as_mut().reset(Instant::now() + FORCE_GRACE);
+                    armed = true;
+                    if !busy(state) {
+                        phase = Phase::Open;
+                        settled(state, timer.as_mut(), limits.idle);
+                    }
                 } else if phase != Phase::Closing
                     && !armed
                     && state.active.load(Ordering::Acquire) == 0
@@ -430,7 +474,8 @@ where
                     phase = Phase::Closing;
                     timer.as_mut().reset(Instant::now() + FORCE_GRACE);
                 }
-                Phase::Closing => break End::Dropped,
+                // A forced response that did not end within the grace.
+                Phase::Settling | Phase::Closing => break End::Dropped,
             },
             _ = shut.as_mut(), if !graceful => {
                 connection.as_mut().graceful_shutdown();
@@ -444,6 +489,15 @@ where
         p.clear();
     }
     end
+}
+
+/// A settling connection's forced response ended: its parked guards go,
+/// and the idle timer runs from the response's end.
+fn settled(state: &ConnState, timer: std::pin::Pin<&mut tokio::time::Sleep>, idle: Duration) {
+    if let Ok(mut p) = state.parked.lock() {
+        p.clear();
+    }
+    timer.reset(instant(state.last_end.load(Ordering::Relaxed)) + idle);
 }
 
 /// The open connections of one listener, for a graceful shutdown.

@@ -464,6 +464,7 @@ impl Forwarder {
                 ids,
                 self.sse_keepalive,
                 &peer.conn,
+                h1,
                 cut,
             )
         } else {
