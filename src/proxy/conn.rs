@@ -31,6 +31,7 @@
 //! of the request (`Notify`), so a keep-alive connection's requests neither
 //! reset a timer nor wake the driver one by one.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -86,13 +87,26 @@ struct ConnState {
     /// connection busy): the end wakes it.
     wants_end: AtomicBool,
     /// Wakes the driver: the last request ended (when asked), or a stream
-    /// was forced, or the connection is to wind down.
+    /// was forced, or the connection is to wind down. Always through
+    /// [`ConnState::signal`].
     wake: Notify,
+    /// Raised before each `wake` notification and lowered by the driver when
+    /// it takes one: the driver polls its `Notified` only while this is up
+    /// (or the `Notified` is new), not on every wake-up of the connection.
+    signalled: AtomicBool,
     /// Guards of forced streams that ended: they count until their response
     /// has ended on the connection (HTTP/1.1: it settled) or the connection
     /// is gone, so a drain never reports `drained` while a client still
     /// waits for the end of a stream it counted.
     parked: Mutex<Vec<StreamGuard>>,
+}
+
+impl ConnState {
+    /// Wakes the driver (see `signalled`).
+    fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
 }
 
 impl Conn {
@@ -114,7 +128,7 @@ impl Conn {
     pub fn force_stream(&self, h1: bool) {
         if h1 {
             self.0.settle.store(true, Ordering::Release);
-            self.0.wake.notify_one();
+            self.0.signal();
         } else {
             self.force();
         }
@@ -123,7 +137,7 @@ impl Conn {
     /// Closes the connection now gracefully, and drops it after [`FORCE_GRACE`].
     fn force(&self) {
         self.0.forced.store(true, Ordering::Release);
-        self.0.wake.notify_one();
+        self.0.signal();
     }
 
     /// Closes the connection gracefully once its open requests and streams
@@ -131,7 +145,7 @@ impl Conn {
     /// opens its next streams elsewhere).
     pub fn wind_down(&self) {
         if !self.0.wind_down.swap(true, Ordering::AcqRel) {
-            self.0.wake.notify_one();
+            self.0.signal();
         }
     }
 
@@ -190,7 +204,7 @@ impl Drop for Active {
             && s.wants_end.load(Ordering::SeqCst)
             && s.wants_end.swap(false, Ordering::SeqCst)
         {
-            s.wake.notify_one();
+            s.signal();
         }
     }
 }
@@ -272,6 +286,19 @@ pub enum End {
     HeaderTimeout,
     /// Dropped: a forced or idle-closed connection outlived its grace.
     Dropped,
+}
+
+/// What woke [`drive`]'s loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The connection ended (closed by either side, or after a graceful close).
+    Closed,
+    /// The connection's `wake` was notified.
+    Wake,
+    /// The timer fired.
+    Timer,
+    /// The listener is shutting down.
+    Shut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,16 +427,40 @@ where
     let mut armed = true;
     let mut phase = Phase::Head;
     let mut graceful = false;
+    // After an event, or at the start, every source is polled (to register
+    // the task's waker with a new or reset one); otherwise only those that
+    // may be ready: a wake-up of the connection (a read, a write) then costs
+    // the connection's poll and three atomic loads, not three more polls.
+    let mut fresh = true;
     let end = loop {
-        tokio::select! {
-            biased;
-            res = connection.as_mut() => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = connection.as_mut().poll(cx) {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
-                break End::Closed;
+                return Poll::Ready(Event::Closed);
             }
-            _ = wake.as_mut() => {
+            let all = std::mem::take(&mut fresh);
+            if (all || state.signalled.load(Ordering::Acquire)) && wake.as_mut().poll(cx).is_ready()
+            {
+                // Lowered before the states are read: a signal after this
+                // raises it again, or leaves a permit the next `Notified` takes.
+                state.signalled.store(false, Ordering::Release);
+                return Poll::Ready(Event::Wake);
+            }
+            if armed && (all || timer.is_elapsed()) && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            if !graceful && (all || shutdown.is_cancelled()) && shut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shut);
+            }
+            Poll::Pending
+        })
+        .await;
+        fresh = true;
+        match event {
+            Event::Closed => break End::Closed,
+            Event::Wake => {
                 wake.set(state.wake.notified());
                 if !graceful && state.wind_down.load(Ordering::Acquire) {
                     connection.as_mut().graceful_shutdown();
@@ -445,11 +496,13 @@ where
                 {
                     // The request the timer found busy ended: idle from its end.
                     phase = Phase::Open;
-                    timer.as_mut().reset(instant(state.last_end.load(Ordering::Relaxed)) + limits.idle);
+                    timer
+                        .as_mut()
+                        .reset(instant(state.last_end.load(Ordering::Relaxed)) + limits.idle);
                     armed = true;
                 }
             }
-            _ = &mut timer, if armed => match phase {
+            Event::Timer => match phase {
                 Phase::Head if !state.started.load(Ordering::Relaxed) => break End::HeaderTimeout,
                 Phase::Head | Phase::Open if busy(state) => {
                     // Busy: the end of the last request wakes us.
@@ -477,7 +530,7 @@ where
                 // A forced response that did not end within the grace.
                 Phase::Settling | Phase::Closing => break End::Dropped,
             },
-            _ = shut.as_mut(), if !graceful => {
+            Event::Shut => {
                 connection.as_mut().graceful_shutdown();
                 graceful = true;
             }
