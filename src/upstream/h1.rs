@@ -337,6 +337,10 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             continue;
         }
         let count = res.headers.len();
+        let sized = res
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("content-length"));
         for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
             let n = h.name.as_ptr() as usize - base;
             let v = h.value.as_ptr() as usize - base;
@@ -348,11 +352,14 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             );
         }
         let head = buf.split_to(len).freeze();
-        // Room for more than the answer's headers: hyper keeps this map, once
-        // it has written the answer, for the next request head on the client
-        // connection, which then takes the forwarding headers
-        // (`rewrite_request`) without growing (bench/PROFILE.md §12).
-        let mut map = HeaderMap::with_capacity(count.max(MAP_ROOM));
+        // Room for more than the answer's headers when it has a length: hyper
+        // keeps this map, once it has written the answer, for the next
+        // request head on the client connection, which then takes the
+        // forwarding headers (`rewrite_request`) without growing. A streamed
+        // answer (SSE) holds its connection for long, with this map kept
+        // meanwhile: exactly its size (bench/PROFILE.md §12).
+        let room = if sized { count.max(MAP_ROOM) } else { count };
+        let mut map = HeaderMap::with_capacity(room);
         for &(ns, ne, vs, ve) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
                 .map_err(|_| HttpError::Malformed("bad header name"))?;
