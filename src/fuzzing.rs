@@ -22,7 +22,7 @@ use crate::control::state::{State, MAX_GENERATION};
 use crate::mcp::tag::{tag_header, tag_prefix, SessionTag};
 use crate::proxy::host_guard::{authority_host, origin_host, HostGuard, Refused};
 use crate::proxy::sse::{
-    find_in_query, find_session_param, EndpointRewrite, Rewritten, SseScanner,
+    find_in_query, find_session_param, EndpointRewrite, EventIdTag, Rewritten, SseScanner,
 };
 use crate::upstream::h1;
 
@@ -131,6 +131,65 @@ fn retry_of(line: &[u8]) -> Option<u64> {
     let v = v.strip_suffix(b"\r").unwrap_or(v);
     let v = v.strip_prefix(b" ").unwrap_or(v);
     std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The prefix the event id property tags with.
+const ID_PREFIX: &[u8] = b"mf1.green.2.";
+
+/// The event id tag (`proxy::sse::EventIdTag`, a moved session's events):
+/// the output is the same whatever the chunking, and equals a line model of
+/// SSE (lines end at `\r` or `\n`): the prefix goes before the value of each
+/// `id:` line (after one optional space) whose value is not empty, and
+/// nowhere else; every other byte passes as it came. A chunk with no id in it
+/// passes as the same bytes.
+pub fn event_id_tag(data: &[u8]) {
+    let (payload, chunks) = chunked(data);
+    let run = |chunks: &[&[u8]]| -> Vec<u8> {
+        let mut t = EventIdTag::new(Bytes::from_static(ID_PREFIX));
+        let mut out = Vec::new();
+        for c in chunks {
+            let before = out.len();
+            out.extend_from_slice(&t.push(Bytes::copy_from_slice(c)));
+            assert!(out.len() >= before + c.len(), "a chunk lost bytes: {c:?}");
+        }
+        out
+    };
+    // The model, over the whole payload.
+    let mut model = Vec::with_capacity(payload.len());
+    let mut start = 0;
+    while start <= payload.len() {
+        let end = payload[start..]
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .map_or(payload.len(), |i| start + i);
+        let line = &payload[start..end];
+        let mut value_at = None;
+        if let Some(rest) = line.strip_prefix(b"id:") {
+            let skip = usize::from(rest.first() == Some(&b' '));
+            if rest.len() > skip {
+                value_at = Some(start + 3 + skip);
+            }
+        }
+        match value_at {
+            Some(v) => {
+                model.extend_from_slice(&payload[start..v]);
+                model.extend_from_slice(ID_PREFIX);
+                model.extend_from_slice(&payload[v..end]);
+            }
+            None => model.extend_from_slice(line),
+        }
+        if end < payload.len() {
+            model.push(payload[end]);
+        }
+        start = end + 1;
+    }
+    let whole = run(&[payload]);
+    assert_eq!(whole, model, "tagging {payload:?} whole");
+    let cut = run(&chunks);
+    assert_eq!(
+        cut, whole,
+        "chunking changed the output of {payload:?} cut as {chunks:?}"
+    );
 }
 
 /// The tag and the upstream authority the endpoint property rewrites with.

@@ -45,6 +45,11 @@ fn h1_response_corpus() {
 }
 
 #[test]
+fn event_id_tag_corpus() {
+    replay("event_id_tag", mcpflip::fuzzing::event_id_tag);
+}
+
+#[test]
 fn sse_scanner_corpus() {
     replay("sse_scanner", mcpflip::fuzzing::sse_scanner);
 }
