@@ -532,3 +532,106 @@ async fn a_chunked_request_body_reaches_the_slot_whole() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot that records each request head it gets (lowercased) and answers
+/// `{}`; its port and the heads, in order.
+async fn head_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // GETs only: a head, no body.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let _ = tx.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// What a slot reads about the client comes from the proxy alone: the
+/// client's own `X-Forwarded-Host` and `-Proto` are replaced, its
+/// `X-Forwarded-For` is extended with its address, the slot gets its own
+/// `Host` (`preserve_host` off), each once. A client that names no host
+/// (HTTP/1.0) cannot pass an `X-Forwarded-Host` of its own either: before,
+/// the proxy replaced that header only when it had a host to put in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_gets_the_forwarding_headers_from_the_proxy_alone() {
+    let (port, mut heads) = head_recorder().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = support::start(TestConfig::blue_green(dir.path(), port, support::closed_port()).load())
+        .await;
+    let public = p.public_addr.to_string();
+    let ask = |request: String| {
+        let addr = p.public_addr;
+        async move {
+            let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            raw.write_all(request.as_bytes()).await.expect("write");
+            let mut buf = Vec::new();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf),
+            )
+            .await
+            .expect("the answer within 10 s")
+            .expect("read");
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+    };
+    let answer = ask(format!(
+        "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-Host: evil.example\r\n\
+         X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.9\r\n\
+         X-Forwarded-For: 198.51.100.1\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = heads.recv().await.expect("the slot got the request");
+    let lines: Vec<&str> = head.split("\r\n").collect();
+    let only = |name: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+            .collect()
+    };
+    assert_eq!(only("host"), [format!("127.0.0.1:{port}")], "{head}");
+    assert_eq!(only("x-forwarded-host"), [public.as_str()], "{head}");
+    assert_eq!(only("x-forwarded-proto"), ["http"], "{head}");
+    assert_eq!(
+        only("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"],
+        "{head}"
+    );
+
+    let answer = ask(
+        "GET /mcp HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+            .into(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let head = heads.recv().await.expect("the slot got the request");
+    assert!(!head.contains("evil.example"), "{head}");
+    assert!(
+        head.contains("\r\nx-forwarded-for: 203.0.113.9, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    p.shutdown().await;
+}

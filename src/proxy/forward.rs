@@ -34,10 +34,8 @@ use crate::proxy::migrate::{self, Sessions};
 use crate::proxy::sse::{EndpointRewrite, EventIdTag};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
+use crate::upstream::h1::ProxyHeaders;
 use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -273,7 +271,7 @@ impl Forwarder {
         // A legacy SSE session starts with a GET that carries no session id.
         let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
-        self.rewrite_request(&mut req, &slot, peer);
+        let mut proxy = self.rewrite_request(&mut req, &slot, peer);
         let (head, body) = req.into_parts();
         // Migration on: a small POST is read whole (see `buffer_body`).
         let small = self.sessions.is_some()
@@ -303,7 +301,14 @@ impl Forwarder {
         let req = Request::from_parts(head, body);
         let mut sent = slot
             .client
-            .send(&slot.scheme, &slot.authority, req, wait, &watch)
+            .send(
+                &slot.scheme,
+                &slot.authority,
+                req,
+                Some(&proxy),
+                wait,
+                &watch,
+            )
             .await;
         let mut moved = moved;
         // The slot refuses connections (its process is gone): a request of a
@@ -331,16 +336,18 @@ impl Forwarder {
                 retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
                 migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
                 if !self.preserve_host {
-                    retry
-                        .headers_mut()
-                        .insert(header::HOST, to.host_header.clone());
+                    proxy.host = to.host_header.clone();
                 }
                 // Already in origin form (`rewrite_request`): the pool knows where.
                 stats.count_upstream_error(refused);
-                sent = Box::pin(
-                    to.client
-                        .send(&to.scheme, &to.authority, *retry, wait, &watch),
-                )
+                sent = Box::pin(to.client.send(
+                    &to.scheme,
+                    &to.authority,
+                    *retry,
+                    Some(&proxy),
+                    wait,
+                    &watch,
+                ))
                 .await;
                 to.stats.touch_pinned();
                 slot = to;
@@ -567,7 +574,15 @@ impl Forwarder {
         resp
     }
 
-    fn rewrite_request(&self, req: &mut Request<Incoming>, slot: &Slot, peer: &Peer) {
+    /// Puts `req` in the form a slot gets (origin-form target, HTTP/1.1,
+    /// no hop-by-hop headers) and returns the headers the proxy sets on it,
+    /// which the upstream client writes in place of the client's.
+    fn rewrite_request(
+        &self,
+        req: &mut Request<Incoming>,
+        slot: &Slot,
+        peer: &Peer,
+    ) -> ProxyHeaders {
         let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -586,29 +601,16 @@ impl Forwarder {
         }
         // Upstream connections are HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        match (&client_host, self.preserve_host) {
-            (Some(h), true) => {
-                headers.insert(header::HOST, h.clone());
-            }
-            _ => {
-                headers.insert(header::HOST, slot.host_header.clone());
-            }
-        }
-        if let Some(h) = client_host {
-            headers.insert(X_FORWARDED_HOST, h);
-        }
-        headers.insert(X_FORWARDED_PROTO, self.proto.clone());
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                let ip = peer.ip.to_str().unwrap_or("unknown");
-                HeaderValue::try_from(format!("{prev}, {ip}")).ok()
-            }
-            None => Some(peer.ip.clone()),
+        strip_hop_by_hop(req.headers_mut());
+        let host = match (&client_host, self.preserve_host) {
+            (Some(h), true) => h.clone(),
+            _ => slot.host_header.clone(),
         };
-        if let Some(v) = xff {
-            headers.insert(X_FORWARDED_FOR, v);
+        ProxyHeaders {
+            host,
+            forwarded_host: client_host,
+            forwarded_proto: self.proto.clone(),
+            forwarded_for: peer.ip.clone(),
         }
     }
 }

@@ -396,6 +396,7 @@ async fn send(
             &slot.scheme,
             &slot.authority,
             req,
+            None,
             REPLAY_TIMEOUT,
             &BodyWatch::default(),
         )

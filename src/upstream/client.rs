@@ -31,7 +31,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
-use crate::upstream::h1::{self, Conn, Decoded, Framing, Head, HttpError, Io, ReqFraming};
+use crate::upstream::h1::{
+    self, Conn, Decoded, Framing, Head, HttpError, Io, ProxyHeaders, ReqFraming,
+};
 
 /// Kinds of upstream failure, the `kind` label of `mcpflip_upstream_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,7 +282,7 @@ impl UpstreamClient {
             authority: authority.clone(),
         };
         // The request line is origin-form: the URI's path and query.
-        self.pool.send(target, req).await.map_err(|(e, _)| e)
+        self.pool.send(target, req, None).await.map_err(|(e, _)| e)
     }
 
     /// Sends a client's request to `scheme://authority` (the request URI is
@@ -294,6 +296,7 @@ impl UpstreamClient {
         scheme: &Scheme,
         authority: &Authority,
         req: Request<ForwardBody>,
+        proxy: Option<&ProxyHeaders>,
         wait: Duration,
         body: &BodyWatch,
     ) -> Result<Response<UpstreamBody>, SendError> {
@@ -301,7 +304,7 @@ impl UpstreamClient {
             https: *scheme == Scheme::HTTPS,
             authority: authority.clone(),
         };
-        let response = self.pool.send(target, req);
+        let response = self.pool.send(target, req, proxy);
         tokio::pin!(response);
         let mut frames = body.frames();
         loop {
@@ -381,6 +384,7 @@ impl Pool {
         self: &Arc<Self>,
         target: Target,
         req: Request<ForwardBody>,
+        proxy: Option<&ProxyHeaders>,
     ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
         let (mut conn, mut reused) = match self.checkout(&target) {
             Some(conn) => (conn, true),
@@ -393,7 +397,7 @@ impl Pool {
         };
         let mut req = req;
         let head = loop {
-            match exchange(&mut conn, &target, req, reused).await {
+            match exchange(&mut conn, &target, req, proxy, reused).await {
                 Ok(head) => break head,
                 // A reused connection closed before the request went out:
                 // nothing was sent, so it is safe to send once more.
@@ -497,6 +501,7 @@ async fn exchange(
     conn: &mut Conn,
     target: &Target,
     req: Request<ForwardBody>,
+    proxy: Option<&ProxyHeaders>,
     reused: bool,
 ) -> Result<Head, (HttpError, Option<Box<Request<ForwardBody>>>)> {
     let (parts, mut body) = req.into_parts();
@@ -528,6 +533,7 @@ async fn exchange(
         &parts.uri,
         &parts.headers,
         target.authority.as_str(),
+        proxy,
         framing,
         &mut out,
     );

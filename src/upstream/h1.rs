@@ -184,14 +184,48 @@ impl ReqFraming {
     }
 }
 
+/// The client's address, and those of the proxies before it (de facto).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The scheme the client spoke to the proxy (de facto).
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The host the client asked the proxy for (de facto).
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The headers the proxy sets on a request it forwards, written by
+/// [`encode_head`] in place of any of the same name the client sent: what a
+/// slot reads in them comes from the proxy alone. Kept out of the request's
+/// `HeaderMap`: four inserts there cost a hash, a probe and, often, the
+/// map's growth, on every request (bench/PROFILE.md §13).
+#[derive(Debug, Clone)]
+pub struct ProxyHeaders {
+    /// `Host`.
+    pub host: HeaderValue,
+    /// `X-Forwarded-Host`: the host the client asked for, when it named one.
+    pub forwarded_host: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`.
+    pub forwarded_proto: HeaderValue,
+    /// The client's address, appended to the first `X-Forwarded-For` the
+    /// client sent (dropped if that is not visible ASCII).
+    pub forwarded_for: HeaderValue,
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes the request head into `out`: the request line (origin-form: the
 /// URI's path and query), the headers but the framing ones (given by
-/// `framing`), and `Host: host` when the headers carry none.
+/// `framing`), and `Host: host` when the headers carry none. With `proxy`,
+/// its headers replace the request's `Host` and `X-Forwarded-*`.
 pub fn encode_head(
     method: &Method,
     uri: &http::Uri,
     headers: &HeaderMap,
     host: &str,
+    proxy: Option<&ProxyHeaders>,
     framing: ReqFraming,
     out: &mut Vec<u8>,
 ) {
@@ -200,23 +234,50 @@ pub fn encode_head(
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    out.reserve(method.as_str().len() + target.len() + size + host.len() + 64);
+    let extra = proxy.map_or(0, |p| {
+        p.host.len()
+            + p.forwarded_host.as_ref().map_or(0, HeaderValue::len)
+            + p.forwarded_proto.len()
+            + p.forwarded_for.len()
+            + 80
+    });
+    out.reserve(method.as_str().len() + target.len() + size + host.len() + extra + 64);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match proxy {
+        Some(p) => put(out, b"host", p.host.as_bytes()),
+        None if !headers.contains_key(header::HOST) => put(out, b"host", host.as_bytes()),
+        None => {}
     }
+    let mut prior_for: Option<&HeaderValue> = None;
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        if proxy.is_some() {
+            if name == header::HOST || name == X_FORWARDED_HOST || name == X_FORWARDED_PROTO {
+                continue;
+            }
+            if name == X_FORWARDED_FOR {
+                prior_for.get_or_insert(value);
+                continue;
+            }
+        }
+        put(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(p) = proxy {
+        if let Some(h) = &p.forwarded_host {
+            put(out, b"x-forwarded-host", h.as_bytes());
+        }
+        put(out, b"x-forwarded-proto", p.forwarded_proto.as_bytes());
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prior) = prior_for.filter(|v| v.to_str().is_ok()) {
+            out.extend_from_slice(prior.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(p.forwarded_for.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -744,6 +805,63 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_headers_replace_the_clients_and_extend_its_forwarded_for() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("public.example"));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        let proxy = ProxyHeaders {
+            host: HeaderValue::from_static("slot:3001"),
+            forwarded_host: Some(HeaderValue::from_static("public.example")),
+            forwarded_proto: HeaderValue::from_static("https"),
+            forwarded_for: HeaderValue::from_static("192.0.2.7"),
+        };
+        let uri: http::Uri = "/mcp".parse().unwrap();
+        let mut out = Vec::new();
+        encode_head(
+            &Method::GET,
+            &uri,
+            &headers,
+            "up:80",
+            Some(&proxy),
+            ReqFraming::None,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
+             x-forwarded-host: public.example\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-for: 10.0.0.1, 192.0.2.7\r\n\r\n"
+        );
+        // No host named by the client, no prior X-Forwarded-For, one that is
+        // not ASCII: only what the proxy knows.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        let proxy = ProxyHeaders {
+            forwarded_host: None,
+            ..proxy
+        };
+        let mut out = Vec::new();
+        encode_head(
+            &Method::GET,
+            &uri,
+            &headers,
+            "up:80",
+            Some(&proxy),
+            ReqFraming::None,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-for: 192.0.2.7\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn the_request_head_carries_the_framing_and_a_host() {
         let mut headers = HeaderMap::new();
         headers.insert("accept", HeaderValue::from_static("text/event-stream"));
@@ -755,6 +873,7 @@ mod tests {
             &uri,
             &headers,
             "up:80",
+            None,
             ReqFraming::Length(12),
             &mut out,
         );
