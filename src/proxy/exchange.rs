@@ -38,10 +38,12 @@ pub struct Exchange {
     mcp_method: Option<usize>,
     /// False for long-lived streams: their lifetime is not a request latency.
     timed: bool,
-    /// The access-log line; `None` while the access log is off. Inline, not
-    /// boxed: an allocation here and its free on the writer thread cost more
-    /// than moving the record.
-    line: Option<Record>,
+    /// The access-log line; `None` while the access log is off. Boxed: this
+    /// record rides in the response body, which moves about ten times per
+    /// request; inline, its 400 bytes were two thirds of every move, access
+    /// log on or off (bench/PROFILE.md §14). It is taken out of its box (freed
+    /// here, on the worker) when the line is handed to the writer.
+    line: Option<Box<Record>>,
 }
 
 impl Exchange {
@@ -56,7 +58,7 @@ impl Exchange {
                 r.mcp_method = Inline::new(m);
             }
             r.session = session_of(req);
-            r
+            Box::new(r)
         });
         Exchange {
             started,
@@ -124,7 +126,7 @@ impl Exchange {
             l.request_time = took;
             l.ended = Some(now);
             l.end = how;
-            access::send(l);
+            access::send(*l);
         }
     }
 }
