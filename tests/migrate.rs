@@ -306,6 +306,25 @@ fn config(dir: &std::path::Path, blue: u16, green: u16, migrate: &str) -> TestCo
         .set_str("drain", "deadline", "60s")
 }
 
+/// Lets green take new sessions beside blue (where every move below starts).
+async fn green_serves_too(socket: &std::path::Path) {
+    let r = support::ctl(socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+}
+
+/// A GET that opens session `sid`'s stream: `uri` is the proxy's URL, or a
+/// path with `host` on a connection of the test's own.
+fn stream_get(uri: &str, host: Option<&str>, sid: &str) -> http::Request<Full<Bytes>> {
+    let mut req = http::Request::get(uri);
+    if let Some(host) = host {
+        req = req.header("host", host);
+    }
+    req.header("mcp-session-id", sid)
+        .header("accept", "text/event-stream")
+        .body(Full::new(Bytes::new()))
+        .expect("get")
+}
+
 /// A proxy started on [`config`] (as `edit` leaves it), with its public URL,
 /// its control socket, a client, and the directory that holds its config,
 /// state and socket (kept until the test ends).
@@ -351,8 +370,7 @@ async fn a_session_moves_with_its_shaping_requests_in_order_and_keeps_its_id() {
     assert!(proxy.proxy_stats.captured_bytes() > initialize().to_string().len() as u64);
 
     // Green serves; blue is drained with --migrate: the session moves.
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
     let (status, r) = call(&client, &url, &sid, 5).await;
@@ -406,11 +424,7 @@ async fn drain_migrate_ends_ten_open_streams_at_once_and_every_session_moves() {
     let mut streams = Vec::new();
     for _ in 0..10 {
         let sid = open(&client, &url).await;
-        let get = http::Request::get(&url)
-            .header("mcp-session-id", &sid)
-            .header("accept", "text/event-stream")
-            .body(Full::new(Bytes::new()))
-            .expect("get");
+        let get = stream_get(&url, None, &sid);
         let resp = client.request(get).await.expect("stream opens");
         assert_eq!(resp.status(), 200);
         streams.push(tokio::spawn(resp.into_body().collect()));
@@ -425,8 +439,7 @@ async fn drain_migrate_ends_ten_open_streams_at_once_and_every_session_moves() {
             .is_some_and(|s| s.stats.live_streams() == 10)
     })
     .await;
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     // The deadline is 60 s: a drain that ends before it was not waiting for it.
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert_eq!(r["forced"], 10, "{r}");
@@ -510,8 +523,7 @@ async fn with_migration_off_a_session_of_a_gone_slot_gets_the_404() {
     let (green, _g) = recording("green").await;
     let (proxy, url, socket, client, _dir) = rig(blue, green, "off", |c| c).await;
     let sid = open(&client, &url).await;
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
     let r = support::ctl(&socket, "retire blue").await;
@@ -586,8 +598,7 @@ async fn a_call_in_flight_at_the_cut_may_answer_within_its_grace() {
         blue_stats.live_streams() == 2
     })
     .await;
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate").await;
     assert!(r.get("error").is_none(), "{r}");
     // The cut has happened (blue's streams are forced until they end, or the
@@ -634,18 +645,13 @@ async fn drain_migrate_cuts_a_drain_already_running() {
     let (green, _g) = recording("green").await;
     let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
     let sid = open(&client, &url).await;
-    let get = http::Request::get(&url)
-        .header("mcp-session-id", &sid)
-        .header("accept", "text/event-stream")
-        .body(Full::new(Bytes::new()))
-        .expect("get");
+    let get = stream_get(&url, None, &sid);
     let resp = client.request(get).await.expect("stream opens");
     assert_eq!(resp.status(), 200);
     let stream = tokio::spawn(resp.into_body().collect());
     let blue_stats = support::stats(&proxy, "blue");
     support::until("the stream open on blue", || blue_stats.live_streams() == 1).await;
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue").await;
     assert!(r.get("error").is_none(), "{r}");
     assert!(
@@ -693,19 +699,13 @@ async fn a_cut_stream_leaves_its_http1_connection_open_for_the_next_request() {
             .expect("h1 handshake");
     let driver = tokio::spawn(conn);
     let host = proxy.public_addr.to_string();
-    let get = http::Request::get("/mcp")
-        .header("host", &host)
-        .header("mcp-session-id", &sid)
-        .header("accept", "text/event-stream")
-        .body(Full::new(Bytes::new()))
-        .expect("get");
+    let get = stream_get("/mcp", Some(&host), &sid);
     let resp = send.send_request(get).await.expect("stream opens");
     assert_eq!(resp.status(), 200);
     let stream = tokio::spawn(resp.into_body().collect());
     let blue_stats = support::stats(&proxy, "blue");
     support::until("the stream open on blue", || blue_stats.live_streams() == 1).await;
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert_eq!(r["forced"], 1, "{r}");
     stream
@@ -802,8 +802,7 @@ async fn a_reconnecting_get_of_a_moved_session_resumes_only_what_the_new_slot_se
         "a session that never moved: ids as the slot wrote them"
     );
     let stream = tokio::spawn(stream.collect());
-    let r = support::ctl(&socket, "weights blue=100 green=1").await;
-    assert!(r.get("error").is_none(), "{r}");
+    green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
     stream
