@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::HeaderName;
 use http::{Method, Request, Response};
 
 use crate::log::access::{self, Fingerprint, Inline, Record};
@@ -23,10 +22,6 @@ use crate::proxy::sse::find_in_query;
 use crate::stats::SlotStats;
 
 pub use crate::log::access::End;
-
-// Parsed once: a lookup by `&str` would parse and validate the name per request.
-const MCP_METHOD_HEADER: HeaderName = MCP_METHOD;
-const MCP_SESSION_ID_HEADER: HeaderName = MCP_SESSION_ID;
 
 /// The record of one exchange.
 #[derive(Debug)]
@@ -50,7 +45,7 @@ impl Exchange {
     /// Starts the record of `req` from `peer` (reads the clock).
     pub fn start<B>(req: &Request<B>, peer: SocketAddr) -> Exchange {
         let started = Instant::now();
-        let mcp_header = req.headers().get(MCP_METHOD_HEADER);
+        let mcp_header = req.headers().get(MCP_METHOD);
         let mcp_method = mcp_header.map(|v| method::index(v.as_bytes()));
         let line = access::enabled().then(|| {
             let mut r = Record::new(peer, req.method().clone(), req.uri().path());
@@ -102,7 +97,7 @@ impl Exchange {
             if l.session.is_none() {
                 l.session = resp
                     .headers()
-                    .get(MCP_SESSION_ID_HEADER)
+                    .get(MCP_SESSION_ID)
                     .map(|v| Fingerprint::of(v.as_bytes()));
             }
         }
@@ -134,7 +129,7 @@ impl Exchange {
 /// The fingerprint of the session id a request carries: `Mcp-Session-Id`,
 /// or the legacy SSE POST URL's `sessionId` / `session_id`.
 fn session_of<B>(req: &Request<B>) -> Option<Fingerprint> {
-    if let Some(v) = req.headers().get(MCP_SESSION_ID_HEADER) {
+    if let Some(v) = req.headers().get(MCP_SESSION_ID) {
         return Some(Fingerprint::of(v.as_bytes()));
     }
     let query = req.uri().query()?;

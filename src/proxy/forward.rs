@@ -39,8 +39,6 @@ use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-// Parsed once: a lookup by `&str` would parse the name per request.
-const MCP_METHOD_HEADER: HeaderName = MCP_METHOD;
 const TOOLS_CALL: &[u8] = b"tools/call";
 
 /// What the request path needs besides the request itself.
@@ -246,7 +244,7 @@ impl Forwarder {
             Era::of(&method, req.headers(), site)
         };
         // Tool calls run long: they get their own response header timeout.
-        let wait = match req.headers().get(MCP_METHOD_HEADER) {
+        let wait = match req.headers().get(MCP_METHOD) {
             Some(m) if m.as_bytes() == TOOLS_CALL => self.tool_call_timeout,
             _ => slot.client.response_timeout(),
         };
