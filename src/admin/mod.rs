@@ -293,7 +293,7 @@ pub async fn serve(
                 let conn = conn.clone();
                 service_fn(move |req| {
                     // Busy until the response body is gone (a feed: until it ends).
-                    let active = conn.begin();
+                    let active = conn.begin(req.version() < http::Version::HTTP_2);
                     let admin = Arc::clone(&admin);
                     async move {
                         Ok::<_, Infallible>(handle(&req, &admin).map(|b| Tracked::new(b, active)))

@@ -74,8 +74,6 @@ struct Stream {
     /// The client connection, which a forced end settles or closes and
     /// parks the guard on.
     conn: Conn,
-    /// The connection is HTTP/1.1 (a forced end settles it, see `conn`).
-    h1: bool,
     /// Forces the connection when the slot's force token fires, until dropped.
     _watch: ForceWatch,
     /// Migration on, a POST's stream with a known request id: what to do if
@@ -125,8 +123,7 @@ impl ResponseBody {
     /// An SSE stream counted by `guard`, ended at an event boundary when the
     /// slot's force token fires, with the legacy endpoint rewritten if `rewrite`
     /// and event ids tagged if `ids`. `conn` is the client connection it is
-    /// sent on (`h1`: HTTP/1.1).
-    #[allow(clippy::too_many_arguments)]
+    /// sent on.
     pub fn stream(
         inner: UpstreamBody,
         guard: StreamGuard,
@@ -134,11 +131,10 @@ impl ResponseBody {
         ids: Option<EventIdTag>,
         keepalive: Option<std::time::Duration>,
         conn: &Conn,
-        h1: bool,
         cut: Option<Cut>,
     ) -> Self {
         let token = guard.stats().force_token();
-        let watch = conn.watch_force(token.clone(), h1);
+        let watch = conn.watch_force(token.clone());
         let force = Box::pin(token.cancelled_owned());
         Self {
             kind: Kind::Stream(Box::new(Stream {
@@ -153,7 +149,6 @@ impl ResponseBody {
                 ids,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
-                h1,
                 _watch: watch,
                 cut,
                 answered: false,
@@ -300,7 +295,7 @@ impl Stream {
                 // connection (h1) or the connection is gone (dropped, at the
                 // latest, at the end of the grace).
                 self.conn.park(guard);
-                self.conn.force_stream(self.h1);
+                self.conn.force_stream();
             }
         }
     }

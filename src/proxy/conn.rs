@@ -78,6 +78,9 @@ struct ConnState {
     /// An HTTP/1.1 stream was forced: its response must end within
     /// [`FORCE_GRACE`], or the connection is dropped.
     settle: AtomicBool,
+    /// Its requests come as HTTP/2 (set by the first): a forced stream then
+    /// closes the connection (GOAWAY) instead of settling it.
+    h2: AtomicBool,
     /// Close once the open requests end, with no deadline (HTTP/2: GOAWAY;
     /// its open streams go on): the process is handing over or stopping.
     wind_down: AtomicBool,
@@ -114,23 +117,27 @@ impl Conn {
         Conn::default()
     }
 
-    /// A request head arrived: the connection is busy until the guard drops
-    /// (the response body ends or the request is abandoned).
-    pub fn begin(&self) -> Active {
+    /// A request head arrived (`h1`: as HTTP/1.x): the connection is busy
+    /// until the guard drops (the response body ends or the request is
+    /// abandoned).
+    pub fn begin(&self, h1: bool) -> Active {
         self.0.active.fetch_add(1, Ordering::Relaxed);
         self.0.started.store(true, Ordering::Relaxed);
+        if !h1 {
+            self.0.h2.store(true, Ordering::Relaxed);
+        }
         Active(self.clone())
     }
 
-    /// A stream of this connection was forced. HTTP/1.1 (`h1`): the
-    /// connection settles (kept if the response ends within [`FORCE_GRACE`],
-    /// else dropped); HTTP/2: closed now gracefully, dropped after the grace.
-    pub fn force_stream(&self, h1: bool) {
-        if h1 {
+    /// A stream of this connection was forced. HTTP/1.1: the connection
+    /// settles (kept if the response ends within [`FORCE_GRACE`], else
+    /// dropped); HTTP/2: closed now gracefully, dropped after the grace.
+    pub fn force_stream(&self) {
+        if self.0.h2.load(Ordering::Relaxed) {
+            self.force();
+        } else {
             self.0.settle.store(true, Ordering::Release);
             self.0.signal();
-        } else {
-            self.force();
         }
     }
 
@@ -163,12 +170,12 @@ impl Conn {
         }
     }
 
-    /// Watches `force` for a stream of this connection (`h1`: HTTP/1.1) until
+    /// Watches `force` for a stream of this connection until
     /// the returned handle drops (the stream ended): when it fires, the stream
     /// is forced ([`Conn::force_stream`]). A task of its own: the stream's
     /// body is not polled while its client does not read, so it cannot watch
     /// for itself.
-    pub fn watch_force(&self, force: CancellationToken, h1: bool) -> ForceWatch {
+    pub fn watch_force(&self, force: CancellationToken) -> ForceWatch {
         let (ended, ended_rx) = oneshot::channel::<()>();
         let conn = self.clone();
         tokio::spawn(async move {
@@ -176,7 +183,7 @@ impl Conn {
                 // A stream that ends because it was forced still forces its
                 // connection (its body also does, when it sees the force).
                 biased;
-                _ = force.cancelled() => conn.force_stream(h1),
+                _ = force.cancelled() => conn.force_stream(),
                 _ = ended_rx => {}
             }
         });

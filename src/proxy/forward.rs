@@ -469,7 +469,6 @@ impl Forwarder {
                 ids,
                 self.sse_keepalive,
                 &peer.conn,
-                h1,
                 cut,
             )
         } else {

@@ -102,8 +102,8 @@ pub async fn serve(
                 let conn = Conn::new();
                 let service = {
                     let conn = conn.clone();
-                    service_fn(move |_req| {
-                        let active = conn.begin();
+                    service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let active = conn.begin(req.version() < http::Version::HTTP_2);
                         async move {
                             Ok::<_, Infallible>(at_capacity(max).map(|b| Tracked::new(b, active)))
                         }
@@ -136,11 +136,11 @@ pub async fn serve(
             let service = service_fn(move |req| {
                 // A request head arrived: the connection is busy until its
                 // response body is gone.
-                let active = peer.conn.begin();
+                let h1 = req.version() < http::Version::HTTP_2;
+                let active = peer.conn.begin(h1);
                 let forwarder = Arc::clone(&forwarder);
                 let peer = Arc::clone(&peer);
                 let winding_down = winding_down.is_cancelled();
-                let h1 = req.version() < http::Version::HTTP_2;
                 // Boxed: hyper moves the service's future into the
                 // connection's in-flight slot (a copy of its whole size per
                 // request) and keeps that slot, sized for the future, for the
