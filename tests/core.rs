@@ -515,15 +515,7 @@ async fn a_chunked_request_body_reaches_the_slot_whole() {
         .expect("write");
     raw.write_all(b).await.expect("write");
     raw.write_all(b"\r\n0\r\n\r\n").await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf),
-    )
-    .await
-    .expect("the answer within 10 s")
-    .expect("read");
-    let text = String::from_utf8_lossy(&buf);
+    let text = read_to_close(&mut raw).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
         text.contains("\"id\":7") && text.contains("protocolVersion"),
@@ -531,6 +523,19 @@ async fn a_chunked_request_body_reaches_the_slot_whole() {
     );
     p.shutdown().await;
     h.stop.cancel();
+}
+
+/// What the proxy sends on `raw` until it closes (within 10 s), as text.
+async fn read_to_close(raw: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(raw, &mut buf),
+    )
+    .await
+    .expect("the answer within 10 s")
+    .expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// A slot that records each request head it gets (lowercased) and answers
@@ -586,15 +591,7 @@ async fn the_slot_gets_the_forwarding_headers_from_the_proxy_alone() {
         async move {
             let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
             raw.write_all(request.as_bytes()).await.expect("write");
-            let mut buf = Vec::new();
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf),
-            )
-            .await
-            .expect("the answer within 10 s")
-            .expect("read");
-            String::from_utf8_lossy(&buf).into_owned()
+            read_to_close(&mut raw).await
         }
     };
     let answer = ask(format!(

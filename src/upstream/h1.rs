@@ -804,6 +804,20 @@ mod tests {
         assert_eq!(&buf[..], b"def");
     }
 
+    /// The request head `encode_head` writes for a slot at `up:80`.
+    fn head(
+        method: &Method,
+        uri: &str,
+        headers: &HeaderMap,
+        proxy: Option<&ProxyHeaders>,
+        framing: ReqFraming,
+    ) -> String {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut out = Vec::new();
+        encode_head(method, &uri, headers, "up:80", proxy, framing, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn the_proxy_headers_replace_the_clients_and_extend_its_forwarded_for() {
         let mut headers = HeaderMap::new();
@@ -819,19 +833,14 @@ mod tests {
             forwarded_proto: HeaderValue::from_static("https"),
             forwarded_for: HeaderValue::from_static("192.0.2.7"),
         };
-        let uri: http::Uri = "/mcp".parse().unwrap();
-        let mut out = Vec::new();
-        encode_head(
-            &Method::GET,
-            &uri,
-            &headers,
-            "up:80",
-            Some(&proxy),
-            ReqFraming::None,
-            &mut out,
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            head(
+                &Method::GET,
+                "/mcp",
+                &headers,
+                Some(&proxy),
+                ReqFraming::None
+            ),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
              x-forwarded-host: public.example\r\nx-forwarded-proto: https\r\n\
              x-forwarded-for: 10.0.0.1, 192.0.2.7\r\n\r\n"
@@ -844,18 +853,14 @@ mod tests {
             forwarded_host: None,
             ..proxy
         };
-        let mut out = Vec::new();
-        encode_head(
-            &Method::GET,
-            &uri,
-            &headers,
-            "up:80",
-            Some(&proxy),
-            ReqFraming::None,
-            &mut out,
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            head(
+                &Method::GET,
+                "/mcp",
+                &headers,
+                Some(&proxy),
+                ReqFraming::None
+            ),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\nx-forwarded-proto: https\r\n\
              x-forwarded-for: 192.0.2.7\r\n\r\n"
         );
@@ -866,21 +871,16 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("accept", HeaderValue::from_static("text/event-stream"));
         headers.insert("content-length", HeaderValue::from_static("999"));
-        let uri: http::Uri = "/mcp?x=1".parse().unwrap();
-        let mut out = Vec::new();
-        encode_head(
-            &Method::POST,
-            &uri,
-            &headers,
-            "up:80",
-            None,
-            ReqFraming::Length(12),
-            &mut out,
-        );
         assert_eq!(
-            out,
-            b"POST /mcp?x=1 HTTP/1.1\r\nhost: up:80\r\naccept: text/event-stream\r\n\
-              content-length: 12\r\n\r\n"
+            head(
+                &Method::POST,
+                "/mcp?x=1",
+                &headers,
+                None,
+                ReqFraming::Length(12)
+            ),
+            "POST /mcp?x=1 HTTP/1.1\r\nhost: up:80\r\naccept: text/event-stream\r\n\
+             content-length: 12\r\n\r\n"
         );
         assert_eq!(
             ReqFraming::of(&Method::GET, true, Some(0)),
