@@ -94,7 +94,8 @@ struct Upstream {
 
 /// Answers tool calls on an SSE stream: the priming event (with an id) at
 /// once, then the answer as the tool has it (`held`: once released;
-/// `never`: not at all; others: at once).
+/// `never`: not at all; `closed`: the stream ends there, for the client to
+/// resume later, as a server that polls does; others: at once).
 async fn upstream(slot: &'static str) -> Upstream {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -171,6 +172,8 @@ fn sse_call(
                 }
             });
         }
+        // The stream ends after its priming event (SSE polling).
+        Some("closed") => drop(tx),
         // The stream stays open until the proxy lets go of it.
         Some("never") => {
             tokio::spawn(async move { tx.closed().await });
@@ -256,7 +259,10 @@ async fn serve(
     }
     // Like the SDK servers, every answer names the session.
     let result = json!({"jsonrpc":"2.0","id":msg["id"],"result":{"slot":slot,"session":s}});
-    if matches!(msg["params"]["name"].as_str(), Some("held" | "never")) {
+    if matches!(
+        msg["params"]["name"].as_str(),
+        Some("held" | "never" | "closed")
+    ) {
         return sse_call(&s, &msg, result, release);
     }
     answer(200, Some(&s), Some(result))
@@ -632,6 +638,80 @@ async fn a_call_in_flight_at_the_cut_may_answer_within_its_grace() {
         (200, json!("green")),
         "{r}"
     );
+    proxy.shutdown().await;
+}
+
+/// A call whose POST stream its slot ended before the answer (SSE polling:
+/// "resume me later"), resumed by the client only after its session moved:
+/// the resumption gets the call's JSON-RPC error at once, as the rest of that
+/// stream. Before, the resuming GET opened a fresh stream on the new session,
+/// which never had the call, and the client waited for its request timeout.
+#[tokio::test]
+async fn a_call_resumed_after_its_session_moved_gets_its_error_not_silence() {
+    let blue = upstream("blue").await;
+    let (green, green_seen) = recording("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue.port, green, "replay", |c| c).await;
+    let sid = open(&client, &url).await;
+    let body = start_call(&client, &url, &sid, 2, "closed")
+        .await
+        .expect("join");
+    assert_eq!(sse_answer(&body), Value::Null, "no answer yet: {body}");
+    let last = body
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("the priming event's id")
+        .to_owned();
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+
+    let resume = |last: &str| {
+        let req = http::Request::get(&url)
+            .header("mcp-session-id", &sid)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", last)
+            .body(Full::new(Bytes::new()))
+            .expect("get");
+        client.request(req)
+    };
+    let wait = std::time::Duration::from_secs(10);
+    let resp = tokio::time::timeout(wait, resume(&last))
+        .await
+        .expect("the resumption is answered")
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(wait, resp.into_body().collect())
+        .await
+        .expect("the resumed stream ends with the call's answer, not silence")
+        .expect("cleanly")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    let a = sse_answer(&body);
+    assert_eq!(a["id"], 2, "{body}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted by a deploy")),
+        "the call's error: {body}"
+    );
+    assert_eq!(proxy.proxy_stats.interrupted(), 1);
+    let green_session = green_seen.sessions().first().cloned().expect("moved");
+    assert!(
+        !green_seen
+            .of(&green_session)
+            .iter()
+            .any(|m| m.starts_with("GET")),
+        "green was not asked for a call it never had: {:?}",
+        green_seen.of(&green_session)
+    );
+
+    // Once only: the same resumption again opens a live stream on green.
+    let (new_id, stream) = get_stream(&client, &url, &sid, Some(&last)).await;
+    assert_eq!(new_id, format!("mf1.green.1.{green_session}-ev"));
+    drop(stream);
+    assert_eq!(proxy.proxy_stats.interrupted(), 1);
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!((status, r["result"]["slot"].clone()), (200, json!("green")));
     proxy.shutdown().await;
 }
 

@@ -34,7 +34,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
-use crate::proxy::sse::{EndpointRewrite, EventIdTag, Rewritten, SseScanner};
+use crate::proxy::migrate::Sessions;
+use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
 use crate::upstream::{HttpError, UpstreamBody};
 
@@ -77,8 +78,9 @@ struct Stream {
     /// Forces the connection when the slot's force token fires, until dropped.
     _watch: ForceWatch,
     /// Migration on, a POST's stream with a known request id: what to do if
-    /// the proxy ends the stream (or the slot breaks it) before the answer passed.
-    cut: Option<Cut>,
+    /// the proxy ends the stream (or the slot breaks it) before the answer
+    /// passed. Boxed: most streams (GETs) have none.
+    cut: Option<Box<Cut>>,
     /// An answer (`"result"` or `"error"`) passed: nothing to send at a cut.
     answered: bool,
     /// After a forced end, the end of the unanswered call's grace.
@@ -92,6 +94,18 @@ pub struct Cut {
     pub event: Bytes,
     pub stats: Arc<ProxyStats>,
     pub grace: std::time::Duration,
+    /// The call's session, when it was captured: a stream the slot itself
+    /// ends before the answer (SSE polling) may be resumed after the
+    /// session moved (`Sessions::note_unanswered`).
+    pub resume: Option<Resume>,
+}
+
+/// Where a call's unanswered end is kept, and the stream's last event id.
+pub struct Resume {
+    pub sessions: Arc<Sessions>,
+    /// The session id the client holds.
+    pub sid: http::HeaderValue,
+    pub last_id: LastEventId,
 }
 
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
@@ -150,7 +164,7 @@ impl ResponseBody {
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
                 _watch: watch,
-                cut,
+                cut: cut.map(Box::new),
                 answered: false,
                 call_deadline: None,
             })),
@@ -269,11 +283,39 @@ impl Stream {
 
     /// Notes whether `data` carries the call's answer (the stream of a POST
     /// holds one request's messages: progress notifications, server requests,
-    /// then the answer).
+    /// then the answer), and the last event id the client saw before it.
     fn watch_answer(&mut self, data: &[u8]) {
-        if self.cut.is_some() && !self.answered {
-            self.answered = memchr::memmem::find(data, b"\"result\"").is_some()
-                || memchr::memmem::find(data, b"\"error\"").is_some();
+        let Some(cut) = self.cut.as_mut() else { return };
+        if self.answered {
+            return;
+        }
+        self.answered = memchr::memmem::find(data, b"\"result\"").is_some()
+            || memchr::memmem::find(data, b"\"error\"").is_some();
+        if let Some(resume) = cut.resume.as_mut() {
+            resume.last_id.feed(data);
+        }
+    }
+
+    /// The slot ended the call's stream before the answer passed (it may
+    /// want the client to resume it: SSE polling). Keeps the call's error for
+    /// a resumption that reaches the proxy only after the session moved.
+    fn note_unanswered(&mut self) {
+        if self.answered {
+            return;
+        }
+        let Some(cut) = self.cut.take() else { return };
+        let Cut {
+            event,
+            resume: Some(resume),
+            ..
+        } = *cut
+        else {
+            return;
+        };
+        if let Some(last) = resume.last_id.get() {
+            resume
+                .sessions
+                .note_unanswered(resume.sid.as_bytes(), last.clone(), event);
         }
     }
 
@@ -349,6 +391,7 @@ impl Stream {
                 }
                 Poll::Ready(None) => {
                     self.finish();
+                    self.note_unanswered();
                     if let Some(held) = self.rewrite.take().and_then(|mut r| r.finish()) {
                         return Poll::Ready(Some(Ok(Frame::data(held))));
                     }
@@ -362,6 +405,7 @@ impl Stream {
                         return self.end_cut();
                     }
                     self.finish();
+                    self.note_unanswered();
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,

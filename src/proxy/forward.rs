@@ -22,16 +22,16 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::headers::{LAST_EVENT_ID, MCP_METHOD, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
-use crate::proxy::body::{Cut, ResponseBody};
+use crate::proxy::body::{Cut, ResponseBody, Resume};
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::migrate::{self, Sessions};
-use crate::proxy::sse::{EndpointRewrite, EventIdTag};
+use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::h1::ProxyHeaders;
@@ -262,6 +262,11 @@ impl Forwarder {
             if method != http::Method::DELETE {
                 stats.touch_pinned();
             }
+            if let Some(resp) =
+                self.resumed_unanswered(req.headers(), client_sid.as_ref(), &slot.tag_prefix)
+            {
+                return resp;
+            }
             req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
             migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
         }
@@ -331,6 +336,12 @@ impl Forwarder {
             ))
             .await;
             if let Ok((to, inner)) = to {
+                if let Some(resp) =
+                    self.resumed_unanswered(retry.headers(), client_sid.as_ref(), &to.tag_prefix)
+                {
+                    stats.count_upstream_error(refused);
+                    return resp;
+                }
                 retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
                 migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
                 if !self.preserve_host {
@@ -453,11 +464,19 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            let cut = call_id.map(|id| Cut {
-                event: migrate::interrupted_event(&id),
-                stats: Arc::clone(&self.stats),
-                grace: self.call_grace,
-            });
+            let cut =
+                call_id.map(|id| Cut {
+                    event: migrate::interrupted_event(&id),
+                    stats: Arc::clone(&self.stats),
+                    grace: self.call_grace,
+                    resume: self.sessions.as_ref().zip(client_sid.as_ref()).map(
+                        |(sessions, sid)| Resume {
+                            sessions: Arc::clone(sessions),
+                            sid: sid.clone(),
+                            last_id: LastEventId::default(),
+                        },
+                    ),
+                });
             // A moved session's event ids name the slot that minted them.
             let ids = moved
                 .as_ref()
@@ -475,6 +494,35 @@ impl Forwarder {
             ResponseBody::plain(body, inflight)
         };
         Response::from_parts(parts, body)
+    }
+
+    /// A moved session's GET that resumes (`Last-Event-ID`) a call's stream
+    /// which a slot it left ended before the answer (SSE polling): the new
+    /// slot never had that call, so the resumption is answered here with the
+    /// call's JSON-RPC error, as the rest of that stream. Without it the GET
+    /// opened a fresh stream on the new session, and the client waited for
+    /// its request timeout. `None` for anything else, and for an id the new
+    /// slot minted (`prefix`): that slot resumes its own streams.
+    fn resumed_unanswered(
+        &self,
+        headers: &HeaderMap,
+        client_sid: Option<&HeaderValue>,
+        prefix: &str,
+    ) -> Option<Response<ResponseBody>> {
+        let (sessions, sid) = (self.sessions.as_ref()?, client_sid?);
+        let last = headers.get(LAST_EVENT_ID)?.as_bytes();
+        if last.starts_with(prefix.as_bytes()) {
+            return None;
+        }
+        let event = sessions.take_unanswered(sid.as_bytes(), last)?;
+        self.stats.count_interrupted();
+        tracing::info!("a call's stream resumed after its session moved: answered with the call's JSON-RPC error");
+        let mut resp = Response::new(ResponseBody::local(event));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        Some(resp)
     }
 
     /// [`Forwarder::moved`] for a request already taken apart.

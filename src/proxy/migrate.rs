@@ -53,6 +53,8 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer to a replayed request the proxy reads.
 const MAX_REPLY: usize = 256 * 1024;
 const SHARDS: usize = 16;
+/// Most unanswered calls kept per session (the oldest are dropped first).
+const MAX_UNANSWERED: usize = 16;
 
 /// Where a migrated session lives now.
 #[derive(Debug)]
@@ -71,6 +73,10 @@ pub struct Captured {
     /// Seconds since the store's epoch of the last request.
     last_used: AtomicU64,
     moved: ArcSwapOption<Moved>,
+    /// Calls whose POST stream the slot ended before their answer passed
+    /// (`Last-Event-ID` of that stream as the client holds it, the call's
+    /// error event): the client resumes such a stream later.
+    unanswered: Mutex<Vec<(Bytes, Bytes)>>,
     /// One replay at a time per session; concurrent requests wait for it.
     replaying: tokio::sync::Mutex<()>,
 }
@@ -78,7 +84,13 @@ pub struct Captured {
 impl Captured {
     fn bytes(&self) -> usize {
         let shaping = self.shaping.lock().unwrap_or_else(|p| p.into_inner());
-        self.init.len() + shaping.iter().map(Bytes::len).sum::<usize>()
+        let unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        self.init.len()
+            + shaping.iter().map(Bytes::len).sum::<usize>()
+            + unanswered
+                .iter()
+                .map(|(id, event)| id.len() + event.len())
+                .sum::<usize>()
     }
 }
 
@@ -151,6 +163,7 @@ impl Sessions {
             shaping: Mutex::default(),
             last_used: AtomicU64::new(self.now()),
             moved: ArcSwapOption::empty(),
+            unanswered: Mutex::default(),
             replaying: tokio::sync::Mutex::new(()),
         });
         let key = id.as_bytes();
@@ -221,6 +234,44 @@ impl Sessions {
             drop(list);
             self.publish();
         }
+    }
+
+    /// Keeps the error event of session `id`'s call whose POST stream the
+    /// slot ended before the answer passed, under the stream's last event id
+    /// (`last_id`, as the client holds it). If the client resumes that
+    /// stream only after the session moved, the new slot never had the call:
+    /// [`Sessions::take_unanswered`] then gives the error to answer with,
+    /// instead of a fresh stream on which the answer never comes.
+    pub fn note_unanswered(&self, id: &[u8], last_id: Bytes, event: Bytes) {
+        let size = last_id.len() + event.len();
+        if self.bytes().saturating_add(size) > MAX_HELD {
+            return;
+        }
+        if let Some(c) = self.get(id) {
+            let mut list = c.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            if list.len() >= MAX_UNANSWERED {
+                let (i, e) = list.remove(0);
+                self.held.fetch_sub(i.len() + e.len(), Ordering::Relaxed);
+            }
+            self.held.fetch_add(size, Ordering::Relaxed);
+            list.push((last_id, event));
+            drop(list);
+            self.publish();
+        }
+    }
+
+    /// The error event of session `id`'s unanswered call whose stream the
+    /// client resumes from `last_id`, once (see [`Sessions::note_unanswered`]).
+    pub fn take_unanswered(&self, id: &[u8], last_id: &[u8]) -> Option<Bytes> {
+        let c = self.get(id)?;
+        let mut list = c.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let at = list.iter().position(|(i, _)| i == last_id)?;
+        let (i, event) = list.remove(at);
+        drop(list);
+        self.held
+            .fetch_sub(i.len() + event.len(), Ordering::Relaxed);
+        self.publish();
+        Some(event)
     }
 
     /// Forgets sessions idle longer than `migrate_idle`; returns how many.
@@ -627,6 +678,35 @@ mod tests {
         );
         assert_eq!((c.init.len(), shaping[0].len()), (200, 100));
         drop(buffer);
+    }
+
+    #[test]
+    fn an_unanswered_call_is_given_once_to_the_resumption_that_names_its_stream() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(2, Duration::from_secs(3600), Arc::clone(&stats));
+        let a = HeaderValue::from_static("mf1.blue.0.a");
+        assert!(s.capture(&a, Bytes::from_static(b"{}")));
+        let event = || interrupted_event(b"7");
+        // Another session's call, and one of a session never captured: not kept.
+        s.note_unanswered(b"mf1.blue.0.x", Bytes::from_static(b"ev-1"), event());
+        assert_eq!(s.bytes(), 2);
+        for i in 0..MAX_UNANSWERED + 2 {
+            s.note_unanswered(a.as_bytes(), Bytes::from(format!("ev-{i:02}")), event());
+        }
+        let each = "ev-00".len() + event().len();
+        assert_eq!(s.bytes(), 2 + MAX_UNANSWERED * each, "bounded, counted");
+        assert_eq!(stats.captured_bytes(), s.bytes() as u64);
+        assert_eq!(
+            s.take_unanswered(a.as_bytes(), b"ev-01"),
+            None,
+            "the oldest went"
+        );
+        assert_eq!(s.take_unanswered(a.as_bytes(), b"ev-05"), Some(event()));
+        assert_eq!(s.take_unanswered(a.as_bytes(), b"ev-05"), None, "once");
+        assert_eq!(s.take_unanswered(a.as_bytes(), b"ev-99"), None);
+        assert_eq!(s.bytes(), 2 + (MAX_UNANSWERED - 1) * each);
+        s.remove(a.as_bytes());
+        assert_eq!(s.bytes(), 0, "a session's unanswered calls go with it");
     }
 
     #[test]

@@ -290,6 +290,104 @@ impl EventIdTag {
     }
 }
 
+/// The longest event id [`LastEventId`] keeps (SDK servers mint ids of 36 to
+/// about 70 bytes); a longer one is not kept.
+pub const MAX_EVENT_ID: usize = 256;
+
+/// The value of the last `id:` field that passed, as a client reads it (one
+/// space after the colon dropped; an empty value resets it), whichever way the
+/// stream is cut into chunks. It follows a call's POST stream, so that a
+/// client resuming that stream with `Last-Event-ID` can be recognised (see
+/// `proxy::migrate::Sessions::note_unanswered`).
+#[derive(Debug, Default)]
+pub struct LastEventId {
+    state: LastIdState,
+    value: Vec<u8>,
+    last: Option<Bytes>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum LastIdState {
+    #[default]
+    LineStart,
+    Name(u8),
+    /// Just after `id:`.
+    Colon,
+    /// In the value (its bytes go to `value`).
+    Value,
+    /// In a value longer than [`MAX_EVENT_ID`].
+    TooLong,
+    Rest,
+}
+
+impl LastEventId {
+    /// The last id seen, if any (and if it was not too long to keep).
+    pub fn get(&self) -> Option<&Bytes> {
+        self.last.as_ref()
+    }
+
+    /// Consumes a chunk of the stream.
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut i = 0;
+        while i < data.len() {
+            if self.state == LastIdState::Rest {
+                match memchr::memchr2(b'\n', b'\r', &data[i..]) {
+                    Some(j) => {
+                        i += j + 1;
+                        self.state = LastIdState::LineStart;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let b = data[i];
+            self.state = match (self.state, b) {
+                (LastIdState::Colon | LastIdState::Value, b'\n' | b'\r') => {
+                    self.commit();
+                    LastIdState::LineStart
+                }
+                (LastIdState::TooLong, b'\n' | b'\r') => {
+                    // The client has an id we did not keep: match nothing.
+                    self.last = None;
+                    LastIdState::LineStart
+                }
+                (LastIdState::Name(2), b'\n' | b'\r') => {
+                    // `id` alone: an empty value.
+                    self.last = None;
+                    LastIdState::LineStart
+                }
+                (_, b'\n' | b'\r') => LastIdState::LineStart,
+                (LastIdState::LineStart, b'i') => LastIdState::Name(1),
+                (LastIdState::Name(1), b'd') => LastIdState::Name(2),
+                (LastIdState::Name(2), b':') => {
+                    self.value.clear();
+                    LastIdState::Colon
+                }
+                (LastIdState::Colon, b' ') => LastIdState::Value,
+                (LastIdState::Colon | LastIdState::Value, _) => {
+                    if self.value.len() == MAX_EVENT_ID {
+                        LastIdState::TooLong
+                    } else {
+                        self.value.push(b);
+                        LastIdState::Value
+                    }
+                }
+                (LastIdState::TooLong, _) => LastIdState::TooLong,
+                _ => LastIdState::Rest,
+            };
+            i += 1;
+        }
+    }
+
+    fn commit(&mut self) {
+        // A value with a NUL is ignored by readers (the field, not the id).
+        if self.value.contains(&0) {
+            return;
+        }
+        self.last = (!self.value.is_empty()).then(|| Bytes::copy_from_slice(&self.value));
+    }
+}
+
 /// Rewrites one complete SSE event if it is `event: endpoint`; `None` otherwise.
 pub fn rewrite_endpoint(
     event: &[u8],
@@ -399,6 +497,48 @@ mod tests {
         let bytes: Vec<String> = stream.chars().map(String::from).collect();
         let each: Vec<&str> = bytes.iter().map(String::as_str).collect();
         assert_eq!(tagged(&each), want);
+    }
+
+    fn last_id(stream: &[u8], cut: usize) -> Option<Bytes> {
+        let mut t = LastEventId::default();
+        for chunk in stream.chunks(cut) {
+            t.feed(chunk);
+        }
+        t.get().cloned()
+    }
+
+    #[test]
+    fn the_last_event_id_is_read_as_a_client_reads_it_wherever_the_stream_is_cut() {
+        let long = format!("id: {}\ndata: x\n\n", "a".repeat(MAX_EVENT_ID + 1));
+        let cases: [(&[u8], Option<&str>); 9] = [
+            (b"id: a-1\ndata: \n\n", Some("a-1")),
+            (b"id:a-1\r\ndata: x\r\n\r\n", Some("a-1")),
+            (b"id:  two spaces\n\n", Some(" two spaces")),
+            // The last id stays until another replaces it.
+            (b"id: a\n\ndata: no id\n\n", Some("a")),
+            (b"id: a\n\nid: b\ndata: x\n\n", Some("b")),
+            // An empty id resets it; a NUL makes the field ignored.
+            (b"id: a\n\nid:\n\n", None),
+            (b"id: a\n\nid\n\n", None),
+            (b"id: a\n\nid: b\0c\n\n", Some("a")),
+            (b"data: id: x\n: id: y\nidx: z\n\n", None),
+        ];
+        for (stream, want) in cases {
+            for cut in 1..=stream.len() {
+                assert_eq!(
+                    last_id(stream, cut).as_deref(),
+                    want.map(str::as_bytes),
+                    "{:?} in chunks of {cut}",
+                    String::from_utf8_lossy(stream)
+                );
+            }
+        }
+        assert_eq!(last_id(long.as_bytes(), 7), None, "too long to keep");
+        let max = format!("id: {}\n\n", "b".repeat(MAX_EVENT_ID));
+        assert_eq!(
+            last_id(max.as_bytes(), 5).map(|b| b.len()),
+            Some(MAX_EVENT_ID)
+        );
     }
 
     #[test]
