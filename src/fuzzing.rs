@@ -20,7 +20,9 @@ use crate::control::persist::{self, StateFile};
 use crate::control::protocol::{parse_line, Request};
 use crate::control::state::{State, MAX_GENERATION};
 use crate::mcp::tag::{tag_header, tag_prefix, SessionTag};
-use crate::proxy::host_guard::{authority_host, origin_host, HostGuard, Refused};
+use crate::proxy::host_guard::{
+    authority_host, authority_host_slow, origin_host, HostGuard, Refused,
+};
 use crate::proxy::sse::{
     find_in_query, find_session_param, EndpointRewrite, EventIdTag, Rewritten, SseScanner,
 };
@@ -407,6 +409,11 @@ pub fn host_guard(data: &[u8]) {
 
     // The authority grammar on its own.
     if let Ok(s) = std::str::from_utf8(host) {
+        assert_eq!(
+            authority_host(s),
+            authority_host_slow(s),
+            "{s:?}: the fast path and the full parse differ"
+        );
         if let Ok(name) = authority_host(s) {
             let a = Authority::from_str(s)
                 .unwrap_or_else(|e| panic!("{s:?} passes the guard's grammar but not http's: {e}"));

@@ -54,6 +54,11 @@ pub fn label(i: usize) -> &'static str {
     KNOWN.get(i).copied().unwrap_or(OTHER)
 }
 
+/// Whether index `i` is `tools/call`, whose answer may take long.
+pub fn is_tools_call(i: usize) -> bool {
+    label(i) == "tools/call"
+}
+
 /// The index of `subscriptions/listen`: a long-lived stream, not a request
 /// whose duration is a latency.
 pub fn is_subscription(i: usize) -> bool {

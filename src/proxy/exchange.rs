@@ -64,6 +64,11 @@ impl Exchange {
         }
     }
 
+    /// Whether the request's `Mcp-Method` is `tools/call` (read once, at the start).
+    pub fn is_tools_call(&self) -> bool {
+        self.mcp_method.is_some_and(method::is_tools_call)
+    }
+
     /// The request goes to this slot, classified as `era`.
     pub fn routed(&mut self, stats: &Arc<SlotStats>, era: Era) {
         self.slot = Some(Arc::clone(stats));

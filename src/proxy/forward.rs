@@ -22,7 +22,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::mcp::headers::{LAST_EVENT_ID, MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::headers::{LAST_EVENT_ID, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
@@ -39,7 +39,6 @@ use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const TOOLS_CALL: &[u8] = b"tools/call";
 
 /// What the request path needs besides the request itself.
 #[derive(Debug)]
@@ -244,9 +243,10 @@ impl Forwarder {
             Era::of(&method, req.headers(), site)
         };
         // Tool calls run long: they get their own response header timeout.
-        let wait = match req.headers().get(MCP_METHOD) {
-            Some(m) if m.as_bytes() == TOOLS_CALL => self.tool_call_timeout,
-            _ => slot.client.response_timeout(),
+        let wait = if exchange.is_tools_call() {
+            self.tool_call_timeout
+        } else {
+            slot.client.response_timeout()
         };
         stats.count_era(era);
         exchange.routed(&stats, era);

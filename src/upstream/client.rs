@@ -527,14 +527,15 @@ async fn exchange(
             Poll::Pending => {}
         }
     }
+    // The body's first bytes, their chunk's size line and the last chunk.
+    let room = first.as_ref().map_or(0, |d| d.len() + 24);
     let mut out = Vec::new();
     h1::encode_head(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
+        &parts,
         target.authority.as_str(),
         proxy,
         framing,
+        room,
         &mut out,
     );
     let mut sent: u64 = 0;

@@ -18,7 +18,7 @@
 //! coding as the last transfer coding (any other: read to close), 1xx
 //! interim answers skipped, no body for HEAD, 204 and 304.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -219,16 +219,20 @@ fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Writes the request head into `out`: the request line (origin-form: the
 /// URI's path and query), the headers but the framing ones (given by
 /// `framing`), and `Host: host` when the headers carry none. With `proxy`,
-/// its headers replace the request's `Host` and `X-Forwarded-*`.
+/// its headers replace the request's `Host` and `X-Forwarded-*`. `out` gets
+/// room for `room` bytes more, which the caller appends after the head (the
+/// body's first bytes go out in the same write): one allocation for both,
+/// where growing it for the body cost a `realloc` and a copy of the head
+/// on every request with a body (bench/PROFILE.md §15).
 pub fn encode_head(
-    method: &Method,
-    uri: &http::Uri,
-    headers: &HeaderMap,
+    parts: &http::request::Parts,
     host: &str,
     proxy: Option<&ProxyHeaders>,
     framing: ReqFraming,
+    room: usize,
     out: &mut Vec<u8>,
 ) {
+    let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let size: usize = headers
         .iter()
@@ -241,7 +245,7 @@ pub fn encode_head(
             + p.forwarded_for.len()
             + 80
     });
-    out.reserve(method.as_str().len() + target.len() + size + host.len() + extra + 64);
+    out.reserve(method.as_str().len() + target.len() + size + host.len() + extra + 64 + room);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -294,7 +298,8 @@ pub fn encode_head(
 
 /// Appends one chunk of chunked coding (`data` must not be empty).
 pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -812,9 +817,13 @@ mod tests {
         proxy: Option<&ProxyHeaders>,
         framing: ReqFraming,
     ) -> String {
-        let uri: http::Uri = uri.parse().unwrap();
+        let mut req = http::Request::new(());
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri.parse().unwrap();
+        *req.headers_mut() = headers.clone();
+        let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_head(method, &uri, headers, "up:80", proxy, framing, &mut out);
+        encode_head(&parts, "up:80", proxy, framing, 0, &mut out);
         String::from_utf8(out).unwrap()
     }
 
