@@ -78,9 +78,14 @@ async fn streamable_session_is_tagged_pinned_and_404_once_retired() {
     assert!(sid.starts_with("mf1.blue.1."), "{sid}");
     h.ctl("flip green --no-probe --drain").await;
     let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
-    let (status, _, body) = post_json(&client, &url, Some(&sid), call.clone()).await;
+    let (status, back, body) = post_json(&client, &url, Some(&sid), call.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"blue\""), "{body}");
+    assert_eq!(
+        back.as_deref(),
+        Some(sid.as_str()),
+        "the answer names the session as the client does"
+    );
     // A new session lands on green.
     let (_, sid2, _) = post_json(&client, &url, None, init).await;
     assert!(sid2.expect("id").starts_with("mf1.green.1."));

@@ -64,14 +64,39 @@ pub fn tag_prefix(name: &str, generation: u32) -> Arc<str> {
 /// [`tag_prefix`]): one allocation, no formatting.
 pub fn tag_header(prefix: &str, inner: &HeaderValue) -> Option<HeaderValue> {
     let inner = inner.as_bytes();
-    // MCP session ids are visible ASCII (0x21..=0x7E); anything else is left untagged.
-    if !inner.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    if !visible(inner) {
         return None;
     }
     let mut v = Vec::with_capacity(prefix.len() + inner.len());
     v.extend_from_slice(prefix.as_bytes());
     v.extend_from_slice(inner);
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+}
+
+/// [`tag_header`], which gives back `sent` (the tagged id the request
+/// carried) when that is exactly `prefix` + `inner`: a session's own id,
+/// answered on each of its requests, then costs no allocation and no copy.
+pub fn tag_header_as(
+    prefix: &str,
+    inner: &HeaderValue,
+    sent: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    if let Some(sent) = sent {
+        let (s, i) = (sent.as_bytes(), inner.as_bytes());
+        if s.len() == prefix.len() + i.len()
+            && s.starts_with(prefix.as_bytes())
+            && &s[prefix.len()..] == i
+            && visible(i)
+        {
+            return Some(sent.clone());
+        }
+    }
+    tag_header(prefix, inner)
+}
+
+/// MCP session ids are visible ASCII (0x21..=0x7E); anything else is left untagged.
+fn visible(id: &[u8]) -> bool {
+    id.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// Where a session tag was found in a request.
@@ -122,6 +147,35 @@ mod tests {
             generation: generation.parse().ok()?,
             inner,
         })
+    }
+
+    #[test]
+    fn a_session_answered_its_own_id_gets_the_value_it_sent() {
+        let prefix = "mf1.blue.3.";
+        let sent = HeaderValue::from_static("mf1.blue.3.abc");
+        for (inner, sent) in [
+            ("abc", Some(&sent)),
+            ("abd", Some(&sent)),
+            ("ab", Some(&sent)),
+            ("abc", None),
+            ("a b", Some(&HeaderValue::from_static("mf1.blue.3.a b"))),
+            ("abc", Some(&HeaderValue::from_static("mf1.green.3.abc"))),
+        ] {
+            let inner = HeaderValue::from_static(inner);
+            assert_eq!(
+                tag_header_as(prefix, &inner, sent),
+                tag_header(prefix, &inner),
+                "{inner:?} after {sent:?}"
+            );
+        }
+        assert_eq!(
+            tag_header_as(prefix, &HeaderValue::from_static("abc"), Some(&sent))
+                .expect("tagged")
+                .as_bytes()
+                .as_ptr(),
+            sent.as_bytes().as_ptr(),
+            "the same bytes, not a copy"
+        );
     }
 
     #[test]

@@ -250,13 +250,25 @@ impl Forwarder {
         };
         stats.count_era(era);
         exchange.routed(&stats, era);
+        // The tagged `Mcp-Session-Id` the client sent: it stays in the map,
+        // the encoder cuts the tag off as it writes it (`cut` below), and the
+        // answer gives it back as it came.
+        let mut tagged_in: Option<(HeaderValue, usize)> = None;
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
             // so it does not hold a drain's quiet period.
             if method != http::Method::DELETE {
                 stats.touch_pinned();
             }
-            strip_tag(&mut req, site);
+            match site {
+                TagSite::Header { prefix_len } => {
+                    tagged_in = req
+                        .headers()
+                        .get(MCP_SESSION_ID)
+                        .map(|v| (v.clone(), prefix_len));
+                }
+                TagSite::Query { .. } => strip_query_tag(&mut req, site),
+            }
         }
         if let Some(inner) = &moved {
             if method != http::Method::DELETE {
@@ -275,6 +287,7 @@ impl Forwarder {
         let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
         let mut proxy = self.rewrite_request(&mut req, &slot, peer);
+        proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
         let (head, body) = req.into_parts();
         // Migration on: a small POST is read whole (see `buffer_body`).
         let small = self.sessions.is_some()
@@ -343,6 +356,7 @@ impl Forwarder {
                     return resp;
                 }
                 retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                proxy.cut = None;
                 migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
                 if !self.preserve_host {
                     proxy.host = to.host_header.clone();
@@ -438,9 +452,10 @@ impl Forwarder {
                 if parts.headers.contains_key(MCP_SESSION_ID) {
                     parts.headers.insert(MCP_SESSION_ID, sid.clone());
                 }
-            } else if let Some(id) = parts.headers.get(MCP_SESSION_ID) {
+            } else if let Some(id) = parts.headers.get_mut(MCP_SESSION_ID) {
                 // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
-                if let Some(tagged) = tag::tag_header(&slot.tag_prefix, id) {
+                let sent = tagged_in.as_ref().map(|(v, _)| v);
+                if let Some(tagged) = tag::tag_header_as(&slot.tag_prefix, id, sent) {
                     if let (Some(sessions), migrate::Kind::Initialize, Some(init)) =
                         (&self.sessions, kind, &buffered)
                     {
@@ -448,7 +463,7 @@ impl Forwarder {
                             sessions.capture(&tagged, init.clone());
                         }
                     }
-                    parts.headers.insert(MCP_SESSION_ID, tagged);
+                    *id = tagged;
                 }
             }
         }
@@ -656,27 +671,17 @@ impl Forwarder {
             forwarded_host: client_host,
             forwarded_proto: self.proto.clone(),
             forwarded_for: peer.ip.clone(),
+            cut: None,
         }
     }
 }
 
 /// Removes the tag found at `site` so the upstream sees its own session id.
-fn strip_tag(req: &mut Request<Incoming>, site: TagSite) {
+/// Cuts the session tag out of a legacy SSE POST URL (the route already
+/// decoded it: no second decode). A header's tag is cut by the encoder.
+fn strip_query_tag(req: &mut Request<Incoming>, site: TagSite) {
     match site {
-        // The route already decoded the tag: cut its prefix off, no second decode.
-        TagSite::Header { prefix_len } => {
-            // One lookup: the value is replaced in place (the route decoded
-            // the first `Mcp-Session-Id`; a request with two is refused).
-            if let Some(v) = req.headers_mut().get_mut(MCP_SESSION_ID) {
-                if let Some(inner) = v
-                    .as_bytes()
-                    .get(prefix_len..)
-                    .and_then(|inner| HeaderValue::from_bytes(inner).ok())
-                {
-                    *v = inner;
-                }
-            }
-        }
+        TagSite::Header { .. } => {}
         TagSite::Query {
             value_at,
             prefix_len,

@@ -207,6 +207,9 @@ pub struct ProxyHeaders {
     /// The client's address, appended to the first `X-Forwarded-For` the
     /// client sent (dropped if that is not visible ASCII).
     pub forwarded_for: HeaderValue,
+    /// The first header of this name goes out without its first this many
+    /// bytes (a session tag, which the map keeps: the answer reuses it).
+    pub cut: Option<(HeaderName, usize)>,
 }
 
 fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -256,6 +259,7 @@ pub fn encode_head(
         None => {}
     }
     let mut prior_for: Option<&HeaderValue> = None;
+    let mut cut = proxy.and_then(|p| p.cut.as_ref());
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
@@ -266,6 +270,12 @@ pub fn encode_head(
             }
             if name == X_FORWARDED_FOR {
                 prior_for.get_or_insert(value);
+                continue;
+            }
+            if let Some((_, n)) = cut.filter(|(c, _)| c == name) {
+                cut = None;
+                let v = value.as_bytes();
+                put(out, name.as_str().as_bytes(), v.get(*n..).unwrap_or(v));
                 continue;
             }
         }
@@ -841,6 +851,7 @@ mod tests {
             forwarded_host: Some(HeaderValue::from_static("public.example")),
             forwarded_proto: HeaderValue::from_static("https"),
             forwarded_for: HeaderValue::from_static("192.0.2.7"),
+            cut: None,
         };
         assert_eq!(
             head(
@@ -872,6 +883,33 @@ mod tests {
             ),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\nx-forwarded-proto: https\r\n\
              x-forwarded-for: 192.0.2.7\r\n\r\n"
+        );
+        // A session tag cut off the first header of its name, as written.
+        let sid = HeaderName::from_static("mcp-session-id");
+        let mut headers = HeaderMap::new();
+        headers.append(&sid, HeaderValue::from_static("mf1.blue.3.abc"));
+        headers.append(&sid, HeaderValue::from_static("mf1.blue.3.second"));
+        headers.insert("mcp-method", HeaderValue::from_static("mf1.blue.3.x"));
+        let proxy = ProxyHeaders {
+            cut: Some((sid.clone(), "mf1.blue.3.".len())),
+            ..proxy
+        };
+        let written = head(
+            &Method::POST,
+            "/mcp",
+            &headers,
+            Some(&proxy),
+            ReqFraming::None,
+        );
+        assert!(
+            written.contains("mcp-session-id: abc\r\nmcp-session-id: mf1.blue.3.second\r\n")
+                && written.contains("mcp-method: mf1.blue.3.x\r\n"),
+            "{written}"
+        );
+        assert_eq!(
+            headers.get(&sid).map(HeaderValue::as_bytes),
+            Some(&b"mf1.blue.3.abc"[..]),
+            "the map keeps the client's value"
         );
     }
 
