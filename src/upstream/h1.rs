@@ -155,6 +155,43 @@ impl Conn {
     }
 }
 
+/// Most header names [`Names`] keeps per worker.
+const MAX_NAMES: usize = 32;
+
+thread_local! {
+    /// The header names of the answers this worker parsed, as the slots
+    /// spelled them. Taken out for one parse and put back after it.
+    static NAMES: std::cell::Cell<Names> = const { std::cell::Cell::new(Names(Vec::new())) };
+}
+
+/// Header names seen before, by their exact bytes: a slot answers every
+/// request with the same names, in the same order, and an exact compare with
+/// the name at the same place in the last answer costs a fraction of
+/// `HeaderName::from_bytes` (its checks and lowering, and for a custom name
+/// an allocation and a copy; bench/PROFILE.md §17). The first [`MAX_NAMES`]
+/// distinct spellings are kept; any other name is parsed each time.
+#[derive(Default)]
+struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+impl Names {
+    /// The name spelled `raw`, the `i`-th of its answer.
+    fn get(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((r, n)) = self.0.get(i) {
+            if **r == *raw {
+                return Ok(n.clone());
+            }
+        }
+        if let Some((_, n)) = self.0.iter().find(|(r, _)| **r == *raw) {
+            return Ok(n.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        if self.0.len() < MAX_NAMES {
+            self.0.push((raw.into(), name.clone()));
+        }
+        Ok(name)
+    }
+}
+
 /// How the request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReqFraming {
@@ -436,13 +473,23 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         // meanwhile: exactly its size (bench/PROFILE.md §12).
         let room = if sized { count.max(MAP_ROOM) } else { count };
         let mut map = HeaderMap::with_capacity(room);
-        for &(ns, ne, vs, ve) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-                .map_err(|_| HttpError::Malformed("bad header name"))?;
+        let mut names = NAMES.with(|n| n.take());
+        for (i, &(ns, ne, vs, ve)) in spans[..count].iter().enumerate() {
+            let name = names
+                .get(i, &head[ns as usize..ne as usize])
+                .map_err(|_| HttpError::Malformed("bad header name"));
+            let name = match name {
+                Ok(name) => name,
+                Err(e) => {
+                    NAMES.with(|n| n.set(names));
+                    return Err(e);
+                }
+            };
             let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
                 .map_err(|_| HttpError::Malformed("bad header value"))?;
             map.append(name, value);
         }
+        NAMES.with(|n| n.set(names));
         let (framing, framed) = framing(method, status, &map)?;
         let keep_alive = framed && version == Version::HTTP_11 && !has_token(&map, "close");
         return Ok(Some(Head {
@@ -691,6 +738,30 @@ mod tests {
             parse_response(&mut huge, &Method::GET),
             Err(HttpError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn known_header_names_are_the_names_from_bytes_gives() {
+        let mut names = Names::default();
+        let spellings: Vec<String> = (0..MAX_NAMES + 8)
+            .map(|i| format!("X-Name-{i}"))
+            .chain(["content-type", "Content-Type", "mcp-session-id"].map(String::from))
+            .collect();
+        // Twice over, at their own places and shifted: kept or not, the
+        // same name as a fresh parse.
+        for round in 0..2 {
+            for (i, raw) in spellings.iter().enumerate() {
+                let got = names.get(i + round, raw.as_bytes()).expect("a name");
+                assert_eq!(
+                    got,
+                    HeaderName::from_bytes(raw.as_bytes()).unwrap(),
+                    "{raw}"
+                );
+            }
+        }
+        assert_eq!(names.0.len(), MAX_NAMES, "bounded");
+        assert!(names.get(0, b"bad name").is_err());
+        assert!(names.get(0, b"").is_err());
     }
 
     #[test]
