@@ -69,25 +69,37 @@ pub struct Moved {
 #[derive(Debug)]
 pub struct Captured {
     init: Bytes,
-    shaping: Mutex<Vec<Bytes>>,
+    kept: Mutex<Kept>,
     /// Seconds since the store's epoch of the last request.
     last_used: AtomicU64,
     moved: ArcSwapOption<Moved>,
-    /// Calls whose POST stream the slot ended before their answer passed
-    /// (`Last-Event-ID` of that stream as the client holds it, the call's
-    /// error event): the client resumes such a stream later.
-    unanswered: Mutex<Vec<(Bytes, Bytes)>>,
     /// One replay at a time per session; concurrent requests wait for it.
     replaying: tokio::sync::Mutex<()>,
 }
 
+/// What a captured session keeps besides its `initialize`.
+#[derive(Debug, Default)]
+struct Kept {
+    shaping: Vec<Bytes>,
+    /// Calls whose POST stream the slot ended before their answer passed
+    /// (`Last-Event-ID` of that stream as the client holds it, the call's
+    /// error event): the client resumes such a stream later. A boxed
+    /// slice, rebuilt when it changes (rarely): most sessions never have
+    /// one, and every captured session pays for the empty field.
+    unanswered: Box<[(Bytes, Bytes)]>,
+}
+
 impl Captured {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn bytes(&self) -> usize {
-        let shaping = self.shaping.lock().unwrap_or_else(|p| p.into_inner());
-        let unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.kept();
         self.init.len()
-            + shaping.iter().map(Bytes::len).sum::<usize>()
-            + unanswered
+            + kept.shaping.iter().map(Bytes::len).sum::<usize>()
+            + kept
+                .unanswered
                 .iter()
                 .map(|(id, event)| id.len() + event.len())
                 .sum::<usize>()
@@ -160,10 +172,9 @@ impl Sessions {
         }
         let entry = Arc::new(Captured {
             init: own(&init),
-            shaping: Mutex::default(),
+            kept: Mutex::default(),
             last_used: AtomicU64::new(self.now()),
             moved: ArcSwapOption::empty(),
-            unanswered: Mutex::default(),
             replaying: tokio::sync::Mutex::new(()),
         });
         let key = id.as_bytes();
@@ -224,14 +235,15 @@ impl Sessions {
             return;
         }
         if let Some(c) = self.get(id) {
-            let mut list = c.shaping.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = c.kept();
+            let list = &mut kept.shaping;
             if list.len() >= MAX_SHAPING {
                 let dropped = list.remove(0);
                 self.held.fetch_sub(dropped.len(), Ordering::Relaxed);
             }
             self.held.fetch_add(body.len(), Ordering::Relaxed);
             list.push(own(&body));
-            drop(list);
+            drop(kept);
             self.publish();
         }
     }
@@ -248,14 +260,16 @@ impl Sessions {
             return;
         }
         if let Some(c) = self.get(id) {
-            let mut list = c.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kept = c.kept();
+            let mut list = std::mem::take(&mut kept.unanswered).into_vec();
             if list.len() >= MAX_UNANSWERED {
                 let (i, e) = list.remove(0);
                 self.held.fetch_sub(i.len() + e.len(), Ordering::Relaxed);
             }
             self.held.fetch_add(size, Ordering::Relaxed);
             list.push((last_id, event));
-            drop(list);
+            kept.unanswered = list.into_boxed_slice();
+            drop(kept);
             self.publish();
         }
     }
@@ -264,10 +278,12 @@ impl Sessions {
     /// client resumes from `last_id`, once (see [`Sessions::note_unanswered`]).
     pub fn take_unanswered(&self, id: &[u8], last_id: &[u8]) -> Option<Bytes> {
         let c = self.get(id)?;
-        let mut list = c.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-        let at = list.iter().position(|(i, _)| i == last_id)?;
+        let mut kept = c.kept();
+        let at = kept.unanswered.iter().position(|(i, _)| i == last_id)?;
+        let mut list = std::mem::take(&mut kept.unanswered).into_vec();
         let (i, event) = list.remove(at);
-        drop(list);
+        kept.unanswered = list.into_boxed_slice();
+        drop(kept);
         self.held
             .fetch_sub(i.len() + event.len(), Ordering::Relaxed);
         self.publish();
@@ -511,7 +527,7 @@ async fn replay(
     if !status.is_success() {
         return Err(MigrateFailure::Refused);
     }
-    let shaping = c.shaping.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let shaping = c.kept().shaping.clone();
     for body in shaping {
         // A refused shaping request leaves the session as the slot has it:
         // the request itself was answered once already, on the old slot.
@@ -671,7 +687,8 @@ mod tests {
             c.init.is_unique(),
             "the initialize body shares the read buffer"
         );
-        let shaping = c.shaping.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = c.kept();
+        let shaping = &kept.shaping;
         assert!(
             shaping[0].is_unique(),
             "a shaping body shares the read buffer"
