@@ -224,6 +224,17 @@ async fn serve(
             return answer(400, None, None);
         };
         if verb == hyper::Method::GET {
+            if let Some(id) = last_event_id.as_ref().filter(|id| !id.ends_with("-ev")) {
+                // A call's stream resumed (polling): one more event, still
+                // no answer, and the stream ends again.
+                record(&s, &format!("GET last-event-id={id}"));
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let _ = tx.send(Bytes::from(format!("id: {id}+\ndata: \n\n")));
+                return hyper::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Channel(rx).boxed())
+                    .expect("stream");
+            }
             match &last_event_id {
                 Some(id) => record(&s, &format!("GET last-event-id={id}")),
                 None => record(&s, "GET"),
@@ -665,27 +676,7 @@ async fn a_call_resumed_after_its_session_moved_gets_its_error_not_silence() {
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
 
-    let resume = |last: &str| {
-        let req = http::Request::get(&url)
-            .header("mcp-session-id", &sid)
-            .header("accept", "text/event-stream")
-            .header("last-event-id", last)
-            .body(Full::new(Bytes::new()))
-            .expect("get");
-        client.request(req)
-    };
-    let wait = std::time::Duration::from_secs(10);
-    let resp = tokio::time::timeout(wait, resume(&last))
-        .await
-        .expect("the resumption is answered")
-        .expect("answered");
-    assert_eq!(resp.status(), 200);
-    let body = tokio::time::timeout(wait, resp.into_body().collect())
-        .await
-        .expect("the resumed stream ends with the call's answer, not silence")
-        .expect("cleanly")
-        .to_bytes();
-    let body = String::from_utf8_lossy(&body);
+    let body = resume(&client, &url, &sid, &last).await;
     let a = sse_answer(&body);
     assert_eq!(a["id"], 2, "{body}");
     assert!(
@@ -712,6 +703,83 @@ async fn a_call_resumed_after_its_session_moved_gets_its_error_not_silence() {
     assert_eq!(proxy.proxy_stats.interrupted(), 1);
     let (status, r) = call(&client, &url, &sid, 3).await;
     assert_eq!((status, r["result"]["slot"].clone()), (200, json!("green")));
+    proxy.shutdown().await;
+}
+
+/// The whole body of a GET of session `sid` that resumes from `last`; it
+/// must end within 10 s.
+async fn resume(client: &support::mcp::HttpClient, url: &str, sid: &str, last: &str) -> String {
+    let req = http::Request::get(url)
+        .header("mcp-session-id", sid)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last)
+        .body(Full::new(Bytes::new()))
+        .expect("get");
+    let wait = std::time::Duration::from_secs(10);
+    let resp = tokio::time::timeout(wait, client.request(req))
+        .await
+        .expect("the resumption is answered")
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(wait, resp.into_body().collect())
+        .await
+        .expect("the resumed stream ends (with the call's answer, or for polling), not silence")
+        .expect("cleanly")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A polled call resumed on its own slot, which ends the resumed stream
+/// unanswered again with a new event id, then resumed once more only after
+/// the session moved: the call's error comes, keyed by the resumed stream's
+/// last id. Before, only the POST's own stream was remembered.
+#[tokio::test]
+async fn a_call_resumed_on_its_slot_and_again_after_the_move_gets_its_error() {
+    let blue = upstream("blue").await;
+    let (green, _g) = recording("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue.port, green, "replay", |c| c).await;
+    let sid = open(&client, &url).await;
+    let body = start_call(&client, &url, &sid, 2, "closed")
+        .await
+        .expect("join");
+    let first = body
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("the priming event's id")
+        .to_owned();
+    // Resumed on blue: one more event, and the stream ends unanswered again.
+    let body = resume(&client, &url, &sid, &first).await;
+    assert_eq!(sse_answer(&body), Value::Null, "no answer yet: {body}");
+    let second = body
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("the resumed stream's event id")
+        .to_owned();
+    assert_eq!(second, format!("{first}+"));
+    let (blue_session, _) = first.rsplit_once('-').expect("<session>-<call id>");
+    assert!(
+        blue.seen
+            .of(blue_session)
+            .contains(&format!("GET last-event-id={first}")),
+        "blue resumed the call's stream"
+    );
+
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let body = resume(&client, &url, &sid, &second).await;
+    let a = sse_answer(&body);
+    assert_eq!(a["id"], 2, "{body}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted by a deploy")),
+        "the call's error: {body}"
+    );
+    // The first stream's id was replaced, not kept beside it.
+    let (_, stream) = get_stream(&client, &url, &sid, Some(&first)).await;
+    drop(stream);
+    assert_eq!(proxy.proxy_stats.interrupted(), 1);
     proxy.shutdown().await;
 }
 

@@ -106,6 +106,23 @@ pub struct Resume {
     /// The session id the client holds.
     pub sid: http::HeaderValue,
     pub last_id: LastEventId,
+    /// A GET that resumes a call's stream on its own slot: the id under
+    /// which the call is kept now, replaced when this stream ends.
+    pub replaces: Option<Bytes>,
+}
+
+impl Resume {
+    /// The call's stream has ended: answered (by the slot, or by the
+    /// proxy's error), or not, when `unanswered` is its error event.
+    fn settle(self, unanswered: Option<Bytes>) {
+        let sid = self.sid.as_bytes();
+        if let Some(old) = &self.replaces {
+            self.sessions.take_unanswered(sid, old);
+        }
+        if let (Some(event), Some(last)) = (unanswered, self.last_id.get()) {
+            self.sessions.note_unanswered(sid, last.clone(), event);
+        }
+    }
 }
 
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
@@ -259,6 +276,9 @@ impl Stream {
     /// The error event for a call cut before its answer, once.
     fn cut_reply(&mut self) -> Option<Bytes> {
         let cut = self.cut.take()?;
+        if let Some(resume) = cut.resume {
+            resume.settle(None);
+        }
         if self.answered {
             return None;
         }
@@ -296,26 +316,13 @@ impl Stream {
         }
     }
 
-    /// The slot ended the call's stream before the answer passed (it may
-    /// want the client to resume it: SSE polling). Keeps the call's error for
-    /// a resumption that reaches the proxy only after the session moved.
+    /// The slot ended the call's stream. Before the answer passed (it may
+    /// want the client to resume it: SSE polling), the call's error is kept
+    /// for a resumption that reaches the proxy only after the session moved.
     fn note_unanswered(&mut self) {
-        if self.answered {
-            return;
-        }
         let Some(cut) = self.cut.take() else { return };
-        let Cut {
-            event,
-            resume: Some(resume),
-            ..
-        } = *cut
-        else {
-            return;
-        };
-        if let Some(last) = resume.last_id.get() {
-            resume
-                .sessions
-                .note_unanswered(resume.sid.as_bytes(), last.clone(), event);
+        if let Some(resume) = cut.resume {
+            resume.settle((!self.answered).then_some(cut.event));
         }
     }
 

@@ -254,6 +254,10 @@ impl Forwarder {
         // the encoder cuts the tag off as it writes it (`cut` below), and the
         // answer gives it back as it came.
         let mut tagged_in: Option<(HeaderValue, usize)> = None;
+        // A GET that resumes, on the call's own slot, a call's stream which
+        // that slot ended unanswered: the stream's `Last-Event-ID` and the
+        // call's error event (see `Sessions::note_unanswered`).
+        let mut resumed: Option<(Bytes, Bytes)> = None;
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
             // so it does not hold a drain's quiet period.
@@ -266,6 +270,9 @@ impl Forwarder {
                         .headers()
                         .get(MCP_SESSION_ID)
                         .map(|v| (v.clone(), prefix_len));
+                    if method == http::Method::GET {
+                        resumed = self.resumed_call(req.headers(), client_sid.as_ref());
+                    }
                 }
                 TagSite::Query { .. } => strip_query_tag(&mut req, site),
             }
@@ -479,19 +486,34 @@ impl Forwarder {
             // The request is now a live stream; it stops counting as in flight.
             let guard = stats.stream_guard();
             drop(inflight);
-            let cut =
-                call_id.map(|id| Cut {
+            let resume = |last_id, replaces| {
+                self.sessions
+                    .as_ref()
+                    .zip(client_sid.as_ref())
+                    .map(|(sessions, sid)| Resume {
+                        sessions: Arc::clone(sessions),
+                        sid: sid.clone(),
+                        last_id,
+                        replaces,
+                    })
+            };
+            let cut = match (call_id, resumed) {
+                (Some(id), _) => Some(Cut {
                     event: migrate::interrupted_event(&id),
                     stats: Arc::clone(&self.stats),
                     grace: self.call_grace,
-                    resume: self.sessions.as_ref().zip(client_sid.as_ref()).map(
-                        |(sessions, sid)| Resume {
-                            sessions: Arc::clone(sessions),
-                            sid: sid.clone(),
-                            last_id: LastEventId::default(),
-                        },
-                    ),
-                });
+                    resume: resume(LastEventId::default(), None),
+                }),
+                // The resumed call's stream goes on here: cut, broken off or
+                // ended unanswered again, it is the call's as the POST's was.
+                (None, Some((last, event))) => Some(Cut {
+                    event,
+                    stats: Arc::clone(&self.stats),
+                    grace: self.call_grace,
+                    resume: resume(LastEventId::resuming(last.clone()), Some(last)),
+                }),
+                (None, None) => None,
+            };
             // A moved session's event ids name the slot that minted them.
             let ids = moved
                 .as_ref()
@@ -538,6 +560,19 @@ impl Forwarder {
             HeaderValue::from_static("text/event-stream"),
         );
         Some(resp)
+    }
+
+    /// A pinned session's GET that resumes (`Last-Event-ID`) a call's stream
+    /// its slot ended unanswered: that stream's id and the call's error.
+    fn resumed_call(
+        &self,
+        headers: &HeaderMap,
+        client_sid: Option<&HeaderValue>,
+    ) -> Option<(Bytes, Bytes)> {
+        let (sessions, sid) = (self.sessions.as_ref()?, client_sid?);
+        let last = headers.get(LAST_EVENT_ID)?.as_bytes();
+        let event = sessions.peek_unanswered(sid.as_bytes(), last)?;
+        Some((Bytes::copy_from_slice(last), event))
     }
 
     /// [`Forwarder::moved`] for a request already taken apart.

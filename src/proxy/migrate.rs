@@ -275,6 +275,16 @@ impl Sessions {
     }
 
     /// The error event of session `id`'s unanswered call whose stream the
+    /// client resumes from `last_id` on the call's own slot, left in place:
+    /// that resumed stream replaces it when it ends (`body::Resume`).
+    pub fn peek_unanswered(&self, id: &[u8], last_id: &[u8]) -> Option<Bytes> {
+        let c = self.get(id)?;
+        let kept = c.kept();
+        let (_, event) = kept.unanswered.iter().find(|(i, _)| i == last_id)?;
+        Some(event.clone())
+    }
+
+    /// The error event of session `id`'s unanswered call whose stream the
     /// client resumes from `last_id`, once (see [`Sessions::note_unanswered`]).
     pub fn take_unanswered(&self, id: &[u8], last_id: &[u8]) -> Option<Bytes> {
         let c = self.get(id)?;

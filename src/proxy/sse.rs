@@ -321,6 +321,15 @@ enum LastIdState {
 }
 
 impl LastEventId {
+    /// A tracker for a stream that resumes from `last` (the client's
+    /// `Last-Event-ID`): that stays the last id until the stream sends another.
+    pub fn resuming(last: Bytes) -> Self {
+        LastEventId {
+            last: Some(last),
+            ..Default::default()
+        }
+    }
+
     /// The last id seen, if any (and if it was not too long to keep).
     pub fn get(&self) -> Option<&Bytes> {
         self.last.as_ref()
@@ -534,6 +543,11 @@ mod tests {
             }
         }
         assert_eq!(last_id(long.as_bytes(), 7), None, "too long to keep");
+        let mut t = LastEventId::resuming(Bytes::from_static(b"x"));
+        t.feed(b"data: no id\n\n");
+        assert_eq!(t.get().map(|b| &b[..]), Some(&b"x"[..]), "resumed from x");
+        t.feed(b"id: y\n\n");
+        assert_eq!(t.get().map(|b| &b[..]), Some(&b"y"[..]));
         let max = format!("id: {}\n\n", "b".repeat(MAX_EVENT_ID));
         assert_eq!(
             last_id(max.as_bytes(), 5).map(|b| b.len()),
