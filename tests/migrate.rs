@@ -632,15 +632,8 @@ async fn a_call_in_flight_at_the_cut_may_answer_within_its_grace() {
         a["result"]["slot"], "blue",
         "the held call's answer: {body}"
     );
-    let body = never.await.expect("join");
-    let a = sse_answer(&body);
-    assert_eq!(a["id"], 3, "{body}");
-    assert!(
-        a["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("interrupted by a deploy")),
-        "the unanswered call's error after its grace: {body}"
-    );
+    // The unanswered call's error, after its grace.
+    assert_interrupted(&never.await.expect("join"), 3);
     assert_eq!(proxy.proxy_stats.interrupted(), 1);
     // The session itself moved at the cut.
     let (status, r) = call(&client, &url, &sid, 4).await;
@@ -663,28 +656,12 @@ async fn a_call_resumed_after_its_session_moved_gets_its_error_not_silence() {
     let (green, green_seen) = recording("green").await;
     let (proxy, url, socket, client, _dir) = rig(blue.port, green, "replay", |c| c).await;
     let sid = open(&client, &url).await;
-    let body = start_call(&client, &url, &sid, 2, "closed")
-        .await
-        .expect("join");
-    assert_eq!(sse_answer(&body), Value::Null, "no answer yet: {body}");
-    let last = body
-        .lines()
-        .find_map(|l| l.strip_prefix("id: "))
-        .expect("the priming event's id")
-        .to_owned();
+    let last = polled_call(&client, &url, &sid, 2).await;
     green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
 
-    let body = resume(&client, &url, &sid, &last).await;
-    let a = sse_answer(&body);
-    assert_eq!(a["id"], 2, "{body}");
-    assert!(
-        a["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("interrupted by a deploy")),
-        "the call's error: {body}"
-    );
+    assert_interrupted(&resume(&client, &url, &sid, &last).await, 2);
     assert_eq!(proxy.proxy_stats.interrupted(), 1);
     let green_session = green_seen.sessions().first().cloned().expect("moved");
     assert!(
@@ -704,6 +681,36 @@ async fn a_call_resumed_after_its_session_moved_gets_its_error_not_silence() {
     let (status, r) = call(&client, &url, &sid, 3).await;
     assert_eq!((status, r["result"]["slot"].clone()), (200, json!("green")));
     proxy.shutdown().await;
+}
+
+/// The value of the first `id:` field of an SSE body.
+fn event_id(body: &str, what: &str) -> String {
+    body.lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("{what}: none in {body:?}"))
+        .to_owned()
+}
+
+/// Asserts that an SSE body answers call `id` with the proxy's JSON-RPC error.
+fn assert_interrupted(body: &str, id: u32) {
+    let a = sse_answer(body);
+    assert_eq!(a["id"], id, "{body}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted by a deploy")),
+        "the call's error: {body}"
+    );
+}
+
+/// Makes call `id` a polled one: its slot ends the stream after the
+/// priming event (the `closed` tool). That event's id.
+async fn polled_call(client: &support::mcp::HttpClient, url: &str, sid: &str, id: u32) -> String {
+    let body = start_call(client, url, sid, id, "closed")
+        .await
+        .expect("join");
+    assert_eq!(sse_answer(&body), Value::Null, "no answer yet: {body}");
+    event_id(&body, "the priming event's id")
 }
 
 /// The whole body of a GET of session `sid` that resumes from `last`; it
@@ -739,22 +746,11 @@ async fn a_call_resumed_on_its_slot_and_again_after_the_move_gets_its_error() {
     let (green, _g) = recording("green").await;
     let (proxy, url, socket, client, _dir) = rig(blue.port, green, "replay", |c| c).await;
     let sid = open(&client, &url).await;
-    let body = start_call(&client, &url, &sid, 2, "closed")
-        .await
-        .expect("join");
-    let first = body
-        .lines()
-        .find_map(|l| l.strip_prefix("id: "))
-        .expect("the priming event's id")
-        .to_owned();
+    let first = polled_call(&client, &url, &sid, 2).await;
     // Resumed on blue: one more event, and the stream ends unanswered again.
     let body = resume(&client, &url, &sid, &first).await;
     assert_eq!(sse_answer(&body), Value::Null, "no answer yet: {body}");
-    let second = body
-        .lines()
-        .find_map(|l| l.strip_prefix("id: "))
-        .expect("the resumed stream's event id")
-        .to_owned();
+    let second = event_id(&body, "the resumed stream's event id");
     assert_eq!(second, format!("{first}+"));
     let (blue_session, _) = first.rsplit_once('-').expect("<session>-<call id>");
     assert!(
@@ -767,15 +763,7 @@ async fn a_call_resumed_on_its_slot_and_again_after_the_move_gets_its_error() {
     green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
-    let body = resume(&client, &url, &sid, &second).await;
-    let a = sse_answer(&body);
-    assert_eq!(a["id"], 2, "{body}");
-    assert!(
-        a["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("interrupted by a deploy")),
-        "the call's error: {body}"
-    );
+    assert_interrupted(&resume(&client, &url, &sid, &second).await, 2);
     // The first stream's id was replaced, not kept beside it.
     let (_, stream) = get_stream(&client, &url, &sid, Some(&first)).await;
     drop(stream);
