@@ -917,6 +917,10 @@ mod tests {
         headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
+        // A bodiless GET of /mcp through the proxy.
+        let proxied = |headers: &HeaderMap, proxy: &ProxyHeaders| {
+            head(&Method::GET, "/mcp", headers, Some(proxy), ReqFraming::None)
+        };
         let proxy = ProxyHeaders {
             host: HeaderValue::from_static("slot:3001"),
             forwarded_host: Some(HeaderValue::from_static("public.example")),
@@ -925,13 +929,7 @@ mod tests {
             cut: None,
         };
         assert_eq!(
-            head(
-                &Method::GET,
-                "/mcp",
-                &headers,
-                Some(&proxy),
-                ReqFraming::None
-            ),
+            proxied(&headers, &proxy),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
              x-forwarded-host: public.example\r\nx-forwarded-proto: https\r\n\
              x-forwarded-for: 10.0.0.1, 192.0.2.7\r\n\r\n"
@@ -945,13 +943,7 @@ mod tests {
             ..proxy
         };
         assert_eq!(
-            head(
-                &Method::GET,
-                "/mcp",
-                &headers,
-                Some(&proxy),
-                ReqFraming::None
-            ),
+            proxied(&headers, &proxy),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\nx-forwarded-proto: https\r\n\
              x-forwarded-for: 192.0.2.7\r\n\r\n"
         );
@@ -965,13 +957,7 @@ mod tests {
             cut: Some((sid.clone(), "mf1.blue.3.".len())),
             ..proxy
         };
-        let written = head(
-            &Method::POST,
-            "/mcp",
-            &headers,
-            Some(&proxy),
-            ReqFraming::None,
-        );
+        let written = proxied(&headers, &proxy);
         assert!(
             written.contains("mcp-session-id: abc\r\nmcp-session-id: mf1.blue.3.second\r\n")
                 && written.contains("mcp-method: mf1.blue.3.x\r\n"),
