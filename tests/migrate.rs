@@ -771,6 +771,39 @@ async fn a_call_resumed_on_its_slot_and_again_after_the_move_gets_its_error() {
     proxy.shutdown().await;
 }
 
+/// The same on a session that moved already: a polled call on the slot it
+/// moved to (its event ids carry that slot's tag), resumed there and ended
+/// unanswered again, then resumed once more after the session moved on to
+/// a third slot: the call's error comes.
+#[tokio::test]
+async fn a_moved_sessions_call_resumed_on_its_slot_and_again_after_a_second_move_gets_its_error() {
+    let (blue, _b) = recording("blue").await;
+    let (green, _g) = recording("green").await;
+    let (red, _r) = recording("red").await;
+    let (proxy, url, socket, client, _dir) =
+        rig(blue, green, "replay", |c| c.slot("red", red, 0)).await;
+    let sid = open(&client, &url).await;
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let first = polled_call(&client, &url, &sid, 2).await;
+    assert!(first.starts_with("mf1.green."), "a call on green: {first}");
+    let body = resume(&client, &url, &sid, &first).await;
+    assert_eq!(sse_answer(&body), Value::Null, "no answer yet: {body}");
+    let second = event_id(&body, "the resumed stream's event id");
+    assert_eq!(second, format!("{first}+"), "resumed on green, tagged");
+
+    let r = support::ctl(&socket, "weights green=1 red=100").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain green --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_interrupted(&resume(&client, &url, &sid, &second).await, 2);
+    assert_eq!(proxy.proxy_stats.interrupted(), 1);
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!((status, r["result"]["slot"].clone()), (200, json!("red")));
+    proxy.shutdown().await;
+}
+
 /// `drain --migrate` on a slot already draining (a deploy waiting for a long
 /// session) cuts that drain now rather than at its deadline (60 s here):
 /// its stream ends, the drain ends, the session moves. Before, the running

@@ -256,7 +256,8 @@ impl Forwarder {
         let mut tagged_in: Option<(HeaderValue, usize)> = None;
         // A GET that resumes, on the call's own slot, a call's stream which
         // that slot ended unanswered: the stream's `Last-Event-ID` and the
-        // call's error event (see `Sessions::note_unanswered`).
+        // call's error event (see `Sessions::note_unanswered`), for a pinned
+        // session or a moved one alike.
         let mut resumed: Option<(Bytes, Bytes)> = None;
         if let Some(site) = site {
             // A DELETE ends its session: it is no sign of more requests to come,
@@ -285,6 +286,11 @@ impl Forwarder {
                 self.resumed_unanswered(req.headers(), client_sid.as_ref(), &slot.tag_prefix)
             {
                 return resp;
+            }
+            if method == http::Method::GET {
+                // A call's stream this slot ended unanswered, resumed here
+                // (its id carries this slot's tag, as the client holds it).
+                resumed = self.resumed_call(req.headers(), client_sid.as_ref());
             }
             req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
             migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
@@ -562,8 +568,8 @@ impl Forwarder {
         Some(resp)
     }
 
-    /// A pinned session's GET that resumes (`Last-Event-ID`) a call's stream
-    /// its slot ended unanswered: that stream's id and the call's error.
+    /// A GET that resumes (`Last-Event-ID`) a call's stream its slot ended
+    /// unanswered, on that slot: that stream's id and the call's error.
     fn resumed_call(
         &self,
         headers: &HeaderMap,
