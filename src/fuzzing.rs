@@ -24,7 +24,8 @@ use crate::proxy::host_guard::{
     authority_host, authority_host_slow, origin_host, HostGuard, Refused,
 };
 use crate::proxy::sse::{
-    find_in_query, find_session_param, EndpointRewrite, EventIdTag, Rewritten, SseScanner,
+    find_in_query, find_session_param, EndpointRewrite, EventIdTag, LastEventId, Rewritten,
+    SseScanner, MAX_EVENT_ID,
 };
 use crate::upstream::h1;
 
@@ -137,6 +138,49 @@ fn retry_of(line: &[u8]) -> Option<u64> {
 
 /// The prefix the event id property tags with.
 const ID_PREFIX: &[u8] = b"mf1.green.2.";
+
+/// The last event id (`proxy::sse::LastEventId`, which follows a call's
+/// stream for its resumption after a move): what it holds after the payload
+/// is the same whatever the chunking, and equals a line model of SSE (lines
+/// end at `\r` or `\n`; only ended lines count): an `id:` line sets it to its
+/// value after one optional space, `None` when that is empty or longer than
+/// `MAX_EVENT_ID`, unchanged when it has a NUL; a line `id` alone clears it.
+pub fn last_event_id(data: &[u8]) {
+    let (payload, chunks) = chunked(data);
+    let run = |chunks: &[&[u8]]| {
+        let mut t = LastEventId::default();
+        for c in chunks {
+            t.feed(c);
+        }
+        t.get().cloned()
+    };
+    let mut model: Option<&[u8]> = None;
+    let mut start = 0;
+    while let Some(i) = payload[start..]
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+    {
+        let line = &payload[start..start + i];
+        if line == b"id" {
+            model = None;
+        } else if let Some(rest) = line.strip_prefix(b"id:") {
+            let value = rest.strip_prefix(b" ").unwrap_or(rest);
+            if value.len() > MAX_EVENT_ID || value.is_empty() {
+                model = None;
+            } else if !value.contains(&0) {
+                model = Some(value);
+            }
+        }
+        start += i + 1;
+    }
+    let whole = run(&[payload]);
+    assert_eq!(whole.as_deref(), model, "the last id of {payload:?}");
+    assert_eq!(
+        run(&chunks),
+        whole,
+        "chunking changed the last id of {payload:?} cut as {chunks:?}"
+    );
+}
 
 /// The event id tag (`proxy::sse::EventIdTag`, a moved session's events):
 /// the output is the same whatever the chunking, and equals a line model of

@@ -50,6 +50,11 @@ fn event_id_tag_corpus() {
 }
 
 #[test]
+fn last_event_id_corpus() {
+    replay("last_event_id", mcpflip::fuzzing::last_event_id);
+}
+
+#[test]
 fn sse_scanner_corpus() {
     replay("sse_scanner", mcpflip::fuzzing::sse_scanner);
 }
