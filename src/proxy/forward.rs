@@ -271,26 +271,29 @@ impl Forwarder {
                         .headers()
                         .get(MCP_SESSION_ID)
                         .map(|v| (v.clone(), prefix_len));
-                    if method == http::Method::GET {
-                        resumed = self.resumed_call(req.headers(), client_sid.as_ref());
+                    if let Some(last) = resumes(&method, req.headers()) {
+                        resumed = self.resumed_call(last, client_sid.as_ref());
                     }
                 }
-                TagSite::Query { .. } => strip_query_tag(&mut req, site),
+                TagSite::Query {
+                    value_at,
+                    prefix_len,
+                } => strip_query_tag(&mut req, value_at, prefix_len),
             }
         }
         if let Some(inner) = &moved {
             if method != http::Method::DELETE {
                 stats.touch_pinned();
             }
-            if let Some(resp) =
-                self.resumed_unanswered(req.headers(), client_sid.as_ref(), &slot.tag_prefix)
-            {
-                return resp;
-            }
-            if method == http::Method::GET {
+            if let Some(last) = resumes(&method, req.headers()) {
+                if let Some(resp) =
+                    self.resumed_unanswered(last, client_sid.as_ref(), &slot.tag_prefix)
+                {
+                    return resp;
+                }
                 // A call's stream this slot ended unanswered, resumed here
                 // (its id carries this slot's tag, as the client holds it).
-                resumed = self.resumed_call(req.headers(), client_sid.as_ref());
+                resumed = self.resumed_call(last, client_sid.as_ref());
             }
             req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
             migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
@@ -362,9 +365,9 @@ impl Forwarder {
             ))
             .await;
             if let Ok((to, inner)) = to {
-                if let Some(resp) =
-                    self.resumed_unanswered(retry.headers(), client_sid.as_ref(), &to.tag_prefix)
-                {
+                if let Some(resp) = resumes(retry.method(), retry.headers()).and_then(|last| {
+                    self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
+                }) {
                     stats.count_upstream_error(refused);
                     return resp;
                 }
@@ -548,12 +551,11 @@ impl Forwarder {
     /// slot minted (`prefix`): that slot resumes its own streams.
     fn resumed_unanswered(
         &self,
-        headers: &HeaderMap,
+        last: &[u8],
         client_sid: Option<&HeaderValue>,
         prefix: &str,
     ) -> Option<Response<ResponseBody>> {
         let (sessions, sid) = (self.sessions.as_ref()?, client_sid?);
-        let last = headers.get(LAST_EVENT_ID)?.as_bytes();
         if last.starts_with(prefix.as_bytes()) {
             return None;
         }
@@ -572,11 +574,10 @@ impl Forwarder {
     /// unanswered, on that slot: that stream's id and the call's error.
     fn resumed_call(
         &self,
-        headers: &HeaderMap,
+        last: &[u8],
         client_sid: Option<&HeaderValue>,
     ) -> Option<(Bytes, Bytes)> {
         let (sessions, sid) = (self.sessions.as_ref()?, client_sid?);
-        let last = headers.get(LAST_EVENT_ID)?.as_bytes();
         let event = sessions.peek_unanswered(sid.as_bytes(), last)?;
         Some((Bytes::copy_from_slice(last), event))
     }
@@ -717,31 +718,33 @@ impl Forwarder {
     }
 }
 
-/// Removes the tag found at `site` so the upstream sees its own session id.
-/// Cuts the session tag out of a legacy SSE POST URL (the route already
-/// decoded it: no second decode). A header's tag is cut by the encoder.
-fn strip_query_tag(req: &mut Request<Incoming>, site: TagSite) {
-    match site {
-        TagSite::Header { .. } => {}
-        TagSite::Query {
-            value_at,
-            prefix_len,
-        } => {
-            let uri = req.uri();
-            let Some(query) = uri.query() else { return };
-            let stripped = format!(
-                "{}?{}{}",
-                uri.path(),
-                &query[..value_at],
-                &query[value_at + prefix_len..]
-            );
-            if let Ok(pq) = PathAndQuery::try_from(stripped) {
-                let mut parts = uri.clone().into_parts();
-                parts.path_and_query = Some(pq);
-                if let Ok(new) = Uri::from_parts(parts) {
-                    *req.uri_mut() = new;
-                }
-            }
+/// The `Last-Event-ID` of a GET: only a GET resumes a stream, so no other
+/// request is looked up for one.
+fn resumes<'a>(method: &http::Method, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    if method != http::Method::GET {
+        return None;
+    }
+    headers.get(LAST_EVENT_ID).map(HeaderValue::as_bytes)
+}
+
+/// Cuts the session tag (`prefix_len` bytes at `value_at` of the query) out
+/// of a legacy SSE POST URL, so the upstream sees its own session id (the
+/// route already decoded it: no second decode). A header's tag is cut by the
+/// encoder.
+fn strip_query_tag(req: &mut Request<Incoming>, value_at: usize, prefix_len: usize) {
+    let uri = req.uri();
+    let Some(query) = uri.query() else { return };
+    let stripped = format!(
+        "{}?{}{}",
+        uri.path(),
+        &query[..value_at],
+        &query[value_at + prefix_len..]
+    );
+    if let Ok(pq) = PathAndQuery::try_from(stripped) {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(new) = Uri::from_parts(parts) {
+            *req.uri_mut() = new;
         }
     }
 }
