@@ -157,6 +157,9 @@ impl Conn {
 
 /// Most header names [`Names`] keeps per worker.
 const MAX_NAMES: usize = 32;
+/// Longest header name [`Names`] keeps: a slot chooses the names' lengths
+/// (up to the head's 64 KiB), and the list lives as long as the worker.
+const MAX_NAME_LEN: usize = 64;
 
 thread_local! {
     /// The header names of the answers this worker parsed, as the slots
@@ -169,7 +172,8 @@ thread_local! {
 /// the name at the same place in the last answer costs a fraction of
 /// `HeaderName::from_bytes` (its checks and lowering, and for a custom name
 /// an allocation and a copy; bench/PROFILE.md §17). The first [`MAX_NAMES`]
-/// distinct spellings are kept; any other name is parsed each time.
+/// distinct spellings of at most [`MAX_NAME_LEN`] bytes are kept; any other
+/// name is parsed each time.
 #[derive(Default)]
 struct Names(Vec<(Box<[u8]>, HeaderName)>);
 
@@ -185,7 +189,7 @@ impl Names {
             return Ok(n.clone());
         }
         let name = HeaderName::from_bytes(raw)?;
-        if self.0.len() < MAX_NAMES {
+        if self.0.len() < MAX_NAMES && raw.len() <= MAX_NAME_LEN {
             self.0.push((raw.into(), name.clone()));
         }
         Ok(name)
@@ -760,6 +764,14 @@ mod tests {
             }
         }
         assert_eq!(names.0.len(), MAX_NAMES, "bounded");
+        // A long name is parsed, never kept.
+        let mut fresh = Names::default();
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        for _ in 0..2 {
+            let got = fresh.get(0, long.as_bytes()).expect("a name");
+            assert_eq!(got.as_str(), long);
+        }
+        assert!(fresh.0.is_empty(), "kept a {}-byte name", long.len());
         assert!(names.get(0, b"bad name").is_err());
         assert!(names.get(0, b"").is_err());
     }
