@@ -19,10 +19,14 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read at its first allocation: purge freed pages from a
 /// background thread within about a second, straight to the OS (`muzzy` pages,
-/// MADV_FREE'd, would still count in RSS until the kernel needs them).
+/// MADV_FREE'd, would still count in RSS until the kernel needs them). A
+/// thread's cache is swept once per MiB it allocates, not once per 64 KiB:
+/// at 64 KiB the sweep ran every few requests (bench/PROFILE.md §19); what a
+/// cache may hold is bounded by its bins either way.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,tcache_gc_incr_bytes:1048576\0";
 
 /// The log of the commands that have no config (`upstream`): text on stderr,
 /// colours only on a terminal.
