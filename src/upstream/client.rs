@@ -16,6 +16,7 @@
 //! `pool_idle_timeout`, or closed by the upstream, are dropped by a reaper
 //! task that lives as long as the pool.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
@@ -97,6 +98,9 @@ pub enum ClientError {
     /// The HTTP exchange failed (the connection broke, the answer did not parse).
     #[error("the upstream connection failed")]
     Http(#[source] HttpError),
+    /// No response head within the wait (`UpstreamClient::send`).
+    #[error("no response head within {0:?}")]
+    ResponseTimeout(Duration),
 }
 
 /// Why a forwarded request got no response head.
@@ -282,7 +286,10 @@ impl UpstreamClient {
             authority: authority.clone(),
         };
         // The request line is origin-form: the URI's path and query.
-        self.pool.send(target, req, None).await.map_err(|(e, _)| e)
+        self.pool
+            .send(target, req, None, None)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// Sends a client's request to `scheme://authority` (the request URI is
@@ -304,44 +311,100 @@ impl UpstreamClient {
             https: *scheme == Scheme::HTTPS,
             authority: authority.clone(),
         };
-        let response = self.pool.send(target, req, proxy);
-        tokio::pin!(response);
-        let mut frames = body.frames();
-        loop {
-            match tokio::time::timeout(wait, &mut response).await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err((e, unsent))) => {
-                    let state = body.state();
-                    if state.is_client_fault() {
-                        return Err(SendError::ClientBody(state));
-                    }
-                    return Err(SendError::Upstream {
-                        kind: classify(&e),
-                        error: Some(e),
-                        unsent,
-                    });
+        let wait = Wait { period: wait, body };
+        match self.pool.send(target, req, proxy, Some(&wait)).await {
+            Ok(resp) => Ok(resp),
+            Err((ClientError::ResponseTimeout(_), _)) => Err(SendError::Upstream {
+                kind: UpstreamError::ResponseTimeout,
+                error: None,
+                unsent: None,
+            }),
+            Err((e, unsent)) => {
+                let state = body.state();
+                if state.is_client_fault() {
+                    return Err(SendError::ClientBody(state));
                 }
-                // The client is still sending (each pause bounded by its body
-                // timeout), or the slot is still taking the body: the clock
-                // for the response head has not started. A slot that took
-                // nothing for a whole period is timed out.
-                Err(_)
-                    if body.state() == BodyState::Sending
-                        && (body.waiting_on_client() || body.frames() != frames) =>
-                {
-                    frames = body.frames();
-                    continue;
-                }
-                Err(_) => {
-                    return Err(SendError::Upstream {
-                        kind: UpstreamError::ResponseTimeout,
-                        error: None,
-                        unsent: None,
-                    })
-                }
+                Err(SendError::Upstream {
+                    kind: classify(&e),
+                    error: Some(e),
+                    unsent,
+                })
             }
         }
     }
+}
+
+/// How long [`Pool::send`] waits for a response head: `period`, counted from
+/// the end of the client's body (`body`).
+struct Wait<'a> {
+    period: Duration,
+    body: &'a BodyWatch,
+}
+
+/// A connection's timer for the response head, lazy: a request on a kept
+/// connection moves no timer. The timer stays set for an earlier request's
+/// deadline; when it fires, the request in progress (if its own deadline is
+/// later) sets it again for that. A keep-alive connection's requests then
+/// reset the runtime's timer once per `period`, not once each (every set and
+/// every cancel takes the timer wheel's lock; bench/PROFILE.md §19).
+pub struct HeadTimer(Pin<Box<tokio::time::Sleep>>);
+
+impl HeadTimer {
+    fn new(deadline: Instant) -> HeadTimer {
+        HeadTimer(Box::pin(tokio::time::sleep_until(deadline)))
+    }
+
+    /// Ready once `deadline` has passed.
+    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if deadline < self.0.deadline() {
+            self.0.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(self.0.as_mut().poll(cx));
+            if self.0.deadline() >= deadline {
+                return Poll::Ready(());
+            }
+            // Fired for an earlier request's deadline.
+            self.0.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// `exchange` within `wait` (from `start`), on `timer` (a kept connection's,
+/// or made now): `None` when the slot gave no head in time. A client still
+/// sending its body (each pause bounded by its body timeout), or a slot still
+/// taking it, has not started the clock: a period in which the slot took
+/// nothing of a body still coming restarts it.
+///
+/// `exchange` is pinned where the caller made it: moved in here, it would be
+/// copied once more per request (bench/PROFILE.md §19).
+async fn within<F: Future>(
+    mut exchange: Pin<&mut F>,
+    timer: &mut Option<HeadTimer>,
+    start: Instant,
+    wait: &Wait<'_>,
+) -> Option<F::Output> {
+    let mut deadline = start + wait.period;
+    let timer = timer.get_or_insert_with(|| HeadTimer::new(deadline));
+    let mut frames = wait.body.frames();
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        loop {
+            ready!(timer.poll_until(deadline, cx));
+            let body = wait.body;
+            if body.state() == BodyState::Sending
+                && (body.waiting_on_client() || body.frames() != frames)
+            {
+                frames = body.frames();
+                deadline = Instant::now() + wait.period;
+                continue;
+            }
+            return Poll::Ready(None);
+        }
+    })
+    .await
 }
 
 impl Pool {
@@ -380,29 +443,50 @@ impl Pool {
 
     /// Sends `req` on an idle connection or a new one. When no connection
     /// could be made, the error carries the request back, unsent.
+    /// With `wait`, the whole of it (a new connection included) is bounded
+    /// by `wait` (`ClientError::ResponseTimeout`).
     async fn send(
         self: &Arc<Self>,
         target: Target,
         req: Request<ForwardBody>,
         proxy: Option<&ProxyHeaders>,
+        wait: Option<&Wait<'_>>,
     ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
+        let start = Instant::now();
         let (mut conn, mut reused) = match self.checkout(&target) {
             Some(conn) => (conn, true),
             // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
             // its future would otherwise make every request's future larger.
-            None => match Box::pin(self.connect(&target)).await {
+            None => match Box::pin(self.connect_within(&target, start, wait)).await {
                 Ok(conn) => (conn, false),
                 Err(e) => return Err((e, Some(Box::new(req)))),
             },
         };
         let mut req = req;
         let head = loop {
-            match exchange(&mut conn, &target, req, proxy, reused).await {
+            let sent = match wait {
+                None => exchange(&mut conn, &target, req, proxy, reused).await,
+                Some(wait) => {
+                    // Out of the connection while it is borrowed for the
+                    // exchange; back with it after.
+                    let mut timer = conn.timer.take();
+                    let sent = {
+                        let sent = std::pin::pin!(exchange(&mut conn, &target, req, proxy, reused));
+                        within(sent, &mut timer, start, wait).await
+                    };
+                    conn.timer = timer;
+                    match sent {
+                        Some(sent) => sent,
+                        None => return Err((ClientError::ResponseTimeout(wait.period), None)),
+                    }
+                }
+            };
+            match sent {
                 Ok(head) => break head,
                 // A reused connection closed before the request went out:
                 // nothing was sent, so it is safe to send once more.
                 Err((_, Some(unsent))) if reused => {
-                    conn = match Box::pin(self.connect(&target)).await {
+                    conn = match Box::pin(self.connect_within(&target, start, wait)).await {
                         Ok(conn) => conn,
                         Err(e) => return Err((e, Some(unsent))),
                     };
@@ -428,6 +512,21 @@ impl Pool {
         // connection is ready again now.
         resp.body_mut().release_if_ended();
         Ok(resp)
+    }
+
+    /// A new connection to `target`, within what is left of `wait`.
+    async fn connect_within(
+        &self,
+        target: &Target,
+        start: Instant,
+        wait: Option<&Wait<'_>>,
+    ) -> Result<Conn, ClientError> {
+        match wait {
+            None => self.connect(target).await,
+            Some(wait) => tokio::time::timeout_at(start + wait.period, self.connect(target))
+                .await
+                .map_err(|_| ClientError::ResponseTimeout(wait.period))?,
+        }
     }
 
     /// A new connection to `target`.
@@ -610,10 +709,14 @@ async fn exchange(
         .await
         .map_err(|e| (HttpError::from(e), None))?;
     loop {
-        if let Some(head) =
-            h1::parse_response(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
-        {
-            return Ok(head);
+        // Nothing read yet (the usual case right after the request went
+        // out): no parse of an empty buffer.
+        if !conn.buf.is_empty() {
+            if let Some(head) =
+                h1::parse_response(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
+            {
+                return Ok(head);
+            }
         }
         match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
             Ok(0) => return Err((HttpError::Closed, None)),
@@ -794,6 +897,7 @@ pub fn classify(err: &ClientError) -> UpstreamError {
             UpstreamError::Timeout
         }
         ClientError::Http(_) => UpstreamError::Reset,
+        ClientError::ResponseTimeout(_) => UpstreamError::ResponseTimeout,
     }
 }
 
@@ -816,6 +920,9 @@ mod tests {
         Stall,
         /// Answers every request with a chunked body, keeps the connection.
         Chunked,
+        /// Answers as `KeepAlive` after as many milliseconds as the request
+        /// target's `?ms=` says.
+        Delay,
     }
 
     struct Counts {
@@ -848,6 +955,15 @@ mod tests {
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
                         }
+                        if mode == Upstream::Delay {
+                            let head = String::from_utf8_lossy(&buf);
+                            let ms = head
+                                .split_once("?ms=")
+                                .and_then(|(_, r)| r.split(' ').next())
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
                         buf.clear();
                         let answer: &[u8] = match mode {
                             Upstream::Stall => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
@@ -876,6 +992,81 @@ mod tests {
             .header(http::header::HOST, authority.as_str())
             .body(ForwardBody::from(Bytes::new()))
             .unwrap()
+    }
+
+    /// `client.send` of a GET for `target`, waiting at most `wait`: its
+    /// body, or the error.
+    async fn send_waiting(
+        client: &UpstreamClient,
+        authority: &Authority,
+        target: &str,
+        wait: Duration,
+    ) -> Result<Bytes, SendError> {
+        let req = Request::builder()
+            .uri(target)
+            .header(http::header::HOST, authority.as_str())
+            .body(ForwardBody::from(Bytes::new()))
+            .unwrap();
+        let resp = client
+            .send(
+                &Scheme::HTTP,
+                authority,
+                req,
+                None,
+                wait,
+                &BodyWatch::default(),
+            )
+            .await?;
+        Ok(resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    /// A kept connection's head timer (set once, for an earlier request's
+    /// deadline) times each request by its own wait: a longer wait after a
+    /// short one is not cut at the earlier deadline, a shorter one after a
+    /// long one is not let run to the later one.
+    #[tokio::test]
+    async fn each_request_on_a_kept_connection_is_timed_by_its_own_wait() {
+        let (authority, counts) = upstream(Upstream::Delay).await;
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90));
+        let short = Duration::from_millis(300);
+        // Sets the connection's timer for now + 300 ms.
+        let body = send_waiting(&client, &authority, "/?ms=0", short).await;
+        assert_eq!(&body.unwrap()[..], b"ok");
+        // 600 ms to answer, with 5 s to wait: the timer fires at the first
+        // request's deadline and is set again for this one's.
+        let body = send_waiting(&client, &authority, "/?ms=600", Duration::from_secs(5)).await;
+        assert_eq!(&body.unwrap()[..], b"ok");
+        assert_eq!(
+            counts.accepted.load(Ordering::SeqCst),
+            1,
+            "one kept connection"
+        );
+        // The timer is now set for 5 s after the second request began; this
+        // one waits 300 ms for an answer that takes 3 s.
+        let began = Instant::now();
+        let err = send_waiting(&client, &authority, "/?ms=3000", short)
+            .await
+            .expect_err("an answer slower than the wait");
+        assert!(
+            matches!(
+                err,
+                SendError::Upstream {
+                    kind: UpstreamError::ResponseTimeout,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let took = began.elapsed();
+        assert!(
+            took >= short && took < Duration::from_millis(2500),
+            "timed out after {took:?}, not at its own 300 ms"
+        );
+        assert_eq!(
+            counts.accepted.load(Ordering::SeqCst),
+            1,
+            "one kept connection"
+        );
     }
 
     async fn until(what: &str, cond: impl Fn() -> bool) {

@@ -29,6 +29,8 @@ use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::upstream::client::HeadTimer;
+
 /// The largest response head accepted (nginx's `proxy_buffer_size` is 4-8 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most response headers accepted (hyper's client default).
@@ -110,6 +112,9 @@ impl AsyncWrite for Io {
 pub struct Conn {
     pub io: Io,
     pub buf: BytesMut,
+    /// Its timer for response heads, kept with it (made by the first
+    /// request that waits for a head on it).
+    pub timer: Option<HeadTimer>,
 }
 
 impl Conn {
@@ -117,6 +122,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            timer: None,
         }
     }
 
