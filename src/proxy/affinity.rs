@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::Request;
+use http::{HeaderValue, Request};
 
 use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::tag::{SessionTag, TagSite};
@@ -24,7 +24,13 @@ pub enum Route {
 
 /// Decides where `req` goes on the snapshot `table`.
 pub fn route<B>(table: &Table, req: &Request<B>) -> Route {
-    if let Some(value) = req.headers().get(MCP_SESSION_ID) {
+    route_with(table, req, req.headers().get(MCP_SESSION_ID))
+}
+
+/// [`route`] with the request's first `Mcp-Session-Id`, found already
+/// (`proxy::scan`).
+pub fn route_with<B>(table: &Table, req: &Request<B>, session: Option<&HeaderValue>) -> Route {
+    if let Some(value) = session {
         let text = value.to_str().unwrap_or_default();
         if let Some(tag) = SessionTag::decode(text) {
             let site = TagSite::Header {

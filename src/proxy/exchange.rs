@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 
 use crate::log::access::{self, Fingerprint, Inline, Record};
 use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
@@ -44,8 +44,17 @@ pub struct Exchange {
 impl Exchange {
     /// Starts the record of `req` from `peer` (reads the clock).
     pub fn start<B>(req: &Request<B>, peer: SocketAddr) -> Exchange {
+        Exchange::start_with(req, req.headers().get(MCP_METHOD), peer)
+    }
+
+    /// [`Exchange::start`] with the request's first `Mcp-Method`, found
+    /// already (`proxy::scan`).
+    pub fn start_with<B>(
+        req: &Request<B>,
+        mcp_header: Option<&HeaderValue>,
+        peer: SocketAddr,
+    ) -> Exchange {
         let started = Instant::now();
-        let mcp_header = req.headers().get(MCP_METHOD);
         let mcp_method = mcp_header.map(|v| method::index(v.as_bytes()));
         let line = access::enabled().then(|| {
             let mut r = Record::new(peer, req.method().clone(), req.uri().path());

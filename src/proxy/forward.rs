@@ -31,6 +31,7 @@ use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::migrate::{self, Sessions};
+use crate::proxy::scan::Scan;
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
@@ -66,11 +67,20 @@ pub struct Forwarder {
 }
 
 /// Where a request goes, decided on one table snapshot.
-enum Decision {
-    /// To this slot; the tag to strip, or the session's new upstream id.
+enum Decided {
+    /// Answered by the proxy (boxed: the rare case).
+    Answer(Box<Response<ResponseBody>>),
+    /// To this slot, with the tag to strip; the session id the client holds
+    /// (migration on).
     Go(Arc<Slot>, Option<TagSite>, Option<HeaderValue>),
-    /// Its session must move first.
-    Move,
+    /// Its session (the id the client holds) must move first.
+    Move(Option<HeaderValue>),
+}
+
+impl Decided {
+    fn answer(resp: Response<ResponseBody>) -> Decided {
+        Decided::Answer(Box::new(resp))
+    }
 }
 
 /// The client end of a connection, made once per connection: its address, its
@@ -94,23 +104,44 @@ impl Peer {
 impl Forwarder {
     /// Serves one client request, and records it (latency histograms, access
     /// log) when its response body ends.
+    ///
+    /// The request is routed here rather than in an async function of its
+    /// own: each level of those moves the request in and its response out
+    /// (bench/PROFILE.md §19).
     pub async fn forward(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
-        let mut exchange = Exchange::start(&req, peer.addr);
-        let mut resp = self.relay(req, peer, &mut exchange).await;
+        let scan = Scan::of(req.headers());
+        let mut exchange = Exchange::start_with(&req, scan.mcp_method, peer.addr);
+        let mut resp = 'answer: {
+            let (slot, site, moved, client_sid) = match self.decide(&req, &scan, peer) {
+                Decided::Answer(resp) => break 'answer *resp,
+                Decided::Go(slot, site, client_sid) => {
+                    if let (Some(sessions), Some(sid)) = (&self.sessions, &client_sid) {
+                        // A session that never moves: its idle clock only.
+                        sessions.touch(sid.as_bytes());
+                    }
+                    (slot, site, None, client_sid)
+                }
+                Decided::Move(client_sid) => {
+                    match Box::pin(self.moved(&req, client_sid.as_ref())).await {
+                        Ok((slot, inner)) => (slot, None, Some(inner), client_sid),
+                        Err(()) => break 'answer session_not_found(),
+                    }
+                }
+            };
+            let h1 = req.version() < http::Version::HTTP_2;
+            self.send_to(req, peer, &mut exchange, slot, site, moved, client_sid, h1)
+                .await
+        };
         exchange.respond(&resp);
         resp.body_mut().attach(exchange);
         resp
     }
 
-    async fn relay(
-        &self,
-        req: Request<Incoming>,
-        peer: &Peer,
-        exchange: &mut Exchange,
-    ) -> Response<ResponseBody> {
-        let method = req.method().clone();
-        let h1 = req.version() < http::Version::HTTP_2;
-        if let Err(refused) = self.host_guard.check(req.headers(), req.uri()) {
+    /// Where a request goes: the `Host` check, then its session's slot or a
+    /// pick. A refusal, or no slot to go to, is answered here.
+    fn decide(&self, req: &Request<Incoming>, scan: &Scan<'_>, peer: &Peer) -> Decided {
+        let method = req.method();
+        if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
             let (status, answer) = match &refused {
                 Refused::Malformed(_) => {
                     self.stats.count_client_fault(ClientFault::BadHost);
@@ -120,56 +151,38 @@ impl Forwarder {
             };
             self.stats.count_local(answer);
             tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, status = status.as_u16(), "{refused}");
-            return jsonrpc_error(status, &refused.to_string());
+            return Decided::answer(jsonrpc_error(status, &refused.to_string()));
         }
         // With migration on: the session id the client holds, for the store.
-        let client_sid = self
-            .sessions
-            .as_ref()
-            .and_then(|_| req.headers().get(MCP_SESSION_ID).cloned());
-        let decision = {
-            let table = self.tables.load();
-            match affinity::route(&table, &req) {
-                Route::Pinned { slot, site }
-                    if client_sid.is_some()
-                        && matches!(site, TagSite::Header { .. })
-                        && migrate::must_move(&slot) =>
-                {
-                    Decision::Move
-                }
-                Route::Pinned { slot, site } => Decision::Go(slot, Some(site), None),
-                Route::Picked(slot) => Decision::Go(slot, None, None),
-                Route::SessionGone if client_sid.is_some() => Decision::Move,
-                Route::SessionGone => {
-                    self.stats.count_local(LocalResponse::SessionGone);
-                    tracing::debug!(%method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
-                    return session_not_found();
-                }
-                Route::NoSlot => {
-                    self.stats.count_local(LocalResponse::NoSlot);
-                    tracing::warn!(%method, uri = %req.uri(), status = 503, "no slot is serving");
-                    return local_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        None,
-                        "no_slot",
-                        "no slot is serving",
-                    );
-                }
+        let client_sid = self.sessions.as_ref().and_then(|_| scan.session.cloned());
+        let table = self.tables.load();
+        match affinity::route_with(&table, req, scan.session) {
+            Route::Pinned { slot, site }
+                if client_sid.is_some()
+                    && matches!(site, TagSite::Header { .. })
+                    && migrate::must_move(&slot) =>
+            {
+                Decided::Move(client_sid)
             }
-        };
-        let (slot, site, moved) = match decision {
-            Decision::Go(slot, site, moved) => (slot, site, moved),
-            Decision::Move => match Box::pin(self.moved(&req, client_sid.as_ref())).await {
-                Ok((slot, inner)) => (slot, None, Some(inner)),
-                Err(()) => return session_not_found(),
-            },
-        };
-        if let (Some(sessions), Some(sid), None) = (&self.sessions, &client_sid, &moved) {
-            // A session that never moves: its idle clock only.
-            sessions.touch(sid.as_bytes());
+            Route::Pinned { slot, site } => Decided::Go(slot, Some(site), client_sid),
+            Route::Picked(slot) => Decided::Go(slot, None, client_sid),
+            Route::SessionGone if client_sid.is_some() => Decided::Move(client_sid),
+            Route::SessionGone => {
+                self.stats.count_local(LocalResponse::SessionGone);
+                tracing::debug!(%method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
+                Decided::answer(session_not_found())
+            }
+            Route::NoSlot => {
+                self.stats.count_local(LocalResponse::NoSlot);
+                tracing::warn!(%method, uri = %req.uri(), status = 503, "no slot is serving");
+                Decided::answer(local_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    "no_slot",
+                    "no slot is serving",
+                ))
+            }
         }
-        self.send_to(req, peer, exchange, slot, site, moved, client_sid, h1)
-            .await
     }
 
     /// Where a session whose slot is gone continues: where it moved already,

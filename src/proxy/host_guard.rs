@@ -20,8 +20,10 @@
 
 use std::net::Ipv6Addr;
 
-use http::header::{HeaderMap, HOST, ORIGIN};
+use http::header::HeaderMap;
 use http::Uri;
+
+use crate::proxy::scan::Scan;
 
 /// Which hosts a request may name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,18 +64,13 @@ impl HostGuard {
     /// Checks the request's `Host`, its target's authority (absolute form,
     /// HTTP/2 `:authority`) and `Origin`.
     pub fn check(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Refused> {
-        // One pass over the few headers a request has, rather than two hashed
-        // lookups (bench/PROFILE.md §18).
-        let (mut host, mut hosts, mut origin, mut origins) = (None, 0, None, 0);
-        for (name, value) in headers {
-            if name == HOST {
-                host.get_or_insert(value);
-                hosts += 1;
-            } else if name == ORIGIN {
-                origin.get_or_insert(value);
-                origins += 1;
-            }
-        }
+        self.check_scanned(&Scan::of(headers), uri)
+    }
+
+    /// [`HostGuard::check`] on the `Host` and `Origin` values the request's
+    /// one pass over its headers found (bench/PROFILE.md §18, §19).
+    pub fn check_scanned(&self, scan: &Scan<'_>, uri: &Uri) -> Result<(), Refused> {
+        let (host, hosts, origin, origins) = (scan.host, scan.hosts, scan.origin, scan.origins);
         if hosts > 1 {
             return Err(Refused::Malformed(
                 "Bad Request: more than one Host header".into(),
@@ -268,6 +265,7 @@ pub fn origin_host(s: &str) -> Result<&str, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{HOST, ORIGIN};
     use http::HeaderValue;
 
     fn headers(host: &'static str, origin: Option<&'static str>) -> HeaderMap {

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod host_guard;
 pub mod migrate;
 pub mod plaintext;
+pub mod scan;
 pub mod sse;
 pub mod workers;
 
