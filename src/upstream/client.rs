@@ -35,6 +35,7 @@ use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
 use crate::upstream::h1::{
     self, Conn, Decoded, Framing, Head, HttpError, Io, ProxyHeaders, ReqFraming,
 };
+use crate::upstream::timer::HeadTimer;
 
 /// Kinds of upstream failure, the `kind` label of `mcpflip_upstream_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,35 +340,6 @@ impl UpstreamClient {
 struct Wait<'a> {
     period: Duration,
     body: &'a BodyWatch,
-}
-
-/// A connection's timer for the response head, lazy: a request on a kept
-/// connection moves no timer. The timer stays set for an earlier request's
-/// deadline; when it fires, the request in progress (if its own deadline is
-/// later) sets it again for that. A keep-alive connection's requests then
-/// reset the runtime's timer once per `period`, not once each (every set and
-/// every cancel takes the timer wheel's lock; bench/PROFILE.md §19).
-pub struct HeadTimer(Pin<Box<tokio::time::Sleep>>);
-
-impl HeadTimer {
-    fn new(deadline: Instant) -> HeadTimer {
-        HeadTimer(Box::pin(tokio::time::sleep_until(deadline)))
-    }
-
-    /// Ready once `deadline` has passed.
-    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if deadline < self.0.deadline() {
-            self.0.as_mut().reset(deadline);
-        }
-        loop {
-            ready!(self.0.as_mut().poll(cx));
-            if self.0.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            // Fired for an earlier request's deadline.
-            self.0.as_mut().reset(deadline);
-        }
-    }
 }
 
 /// `exchange` within `wait` (from `start`), on `timer` (a kept connection's,

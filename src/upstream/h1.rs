@@ -29,7 +29,7 @@ use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::upstream::client::HeadTimer;
+use crate::upstream::timer::HeadTimer;
 
 /// The largest response head accepted (nginx's `proxy_buffer_size` is 4-8 KiB).
 pub const MAX_HEAD: usize = 64 * 1024;
