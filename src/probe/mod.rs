@@ -20,16 +20,16 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::config::{ProbeConfig, ProbeTransport};
-use crate::mcp::headers::{ACCEPTED_VERSIONS, STATELESS_REVISION as MODERN_VERSION};
+use crate::mcp::headers::{
+    is_event_stream, ACCEPTED_VERSIONS, STATELESS_REVISION as MODERN_VERSION,
+};
 use crate::table::Slot;
 use bytes::Bytes;
 use events::EventReader;
 use http::{header, Method};
 use report::{excerpt, Fail};
 pub use report::{ProbeReport, Step};
-use wire::{
-    base_request, failed_answer, init_params, is_event_stream, modern_params, send, slot_uri, Wire,
-};
+use wire::{base_request, failed_answer, init_params, modern_params, send, slot_uri, Wire};
 
 /// `tools/list` pages followed at most (a server looping on a cursor fails).
 const MAX_PAGES: usize = 100;

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use crate::mcp::headers::{
-    MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, PROPOSED_VERSION,
+    is_event_stream, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, PROPOSED_VERSION,
     STATELESS_REVISION as MODERN_VERSION,
 };
 use crate::probe::events::EventReader;
@@ -242,17 +242,6 @@ async fn read_body(mut body: UpstreamBody) -> Result<Bytes, Fail> {
         }
     }
     Ok(buf.freeze())
-}
-
-pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
 }
 
 /// Reads SSE events until the JSON-RPC answer with `id` (skipping server

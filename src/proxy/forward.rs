@@ -22,7 +22,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::mcp::headers::{LAST_EVENT_ID, MCP_SESSION_ID};
+use crate::mcp::headers::{is_event_stream, LAST_EVENT_ID, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
@@ -798,17 +798,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
-}
-
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    // On the bytes: the media type is ASCII, parameters after `;` ignored.
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        let media = v.split(|&b| b == b';').next().unwrap_or(v);
-        media
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"text/event-stream")
-    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
