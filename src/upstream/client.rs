@@ -392,9 +392,9 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The newest idle connection to `target` that is still open.
-    fn checkout(&self, target: &Target) -> Option<Conn> {
-        let now = Instant::now();
+    /// The newest idle connection to `target` that is still open (and not
+    /// idle since before `now - idle_timeout`).
+    fn checkout(&self, target: &Target, now: Instant) -> Option<Conn> {
         let mut idle = self.lock();
         // Newest first; closed or expired ones met on the way are dropped. A
         // slot's client has one target, so the newest is almost always the
@@ -425,7 +425,7 @@ impl Pool {
         wait: Option<&Wait<'_>>,
     ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
         let start = Instant::now();
-        let (mut conn, mut reused) = match self.checkout(&target) {
+        let (mut conn, mut reused) = match self.checkout(&target, start) {
             Some(conn) => (conn, true),
             // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
             // its future would otherwise make every request's future larger.

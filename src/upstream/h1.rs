@@ -483,25 +483,26 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
         // meanwhile: exactly its size (bench/PROFILE.md §12).
         let room = if sized { count.max(MAP_ROOM) } else { count };
         let mut map = HeaderMap::with_capacity(room);
+        let mut noted = Noted::default();
         let mut names = NAMES.with(|n| n.take());
         for (i, &(ns, ne, vs, ve)) in spans[..count].iter().enumerate() {
-            let name = names
-                .get(i, &head[ns as usize..ne as usize])
-                .map_err(|_| HttpError::Malformed("bad header name"));
-            let name = match name {
-                Ok(name) => name,
-                Err(e) => {
-                    NAMES.with(|n| n.set(names));
-                    return Err(e);
-                }
+            let Ok(name) = names.get(i, &head[ns as usize..ne as usize]) else {
+                NAMES.with(|n| n.set(names));
+                return Err(HttpError::Malformed("bad header name"));
             };
-            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-                .map_err(|_| HttpError::Malformed("bad header value"))?;
+            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            else {
+                NAMES.with(|n| n.set(names));
+                return Err(HttpError::Malformed("bad header value"));
+            };
+            noted.note(&name, &value);
             map.append(name, value);
         }
         NAMES.with(|n| n.set(names));
-        let (framing, framed) = framing(method, status, &map)?;
-        let keep_alive = framed && version == Version::HTTP_11 && !has_token(&map, "close");
+        let (framing, framed) = framing(method, status, &map, &noted)?;
+        let keep_alive = framed
+            && version == Version::HTTP_11
+            && !(noted.connection && has_token(&map, "close"));
         return Ok(Some(Head {
             status,
             version,
@@ -512,12 +513,67 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
     }
 }
 
+/// What the loop that fills an answer's map notes for its framing, so that
+/// the common answer (a length, no `Transfer-Encoding`, no `Connection`)
+/// costs no lookup after it (three hashed lookups before; bench/PROFILE.md
+/// §19).
+#[derive(Debug)]
+struct Noted {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+    /// The `Content-Length` values folded in order: the length, or why they
+    /// are bad (reported only when no `Transfer-Encoding` overrides them).
+    length: Result<Option<u64>, &'static str>,
+}
+
+impl Default for Noted {
+    fn default() -> Self {
+        Noted {
+            transfer_encoding: false,
+            content_length: false,
+            connection: false,
+            length: Ok(None),
+        }
+    }
+}
+
+impl Noted {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if *name == header::CONTENT_LENGTH {
+            self.content_length = true;
+            if let Ok(length) = &mut self.length {
+                if let Err(e) = fold_length(length, value.as_bytes()) {
+                    self.length = Err(e);
+                }
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == header::CONNECTION {
+            self.connection = true;
+        }
+    }
+}
+
+/// Folds one `Content-Length` value (a list of equal lengths) into `length`.
+fn fold_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), &'static str> {
+    for part in value.split(|&b| b == b',') {
+        let n = parse_length(part.trim_ascii()).ok_or("bad Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length");
+        }
+        *length = Some(n);
+    }
+    Ok(())
+}
+
 /// The body's framing (RFC 9112 §6.3), and whether its end is known without
 /// the connection closing.
 fn framing(
     method: &Method,
     status: StatusCode,
     h: &HeaderMap,
+    noted: &Noted,
 ) -> Result<(Framing, bool), HttpError> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -525,7 +581,7 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
+    if noted.transfer_encoding {
         // The last coding decides; both with Content-Length: the length is
         // ignored and the connection not reused (§6.3 item 3).
         let last = h
@@ -537,25 +593,11 @@ fn framing(
             .map(str::trim);
         let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
         if chunked {
-            return Ok((
-                Framing::Chunked(Chunk::Size),
-                !h.contains_key(header::CONTENT_LENGTH),
-            ));
+            return Ok((Framing::Chunked(Chunk::Size), !noted.content_length));
         }
         return Ok((Framing::UntilClose, false));
     }
-    let mut length: Option<u64> = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part.trim_ascii())
-                .ok_or(HttpError::Malformed("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HttpError::Malformed("conflicting Content-Length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match noted.length.map_err(HttpError::Malformed)? {
         Some(0) => (Framing::Empty, true),
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),
@@ -801,7 +843,7 @@ mod tests {
         use Framing::*;
         // (answer, request method, framing, keep-alive; `None`: not asserted)
         type Case = (&'static [u8], Method, Option<Framing>, Option<bool>);
-        let cases: [Case; 9] = [
+        let cases: [Case; 13] = [
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
                 Method::HEAD,
@@ -857,6 +899,33 @@ mod tests {
                 Method::GET,
                 None,
                 Some(false),
+            ),
+            // A bad length beside chunked coding: chunked decides, no error.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::GET,
+                Some(Chunked(Chunk::Size)),
+                Some(false),
+            ),
+            // `close` in a second `Connection` header; a `Connection` without it.
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\nconnection: close\r\n\r\n",
+                Method::GET,
+                Some(Length(1)),
+                Some(false),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                Some(Length(1)),
+                Some(true),
+            ),
+            // Lengths across two headers that agree.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-A: b\r\nContent-Length: 4, 4\r\n\r\n",
+                Method::GET,
+                Some(Length(4)),
+                Some(true),
             ),
         ];
         for (text, method, framing, keep_alive) in cases {
