@@ -20,13 +20,17 @@ pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 /// media type compared on its bytes without case, its parameters after `;`
 /// ignored. One test for the forwarder and the probes.
 pub fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        let media = v.split(|&b| b == b';').next().unwrap_or(v);
-        media
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"text/event-stream")
-    })
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_event_stream_type(v.as_bytes()))
+}
+
+/// [`is_event_stream`] on one `Content-Type` value.
+pub fn is_event_stream_type(v: &[u8]) -> bool {
+    let media = v.split(|&b| b == b';').next().unwrap_or(v);
+    media
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"text/event-stream")
 }
 
 /// The first protocol revision without sessions, whose requests all carry `Mcp-Method`.

@@ -22,7 +22,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::mcp::headers::{is_event_stream, LAST_EVENT_ID, MCP_SESSION_ID};
+use crate::mcp::headers::{LAST_EVENT_ID, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
 use crate::mcp::Era;
 use crate::proxy::affinity::{self, Route};
@@ -496,7 +496,8 @@ impl Forwarder {
                 }
             }
         }
-        let is_sse = is_event_stream(&parts.headers);
+        // Noted when the slot's head was parsed (the same test as the probes').
+        let is_sse = body.is_event_stream();
         let body = if is_sse {
             exchange.stream_opened(&method);
             parts

@@ -196,6 +196,8 @@ pub struct UpstreamBody {
     conn: Option<Conn>,
     framing: Framing,
     keep_alive: bool,
+    /// The answer's `Content-Type` says `text/event-stream`.
+    event_stream: bool,
     home: Option<Home>,
 }
 
@@ -472,6 +474,7 @@ impl Pool {
             conn: Some(conn),
             framing: head.framing,
             keep_alive: head.keep_alive,
+            event_stream: head.event_stream,
             home: Some(Home {
                 pool: Arc::clone(self),
                 target,
@@ -764,6 +767,13 @@ async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
 }
 
 impl UpstreamBody {
+    /// Whether the answer's `Content-Type` says `text/event-stream`
+    /// (`mcp::headers::is_event_stream`), noted when its head was parsed: no
+    /// lookup in its map.
+    pub fn is_event_stream(&self) -> bool {
+        self.event_stream
+    }
+
     /// Once the body has ended: its connection goes back to the pool when
     /// the upstream keeps it alive and sent nothing more, else it closes.
     fn release_if_ended(&mut self) {

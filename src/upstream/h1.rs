@@ -29,6 +29,7 @@ use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::mcp::headers::is_event_stream_type;
 use crate::upstream::timer::HeadTimer;
 
 /// The largest response head accepted (nginx's `proxy_buffer_size` is 4-8 KiB).
@@ -401,6 +402,9 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once this body has ended.
     pub keep_alive: bool,
+    /// The first `Content-Type` says `text/event-stream`
+    /// ([`is_event_stream`]), noted while the map was filled.
+    pub event_stream: bool,
 }
 
 /// The least room of a response's [`HeaderMap`]: a request head of ordinary
@@ -509,6 +513,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             headers: map,
             framing,
             keep_alive,
+            event_stream: noted.content_type == Some(true),
         }));
     }
 }
@@ -522,6 +527,8 @@ struct Noted {
     transfer_encoding: bool,
     content_length: bool,
     connection: bool,
+    /// A `Content-Type` came; the first one's verdict.
+    content_type: Option<bool>,
     /// The `Content-Length` values folded in order: the length, or why they
     /// are bad (reported only when no `Transfer-Encoding` overrides them).
     length: Result<Option<u64>, &'static str>,
@@ -533,6 +540,7 @@ impl Default for Noted {
             transfer_encoding: false,
             content_length: false,
             connection: false,
+            content_type: None,
             length: Ok(None),
         }
     }
@@ -551,6 +559,8 @@ impl Noted {
             self.transfer_encoding = true;
         } else if *name == header::CONNECTION {
             self.connection = true;
+        } else if *name == header::CONTENT_TYPE && self.content_type.is_none() {
+            self.content_type = Some(is_event_stream_type(value.as_bytes()));
         }
     }
 }
@@ -836,6 +846,29 @@ mod tests {
         assert_eq!(&rest[..], b"ok");
         let mut up = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
         assert!(parse_response(&mut up, &Method::GET).is_err());
+    }
+
+    /// The event-stream verdict noted while the map is filled is the one
+    /// `is_event_stream` gives on the finished map (the first value counts).
+    #[test]
+    fn the_noted_event_stream_verdict_is_the_maps() {
+        for text in [
+            &b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-type: Text/Event-Stream; charset=utf-8\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Type: text/event-stream\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Type: application/json\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Content-Type: text/event-stream\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            let (head, _) = parse(text, &Method::GET);
+            assert_eq!(
+                head.event_stream,
+                crate::mcp::headers::is_event_stream(&head.headers),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]
