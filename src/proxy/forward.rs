@@ -83,6 +83,22 @@ impl Decided {
     }
 }
 
+/// Where `send_to` sends a request, and what the one pass over its headers
+/// found that it needs again (no second lookup).
+struct Routed {
+    slot: Arc<Slot>,
+    /// The session tag to strip.
+    site: Option<TagSite>,
+    /// The session's new upstream id, when it moved.
+    moved: Option<HeaderValue>,
+    /// With migration on: the session id the client holds, for the store.
+    client_sid: Option<HeaderValue>,
+    /// The client's first `Mcp-Session-Id` and first `Host`, as sent.
+    session: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    h1: bool,
+}
+
 /// The client end of a connection, made once per connection: its address, its
 /// IP as a header value (`X-Forwarded-For` then costs no formatting), and the
 /// connection's handle (a forced stream closes it).
@@ -111,6 +127,7 @@ impl Forwarder {
     pub async fn forward(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
         let scan = Scan::of(req.headers());
         let mut exchange = Exchange::start_with(&req, scan.mcp_method, peer.addr);
+        let (session, host) = (scan.session.cloned(), scan.host.cloned());
         let mut resp = 'answer: {
             let (slot, site, moved, client_sid) = match self.decide(&req, &scan, peer) {
                 Decided::Answer(resp) => break 'answer *resp,
@@ -128,9 +145,16 @@ impl Forwarder {
                     }
                 }
             };
-            let h1 = req.version() < http::Version::HTTP_2;
-            self.send_to(req, peer, &mut exchange, slot, site, moved, client_sid, h1)
-                .await
+            let routed = Routed {
+                slot,
+                site,
+                moved,
+                client_sid,
+                session,
+                host,
+                h1: req.version() < http::Version::HTTP_2,
+            };
+            self.send_to(req, peer, &mut exchange, routed).await
         };
         exchange.respond(&resp);
         resp.body_mut().attach(exchange);
@@ -235,20 +259,23 @@ impl Forwarder {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn send_to(
         &self,
         mut req: Request<Incoming>,
         peer: &Peer,
         exchange: &mut Exchange,
-        slot: Arc<Slot>,
-        site: Option<TagSite>,
-        moved: Option<HeaderValue>,
-        client_sid: Option<HeaderValue>,
-        h1: bool,
+        routed: Routed,
     ) -> Response<ResponseBody> {
+        let Routed {
+            mut slot,
+            site,
+            moved,
+            client_sid,
+            session,
+            host,
+            h1,
+        } = routed;
         let method = req.method().clone();
-        let mut slot = slot;
         let stats = Arc::clone(&slot.stats);
         let era = if moved.is_some() {
             Era::Session
@@ -280,10 +307,7 @@ impl Forwarder {
             }
             match site {
                 TagSite::Header { prefix_len } => {
-                    tagged_in = req
-                        .headers()
-                        .get(MCP_SESSION_ID)
-                        .map(|v| (v.clone(), prefix_len));
+                    tagged_in = session.map(|v| (v, prefix_len));
                     if let Some(last) = resumes(&method, req.headers()) {
                         resumed = self.resumed_call(last, client_sid.as_ref());
                     }
@@ -315,7 +339,7 @@ impl Forwarder {
         // A legacy SSE session starts with a GET that carries no session id.
         let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
-        let mut proxy = self.rewrite_request(&mut req, &slot, peer);
+        let mut proxy = self.rewrite_request(&mut req, host, &slot, peer);
         proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
         let (head, body) = req.into_parts();
         // Migration on: a small POST is read whole (see `buffer_body`).
@@ -693,13 +717,15 @@ impl Forwarder {
     /// Puts `req` in the form a slot gets (origin-form target, HTTP/1.1,
     /// no hop-by-hop headers) and returns the headers the proxy sets on it,
     /// which the upstream client writes in place of the client's.
+    /// `host` is the request's first `Host` (found by `proxy::scan`).
     fn rewrite_request(
         &self,
         req: &mut Request<Incoming>,
+        host: Option<HeaderValue>,
         slot: &Slot,
         peer: &Peer,
     ) -> ProxyHeaders {
-        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        let client_host = host.or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
