@@ -15,6 +15,7 @@ use mcpflip::control::Controller;
 use mcpflip::mcp::tag::{self, SessionTag};
 use mcpflip::mcp::Era;
 use mcpflip::proxy::affinity::{self, Route};
+use mcpflip::proxy::scan::Scan;
 use mcpflip::proxy::sse::SseScanner;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,10 @@ fn routing(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let table = ctl.tables.load();
-                match affinity::route(&table, black_box(req)) {
+                let req = black_box(req);
+                // As the forwarder does: the one pass over the headers, then the route.
+                let scan = Scan::of(req.headers());
+                match affinity::route(&table, req, scan.session) {
                     Route::Pinned { slot, .. } | Route::Picked(slot) => black_box(slot.generation),
                     _ => 0,
                 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request};
 
-use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::tag::{SessionTag, TagSite};
 use crate::proxy::sse::find_in_query;
 use crate::table::{Slot, Table};
@@ -22,14 +21,9 @@ pub enum Route {
     NoSlot,
 }
 
-/// Decides where `req` goes on the snapshot `table`.
-pub fn route<B>(table: &Table, req: &Request<B>) -> Route {
-    route_with(table, req, req.headers().get(MCP_SESSION_ID))
-}
-
-/// [`route`] with the request's first `Mcp-Session-Id`, found already
-/// (`proxy::scan`).
-pub fn route_with<B>(table: &Table, req: &Request<B>, session: Option<&HeaderValue>) -> Route {
+/// Decides where `req` goes on the snapshot `table`; `session` is its first
+/// `Mcp-Session-Id` (found by `proxy::scan`).
+pub fn route<B>(table: &Table, req: &Request<B>, session: Option<&HeaderValue>) -> Route {
     if let Some(value) = session {
         let text = value.to_str().unwrap_or_default();
         if let Some(tag) = SessionTag::decode(text) {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use http::{HeaderValue, Method, Request, Response};
 
 use crate::log::access::{self, Fingerprint, Inline, Record};
-use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::{method, Era};
 use crate::proxy::sse::find_in_query;
 use crate::stats::SlotStats;
@@ -42,14 +42,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Starts the record of `req` from `peer` (reads the clock).
-    pub fn start<B>(req: &Request<B>, peer: SocketAddr) -> Exchange {
-        Exchange::start_with(req, req.headers().get(MCP_METHOD), peer)
-    }
-
-    /// [`Exchange::start`] with the request's first `Mcp-Method`, found
-    /// already (`proxy::scan`).
-    pub fn start_with<B>(
+    /// Starts the record of `req` from `peer` (reads the clock);
+    /// `mcp_header` is its first `Mcp-Method` (found by `proxy::scan`).
+    pub fn start<B>(
         req: &Request<B>,
         mcp_header: Option<&HeaderValue>,
         peer: SocketAddr,
@@ -155,6 +150,7 @@ fn session_of<B>(req: &Request<B>) -> Option<Fingerprint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mcp::headers::MCP_METHOD;
 
     #[test]
     fn the_session_comes_from_the_header_or_the_legacy_query() {
@@ -179,11 +175,11 @@ mod tests {
             .header(MCP_METHOD, "tools/call")
             .body(())
             .expect("request");
-        let mut ex = Exchange::start(&call, peer);
+        let mut ex = Exchange::start(&call, call.headers().get(MCP_METHOD), peer);
         ex.routed(&stats, Era::Stateless);
         ex.end(End::Complete);
         let get = Request::get("/mcp").body(()).expect("request");
-        let mut ex = Exchange::start(&get, peer);
+        let mut ex = Exchange::start(&get, get.headers().get(MCP_METHOD), peer);
         ex.routed(&stats, Era::Session);
         ex.stream_opened(&Method::GET);
         ex.end(End::ClientGone);
@@ -191,7 +187,7 @@ mod tests {
             .header(MCP_METHOD, "subscriptions/listen")
             .body(())
             .expect("request");
-        let mut ex = Exchange::start(&listen, peer);
+        let mut ex = Exchange::start(&listen, listen.headers().get(MCP_METHOD), peer);
         ex.routed(&stats, Era::Stateless);
         ex.end(End::Complete);
         assert_eq!(stats.request_duration.count(), 1);

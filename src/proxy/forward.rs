@@ -126,7 +126,7 @@ impl Forwarder {
     /// (bench/PROFILE.md §19).
     pub async fn forward(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
         let scan = Scan::of(req.headers());
-        let mut exchange = Exchange::start_with(&req, scan.mcp_method, peer.addr);
+        let mut exchange = Exchange::start(&req, scan.mcp_method, peer.addr);
         let (session, host) = (scan.session.cloned(), scan.host.cloned());
         let mut resp = 'answer: {
             let (slot, site, moved, client_sid) = match self.decide(&req, &scan, peer) {
@@ -180,7 +180,7 @@ impl Forwarder {
         // With migration on: the session id the client holds, for the store.
         let client_sid = self.sessions.as_ref().and_then(|_| scan.session.cloned());
         let table = self.tables.load();
-        match affinity::route_with(&table, req, scan.session) {
+        match affinity::route(&table, req, scan.session) {
             Route::Pinned { slot, site }
                 if client_sid.is_some()
                     && matches!(site, TagSite::Header { .. })
