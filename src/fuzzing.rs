@@ -20,6 +20,7 @@ use crate::control::persist::{self, StateFile};
 use crate::control::protocol::{parse_line, Request};
 use crate::control::state::{State, MAX_GENERATION};
 use crate::mcp::tag::{tag_header, tag_prefix, SessionTag};
+use crate::proxy::h1 as server_h1;
 use crate::proxy::host_guard::{
     authority_host, authority_host_slow, origin_host, HostGuard, Refused,
 };
@@ -666,4 +667,92 @@ pub fn h1_response(data: &[u8]) {
     if let H1Outcome::Answer { body, .. } = &whole {
         assert!(body.len() <= payload.len());
     }
+}
+
+/// What the client-side head parser made of a request stream.
+#[derive(Debug, PartialEq, Eq)]
+enum RequestOutcome {
+    /// Still incomplete after every byte.
+    Partial,
+    /// Handed to hyper (the buffer left as it was).
+    Hyper,
+    /// Served here: method, target, headers as (name, value bytes), keep-alive,
+    /// body length, head length.
+    Head {
+        method: String,
+        uri: String,
+        headers: Vec<(String, Vec<u8>)>,
+        keep_alive: bool,
+        body: usize,
+        head_len: usize,
+    },
+}
+
+/// Feeds `chunks` to `proxy::h1`'s head parser as the connection does (a
+/// parse after each read), checking what each parse leaves in the buffer.
+fn h1_request_read(chunks: &[&[u8]]) -> RequestOutcome {
+    let mut buf = bytes::BytesMut::new();
+    for c in chunks {
+        buf.extend_from_slice(c);
+        let before = buf.clone();
+        match server_h1::parse_request(&mut buf) {
+            server_h1::Parsed::Partial => assert_eq!(buf, before, "a partial head takes nothing"),
+            server_h1::Parsed::Hyper => {
+                assert_eq!(buf, before, "what hyper serves is left as it was");
+                return RequestOutcome::Hyper;
+            }
+            server_h1::Parsed::Head(head) => {
+                assert!(before.ends_with(&buf), "only the head is taken");
+                let head_len = before.len() - buf.len();
+                assert_eq!(
+                    &head.bytes[..],
+                    &before[..head_len],
+                    "the head is its bytes"
+                );
+                assert!(head_len <= server_h1::MAX_HEAD && head.body <= server_h1::MAX_BODY);
+                let close = head
+                    .req
+                    .headers()
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .any(|v| {
+                        v.as_bytes()
+                            .split(|&b| b == b',')
+                            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+                    });
+                assert_eq!(
+                    head.keep_alive, !close,
+                    "keep-alive is what Connection says"
+                );
+                return RequestOutcome::Head {
+                    method: head.req.method().to_string(),
+                    uri: head.req.uri().to_string(),
+                    headers: head
+                        .req
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                        .collect(),
+                    keep_alive: head.keep_alive,
+                    body: head.body,
+                    head_len,
+                };
+            }
+        }
+    }
+    RequestOutcome::Partial
+}
+
+/// The client-side HTTP/1.1 head parser (`proxy::h1`): a request stream read
+/// in pieces, however the reads cut it, comes to what it comes to read whole
+/// (the same request, or hyper's either way); a request handed to hyper
+/// leaves the buffer exactly as it was, and one served here takes exactly
+/// its head off it.
+pub fn h1_request(data: &[u8]) {
+    let (payload, chunks) = chunked(data);
+    let whole = h1_request_read(&[payload]);
+    let cut = h1_request_read(&chunks);
+    // A stream cut short of its end may still be partial where the whole is
+    // not; cut at the same bytes they must agree.
+    assert_eq!(whole, cut, "read whole vs in {} pieces", chunks.len());
 }

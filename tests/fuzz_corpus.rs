@@ -45,6 +45,11 @@ fn h1_response_corpus() {
 }
 
 #[test]
+fn h1_request_corpus() {
+    replay("h1_request", mcpflip::fuzzing::h1_request);
+}
+
+#[test]
 fn event_id_tag_corpus() {
     replay("event_id_tag", mcpflip::fuzzing::event_id_tag);
 }

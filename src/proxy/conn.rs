@@ -129,6 +129,12 @@ impl Conn {
         Active(self.clone())
     }
 
+    /// A complete request head arrived whose body is still being read
+    /// before the request starts: the first-head timer is done with.
+    pub fn head_seen(&self) {
+        self.0.started.store(true, Ordering::Relaxed);
+    }
+
     /// A stream of this connection was forced. HTTP/1.1: the connection
     /// settles (kept if the response ends within [`FORCE_GRACE`], else
     /// dropped); HTTP/2: closed now gracefully, dropped after the grace.
@@ -343,10 +349,23 @@ pub fn builder(max_streams: u32) -> auto::Builder<TokioExecutor> {
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The protocol a client connection speaks, as far as it is known before
+/// anything is read off it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.x: served by `proxy::h1` (hyper for what it hands on).
+    H1,
+    /// HTTP/2 (the h2c preface, or ALPN `h2`).
+    H2,
+    /// Not known yet: hyper-util's `auto` reads the first bytes.
+    Auto,
+}
+
 /// One listener's builders: `auto` tells HTTP/1.1 from an h2c preface by
 /// reading the connection's first bytes and handing them back (hyper-util's
 /// `Rewind`); `h1` and `h2` serve a connection whose protocol is known
-/// without reading it (a peek at its first bytes, or ALPN).
+/// without reading it (a peek at its first bytes, or ALPN); `http1` is what
+/// `proxy::h1` hands a connection to when hyper is to serve it.
 ///
 /// Why not `auto` for every connection: hyper's HTTP/1.1 reader then gets
 /// the request head in two parts (the sniffed bytes, then the rest), and its
@@ -358,43 +377,60 @@ pub struct Builders {
     auto: auto::Builder<TokioExecutor>,
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
+    http1: Arc<hyper::server::conn::http1::Builder>,
 }
 
 impl Builders {
     pub fn new(max_streams: u32) -> Builders {
         let auto = builder(max_streams);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true);
         Builders {
             h1: auto.clone().http1_only(),
             h2: auto.clone().http2_only(),
             auto,
+            http1: Arc::new(http1),
         }
     }
 
-    /// The builder for a plain TCP connection, from a peek at its first
-    /// bytes (nothing is read off the socket): `h2` for the h2c preface,
-    /// `h1` for anything else, `auto` while what arrived is still a prefix
+    /// The builder for `proto`.
+    pub fn get(&self, proto: Proto) -> &auto::Builder<TokioExecutor> {
+        match proto {
+            Proto::H1 => &self.h1,
+            Proto::H2 => &self.h2,
+            Proto::Auto => &self.auto,
+        }
+    }
+
+    /// hyper's HTTP/1.1 builder, for the connections `proxy::h1` hands on.
+    pub fn http1(&self) -> &Arc<hyper::server::conn::http1::Builder> {
+        &self.http1
+    }
+
+    /// The protocol of a plain TCP connection, from a peek at its first
+    /// bytes (nothing is read off the socket): `H2` for the h2c preface,
+    /// `H1` for anything else, `Auto` while what arrived is still a prefix
     /// of the preface (a peek cannot wait for more without spinning).
-    pub async fn sniff(
-        &self,
-        tcp: &tokio::net::TcpStream,
-        deadline: Instant,
-    ) -> &auto::Builder<TokioExecutor> {
+    pub async fn sniff(&self, tcp: &tokio::net::TcpStream, deadline: Instant) -> Proto {
         let mut first = [0u8; H2_PREFACE.len()];
         match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-            Ok(Ok(n)) if n > 0 && !H2_PREFACE.starts_with(&first[..n]) => &self.h1,
-            Ok(Ok(n)) if n == H2_PREFACE.len() => &self.h2,
+            Ok(Ok(n)) if n > 0 && !H2_PREFACE.starts_with(&first[..n]) => Proto::H1,
+            Ok(Ok(n)) if n == H2_PREFACE.len() => Proto::H2,
             // Closed, failed, timed out (the head timer ends it), or a
             // prefix of the preface so far.
-            _ => &self.auto,
+            _ => Proto::Auto,
         }
     }
 
-    /// The builder for a TLS connection, by the protocol ALPN chose.
-    pub fn by_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+    /// The protocol of a TLS connection, by the one ALPN chose.
+    pub fn by_alpn(alpn: Option<&[u8]>) -> Proto {
         match alpn {
-            Some(b"h2") => &self.h2,
-            Some(b"http/1.1") => &self.h1,
-            _ => &self.auto,
+            Some(b"h2") => Proto::H2,
+            Some(b"http/1.1") => Proto::H1,
+            _ => Proto::Auto,
         }
     }
 }
@@ -419,8 +455,35 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let state = &conn.0;
     let connection = builder.serve_connection(TokioIo::new(io), service);
+    run(
+        connection,
+        |c| c.graceful_shutdown(),
+        conn,
+        limits,
+        head_deadline,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves one connection, `connection` (hyper's, or `proxy::h1`'s), until it
+/// ends, under the timers above; `graceful` asks it to close once its
+/// requests in progress end.
+pub async fn run<C, E, G>(
+    connection: C,
+    mut graceful_shutdown: G,
+    conn: &Conn,
+    limits: Limits,
+    head_deadline: Instant,
+    shutdown: &CancellationToken,
+) -> End
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    G: FnMut(std::pin::Pin<&mut C>),
+{
+    let state = &conn.0;
     tokio::pin!(connection);
     let timer = tokio::time::sleep_until(head_deadline);
     tokio::pin!(timer);
@@ -470,12 +533,12 @@ where
             Event::Wake => {
                 wake.set(state.wake.notified());
                 if !graceful && state.wind_down.load(Ordering::Acquire) {
-                    connection.as_mut().graceful_shutdown();
+                    graceful_shutdown(connection.as_mut());
                     graceful = true;
                 }
                 if state.forced.load(Ordering::Acquire) && phase != Phase::Closing {
                     if !graceful {
-                        connection.as_mut().graceful_shutdown();
+                        graceful_shutdown(connection.as_mut());
                         graceful = true;
                     }
                     phase = Phase::Closing;
@@ -528,7 +591,7 @@ where
                 }
                 Phase::Head | Phase::Open => {
                     if !graceful {
-                        connection.as_mut().graceful_shutdown();
+                        graceful_shutdown(connection.as_mut());
                         graceful = true;
                     }
                     phase = Phase::Closing;
@@ -538,7 +601,7 @@ where
                 Phase::Settling | Phase::Closing => break End::Dropped,
             },
             Event::Shut => {
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown(connection.as_mut());
                 graceful = true;
             }
         }

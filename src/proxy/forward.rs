@@ -20,7 +20,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use crate::mcp::headers::{LAST_EVENT_ID, MCP_SESSION_ID};
 use crate::mcp::tag::{self, TagSite};
@@ -36,7 +35,7 @@ use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::h1::ProxyHeaders;
-use crate::upstream::{BodyState, ForwardBody, SendError, UpstreamError};
+use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -124,7 +123,7 @@ impl Forwarder {
     /// The request is routed here rather than in an async function of its
     /// own: each level of those moves the request in and its response out
     /// (bench/PROFILE.md §19).
-    pub async fn forward(&self, req: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
+    pub async fn forward(&self, req: Request<RequestBody>, peer: &Peer) -> Response<ResponseBody> {
         let scan = Scan::of(req.headers());
         let mut exchange = Exchange::start(&req, scan.mcp_method, peer.addr);
         let (session, host) = (scan.session.cloned(), scan.host.cloned());
@@ -163,7 +162,7 @@ impl Forwarder {
 
     /// Where a request goes: the `Host` check, then its session's slot or a
     /// pick. A refusal, or no slot to go to, is answered here.
-    fn decide(&self, req: &Request<Incoming>, scan: &Scan<'_>, peer: &Peer) -> Decided {
+    fn decide(&self, req: &Request<RequestBody>, scan: &Scan<'_>, peer: &Peer) -> Decided {
         let method = req.method();
         if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
             let (status, answer) = match &refused {
@@ -214,7 +213,7 @@ impl Forwarder {
     /// it cannot move: the request is then answered 404 as without migration.
     async fn moved(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         client_sid: Option<&HeaderValue>,
     ) -> Result<(Arc<Slot>, HeaderValue), ()> {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
@@ -250,7 +249,7 @@ impl Forwarder {
     /// Reads a small POST body whole (migration on only): the proxy may need
     /// its method (capture), its id (a cut call's error) or to send it again
     /// (a slot that refused the connection).
-    async fn buffer_body(&self, body: Incoming) -> Result<Bytes, BodyState> {
+    async fn buffer_body(&self, body: RequestBody) -> Result<Bytes, BodyState> {
         let limited = http_body_util::Limited::new(body, migrate::MAX_BODY as usize);
         match tokio::time::timeout(self.client_body_timeout, limited.collect()).await {
             Ok(Ok(b)) => Ok(b.to_bytes()),
@@ -261,7 +260,7 @@ impl Forwarder {
 
     async fn send_to(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: &Peer,
         exchange: &mut Exchange,
         routed: Routed,
@@ -720,7 +719,7 @@ impl Forwarder {
     /// `host` is the request's first `Host` (found by `proxy::scan`).
     fn rewrite_request(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<RequestBody>,
         host: Option<HeaderValue>,
         slot: &Slot,
         peer: &Peer,
@@ -771,7 +770,7 @@ fn resumes<'a>(method: &http::Method, headers: &'a HeaderMap) -> Option<&'a [u8]
 /// of a legacy SSE POST URL, so the upstream sees its own session id (the
 /// route already decoded it: no second decode). A header's tag is cut by the
 /// encoder.
-fn strip_query_tag(req: &mut Request<Incoming>, value_at: usize, prefix_len: usize) {
+fn strip_query_tag(req: &mut Request<RequestBody>, value_at: usize, prefix_len: usize) {
     let uri = req.uri();
     let Some(query) = uri.query() else { return };
     let stripped = format!(

@@ -18,6 +18,7 @@ pub mod body;
 pub mod conn;
 pub mod exchange;
 pub mod forward;
+pub mod h1;
 pub mod host_guard;
 pub mod migrate;
 pub mod plaintext;
@@ -38,6 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{ClientFault, LocalResponse, ProxyStats, Refusal};
+use crate::upstream::RequestBody;
 use conn::{Conn, Connections, End, Limits, Tracked};
 pub use forward::Forwarder;
 
@@ -103,7 +105,7 @@ pub async fn serve(
                 let conn = Conn::new();
                 let service = {
                     let conn = conn.clone();
-                    service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    service_fn(move |req: http::Request<RequestBody>| {
                         let active = conn.begin(req.version() < http::Version::HTTP_2);
                         async move {
                             Ok::<_, Infallible>(at_capacity(max).map(|b| Tracked::new(b, active)))
@@ -134,7 +136,7 @@ pub async fn serve(
             let stats = Arc::clone(&forwarder.stats);
             let addr = peer;
             let peer = Arc::new(forward::Peer::new(addr, conn.clone()));
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: http::Request<RequestBody>| {
                 // A request head arrived: the connection is busy until its
                 // response body is gone.
                 let h1 = req.version() < http::Version::HTTP_2;
@@ -237,15 +239,14 @@ impl Accepted {
     ) -> End
     where
         S: hyper::service::Service<
-                http::Request<hyper::body::Incoming>,
+                http::Request<RequestBody>,
                 Response = http::Response<B>,
+                Error = Infallible,
             > + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
+        B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Accepted {
@@ -255,8 +256,18 @@ impl Accepted {
         } = self;
         match tls {
             None => {
-                let builder = builders.sniff(&tcp, head_deadline).await;
-                conn::drive(builder, tcp, service, conn, limits, head_deadline, shutdown).await
+                let proto = builders.sniff(&tcp, head_deadline).await;
+                serve_io(
+                    builders,
+                    proto,
+                    tcp,
+                    service,
+                    conn,
+                    limits,
+                    head_deadline,
+                    shutdown,
+                )
+                .await
             }
             // Boxed: the handshake's and a TLS connection's state would
             // otherwise size every connection's task, plain ones included
@@ -266,9 +277,18 @@ impl Accepted {
                 Box::pin(async move {
                     match handshake(tcp, acceptor, head_deadline, stats).await {
                         Some(io) => {
-                            let builder = builders.by_alpn(io.get_ref().1.alpn_protocol());
-                            conn::drive(builder, io, service, conn, limits, head_deadline, shutdown)
-                                .await
+                            let proto = conn::Builders::by_alpn(io.get_ref().1.alpn_protocol());
+                            serve_io(
+                                builders,
+                                proto,
+                                io,
+                                service,
+                                conn,
+                                limits,
+                                head_deadline,
+                                shutdown,
+                            )
+                            .await
                         }
                         None => End::Closed,
                     }
@@ -277,6 +297,58 @@ impl Accepted {
             }
         }
     }
+}
+
+/// Serves a connection whose protocol is `proto`: HTTP/1.1 with
+/// [`h1::Connection`], anything else with hyper-util's.
+#[allow(clippy::too_many_arguments)]
+async fn serve_io<I, S, B>(
+    builders: &conn::Builders,
+    proto: conn::Proto,
+    io: I,
+    service: S,
+    conn: &Conn,
+    limits: Limits,
+    head_deadline: Instant,
+    shutdown: &CancellationToken,
+) -> End
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<RequestBody>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if proto == conn::Proto::H1 {
+        let connection =
+            h1::Connection::new(io, service, Arc::clone(builders.http1()), conn.clone());
+        return conn::run(
+            connection,
+            |c| c.graceful_shutdown(),
+            conn,
+            limits,
+            head_deadline,
+            shutdown,
+        )
+        .await;
+    }
+    let builder = builders.get(proto);
+    conn::drive(
+        builder,
+        io,
+        h1::Adapt(service),
+        conn,
+        limits,
+        head_deadline,
+        shutdown,
+    )
+    .await
 }
 
 /// The TLS handshake, within the connection's first-head deadline. A client

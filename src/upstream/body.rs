@@ -19,6 +19,57 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+/// A client's request body as the listener got it: hyper's, or the bytes the
+/// proxy's own HTTP/1.1 connection read with the head (`proxy::h1`).
+#[derive(Debug)]
+pub enum RequestBody {
+    Hyper(Incoming),
+    /// The whole body; `None` once taken.
+    Read(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// A body read whole (an empty one is at its end already).
+    pub fn read(bytes: Bytes) -> RequestBody {
+        RequestBody::Read((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(b: Incoming) -> Self {
+        RequestBody::Hyper(b)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Read(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Read(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Read(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
 /// What became of a client body, as its [`BodyWatch`] reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyState {
@@ -99,7 +150,7 @@ pub enum ClientBodyError {
 /// The client's body, streamed, with a timeout between reads.
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     timeout: Duration,
     /// Armed only when a read would wait: a body that arrives with its head
     /// (most MCP requests) never sets a timer.
@@ -138,7 +189,7 @@ pub enum ForwardBody {
 impl ForwardBody {
     /// The client's body, read with at most `timeout` between two reads, and
     /// the watch that tells the forwarder whether it failed.
-    pub fn client(inner: Incoming, timeout: Duration) -> (ForwardBody, BodyWatch) {
+    pub fn client(inner: RequestBody, timeout: Duration) -> (ForwardBody, BodyWatch) {
         // A body already at its end needs no shared state: one allocation saved
         // on every GET.
         let shared = (!inner.is_end_stream()).then(|| Arc::new(Shared::default()));

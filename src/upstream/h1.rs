@@ -182,11 +182,19 @@ thread_local! {
 /// distinct spellings of at most [`MAX_NAME_LEN`] bytes are kept; any other
 /// name is parsed each time.
 #[derive(Default)]
-struct Names(Vec<(Box<[u8]>, HeaderName)>);
+pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
 
 impl Names {
-    /// The name spelled `raw`, the `i`-th of its answer.
-    fn get(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    pub const fn new() -> Names {
+        Names(Vec::new())
+    }
+
+    /// The name spelled `raw`, the `i`-th of its head.
+    pub fn get(
+        &mut self,
+        i: usize,
+        raw: &[u8],
+    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
         if let Some((r, n)) = self.0.get(i) {
             if **r == *raw {
                 return Ok(n.clone());
@@ -567,7 +575,7 @@ impl Noted {
 }
 
 /// Folds one `Content-Length` value (a list of equal lengths) into `length`.
-fn fold_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), &'static str> {
+pub fn fold_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), &'static str> {
     for part in value.split(|&b| b == b',') {
         let n = parse_length(part.trim_ascii()).ok_or("bad Content-Length")?;
         if length.is_some_and(|l| l != n) {

@@ -7,6 +7,6 @@ pub mod client;
 pub mod h1;
 pub mod timer;
 
-pub use body::{BodyState, BodyWatch, ClientBodyError, ForwardBody};
+pub use body::{BodyState, BodyWatch, ClientBodyError, ForwardBody, RequestBody};
 pub use client::{classify, ClientError, SendError, UpstreamBody, UpstreamClient, UpstreamError};
 pub use h1::HttpError;

@@ -1,0 +1,1347 @@
+//! HTTP/1.1 client connections served by the proxy itself, hyper kept for
+//! everything else.
+//!
+//! Why: hyper's server side was about 13.8 k of the 32.4 k instructions a
+//! proxied request cost (bench/PROFILE.md §20): its dispatcher, the body
+//! channel every request gets, the service future's box and copy, its
+//! keep-alive read and its write queue. The request MCP clients send is
+//! plain: a complete head, a `Content-Length` body that arrives with it, a
+//! JSON answer or an event stream back. This connection serves that request
+//! itself, in the connection's task:
+//!
+//! - a head of at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers,
+//!   HTTP/1.1, no `Transfer-Encoding`, `Expect` or `Upgrade`, no `CONNECT`,
+//!   a `Content-Length` that is one number and whose body has been read
+//!   with the head (or no body);
+//! - the answer written from its map in one buffer, framed by its length
+//!   (`Content-Length`) or chunked, with `Date` from a per-second cache and
+//!   `Connection: close` when the request, the answer or a graceful close
+//!   asks for it; an event stream relayed frame by frame;
+//! - while the answer is awaited or streamed, the read side is watched: a
+//!   client that closes abandons its request (its body is dropped, its
+//!   stream counts end), as hyper does without half-close.
+//!
+//! Anything else (a head still incomplete at [`MAX_HEAD`], a malformed one,
+//! chunked or unread request bodies, `Expect: 100-continue`, HTTP/1.0,
+//! upgrades) is handed to hyper for the rest of the connection, with the
+//! bytes read so far given back first ([`Rewind`]): every answer hyper gives
+//! such a request (400, 431, 100 Continue, a streamed body under
+//! `client_body_timeout`) stays hyper's. The connection's timers are
+//! `conn::run`'s, for both.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::proxy::conn::Conn;
+use crate::upstream::h1::{encode_chunk, fold_length, Names, LAST_CHUNK};
+use crate::upstream::RequestBody;
+
+/// The largest request head served here; a longer one goes to hyper (which
+/// answers 431 beyond its own limit).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most request headers served here (hyper's default).
+pub const MAX_HEADERS: usize = 100;
+/// The largest request body read here whole before the request is served;
+/// a longer one is streamed by hyper.
+pub const MAX_BODY: usize = 64 * 1024;
+/// How long the rest of a body is waited for here once its head is
+/// complete (most come with the head, or a round trip after it); a body
+/// still incomplete then goes to hyper, which answers 408 after
+/// `client_body_timeout` without progress.
+pub const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// One read's most bytes (a stack buffer: nothing is held between reads).
+const READ_SIZE: usize = 8 * 1024;
+/// A data frame at least this large is written from its own buffer, not
+/// copied into the connection's.
+const COPY_MAX: usize = 16 * 1024;
+/// Answer bytes gathered before they are written.
+const WRITE_MAX: usize = 64 * 1024;
+/// The write buffer's capacity kept from one answer to the next.
+const KEEP_OUT: usize = 8 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+thread_local! {
+    /// The request header names this worker parsed, as the clients spelled
+    /// them (see [`Names`]).
+    static NAMES: std::cell::Cell<Names> = const { std::cell::Cell::new(Names::new()) };
+    /// The `Date` of the current second.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// What the front of the read buffer holds.
+// A return value, moved once: boxing the head would cost an allocation per
+// request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// The start of a request head (or nothing).
+    Partial,
+    /// A request head served here, taken off the buffer.
+    Head(Head),
+    /// A request hyper serves: the buffer is left as it was.
+    Hyper,
+}
+
+/// A request head served here.
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// The request, its body still to be put in.
+    pub req: Request<RequestBody>,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// Its `Content-Length`: the body follows in the buffer.
+    pub body: usize,
+    /// The head's bytes, to give back should hyper have to serve it.
+    pub bytes: Bytes,
+}
+
+/// Takes a complete request head off the front of `buf`.
+pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
+    // Offsets into `buf` of each name and value (httparse's slices borrow it).
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        buf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parsed::Partial,
+        Ok(httparse::Status::Partial) | Err(_) => return Parsed::Hyper,
+    };
+    if len > MAX_HEAD || req.version != Some(1) {
+        return Parsed::Hyper;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Hyper;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper;
+    }
+    let path = (path.as_ptr() as usize - base, path.len());
+    let mut length = None;
+    let mut keep_alive = true;
+    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+        // `eq_ignore_ascii_case` compares the lengths first.
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if fold_length(&mut length, h.value).is_err() {
+                return Parsed::Hyper;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::Hyper;
+        } else if name.eq_ignore_ascii_case(b"connection") && lists_close(h.value) {
+            keep_alive = false;
+        }
+        let n = h.name.as_ptr() as usize - base;
+        let v = h.value.as_ptr() as usize - base;
+        *span = (
+            n as u32,
+            (n + h.name.len()) as u32,
+            v as u32,
+            (v + h.value.len()) as u32,
+        );
+    }
+    let count = req.headers.len();
+    // A body longer than this is streamed by hyper.
+    let body = match length.map(usize::try_from) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_BODY => n,
+        Some(_) => return Parsed::Hyper,
+    };
+    let bytes = take(buf, len);
+    let Some(map) = header_map(&bytes, &spans[..count]) else {
+        give_back(buf, &bytes);
+        return Parsed::Hyper;
+    };
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice(path.0..path.0 + path.1)) else {
+        give_back(buf, &bytes);
+        return Parsed::Hyper;
+    };
+    let mut req = Request::new(RequestBody::Read(None));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = map;
+    Parsed::Head(Head {
+        req,
+        keep_alive,
+        body,
+        bytes,
+    })
+}
+
+/// The head's headers, their values sharing its bytes; `None` for a name or
+/// value `http` refuses.
+fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Option<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    let mut names = NAMES.with(|n| n.take());
+    let mut ok = true;
+    for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
+        let Ok(name) = names.get(i, &head[ns as usize..ne as usize]) else {
+            ok = false;
+            break;
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
+            ok = false;
+            break;
+        };
+        map.append(name, value);
+    }
+    NAMES.with(|n| n.set(names));
+    ok.then_some(map)
+}
+
+/// Puts a head taken off the buffer back in front of what followed it, for
+/// hyper to read.
+fn give_back(buf: &mut BytesMut, head: &[u8]) {
+    let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+    whole.extend_from_slice(head);
+    whole.extend_from_slice(buf);
+    *buf = whole;
+}
+
+/// The first `n` bytes of `buf`, split off without a copy. A buffer taken
+/// whole is replaced by an empty one, so that no capacity stays behind (an
+/// open stream's connection keeps no read buffer).
+fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n == buf.len() {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split_to(n).freeze()
+    }
+}
+
+/// True when a `Connection` value lists `close`.
+fn lists_close(value: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+/// How an answer's body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length`: this many bytes left.
+    Length(u64),
+    Chunked,
+}
+
+/// The framing of an answer with a body: its `Content-Length` when it has a
+/// good one, else the body's known size, else chunked (as hyper frames it).
+fn framing_of<B: Body>(headers: &HeaderMap, body: &B) -> Framing {
+    let mut length = None;
+    let mut bad = false;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        bad |= fold_length(&mut length, v.as_bytes()).is_err();
+    }
+    if let (Some(n), false) = (length, bad) {
+        return Framing::Length(n);
+    }
+    if body.is_end_stream() {
+        return Framing::Length(0);
+    }
+    match body.size_hint().exact() {
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    }
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an answer's head into `out`: the status line, its headers but the
+/// framing and `Connection` ones (written from `framing` and `keep_alive`),
+/// and a `Date` when it has none.
+fn encode_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(size + 128);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // A HEAD or 304 answer keeps the length it would have had; 1xx and 204
+    // have none.
+    let keep_length = framing == Framing::None
+        && !(status.is_informational() || status == StatusCode::NO_CONTENT);
+    let mut dated = false;
+    for (name, value) in headers {
+        if *name == header::CONTENT_LENGTH {
+            if !keep_length {
+                continue;
+            }
+        } else if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
+            continue;
+        } else if *name == header::DATE {
+            dated = true;
+        }
+        put(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if !dated {
+        date(out);
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `date: <now>` (IMF-fixdate), formatted once a second per worker.
+fn date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            d.1.clear();
+            use std::fmt::Write as _;
+            let _ = write!(d.1, "{}", httpdate::HttpDate::from(now));
+            d.0 = secs;
+        }
+        put(out, b"date", d.1.as_bytes());
+    });
+}
+
+/// Reads once more into `buf`; `Ok(0)` at the end of the stream.
+fn fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+    let mut rb = ReadBuf::uninit(&mut stack);
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    // An empty buffer allocates just what arrived.
+    buf.extend_from_slice(rb.filled());
+    Poll::Ready(Ok(rb.filled().len()))
+}
+
+/// Watches the read side while an answer is awaited or streamed: `Ready`
+/// when the client closed (or the socket failed). What it sends meanwhile
+/// (a pipelined request) is kept, up to [`MAX_HEAD`]; beyond that the
+/// socket is not read until the answer ends.
+fn client_gone<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    while buf.len() < MAX_HEAD {
+        match fill(io, buf, cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Pending
+}
+
+/// What a connection served here hands on: the socket, the bytes read off
+/// it that hyper is to read first, and the service.
+type Handoff<I, S> = Option<(I, BytesMut, S)>;
+
+/// Shared by a [`Connection`] and the task that serves it.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Close once the request in progress is answered (or now, if none is).
+    graceful: AtomicBool,
+}
+
+/// What [`read_request`] found.
+// A return value, moved once (see `Parsed`).
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// A request served here, and whether the connection may carry another.
+    Request(Request<RequestBody>, bool),
+    /// The client closed (or the connection is closing gracefully).
+    Closed,
+    /// A request hyper serves: everything read is in the buffer.
+    Hyper,
+}
+
+/// Reads the next request: its head, and its body when the head says it has
+/// one (waited for at most [`BODY_WAIT`]).
+async fn read_request<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    conn: &Conn,
+) -> io::Result<Next> {
+    let head = loop {
+        if !buf.is_empty() {
+            match parse_request(buf) {
+                Parsed::Partial => {}
+                Parsed::Head(head) => break head,
+                Parsed::Hyper => return Ok(Next::Hyper),
+            }
+        }
+        let n = std::future::poll_fn(|cx| {
+            // A graceful close ends a connection between requests.
+            if buf.is_empty() && shared.graceful.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(0));
+            }
+            fill(io, buf, cx)
+        })
+        .await?;
+        if n == 0 {
+            // Closed, between requests or inside a head (no answer, as
+            // hyper gives none).
+            return Ok(Next::Closed);
+        }
+    };
+    let Head {
+        mut req,
+        keep_alive,
+        body,
+        bytes,
+    } = head;
+    if buf.len() < body {
+        // A complete head: the connection's first-head timer is done with.
+        // The rest of the body is waited for here a little.
+        conn.head_seen();
+        let rest = std::future::poll_fn(|cx| {
+            while buf.len() < body {
+                if ready!(fill(io, buf, cx))? == 0 {
+                    return Poll::Ready(Ok::<_, io::Error>(false));
+                }
+            }
+            Poll::Ready(Ok(true))
+        });
+        match tokio::time::timeout(BODY_WAIT, rest).await {
+            Ok(Ok(true)) => {}
+            // Closed inside the request: no answer.
+            Ok(Ok(false)) => return Ok(Next::Closed),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                drop(req);
+                give_back(buf, &bytes);
+                return Ok(Next::Hyper);
+            }
+        }
+    }
+    drop(bytes);
+    if body > 0 {
+        *req.body_mut() = RequestBody::read(take(buf, body));
+    }
+    Ok(Next::Request(req, keep_alive))
+}
+
+/// Serves requests off `io` until the connection ends (`None`) or a request
+/// is for hyper.
+///
+/// Each phase of a request (reading it, awaiting its answer, relaying the
+/// answer) keeps its state in a future or a scope of its own: this
+/// future is boxed for the connection's life, and a state machine keeps
+/// room for every local that lives across an await, side by side
+/// (bench/PROFILE.md §21).
+async fn serve<I, S, B>(
+    mut io: I,
+    service: S,
+    shared: Arc<Shared>,
+    conn: Conn,
+) -> Result<Handoff<I, S>, BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut buf = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let (call, bodiless_method, keep_alive) =
+            match read_request(&mut io, &mut buf, &shared, &conn).await? {
+                Next::Request(req, keep_alive) => {
+                    let bodiless_method = req.method() == Method::HEAD;
+                    (service.call(req), bodiless_method, keep_alive)
+                }
+                Next::Closed => return Ok(None),
+                Next::Hyper => return Ok(Some((io, buf, service))),
+            };
+        // The call (the forwarder's boxed future) goes once it answered,
+        // not with the answer's end: an event stream does not keep it.
+        let answered = {
+            let mut call = std::pin::pin!(call);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                client_gone(&mut io, &mut buf, cx).map(|()| None)
+            })
+            .await
+        };
+        let (body, framing, keep_alive) = match answered {
+            Some(Ok(resp)) => start(resp, bodiless_method, keep_alive, &shared, &mut out),
+            Some(Err(never)) => match never {},
+            // The client left: the request is abandoned.
+            None => return Ok(None),
+        };
+        let complete = match framing {
+            Framing::None | Framing::Length(0) => {
+                // The answer is over: its body (and the request's `Active`)
+                // goes before the write.
+                drop(body);
+                true
+            }
+            _ => match relay(&mut io, &mut buf, body, framing, &mut out).await? {
+                Relayed::Complete => true,
+                Relayed::Cut => false,
+                Relayed::ClientGone => return Ok(None),
+            },
+        };
+        if !out.is_empty() {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+        io.flush().await?;
+        if !(complete && keep_alive) {
+            let _ = io.shutdown().await;
+            return Ok(None);
+        }
+        if out.capacity() > KEEP_OUT {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Starts an answer: its head into `out`; its body, framing, and whether the
+/// connection may carry another request after it.
+fn start<B: Body>(
+    resp: Response<B>,
+    bodiless_method: bool,
+    keep_alive: bool,
+    shared: &Shared,
+    out: &mut Vec<u8>,
+) -> (B, Framing, bool) {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let keep_alive = keep_alive
+        && !shared.graceful.load(Ordering::Acquire)
+        && !parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| lists_close(v.as_bytes()));
+    let framing = if bodiless_method
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
+    } else {
+        framing_of(&parts.headers, &body)
+    };
+    encode_head(status, &parts.headers, framing, keep_alive, out);
+    (body, framing, keep_alive)
+}
+
+/// How relaying an answer's body ended.
+enum Relayed {
+    /// To its end, framed in full.
+    Complete,
+    /// The body failed, or did not match its length: the client sees the
+    /// answer cut (the connection closes).
+    Cut,
+    /// The client closed.
+    ClientGone,
+}
+
+/// One step of relaying a body.
+enum Step {
+    Frame(Option<Result<http_body::Frame<Bytes>, BoxError>>),
+    /// The body has nothing now: what is gathered goes out first.
+    Write,
+    ClientGone,
+}
+
+/// Relays `body` after the head in `out`, as `framing` frames it. Frames
+/// that are ready are gathered and written together; before waiting for the
+/// next one, what is gathered is written (an event goes out as it comes).
+async fn relay<I, B>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    mut body: B,
+    framing: Framing,
+    out: &mut Vec<u8>,
+) -> io::Result<Relayed>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let chunked = framing == Framing::Chunked;
+    loop {
+        let step = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(f) => Poll::Ready(Step::Frame(f.map(|r| r.map_err(Into::into)))),
+            Poll::Pending if !out.is_empty() => Poll::Ready(Step::Write),
+            Poll::Pending => client_gone(io, buf, cx).map(|()| Step::ClientGone),
+        })
+        .await;
+        let data = match step {
+            Step::Write => {
+                io.write_all(out).await?;
+                io.flush().await?;
+                // Waiting for the body (an event stream between events):
+                // the buffer is not kept meanwhile.
+                *out = Vec::new();
+                continue;
+            }
+            Step::ClientGone => return Ok(Relayed::ClientGone),
+            Step::Frame(None) => break,
+            Step::Frame(Some(Err(e))) => {
+                tracing::debug!(error = %e, "the answer's body failed: cut");
+                return Ok(Relayed::Cut);
+            }
+            Step::Frame(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                // Trailers are dropped, as hyper drops them for HTTP/1.1.
+                _ => continue,
+            },
+        };
+        if !chunked {
+            if data.len() as u64 > left {
+                tracing::debug!("the answer's body is longer than its Content-Length: cut");
+                return Ok(Relayed::Cut);
+            }
+            left -= data.len() as u64;
+        }
+        if data.len() >= COPY_MAX {
+            if chunked {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        } else if chunked {
+            encode_chunk(&data, out);
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if out.len() >= WRITE_MAX {
+            io.write_all(out).await?;
+            out.clear();
+        }
+        // A body that knows its end says so with its last frame: no poll
+        // for the end (the slot's connection goes back to its pool now).
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    if chunked {
+        out.extend_from_slice(LAST_CHUNK);
+    } else if left != 0 {
+        tracing::debug!("the answer's body ended before its Content-Length: cut");
+        return Ok(Relayed::Cut);
+    }
+    Ok(Relayed::Complete)
+}
+
+/// A client connection speaking HTTP/1.1: served here request by request,
+/// or by hyper from the first request that is not served here on.
+pub struct Connection<I, S> {
+    state: State<I, S>,
+    shared: Arc<Shared>,
+    http1: Arc<hyper::server::conn::http1::Builder>,
+}
+
+type Own<I, S> = Pin<Box<dyn Future<Output = Result<Handoff<I, S>, BoxError>> + Send>>;
+type Hyper = Pin<Box<dyn HyperConn>>;
+
+/// hyper's connection, once a connection is handed to it.
+trait HyperConn: Future<Output = hyper::Result<()>> + Send {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> HyperConn for hyper::server::conn::http1::Connection<TokioIo<Rewind<I>>, Adapt<S>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
+enum State<I, S> {
+    Own(Own<I, S>),
+    Hyper(Hyper),
+    Done,
+}
+
+impl<I, S, B> Connection<I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Serves `io`, the connection `conn`, with `service`; `http1` serves
+    /// what is handed to hyper.
+    pub fn new(
+        io: I,
+        service: S,
+        http1: Arc<hyper::server::conn::http1::Builder>,
+        conn: Conn,
+    ) -> Connection<I, S> {
+        let shared = Arc::new(Shared::default());
+        let own: Own<I, S> = Box::pin(serve(io, service, Arc::clone(&shared), conn));
+        Connection {
+            state: State::Own(own),
+            shared,
+            http1,
+        }
+    }
+
+    /// Closes the connection once the request in progress is answered, or
+    /// at once between requests.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        this.shared.graceful.store(true, Ordering::Release);
+        if let State::Hyper(c) = &mut this.state {
+            c.as_mut().graceful_shutdown();
+        }
+    }
+}
+
+impl<I, S, B> Future for Connection<I, S>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Own(own) => match ready!(own.as_mut().poll(cx)) {
+                    Ok(Some((io, buf, service))) => {
+                        let io = TokioIo::new(Rewind::new(buf.freeze(), io));
+                        let mut c: Hyper =
+                            Box::pin(this.http1.serve_connection(io, Adapt(service)));
+                        if this.shared.graceful.load(Ordering::Acquire) {
+                            c.as_mut().graceful_shutdown();
+                        }
+                        this.state = State::Hyper(c);
+                    }
+                    Ok(None) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(e) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                },
+                State::Hyper(c) => return c.as_mut().poll(cx).map_err(Into::into),
+                State::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+/// A service over [`RequestBody`] as hyper calls it.
+#[derive(Debug, Clone)]
+pub struct Adapt<S>(pub S);
+
+impl<S> Service<Request<Incoming>> for Adapt<S>
+where
+    S: Service<Request<RequestBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> S::Future {
+        self.0.call(req.map(RequestBody::Hyper))
+    }
+}
+
+/// A socket whose first reads give back bytes read off it before.
+#[derive(Debug)]
+pub struct Rewind<I> {
+    pre: Bytes,
+    io: I,
+}
+
+impl<I> Rewind<I> {
+    pub fn new(pre: Bytes, io: I) -> Rewind<I> {
+        Rewind { pre, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            if this.pre.is_empty() {
+                this.pre = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::service::service_fn;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    fn parsed(text: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(text);
+        let p = parse_request(&mut buf);
+        (p, buf)
+    }
+
+    #[test]
+    fn a_plain_request_is_parsed_here_and_its_body_left_to_follow() {
+        let (p, buf) = parsed(
+            b"POST /mcp?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nMcp-Session-Id: s1\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nhello GET",
+        );
+        let Parsed::Head(head) = p else {
+            panic!("not served here: {p:?}")
+        };
+        assert_eq!(head.req.method(), Method::POST);
+        assert_eq!(head.req.uri(), "/mcp?x=1");
+        assert_eq!(head.req.headers()["host"], "a");
+        assert_eq!(head.req.headers()["mcp-session-id"], "s1");
+        assert_eq!(head.req.headers().get_all("x-two").iter().count(), 2);
+        assert!(head.keep_alive);
+        assert_eq!(head.body, 5);
+        assert_eq!(&buf[..], b"hello GET");
+    }
+
+    #[test]
+    fn connection_close_ends_keep_alive_and_a_partial_head_waits() {
+        let (p, _) = parsed(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert!(
+            matches!(
+                p,
+                Parsed::Head(Head {
+                    keep_alive: false,
+                    body: 0,
+                    ..
+                })
+            ),
+            "{p:?}"
+        );
+        let partial = b"GET / HTTP/1.1\r\nHost: a\r\n";
+        let (p, buf) = parsed(partial);
+        assert!(matches!(p, Parsed::Partial), "{p:?}");
+        assert_eq!(&buf[..], partial, "nothing taken");
+    }
+
+    #[test]
+    fn what_hyper_serves_is_left_in_the_buffer_untouched() {
+        let big = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        let long = format!("GET / HTTP/1.1\r\nX-Long: {}", "a".repeat(MAX_HEAD + 1));
+        let cases: Vec<&[u8]> = vec![
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"GET /\x01 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            big.as_bytes(),
+            long.as_bytes(),
+        ];
+        for text in cases {
+            let (p, buf) = parsed(text);
+            assert!(
+                matches!(p, Parsed::Hyper),
+                "{p:?} for {:?}",
+                String::from_utf8_lossy(&text[..40.min(text.len())])
+            );
+            assert_eq!(&buf[..], text, "the buffer is as it was");
+        }
+    }
+
+    #[test]
+    fn a_head_http_refuses_after_the_parse_is_given_back_whole() {
+        let mut buf = BytesMut::from(&b"rest"[..]);
+        give_back(&mut buf, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n\r\nrest");
+    }
+
+    #[test]
+    fn answers_are_framed_as_hyper_frames_them() {
+        let mut h = HeaderMap::new();
+        let full = Full::new(Bytes::from_static(b"abc"));
+        assert_eq!(framing_of(&h, &full), Framing::Length(3));
+        let empty = Full::new(Bytes::new());
+        assert_eq!(framing_of(&h, &empty), Framing::Length(0));
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let stream = Watched {
+            rx,
+            dropped: Arc::default(),
+        };
+        assert_eq!(framing_of(&h, &stream), Framing::Chunked);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        assert_eq!(
+            framing_of(&h, &stream),
+            Framing::Length(7),
+            "the header's length wins"
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("bad"));
+        assert_eq!(
+            framing_of(&h, &full),
+            Framing::Length(3),
+            "a bad header is not used"
+        );
+    }
+
+    fn head_text(status: StatusCode, h: &HeaderMap, f: Framing, keep_alive: bool) -> String {
+        let mut out = Vec::new();
+        encode_head(status, h, f, keep_alive, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn heads_carry_their_framing_a_date_and_a_close() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let t = head_text(StatusCode::OK, &h, Framing::Length(2), true);
+        assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
+        assert!(t.contains("content-type: application/json\r\n"), "{t}");
+        assert!(
+            t.contains("content-length: 2\r\n") && !t.contains("99"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("transfer-encoding") && !t.contains("connection"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\r\ndate: ") && t.ends_with(" GMT\r\n\r\n"),
+            "{t}"
+        );
+        let t = head_text(StatusCode::OK, &HeaderMap::new(), Framing::Chunked, false);
+        assert!(
+            t.contains("transfer-encoding: chunked\r\n") && t.contains("connection: close\r\n"),
+            "{t}"
+        );
+        // HEAD and 304 keep the length they would have had; 204 has none.
+        let t = head_text(StatusCode::NOT_MODIFIED, &h, Framing::None, true);
+        assert!(t.contains("content-length: 99\r\n"), "{t}");
+        let t = head_text(StatusCode::NO_CONTENT, &h, Framing::None, true);
+        assert!(!t.contains("content-length"), "{t}");
+        let mut dated = HeaderMap::new();
+        dated.insert(header::DATE, HeaderValue::from_static("then"));
+        let t = head_text(
+            StatusCode::from_u16(599).unwrap(),
+            &dated,
+            Framing::Length(0),
+            true,
+        );
+        assert!(
+            t.starts_with("HTTP/1.1 599 \r\n") && t.matches("date").count() == 1,
+            "{t}"
+        );
+    }
+
+    type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+    /// Answers every request with what it saw: which path served it (hyper
+    /// or here), its method, target and body.
+    fn echo() -> impl Service<
+        Request<RequestBody>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = Answer,
+    > + Clone {
+        service_fn(|req: Request<RequestBody>| {
+            Box::pin(async move {
+                let path = match req.body() {
+                    RequestBody::Hyper(_) => "hyper",
+                    RequestBody::Read(_) => "own",
+                };
+                let line = format!("{} {} {}", path, req.method(), req.uri());
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let text = format!("{line} {}", String::from_utf8_lossy(&body));
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        })
+    }
+
+    fn http1() -> Arc<hyper::server::conn::http1::Builder> {
+        Arc::new(hyper::server::conn::http1::Builder::new())
+    }
+
+    /// Reads answers off `client` until `n` bodies have been read whole (the
+    /// bodies of `echo` are framed by length).
+    async fn answers(client: &mut DuplexStream, n: usize) -> Vec<(String, String)> {
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut chunk = [0u8; 4096];
+            let k = client.read(&mut chunk).await.unwrap();
+            assert!(
+                k > 0,
+                "closed after {} answers: {:?}",
+                out.len(),
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&chunk[..k]);
+            out.clear();
+            let mut rest = &got[..];
+            while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if rest.len() < end + 4 + len {
+                    break;
+                }
+                let body = String::from_utf8_lossy(&rest[end + 4..end + 4 + len]).into_owned();
+                out.push((head, body));
+                rest = &rest[end + 4 + len..];
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn pipelined_and_split_requests_are_served_here_in_order() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        client
+            .write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = answers(&mut client, 2).await;
+        assert_eq!(got[0].1, "own POST /a hi");
+        assert_eq!(got[1].1, "own GET /b ");
+        assert!(
+            got[0].0.starts_with("http/1.1 200 ok") && got[0].0.contains("date: "),
+            "{}",
+            got[0].0
+        );
+        // A head and its body in two writes, as Python's http.client sends them.
+        client
+            .write_all(b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        client.write_all(b"abc").await.unwrap();
+        assert_eq!(answers(&mut client, 1).await[0].1, "own POST /c abc");
+        drop(client);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_hyper_serves_hands_it_the_rest_of_the_connection() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        client
+            .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answers(&mut client, 1).await[0].1, "own GET /first ");
+        client
+            .write_all(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let got = answers(&mut client, 2).await;
+        assert_eq!(got[0].1, "hyper POST /chunked abc");
+        assert_eq!(got[1].1, "hyper GET /after ");
+        // A malformed head gets hyper's 400.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.starts_with(b"HTTP/1.1 400"),
+            "{}",
+            String::from_utf8_lossy(&rest)
+        );
+        let _ = task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_goes_to_hyper_with_what_came() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        client
+            .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+            .await
+            .unwrap();
+        tokio::time::sleep(BODY_WAIT + std::time::Duration::from_millis(300)).await;
+        client.write_all(b"cd").await.unwrap();
+        assert_eq!(answers(&mut client, 1).await[0].1, "hyper POST /slow abcd");
+        drop(client);
+        let _ = task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_answered_then_the_connection_ends() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        client
+            .write_all(b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("connection: close\r\n") && text.ends_with("own GET /bye "),
+            "{text}"
+        );
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_graceful_close_waits_for_the_answer_in_progress() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+        let svc = service_fn(move |_req: Request<RequestBody>| {
+            let rx = rx.lock().unwrap().take();
+            Box::pin(async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut conn = Box::pin(Connection::new(server, svc, http1(), Conn::new()));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Served up to the wait for the answer.
+        tokio::task::yield_now().await;
+        assert!(conn.as_mut().poll(&mut cx).is_pending());
+        conn.as_mut().graceful_shutdown();
+        assert!(
+            conn.as_mut().poll(&mut cx).is_pending(),
+            "the request in progress goes on"
+        );
+        tx.send(()).unwrap();
+        conn.await.unwrap();
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("connection: close\r\n") && text.ends_with("done"),
+            "{text}"
+        );
+    }
+
+    /// A body that streams what the test sends and says when it is dropped.
+    struct Watched {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Body for Watched {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            self.rx
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_goes_out_event_by_event_and_ends_when_its_client_leaves() {
+        let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let body = Arc::new(std::sync::Mutex::new(Some(Watched {
+            rx,
+            dropped: Arc::clone(&dropped),
+        })));
+        let svc = service_fn(move |_req: Request<RequestBody>| {
+            let body = body.lock().unwrap().take().unwrap();
+            Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
+                as Pin<Box<dyn Future<Output = _> + Send>>
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        client
+            .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let k = client.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..k]);
+        }
+        let head = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(
+            head.contains("transfer-encoding: chunked"),
+            "the head goes out before any event: {head}"
+        );
+        events
+            .send(Bytes::from_static(b"data: 1\n\n"))
+            .await
+            .unwrap();
+        let k = client.read(&mut chunk).await.unwrap();
+        assert_eq!(&chunk[..k], b"9\r\ndata: 1\n\n\r\n");
+        drop(client);
+        task.await.unwrap().unwrap();
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the body goes with its client"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_length_ends_the_connection() {
+        let svc = service_fn(|_req: Request<RequestBody>| {
+            Box::pin(async move {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"abc")));
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+                Ok::<_, Infallible>(resp)
+            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        });
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(
+            text.contains("content-length: 10\r\n") && text.ends_with("abc"),
+            "{text}"
+        );
+        task.await.unwrap().unwrap();
+    }
+}
