@@ -458,10 +458,11 @@ async fn read_request<I: AsyncRead + Unpin>(
         });
         match tokio::time::timeout(BODY_WAIT, rest).await {
             Ok(Ok(true)) => {}
-            // Closed inside the request: no answer.
-            Ok(Ok(false)) => return Ok(Next::Closed),
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
+            // Still coming: hyper streams it, under `client_body_timeout`.
+            // Closed inside the body: hyper forwards the request as it
+            // always did, and the body's end is the client's fault (400).
+            Err(_) | Ok(Ok(false)) => {
                 drop(req);
                 give_back(buf, &bytes);
                 return Ok(Next::Hyper);
