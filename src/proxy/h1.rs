@@ -252,15 +252,10 @@ enum Framing {
     Chunked,
 }
 
-/// The framing of an answer with a body: its `Content-Length` when it has a
-/// good one, else the body's known size, else chunked (as hyper frames it).
-fn framing_of<B: Body>(headers: &HeaderMap, body: &B) -> Framing {
-    let mut length = None;
-    let mut bad = false;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        bad |= fold_length(&mut length, v.as_bytes()).is_err();
-    }
-    if let (Some(n), false) = (length, bad) {
+/// The framing of an answer with a body: its good `Content-Length` when it
+/// has one, else the body's known size, else chunked (as hyper frames it).
+fn framing_of<B: Body>(length: Option<u64>, body: &B) -> Framing {
+    if let Some(n) = length {
         return Framing::Length(n);
     }
     if body.is_end_stream() {
@@ -279,16 +274,20 @@ fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes an answer's head into `out`: the status line, its headers but the
-/// framing and `Connection` ones (written from `framing` and `keep_alive`),
-/// and a `Date` when it has none.
-fn encode_head(
+/// Writes an answer's head into `out`, in one pass over its headers: the
+/// status line, the headers but the framing and `Connection` ones, then the
+/// framing (`bodiless`: none; else from its `Content-Length`, or the body),
+/// a `Date` when it has none, and `Connection: close` when the answer or the
+/// caller (`keep_alive` false) asks. Returns the framing and whether the
+/// connection may carry another request.
+fn encode_head<B: Body>(
     status: StatusCode,
     headers: &HeaderMap,
-    framing: Framing,
+    body: &B,
+    bodiless: bool,
     keep_alive: bool,
     out: &mut Vec<u8>,
-) {
+) -> (Framing, bool) {
     let size: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -301,21 +300,30 @@ fn encode_head(
     out.extend_from_slice(b"\r\n");
     // A HEAD or 304 answer keeps the length it would have had; 1xx and 204
     // have none.
-    let keep_length = framing == Framing::None
-        && !(status.is_informational() || status == StatusCode::NO_CONTENT);
-    let mut dated = false;
+    let keep_length = bodiless && !(status.is_informational() || status == StatusCode::NO_CONTENT);
+    let (mut length, mut bad_length) = (None, false);
+    let (mut dated, mut close) = (false, false);
     for (name, value) in headers {
         if *name == header::CONTENT_LENGTH {
+            bad_length |= fold_length(&mut length, value.as_bytes()).is_err();
             if !keep_length {
                 continue;
             }
-        } else if *name == header::TRANSFER_ENCODING || *name == header::CONNECTION {
+        } else if *name == header::TRANSFER_ENCODING {
+            continue;
+        } else if *name == header::CONNECTION {
+            close |= lists_close(value.as_bytes());
             continue;
         } else if *name == header::DATE {
             dated = true;
         }
         put(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    let framing = if bodiless {
+        Framing::None
+    } else {
+        framing_of(length.filter(|_| !bad_length), body)
+    };
     match framing {
         Framing::None => {}
         Framing::Length(n) => {
@@ -328,10 +336,12 @@ fn encode_head(
     if !dated {
         date(out);
     }
+    let keep_alive = keep_alive && !close;
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    (framing, keep_alive)
 }
 
 /// Appends `date: <now>` (IMF-fixdate), formatted once a second per worker.
@@ -565,23 +575,13 @@ fn start<B: Body>(
 ) -> (B, Framing, bool) {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    let keep_alive = keep_alive
-        && !shared.graceful.load(Ordering::Acquire)
-        && !parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| lists_close(v.as_bytes()));
-    let framing = if bodiless_method
+    let bodiless = bodiless_method
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::None
-    } else {
-        framing_of(&parts.headers, &body)
-    };
-    encode_head(status, &parts.headers, framing, keep_alive, out);
+        || status == StatusCode::NOT_MODIFIED;
+    let keep_alive = keep_alive && !shared.graceful.load(Ordering::Acquire);
+    let (framing, keep_alive) =
+        encode_head(status, &parts.headers, &body, bodiless, keep_alive, out);
     (body, framing, keep_alive)
 }
 
@@ -975,57 +975,52 @@ mod tests {
 
     #[test]
     fn answers_are_framed_as_hyper_frames_them() {
-        let mut h = HeaderMap::new();
         let full = Full::new(Bytes::from_static(b"abc"));
-        assert_eq!(framing_of(&h, &full), Framing::Length(3));
+        assert_eq!(framing_of(None, &full), Framing::Length(3));
         let empty = Full::new(Bytes::new());
-        assert_eq!(framing_of(&h, &empty), Framing::Length(0));
+        assert_eq!(framing_of(None, &empty), Framing::Length(0));
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
         let stream = Watched {
             rx,
             dropped: Arc::default(),
         };
-        assert_eq!(framing_of(&h, &stream), Framing::Chunked);
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        assert_eq!(framing_of(None, &stream), Framing::Chunked);
         assert_eq!(
-            framing_of(&h, &stream),
+            framing_of(Some(7), &stream),
             Framing::Length(7),
             "the header's length wins"
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("bad"));
-        assert_eq!(
-            framing_of(&h, &full),
-            Framing::Length(3),
-            "a bad header is not used"
-        );
     }
 
-    fn head_text(status: StatusCode, h: &HeaderMap, f: Framing, keep_alive: bool) -> String {
+    fn head_text<B: Body>(
+        status: StatusCode,
+        h: &HeaderMap,
+        body: &B,
+        bodiless: bool,
+        keep_alive: bool,
+    ) -> (String, Framing, bool) {
         let mut out = Vec::new();
-        encode_head(status, h, f, keep_alive, &mut out);
-        String::from_utf8(out).unwrap()
+        let (f, k) = encode_head(status, h, body, bodiless, keep_alive, &mut out);
+        (String::from_utf8(out).unwrap(), f, k)
     }
 
     #[test]
     fn heads_carry_their_framing_a_date_and_a_close() {
+        let two = Full::new(Bytes::from_static(b"{}"));
         let mut h = HeaderMap::new();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        let t = head_text(StatusCode::OK, &h, Framing::Length(2), true);
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let (t, f, k) = head_text(StatusCode::OK, &h, &two, false, true);
         assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
         assert!(t.contains("content-type: application/json\r\n"), "{t}");
-        assert!(
-            t.contains("content-length: 2\r\n") && !t.contains("99"),
-            "{t}"
-        );
+        assert!(t.contains("content-length: 2\r\n"), "{t}");
         assert!(
             !t.contains("transfer-encoding") && !t.contains("connection"),
             "{t}"
@@ -1034,24 +1029,42 @@ mod tests {
             t.contains("\r\ndate: ") && t.ends_with(" GMT\r\n\r\n"),
             "{t}"
         );
-        let t = head_text(StatusCode::OK, &HeaderMap::new(), Framing::Chunked, false);
+        assert_eq!((f, k), (Framing::Length(2), true));
+        // The answer's own length is its framing; a bad one is not used.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let (t, f, _) = head_text(StatusCode::OK, &h, &two, false, true);
         assert!(
-            t.contains("transfer-encoding: chunked\r\n") && t.contains("connection: close\r\n"),
+            t.contains("content-length: 99\r\n") && f == Framing::Length(99),
             "{t}"
         );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9x"));
+        let (t, f, _) = head_text(StatusCode::OK, &h, &two, false, true);
+        assert!(
+            t.contains("content-length: 2\r\n") && !t.contains("9x") && f == Framing::Length(2),
+            "{t}"
+        );
+        // `Connection: close` from the answer or the caller closes.
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Close"));
+        let (t, _, k) = head_text(StatusCode::OK, &h, &two, false, true);
+        assert!(
+            !k && t.matches("connection: close\r\n").count() == 1 && !t.contains("Close"),
+            "{t}"
+        );
+        let (t, _, k) = head_text(StatusCode::OK, &HeaderMap::new(), &two, false, false);
+        assert!(!k && t.contains("connection: close\r\n"), "{t}");
         // HEAD and 304 keep the length they would have had; 204 has none.
-        let t = head_text(StatusCode::NOT_MODIFIED, &h, Framing::None, true);
-        assert!(t.contains("content-length: 99\r\n"), "{t}");
-        let t = head_text(StatusCode::NO_CONTENT, &h, Framing::None, true);
+        let (t, f, _) = head_text(StatusCode::NOT_MODIFIED, &h, &two, true, true);
+        assert!(
+            t.contains("content-length: 99\r\n") && f == Framing::None,
+            "{t}"
+        );
+        let (t, _, _) = head_text(StatusCode::NO_CONTENT, &h, &two, true, true);
         assert!(!t.contains("content-length"), "{t}");
         let mut dated = HeaderMap::new();
         dated.insert(header::DATE, HeaderValue::from_static("then"));
-        let t = head_text(
-            StatusCode::from_u16(599).unwrap(),
-            &dated,
-            Framing::Length(0),
-            true,
-        );
+        let status = StatusCode::from_u16(599).unwrap();
+        let (t, _, _) = head_text(status, &dated, &two, false, true);
         assert!(
             t.starts_with("HTTP/1.1 599 \r\n") && t.matches("date").count() == 1,
             "{t}"
