@@ -338,8 +338,12 @@ where
         )
         .await;
     }
+    // Boxed: hyper-util's connection (HTTP/2, or a protocol still to be
+    // told) is about 3.5 KiB; inline, it would size the task of every
+    // connection, the HTTP/1.1 ones `h1` serves (an open SSE stream's)
+    // included.
     let builder = builders.get(proto);
-    conn::drive(
+    Box::pin(conn::drive(
         builder,
         io,
         h1::Adapt(service),
@@ -347,7 +351,7 @@ where
         limits,
         head_deadline,
         shutdown,
-    )
+    ))
     .await
 }
 
