@@ -116,6 +116,13 @@ impl Proc {
             .count()
     }
 
+    /// The next stdout line as JSON, or `None` once the process has closed
+    /// its stdout (it exited).
+    async fn try_json(&mut self) -> Option<Value> {
+        let l = self.out.next_line().await.expect("read")?;
+        Some(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+    }
+
     async fn line(&mut self) -> String {
         tokio::time::timeout(Duration::from_secs(60), self.out.next_line())
             .await
@@ -851,8 +858,16 @@ async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
             let mut results: Vec<Value> = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 ticker.send("call whoami").await;
-                match tokio::time::timeout(Duration::from_secs(10), ticker.json()).await {
-                    Ok(r) => results.push(r),
+                match tokio::time::timeout(Duration::from_secs(10), ticker.try_json()).await {
+                    Ok(Some(r)) => results.push(r),
+                    // The SDK gave up on its session and the client exited
+                    // (its last line, `"event": "error"`, is in `results`):
+                    // a failure, recorded as one, not a panic of the ticker.
+                    Ok(None) => {
+                        results
+                            .push(serde_json::json!({"ok": false, "error": "the client exited"}));
+                        break;
+                    }
                     Err(_) => {
                         results.push(serde_json::json!({"ok": false, "error": "hang: no answer within 10 s"}));
                         break;
