@@ -300,7 +300,13 @@ pub async fn serve(
                     }
                 })
             };
-            let _ = conn::drive(&builder, tcp, svc, &conn, limits, head_deadline, &shutdown).await;
+            let timed = conn::Timed {
+                conn: &conn,
+                limits,
+                head_deadline,
+                shutdown: &shutdown,
+            };
+            let _ = conn::drive(&builder, tcp, svc, timed).await;
         });
     }
     // The feeds saw `stop` and end; what is idle closes now.

@@ -435,16 +435,27 @@ impl Builders {
     }
 }
 
-/// Serves one connection with `service` until it ends. `head_deadline` is
-/// accept + `header_read_timeout` (a TLS handshake already spent part of it).
+/// What [`run`] times a connection by.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed<'a> {
+    /// The connection's handle (its requests, forced streams, wind-down).
+    pub conn: &'a Conn,
+    /// Its listener's timers.
+    pub limits: Limits,
+    /// Accept + `header_read_timeout` (a TLS handshake already spent part
+    /// of it).
+    pub head_deadline: Instant,
+    /// The listener's shutdown: close gracefully.
+    pub shutdown: &'a CancellationToken,
+}
+
+/// Serves one connection with `service` (hyper-util's connection) until it
+/// ends, timed by `timed`.
 pub async fn drive<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
-    conn: &Conn,
-    limits: Limits,
-    head_deadline: Instant,
-    shutdown: &CancellationToken,
+    timed: Timed<'_>,
 ) -> End
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -456,33 +467,24 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    run(
-        connection,
-        |c| c.graceful_shutdown(),
-        conn,
-        limits,
-        head_deadline,
-        shutdown,
-    )
-    .await
+    run(connection, |c| c.graceful_shutdown(), timed).await
 }
 
 /// Serves one connection, `connection` (hyper's, or `proxy::h1`'s), until it
-/// ends, under the timers above; `graceful` asks it to close once its
-/// requests in progress end.
-pub async fn run<C, E, G>(
-    connection: C,
-    mut graceful_shutdown: G,
-    conn: &Conn,
-    limits: Limits,
-    head_deadline: Instant,
-    shutdown: &CancellationToken,
-) -> End
+/// ends, under the timers above; `graceful_shutdown` asks it to close once
+/// its requests in progress end.
+pub async fn run<C, E, G>(connection: C, mut graceful_shutdown: G, timed: Timed<'_>) -> End
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
     G: FnMut(std::pin::Pin<&mut C>),
 {
+    let Timed {
+        conn,
+        limits,
+        head_deadline,
+        shutdown,
+    } = timed;
     let state = &conn.0;
     tokio::pin!(connection);
     let timer = tokio::time::sleep_until(head_deadline);

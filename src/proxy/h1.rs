@@ -48,7 +48,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::conn::Conn;
-use crate::upstream::h1::{encode_chunk, fold_length, Names, LAST_CHUNK};
+use crate::upstream::h1::{encode_chunk, fold_length, put_length, Names, CHUNKED, LAST_CHUNK};
 use crate::upstream::RequestBody;
 
 /// The largest request head served here; a longer one goes to hyper (which
@@ -326,12 +326,8 @@ fn encode_head<B: Body>(
     };
     match framing {
         Framing::None => {}
-        Framing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => put_length(out, n),
+        Framing::Chunked => out.extend_from_slice(CHUNKED),
     }
     if !dated {
         date(out);
@@ -1207,22 +1203,34 @@ mod tests {
         let _ = task.await.unwrap();
     }
 
-    #[tokio::test]
-    async fn connection_close_is_answered_then_the_connection_ends() {
+    /// Sends `request` on a connection served by `svc` and reads until the
+    /// connection closes; the connection must end without an error.
+    async fn until_closed<S, B>(svc: S, request: &[u8]) -> String
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
-        client
-            .write_all(b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        client.write_all(request).await.unwrap();
         let mut all = Vec::new();
         client.read_to_end(&mut all).await.unwrap();
-        let text = String::from_utf8_lossy(&all);
+        task.await.unwrap().unwrap();
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_answered_then_the_connection_ends() {
+        let request = b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let text = until_closed(echo(), request).await;
         assert!(
             text.contains("connection: close\r\n") && text.ends_with("own GET /bye "),
             "{text}"
         );
-        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]
@@ -1343,19 +1351,10 @@ mod tests {
                 Ok::<_, Infallible>(resp)
             }) as Pin<Box<dyn Future<Output = _> + Send>>
         });
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut all = Vec::new();
-        client.read_to_end(&mut all).await.unwrap();
-        let text = String::from_utf8_lossy(&all);
+        let text = until_closed(svc, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
             text.contains("content-length: 10\r\n") && text.ends_with("abc"),
             "{text}"
         );
-        task.await.unwrap().unwrap();
     }
 }

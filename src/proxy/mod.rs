@@ -263,20 +263,16 @@ impl Accepted {
             tls,
             head_deadline,
         } = self;
+        let timed = conn::Timed {
+            conn,
+            limits,
+            head_deadline,
+            shutdown,
+        };
         match tls {
             None => {
                 let proto = builders.sniff(&tcp, head_deadline).await;
-                serve_io(
-                    builders,
-                    proto,
-                    tcp,
-                    service,
-                    conn,
-                    limits,
-                    head_deadline,
-                    shutdown,
-                )
-                .await
+                serve_io(builders, proto, tcp, service, timed).await
             }
             // Boxed: the handshake's and a TLS connection's state would
             // otherwise size every connection's task, plain ones included
@@ -287,17 +283,7 @@ impl Accepted {
                     match handshake(tcp, acceptor, head_deadline, stats).await {
                         Some(io) => {
                             let proto = conn::Builders::by_alpn(io.get_ref().1.alpn_protocol());
-                            serve_io(
-                                builders,
-                                proto,
-                                io,
-                                service,
-                                conn,
-                                limits,
-                                head_deadline,
-                                shutdown,
-                            )
-                            .await
+                            serve_io(builders, proto, io, service, timed).await
                         }
                         None => End::Closed,
                     }
@@ -310,16 +296,12 @@ impl Accepted {
 
 /// Serves a connection whose protocol is `proto`: HTTP/1.1 with
 /// [`h1::Connection`], anything else with hyper-util's.
-#[allow(clippy::too_many_arguments)]
 async fn serve_io<I, S, B>(
     builders: &conn::Builders,
     proto: conn::Proto,
     io: I,
     service: S,
-    conn: &Conn,
-    limits: Limits,
-    head_deadline: Instant,
-    shutdown: &CancellationToken,
+    timed: conn::Timed<'_>,
 ) -> End
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -335,33 +317,16 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if proto == conn::Proto::H1 {
-        let connection =
-            h1::Connection::new(io, service, Arc::clone(builders.http1()), conn.clone());
-        return conn::run(
-            connection,
-            |c| c.graceful_shutdown(),
-            conn,
-            limits,
-            head_deadline,
-            shutdown,
-        )
-        .await;
+        let http1 = Arc::clone(builders.http1());
+        let connection = h1::Connection::new(io, service, http1, timed.conn.clone());
+        return conn::run(connection, |c| c.graceful_shutdown(), timed).await;
     }
     // Boxed: hyper-util's connection (HTTP/2, or a protocol still to be
     // told) is about 3.5 KiB; inline, it would size the task of every
     // connection, the HTTP/1.1 ones `h1` serves (an open SSE stream's)
     // included.
     let builder = builders.get(proto);
-    Box::pin(conn::drive(
-        builder,
-        io,
-        h1::Adapt(service),
-        conn,
-        limits,
-        head_deadline,
-        shutdown,
-    ))
-    .await
+    Box::pin(conn::drive(builder, io, h1::Adapt(service), timed)).await
 }
 
 /// The TLS handshake, within the connection's first-head deadline. A client

@@ -352,15 +352,21 @@ pub fn encode_head(
     }
     match framing {
         ReqFraming::None => {}
-        ReqFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ReqFraming::Length(n) => put_length(out, n),
+        ReqFraming::Chunked => out.extend_from_slice(CHUNKED),
     }
     out.extend_from_slice(b"\r\n");
 }
+
+/// Appends the header line `content-length: n`.
+pub fn put_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The header line of a chunked body.
+pub const CHUNKED: &[u8] = b"transfer-encoding: chunked\r\n";
 
 /// Appends one chunk of chunked coding (`data` must not be empty).
 pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
