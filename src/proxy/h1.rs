@@ -48,7 +48,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::conn::Conn;
-use crate::upstream::h1::{encode_chunk, fold_length, put_length, Names, CHUNKED, LAST_CHUNK};
+use crate::upstream::h1::{
+    encode_chunk, fold_length, put_length, span_of, Names, CHUNKED, LAST_CHUNK,
+};
 use crate::upstream::RequestBody;
 
 /// The largest request head served here; a longer one goes to hyper (which
@@ -157,14 +159,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"connection") && lists_close(h.value) {
             keep_alive = false;
         }
-        let n = h.name.as_ptr() as usize - base;
-        let v = h.value.as_ptr() as usize - base;
-        *span = (
-            n as u32,
-            (n + h.name.len()) as u32,
-            v as u32,
-            (v + h.value.len()) as u32,
-        );
+        *span = span_of(base, h);
     }
     let count = req.headers.len();
     // A body longer than this is streamed by hyper.

@@ -422,6 +422,20 @@ pub struct Head {
     pub event_stream: bool,
 }
 
+/// Where a parsed header's name and value lie in the buffer that starts at
+/// `base`: (name start, name end, value start, value end). A head is at most
+/// [`MAX_HEAD`] bytes, so each fits a `u32`.
+pub fn span_of(base: usize, h: &httparse::Header<'_>) -> (u32, u32, u32, u32) {
+    let n = h.name.as_ptr() as usize - base;
+    let v = h.value.as_ptr() as usize - base;
+    (
+        n as u32,
+        (n + h.name.len()) as u32,
+        v as u32,
+        (v + h.value.len()) as u32,
+    )
+}
+
 /// The least room of a response's [`HeaderMap`]: a request head of ordinary
 /// size plus the four forwarding headers fit without a rehash.
 const MAP_ROOM: usize = 12;
@@ -484,14 +498,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("content-length"));
         for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (
-                n as u32,
-                (n + h.name.len()) as u32,
-                v as u32,
-                (v + h.value.len()) as u32,
-            );
+            *span = span_of(base, h);
         }
         let head = buf.split_to(len).freeze();
         // Room for more than the answer's headers when it has a length: hyper
