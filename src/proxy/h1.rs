@@ -1337,6 +1337,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn head_and_204_answers_carry_no_body_and_keep_the_connection() {
+        let svc = service_fn(|req: Request<RequestBody>| {
+            Box::pin(async move {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"body")));
+                if req.uri() == "/none" {
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                }
+                Ok::<_, Infallible>(resp)
+            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        });
+        let request = b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n\
+GET /none HTTP/1.1\r\nHost: x\r\n\r\n\
+GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let text = until_closed(svc, request).await;
+        let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 3, "{text}");
+        assert!(
+            answers[0].starts_with("200 OK\r\n") && answers[0].ends_with("\r\n\r\n"),
+            "HEAD: no body: {text}"
+        );
+        assert!(
+            answers[1].starts_with("204 No Content\r\n") && answers[1].ends_with("\r\n\r\n"),
+            "204: no body: {text}"
+        );
+        assert!(!answers[1].contains("content-length"), "{text}");
+        assert!(
+            answers[2].contains("content-length: 4\r\n") && answers[2].ends_with("body"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_body_shorter_than_its_length_ends_the_connection() {
         let svc = service_fn(|_req: Request<RequestBody>| {
             Box::pin(async move {
