@@ -84,6 +84,10 @@ struct ConnState {
     /// Close once the open requests end, with no deadline (HTTP/2: GOAWAY;
     /// its open streams go on): the process is handing over or stopping.
     wind_down: AtomicBool,
+    /// The driver asked the connection to close gracefully (`proxy::h1`
+    /// reads it: closed between requests, `Connection: close` on the answer
+    /// in progress).
+    closing: AtomicBool,
     /// When a request last ended, in [`clock`] milliseconds.
     last_end: AtomicU64,
     /// The driver waits for the last request to end (its timer found the
@@ -133,6 +137,17 @@ impl Conn {
     /// before the request starts: the first-head timer is done with.
     pub fn head_seen(&self) {
         self.0.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the connection to close once the request in progress is
+    /// answered, or at once between requests (`proxy::h1`'s graceful close).
+    pub fn close_gracefully(&self) {
+        self.0.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Conn::close_gracefully`] was asked.
+    pub fn closing(&self) -> bool {
+        self.0.closing.load(Ordering::Acquire)
     }
 
     /// A stream of this connection was forced. HTTP/1.1: the connection
@@ -363,19 +378,19 @@ pub enum Proto {
 
 /// One listener's builders: `auto` tells HTTP/1.1 from an h2c preface by
 /// reading the connection's first bytes and handing them back (hyper-util's
-/// `Rewind`); `h1` and `h2` serve a connection whose protocol is known
-/// without reading it (a peek at its first bytes, or ALPN); `http1` is what
-/// `proxy::h1` hands a connection to when hyper is to serve it.
+/// `Rewind`); `h2` serves a connection known to speak HTTP/2 (the preface
+/// peeked at, or ALPN); `http1` is what `proxy::h1`, which serves a
+/// connection known to speak HTTP/1.x, hands a connection to when hyper is
+/// to serve it (with the same settings as `builder`'s HTTP/1.1).
 ///
-/// Why not `auto` for every connection: hyper's HTTP/1.1 reader then gets
-/// the request head in two parts (the sniffed bytes, then the rest), and its
-/// read buffer, asked for 8 KiB more while holding the first part, doubles
-/// to 16 KiB, for the connection's life: half of what an open SSE stream
-/// cost (bench/PROFILE.md §10).
+/// Why a peek rather than `auto` for every connection: `auto`'s reader gets
+/// the request head in two parts (the sniffed bytes, then the rest), and
+/// hyper's HTTP/1.1 read buffer, asked for 8 KiB more while holding the
+/// first part, doubled to 16 KiB for the connection's life
+/// (bench/PROFILE.md §10); and a peek lets `proxy::h1` serve the connection.
 #[derive(Debug, Clone)]
 pub struct Builders {
     auto: auto::Builder<TokioExecutor>,
-    h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
     http1: Arc<hyper::server::conn::http1::Builder>,
 }
@@ -389,19 +404,19 @@ impl Builders {
             .header_read_timeout(None)
             .keep_alive(true);
         Builders {
-            h1: auto.clone().http1_only(),
             h2: auto.clone().http2_only(),
             auto,
             http1: Arc::new(http1),
         }
     }
 
-    /// The builder for `proto`.
-    pub fn get(&self, proto: Proto) -> &auto::Builder<TokioExecutor> {
+    /// hyper-util's builder for `proto`; `None` for HTTP/1.x, which
+    /// `proxy::h1` serves.
+    pub fn hyper(&self, proto: Proto) -> Option<&auto::Builder<TokioExecutor>> {
         match proto {
-            Proto::H1 => &self.h1,
-            Proto::H2 => &self.h2,
-            Proto::Auto => &self.auto,
+            Proto::H1 => None,
+            Proto::H2 => Some(&self.h2),
+            Proto::Auto => Some(&self.auto),
         }
     }
 

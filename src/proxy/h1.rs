@@ -34,7 +34,6 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -49,7 +48,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::conn::Conn;
 use crate::upstream::h1::{
-    encode_chunk, fold_length, put_length, span_of, Names, CHUNKED, LAST_CHUNK,
+    encode_chunk, fold_length, lists_token, poll_fill, put, put_length, span_of, take, Names,
+    CHUNKED, LAST_CHUNK,
 };
 use crate::upstream::RequestBody;
 
@@ -66,8 +66,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// still incomplete then goes to hyper, which answers 408 after
 /// `client_body_timeout` without progress.
 pub const BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-/// One read's most bytes (a stack buffer: nothing is held between reads).
-const READ_SIZE: usize = 8 * 1024;
 /// A data frame at least this large is written from its own buffer, not
 /// copied into the connection's.
 const COPY_MAX: usize = 16 * 1024;
@@ -156,7 +154,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
             || name.eq_ignore_ascii_case(b"upgrade")
         {
             return Parsed::Hyper;
-        } else if name.eq_ignore_ascii_case(b"connection") && lists_close(h.value) {
+        } else if name.eq_ignore_ascii_case(b"connection") && lists_token(h.value, b"close") {
             keep_alive = false;
         }
         *span = span_of(base, h);
@@ -219,24 +217,6 @@ fn give_back(buf: &mut BytesMut, head: &[u8]) {
     *buf = whole;
 }
 
-/// The first `n` bytes of `buf`, split off without a copy. A buffer taken
-/// whole is replaced by an empty one, so that no capacity stays behind (an
-/// open stream's connection keeps no read buffer).
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n == buf.len() {
-        std::mem::take(buf).freeze()
-    } else {
-        buf.split_to(n).freeze()
-    }
-}
-
-/// True when a `Connection` value lists `close`.
-fn lists_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
 /// How an answer's body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -260,13 +240,6 @@ fn framing_of<B: Body>(length: Option<u64>, body: &B) -> Framing {
         Some(n) => Framing::Length(n),
         None => Framing::Chunked,
     }
-}
-
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes an answer's head into `out`, in one pass over its headers: the
@@ -307,7 +280,7 @@ fn encode_head<B: Body>(
         } else if *name == header::TRANSFER_ENCODING {
             continue;
         } else if *name == header::CONNECTION {
-            close |= lists_close(value.as_bytes());
+            close |= lists_token(value.as_bytes(), b"close");
             continue;
         } else if *name == header::DATE {
             dated = true;
@@ -353,20 +326,6 @@ fn date(out: &mut Vec<u8>) {
     });
 }
 
-/// Reads once more into `buf`; `Ok(0)` at the end of the stream.
-fn fill<I: AsyncRead + Unpin>(
-    io: &mut I,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-    let mut rb = ReadBuf::uninit(&mut stack);
-    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
-    // An empty buffer allocates just what arrived.
-    buf.extend_from_slice(rb.filled());
-    Poll::Ready(Ok(rb.filled().len()))
-}
-
 /// Watches the read side while an answer is awaited or streamed: `Ready`
 /// when the client closed (or the socket failed). What it sends meanwhile
 /// (a pipelined request) is kept, up to [`MAX_HEAD`]; beyond that the
@@ -377,7 +336,7 @@ fn client_gone<I: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     while buf.len() < MAX_HEAD {
-        match fill(io, buf, cx) {
+        match poll_fill(io, buf, cx) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
             Poll::Ready(Ok(_)) => {}
             Poll::Pending => return Poll::Pending,
@@ -389,13 +348,6 @@ fn client_gone<I: AsyncRead + Unpin>(
 /// What a connection served here hands on: the socket, the bytes read off
 /// it that hyper is to read first, and the service.
 type Handoff<I, S> = Option<(I, BytesMut, S)>;
-
-/// Shared by a [`Connection`] and the task that serves it.
-#[derive(Debug, Default)]
-struct Shared {
-    /// Close once the request in progress is answered (or now, if none is).
-    graceful: AtomicBool,
-}
 
 /// What [`read_request`] found.
 // A return value, moved once (see `Parsed`).
@@ -414,7 +366,6 @@ enum Next {
 async fn read_request<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
-    shared: &Shared,
     conn: &Conn,
 ) -> io::Result<Next> {
     let head = loop {
@@ -427,10 +378,10 @@ async fn read_request<I: AsyncRead + Unpin>(
         }
         let n = std::future::poll_fn(|cx| {
             // A graceful close ends a connection between requests.
-            if buf.is_empty() && shared.graceful.load(Ordering::Acquire) {
+            if buf.is_empty() && conn.closing() {
                 return Poll::Ready(Ok(0));
             }
-            fill(io, buf, cx)
+            poll_fill(io, buf, cx)
         })
         .await?;
         if n == 0 {
@@ -451,7 +402,7 @@ async fn read_request<I: AsyncRead + Unpin>(
         conn.head_seen();
         let rest = std::future::poll_fn(|cx| {
             while buf.len() < body {
-                if ready!(fill(io, buf, cx))? == 0 {
+                if ready!(poll_fill(io, buf, cx))? == 0 {
                     return Poll::Ready(Ok::<_, io::Error>(false));
                 }
             }
@@ -485,12 +436,7 @@ async fn read_request<I: AsyncRead + Unpin>(
 /// future is boxed for the connection's life, and a state machine keeps
 /// room for every local that lives across an await, side by side
 /// (bench/PROFILE.md §21).
-async fn serve<I, S, B>(
-    mut io: I,
-    service: S,
-    shared: Arc<Shared>,
-    conn: Conn,
-) -> Result<Handoff<I, S>, BoxError>
+async fn serve<I, S, B>(mut io: I, service: S, conn: Conn) -> Result<Handoff<I, S>, BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
@@ -501,7 +447,7 @@ where
     let mut out: Vec<u8> = Vec::new();
     loop {
         let (call, bodiless_method, keep_alive) =
-            match read_request(&mut io, &mut buf, &shared, &conn).await? {
+            match read_request(&mut io, &mut buf, &conn).await? {
                 Next::Request(req, keep_alive) => {
                     let bodiless_method = req.method() == Method::HEAD;
                     (service.call(req), bodiless_method, keep_alive)
@@ -522,7 +468,7 @@ where
             .await
         };
         let (body, framing, keep_alive) = match answered {
-            Some(Ok(resp)) => start(resp, bodiless_method, keep_alive, &shared, &mut out),
+            Some(Ok(resp)) => start(resp, bodiless_method, keep_alive, &conn, &mut out),
             Some(Err(never)) => match never {},
             // The client left: the request is abandoned.
             None => return Ok(None),
@@ -561,7 +507,7 @@ fn start<B: Body>(
     resp: Response<B>,
     bodiless_method: bool,
     keep_alive: bool,
-    shared: &Shared,
+    conn: &Conn,
     out: &mut Vec<u8>,
 ) -> (B, Framing, bool) {
     let (parts, body) = resp.into_parts();
@@ -570,7 +516,7 @@ fn start<B: Body>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let keep_alive = keep_alive && !shared.graceful.load(Ordering::Acquire);
+    let keep_alive = keep_alive && !conn.closing();
     let (framing, keep_alive) =
         encode_head(status, &parts.headers, &body, bodiless, keep_alive, out);
     (body, framing, keep_alive)
@@ -688,7 +634,8 @@ where
 /// or by hyper from the first request that is not served here on.
 pub struct Connection<I, S> {
     state: State<I, S>,
-    shared: Arc<Shared>,
+    /// The connection's handle: its graceful close is asked there.
+    conn: Conn,
     http1: Arc<hyper::server::conn::http1::Builder>,
 }
 
@@ -735,11 +682,10 @@ where
         http1: Arc<hyper::server::conn::http1::Builder>,
         conn: Conn,
     ) -> Connection<I, S> {
-        let shared = Arc::new(Shared::default());
-        let own: Own<I, S> = Box::pin(serve(io, service, Arc::clone(&shared), conn));
+        let own: Own<I, S> = Box::pin(serve(io, service, conn.clone()));
         Connection {
             state: State::Own(own),
-            shared,
+            conn,
             http1,
         }
     }
@@ -748,7 +694,7 @@ where
     /// at once between requests.
     pub fn graceful_shutdown(self: Pin<&mut Self>) {
         let this = self.get_mut();
-        this.shared.graceful.store(true, Ordering::Release);
+        this.conn.close_gracefully();
         if let State::Hyper(c) = &mut this.state {
             c.as_mut().graceful_shutdown();
         }
@@ -774,7 +720,7 @@ where
                         let io = TokioIo::new(Rewind::new(buf.freeze(), io));
                         let mut c: Hyper =
                             Box::pin(this.http1.serve_connection(io, Adapt(service)));
-                        if this.shared.graceful.load(Ordering::Acquire) {
+                        if this.conn.closing() {
                             c.as_mut().graceful_shutdown();
                         }
                         this.state = State::Hyper(c);
@@ -880,6 +826,7 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt as _, Full};
     use hyper::service::service_fn;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     fn parsed(text: &[u8]) -> (Parsed, BytesMut) {

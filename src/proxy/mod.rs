@@ -316,16 +316,15 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if proto == conn::Proto::H1 {
+    let Some(builder) = builders.hyper(proto) else {
         let http1 = Arc::clone(builders.http1());
         let connection = h1::Connection::new(io, service, http1, timed.conn.clone());
         return conn::run(connection, |c| c.graceful_shutdown(), timed).await;
-    }
+    };
     // Boxed: hyper-util's connection (HTTP/2, or a protocol still to be
     // told) is about 3.5 KiB; inline, it would size the task of every
     // connection, the HTTP/1.1 ones `h1` serves (an open SSE stream's)
     // included.
-    let builder = builders.get(proto);
     Box::pin(conn::drive(builder, io, h1::Adapt(service), timed)).await
 }
 

@@ -35,12 +35,6 @@ impl RequestBody {
     }
 }
 
-impl From<Incoming> for RequestBody {
-    fn from(b: Incoming) -> Self {
-        RequestBody::Hyper(b)
-    }
-}
-
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;

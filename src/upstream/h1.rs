@@ -146,19 +146,28 @@ impl Conn {
 
     /// Reads once more into `buf`; `Ok(0)` at the end of the stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-        let mut rb = ReadBuf::uninit(&mut stack);
-        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                // An empty buffer allocates just what arrived: an idle
-                // stream keeps no read buffer between events.
-                self.buf.extend_from_slice(rb.filled());
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        poll_fill(&mut self.io, &mut self.buf, cx)
+    }
+}
+
+/// Reads once from `io` into `buf` (through a stack buffer of
+/// [`READ_SIZE`]); `Ok(0)` at the end of the stream. An empty buffer
+/// allocates just what arrived: an idle stream keeps no read buffer between
+/// events. Both codecs read this way (the client side's in `proxy::h1`).
+pub fn poll_fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+    let mut rb = ReadBuf::uninit(&mut stack);
+    match Pin::new(io).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => {
+            buf.extend_from_slice(rb.filled());
+            Poll::Ready(Ok(rb.filled().len()))
         }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -268,7 +277,8 @@ pub struct ProxyHeaders {
     pub cut: Option<(HeaderName, usize)>,
 }
 
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Appends the header line `name: value`.
+pub fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -645,10 +655,17 @@ fn parse_length(b: &[u8]) -> Option<u64> {
 
 /// True when a `Connection` header lists `token`.
 fn has_token(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    h.get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok() && lists_token(v.as_bytes(), token.as_bytes()))
+}
+
+/// True when a comma-separated header value lists `token` (ASCII case
+/// aside).
+pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// What decoding found at the front of the buffer.
@@ -759,7 +776,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, Http
 
 /// The first `n` bytes of `buf`, split off without a copy. A buffer taken
 /// whole is replaced by an empty one, so that no capacity stays behind.
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
+pub fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     if n == buf.len() {
         std::mem::take(buf).freeze()
     } else {
