@@ -1073,8 +1073,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_and_split_requests_are_served_here_in_order() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        let (mut client, task) = open(echo());
         client
             .write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -1101,8 +1100,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_hyper_serves_hands_it_the_rest_of_the_connection() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        let (mut client, task) = open(echo());
         client
             .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -1132,8 +1130,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_stalls_goes_to_hyper_with_what_came() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, echo(), http1(), Conn::new()));
+        let (mut client, task) = open(echo());
         client
             .write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
             .await
@@ -1143,6 +1140,37 @@ mod tests {
         assert_eq!(answers(&mut client, 1).await[0].1, "hyper POST /slow abcd");
         drop(client);
         let _ = task.await.unwrap();
+    }
+
+    /// A connection served by `svc`, on an in-memory socket: the client's
+    /// end, and the task serving it.
+    fn open<S, B>(svc: S) -> (DuplexStream, tokio::task::JoinHandle<Result<(), BoxError>>)
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
+            + Send
+            + 'static,
+        S::Future: Send,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        (client, task)
+    }
+
+    /// A service that answers each request at once with what `answer`
+    /// makes of it.
+    fn answering(
+        answer: fn(&Request<RequestBody>) -> Response<Full<Bytes>>,
+    ) -> impl Service<
+        Request<RequestBody>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = Answer,
+    > + Clone {
+        service_fn(move |req: Request<RequestBody>| {
+            Box::pin(std::future::ready(Ok(answer(&req)))) as Answer
+        })
     }
 
     /// Sends `request` on a connection served by `svc` and reads until the
@@ -1156,8 +1184,7 @@ mod tests {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        let (mut client, task) = open(svc);
         client.write_all(request).await.unwrap();
         let mut all = Vec::new();
         client.read_to_end(&mut all).await.unwrap();
@@ -1252,8 +1279,7 @@ mod tests {
             Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
                 as Pin<Box<dyn Future<Output = _> + Send>>
         });
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        let (mut client, task) = open(svc);
         client
             .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -1285,14 +1311,12 @@ mod tests {
 
     #[tokio::test]
     async fn head_and_204_answers_carry_no_body_and_keep_the_connection() {
-        let svc = service_fn(|req: Request<RequestBody>| {
-            Box::pin(async move {
-                let mut resp = Response::new(Full::new(Bytes::from_static(b"body")));
-                if req.uri() == "/none" {
-                    *resp.status_mut() = StatusCode::NO_CONTENT;
-                }
-                Ok::<_, Infallible>(resp)
-            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        let svc = answering(|req| {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"body")));
+            if req.uri() == "/none" {
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            }
+            resp
         });
         let request = b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n\
 GET /none HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -1317,13 +1341,11 @@ GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     #[tokio::test]
     async fn a_body_shorter_than_its_length_ends_the_connection() {
-        let svc = service_fn(|_req: Request<RequestBody>| {
-            Box::pin(async move {
-                let mut resp = Response::new(Full::new(Bytes::from_static(b"abc")));
-                resp.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
-                Ok::<_, Infallible>(resp)
-            }) as Pin<Box<dyn Future<Output = _> + Send>>
+        let svc = answering(|_| {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"abc")));
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+            resp
         });
         let text = until_closed(svc, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(
