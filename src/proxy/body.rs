@@ -37,6 +37,7 @@ use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::migrate::Sessions;
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
+use crate::upstream::h1::{RawAnswer, RawHeaders};
 use crate::upstream::{HttpError, UpstreamBody};
 
 /// A response body on its way to the client.
@@ -197,6 +198,26 @@ impl ResponseBody {
     /// Whether a drain deadline ended this stream.
     fn forced(&self) -> bool {
         matches!(&self.kind, Kind::Stream(s) if s.forced)
+    }
+}
+
+impl ResponseBody {
+    /// The slot's answer headers as they came, still to be written
+    /// ([`crate::upstream::client::Answer::Raw`]).
+    pub fn raw_headers(&self) -> Option<&RawHeaders> {
+        match &self.kind {
+            Kind::Plain { inner, .. } => inner.raw_headers(),
+            _ => None,
+        }
+    }
+}
+
+impl RawAnswer for ResponseBody {
+    fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
+        match &mut self.kind {
+            Kind::Plain { inner, .. } => inner.take_raw_headers(),
+            _ => None,
+        }
     }
 }
 

@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::StreamGuard;
+use crate::upstream::h1::{RawAnswer, RawHeaders};
 
 /// How long a forced or idle-closed connection may take to finish before it
 /// is dropped.
@@ -287,6 +288,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B: RawAnswer> RawAnswer for Tracked<B> {
+    fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
+        self.inner.take_raw_headers()
     }
 }
 

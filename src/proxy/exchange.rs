@@ -20,6 +20,7 @@ use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::{method, Era};
 use crate::proxy::sse::find_in_query;
 use crate::stats::SlotStats;
+use crate::upstream::h1::RawHeaders;
 
 pub use crate::log::access::End;
 
@@ -99,15 +100,17 @@ impl Exchange {
     }
 
     /// Notes the response's status, and the session it starts (an
-    /// `initialize` answer's `Mcp-Session-Id`) when the request carried none.
-    pub fn respond<B>(&mut self, resp: &Response<B>) {
+    /// `initialize` answer's `Mcp-Session-Id`, in its map or in `raw`, the
+    /// slot's lines still to be written) when the request carried none.
+    pub fn respond<B>(&mut self, resp: &Response<B>, raw: Option<&RawHeaders>) {
         if let Some(l) = self.line.as_mut() {
             l.status = resp.status().as_u16();
             if l.session.is_none() {
-                l.session = resp
-                    .headers()
-                    .get(MCP_SESSION_ID)
-                    .map(|v| Fingerprint::of(v.as_bytes()));
+                l.session = match raw {
+                    Some(raw) => raw.session_id(),
+                    None => resp.headers().get(MCP_SESSION_ID).cloned(),
+                }
+                .map(|v| Fingerprint::of(v.as_bytes()));
             }
         }
     }

@@ -34,7 +34,8 @@ use crate::proxy::scan::Scan;
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
-use crate::upstream::h1::ProxyHeaders;
+use crate::upstream::client::{Answer, Wait};
+use crate::upstream::h1::{into_map_headers, ProxyHeaders};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -96,6 +97,9 @@ struct Routed {
     session: Option<HeaderValue>,
     host: Option<HeaderValue>,
     h1: bool,
+    /// The client's connection is served by [`crate::proxy::h1`], which
+    /// writes an answer's header lines as the slot sent them.
+    own_h1: bool,
 }
 
 /// The client end of a connection, made once per connection: its address, its
@@ -152,10 +156,11 @@ impl Forwarder {
                 session,
                 host,
                 h1: req.version() < http::Version::HTTP_2,
+                own_h1: matches!(req.body(), RequestBody::Read(_)),
             };
             self.send_to(req, peer, &mut exchange, routed).await
         };
-        exchange.respond(&resp);
+        exchange.respond(&resp, resp.body().raw_headers());
         resp.body_mut().attach(exchange);
         resp
     }
@@ -273,6 +278,7 @@ impl Forwarder {
             session,
             host,
             h1,
+            own_h1,
         } = routed;
         let method = req.method().clone();
         let stats = Arc::clone(&slot.stats);
@@ -367,6 +373,15 @@ impl Forwarder {
             .as_deref()
             .map_or((migrate::Kind::Other, None), migrate::read);
         let req = Request::from_parts(head, body);
+        // The slot's header lines go to the client as they came, with no
+        // `HeaderMap` made of them, when [`crate::proxy::h1`] writes the
+        // answer and nothing here needs them in a map: the session store
+        // (migration) reads them (bench/PROFILE.md §22).
+        let answer = if own_h1 && self.sessions.is_none() {
+            Answer::Raw
+        } else {
+            Answer::Map
+        };
         let mut sent = slot
             .client
             .send(
@@ -374,8 +389,11 @@ impl Forwarder {
                 &slot.authority,
                 req,
                 Some(&proxy),
-                wait,
-                &watch,
+                Wait {
+                    period: wait,
+                    body: &watch,
+                },
+                answer,
             )
             .await;
         let mut moved = moved;
@@ -420,8 +438,11 @@ impl Forwarder {
                     &to.authority,
                     *retry,
                     Some(&proxy),
-                    wait,
-                    &watch,
+                    Wait {
+                        period: wait,
+                        body: &watch,
+                    },
+                    answer,
                 ))
                 .await;
                 to.stats.touch_pinned();
@@ -488,7 +509,18 @@ impl Forwarder {
                 return resp;
             }
         };
-        let (mut parts, body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
+        // Lines as they came are written only for the common answer: one
+        // with a hop-by-hop line, or a stream (which gets more headers), is
+        // made a map here.
+        if body
+            .raw_headers()
+            .is_some_and(|r| r.has_hop_by_hop() || body.is_event_stream())
+        {
+            let mut resp = Response::from_parts(parts, body);
+            into_map_headers(&mut resp);
+            (parts, body) = resp.into_parts();
+        }
         exchange.upstream_answered();
         stats.count_response(parts.status.as_u16());
         if parts.status.is_server_error() {
@@ -503,6 +535,15 @@ impl Forwarder {
                 // The client keeps the id it has.
                 if parts.headers.contains_key(MCP_SESSION_ID) {
                     parts.headers.insert(MCP_SESSION_ID, sid.clone());
+                }
+            } else if let Some(raw) = body.raw_headers_mut() {
+                // Only a 2xx session id is pinned, as below.
+                let sent = tagged_in.as_ref().map(|(v, _)| v);
+                if let Some(tagged) = raw
+                    .session_id()
+                    .and_then(|id| tag::tag_header_as(&slot.tag_prefix, &id, sent))
+                {
+                    raw.set_session_id(tagged);
                 }
             } else if let Some(id) = parts.headers.get_mut(MCP_SESSION_ID) {
                 // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
@@ -879,4 +920,32 @@ fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::h1::LineKind;
+
+    #[test]
+    fn the_hop_by_hop_names_are_the_raw_lines_hop_by_hop_kinds() {
+        // An answer written from its lines as they came skips these kinds;
+        // one written from its map has these names stripped first.
+        for name in HOP_BY_HOP {
+            assert!(
+                LineKind::of(name.as_str().as_bytes()).is_hop_by_hop(),
+                "{name}"
+            );
+        }
+        for kind_name in [
+            "content-type",
+            "date",
+            "mcp-session-id",
+            "x-accel-buffering",
+        ] {
+            let name = HeaderName::from_static(kind_name);
+            assert!(!is_hop_by_hop(&name));
+            assert!(!LineKind::of(kind_name.as_bytes()).is_hop_by_hop());
+        }
+    }
 }

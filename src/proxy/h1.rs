@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -48,8 +48,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::conn::Conn;
 use crate::upstream::h1::{
-    encode_chunk, fold_length, lists_token, poll_fill, put, put_length, span_of, take, Names,
-    CHUNKED, LAST_CHUNK,
+    encode_chunk, fold_length, into_map_headers, lists_token, poll_fill, put, put_length, span_of,
+    take, LineKind, Names, RawAnswer, RawHeaders, CHUNKED, LAST_CHUNK,
 };
 use crate::upstream::RequestBody;
 
@@ -243,13 +243,15 @@ fn framing_of<B: Body>(length: Option<u64>, body: &B) -> Framing {
 }
 
 /// Writes an answer's head into `out`, in one pass over its headers: the
-/// status line, the headers but the framing and `Connection` ones, then the
-/// framing (`bodiless`: none; else from its `Content-Length`, or the body),
-/// a `Date` when it has none, and `Connection: close` when the answer or the
-/// caller (`keep_alive` false) asks. Returns the framing and whether the
-/// connection may carry another request.
+/// status line, the headers (`raw`, the slot's lines as they came, then those
+/// of the map) but the framing, `Connection` and other hop-by-hop ones, then
+/// the framing (`bodiless`: none; else from its `Content-Length`, or the
+/// body), a `Date` when it has none, and `Connection: close` when the answer
+/// or the caller (`keep_alive` false) asks. Returns the framing and whether
+/// the connection may carry another request.
 fn encode_head<B: Body>(
     status: StatusCode,
+    raw: Option<&RawHeaders>,
     headers: &HeaderMap,
     body: &B,
     bodiless: bool,
@@ -259,7 +261,8 @@ fn encode_head<B: Body>(
     let size: usize = headers
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+        .sum::<usize>()
+        + raw.map_or(0, RawHeaders::size);
     out.reserve(size + 128);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -269,43 +272,86 @@ fn encode_head<B: Body>(
     // A HEAD or 304 answer keeps the length it would have had; 1xx and 204
     // have none.
     let keep_length = bodiless && !(status.is_informational() || status == StatusCode::NO_CONTENT);
-    let (mut length, mut bad_length) = (None, false);
-    let (mut dated, mut close) = (false, false);
-    for (name, value) in headers {
-        if *name == header::CONTENT_LENGTH {
-            bad_length |= fold_length(&mut length, value.as_bytes()).is_err();
-            if !keep_length {
-                continue;
-            }
-        } else if *name == header::TRANSFER_ENCODING {
-            continue;
-        } else if *name == header::CONNECTION {
-            close |= lists_token(value.as_bytes(), b"close");
-            continue;
-        } else if *name == header::DATE {
-            dated = true;
+    let mut noted = Noted {
+        keep_length,
+        ..Noted::default()
+    };
+    for (kind, name, value) in raw.into_iter().flat_map(RawHeaders::iter) {
+        if noted.note(kind, value) {
+            put(out, name, value);
         }
-        put(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in headers {
+        if noted.note(kind_of(name), value.as_bytes()) {
+            put(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     let framing = if bodiless {
         Framing::None
     } else {
-        framing_of(length.filter(|_| !bad_length), body)
+        framing_of(noted.length.filter(|_| !noted.bad_length), body)
     };
     match framing {
         Framing::None => {}
         Framing::Length(n) => put_length(out, n),
         Framing::Chunked => out.extend_from_slice(CHUNKED),
     }
-    if !dated {
+    if !noted.dated {
         date(out);
     }
-    let keep_alive = keep_alive && !close;
+    let keep_alive = keep_alive && !noted.close;
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
+}
+
+/// The kind of a map's header name, as [`LineKind::of`] tells a line's.
+fn kind_of(name: &HeaderName) -> LineKind {
+    if *name == header::CONTENT_LENGTH {
+        LineKind::ContentLength
+    } else if *name == header::TRANSFER_ENCODING {
+        LineKind::TransferEncoding
+    } else if *name == header::CONNECTION {
+        LineKind::Connection
+    } else if *name == header::DATE {
+        LineKind::Date
+    } else {
+        LineKind::Other
+    }
+}
+
+/// What [`encode_head`] notes of the headers it writes.
+#[derive(Default)]
+struct Noted {
+    keep_length: bool,
+    length: Option<u64>,
+    bad_length: bool,
+    dated: bool,
+    close: bool,
+}
+
+impl Noted {
+    /// Notes a header; true when it is written as it is.
+    fn note(&mut self, kind: LineKind, value: &[u8]) -> bool {
+        match kind {
+            LineKind::ContentLength => {
+                self.bad_length |= fold_length(&mut self.length, value).is_err();
+                self.keep_length
+            }
+            LineKind::Connection => {
+                self.close |= lists_token(value, b"close");
+                false
+            }
+            LineKind::TransferEncoding | LineKind::HopByHop => false,
+            LineKind::Date => {
+                self.dated = true;
+                true
+            }
+            _ => true,
+        }
+    }
 }
 
 /// Appends `date: <now>` (IMF-fixdate), formatted once a second per worker.
@@ -440,7 +486,7 @@ async fn serve<I, S, B>(mut io: I, service: S, conn: Conn) -> Result<Handoff<I, 
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + RawAnswer + Unpin,
     B::Error: Into<BoxError>,
 {
     let mut buf = BytesMut::new();
@@ -503,22 +549,30 @@ where
 
 /// Starts an answer: its head into `out`; its body, framing, and whether the
 /// connection may carry another request after it.
-fn start<B: Body>(
+fn start<B: Body + RawAnswer>(
     resp: Response<B>,
     bodiless_method: bool,
     keep_alive: bool,
     conn: &Conn,
     out: &mut Vec<u8>,
 ) -> (B, Framing, bool) {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let raw = body.take_raw_headers();
     let status = parts.status;
     let bodiless = bodiless_method
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let keep_alive = keep_alive && !conn.closing();
-    let (framing, keep_alive) =
-        encode_head(status, &parts.headers, &body, bodiless, keep_alive, out);
+    let (framing, keep_alive) = encode_head(
+        status,
+        raw.as_deref(),
+        &parts.headers,
+        &body,
+        bodiless,
+        keep_alive,
+        out,
+    );
     (body, framing, keep_alive)
 }
 
@@ -652,7 +706,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send,
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + RawAnswer + Send + 'static,
     B::Error: Into<BoxError>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
@@ -671,7 +725,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + RawAnswer + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     /// Serves `io`, the connection `conn`, with `service`; `http1` serves
@@ -706,7 +760,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send,
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B: Body<Data = Bytes> + RawAnswer + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Output = Result<(), BoxError>;
@@ -745,16 +799,45 @@ where
 #[derive(Debug, Clone)]
 pub struct Adapt<S>(pub S);
 
-impl<S> Service<Request<Incoming>> for Adapt<S>
+impl<S, B> Service<Request<Incoming>> for Adapt<S>
 where
-    S: Service<Request<RequestBody>>,
+    S: Service<Request<RequestBody>, Response = Response<B>>,
+    B: RawAnswer,
 {
-    type Response = S::Response;
+    type Response = Response<B>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = WithMap<S::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> S::Future {
-        self.0.call(req.map(RequestBody::Hyper))
+    fn call(&self, req: Request<Incoming>) -> WithMap<S::Future> {
+        WithMap {
+            inner: self.0.call(req.map(RequestBody::Hyper)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Adapt`]'s answer, with the slot's header lines that came as they
+    /// were ([`RawAnswer`]) put in its map: hyper writes only the map.
+    #[derive(Debug)]
+    pub struct WithMap<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B, E> Future for WithMap<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: RawAnswer,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut out = ready!(self.project().inner.poll(cx));
+        if let Ok(resp) = &mut out {
+            into_map_headers(resp);
+        }
+        Poll::Ready(out)
     }
 }
 
@@ -938,8 +1021,112 @@ mod tests {
         keep_alive: bool,
     ) -> (String, Framing, bool) {
         let mut out = Vec::new();
-        let (f, k) = encode_head(status, h, body, bodiless, keep_alive, &mut out);
+        let (f, k) = encode_head(status, None, h, body, bodiless, keep_alive, &mut out);
         (String::from_utf8(out).unwrap(), f, k)
+    }
+
+    #[test]
+    fn an_answers_lines_as_they_came_are_written_with_their_framing() {
+        let text = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+            Mcp-Session-Id: inner\r\nDate: Mon, 30 Nov 2026 19:00:00 GMT\r\n\
+            Content-Length: 2\r\nX-Two: a\r\nX-Two: b\r\n\r\n{}";
+        let mut buf = BytesMut::from(&text[..]);
+        let head = crate::upstream::h1::parse_response_raw(&mut buf, &Method::POST)
+            .unwrap()
+            .unwrap();
+        let mut raw = head.headers;
+        raw.set_session_id(HeaderValue::from_static("tagged"));
+        let two = Full::new(Bytes::from_static(b"{}"));
+        let mut set = HeaderMap::new();
+        set.insert("x-set", HeaderValue::from_static("1"));
+        let mut out = Vec::new();
+        let (f, k) = encode_head(
+            StatusCode::OK,
+            Some(&raw),
+            &set,
+            &two,
+            false,
+            true,
+            &mut out,
+        );
+        let t = String::from_utf8(out).unwrap();
+        assert_eq!(
+            t,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: tagged\r\n\
+             Date: Mon, 30 Nov 2026 19:00:00 GMT\r\nX-Two: a\r\nX-Two: b\r\nx-set: 1\r\n\
+             content-length: 2\r\n\r\n"
+        );
+        assert_eq!((f, k), (Framing::Length(2), true));
+        // A HEAD answer keeps the slot's length; a `Connection: close` set
+        // on the answer after the slot's lines closes.
+        set.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let mut out = Vec::new();
+        let (f, k) = encode_head(StatusCode::OK, Some(&raw), &set, &two, true, true, &mut out);
+        let t = String::from_utf8(out).unwrap();
+        assert!(t.contains("Content-Length: 2\r\n"), "{t}");
+        assert!(t.ends_with("connection: close\r\n\r\n"), "{t}");
+        assert_eq!((f, k), (Framing::None, false));
+    }
+
+    #[tokio::test]
+    async fn hyper_writes_an_answers_lines_put_in_its_map() {
+        // A request hyper serves (here HTTP/1.0) is answered by hyper, which
+        // writes only the map: the slot's lines carried by the body go there.
+        let text = b"HTTP/1.1 200 OK\r\nX-From-Slot: yes\r\nContent-Length: 2\r\n\r\n";
+        let svc = service_fn(move |_req: Request<RequestBody>| {
+            let mut buf = BytesMut::from(&text[..]);
+            let head = crate::upstream::h1::parse_response_raw(&mut buf, &Method::GET)
+                .unwrap()
+                .unwrap();
+            let mut resp = Response::new(Carried {
+                raw: Some(Box::new(head.headers)),
+                body: Full::new(Bytes::from_static(b"ok")),
+            });
+            resp.headers_mut()
+                .insert("x-set", HeaderValue::from_static("1"));
+            Box::pin(std::future::ready(Ok::<_, Infallible>(resp)))
+                as Pin<Box<dyn Future<Output = Result<Response<Carried>, Infallible>> + Send>>
+        });
+        let text = until_closed(svc, b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").await;
+        assert!(
+            text.starts_with("HTTP/1.") && text.contains(" 200 OK\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("x-from-slot: yes\r\n"), "{text}");
+        assert!(text.contains("x-set: 1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
+
+    /// A body that carries an answer's lines as they came.
+    struct Carried {
+        raw: Option<Box<RawHeaders>>,
+        body: Full<Bytes>,
+    }
+
+    impl RawAnswer for Carried {
+        fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
+            self.raw.take()
+        }
+    }
+
+    impl Body for Carried {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.body.size_hint()
+        }
     }
 
     #[test]
@@ -1150,7 +1337,7 @@ mod tests {
             + Send
             + 'static,
         S::Future: Send,
-        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B: Body<Data = Bytes> + RawAnswer + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let (client, server) = tokio::io::duplex(64 * 1024);
@@ -1181,7 +1368,7 @@ mod tests {
             + Send
             + 'static,
         S::Future: Send,
-        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B: Body<Data = Bytes> + RawAnswer + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let (mut client, task) = open(svc);
@@ -1246,6 +1433,8 @@ mod tests {
         rx: tokio::sync::mpsc::Receiver<Bytes>,
         dropped: Arc<AtomicBool>,
     }
+
+    impl RawAnswer for Watched {}
 
     impl Body for Watched {
         type Data = Bytes;

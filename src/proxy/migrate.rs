@@ -474,8 +474,11 @@ async fn send(
             &slot.authority,
             req,
             None,
-            REPLAY_TIMEOUT,
-            &BodyWatch::default(),
+            crate::upstream::client::Wait {
+                period: REPLAY_TIMEOUT,
+                body: &BodyWatch::default(),
+            },
+            crate::upstream::client::Answer::Map,
         )
         .await
     {

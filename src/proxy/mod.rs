@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{ClientFault, LocalResponse, ProxyStats, Refusal};
+use crate::upstream::h1::RawAnswer;
 use crate::upstream::RequestBody;
 use conn::{Conn, Connections, End, Limits, Tracked};
 pub use forward::Forwarder;
@@ -255,7 +256,7 @@ impl Accepted {
             + Send
             + 'static,
         S::Future: Send + 'static,
-        B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+        B: hyper::body::Body<Data = bytes::Bytes> + RawAnswer + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Accepted {
@@ -313,7 +314,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + RawAnswer + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(builder) = builders.hyper(proto) else {

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
 use crate::upstream::h1::{
-    self, Conn, Decoded, Framing, Head, HttpError, Io, ProxyHeaders, ReqFraming,
+    self, Conn, Decoded, Framing, HttpError, Io, ProxyHeaders, RawHead, RawHeaders, ReqFraming,
 };
 use crate::upstream::timer::HeadTimer;
 
@@ -199,6 +199,25 @@ pub struct UpstreamBody {
     /// The answer's `Content-Type` says `text/event-stream`.
     event_stream: bool,
     home: Option<Home>,
+    /// The answer's headers as they came, when asked for ([`Answer::Raw`]):
+    /// its map is empty then. Boxed: an open stream's body holds the field.
+    raw: Option<Box<RawHeaders>>,
+}
+
+/// How [`UpstreamClient::send`] gives an answer's headers.
+impl h1::RawAnswer for UpstreamBody {
+    fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
+        self.raw.take()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// In the response's `HeaderMap`.
+    Map,
+    /// As they came, in the body ([`UpstreamBody::take_raw_headers`]); the
+    /// response's map is empty.
+    Raw,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -290,32 +309,36 @@ impl UpstreamClient {
         };
         // The request line is origin-form: the URI's path and query.
         self.pool
-            .send(target, req, None, None)
+            .send(target, req, None, None, Answer::Map)
             .await
             .map_err(|(e, _)| e)
     }
 
     /// Sends a client's request to `scheme://authority` (the request URI is
-    /// sent as its request target: origin-form) and waits at most `wait` for
-    /// the response head, counted from the end of the client's body (`body`):
-    /// a client that sends its body slowly does not make the slot look slow. A
-    /// failure is the client's when its body failed, however the connection
-    /// reports it.
+    /// sent as its request target: origin-form) and waits at most
+    /// `wait.period` for the response head, counted from the end of the
+    /// client's body (`wait.body`): a client that sends its body slowly does
+    /// not make the slot look slow. A failure is the client's when its body
+    /// failed, however the connection reports it.
     pub async fn send(
         &self,
         scheme: &Scheme,
         authority: &Authority,
         req: Request<ForwardBody>,
         proxy: Option<&ProxyHeaders>,
-        wait: Duration,
-        body: &BodyWatch,
+        wait: Wait<'_>,
+        answer: Answer,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let target = Target {
             https: *scheme == Scheme::HTTPS,
             authority: authority.clone(),
         };
-        let wait = Wait { period: wait, body };
-        match self.pool.send(target, req, proxy, Some(&wait)).await {
+        let body = wait.body;
+        match self
+            .pool
+            .send(target, req, proxy, Some(&wait), answer)
+            .await
+        {
             Ok(resp) => Ok(resp),
             Err((ClientError::ResponseTimeout(_), _)) => Err(SendError::Upstream {
                 kind: UpstreamError::ResponseTimeout,
@@ -337,11 +360,12 @@ impl UpstreamClient {
     }
 }
 
-/// How long [`Pool::send`] waits for a response head: `period`, counted from
-/// the end of the client's body (`body`).
-struct Wait<'a> {
-    period: Duration,
-    body: &'a BodyWatch,
+/// How long [`UpstreamClient::send`] waits for a response head: `period`,
+/// counted from the end of the client's body (`body`).
+#[derive(Clone, Copy)]
+pub struct Wait<'a> {
+    pub period: Duration,
+    pub body: &'a BodyWatch,
 }
 
 /// `exchange` within `wait` (from `start`), on `timer` (a kept connection's,
@@ -425,6 +449,7 @@ impl Pool {
         req: Request<ForwardBody>,
         proxy: Option<&ProxyHeaders>,
         wait: Option<&Wait<'_>>,
+        answer: Answer,
     ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
         let start = Instant::now();
         let (mut conn, mut reused) = match self.checkout(&target, start) {
@@ -470,6 +495,13 @@ impl Pool {
                 Err((e, _)) => return Err((ClientError::Http(e), None)),
             }
         };
+        let (map, raw) = match answer {
+            Answer::Raw => (http::HeaderMap::new(), Some(Box::new(head.headers))),
+            Answer::Map => match head.headers.into_map() {
+                Ok(map) => (map, None),
+                Err(e) => return Err((ClientError::Http(e), None)),
+            },
+        };
         let mut resp = Response::new(UpstreamBody {
             conn: Some(conn),
             framing: head.framing,
@@ -479,10 +511,11 @@ impl Pool {
                 pool: Arc::clone(self),
                 target,
             }),
+            raw,
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
+        *resp.headers_mut() = map;
         // A body that ended with its head (204, Content-Length: 0): the
         // connection is ready again now.
         resp.body_mut().release_if_ended();
@@ -577,7 +610,7 @@ async fn exchange(
     req: Request<ForwardBody>,
     proxy: Option<&ProxyHeaders>,
     reused: bool,
-) -> Result<Head, (HttpError, Option<Box<Request<ForwardBody>>>)> {
+) -> Result<RawHead, (HttpError, Option<Box<Request<ForwardBody>>>)> {
     let (parts, mut body) = req.into_parts();
     let framing = ReqFraming::of(
         &parts.method,
@@ -688,7 +721,7 @@ async fn exchange(
         // out): no parse of an empty buffer.
         if !conn.buf.is_empty() {
             if let Some(head) =
-                h1::parse_response(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
+                h1::parse_response_raw(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
             {
                 return Ok(head);
             }
@@ -770,6 +803,16 @@ impl UpstreamBody {
     /// Whether the answer's `Content-Type` says `text/event-stream`
     /// (`mcp::headers::is_event_stream`), noted when its head was parsed: no
     /// lookup in its map.
+    /// The answer's headers as they came, when they were asked for that way
+    /// ([`Answer::Raw`]) and not taken yet.
+    pub fn raw_headers(&self) -> Option<&RawHeaders> {
+        self.raw.as_deref()
+    }
+
+    pub fn raw_headers_mut(&mut self) -> Option<&mut RawHeaders> {
+        self.raw.as_deref_mut()
+    }
+
     pub fn is_event_stream(&self) -> bool {
         self.event_stream
     }
@@ -995,8 +1038,11 @@ mod tests {
                 authority,
                 req,
                 None,
-                wait,
-                &BodyWatch::default(),
+                Wait {
+                    period: wait,
+                    body: &BodyWatch::default(),
+                },
+                Answer::Map,
             )
             .await?;
         Ok(resp.into_body().collect().await.unwrap().to_bytes())

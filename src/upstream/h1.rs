@@ -417,6 +417,274 @@ pub enum Chunk {
     Trailers(usize),
 }
 
+/// A parsed response head, its headers as they came ([`RawHeaders`]).
+#[derive(Debug)]
+pub struct RawHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: RawHeaders,
+    pub framing: Framing,
+    /// The connection may carry another request once this body has ended.
+    pub keep_alive: bool,
+    /// The first `Content-Type` says `text/event-stream`
+    /// ([`crate::mcp::headers::is_event_stream`]).
+    pub event_stream: bool,
+}
+
+impl RawHead {
+    /// The head with its headers in a map.
+    pub fn into_head(self) -> Result<Head, HttpError> {
+        Ok(Head {
+            status: self.status,
+            version: self.version,
+            headers: self.headers.into_map()?,
+            framing: self.framing,
+            keep_alive: self.keep_alive,
+            event_stream: self.event_stream,
+        })
+    }
+}
+
+/// What the proxy does with a header line of an answer, told by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineKind {
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another hop-by-hop header (RFC 9110 §7.6.1): `Keep-Alive`,
+    /// `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authenticate`,
+    /// `Proxy-Authorization`.
+    HopByHop,
+    ContentType,
+    Date,
+    SessionId,
+}
+
+impl LineKind {
+    /// The kind of the header named `name` (any case).
+    pub fn of(name: &[u8]) -> LineKind {
+        let is = |s: &str| is_lower(name, s.as_bytes());
+        match name.len() {
+            2 if is("te") => LineKind::HopByHop,
+            4 if is("date") => LineKind::Date,
+            7 if is("trailer") || is("upgrade") => LineKind::HopByHop,
+            10 if is("connection") => LineKind::Connection,
+            10 if is("keep-alive") => LineKind::HopByHop,
+            12 if is("content-type") => LineKind::ContentType,
+            14 if is("content-length") => LineKind::ContentLength,
+            14 if is("mcp-session-id") => LineKind::SessionId,
+            16 if is("proxy-connection") => LineKind::HopByHop,
+            17 if is("transfer-encoding") => LineKind::TransferEncoding,
+            18 if is("proxy-authenticate") => LineKind::HopByHop,
+            19 if is("proxy-authorization") => LineKind::HopByHop,
+            _ => LineKind::Other,
+        }
+    }
+
+    /// Hop-by-hop: never passed on as it came.
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            LineKind::Connection | LineKind::TransferEncoding | LineKind::HopByHop
+        )
+    }
+}
+
+/// True when the header name `name` is `lower` (lowercase letters and `-`),
+/// in any case. Eight bytes at a time: for a byte of a token (what httparse
+/// lets through in a name), setting bit 5 lowers a letter and keeps `-`, and
+/// no other token byte becomes a lowercase letter or `-` that way.
+fn is_lower(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut a, mut b) = (name, lower);
+    while a.len() >= 8 {
+        let x = u64::from_le_bytes(a[..8].try_into().expect("8 bytes"));
+        let y = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+        if x | 0x2020_2020_2020_2020 != y {
+            return false;
+        }
+        (a, b) = (&a[8..], &b[8..]);
+    }
+    a.iter().zip(b).all(|(&x, &y)| x | 0x20 == y)
+}
+
+/// One header line of a head: where its name and value lie in the head's
+/// bytes, and its kind.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    name: (u32, u32),
+    value: (u32, u32),
+    kind: LineKind,
+}
+
+/// An answer's headers as its slot sent them: the head's bytes and where each
+/// line lies in them, unparsed into a `HeaderMap`. The forwarder passes the
+/// common answer on to an HTTP/1.1 client of its own connection written from
+/// these lines ([`RawHeaders::write_to`]); anything else takes the map
+/// ([`RawHeaders::into_map`]). httparse accepted each name and value, with
+/// the same bytes as `HeaderName` and `HeaderValue` accept: a line written as
+/// it came is one the map would hold (bench/PROFILE.md §22).
+#[derive(Debug)]
+pub struct RawHeaders {
+    head: Bytes,
+    lines: Vec<Line>,
+    /// The value written in place of the `Mcp-Session-Id` lines' (at most
+    /// one line is written then).
+    session_id: Option<HeaderValue>,
+}
+
+impl RawHeaders {
+    /// True when a line of `kind` is there.
+    pub fn has(&self, kind: LineKind) -> bool {
+        self.lines.iter().any(|l| l.kind == kind)
+    }
+
+    /// About the bytes the lines take written out.
+    pub fn size(&self) -> usize {
+        self.head.len()
+    }
+
+    /// True when a hop-by-hop line is there.
+    pub fn has_hop_by_hop(&self) -> bool {
+        self.lines.iter().any(|l| l.kind.is_hop_by_hop())
+    }
+
+    /// The values of the lines of `kind`, in order.
+    pub fn values(&self, kind: LineKind) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
+        self.lines
+            .iter()
+            .filter(move |l| l.kind == kind)
+            .map(|l| &self.head[l.value.0 as usize..l.value.1 as usize])
+    }
+
+    /// The first `Mcp-Session-Id`, as it will be written: the one set by
+    /// [`RawHeaders::set_session_id`], else the slot's.
+    pub fn session_id(&self) -> Option<HeaderValue> {
+        if let Some(v) = &self.session_id {
+            return Some(v.clone());
+        }
+        let l = self.lines.iter().find(|l| l.kind == LineKind::SessionId)?;
+        HeaderValue::from_maybe_shared(self.head.slice(l.value.0 as usize..l.value.1 as usize)).ok()
+    }
+
+    /// Writes `value` in place of the `Mcp-Session-Id` lines. Only for an
+    /// answer that has one ([`RawHeaders::session_id`]).
+    pub fn set_session_id(&mut self, value: HeaderValue) {
+        self.session_id = Some(value);
+    }
+
+    /// The lines in order, each as its kind, its name as the slot spelled it
+    /// and its value; the `Mcp-Session-Id` set by
+    /// [`RawHeaders::set_session_id`] comes once, in place of the slot's.
+    pub fn iter(&self) -> impl Iterator<Item = (LineKind, &[u8], &[u8])> + '_ {
+        let mut session_given = false;
+        self.lines.iter().filter_map(move |l| {
+            let name = &self.head[l.name.0 as usize..l.name.1 as usize];
+            match (l.kind, &self.session_id) {
+                (LineKind::SessionId, Some(v)) => {
+                    if session_given {
+                        return None;
+                    }
+                    session_given = true;
+                    Some((l.kind, name, v.as_bytes()))
+                }
+                _ => Some((
+                    l.kind,
+                    name,
+                    &self.head[l.value.0 as usize..l.value.1 as usize],
+                )),
+            }
+        })
+    }
+
+    /// The headers in a map, each value sharing the head's bytes, the
+    /// `Mcp-Session-Id` set by [`RawHeaders::set_session_id`] in place of
+    /// the slot's.
+    pub fn into_map(self) -> Result<HeaderMap, HttpError> {
+        // Room for more than the answer's headers when it has a length: hyper
+        // keeps this map, once it has written the answer, for the next
+        // request head on the client connection, which then takes the
+        // forwarding headers (`rewrite_request`) without growing. A streamed
+        // answer (SSE) holds its connection for long, with this map kept
+        // meanwhile: exactly its size (bench/PROFILE.md §12).
+        let count = self.lines.len();
+        let room = if self.has(LineKind::ContentLength) {
+            count.max(MAP_ROOM)
+        } else {
+            count
+        };
+        let mut map = HeaderMap::with_capacity(room);
+        let mut names = NAMES.with(|n| n.take());
+        for (i, l) in self.lines.iter().enumerate() {
+            let Ok(name) = names.get(i, &self.head[l.name.0 as usize..l.name.1 as usize]) else {
+                NAMES.with(|n| n.set(names));
+                return Err(HttpError::Malformed("bad header name"));
+            };
+            let raw = self.head.slice(l.value.0 as usize..l.value.1 as usize);
+            let Ok(value) = HeaderValue::from_maybe_shared(raw) else {
+                NAMES.with(|n| n.set(names));
+                return Err(HttpError::Malformed("bad header value"));
+            };
+            map.append(name, value);
+        }
+        NAMES.with(|n| n.set(names));
+        if let Some(v) = self.session_id {
+            map.insert(crate::mcp::headers::MCP_SESSION_ID, v);
+        }
+        Ok(map)
+    }
+}
+
+/// A response body that may carry its answer's headers as they came
+/// ([`RawHeaders`]), out of the response's map: whoever writes or hands on the
+/// response takes them.
+pub trait RawAnswer {
+    fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
+        None
+    }
+}
+
+impl RawAnswer for http_body_util::Full<Bytes> {}
+
+/// Moves the headers `resp`'s body carries as they came ([`RawAnswer`]) into
+/// its map, for a writer that knows only the map (hyper). A line `http`
+/// refuses (none: httparse checked the same bytes) is left out.
+pub fn into_map_headers<B: RawAnswer>(resp: &mut http::Response<B>) {
+    let Some(raw) = resp.body_mut().take_raw_headers() else {
+        return;
+    };
+    match raw.into_map() {
+        Ok(map) => {
+            let headers = resp.headers_mut();
+            if headers.is_empty() {
+                *headers = map;
+            } else {
+                // What was set on the answer after the slot's lines (e.g.
+                // `Connection: close` on a winding-down connection) stays.
+                let set = std::mem::replace(headers, map);
+                let mut last = None;
+                for (name, value) in set {
+                    match name {
+                        Some(name) => {
+                            headers.insert(name.clone(), value);
+                            last = Some(name);
+                        }
+                        None => {
+                            if let Some(name) = &last {
+                                headers.append(name.clone(), value);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "an answer's headers were left out"),
+    }
+}
+
 /// A parsed response head.
 #[derive(Debug)]
 pub struct Head {
@@ -454,10 +722,18 @@ const MAP_ROOM: usize = 12;
 /// incomplete. Interim 1xx heads are dropped. The header values share the
 /// head's bytes (no copy); what follows the head stays in `buf`.
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, HttpError> {
+    match parse_response_raw(buf, method)? {
+        Some(raw) => raw.into_head().map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`parse_response`], its headers left as they came.
+pub fn parse_response_raw(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<RawHead>, HttpError> {
     loop {
-        // Offsets into `buf` of each name and value, so that the bytes can be
-        // split off (httparse's slices borrow `buf`).
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         // Uninitialised: httparse writes only the headers it finds (100
         // `EMPTY_HEADER`s cost 3.2 KB of stores per answer).
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -503,51 +779,47 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Head
             continue;
         }
         let count = res.headers.len();
-        let sized = res
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("content-length"));
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-            *span = span_of(base, h);
-        }
-        let head = buf.split_to(len).freeze();
-        // Room for more than the answer's headers when it has a length: hyper
-        // keeps this map, once it has written the answer, for the next
-        // request head on the client connection, which then takes the
-        // forwarding headers (`rewrite_request`) without growing. A streamed
-        // answer (SSE) holds its connection for long, with this map kept
-        // meanwhile: exactly its size (bench/PROFILE.md §12).
-        let room = if sized { count.max(MAP_ROOM) } else { count };
-        let mut map = HeaderMap::with_capacity(room);
+        let mut lines = Vec::with_capacity(count);
         let mut noted = Noted::default();
-        let mut names = NAMES.with(|n| n.take());
-        for (i, &(ns, ne, vs, ve)) in spans[..count].iter().enumerate() {
-            let Ok(name) = names.get(i, &head[ns as usize..ne as usize]) else {
-                NAMES.with(|n| n.set(names));
-                return Err(HttpError::Malformed("bad header name"));
-            };
-            let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            else {
-                NAMES.with(|n| n.set(names));
-                return Err(HttpError::Malformed("bad header value"));
-            };
-            noted.note(&name, &value);
-            map.append(name, value);
+        // Offsets into `buf` of each name and value, so that the bytes can be
+        // split off (httparse's slices borrow `buf`).
+        for h in res.headers.iter() {
+            let (ns, ne, vs, ve) = span_of(base, h);
+            let kind = LineKind::of(h.name.as_bytes());
+            noted.note(kind, h.value);
+            lines.push(Line {
+                name: (ns, ne),
+                value: (vs, ve),
+                kind,
+            });
         }
-        NAMES.with(|n| n.set(names));
-        let (framing, framed) = framing(method, status, &map, &noted)?;
+        let headers = RawHeaders {
+            head: buf.split_to(len).freeze(),
+            lines,
+            session_id: None,
+        };
+        let (framing, framed) = framing(method, status, &headers, &noted)?;
         let keep_alive = framed
             && version == Version::HTTP_11
-            && !(noted.connection && has_token(&map, "close"));
-        return Ok(Some(Head {
+            && !(noted.connection
+                && headers
+                    .values(LineKind::Connection)
+                    .any(|v| is_visible(v) && lists_token(v, b"close")));
+        return Ok(Some(RawHead {
             status,
             version,
-            headers: map,
+            headers,
             framing,
             keep_alive,
             event_stream: noted.content_type == Some(true),
         }));
     }
+}
+
+/// True when `v` is a header value `HeaderValue::to_str` takes: visible
+/// ASCII, spaces and tabs.
+fn is_visible(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (32..127).contains(&b))
 }
 
 /// What the loop that fills an answer's map notes for its framing and its
@@ -579,20 +851,22 @@ impl Default for Noted {
 }
 
 impl Noted {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
-        if *name == header::CONTENT_LENGTH {
-            self.content_length = true;
-            if let Ok(length) = &mut self.length {
-                if let Err(e) = fold_length(length, value.as_bytes()) {
-                    self.length = Err(e);
+    fn note(&mut self, kind: LineKind, value: &[u8]) {
+        match kind {
+            LineKind::ContentLength => {
+                self.content_length = true;
+                if let Ok(length) = &mut self.length {
+                    if let Err(e) = fold_length(length, value) {
+                        self.length = Err(e);
+                    }
                 }
             }
-        } else if *name == header::TRANSFER_ENCODING {
-            self.transfer_encoding = true;
-        } else if *name == header::CONNECTION {
-            self.connection = true;
-        } else if *name == header::CONTENT_TYPE && self.content_type.is_none() {
-            self.content_type = Some(is_event_stream_type(value.as_bytes()));
+            LineKind::TransferEncoding => self.transfer_encoding = true,
+            LineKind::Connection => self.connection = true,
+            LineKind::ContentType if self.content_type.is_none() => {
+                self.content_type = Some(is_event_stream_type(value));
+            }
+            _ => {}
         }
     }
 }
@@ -614,7 +888,7 @@ pub fn fold_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), &'stati
 fn framing(
     method: &Method,
     status: StatusCode,
-    h: &HeaderMap,
+    h: &RawHeaders,
     noted: &Noted,
 ) -> Result<(Framing, bool), HttpError> {
     if *method == Method::HEAD
@@ -627,13 +901,12 @@ fn framing(
         // The last coding decides; both with Content-Length: the length is
         // ignored and the connection not reused (§6.3 item 3).
         let last = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
+            .values(LineKind::TransferEncoding)
             .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+            .filter(|v| is_visible(v))
+            .and_then(|v| v.rsplit(|&b| b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         if chunked {
             return Ok((Framing::Chunked(Chunk::Size), !noted.content_length));
         }
@@ -651,13 +924,6 @@ fn parse_length(b: &[u8]) -> Option<u64> {
         return None;
     }
     Some(b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// True when a `Connection` header lists `token`.
-fn has_token(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok() && lists_token(v.as_bytes(), token.as_bytes()))
 }
 
 /// True when a comma-separated header value lists `token` (ASCII case
@@ -904,6 +1170,125 @@ mod tests {
             assert_eq!(
                 head.event_stream,
                 crate::mcp::headers::is_event_stream(&head.headers),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn line_kinds_are_the_names_the_proxy_acts_on_in_any_case() {
+        use LineKind::*;
+        for (name, kind) in [
+            ("Content-Length", ContentLength),
+            ("TRANSFER-ENCODING", TransferEncoding),
+            ("connection", Connection),
+            ("Keep-Alive", HopByHop),
+            ("Proxy-Connection", HopByHop),
+            ("TE", HopByHop),
+            ("Trailer", HopByHop),
+            ("Upgrade", HopByHop),
+            ("Proxy-Authenticate", HopByHop),
+            ("proxy-authorization", HopByHop),
+            ("Content-Type", ContentType),
+            ("Date", Date),
+            ("Mcp-Session-Id", SessionId),
+            ("Content-Lengths", Other),
+            ("X-Date", Other),
+            ("mcp-session-ie", Other),
+            ("te2", Other),
+        ] {
+            assert_eq!(LineKind::of(name.as_bytes()), kind, "{name}");
+        }
+    }
+
+    #[test]
+    fn raw_lines_are_the_maps_headers_as_they_came() {
+        let text = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Two: a\r\n\
+            mcp-session-id: inner\r\nX-Two: b\r\nContent-Length: 2\r\nX-Empty:\r\n\r\n{}";
+        let mut buf = BytesMut::from(&text[..]);
+        let raw = parse_response_raw(&mut buf, &Method::POST)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..], b"{}", "the body stays");
+        assert_eq!(raw.framing, Framing::Length(2));
+        assert!(raw.keep_alive && !raw.event_stream);
+        let lines: Vec<(LineKind, String, String)> = raw
+            .headers
+            .iter()
+            .map(|(k, n, v)| {
+                let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+                (k, s(n), s(v))
+            })
+            .collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines[0],
+            (
+                LineKind::ContentType,
+                "Content-Type".into(),
+                "application/json".into()
+            )
+        );
+        assert_eq!(
+            lines[2],
+            (LineKind::SessionId, "mcp-session-id".into(), "inner".into())
+        );
+        assert_eq!(lines[5], (LineKind::Other, "X-Empty".into(), String::new()));
+        assert!(!raw.headers.has_hop_by_hop());
+        assert_eq!(raw.headers.session_id().unwrap(), "inner");
+        // The map made of them is what the map-making parse gives.
+        let map = parse(text, &Method::POST).0.headers;
+        let mut raw = raw.headers;
+        assert_eq!(raw_map(&raw), map);
+        // A session id set in place of the slot's: once, where the slot's was.
+        raw.set_session_id(HeaderValue::from_static("tagged"));
+        assert_eq!(raw.session_id().unwrap(), "tagged");
+        let ids: Vec<&[u8]> = raw
+            .iter()
+            .filter(|(k, _, _)| *k == LineKind::SessionId)
+            .map(|(_, _, v)| v)
+            .collect();
+        assert_eq!(ids, [&b"tagged"[..]]);
+        let map = raw.into_map().unwrap();
+        assert_eq!(map.get_all("mcp-session-id").iter().count(), 1);
+        assert_eq!(map["mcp-session-id"], "tagged");
+        assert_eq!(map.get_all("x-two").iter().count(), 2);
+    }
+
+    /// `raw`'s map, from a copy of it.
+    fn raw_map(raw: &RawHeaders) -> HeaderMap {
+        RawHeaders {
+            head: raw.head.clone(),
+            lines: raw.lines.clone(),
+            session_id: raw.session_id.clone(),
+        }
+        .into_map()
+        .unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_lines_are_noted() {
+        for (text, hop) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..], false),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true,
+            ),
+        ] {
+            let mut buf = BytesMut::from(text);
+            let raw = parse_response_raw(&mut buf, &Method::GET).unwrap().unwrap();
+            assert_eq!(
+                raw.headers.has_hop_by_hop(),
+                hop,
                 "{:?}",
                 String::from_utf8_lossy(text)
             );
