@@ -37,7 +37,7 @@ use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::migrate::Sessions;
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
-use crate::upstream::h1::{RawAnswer, RawHeaders};
+use crate::upstream::lines::{RawAnswer, RawHeaders};
 use crate::upstream::{HttpError, UpstreamBody};
 
 /// A response body on its way to the client.

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::StreamGuard;
-use crate::upstream::h1::{RawAnswer, RawHeaders};
+use crate::upstream::lines::{RawAnswer, RawHeaders};
 
 /// How long a forced or idle-closed connection may take to finish before it
 /// is dropped.

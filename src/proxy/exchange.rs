@@ -20,7 +20,7 @@ use crate::mcp::headers::MCP_SESSION_ID;
 use crate::mcp::{method, Era};
 use crate::proxy::sse::find_in_query;
 use crate::stats::SlotStats;
-use crate::upstream::h1::RawHeaders;
+use crate::upstream::lines::RawHeaders;
 
 pub use crate::log::access::End;
 

@@ -35,7 +35,8 @@ use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
-use crate::upstream::h1::{into_map_headers, ProxyHeaders};
+use crate::upstream::h1::ProxyHeaders;
+use crate::upstream::lines::into_map_headers;
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -127,7 +128,19 @@ impl Forwarder {
     /// The request is routed here rather than in an async function of its
     /// own: each level of those moves the request in and its response out
     /// (bench/PROFILE.md §19).
-    pub async fn forward(&self, req: Request<RequestBody>, peer: &Peer) -> Response<ResponseBody> {
+    pub async fn forward(
+        &self,
+        mut req: Request<RequestBody>,
+        peer: &Peer,
+    ) -> Response<ResponseBody> {
+        if self.sessions.is_some() {
+            // Migration reads more of the map (a session's replay copies
+            // it) and changes it (a moved session's id): all of it, where
+            // `proxy::h1` put only what is read here in it.
+            if let Err(e) = RequestBody::whole_map(&mut req) {
+                return local_error(StatusCode::BAD_REQUEST, None, "bad_header", &e.to_string());
+            }
+        }
         let scan = Scan::of(req.headers());
         let mut exchange = Exchange::start(&req, scan.mcp_method, peer.addr);
         let (session, host) = (scan.session.cloned(), scan.host.cloned());
@@ -156,7 +169,7 @@ impl Forwarder {
                 session,
                 host,
                 h1: req.version() < http::Version::HTTP_2,
-                own_h1: matches!(req.body(), RequestBody::Read(_)),
+                own_h1: matches!(req.body(), RequestBody::Read { .. }),
             };
             self.send_to(req, peer, &mut exchange, routed).await
         };
@@ -794,6 +807,9 @@ impl Forwarder {
             forwarded_proto: self.proto.clone(),
             forwarded_for: peer.ip.clone(),
             cut: None,
+            // Written upstream in place of the map, which holds only the
+            // lines read here.
+            lines: req.body_mut().take_lines(),
         }
     }
 }
@@ -925,7 +941,7 @@ fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::h1::LineKind;
+    use crate::upstream::lines::LineKind;
 
     #[test]
     fn the_hop_by_hop_names_are_the_raw_lines_hop_by_hop_kinds() {

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -48,9 +48,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::conn::Conn;
 use crate::upstream::h1::{
-    encode_chunk, fold_length, into_map_headers, lists_token, poll_fill, put, put_length, span_of,
-    take, LineKind, Names, RawAnswer, RawHeaders, CHUNKED, LAST_CHUNK,
+    encode_chunk, fold_length, lists_token, poll_fill, put, put_length, take, CHUNKED, LAST_CHUNK,
 };
+use crate::upstream::lines::{into_map_headers, Line, LineKind, RawAnswer, RawHeaders};
 use crate::upstream::RequestBody;
 
 /// The largest request head served here; a longer one goes to hyper (which
@@ -77,9 +77,6 @@ const KEEP_OUT: usize = 8 * 1024;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 thread_local! {
-    /// The request header names this worker parsed, as the clients spelled
-    /// them (see [`Names`]).
-    static NAMES: std::cell::Cell<Names> = const { std::cell::Cell::new(Names::new()) };
     /// The `Date` of the current second.
     static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
@@ -113,8 +110,6 @@ pub(crate) struct Head {
 
 /// Takes a complete request head off the front of `buf`.
 pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
-    // Offsets into `buf` of each name and value (httparse's slices borrow it).
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let base = buf.as_ptr() as usize;
@@ -142,24 +137,27 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
     let path = (path.as_ptr() as usize - base, path.len());
     let mut length = None;
     let mut keep_alive = true;
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        // `eq_ignore_ascii_case` compares the lengths first.
+    let mut hop_by_hop = false;
+    // Where each name and value lie in `buf` (httparse's slices borrow it).
+    let mut lines = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if fold_length(&mut length, h.value).is_err() {
-                return Parsed::Hyper;
+        let kind = LineKind::of(name);
+        match kind {
+            LineKind::ContentLength if fold_length(&mut length, h.value).is_err() => {
+                return Parsed::Hyper
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            return Parsed::Hyper;
-        } else if name.eq_ignore_ascii_case(b"connection") && lists_token(h.value, b"close") {
-            keep_alive = false;
+            LineKind::TransferEncoding | LineKind::Expect => return Parsed::Hyper,
+            LineKind::HopByHop if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Hyper,
+            LineKind::Connection => {
+                keep_alive &= !lists_token(h.value, b"close");
+                hop_by_hop = true;
+            }
+            LineKind::HopByHop => hop_by_hop = true,
+            _ => {}
         }
-        *span = span_of(base, h);
+        lines.push(Line::of(base, h, kind));
     }
-    let count = req.headers.len();
     // A body longer than this is streamed by hyper.
     let body = match length.map(usize::try_from) {
         None => 0,
@@ -167,7 +165,16 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
         Some(_) => return Parsed::Hyper,
     };
     let bytes = take(buf, len);
-    let Some(map) = header_map(&bytes, &spans[..count]) else {
+    // The map holds only the headers the forwarder reads, and the lines go
+    // upstream as they came, unless a hop-by-hop line (which names others to
+    // drop) asks for the whole map (bench/PROFILE.md §22).
+    let lines = RawHeaders::new(bytes.clone(), lines);
+    let (map, lines) = if hop_by_hop {
+        (lines.into_map().ok(), None)
+    } else {
+        (lines.read_map().ok(), Some(Box::new(lines)))
+    };
+    let Some(map) = map else {
         give_back(buf, &bytes);
         return Parsed::Hyper;
     };
@@ -175,7 +182,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
         give_back(buf, &bytes);
         return Parsed::Hyper;
     };
-    let mut req = Request::new(RequestBody::Read(None));
+    let mut req = Request::new(RequestBody::Read { body: None, lines });
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = map;
@@ -185,27 +192,6 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
         body,
         bytes,
     })
-}
-
-/// The head's headers, their values sharing its bytes; `None` for a name or
-/// value `http` refuses.
-fn header_map(head: &Bytes, spans: &[(u32, u32, u32, u32)]) -> Option<HeaderMap> {
-    let mut map = HeaderMap::with_capacity(spans.len());
-    let mut names = NAMES.with(|n| n.take());
-    let mut ok = true;
-    for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
-        let Ok(name) = names.get(i, &head[ns as usize..ne as usize]) else {
-            ok = false;
-            break;
-        };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)) else {
-            ok = false;
-            break;
-        };
-        map.append(name, value);
-    }
-    NAMES.with(|n| n.set(names));
-    ok.then_some(map)
 }
 
 /// Puts a head taken off the buffer back in front of what followed it, for
@@ -469,7 +455,9 @@ async fn read_request<I: AsyncRead + Unpin>(
     }
     drop(bytes);
     if body > 0 {
-        *req.body_mut() = RequestBody::read(take(buf, body));
+        if let RequestBody::Read { body: b, .. } = req.body_mut() {
+            *b = Some(take(buf, body));
+        }
     }
     Ok(Next::Request(req, keep_alive))
 }
@@ -907,6 +895,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use http_body_util::{BodyExt as _, Full};
     use hyper::service::service_fn;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -928,12 +917,33 @@ mod tests {
         };
         assert_eq!(head.req.method(), Method::POST);
         assert_eq!(head.req.uri(), "/mcp?x=1");
-        assert_eq!(head.req.headers()["host"], "a");
-        assert_eq!(head.req.headers()["mcp-session-id"], "s1");
-        assert_eq!(head.req.headers().get_all("x-two").iter().count(), 2);
         assert!(head.keep_alive);
         assert_eq!(head.body, 5);
         assert_eq!(&buf[..], b"hello GET");
+        // The map holds what the forwarder reads; the lines, all of them.
+        let mut req = head.req;
+        assert_eq!(req.headers()["host"], "a");
+        assert_eq!(req.headers()["mcp-session-id"], "s1");
+        assert_eq!(req.headers().len(), 2, "{:?}", req.headers());
+        RequestBody::whole_map(&mut req).unwrap();
+        assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
+        assert_eq!(req.headers()["content-length"], "5");
+        assert_eq!(req.headers().len(), 5);
+        assert!(req.body_mut().take_lines().is_none());
+    }
+
+    #[test]
+    fn a_hop_by_hop_line_makes_the_whole_map() {
+        // `Connection` may name headers to drop: the forwarder strips them
+        // from the whole map, and no lines go upstream as they came.
+        let (p, _) = parsed(
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\nAccept: */*\r\n\r\n",
+        );
+        let Parsed::Head(mut head) = p else {
+            panic!("not served here: {p:?}")
+        };
+        assert_eq!(head.req.headers().len(), 4);
+        assert!(head.req.body_mut().take_lines().is_none());
     }
 
     #[test]
@@ -1210,7 +1220,7 @@ mod tests {
             Box::pin(async move {
                 let path = match req.body() {
                     RequestBody::Hyper(_) => "hyper",
-                    RequestBody::Read(_) => "own",
+                    RequestBody::Read { .. } => "own",
                 };
                 let line = format!("{} {} {}", path, req.method(), req.uri());
                 let body = req.into_body().collect().await.unwrap().to_bytes();

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{ClientFault, LocalResponse, ProxyStats, Refusal};
-use crate::upstream::h1::RawAnswer;
+use crate::upstream::lines::RawAnswer;
 use crate::upstream::RequestBody;
 use conn::{Conn, Connections, End, Limits, Tracked};
 pub use forward::Forwarder;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::upstream::lines::{BadLine, RawHeaders};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -24,14 +25,44 @@ use hyper::body::Incoming;
 #[derive(Debug)]
 pub enum RequestBody {
     Hyper(Incoming),
-    /// The whole body; `None` once taken.
-    Read(Option<Bytes>),
+    Read {
+        /// The whole body; `None` once taken.
+        body: Option<Bytes>,
+        /// The head's header lines as they came, when the request's map
+        /// holds only those the forwarder reads ([`RawHeaders::is_read`]):
+        /// the upstream client writes these lines, not the map
+        /// ([`crate::upstream::h1::encode_head`]), so the map must not be
+        /// changed while they are here. [`RequestBody::whole_map`] puts
+        /// them all in the map instead.
+        lines: Option<Box<RawHeaders>>,
+    },
 }
 
 impl RequestBody {
     /// A body read whole (an empty one is at its end already).
     pub fn read(bytes: Bytes) -> RequestBody {
-        RequestBody::Read((!bytes.is_empty()).then_some(bytes))
+        RequestBody::Read {
+            body: (!bytes.is_empty()).then_some(bytes),
+            lines: None,
+        }
+    }
+
+    /// The header lines as they came, taken (see [`RequestBody::Read`]).
+    pub fn take_lines(&mut self) -> Option<Box<RawHeaders>> {
+        match self {
+            RequestBody::Read { lines, .. } => lines.take(),
+            RequestBody::Hyper(_) => None,
+        }
+    }
+
+    /// Makes `req`'s map whole: every header line in it, where the map held
+    /// only those the forwarder reads. For a path that changes the map or
+    /// reads more of it (migration).
+    pub fn whole_map(req: &mut http::Request<RequestBody>) -> Result<(), BadLine> {
+        if let Some(lines) = req.body_mut().take_lines() {
+            *req.headers_mut() = lines.into_map()?;
+        }
+        Ok(())
     }
 }
 
@@ -45,21 +76,23 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Read(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Read { body, .. } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
-            RequestBody::Read(b) => b.is_none(),
+            RequestBody::Read { body, .. } => body.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Hyper(b) => b.size_hint(),
-            RequestBody::Read(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Read { body, .. } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

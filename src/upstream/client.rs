@@ -33,8 +33,9 @@ use tokio::time::Instant;
 
 use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
 use crate::upstream::h1::{
-    self, Conn, Decoded, Framing, HttpError, Io, ProxyHeaders, RawHead, RawHeaders, ReqFraming,
+    self, Conn, Decoded, Framing, HttpError, Io, ProxyHeaders, RawHead, ReqFraming,
 };
+use crate::upstream::lines::{RawAnswer, RawHeaders};
 use crate::upstream::timer::HeadTimer;
 
 /// Kinds of upstream failure, the `kind` label of `mcpflip_upstream_errors_total`.
@@ -205,7 +206,7 @@ pub struct UpstreamBody {
 }
 
 /// How [`UpstreamClient::send`] gives an answer's headers.
-impl h1::RawAnswer for UpstreamBody {
+impl RawAnswer for UpstreamBody {
     fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
         self.raw.take()
     }
@@ -499,7 +500,7 @@ impl Pool {
             Answer::Raw => (http::HeaderMap::new(), Some(Box::new(head.headers))),
             Answer::Map => match head.headers.into_map() {
                 Ok(map) => (map, None),
-                Err(e) => return Err((ClientError::Http(e), None)),
+                Err(e) => return Err((ClientError::Http(e.into()), None)),
             },
         };
         let mut resp = Response::new(UpstreamBody {

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod client;
 pub mod h1;
+pub mod lines;
 pub mod timer;
 
 pub use body::{BodyState, BodyWatch, ClientBodyError, ForwardBody, RequestBody};
