@@ -59,7 +59,7 @@ fn routing(c: &mut Criterion) {
                 let req = black_box(req);
                 // As the forwarder does: the one pass over the headers, then the route.
                 let scan = Scan::of(req.headers());
-                match affinity::route(&table, req, scan.session) {
+                match affinity::route(&table, req, scan.session.as_ref()) {
                     Route::Pinned { slot, .. } | Route::Picked(slot) => black_box(slot.generation),
                     _ => 0,
                 }

@@ -45,21 +45,38 @@ impl Era {
 
     /// Classifies a request; `site` is where its session tag was found, if any.
     pub fn of(method: &Method, headers: &HeaderMap, site: Option<TagSite>) -> Era {
+        Era::of_headers(
+            method,
+            headers.contains_key(MCP_SESSION_ID),
+            headers.contains_key(MCP_METHOD),
+            headers.get(MCP_PROTOCOL_VERSION).map(|v| v.as_bytes()),
+            site,
+        )
+    }
+
+    /// [`Era::of`] from what a request's headers say: whether it carries
+    /// `Mcp-Session-Id` and `Mcp-Method`, and its first
+    /// `MCP-Protocol-Version`.
+    pub fn of_headers(
+        method: &Method,
+        session: bool,
+        mcp_method: bool,
+        protocol_version: Option<&[u8]>,
+        site: Option<TagSite>,
+    ) -> Era {
         match site {
             Some(TagSite::Query { .. }) => return Era::LegacySse,
             Some(TagSite::Header { .. }) => return Era::Session,
             None => {}
         }
-        if headers.contains_key(MCP_SESSION_ID) {
+        if session {
             return Era::Session;
         }
-        let modern = headers.contains_key(MCP_METHOD)
-            || headers
-                .get(MCP_PROTOCOL_VERSION)
-                .is_some_and(|v| v.as_bytes() >= STATELESS_REVISION.as_bytes());
+        let modern =
+            mcp_method || protocol_version.is_some_and(|v| v >= STATELESS_REVISION.as_bytes());
         if modern {
             Era::Stateless
-        } else if method == Method::GET && !headers.contains_key(MCP_PROTOCOL_VERSION) {
+        } else if method == Method::GET && protocol_version.is_none() {
             // A legacy SSE open: no session id, and no MCP-Protocol-Version (2025-06-18
             // and later clients send it, also on the GET stream of a stateless server).
             Era::LegacySse

@@ -48,6 +48,7 @@ impl Exchange {
     pub fn start<B>(
         req: &Request<B>,
         mcp_header: Option<&HeaderValue>,
+        session: Option<&HeaderValue>,
         peer: SocketAddr,
     ) -> Exchange {
         let started = Instant::now();
@@ -57,7 +58,7 @@ impl Exchange {
             if let Some(m) = mcp_header.and_then(|v| v.to_str().ok()) {
                 r.mcp_method = Inline::new(m);
             }
-            r.session = session_of(req);
+            r.session = session_of(req, session);
             Box::new(r)
         });
         Exchange {
@@ -138,10 +139,11 @@ impl Exchange {
     }
 }
 
-/// The fingerprint of the session id a request carries: `Mcp-Session-Id`,
-/// or the legacy SSE POST URL's `sessionId` / `session_id`.
-fn session_of<B>(req: &Request<B>) -> Option<Fingerprint> {
-    if let Some(v) = req.headers().get(MCP_SESSION_ID) {
+/// The fingerprint of the session id a request carries: its first
+/// `Mcp-Session-Id` (`header`), or the legacy SSE POST URL's `sessionId` /
+/// `session_id`.
+fn session_of<B>(req: &Request<B>, header: Option<&HeaderValue>) -> Option<Fingerprint> {
+    if let Some(v) = header {
         return Some(Fingerprint::of(v.as_bytes()));
     }
     let query = req.uri().query()?;
@@ -161,13 +163,16 @@ mod tests {
             .header(MCP_SESSION_ID, "abc")
             .body(())
             .expect("request");
-        assert_eq!(session_of(&with_header), Some(Fingerprint::of(b"abc")));
+        assert_eq!(
+            session_of(&with_header, with_header.headers().get(MCP_SESSION_ID)),
+            Some(Fingerprint::of(b"abc"))
+        );
         let legacy = Request::post("/messages/?session_id=xyz&x=1")
             .body(())
             .expect("request");
-        assert_eq!(session_of(&legacy), Some(Fingerprint::of(b"xyz")));
+        assert_eq!(session_of(&legacy, None), Some(Fingerprint::of(b"xyz")));
         let none = Request::post("/mcp").body(()).expect("request");
-        assert_eq!(session_of(&none), None);
+        assert_eq!(session_of(&none, None), None);
     }
 
     #[test]
@@ -178,11 +183,11 @@ mod tests {
             .header(MCP_METHOD, "tools/call")
             .body(())
             .expect("request");
-        let mut ex = Exchange::start(&call, call.headers().get(MCP_METHOD), peer);
+        let mut ex = Exchange::start(&call, call.headers().get(MCP_METHOD), None, peer);
         ex.routed(&stats, Era::Stateless);
         ex.end(End::Complete);
         let get = Request::get("/mcp").body(()).expect("request");
-        let mut ex = Exchange::start(&get, get.headers().get(MCP_METHOD), peer);
+        let mut ex = Exchange::start(&get, get.headers().get(MCP_METHOD), None, peer);
         ex.routed(&stats, Era::Session);
         ex.stream_opened(&Method::GET);
         ex.end(End::ClientGone);
@@ -190,7 +195,7 @@ mod tests {
             .header(MCP_METHOD, "subscriptions/listen")
             .body(())
             .expect("request");
-        let mut ex = Exchange::start(&listen, listen.headers().get(MCP_METHOD), peer);
+        let mut ex = Exchange::start(&listen, listen.headers().get(MCP_METHOD), None, peer);
         ex.routed(&stats, Era::Stateless);
         ex.end(End::Complete);
         assert_eq!(stats.request_duration.count(), 1);

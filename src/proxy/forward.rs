@@ -97,6 +97,9 @@ struct Routed {
     /// The client's first `Mcp-Session-Id` and first `Host`, as sent.
     session: Option<HeaderValue>,
     host: Option<HeaderValue>,
+    era: Era,
+    /// The client's first `Last-Event-ID`.
+    last_event_id: Option<HeaderValue>,
     h1: bool,
     /// The client's connection is served by [`crate::proxy::h1`], which
     /// writes an answer's header lines as the slot sent them.
@@ -141,9 +144,35 @@ impl Forwarder {
                 return local_error(StatusCode::BAD_REQUEST, None, "bad_header", &e.to_string());
             }
         }
-        let scan = Scan::of(req.headers());
-        let mut exchange = Exchange::start(&req, scan.mcp_method, peer.addr);
-        let (session, host) = (scan.session.cloned(), scan.host.cloned());
+        // What is read of the headers, from the lines as they came when
+        // `proxy::h1` kept them (the map is empty then), else from the map.
+        let scan = match req.body() {
+            RequestBody::Read {
+                lines: Some(lines), ..
+            } => Scan::of_lines(lines),
+            _ => None,
+        };
+        let scan = match scan {
+            Some(scan) => scan,
+            None => {
+                if let Err(e) = RequestBody::whole_map(&mut req) {
+                    return local_error(
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        "bad_header",
+                        &e.to_string(),
+                    );
+                }
+                Scan::of(req.headers())
+            }
+        };
+        let mut exchange = Exchange::start(
+            &req,
+            scan.mcp_method.as_ref(),
+            scan.session.as_ref(),
+            peer.addr,
+        );
+        let (session, host) = (scan.session.clone(), scan.host.clone());
         let mut resp = 'answer: {
             let (slot, site, moved, client_sid) = match self.decide(&req, &scan, peer) {
                 Decided::Answer(resp) => break 'answer *resp,
@@ -161,6 +190,17 @@ impl Forwarder {
                     }
                 }
             };
+            let era = if moved.is_some() {
+                Era::Session
+            } else {
+                Era::of_headers(
+                    req.method(),
+                    scan.session.is_some(),
+                    scan.mcp_method.is_some(),
+                    scan.protocol_version.as_ref().map(HeaderValue::as_bytes),
+                    site,
+                )
+            };
             let routed = Routed {
                 slot,
                 site,
@@ -168,6 +208,8 @@ impl Forwarder {
                 client_sid,
                 session,
                 host,
+                era,
+                last_event_id: scan.last_event_id,
                 h1: req.version() < http::Version::HTTP_2,
                 own_h1: matches!(req.body(), RequestBody::Read { .. }),
             };
@@ -180,7 +222,7 @@ impl Forwarder {
 
     /// Where a request goes: the `Host` check, then its session's slot or a
     /// pick. A refusal, or no slot to go to, is answered here.
-    fn decide(&self, req: &Request<RequestBody>, scan: &Scan<'_>, peer: &Peer) -> Decided {
+    fn decide(&self, req: &Request<RequestBody>, scan: &Scan, peer: &Peer) -> Decided {
         let method = req.method();
         if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
             let (status, answer) = match &refused {
@@ -195,9 +237,9 @@ impl Forwarder {
             return Decided::answer(jsonrpc_error(status, &refused.to_string()));
         }
         // With migration on: the session id the client holds, for the store.
-        let client_sid = self.sessions.as_ref().and_then(|_| scan.session.cloned());
+        let client_sid = self.sessions.as_ref().and_then(|_| scan.session.clone());
         let table = self.tables.load();
-        match affinity::route(&table, req, scan.session) {
+        match affinity::route(&table, req, scan.session.as_ref()) {
             Route::Pinned { slot, site }
                 if client_sid.is_some()
                     && matches!(site, TagSite::Header { .. })
@@ -290,16 +332,13 @@ impl Forwarder {
             client_sid,
             session,
             host,
+            era,
+            last_event_id,
             h1,
             own_h1,
         } = routed;
         let method = req.method().clone();
         let stats = Arc::clone(&slot.stats);
-        let era = if moved.is_some() {
-            Era::Session
-        } else {
-            Era::of(&method, req.headers(), site)
-        };
         // Tool calls run long: they get their own response header timeout.
         let wait = if exchange.is_tools_call() {
             self.tool_call_timeout
@@ -326,7 +365,7 @@ impl Forwarder {
             match site {
                 TagSite::Header { prefix_len } => {
                     tagged_in = session.map(|v| (v, prefix_len));
-                    if let Some(last) = resumes(&method, req.headers()) {
+                    if let Some(last) = resumes(&method, last_event_id.as_ref()) {
                         resumed = self.resumed_call(last, client_sid.as_ref());
                     }
                 }
@@ -340,7 +379,7 @@ impl Forwarder {
             if method != http::Method::DELETE {
                 stats.touch_pinned();
             }
-            if let Some(last) = resumes(&method, req.headers()) {
+            if let Some(last) = resumes(&method, last_event_id.as_ref()) {
                 if let Some(resp) =
                     self.resumed_unanswered(last, client_sid.as_ref(), &slot.tag_prefix)
                 {
@@ -432,9 +471,11 @@ impl Forwarder {
             ))
             .await;
             if let Ok((to, inner)) = to {
-                if let Some(resp) = resumes(retry.method(), retry.headers()).and_then(|last| {
-                    self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
-                }) {
+                if let Some(resp) = resumes(retry.method(), retry.headers().get(LAST_EVENT_ID))
+                    .and_then(|last| {
+                        self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
+                    })
+                {
                     stats.count_upstream_error(refused);
                     return resp;
                 }
@@ -816,11 +857,11 @@ impl Forwarder {
 
 /// The `Last-Event-ID` of a GET: only a GET resumes a stream, so no other
 /// request is looked up for one.
-fn resumes<'a>(method: &http::Method, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+fn resumes<'a>(method: &http::Method, last: Option<&'a HeaderValue>) -> Option<&'a [u8]> {
     if method != http::Method::GET {
         return None;
     }
-    headers.get(LAST_EVENT_ID).map(HeaderValue::as_bytes)
+    last.map(HeaderValue::as_bytes)
 }
 
 /// Cuts the session tag (`prefix_len` bytes at `value_at` of the query) out

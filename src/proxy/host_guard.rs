@@ -69,8 +69,13 @@ impl HostGuard {
 
     /// [`HostGuard::check`] on the `Host` and `Origin` values the request's
     /// one pass over its headers found (bench/PROFILE.md §18, §19).
-    pub fn check_scanned(&self, scan: &Scan<'_>, uri: &Uri) -> Result<(), Refused> {
-        let (host, hosts, origin, origins) = (scan.host, scan.hosts, scan.origin, scan.origins);
+    pub fn check_scanned(&self, scan: &Scan, uri: &Uri) -> Result<(), Refused> {
+        let (host, hosts, origin, origins) = (
+            scan.host.as_ref(),
+            scan.hosts,
+            scan.origin.as_ref(),
+            scan.origins,
+        );
         if hosts > 1 {
             return Err(Refused::Malformed(
                 "Bad Request: more than one Host header".into(),

@@ -11,40 +11,79 @@
 
 use http::header::{HeaderMap, HeaderValue, HOST, ORIGIN};
 
-use crate::mcp::headers::{MCP_METHOD, MCP_SESSION_ID};
+use crate::mcp::headers::{LAST_EVENT_ID, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::upstream::lines::{LineKind, RawHeaders};
 
 /// What one pass found.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Scan<'a> {
+#[derive(Debug, Default, Clone)]
+pub struct Scan {
     /// The first `Host`, and how many came.
-    pub host: Option<&'a HeaderValue>,
+    pub host: Option<HeaderValue>,
     pub hosts: u32,
     /// The first `Origin`, and how many came.
-    pub origin: Option<&'a HeaderValue>,
+    pub origin: Option<HeaderValue>,
     pub origins: u32,
     /// The first `Mcp-Method`.
-    pub mcp_method: Option<&'a HeaderValue>,
+    pub mcp_method: Option<HeaderValue>,
     /// The first `Mcp-Session-Id`.
-    pub session: Option<&'a HeaderValue>,
+    pub session: Option<HeaderValue>,
+    /// The first `MCP-Protocol-Version`.
+    pub protocol_version: Option<HeaderValue>,
+    /// The first `Last-Event-ID`.
+    pub last_event_id: Option<HeaderValue>,
 }
 
-impl<'a> Scan<'a> {
-    pub fn of(headers: &'a HeaderMap) -> Scan<'a> {
+impl Scan {
+    pub fn of(headers: &HeaderMap) -> Scan {
         let mut s = Scan::default();
         for (name, value) in headers {
             if name == HOST {
-                s.host.get_or_insert(value);
+                s.host.get_or_insert_with(|| value.clone());
                 s.hosts += 1;
             } else if name == ORIGIN {
-                s.origin.get_or_insert(value);
+                s.origin.get_or_insert_with(|| value.clone());
                 s.origins += 1;
             } else if name == MCP_SESSION_ID {
-                s.session.get_or_insert(value);
+                s.session.get_or_insert_with(|| value.clone());
             } else if name == MCP_METHOD {
-                s.mcp_method.get_or_insert(value);
+                s.mcp_method.get_or_insert_with(|| value.clone());
+            } else if name == MCP_PROTOCOL_VERSION {
+                s.protocol_version.get_or_insert_with(|| value.clone());
+            } else if name == LAST_EVENT_ID {
+                s.last_event_id.get_or_insert_with(|| value.clone());
             }
         }
         s
+    }
+
+    /// The same from a head's lines as they came (the request's map is then
+    /// empty: [`crate::upstream::RequestBody::Read`]): a value for each first
+    /// line of a kind read here, sharing the head's bytes. `None` for a value
+    /// `HeaderValue` refuses (none in practice: httparse checked the same
+    /// bytes); the caller then takes the whole map.
+    pub fn of_lines(lines: &RawHeaders) -> Option<Scan> {
+        let mut s = Scan::default();
+        for (kind, value) in lines.read_values() {
+            let slot = match kind {
+                LineKind::Host => {
+                    s.hosts += 1;
+                    &mut s.host
+                }
+                LineKind::Origin => {
+                    s.origins += 1;
+                    &mut s.origin
+                }
+                LineKind::SessionId => &mut s.session,
+                LineKind::McpMethod => &mut s.mcp_method,
+                LineKind::McpProtocolVersion => &mut s.protocol_version,
+                LineKind::LastEventId => &mut s.last_event_id,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(HeaderValue::from_maybe_shared(value()).ok()?);
+            }
+        }
+        Some(s)
     }
 }
 
@@ -52,8 +91,25 @@ impl<'a> Scan<'a> {
 mod tests {
     use super::*;
 
+    /// `head` as the lines of a head that came with them.
+    fn lines_of(head: &[(&str, &str)]) -> RawHeaders {
+        let (mut text, mut spans) = (Vec::new(), Vec::new());
+        for (n, v) in head {
+            let ns = text.len() as u32;
+            text.extend_from_slice(n.as_bytes());
+            let ne = text.len() as u32;
+            text.extend_from_slice(b": ");
+            let vs = text.len() as u32;
+            text.extend_from_slice(v.as_bytes());
+            spans.push((ns, ne, vs, text.len() as u32));
+            text.extend_from_slice(b"\r\n");
+        }
+        RawHeaders::from_spans(bytes::Bytes::from(text), &spans)
+    }
+
     /// The pass finds what `get` and `get_all` find, whatever the order, the
-    /// repeats and the spelling the names came in.
+    /// repeats and the spelling the names came in; over the lines as they
+    /// came, the same.
     #[test]
     fn one_pass_finds_what_the_lookups_find() {
         let heads: [&[(&str, &str)]; 5] = [
@@ -76,6 +132,9 @@ mod tests {
                 ("mcp-method", "tools/call"),
                 ("mcp-methods", "no"),
                 ("mcp-session", "no"),
+                ("MCP-Protocol-Version", "2025-06-18"),
+                ("last-event-id", "e1"),
+                ("Last-Event-ID", "e2"),
             ],
             &[("accept", "*/*"), ("content-type", "application/json")],
         ];
@@ -88,20 +147,22 @@ mod tests {
                 );
             }
             let s = Scan::of(&map);
-            assert_eq!(s.host, map.get(HOST), "{head:?}");
+            let from_lines = Scan::of_lines(&lines_of(head)).expect("good values");
+            assert_eq!(format!("{s:?}"), format!("{from_lines:?}"), "{head:?}");
+            assert_eq!(s.host.as_ref(), map.get(HOST), "{head:?}");
             assert_eq!(
                 s.hosts as usize,
                 map.get_all(HOST).iter().count(),
                 "{head:?}"
             );
-            assert_eq!(s.origin, map.get(ORIGIN), "{head:?}");
+            assert_eq!(s.origin.as_ref(), map.get(ORIGIN), "{head:?}");
             assert_eq!(
                 s.origins as usize,
                 map.get_all(ORIGIN).iter().count(),
                 "{head:?}"
             );
-            assert_eq!(s.mcp_method, map.get(MCP_METHOD), "{head:?}");
-            assert_eq!(s.session, map.get(MCP_SESSION_ID), "{head:?}");
+            assert_eq!(s.mcp_method.as_ref(), map.get(MCP_METHOD), "{head:?}");
+            assert_eq!(s.session.as_ref(), map.get(MCP_SESSION_ID), "{head:?}");
         }
     }
 }

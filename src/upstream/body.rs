@@ -28,11 +28,11 @@ pub enum RequestBody {
     Read {
         /// The whole body; `None` once taken.
         body: Option<Bytes>,
-        /// The head's header lines as they came, when the request's map
-        /// holds only those the forwarder reads ([`RawHeaders::is_read`]):
-        /// the upstream client writes these lines, not the map
-        /// ([`crate::upstream::h1::encode_head`]), so the map must not be
-        /// changed while they are here. [`RequestBody::whole_map`] puts
+        /// The head's header lines as they came; the request's map is then
+        /// empty. The forwarder reads what it needs from the lines
+        /// (`proxy::scan::Scan::of_lines`) and the upstream client writes
+        /// them ([`crate::upstream::h1::encode_head`]), so nothing may be put
+        /// in the map while they are here. [`RequestBody::whole_map`] puts
         /// them all in the map instead.
         lines: Option<Box<RawHeaders>>,
     },
@@ -55,9 +55,9 @@ impl RequestBody {
         }
     }
 
-    /// Makes `req`'s map whole: every header line in it, where the map held
-    /// only those the forwarder reads. For a path that changes the map or
-    /// reads more of it (migration).
+    /// Makes `req`'s map whole: every header line in it, where they were
+    /// kept as they came. For a path that reads or changes the map
+    /// (migration).
     pub fn whole_map(req: &mut http::Request<RequestBody>) -> Result<(), BadLine> {
         if let Some(lines) = req.body_mut().take_lines() {
             *req.headers_mut() = lines.into_map()?;

@@ -129,9 +129,9 @@ impl LineKind {
         }
     }
 
-    /// A request header the forwarder reads (`proxy::scan`, `Era::of`, a
-    /// resumption's `Last-Event-ID`, the access log): the request's map
-    /// holds these while its lines are kept as they came
+    /// A request header the forwarder reads (`proxy::scan`: the `Host` and
+    /// `Origin` checks, routing, `Era`, a resumption's `Last-Event-ID`, the
+    /// access log), taken from the lines while they are kept as they came
     /// ([`crate::upstream::RequestBody::Read`]).
     pub fn is_read(self) -> bool {
         matches!(
@@ -235,10 +235,17 @@ impl RawHeaders {
         RawHeaders::new(head, lines)
     }
 
-    /// The map of the lines the forwarder reads ([`LineKind::is_read`]),
-    /// each value sharing the head's bytes.
-    pub fn read_map(&self) -> Result<HeaderMap, BadLine> {
-        self.map_of(|k| k.is_read(), 0)
+    /// The lines of the kinds the forwarder reads ([`LineKind::is_read`]),
+    /// in order, each with a way to its value (sharing the head's bytes).
+    pub fn read_values(&self) -> impl Iterator<Item = (LineKind, impl Fn() -> Bytes + '_)> + '_ {
+        self.lines
+            .iter()
+            .filter(|l| l.kind.is_read())
+            .map(move |l| {
+                (l.kind, move || {
+                    self.head.slice(l.value.0 as usize..l.value.1 as usize)
+                })
+            })
     }
 
     /// True when a line of `kind` is there.
