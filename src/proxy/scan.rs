@@ -93,18 +93,7 @@ mod tests {
 
     /// `head` as the lines of a head that came with them.
     fn lines_of(head: &[(&str, &str)]) -> RawHeaders {
-        let (mut text, mut spans) = (Vec::new(), Vec::new());
-        for (n, v) in head {
-            let ns = text.len() as u32;
-            text.extend_from_slice(n.as_bytes());
-            let ne = text.len() as u32;
-            text.extend_from_slice(b": ");
-            let vs = text.len() as u32;
-            text.extend_from_slice(v.as_bytes());
-            spans.push((ns, ne, vs, text.len() as u32));
-            text.extend_from_slice(b"\r\n");
-        }
-        RawHeaders::from_spans(bytes::Bytes::from(text), &spans)
+        RawHeaders::of_pairs(head.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
 
     /// The pass finds what `get` and `get_all` find, whatever the order, the

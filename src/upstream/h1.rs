@@ -1108,18 +1108,11 @@ mod tests {
 
     /// `headers` as the lines of a head that came with them, in order.
     fn lines_of(headers: &HeaderMap) -> RawHeaders {
-        let (mut text, mut spans) = (Vec::new(), Vec::new());
-        for (n, v) in headers {
-            let ns = text.len() as u32;
-            text.extend_from_slice(n.as_str().as_bytes());
-            let ne = text.len() as u32;
-            text.extend_from_slice(b": ");
-            let vs = text.len() as u32;
-            text.extend_from_slice(v.as_bytes());
-            spans.push((ns, ne, vs, text.len() as u32));
-            text.extend_from_slice(b"\r\n");
-        }
-        RawHeaders::from_spans(Bytes::from(text), &spans)
+        RawHeaders::of_pairs(
+            headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        )
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! head) and the answer's (from the slot's), each line a hashed insert, a
 //! checked `HeaderValue` and a reference count, about a fifth of the
 //! request's instructions. The common request and answer now go through the
-//! proxy as lines: the request's map holds only what the forwarder reads, the
-//! answer's none, and each side is written from its lines
-//! (bench/PROFILE.md §22). Anything else (a hop-by-hop line, a stream, hyper's
-//! connections, migration) takes the whole map ([`RawHeaders::into_map`]).
+//! proxy as lines, their maps empty: the forwarder reads what it needs from the
+//! request's lines (`proxy::scan::Scan::of_lines`), and each side is written
+//! from its lines (bench/PROFILE.md §22). Anything else (a hop-by-hop line, a
+//! stream, hyper's connections, migration) takes the whole map
+//! ([`RawHeaders::into_map`]).
 //!
 //! httparse accepts exactly the name and value bytes `HeaderName` and
 //! `HeaderValue` accept (a token; visible ASCII, obs-text, space and tab), so
@@ -31,8 +32,8 @@ const MAX_NAMES: usize = 32;
 const MAX_NAME_LEN: usize = 64;
 
 thread_local! {
-    /// The header names of the answers this worker parsed, as the slots
-    /// spelled them. Taken out for one parse and put back after it.
+    /// The header names of the heads this worker made maps of, as the peers
+    /// spelled them. Taken out for one map and put back after it.
     static NAMES: std::cell::Cell<Names> = const { std::cell::Cell::new(Names(Vec::new())) };
 }
 
@@ -47,10 +48,6 @@ thread_local! {
 pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
 
 impl Names {
-    pub const fn new() -> Names {
-        Names(Vec::new())
-    }
-
     /// The name spelled `raw`, the `i`-th of its head.
     pub fn get(
         &mut self,
@@ -73,7 +70,7 @@ impl Names {
     }
 }
 
-/// What the proxy does with a header line of an answer, told by its name.
+/// What the proxy does with a header line, told by its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineKind {
     Other,
@@ -221,9 +218,24 @@ impl RawHeaders {
         }
     }
 
-    /// The lines of `head` at `spans` (name start, name end, value start,
-    /// value end: [`span_of`]), their kinds told by their names.
-    pub fn from_spans(head: Bytes, spans: &[(u32, u32, u32, u32)]) -> RawHeaders {
+    /// The lines of a head that came with `pairs` (name, value), in order:
+    /// for tests that compare a path over lines with one over a map.
+    #[cfg(test)]
+    pub(crate) fn of_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> RawHeaders {
+        let (mut text, mut spans) = (Vec::new(), Vec::new());
+        for (n, v) in pairs {
+            let ns = text.len() as u32;
+            text.extend_from_slice(n);
+            let ne = text.len() as u32;
+            text.extend_from_slice(b": ");
+            let vs = text.len() as u32;
+            text.extend_from_slice(v);
+            spans.push((ns, ne, vs, text.len() as u32));
+            text.extend_from_slice(b"\r\n");
+        }
+        let head = Bytes::from(text);
         let lines = spans
             .iter()
             .map(|&(ns, ne, vs, ve)| Line {
