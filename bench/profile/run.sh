@@ -3,11 +3,14 @@
 #
 #   bench/profile/run.sh calls   BIN OUT [N=2000] [C=4]  # Ir per W1 request: the proxy under callgrind,
 #                                                        # counters zeroed after a warm-up, N tools/call
+#   bench/profile/run.sh nginx   BIN OUT [N=2000] [C=4]  # the same for nginx (one process, the bench's
+#                                                        # configuration), BIN only for the upstream
 #   bench/profile/run.sh streams BIN [N=1000]            # KiB of proxy RSS per open SSE stream
 #
 # BIN is an mcpflip binary (target/release/mcpflip: symbols are kept). The upstream is the
 # built-in demo server (`mcpflip upstream`) run from the same binary; access log off
-# (ACCESS_LOG=stderr turns it on), migration off (MIGRATE=replay turns it on).
+# (ACCESS_LOG=stderr turns it on), migration off (MIGRATE=replay turns it on). CACHE=1 adds
+# callgrind's cache and branch simulation (L1 misses, mispredicted branches) to calls and nginx.
 set -euo pipefail
 mode=$1 bin=$(realpath "$2")
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,11 +43,44 @@ upstream = "http://127.0.0.1:$up"
 weight = 100
 TOML
 wait_port "$up"
+sim=()
+if [ -n "${CACHE:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
 case $mode in
-calls)
+calls|nginx)
     out=$(realpath -m "$3") n=${4:-2000} c=${5:-4}
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run --config "$dir/mcpflip.toml" \
-        >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
+    if [ "$mode" = nginx ]; then
+        command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
+        # bench/src/targets.rs's nginx configuration, one process.
+        cat >"$dir/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    upstream mcp { server 127.0.0.1:$up; keepalive 1024; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$port;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+CONF
+        valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out" nginx -c "$dir/nginx.conf" -p "$dir" \
+            >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
+    else
+        valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out" "$bin" run --config "$dir/mcpflip.toml" \
+            >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
+    fi
     wait_port "$port"
     python3 "$here/client.py" calls "127.0.0.1:$port" 200 "$c"       # warm-up: pools, allocator
     callgrind_control -z "$proxy" >/dev/null
@@ -54,6 +90,10 @@ calls)
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
     echo "Ir total $ir over $n requests (+1 session): $((ir / n)) Ir per request  ($dump)"
+    if [ -n "${CACHE:-}" ]; then
+        # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
+        awk -v n="$n" '/^summary:/ { printf "per request: L1 data misses %.0f (reads %.0f, writes %.0f), L1 instruction misses %.0f, indirect branches %.0f (%.0f mispredicted), conditional branches %.0f (%.0f mispredicted)\n", ($6+$7)/n, $6/n, $7/n, $5/n, $13/n, $14/n, $11/n, $12/n }' "$dump"
+    fi
     ;;
 streams)
     n=${3:-1000}
