@@ -36,7 +36,7 @@ use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
 use crate::upstream::h1::ProxyHeaders;
-use crate::upstream::lines::into_map_headers;
+use crate::upstream::lines::{into_map_headers, BadLine};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -82,6 +82,14 @@ impl Decided {
     fn answer(resp: Response<ResponseBody>) -> Decided {
         Decided::Answer(Box::new(resp))
     }
+}
+
+/// What `forward` keeps of the one pass over a request's headers.
+struct Read {
+    session: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    last_event_id: Option<HeaderValue>,
+    era: Era,
 }
 
 /// Where `send_to` sends a request, and what the one pass over its headers
@@ -137,44 +145,50 @@ impl Forwarder {
         peer: &Peer,
     ) -> Response<ResponseBody> {
         if self.sessions.is_some() {
-            // Migration reads more of the map (a session's replay copies
-            // it) and changes it (a moved session's id): all of it, where
-            // `proxy::h1` put only what is read here in it.
+            // Migration reads the map (a session's replay copies it) and
+            // changes it (a moved session's id): all of it, where `proxy::h1`
+            // kept the lines as they came.
             if let Err(e) = RequestBody::whole_map(&mut req) {
-                return local_error(StatusCode::BAD_REQUEST, None, "bad_header", &e.to_string());
+                return bad_header(&e);
             }
         }
-        // What is read of the headers, from the lines as they came when
-        // `proxy::h1` kept them (the map is empty then), else from the map.
-        let scan = match req.body() {
-            RequestBody::Read {
-                lines: Some(lines), ..
-            } => Scan::of_lines(lines),
-            _ => None,
+        // Scoped: a borrowed local stays in the future's state across every
+        // await in its scope (`-Zprint-type-sizes`: the scan twice, 496 of
+        // its bytes, before this block).
+        let (decided, mut exchange, read) = {
+            let scan = match Forwarder::scan(&mut req) {
+                Ok(scan) => scan,
+                Err(e) => return bad_header(&e),
+            };
+            let exchange = Exchange::start(
+                &req,
+                scan.mcp_method.as_ref(),
+                scan.session.as_ref(),
+                peer.addr,
+            );
+            let decided = self.decide(&req, &scan, peer);
+            // A session that moves is of the session era; `site` is known
+            // here for the rest.
+            let era = match &decided {
+                Decided::Go(_, site, _) => Era::of_headers(
+                    req.method(),
+                    scan.session.is_some(),
+                    scan.mcp_method.is_some(),
+                    scan.protocol_version.as_ref().map(HeaderValue::as_bytes),
+                    *site,
+                ),
+                _ => Era::Session,
+            };
+            let read = Read {
+                session: scan.session,
+                host: scan.host,
+                last_event_id: scan.last_event_id,
+                era,
+            };
+            (decided, exchange, read)
         };
-        let scan = match scan {
-            Some(scan) => scan,
-            None => {
-                if let Err(e) = RequestBody::whole_map(&mut req) {
-                    return local_error(
-                        StatusCode::BAD_REQUEST,
-                        None,
-                        "bad_header",
-                        &e.to_string(),
-                    );
-                }
-                Scan::of(req.headers())
-            }
-        };
-        let mut exchange = Exchange::start(
-            &req,
-            scan.mcp_method.as_ref(),
-            scan.session.as_ref(),
-            peer.addr,
-        );
-        let (session, host) = (scan.session.clone(), scan.host.clone());
         let mut resp = 'answer: {
-            let (slot, site, moved, client_sid) = match self.decide(&req, &scan, peer) {
+            let (slot, site, moved, client_sid) = match decided {
                 Decided::Answer(resp) => break 'answer *resp,
                 Decided::Go(slot, site, client_sid) => {
                     if let (Some(sessions), Some(sid)) = (&self.sessions, &client_sid) {
@@ -190,26 +204,15 @@ impl Forwarder {
                     }
                 }
             };
-            let era = if moved.is_some() {
-                Era::Session
-            } else {
-                Era::of_headers(
-                    req.method(),
-                    scan.session.is_some(),
-                    scan.mcp_method.is_some(),
-                    scan.protocol_version.as_ref().map(HeaderValue::as_bytes),
-                    site,
-                )
-            };
             let routed = Routed {
                 slot,
                 site,
                 moved,
                 client_sid,
-                session,
-                host,
-                era,
-                last_event_id: scan.last_event_id,
+                session: read.session,
+                host: read.host,
+                era: read.era,
+                last_event_id: read.last_event_id,
                 h1: req.version() < http::Version::HTTP_2,
                 own_h1: matches!(req.body(), RequestBody::Read { .. }),
             };
@@ -218,6 +221,23 @@ impl Forwarder {
         exchange.respond(&resp, resp.body().raw_headers());
         resp.body_mut().attach(exchange);
         resp
+    }
+
+    /// What is read of a request's headers: from its lines as they came when
+    /// `proxy::h1` kept them (its map is empty then), else from its map; a
+    /// line `http` refuses among them (none in practice) makes the whole map,
+    /// which fails on it.
+    fn scan(req: &mut Request<RequestBody>) -> Result<Scan, BadLine> {
+        if let RequestBody::Read {
+            lines: Some(lines), ..
+        } = req.body()
+        {
+            if let Some(scan) = Scan::of_lines(lines) {
+                return Ok(scan);
+            }
+        }
+        RequestBody::whole_map(req)?;
+        Ok(Scan::of(req.headers()))
     }
 
     /// Where a request goes: the `Host` check, then its session's slot or a
@@ -922,6 +942,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
+}
+
+/// The answer to a request with a header line `http` refuses.
+fn bad_header(e: &BadLine) -> Response<ResponseBody> {
+    local_error(StatusCode::BAD_REQUEST, None, "bad_header", &e.to_string())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
