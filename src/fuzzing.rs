@@ -701,8 +701,11 @@ fn h1_request_read(chunks: &[&[u8]]) -> RequestOutcome {
                 assert_eq!(buf, before, "what hyper serves is left as it was");
                 return RequestOutcome::Hyper;
             }
-            server_h1::Parsed::Head(head) => {
+            server_h1::Parsed::Head(mut head) => {
                 assert!(before.ends_with(&buf), "only the head is taken");
+                if let Some(lines) = head.req.body_mut().take_lines() {
+                    *head.req.headers_mut() = lines_as_the_map(&head.req, &lines);
+                }
                 let head_len = before.len() - buf.len();
                 assert_eq!(
                     &head.bytes[..],
@@ -741,6 +744,91 @@ fn h1_request_read(chunks: &[&[u8]]) -> RequestOutcome {
         }
     }
     RequestOutcome::Partial
+}
+
+/// A request's header lines kept as they came (`upstream::lines`) against
+/// the map made of them: the map can be made (httparse took only bytes
+/// `http` takes), the forwarder reads the same values from the lines as from
+/// the map (`Scan`), and the upstream head written from the lines is the one
+/// written from the map: the same request line, and each name's values in the
+/// same order (the lines keep the client's spelling of names and the order
+/// between different names, which a map groups by name). Returns the map.
+fn lines_as_the_map(
+    req: &http::Request<crate::upstream::RequestBody>,
+    lines: &crate::upstream::lines::RawHeaders,
+) -> HeaderMap {
+    use crate::proxy::scan::Scan;
+    use crate::upstream::h1::{ProxyHeaders, ReqFraming};
+    assert!(req.headers().is_empty(), "kept lines leave the map empty");
+    let map = lines
+        .clone()
+        .into_map()
+        .expect("a line httparse took is one http takes");
+    let from_lines = Scan::of_lines(lines).expect("the values http takes");
+    assert_eq!(
+        format!("{from_lines:?}"),
+        format!("{:?}", Scan::of(&map)),
+        "the forwarder reads the lines as the map"
+    );
+    let proxy = ProxyHeaders {
+        host: HeaderValue::from_static("slot:3001"),
+        forwarded_host: Some(HeaderValue::from_static("public.example")),
+        forwarded_proto: HeaderValue::from_static("http"),
+        forwarded_for: HeaderValue::from_static("192.0.2.7"),
+        cut: Some((crate::mcp::headers::MCP_SESSION_ID, 3)),
+        lines: None,
+    };
+    let written = |headers: &HeaderMap, proxy: &ProxyHeaders| {
+        let mut r = http::Request::new(());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.headers_mut() = headers.clone();
+        let (parts, ()) = r.into_parts();
+        let mut out = Vec::new();
+        h1::encode_head(
+            &parts,
+            "up:80",
+            Some(proxy),
+            ReqFraming::Length(0),
+            0,
+            &mut out,
+        );
+        fields(&out)
+    };
+    let by_map = written(&map, &proxy);
+    let with_lines = ProxyHeaders {
+        lines: Some(Box::new(lines.clone())),
+        ..proxy.clone()
+    };
+    let by_lines = written(&HeaderMap::new(), &with_lines);
+    assert_eq!(
+        by_lines, by_map,
+        "the upstream head from the lines is the one from the map"
+    );
+    map
+}
+
+/// A written head: its first line, and each field name (lowercase) with its
+/// values in order.
+type Fields = (Vec<u8>, std::collections::BTreeMap<Vec<u8>, Vec<Vec<u8>>>);
+
+fn fields(head: &[u8]) -> Fields {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = lines.next().unwrap_or_default().to_vec();
+    let mut by_name = std::collections::BTreeMap::<Vec<u8>, Vec<Vec<u8>>>::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let at = line
+            .windows(2)
+            .position(|w| w == b": ")
+            .expect("a written field line has ': '");
+        by_name
+            .entry(line[..at].to_ascii_lowercase())
+            .or_default()
+            .push(line[at + 2..].to_vec());
+    }
+    (first, by_name)
 }
 
 /// The client-side HTTP/1.1 head parser (`proxy::h1`): a request stream read
