@@ -11,6 +11,7 @@
 //! The hot path: one `ArcSwap` load, a few atomics, header edits. No lock, no
 //! map lookup, no body buffering.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,88 +140,95 @@ impl Forwarder {
     /// The request is routed here rather than in an async function of its
     /// own: each level of those moves the request in and its response out
     /// (bench/PROFILE.md §19).
-    pub async fn forward(
-        &self,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each parameter twice in its state (moved into a local); \
+                  an async block captures it once: 592 bytes less per request"
+    )]
+    pub fn forward<'a>(
+        &'a self,
         mut req: Request<RequestBody>,
-        peer: &Peer,
-    ) -> Response<ResponseBody> {
-        if self.sessions.is_some() {
-            // Migration reads the map (a session's replay copies it) and
-            // changes it (a moved session's id): all of it, where `proxy::h1`
-            // kept the lines as they came.
-            if let Err(e) = RequestBody::whole_map(&mut req) {
-                return bad_header(&e);
+        peer: &'a Peer,
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a {
+        async move {
+            if self.sessions.is_some() {
+                // Migration reads the map (a session's replay copies it) and
+                // changes it (a moved session's id): all of it, where `proxy::h1`
+                // kept the lines as they came.
+                if let Err(e) = RequestBody::whole_map(&mut req) {
+                    return bad_header(&e);
+                }
             }
+            // Scoped: a borrowed local stays in the future's state across every
+            // await in its scope (`-Zprint-type-sizes`: the scan twice, 496 of
+            // its bytes, before this block).
+            let (decided, mut exchange, read) = {
+                let scan = match Forwarder::scan(&mut req) {
+                    Ok(scan) => scan,
+                    Err(e) => return bad_header(&e),
+                };
+                let exchange = Exchange::start(
+                    &req,
+                    scan.mcp_method.as_ref(),
+                    scan.session.as_ref(),
+                    peer.addr,
+                );
+                let decided = self.decide(&req, &scan, peer);
+                // A session that moves is of the session era; `site` is known
+                // here for the rest.
+                let era = match &decided {
+                    Decided::Go(_, site, _) => Era::of_headers(
+                        req.method(),
+                        scan.session.is_some(),
+                        scan.mcp_method.is_some(),
+                        scan.protocol_version.as_ref().map(HeaderValue::as_bytes),
+                        *site,
+                    ),
+                    _ => Era::Session,
+                };
+                let read = Read {
+                    session: scan.session,
+                    host: scan.host,
+                    last_event_id: scan.last_event_id,
+                    era,
+                };
+                (decided, exchange, read)
+            };
+            let mut resp = 'answer: {
+                let (slot, site, moved, client_sid) = match decided {
+                    Decided::Answer(resp) => break 'answer *resp,
+                    Decided::Go(slot, site, client_sid) => {
+                        if let (Some(sessions), Some(sid)) = (&self.sessions, &client_sid) {
+                            // A session that never moves: its idle clock only.
+                            sessions.touch(sid.as_bytes());
+                        }
+                        (slot, site, None, client_sid)
+                    }
+                    Decided::Move(client_sid) => {
+                        match Box::pin(self.moved(&req, client_sid.as_ref())).await {
+                            Ok((slot, inner)) => (slot, None, Some(inner), client_sid),
+                            Err(()) => break 'answer session_not_found(),
+                        }
+                    }
+                };
+                let routed = Routed {
+                    slot,
+                    site,
+                    moved,
+                    client_sid,
+                    session: read.session,
+                    host: read.host,
+                    era: read.era,
+                    last_event_id: read.last_event_id,
+                    h1: req.version() < http::Version::HTTP_2,
+                    own_h1: matches!(req.body(), RequestBody::Read { .. }),
+                };
+                self.send_to(req, peer, &mut exchange, routed).await
+            };
+            exchange.respond(&resp, resp.body().raw_headers());
+            resp.body_mut().attach(exchange);
+            resp
         }
-        // Scoped: a borrowed local stays in the future's state across every
-        // await in its scope (`-Zprint-type-sizes`: the scan twice, 496 of
-        // its bytes, before this block).
-        let (decided, mut exchange, read) = {
-            let scan = match Forwarder::scan(&mut req) {
-                Ok(scan) => scan,
-                Err(e) => return bad_header(&e),
-            };
-            let exchange = Exchange::start(
-                &req,
-                scan.mcp_method.as_ref(),
-                scan.session.as_ref(),
-                peer.addr,
-            );
-            let decided = self.decide(&req, &scan, peer);
-            // A session that moves is of the session era; `site` is known
-            // here for the rest.
-            let era = match &decided {
-                Decided::Go(_, site, _) => Era::of_headers(
-                    req.method(),
-                    scan.session.is_some(),
-                    scan.mcp_method.is_some(),
-                    scan.protocol_version.as_ref().map(HeaderValue::as_bytes),
-                    *site,
-                ),
-                _ => Era::Session,
-            };
-            let read = Read {
-                session: scan.session,
-                host: scan.host,
-                last_event_id: scan.last_event_id,
-                era,
-            };
-            (decided, exchange, read)
-        };
-        let mut resp = 'answer: {
-            let (slot, site, moved, client_sid) = match decided {
-                Decided::Answer(resp) => break 'answer *resp,
-                Decided::Go(slot, site, client_sid) => {
-                    if let (Some(sessions), Some(sid)) = (&self.sessions, &client_sid) {
-                        // A session that never moves: its idle clock only.
-                        sessions.touch(sid.as_bytes());
-                    }
-                    (slot, site, None, client_sid)
-                }
-                Decided::Move(client_sid) => {
-                    match Box::pin(self.moved(&req, client_sid.as_ref())).await {
-                        Ok((slot, inner)) => (slot, None, Some(inner), client_sid),
-                        Err(()) => break 'answer session_not_found(),
-                    }
-                }
-            };
-            let routed = Routed {
-                slot,
-                site,
-                moved,
-                client_sid,
-                session: read.session,
-                host: read.host,
-                era: read.era,
-                last_event_id: read.last_event_id,
-                h1: req.version() < http::Version::HTTP_2,
-                own_h1: matches!(req.body(), RequestBody::Read { .. }),
-            };
-            self.send_to(req, peer, &mut exchange, routed).await
-        };
-        exchange.respond(&resp, resp.body().raw_headers());
-        resp.body_mut().attach(exchange);
-        resp
     }
 
     /// What is read of a request's headers: from its lines as they came when
@@ -338,360 +346,367 @@ impl Forwarder {
         }
     }
 
-    async fn send_to(
-        &self,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "as `forward`: the request and the route kept once, 304 bytes less"
+    )]
+    fn send_to<'a>(
+        &'a self,
         mut req: Request<RequestBody>,
-        peer: &Peer,
-        exchange: &mut Exchange,
+        peer: &'a Peer,
+        exchange: &'a mut Exchange,
         routed: Routed,
-    ) -> Response<ResponseBody> {
-        let Routed {
-            mut slot,
-            site,
-            moved,
-            client_sid,
-            session,
-            host,
-            era,
-            last_event_id,
-            h1,
-            own_h1,
-        } = routed;
-        let method = req.method().clone();
-        let stats = Arc::clone(&slot.stats);
-        // Tool calls run long: they get their own response header timeout.
-        let wait = if exchange.is_tools_call() {
-            self.tool_call_timeout
-        } else {
-            slot.client.response_timeout()
-        };
-        stats.count_era(era);
-        exchange.routed(&stats, era);
-        // The tagged `Mcp-Session-Id` the client sent: it stays in the map,
-        // the encoder cuts the tag off as it writes it (`cut` below), and the
-        // answer gives it back as it came.
-        let mut tagged_in: Option<(HeaderValue, usize)> = None;
-        // A GET that resumes, on the call's own slot, a call's stream which
-        // that slot ended unanswered: the stream's `Last-Event-ID` and the
-        // call's error event (see `Sessions::note_unanswered`), for a pinned
-        // session or a moved one alike.
-        let mut resumed: Option<(Bytes, Bytes)> = None;
-        if let Some(site) = site {
-            // A DELETE ends its session: it is no sign of more requests to come,
-            // so it does not hold a drain's quiet period.
-            if method != http::Method::DELETE {
-                stats.touch_pinned();
-            }
-            match site {
-                TagSite::Header { prefix_len } => {
-                    tagged_in = session.map(|v| (v, prefix_len));
-                    if let Some(last) = resumes(&method, last_event_id.as_ref()) {
-                        resumed = self.resumed_call(last, client_sid.as_ref());
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a {
+        async move {
+            let Routed {
+                mut slot,
+                site,
+                moved,
+                client_sid,
+                session,
+                host,
+                era,
+                last_event_id,
+                h1,
+                own_h1,
+            } = routed;
+            let method = req.method().clone();
+            let stats = Arc::clone(&slot.stats);
+            // Tool calls run long: they get their own response header timeout.
+            let wait = if exchange.is_tools_call() {
+                self.tool_call_timeout
+            } else {
+                slot.client.response_timeout()
+            };
+            stats.count_era(era);
+            exchange.routed(&stats, era);
+            // The tagged `Mcp-Session-Id` the client sent: it stays in the map,
+            // the encoder cuts the tag off as it writes it (`cut` below), and the
+            // answer gives it back as it came.
+            let mut tagged_in: Option<(HeaderValue, usize)> = None;
+            // A GET that resumes, on the call's own slot, a call's stream which
+            // that slot ended unanswered: the stream's `Last-Event-ID` and the
+            // call's error event (see `Sessions::note_unanswered`), for a pinned
+            // session or a moved one alike.
+            let mut resumed: Option<(Bytes, Bytes)> = None;
+            if let Some(site) = site {
+                // A DELETE ends its session: it is no sign of more requests to come,
+                // so it does not hold a drain's quiet period.
+                if method != http::Method::DELETE {
+                    stats.touch_pinned();
+                }
+                match site {
+                    TagSite::Header { prefix_len } => {
+                        tagged_in = session.map(|v| (v, prefix_len));
+                        if let Some(last) = resumes(&method, last_event_id.as_ref()) {
+                            resumed = self.resumed_call(last, client_sid.as_ref());
+                        }
                     }
+                    TagSite::Query {
+                        value_at,
+                        prefix_len,
+                    } => strip_query_tag(&mut req, value_at, prefix_len),
                 }
-                TagSite::Query {
-                    value_at,
-                    prefix_len,
-                } => strip_query_tag(&mut req, value_at, prefix_len),
             }
-        }
-        if let Some(inner) = &moved {
-            if method != http::Method::DELETE {
-                stats.touch_pinned();
-            }
-            if let Some(last) = resumes(&method, last_event_id.as_ref()) {
-                if let Some(resp) =
-                    self.resumed_unanswered(last, client_sid.as_ref(), &slot.tag_prefix)
-                {
-                    return resp;
+            if let Some(inner) = &moved {
+                if method != http::Method::DELETE {
+                    stats.touch_pinned();
                 }
-                // A call's stream this slot ended unanswered, resumed here
-                // (its id carries this slot's tag, as the client holds it).
-                resumed = self.resumed_call(last, client_sid.as_ref());
+                if let Some(last) = resumes(&method, last_event_id.as_ref()) {
+                    if let Some(resp) =
+                        self.resumed_unanswered(last, client_sid.as_ref(), &slot.tag_prefix)
+                    {
+                        return resp;
+                    }
+                    // A call's stream this slot ended unanswered, resumed here
+                    // (its id carries this slot's tag, as the client holds it).
+                    resumed = self.resumed_call(last, client_sid.as_ref());
+                }
+                req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
             }
-            req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
-            migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
-        }
-        let inflight = stats.inflight_guard();
-        // A legacy SSE session starts with a GET that carries no session id.
-        let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
+            let inflight = stats.inflight_guard();
+            // A legacy SSE session starts with a GET that carries no session id.
+            let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
-        let mut proxy = self.rewrite_request(&mut req, host, &slot, peer);
-        proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
-        let (head, body) = req.into_parts();
-        // Migration on: a small POST is read whole (see `buffer_body`).
-        let small = self.sessions.is_some()
-            && head.method == http::Method::POST
-            && head
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|n| n <= migrate::MAX_BODY);
-        let (buffered, body, watch) = if small {
-            match Box::pin(self.buffer_body(body)).await {
-                Ok(bytes) => (
-                    Some(bytes.clone()),
-                    ForwardBody::from(bytes),
-                    crate::upstream::BodyWatch::default(),
-                ),
-                Err(state) => return self.body_failed(state, &slot, &method, peer, h1),
-            }
-        } else {
-            let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
-            (None, body, watch)
-        };
-        let (kind, call_id) = buffered
-            .as_deref()
-            .map_or((migrate::Kind::Other, None), migrate::read);
-        let req = Request::from_parts(head, body);
-        // The slot's header lines go to the client as they came, with no
-        // `HeaderMap` made of them, when [`crate::proxy::h1`] writes the
-        // answer and nothing here needs them in a map: the session store
-        // (migration) reads them (bench/PROFILE.md §22).
-        let answer = if own_h1 && self.sessions.is_none() {
-            Answer::Raw
-        } else {
-            Answer::Map
-        };
-        let mut sent = slot
-            .client
-            .send(
-                &slot.scheme,
-                &slot.authority,
-                req,
-                Some(&proxy),
-                Wait {
-                    period: wait,
-                    body: &watch,
-                },
-                answer,
-            )
-            .await;
-        let mut moved = moved;
-        // The slot refuses connections (its process is gone): a request of a
-        // session that can move goes where the session moved, as it was (the
-        // client hands it back unsent: nothing of it went out, nothing of its
-        // body was read). The refusal is the old slot's error; the answer,
-        // the new slot's.
-        let refused = match &mut sent {
-            Err(SendError::Upstream {
-                kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),
-                unsent,
-                ..
-            }) if client_sid.is_some() => unsent.take().map(|req| (*kind, req)),
-            _ => None,
-        };
-        if let Some((refused, mut retry)) = refused {
-            let to = Box::pin(self.moved_for(
-                retry.headers(),
-                retry.uri(),
-                client_sid.as_ref(),
-                &slot.name,
-            ))
-            .await;
-            if let Ok((to, inner)) = to {
-                if let Some(resp) = resumes(retry.method(), retry.headers().get(LAST_EVENT_ID))
-                    .and_then(|last| {
-                        self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
-                    })
-                {
-                    stats.count_upstream_error(refused);
-                    return resp;
+            let mut proxy = self.rewrite_request(&mut req, host, &slot, peer);
+            proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
+            let (head, body) = req.into_parts();
+            // Migration on: a small POST is read whole (see `buffer_body`).
+            let small = self.sessions.is_some()
+                && head.method == http::Method::POST
+                && head
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|n| n <= migrate::MAX_BODY);
+            let (buffered, body, watch) = if small {
+                match Box::pin(self.buffer_body(body)).await {
+                    Ok(bytes) => (
+                        Some(bytes.clone()),
+                        ForwardBody::from(bytes),
+                        crate::upstream::BodyWatch::default(),
+                    ),
+                    Err(state) => return self.body_failed(state, &slot, &method, peer, h1),
                 }
-                retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
-                proxy.cut = None;
-                migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
-                if !self.preserve_host {
-                    proxy.host = to.host_header.clone();
-                }
-                // Already in origin form (`rewrite_request`): the pool knows where.
-                stats.count_upstream_error(refused);
-                sent = Box::pin(to.client.send(
-                    &to.scheme,
-                    &to.authority,
-                    *retry,
+            } else {
+                let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
+                (None, body, watch)
+            };
+            let (kind, call_id) = buffered
+                .as_deref()
+                .map_or((migrate::Kind::Other, None), migrate::read);
+            let req = Request::from_parts(head, body);
+            // The slot's header lines go to the client as they came, with no
+            // `HeaderMap` made of them, when [`crate::proxy::h1`] writes the
+            // answer and nothing here needs them in a map: the session store
+            // (migration) reads them (bench/PROFILE.md §22).
+            let answer = if own_h1 && self.sessions.is_none() {
+                Answer::Raw
+            } else {
+                Answer::Map
+            };
+            let mut sent = slot
+                .client
+                .send(
+                    &slot.scheme,
+                    &slot.authority,
+                    req,
                     Some(&proxy),
                     Wait {
                         period: wait,
                         body: &watch,
                     },
                     answer,
+                )
+                .await;
+            let mut moved = moved;
+            // The slot refuses connections (its process is gone): a request of a
+            // session that can move goes where the session moved, as it was (the
+            // client hands it back unsent: nothing of it went out, nothing of its
+            // body was read). The refusal is the old slot's error; the answer,
+            // the new slot's.
+            let refused = match &mut sent {
+                Err(SendError::Upstream {
+                    kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),
+                    unsent,
+                    ..
+                }) if client_sid.is_some() => unsent.take().map(|req| (*kind, req)),
+                _ => None,
+            };
+            if let Some((refused, mut retry)) = refused {
+                let to = Box::pin(self.moved_for(
+                    retry.headers(),
+                    retry.uri(),
+                    client_sid.as_ref(),
+                    &slot.name,
                 ))
                 .await;
-                to.stats.touch_pinned();
-                slot = to;
-                moved = Some(inner);
-            }
-        }
-        let stats = &slot.stats;
-        let inflight = if Arc::ptr_eq(inflight.stats(), stats) {
-            inflight
-        } else {
-            stats.inflight_guard()
-        };
-        let resp = match sent {
-            Ok(resp) => {
-                stats.note_answer();
-                resp
-            }
-            Err(SendError::ClientBody(state)) => {
-                return self.body_failed(state, &slot, &method, peer, h1);
-            }
-            Err(SendError::Upstream { kind, error, .. }) => {
-                stats.count_upstream_error(kind);
-                if matches!(kind, UpstreamError::Connect | UpstreamError::Timeout) {
-                    stats.note_connect_failure();
-                }
-                let (status, code) = match kind {
-                    UpstreamError::Timeout | UpstreamError::ResponseTimeout => {
-                        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
-                    }
-                    UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream_connect"),
-                    UpstreamError::Reset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
-                };
-                stats.count_response(status.as_u16());
-                stats.count_upstream_failure();
-                let cause = match &error {
-                    Some(e) => error_chain(e),
-                    None => format!(
-                        "no response head within {}",
-                        humantime::format_duration(wait)
-                    ),
-                };
-                tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
-                let reached = matches!(kind, UpstreamError::Reset | UpstreamError::ResponseTimeout);
-                if let (true, Some(id)) = (reached, &call_id) {
-                    // Migration on, a call whose slot went away mid-call: the
-                    // client gets a JSON-RPC error for its id, not an HTTP error
-                    // some SDK clients never turn into one.
-                    self.stats.count_interrupted();
-                    return json_response(
-                        StatusCode::OK,
-                        String::from_utf8_lossy(&migrate::interrupted(id)).into_owned(),
-                    );
-                }
-                let mut resp = local_error(status, Some(&slot.name), code, &cause);
-                if watch.state() == BodyState::Sending && h1 {
-                    // The rest of the client's body will never be read: close
-                    // the connection rather than wait for it (an HTTP/2
-                    // stream's window holds the client back on its own).
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    peer.conn.close_soon();
-                }
-                return resp;
-            }
-        };
-        let (mut parts, mut body) = resp.into_parts();
-        // Lines as they came are written only for the common answer: one
-        // with a hop-by-hop line, or a stream (which gets more headers), is
-        // made a map here.
-        if body
-            .raw_headers()
-            .is_some_and(|r| r.has_hop_by_hop() || body.is_event_stream())
-        {
-            let mut resp = Response::from_parts(parts, body);
-            into_map_headers(&mut resp);
-            (parts, body) = resp.into_parts();
-        }
-        exchange.upstream_answered();
-        stats.count_response(parts.status.as_u16());
-        if parts.status.is_server_error() {
-            stats.count_upstream_failure();
-        }
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(sessions) = &self.sessions {
-            self.record(sessions, &parts, &method, kind, &buffered, &client_sid);
-        }
-        if parts.status.is_success() {
-            if let (Some(_), Some(sid)) = (&moved, &client_sid) {
-                // The client keeps the id it has.
-                if parts.headers.contains_key(MCP_SESSION_ID) {
-                    parts.headers.insert(MCP_SESSION_ID, sid.clone());
-                }
-            } else if let Some(raw) = body.raw_headers_mut() {
-                // Only a 2xx session id is pinned, as below.
-                let sent = tagged_in.as_ref().map(|(v, _)| v);
-                if let Some(tagged) = raw
-                    .session_id()
-                    .and_then(|id| tag::tag_header_as(&slot.tag_prefix, &id, sent))
-                {
-                    raw.set_session_id(tagged);
-                }
-            } else if let Some(id) = parts.headers.get_mut(MCP_SESSION_ID) {
-                // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
-                let sent = tagged_in.as_ref().map(|(v, _)| v);
-                if let Some(tagged) = tag::tag_header_as(&slot.tag_prefix, id, sent) {
-                    if let (Some(sessions), migrate::Kind::Initialize, Some(init)) =
-                        (&self.sessions, kind, &buffered)
+                if let Ok((to, inner)) = to {
+                    if let Some(resp) = resumes(retry.method(), retry.headers().get(LAST_EVENT_ID))
+                        .and_then(|last| {
+                            self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
+                        })
                     {
-                        if site.is_none() && moved.is_none() {
-                            sessions.capture(&tagged, init.clone());
-                        }
+                        stats.count_upstream_error(refused);
+                        return resp;
                     }
-                    *id = tagged;
+                    retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                    proxy.cut = None;
+                    migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
+                    if !self.preserve_host {
+                        proxy.host = to.host_header.clone();
+                    }
+                    // Already in origin form (`rewrite_request`): the pool knows where.
+                    stats.count_upstream_error(refused);
+                    sent = Box::pin(to.client.send(
+                        &to.scheme,
+                        &to.authority,
+                        *retry,
+                        Some(&proxy),
+                        Wait {
+                            period: wait,
+                            body: &watch,
+                        },
+                        answer,
+                    ))
+                    .await;
+                    to.stats.touch_pinned();
+                    slot = to;
+                    moved = Some(inner);
                 }
             }
-        }
-        // Noted when the slot's head was parsed (the same test as the probes').
-        let is_sse = body.is_event_stream();
-        let body = if is_sse {
-            exchange.stream_opened(&method);
-            parts
-                .headers
-                .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-            let rewrite = (legacy_get && parts.status.is_success()).then(|| {
-                EndpointRewrite::new(slot.tag_prefix.to_string(), slot.authority.to_string())
-            });
-            // The request is now a live stream; it stops counting as in flight.
-            let guard = stats.stream_guard();
-            drop(inflight);
-            let resume = |last_id, replaces| {
-                self.sessions
+            let stats = &slot.stats;
+            let inflight = if Arc::ptr_eq(inflight.stats(), stats) {
+                inflight
+            } else {
+                stats.inflight_guard()
+            };
+            let resp = match sent {
+                Ok(resp) => {
+                    stats.note_answer();
+                    resp
+                }
+                Err(SendError::ClientBody(state)) => {
+                    return self.body_failed(state, &slot, &method, peer, h1);
+                }
+                Err(SendError::Upstream { kind, error, .. }) => {
+                    stats.count_upstream_error(kind);
+                    if matches!(kind, UpstreamError::Connect | UpstreamError::Timeout) {
+                        stats.note_connect_failure();
+                    }
+                    let (status, code) = match kind {
+                        UpstreamError::Timeout | UpstreamError::ResponseTimeout => {
+                            (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                        }
+                        UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream_connect"),
+                        UpstreamError::Reset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
+                    };
+                    stats.count_response(status.as_u16());
+                    stats.count_upstream_failure();
+                    let cause = match &error {
+                        Some(e) => error_chain(e),
+                        None => format!(
+                            "no response head within {}",
+                            humantime::format_duration(wait)
+                        ),
+                    };
+                    tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
+                    let reached =
+                        matches!(kind, UpstreamError::Reset | UpstreamError::ResponseTimeout);
+                    if let (true, Some(id)) = (reached, &call_id) {
+                        // Migration on, a call whose slot went away mid-call: the
+                        // client gets a JSON-RPC error for its id, not an HTTP error
+                        // some SDK clients never turn into one.
+                        self.stats.count_interrupted();
+                        return json_response(
+                            StatusCode::OK,
+                            String::from_utf8_lossy(&migrate::interrupted(id)).into_owned(),
+                        );
+                    }
+                    let mut resp = local_error(status, Some(&slot.name), code, &cause);
+                    if watch.state() == BodyState::Sending && h1 {
+                        // The rest of the client's body will never be read: close
+                        // the connection rather than wait for it (an HTTP/2
+                        // stream's window holds the client back on its own).
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        peer.conn.close_soon();
+                    }
+                    return resp;
+                }
+            };
+            let (mut parts, mut body) = resp.into_parts();
+            // Lines as they came are written only for the common answer: one
+            // with a hop-by-hop line, or a stream (which gets more headers), is
+            // made a map here.
+            if body
+                .raw_headers()
+                .is_some_and(|r| r.has_hop_by_hop() || body.is_event_stream())
+            {
+                let mut resp = Response::from_parts(parts, body);
+                into_map_headers(&mut resp);
+                (parts, body) = resp.into_parts();
+            }
+            exchange.upstream_answered();
+            stats.count_response(parts.status.as_u16());
+            if parts.status.is_server_error() {
+                stats.count_upstream_failure();
+            }
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(sessions) = &self.sessions {
+                self.record(sessions, &parts, &method, kind, &buffered, &client_sid);
+            }
+            if parts.status.is_success() {
+                if let (Some(_), Some(sid)) = (&moved, &client_sid) {
+                    // The client keeps the id it has.
+                    if parts.headers.contains_key(MCP_SESSION_ID) {
+                        parts.headers.insert(MCP_SESSION_ID, sid.clone());
+                    }
+                } else if let Some(raw) = body.raw_headers_mut() {
+                    // Only a 2xx session id is pinned, as below.
+                    let sent = tagged_in.as_ref().map(|(v, _)| v);
+                    if let Some(tagged) = raw
+                        .session_id()
+                        .and_then(|id| tag::tag_header_as(&slot.tag_prefix, &id, sent))
+                    {
+                        raw.set_session_id(tagged);
+                    }
+                } else if let Some(id) = parts.headers.get_mut(MCP_SESSION_ID) {
+                    // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
+                    let sent = tagged_in.as_ref().map(|(v, _)| v);
+                    if let Some(tagged) = tag::tag_header_as(&slot.tag_prefix, id, sent) {
+                        if let (Some(sessions), migrate::Kind::Initialize, Some(init)) =
+                            (&self.sessions, kind, &buffered)
+                        {
+                            if site.is_none() && moved.is_none() {
+                                sessions.capture(&tagged, init.clone());
+                            }
+                        }
+                        *id = tagged;
+                    }
+                }
+            }
+            // Noted when the slot's head was parsed (the same test as the probes').
+            let is_sse = body.is_event_stream();
+            let body = if is_sse {
+                exchange.stream_opened(&method);
+                parts
+                    .headers
+                    .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+                let rewrite = (legacy_get && parts.status.is_success()).then(|| {
+                    EndpointRewrite::new(slot.tag_prefix.to_string(), slot.authority.to_string())
+                });
+                // The request is now a live stream; it stops counting as in flight.
+                let guard = stats.stream_guard();
+                drop(inflight);
+                let resume = |last_id, replaces| {
+                    self.sessions
+                        .as_ref()
+                        .zip(client_sid.as_ref())
+                        .map(|(sessions, sid)| Resume {
+                            sessions: Arc::clone(sessions),
+                            sid: sid.clone(),
+                            last_id,
+                            replaces,
+                        })
+                };
+                let cut = match (call_id, resumed) {
+                    (Some(id), _) => Some(Cut {
+                        event: migrate::interrupted_event(&id),
+                        stats: Arc::clone(&self.stats),
+                        grace: self.call_grace,
+                        resume: resume(LastEventId::default(), None),
+                    }),
+                    // The resumed call's stream goes on here: cut, broken off or
+                    // ended unanswered again, it is the call's as the POST's was.
+                    (None, Some((last, event))) => Some(Cut {
+                        event,
+                        stats: Arc::clone(&self.stats),
+                        grace: self.call_grace,
+                        resume: resume(LastEventId::resuming(last.clone()), Some(last)),
+                    }),
+                    (None, None) => None,
+                };
+                // A moved session's event ids name the slot that minted them.
+                let ids = moved
                     .as_ref()
-                    .zip(client_sid.as_ref())
-                    .map(|(sessions, sid)| Resume {
-                        sessions: Arc::clone(sessions),
-                        sid: sid.clone(),
-                        last_id,
-                        replaces,
-                    })
+                    .map(|_| EventIdTag::new(Bytes::copy_from_slice(slot.tag_prefix.as_bytes())));
+                ResponseBody::stream(
+                    body,
+                    guard,
+                    rewrite,
+                    ids,
+                    self.sse_keepalive,
+                    &peer.conn,
+                    cut,
+                )
+            } else {
+                ResponseBody::plain(body, inflight)
             };
-            let cut = match (call_id, resumed) {
-                (Some(id), _) => Some(Cut {
-                    event: migrate::interrupted_event(&id),
-                    stats: Arc::clone(&self.stats),
-                    grace: self.call_grace,
-                    resume: resume(LastEventId::default(), None),
-                }),
-                // The resumed call's stream goes on here: cut, broken off or
-                // ended unanswered again, it is the call's as the POST's was.
-                (None, Some((last, event))) => Some(Cut {
-                    event,
-                    stats: Arc::clone(&self.stats),
-                    grace: self.call_grace,
-                    resume: resume(LastEventId::resuming(last.clone()), Some(last)),
-                }),
-                (None, None) => None,
-            };
-            // A moved session's event ids name the slot that minted them.
-            let ids = moved
-                .as_ref()
-                .map(|_| EventIdTag::new(Bytes::copy_from_slice(slot.tag_prefix.as_bytes())));
-            ResponseBody::stream(
-                body,
-                guard,
-                rewrite,
-                ids,
-                self.sse_keepalive,
-                &peer.conn,
-                cut,
-            )
-        } else {
-            ResponseBody::plain(body, inflight)
-        };
-        Response::from_parts(parts, body)
+            Response::from_parts(parts, body)
+        }
     }
 
     /// A moved session's GET that resumes (`Last-Event-ID`) a call's stream
