@@ -205,6 +205,9 @@ pub struct UpstreamBody {
     raw: Option<Box<RawHeaders>>,
 }
 
+/// A request a failed send gives back, when none of it went out.
+type Unsent = Option<Box<Request<ForwardBody>>>;
+
 /// How [`UpstreamClient::send`] gives an answer's headers.
 impl RawAnswer for UpstreamBody {
     fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
@@ -321,41 +324,47 @@ impl UpstreamClient {
     /// client's body (`wait.body`): a client that sends its body slowly does
     /// not make the slot look slow. A failure is the client's when its body
     /// failed, however the connection reports it.
-    pub async fn send(
-        &self,
-        scheme: &Scheme,
-        authority: &Authority,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
+    )]
+    pub fn send<'a>(
+        &'a self,
+        scheme: &'a Scheme,
+        authority: &'a Authority,
         req: Request<ForwardBody>,
-        proxy: Option<&ProxyHeaders>,
-        wait: Wait<'_>,
+        proxy: Option<&'a ProxyHeaders>,
+        wait: Wait<'a>,
         answer: Answer,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let target = Target {
-            https: *scheme == Scheme::HTTPS,
-            authority: authority.clone(),
-        };
-        let body = wait.body;
-        match self
-            .pool
-            .send(target, req, proxy, Some(&wait), answer)
-            .await
-        {
-            Ok(resp) => Ok(resp),
-            Err((ClientError::ResponseTimeout(_), _)) => Err(SendError::Upstream {
-                kind: UpstreamError::ResponseTimeout,
-                error: None,
-                unsent: None,
-            }),
-            Err((e, unsent)) => {
-                let state = body.state();
-                if state.is_client_fault() {
-                    return Err(SendError::ClientBody(state));
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + 'a {
+        async move {
+            let target = Target {
+                https: *scheme == Scheme::HTTPS,
+                authority: authority.clone(),
+            };
+            let body = wait.body;
+            match self
+                .pool
+                .send(target, req, proxy, Some(&wait), answer)
+                .await
+            {
+                Ok(resp) => Ok(resp),
+                Err((ClientError::ResponseTimeout(_), _)) => Err(SendError::Upstream {
+                    kind: UpstreamError::ResponseTimeout,
+                    error: None,
+                    unsent: None,
+                }),
+                Err((e, unsent)) => {
+                    let state = body.state();
+                    if state.is_client_fault() {
+                        return Err(SendError::ClientBody(state));
+                    }
+                    Err(SendError::Upstream {
+                        kind: classify(&e),
+                        error: Some(e),
+                        unsent,
+                    })
                 }
-                Err(SendError::Upstream {
-                    kind: classify(&e),
-                    error: Some(e),
-                    unsent,
-                })
             }
         }
     }
@@ -444,83 +453,90 @@ impl Pool {
     /// could be made, the error carries the request back, unsent.
     /// With `wait`, the whole of it (a new connection included) is bounded
     /// by `wait` (`ClientError::ResponseTimeout`).
-    async fn send(
-        self: &Arc<Self>,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
+    )]
+    fn send<'a>(
+        self: &'a Arc<Self>,
         target: Target,
         req: Request<ForwardBody>,
-        proxy: Option<&ProxyHeaders>,
-        wait: Option<&Wait<'_>>,
+        proxy: Option<&'a ProxyHeaders>,
+        wait: Option<&'a Wait<'a>>,
         answer: Answer,
-    ) -> Result<Response<UpstreamBody>, (ClientError, Option<Box<Request<ForwardBody>>>)> {
-        let start = Instant::now();
-        let (mut conn, mut reused) = match self.checkout(&target, start) {
-            Some(conn) => (conn, true),
-            // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
-            // its future would otherwise make every request's future larger.
-            None => match Box::pin(self.connect_within(&target, start, wait)).await {
-                Ok(conn) => (conn, false),
-                Err(e) => return Err((e, Some(Box::new(req)))),
-            },
-        };
-        let mut req = req;
-        let head = loop {
-            let sent = match wait {
-                None => exchange(&mut conn, &target, req, proxy, reused).await,
-                Some(wait) => {
-                    // Out of the connection while it is borrowed for the
-                    // exchange; back with it after.
-                    let mut timer = conn.timer.take();
-                    let sent = {
-                        let sent = std::pin::pin!(exchange(&mut conn, &target, req, proxy, reused));
-                        within(sent, &mut timer, start, wait).await
-                    };
-                    conn.timer = timer;
-                    match sent {
-                        Some(sent) => sent,
-                        None => return Err((ClientError::ResponseTimeout(wait.period), None)),
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, (ClientError, Unsent)>> + 'a {
+        async move {
+            let start = Instant::now();
+            let (mut conn, mut reused) = match self.checkout(&target, start) {
+                Some(conn) => (conn, true),
+                // Boxed: a new connection (TCP, maybe TLS) is the cold path, and
+                // its future would otherwise make every request's future larger.
+                None => match Box::pin(self.connect_within(&target, start, wait)).await {
+                    Ok(conn) => (conn, false),
+                    Err(e) => return Err((e, Some(Box::new(req)))),
+                },
+            };
+            let mut req = req;
+            let head = loop {
+                let sent = match wait {
+                    None => exchange(&mut conn, &target, req, proxy, reused).await,
+                    Some(wait) => {
+                        // Out of the connection while it is borrowed for the
+                        // exchange; back with it after.
+                        let mut timer = conn.timer.take();
+                        let sent = {
+                            let sent =
+                                std::pin::pin!(exchange(&mut conn, &target, req, proxy, reused));
+                            within(sent, &mut timer, start, wait).await
+                        };
+                        conn.timer = timer;
+                        match sent {
+                            Some(sent) => sent,
+                            None => return Err((ClientError::ResponseTimeout(wait.period), None)),
+                        }
                     }
+                };
+                match sent {
+                    Ok(head) => break head,
+                    // A reused connection closed before the request went out:
+                    // nothing was sent, so it is safe to send once more.
+                    Err((_, Some(unsent))) if reused => {
+                        conn = match Box::pin(self.connect_within(&target, start, wait)).await {
+                            Ok(conn) => conn,
+                            Err(e) => return Err((e, Some(unsent))),
+                        };
+                        req = *unsent;
+                        reused = false;
+                    }
+                    Err((e, _)) => return Err((ClientError::Http(e), None)),
                 }
             };
-            match sent {
-                Ok(head) => break head,
-                // A reused connection closed before the request went out:
-                // nothing was sent, so it is safe to send once more.
-                Err((_, Some(unsent))) if reused => {
-                    conn = match Box::pin(self.connect_within(&target, start, wait)).await {
-                        Ok(conn) => conn,
-                        Err(e) => return Err((e, Some(unsent))),
-                    };
-                    req = *unsent;
-                    reused = false;
-                }
-                Err((e, _)) => return Err((ClientError::Http(e), None)),
-            }
-        };
-        let (map, raw) = match answer {
-            Answer::Raw => (http::HeaderMap::new(), Some(Box::new(head.headers))),
-            Answer::Map => match head.headers.into_map() {
-                Ok(map) => (map, None),
-                Err(e) => return Err((ClientError::Http(e.into()), None)),
-            },
-        };
-        let mut resp = Response::new(UpstreamBody {
-            conn: Some(conn),
-            framing: head.framing,
-            keep_alive: head.keep_alive,
-            event_stream: head.event_stream,
-            home: Some(Home {
-                pool: Arc::clone(self),
-                target,
-            }),
-            raw,
-        });
-        *resp.status_mut() = head.status;
-        *resp.version_mut() = head.version;
-        *resp.headers_mut() = map;
-        // A body that ended with its head (204, Content-Length: 0): the
-        // connection is ready again now.
-        resp.body_mut().release_if_ended();
-        Ok(resp)
+            let (map, raw) = match answer {
+                Answer::Raw => (http::HeaderMap::new(), Some(Box::new(head.headers))),
+                Answer::Map => match head.headers.into_map() {
+                    Ok(map) => (map, None),
+                    Err(e) => return Err((ClientError::Http(e.into()), None)),
+                },
+            };
+            let mut resp = Response::new(UpstreamBody {
+                conn: Some(conn),
+                framing: head.framing,
+                keep_alive: head.keep_alive,
+                event_stream: head.event_stream,
+                home: Some(Home {
+                    pool: Arc::clone(self),
+                    target,
+                }),
+                raw,
+            });
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = map;
+            // A body that ended with its head (204, Content-Length: 0): the
+            // connection is ready again now.
+            resp.body_mut().release_if_ended();
+            Ok(resp)
+        }
     }
 
     /// A new connection to `target`, within what is left of `wait`.
@@ -605,132 +621,138 @@ impl Pool {
 /// On a failed first write the request comes back in the error when nothing
 /// of it was taken from its body yet, or all of it was (then as a buffered
 /// body): the caller may send it on another connection.
-async fn exchange(
-    conn: &mut Conn,
-    target: &Target,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
+)]
+fn exchange<'a>(
+    conn: &'a mut Conn,
+    target: &'a Target,
     req: Request<ForwardBody>,
-    proxy: Option<&ProxyHeaders>,
+    proxy: Option<&'a ProxyHeaders>,
     reused: bool,
-) -> Result<RawHead, (HttpError, Option<Box<Request<ForwardBody>>>)> {
-    let (parts, mut body) = req.into_parts();
-    let framing = ReqFraming::of(
-        &parts.method,
-        body.is_end_stream(),
-        body.size_hint().exact(),
-    );
-    // `ReqFraming::None` is a body at its end already.
-    let mut ended = body.is_end_stream();
-    // The body's first bytes, when they are already here, go with the head
-    // in one write.
-    let mut first: Option<Bytes> = None;
-    if !ended {
-        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
-        match polled.await {
-            Poll::Ready(Some(Ok(frame))) => {
-                first = frame.into_data().ok();
-                ended = body.is_end_stream();
-            }
-            Poll::Ready(None) => ended = true,
-            Poll::Ready(Some(Err(e))) => return Err((HttpError::Body(e), None)),
-            Poll::Pending => {}
-        }
-    }
-    // The body's first bytes, their chunk's size line and the last chunk.
-    let room = first.as_ref().map_or(0, |d| d.len() + 24);
-    let mut out = Vec::new();
-    h1::encode_head(
-        &parts,
-        target.authority.as_str(),
-        proxy,
-        framing,
-        room,
-        &mut out,
-    );
-    let mut sent: u64 = 0;
-    if let Some(d) = first.as_ref().filter(|d| !d.is_empty()) {
-        sent = d.len() as u64;
-        match framing {
-            ReqFraming::Chunked => h1::encode_chunk(d, &mut out),
-            _ => out.extend_from_slice(d),
-        }
-    }
-    if ended && framing == ReqFraming::Chunked {
-        out.extend_from_slice(h1::LAST_CHUNK);
-    }
-    match conn.io.write(&out).await {
-        Ok(n) => {
-            if let Err(e) = conn.io.write_all(&out[n..]).await {
-                return Err((e.into(), None));
-            }
-        }
-        Err(e) => {
-            let unsent = match first {
-                _ if !reused => None,
-                None => Some(body),
-                Some(d) if ended => Some(ForwardBody::from(d)),
-                Some(_) => None,
-            };
-            let unsent = unsent.map(|b| Box::new(Request::from_parts(parts, b)));
-            return Err((e.into(), unsent));
-        }
-    }
-    while !ended {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                ended = body.is_end_stream();
-                let Ok(d) = frame.into_data() else { continue };
-                if d.is_empty() {
-                    continue;
+) -> impl Future<Output = Result<RawHead, (HttpError, Unsent)>> + 'a {
+    async move {
+        let (parts, mut body) = req.into_parts();
+        let framing = ReqFraming::of(
+            &parts.method,
+            body.is_end_stream(),
+            body.size_hint().exact(),
+        );
+        // `ReqFraming::None` is a body at its end already.
+        let mut ended = body.is_end_stream();
+        // The body's first bytes, when they are already here, go with the head
+        // in one write.
+        let mut first: Option<Bytes> = None;
+        if !ended {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+            match polled.await {
+                Poll::Ready(Some(Ok(frame))) => {
+                    first = frame.into_data().ok();
+                    ended = body.is_end_stream();
                 }
-                sent += d.len() as u64;
-                let result = match framing {
-                    ReqFraming::Chunked => {
-                        out.clear();
-                        h1::encode_chunk(&d, &mut out);
-                        if ended {
-                            out.extend_from_slice(h1::LAST_CHUNK);
-                        }
-                        conn.io.write_all(&out).await
-                    }
-                    _ => conn.io.write_all(&d).await,
+                Poll::Ready(None) => ended = true,
+                Poll::Ready(Some(Err(e))) => return Err((HttpError::Body(e), None)),
+                Poll::Pending => {}
+            }
+        }
+        // The body's first bytes, their chunk's size line and the last chunk.
+        let room = first.as_ref().map_or(0, |d| d.len() + 24);
+        let mut out = Vec::new();
+        h1::encode_head(
+            &parts,
+            target.authority.as_str(),
+            proxy,
+            framing,
+            room,
+            &mut out,
+        );
+        let mut sent: u64 = 0;
+        if let Some(d) = first.as_ref().filter(|d| !d.is_empty()) {
+            sent = d.len() as u64;
+            match framing {
+                ReqFraming::Chunked => h1::encode_chunk(d, &mut out),
+                _ => out.extend_from_slice(d),
+            }
+        }
+        if ended && framing == ReqFraming::Chunked {
+            out.extend_from_slice(h1::LAST_CHUNK);
+        }
+        match conn.io.write(&out).await {
+            Ok(n) => {
+                if let Err(e) = conn.io.write_all(&out[n..]).await {
+                    return Err((e.into(), None));
+                }
+            }
+            Err(e) => {
+                let unsent = match first {
+                    _ if !reused => None,
+                    None => Some(body),
+                    Some(d) if ended => Some(ForwardBody::from(d)),
+                    Some(_) => None,
                 };
-                result.map_err(|e| (HttpError::from(e), None))?;
+                let unsent = unsent.map(|b| Box::new(Request::from_parts(parts, b)));
+                return Err((e.into(), unsent));
             }
-            Some(Err(e)) => return Err((HttpError::Body(e), None)),
-            None => {
-                ended = true;
-                if framing == ReqFraming::Chunked {
-                    conn.io
-                        .write_all(h1::LAST_CHUNK)
-                        .await
-                        .map_err(|e| (HttpError::from(e), None))?;
+        }
+        while !ended {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    ended = body.is_end_stream();
+                    let Ok(d) = frame.into_data() else { continue };
+                    if d.is_empty() {
+                        continue;
+                    }
+                    sent += d.len() as u64;
+                    let result = match framing {
+                        ReqFraming::Chunked => {
+                            out.clear();
+                            h1::encode_chunk(&d, &mut out);
+                            if ended {
+                                out.extend_from_slice(h1::LAST_CHUNK);
+                            }
+                            conn.io.write_all(&out).await
+                        }
+                        _ => conn.io.write_all(&d).await,
+                    };
+                    result.map_err(|e| (HttpError::from(e), None))?;
+                }
+                Some(Err(e)) => return Err((HttpError::Body(e), None)),
+                None => {
+                    ended = true;
+                    if framing == ReqFraming::Chunked {
+                        conn.io
+                            .write_all(h1::LAST_CHUNK)
+                            .await
+                            .map_err(|e| (HttpError::from(e), None))?;
+                    }
                 }
             }
         }
-    }
-    if let ReqFraming::Length(n) = framing {
-        if sent != n {
-            return Err((HttpError::BodyLength, None));
-        }
-    }
-    conn.io
-        .flush()
-        .await
-        .map_err(|e| (HttpError::from(e), None))?;
-    loop {
-        // Nothing read yet (the usual case right after the request went
-        // out): no parse of an empty buffer.
-        if !conn.buf.is_empty() {
-            if let Some(head) =
-                h1::parse_response_raw(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
-            {
-                return Ok(head);
+        if let ReqFraming::Length(n) = framing {
+            if sent != n {
+                return Err((HttpError::BodyLength, None));
             }
         }
-        match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
-            Ok(0) => return Err((HttpError::Closed, None)),
-            Ok(_) => {}
-            Err(e) => return Err((e.into(), None)),
+        conn.io
+            .flush()
+            .await
+            .map_err(|e| (HttpError::from(e), None))?;
+        loop {
+            // Nothing read yet (the usual case right after the request went
+            // out): no parse of an empty buffer.
+            if !conn.buf.is_empty() {
+                if let Some(head) =
+                    h1::parse_response_raw(&mut conn.buf, &parts.method).map_err(|e| (e, None))?
+                {
+                    return Ok(head);
+                }
+            }
+            match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
+                Ok(0) => return Err((HttpError::Closed, None)),
+                Ok(_) => {}
+                Err(e) => return Err((e.into(), None)),
+            }
         }
     }
 }
