@@ -467,6 +467,11 @@ impl Forwarder {
             } else {
                 Answer::Map
             };
+            // The answer's head within `wait`, counted from the body's end.
+            let head_wait = Wait {
+                period: wait,
+                body: &watch,
+            };
             let mut sent = slot
                 .client
                 .send(
@@ -474,10 +479,7 @@ impl Forwarder {
                     &slot.authority,
                     req,
                     Some(&proxy),
-                    Wait {
-                        period: wait,
-                        body: &watch,
-                    },
+                    head_wait,
                     answer,
                 )
                 .await;
@@ -525,10 +527,7 @@ impl Forwarder {
                         &to.authority,
                         *retry,
                         Some(&proxy),
-                        Wait {
-                            period: wait,
-                            body: &watch,
-                        },
+                        head_wait,
                         answer,
                     ))
                     .await;
