@@ -39,14 +39,6 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// A body read whole (an empty one is at its end already).
-    pub fn read(bytes: Bytes) -> RequestBody {
-        RequestBody::Read {
-            body: (!bytes.is_empty()).then_some(bytes),
-            lines: None,
-        }
-    }
-
     /// The header lines as they came, taken (see [`RequestBody::Read`]).
     pub fn take_lines(&mut self) -> Option<Box<RawHeaders>> {
         match self {

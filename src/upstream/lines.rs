@@ -45,15 +45,11 @@ thread_local! {
 /// distinct spellings of at most [`MAX_NAME_LEN`] bytes are kept; any other
 /// name is parsed each time.
 #[derive(Default)]
-pub struct Names(Vec<(Box<[u8]>, HeaderName)>);
+struct Names(Vec<(Box<[u8]>, HeaderName)>);
 
 impl Names {
     /// The name spelled `raw`, the `i`-th of its head.
-    pub fn get(
-        &mut self,
-        i: usize,
-        raw: &[u8],
-    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    fn get(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
         if let Some((r, n)) = self.0.get(i) {
             if **r == *raw {
                 return Ok(n.clone());
@@ -261,7 +257,7 @@ impl RawHeaders {
     }
 
     /// True when a line of `kind` is there.
-    pub fn has(&self, kind: LineKind) -> bool {
+    fn has(&self, kind: LineKind) -> bool {
         self.lines.iter().any(|l| l.kind == kind)
     }
 
