@@ -387,28 +387,12 @@ pub fn into_map_headers<B: RawAnswer>(resp: &mut http::Response<B>) {
     };
     match raw.into_map() {
         Ok(map) => {
-            let headers = resp.headers_mut();
-            if headers.is_empty() {
-                *headers = map;
-            } else {
-                // What was set on the answer after the slot's lines (e.g.
-                // `Connection: close` on a winding-down connection) stays.
-                let set = std::mem::replace(headers, map);
-                let mut last = None;
-                for (name, value) in set {
-                    match name {
-                        Some(name) => {
-                            headers.insert(name.clone(), value);
-                            last = Some(name);
-                        }
-                        None => {
-                            if let Some(name) = &last {
-                                headers.append(name.clone(), value);
-                            }
-                        }
-                    }
-                }
-            }
+            // What was set on the answer after the slot's lines (e.g.
+            // `Connection: close` on a winding-down connection) replaces the
+            // lines of its name (`extend` inserts a name's first value and
+            // appends the rest).
+            let set = std::mem::replace(resp.headers_mut(), map);
+            resp.headers_mut().extend(set);
         }
         Err(e) => tracing::warn!(error = %e, "an answer's headers were left out"),
     }
