@@ -580,7 +580,11 @@ weight = {wg}
     /// with `Connection ""` and an upstream `keepalive` pool; a long
     /// `proxy_read_timeout`; `keepalive_requests` raised so that neither side
     /// closes a busy keep-alive connection every 1,000 requests (mcpflip,
-    /// HAProxy and Caddy do not).
+    /// HAProxy and Caddy do not). The client's address, scheme and host go
+    /// upstream in `X-Forwarded-*`, as mcpflip and Caddy send them by default:
+    /// every target gives the upstream the same headers to parse (without
+    /// them, the upstream did 11 % fewer instructions per request behind
+    /// nginx, on the core that bounds W1: bench/PROFILE.md §23).
     fn nginx_config(&self) -> String {
         let nofile = self.env.nofile;
         let conns = nofile.saturating_sub(64).max(1024);
@@ -609,6 +613,9 @@ http {{
             proxy_pass http://mcp;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_buffering off;
             proxy_cache off;
             proxy_read_timeout 1h;
@@ -629,6 +636,8 @@ http {{
     /// API changes them). `option http-no-delay`: without it HAProxy sends
     /// each partial response with MSG_MORE, and the kernel holds every SSE
     /// event (and the stream's headers) up to 200 ms.
+    /// `option forwardfor` and the two `set-header`s: the `X-Forwarded-*`
+    /// that mcpflip and Caddy send by default (see `nginx_config`).
     fn haproxy_config(&self) -> String {
         let weight = |s: Slot| if s == self.active { 100 } else { 0 };
         format!(
@@ -642,6 +651,7 @@ defaults
     mode http
     option http-keep-alive
     option http-no-delay
+    option forwardfor
     timeout connect 5s
     timeout client 1h
     timeout server 1h
@@ -651,6 +661,8 @@ defaults
 frontend mcp
     bind 127.0.0.1:{port}
     maxconn {maxconn}
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
     default_backend slots
 
 backend slots
