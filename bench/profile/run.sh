@@ -6,11 +6,15 @@
 #   bench/profile/run.sh nginx   BIN OUT [N=2000] [C=4]  # the same for nginx (one process, the bench's
 #                                                        # configuration), BIN only for the upstream
 #   bench/profile/run.sh streams BIN [N=1000]            # KiB of proxy RSS per open SSE stream
+#   bench/profile/run.sh moves   BIN OUT [N=10]          # mcpflip's copies of 100 bytes or more per
+#                                                        # request, by size and place (gdb, c=1)
 #
 # BIN is an mcpflip binary (target/release/mcpflip: symbols are kept). The upstream is the
 # built-in demo server (`mcpflip upstream`) run from the same binary; access log off
 # (ACCESS_LOG=stderr turns it on), migration off (MIGRATE=replay turns it on). CACHE=1 adds
 # callgrind's cache and branch simulation (L1 misses, mispredicted branches) to calls and nginx.
+# UPSTREAM=1 runs the upstream under callgrind instead, with the proxy (calls: mcpflip, nginx:
+# nginx) in front of it as is: the upstream's work per request behind each proxy.
 set -euo pipefail
 mode=$1 bin=$(realpath "$2")
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +25,13 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 up=$(free_port) port=$(free_port)
-"$bin" upstream --port "$up" --slot blue >"$dir/upstream.log" 2>&1 & pids+=($!)
+sim=()
+if [ -n "${CACHE:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
+# What runs under callgrind: the proxy, or (UPSTREAM=1) the upstream.
+measured=(valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$(realpath -m "${3:-$dir/none}")")
+upstream=()
+if [ -n "${UPSTREAM:-}" ]; then upstream=("${measured[@]}") measured=(); fi
+"${upstream[@]}" "$bin" upstream --port "$up" --slot blue >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
 cat >"$dir/mcpflip.toml" <<TOML
 [listen]
 addr = "127.0.0.1:$port"
@@ -43,8 +53,6 @@ upstream = "http://127.0.0.1:$up"
 weight = 100
 TOML
 wait_port "$up"
-sim=()
-if [ -n "${CACHE:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
 case $mode in
 calls|nginx)
     out=$(realpath -m "$3") n=${4:-2000} c=${5:-4}
@@ -78,18 +86,20 @@ http {
     }
 }
 CONF
-        valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out" nginx -c "$dir/nginx.conf" -p "$dir" \
+        "${measured[@]}" nginx -c "$dir/nginx.conf" -p "$dir" \
             >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
     else
-        valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$out" "$bin" run --config "$dir/mcpflip.toml" \
+        "${measured[@]}" "$bin" run --config "$dir/mcpflip.toml" \
             >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
     fi
     wait_port "$port"
     python3 "$here/client.py" calls "127.0.0.1:$port" 200 "$c"       # warm-up: pools, allocator
-    callgrind_control -z "$proxy" >/dev/null
+    target=$proxy
+    if [ -n "${UPSTREAM:-}" ]; then target=$upstream_pid; fi
+    callgrind_control -z "$target" >/dev/null
     python3 "$here/client.py" calls "127.0.0.1:$port" "$n" "$c"
-    callgrind_control -d "$proxy" >/dev/null
-    kill "$proxy"; wait "$proxy" 2>/dev/null || true
+    callgrind_control -d "$target" >/dev/null
+    kill "$target"; wait "$target" 2>/dev/null || true
     dump=$(ls -t "$out".* 2>/dev/null | head -1)
     ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
     echo "Ir total $ir over $n requests (+1 session): $((ir / n)) Ir per request  ($dump)"
@@ -97,6 +107,35 @@ CONF
         # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
         awk -v n="$n" '/^summary:/ { printf "per request: L1 data misses %.0f (reads %.0f, writes %.0f), L1 instruction misses %.0f, indirect branches %.0f (%.0f mispredicted), conditional branches %.0f (%.0f mispredicted)\n", ($6+$7)/n, $6/n, $7/n, $5/n, $13/n, $14/n, $11/n, $12/n }' "$dump"
     fi
+    ;;
+moves)
+    command -v gdb >/dev/null || { echo "gdb is not installed (apt-get install gdb)" >&2; exit 1; }
+    out=$(realpath -m "$3") n=${4:-10}
+    "$bin" run --config "$dir/mcpflip.toml" >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
+    wait_port "$port"
+    python3 "$here/client.py" calls "127.0.0.1:$port" 200 1       # warm-up: pools, allocator
+    # Every libc memmove/memcpy entry of this CPU's kind (the one glibc picked is among them).
+    {
+        echo "set pagination off"
+        echo "set print frame-arguments none"
+        echo "set breakpoint pending on"
+        for f in __memmove_avx512_unaligned_erms __memmove_evex_unaligned_erms \
+                 __memmove_avx_unaligned_erms __memmove_sse2_unaligned_erms; do
+            printf 'break %s if $rdx >= 100\ncommands\nsilent\nprintf "SIZE %%d\\n", $rdx\nbt 2\ncontinue\nend\n' "$f"
+        done
+        echo "continue"
+    } >"$dir/moves.gdb"
+    gdb -p "$proxy" -batch -x "$dir/moves.gdb" >"$dir/gdb.log" 2>&1 & gdb=$!
+    for _ in $(seq 100); do grep -q "^Continuing" "$dir/gdb.log" 2>/dev/null && break; sleep 0.2; done
+    python3 "$here/client.py" calls "127.0.0.1:$port" "$n" 1
+    kill -INT "$gdb" 2>/dev/null || true; sleep 1; kill "$gdb" 2>/dev/null || true; wait "$gdb" 2>/dev/null || true
+    # One line per place: copies per request, size, the function that copied and its line.
+    grep -A2 '^SIZE' "$dir/gdb.log" | grep -v '^--' | paste - - - |
+        sed -E 's/#0 .*#1 +(0x[0-9a-f]+ in )?/| /; s/\([^)]*\)//g; s| at ([^ ]*/)?src/| @ |' |
+        awk '{$1=$1}; 1' | sort | uniq -c | sort -k1,1nr |
+        awk -v n="$n" '{ c=$1; $1=""; printf "%5.1f %s\n", c / (n + 2), $0 }' >"$out"
+    awk -v n="$n" '/^SIZE/ { k++; b += $2 } END { printf "%d copies of 100 bytes or more, %d bytes, over %d calls and the 2 requests that open the session: %.1f copies, %.0f bytes per request\n", k, b, n, k / (n + 2), b / (n + 2) }' "$dir/gdb.log"
+    echo "by place: $out"
     ;;
 streams)
     n=${3:-1000}
