@@ -457,7 +457,6 @@ impl Forwarder {
             let (kind, call_id) = buffered
                 .as_deref()
                 .map_or((migrate::Kind::Other, None), migrate::read);
-            let req = Request::from_parts(head, body);
             // The slot's header lines go to the client as they came, with no
             // `HeaderMap` made of them, when [`crate::proxy::h1`] writes the
             // answer and nothing here needs them in a map: the session store
@@ -472,12 +471,16 @@ impl Forwarder {
                 period: wait,
                 body: &watch,
             };
+            // The head stays here: the client borrows it, and a refused
+            // request is sent elsewhere from it (bench/PROFILE.md §23).
+            let mut head = head;
             let mut sent = slot
                 .client
                 .send(
                     &slot.scheme,
                     &slot.authority,
-                    req,
+                    &head,
+                    body,
                     Some(&proxy),
                     head_wait,
                     answer,
@@ -494,19 +497,19 @@ impl Forwarder {
                     kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),
                     unsent,
                     ..
-                }) if client_sid.is_some() => unsent.take().map(|req| (*kind, req)),
+                }) if client_sid.is_some() => unsent.take().map(|body| (*kind, body)),
                 _ => None,
             };
-            if let Some((refused, mut retry)) = refused {
+            if let Some((refused, retry)) = refused {
                 let to = Box::pin(self.moved_for(
-                    retry.headers(),
-                    retry.uri(),
+                    &head.headers,
+                    &head.uri,
                     client_sid.as_ref(),
                     &slot.name,
                 ))
                 .await;
                 if let Ok((to, inner)) = to {
-                    if let Some(resp) = resumes(retry.method(), retry.headers().get(LAST_EVENT_ID))
+                    if let Some(resp) = resumes(&head.method, head.headers.get(LAST_EVENT_ID))
                         .and_then(|last| {
                             self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
                         })
@@ -514,9 +517,9 @@ impl Forwarder {
                         stats.count_upstream_error(refused);
                         return resp;
                     }
-                    retry.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                    head.headers.insert(MCP_SESSION_ID, inner.clone());
                     proxy.cut = None;
-                    migrate::last_event_id(retry.headers_mut(), &to.tag_prefix);
+                    migrate::last_event_id(&mut head.headers, &to.tag_prefix);
                     if !self.preserve_host {
                         proxy.host = to.host_header.clone();
                     }
@@ -525,6 +528,7 @@ impl Forwarder {
                     sent = Box::pin(to.client.send(
                         &to.scheme,
                         &to.authority,
+                        &head,
                         *retry,
                         Some(&proxy),
                         head_wait,

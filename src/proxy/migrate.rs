@@ -463,16 +463,17 @@ async fn send(
 ) -> Result<(StatusCode, HeaderMap, Bytes), MigrateFailure> {
     // Origin form: the slot's pool knows where to send it.
     let uri = Uri::try_from(path.path()).map_err(|_| MigrateFailure::Refused)?;
-    let mut req = Request::new(crate::upstream::ForwardBody::from(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers.clone();
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = Method::POST;
+    head.uri = uri;
+    head.headers = headers.clone();
     let resp = match slot
         .client
         .send(
             &slot.scheme,
             &slot.authority,
-            req,
+            &head,
+            crate::upstream::ForwardBody::from(body),
             None,
             crate::upstream::client::Wait {
                 period: REPLAY_TIMEOUT,

@@ -117,10 +117,11 @@ pub enum SendError {
         kind: UpstreamError,
         /// The client error, for the message (none for a response timeout).
         error: Option<ClientError>,
-        /// The request, untouched, when no connection to the slot could be
-        /// made (nothing of it was sent nor read from the client): the
-        /// forwarder may send it elsewhere without having copied it before.
-        unsent: Option<Box<Request<ForwardBody>>>,
+        /// The request's body, untouched, when no connection to the slot
+        /// could be made (nothing of the request was sent nor read from the
+        /// client): the forwarder, which kept the head, may send it elsewhere
+        /// without having copied it before.
+        unsent: Unsent,
     },
 }
 
@@ -205,8 +206,9 @@ pub struct UpstreamBody {
     raw: Option<Box<RawHeaders>>,
 }
 
-/// A request a failed send gives back, when none of it went out.
-type Unsent = Option<Box<Request<ForwardBody>>>;
+/// A request's body a failed send gives back, when none of the request went
+/// out (its head is the caller's: the sends borrow it).
+pub type Unsent = Option<Box<ForwardBody>>;
 
 /// How [`UpstreamClient::send`] gives an answer's headers.
 impl RawAnswer for UpstreamBody {
@@ -312,27 +314,34 @@ impl UpstreamClient {
             authority: authority.clone(),
         };
         // The request line is origin-form: the URI's path and query.
+        let (head, body) = req.into_parts();
         self.pool
-            .send(target, req, None, None, Answer::Map)
+            .send(target, &head, body, None, None, Answer::Map)
             .await
             .map_err(|(e, _)| e)
     }
 
-    /// Sends a client's request to `scheme://authority` (the request URI is
-    /// sent as its request target: origin-form) and waits at most
+    /// Sends a client's request (`head` and `body`) to `scheme://authority`
+    /// (the request URI is sent as its request target: origin-form) and waits
+    /// at most
     /// `wait.period` for the response head, counted from the end of the
     /// client's body (`wait.body`): a client that sends its body slowly does
     /// not make the slot look slow. A failure is the client's when its body
     /// failed, however the connection reports it.
     #[expect(
         clippy::manual_async_fn,
-        reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
+        reason = "an async fn keeps each parameter twice in its state: the body once (bench/PROFILE.md §22)"
+    )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request's head is borrowed, its body given: the head is not moved at each level (bench/PROFILE.md §23)"
     )]
     pub fn send<'a>(
         &'a self,
         scheme: &'a Scheme,
         authority: &'a Authority,
-        req: Request<ForwardBody>,
+        head: &'a http::request::Parts,
+        body: ForwardBody,
         proxy: Option<&'a ProxyHeaders>,
         wait: Wait<'a>,
         answer: Answer,
@@ -342,10 +351,10 @@ impl UpstreamClient {
                 https: *scheme == Scheme::HTTPS,
                 authority: authority.clone(),
             };
-            let body = wait.body;
+            let watch = wait.body;
             match self
                 .pool
-                .send(target, req, proxy, Some(&wait), answer)
+                .send(target, head, body, proxy, Some(&wait), answer)
                 .await
             {
                 Ok(resp) => Ok(resp),
@@ -355,7 +364,7 @@ impl UpstreamClient {
                     unsent: None,
                 }),
                 Err((e, unsent)) => {
-                    let state = body.state();
+                    let state = watch.state();
                     if state.is_client_fault() {
                         return Err(SendError::ClientBody(state));
                     }
@@ -449,8 +458,9 @@ impl Pool {
         None
     }
 
-    /// Sends `req` on an idle connection or a new one. When no connection
-    /// could be made, the error carries the request back, unsent.
+    /// Sends the request (`head` and `body`) on an idle connection or a new
+    /// one. When no connection could be made, the error carries the body
+    /// back, unsent.
     /// With `wait`, the whole of it (a new connection included) is bounded
     /// by `wait` (`ClientError::ResponseTimeout`).
     #[expect(
@@ -460,7 +470,8 @@ impl Pool {
     fn send<'a>(
         self: &'a Arc<Self>,
         target: Target,
-        req: Request<ForwardBody>,
+        head: &'a http::request::Parts,
+        body: ForwardBody,
         proxy: Option<&'a ProxyHeaders>,
         wait: Option<&'a Wait<'a>>,
         answer: Answer,
@@ -473,20 +484,21 @@ impl Pool {
                 // its future would otherwise make every request's future larger.
                 None => match Box::pin(self.connect_within(&target, start, wait)).await {
                     Ok(conn) => (conn, false),
-                    Err(e) => return Err((e, Some(Box::new(req)))),
+                    Err(e) => return Err((e, Some(Box::new(body)))),
                 },
             };
-            let mut req = req;
-            let head = loop {
+            let mut body = body;
+            let answered = loop {
                 let sent = match wait {
-                    None => exchange(&mut conn, &target, req, proxy, reused).await,
+                    None => exchange(&mut conn, &target, head, body, proxy, reused).await,
                     Some(wait) => {
                         // Out of the connection while it is borrowed for the
                         // exchange; back with it after.
                         let mut timer = conn.timer.take();
                         let sent = {
-                            let sent =
-                                std::pin::pin!(exchange(&mut conn, &target, req, proxy, reused));
+                            let sent = std::pin::pin!(exchange(
+                                &mut conn, &target, head, body, proxy, reused
+                            ));
                             within(sent, &mut timer, start, wait).await
                         };
                         conn.timer = timer;
@@ -497,7 +509,7 @@ impl Pool {
                     }
                 };
                 match sent {
-                    Ok(head) => break head,
+                    Ok(answered) => break answered,
                     // A reused connection closed before the request went out:
                     // nothing was sent, so it is safe to send once more.
                     Err((_, Some(unsent))) if reused => {
@@ -505,32 +517,32 @@ impl Pool {
                             Ok(conn) => conn,
                             Err(e) => return Err((e, Some(unsent))),
                         };
-                        req = *unsent;
+                        body = *unsent;
                         reused = false;
                     }
                     Err((e, _)) => return Err((ClientError::Http(e), None)),
                 }
             };
             let (map, raw) = match answer {
-                Answer::Raw => (http::HeaderMap::new(), Some(Box::new(head.headers))),
-                Answer::Map => match head.headers.into_map() {
+                Answer::Raw => (http::HeaderMap::new(), Some(Box::new(answered.headers))),
+                Answer::Map => match answered.headers.into_map() {
                     Ok(map) => (map, None),
                     Err(e) => return Err((ClientError::Http(e.into()), None)),
                 },
             };
             let mut resp = Response::new(UpstreamBody {
                 conn: Some(conn),
-                framing: head.framing,
-                keep_alive: head.keep_alive,
-                event_stream: head.event_stream,
+                framing: answered.framing,
+                keep_alive: answered.keep_alive,
+                event_stream: answered.event_stream,
                 home: Some(Home {
                     pool: Arc::clone(self),
                     target,
                 }),
                 raw,
             });
-            *resp.status_mut() = head.status;
-            *resp.version_mut() = head.version;
+            *resp.status_mut() = answered.status;
+            *resp.version_mut() = answered.version;
             *resp.headers_mut() = map;
             // A body that ended with its head (204, Content-Length: 0): the
             // connection is ready again now.
@@ -616,11 +628,12 @@ impl Pool {
     }
 }
 
-/// Writes `req` on `conn` and reads the response head. The whole request is
-/// written before the answer is read (MCP's requests are small JSON bodies).
-/// On a failed first write the request comes back in the error when nothing
-/// of it was taken from its body yet, or all of it was (then as a buffered
-/// body): the caller may send it on another connection.
+/// Writes the request (`parts` and `body`) on `conn` and reads the response
+/// head. The whole request is written before the answer is read (MCP's
+/// requests are small JSON bodies). On a failed first write the body comes
+/// back in the error when nothing of it was taken yet, or all of it was (then
+/// buffered): the caller, which kept the head, may send it on another
+/// connection.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
@@ -628,12 +641,12 @@ impl Pool {
 fn exchange<'a>(
     conn: &'a mut Conn,
     target: &'a Target,
-    req: Request<ForwardBody>,
+    parts: &'a http::request::Parts,
+    mut body: ForwardBody,
     proxy: Option<&'a ProxyHeaders>,
     reused: bool,
 ) -> impl Future<Output = Result<RawHead, (HttpError, Unsent)>> + 'a {
     async move {
-        let (parts, mut body) = req.into_parts();
         let framing = ReqFraming::of(
             &parts.method,
             body.is_end_stream(),
@@ -660,7 +673,7 @@ fn exchange<'a>(
         let room = first.as_ref().map_or(0, |d| d.len() + 24);
         let mut out = Vec::new();
         h1::encode_head(
-            &parts,
+            parts,
             target.authority.as_str(),
             proxy,
             framing,
@@ -691,8 +704,7 @@ fn exchange<'a>(
                     Some(d) if ended => Some(ForwardBody::from(d)),
                     Some(_) => None,
                 };
-                let unsent = unsent.map(|b| Box::new(Request::from_parts(parts, b)));
-                return Err((e.into(), unsent));
+                return Err((e.into(), unsent.map(Box::new)));
             }
         }
         while !ended {
@@ -1055,11 +1067,13 @@ mod tests {
             .header(http::header::HOST, authority.as_str())
             .body(ForwardBody::from(Bytes::new()))
             .unwrap();
+        let (head, body) = req.into_parts();
         let resp = client
             .send(
                 &Scheme::HTTP,
                 authority,
-                req,
+                &head,
+                body,
                 None,
                 Wait {
                     period: wait,
