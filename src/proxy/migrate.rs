@@ -463,6 +463,7 @@ async fn send(
 ) -> Result<(StatusCode, HeaderMap, Bytes), MigrateFailure> {
     // Origin form: the slot's pool knows where to send it.
     let uri = Uri::try_from(path.path()).map_err(|_| MigrateFailure::Refused)?;
+    // `Parts` has no constructor of its own.
     let (mut head, ()) = Request::new(()).into_parts();
     head.method = Method::POST;
     head.uri = uri;

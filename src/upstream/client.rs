@@ -323,10 +323,9 @@ impl UpstreamClient {
 
     /// Sends a client's request (`head` and `body`) to `scheme://authority`
     /// (the request URI is sent as its request target: origin-form) and waits
-    /// at most
-    /// `wait.period` for the response head, counted from the end of the
-    /// client's body (`wait.body`): a client that sends its body slowly does
-    /// not make the slot look slow. A failure is the client's when its body
+    /// at most `wait.period` for the response head, counted from the end of
+    /// the client's body (`wait.body`): a client that sends its body slowly
+    /// does not make the slot look slow. A failure is the client's when its body
     /// failed, however the connection reports it.
     #[expect(
         clippy::manual_async_fn,
