@@ -489,9 +489,9 @@ impl Forwarder {
             let mut moved = moved;
             // The slot refuses connections (its process is gone): a request of a
             // session that can move goes where the session moved, as it was (the
-            // client hands it back unsent: nothing of it went out, nothing of its
-            // body was read). The refusal is the old slot's error; the answer,
-            // the new slot's.
+            // client hands its body back unsent, and the head is still here:
+            // nothing of it went out, nothing of its body was read). The refusal
+            // is the old slot's error; the answer, the new slot's.
             let refused = match &mut sent {
                 Err(SendError::Upstream {
                     kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),

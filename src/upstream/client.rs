@@ -464,7 +464,7 @@ impl Pool {
     /// by `wait` (`ClientError::ResponseTimeout`).
     #[expect(
         clippy::manual_async_fn,
-        reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
+        reason = "an async fn keeps each parameter twice in its state: the body once (bench/PROFILE.md §22)"
     )]
     fn send<'a>(
         self: &'a Arc<Self>,
@@ -635,7 +635,7 @@ impl Pool {
 /// connection.
 #[expect(
     clippy::manual_async_fn,
-    reason = "an async fn keeps each parameter twice in its state: the request once (bench/PROFILE.md §22)"
+    reason = "an async fn keeps each parameter twice in its state: the body once (bench/PROFILE.md §22)"
 )]
 fn exchange<'a>(
     conn: &'a mut Conn,
