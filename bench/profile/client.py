@@ -2,6 +2,8 @@
 """The fixed-count clients of bench/profile/run.sh (stdlib only).
 
   client.py calls HOST:PORT N C   N tools/call POSTs on C keep-alive connections (one session)
+  client.py wrk HOST:PORT FILE    opens one session and writes wrk's Lua script of the same
+                                  tools/call POST on it to FILE
   client.py streams HOST:PORT N   opens N SSE sessions (half legacy GET /sse, half Streamable
                                   HTTP GET /mcp), prints "open", holds them until stdin closes
 """
@@ -54,6 +56,15 @@ def calls(host, port, n, conns):
         sys.exit(f"{len(errors)} calls failed: {errors[:5]}")
 
 
+def wrk_script(host, port, path):
+    c, h = session(host, port)
+    c.close()
+    lines = ['wrk.method = "POST"', f"wrk.body = '{CALL.decode()}'"]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in h.items()]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def read_until(s, marker):
     buf = b""
     while marker not in buf:
@@ -89,5 +100,7 @@ if __name__ == "__main__":
     host, port = addr.rsplit(":", 1)
     if mode == "calls":
         calls(host, int(port), int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "wrk":
+        wrk_script(host, int(port), sys.argv[3])
     else:
         streams(host, int(port), int(sys.argv[3]))

@@ -15,6 +15,11 @@
 # callgrind's cache and branch simulation (L1 misses, mispredicted branches) to calls and nginx.
 # UPSTREAM=1 runs the upstream under callgrind instead, with the proxy (calls: mcpflip, nginx:
 # nginx) in front of it as is: the upstream's work per request behind each proxy.
+# WRK=1 (calls, nginx) pins the proxy on CPU 1 and the upstream on CPU 0 as W1 does, drives it
+# with wrk (C connections, on CPU 0) for N seconds, and prints the proxy's CPU per request, user
+# and system apart, from /proc (OUT gets wrk's report).
+# STRACE=1 (calls, nginx) counts the proxy's system calls per request with `strace -c` instead
+# of callgrind (OUT is strace's table).
 set -euo pipefail
 mode=$1 bin=$(realpath "$2")
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +36,9 @@ if [ -n "${CACHE:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
 measured=(valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$(realpath -m "${3:-$dir/none}")")
 upstream=()
 if [ -n "${UPSTREAM:-}" ]; then upstream=("${measured[@]}") measured=(); fi
+# STRACE=1: no callgrind; strace -c counts the system calls instead, attached after the warm-up.
+if [ -n "${STRACE:-}" ]; then upstream=() measured=(); fi
+if [ -n "${WRK:-}" ]; then upstream=(taskset -c 0) measured=(taskset -c 1); fi
 "${upstream[@]}" "$bin" upstream --port "$up" --slot blue >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
 cat >"$dir/mcpflip.toml" <<TOML
 [listen]
@@ -96,6 +104,28 @@ CONF
     python3 "$here/client.py" calls "127.0.0.1:$port" 200 "$c"       # warm-up: pools, allocator
     target=$proxy
     if [ -n "${UPSTREAM:-}" ]; then target=$upstream_pid; fi
+    if [ -n "${WRK:-}" ]; then
+        command -v wrk >/dev/null || { echo "wrk is not installed (sudo bench/setup.sh)" >&2; exit 1; }
+        python3 "$here/client.py" wrk "127.0.0.1:$port" "$dir/call.lua"
+        taskset -c 0 wrk -t1 -c"$c" -d1s -s "$dir/call.lua" "http://127.0.0.1:$port/mcp" >/dev/null
+        ticks=$(getconf CLK_TCK)
+        before=$(cut -d' ' -f14,15 "/proc/$target/stat")
+        taskset -c 0 wrk -t1 -c"$c" -d"${n}s" --latency -s "$dir/call.lua" "http://127.0.0.1:$port/mcp" >"$out"
+        after=$(cut -d' ' -f14,15 "/proc/$target/stat")
+        reqs=$(awk '/requests in/ {print $1}' "$out")
+        grep -E "Requests/sec| 50%| 99%" "$out"
+        echo "$before $after" | awk -v n="$reqs" -v t="$ticks" '{ printf "proxy CPU per request over %d requests: user %.2f µs, system %.2f µs\n", n, ($3-$1)*1e6/t/n, ($4-$2)*1e6/t/n }'
+        exit 0
+    fi
+    if [ -n "${STRACE:-}" ]; then
+        strace -f -c -p "$target" -o "$out" 2>/dev/null & tracer=$!
+        sleep 1
+        python3 "$here/client.py" calls "127.0.0.1:$port" "$n" "$c"
+        kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+        echo "system calls per request over $n requests (+1 session), $out:"
+        awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %6.2f\n", $NF, $4 / n }' "$out"
+        exit 0
+    fi
     callgrind_control -z "$target" >/dev/null
     python3 "$here/client.py" calls "127.0.0.1:$port" "$n" "$c"
     callgrind_control -d "$target" >/dev/null
