@@ -138,7 +138,27 @@ fn diff(a: &Path, b: &Path) -> anyhow::Result<()> {
 fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("mcpflip-bench: building mcpflip (cargo build --profile profiling -p mcpflip --bin mcpflip)");
-    let mut child = Process::new(&cargo)
+    let mut build = Process::new(&cargo);
+    // `cargo run -p mcpflip-bench` hands this process its package's variables
+    // (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). ring's build script
+    // reruns when they change, so a cargo started with them rebuilt ring, and
+    // everything over it, each time after a `cargo build` from a shell (seven
+    // minutes with LTO): the nested cargo gets the shell's environment.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_MANIFEST_LINKS"
+            )
+            || name.starts_with("CARGO_BIN_")
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+        {
+            build.env_remove(&*name);
+        }
+    }
+    let mut child = build
         .current_dir(root)
         .args([
             "build",
