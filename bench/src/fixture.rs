@@ -46,6 +46,7 @@ pub fn meta() -> Meta {
         quick: false,
         complete: true,
         elapsed_s: 600.0,
+        steal_s: Some(24.0),
         rounds: 3,
         w1_rounds: 3,
         targets: Kind::ALL.to_vec(),

@@ -273,7 +273,6 @@ fn run(opts: Options) -> anyhow::Result<()> {
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
         );
     }
-    let started = Instant::now();
     let root = root();
     let kinds = opts.kinds();
     let wants_wrk = opts.wants(Workload::W1) || opts.wants(Workload::Multicore);
@@ -282,6 +281,10 @@ fn run(opts: Options) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => build_mcpflip(&root)?,
     };
+    // The run's time and the hypervisor's steal over it, the build excluded
+    // (as the report says).
+    let started = Instant::now();
+    let steal_before = sys::steal_seconds();
 
     // Pin before the runtime starts its threads: they inherit the mask.
     let cpus = sys::allowed_cpus();
@@ -322,6 +325,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
         quick: settings.quick,
         complete: opts.complete(),
         elapsed_s: 0.0,
+        steal_s: None,
         rounds: settings.rounds,
         w1_rounds: settings.w1_rounds,
         targets: kinds.clone(),
@@ -380,6 +384,9 @@ fn run(opts: Options) -> anyhow::Result<()> {
     }
     measured?;
     results.meta.elapsed_s = started.elapsed().as_secs_f64();
+    results.meta.steal_s = steal_before
+        .zip(sys::steal_seconds())
+        .map(|(before, after)| (after - before).max(0.0));
 
     let name = format!(
         "{}-{}",
@@ -419,10 +426,13 @@ fn run(opts: Options) -> anyhow::Result<()> {
     println!("\n{text}");
     std::fs::write(&md, text).with_context(|| format!("cannot write {}", md.display()))?;
     println!(
-        "mcpflip-bench: wrote {} and {} ({:.0} s in all)",
+        "mcpflip-bench: wrote {} and {} ({:.0} s in all{})",
         json.display(),
         md.display(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        results.meta.steal_s.map_or_else(String::new, |s| format!(
+            ", {s:.1} s of it stolen by the hypervisor"
+        ))
     );
     Ok(())
 }
@@ -492,6 +502,7 @@ fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
         quick: opts.smoke,
         complete: false,
         elapsed_s: started.elapsed().as_secs_f64(),
+        steal_s: None,
         rounds: 1,
         w1_rounds: 1,
         targets: vec![Kind::Mcpflip],

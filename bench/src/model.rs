@@ -262,6 +262,11 @@ pub struct Meta {
     /// Every workload against every target: the run that may write BENCHMARKS.md.
     pub complete: bool,
     pub elapsed_s: f64,
+    /// CPU time the hypervisor gave elsewhere while the run wanted it (all
+    /// CPUs, seconds; `/proc/stat`'s steal): a run with much of it measured
+    /// a machine taken away in bursts. Not in files of earlier runs.
+    #[serde(default)]
+    pub steal_s: Option<f64>,
     pub rounds: usize,
     pub w1_rounds: usize,
     pub targets: Vec<Kind>,

@@ -142,6 +142,16 @@ fn machine(o: &mut String, m: &Meta) {
         plural(m.machine.cores)
     );
     let _ = writeln!(o, "| memory | {:.1} GiB |", m.machine.memory_gib);
+    if let Some(steal) = m.steal_s {
+        let offered = m.elapsed_s * m.machine.cores as f64;
+        let _ = writeln!(
+            o,
+            "| hypervisor steal | {steal:.1} s over the run ({:.1} % of {} cores × {:.0} s): time the host ran other guests while this one wanted its CPUs (`/proc/stat`); more than a few percent moves every timed figure |",
+            if offered > 0.0 { 100.0 * steal / offered } else { 0.0 },
+            m.machine.cores,
+            m.elapsed_s
+        );
+    }
     let _ = writeln!(o, "| kernel | Linux {} |", m.machine.kernel);
     let _ = writeln!(
         o,
@@ -1001,6 +1011,13 @@ mod tests {
     fn the_report_names_the_machine_and_both_load_generators() {
         let text = render(&fixture::run());
         assert!(text.contains("| machine | bench-host |"));
+        assert!(
+            text.contains("| hypervisor steal | 24.0 s over the run (2.0 % of 2 cores × 600 s)"),
+            "{text}"
+        );
+        let mut older = fixture::run();
+        older.meta.steal_s = None;
+        assert!(!render(&older).contains("hypervisor steal"));
         assert!(text.contains(
             "from the results file it wrote, `bench/results/2026-11-24T2205Z-2c-amd-epyc.json`"
         ));

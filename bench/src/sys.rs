@@ -238,6 +238,21 @@ impl CpuMeter {
     }
 }
 
+/// Time the hypervisor ran something else while this guest's CPUs wanted to
+/// run (all CPUs together, in seconds): the `steal` column of `/proc/stat`'s
+/// `cpu` line. `None` where the kernel does not count it.
+pub fn steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_of(&stat).map(|ticks| ticks as f64 / clock_ticks())
+}
+
+/// The steal ticks of `/proc/stat`'s text: the eighth number of its `cpu`
+/// line (user, nice, system, idle, iowait, irq, softirq, steal).
+fn steal_of(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 /// The facts about the machine the report starts with.
 ///
 /// `cores`: the CPUs this benchmark may use (read before it pins itself).
@@ -419,6 +434,15 @@ pub fn fds_of(pid: u32) -> Vec<Fd> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_cpu_line() {
+        let stat = "cpu  558398 0 105407 553318 2087 0 48515 32187 0 0\ncpu0 303038 0 59445 244769 1221 0 25528 16009 0 0\n";
+        assert_eq!(steal_of(stat), Some(32187));
+        assert_eq!(steal_of("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(steal_of("cpu  1 2 3 4\n"), None);
+    }
+
     use super::*;
 
     #[test]
