@@ -517,6 +517,14 @@ impl Forwarder {
                         stats.count_upstream_error(refused);
                         return resp;
                     }
+                    // The retry edits the head's map, which the encoder writes
+                    // only when the client's lines were not kept: a session
+                    // that moves (`client_sid`) means migration, whose map
+                    // `forward` made whole before anything else.
+                    debug_assert!(
+                        proxy.lines.is_none(),
+                        "a refused request retried from its lines would lose its edits"
+                    );
                     head.headers.insert(MCP_SESSION_ID, inner.clone());
                     proxy.cut = None;
                     migrate::last_event_id(&mut head.headers, &to.tag_prefix);
