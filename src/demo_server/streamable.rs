@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{Body, SseStream};
 use super::reply::{empty, json, read_body, sse_response, text};
-use super::sessions::SessionMap;
+use super::sessions::{self, SessionMap};
 use super::tools::{self, Dispatcher, Outcome};
 use super::wire::{accepts_event_stream, sse_event, DropGuard, MCP_SESSION_ID};
 
@@ -58,7 +58,8 @@ impl Session {
 enum Lookup {
     Missing,
     Unknown,
-    Found(Arc<Session>, HeaderValue),
+    /// The session's key (see `sessions::key`) and its id as sent.
+    Found(u128, HeaderValue),
 }
 
 /// The Streamable HTTP transport's sessions and what it answers them with.
@@ -88,9 +89,11 @@ impl Streamable {
         let Some(value) = headers.get(&MCP_SESSION_ID) else {
             return Lookup::Missing;
         };
-        match value.to_str().ok().and_then(|id| self.sessions.get(id)) {
-            Some(s) => Lookup::Found(s, value.clone()),
-            None => Lookup::Unknown,
+        // Only whether the session exists: most requests never need its
+        // state, and cloning its `Arc` would touch one more cache line.
+        match value.to_str().ok().and_then(sessions::key) {
+            Some(k) if self.sessions.contains(k) => Lookup::Found(k, value.clone()),
+            _ => Lookup::Unknown,
         }
     }
 
@@ -132,27 +135,32 @@ impl Streamable {
             };
         };
 
-        match self.dispatcher.dispatch(&msg) {
-            Outcome::NoReply => empty(StatusCode::ACCEPTED),
-            Outcome::Reply(reply) => with_session(json(StatusCode::OK, reply), sid),
-            Outcome::Fail(reply) => json(StatusCode::INTERNAL_SERVER_ERROR, reply),
-            Outcome::Slow(call) if wants_sse => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let stop = session.token.clone();
-                tokio::spawn(async move {
-                    let mut event_id = 0u64;
-                    call.run(&stop, tx.closed(), |msg| {
-                        event_id += 1;
-                        tx.send(sse_event("message", Some(event_id), &msg)).is_ok()
-                    })
-                    .await;
-                });
-                let body = Body::Sse(SseStream::new(Some(rx), session.token.clone(), None));
-                with_session(sse_response(body), sid)
-            }
-            Outcome::Slow(call) => {
-                with_session(json(StatusCode::OK, call.reply(&session.token).await), sid)
-            }
+        let call = match self.dispatcher.dispatch(&msg) {
+            Outcome::NoReply => return empty(StatusCode::ACCEPTED),
+            Outcome::Reply(reply) => return with_session(json(StatusCode::OK, reply), sid),
+            Outcome::Fail(reply) => return json(StatusCode::INTERNAL_SERVER_ERROR, reply),
+            Outcome::Slow(call) => call,
+        };
+        // A slow call runs under the session's token (its streams end with it).
+        let Some(session) = self.sessions.get_key(session) else {
+            // Deleted since the lookup.
+            return session_not_found();
+        };
+        if wants_sse {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let stop = session.token.clone();
+            tokio::spawn(async move {
+                let mut event_id = 0u64;
+                call.run(&stop, tx.closed(), |msg| {
+                    event_id += 1;
+                    tx.send(sse_event("message", Some(event_id), &msg)).is_ok()
+                })
+                .await;
+            });
+            let body = Body::Sse(SseStream::new(Some(rx), session.token.clone(), None));
+            with_session(sse_response(body), sid)
+        } else {
+            with_session(json(StatusCode::OK, call.reply(&session.token).await), sid)
         }
     }
 
@@ -179,7 +187,10 @@ impl Streamable {
         let (session, sid) = match self.lookup(req.headers()) {
             Lookup::Missing => return missing_session(None),
             Lookup::Unknown => return session_not_found(),
-            Lookup::Found(s, sid) => (s, sid),
+            Lookup::Found(k, sid) => match self.sessions.get_key(k) {
+                Some(s) => (s, sid),
+                None => return session_not_found(),
+            },
         };
         let accept = req.headers().get(http::header::ACCEPT);
         let accept_ok = accept.is_none()
