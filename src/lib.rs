@@ -47,6 +47,7 @@ pub mod notify;
 pub mod probe;
 pub mod proxy;
 pub mod run;
+pub mod shard;
 pub mod stats;
 pub mod table;
 pub mod tls;

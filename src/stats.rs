@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::mcp::{method, Era};
+use crate::shard::{self, Padded, PerWorker, SHARDS};
 use crate::upstream::UpstreamError;
 use tokio_util::sync::CancellationToken;
 
@@ -51,16 +52,24 @@ pub const PROBE_STEPS: [&str; 7] = [
 
 /// A fixed-bucket histogram made of atomics, encoded at scrape time.
 ///
-/// Each observation lands in exactly one slot of `counts` (the last one is the
-/// `+Inf` overflow), so a snapshot's cumulative buckets and its count come from
-/// the same loads: `+Inf` always equals `_count`, whatever runs concurrently.
+/// Each observation lands in exactly one bucket (the last one is the `+Inf`
+/// overflow), so a snapshot's cumulative buckets and its count come from the
+/// same loads: `+Inf` always equals `_count`, whatever runs concurrently.
+/// Each worker writes a shard of its own (`crate::shard`): the buckets and the
+/// sum of shard `s` are words `s * stride ..` of `words`, on cache lines no
+/// other shard uses.
 #[derive(Debug)]
 pub struct AtomicHistogram {
     bounds: &'static [f64],
-    /// Per-bucket (not cumulative) counts; `bounds.len() + 1` of them.
-    counts: Box<[AtomicU64]>,
-    sum_micros: AtomicU64,
+    /// Per shard: `bounds.len() + 1` per-bucket (not cumulative) counts, then
+    /// the sum in microseconds; `stride` words in all.
+    words: Box<[Padded<[AtomicU64; LINE_WORDS]>]>,
+    /// Blocks of `LINE_WORDS` per shard.
+    blocks: usize,
 }
+
+/// `u64`s in one [`Padded`] block.
+const LINE_WORDS: usize = 16;
 
 /// A histogram as the exposition formats want it.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,14 +84,21 @@ pub struct HistogramSnapshot {
 
 impl AtomicHistogram {
     pub fn new(bounds: &'static [f64]) -> Self {
+        let blocks = (bounds.len() + 2).div_ceil(LINE_WORDS);
         Self {
             bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
+            words: (0..SHARDS * blocks).map(|_| Padded::default()).collect(),
+            blocks,
         }
     }
 
-    /// Records one observation: two relaxed atomic adds, no allocation.
+    /// Word `i` of shard `shard`.
+    fn word(&self, shard: usize, i: usize) -> &AtomicU64 {
+        &self.words[shard * self.blocks + i / LINE_WORDS].0[i % LINE_WORDS]
+    }
+
+    /// Records one observation: two relaxed atomic adds on this worker's
+    /// shard, no allocation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = self
@@ -90,31 +106,55 @@ impl AtomicHistogram {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let shard = shard::index() % SHARDS;
+        self.word(shard, i).fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.word(shard, self.bounds.len() + 1)
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Bucket `i`'s count (not cumulative), over every shard.
+    fn bucket(&self, i: usize) -> u64 {
+        (0..SHARDS)
+            .map(|s| self.word(s, i).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        (0..=self.bounds.len()).map(|i| self.bucket(i)).sum()
     }
 
     /// Cumulative buckets ending in `+Inf`, the count and the sum.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.counts.len());
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
         let bounds = self.bounds.iter().copied().chain([f64::INFINITY]);
-        for (b, c) in bounds.zip(self.counts.iter()) {
-            cumulative += c.load(Ordering::Relaxed);
+        for (i, b) in bounds.enumerate() {
+            cumulative += self.bucket(i);
             buckets.push((b, cumulative));
         }
+        let sum = (0..SHARDS)
+            .map(|s| self.word(s, self.bounds.len() + 1).load(Ordering::Relaxed))
+            .fold(0u64, u64::saturating_add);
         HistogramSnapshot {
-            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            sum: sum as f64 / 1e6,
             count: cumulative,
             buckets,
         }
     }
+}
+
+/// What a slot's requests write, per worker (`crate::shard`).
+#[derive(Debug, Default)]
+struct SlotShard {
+    /// Responses by status class, 1xx..5xx.
+    requests: [AtomicU64; 5],
+    /// Requests by protocol era, indexed like `Era::ALL`.
+    eras: [AtomicU64; 4],
+    /// One more than the milliseconds since the slot's `epoch` of this
+    /// worker's last request pinned to the slot (0: none).
+    last_pinned_ms: AtomicU64,
 }
 
 /// The live counts and counters of one slot.
@@ -127,18 +167,15 @@ pub struct SlotStats {
     /// so the common zero-crossing at concurrency 1 costs no wake-up.
     watchers: AtomicUsize,
     idle: Notify,
-    /// Milliseconds since `epoch` of the last request pinned to this slot.
-    last_pinned_ms: AtomicU64,
     /// Largest SSE `retry:` (ms) this slot has sent; a drain waits at least this long.
     max_retry_ms: AtomicU64,
     epoch: Instant,
-    requests: [AtomicU64; 5],
+    /// Responses, eras and the last pinned request, per worker.
+    hot: PerWorker<SlotShard>,
     /// 5xx caused by the slot: its own 5xx answers and the proxy's 502/504 for
     /// its faults (never a client's fault). The watch window reads this.
     upstream_failures: AtomicU64,
     upstream_errors: [AtomicU64; UpstreamError::ALL.len()],
-    /// Requests by protocol era, indexed like `Era::ALL`.
-    eras: [AtomicU64; 4],
     pub stream_duration: AtomicHistogram,
     pub drain_duration: AtomicHistogram,
     /// Request durations, arrival to the end of the response body (long-lived
@@ -183,13 +220,11 @@ impl SlotStats {
             inflight: AtomicU64::new(0),
             watchers: AtomicUsize::new(0),
             idle: Notify::new(),
-            last_pinned_ms: AtomicU64::new(0),
             max_retry_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-            requests: Default::default(),
+            hot: PerWorker::default(),
             upstream_failures: AtomicU64::new(0),
             upstream_errors: Default::default(),
-            eras: Default::default(),
             stream_duration: AtomicHistogram::new(&STREAM_BUCKETS),
             drain_duration: AtomicHistogram::new(&DRAIN_BUCKETS),
             request_duration: AtomicHistogram::new(&REQUEST_BUCKETS),
@@ -287,18 +322,26 @@ impl SlotStats {
 
     /// Records that a request pinned to this slot (a session's request) arrived.
     pub fn touch_pinned(&self) {
+        // One more than the milliseconds since `epoch`: 0 stays "none", even
+        // for a request in the slot's first millisecond.
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_pinned_ms.store(ms, Ordering::Relaxed);
+        let stamp = ms.saturating_add(1);
+        self.hot.local().last_pinned_ms.store(stamp, Ordering::Relaxed);
     }
 
     /// Time since the last pinned request, or `None` if none ever arrived.
     pub fn since_last_pinned(&self) -> Option<Duration> {
-        let ms = self.last_pinned_ms.load(Ordering::Relaxed);
+        let ms = self
+            .hot
+            .iter()
+            .map(|s| s.last_pinned_ms.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
         if ms == 0 {
             return None;
         }
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Some(Duration::from_millis(now.saturating_sub(ms)))
+        Some(Duration::from_millis(now.saturating_add(1).saturating_sub(ms)))
     }
 
     /// Notes an SSE `retry:` value sent by this slot.
@@ -313,7 +356,7 @@ impl SlotStats {
     /// Counts a response by status class (1xx..5xx).
     pub fn count_response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[class].fetch_add(1, Ordering::Relaxed);
+        self.hot.local().requests[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a 5xx the slot caused: its own 5xx answer, or the proxy's 502/504
@@ -330,16 +373,23 @@ impl SlotStats {
 
     /// Responses of status class `class` (1..=5) so far.
     pub fn responses(&self, class: usize) -> u64 {
-        self.requests[class.clamp(1, 5) - 1].load(Ordering::Relaxed)
+        let class = class.clamp(1, 5) - 1;
+        self.hot
+            .iter()
+            .map(|s| s.requests[class].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn count_era(&self, era: Era) {
-        self.eras[era as usize].fetch_add(1, Ordering::Relaxed);
+        self.hot.local().eras[era as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests of protocol era `era` so far.
     pub fn era_requests(&self, era: Era) -> u64 {
-        self.eras[era as usize].load(Ordering::Relaxed)
+        self.hot
+            .iter()
+            .map(|s| s.eras[era as usize].load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn count_upstream_error(&self, kind: UpstreamError) {
@@ -845,6 +895,58 @@ mod tests {
         assert_eq!(s.buckets[12], (f64::INFINITY, 3));
         assert!(s.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
         assert!((s.sum - 10_002.3).abs() < 1e-6, "{}", s.sum);
+    }
+
+    #[test]
+    fn workers_write_shards_that_readers_add_up() {
+        // Each worker thread writes its own shard (crate::shard); the
+        // histogram, the response and era counts and the last pinned request
+        // read across all of them, as the metrics scrape and a drain do.
+        let h = Arc::new(AtomicHistogram::new(&REQUEST_BUCKETS));
+        let s = SlotStats::new("blue");
+        assert_eq!(s.since_last_pinned(), None);
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let (h, s) = (h.clone(), s.clone());
+                std::thread::spawn(move || {
+                    crate::shard::set_index(i);
+                    for _ in 0..=i {
+                        h.observe(Duration::from_millis(2));
+                        s.count_response(200);
+                        s.count_era(Era::Session);
+                    }
+                    h.observe(Duration::from_secs(100));
+                    s.count_response(503);
+                    s.touch_pinned();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("joins");
+        }
+        let snap = h.snapshot();
+        assert_eq!(snap.count, 6 + 3);
+        assert_eq!(h.count(), 9);
+        let at = |bound: f64| {
+            snap.buckets
+                .iter()
+                .find(|b| b.0 == bound)
+                .expect("a bound")
+                .1
+        };
+        assert_eq!(at(0.001), 0);
+        assert_eq!(at(0.0025), 6);
+        assert_eq!(snap.buckets.last(), Some(&(f64::INFINITY, 9)));
+        assert!(
+            (snap.sum - (6.0 * 0.002 + 300.0)).abs() < 1e-6,
+            "{}",
+            snap.sum
+        );
+        assert_eq!(s.responses(2), 6);
+        assert_eq!(s.responses(5), 3);
+        assert_eq!(s.era_requests(Era::Session), 6);
+        assert_eq!(s.era_requests(Era::LegacySse), 0);
+        assert!(s.since_last_pinned().is_some());
     }
 
     #[test]

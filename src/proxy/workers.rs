@@ -41,7 +41,7 @@ impl Workers {
     pub fn start(count: usize, on_park: fn()) -> std::io::Result<Arc<Workers>> {
         // The caller's thread is worker 0 (a multi-thread caller's other
         // threads get indices of their own).
-        crate::upstream::client::set_thread_index(0);
+        crate::shard::set_index(0);
         let stop = CancellationToken::new();
         let mut handles = Vec::new();
         for i in 1..count.max(1) {
@@ -55,7 +55,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("mcpflip-worker-{i}"))
                 .spawn(move || {
-                    crate::upstream::client::set_thread_index(i);
+                    crate::shard::set_index(i);
                     rt.block_on(stop.cancelled());
                     // Dropping the runtime drops what is left on it: the
                     // process is ending, or its connections have closed.

@@ -426,7 +426,7 @@ async fn within<F: Future>(
 impl Pool {
     /// This thread's idle list.
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.lock_at(thread_index())
+        self.lock_at(crate::shard::index())
     }
 
     fn lock_at(&self, i: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -789,30 +789,6 @@ async fn reap(pool: Weak<Pool>, timeout: Duration) {
             drop(expired);
         }
     }
-}
-
-thread_local! {
-    static THREAD_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// This thread's index, for the pool's idle lists: each worker thread (see
-/// `proxy::workers`) has its own, so that it takes back the connections its
-/// own reactor drives instead of being woken through another thread's.
-/// Threads that were given none get the next free one.
-fn thread_index() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 16);
-    THREAD_INDEX.with(|c| {
-        c.get().unwrap_or_else(|| {
-            let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            c.set(Some(i));
-            i
-        })
-    })
-}
-
-/// Makes this thread worker `i` for the pools' idle lists.
-pub fn set_thread_index(i: usize) {
-    THREAD_INDEX.with(|c| c.set(Some(i)));
 }
 
 /// The first address of `host:port` that accepts a connection.
