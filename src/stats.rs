@@ -326,7 +326,10 @@ impl SlotStats {
         // for a request in the slot's first millisecond.
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let stamp = ms.saturating_add(1);
-        self.hot.local().last_pinned_ms.store(stamp, Ordering::Relaxed);
+        self.hot
+            .local()
+            .last_pinned_ms
+            .store(stamp, Ordering::Relaxed);
     }
 
     /// Time since the last pinned request, or `None` if none ever arrived.
@@ -341,7 +344,9 @@ impl SlotStats {
             return None;
         }
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Some(Duration::from_millis(now.saturating_add(1).saturating_sub(ms)))
+        Some(Duration::from_millis(
+            now.saturating_add(1).saturating_sub(ms),
+        ))
     }
 
     /// Notes an SSE `retry:` value sent by this slot.

@@ -94,7 +94,7 @@ pub async fn run_multicore(
                 Vec::new()
             },
         };
-        for round in b.rounds() {
+        for round in Bench::rounds_of(b.settings.w1_rounds) {
             for (j, &i) in which.iter().enumerate() {
                 let t = &b.targets[i];
                 let o = w1::closed_loop(b, t, &sessions[j], s.c64, s.w1_measure).await;

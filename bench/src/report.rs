@@ -78,7 +78,10 @@ pub fn render(run: &Run) -> String {
         m.rounds,
         plural(m.rounds),
         if m.w1_rounds != m.rounds {
-            format!(" ({} for W1, the noisiest)", m.w1_rounds)
+            format!(
+                " ({} for W1 and the runs made of it: the access log, the multi-core section, W5)",
+                m.w1_rounds
+            )
         } else {
             String::new()
         },

@@ -83,7 +83,7 @@ pub async fn run_w5(b: &mut Bench) -> anyhow::Result<W5> {
         cells: b.kinds().into_iter().map(W5Cell::new).collect(),
         capture: None,
     };
-    for round in b.rounds() {
+    for round in Bench::rounds_of(b.settings.w1_rounds) {
         for i in b.order(round) {
             let t = &b.targets[i];
             let all = if t.kind == Kind::Mcpflip {
