@@ -56,13 +56,13 @@ pub const PROBE_STEPS: [&str; 7] = [
 /// overflow), so a snapshot's cumulative buckets and its count come from the
 /// same loads: `+Inf` always equals `_count`, whatever runs concurrently.
 /// Each worker writes a shard of its own (`crate::shard`): the buckets and the
-/// sum of shard `s` are words `s * stride ..` of `words`, on cache lines no
-/// other shard uses.
+/// sum of shard `s` are in blocks `s * blocks ..` of `words`, on cache lines
+/// no other shard uses.
 #[derive(Debug)]
 pub struct AtomicHistogram {
     bounds: &'static [f64],
-    /// Per shard: `bounds.len() + 1` per-bucket (not cumulative) counts, then
-    /// the sum in microseconds; `stride` words in all.
+    /// Per shard, `blocks` blocks: `bounds.len() + 1` per-bucket (not
+    /// cumulative) counts, then the sum in microseconds.
     words: Box<[Padded<[AtomicU64; LINE_WORDS]>]>,
     /// Blocks of `LINE_WORDS` per shard.
     blocks: usize,
