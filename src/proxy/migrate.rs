@@ -13,13 +13,17 @@
 //!
 //! The store is a sharded `std` map: a session that never migrates costs one
 //! shard read-lock and an atomic store per request (its idle clock), and only
-//! with migration on. The `Moved` record is read only once the pinned slot is
+//! with migration on. The maps are keyed by a keyed 64-bit hash of the id,
+//! and the idle clock lives in the map's entry, so that a request's touch
+//! reads the table alone among 100,000 sessions (no key bytes elsewhere on
+//! the heap, no session record); every other use compares the full id, which
+//! the session keeps. The `Moved` record is read only once the pinned slot is
 //! gone. No new dependency: lookups are rare enough (capture, idle touch,
 //! migration) that a lock-free map (papaya, scc) buys nothing measurable here,
 //! and shards keep writers (session creation) from queueing behind each other.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -68,10 +72,10 @@ pub struct Moved {
 /// One captured session.
 #[derive(Debug)]
 pub struct Captured {
+    /// The tagged id the client holds (the map's key is its hash).
+    id: Box<[u8]>,
     init: Bytes,
     kept: Mutex<Kept>,
-    /// Seconds since the store's epoch of the last request.
-    last_used: AtomicU64,
     moved: ArcSwapOption<Moved>,
     /// One replay at a time per session; concurrent requests wait for it.
     replaying: tokio::sync::Mutex<()>,
@@ -106,13 +110,44 @@ impl Captured {
     }
 }
 
-type Shard = RwLock<HashMap<Box<[u8]>, Arc<Captured>>>;
+/// A session in its shard's map.
+#[derive(Debug)]
+struct Entry {
+    /// Seconds since the store's epoch of the session's last request.
+    last_used: AtomicU64,
+    captured: Arc<Captured>,
+}
+
+/// The maps' keys are already hashes ([`Sessions::key`]): used as they are.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; this keeps any other input sound.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+type Shard = RwLock<HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>>;
 
 /// The captured sessions, by the tagged `Mcp-Session-Id` the client holds.
 #[derive(Debug)]
 pub struct Sessions {
     shards: Box<[Shard]>,
-    hasher: RandomState,
+    /// Keys the ids: seeded at random per process, so that no client can aim
+    /// its ids at another session's key.
+    hasher: foldhash::quality::RandomState,
     max: usize,
     idle: Duration,
     count: AtomicUsize,
@@ -126,7 +161,7 @@ impl Sessions {
     pub fn new(max: usize, idle: Duration, stats: Arc<ProxyStats>) -> Self {
         Sessions {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
             max,
             idle,
             count: AtomicUsize::new(0),
@@ -136,9 +171,15 @@ impl Sessions {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard {
-        let i = self.hasher.hash_one(key) as usize % SHARDS;
-        &self.shards[i]
+    /// The map key of id `id`.
+    fn key(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// The shard of map key `key`: bits the map itself does not use for
+    /// the bucket (low bits) or the control byte (top 7).
+    fn shard(&self, key: u64) -> &Shard {
+        &self.shards[(key >> 32) as usize % SHARDS]
     }
 
     fn now(&self) -> u64 {
@@ -170,22 +211,30 @@ impl Sessions {
             self.stats.count_capture_refused();
             return false;
         }
-        let entry = Arc::new(Captured {
+        let captured = Arc::new(Captured {
+            id: id.as_bytes().into(),
             init: own(&init),
             kept: Mutex::default(),
-            last_used: AtomicU64::new(self.now()),
             moved: ArcSwapOption::empty(),
             replaying: tokio::sync::Mutex::new(()),
         });
-        let key = id.as_bytes();
-        self.held.fetch_add(entry.bytes(), Ordering::Relaxed);
+        let key = self.key(id.as_bytes());
+        self.held.fetch_add(captured.bytes(), Ordering::Relaxed);
+        let entry = Entry {
+            last_used: AtomicU64::new(self.now()),
+            captured,
+        };
+        // The same id captured again replaces its session. (So would another
+        // id with the same 64-bit key: one pair in 2^64, and no client can aim
+        // at it without the process's seed; that older session would then
+        // end with its slot, as without migration.)
         let old = {
             let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
-            map.insert(key.into(), entry)
+            map.insert(key, entry)
         };
         match old {
             Some(old) => {
-                self.held.fetch_sub(old.bytes(), Ordering::Relaxed);
+                self.held.fetch_sub(old.captured.bytes(), Ordering::Relaxed);
             }
             None => {
                 self.count.fetch_add(1, Ordering::Relaxed);
@@ -197,30 +246,39 @@ impl Sessions {
 
     /// The captured session `id`, its idle clock reset.
     pub fn get(&self, id: &[u8]) -> Option<Arc<Captured>> {
-        let map = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
-        let c = map.get(id)?;
-        c.last_used.store(self.now(), Ordering::Relaxed);
-        Some(Arc::clone(c))
+        let key = self.key(id);
+        let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
+        let e = map.get(&key).filter(|e| *e.captured.id == *id)?;
+        e.last_used.store(self.now(), Ordering::Relaxed);
+        Some(Arc::clone(&e.captured))
     }
 
-    /// Resets `id`'s idle clock: one read lock, one atomic store.
+    /// Resets `id`'s idle clock: one read lock, one atomic store, in the
+    /// map's entry. The id itself is not compared (that would read the
+    /// session's record elsewhere on the heap on every request): an id
+    /// sharing its key with another session only keeps that one from idling
+    /// out, and `get` and `remove` compare ids.
     pub fn touch(&self, id: &[u8]) {
-        let map = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(id) {
-            c.last_used.store(self.now(), Ordering::Relaxed);
+        let key = self.key(id);
+        let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(&key) {
+            e.last_used.store(self.now(), Ordering::Relaxed);
         }
     }
 
     /// Forgets `id` (its session ended: DELETE, or a 404 from its slot).
     pub fn remove(&self, id: &[u8]) {
-        let gone = self
-            .shard(id)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        if let Some(c) = gone {
+        let key = self.key(id);
+        let gone = {
+            let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some(e) if *e.captured.id == *id => map.remove(&key),
+                _ => None,
+            }
+        };
+        if let Some(e) = gone {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            self.held.fetch_sub(c.bytes(), Ordering::Relaxed);
+            self.held.fetch_sub(e.captured.bytes(), Ordering::Relaxed);
             self.publish();
         }
     }
@@ -307,11 +365,11 @@ impl Sessions {
         let mut gone = 0;
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, c| {
-                let keep = now.saturating_sub(c.last_used.load(Ordering::Relaxed)) < idle;
+            map.retain(|_, e| {
+                let keep = now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle;
                 if !keep {
                     gone += 1;
-                    self.held.fetch_sub(c.bytes(), Ordering::Relaxed);
+                    self.held.fetch_sub(e.captured.bytes(), Ordering::Relaxed);
                 }
                 keep
             });
@@ -739,6 +797,32 @@ mod tests {
         assert_eq!(s.bytes(), 2 + (MAX_UNANSWERED - 1) * each);
         s.remove(a.as_bytes());
         assert_eq!(s.bytes(), 0, "a session's unanswered calls go with it");
+    }
+
+    #[test]
+    fn an_id_is_found_by_its_key_and_its_bytes() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(8, Duration::from_secs(3600), Arc::clone(&stats));
+        let a = HeaderValue::from_static("mf1.blue.0.a");
+        let b = HeaderValue::from_static("mf1.blue.0.b");
+        assert!(s.capture(&b, Bytes::from_static(b"{}")));
+        // Put b's session under a's key, as two ids sharing a key would be:
+        // a's requests may touch its idle clock, but never get or remove it.
+        let (ka, kb) = (s.key(a.as_bytes()), s.key(b.as_bytes()));
+        assert_ne!(ka, kb);
+        let entry = s.shard(kb).write().expect("lock").remove(&kb).expect("b");
+        s.shard(ka).write().expect("lock").insert(ka, entry);
+        assert!(s.get(a.as_bytes()).is_none());
+        s.touch(a.as_bytes());
+        s.remove(a.as_bytes());
+        assert_eq!(s.len(), 1, "a's DELETE must not forget b");
+        let held = s.shard(ka).read().expect("lock");
+        assert_eq!(&*held.get(&ka).expect("kept").captured.id, b.as_bytes());
+        drop(held);
+        // And the id with its own key is found.
+        assert!(s.capture(&a, Bytes::from_static(b"{}")));
+        let got = s.get(a.as_bytes()).expect("a");
+        assert_eq!(&*got.id, a.as_bytes());
     }
 
     #[test]
