@@ -7,7 +7,8 @@
 //! writes goes to the shard of that index, each on cache lines of its own,
 //! and readers (the metrics scrape, `status`, a drain's quiet check) combine
 //! the shards. Threads that were given no index (tests, the blocking pool)
-//! get the next free one, so two of them share a shard only past [`SHARDS`].
+//! get the next free one from 2^16 up; beyond [`SHARDS`] threads, shards are
+//! shared (correct, only less spread).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};

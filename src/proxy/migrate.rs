@@ -801,8 +801,7 @@ mod tests {
 
     #[test]
     fn an_id_is_found_by_its_key_and_its_bytes() {
-        let stats = Arc::new(ProxyStats::default());
-        let s = Sessions::new(8, Duration::from_secs(3600), Arc::clone(&stats));
+        let s = Sessions::new(8, Duration::from_secs(3600), Arc::default());
         let a = HeaderValue::from_static("mf1.blue.0.a");
         let b = HeaderValue::from_static("mf1.blue.0.b");
         assert!(s.capture(&b, Bytes::from_static(b"{}")));
