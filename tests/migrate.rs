@@ -503,9 +503,15 @@ async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
     let r = support::ctl(&socket, "weights green=100").await;
     assert!(r.get("error").is_none(), "{r}");
     let (status, r) = call(&client, &url, &sid, 3).await;
+    // Sent again as it was, but for its session id: green's own, the one
+    // the replayed `initialize` got there.
     assert_eq!(
-        (status, r["result"]["slot"].clone()),
-        (200, json!("green")),
+        (
+            status,
+            r["result"]["slot"].clone(),
+            r["result"]["session"].clone()
+        ),
+        (200, json!("green"), json!("green-1")),
         "{r}"
     );
     assert_eq!(proxy.proxy_stats.migrated(), 1);

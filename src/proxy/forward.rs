@@ -151,14 +151,6 @@ impl Forwarder {
         peer: &'a Peer,
     ) -> impl Future<Output = Response<ResponseBody>> + 'a {
         async move {
-            if self.sessions.is_some() {
-                // Migration reads the map (a session's replay copies it) and
-                // changes it (a moved session's id): all of it, where `proxy::h1`
-                // kept the lines as they came.
-                if let Err(e) = RequestBody::whole_map(&mut req) {
-                    return bad_header(&e);
-                }
-            }
             // Scoped: a borrowed local stays in the future's state across every
             // await in its scope (`-Zprint-type-sizes`: the scan twice, 496 of
             // its bytes, before this block).
@@ -205,6 +197,13 @@ impl Forwarder {
                         (slot, site, None, client_sid)
                     }
                     Decided::Move(client_sid) => {
+                        // A session that moves reads the map (its replay
+                        // copies it) and changes it (its id): all of it,
+                        // where `proxy::h1` kept the lines as they came. A
+                        // session that stays is passed on from its lines.
+                        if let Err(e) = RequestBody::whole_map(&mut req) {
+                            break 'answer bad_header(&e);
+                        }
                         match Box::pin(self.moved(&req, client_sid.as_ref())).await {
                             Ok((slot, inner)) => (slot, None, Some(inner), client_sid),
                             Err(()) => break 'answer session_not_found(),
@@ -338,6 +337,11 @@ impl Forwarder {
     /// its method (capture), its id (a cut call's error) or to send it again
     /// (a slot that refused the connection).
     async fn buffer_body(&self, body: RequestBody) -> Result<Bytes, BodyState> {
+        // Read with its head by `proxy::h1`: whole already.
+        let body = match body {
+            RequestBody::Read { body, .. } => return Ok(body.unwrap_or_default()),
+            body => body,
+        };
         let limited = http_body_util::Limited::new(body, migrate::MAX_BODY as usize);
         match tokio::time::timeout(self.client_body_timeout, limited.collect()).await {
             Ok(Ok(b)) => Ok(b.to_bytes()),
@@ -433,13 +437,13 @@ impl Forwarder {
             proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
             let (head, body) = req.into_parts();
             // Migration on: a small POST is read whole (see `buffer_body`).
+            // Its length is its `Content-Length`, as the body knows it (the
+            // map is empty while the lines are kept); a chunked body is not
+            // small.
             let small = self.sessions.is_some()
                 && head.method == http::Method::POST
-                && head
-                    .headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
+                && http_body::Body::size_hint(&body)
+                    .exact()
                     .is_some_and(|n| n <= migrate::MAX_BODY);
             let (buffered, body, watch) = if small {
                 match Box::pin(self.buffer_body(body)).await {
@@ -454,18 +458,18 @@ impl Forwarder {
                 let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
                 (None, body, watch)
             };
-            let (kind, call_id) = buffered
+            // What the store needs of the body: its kind, for every answer.
+            // Its id only for a call cut (an error, or a stream's end):
+            // read then (`call_id`).
+            let kind = buffered
                 .as_deref()
-                .map_or((migrate::Kind::Other, None), migrate::read);
+                .map_or(migrate::Kind::Other, migrate::kind);
+            let call_id = || buffered.as_deref().and_then(migrate::call_id);
             // The slot's header lines go to the client as they came, with no
             // `HeaderMap` made of them, when [`crate::proxy::h1`] writes the
-            // answer and nothing here needs them in a map: the session store
-            // (migration) reads them (bench/PROFILE.md §22).
-            let answer = if own_h1 && self.sessions.is_none() {
-                Answer::Raw
-            } else {
-                Answer::Map
-            };
+            // answer (bench/PROFILE.md §22); its session id is read and set
+            // on the lines.
+            let answer = if own_h1 { Answer::Raw } else { Answer::Map };
             // The answer's head within `wait`, counted from the body's end.
             let head_wait = Wait {
                 period: wait,
@@ -501,6 +505,18 @@ impl Forwarder {
                 _ => None,
             };
             if let Some((refused, retry)) = refused {
+                // The retry reads the head's map (a replay copies it) and
+                // edits it: made whole from the client's lines, if they were
+                // kept, and written from the map from now on.
+                if let Some(lines) = proxy.lines.take() {
+                    match lines.into_map() {
+                        Ok(map) => {
+                            head.headers = map;
+                            strip_hop_by_hop(&mut head.headers);
+                        }
+                        Err(e) => return bad_header(&e),
+                    }
+                }
                 let to = Box::pin(self.moved_for(
                     &head.headers,
                     &head.uri,
@@ -517,14 +533,6 @@ impl Forwarder {
                         stats.count_upstream_error(refused);
                         return resp;
                     }
-                    // The retry edits the head's map, which the encoder writes
-                    // only when the client's lines were not kept: a session
-                    // that moves (`client_sid`) means migration, whose map
-                    // `forward` made whole before anything else.
-                    debug_assert!(
-                        proxy.lines.is_none(),
-                        "a refused request retried from its lines would lose its edits"
-                    );
                     head.headers.insert(MCP_SESSION_ID, inner.clone());
                     proxy.cut = None;
                     migrate::last_event_id(&mut head.headers, &to.tag_prefix);
@@ -586,14 +594,14 @@ impl Forwarder {
                     tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
                     let reached =
                         matches!(kind, UpstreamError::Reset | UpstreamError::ResponseTimeout);
-                    if let (true, Some(id)) = (reached, &call_id) {
+                    if let Some(id) = reached.then(call_id).flatten() {
                         // Migration on, a call whose slot went away mid-call: the
                         // client gets a JSON-RPC error for its id, not an HTTP error
                         // some SDK clients never turn into one.
                         self.stats.count_interrupted();
                         return json_response(
                             StatusCode::OK,
-                            String::from_utf8_lossy(&migrate::interrupted(id)).into_owned(),
+                            String::from_utf8_lossy(&migrate::interrupted(&id)).into_owned(),
                         );
                     }
                     let mut resp = local_error(status, Some(&slot.name), code, &cause);
@@ -629,33 +637,33 @@ impl Forwarder {
             if let Some(sessions) = &self.sessions {
                 self.record(sessions, &parts, &method, kind, &buffered, &client_sid);
             }
+            // Only a 2xx session id is pinned: SDK servers return a fresh id
+            // with a 400 too. The id the client gets: a moved session keeps
+            // the one it has; any other is tagged with its slot, and a new
+            // session whose `initialize` was read whole is captured under it.
             if parts.status.is_success() {
-                if let (Some(_), Some(sid)) = (&moved, &client_sid) {
-                    // The client keeps the id it has.
-                    if parts.headers.contains_key(MCP_SESSION_ID) {
-                        parts.headers.insert(MCP_SESSION_ID, sid.clone());
+                let given = |id: &HeaderValue| -> Option<HeaderValue> {
+                    if let (Some(_), Some(sid)) = (&moved, &client_sid) {
+                        return Some(sid.clone());
                     }
-                } else if let Some(raw) = body.raw_headers_mut() {
-                    // Only a 2xx session id is pinned, as below.
                     let sent = tagged_in.as_ref().map(|(v, _)| v);
-                    if let Some(tagged) = raw
-                        .session_id()
-                        .and_then(|id| tag::tag_header_as(&slot.tag_prefix, &id, sent))
+                    let tagged = tag::tag_header_as(&slot.tag_prefix, id, sent)?;
+                    if let (Some(sessions), migrate::Kind::Initialize, Some(init)) =
+                        (&self.sessions, kind, &buffered)
                     {
-                        raw.set_session_id(tagged);
+                        if site.is_none() && moved.is_none() {
+                            sessions.capture(&tagged, init.clone());
+                        }
+                    }
+                    Some(tagged)
+                };
+                if let Some(raw) = body.raw_headers_mut() {
+                    if let Some(id) = raw.session_id().and_then(|id| given(&id)) {
+                        raw.set_session_id(id);
                     }
                 } else if let Some(id) = parts.headers.get_mut(MCP_SESSION_ID) {
-                    // Only a 2xx session id is pinned: SDK servers return a fresh id with a 400 too.
-                    let sent = tagged_in.as_ref().map(|(v, _)| v);
-                    if let Some(tagged) = tag::tag_header_as(&slot.tag_prefix, id, sent) {
-                        if let (Some(sessions), migrate::Kind::Initialize, Some(init)) =
-                            (&self.sessions, kind, &buffered)
-                        {
-                            if site.is_none() && moved.is_none() {
-                                sessions.capture(&tagged, init.clone());
-                            }
-                        }
-                        *id = tagged;
+                    if let Some(given) = given(id) {
+                        *id = given;
                     }
                 }
             }
@@ -683,7 +691,7 @@ impl Forwarder {
                             replaces,
                         })
                 };
-                let cut = match (call_id, resumed) {
+                let cut = match (call_id(), resumed) {
                     (Some(id), _) => Some(Cut {
                         event: migrate::interrupted_event(&id),
                         stats: Arc::clone(&self.stats),
