@@ -1043,6 +1043,19 @@ mod tests {
     use super::*;
     use crate::upstream::lines::LineKind;
 
+    /// A 502's message says each cause once: it read "the upstream
+    /// connection failed: the upstream connection failed: Broken pipe (os
+    /// error 32): Broken pipe (os error 32)".
+    #[test]
+    fn an_upstream_error_chain_says_each_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let e = crate::upstream::ClientError::Http(crate::upstream::h1::HttpError::from(io));
+        assert_eq!(
+            error_chain(&e),
+            "the upstream connection failed: broken pipe"
+        );
+    }
+
     #[test]
     fn the_hop_by_hop_names_are_the_raw_lines_hop_by_hop_kinds() {
         // An answer written from its lines as they came skips these kinds;

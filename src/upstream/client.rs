@@ -98,8 +98,8 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The HTTP exchange failed (the connection broke, the answer did not parse).
-    #[error("the upstream connection failed")]
-    Http(#[source] HttpError),
+    #[error(transparent)]
+    Http(HttpError),
     /// No response head within the wait (`UpstreamClient::send`).
     #[error("no response head within {0:?}")]
     ResponseTimeout(Duration),

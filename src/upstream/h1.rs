@@ -46,9 +46,10 @@ const READ_SIZE: usize = 8 * 1024;
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The socket failed (reset, timed out).
+    /// The socket failed (reset, timed out). Its error is in the message,
+    /// not a source: an error chain would say it twice.
     #[error("the upstream connection failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The upstream closed the connection before its answer was complete.
     #[error("the upstream closed the connection before its answer was complete")]
     Closed,
@@ -60,7 +61,13 @@ pub enum HttpError {
     BodyLength,
     /// The request body failed while it was being sent (see its `BodyWatch`).
     #[error("the request body failed: {0}")]
-    Body(#[source] crate::upstream::body::ClientBodyError),
+    Body(crate::upstream::body::ClientBodyError),
+}
+
+impl From<io::Error> for HttpError {
+    fn from(e: io::Error) -> Self {
+        HttpError::Io(e)
+    }
 }
 
 impl From<BadLine> for HttpError {
