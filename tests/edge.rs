@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::mcp::http_client;
 use support::{until, Harness, TestConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a test waits for something the proxy must do on its own (a
@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 const PATIENCE: Duration = Duration::from_secs(15);
 
 /// Reads until the peer closes; `Err` if it is still open after `PATIENCE`.
-async fn read_until_closed(s: &mut TcpStream) -> Result<Vec<u8>, Vec<u8>> {
+async fn read_until_closed<R: AsyncRead + Unpin>(s: &mut R) -> Result<Vec<u8>, Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let end = tokio::time::Instant::now() + PATIENCE;
@@ -887,6 +887,185 @@ async fn connect_failures_are_classified_by_type() {
     );
     drop(fillers);
     drop(full);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Writes a POST head with `Content-Length: len`, then `len` bytes of
+/// spaces, on `w`; stops at the first write the proxy refuses. The task
+/// gives `w` back once all went: dropped, it would close the connection's
+/// sending side, which the proxy takes for the client gone.
+fn post_body(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    len: usize,
+) -> tokio::task::JoinHandle<Option<tokio::net::tcp::OwnedWriteHalf>> {
+    tokio::spawn(async move {
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {len}\r\n\r\n"
+        );
+        w.write_all(head.as_bytes()).await.ok()?;
+        let chunk = vec![b' '; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            w.write_all(&chunk[..n]).await.ok()?;
+            left -= n;
+        }
+        Some(w)
+    })
+}
+
+/// A slot that answers `200 ok` as soon as it has a request head, then
+/// reads the request's body to its end (its `Content-Length`) and counts it.
+async fn answering_first_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let head_end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut body = got.len() - head_end;
+                while body < len {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body += n,
+                    }
+                }
+                let _ = tx.send(body);
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// A slot that answers `401` with `Connection: close` as soon as it has a
+/// request head, and closes.
+async fn refusing_slot() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// A slot may answer before it has read the whole request body (RFC 9112
+/// §9.5). The demo server answers 413 to a body over 4 MiB and closes with
+/// the rest unread: the client gets that 413, where the proxy answered 502
+/// once its write of the rest failed. A slot that refuses a request on its
+/// head (a 401) is answered at once while the client's body still comes,
+/// where the proxy waited for the body's end. An early answer that is no
+/// error and keeps its connection lets the whole body go on to the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_comes_before_the_body_end_is_the_answer() {
+    let h = Harness::new().await;
+    let (first, mut bodies) = answering_first_slot().await;
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", h.blue, 100)
+        .slot("green", first, 0)
+        .slot("gray", refusing_slot().await, 0);
+    let p = support::start(cfg.load()).await;
+    let (mut r, w) = TcpStream::connect(p.public_addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let writer = post_body(w, 16 << 20);
+    let got = read_until_closed(&mut r)
+        .await
+        .expect("answered and closed");
+    let (status, text) = parse_answer(&got);
+    assert_eq!(status, 413, "{text}");
+    writer.abort();
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"reset\"}"
+        ),
+        0,
+        "{m}"
+    );
+    // A slot that refuses on the head: answered while the body is paused
+    // half-way (long before `client_body_timeout`, a minute).
+    let r = support::ctl(&h.socket(), "weights blue=0 gray=100").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 1048576\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    s.write_all(&[b' '; 128 * 1024])
+        .await
+        .expect("half the body");
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("answered and closed");
+    let (status, text) = parse_answer(&got);
+    assert_eq!(status, 401, "{text}");
+    // The slot that answers first and reads on gets the whole body.
+    let r = support::ctl(&h.socket(), "weights gray=0 green=100").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let len = 4 << 20;
+    let (mut r, w) = TcpStream::connect(p.public_addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let writer = post_body(w, len);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"ok") {
+        match tokio::time::timeout(PATIENCE, r.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no answer: {other:?} {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    assert_eq!(parse_answer(&got).0, 200);
+    let w = writer.await.expect("writer");
+    assert!(w.is_some(), "the whole body was written");
+    let received = tokio::time::timeout(PATIENCE, bodies.recv()).await;
+    assert_eq!(received, Ok(Some(len)), "the slot read the whole body");
     p.shutdown().await;
     h.stop.cancel();
 }

@@ -26,8 +26,7 @@ use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -690,12 +689,8 @@ fn exchange<'a>(
         if ended && framing == ReqFraming::Chunked {
             out.extend_from_slice(h1::LAST_CHUNK);
         }
-        match conn.io.write(&out).await {
-            Ok(n) => {
-                if let Err(e) = conn.io.write_all(&out[n..]).await {
-                    return Err((e.into(), None));
-                }
-            }
+        let written = match conn.io.write(&out).await {
+            Ok(n) => n,
             Err(e) => {
                 let unsent = match first {
                     _ if !reused => None,
@@ -705,42 +700,32 @@ fn exchange<'a>(
                 };
                 return Err((e.into(), unsent.map(Box::new)));
             }
-        }
-        while !ended {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    ended = body.is_end_stream();
-                    let Ok(d) = frame.into_data() else { continue };
-                    if d.is_empty() {
-                        continue;
-                    }
-                    sent += d.len() as u64;
-                    let result = match framing {
-                        ReqFraming::Chunked => {
-                            out.clear();
-                            h1::encode_chunk(&d, &mut out);
-                            if ended {
-                                out.extend_from_slice(h1::LAST_CHUNK);
-                            }
-                            conn.io.write_all(&out).await
-                        }
-                        _ => conn.io.write_all(&d).await,
-                    };
-                    result.map_err(|e| (HttpError::from(e), None))?;
-                }
-                Some(Err(e)) => return Err((HttpError::Body(e), None)),
-                None => {
-                    ended = true;
-                    if framing == ReqFraming::Chunked {
-                        conn.io
-                            .write_all(h1::LAST_CHUNK)
-                            .await
-                            .map_err(|e| (HttpError::from(e), None))?;
-                    }
-                }
+        };
+        // The common request went whole in that write; the rest of a larger
+        // one goes while the slot's answer is watched for.
+        let mut early = None;
+        if written < out.len() || !ended {
+            let rest = Rest {
+                out,
+                at: written,
+                data: Bytes::new(),
+                framing,
+                ended,
+                sent,
+                listening: true,
+                early: None,
+                closed: None,
+            };
+            // Boxed: off the common path, its state stays out of the
+            // request's future.
+            early = Box::pin(rest.send(conn, &mut body, &parts.method))
+                .await
+                .map_err(|e| (e, None))?;
+            if let Some(head) = early.take_if(|h| !h.keep_alive) {
+                // It ended the sending: nothing more goes to the slot.
+                return Ok(head);
             }
-        }
-        if let ReqFraming::Length(n) = framing {
+        } else if let ReqFraming::Length(n) = framing {
             if sent != n {
                 return Err((HttpError::BodyLength, None));
             }
@@ -749,6 +734,9 @@ fn exchange<'a>(
             .flush()
             .await
             .map_err(|e| (HttpError::from(e), None))?;
+        if let Some(head) = early {
+            return Ok(head);
+        }
         loop {
             // Nothing read yet (the usual case right after the request went
             // out): no parse of an empty buffer.
@@ -763,6 +751,167 @@ fn exchange<'a>(
                 Ok(0) => return Err((HttpError::Closed, None)),
                 Ok(_) => {}
                 Err(e) => return Err((e.into(), None)),
+            }
+        }
+    }
+}
+
+/// What is left to send of a request after its first write: the rest of
+/// that write (`out` from `at`), then the body's frames as they come. The
+/// slot's answer is watched for meanwhile (RFC 9112 §9.5): a slot may answer
+/// before it has read the whole body (a 413 to a body too large, a 401) and
+/// stop reading. An error answer, or one that closes the connection, is then
+/// the answer and the rest is not sent (waiting to write it, the proxy
+/// answered 502 once the slot closed); any other early answer is kept until
+/// the whole body went.
+struct Rest {
+    out: Vec<u8>,
+    at: usize,
+    /// A frame's data being written as it came (`Content-Length` framing).
+    data: Bytes,
+    framing: ReqFraming,
+    /// The body has nothing more (what is in `out` or `data` goes still).
+    ended: bool,
+    /// Body bytes taken so far.
+    sent: u64,
+    /// The slot's side is still read (it has not closed it, nor answered).
+    listening: bool,
+    /// An answer that came before the body's end and lets it go on.
+    early: Option<RawHead>,
+    /// The write that found the slot's connection closed: what the slot
+    /// sent before it closed is read first (its answer may be there, not
+    /// yet seen: the reactor tells of the write's error before the read's
+    /// readiness).
+    closed: Option<std::io::Error>,
+}
+
+impl Rest {
+    /// Sends the rest: `Ok(None)` once all of it went and no answer came
+    /// yet; `Ok(Some(head))` for an answer that came first. One that ended
+    /// the sending leaves its connection to carry no other request (the
+    /// slot has not read the whole request).
+    async fn send(
+        mut self,
+        conn: &mut Conn,
+        body: &mut ForwardBody,
+        method: &http::Method,
+    ) -> Result<Option<RawHead>, HttpError> {
+        let refused = std::future::poll_fn(|cx| self.poll_send(cx, conn, body, method)).await?;
+        if let Some(mut head) = refused {
+            head.keep_alive = false;
+            return Ok(Some(head));
+        }
+        if let ReqFraming::Length(n) = self.framing {
+            if self.sent != n {
+                return Err(HttpError::BodyLength);
+            }
+        }
+        Ok(self.early)
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Conn,
+        body: &mut ForwardBody,
+        method: &http::Method,
+    ) -> Poll<Result<Option<RawHead>, HttpError>> {
+        loop {
+            if self.closed.is_some() {
+                match ready!(conn.poll_fill(cx)) {
+                    Ok(n) if n > 0 => {
+                        if let Some(head) = h1::parse_response_raw(&mut conn.buf, method)? {
+                            return Poll::Ready(Ok(Some(head)));
+                        }
+                        continue;
+                    }
+                    _ => {
+                        let e = self.closed.take().expect("checked");
+                        return Poll::Ready(Err(e.into()));
+                    }
+                }
+            }
+            if self.listening {
+                match conn.poll_fill(cx) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        if let Some(head) = h1::parse_response_raw(&mut conn.buf, method)? {
+                            if !head.keep_alive
+                                || head.status.is_client_error()
+                                || head.status.is_server_error()
+                            {
+                                return Poll::Ready(Ok(Some(head)));
+                            }
+                            self.early = Some(head);
+                            self.listening = false;
+                        }
+                        continue;
+                    }
+                    // Closed or broken: the write tells whether the request
+                    // can still go (a slot may close only its sending side).
+                    Poll::Ready(_) => self.listening = false,
+                    Poll::Pending => {}
+                }
+            }
+            let pending = if self.at < self.out.len() {
+                &self.out[self.at..]
+            } else {
+                &self.data[..]
+            };
+            if !pending.is_empty() {
+                let n = match ready!(Pin::new(&mut conn.io).poll_write(cx, pending)) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                        ) && self.early.is_none() =>
+                    {
+                        self.closed = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Poll::Ready(Err(e.into())),
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(
+                        std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+                    ));
+                }
+                if self.at < self.out.len() {
+                    self.at += n;
+                } else {
+                    bytes::Buf::advance(&mut self.data, n);
+                }
+                continue;
+            }
+            if self.ended {
+                return Poll::Ready(Ok(None));
+            }
+            self.out.clear();
+            self.at = 0;
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    self.ended = body.is_end_stream();
+                    let d = frame.into_data().unwrap_or_default();
+                    self.sent += d.len() as u64;
+                    match self.framing {
+                        ReqFraming::Chunked => {
+                            if !d.is_empty() {
+                                h1::encode_chunk(&d, &mut self.out);
+                            }
+                            if self.ended {
+                                self.out.extend_from_slice(h1::LAST_CHUNK);
+                            }
+                        }
+                        _ => self.data = d,
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(HttpError::Body(e))),
+                None => {
+                    self.ended = true;
+                    if self.framing == ReqFraming::Chunked {
+                        self.out.extend_from_slice(h1::LAST_CHUNK);
+                    }
+                }
             }
         }
     }
