@@ -1069,3 +1069,155 @@ async fn an_answer_that_comes_before_the_body_end_is_the_answer() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// Reads one HTTP/1.1 message from `s` (`buf` keeps what follows it): its
+/// head, lowercased, and its body (by `Content-Length`, or chunked).
+async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>) {
+    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            other => panic!("the message stopped short: {other:?}: {:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        more(s, buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().expect("a length"));
+    let mut body = Vec::new();
+    if let Some(n) = length {
+        while buf.len() < n {
+            more(s, buf).await;
+        }
+        body.extend(buf.drain(..n));
+    } else if head.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                more(s, buf).await;
+            };
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&buf[..line_end]).trim(),
+                16,
+            )
+            .expect("a chunk size");
+            while buf.len() < line_end + 2 + size + 2 {
+                more(s, buf).await;
+            }
+            body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+            buf.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    }
+    (head, body)
+}
+
+/// A slot that serves requests on kept connections and answers each path
+/// with the hop-by-hop headers a real server sends: Node's `Connection:
+/// keep-alive` and `Keep-Alive` (`/node`), `Connection: close` (`/close`,
+/// then it closes), a `Connection` that names a header (`/named`), a chunked
+/// body (`/chunked`). Each request head it got goes to the channel.
+async fn hop_by_hop_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end + 4]).to_ascii_lowercase();
+                    buf.drain(..end + 4);
+                    let answer: &[u8] = if head.starts_with("get /node ") {
+                        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
+                    } else if head.starts_with("get /close ") {
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
+                    } else if head.starts_with("get /named ") {
+                        b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+                    };
+                    let close = head.starts_with("get /close ");
+                    let _ = tx.send(head);
+                    if s.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) stop at the proxy both ways,
+/// whichever path a message takes: the `Connection: keep-alive` the SDKs'
+/// clients send on every request and Node's server on every answer, which
+/// are written from the lines as they came, and a `Connection` that names a
+/// header, which goes through a map that drops what it names. A slot's
+/// `Connection: close` closes the slot's connection, not the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
+    let h = Harness::new().await;
+    let (slot, mut heads) = hop_by_hop_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for (path, connection) in [
+        ("/node", "keep-alive"),
+        ("/close", "keep-alive"),
+        ("/named", "keep-alive"),
+        ("/chunked", "keep-alive"),
+        ("/node", "keep-alive, x-drop"),
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: {connection}\r\n\
+             Keep-Alive: 300\r\nTE: trailers\r\nX-Drop: 1\r\nX-Kept-Req: 1\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.expect("write");
+        let (head, body) = read_message(&mut s, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert_eq!(body, b"{}", "{path}: {head}");
+        assert!(head.contains("x-kept: 1"), "{path}: {head}");
+        for gone in ["connection:", "keep-alive:", "x-secret:"] {
+            assert!(!head.contains(gone), "{path} answered with {gone} {head}");
+        }
+        let got = tokio::time::timeout(PATIENCE, heads.recv())
+            .await
+            .expect("the slot got the request")
+            .expect("a head");
+        assert!(got.contains("x-kept-req: 1"), "{path}: {got}");
+        for gone in ["connection:", "keep-alive:", "te:"] {
+            assert!(!got.contains(gone), "{path} went upstream with {gone} {got}");
+        }
+        // Only a `Connection` that names it drops `X-Drop`.
+        assert_eq!(
+            got.contains("x-drop: 1"),
+            !connection.contains("x-drop"),
+            "{path}: {got}"
+        );
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}

@@ -8,6 +8,7 @@
                                   HTTP GET /mcp), prints "open", holds them until stdin closes
 """
 import http.client
+import os
 import socket
 import sys
 import threading
@@ -16,6 +17,10 @@ INIT = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersio
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_document","arguments":{"id":"health"}}}'
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+# KEEPALIVE=1: every request says `Connection: keep-alive`, as the MCP SDKs' HTTP clients
+# (httpx, undici) do.
+if os.environ.get("KEEPALIVE"):
+    HEADERS["Connection"] = "keep-alive"
 
 
 def session(host, port):

@@ -18,6 +18,8 @@
 # WRK=1 (calls, nginx) pins the proxy on CPU 1 and the upstream on CPU 0 as W1 does, drives it
 # with wrk (C connections, on CPU 0) for N seconds, and prints the proxy's CPU per request, user
 # and system apart, from /proc (OUT gets wrk's report).
+# KEEPALIVE=1 (calls, nginx): the client's requests say `Connection: keep-alive`, as the MCP
+# SDKs' HTTP clients (httpx, undici) send them.
 # STRACE=1 (calls, nginx) counts the proxy's system calls per request with `strace -c` instead
 # of callgrind (OUT is strace's table).
 set -euo pipefail

@@ -618,11 +618,11 @@ impl Forwarder {
             };
             let (mut parts, mut body) = resp.into_parts();
             // Lines as they came are written only for the common answer: one
-            // with a hop-by-hop line, or a stream (which gets more headers), is
-            // made a map here.
+            // whose `Connection` names headers to drop, or a stream (which gets
+            // more headers), is made a map here.
             if body
                 .raw_headers()
-                .is_some_and(|r| r.has_hop_by_hop() || body.is_event_stream())
+                .is_some_and(|r| r.names_headers() || body.is_event_stream())
             {
                 let mut resp = Response::from_parts(parts, body);
                 into_map_headers(&mut resp);

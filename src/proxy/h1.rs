@@ -50,7 +50,9 @@ use crate::proxy::conn::Conn;
 use crate::upstream::h1::{
     encode_chunk, fold_length, lists_token, poll_fill, put, put_length, take, CHUNKED, LAST_CHUNK,
 };
-use crate::upstream::lines::{into_map_headers, Line, LineKind, RawAnswer, RawHeaders};
+use crate::upstream::lines::{
+    connection_names_headers, into_map_headers, Line, LineKind, RawAnswer, RawHeaders,
+};
 use crate::upstream::RequestBody;
 
 /// The largest request head served here; a longer one goes to hyper (which
@@ -137,7 +139,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
     let path = (path.as_ptr() as usize - base, path.len());
     let mut length = None;
     let mut keep_alive = true;
-    let mut hop_by_hop = false;
+    let mut names_headers = false;
     // Where each name and value lie in `buf` (httparse's slices borrow it).
     let mut lines = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
@@ -151,9 +153,8 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
             LineKind::HopByHop if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::Hyper,
             LineKind::Connection => {
                 keep_alive &= !lists_token(h.value, b"close");
-                hop_by_hop = true;
+                names_headers |= connection_names_headers(h.value);
             }
-            LineKind::HopByHop => hop_by_hop = true,
             _ => {}
         }
         lines.push(Line::of(base, h, kind));
@@ -166,10 +167,11 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Parsed {
     };
     let bytes = take(buf, len);
     // The lines go upstream as they came, with no map made of them, unless a
-    // hop-by-hop line (which may name others to drop) asks for the whole map
-    // (bench/PROFILE.md §22).
+    // `Connection` line names headers to drop: the whole map drops them
+    // (bench/PROFILE.md §22, §29). Every other hop-by-hop line is left out by
+    // the upstream encoder as it writes the lines.
     let lines = RawHeaders::new(bytes.clone(), lines);
-    let (map, lines) = if hop_by_hop {
+    let (map, lines) = if names_headers {
         (lines.into_map().ok(), None)
     } else {
         (Some(HeaderMap::new()), Some(Box::new(lines)))
@@ -263,7 +265,9 @@ fn encode_head<B: Body>(
         ..Noted::default()
     };
     for (kind, name, value) in raw.into_iter().flat_map(RawHeaders::iter) {
-        if noted.note(kind, value) {
+        // The slot's `Connection` is about the slot's connection: left out,
+        // and never a reason to close the client's.
+        if kind != LineKind::Connection && noted.note(kind, value) {
             put(out, name, value);
         }
     }
@@ -933,7 +937,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hop_by_hop_line_makes_the_whole_map() {
+    fn a_connection_line_that_names_a_header_makes_the_whole_map() {
         // `Connection` may name headers to drop: the forwarder strips them
         // from the whole map, and no lines go upstream as they came.
         let (p, _) = parsed(
@@ -944,6 +948,25 @@ mod tests {
         };
         assert_eq!(head.req.headers().len(), 4);
         assert!(head.req.body_mut().take_lines().is_none());
+        // `Connection: keep-alive` (what the SDKs' clients send) and the
+        // other hop-by-hop lines name nothing: the lines are kept, and the
+        // upstream encoder leaves those out.
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive , close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: 300\r\nTE: trailers\r\n\r\n",
+        ] {
+            let (p, _) = parsed(head);
+            let Parsed::Head(mut h) = p else {
+                panic!("not served here: {p:?}")
+            };
+            assert!(h.req.headers().is_empty(), "{:?}", h.req.headers());
+            assert!(
+                h.req.body_mut().take_lines().is_some(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 
     #[test]

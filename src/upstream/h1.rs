@@ -902,7 +902,7 @@ mod tests {
             (LineKind::SessionId, "mcp-session-id".into(), "inner".into())
         );
         assert_eq!(lines[5], (LineKind::Other, "X-Empty".into(), String::new()));
-        assert!(!raw.headers.has_hop_by_hop());
+        assert!(!raw.headers.names_headers());
         assert_eq!(raw.headers.session_id().unwrap(), "inner");
         // The map made of them is what the map-making parse gives.
         let map = parse(text, &Method::POST).0.headers;
@@ -929,27 +929,36 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_lines_are_noted() {
-        for (text, hop) in [
+    fn only_a_connection_line_that_names_a_header_asks_for_the_map() {
+        for (text, names) in [
             (&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..], false),
             (
                 b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
                 true,
             ),
             (
-                b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nConnection: close, X-A\r\nContent-Length: 0\r\n\r\n",
                 true,
+            ),
+            // What Node's server sends on every answer.
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive,, CLOSE \r\nContent-Length: 0\r\n\r\n",
+                false,
             ),
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                true,
+                false,
             ),
         ] {
             let mut buf = BytesMut::from(text);
             let raw = parse_response_raw(&mut buf, &Method::GET).unwrap().unwrap();
             assert_eq!(
-                raw.headers.has_hop_by_hop(),
-                hop,
+                raw.headers.names_headers(),
+                names,
                 "{:?}",
                 String::from_utf8_lossy(text)
             );

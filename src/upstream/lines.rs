@@ -8,9 +8,9 @@
 //! request's instructions. The common request and answer now go through the
 //! proxy as lines, their maps empty: the forwarder reads what it needs from the
 //! request's lines (`proxy::scan::Scan::of_lines`), and each side is written
-//! from its lines (bench/PROFILE.md §22). Anything else (a hop-by-hop line, a
-//! stream, hyper's connections, migration) takes the whole map
-//! ([`RawHeaders::into_map`]).
+//! from its lines (bench/PROFILE.md §22). Anything else (a `Connection` line
+//! that names headers to drop, a stream, hyper's connections, a session that
+//! moves) takes the whole map ([`RawHeaders::into_map`]).
 //!
 //! httparse accepts exactly the name and value bytes `HeaderName` and
 //! `HeaderValue` accept (a token; visible ASCII, obs-text, space and tab), so
@@ -266,9 +266,14 @@ impl RawHeaders {
         self.head.len()
     }
 
-    /// True when a hop-by-hop line is there.
-    pub fn has_hop_by_hop(&self) -> bool {
-        self.lines.iter().any(|l| l.kind.is_hop_by_hop())
+    /// True when a `Connection` line names a header to drop with it
+    /// ([`connection_names_headers`]): only a map drops what it names
+    /// (`proxy::forward::strip_hop_by_hop`). Every other hop-by-hop line
+    /// (`Connection: keep-alive`, `Keep-Alive`, `Transfer-Encoding`) is left
+    /// out where the lines are written, on either side.
+    pub fn names_headers(&self) -> bool {
+        self.values(LineKind::Connection)
+            .any(connection_names_headers)
     }
 
     /// The values of the lines of `kind`, in order.
@@ -396,6 +401,17 @@ pub fn into_map_headers<B: RawAnswer>(resp: &mut http::Response<B>) {
         }
         Err(e) => tracing::warn!(error = %e, "an answer's headers were left out"),
     }
+}
+
+/// True when the `Connection` value `v` lists a token other than `close`
+/// and `keep-alive` (any case, RFC 9110 §7.6.1): the name of a header to
+/// drop with it. The SDKs' HTTP clients (httpx, undici) send `Connection:
+/// keep-alive` on every request, and Node's server on every answer: those
+/// name nothing.
+pub fn connection_names_headers(v: &[u8]) -> bool {
+    v.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
+        !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+    })
 }
 
 /// Where a parsed header's name and value lie in the buffer that starts at
