@@ -916,76 +916,86 @@ fn post_body(
     })
 }
 
-/// A slot that answers `200 ok` as soon as it has a request head, then
-/// reads the request's body to its end (its `Content-Length`) and counts it.
-async fn answering_first_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+/// A slot on a loopback port that serves each connection with `serve`,
+/// which tells what it saw on the channel.
+async fn raw_slot<T, F, Fut>(serve: F) -> (u16, tokio::sync::mpsc::UnboundedReceiver<T>)
+where
+    T: Send + 'static,
+    F: Fn(TcpStream, tokio::sync::mpsc::UnboundedSender<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                let head_end = loop {
-                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\nok")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let mut body = got.len() - head_end;
-                while body < len {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => body += n,
-                    }
-                }
-                let _ = tx.send(body);
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s, tx.clone()));
         }
     });
     (port, rx)
 }
 
+/// Reads from `s` into `got` until it holds a whole head: where the head
+/// ends, or `None` when the connection ends first.
+async fn read_head(s: &mut TcpStream, got: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A slot that answers `200 ok` as soon as it has a request head, then
+/// reads the request's body to its end (its `Content-Length`) and counts it.
+async fn answering_first_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<usize>) {
+    raw_slot(|mut s, tx| async move {
+        let mut got = Vec::new();
+        let Some(head_end) = read_head(&mut s, &mut got).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+        let mut body = got.len() - head_end;
+        let mut buf = vec![0u8; 64 * 1024];
+        while body < len {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body += n,
+            }
+        }
+        let _ = tx.send(body);
+    })
+    .await
+}
+
 /// A slot that answers `401` with `Connection: close` as soon as it has a
 /// request head, and closes.
 async fn refusing_slot() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = vec![0u8; 64 * 1024];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-            });
+    let (port, _) = raw_slot(|mut s, _: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        if read_head(&mut s, &mut Vec::new()).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
         }
-    });
+    })
+    .await;
     port
 }
 
@@ -1077,7 +1087,10 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>)
         let mut chunk = [0u8; 16 * 1024];
         match tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            other => panic!("the message stopped short: {other:?}: {:?}", String::from_utf8_lossy(buf)),
+            other => panic!(
+                "the message stopped short: {other:?}: {:?}",
+                String::from_utf8_lossy(buf)
+            ),
         }
     }
     let end = loop {
@@ -1106,11 +1119,8 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>)
                 }
                 more(s, buf).await;
             };
-            let size = usize::from_str_radix(
-                String::from_utf8_lossy(&buf[..line_end]).trim(),
-                16,
-            )
-            .expect("a chunk size");
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                .expect("a chunk size");
             while buf.len() < line_end + 2 + size + 2 {
                 more(s, buf).await;
             }
@@ -1130,44 +1140,28 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> (String, Vec<u8>)
 /// then it closes), a `Connection` that names a header (`/named`), a chunked
 /// body (`/chunked`). Each request head it got goes to the channel.
 async fn hop_by_hop_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end + 4]).to_ascii_lowercase();
-                    buf.drain(..end + 4);
-                    let answer: &[u8] = if head.starts_with("get /node ") {
-                        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
-                    } else if head.starts_with("get /close ") {
-                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
-                    } else if head.starts_with("get /named ") {
-                        b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
-                    };
-                    let close = head.starts_with("get /close ");
-                    let _ = tx.send(head);
-                    if s.write_all(answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
+    raw_slot(|mut s, tx| async move {
+        let mut buf = Vec::new();
+        while let Some(end) = read_head(&mut s, &mut buf).await {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end);
+            let answer: &[u8] = if head.starts_with("get /node ") {
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
+            } else if head.starts_with("get /close ") {
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
+            } else if head.starts_with("get /named ") {
+                b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"
+            } else {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+            };
+            let close = head.starts_with("get /close ");
+            let _ = tx.send(head);
+            if s.write_all(answer).await.is_err() || close {
+                return;
+            }
         }
-    });
-    (port, rx)
+    })
+    .await
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) stop at the proxy both ways,
@@ -1209,7 +1203,10 @@ async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
             .expect("a head");
         assert!(got.contains("x-kept-req: 1"), "{path}: {got}");
         for gone in ["connection:", "keep-alive:", "te:"] {
-            assert!(!got.contains(gone), "{path} went upstream with {gone} {got}");
+            assert!(
+                !got.contains(gone),
+                "{path} went upstream with {gone} {got}"
+            );
         }
         // Only a `Connection` that names it drops `X-Drop`.
         assert_eq!(
