@@ -750,7 +750,9 @@ fn h1_request_read(chunks: &[&[u8]]) -> RequestOutcome {
 /// the map made of them: the map can be made (httparse took only bytes
 /// `http` takes), the forwarder reads the same values from the lines as from
 /// the map (`Scan`), and the upstream head written from the lines is the one
-/// written from the map: the same request line, and each name's values in the
+/// written from the map the forwarder strips of hop-by-hop lines (the lines
+/// are kept only when `Connection` names no other header): the same request
+/// line, and each name's values in the
 /// same order (the lines keep the client's spelling of names and the order
 /// between different names, which a map groups by name). Returns the map.
 fn lines_as_the_map(
@@ -795,7 +797,11 @@ fn lines_as_the_map(
         );
         fields(&out)
     };
-    let by_map = written(&map, &proxy);
+    // The forwarder writes a map with its hop-by-hop lines (and what its
+    // `Connection` names) stripped; the encoder leaves those out of kept lines.
+    let mut stripped = map.clone();
+    crate::proxy::forward::strip_hop_by_hop(&mut stripped);
+    let by_map = written(&stripped, &proxy);
     let with_lines = ProxyHeaders {
         lines: Some(Box::new(lines.clone())),
         ..proxy.clone()
