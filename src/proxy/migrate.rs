@@ -729,7 +729,7 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"a"}}"#,
             br#"{"jsonrpc":"2.0","id":3,"method":"resources\/unsubscribe","params":{"uri":"a"}}"#,
             br#"{"jsonrpc":"2.0","id":3,"method":"resources/list"}"#,
-            br#"{"jsonrpc":"2.0","id":4,"method":"initialize"}"#,
+            br#"{"jsonrpc":"2.0","id":4,"method":"\u0069nitialize"}"#,
             br#"{"method" : "initialize" , "id" : 5}"#,
             br#"{"jsonrpc":"2.0","id":6,"method":"ping"}"#,
             br#"[{"jsonrpc":"2.0","id":7,"method":"initialize"}]"#,
