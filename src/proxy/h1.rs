@@ -264,12 +264,16 @@ fn encode_head<B: Body>(
         keep_length,
         ..Noted::default()
     };
-    for (kind, name, value) in raw.into_iter().flat_map(RawHeaders::iter) {
-        // The slot's `Connection` is about the slot's connection: left out,
-        // and never a reason to close the client's.
-        if kind != LineKind::Connection && noted.note(kind, value) {
-            put(out, name, value);
+    if let Some(raw) = raw {
+        let mut copy = raw.copier();
+        for line in raw.iter() {
+            // The slot's `Connection` is about the slot's connection: left
+            // out, and never a reason to close the client's.
+            if line.kind != LineKind::Connection && noted.note(line.kind, line.value) {
+                copy.line(out, &line);
+            }
         }
+        copy.finish(out);
     }
     for (name, value) in headers {
         if noted.note(kind_of(name), value.as_bytes()) {

@@ -246,13 +246,7 @@ pub struct ProxyHeaders {
     pub lines: Option<Box<RawHeaders>>,
 }
 
-/// Appends the header line `name: value`.
-pub fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
+pub use crate::upstream::lines::put;
 
 /// Writes the request head into `out`: the request line (origin-form: the
 /// URI's path and query), the headers but the framing ones (given by
@@ -300,8 +294,10 @@ pub fn encode_head(
     let mut prior_for: Option<&[u8]> = None;
     let mut cut = proxy.and_then(|p| p.cut.as_ref());
     if let (Some(lines), Some(_)) = (lines, proxy) {
-        for (kind, name, value) in lines.iter() {
-            match kind {
+        let mut copy = lines.copier();
+        for line in lines.iter() {
+            let (name, value) = (line.name, line.value);
+            match line.kind {
                 LineKind::ContentLength
                 | LineKind::TransferEncoding
                 | LineKind::Host
@@ -318,11 +314,12 @@ pub fn encode_head(
             }
             if let Some((_, n)) = cut.filter(|(c, _)| is_lower(name, c.as_str().as_bytes())) {
                 cut = None;
-                put(out, name, value.get(*n..).unwrap_or(value));
+                copy.put(out, name, value.get(*n..).unwrap_or(value));
                 continue;
             }
-            put(out, name, value);
+            copy.line(out, &line);
         }
+        copy.finish(out);
     }
     for (name, value) in headers.iter().filter(|_| lines.is_none()) {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -883,9 +880,9 @@ mod tests {
         let lines: Vec<(LineKind, String, String)> = raw
             .headers
             .iter()
-            .map(|(k, n, v)| {
+            .map(|l| {
                 let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
-                (k, s(n), s(v))
+                (l.kind, s(l.name), s(l.value))
             })
             .collect();
         assert_eq!(lines.len(), 6);
@@ -913,8 +910,8 @@ mod tests {
         assert_eq!(raw.session_id().unwrap(), "tagged");
         let ids: Vec<&[u8]> = raw
             .iter()
-            .filter(|(k, _, _)| *k == LineKind::SessionId)
-            .map(|(_, _, v)| v)
+            .filter(|l| l.kind == LineKind::SessionId)
+            .map(|l| l.value)
             .collect();
         assert_eq!(ids, [&b"tagged"[..]]);
         let map = raw.into_map().unwrap();
