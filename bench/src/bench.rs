@@ -1,8 +1,9 @@
 //! The run as a whole: the command line (run, `render`, `diff`, `soak`), the
 //! settings a run resolves to (full or `--quick`), and [`Bench`], which owns
 //! the upstreams and the targets and runs the rounds (every target once per
-//! round, in the same order, so A B A B: slow drift of the machine hits every
-//! target alike).
+//! round, so A B A B: slow drift of the machine hits every target alike; each
+//! round starts one target further on, so no target always follows the same
+//! one).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,6 +13,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::model::{CpuPlan, Kind};
 use crate::sys;
 use crate::targets::{Env, Target, Upstreams};
+
+/// `0..n`, starting at `by % n` and wrapping.
+fn rotated(n: usize, by: usize) -> Vec<usize> {
+    (0..n).map(|k| (k + by) % n.max(1)).collect()
+}
 
 /// The parts of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -412,9 +418,13 @@ impl Bench {
         (0..of).map(move |i| Round { i, of })
     }
 
-    /// The targets in the order of a round.
-    pub fn order(&self, _round: Round) -> Vec<usize> {
-        (0..self.targets.len()).collect()
+    /// The targets in the order of a round: each round starts one target
+    /// further on (round 1: direct, mcpflip, nginx, …; round 2: mcpflip,
+    /// nginx, …, direct), so that no target always runs right after the
+    /// same one, or first after a restart (a place in the order is not a
+    /// property of a proxy).
+    pub fn order(&self, round: Round) -> Vec<usize> {
+        rotated(self.targets.len(), round.i)
     }
 
     /// The plan every target starts with.
@@ -632,5 +642,19 @@ mod tests {
             Settings::new(&quick, 25_000, String::new(), 1).w2_levels,
             vec![1_000, 10_000]
         );
+    }
+
+    #[test]
+    fn each_round_starts_one_target_further_on() {
+        assert_eq!(rotated(3, 0), [0, 1, 2]);
+        assert_eq!(rotated(3, 1), [1, 2, 0]);
+        assert_eq!(rotated(3, 4), [1, 2, 0]);
+        // Over as many rounds as targets, each target takes every place once.
+        for place in 0..5 {
+            let mut at: Vec<usize> = (0..5).map(|r| rotated(5, r)[place]).collect();
+            at.sort_unstable();
+            assert_eq!(at, [0, 1, 2, 3, 4]);
+        }
+        assert!(rotated(0, 2).is_empty());
     }
 }
