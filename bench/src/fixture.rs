@@ -49,6 +49,7 @@ pub fn meta() -> Meta {
         steal_s: Some(24.0),
         rounds: 3,
         w1_rounds: 3,
+        rotated: true,
         targets: Kind::ALL.to_vec(),
         machine: Machine {
             hostname: "bench-host".to_owned(),

@@ -269,6 +269,10 @@ pub struct Meta {
     pub steal_s: Option<f64>,
     pub rounds: usize,
     pub w1_rounds: usize,
+    /// Each round started one target further on (`Bench::order`); false in
+    /// files of earlier runs, whose rounds all ran in the targets' order.
+    #[serde(default)]
+    pub rotated: bool,
     pub targets: Vec<Kind>,
     pub machine: Machine,
     pub plan: CpuPlan,

@@ -71,7 +71,7 @@ pub fn render(run: &Run) -> String {
     let _ = writeln!(
         o,
         "Every figure is the median of {} round{}{} with (min–max) beside it. Within a round every \
-         target runs once, always in the order {}, then the next round starts (A B A B), so slow \
+         target runs once, {}, then the next round starts (A B A B), so slow \
          drift of the machine hits every target alike. Loopback only; the upstream is mcpflip's \
          own `mcpflip upstream` (two of them: blue and green). The numbers are the ones the \
          command printed while it ran; `bench/README.md` explains each workload.\n",
@@ -85,7 +85,15 @@ pub fn render(run: &Run) -> String {
         } else {
             String::new()
         },
-        labels(&m.targets)
+        if m.rotated {
+            format!(
+                "the first round in the order {}, each next one starting one target further on \
+                 (no target always runs right after the same one)",
+                labels(&m.targets)
+            )
+        } else {
+            format!("always in the order {}", labels(&m.targets))
+        }
     );
     machine(&mut o, m);
     summary(&mut o, run);
