@@ -1218,3 +1218,65 @@ async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot that answers `GET /PATH` with a one-event SSE stream (chunked)
+/// whose `X-Accel-Buffering` line is the path's: `/none` sends none, `/no`
+/// `no`, `/yes` `yes`, `/twice` two lines.
+async fn accel_slot() -> u16 {
+    raw_slot::<(), _, _>(|mut s, _tx| async move {
+        let mut buf = Vec::new();
+        while let Some(end) = read_head(&mut s, &mut buf).await {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end);
+            let accel = match head.split(' ').nth(1) {
+                Some("/no") => "X-Accel-Buffering: no\r\n",
+                Some("/yes") => "X-Accel-Buffering: yes\r\n",
+                Some("/twice") => "X-Accel-Buffering: no\r\nX-Accel-Buffering: no\r\n",
+                _ => "",
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{accel}X-Kept: 1\r\n\
+                 Transfer-Encoding: chunked\r\n\r\nf\r\ndata: {{\"a\":1}}\n\n\r\n0\r\n\r\n"
+            );
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+/// An SSE answer tells buffering proxies in front not to buffer it, once:
+/// `X-Accel-Buffering: no` whatever the slot said (nothing, `no`, `yes`,
+/// twice), with the slot's other lines, over HTTP/1.1 from the answer's lines
+/// or from its map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_says_x_accel_buffering_no_once() {
+    let h = Harness::new().await;
+    let slot = accel_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for path in ["/none", "/no", "/yes", "/twice", "/none"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let (head, body) = read_message(&mut s, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        let accel: Vec<&str> = head
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-accel-buffering:"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(accel, ["no"], "{path}: {head}");
+        assert!(head.contains("x-kept: 1"), "{path}: {head}");
+        assert!(
+            head.contains("content-type: text/event-stream"),
+            "{path}: {head}"
+        );
+        assert_eq!(body, b"data: {\"a\":1}\n\n", "{path}: {head}");
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}

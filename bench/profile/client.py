@@ -16,6 +16,13 @@ import threading
 INIT = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"profile","version":"1"}}}'
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get_document","arguments":{"id":"health"}}}'
+# What a good answer to CALL holds.
+EXPECT = b"ok"
+# SSE=1: the call is `slow` for 0 seconds, which the demo server answers with an SSE stream
+# (one event, then its end), as the Python SDK's server answers every POST.
+if os.environ.get("SSE"):
+    CALL = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow","arguments":{"seconds":0}}}'
+    EXPECT = b'"result"'
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 # KEEPALIVE=1: every request says `Connection: keep-alive`, as the MCP SDKs' HTTP clients
 # (httpx, undici) do.
@@ -47,7 +54,7 @@ def calls(host, port, n, conns):
             c.request("POST", "/mcp", CALL, h)
             r = c.getresponse()
             body = r.read()
-            if r.status != 200 or b"ok" not in body:
+            if r.status != 200 or EXPECT not in body:
                 errors.append(r.status)
         c.close()
 

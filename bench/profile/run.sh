@@ -20,6 +20,8 @@
 # and system apart, from /proc (OUT gets wrk's report).
 # KEEPALIVE=1 (calls, nginx): the client's requests say `Connection: keep-alive`, as the MCP
 # SDKs' HTTP clients (httpx, undici) send them.
+# SSE=1 (calls, nginx): the call is answered with an SSE stream (the demo's `slow` tool for 0
+# seconds), as the Python SDK's server answers every POST.
 # STRACE=1 (calls, nginx) counts the proxy's system calls per request with `strace -c` instead
 # of callgrind (OUT is strace's table).
 set -euo pipefail

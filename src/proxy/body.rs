@@ -216,7 +216,8 @@ impl RawAnswer for ResponseBody {
     fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
         match &mut self.kind {
             Kind::Plain { inner, .. } => inner.take_raw_headers(),
-            _ => None,
+            Kind::Stream(s) => s.inner.take_raw_headers(),
+            Kind::Local(_) => None,
         }
     }
 }

@@ -617,13 +617,25 @@ impl Forwarder {
                 }
             };
             let (mut parts, mut body) = resp.into_parts();
-            // Lines as they came are written only for the common answer: one
-            // whose `Connection` names headers to drop, or a stream (which gets
-            // more headers), is made a map here.
-            if body
-                .raw_headers()
-                .is_some_and(|r| r.names_headers() || body.is_event_stream())
-            {
+            // Noted when the slot's head was parsed (the same test as the probes').
+            let is_sse = body.is_event_stream();
+            // A stream's answer says `X-Accel-Buffering: no` once. A slot that
+            // says so itself (sse-starlette, under the Python SDK, does) keeps
+            // its line; one that says nothing gets ours beside its lines.
+            let accel_said = is_sse
+                && body.raw_headers().is_some_and(|r| {
+                    let mut v = r.values_named(b"x-accel-buffering");
+                    v.next().is_some_and(|v| v.eq_ignore_ascii_case(b"no")) && v.next().is_none()
+                });
+            // Lines as they came are written for the common answer: one whose
+            // `Connection` names headers to drop, or a stream whose slot set
+            // `X-Accel-Buffering` otherwise, is made a map here.
+            if body.raw_headers().is_some_and(|r| {
+                r.names_headers()
+                    || (is_sse
+                        && !accel_said
+                        && r.values_named(b"x-accel-buffering").next().is_some())
+            }) {
                 let mut resp = Response::from_parts(parts, body);
                 into_map_headers(&mut resp);
                 (parts, body) = resp.into_parts();
@@ -667,13 +679,13 @@ impl Forwarder {
                     }
                 }
             }
-            // Noted when the slot's head was parsed (the same test as the probes').
-            let is_sse = body.is_event_stream();
             let body = if is_sse {
                 exchange.stream_opened(&method);
-                parts
-                    .headers
-                    .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+                if !accel_said {
+                    parts
+                        .headers
+                        .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+                }
                 let rewrite = (legacy_get && parts.status.is_success()).then(|| {
                     EndpointRewrite::new(slot.tag_prefix.to_string(), slot.authority.to_string())
                 });

@@ -276,6 +276,15 @@ impl RawHeaders {
             .any(connection_names_headers)
     }
 
+    /// The values of the lines named `lower` (lowercase; the name in any
+    /// case), in order.
+    pub fn values_named<'a>(&'a self, lower: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.lines
+            .iter()
+            .filter(move |l| is_lower(&self.head[l.name.0 as usize..l.name.1 as usize], lower))
+            .map(|l| &self.head[l.value.0 as usize..l.value.1 as usize])
+    }
+
     /// The values of the lines of `kind`, in order.
     pub fn values(&self, kind: LineKind) -> impl DoubleEndedIterator<Item = &[u8]> + '_ {
         self.lines
