@@ -37,7 +37,7 @@ use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
 use crate::upstream::h1::ProxyHeaders;
-use crate::upstream::lines::{into_map_headers, BadLine};
+use crate::upstream::lines::{into_map_headers, BadLine, RawHeaders};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -621,21 +621,23 @@ impl Forwarder {
             let is_sse = body.is_event_stream();
             // A stream's answer says `X-Accel-Buffering: no` once. A slot that
             // says so itself (sse-starlette, under the Python SDK, does) keeps
-            // its line; one that says nothing gets ours beside its lines.
-            let accel_said = is_sse
-                && body.raw_headers().is_some_and(|r| {
+            // its line; one that says nothing gets ours beside its lines; any
+            // other value is replaced in the map. `(said no once, said else)`.
+            let (accel_said, accel_other) = match body.raw_headers().filter(|_| is_sse) {
+                Some(r) => {
                     let mut v = r.values_named(b"x-accel-buffering");
-                    v.next().is_some_and(|v| v.eq_ignore_ascii_case(b"no")) && v.next().is_none()
-                });
+                    match (v.next(), v.next()) {
+                        (None, _) => (false, false),
+                        (Some(no), None) if no.eq_ignore_ascii_case(b"no") => (true, false),
+                        _ => (false, true),
+                    }
+                }
+                None => (false, false),
+            };
             // Lines as they came are written for the common answer: one whose
             // `Connection` names headers to drop, or a stream whose slot set
             // `X-Accel-Buffering` otherwise, is made a map here.
-            if body.raw_headers().is_some_and(|r| {
-                r.names_headers()
-                    || (is_sse
-                        && !accel_said
-                        && r.values_named(b"x-accel-buffering").next().is_some())
-            }) {
+            if accel_other || body.raw_headers().is_some_and(RawHeaders::names_headers) {
                 let mut resp = Response::from_parts(parts, body);
                 into_map_headers(&mut resp);
                 (parts, body) = resp.into_parts();

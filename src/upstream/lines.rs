@@ -8,9 +8,10 @@
 //! request's instructions. The common request and answer now go through the
 //! proxy as lines, their maps empty: the forwarder reads what it needs from the
 //! request's lines (`proxy::scan::Scan::of_lines`), and each side is written
-//! from its lines (bench/PROFILE.md §22). Anything else (a `Connection` line
-//! that names headers to drop, a stream, hyper's connections, a session that
-//! moves) takes the whole map ([`RawHeaders::into_map`]).
+//! from its lines (bench/PROFILE.md §22, §31). Anything else (a `Connection`
+//! line that names headers to drop, a stream whose slot sets
+//! `X-Accel-Buffering` otherwise than `no`, hyper's connections, a session
+//! that moves) takes the whole map ([`RawHeaders::into_map`]).
 //!
 //! httparse accepts exactly the name and value bytes `HeaderName` and
 //! `HeaderValue` accept (a token; visible ASCII, obs-text, space and tab), so
@@ -191,7 +192,7 @@ impl Line {
 /// An answer's headers as its slot sent them: the head's bytes and where each
 /// line lies in them, unparsed into a `HeaderMap`. The forwarder passes the
 /// common answer on to an HTTP/1.1 client of its own connection written from
-/// these lines ([`RawHeaders::write_to`]); anything else takes the map
+/// these lines ([`RawHeaders::iter`], [`LineCopy`]); anything else takes the map
 /// ([`RawHeaders::into_map`]). httparse accepted each name and value, with
 /// the same bytes as `HeaderName` and `HeaderValue` accept: a line written as
 /// it came is one the map would hold (bench/PROFILE.md §22).
@@ -462,7 +463,7 @@ impl LineCopy<'_> {
 
     /// Writes the run not yet written.
     #[inline]
-    pub fn flush(&mut self, out: &mut Vec<u8>) {
+    fn flush(&mut self, out: &mut Vec<u8>) {
         if self.run.0 != self.run.1 {
             out.extend_from_slice(&self.head[self.run.0 as usize..self.run.1 as usize]);
             self.run = (0, 0);
