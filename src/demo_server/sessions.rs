@@ -53,6 +53,22 @@ struct Slab<T> {
     live: usize,
 }
 
+/// Multiplying the slot by this odd number (a bijection of the `u32`s)
+/// before the mask, so that the ids of sessions opened one after the other
+/// do not end in consecutive numbers.
+const SPREAD: u32 = 0x9e37_79b1;
+/// `SPREAD`'s inverse modulo 2^32 (Newton's iteration, each step doubling
+/// the correct low bits: 3, 6, 12, 24, 48).
+const SPREAD_INVERSE: u32 = {
+    let mut inv = SPREAD;
+    let mut i = 0;
+    while i < 4 {
+        inv = inv.wrapping_mul(2u32.wrapping_sub(SPREAD.wrapping_mul(inv)));
+        i += 1;
+    }
+    inv
+};
+
 /// Session id → session value.
 pub(crate) struct SessionMap<T> {
     inner: Mutex<Slab<T>>,
@@ -80,7 +96,12 @@ impl<T: Clone> SessionMap<T> {
 
     /// The slot that key `k` names (it holds `k` only if `k` is live).
     fn slot(&self, k: u128) -> usize {
-        (k as u32 ^ self.mask) as usize
+        (k as u32 ^ self.mask).wrapping_mul(SPREAD_INVERSE) as usize
+    }
+
+    /// The low 32 bits of the keys of `slot`.
+    fn low_bits(&self, slot: u32) -> u32 {
+        slot.wrapping_mul(SPREAD) ^ self.mask
     }
 
     /// Inserts `value` under a fresh id and returns the id: 32 lowercase hex
@@ -94,7 +115,7 @@ impl<T: Clone> SessionMap<T> {
                 u32::try_from(slab.entries.len() - 1).expect("fewer than 2^32 sessions")
             }
         };
-        let k = fastrand::u128(..) << 32 | u128::from(slot ^ self.mask);
+        let k = fastrand::u128(..) << 32 | u128::from(self.low_bits(slot));
         slab.entries[slot as usize] = Some(Entry {
             hi: (k >> 64) as u64,
             lo: k as u64,
@@ -218,6 +239,20 @@ mod tests {
         let again = m.create(4u32);
         assert_eq!(m.get(&again), Some(4));
         assert_eq!(m.get(&kept), None);
+    }
+
+    #[test]
+    fn slots_spread_and_come_back() {
+        assert_eq!(SPREAD.wrapping_mul(SPREAD_INVERSE), 1);
+        let m = SessionMap::<u8>::new();
+        for slot in [0, 1, 2, 77, u32::MAX] {
+            let k = u128::from(m.low_bits(slot)) | 5 << 40;
+            assert_eq!(m.slot(k), slot as usize);
+        }
+        // Consecutive slots give ids that differ in many bits (the mask
+        // cancels out of the XOR), not in the last digit or two.
+        let (a, b) = (m.low_bits(7), m.low_bits(8));
+        assert!((a ^ b).count_ones() >= 8, "{a:08x} {b:08x}");
     }
 
     #[test]
