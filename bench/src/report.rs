@@ -982,8 +982,11 @@ fn limits(o: &mut String, run: &Run) {
     if let Some(w) = &run.w5 {
         let _ = writeln!(
             o,
-            "- **W5.** Affinity lives in the session id; there is no table to grow. What grows with \
-             100,000 sessions is the upstream's own session map (the same for every target).{}",
+            "- **W5.** Affinity lives in the session id; there is no table to grow. Around the \
+             proxy, the upstream looks each of the 100,000 sessions up (the same for every target: \
+             *direct*'s ratio is that cost alone), and when the core it shares with the load \
+             generator answers more slowly a proxy sleeps and wakes more per request, so its CPU \
+             per request moves too.{}",
             if w.capture.is_some() {
                 " With capture on (live session migration) mcpflip does keep a table, of captured \
                  sessions: its memory per session is measured beside the W5 table."
