@@ -4,7 +4,7 @@
 //! Not on the proxy's hot path, but on the demo server's: every request of a
 //! session looks its id up, and the bench's W5 (affinity cost with 100,000
 //! sessions) must measure the proxies' cost, not this map's. So an id carries
-//! its slot in the slab (its low 32 bits, masked with a per-map random value)
+//! its slot in the slab (its low 32 bits, spread and masked with a per-map value)
 //! beside 96 random bits: a lookup is one load of one 24-byte entry, where a
 //! hash table costs two dependent cache (and TLB) misses, its control bytes
 //! and then its bucket (profiled: 5 % of the demo server's CPU with 100,000
