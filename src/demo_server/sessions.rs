@@ -50,7 +50,6 @@ struct Slab<T> {
     entries: Vec<Option<Entry<T>>>,
     /// Slots of removed sessions, reused first.
     free: Vec<u32>,
-    live: usize,
 }
 
 /// Multiplying the slot by this odd number (a bijection of the `u32`s)
@@ -82,7 +81,6 @@ impl<T: Clone> SessionMap<T> {
             inner: Mutex::new(Slab {
                 entries: Vec::new(),
                 free: Vec::new(),
-                live: 0,
             }),
             mask: fastrand::u32(..),
         }
@@ -121,7 +119,6 @@ impl<T: Clone> SessionMap<T> {
             lo: k as u64,
             value,
         });
-        slab.live += 1;
         format!("{k:032x}")
     }
 
@@ -153,20 +150,19 @@ impl<T: Clone> SessionMap<T> {
         }
         let value = entry.take().map(|e| e.value);
         slab.free.push(slot as u32);
-        slab.live -= 1;
         value
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().live
+        let slab = self.lock();
+        slab.entries.len() - slab.free.len()
     }
 
     /// Removes and returns every session (shutdown).
     pub(crate) fn drain(&self) -> Vec<T> {
         let mut slab = self.lock();
         slab.free.clear();
-        slab.live = 0;
         std::mem::take(&mut slab.entries)
             .into_iter()
             .flatten()
