@@ -1,5 +1,6 @@
 //! Session bookkeeping shared by both MCP transports: random 32-hex-digit
-//! session ids and a small mutex-protected slab from id to session state.
+//! session ids and a small mutex-protected slab (`slab`) from id to session
+//! state.
 //!
 //! Not on the proxy's hot path, but on the demo server's: every request of a
 //! session looks its id up, and the bench's W5 (affinity cost with 100,000
@@ -12,6 +13,8 @@
 //! an old id never names the new session.
 
 use std::sync::{Mutex, MutexGuard};
+
+use slab::Slab;
 
 /// Length of a session id in hex digits.
 pub(crate) const ID_LEN: usize = 32;
@@ -46,12 +49,6 @@ impl<T> Entry<T> {
     }
 }
 
-struct Slab<T> {
-    entries: Vec<Option<Entry<T>>>,
-    /// Slots of removed sessions, reused first.
-    free: Vec<u32>,
-}
-
 /// Multiplying the slot by this odd number (a bijection of the `u32`s)
 /// before the mask, so that the ids of sessions opened one after the other
 /// do not end in consecutive numbers.
@@ -70,7 +67,8 @@ const SPREAD_INVERSE: u32 = {
 
 /// Session id → session value.
 pub(crate) struct SessionMap<T> {
-    inner: Mutex<Slab<T>>,
+    /// Removed sessions' slots are reused first.
+    inner: Mutex<Slab<Entry<T>>>,
     /// Hides the slot numbers in the ids (they would count up from 0).
     mask: u32,
 }
@@ -78,15 +76,12 @@ pub(crate) struct SessionMap<T> {
 impl<T: Clone> SessionMap<T> {
     pub(crate) fn new() -> Self {
         Self {
-            inner: Mutex::new(Slab {
-                entries: Vec::new(),
-                free: Vec::new(),
-            }),
+            inner: Mutex::new(Slab::new()),
             mask: fastrand::u32(..),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slab<T>> {
+    fn lock(&self) -> MutexGuard<'_, Slab<Entry<T>>> {
         // A panic while holding this lock cannot leave the slab inconsistent
         // (each call changes it in one step), so poisoning is ignored.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -106,15 +101,10 @@ impl<T: Clone> SessionMap<T> {
     /// digits.
     pub(crate) fn create(&self, value: T) -> String {
         let mut slab = self.lock();
-        let slot = match slab.free.pop() {
-            Some(slot) => slot,
-            None => {
-                slab.entries.push(None);
-                u32::try_from(slab.entries.len() - 1).expect("fewer than 2^32 sessions")
-            }
-        };
+        let vacant = slab.vacant_entry();
+        let slot = u32::try_from(vacant.key()).expect("fewer than 2^32 sessions");
         let k = fastrand::u128(..) << 32 | u128::from(self.low_bits(slot));
-        slab.entries[slot as usize] = Some(Entry {
+        vacant.insert(Entry {
             hi: (k >> 64) as u64,
             lo: k as u64,
             value,
@@ -129,45 +119,35 @@ impl<T: Clone> SessionMap<T> {
 
     /// The session of key `k` (from [`key`]).
     pub(crate) fn get_key(&self, k: u128) -> Option<T> {
-        match self.lock().entries.get(self.slot(k)) {
-            Some(Some(e)) if e.is(k) => Some(e.value.clone()),
+        match self.lock().get(self.slot(k)) {
+            Some(e) if e.is(k) => Some(e.value.clone()),
             _ => None,
         }
     }
 
     /// Whether key `k` names a session: the value is not touched (nor cloned).
     pub(crate) fn contains(&self, k: u128) -> bool {
-        matches!(self.lock().entries.get(self.slot(k)), Some(Some(e)) if e.is(k))
+        matches!(self.lock().get(self.slot(k)), Some(e) if e.is(k))
     }
 
     pub(crate) fn remove(&self, id: &str) -> Option<T> {
         let k = key(id)?;
         let slot = self.slot(k);
         let mut slab = self.lock();
-        let entry = slab.entries.get_mut(slot)?;
-        if !entry.as_ref().is_some_and(|e| e.is(k)) {
+        if !slab.get(slot).is_some_and(|e| e.is(k)) {
             return None;
         }
-        let value = entry.take().map(|e| e.value);
-        slab.free.push(slot as u32);
-        value
+        Some(slab.remove(slot).value)
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        let slab = self.lock();
-        slab.entries.len() - slab.free.len()
+        self.lock().len()
     }
 
     /// Removes and returns every session (shutdown).
     pub(crate) fn drain(&self) -> Vec<T> {
-        let mut slab = self.lock();
-        slab.free.clear();
-        std::mem::take(&mut slab.entries)
-            .into_iter()
-            .flatten()
-            .map(|e| e.value)
-            .collect()
+        self.lock().drain().map(|e| e.value).collect()
     }
 }
 
@@ -253,6 +233,8 @@ mod tests {
 
     #[test]
     fn an_entry_is_three_words() {
+        // slab's slot is `Vacant(usize) | Occupied(T)`, laid out as this
+        // `Option`: in the value's pointer niche.
         assert_eq!(std::mem::size_of::<Option<Entry<std::sync::Arc<u8>>>>(), 24);
     }
 }
