@@ -6,12 +6,17 @@
                                   tools/call POST on it to FILE
   client.py streams HOST:PORT N   opens N SSE sessions (half legacy GET /sse, half Streamable
                                   HTTP GET /mcp), prints "open", holds them until stdin closes
+  client.py ticker HOST:PORT N MS opens N `GET /ticker?interval_ms=MS&pad=256` streams, prints
+                                  "open"; on each stdin line reads them for that many seconds
+                                  and prints the events received in that time
 """
 import http.client
 import os
+import selectors
 import socket
 import sys
 import threading
+import time
 
 INIT = b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"profile","version":"1"}}}'
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
@@ -107,6 +112,29 @@ def streams(host, port, n):
     sys.stdin.read()
 
 
+def ticker(host, port, n, ms):
+    sel = selectors.DefaultSelector()
+    for _ in range(n):
+        s = socket.create_connection((host, port))
+        s.sendall(f"GET /ticker?interval_ms={ms}&pad=256 HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        head = read_until(s, b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n")[0]:
+            sys.exit(f"GET /ticker answered {head[:100]!r}")
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    print("open", flush=True)
+    for line in sys.stdin:
+        end = time.monotonic() + float(line)
+        events = 0
+        while (left := end - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                data = key.fileobj.recv(65536)
+                if not data:
+                    sys.exit("a ticker stream closed")
+                events += data.count(b"ts_us")
+        print(events, flush=True)
+
+
 if __name__ == "__main__":
     mode, addr = sys.argv[1], sys.argv[2]
     host, port = addr.rsplit(":", 1)
@@ -114,5 +142,7 @@ if __name__ == "__main__":
         calls(host, int(port), int(sys.argv[3]), int(sys.argv[4]))
     elif mode == "wrk":
         wrk_script(host, int(port), sys.argv[3])
+    elif mode == "ticker":
+        ticker(host, int(port), int(sys.argv[3]), int(sys.argv[4]))
     else:
         streams(host, int(port), int(sys.argv[3]))

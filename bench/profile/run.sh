@@ -6,6 +6,10 @@
 #   bench/profile/run.sh nginx   BIN OUT [N=2000] [C=4]  # the same for nginx (one process, the bench's
 #                                                        # configuration), BIN only for the upstream
 #   bench/profile/run.sh streams BIN [N=1000]            # KiB of proxy RSS per open SSE stream
+#   bench/profile/run.sh relay   BIN OUT [N=50] [MS=100] [S=10]  # Ir per SSE event relayed: N
+#                                                        # `/ticker` streams, one event every MS ms
+#                                                        # each, counted for S seconds (relay-nginx:
+#                                                        # the same for nginx)
 #   bench/profile/run.sh moves   BIN OUT [N=10]          # mcpflip's copies of 100 bytes or more per
 #                                                        # request, by size and place (gdb, c=1)
 #
@@ -65,12 +69,11 @@ upstream = "http://127.0.0.1:$up"
 weight = 100
 TOML
 wait_port "$up"
-case $mode in
-calls|nginx)
-    out=$(realpath -m "$3") n=${4:-2000} c=${5:-4}
-    if [ "$mode" = nginx ]; then
+# The proxy under measurement ("${measured[@]}"): mcpflip, or with $1 = nginx the bench's
+# nginx configuration (bench/src/targets.rs), one process.
+start_proxy() {
+    if [ "$1" = nginx ]; then
         command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
-        # bench/src/targets.rs's nginx configuration, one process.
         cat >"$dir/nginx.conf" <<CONF
 daemon off;
 master_process off;
@@ -105,6 +108,11 @@ CONF
             >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
     fi
     wait_port "$port"
+}
+case $mode in
+calls|nginx)
+    out=$(realpath -m "$3") n=${4:-2000} c=${5:-4}
+    start_proxy "$mode"
     python3 "$here/client.py" calls "127.0.0.1:$port" 200 "$c"       # warm-up: pools, allocator
     target=$proxy
     if [ -n "${UPSTREAM:-}" ]; then target=$upstream_pid; fi
@@ -141,6 +149,36 @@ CONF
         # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
         awk -v n="$n" '/^summary:/ { printf "per request: L1 data misses %.0f (reads %.0f, writes %.0f), L1 instruction misses %.0f, indirect branches %.0f (%.0f mispredicted), conditional branches %.0f (%.0f mispredicted)\n", ($6+$7)/n, $6/n, $7/n, $5/n, $13/n, $14/n, $11/n, $12/n }' "$dump"
     fi
+    ;;
+relay|relay-nginx)
+    out=$(realpath -m "$3") n=${4:-50} ms=${5:-100} secs=${6:-10}
+    proxy_kind=mcpflip
+    if [ "$mode" = relay-nginx ]; then proxy_kind=nginx; fi
+    if [ -n "${WRK:-}" ] || [ -n "${UPSTREAM:-}" ]; then
+        echo "relay: WRK and UPSTREAM are for calls and nginx" >&2; exit 1
+    fi
+    start_proxy "$proxy_kind"
+    coproc TICK { python3 "$here/client.py" ticker "127.0.0.1:$port" "$n" "$ms"; }
+    pids+=($TICK_PID)
+    read -r line <&"${TICK[0]}"
+    [ "$line" = open ] || { echo "the ticker client said: $line" >&2; exit 1; }
+    echo 1 >&"${TICK[1]}"; read -r warm <&"${TICK[0]}"    # warm-up: buffers, allocator
+    if [ -n "${STRACE:-}" ]; then
+        strace -f -c -p "$proxy" -o "$out" 2>/dev/null & tracer=$!
+        sleep 1
+        echo "$secs" >&"${TICK[1]}"; read -r events <&"${TICK[0]}"
+        kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+        echo "system calls per event over $events events on $n streams, $out:"
+        awk -v n="$events" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  %-16s %6.2f\n", $NF, $4 / n }' "$out"
+        exit 0
+    fi
+    callgrind_control -z "$proxy" >/dev/null 2>&1
+    echo "$secs" >&"${TICK[1]}"; read -r events <&"${TICK[0]}"
+    callgrind_control -d "$proxy" >/dev/null 2>&1
+    kill "$TICK_PID" "$proxy" 2>/dev/null || true; wait "$proxy" 2>/dev/null || true
+    dump=$(ls -t "$out".* 2>/dev/null | head -1)
+    ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
+    echo "Ir total $ir over $events events relayed on $n streams ($warm in the 1 s warm-up): $((ir / events)) Ir per event  ($dump)"
     ;;
 moves)
     command -v gdb >/dev/null || { echo "gdb is not installed (apt-get install gdb)" >&2; exit 1; }
