@@ -48,7 +48,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::proxy::conn::Conn;
 use crate::upstream::h1::{
-    encode_chunk, fold_length, lists_token, poll_fill, put, put_length, take, CHUNKED, LAST_CHUNK,
+    chunk_line, encode_chunk, fold_length, lists_token, poll_fill, put, put_length, take, CHUNKED,
+    CHUNK_LINE_MAX, LAST_CHUNK,
 };
 use crate::upstream::lines::{
     connection_names_headers, into_map_headers, Line, LineKind, RawAnswer, RawHeaders,
@@ -648,7 +649,8 @@ where
         }
         if data.len() >= COPY_MAX {
             if chunked {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                let mut line = [0; CHUNK_LINE_MAX];
+                out.extend_from_slice(chunk_line(data.len(), &mut line));
             }
             io.write_all(out).await?;
             out.clear();
