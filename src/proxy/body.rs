@@ -30,7 +30,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
@@ -62,7 +61,6 @@ struct Stream {
     inner: UpstreamBody,
     guard: Option<StreamGuard>,
     scanner: SseScanner,
-    force: Pin<Box<WaitForCancellationFutureOwned>>,
     forced: bool,
     /// After a forced end, how long an upstream may take to finish the event in
     /// progress before the stream is ended anyway.
@@ -76,8 +74,9 @@ struct Stream {
     /// The client connection, which a forced end settles or closes and
     /// parks the guard on.
     conn: Conn,
-    /// Forces the connection when the slot's force token fires, until dropped.
-    _watch: ForceWatch,
+    /// Forces the connection when the slot's force token fires, until
+    /// dropped, and tells the body.
+    watch: ForceWatch,
     /// Migration on, a POST's stream with a known request id: what to do if
     /// the proxy ends the stream (or the slot breaks it) before the answer
     /// passed. Boxed: most streams (GETs) have none.
@@ -166,14 +165,12 @@ impl ResponseBody {
         cut: Option<Cut>,
     ) -> Self {
         let token = guard.stats().force_token();
-        let watch = conn.watch_force(token.clone());
-        let force = Box::pin(token.cancelled_owned());
+        let watch = conn.watch_force(token);
         Self {
             kind: Kind::Stream(Box::new(Stream {
                 inner,
                 guard: Some(guard),
                 scanner: SseScanner::default(),
-                force,
                 forced: false,
                 grace: None,
                 done: false,
@@ -181,7 +178,7 @@ impl ResponseBody {
                 ids,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
-                _watch: watch,
+                watch,
                 cut: cut.map(Box::new),
                 answered: false,
                 call_deadline: None,
@@ -378,7 +375,7 @@ impl Stream {
         if self.done {
             return Poll::Ready(None);
         }
-        if !self.forced && self.force.as_mut().poll(cx).is_ready() {
+        if !self.forced && self.watch.poll_forced(cx) {
             self.forced = true;
             // Timed from the force, whatever happens in the call's grace, so
             // the stream ends before its connection is dropped.

@@ -194,28 +194,74 @@ impl Conn {
 
     /// Watches `force` for a stream of this connection until
     /// the returned handle drops (the stream ended): when it fires, the stream
-    /// is forced ([`Conn::force_stream`]). A task of its own: the stream's
-    /// body is not polled while its client does not read, so it cannot watch
-    /// for itself.
+    /// is forced ([`Conn::force_stream`]) and its body told
+    /// ([`ForceWatch::poll_forced`]). A task of its own: the stream's body is
+    /// not polled while its client does not read, so it cannot watch for
+    /// itself.
     pub fn watch_force(&self, force: CancellationToken) -> ForceWatch {
         let (ended, ended_rx) = oneshot::channel::<()>();
+        let signal = Arc::new(ForceSignal::default());
+        if force.is_cancelled() {
+            // Forced before it opened (shutdown): the body sees it at once.
+            signal.set();
+        }
         let conn = self.clone();
+        let told = signal.clone();
         tokio::spawn(async move {
             tokio::select! {
                 // A stream that ends because it was forced still forces its
                 // connection (its body also does, when it sees the force).
                 biased;
-                _ = force.cancelled() => conn.force_stream(),
+                _ = force.cancelled() => {
+                    told.set();
+                    conn.force_stream();
+                }
                 _ = ended_rx => {}
             }
         });
-        ForceWatch(ended)
+        ForceWatch {
+            _ended: ended,
+            signal,
+        }
     }
 }
 
-/// Ends a stream's force watcher when dropped.
+/// A stream's force as its body sees it: one atomic load per poll, where
+/// polling the token's own future took two mutexes (about 450 instructions
+/// per relayed event, bench/PROFILE.md §33).
+#[derive(Debug, Default)]
+struct ForceSignal {
+    forced: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl ForceSignal {
+    fn set(&self) {
+        self.forced.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// A stream's force watcher (ended when dropped), and what it saw.
 #[derive(Debug)]
-pub struct ForceWatch(#[allow(dead_code)] oneshot::Sender<()>);
+pub struct ForceWatch {
+    _ended: oneshot::Sender<()>,
+    signal: Arc<ForceSignal>,
+}
+
+impl ForceWatch {
+    /// Whether the stream's slot forced it; if not yet, `cx`'s task is woken
+    /// when it does.
+    pub fn poll_forced(&self, cx: &mut Context<'_>) -> bool {
+        let s = &self.signal;
+        if s.forced.load(Ordering::Acquire) {
+            return true;
+        }
+        s.waker.register(cx.waker());
+        // A force set between the load and the registration woke nobody.
+        s.forced.load(Ordering::Acquire)
+    }
+}
 
 /// One request in progress on a connection.
 #[derive(Debug)]
@@ -700,5 +746,55 @@ impl Drop for Entered {
         if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.closed.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ForceWatch::poll_forced` says, polled once from a waker that
+    /// counts its wake-ups.
+    fn poll_forced(watch: &ForceWatch, woken: &Arc<Woken>) -> bool {
+        let waker = std::task::Waker::from(woken.clone());
+        watch.poll_forced(&mut Context::from_waker(&waker))
+    }
+
+    #[derive(Default)]
+    struct Woken(AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streams_body_is_told_of_its_force_and_woken_by_it() {
+        let conn = Conn::new();
+        let token = CancellationToken::new();
+        let watch = conn.watch_force(token.clone());
+        let woken = Arc::new(Woken::default());
+        assert!(!poll_forced(&watch, &woken));
+        tokio::task::yield_now().await;
+        assert!(
+            !poll_forced(&watch, &woken),
+            "forced before the token fired"
+        );
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        token.cancel();
+        // The watcher runs on this runtime: its task sets the force and wakes
+        // the body's task, which then reads it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while woken.0.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the body was never woken");
+            tokio::task::yield_now().await;
+        }
+        assert!(poll_forced(&watch, &woken));
+        // The connection was forced too (HTTP/1.1: it settles).
+        assert!(conn.0.settle.load(Ordering::Acquire));
+        // A stream opened after the force (shutdown) sees it at its first poll.
+        let late = conn.watch_force(token);
+        assert!(poll_forced(&late, &Arc::new(Woken::default())));
     }
 }
