@@ -728,13 +728,8 @@ async fn write_framed<I: AsyncWrite + Unpin>(
         if first == parts.len() {
             return Ok(());
         }
-        let slices = [
-            io::IoSlice::new(parts[first]),
-            io::IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
-            io::IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
-            io::IoSlice::new(parts.get(first + 3).copied().unwrap_or_default()),
-        ];
-        let mut n = io.write_vectored(&slices[..parts.len() - first]).await?;
+        let slices = parts.map(io::IoSlice::new);
+        let mut n = io.write_vectored(&slices[first..]).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
