@@ -661,16 +661,8 @@ where
             left -= data.len() as u64;
         }
         if data.len() >= COPY_MAX {
-            if chunked {
-                let mut line = [0; CHUNK_LINE_MAX];
-                out.extend_from_slice(chunk_line(data.len(), &mut line));
-            }
-            io.write_all(out).await?;
+            write_framed(io, out, chunked, &data).await?;
             out.clear();
-            io.write_all(&data).await?;
-            if chunked {
-                out.extend_from_slice(b"\r\n");
-            }
         } else if vectored {
             held = Some(data);
         } else {
@@ -705,8 +697,9 @@ fn gather(out: &mut Vec<u8>, chunked: bool, data: Option<Bytes>) {
     }
 }
 
-/// Writes `out` and then `data`, framed, from their own buffers: one
-/// `writev` when the socket takes them all.
+/// Writes `out` and then `data`, framed, from their own buffers (a held
+/// frame, or one of [`COPY_MAX`] bytes or more): one `writev` when the socket
+/// takes them all.
 async fn write_framed<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &[u8],
