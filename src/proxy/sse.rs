@@ -47,8 +47,42 @@ impl SseScanner {
     /// Consumes `data`; returns the largest `retry:` value (ms) found in it.
     pub fn feed(&mut self, data: &[u8]) -> Option<u64> {
         let mut retry = None;
-        self.scan(data, false, &mut retry);
+        if self.line_len == 0 {
+            self.skim(data, &mut retry);
+        } else {
+            // A line begun in an earlier chunk: line by line.
+            self.scan(data, false, &mut retry);
+        }
         retry
+    }
+
+    /// [`Self::scan`] without a stop, for `data` that starts a line (the
+    /// common case: an event read whole): no line is carried across chunks,
+    /// so each line is looked at where it lies. The line ends are found many
+    /// bytes at a time as bit masks ([`for_each_line_end`]) rather than with
+    /// one `memchr` call per line (bench/PROFILE.md §35).
+    fn skim(&mut self, data: &[u8], retry: &mut Option<u64>) {
+        debug_assert_eq!(self.line_len, 0);
+        let mut start = 0;
+        for_each_line_end(data, |nl| {
+            let line = &data[start..nl];
+            // Only a short line can be a `retry:` field.
+            if line.len() <= MAX_RETRY_LINE && line.first() == Some(&b'r') {
+                note_retry(line, retry);
+            }
+            self.boundary = line.is_empty() || line == b"\r";
+            start = nl + 1;
+        });
+        let rest = &data[start..];
+        if !rest.is_empty() {
+            self.line_cr = rest[0] == b'\r';
+            let len = rest.len();
+            if len <= MAX_RETRY_LINE {
+                self.head[..len].copy_from_slice(rest);
+            }
+            self.line_len = len;
+            self.boundary = false;
+        }
     }
 
     /// Consumes `data` up to and including the first event boundary in it, and
@@ -106,6 +140,83 @@ impl SseScanner {
         }
         None
     }
+}
+
+/// Calls `f` with the offset of each line end ('\n') in `data`, in order:
+/// 64 bytes at a time as a bit mask (four [`newlines`]), then 16 at a time,
+/// and the last few bytes as the 16 that end `data` (a second look at some
+/// bytes, masked off) rather than one by one.
+fn for_each_line_end(data: &[u8], mut f: impl FnMut(usize)) {
+    let mut each = |at: usize, mut mask: u64| {
+        while mask != 0 {
+            f(at + mask.trailing_zeros() as usize);
+            mask &= mask - 1;
+        }
+    };
+    let wide = data.chunks_exact(4 * BLOCK);
+    let rest = wide.remainder();
+    for (i, b) in wide.enumerate() {
+        let mask = u64::from(newlines(block(b, 0)))
+            | u64::from(newlines(block(b, BLOCK))) << BLOCK
+            | u64::from(newlines(block(b, 2 * BLOCK))) << (2 * BLOCK)
+            | u64::from(newlines(block(b, 3 * BLOCK))) << (3 * BLOCK);
+        each(i * 4 * BLOCK, mask);
+    }
+    let at = data.len() - rest.len();
+    let narrow = rest.chunks_exact(BLOCK);
+    let tail = narrow.remainder().len();
+    for (i, b) in narrow.enumerate() {
+        each(at + i * BLOCK, u64::from(newlines(block(b, 0))));
+    }
+    if tail != 0 && data.len() >= BLOCK {
+        let last = data.len() - BLOCK;
+        let seen = BLOCK - tail;
+        each(last + seen, u64::from(newlines(block(data, last)) >> seen));
+    } else if tail != 0 {
+        let mut short = [0; BLOCK];
+        short[..tail].copy_from_slice(data);
+        each(0, u64::from(newlines(&short)));
+    }
+}
+
+/// The bytes [`newlines`] looks at.
+const BLOCK: usize = 16;
+
+/// The block at `at` in `b`.
+#[inline]
+fn block(b: &[u8], at: usize) -> &[u8; BLOCK] {
+    b[at..at + BLOCK].try_into().expect("a whole block")
+}
+
+/// Bit `i` set where `block[i]` is a line end: one compare of 16 bytes and
+/// one `pmovmskb`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn newlines(block: &[u8; BLOCK]) -> u16 {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    // SAFETY: `block` is BLOCK (16) readable bytes, what an unaligned 128-bit
+    // load reads; SSE2, all these need, is part of every x86_64 CPU.
+    unsafe {
+        let bytes = _mm_loadu_si128(block.as_ptr().cast());
+        _mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\n' as i8))) as u16
+    }
+}
+
+/// Bit `i` set where `block[i]` is a line end, a byte at a time.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn newlines(block: &[u8; BLOCK]) -> u16 {
+    newlines_bytewise(block)
+}
+
+/// [`newlines`] a byte at a time: for other CPUs, and the tests' reference.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn newlines_bytewise(block: &[u8; BLOCK]) -> u16 {
+    let mut mask = 0;
+    for (i, &b) in block.iter().enumerate() {
+        mask |= u16::from(b == b'\n') << i;
+    }
+    mask
 }
 
 /// Notes the value of `line` (without its '\n') if it is a `retry:` field.
@@ -579,6 +690,89 @@ mod tests {
         assert!(!s.at_boundary());
         assert_eq!(s.feed_to_boundary(b"\n\ndata: d\n\n"), Some(2));
         assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn every_line_end_is_found_once_in_order_whatever_the_length() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        for len in 0..300 {
+            for _ in 0..40 {
+                let data: Vec<u8> = (0..len)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        if rng.is_multiple_of(5) {
+                            b'\n'
+                        } else {
+                            b'a' + (rng % 26) as u8
+                        }
+                    })
+                    .collect();
+                let want: Vec<usize> = memchr::memchr_iter(b'\n', &data).collect();
+                let mut got = Vec::new();
+                for_each_line_end(&data, |at| got.push(at));
+                assert_eq!(got, want, "{len} bytes: {data:?}");
+            }
+        }
+    }
+
+    /// The skim (`feed` at a line start) against the line-by-line scan:
+    /// many payloads, whole and cut once anywhere.
+    #[test]
+    fn skimming_agrees_with_the_line_by_line_scan() {
+        const PIECES: [&[u8]; 6] = [b"\n", b"\r", b"a", b"retry:", b"7", b"\r\n"];
+        fn both(chunks: &[&[u8]]) {
+            let (mut fast, mut slow) = (SseScanner::default(), SseScanner::default());
+            for c in chunks {
+                let mut slow_retry = None;
+                slow.scan(c, false, &mut slow_retry);
+                assert_eq!(fast.feed(c), slow_retry, "{chunks:?}");
+                assert_eq!(fast.boundary, slow.boundary, "{chunks:?}");
+                assert_eq!(fast.line_len, slow.line_len, "{chunks:?}");
+                assert_eq!(fast.line_cr, slow.line_cr, "{chunks:?}");
+                let kept = slow.line_len.min(MAX_RETRY_LINE);
+                assert_eq!(fast.head[..kept], slow.head[..kept], "{chunks:?}");
+            }
+        }
+        let mut payload = Vec::new();
+        // Payloads of up to six pieces; those of up to five also behind
+        // padding that puts their line ends on either side of a block's edge.
+        let padded = (0..=5u32).flat_map(|n| [7, 14, 15, 16, 17, 31, 33].map(|pad| (n, pad)));
+        for (n, pad) in (0..=6u32).map(|n| (n, 0)).chain(padded) {
+            for mut code in 0..6usize.pow(n) {
+                payload.clear();
+                payload.resize(pad, b'a');
+                for _ in 0..n {
+                    payload.extend_from_slice(PIECES[code % 6]);
+                    code /= 6;
+                }
+                both(&[&payload]);
+                for cut in 0..=payload.len() {
+                    both(&[&payload[..cut], &payload[cut..]]);
+                }
+            }
+        }
+        // Every block with line ends in any of its places.
+        for bits in 0..=u16::MAX {
+            let block: [u8; BLOCK] = std::array::from_fn(|i| {
+                if bits >> i & 1 == 1 {
+                    b'\n'
+                } else {
+                    i as u8 * 17
+                }
+            });
+            assert_eq!(newlines(&block), bits);
+            assert_eq!(newlines_bytewise(&block), bits);
+        }
+        // Lines about as long as a `retry:` field may be (leading zeros keep
+        // the value readable), whole or cut anywhere.
+        for zeros in MAX_RETRY_LINE - 10..MAX_RETRY_LINE {
+            let long = format!("data: x\nretry:{}7\n\nretry: 9", "0".repeat(zeros));
+            for cut in 0..=long.len() {
+                both(&[&long.as_bytes()[..cut], &long.as_bytes()[cut..], b"\n"]);
+            }
+        }
     }
 
     #[test]
