@@ -715,6 +715,18 @@ mod tests {
                 assert_eq!(got, want, "{len} bytes: {data:?}");
             }
         }
+        // Every block with line ends in any of its places.
+        for bits in 0..=u16::MAX {
+            let block: [u8; BLOCK] = std::array::from_fn(|i| {
+                if bits >> i & 1 == 1 {
+                    b'\n'
+                } else {
+                    i as u8 * 17
+                }
+            });
+            assert_eq!(newlines(&block), bits);
+            assert_eq!(newlines_bytewise(&block), bits);
+        }
     }
 
     /// The skim (`feed` at a line start) against the line-by-line scan:
@@ -752,18 +764,6 @@ mod tests {
                     both(&[&payload[..cut], &payload[cut..]]);
                 }
             }
-        }
-        // Every block with line ends in any of its places.
-        for bits in 0..=u16::MAX {
-            let block: [u8; BLOCK] = std::array::from_fn(|i| {
-                if bits >> i & 1 == 1 {
-                    b'\n'
-                } else {
-                    i as u8 * 17
-                }
-            });
-            assert_eq!(newlines(&block), bits);
-            assert_eq!(newlines_bytewise(&block), bits);
         }
         // Lines about as long as a `retry:` field may be (leading zeros keep
         // the value readable), whole or cut anywhere.
