@@ -8,7 +8,7 @@
 //! like any client, then its waiters.
 //!
 //! The controller starts and cancels drain tasks as the state says
-//! ([`Drains::reconcile`] after every change): a slot flipped back, weighted
+//! (`Drains::reconcile` after every change): a slot flipped back, weighted
 //! up or restarted stops draining, and its waiters hear `drain_cancelled`.
 
 use std::collections::HashMap;

@@ -165,7 +165,7 @@ impl Conn {
 }
 
 /// Reads once from `io` into `buf` (through a stack buffer of
-/// [`READ_SIZE`]); `Ok(0)` at the end of the stream. An empty buffer
+/// `READ_SIZE` bytes); `Ok(0)` at the end of the stream. An empty buffer
 /// allocates just what arrived: an idle stream keeps no read buffer between
 /// events. Both codecs read this way (the client side's in `proxy::h1`).
 pub fn poll_fill<I: AsyncRead + Unpin>(

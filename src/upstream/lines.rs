@@ -520,7 +520,7 @@ pub fn connection_names_headers(v: &[u8]) -> bool {
 
 /// Where a parsed header's name and value lie in the buffer that starts at
 /// `base`: (name start, name end, value start, value end). A head is at most
-/// [`MAX_HEAD`] bytes, so each fits a `u32`.
+/// [`MAX_HEAD`](crate::upstream::h1::MAX_HEAD) bytes, so each fits a `u32`.
 pub fn span_of(base: usize, h: &httparse::Header<'_>) -> (u32, u32, u32, u32) {
     let n = h.name.as_ptr() as usize - base;
     let v = h.value.as_ptr() as usize - base;
