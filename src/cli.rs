@@ -20,7 +20,9 @@ use crate::control::protocol::Request;
 #[derive(Parser, Debug)]
 #[command(
     name = "mcpflip",
-    version,
+    // The commit too (as `mcpflip_build_info` has it), so that a report or a
+    // bug can say which build it was.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("MCPFLIP_COMMIT"), ")"),
     about = "Blue-green reverse proxy for MCP servers",
     long_about = "Blue-green reverse proxy for MCP servers: SSE-aware drains, session \
                   affinity, probe-gated flips and one-command deploys.\n\n\

@@ -236,7 +236,7 @@ fn stamp(date: &str) -> String {
     format!("{day}T{hm}Z")
 }
 
-fn versions(root: &Path) -> Vec<Version> {
+fn versions(root: &Path, mcpflip: &Path) -> Vec<Version> {
     let v = |cmd: &str, args: &[&str]| {
         sys::find_binary(cmd)
             .and_then(|p| sys::version_of(p.to_str()?, args))
@@ -248,7 +248,7 @@ fn versions(root: &Path) -> Vec<Version> {
             "mcpflip",
             format!(
                 "git {} (profiling profile: release + line tables, {rustc})",
-                sys::git_rev(root)
+                sys::mcpflip_rev(mcpflip, root)
             ),
         ),
         ("nginx", v("nginx", &["-v"])),
@@ -333,7 +333,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
         machine,
         plan: plan.clone(),
         pinned: env.taskset.is_some(),
-        versions: versions(&root),
+        versions: versions(&root, &env.mcpflip),
         nofile,
         nofile_hard,
     };
@@ -464,7 +464,7 @@ fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
     let rustc = sys::version_of("rustc", &["--version"]).unwrap_or_default();
     let version = format!(
         "git {} (profiling profile: release + line tables, {rustc})",
-        sys::git_rev(&root)
+        sys::mcpflip_rev(&mcpflip, &root)
     );
     println!(
         "mcpflip-bench: soak of mcpflip {version} on {} ({} cores)",

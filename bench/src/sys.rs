@@ -311,6 +311,37 @@ pub fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
         .filter(|l| !l.is_empty())
 }
 
+/// The revision a report names for the mcpflip binary `bin`: the commit it
+/// was built from (`mcpflip --version` says `mcpflip 0.1.0 (git
+/// abc1234def56)`), and the checkout's when that is elsewhere or has
+/// uncommitted changes, so a run is not credited to a commit the binary
+/// was not built from.
+pub fn mcpflip_rev(bin: &Path, root: &Path) -> String {
+    let built = bin
+        .to_str()
+        .and_then(|b| version_of(b, &["--version"]))
+        .and_then(|v| built_commit(&v));
+    label_rev(built.as_deref(), &git_rev(root))
+}
+
+/// `abc1234def56` from `mcpflip 0.1.0 (git abc1234def56)`; `None` for an
+/// older binary (no commit) or one built outside a checkout (`unknown`).
+fn built_commit(version: &str) -> Option<String> {
+    let rest = version.split_once("(git ")?.1;
+    let commit = rest.strip_suffix(')')?;
+    (!commit.is_empty() && commit.bytes().all(|b| b.is_ascii_hexdigit())).then(|| commit.to_owned())
+}
+
+/// The label for a binary built at `built` run from a checkout at `checkout`
+/// (as [`git_rev`] gives it).
+fn label_rev(built: Option<&str>, checkout: &str) -> String {
+    match built {
+        None => checkout.to_owned(),
+        Some(b) if b.starts_with(checkout) || checkout.starts_with(b) => checkout.to_owned(),
+        Some(b) => format!("{b} (the checkout is at {checkout})"),
+    }
+}
+
 /// `git describe`-like revision of the repository at `dir` (`abc1234`, with
 /// `-dirty` when the tree has uncommitted changes).
 pub fn git_rev(dir: &Path) -> String {
@@ -434,6 +465,32 @@ pub fn fds_of(pid: u32) -> Vec<Fd> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_run_is_labelled_with_the_commit_its_binary_was_built_from() {
+        assert_eq!(
+            built_commit("mcpflip 0.1.0 (git 9c5d0beb1234)").as_deref(),
+            Some("9c5d0beb1234")
+        );
+        assert_eq!(
+            built_commit("mcpflip 0.1.0"),
+            None,
+            "a binary from before the commit was named"
+        );
+        assert_eq!(built_commit("mcpflip 0.1.0 (git unknown)"), None);
+        // Built from the checkout as it is: its name.
+        assert_eq!(label_rev(Some("9c5d0beb1234"), "9c5d0be"), "9c5d0be");
+        // Built elsewhere, or the checkout has changed since: both.
+        assert_eq!(
+            label_rev(Some("ce042723aaaa"), "9c5d0be"),
+            "ce042723aaaa (the checkout is at 9c5d0be)"
+        );
+        assert_eq!(
+            label_rev(Some("9c5d0beb1234"), "9c5d0be-dirty"),
+            "9c5d0beb1234 (the checkout is at 9c5d0be-dirty)"
+        );
+        assert_eq!(label_rev(None, "9c5d0be"), "9c5d0be");
+    }
 
     #[test]
     fn steal_is_the_eighth_figure_of_the_cpu_line() {
