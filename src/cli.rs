@@ -20,9 +20,11 @@ use crate::control::protocol::Request;
 #[derive(Parser, Debug)]
 #[command(
     name = "mcpflip",
-    // The commit too (as `mcpflip_build_info` has it), so that a report or a
-    // bug can say which build it was.
-    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("MCPFLIP_COMMIT"), ")"),
+    version,
+    // `--version` names the commit too (as `mcpflip_build_info` does), so that a
+    // report or a bug can say which build it was; `-V` and the man pages (which
+    // the repository keeps) say the version alone.
+    long_version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("MCPFLIP_COMMIT"), ")"),
     about = "Blue-green reverse proxy for MCP servers",
     long_about = "Blue-green reverse proxy for MCP servers: SSE-aware drains, session \
                   affinity, probe-gated flips and one-command deploys.\n\n\
@@ -143,6 +145,14 @@ pub fn command() -> clap::Command {
     <Cli as clap::CommandFactory>::command()
 }
 
+/// The command tree as the man pages show it: no `help` subcommand, and the
+/// version without the commit (a page must not change with every commit).
+fn for_pages() -> clap::Command {
+    command()
+        .disable_help_subcommand(true)
+        .long_version(None::<&str>)
+}
+
 /// Writes the completion script for `shell` to `out`.
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut command(), "mcpflip", out);
@@ -151,7 +161,7 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
 /// The man page of `mcpflip` itself (roff).
 pub fn man_page() -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(command().disable_help_subcommand(true)).render(&mut out)?;
+    clap_mangen::Man::new(for_pages()).render(&mut out)?;
     Ok(out)
 }
 
@@ -160,7 +170,7 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
 /// returns the files written.
 pub fn write_man_pages(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
-    let mut cmd = command().disable_help_subcommand(true);
+    let mut cmd = for_pages();
     cmd.build();
     let mut written = Vec::new();
     write_pages(&cmd, dir, &mut written)?;
