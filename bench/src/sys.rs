@@ -465,6 +465,7 @@ pub fn fds_of(pid: u32) -> Vec<Fd> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_run_is_labelled_with_the_commit_its_binary_was_built_from() {
@@ -499,8 +500,6 @@ mod tests {
         assert_eq!(steal_of("cpu0 1 2 3 4 5 6 7 8\n"), None);
         assert_eq!(steal_of("cpu  1 2 3 4\n"), None);
     }
-
-    use super::*;
 
     #[test]
     fn tcp_sockets_are_read_from_proc_net_tcp() {
