@@ -11,7 +11,8 @@
 //! instance; the fleet's drain waits for a stream held through another
 //! instance and completes right after it closes; `status` shows the fleet;
 //! two concurrent flips from two instances never both succeed and race to a
-//! `conflict`; `kill -9` of the instance holding the last blue stream lets
+//! `conflict`; a deploy's watch rolls the fleet back on the 5xx another
+//! instance served; `kill -9` of the instance holding the last blue stream lets
 //! the drain complete once its lease expires; one etcd member stopped
 //! changes nothing; all of etcd stopped keeps every instance serving and
 //! refuses changes with `cluster_unavailable` (status and metric say
@@ -55,6 +56,8 @@ struct Fleet {
     etcd: EtcdCluster,
     instances: Vec<Instance>,
     client: HttpClient,
+    /// Stops the built-in green alone (a child of the fleet's stop).
+    green_stop: CancellationToken,
     _stop: tokio_util::sync::DropGuard,
     _sdk_servers: Vec<SdkServer>,
 }
@@ -158,12 +161,22 @@ impl Fleet {
     }
 
     async fn start_with(stop: CancellationToken, kind: Slots) -> Fleet {
+        Self::start_tuned(stop, kind, |c| c).await
+    }
+
+    /// As `start_with`, each instance's config passed through `tune` last.
+    async fn start_tuned(
+        stop: CancellationToken,
+        kind: Slots,
+        tune: impl Fn(TestConfig) -> TestConfig,
+    ) -> Fleet {
         let etcd = EtcdCluster::start(3);
         let mut sdk_servers = Vec::new();
+        let green_stop = stop.child_token();
         let (blue, green) = match kind {
             Slots::BuiltIn => (
                 upstream(ServerConfig::new("blue", Transport::Both), &stop).await,
-                upstream(ServerConfig::new("green", Transport::Both), &stop).await,
+                upstream(ServerConfig::new("green", Transport::Both), &green_stop).await,
             ),
             Slots::PythonSdk => {
                 let (b, blue) = sdk_server("blue");
@@ -187,6 +200,7 @@ impl Fleet {
                 .set_str("cluster", "instance", format!("edge-{n}"))
                 .set_str("cluster", "lease_ttl", "2s")
                 .set_str("cluster", "request_timeout", "1s");
+            let cfg = tune(cfg);
             let socket = cfg.socket();
             let config = cfg.write();
             let mut proc = ProxyProcess::spawn(&config, &socket, &[]);
@@ -204,6 +218,7 @@ impl Fleet {
             etcd,
             instances,
             client: http_client(),
+            green_stop,
             _stop: stop.drop_guard(),
             _sdk_servers: sdk_servers,
         };
@@ -546,6 +561,78 @@ async fn one_deploy_at_a_time_in_the_fleet_and_an_orphaned_one_shows() {
     .await;
     assert_eq!(s["cluster"]["deploy"]["orphaned"], false, "{s}");
     assert_eq!(s["active"], "blue", "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_rolls_back_on_the_5xx_that_another_instance_served() {
+    // The watch checks every 4 s: the 5xx share is read from etcd before the
+    // next probe of the dead green would fail the window by itself.
+    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+        c.set_str("watch", "interval", "4s")
+            .set("watch", "max_error_ratio", "0.05")
+    })
+    .await;
+    let deploying = {
+        let socket = f.i(1).socket.clone();
+        tokio::spawn(async move {
+            mcpflip::control::client::send(&socket, "deploy green --watch 30s", |_| {})
+                .await
+                .expect("deploy reply")
+        })
+    };
+    until_status(f.i(2), "green active through edge-2", |s| {
+        s["active"] == "green" && s["cluster"]["deploy"]["status"]["phase"] == "watch"
+    })
+    .await;
+    // Green dies; only edge-2 takes traffic, so every 5xx is edge-2's.
+    f.green_stop.cancel();
+    for _ in 0..20 {
+        let (status, _, body) = post_json(
+            &f.client,
+            &format!("{}/mcp", f.i(2).base),
+            None,
+            initialize(),
+        )
+        .await;
+        assert_eq!(status, 502, "{body}");
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(20), deploying)
+        .await
+        .expect("the deploy ends")
+        .expect("task");
+    assert_eq!(reply["code"], "rolled_back", "{reply}");
+    let reason = reply["watch"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("green answered 20 of 20 requests with 5xx"),
+        "{reason}"
+    );
+    // The deploying instance served none of them itself: edge-2 did.
+    let s = f.i(1).status().await;
+    let fives = |name: &str| {
+        s["cluster"]["instances"]
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["name"] == name))
+            .and_then(|i| i["slots"].as_array())
+            .and_then(|slots| slots.iter().find(|c| c["slot"] == "green"))
+            .map(|c| c["errors_5xx"].clone())
+            .unwrap_or_else(|| panic!("no green counts of {name} in {s}"))
+    };
+    assert_eq!(fives("edge-1"), 0, "{s}");
+    assert_eq!(fives("edge-2"), 20, "{s}");
+    // The rollback is the fleet's.
+    for n in 1..=3 {
+        until_status(f.i(n), "blue active everywhere after the rollback", |s| {
+            s["active"] == "blue"
+        })
+        .await;
+    }
+    let s = f.i(3).status().await;
+    assert_eq!(s["cluster"]["deploy"]["by"], "edge-1", "{s}");
+    assert_eq!(s["cluster"]["deploy"]["status"]["phase"], "failed", "{s}");
+    assert_eq!(
+        s["cluster"]["deploy"]["status"]["code"], "rolled_back",
+        "{s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
