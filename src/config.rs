@@ -19,6 +19,7 @@ use http::Uri;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::tls::{CertPair, TlsConfig};
+pub use crate::upstream::h1::XForwarded;
 
 /// Where the default config lives (overridable with `MCPFLIP_CONFIG` or `--config`).
 pub const DEFAULT_PATH: &str = "config/mcpflip.toml";
@@ -322,6 +323,12 @@ pub struct ProxyConfig {
     /// default: MCP SDK servers answer 421 to a foreign Host (DNS-rebinding guard).
     #[serde(default)]
     pub preserve_host: bool,
+    /// What a slot is told of the client in `X-Forwarded-For`, `-Host` and
+    /// `-Proto`: the client's `X-Forwarded-For` kept in front of its address
+    /// (`append`, nginx's `$proxy_add_x_forwarded_for`), its address alone
+    /// (`replace`), or none of the three (`off`).
+    #[serde(default)]
+    pub x_forwarded: XForwarded,
     /// Time allowed to open a TCP connection to a slot.
     #[serde(
         default = "default_connect_timeout",
@@ -637,6 +644,7 @@ section_default!(LogConfig {
 });
 section_default!(ProxyConfig {
     preserve_host: false,
+    x_forwarded: XForwarded::Append,
     connect_timeout: default_connect_timeout(),
     header_read_timeout: default_header_timeout(),
     idle_timeout: default_idle_timeout(),
@@ -1255,8 +1263,9 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  proxy         preserve_host {}, connect timeout {}, header read timeout {}",
+            "  proxy         preserve_host {}, x_forwarded {}, connect timeout {}, header read timeout {}",
             self.proxy.preserve_host,
+            self.proxy.x_forwarded.as_str(),
             d(self.proxy.connect_timeout),
             d(self.proxy.header_read_timeout)
         );

@@ -773,6 +773,7 @@ fn lines_as_the_map(
         "the forwarder reads the lines as the map"
     );
     let proxy = ProxyHeaders {
+        x_forwarded: h1::XForwarded::Append,
         host: HeaderValue::from_static("slot:3001"),
         forwarded_host: Some(HeaderValue::from_static("public.example")),
         forwarded_proto: HeaderValue::from_static("http"),

@@ -225,6 +225,7 @@ pub async fn start_with(
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
         preserve_host: proxy_cfg.preserve_host,
+        x_forwarded: proxy_cfg.x_forwarded,
         proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         sse_keepalive: proxy_cfg.sse_keepalive,
         host_guard,

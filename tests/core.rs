@@ -580,7 +580,9 @@ async fn head_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) 
 
 /// What a slot reads about the client comes from the proxy alone: the
 /// client's own `X-Forwarded-Host` and `-Proto` are replaced, its
-/// `X-Forwarded-For` is extended with its address, the slot gets its own
+/// `X-Forwarded-For` lines are joined in order and extended with its address
+/// (before, every line after the first was dropped: the nearest hop, which a
+/// load balancer in front adds as a line of its own, was lost), the slot gets its own
 /// `Host` (`preserve_host` off), each once. A client that names no host
 /// (HTTP/1.0) cannot pass an `X-Forwarded-Host` of its own either: before,
 /// the proxy replaced that header only when it had a host to put in it.
@@ -619,7 +621,7 @@ async fn the_slot_gets_the_forwarding_headers_from_the_proxy_alone() {
     assert_eq!(only("x-forwarded-proto"), ["http"], "{head}");
     assert_eq!(
         only("x-forwarded-for"),
-        ["203.0.113.9, 127.0.0.1"],
+        ["203.0.113.9, 198.51.100.1, 127.0.0.1"],
         "{head}"
     );
 
@@ -636,4 +638,58 @@ async fn the_slot_gets_the_forwarding_headers_from_the_proxy_alone() {
         "{head}"
     );
     p.shutdown().await;
+}
+
+/// `[proxy] x_forwarded`: `"replace"` gives a slot the client's address alone
+/// (a client at the edge cannot put an address in front of its own), `"off"`
+/// gives none of the three headers; neither passes the client's own on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_replace_and_off_keep_the_clients_claims_from_the_slot() {
+    for mode in ["replace", "off"] {
+        let (port, mut heads) = head_recorder().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = support::start(
+            TestConfig::blue_green(dir.path(), port, support::closed_port())
+                .set_str("proxy", "x_forwarded", mode)
+                .load(),
+        )
+        .await;
+        let public = p.public_addr.to_string();
+        let mut raw = tokio::net::TcpStream::connect(p.public_addr)
+            .await
+            .expect("connect");
+        raw.write_all(
+            format!(
+                "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-Host: evil.example\r\n\
+                 X-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.9\r\n\
+                 Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let answer = read_to_close(&mut raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{mode}: {answer}");
+        let head = heads.recv().await.expect("the slot got the request");
+        assert!(!head.contains("evil.example"), "{mode}: {head}");
+        assert!(!head.contains("203.0.113.9"), "{mode}: {head}");
+        assert!(!head.contains("https"), "{mode}: {head}");
+        let forwarding: Vec<&str> = head
+            .split("\r\n")
+            .filter(|l| l.starts_with("x-forwarded-"))
+            .collect();
+        match mode {
+            "replace" => assert_eq!(
+                forwarding,
+                [
+                    format!("x-forwarded-host: {public}"),
+                    "x-forwarded-proto: http".into(),
+                    "x-forwarded-for: 127.0.0.1".into()
+                ],
+                "{head}"
+            ),
+            _ => assert!(forwarding.is_empty(), "{head}"),
+        }
+        p.shutdown().await;
+    }
 }

@@ -117,6 +117,7 @@ fn populated() -> Config {
         },
         proxy: ProxyConfig {
             preserve_host: true,
+            x_forwarded: mcpflip::config::XForwarded::Off,
             connect_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),

@@ -36,7 +36,7 @@ use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
-use crate::upstream::h1::ProxyHeaders;
+use crate::upstream::h1::{ProxyHeaders, XForwarded};
 use crate::upstream::lines::{into_map_headers, BadLine, RawHeaders};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
@@ -48,6 +48,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub struct Forwarder {
     pub tables: Arc<Tables>,
     pub preserve_host: bool,
+    /// Which forwarding headers go out (`[proxy] x_forwarded`).
+    pub x_forwarded: XForwarded,
     /// `https` when the public listener terminates TLS.
     pub proto: HeaderValue,
     /// Idle interval for SSE keep-alive comments (off when `None`).
@@ -911,6 +913,7 @@ impl Forwarder {
             _ => slot.host_header.clone(),
         };
         ProxyHeaders {
+            x_forwarded: self.x_forwarded,
             host,
             forwarded_host: client_host,
             forwarded_proto: self.proto.clone(),

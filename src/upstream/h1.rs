@@ -228,14 +228,17 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// map's growth, on every request (bench/PROFILE.md §13).
 #[derive(Debug, Clone)]
 pub struct ProxyHeaders {
+    /// Which of the forwarding headers go out, and whether the client's
+    /// `X-Forwarded-For` is kept in front of its address.
+    pub x_forwarded: XForwarded,
     /// `Host`.
     pub host: HeaderValue,
     /// `X-Forwarded-Host`: the host the client asked for, when it named one.
     pub forwarded_host: Option<HeaderValue>,
     /// `X-Forwarded-Proto`.
     pub forwarded_proto: HeaderValue,
-    /// The client's address, appended to the first `X-Forwarded-For` the
-    /// client sent (dropped if that is not visible ASCII).
+    /// The client's address: `X-Forwarded-For`, after the client's own
+    /// with [`XForwarded::Append`].
     pub forwarded_for: HeaderValue,
     /// The first header of this name goes out without its first this many
     /// bytes (a session tag, which the map keeps: the answer reuses it).
@@ -244,6 +247,36 @@ pub struct ProxyHeaders {
     /// (which then holds only those the forwarder reads:
     /// [`crate::upstream::RequestBody::Read`]).
     pub lines: Option<Box<RawHeaders>>,
+}
+
+/// What a slot is told of the client in `X-Forwarded-For`, `-Host` and
+/// `-Proto` (`[proxy] x_forwarded`). Whichever, the client's own `-Host` and
+/// `-Proto` never reach a slot: what a slot reads in them is the proxy's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XForwarded {
+    /// `X-Forwarded-For` is the client's own (every one it sent, in order,
+    /// joined by `, `) followed by its address, as nginx's
+    /// `$proxy_add_x_forwarded_for`: for a proxy behind a load balancer
+    /// that sets it.
+    #[default]
+    Append,
+    /// `X-Forwarded-For` is the client's address alone: for a proxy at the
+    /// edge, where a client could otherwise claim any address.
+    Replace,
+    /// None of the three goes out, and the client's are dropped.
+    Off,
+}
+
+impl XForwarded {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XForwarded::Append => "append",
+            XForwarded::Replace => "replace",
+            XForwarded::Off => "off",
+        }
+    }
 }
 
 pub use crate::upstream::lines::put;
@@ -291,7 +324,9 @@ pub fn encode_head(
         None if !headers.contains_key(header::HOST) => put(out, b"host", host.as_bytes()),
         None => {}
     }
-    let mut prior_for: Option<&[u8]> = None;
+    // Whether the client sent an `X-Forwarded-For`: its values are written
+    // after the other lines, by a second pass only then.
+    let mut prior_for = false;
     let mut cut = proxy.and_then(|p| p.cut.as_ref());
     if let (Some(lines), Some(_)) = (lines, proxy) {
         let mut copy = lines.copier();
@@ -304,7 +339,7 @@ pub fn encode_head(
                 | LineKind::XForwardedHost
                 | LineKind::XForwardedProto => continue,
                 LineKind::XForwardedFor => {
-                    prior_for.get_or_insert(value);
+                    prior_for = true;
                     continue;
                 }
                 // None comes with the lines (`proxy::h1` keeps them only
@@ -330,7 +365,7 @@ pub fn encode_head(
                 continue;
             }
             if name == X_FORWARDED_FOR {
-                prior_for.get_or_insert(value.as_bytes());
+                prior_for = true;
                 continue;
             }
             if let Some((_, n)) = cut.filter(|(c, _)| c == name) {
@@ -342,15 +377,32 @@ pub fn encode_head(
         }
         put(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some(p) = proxy {
+    if let Some(p) = proxy.filter(|p| p.x_forwarded != XForwarded::Off) {
         if let Some(h) = &p.forwarded_host {
             put(out, b"x-forwarded-host", h.as_bytes());
         }
         put(out, b"x-forwarded-proto", p.forwarded_proto.as_bytes());
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prior) = prior_for.filter(|v| is_visible(v)) {
-            out.extend_from_slice(prior);
-            out.extend_from_slice(b", ");
+        if prior_for && p.x_forwarded == XForwarded::Append {
+            // Every one the client sent, in order (a field sent as several
+            // lines is one list, RFC 9110 §5.3); one that is empty or not
+            // visible ASCII is left out.
+            let mut prior = |v: &[u8]| {
+                if !v.is_empty() && is_visible(v) {
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b", ");
+                }
+            };
+            match lines {
+                Some(l) => l
+                    .iter()
+                    .filter(|l| matches!(l.kind, LineKind::XForwardedFor))
+                    .for_each(|l| prior(l.value)),
+                None => headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .for_each(|v| prior(v.as_bytes())),
+            }
         }
         out.extend_from_slice(p.forwarded_for.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -1175,6 +1227,7 @@ mod tests {
             by_map
         };
         let proxy = ProxyHeaders {
+            x_forwarded: XForwarded::Append,
             host: HeaderValue::from_static("slot:3001"),
             forwarded_host: Some(HeaderValue::from_static("public.example")),
             forwarded_proto: HeaderValue::from_static("https"),
@@ -1186,12 +1239,33 @@ mod tests {
             proxied(&headers, &proxy),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
              x-forwarded-host: public.example\r\nx-forwarded-proto: https\r\n\
-             x-forwarded-for: 10.0.0.1, 192.0.2.7\r\n\r\n"
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n\r\n"
         );
-        // No host named by the client, no prior X-Forwarded-For, one that is
-        // not ASCII: only what the proxy knows.
+        // The client's address alone, or none of the three: the client's
+        // own dropped either way.
+        let replace = ProxyHeaders {
+            x_forwarded: XForwarded::Replace,
+            ..proxy.clone()
+        };
+        assert_eq!(
+            proxied(&headers, &replace),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
+             x-forwarded-host: public.example\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-for: 192.0.2.7\r\n\r\n"
+        );
+        let off = ProxyHeaders {
+            x_forwarded: XForwarded::Off,
+            ..proxy.clone()
+        };
+        assert_eq!(
+            proxied(&headers, &off),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\r\n"
+        );
+        // No host named by the client, no prior X-Forwarded-For but one that
+        // is not ASCII and an empty one: only what the proxy knows.
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        headers.append("x-forwarded-for", HeaderValue::from_static(""));
         let proxy = ProxyHeaders {
             forwarded_host: None,
             ..proxy
