@@ -176,6 +176,11 @@ pub struct ListenConfig {
     #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Every connection starts with a PROXY protocol header (version 1 or
+    /// 2) that names the client's address: for a listener behind a load
+    /// balancer in TCP mode (nginx's `listen ... proxy_protocol`).
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -606,7 +611,8 @@ macro_rules! section_default {
 }
 section_default!(ListenConfig {
     addr: default_listen(),
-    tls: None
+    tls: None,
+    proxy_protocol: false
 });
 section_default!(AdminConfig {
     addr: default_admin(),
@@ -1213,8 +1219,13 @@ impl Config {
         };
         let _ = writeln!(
             s,
-            "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2)",
-            self.listen.addr
+            "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2{})",
+            self.listen.addr,
+            if self.listen.proxy_protocol {
+                ", a PROXY protocol header first on every connection"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,

@@ -851,3 +851,37 @@ pub fn h1_request(data: &[u8]) {
     // not; cut at the same bytes they must agree.
     assert_eq!(whole, cut, "read whole vs in {} pieces", chunks.len());
 }
+
+/// `proxy::proxy_protocol::parse`, as the listener's read loop relies on it:
+/// never a panic; a header is recognised only once whole, and every prefix of
+/// its bytes is "incomplete", never refused (the loop consumes what it saw and
+/// waits for more); once whole it gives the same length and address whatever
+/// follows it; "incomplete" is said only of input shorter than the largest
+/// header taken, and of no prefix of a refused input is a header recognised.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy::proxy_protocol::{parse, MAX_V2};
+    let whole = parse(data);
+    match &whole {
+        Ok(Some((len, _))) => assert!(*len <= data.len(), "a header longer than its input"),
+        Ok(None) => assert!(data.len() < MAX_V2, "incomplete at {} bytes", data.len()),
+        Err(_) => {}
+    }
+    // Prefixes: the read loop's view of the same bytes arriving in pieces.
+    for cut in 1..data.len().min(MAX_V2 + 1) {
+        let part = parse(&data[..cut]);
+        match (&whole, &part) {
+            (Ok(Some((len, addr))), _) if cut >= *len => assert!(
+                matches!(&part, Ok(Some((l, a))) if l == len && a == addr),
+                "the header whole at {len} bytes, then {part:?} with {cut}"
+            ),
+            (Ok(Some(_)) | Ok(None), _) => assert!(
+                matches!(part, Ok(None)),
+                "a prefix of {cut} bytes of a header that is {whole:?}: {part:?}"
+            ),
+            (Err(_), _) => assert!(
+                !matches!(part, Ok(Some(_))),
+                "a refused input's prefix of {cut} bytes is a header: {part:?}"
+            ),
+        }
+    }
+}

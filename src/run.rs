@@ -180,6 +180,7 @@ pub async fn start_with(
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let proxy_cfg = config.proxy.clone();
+    let proxy_protocol = config.listen.proxy_protocol;
     let drain_cfg = config.drain.clone();
     let limits = Limits {
         header_read: proxy_cfg.header_read_timeout,
@@ -270,6 +271,7 @@ pub async fn start_with(
             limits,
             max_connections,
             tls,
+            proxy_protocol,
             workers: Arc::clone(&workers),
         },
         stop_accepting.child_token(),

@@ -627,15 +627,19 @@ pub enum ClientFault {
     BadHost,
     /// Plain HTTP sent to the TLS listener (answered 400).
     NotTls,
+    /// No valid PROXY protocol header where the listener requires one
+    /// (closed without an answer).
+    ProxyProtocol,
 }
 
 impl ClientFault {
-    pub const ALL: [ClientFault; 5] = [
+    pub const ALL: [ClientFault; 6] = [
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::BodyInvalid,
         Self::BadHost,
         Self::NotTls,
+        Self::ProxyProtocol,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -644,6 +648,7 @@ impl ClientFault {
             Self::BodyInvalid => "body_invalid",
             Self::BadHost => "bad_host",
             Self::NotTls => "not_tls",
+            Self::ProxyProtocol => "proxy_protocol",
         }
     }
 }

@@ -81,6 +81,7 @@ fn populated() -> Config {
                     key: p("b.key"),
                 }],
             }),
+            proxy_protocol: true,
         },
         admin: AdminConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),

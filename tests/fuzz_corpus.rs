@@ -93,3 +93,8 @@ fn config_text_corpus() {
 fn state_file_corpus() {
     replay("state_file", mcpflip::fuzzing::state_file);
 }
+
+#[test]
+fn proxy_protocol_corpus() {
+    replay("proxy_protocol", mcpflip::fuzzing::proxy_protocol);
+}

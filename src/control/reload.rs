@@ -40,6 +40,10 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
 
     for (what, differs) in [
         ("[listen] addr", old.listen.addr != new.listen.addr),
+        (
+            "[listen] proxy_protocol",
+            old.listen.proxy_protocol != new.listen.proxy_protocol,
+        ),
         ("[admin] addr", old.admin.addr != new.admin.addr),
         ("[control] socket", old.control.socket != new.control.socket),
         (

@@ -22,6 +22,7 @@ pub mod h1;
 pub mod host_guard;
 pub mod migrate;
 pub mod plaintext;
+pub mod proxy_protocol;
 pub mod scan;
 pub mod sse;
 pub mod workers;
@@ -60,6 +61,9 @@ pub struct Settings {
     pub limits: Limits,
     pub max_connections: usize,
     pub tls: Option<TlsSlot>,
+    /// Every connection starts with a PROXY protocol header
+    /// (`[listen] proxy_protocol`).
+    pub proxy_protocol: bool,
     /// The workers client connections are spread over.
     pub workers: Arc<workers::Workers>,
 }
@@ -101,8 +105,19 @@ pub async fn serve(
                 idle: Duration::ZERO,
             };
             let (stats, max) = (Arc::clone(&stats), settings.max_connections);
+            let proxy_protocol = settings.proxy_protocol;
             tokio::spawn(async move {
                 let _refusal = refusal;
+                let mut tcp = tcp;
+                // The header first: the 503 goes to the request after it.
+                if proxy_protocol
+                    && Box::pin(proxy_protocol::read(&mut tcp, head_deadline))
+                        .await
+                        .is_err()
+                {
+                    stats.count_client_fault(ClientFault::ProxyProtocol);
+                    return;
+                }
                 let conn = Conn::new();
                 let service = {
                     let conn = conn.clone();
@@ -131,11 +146,27 @@ pub async fn serve(
         let shutdown = connections.shutdown_token().clone();
         let winding_down = stop.clone();
         let limits = settings.limits;
-        settings.workers.spawn(tcp, move |tcp| async move {
+        let proxy_protocol = settings.proxy_protocol;
+        settings.workers.spawn(tcp, move |mut tcp| async move {
             let (_counted, _entered) = (counted, entered);
             let conn = Conn::new();
             let stats = Arc::clone(&forwarder.stats);
-            let addr = peer;
+            // The client's address: the one the load balancer's PROXY
+            // protocol header names, where the listener takes one. Boxed:
+            // the read's state (a timer among it) would otherwise size every
+            // connection's task.
+            let addr = if proxy_protocol {
+                match Box::pin(proxy_protocol::read(&mut tcp, head_deadline)).await {
+                    Ok(client) => client.unwrap_or(peer),
+                    Err(e) => {
+                        stats.count_client_fault(ClientFault::ProxyProtocol);
+                        tracing::debug!(peer = %peer, error = %e, "closed: no valid PROXY protocol header");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
             let peer = Arc::new(forward::Peer::new(addr, conn.clone()));
             let service = service_fn(move |req: http::Request<RequestBody>| {
                 // A request head arrived: the connection is busy until its

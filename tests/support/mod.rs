@@ -163,3 +163,54 @@ pub fn get(
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .expect("valid request")
 }
+
+/// What the proxy sends on `raw` until it closes (within 10 s), as text.
+pub async fn read_to_close(raw: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(raw, &mut buf),
+    )
+    .await
+    .expect("the answer within 10 s")
+    .expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A slot that records each request head it gets (lowercased) and answers
+/// `{}`; its port and the heads, in order.
+pub async fn head_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // GETs only: a head, no body.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let _ = tx.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if tokio::io::AsyncWriteExt::write_all(&mut s, answer)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}

@@ -42,3 +42,24 @@ pub fn venv_bin(name: &str) -> PathBuf {
     ensure("pkg");
     dir().join("pkg/bin").join(name)
 }
+
+/// HAProxy (`tests/tools/install.sh haproxy`, or `HAPROXY=/path`): the
+/// program to run; panics with how to install it when that fails.
+pub fn haproxy() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(INSTALL)
+        .arg("haproxy")
+        .env("TOOLS_DIR", dir())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {INSTALL}: {e}"));
+    assert!(
+        out.status.success(),
+        "HAProxy is missing; run `bash {INSTALL} haproxy` (as root it runs \
+         `apt-get install -y --no-install-recommends haproxy`) or set HAPROXY:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::env::var_os("HAPROXY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("haproxy"))
+}

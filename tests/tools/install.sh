@@ -28,6 +28,9 @@
 #   tests/tools/install.sh prom            # only some
 #   tests/tools/install.sh chromium        # the browser (asked for by tests/status_page.rs)
 #   tests/tools/install.sh etcd            # etcd (asked for by the fleet tests)
+#   tests/tools/install.sh haproxy         # HAProxy (Debian's `haproxy`), the load balancer
+#                                          # that sends the PROXY protocol in tests/proxy_protocol.rs;
+#                                          # the tests run their own, the package's service is not used
 #   tests/tools/install.sh systemd         # systemd-analyze and systemd-socket-activate
 #                                          # (Debian's `systemd`, asked for by tests/systemd.rs;
 #                                          # only the tools are used, no service is started)
@@ -206,6 +209,31 @@ install_chromium() {
   run chromium --version
 }
 
+# Debian's `haproxy`: the tests run their own instance from a config of theirs. `HAPROXY=/path`
+# uses another build.
+install_haproxy() {
+  if [[ -n "${HAPROXY:-}" ]]; then
+    [[ -x "$HAPROXY" ]] || { echo "tools/install.sh: HAPROXY=$HAPROXY is not an executable" >&2; exit 1; }
+    echo "tools: haproxy from HAPROXY ($HAPROXY)"
+    return
+  fi
+  if command -v haproxy >/dev/null 2>&1; then
+    echo "tools: haproxy present ($(haproxy -v 2>/dev/null | head -1))"
+    return
+  fi
+  local cmd="apt-get install -y --no-install-recommends haproxy"
+  if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "tools/install.sh: haproxy is missing; install it as root with:  $cmd  (or set HAPROXY=/path/to/haproxy)" >&2
+    exit 1
+  fi
+  echo "tools: installing haproxy with apt-get"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; then
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy
+  fi
+  run haproxy -v
+}
+
 # Debian's `systemd` package for its tools (systemd-analyze verify, systemd-socket-activate);
 # a container image may lack it. Installing the package starts nothing here.
 install_systemd() {
@@ -242,7 +270,8 @@ for t in "${tools[@]}"; do
     chromium) install_chromium ;;
     etcd) install_etcd ;;
     systemd) install_systemd ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd)" >&2; exit 2 ;;
+    haproxy) install_haproxy ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd haproxy)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"
