@@ -9,9 +9,11 @@
 //! a connection without a header, with a bad one or with one cut short is
 //! closed unanswered, within `header_read_timeout`, and counted in
 //! `mcpflip_client_errors_total{kind="proxy_protocol"}`; TLS follows the
-//! header. And with real HAProxy in front (`send-proxy` and
-//! `send-proxy-v2`), a client connecting from 127.0.0.2 is named 127.0.0.2,
-//! though the proxy's own peer is HAProxy on 127.0.0.1.
+//! header; `reload` says turning it on needs a restart. And with real
+//! HAProxy in front (`send-proxy` and `send-proxy-v2`) of the built binary,
+//! a client connecting from 127.0.0.2 is named 127.0.0.2 in
+//! `X-Forwarded-For` and the access log, though the proxy's own peer is
+//! HAProxy on 127.0.0.1.
 
 mod support;
 
@@ -20,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::mcp::http_client;
+use support::proc::ProxyProcess;
 use support::{closed_port, head_recorder, read_to_close, TestConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -241,6 +244,32 @@ async fn tls_follows_the_header() {
     p.shutdown().await;
 }
 
+/// Turning it on changes what every connection must send first: `reload`
+/// names it among what needs a restart (`upgrade` applies it without
+/// dropping a connection) and the running listener keeps taking plain
+/// requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_says_turning_it_on_needs_a_restart_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, mut heads) = head_recorder().await;
+    let cfg = TestConfig::blue_green(dir.path(), port, closed_port());
+    let p = support::start(cfg.load()).await;
+    cfg.clone().set("listen", "proxy_protocol", "true").write();
+    let r = support::ctl(&cfg.socket(), "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["restart_required"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|w| w == "[listen] proxy_protocol")),
+        "{r}"
+    );
+    let answer = exchange(p.public_addr, get(p.public_addr, true).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = heads.recv().await.expect("the slot got the request");
+    assert_eq!(forwarded_for(&head), "127.0.0.1", "{head}");
+    p.shutdown().await;
+}
+
 /// An HAProxy process; killed when dropped.
 struct Haproxy(Child);
 
@@ -255,7 +284,16 @@ impl Drop for Haproxy {
 async fn behind_haproxy_the_client_is_the_one_haproxy_names() {
     let haproxy = support::tools::haproxy();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (p, mut heads) = proxied(dir.path(), |c| c).await;
+    // The built binary, as an operator runs it, with its access log.
+    let (port, mut heads) = head_recorder().await;
+    let public = SocketAddr::from(([127, 0, 0, 1], closed_port()));
+    let access = dir.path().join("access.log");
+    let cfg = TestConfig::blue_green(dir.path(), port, closed_port())
+        .listen_port(public.port())
+        .set("listen", "proxy_protocol", "true")
+        .set_str("log", "access_log", access.to_str().expect("utf-8"));
+    let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
     let (v1_port, v2_port) = (closed_port(), closed_port());
     let cfg = dir.path().join("haproxy.cfg");
     std::fs::write(
@@ -264,8 +302,7 @@ async fn behind_haproxy_the_client_is_the_one_haproxy_names() {
             "global\n  maxconn 64\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
              listen v1\n  bind 127.0.0.1:{v1_port}\n  server mcpflip {public} send-proxy\n\
-             listen v2\n  bind 127.0.0.1:{v2_port}\n  server mcpflip {public} send-proxy-v2\n",
-            public = p.public_addr
+             listen v2\n  bind 127.0.0.1:{v2_port}\n  server mcpflip {public} send-proxy-v2\n"
         ),
     )
     .expect("write the HAProxy config");
@@ -304,7 +341,7 @@ async fn behind_haproxy_the_client_is_the_one_haproxy_names() {
                 Err(e) => panic!("HAProxy does not listen on {to}: {e}"),
             }
         };
-        raw.write_all(get(p.public_addr, true).as_bytes())
+        raw.write_all(get(public, true).as_bytes())
             .await
             .expect("write");
         let answer = read_to_close(&mut raw).await;
@@ -312,5 +349,14 @@ async fn behind_haproxy_the_client_is_the_one_haproxy_names() {
         let head = heads.recv().await.expect("the slot got the request");
         assert_eq!(forwarded_for(&head), "127.0.0.2", "port {port}: {head}");
     }
-    p.shutdown().await;
+    // The access log names the client too, HAProxy nowhere.
+    support::until_async("two access-log lines", || {
+        let access = access.clone();
+        async move { std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 2) }
+    })
+    .await;
+    let log = std::fs::read_to_string(&access).expect("access log");
+    assert_eq!(log.matches("127.0.0.2:").count(), 2, "{log}");
+    assert!(!log.contains("127.0.0.1:"), "{log}");
+    drop(proc);
 }
