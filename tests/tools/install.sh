@@ -176,6 +176,15 @@ has_fonts() {
   [[ -n "$(find /usr/share/fonts /usr/local/share/fonts -type f \( -name '*.tt[fc]' -o -name '*.otf' \) 2>/dev/null | head -1)" ]]
 }
 
+# Installs Debian packages (as root). A fresh machine has no package lists yet: they are
+# refreshed once when the install cannot start.
+apt_install() {
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+    run apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  fi
+}
+
 install_chromium() {
   if [[ -n "${CHROMIUM:-}" ]]; then
     [[ -x "$CHROMIUM" ]] || { echo "tools/install.sh: CHROMIUM=$CHROMIUM is not an executable" >&2; exit 1; }
@@ -201,11 +210,7 @@ install_chromium() {
     return
   fi
   echo "tools: installing ${need[*]} with apt-get"
-  # A fresh machine has no package lists yet: refresh them once when the install cannot start.
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
-    run apt-get update -qq
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-  fi
+  apt_install "${need[@]}"
   run chromium --version
 }
 
@@ -227,10 +232,7 @@ install_haproxy() {
     exit 1
   fi
   echo "tools: installing haproxy with apt-get"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; then
-    run apt-get update -qq
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy
-  fi
+  apt_install haproxy
   run haproxy -v
 }
 
@@ -247,10 +249,7 @@ install_systemd() {
     exit 1
   fi
   echo "tools: installing systemd (for its tools) with apt-get"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; then
-    run apt-get update -qq
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd
-  fi
+  apt_install systemd
 }
 
 tools=("$@")
