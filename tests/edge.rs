@@ -10,27 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use support::mcp::http_client;
-use support::{until, Harness, TestConfig};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use support::{metric, metrics, read_until_closed, until, Harness, TestConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a test waits for something the proxy must do on its own (a
 /// generous bound for a busy machine, not a measurement).
 const PATIENCE: Duration = Duration::from_secs(15);
-
-/// Reads until the peer closes; `Err` if it is still open after `PATIENCE`.
-async fn read_until_closed<R: AsyncRead + Unpin>(s: &mut R) -> Result<Vec<u8>, Vec<u8>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    let end = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
-            Err(_) => return Err(got),
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
 
 /// Writes `request` on a fresh connection and reads the answer to the end.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
@@ -50,22 +36,6 @@ fn parse_answer(got: &[u8]) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
     (status, text)
-}
-
-async fn metrics(admin: SocketAddr) -> String {
-    let resp = http_client()
-        .request(support::get(admin, "/metrics"))
-        .await
-        .expect("metrics");
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// The value of the metric line that starts with `series` (0 when absent).
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 /// The test config with `[proxy] key = value` (string values) set.

@@ -21,9 +21,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::mcp::http_client;
 use support::proc::ProxyProcess;
-use support::{closed_port, head_recorder, read_to_close, TestConfig};
+use support::{closed_port, head_recorder, metrics, read_to_close, read_until_closed, TestConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -76,47 +75,22 @@ fn get(public: SocketAddr, close: bool) -> String {
     format!("GET /mcp HTTP/1.1\r\nHost: {public}\r\nConnection: {connection}\r\n\r\n")
 }
 
-/// Sends `bytes` on a new connection and reads until the proxy closes it.
-async fn exchange(to: SocketAddr, bytes: &[u8]) -> String {
-    let mut raw = TcpStream::connect(to).await.expect("connect");
-    raw.write_all(bytes).await.expect("write");
-    read_to_close(&mut raw).await
-}
-
 /// Sends `bytes` on a new connection and reads what comes back until the
 /// proxy closes it: a close with the request unread may reset the
 /// connection, which counts as closed.
 async fn refused(to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut raw = TcpStream::connect(to).await.expect("connect");
     raw.write_all(bytes).await.expect("write");
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let read = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::io::AsyncReadExt::read(&mut raw, &mut chunk),
-        )
+    read_until_closed(&mut raw)
         .await
-        .expect("closed within 10 s");
-        match read {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
+        .expect("closed within 15 s")
 }
 
-async fn scrape(admin: SocketAddr) -> String {
-    let resp = http_client()
-        .request(support::get(admin, "/metrics"))
-        .await
-        .expect("metrics");
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
+/// Sends `bytes` on a new connection and reads until the proxy closes it.
+async fn exchange(to: SocketAddr, bytes: &[u8]) -> String {
+    let mut raw = TcpStream::connect(to).await.expect("connect");
+    raw.write_all(bytes).await.expect("write");
+    read_to_close(&mut raw).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +131,7 @@ async fn versions_1_and_2_name_the_client_and_local_is_the_peer() {
     assert_eq!(forwarded_for(&head), "127.0.0.1", "{head}");
 
     assert!(
-        scrape(p.admin_addr)
+        metrics(p.admin_addr)
             .await
             .contains("mcpflip_client_errors_total{kind=\"proxy_protocol\"} 0"),
         "no connection was refused"
@@ -196,7 +170,7 @@ async fn without_a_valid_header_in_time_a_connection_is_closed_unanswered() {
         "closed after {waited:?}"
     );
     assert!(heads.try_recv().is_err(), "no request reached the slot");
-    let m = scrape(p.admin_addr).await;
+    let m = metrics(p.admin_addr).await;
     assert!(
         m.contains("mcpflip_client_errors_total{kind=\"proxy_protocol\"} 4"),
         "{m}"

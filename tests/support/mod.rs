@@ -214,3 +214,40 @@ pub async fn head_recorder() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Strin
     });
     (port, rx)
 }
+
+/// Reads until the peer closes (a reset counts as closed); `Err` with what
+/// came if it is still open after 15 s.
+pub async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(
+    s: &mut R,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(end, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn metrics(admin: std::net::SocketAddr) -> String {
+    let resp = mcp::http_client()
+        .request(get(admin, "/metrics"))
+        .await
+        .expect("metrics");
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the metric line that starts with `series` (0 when absent).
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
