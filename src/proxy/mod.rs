@@ -111,11 +111,10 @@ pub async fn serve(
                 let mut tcp = tcp;
                 // The header first: the 503 goes to the request after it.
                 if proxy_protocol
-                    && Box::pin(proxy_protocol::read(&mut tcp, head_deadline))
+                    && client_of(&mut tcp, peer, head_deadline, &stats)
                         .await
-                        .is_err()
+                        .is_none()
                 {
-                    stats.count_client_fault(ClientFault::ProxyProtocol);
                     return;
                 }
                 let conn = Conn::new();
@@ -151,18 +150,10 @@ pub async fn serve(
             let (_counted, _entered) = (counted, entered);
             let conn = Conn::new();
             let stats = Arc::clone(&forwarder.stats);
-            // The client's address: the one the load balancer's PROXY
-            // protocol header names, where the listener takes one. Boxed:
-            // the read's state (a timer among it) would otherwise size every
-            // connection's task.
             let addr = if proxy_protocol {
-                match Box::pin(proxy_protocol::read(&mut tcp, head_deadline)).await {
-                    Ok(client) => client.unwrap_or(peer),
-                    Err(e) => {
-                        stats.count_client_fault(ClientFault::ProxyProtocol);
-                        tracing::debug!(peer = %peer, error = %e, "closed: no valid PROXY protocol header");
-                        return;
-                    }
+                match client_of(&mut tcp, peer, head_deadline, &stats).await {
+                    Some(client) => client,
+                    None => return,
                 }
             } else {
                 peer
@@ -218,6 +209,27 @@ pub async fn serve(
         });
     }
     connections
+}
+
+/// The client's address on a listener that takes the PROXY protocol: the
+/// one the load balancer's header names, else `peer`'s; `None` when the
+/// connection brought no valid header by `deadline` (counted; the caller
+/// closes it). Boxed: the read's state (a timer among it) would otherwise
+/// size every connection's task.
+async fn client_of(
+    tcp: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    deadline: Instant,
+    stats: &ProxyStats,
+) -> Option<std::net::SocketAddr> {
+    match Box::pin(proxy_protocol::read(tcp, deadline)).await {
+        Ok(client) => Some(client.unwrap_or(peer)),
+        Err(e) => {
+            stats.count_client_fault(ClientFault::ProxyProtocol);
+            tracing::debug!(peer = %peer, error = %e, "closed: no valid PROXY protocol header");
+            None
+        }
+    }
 }
 
 /// The future `make` makes, made in its box: the box is allocated first and

@@ -105,10 +105,11 @@ async fn read_exact(tcp: &mut TcpStream, into: &mut [u8]) -> Result<(), Refused>
 /// address))` once complete, `None` while more bytes could complete it.
 pub fn parse(seen: &[u8]) -> Result<Option<(usize, Option<SocketAddr>)>, Refused> {
     let starts = |sig: &[u8]| sig.starts_with(&seen[..seen.len().min(sig.len())]);
-    if !starts(V1_PREFIX) && !starts(V2_SIGNATURE) {
+    let v1 = starts(V1_PREFIX);
+    if !v1 && !starts(V2_SIGNATURE) {
         return Err(Refused::Missing);
     }
-    if starts(V1_PREFIX) {
+    if v1 {
         // Parsed once its line ended: `ppp` takes a line cut inside its
         // last field for a wrong one.
         return match memchr::memchr(b'\n', seen) {
