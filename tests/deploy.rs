@@ -307,19 +307,8 @@ async fn a_green_that_dies_after_the_flip_is_rolled_back_while_blue_is_up() {
         "{s}"
     );
 
-    let metrics = http_client()
-        .request(support::get(p.admin_addr, "/metrics"))
-        .await
-        .expect("metrics");
-    let text = http_body_util::BodyExt::collect(metrics.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    assert!(
-        String::from_utf8_lossy(&text).contains("mcpflip_rollbacks_total 1"),
-        "{}",
-        String::from_utf8_lossy(&text)
-    );
+    let text = support::metrics(p.admin_addr).await;
+    assert!(text.contains("mcpflip_rollbacks_total 1"), "{text}");
     pair.proxy.shutdown().await;
     pair.blue_stop.cancel();
 }
