@@ -634,9 +634,7 @@ async fn conformance_suite_results_are_identical_direct_and_through_mcpflip() {
 async fn subscriptions_listen_counts_as_a_live_stream_and_holds_the_drain() {
     let (_blue, blue) = server(Sdk::Py2, "blue", "streamable-http").await;
     let (_green, green) = server(Sdk::Py2, "green", "streamable-http").await;
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], support::closed_port()));
     let (_dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
         c.set_str("admin", "addr", admin.to_string())
             .set_str("drain", "quiet", "100ms")

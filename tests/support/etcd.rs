@@ -38,14 +38,6 @@ pub struct EtcdCluster {
     extra: Vec<String>,
 }
 
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
@@ -83,8 +75,8 @@ impl EtcdCluster {
                     data: c.dir.path().join(format!("{name}.data")),
                     log: c.dir.path().join(format!("{name}.log")),
                     name,
-                    client: free_port(),
-                    peer: free_port(),
+                    client: super::closed_port(),
+                    peer: super::closed_port(),
                     child: None,
                 });
             }

@@ -108,12 +108,39 @@ pub async fn upstream(cfg: ServerConfig, stop: &CancellationToken) -> u16 {
     port
 }
 
-/// A loopback port nothing listens on (bound, then let go).
+/// A loopback port nothing listens on, for a process that must be given a
+/// fixed address (or a slot that must refuse). A port the kernel hands out
+/// (`bind(0)`, then let go) can be handed out again at once, as the source
+/// port of a concurrent test's connection or another `bind(0)`; CI saw the
+/// proxy then fail with "Address already in use". So the pick is below the
+/// kernel's ephemeral range (`ip_local_port_range`), where the kernel never
+/// picks, from a cursor shared by the test binary's threads (two picks never
+/// meet) that starts at a random place (two test binaries seldom do), and a
+/// port is only handed out when it can be bound now.
 pub fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static POOL: OnceLock<(u32, u32)> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let &(first, len) = POOL.get_or_init(|| {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32768);
+        // Half the ports under the ephemeral range, above the well-known ones.
+        let first = (low / 2).max(1024);
+        let len = low.saturating_sub(first);
+        assert!(len >= 1024, "ip_local_port_range starts at {low}: too low");
+        NEXT.store(fastrand::u32(0..len), Ordering::Relaxed);
+        (first, len)
+    });
+    for _ in 0..len {
+        let port = (first + NEXT.fetch_add(1, Ordering::Relaxed) % len) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {first}..{}", first + len)
 }
 
 /// Waits until `cond` holds (generous timeout; fails the test otherwise).
