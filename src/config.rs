@@ -10,12 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::tls::{CertPair, TlsConfig};
@@ -334,6 +335,16 @@ pub struct ProxyConfig {
     /// (`replace`), or none of the three (`off`).
     #[serde(default)]
     pub x_forwarded: XForwarded,
+    /// The addresses (or address blocks) of the load balancers in front of
+    /// the proxy, whose `X-Forwarded-*` headers are believed (nginx's
+    /// `set_real_ip_from`, Caddy's `trusted_proxies`). Empty (the default):
+    /// every client's `X-Forwarded-For` is kept, nobody's `-Proto`/`-Host`.
+    #[serde(
+        default,
+        deserialize_with = "trusted_proxies",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub trusted_proxies: Vec<IpNet>,
     /// Time allowed to open a TCP connection to a slot.
     #[serde(
         default = "default_connect_timeout",
@@ -651,6 +662,7 @@ section_default!(LogConfig {
 section_default!(ProxyConfig {
     preserve_host: false,
     x_forwarded: XForwarded::Append,
+    trusted_proxies: Vec::new(),
     connect_timeout: default_connect_timeout(),
     header_read_timeout: default_header_timeout(),
     idle_timeout: default_idle_timeout(),
@@ -674,6 +686,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// `[proxy] trusted_proxies`: each entry an address block (`10.0.0.0/8`,
+/// `fd00::/8`) or a single address (`192.0.2.7`, `::1`).
+fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|e| trusted_proxy(e).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn trusted_proxy(entry: &str) -> Result<IpNet, String> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!("{entry:?} is neither an address nor an address block (such as \"10.0.0.0/8\")")
+        })
 }
 
 /// A listener address: an IP address and a port. Host names are refused with
@@ -1280,6 +1312,19 @@ impl Config {
             d(self.proxy.connect_timeout),
             d(self.proxy.header_read_timeout)
         );
+        if !self.proxy.trusted_proxies.is_empty() {
+            let list: Vec<String> = self
+                .proxy
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let _ = writeln!(
+                s,
+                "  trusted       X-Forwarded-* believed from {}; dropped from any other client",
+                list.join(", ")
+            );
+        }
         let _ = writeln!(
             s,
             "  limits        header read {}, idle {}, client body {}, response header {}, tools/call {}, max connections {}",
@@ -1525,6 +1570,31 @@ upstream = "http://127.0.0.1:3002"
         assert!(e.to_string().contains("larger than"), "{e}");
         let e = crate::tls::read_chain(zero).expect_err("/dev/zero is no certificate");
         assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_blocks_or_single_addresses() {
+        let c = parse(&format!(
+            "{GOOD}[proxy]\ntrusted_proxies = [\"10.1.2.3/8\", \" 192.0.2.7 \", \"::1\", \"fd00::/8\"]\n"
+        ))
+        .expect("good trusted_proxies");
+        let list: Vec<String> = c
+            .proxy
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(list, ["10.0.0.0/8", "192.0.2.7/32", "::1/128", "fd00::/8"]);
+        assert!(c
+            .describe()
+            .contains("X-Forwarded-* believed from 10.0.0.0/8, 192.0.2.7/32"));
+        assert!(parse(GOOD).expect("good").proxy.trusted_proxies.is_empty());
+        for bad in ["", "10.0.0.0/33", "localhost", "10.0.0.1:80", "*"] {
+            let e =
+                parse(&format!("{GOOD}[proxy]\ntrusted_proxies = [\"{bad}\"]\n")).expect_err(bad);
+            assert_eq!(e.key, "proxy.trusted_proxies", "{bad}: {e}");
+            assert!(e.to_string().contains("neither an address"), "{bad}: {e}");
+        }
     }
 
     #[test]

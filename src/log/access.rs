@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::OnceLock;
@@ -148,6 +148,10 @@ impl<const N: usize> std::fmt::Debug for Inline<N> {
 #[derive(Debug)]
 pub struct Record {
     pub remote_addr: SocketAddr,
+    /// The client's address when `[proxy] trusted_proxies` is set: behind a
+    /// trusted proxy the one its `X-Forwarded-For` names, else the peer's
+    /// (`None`: not set, and the line has no `client_ip`).
+    pub client_ip: Option<IpAddr>,
     pub method: Method,
     /// The path without its query (which may carry a legacy session id).
     pub path: Inline<MAX_PATH>,
@@ -172,6 +176,7 @@ impl Record {
     pub fn new(remote_addr: SocketAddr, method: Method, path: &str) -> Record {
         Record {
             remote_addr,
+            client_ip: None,
             method,
             path: Inline::new(path),
             status: 0,
@@ -599,6 +604,14 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
         out.extend_from_slice(b"  INFO access: remote_addr=");
         addr(out, &r.remote_addr);
     }
+    if let Some(ip) = r.client_ip {
+        key(out, CLIENT_IP);
+        if json {
+            let _ = write!(out, "\"{ip}\"");
+        } else {
+            let _ = write!(out, "{ip}");
+        }
+    }
     key(out, METHOD);
     // A method is a token (RFC 9110): no quote, backslash or control byte.
     trusted(out, json, r.method.as_str());
@@ -653,6 +666,7 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
 
 /// A key as text (` k=`) and as JSON (`,"k":`).
 type Key = (&'static [u8], &'static [u8]);
+const CLIENT_IP: Key = (b" client_ip=", b",\"client_ip\":");
 const METHOD: Key = (b" method=", b",\"method\":");
 const PATH: Key = (b" path=", b",\"path\":");
 const STATUS: Key = (b" status=", b",\"status\":");
@@ -729,6 +743,29 @@ mod tests {
             line.ends_with(&format!(" INFO access: remote_addr=127.0.0.1:4321 method=POST path=\"/mcp\" status=200 bytes_sent=110 request_time=0.002781 era=\"session\" mcp_method=\"tools/\\\"call\" session={} end=\"complete\"\n", Fingerprint::of(b"secret"))),
             "{line}"
         );
+    }
+
+    #[test]
+    fn client_ip_follows_remote_addr_when_set() {
+        let mut r = record();
+        let mut out = Vec::new();
+        format(&mut out, &r, Style::Text, &mut Clock::new());
+        assert!(!String::from_utf8_lossy(&out).contains("client_ip"));
+        r.client_ip = Some("2001:db8::7".parse().expect("ip"));
+        out.clear();
+        format(&mut out, &r, Style::Text, &mut Clock::new());
+        let line = String::from_utf8(out.clone()).expect("utf-8");
+        assert!(
+            line.contains(
+                " INFO access: remote_addr=127.0.0.1:4321 client_ip=2001:db8::7 method=POST "
+            ),
+            "{line}"
+        );
+        out.clear();
+        format(&mut out, &r, Style::Json, &mut Clock::new());
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["client_ip"], "2001:db8::7");
+        assert_eq!(v["remote_addr"], "127.0.0.1:4321");
     }
 
     #[test]

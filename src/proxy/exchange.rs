@@ -70,6 +70,14 @@ impl Exchange {
         }
     }
 
+    /// The client's address the access-log line shows beside the peer's
+    /// (`[proxy] trusted_proxies`); read only when the log is on.
+    pub fn client_ip(&mut self, ip: impl FnOnce() -> std::net::IpAddr) {
+        if let Some(l) = self.line.as_mut() {
+            l.client_ip = Some(ip());
+        }
+    }
+
     /// Whether the request's `Mcp-Method` is `tools/call` (read once, at the start).
     pub fn is_tools_call(&self) -> bool {
         self.mcp_method.is_some_and(method::is_tools_call)

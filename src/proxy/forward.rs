@@ -12,7 +12,7 @@
 //! map lookup, no body buffering.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +33,14 @@ use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::migrate::{self, Sessions};
 use crate::proxy::scan::Scan;
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
+use crate::proxy::trusted::Trusted;
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
-use crate::upstream::h1::{ProxyHeaders, XForwarded};
-use crate::upstream::lines::{into_map_headers, BadLine, RawHeaders};
+use crate::upstream::h1::{
+    ProxyHeaders, XForwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+};
+use crate::upstream::lines::{into_map_headers, BadLine, LineKind, RawHeaders};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -50,6 +53,9 @@ pub struct Forwarder {
     pub preserve_host: bool,
     /// Which forwarding headers go out (`[proxy] x_forwarded`).
     pub x_forwarded: XForwarded,
+    /// The load balancers whose `X-Forwarded-*` are believed
+    /// (`[proxy] trusted_proxies`).
+    pub trusted: Trusted,
     /// `https` when the public listener terminates TLS.
     pub proto: HeaderValue,
     /// Idle interval for SSE keep-alive comments (off when `None`).
@@ -118,20 +124,27 @@ struct Routed {
 }
 
 /// The client end of a connection, made once per connection: its address, its
-/// IP as a header value (`X-Forwarded-For` then costs no formatting), and the
-/// connection's handle (a forced stream closes it).
+/// IP as a header value (`X-Forwarded-For` then costs no formatting), the
+/// connection's handle (a forced stream closes it), and whether it is a
+/// trusted proxy's (`[proxy] trusted_proxies`).
 #[derive(Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
     pub conn: Conn,
+    pub trusted: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, conn: Conn) -> Peer {
+    pub fn new(addr: SocketAddr, conn: Conn, trusted: bool) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer { addr, ip, conn }
+        Peer {
+            addr,
+            ip,
+            conn,
+            trusted,
+        }
     }
 }
 
@@ -161,12 +174,15 @@ impl Forwarder {
                     Ok(scan) => scan,
                     Err(e) => return bad_header(&e),
                 };
-                let exchange = Exchange::start(
+                let mut exchange = Exchange::start(
                     &req,
                     scan.mcp_method.as_ref(),
                     scan.session.as_ref(),
                     peer.addr,
                 );
+                if !self.trusted.is_empty() {
+                    exchange.client_ip(|| self.client_ip(&req, peer));
+                }
                 let decided = self.decide(&req, &scan, peer);
                 // A session that moves is of the session era; `site` is known
                 // here for the rest.
@@ -912,17 +928,77 @@ impl Forwarder {
             (Some(h), true) => h.clone(),
             _ => slot.host_header.clone(),
         };
+        let (x_forwarded, forwarded_proto, forwarded_host, forwarded_for) =
+            if self.trusted.is_empty() {
+                (
+                    self.x_forwarded,
+                    self.proto.clone(),
+                    client_host,
+                    peer.ip.clone(),
+                )
+            } else {
+                self.behind_trusted(req, peer, client_host)
+            };
         ProxyHeaders {
-            x_forwarded: self.x_forwarded,
+            x_forwarded,
             host,
-            forwarded_host: client_host,
-            forwarded_proto: self.proto.clone(),
-            forwarded_for: peer.ip.clone(),
+            forwarded_host,
+            forwarded_proto,
+            forwarded_for,
             cut: None,
             // Written upstream in place of the map, which holds only the
             // lines read here.
             lines: req.body_mut().take_lines(),
         }
+    }
+}
+
+impl Forwarder {
+    /// The client's address with `[proxy] trusted_proxies` set: behind a
+    /// trusted proxy, the one its `X-Forwarded-For` names; else the peer's.
+    fn client_ip(&self, req: &Request<RequestBody>, peer: &Peer) -> IpAddr {
+        let ip = peer.addr.ip().to_canonical();
+        if !peer.trusted {
+            return ip;
+        }
+        let chain = RequestBody::values(req, LineKind::XForwardedFor, &X_FORWARDED_FOR);
+        self.trusted.client(ip, &chain)
+    }
+
+    /// The forwarding headers with `[proxy] trusted_proxies` set (mode,
+    /// `-Proto`, `-Host`, `-For`'s last address). From a trusted proxy: its
+    /// `X-Forwarded-Proto` and `-Host` in place of the proxy's own, and with
+    /// `replace` the client it names. From anyone else: its
+    /// `X-Forwarded-For` is dropped too (`append` acts as `replace`).
+    #[cold]
+    fn behind_trusted(
+        &self,
+        req: &Request<RequestBody>,
+        peer: &Peer,
+        host: Option<HeaderValue>,
+    ) -> (XForwarded, HeaderValue, Option<HeaderValue>, HeaderValue) {
+        if !peer.trusted {
+            let mode = match self.x_forwarded {
+                XForwarded::Append => XForwarded::Replace,
+                mode => mode,
+            };
+            return (mode, self.proto.clone(), host, peer.ip.clone());
+        }
+        let first = |kind, name: HeaderName| {
+            RequestBody::values(req, kind, &name)
+                .first()
+                .filter(|v| !v.trim_ascii().is_empty())
+                .and_then(|v| HeaderValue::from_bytes(v.trim_ascii()).ok())
+        };
+        let proto = first(LineKind::XForwardedProto, X_FORWARDED_PROTO)
+            .unwrap_or_else(|| self.proto.clone());
+        let host = first(LineKind::XForwardedHost, X_FORWARDED_HOST).or(host);
+        let last = match self.x_forwarded {
+            XForwarded::Replace => HeaderValue::try_from(self.client_ip(req, peer).to_string())
+                .unwrap_or_else(|_| peer.ip.clone()),
+            _ => peer.ip.clone(),
+        };
+        (self.x_forwarded, proto, host, last)
     }
 }
 

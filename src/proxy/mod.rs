@@ -25,6 +25,7 @@ pub mod plaintext;
 pub mod proxy_protocol;
 pub mod scan;
 pub mod sse;
+pub mod trusted;
 pub mod workers;
 
 use std::convert::Infallible;
@@ -158,7 +159,8 @@ pub async fn serve(
             } else {
                 peer
             };
-            let peer = Arc::new(forward::Peer::new(addr, conn.clone()));
+            let trusted = forwarder.trusted.contains(addr.ip());
+            let peer = Arc::new(forward::Peer::new(addr, conn.clone(), trusted));
             let service = service_fn(move |req: http::Request<RequestBody>| {
                 // A request head arrived: the connection is busy until its
                 // response body is gone.

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::upstream::lines::{BadLine, RawHeaders};
+use crate::upstream::lines::{BadLine, LineKind, RawHeaders};
 use bytes::Bytes;
+use http::HeaderName;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -44,6 +45,27 @@ impl RequestBody {
         match self {
             RequestBody::Read { lines, .. } => lines.take(),
             RequestBody::Hyper(_) => None,
+        }
+    }
+
+    /// The values of `req`'s header lines named `name` (of `kind`), in the
+    /// order they came: from its lines where they were kept, else its map.
+    /// For the rare reader (`[proxy] trusted_proxies`): it collects.
+    pub fn values<'a>(
+        req: &'a http::Request<RequestBody>,
+        kind: LineKind,
+        name: &HeaderName,
+    ) -> Vec<&'a [u8]> {
+        match req.body() {
+            RequestBody::Read {
+                lines: Some(lines), ..
+            } => lines.values(kind).collect(),
+            _ => req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(http::HeaderValue::as_bytes)
+                .collect(),
         }
     }
 

@@ -1,0 +1,131 @@
+//! `[proxy] trusted_proxies`: the peers whose `X-Forwarded-*` headers are
+//! believed, as nginx's `set_real_ip_from` with `real_ip_recursive on` and
+//! Caddy's `trusted_proxies`.
+//!
+//! With the list empty (the default) nothing changes: every client's
+//! `X-Forwarded-For` is kept in front of its address (nginx's default) and
+//! nobody's `-Proto` or `-Host` reaches a slot. With it set, a connection
+//! from an address in it is a trusted proxy's: its `X-Forwarded-Proto` and
+//! `-Host` go on to the slot in place of the proxy's, and the client behind
+//! it is read from its `X-Forwarded-For` (the access log's `client_ip`). Any
+//! other connection is a client's own: its `X-Forwarded-*` claims are dropped.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// The address blocks of the trusted proxies (empty: none is).
+#[derive(Debug, Clone, Default)]
+pub struct Trusted {
+    nets: Box<[IpNet]>,
+}
+
+impl Trusted {
+    pub fn new(nets: &[IpNet]) -> Trusted {
+        Trusted { nets: nets.into() }
+    }
+
+    /// Whether the list is empty: then nothing of this module applies.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// Whether `ip` is a trusted proxy's. An IPv4 peer of a dual-stack
+    /// listener (`::ffff:a.b.c.d`) is matched as the IPv4 address it is.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client behind `peer`, a trusted proxy, from the `X-Forwarded-For`
+    /// lines `chain` (in the order they came): its addresses read from the
+    /// right, the nearest that is not a trusted proxy's; the farthest when
+    /// all are. `peer` itself when the chain names no address, or when an
+    /// entry read before the answer is not a bare IP address (`unknown`, an
+    /// address with a port, an obfuscated identifier): what follows it
+    /// cannot be told apart from a claim. Empty list elements are skipped
+    /// (RFC 9110 §5.6.1).
+    pub fn client(&self, peer: IpAddr, chain: &[&[u8]]) -> IpAddr {
+        let mut farthest = None;
+        for line in chain.iter().rev() {
+            for entry in line.rsplit(|&b| b == b',') {
+                let entry = entry.trim_ascii();
+                if entry.is_empty() {
+                    continue;
+                }
+                let Some(ip) = std::str::from_utf8(entry)
+                    .ok()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                else {
+                    return peer;
+                };
+                let ip = ip.to_canonical();
+                if !self.contains(ip) {
+                    return ip;
+                }
+                farthest = Some(ip);
+            }
+        }
+        farthest.unwrap_or(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(list: &[&str]) -> Trusted {
+        let nets: Vec<IpNet> = list.iter().map(|e| e.parse().unwrap()).collect();
+        Trusted::new(&nets)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn membership_matches_ipv4_peers_of_a_dual_stack_listener() {
+        let t = trusted(&["10.0.0.0/8", "::1/128"]);
+        assert!(t.contains(ip("10.9.8.7")));
+        assert!(t.contains(ip("::ffff:10.9.8.7")));
+        assert!(t.contains(ip("::1")));
+        assert!(!t.contains(ip("11.0.0.1")));
+        assert!(!t.contains(ip("127.0.0.1")));
+        assert!(!Trusted::default().contains(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_address_from_the_right() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.1");
+        let client = |chain: &[&str]| {
+            let lines: Vec<&[u8]> = chain.iter().map(|l| l.as_bytes()).collect();
+            t.client(peer, &lines).to_string()
+        };
+        // A load balancer's hop: the address it saw.
+        assert_eq!(client(&["203.0.113.9"]), "203.0.113.9");
+        // A client's claim in front of it is not believed.
+        assert_eq!(client(&["1.2.3.4, 203.0.113.9"]), "203.0.113.9");
+        // Trusted hops are walked past, across lines, spaces and tabs.
+        assert_eq!(
+            client(&["1.2.3.4,203.0.113.9", "10.1.1.1 ,\t10.2.2.2"]),
+            "203.0.113.9"
+        );
+        // Empty elements are skipped.
+        assert_eq!(client(&["203.0.113.9, ,", ""]), "203.0.113.9");
+        // All trusted: the farthest.
+        assert_eq!(client(&["10.3.3.3, 10.2.2.2"]), "10.3.3.3");
+        // None: the peer.
+        assert_eq!(client(&[]), "10.0.0.1");
+        assert_eq!(client(&[" , "]), "10.0.0.1");
+        // What is not a bare address ends the walk at the peer...
+        assert_eq!(client(&["203.0.113.9:4711"]), "10.0.0.1");
+        assert_eq!(client(&["unknown, 10.2.2.2"]), "10.0.0.1");
+        // ...unless an untrusted address came before it, from the right.
+        assert_eq!(client(&["unknown, 203.0.113.9"]), "203.0.113.9");
+        // IPv6, and an IPv4 address written as mapped IPv6.
+        assert_eq!(client(&["2001:db8::7"]), "2001:db8::7");
+        assert_eq!(client(&["::ffff:203.0.113.9"]), "203.0.113.9");
+        assert_eq!(client(&["203.0.113.9, ::ffff:10.1.1.1"]), "203.0.113.9");
+    }
+}

@@ -1,0 +1,270 @@
+//! `[proxy] trusted_proxies` (docs/config.md, docs/operations.md): behind a
+//! load balancer in HTTP mode, the `X-Forwarded-*` headers of a trusted
+//! proxy are believed and anyone else's are dropped.
+//!
+//! Proven on loopback sockets, with a slot that records the request heads it
+//! gets, a trusted proxy on 127.0.0.1 and a client on 127.0.0.2: the trusted
+//! proxy's `-Proto` and `-Host` reach the slot in place of the proxy's own
+//! (HTTP/1.1 and HTTP/2), its `X-Forwarded-For` is kept, and `replace` names
+//! the client it forwards for; the client's own claims are dropped in every
+//! mode. And with real HAProxy in HTTP mode in front of the built binary
+//! (`option forwardfor`, `X-Forwarded-Proto: https`), the access log's
+//! `client_ip` is the client HAProxy names, not an address the client
+//! claimed, and a client that connects directly is logged as itself.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::proc::ProxyProcess;
+use support::{closed_port, head_recorder, read_to_close, TestConfig};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const TRUSTED: [u8; 4] = [127, 0, 0, 1];
+const CLIENT: [u8; 4] = [127, 0, 0, 2];
+
+/// A connection to `to` from the address `from`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind the source address");
+    socket.connect(to).await.expect("connect")
+}
+
+/// A GET that claims to be forwarded for 198.51.100.1 and 203.0.113.9 (two
+/// lines), over HTTPS, for `public.example`.
+fn claiming(public: SocketAddr) -> String {
+    format!(
+        "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-For: 198.51.100.1\r\n\
+         X-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\n\
+         X-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// The `x-forwarded-*` lines of a recorded (lower-cased) head, in order.
+fn forwarding(head: &str) -> Vec<String> {
+    head.split("\r\n")
+        .filter(|l| l.starts_with("x-forwarded-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_forwarding_headers_are_believed_and_anyone_elses_dropped() {
+    for mode in ["append", "replace", "off"] {
+        let (port, mut heads) = head_recorder().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = support::start(
+            TestConfig::blue_green(dir.path(), port, closed_port())
+                .set(
+                    "proxy",
+                    "trusted_proxies",
+                    "[\"127.0.0.1\", \"10.0.0.0/8\"]",
+                )
+                .set_str("proxy", "x_forwarded", mode)
+                .load(),
+        )
+        .await;
+        let public = p.public_addr;
+
+        // From the trusted proxy, over HTTP/1.1.
+        let mut raw = connect_from(TRUSTED, public).await;
+        raw.write_all(claiming(public).as_bytes())
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{mode}: {answer}");
+        let head = heads.recv().await.expect("the slot got the request");
+        let expected: Vec<String> = match mode {
+            "append" => vec![
+                "x-forwarded-host: public.example".into(),
+                "x-forwarded-proto: https".into(),
+                "x-forwarded-for: 198.51.100.1, 203.0.113.9, 127.0.0.1".into(),
+            ],
+            // The client the trusted proxy names, alone.
+            "replace" => vec![
+                "x-forwarded-host: public.example".into(),
+                "x-forwarded-proto: https".into(),
+                "x-forwarded-for: 203.0.113.9".into(),
+            ],
+            _ => vec![],
+        };
+        assert_eq!(forwarding(&head), expected, "{mode}, trusted: {head}");
+
+        // From anyone else: its claims are dropped whatever the mode.
+        let mut raw = connect_from(CLIENT, public).await;
+        raw.write_all(claiming(public).as_bytes())
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{mode}: {answer}");
+        let head = heads.recv().await.expect("the slot got the request");
+        let expected: Vec<String> = match mode {
+            "off" => vec![],
+            _ => vec![
+                format!("x-forwarded-host: {public}"),
+                "x-forwarded-proto: http".into(),
+                "x-forwarded-for: 127.0.0.2".into(),
+            ],
+        };
+        assert_eq!(forwarding(&head), expected, "{mode}, untrusted: {head}");
+
+        // From the trusted proxy over HTTP/2 (the headers read from the map).
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(Some(IpAddr::from(TRUSTED)));
+        let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build(connector);
+        let req = http::Request::get(format!("http://{public}/mcp"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = h2.request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let head = heads.recv().await.expect("the slot got the request");
+        let expected: Vec<String> = match mode {
+            "append" => vec![
+                format!("x-forwarded-host: {public}"),
+                "x-forwarded-proto: https".into(),
+                "x-forwarded-for: 203.0.113.9, 127.0.0.1".into(),
+            ],
+            "replace" => vec![
+                format!("x-forwarded-host: {public}"),
+                "x-forwarded-proto: https".into(),
+                "x-forwarded-for: 203.0.113.9".into(),
+            ],
+            _ => vec![],
+        };
+        assert_eq!(forwarding(&head), expected, "{mode}, h2: {head}");
+        p.shutdown().await;
+    }
+}
+
+/// An HAProxy process; killed when dropped.
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
+    let haproxy = support::tools::haproxy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The built binary, as an operator runs it, with its access log.
+    let (port, mut heads) = head_recorder().await;
+    let public = SocketAddr::from((TRUSTED, closed_port()));
+    let access = dir.path().join("access.log");
+    let cfg = TestConfig::blue_green(dir.path(), port, closed_port())
+        .listen_port(public.port())
+        .set("proxy", "trusted_proxies", "[\"127.0.0.1\"]")
+        .set_str("log", "access_log", access.to_str().expect("utf-8"));
+    let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
+    let front = closed_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 64\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen front\n  bind 127.0.0.1:{front}\n  option forwardfor\n\
+             \x20 http-request set-header X-Forwarded-Proto https\n\
+             \x20 server mcpflip {public}\n"
+        ),
+    )
+    .expect("write the HAProxy config");
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("haproxy runs");
+    assert!(check.status.success(), "{check:?}");
+    let _h = Haproxy(
+        Command::new(&haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy starts"),
+    );
+    let front = SocketAddr::from((TRUSTED, front));
+    support::until_async("HAProxy listens", || async move {
+        TcpStream::connect(front).await.is_ok()
+    })
+    .await;
+
+    // A client on 127.0.0.2 that claims 6.6.6.6, through HAProxy: HAProxy
+    // adds the address it saw as a line of its own and says https.
+    let mut raw = connect_from(CLIENT, front).await;
+    raw.write_all(
+        format!(
+            "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-For: 6.6.6.6\r\n\
+             X-Forwarded-Proto: gopher\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let answer = read_to_close(&mut raw).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = heads.recv().await.expect("the slot got the request");
+    assert_eq!(
+        forwarding(&head),
+        [
+            format!("x-forwarded-host: {public}"),
+            "x-forwarded-proto: https".to_owned(),
+            "x-forwarded-for: 6.6.6.6, 127.0.0.2, 127.0.0.1".to_owned(),
+        ],
+        "{head}"
+    );
+
+    // The same client, straight to mcpflip: its claims are not believed.
+    let mut raw = connect_from(CLIENT, public).await;
+    raw.write_all(claiming(public).as_bytes())
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut raw).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = heads.recv().await.expect("the slot got the request");
+    assert!(head.contains("x-forwarded-for: 127.0.0.2\r\n"), "{head}");
+    assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+
+    // Both lines name the client 127.0.0.2: the first beside HAProxy's
+    // address, the second beside its own.
+    support::until_async("two access-log lines", || {
+        let access = access.clone();
+        async move { std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 2) }
+    })
+    .await;
+    let log = std::fs::read_to_string(&access).expect("access log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains(" remote_addr=127.0.0.1:") && lines[0].contains(" client_ip=127.0.0.2 "),
+        "{log}"
+    );
+    assert!(
+        lines[1].contains(" remote_addr=127.0.0.2:") && lines[1].contains(" client_ip=127.0.0.2 "),
+        "{log}"
+    );
+    assert!(
+        !log.contains("6.6.6.6") && !log.contains("203.0.113.9"),
+        "{log}"
+    );
+    drop(proc);
+}
