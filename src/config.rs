@@ -398,6 +398,12 @@ pub struct ProxyConfig {
     /// open-file limit (each client connection may hold a slot connection too).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Cap on the open client connections of one address (of an IPv6
+    /// client, its /64); at the cap its new connection is answered 503 (or
+    /// closed). A trusted proxy's are not capped (`trusted_proxies`). Unset:
+    /// no cap but `max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
     /// Idle upstream connections are kept this long in the pool.
     #[serde(
         default = "default_pool_idle",
@@ -670,6 +676,7 @@ section_default!(ProxyConfig {
     response_header_timeout: default_response_timeout(),
     tool_call_timeout: default_tool_call_timeout(),
     max_connections: None,
+    max_connections_per_ip: None,
     pool_idle_timeout: default_pool_idle(),
     workers: 0,
     sse_keepalive: None,
@@ -1018,6 +1025,14 @@ impl Config {
                 "must be at least 1 (leave it out for half the open-file limit)".into(),
             ));
         }
+        if self.proxy.max_connections_per_ip == Some(0) {
+            return Err(err(
+                "proxy",
+                None,
+                "max_connections_per_ip",
+                "must be at least 1 (leave it out for no cap per address)".into(),
+            ));
+        }
         for (i, slot) in self.slots.iter().enumerate() {
             if slot.response_header_timeout.is_some_and(|d| d.is_zero()) {
                 return Err(err(
@@ -1338,6 +1353,17 @@ impl Config {
                 None => format!("{} (half the open-file limit)", default_max_connections()),
             }
         );
+        if let Some(n) = self.proxy.max_connections_per_ip {
+            let _ = writeln!(
+                s,
+                "  per client    at most {n} connections per address (IPv6: per /64){}",
+                if self.proxy.trusted_proxies.is_empty() {
+                    ""
+                } else {
+                    ", trusted proxies exempt"
+                }
+            );
+        }
         let _ = writeln!(
             s,
             "  hosts         {}",
@@ -1595,6 +1621,22 @@ upstream = "http://127.0.0.1:3002"
             assert_eq!(e.key, "proxy.trusted_proxies", "{bad}: {e}");
             assert!(e.to_string().contains("neither an address"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn max_connections_per_ip_is_at_least_one_and_described() {
+        let c = parse(&format!("{GOOD}[proxy]\nmax_connections_per_ip = 8\n")).expect("good");
+        assert_eq!(c.proxy.max_connections_per_ip, Some(8));
+        assert!(c
+            .describe()
+            .contains("at most 8 connections per address (IPv6: per /64)\n"));
+        let e = parse(&format!("{GOOD}[proxy]\nmax_connections_per_ip = 0\n")).expect_err("0");
+        assert_eq!(e.key, "proxy.max_connections_per_ip", "{e}");
+        assert!(parse(GOOD)
+            .expect("good")
+            .proxy
+            .max_connections_per_ip
+            .is_none());
     }
 
     #[test]

@@ -274,6 +274,9 @@ pub async fn start_with(
             tls,
             proxy_protocol,
             workers: Arc::clone(&workers),
+            per_ip: proxy_cfg
+                .max_connections_per_ip
+                .map(crate::proxy::per_ip::PerIp::new),
         },
         stop_accepting.child_token(),
     ));

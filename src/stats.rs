@@ -706,13 +706,16 @@ impl LocalResponse {
 pub enum Refusal {
     /// The public listener holds `max_connections` open connections.
     MaxConnections,
+    /// The client's address holds `max_connections_per_ip`.
+    MaxConnectionsPerIp,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 1] = [Self::MaxConnections];
+    pub const ALL: [Refusal; 2] = [Self::MaxConnections, Self::MaxConnectionsPerIp];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
         }
     }
 }

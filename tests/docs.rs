@@ -127,6 +127,7 @@ fn populated() -> Config {
             response_header_timeout: Duration::from_secs(1),
             tool_call_timeout: Duration::from_secs(1),
             max_connections: Some(1),
+            max_connections_per_ip: Some(1),
             pool_idle_timeout: Duration::from_secs(1),
             workers: 1,
             sse_keepalive: Some(Duration::from_secs(1)),

@@ -726,6 +726,130 @@ async fn at_max_connections_new_connections_get_503() {
     h.stop.cancel();
 }
 
+/// `[proxy] max_connections_per_ip`: an address at its cap has its new
+/// connection answered 503 (`max_connections_per_ip`, counted) while
+/// another address is served, and gets room back as its connections close;
+/// a trusted proxy's connections are not capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served() {
+    let h = Harness::new().await;
+    let p = support::start(
+        h.builder()
+            .set("proxy", "max_connections_per_ip", "2")
+            .load(),
+    )
+    .await;
+    const A: [u8; 4] = [127, 0, 0, 2];
+    const B: [u8; 4] = [127, 0, 0, 3];
+    let ticker = b"GET /ticker?interval_ms=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let once = b"GET /ticker?count=1&interval_ms=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    // Two streams held open from A.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = support::connect_from(A, p.public_addr).await;
+        s.write_all(ticker).await.expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("the stream's head");
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+        held.push(s);
+    }
+    let from = |addr: [u8; 4]| async move {
+        let mut s = support::connect_from(addr, p.public_addr).await;
+        s.write_all(once).await.expect("write");
+        let got = read_until_closed(&mut s)
+            .await
+            .expect("the proxy answers and closes");
+        parse_answer(&got)
+    };
+    let (status, text) = from(A).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("\"error\":\"max_connections_per_ip\""),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    let (status, text) = from(B).await;
+    assert_eq!(status, 200, "another address: {text}");
+    let m = metrics(p.admin_addr).await;
+    let refused = "mcpflip_connections_refused_total{reason=\"max_connections_per_ip\"}";
+    assert_eq!(metric(&m, refused), 1, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "mcpflip_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        0,
+        "{m}"
+    );
+    // One of A's streams closes: A has room again.
+    held.pop();
+    until_async_status(|| from(A), 200).await;
+    drop(held);
+    p.shutdown().await;
+
+    // Behind a trusted proxy every client arrives from its address: not capped.
+    let p = support::start(
+        h.builder()
+            .set("proxy", "max_connections_per_ip", "1")
+            .set("proxy", "trusted_proxies", "[\"127.0.0.2\"]")
+            .load(),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = support::connect_from(A, p.public_addr).await;
+        s.write_all(ticker).await.expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("the stream's head");
+        assert_eq!(
+            &head,
+            b"HTTP/1.1 200",
+            "trusted: {}",
+            String::from_utf8_lossy(&head)
+        );
+        held.push(s);
+    }
+    let from = |addr: [u8; 4]| async move {
+        let mut s = support::connect_from(addr, p.public_addr).await;
+        s.write_all(once).await.expect("write");
+        let got = read_until_closed(&mut s).await.expect("answered");
+        parse_answer(&got)
+    };
+    let b = {
+        let mut s = support::connect_from(B, p.public_addr).await;
+        s.write_all(ticker).await.expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.expect("the stream's head");
+        s
+    };
+    let (status, text) = from(B).await;
+    assert_eq!(status, 503, "an untrusted address is still capped: {text}");
+    drop((held, b));
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Retries `ask` until it answers `want` (a closed connection's count is
+/// given back when the proxy sees the close).
+async fn until_async_status<F, Fut>(ask: F, want: u16)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (u16, String)>,
+{
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = ask().await;
+        if status == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < end, "still {status}: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Defect 6: malformed `Host` / `Origin` values are 400 on the public listener,
 /// counted, and never reach a slot; the admin listener has the guard too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,6 +244,39 @@ async fn reload_says_turning_it_on_needs_a_restart_and_changes_nothing() {
     p.shutdown().await;
 }
 
+/// `[proxy] max_connections_per_ip` counts the client the header names,
+/// not the load balancer every connection comes from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_per_address_counts_the_client_the_header_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, mut heads) = proxied(dir.path(), |c| {
+        c.set("proxy", "max_connections_per_ip", "1")
+    })
+    .await;
+    let public = p.public_addr;
+    let from = |client: &str| {
+        let mut bytes = format!("PROXY TCP4 {client} 192.0.2.1 51000 8080\r\n").into_bytes();
+        bytes.extend_from_slice(get(public, true).as_bytes());
+        bytes
+    };
+    // 203.0.113.9 holds a keep-alive connection.
+    let mut held = TcpStream::connect(public).await.expect("connect");
+    let mut first = b"PROXY TCP4 203.0.113.9 192.0.2.1 51000 8080\r\n".to_vec();
+    first.extend_from_slice(get(public, false).as_bytes());
+    held.write_all(&first).await.expect("write");
+    heads.recv().await.expect("the slot got the request");
+    let answer = exchange(public, &from("203.0.113.9")).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("max_connections_per_ip"), "{answer}");
+    let answer = exchange(public, &from("203.0.113.10")).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another client: {answer}"
+    );
+    drop(held);
+    p.shutdown().await;
+}
+
 /// An HAProxy process; killed when dropped.
 struct Haproxy(Child);
 

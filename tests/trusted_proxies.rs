@@ -20,21 +20,12 @@ use std::process::{Child, Command, Stdio};
 use bytes::Bytes;
 use http_body_util::Full;
 use support::proc::ProxyProcess;
-use support::{closed_port, head_recorder, read_to_close, TestConfig};
+use support::{closed_port, connect_from, head_recorder, read_to_close, TestConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const TRUSTED: [u8; 4] = [127, 0, 0, 1];
 const CLIENT: [u8; 4] = [127, 0, 0, 2];
-
-/// A connection to `to` from the address `from`.
-async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::from((from, 0)))
-        .expect("bind the source address");
-    socket.connect(to).await.expect("connect")
-}
 
 /// A GET that claims to be forwarded for 198.51.100.1 and 203.0.113.9 (two
 /// lines), over HTTPS, for `public.example`.

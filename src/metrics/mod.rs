@@ -386,7 +386,7 @@ fn edge(w: &mut Writer, proxy: &ProxyStats) {
         let mut fam = w.family(
             "mcpflip_connections_refused",
             Kind::Counter,
-            "Client connections refused, by reason (`max_connections`: answered 503 or closed at the cap)",
+            "Client connections refused, by reason (`max_connections`, `max_connections_per_ip`: answered 503 or closed at the cap)",
         );
         for why in Refusal::ALL {
             fam.counter(&[("reason", why.as_str())], proxy.refused(why));

@@ -6,7 +6,8 @@
 //! Malformed HTTP is answered 4xx by hyper and ends only that connection. At
 //! `max_connections` a new connection is answered 503 (when it sends a request
 //! head in time) or closed, so the proxy degrades before the kernel's
-//! descriptor limit; plain HTTP sent to the TLS listener gets a 400 that says so
+//! descriptor limit; so is one whose address holds `max_connections_per_ip`
+//! (`per_ip`), so that one client cannot take them all; plain HTTP sent to the TLS listener gets a 400 that says so
 //! (`plaintext`).
 //!
 //! With `[drain] migrate = "replay"`, `migrate` keeps each session's
@@ -21,6 +22,7 @@ pub mod forward;
 pub mod h1;
 pub mod host_guard;
 pub mod migrate;
+pub mod per_ip;
 pub mod plaintext;
 pub mod proxy_protocol;
 pub mod scan;
@@ -67,6 +69,9 @@ pub struct Settings {
     pub proxy_protocol: bool,
     /// The workers client connections are spread over.
     pub workers: Arc<workers::Workers>,
+    /// The open connections per client address, when capped
+    /// (`[proxy] max_connections_per_ip`).
+    pub per_ip: Option<Arc<per_ip::PerIp>>,
 }
 
 /// Serves the public listener until `stop` is cancelled, then stops accepting
@@ -100,13 +105,9 @@ pub async fn serve(
             }
             let refusal = Refusing::new(&refusing);
             let builder = Arc::clone(&builder);
-            let limits = Limits {
-                header_read: settings.limits.header_read,
-                // Answer once, then close.
-                idle: Duration::ZERO,
-            };
             let (stats, max) = (Arc::clone(&stats), settings.max_connections);
             let proxy_protocol = settings.proxy_protocol;
+            let header_read = settings.limits.header_read;
             tokio::spawn(async move {
                 let _refusal = refusal;
                 let mut tcp = tcp;
@@ -118,24 +119,13 @@ pub async fn serve(
                 {
                     return;
                 }
-                let conn = Conn::new();
-                let service = {
-                    let conn = conn.clone();
-                    service_fn(move |req: http::Request<RequestBody>| {
-                        let active = conn.begin(req.version() < http::Version::HTTP_2);
-                        async move {
-                            Ok::<_, Infallible>(at_capacity(max).map(|b| Tracked::new(b, active)))
-                        }
-                    })
-                };
-                let never = CancellationToken::new();
                 let at = Accepted {
                     tcp,
                     tls,
                     head_deadline,
                 };
-                at.drive(&builder, service, &conn, limits, &stats, &never)
-                    .await;
+                let answer = Refused(Refusal::MaxConnections, max);
+                at.refuse(&builder, answer, header_read, &stats).await;
             });
             continue;
         }
@@ -147,8 +137,10 @@ pub async fn serve(
         let winding_down = stop.clone();
         let limits = settings.limits;
         let proxy_protocol = settings.proxy_protocol;
+        let per_ip = settings.per_ip.clone();
+        let refusing = Arc::clone(&refusing);
         settings.workers.spawn(tcp, move |mut tcp| async move {
-            let (_counted, _entered) = (counted, entered);
+            let (counted, entered) = (counted, entered);
             let conn = Conn::new();
             let stats = Arc::clone(&forwarder.stats);
             let addr = if proxy_protocol {
@@ -160,6 +152,31 @@ pub async fn serve(
                 peer
             };
             let trusted = forwarder.trusted.contains(addr.ip());
+            // Counted against its address, a trusted proxy's aside.
+            let _held = match per_ip.filter(|_| !trusted) {
+                None => None,
+                Some(per_ip) => match per_ip.enter(addr.ip()) {
+                    Some(held) => Some(held),
+                    None => {
+                        stats.count_refused(Refusal::MaxConnectionsPerIp);
+                        drop((counted, entered));
+                        if refusing.load(Ordering::Relaxed) >= MAX_REFUSING {
+                            return; // closed at once
+                        }
+                        let _refusal = Refusing::new(&refusing);
+                        tracing::debug!(peer = %addr, "refused: the address holds max_connections_per_ip");
+                        let at = Accepted {
+                            tcp,
+                            tls,
+                            head_deadline,
+                        };
+                        let answer = Refused(Refusal::MaxConnectionsPerIp, per_ip.max() as usize);
+                        Box::pin(at.refuse(&builder, answer, limits.header_read, &stats)).await;
+                        return;
+                    }
+                },
+            };
+            let _counted = (counted, entered);
             let peer = Arc::new(forward::Peer::new(addr, conn.clone(), trusted));
             let service = service_fn(move |req: http::Request<RequestBody>| {
                 // A request head arrived: the connection is busy until its
@@ -258,18 +275,33 @@ impl Drop for Refusing {
     }
 }
 
-/// The answer at `max_connections`.
-fn at_capacity(max: usize) -> http::Response<body::ResponseBody> {
-    let mut resp = forward::local_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        None,
-        "max_connections",
-        &format!("the proxy holds its maximum of {max} client connections ([proxy] max_connections); retry shortly"),
-    );
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+/// A connection refused at a cap, and the cap.
+#[derive(Debug, Clone, Copy)]
+struct Refused(Refusal, usize);
+
+impl Refused {
+    /// The answer: 503, `Retry-After`, and the connection closes.
+    fn answer(self) -> http::Response<body::ResponseBody> {
+        let Refused(why, max) = self;
+        let message = match why {
+            Refusal::MaxConnections => format!(
+                "the proxy holds its maximum of {max} client connections ([proxy] max_connections); retry shortly"
+            ),
+            Refusal::MaxConnectionsPerIp => format!(
+                "your address holds its maximum of {max} connections to the proxy ([proxy] max_connections_per_ip); close one, or retry shortly"
+            ),
+        };
+        let mut resp = forward::local_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            why.as_str(),
+            &message,
+        );
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp
+    }
 }
 
 /// A connection just accepted, with the TLS it is to speak (if the listener
@@ -281,6 +313,34 @@ struct Accepted {
 }
 
 impl Accepted {
+    /// Answers the connection's first request with `refused`'s 503 and
+    /// closes it; closed unanswered when no request head comes within
+    /// `header_read`.
+    async fn refuse(
+        self,
+        builders: &conn::Builders,
+        refused: Refused,
+        header_read: Duration,
+        stats: &ProxyStats,
+    ) {
+        let limits = Limits {
+            header_read,
+            // Answer once, then close.
+            idle: Duration::ZERO,
+        };
+        let conn = Conn::new();
+        let service = {
+            let conn = conn.clone();
+            service_fn(move |req: http::Request<RequestBody>| {
+                let active = conn.begin(req.version() < http::Version::HTTP_2);
+                async move { Ok::<_, Infallible>(refused.answer().map(|b| Tracked::new(b, active))) }
+            })
+        };
+        let never = CancellationToken::new();
+        self.drive(builders, service, &conn, limits, stats, &never)
+            .await;
+    }
+
     /// Runs the TLS handshake where there is one, then serves the
     /// connection with [`conn::drive`]; a failed handshake is `Closed`.
     async fn drive<S, B>(

@@ -143,6 +143,17 @@ pub fn closed_port() -> u16 {
     panic!("no free loopback port in {first}..{}", first + len)
 }
 
+/// A TCP connection to `to` from the address `from`: on Linux all of
+/// 127.0.0.0/8 is loopback, so 127.0.0.2 is a second client address
+/// without a network namespace.
+pub async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind the source address");
+    socket.connect(to).await.expect("connect")
+}
+
 /// Waits until `cond` holds (generous timeout; fails the test otherwise).
 pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
