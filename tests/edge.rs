@@ -739,29 +739,10 @@ async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served()
             .load(),
     )
     .await;
-    const A: [u8; 4] = [127, 0, 0, 2];
-    const B: [u8; 4] = [127, 0, 0, 3];
-    let ticker = b"GET /ticker?interval_ms=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    let once = b"GET /ticker?count=1&interval_ms=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let to = p.public_addr;
     // Two streams held open from A.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = support::connect_from(A, p.public_addr).await;
-        s.write_all(ticker).await.expect("write");
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.expect("the stream's head");
-        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
-        held.push(s);
-    }
-    let from = |addr: [u8; 4]| async move {
-        let mut s = support::connect_from(addr, p.public_addr).await;
-        s.write_all(once).await.expect("write");
-        let got = read_until_closed(&mut s)
-            .await
-            .expect("the proxy answers and closes");
-        parse_answer(&got)
-    };
-    let (status, text) = from(A).await;
+    let held = vec![stream_from(A, to).await, stream_from(A, to).await];
+    let (status, text) = once_from(A, to).await;
     assert_eq!(status, 503, "{text}");
     assert!(
         text.contains("\"error\":\"max_connections_per_ip\""),
@@ -771,7 +752,7 @@ async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served()
         text.to_ascii_lowercase().contains("retry-after: 1"),
         "{text}"
     );
-    let (status, text) = from(B).await;
+    let (status, text) = once_from(B, to).await;
     assert_eq!(status, 200, "another address: {text}");
     let m = metrics(p.admin_addr).await;
     let refused = "mcpflip_connections_refused_total{reason=\"max_connections_per_ip\"}";
@@ -785,8 +766,9 @@ async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served()
         "{m}"
     );
     // One of A's streams closes: A has room again.
+    let mut held = held;
     held.pop();
-    until_async_status(|| from(A), 200).await;
+    until_async_status(|| once_from(A, to), 200).await;
     drop(held);
     p.shutdown().await;
 
@@ -798,38 +780,44 @@ async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served()
             .load(),
     )
     .await;
+    let to = p.public_addr;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = support::connect_from(A, p.public_addr).await;
-        s.write_all(ticker).await.expect("write");
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.expect("the stream's head");
-        assert_eq!(
-            &head,
-            b"HTTP/1.1 200",
-            "trusted: {}",
-            String::from_utf8_lossy(&head)
-        );
-        held.push(s);
+        held.push(stream_from(A, to).await);
     }
-    let from = |addr: [u8; 4]| async move {
-        let mut s = support::connect_from(addr, p.public_addr).await;
-        s.write_all(once).await.expect("write");
-        let got = read_until_closed(&mut s).await.expect("answered");
-        parse_answer(&got)
-    };
-    let b = {
-        let mut s = support::connect_from(B, p.public_addr).await;
-        s.write_all(ticker).await.expect("write");
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).await.expect("the stream's head");
-        s
-    };
-    let (status, text) = from(B).await;
+    held.push(stream_from(B, to).await);
+    let (status, text) = once_from(B, to).await;
     assert_eq!(status, 503, "an untrusted address is still capped: {text}");
-    drop((held, b));
+    drop(held);
     p.shutdown().await;
     h.stop.cancel();
+}
+
+const A: [u8; 4] = [127, 0, 0, 2];
+const B: [u8; 4] = [127, 0, 0, 3];
+
+/// An SSE stream from `from`, open once its head (200) is read.
+async fn stream_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let mut s = support::connect_from(from, to).await;
+    s.write_all(b"GET /ticker?interval_ms=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.expect("the stream's head");
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// One request from `from` on a connection of its own: status and answer.
+async fn once_from(from: [u8; 4], to: SocketAddr) -> (u16, String) {
+    let mut s = support::connect_from(from, to).await;
+    s.write_all(b"GET /ticker?count=1&interval_ms=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("the proxy answers and closes");
+    parse_answer(&got)
 }
 
 /// Retries `ask` until it answers `want` (a closed connection's count is

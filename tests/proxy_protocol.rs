@@ -18,7 +18,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::proc::ProxyProcess;
@@ -277,19 +276,8 @@ async fn the_cap_per_address_counts_the_client_the_header_names() {
     p.shutdown().await;
 }
 
-/// An HAProxy process; killed when dropped.
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_the_client_is_the_one_haproxy_names() {
-    let haproxy = support::tools::haproxy();
     let dir = tempfile::tempdir().expect("tempdir");
     // The built binary, as an operator runs it, with its access log.
     let (port, mut heads) = head_recorder().await;
@@ -302,33 +290,14 @@ async fn behind_haproxy_the_client_is_the_one_haproxy_names() {
     let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
     proc.ready().await;
     let (v1_port, v2_port) = (closed_port(), closed_port());
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
+    let _h = support::tools::Haproxy::start(
+        dir.path(),
+        &format!(
             "global\n  maxconn 64\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
              listen v1\n  bind 127.0.0.1:{v1_port}\n  server mcpflip {public} send-proxy\n\
              listen v2\n  bind 127.0.0.1:{v2_port}\n  server mcpflip {public} send-proxy-v2\n"
         ),
-    )
-    .expect("write the HAProxy config");
-    let check = Command::new(&haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg)
-        .output()
-        .expect("haproxy runs");
-    assert!(check.status.success(), "{check:?}");
-    let _h = Haproxy(
-        Command::new(&haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy starts"),
     );
     for port in [v1_port, v2_port] {
         let to = SocketAddr::from(([127, 0, 0, 1], port));

@@ -15,7 +15,6 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -26,6 +25,14 @@ use tokio::net::TcpStream;
 
 const TRUSTED: [u8; 4] = [127, 0, 0, 1];
 const CLIENT: [u8; 4] = [127, 0, 0, 2];
+
+/// Sends `request` to `to` on a connection from `from`; the answer, read
+/// until the proxy closes (every request here says `Connection: close`).
+async fn send_from(from: [u8; 4], to: SocketAddr, request: &str) -> String {
+    let mut raw = connect_from(from, to).await;
+    raw.write_all(request.as_bytes()).await.expect("write");
+    read_to_close(&mut raw).await
+}
 
 /// A GET that claims to be forwarded for 198.51.100.1 and 203.0.113.9 (two
 /// lines), over HTTPS, for `public.example`.
@@ -64,11 +71,7 @@ async fn a_trusted_proxys_forwarding_headers_are_believed_and_anyone_elses_dropp
         let public = p.public_addr;
 
         // From the trusted proxy, over HTTP/1.1.
-        let mut raw = connect_from(TRUSTED, public).await;
-        raw.write_all(claiming(public).as_bytes())
-            .await
-            .expect("write");
-        let answer = read_to_close(&mut raw).await;
+        let answer = send_from(TRUSTED, public, &claiming(public)).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{mode}: {answer}");
         let head = heads.recv().await.expect("the slot got the request");
         let expected: Vec<String> = match mode {
@@ -88,11 +91,7 @@ async fn a_trusted_proxys_forwarding_headers_are_believed_and_anyone_elses_dropp
         assert_eq!(forwarding(&head), expected, "{mode}, trusted: {head}");
 
         // From anyone else: its claims are dropped whatever the mode.
-        let mut raw = connect_from(CLIENT, public).await;
-        raw.write_all(claiming(public).as_bytes())
-            .await
-            .expect("write");
-        let answer = read_to_close(&mut raw).await;
+        let answer = send_from(CLIENT, public, &claiming(public)).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{mode}: {answer}");
         let head = heads.recv().await.expect("the slot got the request");
         let expected: Vec<String> = match mode {
@@ -139,19 +138,8 @@ async fn a_trusted_proxys_forwarding_headers_are_believed_and_anyone_elses_dropp
     }
 }
 
-/// An HAProxy process; killed when dropped.
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
-    let haproxy = support::tools::haproxy();
     let dir = tempfile::tempdir().expect("tempdir");
     // The built binary, as an operator runs it, with its access log.
     let (port, mut heads) = head_recorder().await;
@@ -164,34 +152,15 @@ async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
     let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
     proc.ready().await;
     let front = closed_port();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
+    let _h = support::tools::Haproxy::start(
+        dir.path(),
+        &format!(
             "global\n  maxconn 64\n\
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
              listen front\n  bind 127.0.0.1:{front}\n  option forwardfor\n\
              \x20 http-request set-header X-Forwarded-Proto https\n\
              \x20 server mcpflip {public}\n"
         ),
-    )
-    .expect("write the HAProxy config");
-    let check = Command::new(&haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg)
-        .output()
-        .expect("haproxy runs");
-    assert!(check.status.success(), "{check:?}");
-    let _h = Haproxy(
-        Command::new(&haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy starts"),
     );
     let front = SocketAddr::from((TRUSTED, front));
     support::until_async("HAProxy listens", || async move {
@@ -201,17 +170,15 @@ async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
 
     // A client on 127.0.0.2 that claims 6.6.6.6, through HAProxy: HAProxy
     // adds the address it saw as a line of its own and says https.
-    let mut raw = connect_from(CLIENT, front).await;
-    raw.write_all(
-        format!(
+    let answer = send_from(
+        CLIENT,
+        front,
+        &format!(
             "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-For: 6.6.6.6\r\n\
              X-Forwarded-Proto: gopher\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
+        ),
     )
-    .await
-    .expect("write");
-    let answer = read_to_close(&mut raw).await;
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let head = heads.recv().await.expect("the slot got the request");
     assert_eq!(
@@ -225,11 +192,7 @@ async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
     );
 
     // The same client, straight to mcpflip: its claims are not believed.
-    let mut raw = connect_from(CLIENT, public).await;
-    raw.write_all(claiming(public).as_bytes())
-        .await
-        .expect("write");
-    let answer = read_to_close(&mut raw).await;
+    let answer = send_from(CLIENT, public, &claiming(public)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let head = heads.recv().await.expect("the slot got the request");
     assert!(head.contains("x-forwarded-for: 127.0.0.2\r\n"), "{head}");

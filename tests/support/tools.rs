@@ -63,3 +63,39 @@ pub fn haproxy() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("haproxy"))
 }
+
+/// An HAProxy process running `config` (written to `dir`, checked with
+/// `haproxy -c` first); killed when dropped.
+pub struct Haproxy(std::process::Child);
+
+impl Haproxy {
+    pub fn start(dir: &std::path::Path, config: &str) -> Haproxy {
+        let haproxy = haproxy();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, config).expect("write the HAProxy config");
+        let check = Command::new(&haproxy)
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .expect("haproxy runs");
+        assert!(check.status.success(), "{check:?}");
+        Haproxy(
+            Command::new(&haproxy)
+                .arg("-db")
+                .arg("-f")
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("haproxy starts"),
+        )
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
