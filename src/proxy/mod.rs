@@ -7,8 +7,8 @@
 //! `max_connections` a new connection is answered 503 (when it sends a request
 //! head in time) or closed, so the proxy degrades before the kernel's
 //! descriptor limit; so is one whose address holds `max_connections_per_ip`
-//! (`per_ip`), so that one client cannot take them all; plain HTTP sent to the TLS listener gets a 400 that says so
-//! (`plaintext`).
+//! (`per_ip`), so that one client cannot take them all. Plain HTTP sent to
+//! the TLS listener gets a 400 that says so (`plaintext`).
 //!
 //! With `[drain] migrate = "replay"`, `migrate` keeps each session's
 //! `initialize` and moves a session whose slot is gone to a serving one.
@@ -140,7 +140,6 @@ pub async fn serve(
         let per_ip = settings.per_ip.clone();
         let refusing = Arc::clone(&refusing);
         settings.workers.spawn(tcp, move |mut tcp| async move {
-            let (counted, entered) = (counted, entered);
             let conn = Conn::new();
             let stats = Arc::clone(&forwarder.stats);
             let addr = if proxy_protocol {
