@@ -94,6 +94,71 @@ mod tests {
         assert!(!Trusted::default().contains(ip("10.0.0.1")));
     }
 
+    /// Any bytes a client sends (lines of digits, separators, letters,
+    /// non-UTF-8): no panic, and the answer is the peer or an address the
+    /// chain names; a trusted one only when every address read before the
+    /// stop is trusted.
+    #[test]
+    fn any_chain_gives_the_peer_or_an_address_it_names() {
+        let t = trusted(&["10.0.0.0/8", "2001:db8::/32"]);
+        let peer = ip("10.0.0.1");
+        const BYTES: &[u8] = b"0123456789.:, \tabf\xff";
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut named_some = 0;
+        for _ in 0..20_000 {
+            // Entries: addresses trusted or not, IPv4, IPv6, mapped, and what
+            // is not an address, joined by commas with or without spaces.
+            let entry = |rng: &mut fastrand::Rng| -> Vec<u8> {
+                let n = rng.u8(..);
+                match rng.u8(..8) {
+                    0 => format!("10.{n}.0.{}", rng.u8(..)).into_bytes(),
+                    1 => format!("203.0.{n}.9").into_bytes(),
+                    2 => format!("2001:db8::{n:x}").into_bytes(),
+                    3 => format!("2001:db9::{n:x}").into_bytes(),
+                    4 => format!("::ffff:10.0.0.{n}").into_bytes(),
+                    5 => [&b"unknown"[..], b"1.2.3.4:80", b"", b"[::1]", b"\xff"][rng.usize(..5)]
+                        .to_vec(),
+                    _ => (0..rng.usize(0..12))
+                        .map(|_| BYTES[rng.usize(..BYTES.len())])
+                        .collect(),
+                }
+            };
+            let lines: Vec<Vec<u8>> = (0..rng.usize(0..4))
+                .map(|_| {
+                    let mut line = Vec::new();
+                    for i in 0..rng.usize(1..5) {
+                        if i > 0 {
+                            line.extend_from_slice([&b","[..], b", ", b" ,\t"][rng.usize(..3)]);
+                        }
+                        line.extend(entry(&mut rng));
+                    }
+                    line
+                })
+                .collect();
+            let chain: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+            let got = t.client(peer, &chain);
+            if got == peer {
+                continue;
+            }
+            named_some += 1;
+            let named: Vec<IpAddr> = chain
+                .iter()
+                .flat_map(|l| l.split(|&b| b == b','))
+                .filter_map(|e| std::str::from_utf8(e.trim_ascii()).ok()?.parse().ok())
+                .map(|a: IpAddr| a.to_canonical())
+                .collect();
+            assert!(named.contains(&got), "{got} is not named in {lines:?}");
+            if t.contains(got) {
+                assert!(named.iter().all(|a| t.contains(*a)), "{got} from {lines:?}");
+            }
+        }
+        // Not vacuous: many chains named a client.
+        assert!(
+            named_some > 1_000,
+            "only {named_some} chains named a client"
+        );
+    }
+
     #[test]
     fn the_client_is_the_nearest_untrusted_address_from_the_right() {
         let t = trusted(&["10.0.0.0/8"]);
