@@ -961,16 +961,29 @@ impl Forwarder {
         if !peer.trusted {
             return ip;
         }
-        let chain = RequestBody::values(req, LineKind::XForwardedFor, &X_FORWARDED_FOR);
-        self.trusted.client(ip, &chain)
+        // Walked where the lines are, nothing collected: behind a trusted
+        // proxy this is every request.
+        match RequestBody::lines(req) {
+            Some(lines) => self
+                .trusted
+                .client(ip, lines.values(LineKind::XForwardedFor)),
+            None => self.trusted.client(
+                ip,
+                req.headers()
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            ),
+        }
     }
 
     /// The forwarding headers with `[proxy] trusted_proxies` set (mode,
     /// `-Proto`, `-Host`, `-For`'s last address). From a trusted proxy: its
     /// `X-Forwarded-Proto` and `-Host` in place of the proxy's own, and with
     /// `replace` the client it names. From anyone else: its
-    /// `X-Forwarded-For` is dropped too (`append` acts as `replace`).
-    #[cold]
+    /// `X-Forwarded-For` is dropped too (`append` acts as `replace`). Not
+    /// inlined: the request path without the list stays as it was.
+    #[inline(never)]
     fn behind_trusted(
         &self,
         req: &Request<RequestBody>,
@@ -985,14 +998,20 @@ impl Forwarder {
             return (mode, self.proto.clone(), host, peer.ip.clone());
         }
         let first = |kind, name: HeaderName| {
-            RequestBody::values(req, kind, &name)
-                .first()
-                .filter(|v| !v.trim_ascii().is_empty())
-                .and_then(|v| HeaderValue::from_bytes(v.trim_ascii()).ok())
+            RequestBody::first_value(req, kind, &name)
+                .map(<[u8]>::trim_ascii)
+                .filter(|v| !v.is_empty())
         };
-        let proto = first(LineKind::XForwardedProto, X_FORWARDED_PROTO)
-            .unwrap_or_else(|| self.proto.clone());
-        let host = first(LineKind::XForwardedHost, X_FORWARDED_HOST).or(host);
+        // The two schemes there are cost no copy.
+        let proto = match first(LineKind::XForwardedProto, X_FORWARDED_PROTO) {
+            Some(b"https") => HeaderValue::from_static("https"),
+            Some(b"http") => HeaderValue::from_static("http"),
+            Some(v) => HeaderValue::from_bytes(v).unwrap_or_else(|_| self.proto.clone()),
+            None => self.proto.clone(),
+        };
+        let host = first(LineKind::XForwardedHost, X_FORWARDED_HOST)
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+            .or(host);
         let last = match self.x_forwarded {
             XForwarded::Replace => HeaderValue::try_from(self.client_ip(req, peer).to_string())
                 .unwrap_or_else(|_| peer.ip.clone()),

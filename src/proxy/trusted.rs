@@ -45,9 +45,13 @@ impl Trusted {
     /// address with a port, an obfuscated identifier): what follows it
     /// cannot be told apart from a claim. Empty list elements are skipped
     /// (RFC 9110 §5.6.1).
-    pub fn client(&self, peer: IpAddr, chain: &[&[u8]]) -> IpAddr {
+    pub fn client<'a>(
+        &self,
+        peer: IpAddr,
+        chain: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> IpAddr {
         let mut farthest = None;
-        for line in chain.iter().rev() {
+        for line in chain.rev() {
             for entry in line.rsplit(|&b| b == b',') {
                 let entry = entry.trim_ascii();
                 if entry.is_empty() {
@@ -136,7 +140,7 @@ mod tests {
                 })
                 .collect();
             let chain: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-            let got = t.client(peer, &chain);
+            let got = t.client(peer, chain.iter().copied());
             if got == peer {
                 continue;
             }
@@ -165,7 +169,7 @@ mod tests {
         let peer = ip("10.0.0.1");
         let client = |chain: &[&str]| {
             let lines: Vec<&[u8]> = chain.iter().map(|l| l.as_bytes()).collect();
-            t.client(peer, &lines).to_string()
+            t.client(peer, lines.iter().copied()).to_string()
         };
         // A load balancer's hop: the address it saw.
         assert_eq!(client(&["203.0.113.9"]), "203.0.113.9");

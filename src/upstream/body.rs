@@ -48,24 +48,27 @@ impl RequestBody {
         }
     }
 
-    /// The values of `req`'s header lines named `name` (of `kind`), in the
-    /// order they came: from its lines where they were kept, else its map.
-    /// For the rare reader (`[proxy] trusted_proxies`): it collects.
-    pub fn values<'a>(
-        req: &'a http::Request<RequestBody>,
-        kind: LineKind,
-        name: &HeaderName,
-    ) -> Vec<&'a [u8]> {
+    /// The header lines of `req` as they came, where they were kept (its
+    /// map is empty then); `None` when its map has them all.
+    pub fn lines(req: &http::Request<RequestBody>) -> Option<&RawHeaders> {
         match req.body() {
             RequestBody::Read {
                 lines: Some(lines), ..
-            } => lines.values(kind).collect(),
-            _ => req
-                .headers()
-                .get_all(name)
-                .iter()
-                .map(http::HeaderValue::as_bytes)
-                .collect(),
+            } => Some(lines),
+            _ => None,
+        }
+    }
+
+    /// The first value of `req`'s header lines named `name` (of `kind`):
+    /// from its lines where they were kept, else its map.
+    pub fn first_value<'a>(
+        req: &'a http::Request<RequestBody>,
+        kind: LineKind,
+        name: &HeaderName,
+    ) -> Option<&'a [u8]> {
+        match RequestBody::lines(req) {
+            Some(lines) => lines.values(kind).next(),
+            None => req.headers().get(name).map(http::HeaderValue::as_bytes),
         }
     }
 
