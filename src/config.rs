@@ -321,6 +321,36 @@ pub struct WatchConfig {
     pub auto_rollback: bool,
 }
 
+/// `[proxy] rate_limit = { requests = 20, per = "1s", burst = 40 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests let through per `per`, sustained.
+    pub requests: u32,
+    /// The period of `requests` ("1s", "1m").
+    #[serde(deserialize_with = "duration", serialize_with = "duration_out")]
+    pub per: Duration,
+    /// Requests a client may send at once (on top of nothing: a burst of
+    /// 40 is 40 requests back to back). Unset: `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Client addresses remembered at most; past it a new one takes the
+    /// place of a stale one, or of any one.
+    #[serde(default = "default_rate_limit_clients")]
+    pub max_clients: u32,
+}
+
+impl RateLimitConfig {
+    /// The burst: `burst`, or `requests` when unset.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.requests)
+    }
+}
+
+fn default_rate_limit_clients() -> u32 {
+    100_000
+}
+
 /// How requests are forwarded (an extension of INTERFACE.md's schema).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -404,6 +434,12 @@ pub struct ProxyConfig {
     /// no cap but `max_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<u32>,
+    /// Limit on the requests of one client address (of an IPv6 client, its
+    /// /64): a sustained rate with a burst on top; a request over it is
+    /// answered 429 with `Retry-After`. Behind `trusted_proxies`, the client
+    /// their `X-Forwarded-For` names. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
     /// Idle upstream connections are kept this long in the pool.
     #[serde(
         default = "default_pool_idle",
@@ -677,6 +713,7 @@ section_default!(ProxyConfig {
     tool_call_timeout: default_tool_call_timeout(),
     max_connections: None,
     max_connections_per_ip: None,
+    rate_limit: None,
     pool_idle_timeout: default_pool_idle(),
     workers: 0,
     sse_keepalive: None,
@@ -1033,6 +1070,29 @@ impl Config {
                 "must be at least 1 (leave it out for no cap per address)".into(),
             ));
         }
+        if let Some(r) = &self.proxy.rate_limit {
+            // Located at the `rate_limit` line, named by its own key.
+            let bad = |key: &str, why: &str| {
+                let mut e = err("proxy", None, "rate_limit", why.into());
+                e.key = format!("proxy.rate_limit.{key}");
+                Err(e)
+            };
+            if !(1..=1_000_000).contains(&r.requests) {
+                return bad("requests", "must be from 1 to 1000000");
+            }
+            if r.per < Duration::from_millis(1) || r.per > Duration::from_secs(86_400) {
+                return bad("per", "must be from 1ms to 1 day (24h)");
+            }
+            if !(1..=1_000_000).contains(&r.burst()) {
+                return bad(
+                    "burst",
+                    "must be from 1 to 1000000 (leave it out for `requests`)",
+                );
+            }
+            if !(16..=10_000_000).contains(&r.max_clients) {
+                return bad("max_clients", "must be from 16 to 10000000");
+            }
+        }
         for (i, slot) in self.slots.iter().enumerate() {
             if slot.response_header_timeout.is_some_and(|d| d.is_zero()) {
                 return Err(err(
@@ -1364,6 +1424,20 @@ impl Config {
                 }
             );
         }
+        if let Some(r) = &self.proxy.rate_limit {
+            let _ = writeln!(
+                s,
+                "  rate limit    {} requests per {} per address (IPv6: per /64), burst {}{}; 429 over it",
+                r.requests,
+                d(r.per),
+                r.burst(),
+                if self.proxy.trusted_proxies.is_empty() {
+                    ""
+                } else {
+                    ", behind trusted proxies the client they name"
+                }
+            );
+        }
         let _ = writeln!(
             s,
             "  hosts         {}",
@@ -1637,6 +1711,62 @@ upstream = "http://127.0.0.1:3002"
             .proxy
             .max_connections_per_ip
             .is_none());
+    }
+
+    #[test]
+    fn rate_limit_is_checked_key_by_key_and_described() {
+        let c = parse(&format!(
+            "{GOOD}[proxy]\nrate_limit = {{ requests = 20, per = \"1s\", burst = 40 }}\n"
+        ))
+        .expect("good");
+        let r = c.proxy.rate_limit.as_ref().expect("set");
+        assert_eq!(
+            (r.requests, r.per, r.burst()),
+            (20, Duration::from_secs(1), 40)
+        );
+        assert_eq!(r.max_clients, 100_000);
+        assert!(
+            c.describe()
+                .contains("rate limit    20 requests per 1s per address (IPv6: per /64), burst 40; 429 over it\n"),
+            "{}",
+            c.describe()
+        );
+        let c = parse(&format!(
+            "{GOOD}[proxy]\nrate_limit = {{ requests = 5, per = \"1m\" }}\n"
+        ))
+        .expect("good");
+        assert_eq!(
+            c.proxy.rate_limit.expect("set").burst(),
+            5,
+            "burst defaults to requests"
+        );
+        for (table, key) in [
+            (
+                "{ requests = 0, per = \"1s\" }",
+                "proxy.rate_limit.requests",
+            ),
+            ("{ requests = 5, per = \"0s\" }", "proxy.rate_limit.per"),
+            ("{ requests = 5, per = \"2d\" }", "proxy.rate_limit.per"),
+            (
+                "{ requests = 5, per = \"1s\", burst = 0 }",
+                "proxy.rate_limit.burst",
+            ),
+            (
+                "{ requests = 5, per = \"1s\", max_clients = 3 }",
+                "proxy.rate_limit.max_clients",
+            ),
+        ] {
+            let text = format!("{GOOD}[proxy]\nrate_limit = {table}\n");
+            let e = parse(&text).expect_err(table);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.line.is_some(), "located: {e}");
+        }
+        let e = parse(&format!(
+            "{GOOD}[proxy]\nrate_limit = {{ requests = 5, per = \"1s\", brust = 9 }}\n"
+        ))
+        .expect_err("an unknown key");
+        assert!(e.to_string().contains("brust"), "{e}");
+        assert!(parse(GOOD).expect("good").proxy.rate_limit.is_none());
     }
 
     #[test]

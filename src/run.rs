@@ -231,6 +231,10 @@ pub async fn start_with(
         proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         sse_keepalive: proxy_cfg.sse_keepalive,
         host_guard,
+        rate_limit: proxy_cfg
+            .rate_limit
+            .as_ref()
+            .map(crate::proxy::rate_limit::RateLimit::new),
         client_body_timeout: proxy_cfg.client_body_timeout,
         tool_call_timeout: proxy_cfg.tool_call_timeout,
         stats: Arc::clone(&proxy_stats),

@@ -669,22 +669,26 @@ pub enum LocalResponse {
     BadRequest,
     /// 400: plain HTTP on the TLS listener.
     NotTls,
+    /// 429: the client's address is over `[proxy] rate_limit`.
+    RateLimited,
 }
 
 impl LocalResponse {
-    pub const ALL: [LocalResponse; 6] = [
+    pub const ALL: [LocalResponse; 7] = [
         Self::BadHost,
         Self::HostNotAllowed,
         Self::SessionGone,
         Self::NoSlot,
         Self::BadRequest,
         Self::NotTls,
+        Self::RateLimited,
     ];
     pub fn code(self) -> u16 {
         match self {
             Self::BadHost | Self::BadRequest | Self::NotTls => 400,
             Self::HostNotAllowed => 403,
             Self::SessionGone => 404,
+            Self::RateLimited => 429,
             Self::NoSlot => 503,
         }
     }
@@ -696,6 +700,7 @@ impl LocalResponse {
             Self::NoSlot => "no_slot",
             Self::BadRequest => "bad_request",
             Self::NotTls => "not_tls",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -128,6 +128,12 @@ fn populated() -> Config {
             tool_call_timeout: Duration::from_secs(1),
             max_connections: Some(1),
             max_connections_per_ip: Some(1),
+            rate_limit: Some(mcpflip::config::RateLimitConfig {
+                requests: 1,
+                per: Duration::from_secs(1),
+                burst: Some(1),
+                max_clients: 16,
+            }),
             pool_idle_timeout: Duration::from_secs(1),
             workers: 1,
             sse_keepalive: Some(Duration::from_secs(1)),

@@ -793,6 +793,135 @@ async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served()
     h.stop.cancel();
 }
 
+/// `[proxy] rate_limit`: an address over its burst is answered 429 with
+/// `Retry-After` (counted) on a connection that stays usable, while another
+/// address is served; behind a trusted proxy each client it names has a
+/// budget of its own and the proxy's own requests are not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_rate_limit_an_address_gets_429_with_retry_after_and_others_are_served() {
+    let h = Harness::new().await;
+    // One a minute, three at once.
+    let limit = "{ requests = 1, per = \"1m\", burst = 3 }";
+    let p = support::start(h.builder().set("proxy", "rate_limit", limit).load()).await;
+    let to = p.public_addr;
+    let mut a = support::connect_from(A, to).await;
+    let get = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    for n in 0..3 {
+        let (status, text) = ask(&mut a, get).await;
+        assert_eq!(status, 200, "request {n} of the burst: {text}");
+    }
+    // Over: 429 on the same connection, which goes on.
+    for _ in 0..2 {
+        let (status, text) = ask(&mut a, get).await;
+        assert_eq!(status, 429, "{text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains("retry-after: 60\r\n") || lower.contains("retry-after: 59\r\n"),
+            "one request a minute: {text}"
+        );
+        assert!(text.contains("\"error\":\"rate_limited\""), "{text}");
+    }
+    // A new connection from the same address is still over.
+    let (status, text) = once_from(A, to).await;
+    assert_eq!(status, 429, "{text}");
+    let (status, text) = once_from(B, to).await;
+    assert_eq!(status, 200, "another address: {text}");
+    // Over HTTP/2 each stream is a request.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(std::net::IpAddr::from([127, 0, 0, 4])));
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::get(format!("http://{to}/healthz"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = h2.request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        statuses.push((
+            resp.status().as_u16(),
+            resp.headers().get("retry-after").cloned(),
+        ));
+    }
+    assert_eq!(
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [200, 200, 200, 429]
+    );
+    assert!(statuses[3].1.is_some(), "a Retry-After: {statuses:?}");
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_local_responses_total{code=\"429\",reason=\"rate_limited\"}";
+    assert_eq!(metric(&m, series), 4, "{m}");
+    drop(a);
+    p.shutdown().await;
+
+    // Behind a trusted proxy (A), the client it names is limited.
+    let p = support::start(
+        h.builder()
+            .set(
+                "proxy",
+                "rate_limit",
+                "{ requests = 1, per = \"1m\", burst = 1 }",
+            )
+            .set("proxy", "trusted_proxies", "[\"127.0.0.2\"]")
+            .load(),
+    )
+    .await;
+    let to = p.public_addr;
+    let mut a = support::connect_from(A, to).await;
+    let for_client = |ip: &str| {
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: {ip}\r\n\r\n")
+    };
+    assert_eq!(ask(&mut a, &for_client("198.51.100.7")).await.0, 200);
+    assert_eq!(ask(&mut a, &for_client("198.51.100.7")).await.0, 429);
+    assert_eq!(
+        ask(&mut a, &for_client("198.51.100.8")).await.0,
+        200,
+        "another client"
+    );
+    // The proxy's own requests (no client named) are not limited.
+    for _ in 0..3 {
+        assert_eq!(ask(&mut a, get).await.0, 200);
+    }
+    // An untrusted address's claims name nobody: it is limited as itself.
+    let mut b = support::connect_from(B, to).await;
+    assert_eq!(ask(&mut b, &for_client("198.51.100.9")).await.0, 200);
+    assert_eq!(ask(&mut b, &for_client("198.51.100.10")).await.0, 429);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// Writes one request on a kept-alive connection and reads its answer (a
+/// head and a `Content-Length` body): status and text.
+async fn ask(s: &mut TcpStream, request: &str) -> (u16, String) {
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .expect("a Content-Length");
+            if got.len() >= end + 4 + length {
+                return parse_answer(&got);
+            }
+        }
+    }
+}
+
 const A: [u8; 4] = [127, 0, 0, 2];
 const B: [u8; 4] = [127, 0, 0, 3];
 

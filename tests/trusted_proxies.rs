@@ -222,3 +222,60 @@ async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
     );
     drop(proc);
 }
+
+/// `[proxy] rate_limit` behind real HAProxy in HTTP mode (trusted): every
+/// request reaches mcpflip from HAProxy's address, yet each client HAProxy
+/// names has a budget of its own, and a client cannot escape its own by
+/// claiming another address in `X-Forwarded-For`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_the_rate_limit_counts_each_client_it_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, _heads) = head_recorder().await;
+    let public = SocketAddr::from((TRUSTED, closed_port()));
+    let cfg = TestConfig::blue_green(dir.path(), port, closed_port())
+        .listen_port(public.port())
+        .set("proxy", "trusted_proxies", "[\"127.0.0.1\"]")
+        .set(
+            "proxy",
+            "rate_limit",
+            "{ requests = 1, per = \"1m\", burst = 2 }",
+        );
+    let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
+    let front = closed_port();
+    let _h = support::tools::Haproxy::start(
+        dir.path(),
+        &format!(
+            "global\n  maxconn 64\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen front\n  bind 127.0.0.1:{front}\n  option forwardfor\n\
+             \x20 server mcpflip {public}\n"
+        ),
+    );
+    let front = SocketAddr::from((TRUSTED, front));
+    support::until_async("HAProxy listens", || async move {
+        TcpStream::connect(front).await.is_ok()
+    })
+    .await;
+    let request = |claim: &str| {
+        format!(
+            "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-For: {claim}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let status = |answer: &str| answer.get(9..12).unwrap_or_default().to_owned();
+    // 127.0.0.2's burst of two, each claiming another address.
+    for claim in ["6.6.6.6", "6.6.6.7"] {
+        let answer = send_from(CLIENT, front, &request(claim)).await;
+        assert_eq!(status(&answer), "200", "{answer}");
+    }
+    let answer = send_from(CLIENT, front, &request("6.6.6.8")).await;
+    assert_eq!(status(&answer), "429", "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: "),
+        "{answer}"
+    );
+    // Another client through the same HAProxy is served.
+    let answer = send_from([127, 0, 0, 3], front, &request("6.6.6.6")).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    drop(proc);
+}

@@ -31,6 +31,7 @@ use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
 use crate::proxy::migrate::{self, Sessions};
+use crate::proxy::rate_limit::RateLimit;
 use crate::proxy::scan::Scan;
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
 use crate::proxy::trusted::Trusted;
@@ -62,6 +63,8 @@ pub struct Forwarder {
     pub sse_keepalive: Option<std::time::Duration>,
     /// DNS-rebinding guard on `Host` and `Origin`.
     pub host_guard: HostGuard,
+    /// Requests per client address (`[proxy] rate_limit`; `None`: no limit).
+    pub rate_limit: Option<RateLimit>,
     /// Longest pause between two reads of a client's request body.
     pub client_body_timeout: Duration,
     /// Response header timeout of a `tools/call` (`Mcp-Method` header).
@@ -180,10 +183,12 @@ impl Forwarder {
                     scan.session.as_ref(),
                     peer.addr,
                 );
-                if !self.trusted.is_empty() {
-                    exchange.client_ip(|| self.client_ip(&req, peer));
+                // Behind `trusted_proxies`: the client they name, read once.
+                let client = (!self.trusted.is_empty()).then(|| self.client_ip(&req, peer));
+                if let Some(ip) = client {
+                    exchange.client_ip(|| ip);
                 }
-                let decided = self.decide(&req, &scan, peer);
+                let decided = self.decide(&req, &scan, peer, client);
                 // A session that moves is of the session era; `site` is known
                 // here for the rest.
                 let era = match &decided {
@@ -265,10 +270,23 @@ impl Forwarder {
         Ok(Scan::of(req.headers()))
     }
 
-    /// Where a request goes: the `Host` check, then its session's slot or a
-    /// pick. A refusal, or no slot to go to, is answered here.
-    fn decide(&self, req: &Request<RequestBody>, scan: &Scan, peer: &Peer) -> Decided {
+    /// Where a request goes: the rate limit, the `Host` check, then its
+    /// session's slot or a pick. A refusal, or no slot to go to, is answered
+    /// here. `client` is the client a trusted proxy names, when
+    /// `trusted_proxies` is set.
+    fn decide(
+        &self,
+        req: &Request<RequestBody>,
+        scan: &Scan,
+        peer: &Peer,
+        client: Option<IpAddr>,
+    ) -> Decided {
         let method = req.method();
+        if let Some(limit) = &self.rate_limit {
+            if let Some(answer) = self.rate_limited(limit, req, client.unwrap_or(peer.addr.ip())) {
+                return answer;
+            }
+        }
         if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
             let (status, answer) = match &refused {
                 Refused::Malformed(_) => {
@@ -311,6 +329,34 @@ impl Forwarder {
                 ))
             }
         }
+    }
+
+    /// A request over `[proxy] rate_limit`: answered 429 with `Retry-After`.
+    /// A trusted proxy's own requests (no client named past it) are not
+    /// limited, as its connections are not capped.
+    #[inline(never)]
+    fn rate_limited(
+        &self,
+        limit: &RateLimit,
+        req: &Request<RequestBody>,
+        client: IpAddr,
+    ) -> Option<Decided> {
+        if self.trusted.contains(client) {
+            return None;
+        }
+        let limited = limit.check(client).err()?;
+        self.stats.count_local(LocalResponse::RateLimited);
+        let secs = limited.retry_after_secs();
+        tracing::debug!(method = %req.method(), uri = %req.uri(), %client, status = 429, retry_after = secs, "over [proxy] rate_limit");
+        let mut resp = local_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            "rate_limited",
+            &format!("too many requests from your address ([proxy] rate_limit); retry in {secs} s"),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        Some(Decided::answer(resp))
     }
 
     /// Where a session whose slot is gone continues: where it moved already,

@@ -25,6 +25,7 @@ pub mod migrate;
 pub mod per_ip;
 pub mod plaintext;
 pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod scan;
 pub mod sse;
 pub mod trusted;

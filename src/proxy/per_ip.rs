@@ -18,16 +18,16 @@ use std::sync::{Arc, Mutex};
 /// on one another.
 const SHARDS: usize = 16;
 
-/// Who a connection is counted against.
+/// Who a connection (or, with `rate_limit`, a request) is counted against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
+pub(crate) enum Key {
     V4(u32),
     /// The /64 prefix.
     V6(u64),
 }
 
 impl Key {
-    fn of(ip: IpAddr) -> Key {
+    pub(crate) fn of(ip: IpAddr) -> Key {
         match ip.to_canonical() {
             IpAddr::V4(v4) => Key::V4(v4.to_bits()),
             IpAddr::V6(v6) => Key::V6((v6.to_bits() >> 64) as u64),
