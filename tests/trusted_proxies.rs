@@ -52,6 +52,30 @@ fn forwarding(head: &str) -> Vec<String> {
         .collect()
 }
 
+/// Real HAProxy in HTTP mode on 127.0.0.1 in front of `public`, with
+/// `option forwardfor` and the `extra` lines: running, and where it listens.
+async fn haproxy_in_front(
+    dir: &std::path::Path,
+    public: SocketAddr,
+    extra: &str,
+) -> (support::tools::Haproxy, SocketAddr) {
+    let front = SocketAddr::from((TRUSTED, closed_port()));
+    let h = support::tools::Haproxy::start(
+        dir,
+        &format!(
+            "global\n  maxconn 64\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen front\n  bind {front}\n  option forwardfor\n{extra}\
+             \x20 server mcpflip {public}\n"
+        ),
+    );
+    support::until_async("HAProxy listens", || async move {
+        TcpStream::connect(front).await.is_ok()
+    })
+    .await;
+    (h, front)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxys_forwarding_headers_are_believed_and_anyone_elses_dropped() {
     for mode in ["append", "replace", "off"] {
@@ -151,21 +175,11 @@ async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
         .set_str("log", "access_log", access.to_str().expect("utf-8"));
     let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
     proc.ready().await;
-    let front = closed_port();
-    let _h = support::tools::Haproxy::start(
+    let (_h, front) = haproxy_in_front(
         dir.path(),
-        &format!(
-            "global\n  maxconn 64\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             listen front\n  bind 127.0.0.1:{front}\n  option forwardfor\n\
-             \x20 http-request set-header X-Forwarded-Proto https\n\
-             \x20 server mcpflip {public}\n"
-        ),
-    );
-    let front = SocketAddr::from((TRUSTED, front));
-    support::until_async("HAProxy listens", || async move {
-        TcpStream::connect(front).await.is_ok()
-    })
+        public,
+        "  http-request set-header X-Forwarded-Proto https\n",
+    )
     .await;
 
     // A client on 127.0.0.2 that claims 6.6.6.6, through HAProxy: HAProxy
@@ -242,21 +256,7 @@ async fn behind_haproxy_the_rate_limit_counts_each_client_it_names() {
         );
     let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
     proc.ready().await;
-    let front = closed_port();
-    let _h = support::tools::Haproxy::start(
-        dir.path(),
-        &format!(
-            "global\n  maxconn 64\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             listen front\n  bind 127.0.0.1:{front}\n  option forwardfor\n\
-             \x20 server mcpflip {public}\n"
-        ),
-    );
-    let front = SocketAddr::from((TRUSTED, front));
-    support::until_async("HAProxy listens", || async move {
-        TcpStream::connect(front).await.is_ok()
-    })
-    .await;
+    let (_h, front) = haproxy_in_front(dir.path(), public, "").await;
     let request = |claim: &str| {
         format!(
             "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-For: {claim}\r\nConnection: close\r\n\r\n"
