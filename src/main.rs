@@ -382,6 +382,18 @@ async fn run(config: Config, start: Start) -> anyhow::Result<()> {
     use mcpflip::control::protocol::{CtlError, Upgraded};
     use tokio::signal::unix::{signal, SignalKind};
 
+    // SIGUSR1 reopens the access-log file, like nginx's (logrotate's
+    // `postrotate`). Taken first: its default action would end the process.
+    if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                if !mcpflip::log::reopen() {
+                    tracing::info!("SIGUSR1: no access log to reopen");
+                }
+            }
+        });
+    }
+
     let Start {
         ignore_state,
         incoming,

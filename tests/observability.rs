@@ -972,3 +972,165 @@ fn every_family_a_scrape_has_is_in_the_metrics_reference() {
     let stale: Vec<&&str> = documented.difference(&families).collect();
     assert!(stale.is_empty(), "documented but not exposed: {stale:?}");
 }
+
+/// SIGUSR1 reopens the access-log file by its path, as nginx's does, so
+/// that logrotate can move it away (`postrotate`) without `copytruncate`'s
+/// lost lines: the lines before go to the moved file, the lines after to a
+/// new one. A link planted at the path is refused (the same checks as at
+/// start), and the lines go on to the file open before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_access_log_and_never_through_a_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = CancellationToken::new();
+    let blue = support::upstream(ServerConfig::new("blue", Transport::Both), &stop).await;
+    let config = dir.path().join("mcpflip.toml");
+    let access = dir.path().join("access.log");
+    let log = format!("[log]\naccess_log = \"{}\"\n", access.display());
+    std::fs::write(&config, config_text(dir.path(), &log, blue, blue)).expect("config");
+    let mut proxy = Proxy::spawn(&config).expect("proxy starts");
+    let (public, _) = proxy.wait_line(serving_addrs).expect("serving line");
+    let get = |path: &'static str| async move {
+        let resp = support::mcp::http_client()
+            .request(support::get(public, path))
+            .await
+            .expect("request");
+        let _ = resp.into_body().collect().await;
+    };
+    let lines_in = |file: &Path, what: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    let usr1 = |proxy: &Proxy| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(proxy.child.id() as i32, libc::SIGUSR1) };
+    };
+
+    get("/before-rotation").await;
+    support::until("the first line is written", || {
+        lines_in(&access, "/before-rotation") == 1
+    })
+    .await;
+    // logrotate's rename, then its postrotate signal.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&access, &rotated).expect("rotate");
+    get("/between").await;
+    support::until("lines go on to the moved file until the signal", || {
+        lines_in(&rotated, "/between") == 1
+    })
+    .await;
+    usr1(&proxy);
+    proxy
+        .wait_line(|l| l.contains("access log reopened").then_some(()))
+        .expect("the reopen is logged");
+    get("/after-rotation").await;
+    support::until("the new file has the next line", || {
+        lines_in(&access, "/after-rotation") == 1
+    })
+    .await;
+    assert_eq!(lines_in(&rotated, "/before-rotation"), 1);
+    assert_eq!(lines_in(&rotated, "/after-rotation"), 0);
+    assert_eq!(lines_in(&access, "/before-rotation"), 0);
+    assert_eq!(lines_in(&access, "/between"), 0);
+
+    // A link planted where the log was: not followed.
+    let target = dir.path().join("elsewhere");
+    std::fs::rename(&access, dir.path().join("access.log.2")).expect("rotate");
+    std::os::unix::fs::symlink(&target, &access).expect("plant a link");
+    usr1(&proxy);
+    proxy
+        .wait_line(|l| l.contains("cannot reopen the access log").then_some(()))
+        .expect("the refusal is logged");
+    get("/after-the-link").await;
+    support::until("the line goes on to the file open before", || {
+        lines_in(&dir.path().join("access.log.2"), "/after-the-link") == 1
+    })
+    .await;
+    assert!(!target.exists(), "the link was followed");
+    proxy.stop().expect("clean stop");
+    stop.cancel();
+}
+
+/// The packaged `/etc/logrotate.d/mcpflip`, run by real logrotate on a
+/// running proxy's access log: its directives as shipped, with the test's
+/// directory for `/var/log/mcpflip`, the test's user for `su` and the
+/// proxy's pid for the unit's `systemctl kill --signal=USR1`. Two
+/// rotations: the moved file keeps the lines before, mcpflip makes the new
+/// one (`nocreate`), and the second rotation compresses the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packaged_logrotate_file_rotates_the_access_log_with_no_line_lost() {
+    support::tools::ensure("logrotate");
+    let packaged = std::fs::read_to_string(repo().join("contrib/debian/logrotate"))
+        .expect("contrib/debian/logrotate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = CancellationToken::new();
+    let blue = support::upstream(ServerConfig::new("blue", Transport::Both), &stop).await;
+    let config = dir.path().join("mcpflip.toml");
+    let logs = dir.path().join("log");
+    std::fs::create_dir(&logs).expect("log dir");
+    let access = logs.join("access.log");
+    let log = format!("[log]\naccess_log = \"{}\"\n", access.display());
+    std::fs::write(&config, config_text(dir.path(), &log, blue, blue)).expect("config");
+    let mut proxy = Proxy::spawn(&config).expect("proxy starts");
+    let (public, _) = proxy.wait_line(serving_addrs).expect("serving line");
+
+    let signal = "systemctl kill --signal=USR1 --kill-who=main mcpflip.service";
+    assert!(packaged.contains(signal), "{packaged}");
+    let user = "su mcpflip mcpflip";
+    assert!(packaged.contains(user), "{packaged}");
+    let rules = packaged
+        .replace("/var/log/mcpflip", logs.to_str().expect("utf-8"))
+        .replace(user, "su root root")
+        .replace(signal, &format!("kill -USR1 {}", proxy.child.id()));
+    let conf = dir.path().join("logrotate.conf");
+    std::fs::write(&conf, rules).expect("logrotate config");
+    let state = dir.path().join("logrotate.state");
+    let rotate = || {
+        let out = Command::new("logrotate")
+            .arg("--force")
+            .arg("--state")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("logrotate runs");
+        assert!(
+            out.status.success(),
+            "logrotate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let get = |path: String| async move {
+        let resp = support::mcp::http_client()
+            .request(support::get(public, &path))
+            .await
+            .expect("request");
+        let _ = resp.into_body().collect().await;
+    };
+    let has = |file: &Path, what: &str| {
+        std::fs::read_to_string(file).is_ok_and(|t| t.lines().any(|l| l.contains(what)))
+    };
+
+    for round in 1..=2 {
+        let before = format!("/before-rotation-{round}");
+        get(before.clone()).await;
+        support::until("the line is written", || has(&access, &before)).await;
+        rotate();
+        proxy
+            .wait_line(|l| l.contains("access log reopened").then_some(()))
+            .expect("logrotate's postrotate signal reopened the log");
+        let after = format!("/after-rotation-{round}");
+        get(after.clone()).await;
+        support::until("the new file has the next line", || has(&access, &after)).await;
+        let moved = logs.join("access.log.1");
+        assert!(has(&moved, &before), "round {round}: the moved file");
+        assert!(!has(&moved, &after) && !has(&access, &before));
+    }
+    assert!(
+        logs.join("access.log.2.gz").is_file(),
+        "the first rotation compressed by the second (delaycompress)"
+    );
+    proxy.stop().expect("clean stop");
+    stop.cancel();
+}

@@ -115,7 +115,7 @@ fn the_deb_installs_creates_its_user_and_the_installed_binary_checks_the_install
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     assert_eq!(
         std::fs::read_to_string(control.join("conffiles")).expect("conffiles"),
-        "/etc/mcpflip/mcpflip.toml\n"
+        "/etc/mcpflip/mcpflip.toml\n/etc/logrotate.d/mcpflip\n"
     );
 
     let root = work.path().join("root");
@@ -127,6 +127,7 @@ fn the_deb_installs_creates_its_user_and_the_installed_binary_checks_the_install
     for f in [
         "usr/bin/mcpflip",
         "etc/mcpflip/mcpflip.toml",
+        "etc/logrotate.d/mcpflip",
         "usr/lib/systemd/system/mcpflip.service",
         "usr/share/man/man1/mcpflip.1.gz",
         "usr/share/man/man1/mcpflip-ctl-deploy.1.gz",
@@ -184,8 +185,13 @@ fn the_deb_installs_creates_its_user_and_the_installed_binary_checks_the_install
         "{again}"
     );
 
-    // Purge removes the files and the state; the user stays.
+    // Purge removes the files, the state and the logs (systemd's
+    // LogsDirectory made /var/log/mcpflip); the user stays.
+    std::fs::create_dir_all(root.join("var/log/mcpflip")).expect("log dir");
+    std::fs::write(root.join("var/log/mcpflip/access.log"), "a line\n").expect("a log");
     dpkg(&root, &["--purge", "mcpflip"]);
+    assert!(!root.join("var/log/mcpflip").exists());
+    assert!(!root.join("etc/logrotate.d/mcpflip").exists());
     assert!(!root.join("usr/bin/mcpflip").exists());
     assert!(!root.join("etc/mcpflip/mcpflip.toml").exists());
     assert!(!root.join("var/lib/mcpflip").exists());

@@ -229,9 +229,15 @@ impl Queue {
 
 enum Msg {
     Lines(Vec<Record>),
+    /// Write out what came before, then open the file again by its path
+    /// (`SIGUSR1`, after a rotation).
+    Reopen,
     /// Write out what is queued and end (sent by `Writer`'s drop).
     Stop,
 }
+
+/// Opens the access log's file again by its path, for [`reopen`].
+pub type Reopener = Box<dyn FnMut() -> std::io::Result<Box<dyn Write + Send>> + Send>;
 
 static WRITER: OnceLock<Queue> = OnceLock::new();
 
@@ -285,6 +291,14 @@ pub fn flush_thread() {
     });
 }
 
+/// Asks the writer to write out what it holds and open its file again by
+/// its path (logrotate's `postrotate`, nginx's `-s reopen`). Lines queued
+/// before go to the old file, later ones to the new. `false` when the access
+/// log is off; on stderr it is a no-op. Never blocks.
+pub fn reopen() -> bool {
+    WRITER.get().is_some_and(|q| q.tx.send(Msg::Reopen).is_ok())
+}
+
 /// Lines dropped so far: the writer fell behind, or a write failed.
 pub fn dropped_lines() -> u64 {
     WRITER
@@ -310,8 +324,13 @@ impl Drop for Writer {
     }
 }
 
-/// Starts the process's access-log writer on `sink`. `None` when one runs already.
-pub fn start(sink: Box<dyn Write + Send>, style: Style) -> std::io::Result<Option<Writer>> {
+/// Starts the process's access-log writer on `sink`, which `reopen` (when
+/// given: a file) opens again. `None` when one runs already.
+pub fn start(
+    sink: Box<dyn Write + Send>,
+    reopen: Option<Reopener>,
+    style: Style,
+) -> std::io::Result<Option<Writer>> {
     // Unbounded as a channel, bounded in lines by `Queue::queued`.
     let (tx, rx) = mpsc::channel();
     if WRITER
@@ -326,13 +345,18 @@ pub fn start(sink: Box<dyn Write + Send>, style: Style) -> std::io::Result<Optio
     }
     let thread = std::thread::Builder::new()
         .name("mcpflip-access-log".into())
-        .spawn(move || write_loop(rx, sink, style))?;
+        .spawn(move || write_loop(rx, sink, reopen, style))?;
     Ok(Some(Writer {
         thread: Some(thread),
     }))
 }
 
-fn write_loop(rx: Receiver<Msg>, mut sink: Box<dyn Write + Send>, style: Style) {
+fn write_loop(
+    rx: Receiver<Msg>,
+    mut sink: Box<dyn Write + Send>,
+    mut reopen: Option<Reopener>,
+    style: Style,
+) {
     let mut clock = Clock::new();
     let mut out = Pending::default();
     let queued = WRITER.get().map(|q| &q.queued);
@@ -352,6 +376,21 @@ fn write_loop(rx: Receiver<Msg>, mut sink: Box<dyn Write + Send>, style: Style) 
                         out.lines += 1;
                         if out.buf.len() >= WRITE_CHUNK {
                             out.write(&mut sink);
+                        }
+                    }
+                }
+                Ok(Msg::Reopen) => {
+                    out.write(&mut sink);
+                    let Some(open) = reopen.as_mut() else {
+                        continue;
+                    };
+                    match open() {
+                        Ok(file) => {
+                            sink = file;
+                            tracing::info!("access log reopened");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reopen the access log: writing on to the file open before")
                         }
                     }
                 }

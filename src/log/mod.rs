@@ -41,6 +41,12 @@ pub struct LogGuard {
     _access: Option<access::Writer>,
 }
 
+/// Opens the access-log file again by its path (`SIGUSR1`), after the lines
+/// queued so far are written to the old one; see [`access::reopen`].
+pub fn reopen() -> bool {
+    access::reopen()
+}
+
 /// Access-log lines dropped so far because the writer fell behind.
 pub fn dropped_lines() -> u64 {
     access::dropped_lines()
@@ -69,17 +75,27 @@ pub fn init(cfg: &LogConfig) -> Result<LogGuard, LogError> {
         LogFormat::Text => access::Style::Text,
         LogFormat::Json => access::Style::Json,
     };
-    let sink: Option<Box<dyn Write + Send>> = match &cfg.access_log {
+    let sink: Option<(Box<dyn Write + Send>, Option<access::Reopener>)> = match &cfg.access_log {
         AccessLog::Off => None,
-        AccessLog::Stderr => Some(Box::new(std::io::stderr())),
-        AccessLog::File(path) => Some(Box::new(open_append(path)?)),
+        AccessLog::Stderr => Some((Box::new(std::io::stderr()), None)),
+        AccessLog::File(path) => {
+            let file: Box<dyn Write + Send> = Box::new(open_append(path)?);
+            let path = path.clone();
+            // The same checks every time: no link, no FIFO.
+            let reopen: access::Reopener = Box::new(move || {
+                open_append(&path)
+                    .map(|f| Box::new(f) as Box<dyn Write + Send>)
+                    .map_err(std::io::Error::other)
+            });
+            Some((file, Some(reopen)))
+        }
     };
     tracing_subscriber::registry()
         .with(main)
         .try_init()
         .map_err(|_| LogError::AlreadySet)?;
     let access = match sink {
-        Some(sink) => access::start(sink, style).map_err(LogError::Thread)?,
+        Some((sink, reopen)) => access::start(sink, reopen, style).map_err(LogError::Thread)?,
         None => None,
     };
     Ok(LogGuard { _access: access })

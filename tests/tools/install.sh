@@ -34,6 +34,8 @@
 #   tests/tools/install.sh systemd         # systemd-analyze and systemd-socket-activate
 #                                          # (Debian's `systemd`, asked for by tests/systemd.rs;
 #                                          # only the tools are used, no service is started)
+#   tests/tools/install.sh logrotate       # Debian's `logrotate`, run by tests/observability.rs on
+#                                          # the packaged /etc/logrotate.d/mcpflip (no timer is used)
 #
 # Target: $TOOLS_DIR (default <repo>/target/tools). Idempotent: each tool has a
 # stamp file holding its exact spec; a second run with the same pins is instant.
@@ -252,6 +254,21 @@ install_systemd() {
   apt_install systemd
 }
 
+# Debian's `logrotate`: tests/observability.rs runs it by hand on a file of its own.
+install_logrotate() {
+  if command -v logrotate >/dev/null 2>&1 || [[ -x /usr/sbin/logrotate ]]; then
+    echo "tools: logrotate present"
+    return
+  fi
+  local cmd="apt-get install -y --no-install-recommends logrotate"
+  if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "tools/install.sh: logrotate is missing; install it as root with:  $cmd" >&2
+    exit 1
+  fi
+  echo "tools: installing logrotate with apt-get"
+  apt_install logrotate
+}
+
 tools=("$@")
 [[ ${#tools[@]} -eq 0 ]] && tools=(prom promtool cargo-deb pkg)
 run mkdir -p "$TOOLS_DIR"
@@ -270,7 +287,8 @@ for t in "${tools[@]}"; do
     etcd) install_etcd ;;
     systemd) install_systemd ;;
     haproxy) install_haproxy ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd haproxy)" >&2; exit 2 ;;
+    logrotate) install_logrotate ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd haproxy logrotate)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"
