@@ -1326,8 +1326,15 @@ impl Config {
         };
         let _ = writeln!(
             s,
-            "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2{})",
+            "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2{}{})",
             self.listen.addr,
+            match self.listen.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
+                Some(ca) => format!(
+                    ", client certificates required (signed by {})",
+                    ca.display()
+                ),
+                None => String::new(),
+            },
             if self.listen.proxy_protocol {
                 ", a PROXY protocol header first on every connection"
             } else {

@@ -630,16 +630,24 @@ pub enum ClientFault {
     /// No valid PROXY protocol header where the listener requires one
     /// (closed without an answer).
     ProxyProtocol,
+    /// A TLS handshake that failed (no shared version or cipher, a client
+    /// that gave up or refused the certificate, garbage).
+    TlsHandshake,
+    /// A TLS client with no certificate, or one `tls.client_ca` does not
+    /// vouch for (mutual TLS).
+    ClientCertificate,
 }
 
 impl ClientFault {
-    pub const ALL: [ClientFault; 6] = [
+    pub const ALL: [ClientFault; 8] = [
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::BodyInvalid,
         Self::BadHost,
         Self::NotTls,
         Self::ProxyProtocol,
+        Self::TlsHandshake,
+        Self::ClientCertificate,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -649,6 +657,8 @@ impl ClientFault {
             Self::BadHost => "bad_host",
             Self::NotTls => "not_tls",
             Self::ProxyProtocol => "proxy_protocol",
+            Self::TlsHandshake => "tls_handshake",
+            Self::ClientCertificate => "client_certificate",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! TLS with rustls (ring provider, its safe defaults: TLS 1.2 and 1.3): the
-//! public listener's certificates (one default, more chosen by SNI), the
+//! public listener's certificates (one default, more chosen by SNI) and the
+//! client certificates it may require (`tls.client_ca`), the
 //! development certificate of `mcpflip cert --dev`, and the client side for
 //! `https://` upstreams.
 //!
@@ -13,7 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -29,6 +31,11 @@ pub struct TlsConfig {
     /// extension: `sni = [{ cert = "...", key = "..." }]`).
     #[serde(default)]
     pub sni: Vec<CertPair>,
+    /// Mutual TLS: every client must present a certificate that one of the
+    /// CA certificates in this PEM file signed (nginx's
+    /// `ssl_client_certificate` with `ssl_verify_client on`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A certificate chain and its private key (PEM files).
@@ -224,16 +231,35 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
             by_name.push((n, Arc::clone(&extra.key)));
         }
     }
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            default: default.key,
-            by_name,
-        }));
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver {
+        default: default.key,
+        by_name,
+    }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(cfg), certificates))
+}
+
+/// `tls.client_ca`: a verifier that asks every client for a certificate and
+/// takes only one that a CA of `path` signed (chain, validity, and the
+/// client-authentication usage when the certificate names its usages).
+fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let shown = || format!("tls.client_ca {}", path.display());
+    let mut roots = RootCertStore::empty();
+    for cert in read_chain(path).map_err(|e| format!("tls.client_ca: {e}"))? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", shown()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| format!("{}: {e}", shown()))
 }
 
 /// The client side for `https://` upstreams: the system roots, or only the
@@ -422,6 +448,7 @@ mod tests {
             cert: dev.cert.clone(),
             key: dev.key.clone(),
             sni: vec![],
+            client_ca: None,
         };
         let cfg = server_config(&tls).expect("loads");
         assert_eq!(
@@ -439,6 +466,7 @@ mod tests {
             cert: dev.cert.clone(),
             key: dev2.key.clone(),
             sni: vec![],
+            client_ca: None,
         };
         let e = server_config(&mismatched).unwrap_err();
         assert!(e.contains("does not belong to the certificate"), "{e}");
@@ -446,6 +474,7 @@ mod tests {
             cert: dir.path().join("nope.crt"),
             key: dev.key.clone(),
             sni: vec![],
+            client_ca: None,
         };
         let e = server_config(&missing).unwrap_err();
         assert!(
@@ -458,6 +487,7 @@ mod tests {
             cert: empty,
             key: dev.key.clone(),
             sni: vec![],
+            client_ca: None,
         })
         .unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
@@ -465,8 +495,34 @@ mod tests {
             cert: dev.cert.clone(),
             key: dev.cert,
             sni: vec![],
+            client_ca: None,
         })
         .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_client_ca_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let with_ca = |ca: PathBuf| TlsConfig {
+            cert: dev.cert.clone(),
+            key: dev.key.clone(),
+            sni: vec![],
+            client_ca: Some(ca),
+        };
+        server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");
+        let e = server_config(&with_ca(dir.path().join("nope.pem"))).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_ca: ") && e.contains("nope.pem"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not pem\n").expect("write");
+        let e = server_config(&with_ca(junk)).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_ca: ") && e.contains("no certificate in it"),
+            "{e}"
+        );
     }
 }

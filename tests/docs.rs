@@ -80,6 +80,7 @@ fn populated() -> Config {
                     cert: p("b.crt"),
                     key: p("b.key"),
                 }],
+                client_ca: Some(p("clients-ca.crt")),
             }),
             proxy_protocol: true,
         },

@@ -292,55 +292,10 @@ async fn one_member_stopped_changes_nothing_and_all_stopped_is_unavailable() {
     assert_eq!(kv.map(|k| k.value), Some(b"5".to_vec()));
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
-/// PEM files in `dir`: `(ca, server cert, server key, client cert, client key)`.
-fn certificates(dir: &Path) -> [std::path::PathBuf; 5] {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "mcpflip test etcd CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let leaf = |names: Vec<String>, usage: Vec<ExtendedKeyUsagePurpose>, cn: &str| {
-        let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(names).expect("params");
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = usage;
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    };
-    // etcd's gateway dials its own gRPC server with the server certificate
-    // as its client certificate: with --client-cert-auth it must allow both.
-    let (server, server_key) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-        "etcd",
-    );
-    let (client, client_key) = leaf(vec![], vec![ExtendedKeyUsagePurpose::ClientAuth], "mcpflip");
-    let files = [
-        ("ca.crt", ca_cert.pem()),
-        ("server.crt", server),
-        ("server.key", server_key),
-        ("client.crt", client),
-        ("client.key", client_key),
-    ];
-    files.map(|(name, pem)| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).expect("write pem");
-        p
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_a_ca_and_a_client_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let [ca, server, server_key, client_cert, client_key] = certificates(dir.path());
+    let [ca, server, server_key, client_cert, client_key] = support::pki::certificates(dir.path());
     let arg = |k: &str, p: &Path| format!("--{k}={}", p.display());
     let cluster = EtcdCluster::start_with(
         1,
@@ -386,7 +341,7 @@ async fn https_with_a_ca_and_a_client_certificate() {
         .is_unavailable());
     // A server certificate from another CA: refused by the client.
     let other = tempfile::tempdir().expect("tempdir");
-    let [other_ca, ..] = certificates(other.path());
+    let [other_ca, ..] = support::pki::certificates(other.path());
     let stranger = Etcd::new(Settings {
         tls: tls(Some(&pair), &other_ca),
         ..settings(cluster.endpoints())

@@ -322,6 +322,7 @@ async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
         sni: vec![],
+        client_ca: None,
     })
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -443,6 +444,103 @@ async fn plain_http_to_the_tls_port_is_answered_400() {
     assert!(text.contains("Use https://"), "{text:?}");
     // The port still speaks TLS.
     assert!(!presented_cert(p.public_addr, &dev.ca).await.is_empty());
+    p.shutdown().await;
+    stop.cancel();
+}
+
+/// One `GET /healthz` over a fresh HTTPS connection that trusts `ca` and
+/// presents `identity`: the status, or the error that ended it.
+async fn get_with_identity(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    identity: Option<&mcpflip::config::CertPair>,
+    h2: bool,
+) -> Result<(u16, http::Version), String> {
+    let tls = mcpflip::tls::client_config_with_identity(Some(ca), identity).expect("client tls");
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let connector = if h2 {
+        connector.enable_http2().build()
+    } else {
+        connector.enable_http1().build()
+    };
+    let client: H2Client = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build(connector);
+    let req = http::Request::get(format!("https://{addr}/healthz"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(15), client.request(req))
+        .await
+        .map_err(|_| "no answer in 15 s".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
+    Ok((resp.status().as_u16(), resp.version()))
+}
+
+/// `[listen] tls.client_ca`, mutual TLS: a client with a certificate the
+/// CA signed is served over HTTP/1.1 and HTTP/2; one with no certificate or
+/// with another CA's is refused in the handshake, counted; `reload` swaps
+/// the CA for new handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_ca_only_clients_with_a_certificate_it_signed_are_served() {
+    let stop = CancellationToken::new();
+    let blue = upstream("blue", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir(&ours).expect("mkdir");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    let [ca, server, server_key, client, client_key] = support::pki::certificates(&ours);
+    let [other_ca, _, _, stranger, stranger_key] = support::pki::certificates(&theirs);
+    let listen = |client_ca: &Path| {
+        format!(
+            "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+            server.display(),
+            server_key.display(),
+            client_ca.display()
+        )
+    };
+    let cfg = TestConfig::blue_green(dir.path(), blue, blue).set("listen", "tls", listen(&ca));
+    let p = support::start(cfg.load()).await;
+    let addr = p.public_addr;
+    let member = mcpflip::config::CertPair {
+        cert: client,
+        key: client_key,
+    };
+    let outsider = mcpflip::config::CertPair {
+        cert: stranger,
+        key: stranger_key,
+    };
+
+    let ok = get_with_identity(addr, &ca, Some(&member), false).await;
+    assert_eq!(ok, Ok((200, http::Version::HTTP_11)));
+    let ok = get_with_identity(addr, &ca, Some(&member), true).await;
+    assert_eq!(ok, Ok((200, http::Version::HTTP_2)));
+    let refused = get_with_identity(addr, &ca, None, false).await;
+    assert!(refused.is_err(), "no certificate: {refused:?}");
+    let refused = get_with_identity(addr, &ca, Some(&outsider), true).await;
+    assert!(refused.is_err(), "another CA's certificate: {refused:?}");
+    let series = "mcpflip_client_errors_total{kind=\"client_certificate\"}";
+    support::until_async("both refusals counted", || async {
+        support::metric(&support::metrics(p.admin_addr).await, series) >= 2
+    })
+    .await;
+    let m = support::metrics(p.admin_addr).await;
+    assert_eq!(support::metric(&m, series), 2, "{m}");
+    assert_eq!(
+        support::metric(&m, "mcpflip_client_errors_total{kind=\"tls_handshake\"}"),
+        0,
+        "{m}"
+    );
+
+    // The other CA from now on: its client is served, ours is refused.
+    cfg.set("listen", "tls", listen(&other_ca)).write();
+    let r = ctl(dir.path(), "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let ok = get_with_identity(addr, &ca, Some(&outsider), false).await;
+    assert_eq!(ok, Ok((200, http::Version::HTTP_11)));
+    let refused = get_with_identity(addr, &ca, Some(&member), false).await;
+    assert!(refused.is_err(), "the old CA's certificate: {refused:?}");
     p.shutdown().await;
     stop.cancel();
 }

@@ -459,7 +459,24 @@ async fn handshake(
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
+            // tokio-rustls gives rustls's own error inside the I/O error.
+            let refused_certificate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e,
+                        rustls::Error::NoCertificatesPresented
+                            | rustls::Error::InvalidCertificate(_)
+                    )
+                });
+            if refused_certificate {
+                stats.count_client_fault(ClientFault::ClientCertificate);
+                tracing::info!(error = %e, "TLS handshake refused: client certificate (tls.client_ca)");
+            } else {
+                stats.count_client_fault(ClientFault::TlsHandshake);
+                tracing::debug!(error = %e, "TLS handshake failed");
+            }
             None
         }
         Err(_) => {

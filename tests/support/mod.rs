@@ -10,6 +10,7 @@ pub mod config;
 pub mod etcd;
 pub mod mcp;
 pub mod netns;
+pub mod pki;
 pub mod proc;
 pub mod tools;
 
