@@ -375,6 +375,16 @@ pub struct ProxyConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub trusted_proxies: Vec<IpNet>,
+    /// The only client addresses (or address blocks) served (nginx's `allow`
+    /// with `deny all`, Caddy's `client_ip` matcher); any other client's
+    /// request is answered 403. Behind `trusted_proxies`, the client they
+    /// name. Unset: every client.
+    #[serde(
+        default,
+        deserialize_with = "allowed_clients",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_clients: Option<Vec<IpNet>>,
     /// Time allowed to open a TCP connection to a slot.
     #[serde(
         default = "default_connect_timeout",
@@ -705,6 +715,7 @@ section_default!(ProxyConfig {
     preserve_host: false,
     x_forwarded: XForwarded::Append,
     trusted_proxies: Vec::new(),
+    allowed_clients: None,
     connect_timeout: default_connect_timeout(),
     header_read_timeout: default_header_timeout(),
     idle_timeout: default_idle_timeout(),
@@ -739,6 +750,11 @@ fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Err
         .iter()
         .map(|e| trusted_proxy(e).map_err(serde::de::Error::custom))
         .collect()
+}
+
+/// `[proxy] allowed_clients`: entries as in `trusted_proxies`.
+fn allowed_clients<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    trusted_proxies(d).map(Some)
 }
 
 fn trusted_proxy(entry: &str) -> Result<IpNet, String> {
@@ -1068,6 +1084,20 @@ impl Config {
                 None,
                 "max_connections_per_ip",
                 "must be at least 1 (leave it out for no cap per address)".into(),
+            ));
+        }
+        if self
+            .proxy
+            .allowed_clients
+            .as_ref()
+            .is_some_and(Vec::is_empty)
+        {
+            return Err(err(
+                "proxy",
+                None,
+                "allowed_clients",
+                "names no address: every client would be refused (leave it out to serve every client)"
+                    .into(),
             ));
         }
         if let Some(r) = &self.proxy.rate_limit {
@@ -1431,6 +1461,19 @@ impl Config {
                 }
             );
         }
+        if let Some(nets) = &self.proxy.allowed_clients {
+            let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                s,
+                "  clients       only {}; 403 to any other{}",
+                nets.join(", "),
+                if self.proxy.trusted_proxies.is_empty() {
+                    ""
+                } else {
+                    " (behind trusted proxies, the client they name)"
+                }
+            );
+        }
         if let Some(r) = &self.proxy.rate_limit {
             let _ = writeln!(
                 s,
@@ -1718,6 +1761,31 @@ upstream = "http://127.0.0.1:3002"
             .proxy
             .max_connections_per_ip
             .is_none());
+    }
+
+    #[test]
+    fn allowed_clients_are_blocks_never_an_empty_list_and_described() {
+        let c = parse(&format!(
+            "{GOOD}[proxy]\nallowed_clients = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n"
+        ))
+        .expect("good");
+        assert_eq!(c.proxy.allowed_clients.as_ref().map(Vec::len), Some(3));
+        assert!(
+            c.describe().contains(
+                "clients       only 10.0.0.0/8, 192.0.2.7/32, 2001:db8::/32; 403 to any other\n"
+            ),
+            "{}",
+            c.describe()
+        );
+        let e = parse(&format!("{GOOD}[proxy]\nallowed_clients = []\n")).expect_err("empty");
+        assert_eq!(e.key, "proxy.allowed_clients", "{e}");
+        assert!(e.message.contains("leave it out"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}[proxy]\nallowed_clients = [\"example.com\"]\n"
+        ))
+        .expect_err("a name");
+        assert!(e.to_string().contains("neither an address nor"), "{e}");
+        assert!(parse(GOOD).expect("good").proxy.allowed_clients.is_none());
     }
 
     #[test]

@@ -231,6 +231,10 @@ pub async fn start_with(
         proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         sse_keepalive: proxy_cfg.sse_keepalive,
         host_guard,
+        allowed_clients: proxy_cfg
+            .allowed_clients
+            .as_deref()
+            .map(crate::proxy::trusted::Trusted::new),
         rate_limit: proxy_cfg
             .rate_limit
             .as_ref()

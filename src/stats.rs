@@ -681,10 +681,12 @@ pub enum LocalResponse {
     NotTls,
     /// 429: the client's address is over `[proxy] rate_limit`.
     RateLimited,
+    /// 403: the client's address is not in `[proxy] allowed_clients`.
+    ClientNotAllowed,
 }
 
 impl LocalResponse {
-    pub const ALL: [LocalResponse; 7] = [
+    pub const ALL: [LocalResponse; 8] = [
         Self::BadHost,
         Self::HostNotAllowed,
         Self::SessionGone,
@@ -692,11 +694,12 @@ impl LocalResponse {
         Self::BadRequest,
         Self::NotTls,
         Self::RateLimited,
+        Self::ClientNotAllowed,
     ];
     pub fn code(self) -> u16 {
         match self {
             Self::BadHost | Self::BadRequest | Self::NotTls => 400,
-            Self::HostNotAllowed => 403,
+            Self::HostNotAllowed | Self::ClientNotAllowed => 403,
             Self::SessionGone => 404,
             Self::RateLimited => 429,
             Self::NoSlot => 503,
@@ -711,6 +714,7 @@ impl LocalResponse {
             Self::BadRequest => "bad_request",
             Self::NotTls => "not_tls",
             Self::RateLimited => "rate_limited",
+            Self::ClientNotAllowed => "client_not_allowed",
         }
     }
 }

@@ -892,6 +892,64 @@ async fn over_rate_limit_an_address_gets_429_with_retry_after_and_others_are_ser
     h.stop.cancel();
 }
 
+/// `[proxy] allowed_clients`: a client outside the list is answered 403
+/// (counted) on every request, one inside is served; behind a trusted
+/// proxy the client it names is checked, and an untrusted address cannot
+/// claim its way in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_outside_allowed_clients_gets_403_and_one_inside_is_served() {
+    let h = Harness::new().await;
+    let p = support::start(
+        h.builder()
+            .set(
+                "proxy",
+                "allowed_clients",
+                "[\"127.0.0.2/32\", \"10.0.0.0/8\"]",
+            )
+            .load(),
+    )
+    .await;
+    let to = p.public_addr;
+    let get = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut a = support::connect_from(A, to).await;
+    assert_eq!(ask(&mut a, get).await.0, 200);
+    let mut b = support::connect_from(B, to).await;
+    for _ in 0..2 {
+        let (status, text) = ask(&mut b, get).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("\"error\":\"client_not_allowed\""), "{text}");
+    }
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_local_responses_total{code=\"403\",reason=\"client_not_allowed\"}";
+    assert_eq!(metric(&m, series), 2, "{m}");
+    p.shutdown().await;
+
+    // Behind a trusted proxy (A): the client it names.
+    let p = support::start(
+        h.builder()
+            .set("proxy", "allowed_clients", "[\"198.51.100.0/24\"]")
+            .set("proxy", "trusted_proxies", "[\"127.0.0.2\"]")
+            .load(),
+    )
+    .await;
+    let to = p.public_addr;
+    let for_client = |ip: &str| {
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: {ip}\r\n\r\n")
+    };
+    let mut a = support::connect_from(A, to).await;
+    assert_eq!(ask(&mut a, &for_client("198.51.100.7")).await.0, 200);
+    assert_eq!(ask(&mut a, &for_client("203.0.113.1")).await.0, 403);
+    assert_eq!(ask(&mut a, get).await.0, 200, "the proxy's own request");
+    let mut b = support::connect_from(B, to).await;
+    assert_eq!(
+        ask(&mut b, &for_client("198.51.100.7")).await.0,
+        403,
+        "an untrusted address's claim is not believed"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// Writes one request on a kept-alive connection and reads its answer (a
 /// head and a `Content-Length` body): status and text.
 async fn ask(s: &mut TcpStream, request: &str) -> (u16, String) {

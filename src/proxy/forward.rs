@@ -63,6 +63,8 @@ pub struct Forwarder {
     pub sse_keepalive: Option<std::time::Duration>,
     /// DNS-rebinding guard on `Host` and `Origin`.
     pub host_guard: HostGuard,
+    /// The only clients served (`[proxy] allowed_clients`; `None`: every one).
+    pub allowed_clients: Option<Trusted>,
     /// Requests per client address (`[proxy] rate_limit`; `None`: no limit).
     pub rate_limit: Option<RateLimit>,
     /// Longest pause between two reads of a client's request body.
@@ -282,8 +284,8 @@ impl Forwarder {
         client: Option<IpAddr>,
     ) -> Decided {
         let method = req.method();
-        if let Some(limit) = &self.rate_limit {
-            if let Some(answer) = self.rate_limited(limit, req, client.unwrap_or(peer.addr.ip())) {
+        if self.allowed_clients.is_some() || self.rate_limit.is_some() {
+            if let Some(answer) = self.refused_client(req, client.unwrap_or(peer.addr.ip())) {
                 return answer;
             }
         }
@@ -331,20 +333,32 @@ impl Forwarder {
         }
     }
 
-    /// A request over `[proxy] rate_limit`: answered 429 with `Retry-After`.
-    /// A trusted proxy's own requests (no client named past it) are not
+    /// A request from a client not in `[proxy] allowed_clients` (403), or
+    /// over `[proxy] rate_limit` (429 with `Retry-After`). A trusted proxy's
+    /// own requests (no client named past it) are neither refused nor
     /// limited, as its connections are not capped.
     #[inline(never)]
-    fn rate_limited(
-        &self,
-        limit: &RateLimit,
-        req: &Request<RequestBody>,
-        client: IpAddr,
-    ) -> Option<Decided> {
+    fn refused_client(&self, req: &Request<RequestBody>, client: IpAddr) -> Option<Decided> {
         if self.trusted.contains(client) {
             return None;
         }
-        let limited = limit.check(client).err()?;
+        if self
+            .allowed_clients
+            .as_ref()
+            .is_some_and(|allowed| !allowed.contains(client))
+        {
+            self.stats.count_local(LocalResponse::ClientNotAllowed);
+            tracing::debug!(method = %req.method(), uri = %req.uri(), %client, status = 403, "not in [proxy] allowed_clients");
+            return Some(Decided::answer(local_error(
+                StatusCode::FORBIDDEN,
+                None,
+                "client_not_allowed",
+                &format!(
+                    "{client} is not among the clients this proxy serves ([proxy] allowed_clients)"
+                ),
+            )));
+        }
+        let limited = self.rate_limit.as_ref()?.check(client).err()?;
         self.stats.count_local(LocalResponse::RateLimited);
         let secs = limited.retry_after_secs();
         tracing::debug!(method = %req.method(), uri = %req.uri(), %client, status = 429, retry_after = secs, "over [proxy] rate_limit");
