@@ -778,6 +778,7 @@ fn lines_as_the_map(
         forwarded_host: Some(HeaderValue::from_static("public.example")),
         forwarded_proto: HeaderValue::from_static("http"),
         forwarded_for: HeaderValue::from_static("192.0.2.7"),
+        client_cert: Some(HeaderValue::from_static("Hash=00")),
         cut: Some((crate::mcp::headers::MCP_SESSION_ID, 3)),
         lines: None,
     };

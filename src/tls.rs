@@ -262,6 +262,69 @@ fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
         .map_err(|e| format!("{}: {e}", shown()))
 }
 
+/// The `X-Forwarded-Client-Cert` value for a client certificate the
+/// listener verified, in Envoy's format: `Hash=` (the SHA-256 of its DER, in
+/// hex), then `Subject="..."` (its distinguished name) and a `DNS=` or
+/// `URI=` per subject alternative name. Bounded: past 4 KiB, the hash alone.
+pub fn forwarded_client_cert(leaf: &CertificateDer<'_>) -> Option<http::HeaderValue> {
+    use std::fmt::Write;
+    use x509_parser::extensions::GeneralName;
+    const MAX: usize = 4096;
+    let mut v = String::from("Hash=");
+    for b in ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref() {
+        let _ = write!(v, "{b:02x}");
+    }
+    let hash_only = v.len();
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        let subject = cert.subject().to_string();
+        if !subject.is_empty() {
+            v.push_str(";Subject=");
+            quoted(&mut v, &subject);
+        }
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => {
+                        v.push_str(";DNS=");
+                        quoted_if_needed(&mut v, d);
+                    }
+                    GeneralName::URI(u) => {
+                        v.push_str(";URI=");
+                        quoted_if_needed(&mut v, u);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Only visible ASCII goes in a header value: a name that is not is left out.
+    if v.len() > MAX || !v.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        v.truncate(hash_only);
+    }
+    http::HeaderValue::try_from(v).ok()
+}
+
+/// `s` in double quotes, `"` and `\` escaped.
+fn quoted(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// `s` as it is, or quoted when it holds a separator of the header.
+fn quoted_if_needed(out: &mut String, s: &str) {
+    if s.contains([',', ';', '=', '"', '\\']) {
+        quoted(out, s);
+    } else {
+        out.push_str(s);
+    }
+}
+
 /// The client side for `https://` upstreams: the system roots, or only the
 /// certificates of `ca` when given. Upstreams are spoken to in HTTP/1.1.
 pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
@@ -499,6 +562,44 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
+    }
+
+    #[test]
+    fn a_client_certificate_is_told_by_hash_subject_and_names_within_bounds() {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let make = |cn: &str, sans: Vec<SanType>| {
+            let key = KeyPair::generate().expect("key");
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.subject_alt_names = sans;
+            let der = p.self_signed(&key).expect("cert").der().clone();
+            let hash: String = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            (der, hash)
+        };
+        let (der, hash) = make(
+            "a\"b",
+            vec![
+                SanType::DnsName("mcp.example".try_into().expect("dns")),
+                SanType::URI("spiffe://corp/agent;v=1".try_into().expect("uri")),
+            ],
+        );
+        let v = forwarded_client_cert(&der).expect("a value");
+        assert_eq!(
+            v.to_str().expect("ascii"),
+            format!(
+                "Hash={hash};Subject=\"CN=a\\\"b\";DNS=mcp.example;URI=\"spiffe://corp/agent;v=1\""
+            )
+        );
+        // Too long, or not visible ASCII: the hash alone.
+        for cn in ["x".repeat(5000), "caf\u{e9}".to_owned()] {
+            let (der, hash) = make(&cn, vec![]);
+            let v = forwarded_client_cert(&der).expect("a value");
+            assert_eq!(v.to_str().expect("ascii"), format!("Hash={hash}"));
+        }
     }
 
     #[test]

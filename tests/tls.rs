@@ -456,6 +456,17 @@ async fn get_with_identity(
     identity: Option<&mcpflip::config::CertPair>,
     h2: bool,
 ) -> Result<(u16, http::Version), String> {
+    get_with_headers(addr, ca, identity, h2, &[]).await
+}
+
+/// [`get_with_identity`] with `headers` on the request.
+async fn get_with_headers(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    identity: Option<&mcpflip::config::CertPair>,
+    h2: bool,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::Version), String> {
     let tls = mcpflip::tls::client_config_with_identity(Some(ca), identity).expect("client tls");
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -468,9 +479,11 @@ async fn get_with_identity(
     let client: H2Client = Client::builder(TokioExecutor::new())
         .http2_only(h2)
         .build(connector);
-    let req = http::Request::get(format!("https://{addr}/healthz"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let mut req = http::Request::get(format!("https://{addr}/healthz"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::new())).expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(15), client.request(req))
         .await
         .map_err(|_| "no answer in 15 s".to_owned())?
@@ -543,4 +556,83 @@ async fn with_client_ca_only_clients_with_a_certificate_it_signed_are_served() {
     assert!(refused.is_err(), "the old CA's certificate: {refused:?}");
     p.shutdown().await;
     stop.cancel();
+}
+
+/// Under `tls.client_ca` a slot is told the client's certificate in
+/// `X-Forwarded-Client-Cert` (its SHA-256 and subject), over HTTP/1.1 and
+/// HTTP/2; a value the client sends itself never reaches the slot, with
+/// or without TLS; a trusted proxy's is passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_is_told_the_client_certificate_and_never_a_clients_claim() {
+    let (port, mut heads) = support::head_recorder().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).expect("mkdir");
+    let [ca, server, server_key, client, client_key] = support::pki::certificates(&pki);
+    let der = mcpflip::tls::read_chain(&client)
+        .expect("client cert")
+        .remove(0);
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tls = format!(
+        "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+        server.display(),
+        server_key.display(),
+        ca.display()
+    );
+    let cfg =
+        TestConfig::blue_green(dir.path(), port, support::closed_port()).set("listen", "tls", tls);
+    let p = support::start(cfg.load()).await;
+    let member = mcpflip::config::CertPair {
+        cert: client,
+        key: client_key,
+    };
+    let forged = [(
+        "x-forwarded-client-cert",
+        "Hash=forged;Subject=\"CN=admin\"",
+    )];
+    let expected = format!("\r\nx-forwarded-client-cert: hash={hash};subject=\"cn=mcpflip\"\r\n");
+    for h2 in [false, true] {
+        let got = get_with_headers(p.public_addr, &ca, Some(&member), h2, &forged).await;
+        assert_eq!(got.map(|(s, _)| s), Ok(200), "h2 {h2}");
+        let head = heads.recv().await.expect("the slot got the request");
+        assert!(head.contains(&expected), "h2 {h2}: {head}");
+        assert!(
+            !head.contains("forged") && !head.contains("admin"),
+            "{head}"
+        );
+    }
+    p.shutdown().await;
+
+    // Plain HTTP: a client's claim is dropped; a trusted proxy's passes.
+    let cfg = TestConfig::blue_green(dir.path(), port, support::closed_port()).set(
+        "proxy",
+        "trusted_proxies",
+        "[\"127.0.0.2\"]",
+    );
+    let p = support::start(cfg.load()).await;
+    let request = "GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                   X-Forwarded-Client-Cert: Hash=ab;Subject=\"CN=via-lb\"\r\nConnection: close\r\n\r\n";
+    for (from, passed) in [([127, 0, 0, 1], false), ([127, 0, 0, 2], true)] {
+        let mut raw = support::connect_from(from, p.public_addr).await;
+        tokio::io::AsyncWriteExt::write_all(&mut raw, request.as_bytes())
+            .await
+            .expect("write");
+        let answer = support::read_to_close(&mut raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let head = heads.recv().await.expect("the slot got the request");
+        assert_eq!(
+            head.contains("\r\nx-forwarded-client-cert: hash=ab;subject=\"cn=via-lb\"\r\n"),
+            passed,
+            "from {from:?}: {head}"
+        );
+        assert_eq!(
+            head.matches("x-forwarded-client-cert").count(),
+            usize::from(passed)
+        );
+    }
+    p.shutdown().await;
 }

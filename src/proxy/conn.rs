@@ -91,6 +91,10 @@ struct ConnState {
     closing: AtomicBool,
     /// When a request last ended, in [`clock`] milliseconds.
     last_end: AtomicU64,
+    /// `X-Forwarded-Client-Cert` for the certificate the client presented
+    /// (`tls.client_ca`), set once after the handshake. Boxed: a word on
+    /// every other connection.
+    client_cert: std::sync::OnceLock<Box<http::HeaderValue>>,
     /// The driver waits for the last request to end (its timer found the
     /// connection busy): the end wakes it.
     wants_end: AtomicBool,
@@ -132,6 +136,17 @@ impl Conn {
             self.0.h2.store(true, Ordering::Relaxed);
         }
         Active(self.clone())
+    }
+
+    /// The client's verified certificate, as its `X-Forwarded-Client-Cert`
+    /// value (set once, after the TLS handshake).
+    pub fn set_client_cert(&self, value: http::HeaderValue) {
+        let _ = self.0.client_cert.set(Box::new(value));
+    }
+
+    /// [`Conn::set_client_cert`]'s value, when the client presented one.
+    pub fn client_cert(&self) -> Option<&http::HeaderValue> {
+        self.0.client_cert.get().map(|b| &**b)
     }
 
     /// A complete request head arrived whose body is still being read

@@ -39,7 +39,8 @@ use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
 use crate::upstream::h1::{
-    ProxyHeaders, XForwarded, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    ProxyHeaders, XForwarded, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
 };
 use crate::upstream::lines::{into_map_headers, BadLine, LineKind, RawHeaders};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
@@ -999,12 +1000,26 @@ impl Forwarder {
             } else {
                 self.behind_trusted(req, peer, client_host)
             };
+        // A trusted proxy's word on its client's certificate, else the one
+        // this connection presented (`tls.client_ca`); never a client's own.
+        let client_cert = if peer.trusted {
+            RequestBody::first_value(
+                req,
+                LineKind::XForwardedClientCert,
+                &X_FORWARDED_CLIENT_CERT,
+            )
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+            .or_else(|| peer.conn.client_cert().cloned())
+        } else {
+            peer.conn.client_cert().cloned()
+        };
         ProxyHeaders {
             x_forwarded,
             host,
             forwarded_host,
             forwarded_proto,
             forwarded_for,
+            client_cert,
             cut: None,
             // Written upstream in place of the map, which holds only the
             // lines read here.

@@ -388,6 +388,14 @@ impl Accepted {
                 Box::pin(async move {
                     match handshake(tcp, acceptor, head_deadline, stats).await {
                         Some(io) => {
+                            // Only under `tls.client_ca` does a client present one.
+                            if let Some(leaf) =
+                                io.get_ref().1.peer_certificates().and_then(|c| c.first())
+                            {
+                                if let Some(v) = crate::tls::forwarded_client_cert(leaf) {
+                                    conn.set_client_cert(v);
+                                }
+                            }
                             let proto = conn::Builders::by_alpn(io.get_ref().1.alpn_protocol());
                             serve_io(builders, proto, io, service, timed).await
                         }

@@ -220,6 +220,8 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The host the client asked the proxy for (de facto).
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The client's TLS certificate, as the proxy verified it (Envoy's format).
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// The headers the proxy sets on a request it forwards, written by
 /// [`encode_head`] in place of any of the same name the client sent: what a
@@ -240,6 +242,10 @@ pub struct ProxyHeaders {
     /// The client's address: `X-Forwarded-For`, after the client's own
     /// with [`XForwarded::Append`].
     pub forwarded_for: HeaderValue,
+    /// `X-Forwarded-Client-Cert`: the certificate a client presented under
+    /// `tls.client_ca`, or what a trusted proxy said of its client's. The
+    /// client's own never goes out.
+    pub client_cert: Option<HeaderValue>,
     /// The first header of this name goes out without its first this many
     /// bytes (a session tag, which the map keeps: the answer reuses it).
     pub cut: Option<(HeaderName, usize)>,
@@ -312,6 +318,7 @@ pub fn encode_head(
             + p.forwarded_host.as_ref().map_or(0, HeaderValue::len)
             + p.forwarded_proto.len()
             + p.forwarded_for.len()
+            + p.client_cert.as_ref().map_or(0, |c| c.len() + 28)
             + 80
     });
     out.reserve(method.as_str().len() + target.len() + size + host.len() + extra + 64 + room);
@@ -337,7 +344,8 @@ pub fn encode_head(
                 | LineKind::TransferEncoding
                 | LineKind::Host
                 | LineKind::XForwardedHost
-                | LineKind::XForwardedProto => continue,
+                | LineKind::XForwardedProto
+                | LineKind::XForwardedClientCert => continue,
                 LineKind::XForwardedFor => {
                     prior_for = true;
                     continue;
@@ -361,7 +369,11 @@ pub fn encode_head(
             continue;
         }
         if proxy.is_some() {
-            if name == header::HOST || name == X_FORWARDED_HOST || name == X_FORWARDED_PROTO {
+            if name == header::HOST
+                || name == X_FORWARDED_HOST
+                || name == X_FORWARDED_PROTO
+                || name == X_FORWARDED_CLIENT_CERT
+            {
                 continue;
             }
             if name == X_FORWARDED_FOR {
@@ -376,6 +388,9 @@ pub fn encode_head(
             }
         }
         put(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(cert) = proxy.and_then(|p| p.client_cert.as_ref()) {
+        put(out, b"x-forwarded-client-cert", cert.as_bytes());
     }
     if let Some(p) = proxy.filter(|p| p.x_forwarded != XForwarded::Off) {
         if let Some(h) = &p.forwarded_host {
@@ -1205,6 +1220,10 @@ mod tests {
         headers.insert("host", HeaderValue::from_static("public.example"));
         headers.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+        headers.insert(
+            "x-forwarded-client-cert",
+            HeaderValue::from_static("Hash=spoofed"),
+        );
         headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         headers.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
@@ -1232,6 +1251,7 @@ mod tests {
             forwarded_host: Some(HeaderValue::from_static("public.example")),
             forwarded_proto: HeaderValue::from_static("https"),
             forwarded_for: HeaderValue::from_static("192.0.2.7"),
+            client_cert: None,
             cut: None,
             lines: None,
         };
@@ -1240,6 +1260,18 @@ mod tests {
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
              x-forwarded-host: public.example\r\nx-forwarded-proto: https\r\n\
              x-forwarded-for: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\n\r\n"
+        );
+        // A client certificate the proxy verified: its own line, whatever
+        // the mode; the client's never.
+        let with_cert = ProxyHeaders {
+            client_cert: Some(HeaderValue::from_static("Hash=ab;Subject=\"CN=c\"")),
+            x_forwarded: XForwarded::Off,
+            ..proxy.clone()
+        };
+        assert_eq!(
+            proxied(&headers, &with_cert),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
+             x-forwarded-client-cert: Hash=ab;Subject=\"CN=c\"\r\n\r\n"
         );
         // The client's address alone, or none of the three: the client's
         // own dropped either way.

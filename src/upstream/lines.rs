@@ -90,6 +90,7 @@ pub enum LineKind {
     XForwardedFor,
     XForwardedHost,
     XForwardedProto,
+    XForwardedClientCert,
     Expect,
 }
 
@@ -119,6 +120,7 @@ impl LineKind {
             18 if is("proxy-authenticate") => LineKind::HopByHop,
             19 if is("proxy-authorization") => LineKind::HopByHop,
             20 if is("mcp-protocol-version") => LineKind::McpProtocolVersion,
+            23 if is("x-forwarded-client-cert") => LineKind::XForwardedClientCert,
             _ => LineKind::Other,
         }
     }
