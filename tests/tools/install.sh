@@ -224,49 +224,37 @@ install_haproxy() {
     echo "tools: haproxy from HAPROXY ($HAPROXY)"
     return
   fi
-  if command -v haproxy >/dev/null 2>&1; then
-    echo "tools: haproxy present ($(haproxy -v 2>/dev/null | head -1))"
-    return
-  fi
-  local cmd="apt-get install -y --no-install-recommends haproxy"
-  if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "tools/install.sh: haproxy is missing; install it as root with:  $cmd  (or set HAPROXY=/path/to/haproxy)" >&2
-    exit 1
-  fi
-  echo "tools: installing haproxy with apt-get"
-  apt_install haproxy
-  run haproxy -v
+  need_deb haproxy "command -v haproxy" haproxy "  (or set HAPROXY=/path/to/haproxy)"
 }
 
 # Debian's `systemd` package for its tools (systemd-analyze verify, systemd-socket-activate);
 # a container image may lack it. Installing the package starts nothing here.
 install_systemd() {
-  if [[ -x /usr/bin/systemd-analyze && -x /usr/bin/systemd-socket-activate ]]; then
-    echo "tools: systemd tools present ($(/usr/bin/systemd-analyze --version | head -1))"
-    return
-  fi
-  local cmd="apt-get install -y --no-install-recommends systemd"
-  if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "tools/install.sh: systemd-analyze or systemd-socket-activate is missing; install them as root with:  $cmd" >&2
-    exit 1
-  fi
-  echo "tools: installing systemd (for its tools) with apt-get"
-  apt_install systemd
+  need_deb "systemd-analyze and systemd-socket-activate" \
+    "test -x /usr/bin/systemd-analyze -a -x /usr/bin/systemd-socket-activate" systemd
 }
 
 # Debian's `logrotate`: tests/observability.rs runs it by hand on a file of its own.
 install_logrotate() {
-  if command -v logrotate >/dev/null 2>&1 || [[ -x /usr/sbin/logrotate ]]; then
-    echo "tools: logrotate present"
+  need_deb logrotate "test -x /usr/sbin/logrotate" logrotate
+}
+
+# Installs the Debian package PKG when the check CHECK (a command, run as given) fails:
+# with apt-get as root, else the command to run is named (with HINT) and the script fails.
+need_deb() {
+  local what="$1" check="$2" pkg="$3" hint="${4:-}"
+  if $check >/dev/null 2>&1; then
+    echo "tools: $what present"
     return
   fi
-  local cmd="apt-get install -y --no-install-recommends logrotate"
+  local cmd="apt-get install -y --no-install-recommends $pkg"
   if [[ "$(id -u)" -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "tools/install.sh: logrotate is missing; install it as root with:  $cmd" >&2
+    echo "tools/install.sh: $what missing; install as root with:  $cmd$hint" >&2
     exit 1
   fi
-  echo "tools: installing logrotate with apt-get"
-  apt_install logrotate
+  echo "tools: installing $pkg with apt-get"
+  apt_install "$pkg"
+  $check >/dev/null 2>&1 || { echo "tools/install.sh: $pkg installed, yet $what is still missing" >&2; exit 1; }
 }
 
 tools=("$@")
