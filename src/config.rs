@@ -194,6 +194,15 @@ pub struct AdminConfig {
     /// loopback address; any host elsewhere.
     #[serde(default)]
     pub allowed_hosts: Option<Vec<String>>,
+    /// The only client addresses (or blocks) the admin listener serves
+    /// (nginx's `allow` on a `/metrics` location); any other gets 403.
+    /// Unset: every client.
+    #[serde(
+        default,
+        deserialize_with = "allowed_clients",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_clients: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -680,6 +689,7 @@ section_default!(ListenConfig {
 section_default!(AdminConfig {
     addr: default_admin(),
     allowed_hosts: None,
+    allowed_clients: None,
 });
 section_default!(ControlConfig {
     socket: default_socket(),
@@ -1086,19 +1096,19 @@ impl Config {
                 "must be at least 1 (leave it out for no cap per address)".into(),
             ));
         }
-        if self
-            .proxy
-            .allowed_clients
-            .as_ref()
-            .is_some_and(Vec::is_empty)
-        {
-            return Err(err(
-                "proxy",
-                None,
-                "allowed_clients",
-                "names no address: every client would be refused (leave it out to serve every client)"
-                    .into(),
-            ));
+        for (section, list) in [
+            ("proxy", &self.proxy.allowed_clients),
+            ("admin", &self.admin.allowed_clients),
+        ] {
+            if list.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(
+                    section,
+                    None,
+                    "allowed_clients",
+                    "names no address: every client would be refused (leave it out to serve every client)"
+                        .into(),
+                ));
+            }
         }
         if let Some(r) = &self.proxy.rate_limit {
             // Located at the `rate_limit` line, named by its own key.
@@ -1373,8 +1383,18 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  admin         http://{}/ (status page) /events /metrics /status /healthz",
-            self.admin.addr
+            "  admin         http://{}/ (status page) /events /metrics /status /healthz{}",
+            self.admin.addr,
+            match &self.admin.allowed_clients {
+                Some(nets) => format!(
+                    "; only {}",
+                    nets.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => String::new(),
+            }
         );
         let _ = writeln!(s, "  control       {}", self.control.socket.display());
         let _ = writeln!(s, "  state file    {}", self.control.state_file.display());

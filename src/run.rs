@@ -188,6 +188,11 @@ pub async fn start_with(
     };
     let host_guard = HostGuard::new(public_addr, proxy_cfg.allowed_hosts.as_deref());
     let admin_guard = HostGuard::new(admin_addr, config.admin.allowed_hosts.as_deref());
+    let admin_clients = config
+        .admin
+        .allowed_clients
+        .as_deref()
+        .map(crate::proxy::trusted::Trusted::new);
     let (state, fleet) = match config.cluster.clone() {
         Some(c) => {
             let (state, joined, fleet) = crate::cluster::join(&c, &config, state).await?;
@@ -250,6 +255,7 @@ pub async fn start_with(
         Arc::clone(&controller),
         crate::admin::Settings {
             guard: admin_guard,
+            allowed_clients: admin_clients,
             limits,
             proxy: Arc::clone(&proxy_stats),
             lifecycle: Arc::clone(&lifecycle),

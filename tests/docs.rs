@@ -87,6 +87,7 @@ fn populated() -> Config {
         admin: AdminConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             allowed_hosts: Some(vec!["h".into()]),
+            allowed_clients: Some(vec!["10.0.0.0/8".parse().expect("address block")]),
         },
         control: ControlConfig {
             socket: p("c.sock"),

@@ -950,6 +950,51 @@ async fn a_client_outside_allowed_clients_gets_403_and_one_inside_is_served() {
     h.stop.cancel();
 }
 
+/// `[admin] allowed_clients`: the admin listener answers 403 to any other
+/// address on every request. And `reload` names what it cannot apply of
+/// `[admin]` and `[cluster]` (both were once left out of its reply, so a
+/// changed `allowed_hosts` looked applied and was not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_only_allowed_clients_and_reload_names_what_it_cannot_apply() {
+    let h = Harness::new().await;
+    let cfg = h
+        .builder()
+        .set("admin", "allowed_clients", "[\"127.0.0.2\"]");
+    let p = support::start(cfg.load()).await;
+    let get = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut a = support::connect_from(A, p.admin_addr).await;
+    let (status, text) = ask(&mut a, get).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("mcpflip_"), "{text}");
+    let mut b = support::connect_from(B, p.admin_addr).await;
+    for _ in 0..2 {
+        let (status, text) = ask(&mut b, get).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("[admin] allowed_clients"), "{text}");
+        assert!(!text.contains("mcpflip_"), "{text}");
+    }
+
+    cfg.clone()
+        .set("admin", "allowed_hosts", "[\"metrics.internal\"]")
+        .set("cluster", "etcd", "[\"http://127.0.0.1:2379\"]")
+        .set_str("cluster", "instance", "edge-1")
+        .write();
+    let r = h.ctl("reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let restart: Vec<&str> = r["restart_required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        restart.contains(&"[admin] allowed_hosts") && restart.contains(&"[cluster]"),
+        "{r}"
+    );
+    // Still the running settings: 127.0.0.1 is a loopback name.
+    assert_eq!(ask(&mut a, get).await.0, 200);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// Writes one request on a kept-alive connection and reads its answer (a
 /// head and a `Content-Length` body): status and text.
 async fn ask(s: &mut TcpStream, request: &str) -> (u16, String) {

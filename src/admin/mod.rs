@@ -43,6 +43,7 @@ use crate::metrics::{self, Format};
 use crate::proxy::accept::Backoff;
 use crate::proxy::conn::{self, Conn, Connections, Limits, Tracked};
 use crate::proxy::host_guard::{HostGuard, Refused};
+use crate::proxy::trusted::Trusted;
 use crate::stats::ProxyStats;
 use feed::{Feed, FeedBody, Feeds};
 use recent::Recent;
@@ -73,6 +74,8 @@ pub struct Settings {
     /// The `Host`/`Origin` check (`[admin] allowed_hosts`; loopback names on a
     /// loopback address).
     pub guard: HostGuard,
+    /// The only clients served (`[admin] allowed_clients`; `None`: every one).
+    pub allowed_clients: Option<Trusted>,
     /// The connection timers (`[proxy] header_read_timeout`, `idle_timeout`).
     pub limits: Limits,
     /// The public listener's counters that belong to no slot, for `/metrics`.
@@ -128,6 +131,20 @@ fn secure(resp: &mut Response<AdminBody>, cache: &'static str) {
         HeaderValue::from_static(CSP),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+}
+
+/// The answer to a client outside `[admin] allowed_clients`.
+fn not_allowed(peer: std::net::SocketAddr) -> Response<AdminBody> {
+    let mut resp = whole(
+        StatusCode::FORBIDDEN,
+        "text/plain",
+        format!(
+            "{} is not among the clients this listener serves ([admin] allowed_clients)\n",
+            peer.ip()
+        ),
+    );
+    secure(&mut resp, "no-store");
+    resp
 }
 
 fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
@@ -273,14 +290,19 @@ pub async fn serve(
         stop: stop.clone(),
     });
     let limits = settings.limits;
+    let allowed_clients = settings.allowed_clients;
     let builder = Arc::new(conn::builder(feed::MAX_FEEDS as u32));
     let connections = Connections::new();
     let mut backoff = Backoff::new("admin");
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
-            (tcp, _) = backoff.accept(|| listener.accept()) => tcp,
+            accepted = backoff.accept(|| listener.accept()) => accepted,
         };
+        // Every request of a client outside `[admin] allowed_clients` is 403.
+        let allowed = allowed_clients
+            .as_ref()
+            .is_none_or(|a| a.contains(peer.ip()));
         let head_deadline = tokio::time::Instant::now() + limits.header_read;
         let admin = Arc::clone(&admin);
         let builder = Arc::clone(&builder);
@@ -296,7 +318,12 @@ pub async fn serve(
                     let active = conn.begin(req.version() < http::Version::HTTP_2);
                     let admin = Arc::clone(&admin);
                     async move {
-                        Ok::<_, Infallible>(handle(&req, &admin).map(|b| Tracked::new(b, active)))
+                        let resp = if allowed {
+                            handle(&req, &admin)
+                        } else {
+                            not_allowed(peer)
+                        };
+                        Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, active)))
                     }
                 })
             };

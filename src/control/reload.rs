@@ -45,6 +45,14 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
             old.listen.proxy_protocol != new.listen.proxy_protocol,
         ),
         ("[admin] addr", old.admin.addr != new.admin.addr),
+        (
+            "[admin] allowed_hosts",
+            old.admin.allowed_hosts != new.admin.allowed_hosts,
+        ),
+        (
+            "[admin] allowed_clients",
+            old.admin.allowed_clients != new.admin.allowed_clients,
+        ),
         ("[control] socket", old.control.socket != new.control.socket),
         (
             "[control] state_file",
@@ -52,6 +60,7 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         ),
         ("[proxy]", old.proxy != new.proxy),
         ("[log]", old.log != new.log),
+        ("[cluster]", old.cluster != new.cluster),
     ] {
         if differs {
             restart.push(what.to_owned());

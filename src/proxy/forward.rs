@@ -273,10 +273,10 @@ impl Forwarder {
         Ok(Scan::of(req.headers()))
     }
 
-    /// Where a request goes: the rate limit, the `Host` check, then its
-    /// session's slot or a pick. A refusal, or no slot to go to, is answered
-    /// here. `client` is the client a trusted proxy names, when
-    /// `trusted_proxies` is set.
+    /// Where a request goes: the client's checks (`allowed_clients`,
+    /// `rate_limit`), the `Host` check, then its session's slot or a pick. A
+    /// refusal, or no slot to go to, is answered here. `client` is the
+    /// client a trusted proxy names, when `trusted_proxies` is set.
     fn decide(
         &self,
         req: &Request<RequestBody>,
