@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -36,6 +36,10 @@ pub struct TlsConfig {
     /// `ssl_client_certificate` with `ssl_verify_client on`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// Revoked client certificates: a PEM file of CRLs (`X509 CRL`) of the
+    /// `client_ca` CAs (nginx's `ssl_crl`); re-read on `reload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_crl: Option<PathBuf>,
 }
 
 /// A certificate chain and its private key (PEM files).
@@ -234,9 +238,12 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let builder = match &tls.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
+    let builder = match (&tls.client_ca, &tls.client_crl) {
+        (None, None) => builder.with_no_client_auth(),
+        (None, Some(_)) => {
+            return Err("tls.client_crl: revocation lists need tls.client_ca (the CAs whose clients they revoke)".into())
+        }
+        (Some(ca), crl) => builder.with_client_cert_verifier(client_verifier(ca, crl.as_deref())?),
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver {
         default: default.key,
@@ -249,7 +256,7 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
 /// `tls.client_ca`: a verifier that asks every client for a certificate and
 /// takes only one that a CA of `path` signed (chain, validity, and the
 /// client-authentication usage when the certificate names its usages).
-fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
+fn client_verifier(path: &Path, crl: Option<&Path>) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let shown = || format!("tls.client_ca {}", path.display());
     let mut roots = RootCertStore::empty();
     for cert in read_chain(path).map_err(|e| format!("tls.client_ca: {e}"))? {
@@ -257,9 +264,26 @@ fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, String> {
             .add(cert)
             .map_err(|e| format!("{}: not a usable CA certificate: {e}", shown()))?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| format!("{}: {e}", shown()))
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if let Some(crl) = crl {
+        builder = builder.with_crls(read_crls(crl)?);
+    }
+    builder.build().map_err(|e| format!("{}: {e}", shown()))
+}
+
+/// `tls.client_crl`: the revocation lists in `path` (PEM, one or more).
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let pem = read(path, "CRL file").map_err(|e| format!("tls.client_crl: {e}"))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.client_crl {}: not a PEM CRL: {e}", path.display()))?;
+    if crls.is_empty() {
+        return Err(format!(
+            "tls.client_crl {}: no CRL in it (expected -----BEGIN X509 CRL-----)",
+            path.display()
+        ));
+    }
+    Ok(crls)
 }
 
 /// The `X-Forwarded-Client-Cert` value for a client certificate the
@@ -512,6 +536,7 @@ mod tests {
             key: dev.key.clone(),
             sni: vec![],
             client_ca: None,
+            client_crl: None,
         };
         let cfg = server_config(&tls).expect("loads");
         assert_eq!(
@@ -530,6 +555,7 @@ mod tests {
             key: dev2.key.clone(),
             sni: vec![],
             client_ca: None,
+            client_crl: None,
         };
         let e = server_config(&mismatched).unwrap_err();
         assert!(e.contains("does not belong to the certificate"), "{e}");
@@ -538,6 +564,7 @@ mod tests {
             key: dev.key.clone(),
             sni: vec![],
             client_ca: None,
+            client_crl: None,
         };
         let e = server_config(&missing).unwrap_err();
         assert!(
@@ -551,6 +578,7 @@ mod tests {
             key: dev.key.clone(),
             sni: vec![],
             client_ca: None,
+            client_crl: None,
         })
         .unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
@@ -559,6 +587,7 @@ mod tests {
             key: dev.cert,
             sni: vec![],
             client_ca: None,
+            client_crl: None,
         })
         .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
@@ -603,6 +632,34 @@ mod tests {
     }
 
     #[test]
+    fn a_client_crl_needs_a_client_ca_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let junk = dir.path().join("junk.crl");
+        std::fs::write(&junk, "not pem\n").expect("write");
+        let with = |ca: Option<PathBuf>, crl: PathBuf| TlsConfig {
+            cert: dev.cert.clone(),
+            key: dev.key.clone(),
+            sni: vec![],
+            client_ca: ca,
+            client_crl: Some(crl),
+        };
+        let e = server_config(&with(None, junk.clone())).unwrap_err();
+        assert!(e.contains("need tls.client_ca"), "{e}");
+        let e = server_config(&with(Some(dev.ca.clone()), junk)).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_crl ") && e.contains("no CRL in it"),
+            "{e}"
+        );
+        let e =
+            server_config(&with(Some(dev.ca.clone()), dir.path().join("nope.crl"))).unwrap_err();
+        assert!(
+            e.starts_with("tls.client_crl: ") && e.contains("nope.crl"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_bad_client_ca_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
@@ -611,6 +668,7 @@ mod tests {
             key: dev.key.clone(),
             sni: vec![],
             client_ca: Some(ca),
+            client_crl: None,
         };
         server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");
         let e = server_config(&with_ca(dir.path().join("nope.pem"))).unwrap_err();

@@ -81,6 +81,7 @@ fn populated() -> Config {
                     key: p("b.key"),
                 }],
                 client_ca: Some(p("clients-ca.crt")),
+                client_crl: Some(p("clients-ca.crl")),
             }),
             proxy_protocol: true,
         },

@@ -323,6 +323,7 @@ async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         key: key.to_path_buf(),
         sni: vec![],
         client_ca: None,
+        client_crl: None,
     })
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -635,4 +636,65 @@ async fn the_slot_is_told_the_client_certificate_and_never_a_clients_claim() {
         );
     }
     p.shutdown().await;
+}
+
+/// `tls.client_crl`: a client certificate its CA revoked is refused in the
+/// handshake (counted) while the CA's others are served; `reload` re-reads
+/// the list (here: dropped, and the revoked one is served again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_until_the_list_changes() {
+    let stop = CancellationToken::new();
+    let blue = upstream("blue", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).expect("mkdir");
+    let [ca, server, server_key, client, client_key, revoked, revoked_key, crl] =
+        support::pki::certificates_with_crl(&pki);
+    let tls = |crl: Option<&Path>| {
+        format!(
+            "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\"{} }}",
+            server.display(),
+            server_key.display(),
+            ca.display(),
+            crl.map(|c| format!(", client_crl = \"{}\"", c.display()))
+                .unwrap_or_default()
+        )
+    };
+    let cfg = TestConfig::blue_green(dir.path(), blue, blue).set("listen", "tls", tls(Some(&crl)));
+    let p = support::start(cfg.load()).await;
+    let member = mcpflip::config::CertPair {
+        cert: client,
+        key: client_key,
+    };
+    let gone = mcpflip::config::CertPair {
+        cert: revoked,
+        key: revoked_key,
+    };
+    let addr = p.public_addr;
+    assert_eq!(
+        get_with_identity(addr, &ca, Some(&member), false).await,
+        Ok((200, http::Version::HTTP_11))
+    );
+    let refused = get_with_identity(addr, &ca, Some(&gone), false).await;
+    assert!(refused.is_err(), "a revoked certificate: {refused:?}");
+    let series = "mcpflip_client_errors_total{kind=\"client_certificate\"}";
+    support::until_async("the refusal counted", || async {
+        support::metric(&support::metrics(p.admin_addr).await, series) >= 1
+    })
+    .await;
+    assert_eq!(
+        support::metric(&support::metrics(p.admin_addr).await, series),
+        1
+    );
+
+    cfg.set("listen", "tls", tls(None)).write();
+    let r = ctl(dir.path(), "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        get_with_identity(addr, &ca, Some(&gone), false).await,
+        Ok((200, http::Version::HTTP_11)),
+        "no list after the reload"
+    );
+    p.shutdown().await;
+    stop.cancel();
 }
