@@ -1368,12 +1368,16 @@ impl Config {
             s,
             "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2{}{})",
             self.listen.addr,
-            match self.listen.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
-                Some(ca) => format!(
-                    ", client certificates required (signed by {})",
-                    ca.display()
+            match self.listen.tls.as_ref() {
+                Some(t) if t.client_ca.is_some() => format!(
+                    ", client certificates required (signed by {}{})",
+                    t.client_ca.as_deref().unwrap_or(Path::new("")).display(),
+                    t.client_crl
+                        .as_ref()
+                        .map(|c| format!(", revoked in {}", c.display()))
+                        .unwrap_or_default()
                 ),
-                None => String::new(),
+                _ => String::new(),
             },
             if self.listen.proxy_protocol {
                 ", a PROXY protocol header first on every connection"
@@ -1806,6 +1810,28 @@ upstream = "http://127.0.0.1:3002"
         .expect_err("a name");
         assert!(e.to_string().contains("neither an address nor"), "{e}");
         assert!(parse(GOOD).expect("good").proxy.allowed_clients.is_none());
+    }
+
+    #[test]
+    fn client_certificates_are_described() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = crate::tls::write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let text = GOOD.replace(
+            "addr = \"127.0.0.1:8080\"\n",
+            &format!(
+                "addr = \"127.0.0.1:8080\"\ntls = {{ cert = {:?}, key = {:?}, client_ca = {:?} }}\n",
+                dev.cert, dev.key, dev.ca
+            ),
+        );
+        let c = parse(&text).expect("good");
+        let listen = c.describe();
+        assert!(
+            listen.contains(&format!(
+                "(https, HTTP/1.1 and HTTP/2, client certificates required (signed by {}))",
+                dev.ca.display()
+            )),
+            "{listen}"
+        );
     }
 
     #[test]
