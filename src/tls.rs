@@ -40,6 +40,29 @@ pub struct TlsConfig {
     /// `client_ca` CAs (nginx's `ssl_crl`); re-read on `reload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_crl: Option<PathBuf>,
+    /// With `client_ca`: whether a client without a certificate is refused.
+    #[serde(default, skip_serializing_if = "ClientAuth::is_required")]
+    pub client_auth: ClientAuth,
+}
+
+/// `tls.client_auth`: what `client_ca` asks of a client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A certificate the CA signed, or no connection (nginx's
+    /// `ssl_verify_client on`).
+    #[default]
+    Required,
+    /// A client without a certificate is served too; one it presents must
+    /// verify (nginx's `ssl_verify_client optional`), and only then is it
+    /// told to the slot.
+    Optional,
+}
+
+impl ClientAuth {
+    fn is_required(&self) -> bool {
+        *self == ClientAuth::Required
+    }
 }
 
 /// A certificate chain and its private key (PEM files).
@@ -238,12 +261,19 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
+    if tls.client_ca.is_none() && tls.client_auth == ClientAuth::Optional {
+        return Err("tls.client_auth: \"optional\" needs tls.client_ca (the CAs a certificate presented must be signed by)".into());
+    }
     let builder = match (&tls.client_ca, &tls.client_crl) {
         (None, None) => builder.with_no_client_auth(),
         (None, Some(_)) => {
             return Err("tls.client_crl: revocation lists need tls.client_ca (the CAs whose clients they revoke)".into())
         }
-        (Some(ca), crl) => builder.with_client_cert_verifier(client_verifier(ca, crl.as_deref())?),
+        (Some(ca), crl) => builder.with_client_cert_verifier(client_verifier(
+            ca,
+            crl.as_deref(),
+            tls.client_auth,
+        )?),
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver {
         default: default.key,
@@ -255,8 +285,13 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
 
 /// `tls.client_ca`: a verifier that asks every client for a certificate and
 /// takes only one that a CA of `path` signed (chain, validity, and the
-/// client-authentication usage when the certificate names its usages).
-fn client_verifier(path: &Path, crl: Option<&Path>) -> Result<Arc<dyn ClientCertVerifier>, String> {
+/// client-authentication usage when the certificate names its usages), not
+/// revoked by a CRL of `crl`; with `auth` optional, also a client with none.
+fn client_verifier(
+    path: &Path,
+    crl: Option<&Path>,
+    auth: ClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let shown = || format!("tls.client_ca {}", path.display());
     let mut roots = RootCertStore::empty();
     for cert in read_chain(path).map_err(|e| format!("tls.client_ca: {e}"))? {
@@ -267,6 +302,9 @@ fn client_verifier(path: &Path, crl: Option<&Path>) -> Result<Arc<dyn ClientCert
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if let Some(crl) = crl {
         builder = builder.with_crls(read_crls(crl)?);
+    }
+    if auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
     }
     builder.build().map_err(|e| format!("{}: {e}", shown()))
 }
@@ -537,6 +575,7 @@ mod tests {
             sni: vec![],
             client_ca: None,
             client_crl: None,
+            client_auth: Default::default(),
         };
         let cfg = server_config(&tls).expect("loads");
         assert_eq!(
@@ -556,6 +595,7 @@ mod tests {
             sni: vec![],
             client_ca: None,
             client_crl: None,
+            client_auth: Default::default(),
         };
         let e = server_config(&mismatched).unwrap_err();
         assert!(e.contains("does not belong to the certificate"), "{e}");
@@ -565,6 +605,7 @@ mod tests {
             sni: vec![],
             client_ca: None,
             client_crl: None,
+            client_auth: Default::default(),
         };
         let e = server_config(&missing).unwrap_err();
         assert!(
@@ -579,6 +620,7 @@ mod tests {
             sni: vec![],
             client_ca: None,
             client_crl: None,
+            client_auth: Default::default(),
         })
         .unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
@@ -588,6 +630,7 @@ mod tests {
             sni: vec![],
             client_ca: None,
             client_crl: None,
+            client_auth: Default::default(),
         })
         .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
@@ -643,9 +686,17 @@ mod tests {
             sni: vec![],
             client_ca: ca,
             client_crl: Some(crl),
+            client_auth: Default::default(),
         };
         let e = server_config(&with(None, junk.clone())).unwrap_err();
         assert!(e.contains("need tls.client_ca"), "{e}");
+        let optional = TlsConfig {
+            client_crl: None,
+            client_auth: ClientAuth::Optional,
+            ..with(None, PathBuf::new())
+        };
+        let e = server_config(&optional).unwrap_err();
+        assert!(e.contains("needs tls.client_ca"), "{e}");
         let e = server_config(&with(Some(dev.ca.clone()), junk)).unwrap_err();
         assert!(
             e.starts_with("tls.client_crl ") && e.contains("no CRL in it"),
@@ -669,6 +720,7 @@ mod tests {
             sni: vec![],
             client_ca: Some(ca),
             client_crl: None,
+            client_auth: Default::default(),
         };
         server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");
         let e = server_config(&with_ca(dir.path().join("nope.pem"))).unwrap_err();

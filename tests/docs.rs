@@ -82,6 +82,7 @@ fn populated() -> Config {
                 }],
                 client_ca: Some(p("clients-ca.crt")),
                 client_crl: Some(p("clients-ca.crl")),
+                client_auth: mcpflip::tls::ClientAuth::Optional,
             }),
             proxy_protocol: true,
         },

@@ -324,6 +324,7 @@ async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         sni: vec![],
         client_ca: None,
         client_crl: None,
+        client_auth: Default::default(),
     })
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -697,4 +698,54 @@ async fn a_revoked_client_certificate_is_refused_until_the_list_changes() {
     );
     p.shutdown().await;
     stop.cancel();
+}
+
+/// `tls.client_auth = "optional"`: a client without a certificate is served
+/// (and the slot told no certificate), one with the CA's is served and told,
+/// and one with another CA's is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_optional_client_auth_a_certificate_is_checked_only_when_presented() {
+    let (port, mut heads) = support::head_recorder().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir(&ours).expect("mkdir");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    let [ca, server, server_key, client, client_key] = support::pki::certificates(&ours);
+    let [_, _, _, stranger, stranger_key] = support::pki::certificates(&theirs);
+    let tls = format!(
+        "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\", client_auth = \"optional\" }}",
+        server.display(),
+        server_key.display(),
+        ca.display()
+    );
+    let cfg =
+        TestConfig::blue_green(dir.path(), port, support::closed_port()).set("listen", "tls", tls);
+    let p = support::start(cfg.load()).await;
+    let addr = p.public_addr;
+    let member = mcpflip::config::CertPair {
+        cert: client,
+        key: client_key,
+    };
+    let outsider = mcpflip::config::CertPair {
+        cert: stranger,
+        key: stranger_key,
+    };
+
+    assert_eq!(
+        get_with_identity(addr, &ca, None, false).await.map(|r| r.0),
+        Ok(200)
+    );
+    let head = heads.recv().await.expect("the slot got the request");
+    assert!(!head.contains("x-forwarded-client-cert"), "{head}");
+    assert_eq!(
+        get_with_identity(addr, &ca, Some(&member), true)
+            .await
+            .map(|r| r.0),
+        Ok(200)
+    );
+    let head = heads.recv().await.expect("the slot got the request");
+    assert!(head.contains("x-forwarded-client-cert: hash="), "{head}");
+    let refused = get_with_identity(addr, &ca, Some(&outsider), false).await;
+    assert!(refused.is_err(), "another CA's certificate: {refused:?}");
+    p.shutdown().await;
 }
