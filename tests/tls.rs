@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use mcpflip::demo_server::{ServerConfig, Transport};
 use serde_json::{json, Value};
 use support::mcp::{http_client, SseSession};
+use support::pki::Pki;
 use support::{until, TestConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -502,38 +503,20 @@ async fn with_client_ca_only_clients_with_a_certificate_it_signed_are_served() {
     let stop = CancellationToken::new();
     let blue = upstream("blue", &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
-    std::fs::create_dir(&ours).expect("mkdir");
-    std::fs::create_dir(&theirs).expect("mkdir");
-    let [ca, server, server_key, client, client_key] = support::pki::certificates(&ours);
-    let [other_ca, _, _, stranger, stranger_key] = support::pki::certificates(&theirs);
-    let listen = |client_ca: &Path| {
-        format!(
-            "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
-            server.display(),
-            server_key.display(),
-            client_ca.display()
-        )
-    };
-    let cfg = TestConfig::blue_green(dir.path(), blue, blue).set("listen", "tls", listen(&ca));
+    let ours = Pki::new(&dir.path().join("ours"));
+    let theirs = Pki::new(&dir.path().join("theirs"));
+    let (ca, member, outsider) = (&ours.ca, &ours.member, &theirs.member);
+    let cfg = TestConfig::blue_green(dir.path(), blue, blue).set("listen", "tls", ours.listen(""));
     let p = support::start(cfg.load()).await;
     let addr = p.public_addr;
-    let member = mcpflip::config::CertPair {
-        cert: client,
-        key: client_key,
-    };
-    let outsider = mcpflip::config::CertPair {
-        cert: stranger,
-        key: stranger_key,
-    };
 
-    let ok = get_with_identity(addr, &ca, Some(&member), false).await;
+    let ok = get_with_identity(addr, ca, Some(member), false).await;
     assert_eq!(ok, Ok((200, http::Version::HTTP_11)));
-    let ok = get_with_identity(addr, &ca, Some(&member), true).await;
+    let ok = get_with_identity(addr, ca, Some(member), true).await;
     assert_eq!(ok, Ok((200, http::Version::HTTP_2)));
-    let refused = get_with_identity(addr, &ca, None, false).await;
+    let refused = get_with_identity(addr, ca, None, false).await;
     assert!(refused.is_err(), "no certificate: {refused:?}");
-    let refused = get_with_identity(addr, &ca, Some(&outsider), true).await;
+    let refused = get_with_identity(addr, ca, Some(outsider), true).await;
     assert!(refused.is_err(), "another CA's certificate: {refused:?}");
     let series = "mcpflip_client_errors_total{kind=\"client_certificate\"}";
     support::until_async("both refusals counted", || async {
@@ -549,12 +532,13 @@ async fn with_client_ca_only_clients_with_a_certificate_it_signed_are_served() {
     );
 
     // The other CA from now on: its client is served, ours is refused.
-    cfg.set("listen", "tls", listen(&other_ca)).write();
+    cfg.set("listen", "tls", ours.listen_for(&theirs.ca, ""))
+        .write();
     let r = ctl(dir.path(), "reload").await;
     assert_eq!(r["ok"], true, "{r}");
-    let ok = get_with_identity(addr, &ca, Some(&outsider), false).await;
+    let ok = get_with_identity(addr, ca, Some(outsider), false).await;
     assert_eq!(ok, Ok((200, http::Version::HTTP_11)));
-    let refused = get_with_identity(addr, &ca, Some(&member), false).await;
+    let refused = get_with_identity(addr, ca, Some(member), false).await;
     assert!(refused.is_err(), "the old CA's certificate: {refused:?}");
     p.shutdown().await;
     stop.cancel();
@@ -568,10 +552,8 @@ async fn with_client_ca_only_clients_with_a_certificate_it_signed_are_served() {
 async fn the_slot_is_told_the_client_certificate_and_never_a_clients_claim() {
     let (port, mut heads) = support::head_recorder().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = dir.path().join("pki");
-    std::fs::create_dir(&pki).expect("mkdir");
-    let [ca, server, server_key, client, client_key] = support::pki::certificates(&pki);
-    let der = mcpflip::tls::read_chain(&client)
+    let pki = Pki::new(&dir.path().join("pki"));
+    let der = mcpflip::tls::read_chain(&pki.member.cert)
         .expect("client cert")
         .remove(0);
     let hash: String = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
@@ -579,26 +561,19 @@ async fn the_slot_is_told_the_client_certificate_and_never_a_clients_claim() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let tls = format!(
-        "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
-        server.display(),
-        server_key.display(),
-        ca.display()
+    let cfg = TestConfig::blue_green(dir.path(), port, support::closed_port()).set(
+        "listen",
+        "tls",
+        pki.listen(""),
     );
-    let cfg =
-        TestConfig::blue_green(dir.path(), port, support::closed_port()).set("listen", "tls", tls);
     let p = support::start(cfg.load()).await;
-    let member = mcpflip::config::CertPair {
-        cert: client,
-        key: client_key,
-    };
     let forged = [(
         "x-forwarded-client-cert",
         "Hash=forged;Subject=\"CN=admin\"",
     )];
     let expected = format!("\r\nx-forwarded-client-cert: hash={hash};subject=\"cn=mcpflip\"\r\n");
     for h2 in [false, true] {
-        let got = get_with_headers(p.public_addr, &ca, Some(&member), h2, &forged).await;
+        let got = get_with_headers(p.public_addr, &pki.ca, Some(&pki.member), h2, &forged).await;
         assert_eq!(got.map(|(s, _)| s), Ok(200), "h2 {h2}");
         let head = heads.recv().await.expect("the slot got the request");
         assert!(head.contains(&expected), "h2 {h2}: {head}");
@@ -647,36 +622,17 @@ async fn a_revoked_client_certificate_is_refused_until_the_list_changes() {
     let stop = CancellationToken::new();
     let blue = upstream("blue", &stop).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = dir.path().join("pki");
-    std::fs::create_dir(&pki).expect("mkdir");
-    let [ca, server, server_key, client, client_key, revoked, revoked_key, crl] =
-        support::pki::certificates_with_crl(&pki);
-    let tls = |crl: Option<&Path>| {
-        format!(
-            "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\"{} }}",
-            server.display(),
-            server_key.display(),
-            ca.display(),
-            crl.map(|c| format!(", client_crl = \"{}\"", c.display()))
-                .unwrap_or_default()
-        )
-    };
-    let cfg = TestConfig::blue_green(dir.path(), blue, blue).set("listen", "tls", tls(Some(&crl)));
+    let pki = Pki::new(&dir.path().join("pki"));
+    let (ca, member, gone) = (&pki.ca, &pki.member, &pki.revoked);
+    let with_crl = pki.listen(&format!(", client_crl = \"{}\"", pki.crl.display()));
+    let cfg = TestConfig::blue_green(dir.path(), blue, blue).set("listen", "tls", with_crl);
     let p = support::start(cfg.load()).await;
-    let member = mcpflip::config::CertPair {
-        cert: client,
-        key: client_key,
-    };
-    let gone = mcpflip::config::CertPair {
-        cert: revoked,
-        key: revoked_key,
-    };
     let addr = p.public_addr;
     assert_eq!(
-        get_with_identity(addr, &ca, Some(&member), false).await,
+        get_with_identity(addr, ca, Some(member), false).await,
         Ok((200, http::Version::HTTP_11))
     );
-    let refused = get_with_identity(addr, &ca, Some(&gone), false).await;
+    let refused = get_with_identity(addr, ca, Some(gone), false).await;
     assert!(refused.is_err(), "a revoked certificate: {refused:?}");
     let series = "mcpflip_client_errors_total{kind=\"client_certificate\"}";
     support::until_async("the refusal counted", || async {
@@ -688,11 +644,11 @@ async fn a_revoked_client_certificate_is_refused_until_the_list_changes() {
         1
     );
 
-    cfg.set("listen", "tls", tls(None)).write();
+    cfg.set("listen", "tls", pki.listen("")).write();
     let r = ctl(dir.path(), "reload").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(
-        get_with_identity(addr, &ca, Some(&gone), false).await,
+        get_with_identity(addr, ca, Some(gone), false).await,
         Ok((200, http::Version::HTTP_11)),
         "no list after the reload"
     );
@@ -707,45 +663,30 @@ async fn a_revoked_client_certificate_is_refused_until_the_list_changes() {
 async fn with_optional_client_auth_a_certificate_is_checked_only_when_presented() {
     let (port, mut heads) = support::head_recorder().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
-    std::fs::create_dir(&ours).expect("mkdir");
-    std::fs::create_dir(&theirs).expect("mkdir");
-    let [ca, server, server_key, client, client_key] = support::pki::certificates(&ours);
-    let [_, _, _, stranger, stranger_key] = support::pki::certificates(&theirs);
-    let tls = format!(
-        "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\", client_auth = \"optional\" }}",
-        server.display(),
-        server_key.display(),
-        ca.display()
-    );
-    let cfg =
-        TestConfig::blue_green(dir.path(), port, support::closed_port()).set("listen", "tls", tls);
+    let ours = Pki::new(&dir.path().join("ours"));
+    let theirs = Pki::new(&dir.path().join("theirs"));
+    let (ca, member, outsider) = (&ours.ca, &ours.member, &theirs.member);
+    let optional = ours.listen(", client_auth = \"optional\"");
+    let cfg = TestConfig::blue_green(dir.path(), port, support::closed_port())
+        .set("listen", "tls", optional);
     let p = support::start(cfg.load()).await;
     let addr = p.public_addr;
-    let member = mcpflip::config::CertPair {
-        cert: client,
-        key: client_key,
-    };
-    let outsider = mcpflip::config::CertPair {
-        cert: stranger,
-        key: stranger_key,
-    };
 
     assert_eq!(
-        get_with_identity(addr, &ca, None, false).await.map(|r| r.0),
+        get_with_identity(addr, ca, None, false).await.map(|r| r.0),
         Ok(200)
     );
     let head = heads.recv().await.expect("the slot got the request");
     assert!(!head.contains("x-forwarded-client-cert"), "{head}");
     assert_eq!(
-        get_with_identity(addr, &ca, Some(&member), true)
+        get_with_identity(addr, ca, Some(member), true)
             .await
             .map(|r| r.0),
         Ok(200)
     );
     let head = heads.recv().await.expect("the slot got the request");
     assert!(head.contains("x-forwarded-client-cert: hash="), "{head}");
-    let refused = get_with_identity(addr, &ca, Some(&outsider), false).await;
+    let refused = get_with_identity(addr, ca, Some(outsider), false).await;
     assert!(refused.is_err(), "another CA's certificate: {refused:?}");
     p.shutdown().await;
 }
