@@ -279,3 +279,33 @@ async fn behind_haproxy_the_rate_limit_counts_each_client_it_names() {
     assert_eq!(status(&answer), "200", "{answer}");
     drop(proc);
 }
+
+/// Azure's Application Gateway and IIS write the client with its port in
+/// `X-Forwarded-For` (`a.b.c.d:port`, `[v6]:port`): behind a trusted one
+/// the client is that address, which `replace` sends the slot alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_entry_with_a_port_names_its_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, mut heads) = head_recorder().await;
+    let cfg = TestConfig::blue_green(dir.path(), port, closed_port())
+        .set("proxy", "trusted_proxies", "[\"127.0.0.1\"]")
+        .set_str("proxy", "x_forwarded", "replace");
+    let p = support::start(cfg.load()).await;
+    let public = p.public_addr;
+    for (sent, client) in [
+        ("198.51.100.7:4711", "198.51.100.7"),
+        ("[2001:db8::7]:4711", "2001:db8::7"),
+    ] {
+        let request = format!(
+            "GET /mcp HTTP/1.1\r\nHost: {public}\r\nX-Forwarded-For: {sent}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = send_from(TRUSTED, public, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let head = heads.recv().await.expect("the slot got the request");
+        assert!(
+            head.contains(&format!("\r\nx-forwarded-for: {client}\r\n")),
+            "{sent}: {head}"
+        );
+    }
+    p.shutdown().await;
+}

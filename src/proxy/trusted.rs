@@ -40,11 +40,13 @@ impl Trusted {
     /// The client behind `peer`, a trusted proxy, from the `X-Forwarded-For`
     /// lines `chain` (in the order they came): its addresses read from the
     /// right, the nearest that is not a trusted proxy's; the farthest when
-    /// all are. `peer` itself when the chain names no address, or when an
-    /// entry read before the answer is not a bare IP address (`unknown`, an
-    /// address with a port, an obfuscated identifier): what follows it
-    /// cannot be told apart from a claim. Empty list elements are skipped
-    /// (RFC 9110 §5.6.1).
+    /// all are. An entry may carry a port (`203.0.113.9:4711`,
+    /// `[2001:db8::7]:4711`, as Azure's Application Gateway and IIS write
+    /// them) or brackets: its address counts. `peer` itself when the chain
+    /// names no address, or when an entry read before the answer is not an
+    /// address (`unknown`, an obfuscated identifier): what follows it cannot
+    /// be told apart from a claim. Empty list elements are skipped (RFC 9110
+    /// §5.6.1).
     pub fn client<'a>(
         &self,
         peer: IpAddr,
@@ -57,10 +59,7 @@ impl Trusted {
                 if entry.is_empty() {
                     continue;
                 }
-                let Some(ip) = std::str::from_utf8(entry)
-                    .ok()
-                    .and_then(|s| s.parse::<IpAddr>().ok())
-                else {
+                let Some(ip) = std::str::from_utf8(entry).ok().and_then(entry_address) else {
                     return peer;
                 };
                 let ip = ip.to_canonical();
@@ -72,6 +71,19 @@ impl Trusted {
         }
         farthest.unwrap_or(peer)
     }
+}
+
+/// The address of an `X-Forwarded-For` entry: a bare one, one with a port
+/// (`a.b.c.d:p`, `[v6]:p`), or a bracketed IPv6 one (`[v6]`).
+pub fn entry_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })
 }
 
 #[cfg(test)]
@@ -148,7 +160,7 @@ mod tests {
             let named: Vec<IpAddr> = chain
                 .iter()
                 .flat_map(|l| l.split(|&b| b == b','))
-                .filter_map(|e| std::str::from_utf8(e.trim_ascii()).ok()?.parse().ok())
+                .filter_map(|e| entry_address(std::str::from_utf8(e.trim_ascii()).ok()?))
                 .map(|a: IpAddr| a.to_canonical())
                 .collect();
             assert!(named.contains(&got), "{got} is not named in {lines:?}");
@@ -187,9 +199,14 @@ mod tests {
         // None: the peer.
         assert_eq!(client(&[]), "10.0.0.1");
         assert_eq!(client(&[" , "]), "10.0.0.1");
-        // What is not a bare address ends the walk at the peer...
-        assert_eq!(client(&["203.0.113.9:4711"]), "10.0.0.1");
+        // An address with a port, or in brackets, is that address.
+        assert_eq!(client(&["203.0.113.9:4711"]), "203.0.113.9");
+        assert_eq!(client(&["[2001:db8::7]:4711, 10.2.2.2:80"]), "2001:db8::7");
+        assert_eq!(client(&["[2001:db8::7]"]), "2001:db8::7");
+        // What is not an address ends the walk at the peer...
         assert_eq!(client(&["unknown, 10.2.2.2"]), "10.0.0.1");
+        assert_eq!(client(&["203.0.113.9:port"]), "10.0.0.1");
+        assert_eq!(client(&["[203.0.113.9]"]), "10.0.0.1");
         // ...unless an untrusted address came before it, from the right.
         assert_eq!(client(&["unknown, 203.0.113.9"]), "203.0.113.9");
         // IPv6, and an IPv4 address written as mapped IPv6.
