@@ -243,7 +243,7 @@ pub async fn start_with(
         rate_limit: proxy_cfg
             .rate_limit
             .as_ref()
-            .map(crate::proxy::rate_limit::RateLimit::new),
+            .map(|r| crate::proxy::rate_limit::RateLimit::new(r, Arc::clone(&proxy_stats))),
         client_body_timeout: proxy_cfg.client_body_timeout,
         tool_call_timeout: proxy_cfg.tool_call_timeout,
         stats: Arc::clone(&proxy_stats),
@@ -290,7 +290,7 @@ pub async fn start_with(
             workers: Arc::clone(&workers),
             per_ip: proxy_cfg
                 .max_connections_per_ip
-                .map(crate::proxy::per_ip::PerIp::new),
+                .map(|n| crate::proxy::per_ip::PerIp::new(n, Arc::clone(&proxy_stats))),
         },
         stop_accepting.child_token(),
     ));

@@ -794,6 +794,28 @@ pub struct ProxyStats {
     capture_refused: AtomicU64,
     /// Calls cut in flight and answered with a JSON-RPC error.
     interrupted: AtomicU64,
+    /// Client addresses the per-address limits keep state for.
+    addresses: [AtomicU64; AddressMap::ALL.len()],
+}
+
+/// A per-address limit's map: the `limit` label of `mcpflip_client_addresses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressMap {
+    /// `[proxy] max_connections_per_ip`: addresses with an open connection.
+    ConnectionsPerIp,
+    /// `[proxy] rate_limit`: addresses whose budget is not whole yet (and
+    /// stale ones not swept yet, at most `max_clients`).
+    RateLimit,
+}
+
+impl AddressMap {
+    pub const ALL: [AddressMap; 2] = [Self::ConnectionsPerIp, Self::RateLimit];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionsPerIp => "max_connections_per_ip",
+            Self::RateLimit => "rate_limit",
+        }
+    }
 }
 
 impl ProxyStats {
@@ -845,6 +867,20 @@ impl ProxyStats {
 
     pub fn migrate_failures(&self, cause: MigrateFailure) -> u64 {
         self.migrate_failures[cause as usize].load(Ordering::Relaxed)
+    }
+
+    /// `map` holds `delta` more (or fewer) addresses.
+    pub fn add_addresses(&self, map: AddressMap, delta: i64) {
+        let a = &self.addresses[map as usize];
+        if delta >= 0 {
+            a.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            a.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn addresses(&self, map: AddressMap) -> u64 {
+        self.addresses[map as usize].load(Ordering::Relaxed)
     }
 
     pub fn set_captured(&self, n: usize, bytes: usize) {

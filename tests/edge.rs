@@ -765,11 +765,24 @@ async fn at_max_connections_per_ip_that_address_gets_503_and_others_are_served()
         0,
         "{m}"
     );
+    // The map holds A alone once B's connection is gone, and nothing once
+    // A's are.
+    let admin = p.admin_addr;
+    let per_ip = "mcpflip_client_addresses{limit=\"max_connections_per_ip\"}";
+    let addresses = || async move { metric(&metrics(admin).await, per_ip) };
+    support::until_async("A alone in the per-address map", || async {
+        addresses().await == 1
+    })
+    .await;
     // One of A's streams closes: A has room again.
     let mut held = held;
     held.pop();
     until_async_status(|| once_from(A, to), 200).await;
     drop(held);
+    support::until_async("an empty per-address map", || async {
+        addresses().await == 0
+    })
+    .await;
     p.shutdown().await;
 
     // Behind a trusted proxy every client arrives from its address: not capped.
@@ -853,6 +866,9 @@ async fn over_rate_limit_an_address_gets_429_with_retry_after_and_others_are_ser
     let m = metrics(p.admin_addr).await;
     let series = "mcpflip_local_responses_total{code=\"429\",reason=\"rate_limited\"}";
     assert_eq!(metric(&m, series), 4, "{m}");
+    // Three addresses remembered: A, B and the HTTP/2 client.
+    let remembered = "mcpflip_client_addresses{limit=\"rate_limit\"}";
+    assert_eq!(metric(&m, remembered), 3, "{m}");
     drop(a);
     p.shutdown().await;
 

@@ -18,7 +18,8 @@ use crate::control::watch::WATCH_RESULTS;
 use crate::control::Controller;
 use crate::mcp::{method, Era};
 use crate::stats::{
-    AtomicHistogram, ClientFault, LocalResponse, MigrateFailure, ProxyStats, Refusal, PROBE_STEPS,
+    AddressMap, AtomicHistogram, ClientFault, LocalResponse, MigrateFailure, ProxyStats, Refusal,
+    PROBE_STEPS,
 };
 use crate::table::{Slot, SlotState};
 use crate::upstream::UpstreamError;
@@ -431,6 +432,16 @@ fn edge(w: &mut Writer, proxy: &ProxyStats) {
         );
         for cause in MigrateFailure::ALL {
             fam.counter(&[("cause", cause.as_str())], proxy.migrate_failures(cause));
+        }
+    }
+    {
+        let mut fam = w.family(
+            "mcpflip_client_addresses",
+            Kind::Gauge,
+            "Client addresses a per-address limit keeps state for (max_connections_per_ip: with an open connection; rate_limit: remembered, at most max_clients)",
+        );
+        for map in AddressMap::ALL {
+            fam.gauge(&[("limit", map.as_str())], proxy.addresses(map) as f64);
         }
     }
     w.family(

@@ -14,6 +14,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::stats::{AddressMap, ProxyStats};
+
 /// Shards of the map: connections from different addresses seldom wait
 /// on one another.
 const SHARDS: usize = 16;
@@ -39,14 +41,17 @@ impl Key {
 #[derive(Debug)]
 pub struct PerIp {
     max: u32,
+    /// `mcpflip_client_addresses{limit="max_connections_per_ip"}`.
+    stats: Arc<ProxyStats>,
     hasher: RandomState,
     shards: [Mutex<HashMap<Key, u32>>; SHARDS],
 }
 
 impl PerIp {
-    pub fn new(max: u32) -> Arc<PerIp> {
+    pub fn new(max: u32, stats: Arc<ProxyStats>) -> Arc<PerIp> {
         Arc::new(PerIp {
             max,
+            stats,
             hasher: RandomState::new(),
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         })
@@ -62,7 +67,11 @@ impl PerIp {
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Held> {
         let key = Key::of(ip);
         let mut shard = self.shard(key);
-        let n = shard.entry(key).or_insert(0);
+        let n = shard.entry(key).or_insert_with(|| {
+            self.stats.add_addresses(AddressMap::ConnectionsPerIp, 1);
+            0
+        });
+        // A new entry (0) is below any cap (the config refuses 0).
         if *n >= self.max {
             return None;
         }
@@ -108,6 +117,9 @@ impl Drop for Held {
             *n -= 1;
             if *n == 0 {
                 shard.remove(&self.key);
+                self.of
+                    .stats
+                    .add_addresses(AddressMap::ConnectionsPerIp, -1);
             }
         }
     }
@@ -123,23 +135,27 @@ mod tests {
 
     #[test]
     fn an_address_holds_at_most_the_cap_and_gets_it_back() {
-        let per = PerIp::new(2);
+        let stats = Arc::new(ProxyStats::default());
+        let per = PerIp::new(2, Arc::clone(&stats));
+        let gauge = || stats.addresses(AddressMap::ConnectionsPerIp);
         let a = per.enter(ip("192.0.2.1")).expect("first");
         let b = per.enter(ip("192.0.2.1")).expect("second");
         assert!(per.enter(ip("192.0.2.1")).is_none(), "third over the cap");
         // Another address is counted apart.
         let c = per.enter(ip("192.0.2.2")).expect("another address");
         assert_eq!(per.open(ip("192.0.2.1")), 2);
+        assert_eq!(gauge(), 2, "two addresses, the refused third not counted");
         drop(a);
         assert_eq!(per.open(ip("192.0.2.1")), 1);
         let d = per.enter(ip("192.0.2.1")).expect("room again");
         drop((b, c, d));
         assert_eq!(per.addresses(), 0, "no entry outlives its connections");
+        assert_eq!(gauge(), 0, "the gauge follows the map");
     }
 
     #[test]
     fn ipv6_is_counted_per_64_and_mapped_ipv4_as_ipv4() {
-        let per = PerIp::new(1);
+        let per = PerIp::new(1, Arc::default());
         let _a = per.enter(ip("2001:db8:1:2::1")).expect("first");
         assert!(per.enter(ip("2001:db8:1:2:ffff::9")).is_none(), "same /64");
         let _b = per.enter(ip("2001:db8:1:3::1")).expect("another /64");

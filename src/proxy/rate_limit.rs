@@ -26,11 +26,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::RateLimitConfig;
 use crate::proxy::per_ip::Key;
+use crate::stats::{AddressMap, ProxyStats};
 
 /// Shards of the map: requests from different addresses seldom wait on one
 /// another.
@@ -53,6 +54,8 @@ pub struct RateLimit {
     zero: Instant,
     hasher: RandomState,
     shards: [Mutex<Shard>; SHARDS],
+    /// `mcpflip_client_addresses{limit="rate_limit"}`.
+    stats: Arc<ProxyStats>,
 }
 
 #[derive(Debug, Default)]
@@ -78,7 +81,7 @@ impl Limited {
 }
 
 impl RateLimit {
-    pub fn new(config: &RateLimitConfig) -> RateLimit {
+    pub fn new(config: &RateLimitConfig, stats: Arc<ProxyStats>) -> RateLimit {
         let interval = (config.per.as_nanos() / u128::from(config.requests)).max(1);
         let interval = u64::try_from(interval).unwrap_or(u64::MAX);
         let burst = u64::from(config.burst());
@@ -89,6 +92,7 @@ impl RateLimit {
             zero: Instant::now(),
             hasher: RandomState::new(),
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+            stats,
         }
     }
 
@@ -113,9 +117,12 @@ impl RateLimit {
         let tat = match shard.tat.get_mut(&key) {
             Some(tat) => tat,
             None => {
-                if shard.tat.len() >= self.shard_max {
+                let before = shard.tat.len();
+                if before >= self.shard_max {
                     shard.make_room(now);
                 }
+                let delta = shard.tat.len() as i64 + 1 - before as i64;
+                self.stats.add_addresses(AddressMap::RateLimit, delta);
                 shard.tat.entry(key).or_insert(now)
             }
         };
@@ -162,12 +169,15 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn limit(requests: u32, per_ms: u64, burst: Option<u32>, max_clients: u32) -> RateLimit {
-        RateLimit::new(&RateLimitConfig {
-            requests,
-            per: Duration::from_millis(per_ms),
-            burst,
-            max_clients,
-        })
+        RateLimit::new(
+            &RateLimitConfig {
+                requests,
+                per: Duration::from_millis(per_ms),
+                burst,
+                max_clients,
+            },
+            Arc::default(),
+        )
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -236,10 +246,22 @@ mod tests {
         // 16 clients at most: one per shard.
         let l = limit(1, 1000, Some(2), 16);
         let t = 5_000 * MS;
+        let gauge = || l.stats.addresses(AddressMap::RateLimit) as usize;
         for n in 0..10_000u32 {
             let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
             assert_eq!(l.check_at(a, t), Ok(()), "a new address is never refused");
             assert!(l.clients() <= 16, "{} remembered", l.clients());
+            assert_eq!(gauge(), l.clients(), "the gauge is the map's length");
+            // A known address adds nothing.
+            assert_eq!(l.check_at(a, t), Ok(()));
+            assert_eq!(gauge(), l.clients());
+        }
+        // A second later every entry is stale: a new address sweeps its shard.
+        let later = t + 2_000 * MS;
+        for n in 0..10_000u32 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + n));
+            assert_eq!(l.check_at(a, later), Ok(()));
+            assert_eq!(gauge(), l.clients());
         }
     }
 
@@ -271,12 +293,15 @@ mod tests {
     #[test]
     fn a_slow_rate_has_no_overflow() {
         // One a day with a burst of a million: the tolerance saturates, never wraps.
-        let l = RateLimit::new(&RateLimitConfig {
-            requests: 1,
-            per: Duration::from_secs(86_400),
-            burst: Some(1_000_000),
-            max_clients: 100,
-        });
+        let l = RateLimit::new(
+            &RateLimitConfig {
+                requests: 1,
+                per: Duration::from_secs(86_400),
+                burst: Some(1_000_000),
+                max_clients: 100,
+            },
+            Arc::default(),
+        );
         assert_eq!(l.check(ip("192.0.2.1")), Ok(()));
     }
 }
