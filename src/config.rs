@@ -424,6 +424,16 @@ pub struct ProxyConfig {
         serialize_with = "duration_out"
     )]
     pub client_body_timeout: Duration,
+    /// The largest request body a client may send (nginx's
+    /// `client_max_body_size`): a larger declared `Content-Length` is
+    /// answered 413 before any slot is asked, and a body without one
+    /// (chunked, HTTP/2) is cut at this many bytes and answered 413.
+    #[serde(
+        default = "default_max_request_body",
+        deserialize_with = "byte_size",
+        serialize_with = "byte_size_out"
+    )]
+    pub max_request_body: u64,
     /// Longest wait, once the request is sent, for a slot's response head
     /// (answered 504); `[[slot]] response_header_timeout` overrides it per slot.
     /// SSE bodies are never timed once their head arrived.
@@ -665,6 +675,9 @@ fn default_idle_timeout() -> Duration {
 fn default_client_body_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_max_request_body() -> u64 {
+    16 * MIB
+}
 fn default_response_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -730,6 +743,7 @@ section_default!(ProxyConfig {
     header_read_timeout: default_header_timeout(),
     idle_timeout: default_idle_timeout(),
     client_body_timeout: default_client_body_timeout(),
+    max_request_body: default_max_request_body(),
     response_header_timeout: default_response_timeout(),
     tool_call_timeout: default_tool_call_timeout(),
     max_connections: None,
@@ -746,6 +760,75 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("invalid duration {s:?}: {e} (write it like \"250ms\", \"90s\" or \"5m\")")
     })
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+/// The largest size a size key takes: far past any request body.
+const MAX_SIZE: u64 = 1024 * GIB;
+
+/// Parses a size: bytes (`65536`), or a number with a binary unit
+/// (`"64KiB"`, `"16MiB"`, `"1GiB"`; nginx's `"64k"`, `"16m"`, `"1g"` mean
+/// the same). Decimal units (`"16MB"`) are refused rather than guessed.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let hint = "write it like \"64KiB\", \"16MiB\" or \"1GiB\"";
+    let Ok(n) = number.parse::<u64>() else {
+        return Err(format!("invalid size {s:?}: no number ({hint})"));
+    };
+    let unit = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "KiB" | "k" | "K" => KIB,
+        "MiB" | "m" | "M" => MIB,
+        "GiB" | "g" | "G" => GIB,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} ({hint})"
+            ))
+        }
+    };
+    match n.checked_mul(unit) {
+        Some(0) => Err(format!("invalid size {s:?}: must be at least 1 byte")),
+        Some(b) if b <= MAX_SIZE => Ok(b),
+        _ => Err(format!("invalid size {s:?}: more than 1024GiB")),
+    }
+}
+
+/// A size as `parse_size` reads it, in its largest whole unit.
+pub fn size_text(b: u64) -> String {
+    match b {
+        b if b % GIB == 0 => format!("{}GiB", b / GIB),
+        b if b % MIB == 0 => format!("{}MiB", b / MIB),
+        b if b % KIB == 0 => format!("{}KiB", b / KIB),
+        b => b.to_string(),
+    }
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Size;
+    impl serde::de::Visitor<'_> for Size {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size in bytes, or a string like \"16MiB\"")
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u64, E> {
+            parse_size(&n.to_string()).map_err(E::custom)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u64, E> {
+            parse_size(&n.to_string()).map_err(E::custom)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<u64, E> {
+            parse_size(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Size)
+}
+
+fn byte_size_out<S: Serializer>(b: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&size_text(*b))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -1463,10 +1546,11 @@ impl Config {
         }
         let _ = writeln!(
             s,
-            "  limits        header read {}, idle {}, client body {}, response header {}, tools/call {}, max connections {}",
+            "  limits        header read {}, idle {}, client body {} (at most {}), response header {}, tools/call {}, max connections {}",
             d(self.proxy.header_read_timeout),
             d(self.proxy.idle_timeout),
             d(self.proxy.client_body_timeout),
+            size_text(self.proxy.max_request_body),
             d(self.proxy.response_header_timeout),
             d(self.proxy.tool_call_timeout),
             match self.proxy.max_connections {
@@ -1785,6 +1869,43 @@ upstream = "http://127.0.0.1:3002"
             .proxy
             .max_connections_per_ip
             .is_none());
+    }
+
+    #[test]
+    fn max_request_body_is_a_size_in_binary_units_and_described() {
+        assert_eq!(parse(GOOD).expect("good").proxy.max_request_body, 16 << 20);
+        for (text, bytes) in [
+            ("65536", 65_536),
+            ("\"64KiB\"", 64 << 10),
+            ("\"64k\"", 64 << 10),
+            ("\"1 MiB\"", 1 << 20),
+            ("\"2m\"", 2 << 20),
+            ("\"1GiB\"", 1 << 30),
+            ("\"100B\"", 100),
+        ] {
+            let c = parse(&format!("{GOOD}[proxy]\nmax_request_body = {text}\n"))
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.proxy.max_request_body, bytes, "{text}");
+        }
+        let c = parse(&format!("{GOOD}[proxy]\nmax_request_body = \"1m\"\n")).expect("good");
+        assert!(
+            c.describe().contains("client body 1m (at most 1MiB)"),
+            "{}",
+            c.describe()
+        );
+        for (text, why) in [
+            ("\"16MB\"", "unknown unit \"MB\""),
+            ("\"MiB\"", "no number"),
+            ("0", "at least 1 byte"),
+            ("\"2048GiB\"", "more than 1024GiB"),
+            ("\"99999999999999999999\"", "no number"),
+            ("-1", "no number"),
+        ] {
+            let e = parse(&format!("{GOOD}[proxy]\nmax_request_body = {text}\n")).expect_err(text);
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+        assert_eq!(size_text(16 << 20), "16MiB");
+        assert_eq!(size_text(1536), "1536B".trim_end_matches('B'));
     }
 
     #[test]

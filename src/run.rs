@@ -245,6 +245,7 @@ pub async fn start_with(
             .as_ref()
             .map(|r| crate::proxy::rate_limit::RateLimit::new(r, Arc::clone(&proxy_stats))),
         client_body_timeout: proxy_cfg.client_body_timeout,
+        max_request_body: proxy_cfg.max_request_body,
         tool_call_timeout: proxy_cfg.tool_call_timeout,
         stats: Arc::clone(&proxy_stats),
         sessions,

@@ -636,10 +636,12 @@ pub enum ClientFault {
     /// A TLS client with no certificate, or one `tls.client_ca` does not
     /// vouch for (mutual TLS).
     ClientCertificate,
+    /// A request body larger than `max_request_body` (answered 413).
+    BodyTooLarge,
 }
 
 impl ClientFault {
-    pub const ALL: [ClientFault; 8] = [
+    pub const ALL: [ClientFault; 9] = [
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::BodyInvalid,
@@ -648,6 +650,7 @@ impl ClientFault {
         Self::ProxyProtocol,
         Self::TlsHandshake,
         Self::ClientCertificate,
+        Self::BodyTooLarge,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -659,6 +662,7 @@ impl ClientFault {
             Self::ProxyProtocol => "proxy_protocol",
             Self::TlsHandshake => "tls_handshake",
             Self::ClientCertificate => "client_certificate",
+            Self::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -683,10 +687,12 @@ pub enum LocalResponse {
     RateLimited,
     /// 403: the client's address is not in `[proxy] allowed_clients`.
     ClientNotAllowed,
+    /// 413: a declared `Content-Length` over `[proxy] max_request_body`.
+    BodyTooLarge,
 }
 
 impl LocalResponse {
-    pub const ALL: [LocalResponse; 8] = [
+    pub const ALL: [LocalResponse; 9] = [
         Self::BadHost,
         Self::HostNotAllowed,
         Self::SessionGone,
@@ -695,6 +701,7 @@ impl LocalResponse {
         Self::NotTls,
         Self::RateLimited,
         Self::ClientNotAllowed,
+        Self::BodyTooLarge,
     ];
     pub fn code(self) -> u16 {
         match self {
@@ -702,6 +709,7 @@ impl LocalResponse {
             Self::HostNotAllowed | Self::ClientNotAllowed => 403,
             Self::SessionGone => 404,
             Self::RateLimited => 429,
+            Self::BodyTooLarge => 413,
             Self::NoSlot => 503,
         }
     }
@@ -715,6 +723,7 @@ impl LocalResponse {
             Self::NotTls => "not_tls",
             Self::RateLimited => "rate_limited",
             Self::ClientNotAllowed => "client_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
         }
     }
 }

@@ -1610,3 +1610,199 @@ async fn a_stream_says_x_accel_buffering_no_once() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot that reads each request to its end (by `Content-Length`, or to
+/// the last chunk) and tells what it got: the body's bytes as they came
+/// (chunk lines included) and whether the request was whole. A whole one is
+/// answered `200 ok`.
+async fn reading_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<(usize, bool)>) {
+    raw_slot(|mut s, tx| async move {
+        let mut got = Vec::new();
+        loop {
+            let Some(head_end) = read_head(&mut s, &mut got).await else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+            let length: Option<usize> = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok());
+            got.drain(..head_end);
+            let whole = |got: &[u8]| match length {
+                Some(n) => got.len() >= n,
+                None => got.ends_with(b"0\r\n\r\n"),
+            };
+            let mut buf = vec![0u8; 16 * 1024];
+            while !whole(&got) {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send((got.len(), false));
+                        return;
+                    }
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tx.send((got.len(), true));
+            got.clear();
+            let ok =
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(ok).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A request body of `frames` frames of `size` bytes with no declared length.
+struct Frames(usize, usize);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        this.0 -= 1;
+        let frame = http_body::Frame::data(Bytes::from(vec![b' '; this.1]));
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// `[proxy] max_request_body`: a declared length over it is answered 413
+/// before any slot is asked (and before `100 Continue`), a body without one
+/// (chunked, HTTP/2) is cut at it and answered 413, and one at it exactly
+/// goes through; the client's 4xx, never the slot's 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_whole() {
+    let h = Harness::new().await;
+    let (port, mut seen) = reading_slot().await;
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", port, 100)
+        .set_str("proxy", "max_request_body", "1KiB");
+    let p = support::start(cfg.load()).await;
+    let post = |len: usize| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {len}\r\n\r\n{}",
+            " ".repeat(len)
+        )
+    };
+    let is_413 = |status: u16, text: &str| {
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("\"error\":\"body_too_large\""), "{text}");
+        assert!(text.contains("1024 bytes"), "{text}");
+    };
+    // At the cap: the slot gets it whole. One byte over: 413 on a connection
+    // that goes on (the body was read with its head).
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    assert_eq!(ask(&mut s, &post(1024)).await.0, 200);
+    assert_eq!(seen.recv().await, Some((1024, true)));
+    let (status, text) = ask(&mut s, &post(1025)).await;
+    is_413(status, &text);
+    assert_eq!(
+        ask(&mut s, &post(10)).await.0,
+        200,
+        "the connection goes on"
+    );
+    assert_eq!(
+        seen.recv().await,
+        Some((10, true)),
+        "the 1025 bytes never came"
+    );
+
+    // A large declared length with `Expect: 100-continue`: 413 at once, no
+    // `100 Continue`, and the connection closes (its body was never read).
+    let (status, text) = exchange(
+        p.public_addr,
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\
+          Expect: 100-continue\r\n\r\n",
+    )
+    .await;
+    is_413(status, &text);
+    assert!(!text.contains("100 Continue"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+
+    // Chunked, no length: cut past the cap; the slot never gets its end.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("head");
+    let chunk = format!("200\r\n{}\r\n", " ".repeat(512));
+    for _ in 0..8 {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("answered and closed");
+    let (status, text) = parse_answer(&got);
+    is_413(status, &text);
+    let (bytes, whole) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await
+        .expect("the slot's connection ends")
+        .expect("seen");
+    assert!(!whole, "the slot got the end of a body over the cap");
+    assert!(bytes <= 1024 + 64, "{bytes} bytes reached the slot");
+
+    // HTTP/2: a declared length over the cap, and a body without one.
+    let h2: hyper_util::client::legacy::Client<
+        _,
+        http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
+    > = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let to = p.public_addr;
+    let request = |body| {
+        http::Request::post(format!("http://{to}/mcp"))
+            .header("content-type", "application/json")
+            .body(body)
+            .expect("request")
+    };
+    let resp = h2
+        .request(request(Full::new(Bytes::from(vec![b' '; 2000])).boxed()))
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.status(), 413);
+    let resp = h2
+        .request(request(Frames(8, 512).boxed()))
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.status(), 413);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("body_too_large"),
+        "{body:?}"
+    );
+    let resp = h2
+        .request(request(Frames(2, 512).boxed()))
+        .await
+        .expect("h2 request");
+    assert_eq!(resp.status(), 200, "1024 bytes without a length go through");
+
+    let m = metrics(p.admin_addr).await;
+    for (series, want) in [
+        ("mcpflip_client_errors_total{kind=\"body_too_large\"}", 5),
+        (
+            "mcpflip_local_responses_total{code=\"413\",reason=\"body_too_large\"}",
+            3,
+        ),
+        ("mcpflip_requests_total{slot=\"blue\",code=\"5xx\"}", 0),
+    ] {
+        assert_eq!(metric(&m, series), want, "{series} in\n{m}");
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}

@@ -70,6 +70,8 @@ pub struct Forwarder {
     pub rate_limit: Option<RateLimit>,
     /// Longest pause between two reads of a client's request body.
     pub client_body_timeout: Duration,
+    /// `[proxy] max_request_body`.
+    pub max_request_body: u64,
     /// Response header timeout of a `tools/call` (`Mcp-Method` header).
     pub tool_call_timeout: Duration,
     /// Counters that belong to no slot.
@@ -290,6 +292,9 @@ impl Forwarder {
                 return answer;
             }
         }
+        if let Some(answer) = self.too_large(req, peer) {
+            return answer;
+        }
         if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
             let (status, answer) = match &refused {
                 Refused::Malformed(_) => {
@@ -371,6 +376,33 @@ impl Forwarder {
         );
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        Some(Decided::answer(resp))
+    }
+
+    /// A request whose declared length is over `[proxy] max_request_body`:
+    /// 413 before a slot is asked, and before hyper tells a client that
+    /// sent `Expect: 100-continue` to go on.
+    fn too_large(&self, req: &Request<RequestBody>, peer: &Peer) -> Option<Decided> {
+        let declared = http_body::Body::size_hint(req.body()).exact()?;
+        if declared <= self.max_request_body {
+            return None;
+        }
+        self.stats.count_client_fault(ClientFault::BodyTooLarge);
+        self.stats.count_local(LocalResponse::BodyTooLarge);
+        tracing::debug!(method = %req.method(), uri = %req.uri(), peer = %peer.addr, declared, status = 413, "request body over [proxy] max_request_body");
+        let mut resp = local_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            "body_too_large",
+            &too_large_message(self.max_request_body),
+        );
+        // An HTTP/1.1 body left unread cannot be told from a next request.
+        if req.version() < http::Version::HTTP_2 && !matches!(req.body(), RequestBody::Read { .. })
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            peer.conn.close_soon();
+        }
         Some(Decided::answer(resp))
     }
 
@@ -534,7 +566,8 @@ impl Forwarder {
                     Err(state) => return self.body_failed(state, &slot, &method, peer, h1),
                 }
             } else {
-                let (body, watch) = ForwardBody::client(body, self.client_body_timeout);
+                let (body, watch) =
+                    ForwardBody::client(body, self.client_body_timeout, self.max_request_body);
                 (None, body, watch)
             };
             // What the store needs of the body: its kind, for every answer.
@@ -925,6 +958,12 @@ impl Forwarder {
         h1: bool,
     ) -> Response<ResponseBody> {
         let (status, fault, code, message) = match state {
+            BodyState::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ClientFault::BodyTooLarge,
+                "body_too_large",
+                too_large_message(self.max_request_body),
+            ),
             BodyState::TimedOut => (
                 StatusCode::REQUEST_TIMEOUT,
                 ClientFault::BodyTimeout,
@@ -1182,6 +1221,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// A JSON error written by the proxy itself.
+fn too_large_message(max: u64) -> String {
+    format!(
+        "the request body is larger than this proxy takes ({} bytes, [proxy] max_request_body)",
+        max
+    )
+}
+
 pub fn local_error(
     status: StatusCode,
     slot: Option<&str>,

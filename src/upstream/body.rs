@@ -125,6 +125,8 @@ pub enum BodyState {
     TimedOut,
     /// The client's body broke (bad framing, cut short, reset).
     Broken,
+    /// The client's body went past `[proxy] max_request_body`.
+    TooLarge,
 }
 
 impl BodyState {
@@ -133,13 +135,17 @@ impl BodyState {
             0 => BodyState::Sending,
             1 => BodyState::Sent,
             2 => BodyState::TimedOut,
-            _ => BodyState::Broken,
+            3 => BodyState::Broken,
+            _ => BodyState::TooLarge,
         }
     }
 
     /// True when the client, not the slot, made the request fail.
     pub fn is_client_fault(self) -> bool {
-        matches!(self, BodyState::TimedOut | BodyState::Broken)
+        matches!(
+            self,
+            BodyState::TimedOut | BodyState::Broken | BodyState::TooLarge
+        )
     }
 }
 
@@ -189,13 +195,20 @@ pub enum ClientBodyError {
     Timeout(Duration),
     #[error("the client's request body broke: {0}")]
     Broken(#[source] hyper::Error),
+    #[error("the client's request body went past {0} bytes (max_request_body)")]
+    TooLarge(u64),
 }
 
-/// The client's body, streamed, with a timeout between reads.
+/// The client's body, streamed, with a timeout between reads and a cap on
+/// its length.
 #[derive(Debug)]
 pub struct ClientBody {
     inner: RequestBody,
     timeout: Duration,
+    /// `[proxy] max_request_body`.
+    max: u64,
+    /// Bytes read so far.
+    read: u64,
     /// Armed only when a read would wait: a body that arrives with its head
     /// (most MCP requests) never sets a timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -231,9 +244,10 @@ pub enum ForwardBody {
 }
 
 impl ForwardBody {
-    /// The client's body, read with at most `timeout` between two reads, and
-    /// the watch that tells the forwarder whether it failed.
-    pub fn client(inner: RequestBody, timeout: Duration) -> (ForwardBody, BodyWatch) {
+    /// The client's body, read with at most `timeout` between two reads and
+    /// cut past `max` bytes, and the watch that tells the forwarder whether
+    /// it failed.
+    pub fn client(inner: RequestBody, timeout: Duration, max: u64) -> (ForwardBody, BodyWatch) {
         // A body already at its end needs no shared state: one allocation saved
         // on every GET.
         let shared = (!inner.is_end_stream()).then(|| Arc::new(Shared::default()));
@@ -241,6 +255,8 @@ impl ForwardBody {
         let body = ClientBody {
             inner,
             timeout,
+            max,
+            read: 0,
             timer: None,
             progressed: false,
             shared,
@@ -294,6 +310,12 @@ impl ClientBody {
                 // Progress: the next wait gets a whole timeout again.
                 self.progressed = true;
                 self.set_waiting(false);
+                // Past the cap: cut here, before the slot gets these bytes.
+                self.read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if self.read > self.max {
+                    self.set(BodyState::TooLarge);
+                    return Poll::Ready(Some(Err(ClientBodyError::TooLarge(self.max))));
+                }
                 // A body with a length ends with its last byte: hyper then
                 // asks `is_end_stream` and never polls for the end.
                 if self.inner.is_end_stream() {
