@@ -99,6 +99,9 @@ pub struct Resolved {
     /// The certificates `listener_tls` serves (for their expiry metric).
     pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
+    /// The client certificate each of them presents (`[[slot]] cert`), read
+    /// now; `reload` hands it to a running slot's TLS client.
+    pub slot_identity: BTreeMap<String, Arc<crate::tls::SlotIdentity>>,
     /// `[cluster]`'s TLS client (its `ca`, `cert` and `key`) for https endpoints.
     pub cluster_tls: Option<Arc<rustls::ClientConfig>>,
     /// `[cluster] password_file`'s content (trailing newline removed).
@@ -588,6 +591,13 @@ pub struct SlotConfig {
     /// (default: the system's roots).
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// For an `https://` upstream that asks for a client certificate (mutual
+    /// TLS): the PEM certificate chain presented, with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
     /// This slot's `[proxy] response_header_timeout`.
     #[serde(
         default,
@@ -1067,11 +1077,48 @@ impl Config {
                     ),
                 ));
             }
+            let identity = match (&slot.cert, &slot.key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => Some(CertPair {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                (Some(_), None) | (None, Some(_)) => {
+                    let (has, lacks) = if slot.cert.is_some() {
+                        ("cert", "key")
+                    } else {
+                        ("key", "cert")
+                    };
+                    return Err(err(
+                        "slot",
+                        Some(i),
+                        has,
+                        format!("`{has}` needs `{lacks}`: a client certificate is a certificate and its key"),
+                    ));
+                }
+            };
+            if identity.is_some() && !https {
+                return Err(err(
+                    "slot",
+                    Some(i),
+                    "cert",
+                    format!(
+                        "`cert` and `key` are for https:// upstreams; {} is plain HTTP",
+                        slot.upstream
+                    ),
+                ));
+            }
             if https {
+                let identity = match identity.as_ref().map(crate::tls::load_identity) {
+                    None => None,
+                    Some(Ok(key)) => Some(key),
+                    Some(Err(message)) => return Err(err("slot", Some(i), "cert", message)),
+                };
                 let key = if slot.ca.is_some() { "ca" } else { "upstream" };
-                match crate::tls::client_config(slot.ca.as_deref()) {
-                    Ok(c) => {
+                match crate::tls::slot_client_config(slot.ca.as_deref(), identity) {
+                    Ok((c, id)) => {
                         resolved.slot_tls.insert(slot.name.clone(), Arc::new(c));
+                        resolved.slot_identity.insert(slot.name.clone(), id);
                     }
                     Err(message) => return Err(err("slot", Some(i), key, message)),
                 }
@@ -1624,12 +1671,20 @@ impl Config {
         for slot in &self.slots {
             let _ = writeln!(
                 s,
-                "  slot {:<8} {} weight {}{}",
+                "  slot {:<8} {} weight {}{}{}{}",
                 slot.name,
                 slot.upstream,
                 slot.weight,
                 match slot.response_header_timeout {
                     Some(t) => format!(", response header timeout {}", d(t)),
+                    None => String::new(),
+                },
+                match &slot.ca {
+                    Some(ca) => format!(", trusts {}", ca.display()),
+                    None => String::new(),
+                },
+                match &slot.cert {
+                    Some(cert) => format!(", client certificate {}", cert.display()),
                     None => String::new(),
                 }
             );
@@ -1953,6 +2008,68 @@ upstream = "http://127.0.0.1:3002"
             )),
             "{listen}"
         );
+    }
+
+    #[test]
+    fn a_slot_client_certificate_is_a_pair_for_https_and_described() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = crate::tls::write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let slot = |upstream: &str, keys: &str| {
+            parse(&format!(
+                "{GOOD}[[slot]]\nname = \"red\"\nupstream = \"{upstream}\"\nca = {:?}\n{keys}\n",
+                dev.ca
+            ))
+        };
+        let both = format!("cert = {:?}\nkey = {:?}", dev.cert, dev.key);
+        let c = slot("https://127.0.0.1:3003", &both).expect("good");
+        let id = c.resolved.slot_identity.get("red").expect("an identity");
+        assert!(id.current().is_some(), "the certificate is loaded");
+        assert!(
+            c.describe()
+                .contains(&format!("client certificate {}", dev.cert.display())),
+            "{}",
+            c.describe()
+        );
+        // Without cert and key: an identity that presents nothing.
+        let c = slot("https://127.0.0.1:3003", "").expect("good");
+        assert!(c.resolved.slot_identity["red"].current().is_none());
+        for (upstream, keys, key, why) in [
+            (
+                "https://127.0.0.1:3003",
+                format!("cert = {:?}", dev.cert),
+                "slot[2].cert",
+                "`cert` needs `key`",
+            ),
+            (
+                "https://127.0.0.1:3003",
+                format!("key = {:?}", dev.key),
+                "slot[2].key",
+                "`key` needs `cert`",
+            ),
+            (
+                "https://127.0.0.1:3003",
+                // The CA's certificate with the leaf's key: not a pair.
+                format!("cert = {:?}\nkey = {:?}", dev.ca, dev.key),
+                "slot[2].cert",
+                "does not belong to the certificate",
+            ),
+            (
+                "https://127.0.0.1:3003",
+                format!("cert = {:?}\nkey = \"/nonexistent.key\"", dev.cert),
+                "slot[2].cert",
+                "/nonexistent.key",
+            ),
+        ] {
+            let e = slot(upstream, &keys).expect_err(&keys);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        let e = parse(&format!(
+            "{GOOD}[[slot]]\nname = \"red\"\nupstream = \"http://127.0.0.1:3003\"\n{both}\n"
+        ))
+        .expect_err("plain HTTP");
+        assert_eq!(e.key, "slot[2].cert", "{e}");
+        assert!(e.to_string().contains("are for https:// upstreams"), "{e}");
     }
 
     #[test]

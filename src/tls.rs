@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -116,6 +116,12 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         ));
     }
     Ok(chain)
+}
+
+/// A certificate and its key, read and checked to belong together (a
+/// client certificate).
+pub fn load_identity(pair: &CertPair) -> Result<Arc<CertifiedKey>, String> {
+    load(pair).map(|l| l.key)
 }
 
 fn load(pair: &CertPair) -> Result<Loaded, String> {
@@ -391,6 +397,120 @@ fn quoted_if_needed(out: &mut String, s: &str) {
 /// certificates of `ca` when given. Upstreams are spoken to in HTTP/1.1.
 pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
     client_config_with_identity(ca, None)
+}
+
+/// The client certificate an `https://` slot presents (`[[slot]] cert` and
+/// `key`), or none: swapped by `reload` under the slot's open connections,
+/// which keep the one they were made with; the next handshake takes the new
+/// one, so a certificate is renewed without a new generation (no session of
+/// the slot is cut).
+///
+/// It keeps the slot's TLS sessions too: a resumed session presents no
+/// certificate (the slot keeps the one of the session it resumes), so a
+/// swap forgets them, and the next connection makes a full handshake.
+#[derive(Debug)]
+pub struct SlotIdentity {
+    key: arc_swap::ArcSwapOption<CertifiedKey>,
+    sessions: arc_swap::ArcSwap<rustls::client::ClientSessionMemoryCache>,
+}
+
+/// TLS sessions kept per slot for resumption (rustls's default).
+const SLOT_SESSIONS: usize = 256;
+
+impl Default for SlotIdentity {
+    fn default() -> Self {
+        SlotIdentity {
+            key: Default::default(),
+            sessions: arc_swap::ArcSwap::from_pointee(
+                rustls::client::ClientSessionMemoryCache::new(SLOT_SESSIONS),
+            ),
+        }
+    }
+}
+
+impl SlotIdentity {
+    /// The key the next handshake presents.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.key.load_full()
+    }
+
+    /// Presents `key` from the next handshake on (no session made with the
+    /// one before is resumed).
+    pub fn set(&self, key: Option<Arc<CertifiedKey>>) {
+        self.key.store(key);
+        self.sessions
+            .store(Arc::new(rustls::client::ClientSessionMemoryCache::new(
+                SLOT_SESSIONS,
+            )));
+    }
+}
+
+/// The sessions of the present identity.
+impl rustls::client::ClientSessionStore for SlotIdentity {
+    fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
+        self.sessions.load().set_kx_hint(server, group);
+    }
+    fn kx_hint(&self, server: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.sessions.load().kx_hint(server)
+    }
+    fn set_tls12_session(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.sessions.load().set_tls12_session(server, value);
+    }
+    fn tls12_session(
+        &self,
+        server: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.sessions.load().tls12_session(server)
+    }
+    fn remove_tls12_session(&self, server: &ServerName<'static>) {
+        self.sessions.load().remove_tls12_session(server);
+    }
+    fn insert_tls13_ticket(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.sessions.load().insert_tls13_ticket(server, value);
+    }
+    fn take_tls13_ticket(
+        &self,
+        server: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.sessions.load().take_tls13_ticket(server)
+    }
+}
+
+impl rustls::client::ResolvesClientCert for SlotIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.load().is_some()
+    }
+}
+
+/// The TLS client of an `https://` slot: it trusts `ca` (else the system's
+/// roots) and presents the certificate of `identity`, when given, to a slot
+/// that asks for one (mutual TLS, nginx's `proxy_ssl_certificate`).
+pub fn slot_client_config(
+    ca: Option<&Path>,
+    identity: Option<Arc<CertifiedKey>>,
+) -> Result<(ClientConfig, Arc<SlotIdentity>), String> {
+    let resolver = Arc::new(SlotIdentity::default());
+    resolver.set(identity);
+    let mut config = client_config(ca)?;
+    config.client_auth_cert_resolver = Arc::clone(&resolver) as _;
+    config.resumption = rustls::client::Resumption::store(Arc::clone(&resolver) as _);
+    Ok((config, resolver))
 }
 
 /// A TLS client that trusts `ca` (else the system's roots) and, with

@@ -158,6 +158,8 @@ fn populated() -> Config {
             upstream: "https://127.0.0.1:1".into(),
             weight: 1,
             ca: Some(p("ca.pem")),
+            cert: Some(p("client.crt")),
+            key: Some(p("client.key")),
             response_header_timeout: Some(Duration::from_secs(1)),
         }],
         cluster: Some(ClusterConfig {

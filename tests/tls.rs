@@ -346,6 +346,143 @@ async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
     port
 }
 
+/// A TLS front that requires a client certificate `client_ca` signed, for a
+/// plain upstream; it tells the certificate each connection presented.
+async fn mtls_front(
+    backend: u16,
+    pki: &Pki,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let cfg = mcpflip::tls::server_config(&mcpflip::config::TlsConfig {
+        cert: pki.server.clone(),
+        key: pki.server_key.clone(),
+        sni: vec![],
+        client_ca: Some(pki.ca.clone()),
+        client_crl: None,
+        client_auth: Default::default(),
+    })
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+                    {
+                        let _ = tx.send(leaf.to_vec());
+                    }
+                    if let Ok(mut up) = TcpStream::connect(("127.0.0.1", backend)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// The DER of the first certificate in the PEM file `path`.
+fn der(path: &Path) -> Vec<u8> {
+    mcpflip::tls::read_chain(path).expect("chain")[0].to_vec()
+}
+
+/// `[[slot]] cert` and `key`: an `https://` slot that requires a client
+/// certificate gets the configured one; a slot without one, or with one
+/// its CA did not sign, is refused at the handshake; `reload` renews the
+/// certificate under a running slot without a new generation, its open
+/// session going on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_slot_that_requires_a_client_certificate_gets_the_configured_one() {
+    let stop = CancellationToken::new();
+    let plain = upstream("remote", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let pki = Pki::new(&d.join("pki"));
+    let stranger = mcpflip::tls::write_dev_cert(&d.join("stranger"), &[], false).expect("dev");
+    let (front, mut presented) = mtls_front(plain, &pki).await;
+    let url = format!("https://127.0.0.1:{front}");
+    let with_cert = |cert: &Path, key: &Path| {
+        TestConfig::new(d)
+            .slot_url("remote", &url, Some(100), Some(&pki.ca))
+            .slot_set(
+                "remote",
+                "cert",
+                support::config::q(cert.display().to_string()),
+            )
+            .slot_set(
+                "remote",
+                "key",
+                support::config::q(key.display().to_string()),
+            )
+            .slot_url("anon", &url, None, Some(&pki.ca))
+            // Idle connections go soon: the next request after a renewal
+            // makes a new one.
+            .set_str("proxy", "pool_idle_timeout", "100ms")
+    };
+    // A certificate from a CA the slot does not trust: refused.
+    let cfg = with_cert(&stranger.cert, &stranger.key);
+    let p = support::start(cfg.load()).await;
+    let r = ctl(d, "probe remote").await;
+    assert_eq!(r["ok"], false, "{r}");
+    // No certificate at all: refused.
+    let r = ctl(d, "probe anon").await;
+    assert_eq!(r["ok"], false, "{r}");
+    let detail = r["probe"]["steps"][0]["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("CertificateRequired"), "{detail}");
+    // The CA's certificate, by reload: the same generation.
+    with_cert(&pki.member.cert, &pki.member.key).write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["changed"]
+            .to_string()
+            .contains("slot remote client certificate re-read"),
+        "{r}"
+    );
+    let r = ctl(d, "probe remote").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let mut sse = SseSession::open(&http_client(), &format!("http://{}", p.public_addr))
+        .await
+        .expect("a session through the mutual-TLS slot");
+    assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "remote");
+    // Renewed (another certificate of the CA): the session goes on, and the
+    // next connection presents the new one.
+    with_cert(&pki.revoked.cert, &pki.revoked.key).write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let status = ctl(d, "status").await;
+    let remote = status["slots"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "remote").cloned())
+        .expect("slot remote");
+    assert_eq!(remote["generation"], 1, "no new generation: {status}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "remote");
+    let mut seen = Vec::new();
+    while let Ok(der) = presented.try_recv() {
+        seen.push(der);
+    }
+    assert!(
+        seen.contains(&der(&pki.member.cert)),
+        "the member certificate was presented"
+    );
+    assert!(
+        seen.contains(&der(&pki.revoked.cert)),
+        "a connection after the renewal presented the new certificate"
+    );
+    assert!(
+        !seen.contains(&der(&stranger.cert)),
+        "the front refused the stranger"
+    );
+    drop(sse);
+    p.shutdown().await;
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstreams_are_verified_against_the_slot_ca() {
     let stop = CancellationToken::new();

@@ -59,6 +59,8 @@ pub struct Upstream {
     authority: Authority,
     host_header: HeaderValue,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The client certificate `tls` presents.
+    identity: Option<Arc<crate::tls::SlotIdentity>>,
     /// `[[slot]] response_header_timeout`, else `[proxy]`'s.
     response_timeout: Duration,
 }
@@ -92,12 +94,14 @@ impl Upstream {
         } else {
             None
         };
+        let identity = config.resolved.slot_identity.get(&slot.name).cloned();
         Ok(Upstream {
             url: slot.upstream.clone(),
             scheme,
             authority,
             host_header,
             tls,
+            identity,
             response_timeout: slot
                 .response_header_timeout
                 .unwrap_or(config.proxy.response_header_timeout),
@@ -111,6 +115,7 @@ impl Upstream {
                 proxy.connect_timeout,
                 proxy.pool_idle_timeout,
                 rustls::ClientConfig::clone(tls),
+                self.identity.clone(),
             ),
             None => UpstreamClient::new(proxy.connect_timeout, proxy.pool_idle_timeout),
         }

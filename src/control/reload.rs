@@ -115,6 +115,8 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         }
     }
 
+    // The slots with a new client (new or re-addressed): theirs is read now.
+    let upstreams_new: Vec<String> = upstreams.keys().cloned().collect();
     let new = Arc::new(new);
     let applied = ctl
         .reconfigure(
@@ -153,6 +155,34 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         .collect();
     slot_changes.append(&mut changed);
     let mut changed = slot_changes;
+    // A slot that kept its address and CA presents the client certificate
+    // read now from its next handshake on: renewed without a new generation.
+    for sc in new
+        .slots
+        .iter()
+        .filter(|sc| !upstreams_new.contains(&sc.name))
+    {
+        let (Some(running), Some(read)) = (
+            table.get(&sc.name).and_then(|s| s.client.identity()),
+            new.resolved.slot_identity.get(&sc.name),
+        ) else {
+            continue;
+        };
+        let (was, now) = (running.current(), read.current());
+        let cert = |k: &Option<Arc<rustls::sign::CertifiedKey>>| k.as_ref().map(|k| k.cert.clone());
+        if cert(&was) != cert(&now) {
+            let what = match (&was, &now) {
+                (_, None) => "dropped",
+                (None, Some(_)) => "set",
+                (Some(_), Some(_)) => "re-read",
+            };
+            running.set(now);
+            changed.push(format!(
+                "slot {} client certificate {what} (new connections to it present it; open ones keep theirs)",
+                sc.name
+            ));
+        }
+    }
     if let Some((cfg, slot)) = new_tls {
         slot.store(cfg);
         changed.push("[listen] tls certificates re-read (new handshakes use them; open connections keep theirs)".to_owned());

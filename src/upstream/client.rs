@@ -145,6 +145,8 @@ struct Pool {
     idle_timeout: Duration,
     connect_timeout: Duration,
     tls: tokio_rustls::TlsConnector,
+    /// The client certificate `tls` presents (`https://` slots).
+    identity: Option<Arc<crate::tls::SlotIdentity>>,
     /// The reaper of expired idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -244,15 +246,17 @@ impl UpstreamClient {
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        Self::with_tls(connect_timeout, pool_idle, tls)
+        Self::with_tls(connect_timeout, pool_idle, tls, None)
     }
 
     /// A client that speaks TLS to `https://` upstreams with `tls` (and plain
-    /// HTTP to `http://` ones).
+    /// HTTP to `http://` ones); `identity` is the client certificate `tls`
+    /// presents, kept so that `reload` can swap it.
     pub fn with_tls(
         connect_timeout: Duration,
         pool_idle: Duration,
         mut tls: rustls::ClientConfig,
+        identity: Option<Arc<crate::tls::SlotIdentity>>,
     ) -> Self {
         // HTTP/1.1 only upstream.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -262,6 +266,7 @@ impl UpstreamClient {
             idle_timeout: pool_idle,
             connect_timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            identity,
             reaping: std::sync::atomic::AtomicBool::new(false),
         };
         Self {
@@ -274,6 +279,11 @@ impl UpstreamClient {
     pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
+    }
+
+    /// The client certificate this client presents to an `https://` slot.
+    pub fn identity(&self) -> Option<&Arc<crate::tls::SlotIdentity>> {
+        self.pool.identity.as_ref()
     }
 
     /// The slot's response header timeout.
