@@ -443,7 +443,7 @@ async fn run(config: Config, start: Start) -> anyhow::Result<()> {
     match handshake {
         Some(h) => {
             let old = h.old_pid;
-            if let Err(e) = h.ready(std::sync::Arc::clone(&ctl)) {
+            if let Err(e) = h.ready(std::sync::Arc::clone(&ctl), running.sessions()) {
                 tracing::warn!(error = %e, "the process that handed over did not hear that this one serves");
             }
             tracing::info!(
@@ -533,9 +533,12 @@ async fn run(config: Config, start: Start) -> anyhow::Result<()> {
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(upgraded));
                 }
-                successor.publish_counts(table);
+                let publisher = successor.publish(table, running.sessions());
                 tokio::select! {
-                    _ = running.hand_over() => {}
+                    _ = running.hand_over() => {
+                        // Its connections ended: what they captured since goes too.
+                        publisher.finish().await;
+                    }
                     _ = term.recv() => tracing::warn!("signal during the handover: stopping now"),
                     _ = int.recv() => tracing::warn!("signal during the handover: stopping now"),
                 }

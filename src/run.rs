@@ -52,6 +52,9 @@ pub struct Running {
     /// The worker threads client connections run on: kept until the
     /// connections have closed (dropping it stops the threads).
     workers: Arc<proxy::workers::Workers>,
+    /// The captured sessions (`[drain] migrate = "replay"`), handed over in
+    /// an upgrade.
+    sessions: Option<Arc<Sessions>>,
 }
 
 /// The state to start on: the state file's, checked as strictly as a
@@ -248,7 +251,7 @@ pub async fn start_with(
         max_request_body: proxy_cfg.max_request_body,
         tool_call_timeout: proxy_cfg.tool_call_timeout,
         stats: Arc::clone(&proxy_stats),
-        sessions,
+        sessions: sessions.clone(),
         call_grace: drain_cfg.migrate_call_grace,
     });
     let admin = tokio::spawn(crate::admin::serve(
@@ -311,6 +314,7 @@ pub async fn start_with(
         deadline,
         idle: limits.idle,
         workers,
+        sessions,
     })
 }
 
@@ -331,6 +335,11 @@ pub fn status_line(ctl: &Controller) -> String {
 }
 
 impl Running {
+    /// The captured sessions, with `[drain] migrate = "replay"`.
+    pub fn sessions(&self) -> Option<Arc<Sessions>> {
+        self.sessions.clone()
+    }
+
     /// The public and admin listening sockets, with their addresses.
     pub fn sockets(&self) -> [(BorrowedFd<'_>, SocketAddr); 2] {
         let [(p, pa), (a, aa)] = &self.sockets;

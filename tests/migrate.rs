@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use mcpflip::stats::MigrateFailure;
 use mcpflip::upstream::UpstreamError;
 use serde_json::{json, Value};
-use support::mcp::{http_client, initialize, post_json};
+use support::mcp::{call_whoami as call, http_client, initialize, open_session as open, post_json};
 use support::TestConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -281,40 +281,6 @@ async fn serve(
 
 fn request(id: u32, method: &str, params: Value) -> Value {
     json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})
-}
-
-/// A session through the proxy: its id as the client holds it.
-async fn open(client: &support::mcp::HttpClient, url: &str) -> String {
-    let (status, sid, _) = post_json(client, url, None, initialize()).await;
-    assert_eq!(status, 200);
-    let sid = sid.expect("a session id");
-    let (status, _, _) = post_json(
-        client,
-        url,
-        Some(&sid),
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
-    )
-    .await;
-    assert_eq!(status, 202);
-    sid
-}
-
-async fn call(client: &support::mcp::HttpClient, url: &str, sid: &str, id: u32) -> (u16, Value) {
-    let (status, back, body) = post_json(
-        client,
-        url,
-        Some(sid),
-        request(id, "tools/call", json!({"name":"whoami"})),
-    )
-    .await;
-    if status == 200 {
-        assert_eq!(
-            back.as_deref(),
-            Some(sid),
-            "the client keeps its session id"
-        );
-    }
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn config(dir: &std::path::Path, blue: u16, green: u16, migrate: &str) -> TestConfig {

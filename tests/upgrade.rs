@@ -452,3 +452,74 @@ async fn upgrades_bench() {
     let (_, failed) = upgrades_under_load(n).await;
     assert_eq!(failed, 0);
 }
+
+/// `[drain] migrate = "replay"` across an upgrade: the sessions the old
+/// process captured are handed to the new one (those captured before it
+/// served, and those its open connections captured after), so a session
+/// whose slot is then cut moves under its id, where it got the 404 of a
+/// session never captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_the_captured_sessions_over() {
+    let h = Harness::new().await;
+    let (cfg, public, admin) = config(&h);
+    let cfg = cfg.set_str("drain", "migrate", "replay");
+    let path = cfg.write();
+    let socket = cfg.socket();
+    let mut old = ProxyProcess::spawn(&path, &socket, &[]);
+    old.ready().await;
+    let url = format!("http://127.0.0.1:{public}/mcp");
+    // A session captured before the upgrade, on a connection that stays
+    // with the old process.
+    let kept_alive = http_client();
+    let before = support::mcp::open_session(&kept_alive, &url).await;
+
+    let binary = rebuilt(h.dir.path());
+    let out = ctl(
+        &socket,
+        &[
+            "--json",
+            "upgrade",
+            "--binary",
+            binary.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.ok(), "upgrade: {out:?}\n{}", old.stderr());
+    let reply: Value = serde_json::from_str(&out.stdout).expect("upgrade JSON");
+    let new_pid = reply["new_pid"].as_i64().expect("new_pid") as i32;
+    let _new = Pid(new_pid);
+    // A session the old process captures after the new one serves, on the
+    // connection it still holds.
+    let after = support::mcp::open_session(&kept_alive, &url).await;
+    drop(kept_alive);
+    let code = old.wait_exit();
+    assert!(
+        code.success(),
+        "the old process exited {code}:\n{}",
+        old.stderr()
+    );
+
+    // Green serves; blue's sessions are cut: both move, through the new process.
+    let r = support::ctl(&socket, "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let client = http_client();
+    for (n, sid) in [&before, &after].into_iter().enumerate() {
+        let (status, answer) = support::mcp::call_whoami(&client, &url, sid, n as u32 + 2).await;
+        assert_eq!(status, 200, "session {n}: {answer}");
+        assert_eq!(
+            answer["result"]["content"][0]["text"], "green",
+            "session {n} moved: {answer}"
+        );
+    }
+    let metrics =
+        support::mcp::get_text(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
+    assert_eq!(
+        support::metric(&metrics, "mcpflip_sessions_migrated_total"),
+        2,
+        "{metrics}"
+    );
+    // SAFETY: kill(2) on the new process this test started through ctl.
+    unsafe { libc::kill(new_pid, libc::SIGTERM) };
+    support::until("the new process exits on SIGTERM", || !alive(new_pid)).await;
+}

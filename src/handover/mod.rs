@@ -36,12 +36,15 @@ use tokio::net::unix::OwnedWriteHalf;
 
 use crate::control::protocol::HandoverSlot;
 use crate::control::Controller;
+use crate::proxy::migrate::Sessions;
 use crate::table::Table;
 
 /// The environment variable that names the new process's end of the handover socket.
 pub const ENV: &str = "MCPFLIP_HANDOVER_FD";
 /// The longest line either side sends or accepts.
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 1024 * 1024;
+/// Captured sessions are sent in lines of about this many bytes.
+const SESSIONS_LINE: usize = 256 * 1024;
 /// How often the old process publishes its counts.
 const COUNTS_EVERY: Duration = Duration::from_millis(100);
 /// How long the new process waits for the offer, and either side for a write.
@@ -68,6 +71,11 @@ enum Msg {
     Failed { error: String },
     /// Old to new, every [`COUNTS_EVERY`] until it exits.
     Counts { slots: Vec<HandoverSlot> },
+    /// Old to new: captured sessions (`[drain] migrate = "replay"`), once
+    /// it serves and again once the old process's connections have ended.
+    Sessions {
+        sessions: Vec<crate::proxy::migrate::Exported>,
+    },
 }
 
 /// Why a handover did not happen. The old process serves on in every case.
@@ -288,13 +296,20 @@ pub async fn start_successor(offer: Offer<'_>) -> Result<Successor, HandoverErro
 }
 
 impl Successor {
-    /// Publishes this process's counts to the new one until this process
-    /// exits (its end closes then, which the new process reads as zeros).
-    pub fn publish_counts(self, table: Arc<Table>) {
+    /// Publishes this process's captured sessions to the new one, then its
+    /// counts until [`Publisher::finish`] (or until this process exits: its
+    /// end closes then, which the new process reads as zeros).
+    pub fn publish(self, table: Arc<Table>, sessions: Option<Arc<Sessions>>) -> Publisher {
         let mut write = self.write;
         let child = self._child;
-        tokio::spawn(async move {
+        let (finish, mut finished) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             let _child = child;
+            if let Some(s) = &sessions {
+                if send_sessions(&mut write, s).await.is_err() {
+                    return;
+                }
+            }
             loop {
                 let msg = line(&Msg::Counts {
                     slots: counts(&table),
@@ -303,10 +318,72 @@ impl Successor {
                     Ok(Ok(())) => {}
                     _ => return,
                 }
-                tokio::time::sleep(COUNTS_EVERY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(COUNTS_EVERY) => {}
+                    _ = &mut finished => break,
+                }
+            }
+            // This process's connections have ended: what they captured
+            // since the first time goes too.
+            if let Some(s) = &sessions {
+                let _ = send_sessions(&mut write, s).await;
             }
         });
+        Publisher { finish, task }
     }
+}
+
+/// The old process's side of the conversation once the new one serves.
+pub struct Publisher {
+    finish: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Sends the captured sessions a last time and ends the conversation.
+    pub async fn finish(self) {
+        let _ = self.finish.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Writes every session of `sessions` in lines of about [`SESSIONS_LINE`]
+/// bytes (one too large for a line is left out, and logged).
+async fn send_sessions(write: &mut OwnedWriteHalf, sessions: &Sessions) -> std::io::Result<()> {
+    let (list, mut skipped) = sessions.export();
+    let total = list.len();
+    let mut batch = Vec::new();
+    let mut size = 0;
+    let mut list = list.into_iter().peekable();
+    while let Some(x) = list.next() {
+        size += x.size();
+        batch.push(x);
+        if size < SESSIONS_LINE && list.peek().is_some() {
+            continue;
+        }
+        let msg = line(&Msg::Sessions {
+            sessions: std::mem::take(&mut batch),
+        });
+        size = 0;
+        if msg.len() > MAX_LINE {
+            // Only a batch of one can be this long (the batch is cut at a
+            // quarter of the line).
+            skipped += 1;
+            continue;
+        }
+        match tokio::time::timeout(IO_TIMEOUT, write.write_all(&msg)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "captured sessions not handed over (not UTF-8, or too large for the handover)"
+        );
+    }
+    tracing::info!(sessions = total, "captured sessions handed over");
+    Ok(())
 }
 
 /// The new process's side: the offer it got, and the sockets that came with it.
@@ -420,8 +497,13 @@ impl Incoming {
         self.drains.clone()
     }
 
-    /// Tells the old process this one serves; follows its counts until it exits.
-    pub fn ready(self, ctl: Arc<Controller>) -> Result<(), HandoverError> {
+    /// Tells the old process this one serves; follows its counts until it
+    /// exits, and takes the sessions it captured into `sessions`.
+    pub fn ready(
+        self,
+        ctl: Arc<Controller>,
+        sessions: Option<Arc<Sessions>>,
+    ) -> Result<(), HandoverError> {
         let msg = line(&Msg::Ready {
             pid: std::process::id(),
         });
@@ -434,8 +516,22 @@ impl Incoming {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream);
             while let Ok(Some(text)) = next_line(&mut lines).await {
-                if let Ok(Msg::Counts { slots }) = serde_json::from_str::<Msg>(&text) {
-                    apply_counts(&ctl, &slots);
+                match serde_json::from_str::<Msg>(&text) {
+                    Ok(Msg::Counts { slots }) => apply_counts(&ctl, &slots),
+                    Ok(Msg::Sessions { sessions: list }) => {
+                        let n = list.len();
+                        match &sessions {
+                            Some(s) => {
+                                let added = s.import(list);
+                                tracing::info!(sent = n, added, "captured sessions taken over");
+                            }
+                            None => tracing::info!(
+                                sent = n,
+                                "captured sessions not taken over: [drain] migrate is off here"
+                            ),
+                        }
+                    }
+                    _ => {}
                 }
             }
             // It exited (or broke the conversation): nothing of it counts any more.

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::mcp::headers::{LAST_EVENT_ID, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
@@ -166,7 +167,10 @@ impl Sessions {
             idle,
             count: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
-            epoch: Instant::now(),
+            // `idle` back: a session imported idle (`import`) keeps its age.
+            epoch: Instant::now()
+                .checked_sub(idle)
+                .unwrap_or_else(Instant::now),
             stats,
         }
     }
@@ -391,6 +395,171 @@ impl Sessions {
                 _ = tick.tick() => { self.expire(); }
             }
         }
+    }
+}
+
+/// A captured session on its way to the process that takes over in a
+/// hitless upgrade (`ctl upgrade`): what it replays, where it moved, and
+/// how long it has been idle. The bodies are the JSON the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exported {
+    /// The tagged id the client holds.
+    pub id: String,
+    pub init: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shaping: Vec<String>,
+    /// Unanswered calls: the stream's last event id, the error event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<ExportedMove>,
+    /// Seconds since its last request.
+    pub idle_s: u64,
+}
+
+/// Where an exported session moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedMove {
+    pub slot: String,
+    pub generation: u32,
+    /// The upstream session id the new slot issued.
+    pub inner: String,
+}
+
+impl Exported {
+    /// Bytes it carries (about what its JSON takes).
+    pub fn size(&self) -> usize {
+        self.id.len()
+            + self.init.len()
+            + self.shaping.iter().map(String::len).sum::<usize>()
+            + self
+                .unanswered
+                .iter()
+                .map(|(i, e)| i.len() + e.len())
+                .sum::<usize>()
+            + self
+                .moved
+                .as_ref()
+                .map_or(0, |m| m.slot.len() + m.inner.len())
+            + 64
+    }
+}
+
+impl Sessions {
+    /// Every captured session, for the process that takes over. One whose
+    /// bytes are not UTF-8 (the proxy captures JSON bodies only, so none in
+    /// practice) is left out, and counted in the second number.
+    pub fn export(&self) -> (Vec<Exported>, usize) {
+        let now = self.now();
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+        let mut out = Vec::with_capacity(self.len());
+        let mut skipped = 0;
+        for shard in self.shards.iter() {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            for e in map.values() {
+                let c = &e.captured;
+                let kept = c.kept();
+                let exported = (|| {
+                    Some(Exported {
+                        id: text(&c.id)?,
+                        init: text(&c.init)?,
+                        shaping: kept
+                            .shaping
+                            .iter()
+                            .map(|b| text(b))
+                            .collect::<Option<_>>()?,
+                        unanswered: kept
+                            .unanswered
+                            .iter()
+                            .map(|(i, ev)| Some((text(i)?, text(ev)?)))
+                            .collect::<Option<_>>()?,
+                        moved: match c.moved.load_full() {
+                            None => None,
+                            Some(m) => Some(ExportedMove {
+                                slot: m.slot.to_string(),
+                                generation: m.generation,
+                                inner: m.inner.to_str().ok()?.to_owned(),
+                            }),
+                        },
+                        idle_s: now.saturating_sub(e.last_used.load(Ordering::Relaxed)),
+                    })
+                })();
+                match exported {
+                    Some(x) => out.push(x),
+                    None => skipped += 1,
+                }
+            }
+        }
+        (out, skipped)
+    }
+
+    /// Takes the sessions the process that handed over captured. One this
+    /// store holds already (its client came here since) keeps what it has
+    /// here, and gains only where the other process moved it; one idle past
+    /// `migrate_idle` is left out, and so is one over the store's limits.
+    /// Returns how many were added.
+    pub fn import(&self, list: Vec<Exported>) -> usize {
+        let now = self.now();
+        let mut added = 0;
+        for mut x in list {
+            // The bounds of a capture here hold for one that came over too.
+            if x.idle_s >= self.idle.as_secs() || x.init.len() as u64 > MAX_BODY {
+                continue;
+            }
+            x.shaping.retain(|b| b.len() <= MAX_SHAPING_BODY);
+            let over = x.shaping.len().saturating_sub(MAX_SHAPING);
+            x.shaping.drain(..over);
+            let over = x.unanswered.len().saturating_sub(MAX_UNANSWERED);
+            x.unanswered.drain(..over);
+            let Ok(id) = HeaderValue::from_str(&x.id) else {
+                continue;
+            };
+            let moved = x.moved.and_then(|m| {
+                Some(Arc::new(Moved {
+                    slot: m.slot.into(),
+                    generation: m.generation,
+                    inner: HeaderValue::from_str(&m.inner).ok()?,
+                }))
+            });
+            if let Some(here) = self.get(id.as_bytes()) {
+                if here.moved.load().is_none() && moved.is_some() {
+                    here.moved.store(moved);
+                }
+                continue;
+            }
+            if !self.capture(&id, Bytes::from(x.init)) {
+                continue;
+            }
+            added += 1;
+            let key = self.key(id.as_bytes());
+            let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
+            let Some(e) = map.get(&key) else { continue };
+            e.last_used
+                .store(now.saturating_sub(x.idle_s), Ordering::Relaxed);
+            let c = Arc::clone(&e.captured);
+            drop(map);
+            c.moved.store(moved);
+            let mut kept = c.kept();
+            let extra: usize = x.shaping.iter().map(String::len).sum::<usize>()
+                + x.unanswered
+                    .iter()
+                    .map(|(i, e)| i.len() + e.len())
+                    .sum::<usize>();
+            kept.shaping = x.shaping.into_iter().map(Bytes::from).collect();
+            kept.unanswered = x
+                .unanswered
+                .into_iter()
+                .map(|(i, e)| (Bytes::from(i), Bytes::from(e)))
+                .collect();
+            drop(kept);
+            self.held.fetch_add(extra, Ordering::Relaxed);
+        }
+        if added > 0 {
+            self.publish();
+        }
+        added
     }
 }
 
@@ -714,6 +883,107 @@ mod tests {
 
     fn request_id(body: &[u8]) -> Option<Bytes> {
         call_id(body)
+    }
+
+    /// What one process exports another imports whole: bodies, shaping,
+    /// unanswered calls, the move and the idle clock; a session the
+    /// importer holds keeps its own, gaining only the move; the store's
+    /// bounds hold.
+    #[test]
+    fn exported_sessions_are_imported_whole_within_the_bounds() {
+        let stats = Arc::new(ProxyStats::default());
+        let old = Sessions::new(100, Duration::from_secs(3600), Arc::clone(&stats));
+        let id = |n: u32| HeaderValue::from_str(&format!("b1.g1.s{n}")).expect("id");
+        for n in 0..3 {
+            assert!(old.capture(
+                &id(n),
+                Bytes::from(format!(r#"{{"id":{n},"method":"initialize"}}"#))
+            ));
+        }
+        old.shape(
+            b"b1.g1.s0",
+            Bytes::from_static(br#"{"method":"logging/setLevel"}"#),
+        );
+        old.note_unanswered(
+            b"b1.g1.s1",
+            Bytes::from_static(b"b1.g1.e9"),
+            Bytes::from_static(b"data: x\n\n"),
+        );
+        let moved = Arc::new(Moved {
+            slot: "green".into(),
+            generation: 2,
+            inner: HeaderValue::from_static("upstream-7"),
+        });
+        old.get(b"b1.g1.s2")
+            .expect("s2")
+            .moved
+            .store(Some(Arc::clone(&moved)));
+        let (list, skipped) = old.export();
+        assert_eq!((list.len(), skipped), (3, 0));
+
+        let new = Sessions::new(
+            100,
+            Duration::from_secs(3600),
+            Arc::new(ProxyStats::default()),
+        );
+        // s2 came to the new process before the import: its own capture stays.
+        assert!(new.capture(&id(2), Bytes::from_static(b"{\"here\":1}")));
+        assert_eq!(new.import(list.clone()), 2);
+        assert_eq!(new.len(), 3);
+        let s0 = new.get(b"b1.g1.s0").expect("s0");
+        assert_eq!(
+            &s0.init[..],
+            list.iter()
+                .find(|x| x.id == "b1.g1.s0")
+                .expect("s0")
+                .init
+                .as_bytes()
+        );
+        assert_eq!(s0.kept().shaping.len(), 1);
+        assert_eq!(
+            new.take_unanswered(b"b1.g1.s1", b"b1.g1.e9").as_deref(),
+            Some(&b"data: x\n\n"[..])
+        );
+        let s2 = new.get(b"b1.g1.s2").expect("s2");
+        assert_eq!(
+            &s2.init[..],
+            b"{\"here\":1}",
+            "the importer's own capture stays"
+        );
+        let m = s2.moved.load_full().expect("the move came over");
+        assert_eq!(
+            (&*m.slot, m.generation, m.inner.as_bytes()),
+            ("green", 2, &b"upstream-7"[..])
+        );
+        // Held bytes count what came over: an export of the new store
+        // carries as much as the old one's, less s2's own body.
+        let (again, _) = new.export();
+        assert_eq!(again.len(), 3);
+        assert!(new.bytes() > 0);
+
+        // Bounds: a full store takes no more; an idle one past migrate_idle
+        // and an oversized body are left out.
+        let small = Sessions::new(1, Duration::from_secs(60), Arc::new(ProxyStats::default()));
+        let mut list = list;
+        list[0].idle_s = 61;
+        list[1].init = " ".repeat(MAX_BODY as usize + 1);
+        assert_eq!(small.import(list), 1);
+        assert_eq!(small.len(), 1);
+        // A long idle clock carries over: the session expires on time.
+        let clock = Sessions::new(10, Duration::from_secs(60), Arc::new(ProxyStats::default()));
+        let x = Exported {
+            id: "b1.g1.old".into(),
+            init: "{}".into(),
+            shaping: vec![],
+            unanswered: vec![],
+            moved: None,
+            idle_s: 59,
+        };
+        assert_eq!(clock.import(vec![x]), 1);
+        let (out, _) = clock.export();
+        assert!(out[0].idle_s >= 59, "{out:?}");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(clock.expire(), 1, "expired on the old process's clock");
     }
 
     /// `kind` skips the parse only where the parse finds no kept kind:

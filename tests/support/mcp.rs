@@ -207,6 +207,43 @@ pub async fn post_json(
     (status, sid, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A Streamable HTTP session through the proxy at `url` (`initialize`, then
+/// `notifications/initialized`): its id as the client holds it.
+pub async fn open_session(client: &HttpClient, url: &str) -> String {
+    let (status, sid, _) = post_json(client, url, None, initialize()).await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a session id");
+    let (status, _, _) = post_json(
+        client,
+        url,
+        Some(&sid),
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    sid
+}
+
+/// Session `sid` calls `whoami` (request `id`): the status and the answer
+/// (a 200 must give the client its own session id back).
+pub async fn call_whoami(client: &HttpClient, url: &str, sid: &str, id: u32) -> (u16, Value) {
+    let (status, back, body) = post_json(
+        client,
+        url,
+        Some(sid),
+        json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"whoami"}}),
+    )
+    .await;
+    if status == 200 {
+        assert_eq!(
+            back.as_deref(),
+            Some(sid),
+            "the client keeps its session id"
+        );
+    }
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
 /// An `initialize` request body (2025-06-18).
 pub fn initialize() -> Value {
     json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
