@@ -102,10 +102,22 @@ pub struct Resolved {
     /// The client certificate each of them presents (`[[slot]] cert`), read
     /// now; `reload` hands it to a running slot's TLS client.
     pub slot_identity: BTreeMap<String, Arc<crate::tls::SlotIdentity>>,
+    /// The client certificates of those slots (for their expiry metric).
+    pub slot_certificates: Vec<SlotCertificate>,
     /// `[cluster]`'s TLS client (its `ca`, `cert` and `key`) for https endpoints.
     pub cluster_tls: Option<Arc<rustls::ClientConfig>>,
     /// `[cluster] password_file`'s content (trailing newline removed).
     pub cluster_password: Option<String>,
+}
+
+/// A slot's client certificate (`[[slot]] cert`), for
+/// `mcpflip_slot_client_certificate_expiry_timestamp_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotCertificate {
+    pub slot: String,
+    pub file: PathBuf,
+    /// Its notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 /// Builds the error of a key: section, index in an array of tables, key, message.
@@ -1111,7 +1123,16 @@ impl Config {
             if https {
                 let identity = match identity.as_ref().map(crate::tls::load_identity) {
                     None => None,
-                    Some(Ok(key)) => Some(key),
+                    Some(Ok((key, not_after))) => {
+                        if let (Some(not_after), Some(file)) = (not_after, &slot.cert) {
+                            resolved.slot_certificates.push(SlotCertificate {
+                                slot: slot.name.clone(),
+                                file: file.clone(),
+                                not_after,
+                            });
+                        }
+                        Some(key)
+                    }
                     Some(Err(message)) => return Err(err("slot", Some(i), "cert", message)),
                 };
                 let key = if slot.ca.is_some() { "ca" } else { "upstream" };

@@ -119,9 +119,10 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// A certificate and its key, read and checked to belong together (a
-/// client certificate).
-pub fn load_identity(pair: &CertPair) -> Result<Arc<CertifiedKey>, String> {
-    load(pair).map(|l| l.key)
+/// client certificate), and the certificate's notAfter (Unix seconds;
+/// `None` when it cannot be read).
+pub fn load_identity(pair: &CertPair) -> Result<(Arc<CertifiedKey>, Option<i64>), String> {
+    load(pair).map(|l| (l.key, l.not_after))
 }
 
 fn load(pair: &CertPair) -> Result<Loaded, String> {

@@ -460,6 +460,20 @@ async fn an_https_slot_that_requires_a_client_certificate_gets_the_configured_on
         .and_then(|a| a.iter().find(|s| s["name"] == "remote").cloned())
         .expect("slot remote");
     assert_eq!(remote["generation"], 1, "no new generation: {status}");
+    // The certificate's expiry is a metric, and follows the reload.
+    let m = support::metrics(p.admin_addr).await;
+    let series = |cert: &Path| {
+        format!(
+            "mcpflip_slot_client_certificate_expiry_timestamp_seconds{{slot=\"remote\",file=\"{}\"}}",
+            cert.display()
+        )
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(support::metric(&m, &series(&pki.revoked.cert)) > now, "{m}");
+    assert_eq!(support::metric(&m, &series(&pki.member.cert)), 0, "{m}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sse.call("whoami", json!({})).await.expect("call"), "remote");
     let mut seen = Vec::new();

@@ -359,6 +359,18 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
             fam.gauge(&[("name", &c.name), ("file", &file)], c.not_after as f64);
         }
     }
+    {
+        let config = ctl.config();
+        let mut fam = w.family(
+            "mcpflip_slot_client_certificate_expiry_timestamp_seconds",
+            Kind::Gauge,
+            "notAfter of the client certificate each https:// slot presents ([[slot]] cert), seconds since the Unix epoch",
+        );
+        for c in &config.resolved.slot_certificates {
+            let file = c.file.display().to_string();
+            fam.gauge(&[("slot", &c.slot), ("file", &file)], c.not_after as f64);
+        }
+    }
     w.family(
         "mcpflip_access_log_dropped_lines",
         Kind::Counter,
