@@ -1520,15 +1520,29 @@ impl Config {
             "  listen        {} ({scheme}, HTTP/1.1 and HTTP/2{}{})",
             self.listen.addr,
             match self.listen.tls.as_ref() {
-                Some(t) if t.client_ca.is_some() => format!(
-                    ", client certificates required (signed by {}{})",
-                    t.client_ca.as_deref().unwrap_or(Path::new("")).display(),
-                    t.client_crl
-                        .as_ref()
-                        .map(|c| format!(", revoked in {}", c.display()))
-                        .unwrap_or_default()
+                Some(t) => format!(
+                    "{}{}",
+                    match t.min_version {
+                        crate::tls::TlsVersion::V1_2 => "",
+                        crate::tls::TlsVersion::V1_3 => ", TLS 1.3 only",
+                    },
+                    match &t.client_ca {
+                        Some(ca) => format!(
+                            ", client certificates {} (signed by {}{})",
+                            match t.client_auth {
+                                crate::tls::ClientAuth::Required => "required",
+                                crate::tls::ClientAuth::Optional => "checked when presented",
+                            },
+                            ca.display(),
+                            t.client_crl
+                                .as_ref()
+                                .map(|c| format!(", revoked in {}", c.display()))
+                                .unwrap_or_default()
+                        ),
+                        None => String::new(),
+                    }
                 ),
-                _ => String::new(),
+                None => String::new(),
             },
             if self.listen.proxy_protocol {
                 ", a PROXY protocol header first on every connection"
@@ -2091,6 +2105,44 @@ upstream = "http://127.0.0.1:3002"
         .expect_err("plain HTTP");
         assert_eq!(e.key, "slot[2].cert", "{e}");
         assert!(e.to_string().contains("are for https:// upstreams"), "{e}");
+    }
+
+    #[test]
+    fn tls_min_version_is_12_or_13_and_described() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = crate::tls::write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let with = |extra: &str| {
+            parse(&GOOD.replace(
+                "addr = \"127.0.0.1:8080\"\n",
+                &format!(
+                    "addr = \"127.0.0.1:8080\"\ntls = {{ cert = {:?}, key = {:?}{extra} }}\n",
+                    dev.cert, dev.key
+                ),
+            ))
+        };
+        let c = with(", min_version = \"1.3\"").expect("good");
+        assert!(
+            c.describe()
+                .contains("(https, HTTP/1.1 and HTTP/2, TLS 1.3 only)"),
+            "{}",
+            c.describe()
+        );
+        let c = with("").expect("good");
+        assert_eq!(
+            c.listen.tls.as_ref().map(|t| t.min_version),
+            Some(crate::tls::TlsVersion::V1_2)
+        );
+        assert!(
+            c.describe().contains("(https, HTTP/1.1 and HTTP/2)\n"),
+            "{}",
+            c.describe()
+        );
+        let e = with(", min_version = \"1.1\"").expect_err("1.1");
+        assert!(
+            e.to_string()
+                .contains("unknown variant `1.1`, expected `1.2` or `1.3`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -43,6 +43,36 @@ pub struct TlsConfig {
     /// With `client_ca`: whether a client without a certificate is refused.
     #[serde(default, skip_serializing_if = "ClientAuth::is_required")]
     pub client_auth: ClientAuth,
+    /// The oldest TLS version the listener speaks (nginx's `ssl_protocols`).
+    #[serde(default, skip_serializing_if = "TlsVersion::is_default")]
+    pub min_version: TlsVersion,
+}
+
+/// `tls.min_version`: TLS 1.2 (and 1.3), or 1.3 alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+impl TlsVersion {
+    fn is_default(&self) -> bool {
+        *self == TlsVersion::default()
+    }
+
+    /// The versions a listener with this minimum speaks.
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            TlsVersion::V1_2 => &BOTH,
+            TlsVersion::V1_3 => &TLS13,
+        }
+    }
 }
 
 /// `tls.client_auth`: what `client_ca` asks of a client.
@@ -266,7 +296,7 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
         }
     }
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(tls.min_version.versions())
         .map_err(|e| format!("TLS setup: {e}"))?;
     if tls.client_ca.is_none() && tls.client_auth == ClientAuth::Optional {
         return Err("tls.client_auth: \"optional\" needs tls.client_ca (the CAs a certificate presented must be signed by)".into());
@@ -697,6 +727,7 @@ mod tests {
             client_ca: None,
             client_crl: None,
             client_auth: Default::default(),
+            min_version: Default::default(),
         };
         let cfg = server_config(&tls).expect("loads");
         assert_eq!(
@@ -717,6 +748,7 @@ mod tests {
             client_ca: None,
             client_crl: None,
             client_auth: Default::default(),
+            min_version: Default::default(),
         };
         let e = server_config(&mismatched).unwrap_err();
         assert!(e.contains("does not belong to the certificate"), "{e}");
@@ -727,6 +759,7 @@ mod tests {
             client_ca: None,
             client_crl: None,
             client_auth: Default::default(),
+            min_version: Default::default(),
         };
         let e = server_config(&missing).unwrap_err();
         assert!(
@@ -742,6 +775,7 @@ mod tests {
             client_ca: None,
             client_crl: None,
             client_auth: Default::default(),
+            min_version: Default::default(),
         })
         .unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
@@ -752,6 +786,7 @@ mod tests {
             client_ca: None,
             client_crl: None,
             client_auth: Default::default(),
+            min_version: Default::default(),
         })
         .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
@@ -808,12 +843,14 @@ mod tests {
             client_ca: ca,
             client_crl: Some(crl),
             client_auth: Default::default(),
+            min_version: Default::default(),
         };
         let e = server_config(&with(None, junk.clone())).unwrap_err();
         assert!(e.contains("need tls.client_ca"), "{e}");
         let optional = TlsConfig {
             client_crl: None,
             client_auth: ClientAuth::Optional,
+            min_version: Default::default(),
             ..with(None, PathBuf::new())
         };
         let e = server_config(&optional).unwrap_err();
@@ -842,6 +879,7 @@ mod tests {
             client_ca: Some(ca),
             client_crl: None,
             client_auth: Default::default(),
+            min_version: Default::default(),
         };
         server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");
         let e = server_config(&with_ca(dir.path().join("nope.pem"))).unwrap_err();

@@ -83,6 +83,7 @@ fn populated() -> Config {
                 client_ca: Some(p("clients-ca.crt")),
                 client_crl: Some(p("clients-ca.crl")),
                 client_auth: mcpflip::tls::ClientAuth::Optional,
+                min_version: mcpflip::tls::TlsVersion::V1_3,
             }),
             proxy_protocol: true,
         },

@@ -326,6 +326,7 @@ async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         client_ca: None,
         client_crl: None,
         client_auth: Default::default(),
+        min_version: Default::default(),
     })
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -359,6 +360,7 @@ async fn mtls_front(
         client_ca: Some(pki.ca.clone()),
         client_crl: None,
         client_auth: Default::default(),
+        min_version: Default::default(),
     })
     .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -840,4 +842,79 @@ async fn with_optional_client_auth_a_certificate_is_checked_only_when_presented(
     let refused = get_with_identity(addr, ca, Some(outsider), false).await;
     assert!(refused.is_err(), "another CA's certificate: {refused:?}");
     p.shutdown().await;
+}
+
+/// Whether a TLS handshake with `addr` succeeds for a client that speaks
+/// only `version`, trusting `ca`.
+async fn handshake_with(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in mcpflip::tls::read_chain(ca).expect("ca") {
+        roots.add(c).expect("root");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await.is_ok()
+}
+
+/// `[listen] tls.min_version = "1.3"` (nginx's `ssl_protocols TLSv1.3`): a
+/// TLS 1.2 client is refused at the handshake (counted), a TLS 1.3 one is
+/// served; by default both are; `reload` applies a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_min_version_refuses_older_clients_and_reload_applies_it() {
+    let stop = CancellationToken::new();
+    let plain = upstream("blue", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
+    let with = |min: &str| {
+        TestConfig::new(d).slot("blue", plain, 100).set(
+            "listen",
+            "tls",
+            format!(
+                "{{ cert = {}, key = {}{min} }}",
+                support::config::q(dev.cert.display().to_string()),
+                support::config::q(dev.key.display().to_string())
+            ),
+        )
+    };
+    let cfg = with(", min_version = \"1.3\"");
+    let p = support::start(cfg.load()).await;
+    let addr = p.public_addr;
+    assert!(
+        !handshake_with(addr, &dev.ca, &rustls::version::TLS12).await,
+        "TLS 1.2 refused"
+    );
+    assert!(
+        handshake_with(addr, &dev.ca, &rustls::version::TLS13).await,
+        "TLS 1.3 served"
+    );
+    let m = support::metrics(p.admin_addr).await;
+    assert_eq!(
+        support::metric(&m, "mcpflip_client_errors_total{kind=\"tls_handshake\"}"),
+        1,
+        "{m}"
+    );
+    // Back to the default by reload: TLS 1.2 is served again.
+    with("").write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        handshake_with(addr, &dev.ca, &rustls::version::TLS12).await,
+        "TLS 1.2 served"
+    );
+    assert!(handshake_with(addr, &dev.ca, &rustls::version::TLS13).await);
+    p.shutdown().await;
+    stop.cancel();
 }
