@@ -169,8 +169,7 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
             continue;
         };
         let (was, now) = (running.current(), read.current());
-        let cert = |k: &Option<Arc<rustls::sign::CertifiedKey>>| k.as_ref().map(|k| k.cert.clone());
-        if cert(&was) != cert(&now) {
+        if was.as_ref().map(|k| &k.cert) != now.as_ref().map(|k| &k.cert) {
             let what = match (&was, &now) {
                 (_, None) => "dropped",
                 (None, Some(_)) => "set",

@@ -292,8 +292,11 @@ impl Forwarder {
                 return answer;
             }
         }
-        if let Some(answer) = self.too_large(req, peer) {
-            return answer;
+        if http_body::Body::size_hint(req.body())
+            .exact()
+            .is_some_and(|n| n > self.max_request_body)
+        {
+            return self.too_large(req, peer);
         }
         if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
             let (status, answer) = match &refused {
@@ -379,14 +382,13 @@ impl Forwarder {
         Some(Decided::answer(resp))
     }
 
-    /// A request whose declared length is over `[proxy] max_request_body`:
-    /// 413 before a slot is asked, and before hyper tells a client that
-    /// sent `Expect: 100-continue` to go on.
-    fn too_large(&self, req: &Request<RequestBody>, peer: &Peer) -> Option<Decided> {
-        let declared = http_body::Body::size_hint(req.body()).exact()?;
-        if declared <= self.max_request_body {
-            return None;
-        }
+    /// The answer to a request whose declared length is over `[proxy]
+    /// max_request_body`: 413 before a slot is asked, and before hyper tells
+    /// a client that sent `Expect: 100-continue` to go on.
+    #[cold]
+    #[inline(never)]
+    fn too_large(&self, req: &Request<RequestBody>, peer: &Peer) -> Decided {
+        let declared = http_body::Body::size_hint(req.body()).lower();
         self.stats.count_client_fault(ClientFault::BodyTooLarge);
         self.stats.count_local(LocalResponse::BodyTooLarge);
         tracing::debug!(method = %req.method(), uri = %req.uri(), peer = %peer.addr, declared, status = 413, "request body over [proxy] max_request_body");
@@ -403,7 +405,7 @@ impl Forwarder {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             peer.conn.close_soon();
         }
-        Some(Decided::answer(resp))
+        Decided::answer(resp)
     }
 
     /// Where a session whose slot is gone continues: where it moved already,
@@ -1220,14 +1222,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A JSON error written by the proxy itself.
+/// What a client whose body is over `[proxy] max_request_body` is told.
 fn too_large_message(max: u64) -> String {
     format!(
-        "the request body is larger than this proxy takes ({} bytes, [proxy] max_request_body)",
-        max
+        "the request body is larger than this proxy takes ({max} bytes, [proxy] max_request_body)"
     )
 }
 
+/// A JSON error written by the proxy itself.
 pub fn local_error(
     status: StatusCode,
     slot: Option<&str>,
