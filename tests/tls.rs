@@ -318,8 +318,8 @@ async fn reload_adds_removes_and_readdresses_slots_keeping_runtime_weights() {
 }
 
 /// A TLS front for a plain upstream: an `https://` slot to test against.
-async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
-    let cfg = mcpflip::tls::server_config(&mcpflip::config::TlsConfig {
+fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
+    let tls = mcpflip::config::TlsConfig {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
         sni: vec![],
@@ -327,33 +327,14 @@ async fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         client_crl: None,
         client_auth: Default::default(),
         min_version: Default::default(),
-    })
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    if let Ok(mut up) = TcpStream::connect(("127.0.0.1", backend)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-                    }
-                }
-            });
-        }
-    });
-    port
+    };
+    tls_front_with(backend, &tls).0
 }
 
-/// A TLS front that requires a client certificate `client_ca` signed, for a
-/// plain upstream; it tells the certificate each connection presented.
-async fn mtls_front(
-    backend: u16,
-    pki: &Pki,
-) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
-    let cfg = mcpflip::tls::server_config(&mcpflip::config::TlsConfig {
+/// A TLS front that requires a client certificate the test CA signed, for a
+/// plain upstream.
+fn mtls_front(backend: u16, pki: &Pki) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let tls = mcpflip::config::TlsConfig {
         cert: pki.server.clone(),
         key: pki.server_key.clone(),
         sni: vec![],
@@ -361,11 +342,22 @@ async fn mtls_front(
         client_crl: None,
         client_auth: Default::default(),
         min_version: Default::default(),
-    })
-    .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    };
+    tls_front_with(backend, &tls)
+}
+
+/// A TLS front configured as `tls` for a plain upstream: its port, and the
+/// client certificate each connection presented.
+fn tls_front_with(
+    backend: u16,
+    tls: &mcpflip::config::TlsConfig,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(mcpflip::tls::server_config(tls).expect("server config"));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
     let port = l.local_addr().expect("addr").port();
+    let l = TcpListener::from_std(l).expect("listener");
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
@@ -405,7 +397,7 @@ async fn an_https_slot_that_requires_a_client_certificate_gets_the_configured_on
     let d = dir.path();
     let pki = Pki::new(&d.join("pki"));
     let stranger = mcpflip::tls::write_dev_cert(&d.join("stranger"), &[], false).expect("dev");
-    let (front, mut presented) = mtls_front(plain, &pki).await;
+    let (front, mut presented) = mtls_front(plain, &pki);
     let url = format!("https://127.0.0.1:{front}");
     let with_cert = |cert: &Path, key: &Path| {
         TestConfig::new(d)
@@ -506,7 +498,7 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
-    let front = tls_front(plain, &dev.cert, &dev.key).await;
+    let front = tls_front(plain, &dev.cert, &dev.key);
     let url = format!("https://localhost:{front}");
     let cfg = TestConfig::new(d)
         .slot_url("remote", &url, Some(100), Some(&dev.ca))

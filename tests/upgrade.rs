@@ -115,6 +115,24 @@ fn slot<'a>(status: &'a Value, name: &str) -> &'a Value {
         .expect("slot in status")
 }
 
+/// `mcpflip ctl upgrade --binary BINARY` on the process `old` serves: the
+/// new process's pid, and the reply.
+fn upgrade(socket: &Path, binary: &Path, old: &ProxyProcess) -> (i32, Value) {
+    let out = ctl(
+        socket,
+        &[
+            "--json",
+            "upgrade",
+            "--binary",
+            binary.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.ok(), "upgrade: {out:?}\n{}", old.stderr());
+    let reply: Value = serde_json::from_str(&out.stdout).expect("upgrade JSON");
+    let new_pid = reply["new_pid"].as_i64().expect("new_pid") as i32;
+    (new_pid, reply)
+}
+
 /// Proxy config on fixed loopback ports (the new process must find the same
 /// addresses in its config to take the sockets over).
 fn config(h: &Harness) -> (TestConfig, u16, u16) {
@@ -150,18 +168,7 @@ async fn an_upgrade_under_load_loses_no_request_cuts_no_stream_and_keeps_affinit
     let load = Load::start(&base);
     support::until("the load runs", || load.sent() > 50).await;
 
-    let out = ctl(
-        &socket,
-        &[
-            "--json",
-            "upgrade",
-            "--binary",
-            binary.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(out.ok(), "upgrade: {out:?}\n{}", old.stderr());
-    let reply: Value = serde_json::from_str(&out.stdout).expect("upgrade JSON");
-    let new_pid = reply["new_pid"].as_i64().expect("new_pid") as i32;
+    let (new_pid, reply) = upgrade(&socket, &binary, &old);
     let _new = Pid(new_pid);
     assert_eq!(reply["old_pid"], old.id());
     assert!(alive(new_pid));
@@ -474,18 +481,7 @@ async fn an_upgrade_hands_the_captured_sessions_over() {
     let before = support::mcp::open_session(&kept_alive, &url).await;
 
     let binary = rebuilt(h.dir.path());
-    let out = ctl(
-        &socket,
-        &[
-            "--json",
-            "upgrade",
-            "--binary",
-            binary.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(out.ok(), "upgrade: {out:?}\n{}", old.stderr());
-    let reply: Value = serde_json::from_str(&out.stdout).expect("upgrade JSON");
-    let new_pid = reply["new_pid"].as_i64().expect("new_pid") as i32;
+    let (new_pid, _) = upgrade(&socket, &binary, &old);
     let _new = Pid(new_pid);
     // A session the old process captures after the new one serves, on the
     // connection it still holds.
