@@ -99,9 +99,9 @@ pub struct Resolved {
     /// The certificates `listener_tls` serves (for their expiry metric).
     pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
-    /// The client certificate each of them presents (`[[slot]] cert`), read
+    /// What each of them trusts (`[[slot]] ca`) and presents (`cert`), read
     /// now; `reload` hands it to a running slot's TLS client.
-    pub slot_identity: BTreeMap<String, Arc<crate::tls::SlotIdentity>>,
+    pub slot_live: BTreeMap<String, Arc<crate::tls::SlotTls>>,
     /// The client certificates of those slots (for their expiry metric).
     pub slot_certificates: Vec<SlotCertificate>,
     /// `[cluster]`'s TLS client (its `ca`, `cert` and `key`) for https endpoints.
@@ -1136,10 +1136,12 @@ impl Config {
                     Some(Err(message)) => return Err(err("slot", Some(i), "cert", message)),
                 };
                 let key = if slot.ca.is_some() { "ca" } else { "upstream" };
-                match crate::tls::slot_client_config(slot.ca.as_deref(), identity) {
-                    Ok((c, id)) => {
+                match crate::tls::SlotTls::new(slot.ca.as_deref(), identity)
+                    .and_then(|live| Ok((live.config()?, live)))
+                {
+                    Ok((c, live)) => {
                         resolved.slot_tls.insert(slot.name.clone(), Arc::new(c));
-                        resolved.slot_identity.insert(slot.name.clone(), id);
+                        resolved.slot_live.insert(slot.name.clone(), live);
                     }
                     Err(message) => return Err(err("slot", Some(i), key, message)),
                 }
@@ -2057,7 +2059,7 @@ upstream = "http://127.0.0.1:3002"
         };
         let both = format!("cert = {:?}\nkey = {:?}", dev.cert, dev.key);
         let c = slot("https://127.0.0.1:3003", &both).expect("good");
-        let id = c.resolved.slot_identity.get("red").expect("an identity");
+        let id = c.resolved.slot_live.get("red").expect("the slot's TLS");
         assert!(id.current().is_some(), "the certificate is loaded");
         assert!(
             c.describe()
@@ -2067,7 +2069,7 @@ upstream = "http://127.0.0.1:3002"
         );
         // Without cert and key: an identity that presents nothing.
         let c = slot("https://127.0.0.1:3003", "").expect("good");
-        assert!(c.resolved.slot_identity["red"].current().is_none());
+        assert!(c.resolved.slot_live["red"].current().is_none());
         for (upstream, keys, key, why) in [
             (
                 "https://127.0.0.1:3003",

@@ -430,54 +430,172 @@ pub fn client_config(ca: Option<&Path>) -> Result<ClientConfig, String> {
     client_config_with_identity(ca, None)
 }
 
-/// The client certificate an `https://` slot presents (`[[slot]] cert` and
-/// `key`), or none: swapped by `reload` under the slot's open connections,
-/// which keep the one they were made with; the next handshake takes the new
-/// one, so a certificate is renewed without a new generation (no session of
-/// the slot is cut).
+/// What an `https://` slot's TLS client trusts and presents, which `reload`
+/// swaps under the slot's open connections: the CA certificates of `[[slot]]
+/// ca` (else the system's roots) and the client certificate of `cert` and
+/// `key`, if any. Open connections keep what they were made with; the next
+/// handshake takes the new ones, so a CA or a client certificate is renewed
+/// without a new generation (no session of the slot is cut).
 ///
-/// It keeps the slot's TLS sessions too: a resumed session presents no
-/// certificate (the slot keeps the one of the session it resumes), so a
-/// swap forgets them, and the next connection makes a full handshake.
+/// It keeps the slot's TLS sessions too: a resumed session neither presents
+/// a certificate nor verifies the slot's again, so a swap forgets them, and
+/// the next connection makes a full handshake.
 #[derive(Debug)]
-pub struct SlotIdentity {
+pub struct SlotTls {
     key: arc_swap::ArcSwapOption<CertifiedKey>,
+    trust: arc_swap::ArcSwap<Trust>,
     sessions: arc_swap::ArcSwap<rustls::client::ClientSessionMemoryCache>,
+}
+
+/// The CA certificates a slot's client trusts, and the verifier made of them.
+#[derive(Debug)]
+struct Trust {
+    certs: Vec<CertificateDer<'static>>,
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl Trust {
+    fn of(ca: Option<&Path>) -> Result<Trust, String> {
+        let certs = trusted(ca)?;
+        let roots = root_store(&certs, ca)?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+        Ok(Trust { certs, verifier })
+    }
 }
 
 /// TLS sessions kept per slot for resumption (rustls's default).
 const SLOT_SESSIONS: usize = 256;
 
-impl Default for SlotIdentity {
-    fn default() -> Self {
-        SlotIdentity {
-            key: Default::default(),
+impl SlotTls {
+    /// Trusting `ca` (else the system's roots), presenting `identity`.
+    pub fn new(
+        ca: Option<&Path>,
+        identity: Option<Arc<CertifiedKey>>,
+    ) -> Result<Arc<SlotTls>, String> {
+        Ok(Arc::new(SlotTls {
+            key: arc_swap::ArcSwapOption::new(identity),
+            trust: arc_swap::ArcSwap::from_pointee(Trust::of(ca)?),
             sessions: arc_swap::ArcSwap::from_pointee(
                 rustls::client::ClientSessionMemoryCache::new(SLOT_SESSIONS),
             ),
-        }
+        }))
     }
-}
 
-impl SlotIdentity {
-    /// The key the next handshake presents.
+    /// The TLS client config that trusts, presents and resumes through `self`.
+    pub fn config(self: &Arc<Self>) -> Result<ClientConfig, String> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(self) as _)
+            .with_client_cert_resolver(Arc::clone(self) as _);
+        config.resumption = rustls::client::Resumption::store(Arc::clone(self) as _);
+        Ok(config)
+    }
+
+    /// The client certificate the next handshake presents.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.key.load_full()
     }
 
-    /// Presents `key` from the next handshake on (no session made with the
-    /// one before is resumed).
-    pub fn set(&self, key: Option<Arc<CertifiedKey>>) {
-        self.key.store(key);
-        self.sessions
-            .store(Arc::new(rustls::client::ClientSessionMemoryCache::new(
-                SLOT_SESSIONS,
-            )));
+    /// Takes what `read` trusts and presents where it differs, for the next
+    /// handshake on (no session made before is resumed then); says what
+    /// changed.
+    pub fn update(&self, read: &SlotTls) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let (was, now) = (self.current(), read.current());
+        if was.as_ref().map(|k| &k.cert) != now.as_ref().map(|k| &k.cert) {
+            changed.push(match (&was, &now) {
+                (_, None) => "client certificate dropped",
+                (None, Some(_)) => "client certificate set",
+                (Some(_), Some(_)) => "client certificate re-read",
+            });
+            self.key.store(now);
+        }
+        let trust = read.trust.load_full();
+        if self.trust.load().certs != trust.certs {
+            changed.push("trusted CAs re-read");
+            self.trust.store(trust);
+        }
+        if !changed.is_empty() {
+            self.sessions
+                .store(Arc::new(rustls::client::ClientSessionMemoryCache::new(
+                    SLOT_SESSIONS,
+                )));
+        }
+        changed
     }
 }
 
-/// The sessions of the present identity.
-impl rustls::client::ClientSessionStore for SlotIdentity {
+impl rustls::client::ResolvesClientCert for SlotTls {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.load().is_some()
+    }
+}
+
+/// The slot's certificate, checked by the CAs trusted now.
+impl rustls::client::danger::ServerCertVerifier for SlotTls {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.trust.load().verifier.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .load()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .load()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.trust.load().verifier.supported_verify_schemes()
+    }
+}
+
+/// The sessions made with what is trusted and presented now.
+impl rustls::client::ClientSessionStore for SlotTls {
     fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
         self.sessions.load().set_kx_hint(server, group);
     }
@@ -515,33 +633,52 @@ impl rustls::client::ClientSessionStore for SlotIdentity {
     }
 }
 
-impl rustls::client::ResolvesClientCert for SlotIdentity {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        self.current()
-    }
-
-    fn has_certs(&self) -> bool {
-        self.key.load().is_some()
+/// The CA certificates of `ca`, else the system's roots.
+fn trusted(ca: Option<&Path>) -> Result<Vec<CertificateDer<'static>>, String> {
+    match ca {
+        Some(path) => read_chain(path),
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                let why: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "cannot load the system's root certificates: none found{}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", why.join("; "))
+                    }
+                ));
+            }
+            Ok(found.certs)
+        }
     }
 }
 
-/// The TLS client of an `https://` slot: it trusts `ca` (else the system's
-/// roots) and presents the certificate of `identity`, when given, to a slot
-/// that asks for one (mutual TLS, nginx's `proxy_ssl_certificate`).
-pub fn slot_client_config(
+/// A root store of `certs`: every one of `ca` must be usable; of the
+/// system's, those that are (some stores carry certificates webpki cannot
+/// read), at least one.
+fn root_store(
+    certs: &[CertificateDer<'static>],
     ca: Option<&Path>,
-    identity: Option<Arc<CertifiedKey>>,
-) -> Result<(ClientConfig, Arc<SlotIdentity>), String> {
-    let resolver = Arc::new(SlotIdentity::default());
-    resolver.set(identity);
-    let mut config = client_config(ca)?;
-    config.client_auth_cert_resolver = Arc::clone(&resolver) as _;
-    config.resumption = rustls::client::Resumption::store(Arc::clone(&resolver) as _);
-    Ok((config, resolver))
+) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in certs {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(certs.iter().cloned());
+            if roots.is_empty() {
+                return Err("cannot load the system's root certificates: none usable".into());
+            }
+        }
+    }
+    Ok(roots)
 }
 
 /// A TLS client that trusts `ca` (else the system's roots) and, with
@@ -555,23 +692,7 @@ pub fn client_config_with_identity(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     // No ALPN here: the HTTPS connector sets it (http/1.1) itself.
-    let builder = match ca {
-        Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_chain(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
-            }
-            builder.with_root_certificates(roots)
-        }
-        None => {
-            use hyper_rustls::ConfigBuilderExt;
-            builder
-                .with_native_roots()
-                .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
-        }
-    };
+    let builder = builder.with_root_certificates(root_store(&trusted(ca)?, ca)?);
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some(pair) => {

@@ -502,7 +502,9 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
     let url = format!("https://localhost:{front}");
     let cfg = TestConfig::new(d)
         .slot_url("remote", &url, Some(100), Some(&dev.ca))
-        .slot_url("untrusted", &url, None, None);
+        .slot_url("untrusted", &url, None, None)
+        // Idle connections go soon: a probe after a reload makes a new one.
+        .set_str("proxy", "pool_idle_timeout", "100ms");
     let p = support::start(cfg.load()).await;
     let r = ctl(d, "probe remote").await;
     assert_eq!(r["ok"], true, "{r}");
@@ -519,6 +521,33 @@ async fn https_upstreams_are_verified_against_the_slot_ca() {
         detail.contains("(connect)") && detail.to_lowercase().contains("certificate"),
         "{detail}"
     );
+    // The CAs swapped by reload, in place: each slot's next connection is
+    // verified by its new `ca`, with no new generation.
+    let other = mcpflip::tls::write_dev_cert(&d.join("other"), &[], false).expect("other CA");
+    TestConfig::new(d)
+        .slot_url("remote", &url, Some(100), Some(&other.ca))
+        .slot_url("untrusted", &url, None, Some(&dev.ca))
+        .set_str("proxy", "pool_idle_timeout", "100ms")
+        .write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let changed = r["changed"].to_string();
+    for slot in ["remote", "untrusted"] {
+        assert!(
+            changed.contains(&format!("slot {slot} trusted CAs re-read")),
+            "{r}"
+        );
+    }
+    assert!(!changed.contains("re-addressed"), "{r}");
+    let status = ctl(d, "status").await;
+    for s in status["slots"].as_array().expect("slots") {
+        assert_eq!(s["generation"], 1, "no new generation: {status}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = ctl(d, "probe untrusted").await;
+    assert_eq!(r["ok"], true, "trusted now: {r}");
+    let r = ctl(d, "probe remote").await;
+    assert_eq!(r["ok"], false, "another CA now: {r}");
     p.shutdown().await;
     stop.cancel();
 }

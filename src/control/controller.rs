@@ -59,8 +59,8 @@ pub struct Upstream {
     authority: Authority,
     host_header: HeaderValue,
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// The client certificate `tls` presents.
-    identity: Option<Arc<crate::tls::SlotIdentity>>,
+    /// What `tls` trusts and presents (swapped by `reload`).
+    live: Option<Arc<crate::tls::SlotTls>>,
     /// `[[slot]] response_header_timeout`, else `[proxy]`'s.
     response_timeout: Duration,
 }
@@ -94,14 +94,14 @@ impl Upstream {
         } else {
             None
         };
-        let identity = config.resolved.slot_identity.get(&slot.name).cloned();
+        let live = config.resolved.slot_live.get(&slot.name).cloned();
         Ok(Upstream {
             url: slot.upstream.clone(),
             scheme,
             authority,
             host_header,
             tls,
-            identity,
+            live,
             response_timeout: slot
                 .response_header_timeout
                 .unwrap_or(config.proxy.response_header_timeout),
@@ -115,7 +115,7 @@ impl Upstream {
                 proxy.connect_timeout,
                 proxy.pool_idle_timeout,
                 rustls::ClientConfig::clone(tls),
-                self.identity.clone(),
+                self.live.clone(),
             ),
             None => UpstreamClient::new(proxy.connect_timeout, proxy.pool_idle_timeout),
         }

@@ -81,14 +81,11 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
     let mut slots = Vec::new();
     let mut upstreams = BTreeMap::new();
     for sc in &new.slots {
-        let same_ca = old
-            .slots
-            .iter()
-            .find(|o| o.name == sc.name)
-            .is_some_and(|o| o.ca == sc.ca);
+        // A new `ca`, `cert` or `key` is swapped in place below: only a new
+        // address makes a new generation.
         let readdressed = table
             .get(&sc.name)
-            .is_some_and(|cur| cur.upstream != sc.upstream || !same_ca);
+            .is_some_and(|cur| cur.upstream != sc.upstream);
         if readdressed || table.get(&sc.name).is_none() {
             upstreams.insert(sc.name.clone(), Upstream::of(sc, &new)?);
         }
@@ -155,29 +152,23 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         .collect();
     slot_changes.append(&mut changed);
     let mut changed = slot_changes;
-    // A slot that kept its address and CA presents the client certificate
-    // read now from its next handshake on: renewed without a new generation.
+    // A slot that kept its address trusts the CAs and presents the client
+    // certificate read now from its next handshake on: renewed without a
+    // new generation.
     for sc in new
         .slots
         .iter()
         .filter(|sc| !upstreams_new.contains(&sc.name))
     {
         let (Some(running), Some(read)) = (
-            table.get(&sc.name).and_then(|s| s.client.identity()),
-            new.resolved.slot_identity.get(&sc.name),
+            table.get(&sc.name).and_then(|s| s.client.tls()),
+            new.resolved.slot_live.get(&sc.name),
         ) else {
             continue;
         };
-        let (was, now) = (running.current(), read.current());
-        if was.as_ref().map(|k| &k.cert) != now.as_ref().map(|k| &k.cert) {
-            let what = match (&was, &now) {
-                (_, None) => "dropped",
-                (None, Some(_)) => "set",
-                (Some(_), Some(_)) => "re-read",
-            };
-            running.set(now);
+        for what in running.update(read) {
             changed.push(format!(
-                "slot {} client certificate {what} (new connections to it present it; open ones keep theirs)",
+                "slot {} {what} (new connections to it use it; open ones keep theirs)",
                 sc.name
             ));
         }

@@ -145,8 +145,8 @@ struct Pool {
     idle_timeout: Duration,
     connect_timeout: Duration,
     tls: tokio_rustls::TlsConnector,
-    /// The client certificate `tls` presents (`https://` slots).
-    identity: Option<Arc<crate::tls::SlotIdentity>>,
+    /// What `tls` trusts and presents (`https://` slots), for `reload`.
+    live: Option<Arc<crate::tls::SlotTls>>,
     /// The reaper of expired idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -250,13 +250,13 @@ impl UpstreamClient {
     }
 
     /// A client that speaks TLS to `https://` upstreams with `tls` (and plain
-    /// HTTP to `http://` ones); `identity` is the client certificate `tls`
-    /// presents, kept so that `reload` can swap it.
+    /// HTTP to `http://` ones); `live` is what `tls` trusts and presents,
+    /// kept so that `reload` can swap it.
     pub fn with_tls(
         connect_timeout: Duration,
         pool_idle: Duration,
         mut tls: rustls::ClientConfig,
-        identity: Option<Arc<crate::tls::SlotIdentity>>,
+        live: Option<Arc<crate::tls::SlotTls>>,
     ) -> Self {
         // HTTP/1.1 only upstream.
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -266,7 +266,7 @@ impl UpstreamClient {
             idle_timeout: pool_idle,
             connect_timeout,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-            identity,
+            live,
             reaping: std::sync::atomic::AtomicBool::new(false),
         };
         Self {
@@ -281,9 +281,9 @@ impl UpstreamClient {
         self
     }
 
-    /// The client certificate this client presents to an `https://` slot.
-    pub fn identity(&self) -> Option<&Arc<crate::tls::SlotIdentity>> {
-        self.pool.identity.as_ref()
+    /// What this client trusts and presents to an `https://` slot.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::SlotTls>> {
+        self.pool.live.as_ref()
     }
 
     /// The slot's response header timeout.
