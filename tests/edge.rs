@@ -1730,6 +1730,20 @@ async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_
         text.to_ascii_lowercase().contains("connection: close"),
         "{text}"
     );
+    // A client that sends a large body without waiting still reads its 413.
+    for _ in 0..5 {
+        let (mut r, w) = TcpStream::connect(p.public_addr)
+            .await
+            .expect("connect")
+            .into_split();
+        let writer = post_body(w, 16 << 20);
+        let got = read_until_closed(&mut r)
+            .await
+            .expect("answered and closed");
+        let (status, text) = parse_answer(&got);
+        is_413(status, &text);
+        writer.abort();
+    }
 
     // Chunked, no length: cut past the cap; the slot never gets its end.
     let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
@@ -1794,10 +1808,10 @@ async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_
 
     let m = metrics(p.admin_addr).await;
     for (series, want) in [
-        ("mcpflip_client_errors_total{kind=\"body_too_large\"}", 5),
+        ("mcpflip_client_errors_total{kind=\"body_too_large\"}", 10),
         (
             "mcpflip_local_responses_total{code=\"413\",reason=\"body_too_large\"}",
-            3,
+            8,
         ),
         ("mcpflip_requests_total{slot=\"blue\",code=\"5xx\"}", 0),
     ] {
