@@ -399,6 +399,12 @@ pub struct ProxyConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub trusted_proxies: Vec<IpNet>,
+    /// The header a trusted proxy names the client in (nginx's
+    /// `real_ip_header`): `X-Forwarded-For` unless set, e.g.
+    /// `CF-Connecting-IP` or `X-Real-IP`; read as `X-Forwarded-For` is
+    /// (from the right, past trusted addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_header: Option<String>,
     /// The only client addresses (or address blocks) served (nginx's `allow`
     /// with `deny all`, Caddy's `client_ip` matcher); any other client's
     /// request is answered 403. Behind `trusted_proxies`, the client they
@@ -760,6 +766,7 @@ section_default!(ProxyConfig {
     preserve_host: false,
     x_forwarded: XForwarded::Append,
     trusted_proxies: Vec::new(),
+    client_ip_header: None,
     allowed_clients: None,
     connect_timeout: default_connect_timeout(),
     header_read_timeout: default_header_timeout(),
@@ -1241,6 +1248,24 @@ impl Config {
                 "must be at least 1 (leave it out for half the open-file limit)".into(),
             ));
         }
+        if let Some(name) = &self.proxy.client_ip_header {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(err(
+                    "proxy",
+                    None,
+                    "client_ip_header",
+                    format!("{name:?} is not a header name"),
+                ));
+            }
+            if self.proxy.trusted_proxies.is_empty() {
+                return Err(err(
+                    "proxy",
+                    None,
+                    "client_ip_header",
+                    "is read from trusted proxies only: set trusted_proxies too".into(),
+                ));
+            }
+        }
         if self.proxy.max_connections_per_ip == Some(0) {
             return Err(err(
                 "proxy",
@@ -1624,8 +1649,12 @@ impl Config {
                 .collect();
             let _ = writeln!(
                 s,
-                "  trusted       X-Forwarded-* believed from {}; dropped from any other client",
-                list.join(", ")
+                "  trusted       X-Forwarded-* believed from {}; dropped from any other client{}",
+                list.join(", "),
+                match &self.proxy.client_ip_header {
+                    Some(h) => format!("; the client named in {h}"),
+                    None => String::new(),
+                }
             );
         }
         let _ = writeln!(
@@ -2145,6 +2174,35 @@ upstream = "http://127.0.0.1:3002"
                 .contains("unknown variant `1.1`, expected `1.2` or `1.3`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn client_ip_header_is_a_header_name_behind_trusted_proxies() {
+        let c = parse(&format!(
+            "{GOOD}[proxy]\ntrusted_proxies = [\"10.0.0.0/8\"]\nclient_ip_header = \"CF-Connecting-IP\"\n"
+        ))
+        .expect("good");
+        assert_eq!(
+            c.proxy.client_ip_header.as_deref(),
+            Some("CF-Connecting-IP")
+        );
+        assert!(
+            c.describe()
+                .contains("; the client named in CF-Connecting-IP\n"),
+            "{}",
+            c.describe()
+        );
+        let e = parse(&format!(
+            "{GOOD}[proxy]\nclient_ip_header = \"X-Real-IP\"\n"
+        ))
+        .expect_err("no trusted proxies");
+        assert_eq!(e.key, "proxy.client_ip_header", "{e}");
+        assert!(e.to_string().contains("set trusted_proxies too"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}[proxy]\ntrusted_proxies = [\"10.0.0.0/8\"]\nclient_ip_header = \"Real IP\"\n"
+        ))
+        .expect_err("a space");
+        assert!(e.to_string().contains("is not a header name"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -247,6 +247,10 @@ pub async fn start_with(
             .rate_limit
             .as_ref()
             .map(|r| crate::proxy::rate_limit::RateLimit::new(r, Arc::clone(&proxy_stats))),
+        client_ip_header: proxy_cfg
+            .client_ip_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
         client_body_timeout: proxy_cfg.client_body_timeout,
         max_request_body: proxy_cfg.max_request_body,
         tool_call_timeout: proxy_cfg.tool_call_timeout,

@@ -125,6 +125,7 @@ fn populated() -> Config {
             preserve_host: true,
             x_forwarded: mcpflip::config::XForwarded::Off,
             trusted_proxies: vec!["10.0.0.0/8".parse().expect("address block")],
+            client_ip_header: Some("X-Real-IP".into()),
             allowed_clients: Some(vec!["192.0.2.0/24".parse().expect("address block")]),
             connect_timeout: Duration::from_secs(1),
             header_read_timeout: Duration::from_secs(1),

@@ -963,6 +963,57 @@ async fn a_client_outside_allowed_clients_gets_403_and_one_inside_is_served() {
         "an untrusted address's claim is not believed"
     );
     p.shutdown().await;
+
+    // `client_ip_header`: the trusted proxy names the client in its own
+    // header (a CDN's); `X-Forwarded-For` then names nobody.
+    let p = support::start(
+        h.builder()
+            .set("proxy", "allowed_clients", "[\"198.51.100.0/24\"]")
+            .set("proxy", "trusted_proxies", "[\"127.0.0.2\"]")
+            .set_str("proxy", "client_ip_header", "CF-Connecting-IP")
+            .load(),
+    )
+    .await;
+    let to = p.public_addr;
+    let named = |ip: &str, forwarded: &str| {
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nCF-Connecting-IP: {ip}\r\n\
+             X-Forwarded-For: {forwarded}\r\n\r\n"
+        )
+    };
+    let mut a = support::connect_from(A, to).await;
+    assert_eq!(
+        ask(&mut a, &named("198.51.100.7", "203.0.113.1")).await.0,
+        200
+    );
+    assert_eq!(
+        ask(&mut a, &named("203.0.113.1", "198.51.100.7")).await.0,
+        403,
+        "X-Forwarded-For is not the header asked for"
+    );
+    // Over HTTP/2 (the header map's path) the same.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(std::net::IpAddr::from(A)));
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+    for (ip, want) in [("198.51.100.9", 200), ("203.0.113.9", 403)] {
+        let req = http::Request::get(format!("http://{to}/healthz"))
+            .header("cf-connecting-ip", ip)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = h2.request(req).await.expect("h2 request");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status().as_u16(), want, "{ip} over HTTP/2");
+    }
+    let mut b = support::connect_from(B, to).await;
+    assert_eq!(
+        ask(&mut b, &named("198.51.100.7", "198.51.100.7")).await.0,
+        403,
+        "an untrusted address's claim is not believed"
+    );
+    p.shutdown().await;
     h.stop.cancel();
 }
 

@@ -68,6 +68,9 @@ pub struct Forwarder {
     pub allowed_clients: Option<Trusted>,
     /// Requests per client address (`[proxy] rate_limit`; `None`: no limit).
     pub rate_limit: Option<RateLimit>,
+    /// `[proxy] client_ip_header`: where a trusted proxy names the client,
+    /// when not `X-Forwarded-For`.
+    pub client_ip_header: Option<HeaderName>,
     /// Longest pause between two reads of a client's request body.
     pub client_body_timeout: Duration,
     /// `[proxy] max_request_body`.
@@ -1076,6 +1079,20 @@ impl Forwarder {
         let ip = peer.addr.ip().to_canonical();
         if !peer.trusted {
             return ip;
+        }
+        if let Some(name) = &self.client_ip_header {
+            return match RequestBody::lines(req) {
+                Some(lines) => self
+                    .trusted
+                    .client(ip, lines.values_named(name.as_str().as_bytes())),
+                None => self.trusted.client(
+                    ip,
+                    req.headers()
+                        .get_all(name)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                ),
+            };
         }
         // Walked where the lines are, nothing collected: behind a trusted
         // proxy this is every request.

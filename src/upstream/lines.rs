@@ -281,7 +281,10 @@ impl RawHeaders {
 
     /// The values of the lines named `lower` (lowercase; the name in any
     /// case), in order.
-    pub fn values_named<'a>(&'a self, lower: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub fn values_named<'a>(
+        &'a self,
+        lower: &'a [u8],
+    ) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
         self.lines
             .iter()
             .filter(move |l| is_lower(&self.head[l.name.0 as usize..l.name.1 as usize], lower))
