@@ -347,34 +347,35 @@ impl Publisher {
     }
 }
 
-/// Writes every session of `sessions` in lines of about [`SESSIONS_LINE`]
-/// bytes (one too large for a line is left out, and logged).
+/// Writes every session of `sessions` in lines of at most [`SESSIONS_LINE`]
+/// bytes of sessions (one larger has a line of its own; one too large for
+/// any line is left out, and logged).
 async fn send_sessions(write: &mut OwnedWriteHalf, sessions: &Sessions) -> std::io::Result<()> {
     let (list, mut skipped) = sessions.export();
     let total = list.len();
+    // What a line holds besides its sessions: `{"msg":"sessions","sessions":[]}`, the commas, the end.
+    const FRAME: usize = 64;
     let mut batch = Vec::new();
     let mut size = 0;
-    let mut list = list.into_iter().peekable();
-    while let Some(x) = list.next() {
-        size += x.size();
-        batch.push(x);
-        if size < SESSIONS_LINE && list.peek().is_some() {
-            continue;
-        }
-        let msg = line(&Msg::Sessions {
-            sessions: std::mem::take(&mut batch),
-        });
-        size = 0;
-        if msg.len() > MAX_LINE {
-            // Only a batch of one can be this long (the batch is cut at a
-            // quarter of the line).
+    let mut sent = 0;
+    for x in list {
+        // Measured as written: escaping can make a body's JSON longer than it.
+        let n = serde_json::to_vec(&x).map_or(usize::MAX, |v| v.len() + 1);
+        if n > MAX_LINE - FRAME {
             skipped += 1;
             continue;
         }
-        match tokio::time::timeout(IO_TIMEOUT, write.write_all(&msg)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        if !batch.is_empty() && size + n > SESSIONS_LINE {
+            sent += batch.len();
+            write_sessions(write, std::mem::take(&mut batch)).await?;
+            size = 0;
         }
+        size += n;
+        batch.push(x);
+    }
+    if !batch.is_empty() {
+        sent += batch.len();
+        write_sessions(write, batch).await?;
     }
     if skipped > 0 {
         tracing::warn!(
@@ -382,8 +383,19 @@ async fn send_sessions(write: &mut OwnedWriteHalf, sessions: &Sessions) -> std::
             "captured sessions not handed over (not UTF-8, or too large for the handover)"
         );
     }
-    tracing::info!(sessions = total, "captured sessions handed over");
+    tracing::info!(sessions = sent, of = total, "captured sessions handed over");
     Ok(())
+}
+
+async fn write_sessions(
+    write: &mut OwnedWriteHalf,
+    sessions: Vec<crate::proxy::migrate::Exported>,
+) -> std::io::Result<()> {
+    let msg = line(&Msg::Sessions { sessions });
+    match tokio::time::timeout(IO_TIMEOUT, write.write_all(&msg)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// The new process's side: the offer it got, and the sockets that came with it.
@@ -557,5 +569,61 @@ fn apply_counts(ctl: &Controller, slots: &[HandoverSlot]) {
             .find(|c| *c.slot == *s.name)
             .map_or((0, 0), |c| (c.live_streams, c.inflight));
         s.stats.set_previous(live, inflight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sessions go in lines of at most `SESSIONS_LINE` bytes of sessions
+    /// (one larger alone), every line within `MAX_LINE`, and one too large
+    /// for any line is left out; the other end reads them all back.
+    #[tokio::test]
+    async fn sessions_are_sent_in_bounded_lines_and_read_back_whole() {
+        let store = Sessions::new(100, Duration::from_secs(3600), Default::default());
+        let id = |n: u32| http::HeaderValue::from_str(&format!("b1.g1.s{n}")).expect("id");
+        // Bodies of backslashes and quotes, whose JSON is twice as long:
+        // three of 100 KiB and one of 300 KiB (a line each: two would pass
+        // SESSIONS_LINE), one of 2 MiB (no line holds it).
+        for (n, len) in [
+            (0, 100 << 10),
+            (1, 100 << 10),
+            (2, 100 << 10),
+            (3, 300 << 10),
+            (4, 2 << 20),
+        ] {
+            let body = format!("{{\"pad\":\"{}\"}}", "\\\"".repeat(len / 2));
+            assert!(store.capture(&id(n), bytes::Bytes::from(body)));
+        }
+        let (ours, theirs) = tokio::net::UnixStream::pair().expect("pair");
+        let (_read, mut write) = ours.into_split();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(theirs);
+            let mut got = Vec::new();
+            let mut sizes = Vec::new();
+            while let Ok(Some(text)) = next_line(&mut lines).await {
+                sizes.push(text.len());
+                match serde_json::from_str::<Msg>(&text) {
+                    Ok(Msg::Sessions { sessions }) => {
+                        got.extend(sessions.into_iter().map(|x| x.id))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            (got, sizes)
+        });
+        send_sessions(&mut write, &store).await.expect("sent");
+        drop(write);
+        let (mut got, sizes) = reader.await.expect("reader");
+        got.sort();
+        assert_eq!(got, ["b1.g1.s0", "b1.g1.s1", "b1.g1.s2", "b1.g1.s3"]);
+        assert!(sizes.iter().all(|&n| n <= MAX_LINE), "{sizes:?}");
+        assert_eq!(sizes.len(), 4, "a line each: {sizes:?}");
+        assert_eq!(
+            sizes.iter().filter(|&&n| n > SESSIONS_LINE).count(),
+            1,
+            "one longer than SESSIONS_LINE, alone: {sizes:?}"
+        );
     }
 }

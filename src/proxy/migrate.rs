@@ -428,25 +428,6 @@ pub struct ExportedMove {
     pub inner: String,
 }
 
-impl Exported {
-    /// Bytes it carries (about what its JSON takes).
-    pub fn size(&self) -> usize {
-        self.id.len()
-            + self.init.len()
-            + self.shaping.iter().map(String::len).sum::<usize>()
-            + self
-                .unanswered
-                .iter()
-                .map(|(i, e)| i.len() + e.len())
-                .sum::<usize>()
-            + self
-                .moved
-                .as_ref()
-                .map_or(0, |m| m.slot.len() + m.inner.len())
-            + 64
-    }
-}
-
 impl Sessions {
     /// Every captured session, for the process that takes over. One whose
     /// bytes are not UTF-8 (the proxy captures JSON bodies only, so none in
