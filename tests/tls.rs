@@ -939,3 +939,46 @@ async fn tls_min_version_refuses_older_clients_and_reload_applies_it() {
     p.shutdown().await;
     stop.cancel();
 }
+
+/// The access log names the certificate a client presented (its SHA-256,
+/// as the slot is told it) and nothing for a client without one, on the
+/// built binary as an operator runs it (`tls.client_auth = "optional"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_client_certificate() {
+    let (port, _heads) = support::head_recorder().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let der = mcpflip::tls::read_chain(&pki.member.cert)
+        .expect("client cert")
+        .remove(0);
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let public = support::closed_port();
+    let access = dir.path().join("access.log");
+    let cfg = TestConfig::blue_green(dir.path(), port, support::closed_port())
+        .listen_port(public)
+        .set("listen", "tls", pki.listen(", client_auth = \"optional\""))
+        .set_str("log", "access_log", access.to_str().expect("utf-8"));
+    let mut proc = support::proc::ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], public));
+    let with = get_with_identity(addr, &pki.ca, Some(&pki.member), false).await;
+    assert_eq!(with.map(|(s, _)| s), Ok(200));
+    let without = get_with_identity(addr, &pki.ca, None, true).await;
+    assert_eq!(without.map(|(s, _)| s), Ok(200));
+    support::until_async("two access-log lines", || {
+        let access = access.clone();
+        async move { std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 2) }
+    })
+    .await;
+    let log = std::fs::read_to_string(&access).expect("access log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines[0].contains(&format!(" client_cert=\"{hash}\" ")),
+        "{log}"
+    );
+    assert!(!lines[1].contains("client_cert"), "{log}");
+}

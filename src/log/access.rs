@@ -39,6 +39,8 @@ pub const MAX_PATH: usize = 128;
 pub const MAX_SLOT: usize = 32;
 /// The longest `Mcp-Method` a line prints.
 pub const MAX_MCP_METHOD: usize = 48;
+/// A client certificate's SHA-256, in hex.
+pub const CERT_HASH: usize = 64;
 
 /// How often the writer drains the queue: the most a line waits, and what
 /// the queue must hold at the highest request rate (16,384 lines in 20 ms is
@@ -152,6 +154,9 @@ pub struct Record {
     /// trusted proxy the one its `X-Forwarded-For` names, else the peer's
     /// (`None`: not set, and the line has no `client_ip`).
     pub client_ip: Option<IpAddr>,
+    /// The SHA-256 (hex) of the certificate the client presented on this
+    /// connection (`[listen] tls.client_ca`); empty when none.
+    pub client_cert: Inline<CERT_HASH>,
     pub method: Method,
     /// The path without its query (which may carry a legacy session id).
     pub path: Inline<MAX_PATH>,
@@ -177,6 +182,7 @@ impl Record {
         Record {
             remote_addr,
             client_ip: None,
+            client_cert: Inline::EMPTY,
             method,
             path: Inline::new(path),
             status: 0,
@@ -651,6 +657,13 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
             let _ = write!(out, "{ip}");
         }
     }
+    if !r.client_cert.is_empty() {
+        // Hex digits (`Exchange::client_cert`).
+        key(out, CLIENT_CERT);
+        out.push(b'"');
+        out.extend_from_slice(r.client_cert.as_bytes());
+        out.push(b'"');
+    }
     key(out, METHOD);
     // A method is a token (RFC 9110): no quote, backslash or control byte.
     trusted(out, json, r.method.as_str());
@@ -706,6 +719,7 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
 /// A key as text (` k=`) and as JSON (`,"k":`).
 type Key = (&'static [u8], &'static [u8]);
 const CLIENT_IP: Key = (b" client_ip=", b",\"client_ip\":");
+const CLIENT_CERT: Key = (b" client_cert=", b",\"client_cert\":");
 const METHOD: Key = (b" method=", b",\"method\":");
 const PATH: Key = (b" path=", b",\"path\":");
 const STATUS: Key = (b" status=", b",\"status\":");
@@ -782,6 +796,30 @@ mod tests {
             line.ends_with(&format!(" INFO access: remote_addr=127.0.0.1:4321 method=POST path=\"/mcp\" status=200 bytes_sent=110 request_time=0.002781 era=\"session\" mcp_method=\"tools/\\\"call\" session={} end=\"complete\"\n", Fingerprint::of(b"secret"))),
             "{line}"
         );
+    }
+
+    #[test]
+    fn client_cert_is_written_in_both_styles_when_set() {
+        let mut r = record();
+        let mut out = Vec::new();
+        format(&mut out, &r, Style::Json, &mut Clock::new());
+        assert!(!String::from_utf8_lossy(&out).contains("client_cert"));
+        let hash = "ab".repeat(32);
+        r.client_cert = Inline::new(&hash);
+        for (style, want) in [
+            (Style::Text, format!(" client_cert=\"{hash}\" method=POST ")),
+            (
+                Style::Json,
+                format!(",\"client_cert\":\"{hash}\",\"method\":"),
+            ),
+        ] {
+            out.clear();
+            format(&mut out, &r, style, &mut Clock::new());
+            let line = String::from_utf8(out.clone()).expect("utf-8");
+            assert!(line.contains(&want), "{line}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["client_cert"], hash);
     }
 
     #[test]

@@ -78,6 +78,22 @@ impl Exchange {
         }
     }
 
+    /// The certificate the connection's client presented, as the slot is
+    /// told it (`X-Forwarded-Client-Cert`, which starts with `Hash=` and
+    /// its SHA-256 in hex): the hash is the line's `client_cert`.
+    pub fn client_cert(&mut self, value: &http::HeaderValue) {
+        if let Some(l) = self.line.as_mut() {
+            let hash = value
+                .as_bytes()
+                .strip_prefix(b"Hash=")
+                .and_then(|v| v.get(..crate::log::access::CERT_HASH))
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            if let Some(h) = hash.and_then(|h| std::str::from_utf8(h).ok()) {
+                l.client_cert = crate::log::access::Inline::new(h);
+            }
+        }
+    }
+
     /// Whether the request's `Mcp-Method` is `tools/call` (read once, at the start).
     pub fn is_tools_call(&self) -> bool {
         self.mcp_method.is_some_and(method::is_tools_call)

@@ -196,6 +196,9 @@ impl Forwarder {
                 if let Some(ip) = client {
                     exchange.client_ip(|| ip);
                 }
+                if let Some(cert) = peer.conn.client_cert() {
+                    exchange.client_cert(cert);
+                }
                 let decided = self.decide(&req, &scan, peer, client);
                 // A session that moves is of the session era; `site` is known
                 // here for the rest.
