@@ -168,7 +168,7 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         };
         for what in running.update(read) {
             changed.push(format!(
-                "slot {} {what} (new connections to it use it; open ones keep theirs)",
+                "slot {} {what} (from its next connection on; open ones keep theirs)",
                 sc.name
             ));
         }
