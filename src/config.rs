@@ -96,6 +96,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default)]
 pub struct Resolved {
     pub listener_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[admin] tls`'s config, when set.
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificates `listener_tls` serves (for their expiry metric).
     pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
@@ -218,6 +220,10 @@ pub struct AdminConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub allowed_clients: Option<Vec<IpNet>>,
+    /// HTTPS on the admin listener (the `[listen] tls` keys: a certificate,
+    /// SNI, client certificates for the scraper); `reload` re-reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -731,6 +737,7 @@ section_default!(AdminConfig {
     addr: default_admin(),
     allowed_hosts: None,
     allowed_clients: None,
+    tls: None,
 });
 section_default!(ControlConfig {
     socket: default_socket(),
@@ -1183,6 +1190,12 @@ impl Config {
                 Err(message) => return Err(err("listen", None, "tls", message)),
             }
         }
+        if let Some(tls) = &self.admin.tls {
+            match crate::tls::listener_tls(tls) {
+                Ok((c, _)) => resolved.admin_tls = Some(c),
+                Err(message) => return Err(err("admin", None, "tls", message)),
+            }
+        }
         // Durations that must be positive.
         for (section, key, d) in [
             ("drain", "deadline", self.drain.deadline),
@@ -1579,7 +1592,12 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  admin         http://{}/ (status page) /events /metrics /status /healthz{}",
+            "  admin         {}://{}/ (status page) /events /metrics /status /healthz{}",
+            if self.admin.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             self.admin.addr,
             match &self.admin.allowed_clients {
                 Some(nets) => format!(

@@ -168,6 +168,11 @@ pub async fn start_with(
         .listener_tls
         .clone()
         .map(|c| Arc::new(arc_swap::ArcSwap::new(c)));
+    let admin_tls: Option<proxy::TlsSlot> = config
+        .resolved
+        .admin_tls
+        .clone()
+        .map(|c| Arc::new(arc_swap::ArcSwap::new(c)));
     let stop = CancellationToken::new();
     let stop_accepting = stop.child_token();
     let lifecycle = Arc::new(Lifecycle::default());
@@ -214,6 +219,9 @@ pub async fn start_with(
         joined,
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(slot) = &admin_tls {
+        controller.set_admin_tls(Arc::clone(slot));
+    }
     // The fleet's tasks (the watch, the counts under this instance's lease,
     // the command queue) end when this process stops accepting: after an
     // upgrade the new process is the instance.
@@ -267,6 +275,7 @@ pub async fn start_with(
             limits,
             proxy: Arc::clone(&proxy_stats),
             lifecycle: Arc::clone(&lifecycle),
+            tls: admin_tls,
         },
         stop.child_token(),
     ));

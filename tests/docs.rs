@@ -91,6 +91,15 @@ fn populated() -> Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             allowed_hosts: Some(vec!["h".into()]),
             allowed_clients: Some(vec!["10.0.0.0/8".parse().expect("address block")]),
+            tls: Some(TlsConfig {
+                cert: p("admin.crt"),
+                key: p("admin.key"),
+                sni: vec![],
+                client_ca: Some(p("scrapers.crt")),
+                client_crl: None,
+                client_auth: Default::default(),
+                min_version: Default::default(),
+            }),
         },
         control: ControlConfig {
             socket: p("c.sock"),

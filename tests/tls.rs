@@ -982,3 +982,80 @@ async fn the_access_log_names_the_client_certificate() {
     );
     assert!(!lines[1].contains("client_cert"), "{log}");
 }
+
+/// `[admin] tls`: the admin listener serves `/metrics` over HTTPS (HTTP/1.1
+/// and HTTP/2) and nothing to plain HTTP; `reload` swaps its certificate for
+/// new handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_https_and_reload_swaps_its_certificate() {
+    let stop = CancellationToken::new();
+    let blue = upstream("blue", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let first = mcpflip::tls::write_dev_cert(&d.join("first"), &[], false).expect("dev cert");
+    let second = mcpflip::tls::write_dev_cert(&d.join("second"), &[], false).expect("dev cert");
+    let with = |dev: &mcpflip::tls::DevCert| {
+        TestConfig::new(d).slot("blue", blue, 100).set(
+            "admin",
+            "tls",
+            format!(
+                "{{ cert = {}, key = {} }}",
+                support::config::q(dev.cert.display().to_string()),
+                support::config::q(dev.key.display().to_string())
+            ),
+        )
+    };
+    let p = support::start(with(&first).load()).await;
+    let admin = p.admin_addr;
+    for h2 in [false, true] {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls(&first.ca))
+            .https_only();
+        let connector = if h2 {
+            connector.enable_http2().build()
+        } else {
+            connector.enable_http1().build()
+        };
+        let client: H2Client = Client::builder(TokioExecutor::new())
+            .http2_only(h2)
+            .build(connector);
+        let req = http::Request::get(format!("https://localhost:{}/metrics", admin.port()))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = client
+            .request(req)
+            .await
+            .expect("https to the admin listener");
+        assert_eq!(resp.status(), 200, "h2 {h2}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("# TYPE mcpflip_requests_total counter"),
+            "h2 {h2}"
+        );
+    }
+    // Plain HTTP gets no answer.
+    let mut raw = TcpStream::connect(admin).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let answer = support::read_to_close(&mut raw).await;
+    assert!(!answer.contains("mcpflip_"), "{answer}");
+    // A new certificate by reload: new handshakes get it.
+    let before = presented_cert(admin, &first.ca).await;
+    with(&second).write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["changed"]
+            .to_string()
+            .contains("[admin] tls certificates re-read"),
+        "{r}"
+    );
+    let after = presented_cert(admin, &second.ca).await;
+    assert_ne!(before, after, "the second certificate is served");
+    p.shutdown().await;
+    stop.cancel();
+}

@@ -82,6 +82,8 @@ pub struct Settings {
     pub proxy: Arc<ProxyStats>,
     /// The process's phase, for `/readyz`.
     pub lifecycle: Arc<Lifecycle>,
+    /// `[admin] tls`: HTTPS, its config swapped by `reload`.
+    pub tls: Option<crate::proxy::TlsSlot>,
 }
 
 /// What the handlers share.
@@ -291,6 +293,7 @@ pub async fn serve(
     });
     let limits = settings.limits;
     let allowed_clients = settings.allowed_clients;
+    let tls = settings.tls;
     let builder = Arc::new(conn::builder(feed::MAX_FEEDS as u32));
     let connections = Connections::new();
     let mut backoff = Backoff::new("admin");
@@ -306,6 +309,9 @@ pub async fn serve(
         let head_deadline = tokio::time::Instant::now() + limits.header_read;
         let admin = Arc::clone(&admin);
         let builder = Arc::clone(&builder);
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         let entered = connections.enter();
         let shutdown = connections.shutdown_token().clone();
         tokio::spawn(async move {
@@ -333,7 +339,20 @@ pub async fn serve(
                 head_deadline,
                 shutdown: &shutdown,
             };
-            let _ = conn::drive(&builder, tcp, svc, timed).await;
+            match acceptor {
+                None => {
+                    let _ = conn::drive(&builder, tcp, svc, timed).await;
+                }
+                // The handshake within the first head's time, as on the
+                // public listener; a failed one is closed.
+                Some(acceptor) => {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout_at(head_deadline, acceptor.accept(tcp)).await
+                    {
+                        let _ = conn::drive(&builder, tls, svc, timed).await;
+                    }
+                }
+            }
         });
     }
     // The feeds saw `stop` and end; what is idle closes now.

@@ -203,6 +203,8 @@ pub struct Controller {
     pub(crate) deploying: tokio::sync::Mutex<()>,
     /// The public listener's TLS config, when it terminates TLS (`reload` swaps it).
     tls: Option<TlsSlot>,
+    /// The admin listener's (`[admin] tls`), set once it serves.
+    admin_tls: std::sync::OnceLock<TlsSlot>,
     pub flips_total: AtomicU64,
     pub rollbacks_total: AtomicU64,
     pub state_save_failures_total: AtomicU64,
@@ -325,6 +327,7 @@ impl Controller {
             watch: Watcher::default(),
             deploying: tokio::sync::Mutex::new(()),
             tls,
+            admin_tls: std::sync::OnceLock::new(),
             flips_total: AtomicU64::new(0),
             rollbacks_total: AtomicU64::new(0),
             state_save_failures_total: AtomicU64::new(0),
@@ -396,6 +399,16 @@ impl Controller {
 
     pub(crate) fn listener_tls(&self) -> Option<&TlsSlot> {
         self.tls.as_ref()
+    }
+
+    /// The admin listener's TLS config, when it terminates TLS.
+    pub(crate) fn admin_tls(&self) -> Option<&TlsSlot> {
+        self.admin_tls.get()
+    }
+
+    /// Hands the admin listener's TLS config to `reload`.
+    pub(crate) fn set_admin_tls(&self, slot: TlsSlot) {
+        let _ = self.admin_tls.set(slot);
     }
 
     async fn submit(

@@ -77,6 +77,15 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
         }
     };
 
+    let new_admin_tls = match (&new.resolved.admin_tls, ctl.admin_tls()) {
+        (Some(cfg), Some(slot)) => Some((Arc::clone(cfg), Arc::clone(slot))),
+        (None, None) => None,
+        _ => {
+            restart.push("[admin] tls (turning TLS on or off)".to_owned());
+            None
+        }
+    };
+
     let table = ctl.tables.load_full();
     let mut slots = Vec::new();
     let mut upstreams = BTreeMap::new();
@@ -176,6 +185,10 @@ async fn apply(ctl: &Arc<Controller>) -> Result<Reloaded, CtlError> {
     if let Some((cfg, slot)) = new_tls {
         slot.store(cfg);
         changed.push("[listen] tls certificates re-read (new handshakes use them; open connections keep theirs)".to_owned());
+    }
+    if let Some((cfg, slot)) = new_admin_tls {
+        slot.store(cfg);
+        changed.push("[admin] tls certificates re-read (new handshakes use them)".to_owned());
     }
     tracing::info!(?changed, ?restart, "config reloaded");
     ctl.publish(Event::Reloaded {
