@@ -98,7 +98,8 @@ pub struct Resolved {
     pub listener_tls: Option<Arc<rustls::ServerConfig>>,
     /// `[admin] tls`'s config, when set.
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
-    /// The certificates `listener_tls` serves (for their expiry metric).
+    /// The certificates `listener_tls` and `admin_tls` serve (for their
+    /// expiry metric).
     pub certificates: Vec<crate::tls::CertificateInfo>,
     pub slot_tls: BTreeMap<String, Arc<rustls::ClientConfig>>,
     /// What each of them trusts (`[[slot]] ca`) and presents (`cert`), read
@@ -1192,7 +1193,10 @@ impl Config {
         }
         if let Some(tls) = &self.admin.tls {
             match crate::tls::listener_tls(tls) {
-                Ok((c, _)) => resolved.admin_tls = Some(c),
+                Ok((c, certs)) => {
+                    resolved.admin_tls = Some(c);
+                    resolved.certificates.extend(certs);
+                }
                 Err(message) => return Err(err("admin", None, "tls", message)),
             }
         }

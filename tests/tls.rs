@@ -983,6 +983,22 @@ async fn the_access_log_names_the_client_certificate() {
     assert!(!lines[1].contains("client_cert"), "{log}");
 }
 
+/// The body of `GET https://localhost:{port}{path}` (HTTP/1.1), trusting `ca`.
+async fn https_text(addr: std::net::SocketAddr, ca: &Path, path: &str) -> String {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(ca))
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let req = http::Request::get(format!("https://localhost:{}{path}", addr.port()))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = client.request(req).await.expect("https");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// `[admin] tls`: the admin listener serves `/metrics` over HTTPS (HTTP/1.1
 /// and HTTP/2) and nothing to plain HTTP; `reload` swaps its certificate for
 /// new handshakes.
@@ -1056,6 +1072,16 @@ async fn the_admin_listener_serves_https_and_reload_swaps_its_certificate() {
     );
     let after = presented_cert(admin, &second.ca).await;
     assert_ne!(before, after, "the second certificate is served");
+    // Its expiry is in the certificates' gauge, and follows the reload.
+    let m = https_text(admin, &second.ca, "/metrics").await;
+    let series = |cert: &Path| {
+        format!(
+            "mcpflip_certificate_expiry_timestamp_seconds{{name=\"localhost\",file=\"{}\"}}",
+            cert.display()
+        )
+    };
+    assert!(support::metric(&m, &series(&second.cert)) > 0, "{m}");
+    assert_eq!(support::metric(&m, &series(&first.cert)), 0, "{m}");
     p.shutdown().await;
     stop.cancel();
 }

@@ -352,7 +352,7 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
         let mut fam = w.family(
             "mcpflip_certificate_expiry_timestamp_seconds",
             Kind::Gauge,
-            "notAfter of each certificate the public listener serves, seconds since the Unix epoch",
+            "notAfter of each certificate the public and admin listeners serve, seconds since the Unix epoch",
         );
         for c in certs {
             let file = c.file.display().to_string();
