@@ -1297,6 +1297,18 @@ fn post_body(
     })
 }
 
+/// A POST of `len` bytes written without waiting for an answer (no
+/// `Expect`), and the answer read until the connection closes.
+async fn post_unasked(to: SocketAddr, len: usize) -> (u16, String) {
+    let (mut r, w) = TcpStream::connect(to).await.expect("connect").into_split();
+    let writer = post_body(w, len);
+    let got = read_until_closed(&mut r)
+        .await
+        .expect("answered and closed");
+    writer.abort();
+    parse_answer(&got)
+}
+
 /// A slot on a loopback port that serves each connection with `serve`,
 /// which tells what it saw on the channel.
 async fn raw_slot<T, F, Fut>(serve: F) -> (u16, tokio::sync::mpsc::UnboundedReceiver<T>)
@@ -1396,17 +1408,8 @@ async fn an_answer_that_comes_before_the_body_end_is_the_answer() {
         .slot("green", first, 0)
         .slot("gray", refusing_slot().await, 0);
     let p = support::start(cfg.load()).await;
-    let (mut r, w) = TcpStream::connect(p.public_addr)
-        .await
-        .expect("connect")
-        .into_split();
-    let writer = post_body(w, 16 << 20);
-    let got = read_until_closed(&mut r)
-        .await
-        .expect("answered and closed");
-    let (status, text) = parse_answer(&got);
+    let (status, text) = post_unasked(p.public_addr, 16 << 20).await;
     assert_eq!(status, 413, "{text}");
-    writer.abort();
     let m = metrics(p.admin_addr).await;
     assert_eq!(
         metric(
@@ -1783,17 +1786,8 @@ async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_
     );
     // A client that sends a large body without waiting still reads its 413.
     for _ in 0..5 {
-        let (mut r, w) = TcpStream::connect(p.public_addr)
-            .await
-            .expect("connect")
-            .into_split();
-        let writer = post_body(w, 16 << 20);
-        let got = read_until_closed(&mut r)
-            .await
-            .expect("answered and closed");
-        let (status, text) = parse_answer(&got);
+        let (status, text) = post_unasked(p.public_addr, 16 << 20).await;
         is_413(status, &text);
-        writer.abort();
     }
 
     // Chunked, no length: cut past the cap; the slot never gets its end.

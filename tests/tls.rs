@@ -727,14 +727,7 @@ async fn the_slot_is_told_the_client_certificate_and_never_a_clients_claim() {
     let (port, mut heads) = support::head_recorder().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
-    let der = mcpflip::tls::read_chain(&pki.member.cert)
-        .expect("client cert")
-        .remove(0);
-    let hash: String = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = pki.member_hash();
     let cfg = TestConfig::blue_green(dir.path(), port, support::closed_port()).set(
         "listen",
         "tls",
@@ -948,14 +941,7 @@ async fn the_access_log_names_the_client_certificate() {
     let (port, _heads) = support::head_recorder().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(&dir.path().join("pki"));
-    let der = mcpflip::tls::read_chain(&pki.member.cert)
-        .expect("client cert")
-        .remove(0);
-    let hash: String = ring::digest::digest(&ring::digest::SHA256, der.as_ref())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = pki.member_hash();
     let public = support::closed_port();
     let access = dir.path().join("access.log");
     let cfg = TestConfig::blue_green(dir.path(), port, support::closed_port())

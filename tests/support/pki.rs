@@ -107,6 +107,19 @@ impl Pki {
         self.listen_for(&self.ca, extra)
     }
 
+    /// The SHA-256 of the member's certificate, in hex (what the slot is told
+    /// in `X-Forwarded-Client-Cert` and the access log's `client_cert`).
+    pub fn member_hash(&self) -> String {
+        let der = mcpflip::tls::read_chain(&self.member.cert)
+            .expect("client cert")
+            .remove(0);
+        ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// [`Pki::listen`] asking for clients of the CA `client_ca` instead.
     pub fn listen_for(&self, client_ca: &Path, extra: &str) -> String {
         format!(
