@@ -1111,10 +1111,9 @@ impl Config {
                     key: key.clone(),
                 }),
                 (Some(_), None) | (None, Some(_)) => {
-                    let (has, lacks) = if slot.cert.is_some() {
-                        ("cert", "key")
-                    } else {
-                        ("key", "cert")
+                    let (has, lacks) = match slot.cert {
+                        Some(_) => ("cert", "key"),
+                        None => ("key", "cert"),
                     };
                     return Err(err(
                         "slot",

@@ -1083,30 +1083,22 @@ impl Forwarder {
         if !peer.trusted {
             return ip;
         }
-        if let Some(name) = &self.client_ip_header {
-            return match RequestBody::lines(req) {
-                Some(lines) => self
-                    .trusted
-                    .client(ip, lines.values_named(name.as_str().as_bytes())),
-                None => self.trusted.client(
-                    ip,
-                    req.headers()
-                        .get_all(name)
-                        .iter()
-                        .map(HeaderValue::as_bytes),
-                ),
-            };
-        }
-        // Walked where the lines are, nothing collected: behind a trusted
-        // proxy this is every request.
+        // `X-Forwarded-For`, or `[proxy] client_ip_header`. Walked where the
+        // lines are, nothing collected: behind a trusted proxy this is every
+        // request.
+        let forwarded_for = X_FORWARDED_FOR;
+        let name = self.client_ip_header.as_ref().unwrap_or(&forwarded_for);
         match RequestBody::lines(req) {
-            Some(lines) => self
+            Some(lines) if self.client_ip_header.is_none() => self
                 .trusted
                 .client(ip, lines.values(LineKind::XForwardedFor)),
+            Some(lines) => self
+                .trusted
+                .client(ip, lines.values_named(name.as_str().as_bytes())),
             None => self.trusted.client(
                 ip,
                 req.headers()
-                    .get_all(X_FORWARDED_FOR)
+                    .get_all(name)
                     .iter()
                     .map(HeaderValue::as_bytes),
             ),
