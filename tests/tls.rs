@@ -955,12 +955,7 @@ async fn the_access_log_names_the_client_certificate() {
     assert_eq!(with.map(|(s, _)| s), Ok(200));
     let without = get_with_identity(addr, &pki.ca, None, true).await;
     assert_eq!(without.map(|(s, _)| s), Ok(200));
-    support::until_async("two access-log lines", || {
-        let access = access.clone();
-        async move { std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 2) }
-    })
-    .await;
-    let log = std::fs::read_to_string(&access).expect("access log");
+    let log = support::access_lines(&access, 2).await;
     let lines: Vec<&str> = log.lines().collect();
     assert!(
         lines[0].contains(&format!(" client_cert=\"{hash}\" ")),

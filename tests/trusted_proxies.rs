@@ -214,12 +214,7 @@ async fn behind_haproxy_in_http_mode_the_access_log_names_the_client() {
 
     // Both lines name the client 127.0.0.2: the first beside HAProxy's
     // address, the second beside its own.
-    support::until_async("two access-log lines", || {
-        let access = access.clone();
-        async move { std::fs::read_to_string(&access).is_ok_and(|t| t.lines().count() >= 2) }
-    })
-    .await;
-    let log = std::fs::read_to_string(&access).expect("access log");
+    let log = support::access_lines(&access, 2).await;
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(

@@ -285,6 +285,16 @@ pub async fn metrics(admin: std::net::SocketAddr) -> String {
 }
 
 /// The value of the metric line that starts with `series` (0 when absent).
+/// The access-log file `path` once it holds `n` lines (waited for: the
+/// writer flushes off the request path).
+pub async fn access_lines(path: &std::path::Path, n: usize) -> String {
+    until_async(&format!("{n} access-log lines"), || async {
+        std::fs::read_to_string(path).is_ok_and(|t| t.lines().count() >= n)
+    })
+    .await;
+    std::fs::read_to_string(path).expect("access log")
+}
+
 pub fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
