@@ -237,6 +237,18 @@ pub async fn start_with(
             Arc::clone(&proxy_stats),
         ));
         tokio::spawn(Arc::clone(&s).expire_every(stop.child_token()));
+        // In a fleet the captured sessions are shared through its etcd.
+        if let Some(fleet) = &fleet {
+            let shared = crate::cluster::sessions::FleetSessions::new(
+                fleet.etcd.clone(),
+                &fleet.prefix,
+                drain_cfg.migrate_idle,
+                drain_cfg.migrate_max_sessions,
+                Arc::clone(&proxy_stats),
+            );
+            s.set_mirror(Arc::clone(&shared) as Arc<dyn crate::proxy::migrate::Mirror>);
+            tokio::spawn(shared.run(Arc::downgrade(&s), stop.child_token()));
+        }
         s
     });
     let forwarder = Arc::new(Forwarder {

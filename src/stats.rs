@@ -805,6 +805,56 @@ pub struct ProxyStats {
     interrupted: AtomicU64,
     /// Client addresses the per-address limits keep state for.
     addresses: [AtomicU64; AddressMap::ALL.len()],
+    /// Captured sessions' records written to the fleet's etcd, by result.
+    fleet_writes: [AtomicU64; FleetWrite::ALL.len()],
+    /// Sessions taken from the fleet's etcd, by what was taken.
+    fleet_taken: [AtomicU64; FleetTaken::ALL.len()],
+}
+
+/// How a write of a captured session's record to the fleet went: the
+/// `result` label of `mcpflip_cluster_session_writes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetWrite {
+    Ok,
+    /// etcd refused it or could not be reached (retried while the session lives).
+    Failed,
+    /// Not queued: the queue held a change for `migrate_max_sessions` sessions already.
+    Dropped,
+}
+
+impl FleetWrite {
+    pub const ALL: [FleetWrite; 3] = [Self::Ok, Self::Failed, Self::Dropped];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// What this instance took from the fleet's record of a session: the
+/// `what` label of `mcpflip_cluster_sessions_taken_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetTaken {
+    /// A session begun through another instance (its `initialize` and shaping).
+    Record,
+    /// A move another instance made (nothing replayed here).
+    Move,
+    /// A move another instance recorded while this one replayed the session
+    /// too: theirs is taken, this replay's upstream session idles out.
+    Raced,
+}
+
+impl FleetTaken {
+    pub const ALL: [FleetTaken; 3] = [Self::Record, Self::Move, Self::Raced];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Record => "record",
+            Self::Move => "move",
+            Self::Raced => "raced",
+        }
+    }
 }
 
 /// A per-address limit's map: the `limit` label of `mcpflip_client_addresses`.
@@ -860,6 +910,22 @@ impl ProxyStats {
 
     pub fn local_responses(&self, answer: LocalResponse) -> u64 {
         self.local[answer as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_fleet_write(&self, result: FleetWrite, n: u64) {
+        self.fleet_writes[result as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn fleet_writes(&self, result: FleetWrite) -> u64 {
+        self.fleet_writes[result as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn count_fleet_taken(&self, what: FleetTaken) {
+        self.fleet_taken[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn fleet_taken(&self, what: FleetTaken) -> u64 {
+        self.fleet_taken[what as usize].load(Ordering::Relaxed)
     }
 
     pub fn count_migrated(&self) {

@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::etcd::EtcdCluster;
-use support::mcp::{get_text, http_client, initialize, post_json, HttpClient, SseSession};
+use support::mcp::{
+    call_whoami, get_text, http_client, initialize, open_session, post_json, HttpClient, SseSession,
+};
 use support::proc::ProxyProcess;
-use support::{closed_port, ctl, upstream, TestConfig};
+use support::{closed_port, ctl, metric, upstream, TestConfig};
 use tokio_util::sync::CancellationToken;
 
 use mcpflip::demo_server::{ServerConfig, Transport};
@@ -700,4 +702,218 @@ async fn ctl_cluster_from_outside_the_instances_deploys() {
         Some(3),
         "{v}"
     );
+}
+
+/// The fleet's session records (`{prefix}.sessions/`): their keys.
+async fn session_keys(f: &Fleet) -> Vec<String> {
+    let etcd = mcpflip::cluster::etcd::Etcd::new(mcpflip::cluster::etcd::Settings {
+        endpoints: f.etcd.endpoints(),
+        tls: None,
+        credentials: None,
+        request_timeout: Duration::from_secs(2),
+    });
+    let (kvs, _) = etcd
+        .get_prefix(b"/fleet-test.sessions/")
+        .await
+        .expect("etcd answers");
+    kvs.iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+/// The sum over the fleet's instances of the metric line `series`.
+async fn fleet_metric(f: &Fleet, series: &str) -> u64 {
+    let mut sum = 0;
+    for i in &f.instances {
+        let text = get_text(&f.client, &format!("{}/metrics", i.admin)).await;
+        sum += metric(&text, series);
+    }
+    sum
+}
+
+async fn instance_metric(f: &Fleet, n: usize, series: &str) -> u64 {
+    let text = get_text(&f.client, &format!("{}/metrics", f.i(n).admin)).await;
+    metric(&text, series)
+}
+
+/// Answers `whoami` through `base` for session `sid` (request `id`): the
+/// slot's name; the client keeps its id (`call_whoami` checks it).
+async fn moved_whoami(f: &Fleet, n: usize, sid: &str, id: u32) -> String {
+    let (status, body) = call_whoami(&f.client, &format!("{}/mcp", f.i(n).base), sid, id).await;
+    assert_eq!(
+        status,
+        200,
+        "whoami through instance {n}: {body}\nits log:\n{}",
+        f.i(n).proc.stderr()
+    );
+    body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `[drain] migrate = "replay"` in a fleet: a session captured through one
+/// instance moves through another that never saw it begin, and moves once
+/// for all of them (the others take that move, nothing is replayed twice,
+/// even when three requests race through three instances); its record in
+/// etcd goes with a DELETE through any instance, and one nobody uses expires
+/// after `migrate_idle` while one in use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
+    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+        c.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_idle", "6s")
+    })
+    .await;
+    let url = |n: usize| format!("{}/mcp", f.i(n).base);
+    let written = "mcpflip_cluster_session_writes_total{result=\"ok\"}";
+
+    // Three sessions begin on blue through instance 1: `one` moves one
+    // request at a time, `race` through three instances at once, `idle`
+    // is never used again.
+    let one = open_session(&f.client, &url(1)).await;
+    let race = open_session(&f.client, &url(1)).await;
+    let idle = open_session(&f.client, &url(1)).await;
+    assert_eq!(moved_whoami(&f, 1, &one, 2).await, "blue");
+    support::until_async("the three records written to etcd", || async {
+        session_keys(&f).await.len() == 3 && instance_metric(&f, 1, written).await >= 3
+    })
+    .await;
+    let keys = session_keys(&f).await;
+    for sid in [&one, &race, &idle] {
+        assert!(
+            keys.iter().all(|k| !k.contains(sid.as_str())),
+            "the id the client holds is never written: {keys:?}"
+        );
+    }
+    assert!(keys.iter().all(|k| k.ends_with("/record")), "{keys:?}");
+
+    // Blue's process is gone: flipped away from and retired, fleet-wide.
+    assert_eq!(f.i(1).ctl("flip green --no-probe").await["ok"], true);
+    let r = f.i(1).ctl("retire blue").await;
+    assert_eq!(r["ok"], true, "{r}");
+    for n in 1..=3 {
+        until_status(f.i(n), "blue retired everywhere", |s| {
+            state_of(s, "blue") == "retired"
+        })
+        .await;
+    }
+
+    // Instance 2 never saw `one` begin: it reads the record, replays it on
+    // green and records the move; instances 3 and 1 take that move.
+    assert_eq!(moved_whoami(&f, 2, &one, 3).await, "green");
+    assert_eq!(
+        instance_metric(
+            &f,
+            2,
+            "mcpflip_cluster_sessions_taken_total{what=\"record\"}"
+        )
+        .await,
+        1
+    );
+    assert_eq!(moved_whoami(&f, 3, &one, 4).await, "green");
+    assert_eq!(moved_whoami(&f, 1, &one, 5).await, "green");
+    assert_eq!(
+        fleet_metric(&f, "mcpflip_sessions_migrated_total").await,
+        1,
+        "one replay for the fleet"
+    );
+    assert_eq!(
+        fleet_metric(&f, "mcpflip_cluster_sessions_taken_total{what=\"move\"}").await,
+        2,
+        "instances 3 and 1 took instance 2's move"
+    );
+    let raced = "mcpflip_cluster_sessions_taken_total{what=\"raced\"}";
+    assert_eq!(
+        fleet_metric(&f, raced).await,
+        0,
+        "no instance replayed it a second time"
+    );
+    assert!(session_keys(&f).await.iter().any(|k| k.ends_with("/moved")));
+
+    // Three requests of `race` through the three instances at once: one
+    // replay is kept, whoever wins, and every answer comes from green.
+    let answers = tokio::join!(
+        moved_whoami(&f, 1, &race, 11),
+        moved_whoami(&f, 2, &race, 12),
+        moved_whoami(&f, 3, &race, 13),
+    );
+    assert_eq!(answers, ("green".into(), "green".into(), "green".into()));
+    assert_eq!(
+        fleet_metric(&f, "mcpflip_sessions_migrated_total").await,
+        2,
+        "one more replay kept for the fleet, not three"
+    );
+    // The others either took that move before replaying, or replayed too
+    // and took it after (their replays raced): never a second move.
+    let late = fleet_metric(&f, raced).await;
+    assert!(late <= 2, "{late}");
+    for n in 1..=3 {
+        assert_eq!(moved_whoami(&f, n, &race, 20 + n as u32).await, "green");
+    }
+    assert_eq!(fleet_metric(&f, "mcpflip_sessions_migrated_total").await, 2);
+    assert_eq!(
+        fleet_metric(&f, raced).await,
+        late,
+        "no replay after the race"
+    );
+
+    // A DELETE of `race` through instance 3 removes its record and move.
+    let before = session_keys(&f).await.len();
+    let resp = f
+        .client
+        .request(
+            http::Request::delete(url(3))
+                .header("mcp-session-id", &race)
+                .header("mcp-protocol-version", "2025-06-18")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("DELETE");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    support::until_async("race's record and move deleted", || async {
+        session_keys(&f).await.len() == before - 2
+    })
+    .await;
+
+    // `one` in use (a request a second through instance 3) keeps its
+    // record; `idle`, used by no instance, expires (migrate_idle 6 s plus
+    // two renewal periods of 1.5 s after its last renewal).
+    let end = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut n = 100;
+    loop {
+        n += 1;
+        assert_eq!(moved_whoami(&f, 3, &one, n).await, "green");
+        let keys = session_keys(&f).await;
+        if keys.len() < 3 {
+            assert_eq!(
+                keys.len(),
+                2,
+                "idle's record expired, one's record and move stay: {keys:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "idle's record never expired: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Past its own lease's lifetime, `one` is still there and still moved.
+    for _ in 0..10 {
+        n += 1;
+        assert_eq!(moved_whoami(&f, 3, &one, n).await, "green");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let keys = session_keys(&f).await;
+    assert_eq!(
+        keys.len(),
+        2,
+        "one's record and move are kept alive: {keys:?}"
+    );
+    // `idle` is gone from the fleet: through an instance that never held it
+    // it cannot move.
+    let (status, _) = call_whoami(&f.client, &url(2), &idle, 999).await;
+    assert_eq!(status, 404);
 }

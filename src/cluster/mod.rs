@@ -10,7 +10,8 @@
 //! `etcd` is the client (etcd's JSON gateway over hyper and rustls); `fleet`
 //! the store and what the instance knows of the fleet; `sync` the watch;
 //! `report` this instance's counts; `remote` the command queue of `ctl
-//! --cluster` and its leader. [`join`] reads the fleet's table at
+//! --cluster` and its leader; `sessions` the captured sessions of `[drain]
+//! migrate = "replay"`, shared. [`join`] reads the fleet's table at
 //! start (a restarted instance takes it from etcd, not from its state file)
 //! and [`spawn`] starts the tasks. The request path never touches any of it.
 
@@ -18,6 +19,7 @@ pub mod etcd;
 pub mod fleet;
 pub mod remote;
 pub mod report;
+pub mod sessions;
 pub mod sync;
 
 use std::sync::Arc;

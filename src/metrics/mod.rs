@@ -18,8 +18,8 @@ use crate::control::watch::WATCH_RESULTS;
 use crate::control::Controller;
 use crate::mcp::{method, Era};
 use crate::stats::{
-    AddressMap, AtomicHistogram, ClientFault, LocalResponse, MigrateFailure, ProxyStats, Refusal,
-    PROBE_STEPS,
+    AddressMap, AtomicHistogram, ClientFault, FleetTaken, FleetWrite, LocalResponse,
+    MigrateFailure, ProxyStats, Refusal, PROBE_STEPS,
 };
 use crate::table::{Slot, SlotState};
 use crate::upstream::UpstreamError;
@@ -333,6 +333,26 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
             "Time from a table change's commit to etcd (on another instance) to its routing here (wall clocks; millisecond resolution)",
         )
         .histogram(&[], histogram(&snap));
+        {
+            let mut fam = w.family(
+                "mcpflip_cluster_session_writes",
+                Kind::Counter,
+                "Captured sessions' records written to the fleet's etcd ([drain] migrate = \"replay\"): ok, failed (retried), dropped (queue full)",
+            );
+            for result in FleetWrite::ALL {
+                fam.counter(&[("result", result.as_str())], proxy.fleet_writes(result));
+            }
+        }
+        {
+            let mut fam = w.family(
+                "mcpflip_cluster_sessions_taken",
+                Kind::Counter,
+                "Sessions this instance took from the fleet's etcd: record (a session begun through another instance), move (a move another instance made; nothing replayed here), raced (another instance's move recorded while this one replayed too)",
+            );
+            for what in FleetTaken::ALL {
+                fam.counter(&[("what", what.as_str())], proxy.fleet_taken(what));
+            }
+        }
     }
     {
         let mut fam = w.family(

@@ -430,14 +430,23 @@ impl Forwarder {
             self.stats.count_local(LocalResponse::SessionGone);
             tracing::info!(method = %req.method(), %cause, "session could not migrate: answered 404");
         };
-        let Some(captured) = sessions.get(sid.as_bytes()) else {
+        let Some(captured) = sessions.find(sid.as_bytes()).await else {
             fail(MigrateFailure::NotCaptured);
             return Err(());
         };
         if let Some(found) = migrate::current(&self.tables.load(), &captured) {
             return Ok(found);
         }
-        match migrate::migrate(&self.tables, &captured, None, req.headers(), req.uri()).await {
+        match migrate::migrate(
+            &self.tables,
+            &captured,
+            None,
+            req.headers(),
+            req.uri(),
+            sessions.mirror(),
+        )
+        .await
+        {
             Ok((slot, inner, replayed)) => {
                 if replayed {
                     self.stats.count_migrated();
@@ -913,12 +922,21 @@ impl Forwarder {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
             return Err(());
         };
-        let Some(captured) = sessions.get(sid.as_bytes()) else {
+        let Some(captured) = sessions.find(sid.as_bytes()).await else {
             self.stats
                 .count_migrate_failure(MigrateFailure::NotCaptured);
             return Err(());
         };
-        match migrate::migrate(&self.tables, &captured, Some(avoid), headers, uri).await {
+        match migrate::migrate(
+            &self.tables,
+            &captured,
+            Some(avoid),
+            headers,
+            uri,
+            sessions.mirror(),
+        )
+        .await
+        {
             Ok((slot, inner, replayed)) => {
                 if replayed {
                     self.stats.count_migrated();

@@ -70,6 +70,42 @@ pub struct Moved {
     pub inner: HeaderValue,
 }
 
+/// A future a [`Mirror`] returns.
+pub type MirrorFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Where captured sessions are shared beyond this process: the fleet's etcd
+/// (`cluster::sessions`) when `[cluster]` is set, so that a session begun
+/// through one instance moves through any. The request path only marks what
+/// changed ([`Mirror::changed`], [`Mirror::ended`]: a map insert, never a
+/// round trip); the fleet is read only where a session must move.
+pub trait Mirror: Send + Sync + std::fmt::Debug {
+    /// Session `c` was captured, or its shaping requests changed.
+    fn changed(&self, c: &Arc<Captured>);
+    /// Session `id` ended (DELETE, or its slot's 404).
+    fn ended(&self, id: &[u8]);
+    /// The fleet's record of session `id`, which this process does not hold.
+    fn fetch<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Option<Exported>>;
+    /// Where the fleet says session `id` moved last, and the revision of that
+    /// record (0: it never moved). `Err` when the fleet cannot be asked.
+    fn move_of<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Result<FleetMove, ()>>;
+    /// Records that session `id` moved to `to` if the fleet's record is still
+    /// at `revision`; `Ok(Some(..))`: another instance recorded a move first
+    /// (what it recorded). `Err` when the fleet cannot be asked.
+    fn record_move<'a>(
+        &'a self,
+        id: &'a [u8],
+        revision: i64,
+        to: &'a ExportedMove,
+    ) -> MirrorFuture<'a, Result<Option<FleetMove>, ()>>;
+}
+
+/// A move as the fleet holds it: where to, and its record's revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FleetMove {
+    pub to: Option<ExportedMove>,
+    pub revision: i64,
+}
+
 /// One captured session.
 #[derive(Debug)]
 pub struct Captured {
@@ -97,6 +133,46 @@ struct Kept {
 impl Captured {
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tagged id the client holds.
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// The captured `initialize` body.
+    pub fn init(&self) -> &Bytes {
+        &self.init
+    }
+
+    /// The session-shaping requests kept, in order.
+    pub fn shaping(&self) -> Vec<Bytes> {
+        self.kept().shaping.clone()
+    }
+
+    /// Where the session moved, as exported (`None`: it has not, or its
+    /// upstream id is not text).
+    pub fn moved_to(&self) -> Option<ExportedMove> {
+        let m = self.moved.load_full()?;
+        Some(ExportedMove {
+            slot: m.slot.to_string(),
+            generation: m.generation,
+            inner: m.inner.to_str().ok()?.to_owned(),
+        })
+    }
+
+    /// Takes a move recorded elsewhere (the fleet's); false when its
+    /// upstream id is not a header value.
+    fn adopt_move(&self, m: &ExportedMove) -> bool {
+        let Ok(inner) = HeaderValue::from_str(&m.inner) else {
+            return false;
+        };
+        self.moved.store(Some(Arc::new(Moved {
+            slot: m.slot.as_str().into(),
+            generation: m.generation,
+            inner,
+        })));
+        true
     }
 
     fn bytes(&self) -> usize {
@@ -156,6 +232,8 @@ pub struct Sessions {
     held: AtomicUsize,
     epoch: Instant,
     stats: Arc<ProxyStats>,
+    /// The fleet's copy (`[cluster]`), set once at start.
+    mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
 }
 
 impl Sessions {
@@ -172,7 +250,45 @@ impl Sessions {
                 .checked_sub(idle)
                 .unwrap_or_else(Instant::now),
             stats,
+            mirror: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shares the sessions through `mirror` from now on (once).
+    pub fn set_mirror(&self, mirror: Arc<dyn Mirror>) {
+        let _ = self.mirror.set(mirror);
+    }
+
+    /// Where the sessions are shared, if anywhere.
+    pub fn mirror(&self) -> Option<&dyn Mirror> {
+        self.mirror.get().map(|m| &**m)
+    }
+
+    /// The captured session `id`, from the fleet's record when this process
+    /// does not hold it (it began through another instance): taken into this
+    /// store, so that its next requests here need no round trip.
+    pub async fn find(&self, id: &[u8]) -> Option<Arc<Captured>> {
+        if let Some(c) = self.get(id) {
+            return Some(c);
+        }
+        let x = self.mirror()?.fetch(id).await?;
+        self.import_one(x);
+        self.get(id)
+    }
+
+    /// Sessions whose last request here was at most `within` ago.
+    pub fn used_within(&self, within: Duration) -> Vec<Arc<Captured>> {
+        let since = self.now().saturating_sub(within.as_secs());
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            out.extend(
+                map.values()
+                    .filter(|e| e.last_used.load(Ordering::Relaxed) >= since)
+                    .map(|e| Arc::clone(&e.captured)),
+            );
+        }
+        out
     }
 
     /// The map key of id `id`.
@@ -211,9 +327,21 @@ impl Sessions {
     /// Keeps `init` for the session the client knows as `id`; false when the
     /// store is full (the session then ends with its slot, as without migration).
     pub fn capture(&self, id: &HeaderValue, init: Bytes) -> bool {
+        let Some(c) = self.insert(id, init) else {
+            return false;
+        };
+        if let Some(m) = self.mirror() {
+            m.changed(&c);
+        }
+        true
+    }
+
+    /// [`Sessions::capture`] without telling the fleet: for a session that
+    /// came from elsewhere (the fleet's record, a handover).
+    fn insert(&self, id: &HeaderValue, init: Bytes) -> Option<Arc<Captured>> {
         if self.len() >= self.max || self.bytes().saturating_add(init.len()) > MAX_HELD {
             self.stats.count_capture_refused();
-            return false;
+            return None;
         }
         let captured = Arc::new(Captured {
             id: id.as_bytes().into(),
@@ -226,7 +354,7 @@ impl Sessions {
         self.held.fetch_add(captured.bytes(), Ordering::Relaxed);
         let entry = Entry {
             last_used: AtomicU64::new(self.now()),
-            captured,
+            captured: Arc::clone(&captured),
         };
         // The same id captured again replaces its session. (So would another
         // id with the same 64-bit key: one pair in 2^64, and no client can aim
@@ -245,7 +373,7 @@ impl Sessions {
             }
         }
         self.publish();
-        true
+        Some(captured)
     }
 
     /// The captured session `id`, its idle clock reset.
@@ -270,8 +398,12 @@ impl Sessions {
         }
     }
 
-    /// Forgets `id` (its session ended: DELETE, or a 404 from its slot).
+    /// Forgets `id` (its session ended: DELETE, or a 404 from its slot),
+    /// here and in the fleet (whichever instance it began through).
     pub fn remove(&self, id: &[u8]) {
+        if let Some(m) = self.mirror() {
+            m.ended(id);
+        }
         let key = self.key(id);
         let gone = {
             let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
@@ -307,6 +439,9 @@ impl Sessions {
             list.push(own(&body));
             drop(kept);
             self.publish();
+            if let Some(m) = self.mirror() {
+                m.changed(&c);
+            }
         }
     }
 
@@ -482,65 +617,77 @@ impl Sessions {
     /// `migrate_idle` is left out, and so is one over the store's limits.
     /// Returns how many were added.
     pub fn import(&self, list: Vec<Exported>) -> usize {
-        let now = self.now();
-        let mut added = 0;
-        for mut x in list {
-            // The bounds of a capture here hold for one that came over too.
-            if x.idle_s >= self.idle.as_secs() || x.init.len() as u64 > MAX_BODY {
-                continue;
-            }
-            x.shaping.retain(|b| b.len() <= MAX_SHAPING_BODY);
-            let over = x.shaping.len().saturating_sub(MAX_SHAPING);
-            x.shaping.drain(..over);
-            let over = x.unanswered.len().saturating_sub(MAX_UNANSWERED);
-            x.unanswered.drain(..over);
-            let Ok(id) = HeaderValue::from_str(&x.id) else {
-                continue;
-            };
-            let moved = x.moved.and_then(|m| {
-                Some(Arc::new(Moved {
-                    slot: m.slot.into(),
-                    generation: m.generation,
-                    inner: HeaderValue::from_str(&m.inner).ok()?,
-                }))
-            });
-            if let Some(here) = self.get(id.as_bytes()) {
-                if here.moved.load().is_none() && moved.is_some() {
-                    here.moved.store(moved);
-                }
-                continue;
-            }
-            if !self.capture(&id, Bytes::from(x.init)) {
-                continue;
-            }
-            added += 1;
-            let key = self.key(id.as_bytes());
-            let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
-            let Some(e) = map.get(&key) else { continue };
-            e.last_used
-                .store(now.saturating_sub(x.idle_s), Ordering::Relaxed);
-            let c = Arc::clone(&e.captured);
-            drop(map);
-            c.moved.store(moved);
-            let mut kept = c.kept();
-            let extra: usize = x.shaping.iter().map(String::len).sum::<usize>()
-                + x.unanswered
-                    .iter()
-                    .map(|(i, e)| i.len() + e.len())
-                    .sum::<usize>();
-            kept.shaping = x.shaping.into_iter().map(Bytes::from).collect();
-            kept.unanswered = x
-                .unanswered
-                .into_iter()
-                .map(|(i, e)| (Bytes::from(i), Bytes::from(e)))
-                .collect();
-            drop(kept);
-            self.held.fetch_add(extra, Ordering::Relaxed);
-        }
+        let added = list
+            .into_iter()
+            .map(|x| self.import_one_quiet(x))
+            .filter(|&added| added)
+            .count();
         if added > 0 {
             self.publish();
         }
         added
+    }
+
+    fn import_one(&self, x: Exported) -> bool {
+        let added = self.import_one_quiet(x);
+        if added {
+            self.publish();
+        }
+        added
+    }
+
+    /// One session of [`Sessions::import`]; true when it was added.
+    fn import_one_quiet(&self, mut x: Exported) -> bool {
+        let now = self.now();
+        // The bounds of a capture here hold for one that came over too.
+        if x.idle_s >= self.idle.as_secs() || x.init.len() as u64 > MAX_BODY {
+            return false;
+        }
+        x.shaping.retain(|b| b.len() <= MAX_SHAPING_BODY);
+        let over = x.shaping.len().saturating_sub(MAX_SHAPING);
+        x.shaping.drain(..over);
+        let over = x.unanswered.len().saturating_sub(MAX_UNANSWERED);
+        x.unanswered.drain(..over);
+        let Ok(id) = HeaderValue::from_str(&x.id) else {
+            return false;
+        };
+        if let Some(here) = self.get(id.as_bytes()) {
+            if here.moved.load().is_none() {
+                if let Some(m) = &x.moved {
+                    here.adopt_move(m);
+                }
+            }
+            return false;
+        }
+        let Some(c) = self.insert(&id, Bytes::from(x.init)) else {
+            return false;
+        };
+        {
+            let key = self.key(id.as_bytes());
+            let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = map.get(&key) {
+                e.last_used
+                    .store(now.saturating_sub(x.idle_s), Ordering::Relaxed);
+            }
+        }
+        if let Some(m) = &x.moved {
+            c.adopt_move(m);
+        }
+        let mut kept = c.kept();
+        let extra: usize = x.shaping.iter().map(String::len).sum::<usize>()
+            + x.unanswered
+                .iter()
+                .map(|(i, e)| i.len() + e.len())
+                .sum::<usize>();
+        kept.shaping = x.shaping.into_iter().map(Bytes::from).collect();
+        kept.unanswered = x
+            .unanswered
+            .into_iter()
+            .map(|(i, e)| (Bytes::from(i), Bytes::from(e)))
+            .collect();
+        drop(kept);
+        self.held.fetch_add(extra, Ordering::Relaxed);
+        true
     }
 }
 
@@ -601,19 +748,43 @@ pub type Migrated = (Arc<Slot>, HeaderValue, bool);
 /// its `initialize`, `notifications/initialized` and shaping requests there.
 /// `template` is the client's current request head, whose headers
 /// (authorization, accept, content type) the replay reuses.
+///
+/// In a fleet (`mirror`) a session moves once for all instances: the fleet's
+/// record is read first (another instance may have moved it: that move is
+/// taken, nothing is replayed), and the move this replay makes is recorded
+/// only if no other instance recorded one meanwhile; if one did, its move is
+/// taken and this replay's upstream session is left to idle out. A fleet that
+/// cannot be asked does not stop the move: the client is served, and the
+/// failure logged.
 pub async fn migrate(
     tables: &crate::table::Tables,
     c: &Captured,
     avoid: Option<&str>,
     template: &HeaderMap,
     path: &Uri,
+    mirror: Option<&dyn Mirror>,
 ) -> Result<Migrated, MigrateFailure> {
     let _one = c.replaying.lock().await;
     // Another request of this session may have moved it meanwhile (not away
     // from `avoid`, the slot that just refused this request).
-    if let Some((slot, inner)) = current(&tables.load(), c) {
-        if avoid != Some(&*slot.name) {
-            return Ok((slot, inner, false));
+    let here =
+        |c: &Captured| current(&tables.load(), c).filter(|(slot, _)| avoid != Some(&*slot.name));
+    if let Some((slot, inner)) = here(c) {
+        return Ok((slot, inner, false));
+    }
+    let mut fleet = None;
+    if let Some(m) = mirror {
+        match m.move_of(&c.id).await {
+            Ok(known) => {
+                if let Some(to) = &known.to {
+                    c.adopt_move(to);
+                    if let Some((slot, inner)) = here(c) {
+                        return Ok((slot, inner, false));
+                    }
+                }
+                fleet = Some(known.revision);
+            }
+            Err(()) => tracing::warn!("the fleet's record of a session could not be read: the session moves here without it (another instance may move it too)"),
         }
     }
     let slot = {
@@ -630,6 +801,36 @@ pub async fn migrate(
         generation: slot.generation,
         inner: inner.clone(),
     })));
+    if let (Some(m), Some(revision)) = (mirror, fleet) {
+        let to = c.moved_to();
+        let recorded = match &to {
+            Some(to) => m.record_move(&c.id, revision, to).await,
+            None => Err(()),
+        };
+        match recorded {
+            Ok(None) => {}
+            Ok(Some(first)) => {
+                // Another instance moved it while this one replayed: one
+                // upstream session for all instances, theirs.
+                if let Some(to) = &first.to {
+                    c.adopt_move(to);
+                    if let Some((slot, inner)) = here(c) {
+                        tracing::info!(to = %slot.name, "another instance of the fleet moved this session first: its move is taken");
+                        return Ok((slot, inner, false));
+                    }
+                }
+                tracing::warn!("another instance of the fleet recorded a move of this session to a slot this instance cannot route to: this replay is kept");
+                c.moved.store(Some(Arc::new(Moved {
+                    slot: Arc::clone(&slot.name),
+                    generation: slot.generation,
+                    inner: inner.clone(),
+                })));
+            }
+            Err(()) => {
+                tracing::warn!(to = %slot.name, "the fleet could not record this session's move: other instances may move it again")
+            }
+        }
+    }
     Ok((slot, inner, true))
 }
 

@@ -284,7 +284,6 @@ pub async fn metrics(admin: std::net::SocketAddr) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// The value of the metric line that starts with `series` (0 when absent).
 /// The access-log file `path` once it holds `n` lines (waited for: the
 /// writer flushes off the request path).
 pub async fn access_lines(path: &std::path::Path, n: usize) -> String {
@@ -295,6 +294,7 @@ pub async fn access_lines(path: &std::path::Path, n: usize) -> String {
     std::fs::read_to_string(path).expect("access log")
 }
 
+/// The value of the metric line that starts with `series` (0 when absent).
 pub fn metric(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())

@@ -104,6 +104,8 @@ pub enum Compare {
     CreateRevision { key: Vec<u8>, revision: i64 },
     /// The key holds `value`.
     Value { key: Vec<u8>, value: Vec<u8> },
+    /// The key exists (was created at some revision).
+    Exists { key: Vec<u8> },
 }
 
 /// An operation of a transaction's branch.
@@ -112,6 +114,11 @@ pub enum Op {
     Put {
         key: Vec<u8>,
         value: Vec<u8>,
+        lease: i64,
+    },
+    /// Binds the existing `key` to `lease`, its value kept.
+    Touch {
+        key: Vec<u8>,
         lease: i64,
     },
     Get {
@@ -417,7 +424,15 @@ impl Etcd {
     /// Puts `value` at `key`, bound to `lease` (0: none); returns the new revision.
     pub async fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let r: wire::HeaderOnly = self
-            .call("/v3/kv/put", &wire::PutRequest { key, value, lease })
+            .call(
+                "/v3/kv/put",
+                &wire::PutRequest {
+                    key,
+                    value,
+                    lease,
+                    ignore_value: false,
+                },
+            )
             .await?;
         Ok(r.header.revision)
     }
@@ -465,6 +480,14 @@ impl Etcd {
                     mod_revision: None,
                     create_revision: None,
                     value: Some(value),
+                },
+                Compare::Exists { key } => wire::CompareJson {
+                    key,
+                    target: "CREATE",
+                    result: "GREATER",
+                    mod_revision: None,
+                    create_revision: Some(0),
+                    value: None,
                 },
             })
             .collect();
@@ -640,6 +663,13 @@ fn request_ops(ops: &[Op]) -> Vec<wire::RequestOp<'_>> {
                 key,
                 value,
                 lease: *lease,
+                ignore_value: false,
+            }),
+            Op::Touch { key, lease } => wire::RequestOp::RequestPut(wire::PutRequest {
+                key,
+                value: &[],
+                lease: *lease,
+                ignore_value: true,
             }),
             Op::Get { key } => wire::RequestOp::RequestRange(wire::RangeRequest {
                 key,

@@ -100,6 +100,10 @@ pub struct PutRequest<'a> {
     pub value: &'a [u8],
     #[serde(with = "int64", skip_serializing_if = "is_zero")]
     pub lease: i64,
+    /// Keeps the key's value (only its lease changes); etcd refuses it for
+    /// a key that does not exist.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_value: bool,
 }
 
 #[derive(Debug, Serialize)]
