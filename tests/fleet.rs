@@ -760,7 +760,7 @@ async fn moved_whoami(f: &Fleet, n: usize, sid: &str, id: u32) -> String {
 /// after `migrate_idle` while one in use stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
-    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+    let mut f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
         c.set_str("drain", "migrate", "replay")
             .set_str("drain", "migrate_idle", "6s")
     })
@@ -916,4 +916,20 @@ async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
     // it cannot move.
     let (status, _) = call_whoami(&f.client, &url(2), &idle, 999).await;
     assert_eq!(status, 404);
+
+    // etcd gone: a session still begins and is captured (on green now); its
+    // record is written once etcd is back.
+    f.etcd.stop_all();
+    let late = open_session(&f.client, &format!("{}/mcp", f.i(1).base)).await;
+    let failed = "mcpflip_cluster_session_writes_total{result=\"failed\"}";
+    support::until_async("a write failed while etcd is down", || async {
+        instance_metric(&f, 1, failed).await >= 1
+    })
+    .await;
+    f.etcd.restart_all();
+    support::until_async("late's record written once etcd is back", || async {
+        session_keys(&f).await.len() == 3
+    })
+    .await;
+    assert_eq!(moved_whoami(&f, 1, &late, 1000).await, "green");
 }

@@ -153,6 +153,7 @@ impl FleetSessions {
         let period = self.period();
         let mut renew = tokio::time::interval(period);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -167,11 +168,17 @@ impl FleetSessions {
                 _ = self.wake.notified() => {}
             }
             if let Err(e) = self.flush().await {
-                tracing::warn!(error = %e, "captured sessions could not be written to the fleet's etcd; trying again");
+                // Once per outage at warn (it is retried every second).
+                if !failing {
+                    tracing::warn!(error = %e, "captured sessions could not be written to the fleet's etcd; trying again every second");
+                }
+                failing = true;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(RETRY) => self.wake.notify_one(),
                 }
+            } else if std::mem::take(&mut failing) {
+                tracing::info!("captured sessions are written to the fleet's etcd again");
             }
         }
     }
