@@ -848,6 +848,29 @@ async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
     // and took it after (their replays raced): never a second move.
     let late = fleet_metric(&f, raced).await;
     assert!(late <= 2, "{late}");
+    // Each raced replay's own upstream session is closed on green (a
+    // DELETE green answers 200: it had that session). Whether replays race
+    // is the scheduler's: about one run in two here has two, the others none.
+    let closes = || {
+        f.instances
+            .iter()
+            .flat_map(|i| {
+                i.proc
+                    .stderr()
+                    .lines()
+                    .filter(|l| l.contains("closed the upstream session a raced replay opened"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    support::until_async("every raced replay's session closed", || async {
+        closes().len() as u64 == late
+    })
+    .await;
+    for line in closes() {
+        assert!(line.contains("status=200"), "{line}");
+    }
     for n in 1..=3 {
         assert_eq!(moved_whoami(&f, n, &race, 20 + n as u32).await, "green");
     }

@@ -814,9 +814,13 @@ pub async fn migrate(
                 // upstream session for all instances, theirs.
                 if let Some(to) = &first.to {
                     c.adopt_move(to);
-                    if let Some((slot, inner)) = here(c) {
-                        tracing::info!(to = %slot.name, "another instance of the fleet moved this session first: its move is taken");
-                        return Ok((slot, inner, false));
+                    if let Some((theirs, their_inner)) = here(c) {
+                        tracing::info!(to = %theirs.name, "another instance of the fleet moved this session first: its move is taken");
+                        // The session this replay opened serves no one:
+                        // closed, so that the slot does not keep it.
+                        let headers = replay_headers(template, &slot);
+                        tokio::spawn(close(slot, headers, path.clone(), inner));
+                        return Ok((theirs, their_inner, false));
                     }
                 }
                 tracing::warn!("another instance of the fleet recorded a move of this session to a slot this instance cannot route to: this replay is kept");
@@ -870,11 +874,21 @@ async fn send(
     path: &Uri,
     body: Bytes,
 ) -> Result<(StatusCode, HeaderMap, Bytes), MigrateFailure> {
+    send_as(Method::POST, slot, headers, path, body).await
+}
+
+async fn send_as(
+    method: Method,
+    slot: &Slot,
+    headers: &HeaderMap,
+    path: &Uri,
+    body: Bytes,
+) -> Result<(StatusCode, HeaderMap, Bytes), MigrateFailure> {
     // Origin form: the slot's pool knows where to send it.
     let uri = Uri::try_from(path.path()).map_err(|_| MigrateFailure::Refused)?;
     // `Parts` has no constructor of its own.
     let (mut head, ()) = Request::new(()).into_parts();
-    head.method = Method::POST;
+    head.method = method;
     head.uri = uri;
     head.headers = headers.clone();
     let resp = match slot
@@ -905,6 +919,21 @@ async fn send(
         _ => return Err(MigrateFailure::Upstream),
     };
     Ok((parts.status, parts.headers, bytes))
+}
+
+/// Ends upstream session `inner` on `slot` (a `DELETE`, as a client ends
+/// its session): one a lost race of replays opened.
+async fn close(slot: Arc<Slot>, mut headers: HeaderMap, path: Uri, inner: HeaderValue) {
+    headers.insert(MCP_SESSION_ID, inner);
+    headers.remove(header::CONTENT_TYPE);
+    match send_as(Method::DELETE, &slot, &headers, &path, Bytes::new()).await {
+        Ok((status, _, _)) => {
+            tracing::info!(slot = %slot.name, status = status.as_u16(), "closed the upstream session a raced replay opened (DELETE)")
+        }
+        Err(cause) => {
+            tracing::info!(slot = %slot.name, %cause, "the upstream session a raced replay opened could not be closed; it idles out on its slot")
+        }
+    }
 }
 
 /// The first JSON-RPC message of a JSON or SSE answer.
