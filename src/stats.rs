@@ -842,7 +842,7 @@ pub enum FleetTaken {
     /// A move another instance made (nothing replayed here).
     Move,
     /// A move another instance recorded while this one replayed the session
-    /// too: theirs is taken, this replay's upstream session idles out.
+    /// too: theirs is taken, this replay's upstream session is closed (DELETE).
     Raced,
 }
 

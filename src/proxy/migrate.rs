@@ -753,9 +753,9 @@ pub type Migrated = (Arc<Slot>, HeaderValue, bool);
 /// record is read first (another instance may have moved it: that move is
 /// taken, nothing is replayed), and the move this replay makes is recorded
 /// only if no other instance recorded one meanwhile; if one did, its move is
-/// taken and this replay's upstream session is left to idle out. A fleet that
-/// cannot be asked does not stop the move: the client is served, and the
-/// failure logged.
+/// taken and the upstream session this replay opened is ended (a `DELETE`,
+/// sent off the request's path). A fleet that cannot be asked does not stop
+/// the move: the client is served, and the failure logged.
 pub async fn migrate(
     tables: &crate::table::Tables,
     c: &Captured,
