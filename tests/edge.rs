@@ -1789,6 +1789,29 @@ async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_
         let (status, text) = post_unasked(p.public_addr, 16 << 20).await;
         is_413(status, &text);
     }
+    // So does one that writes its whole request before it reads (Python's
+    // http.client, curl without `Expect`): the proxy reads the rest of the
+    // body off before it closes (nginx's lingering close), so the client's
+    // writes end, and it reads its 413 where a reset would have cut it.
+    for _ in 0..3 {
+        let (mut r, w) = TcpStream::connect(p.public_addr)
+            .await
+            .expect("connect")
+            .into_split();
+        let started = std::time::Instant::now();
+        let written = post_body(w, 16 << 20).await.expect("the writer");
+        assert!(
+            written.is_some(),
+            "the body was cut with a reset after {:?}",
+            started.elapsed()
+        );
+        drop(written);
+        let got = read_until_closed(&mut r)
+            .await
+            .expect("answered and closed");
+        let (status, text) = parse_answer(&got);
+        is_413(status, &text);
+    }
 
     // Chunked, no length: cut past the cap; the slot never gets its end.
     let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
@@ -1853,10 +1876,10 @@ async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_
 
     let m = metrics(p.admin_addr).await;
     for (series, want) in [
-        ("mcpflip_client_errors_total{kind=\"body_too_large\"}", 10),
+        ("mcpflip_client_errors_total{kind=\"body_too_large\"}", 13),
         (
             "mcpflip_local_responses_total{code=\"413\",reason=\"body_too_large\"}",
-            8,
+            11,
         ),
         ("mcpflip_requests_total{slot=\"blue\",code=\"5xx\"}", 0),
     ] {

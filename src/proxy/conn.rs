@@ -23,6 +23,16 @@
 //!     streams too; a forced drain deadline is the point where that is
 //!     acceptable.
 //!
+//! - A connection that closes with the rest of a request body unread (a 413
+//!   for a body over `max_request_body`) closes *lingering*, as nginx's
+//!   `lingering_close`: its socket is kept past the connection (a duplicate
+//!   descriptor, made only then), shut for writing, and read off until the
+//!   client closes, [`LINGERING_TIMEOUT`] passes without data, or
+//!   [`LINGERING_TIME`] in all. Closed with unread data, the socket would
+//!   send a reset, and a client still writing its body (one that reads only
+//!   once its request is out: Python's `http.client`, curl without `Expect`)
+//!   would get that reset instead of its answer.
+//!
 //! Nothing here runs per request beyond three atomic operations and a clock
 //! read: the idle timer is lazy (as nginx's and HAProxy's are). A request's
 //! end stores the time; the driver's timer, set for the idle deadline of an
@@ -52,6 +62,12 @@ use crate::upstream::lines::{RawAnswer, RawHeaders};
 /// How long a forced or idle-closed connection may take to finish before it
 /// is dropped.
 pub const FORCE_GRACE: Duration = Duration::from_secs(5);
+
+/// A lingering close ends after this long without data from the client
+/// (nginx's `lingering_timeout`).
+pub const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A lingering close ends after this long in all (nginx's `lingering_time`).
+pub const LINGERING_TIME: Duration = Duration::from_secs(30);
 
 /// A listener's connection timers.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +127,12 @@ struct ConnState {
     /// is gone, so a drain never reports `drained` while a client still
     /// waits for the end of a stream it counted.
     parked: Mutex<Vec<StreamGuard>>,
+    /// The connection's socket descriptor plus one (0: not known), for a
+    /// lingering close.
+    socket: std::sync::atomic::AtomicI32,
+    /// A duplicate of the socket, made when the connection is to close
+    /// lingering ([`Conn::linger`]); the driver's caller reads it off.
+    lingering: Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 impl ConnState {
@@ -191,6 +213,41 @@ impl Conn {
         if !self.0.wind_down.swap(true, Ordering::AcqRel) {
             self.0.signal();
         }
+    }
+
+    /// The connection's socket, for [`Conn::linger`]: set once, while the
+    /// socket is open, by whoever serves the connection.
+    pub fn set_socket(&self, fd: std::os::fd::RawFd) {
+        self.0.socket.store(fd.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The connection is to close with the rest of a request body unread:
+    /// its socket is kept (a duplicate descriptor) and read off after the
+    /// connection is dropped ([`linger`]). Call while a request of the
+    /// connection is served (its socket is open then).
+    pub fn linger(&self) {
+        let fd = self.0.socket.load(Ordering::Relaxed) - 1;
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: `fd` is this connection's socket, set by its server, which
+        // holds it open while it serves a request; the borrow ends here.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        match socket.try_clone_to_owned() {
+            Ok(dup) => {
+                if let Ok(mut l) = self.0.lingering.lock() {
+                    l.get_or_insert(dup);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no lingering close: the socket could not be duplicated")
+            }
+        }
+    }
+
+    /// The socket to close lingering, once the connection is dropped.
+    pub fn take_lingering(&self) -> Option<std::os::fd::OwnedFd> {
+        self.0.lingering.lock().ok()?.take()
     }
 
     /// Closes the connection after the response in progress, and drops it
@@ -762,6 +819,41 @@ impl Drop for Entered {
             self.0.closed.notify_waiters();
         }
     }
+}
+
+/// nginx's lingering close of `socket` (see the module's text): shut for
+/// writing (the answer is out), then read off until the client closes, an
+/// error, [`LINGERING_TIMEOUT`] without data or [`LINGERING_TIME`] in all;
+/// then closed, or at once when `stop` (the listener's shutdown) fires.
+/// Call once the connection itself is dropped.
+pub async fn linger(socket: std::os::fd::OwnedFd, stop: &CancellationToken) {
+    use tokio::io::AsyncReadExt as _;
+    let socket = std::net::TcpStream::from(socket);
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut socket) = tokio::net::TcpStream::from_std(socket) else {
+        return;
+    };
+    let end = Instant::now() + LINGERING_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut read = 0u64;
+    loop {
+        let until = end.min(Instant::now() + LINGERING_TIMEOUT);
+        let more = tokio::select! {
+            _ = stop.cancelled() => None,
+            r = tokio::time::timeout_at(until, socket.read(&mut buf)) => r.ok().and_then(Result::ok),
+        };
+        match more {
+            Some(n) if n > 0 => read += n as u64,
+            _ => break,
+        }
+    }
+    tracing::debug!(
+        bytes = read,
+        "lingering close: the rest of the request read off"
+    );
 }
 
 #[cfg(test)]

@@ -410,6 +410,8 @@ impl Forwarder {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             peer.conn.close_soon();
+            // Read off after the answer, or the close resets it.
+            peer.conn.linger();
         }
         Decided::answer(resp)
     }
@@ -1016,6 +1018,10 @@ impl Forwarder {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             peer.conn.close_soon();
+            if state == BodyState::TooLarge {
+                // The client is still sending: read off after the answer.
+                peer.conn.linger();
+            }
         }
         resp
     }

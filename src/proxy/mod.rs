@@ -142,6 +142,7 @@ pub async fn serve(
         let refusing = Arc::clone(&refusing);
         settings.workers.spawn(tcp, move |mut tcp| async move {
             let conn = Conn::new();
+            conn.set_socket(std::os::fd::AsRawFd::as_raw_fd(&tcp));
             let stats = Arc::clone(&forwarder.stats);
             let addr = if proxy_protocol {
                 match client_of(&mut tcp, peer, head_deadline, &stats).await {
@@ -221,6 +222,10 @@ pub async fn serve(
             let end = at
                 .drive(&builder, service, &conn, limits, &stats, &shutdown)
                 .await;
+            // Counted until its socket is closed.
+            if let Some(socket) = conn.take_lingering() {
+                conn::linger(socket, &shutdown).await;
+            }
             if end == End::HeaderTimeout {
                 stats.count_client_fault(ClientFault::HeaderTimeout);
                 tracing::debug!(peer = %addr, "no request head within header_read_timeout: closed");
