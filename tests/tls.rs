@@ -981,8 +981,8 @@ async fn https_text(addr: std::net::SocketAddr, ca: &Path, path: &str) -> String
 }
 
 /// `[admin] tls`: the admin listener serves `/metrics` over HTTPS (HTTP/1.1
-/// and HTTP/2) and nothing to plain HTTP; `reload` swaps its certificate for
-/// new handshakes.
+/// and HTTP/2) and to plain HTTP only a 400 that says to use https://;
+/// `reload` swaps its certificate for new handshakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_serves_https_and_reload_swaps_its_certificate() {
     let stop = CancellationToken::new();
@@ -1030,7 +1030,7 @@ async fn the_admin_listener_serves_https_and_reload_swaps_its_certificate() {
             "h2 {h2}"
         );
     }
-    // Plain HTTP gets no answer.
+    // Plain HTTP gets no metrics: a 400 that says to use https://.
     let mut raw = TcpStream::connect(admin).await.expect("connect");
     tokio::io::AsyncWriteExt::write_all(
         &mut raw,
@@ -1040,6 +1040,10 @@ async fn the_admin_listener_serves_https_and_reload_swaps_its_certificate() {
     .expect("write");
     let answer = support::read_to_close(&mut raw).await;
     assert!(!answer.contains("mcpflip_"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n") && answer.contains("Use https://"),
+        "{answer}"
+    );
     // A new certificate by reload: new handshakes get it.
     let before = presented_cert(admin, &first.ca).await;
     with(&second).write();

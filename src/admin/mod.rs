@@ -344,12 +344,33 @@ pub async fn serve(
                     let _ = conn::drive(&builder, tcp, svc, timed).await;
                 }
                 // The handshake within the first head's time, as on the
-                // public listener; a failed one is closed.
+                // public listener; a failed one is closed (logged at
+                // debug: the public listener's counters are its own). Plain
+                // HTTP is told to use https://, as there.
                 Some(acceptor) => {
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout_at(head_deadline, acceptor.accept(tcp)).await
+                    use crate::proxy::plaintext;
+                    match tokio::time::timeout_at(head_deadline, plaintext::is_plain_http(&tcp))
+                        .await
                     {
-                        let _ = conn::drive(&builder, tls, svc, timed).await;
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => {
+                            tracing::debug!(%peer, "plain HTTP to the admin listener's TLS port: 400");
+                            let _ = tokio::time::timeout_at(head_deadline, plaintext::refuse(tcp))
+                                .await;
+                            return;
+                        }
+                        _ => return,
+                    }
+                    match tokio::time::timeout_at(head_deadline, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = conn::drive(&builder, tls, svc, timed).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin listener: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "admin listener: no TLS handshake within header_read_timeout")
+                        }
                     }
                 }
             }
