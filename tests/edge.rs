@@ -1014,6 +1014,46 @@ async fn a_client_outside_allowed_clients_gets_403_and_one_inside_is_served() {
         "an untrusted address's claim is not believed"
     );
     p.shutdown().await;
+
+    // `client_ip_header = "Forwarded"` (RFC 7239): the `for=` node of each
+    // element, read from the right as X-Forwarded-For's entries are.
+    let p = support::start(
+        h.builder()
+            .set("proxy", "allowed_clients", "[\"198.51.100.0/24\"]")
+            .set(
+                "proxy",
+                "trusted_proxies",
+                "[\"127.0.0.2\", \"10.0.0.0/8\"]",
+            )
+            .set_str("proxy", "client_ip_header", "Forwarded")
+            .load(),
+    )
+    .await;
+    let to = p.public_addr;
+    let forwarded = |value: &str| {
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nForwarded: {value}\r\n\r\n")
+    };
+    let mut a = support::connect_from(A, to).await;
+    for (value, want) in [
+        ("for=198.51.100.7;proto=https", 200),
+        ("for=203.0.113.1", 403),
+        ("for=\"198.51.100.8:4711\", for=10.1.2.3;by=10.0.0.1", 200),
+        ("for=198.51.100.9, for=203.0.113.2", 403),
+        ("For=203.0.113.3, for=198.51.100.10", 200),
+        // An obfuscated node before the answer: the trusted proxy itself
+        // (127.0.0.2, not in allowed_clients' list, is a trusted proxy: served).
+        ("for=203.0.113.4, for=_hidden", 200),
+    ] {
+        assert_eq!(
+            ask(&mut a, &forwarded(value)).await.0,
+            want,
+            "Forwarded: {value}"
+        );
+    }
+    let (status, text) = ask(&mut a, &forwarded("for=\"[2001:db8::1]:80\"")).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("2001:db8::1 is not among"), "{text}");
+    p.shutdown().await;
     h.stop.cancel();
 }
 

@@ -1116,16 +1116,24 @@ impl Forwarder {
             Some(lines) if self.client_ip_header.is_none() => self
                 .trusted
                 .client(ip, lines.values(LineKind::XForwardedFor)),
+            Some(lines) if *name == header::FORWARDED => self
+                .trusted
+                .client_forwarded(ip, lines.values_named(name.as_str().as_bytes())),
             Some(lines) => self
                 .trusted
                 .client(ip, lines.values_named(name.as_str().as_bytes())),
-            None => self.trusted.client(
-                ip,
-                req.headers()
+            None => {
+                let values = req
+                    .headers()
                     .get_all(name)
                     .iter()
-                    .map(HeaderValue::as_bytes),
-            ),
+                    .map(HeaderValue::as_bytes);
+                if *name == header::FORWARDED {
+                    self.trusted.client_forwarded(ip, values)
+                } else {
+                    self.trusted.client(ip, values)
+                }
+            }
         }
     }
 

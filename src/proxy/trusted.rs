@@ -52,6 +52,27 @@ impl Trusted {
         peer: IpAddr,
         chain: impl DoubleEndedIterator<Item = &'a [u8]>,
     ) -> IpAddr {
+        self.client_in(peer, chain, false)
+    }
+
+    /// [`Trusted::client`] over RFC 7239 `Forwarded` lines: each element's
+    /// `for=` node (`for=192.0.2.60`, `for="[2001:db8::17]:4711"`); an element
+    /// without one, or whose node is not an address (`unknown`,
+    /// `_hidden`), ends the walk as an unreadable entry does.
+    pub fn client_forwarded<'a>(
+        &self,
+        peer: IpAddr,
+        chain: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> IpAddr {
+        self.client_in(peer, chain, true)
+    }
+
+    fn client_in<'a>(
+        &self,
+        peer: IpAddr,
+        chain: impl DoubleEndedIterator<Item = &'a [u8]>,
+        forwarded: bool,
+    ) -> IpAddr {
         let mut farthest = None;
         for line in chain.rev() {
             for entry in line.rsplit(|&b| b == b',') {
@@ -59,6 +80,14 @@ impl Trusted {
                 if entry.is_empty() {
                     continue;
                 }
+                let entry = if forwarded {
+                    match for_node(entry) {
+                        Some(node) => node,
+                        None => return peer,
+                    }
+                } else {
+                    entry
+                };
                 let Some(ip) = std::str::from_utf8(entry).ok().and_then(entry_address) else {
                     return peer;
                 };
@@ -71,6 +100,25 @@ impl Trusted {
         }
         farthest.unwrap_or(peer)
     }
+}
+
+/// The `for=` node of a `Forwarded` element (`for=192.0.2.60;proto=https`),
+/// unquoted; the parameter's name is case-insensitive (RFC 7239 §4).
+fn for_node(element: &[u8]) -> Option<&[u8]> {
+    element.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+        if !name.trim_ascii().eq_ignore_ascii_case(b"for") {
+            return None;
+        }
+        let value = value[1..].trim_ascii();
+        Some(
+            value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value),
+        )
+    })
 }
 
 /// The address of an `X-Forwarded-For` entry: a bare one, one with a port
@@ -97,6 +145,42 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarded_elements_name_the_client_in_their_for_node() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.1");
+        let walk = |lines: &[&str]| t.client_forwarded(peer, lines.iter().map(|l| l.as_bytes()));
+        assert_eq!(
+            walk(&["for=192.0.2.60;proto=https;by=10.0.0.1"]),
+            ip("192.0.2.60")
+        );
+        // Nearest untrusted from the right, quoted IPv6 with a port, any case.
+        assert_eq!(
+            walk(&["For=\"[2001:db8:cafe::17]:4711\", for=10.1.1.1"]),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            walk(&[
+                "for=198.51.100.1",
+                "proto=http;for=203.0.113.5:80, for=10.2.2.2"
+            ]),
+            ip("203.0.113.5")
+        );
+        // All trusted: the farthest.
+        assert_eq!(walk(&["for=10.3.3.3, for=10.4.4.4"]), ip("10.3.3.3"));
+        // An obfuscated or unknown node, or an element without `for`, before
+        // the answer: the peer (what lies beyond cannot be told from a claim).
+        assert_eq!(walk(&["for=192.0.2.1, for=unknown"]), peer);
+        assert_eq!(walk(&["for=192.0.2.1, for=_hidden"]), peer);
+        assert_eq!(walk(&["for=192.0.2.1, proto=https"]), peer);
+        // Not X-Forwarded-For: a bare address is no `for=` node.
+        assert_eq!(walk(&["192.0.2.7"]), peer);
+        assert_eq!(
+            t.client(peer, ["192.0.2.7"].iter().map(|l| l.as_bytes())),
+            ip("192.0.2.7")
+        );
     }
 
     #[test]
