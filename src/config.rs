@@ -1191,6 +1191,14 @@ impl Config {
             }
         }
         if let Some(tls) = &self.admin.tls {
+            if tls.acme.is_some() {
+                return Err(err(
+                    "admin",
+                    None,
+                    "tls",
+                    "tls.acme is for the public listener (the CA validates on port 443); give the admin listener a certificate of its own".into(),
+                ));
+            }
             match crate::tls::listener_tls(tls) {
                 Ok((c, certs)) => {
                     resolved.admin_tls = Some(c);
@@ -1564,7 +1572,15 @@ impl Config {
             self.listen.addr,
             match self.listen.tls.as_ref() {
                 Some(t) => format!(
-                    "{}{}",
+                    "{}{}{}",
+                    match &t.acme {
+                        Some(a) => format!(
+                            ", certificate from ACME for {} ({})",
+                            a.domains.join(", "),
+                            a.directory
+                        ),
+                        None => String::new(),
+                    },
                     match t.min_version {
                         crate::tls::TlsVersion::V1_2 => "",
                         crate::tls::TlsVersion::V1_3 => ", TLS 1.3 only",

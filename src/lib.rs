@@ -28,6 +28,7 @@
 //! `demo_server` (the built-in MCP server behind `mcpflip upstream`).
 //! `tests/module_graph.rs` keeps this graph free of cycles.
 
+pub mod acme;
 pub mod admin;
 pub mod cli;
 pub mod cluster;

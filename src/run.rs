@@ -228,6 +228,20 @@ pub async fn start_with(
     if let Some(fleet) = &fleet {
         crate::cluster::spawn(&controller, fleet, &stop_accepting);
     }
+    // `tls.acme`: the certificate is ordered and renewed by this process
+    // while it is the one that accepts (after an upgrade, the new one).
+    if controller
+        .config()
+        .listen
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.acme.is_some())
+    {
+        tokio::spawn(crate::acme::run(
+            Arc::clone(&controller),
+            stop_accepting.child_token(),
+        ));
+    }
     let proxy_stats = Arc::new(ProxyStats::default());
     let _ = controller.proxy_stats.set(Arc::clone(&proxy_stats));
     let sessions = (drain_cfg.migrate == MigrateMode::Replay).then(|| {

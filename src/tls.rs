@@ -46,6 +46,131 @@ pub struct TlsConfig {
     /// The oldest TLS version the listener speaks (nginx's `ssl_protocols`).
     #[serde(default, skip_serializing_if = "TlsVersion::is_default")]
     pub min_version: TlsVersion,
+    /// Certificates from an ACME CA (Let's Encrypt), written to `cert` and
+    /// `key` and renewed before they expire (`src/acme.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `tls.acme`: the certificate of `cert`/`key` obtained and renewed from an
+/// ACME CA, the CA's `tls-alpn-01` challenge answered on the listener itself.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The names the certificate is for (DNS names that resolve to this
+    /// listener, which the CA reaches on port 443).
+    pub domains: Vec<String>,
+    /// The account's contact (`mailto:` is added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The CA's directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// The CA certificates the directory's own HTTPS is checked against
+    /// (a private ACME CA); the system's roots otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_ca: Option<PathBuf>,
+    /// How long before its end a certificate is renewed.
+    #[serde(
+        default = "default_renew_before",
+        deserialize_with = "humantime_duration",
+        serialize_with = "humantime_out"
+    )]
+    pub renew_before: std::time::Duration,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+fn default_acme_directory() -> String {
+    LETS_ENCRYPT.to_owned()
+}
+
+fn default_renew_before() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 24 * 3600)
+}
+
+fn humantime_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn humantime_out<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+impl AcmeConfig {
+    /// What is wrong with it, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.domains.is_empty() || self.domains.len() > 100 {
+            return Err("tls.acme.domains: between 1 and 100 names".into());
+        }
+        for d in &self.domains {
+            let ok = !d.is_empty()
+                && d.len() <= 253
+                && d.split('.').count() >= 2
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                });
+            if !ok {
+                return Err(format!(
+                    "tls.acme.domains: {d:?} is not a DNS name the CA can validate over tls-alpn-01 (no wildcards, no addresses)"
+                ));
+            }
+        }
+        if !self.directory.starts_with("https://") {
+            return Err(format!(
+                "tls.acme.directory: {:?} is not an https:// URL",
+                self.directory
+            ));
+        }
+        if self.renew_before < std::time::Duration::from_secs(3600) {
+            return Err("tls.acme.renew_before: at least 1h".into());
+        }
+        Ok(())
+    }
+}
+
+/// The ALPN protocol of the ACME `tls-alpn-01` challenge (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The `tls-alpn-01` answers the listener serves while an order is
+/// validated, by domain (`src/acme.rs` puts and takes them).
+pub static ACME_CHALLENGES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// A rustls signing key of `key`'s PKCS#8 DER.
+pub fn signing_key(pkcs8: &[u8]) -> Result<Arc<dyn rustls::sign::SigningKey>, rustls::Error> {
+    let der = PrivateKeyDer::Pkcs8(pkcs8.to_vec().into());
+    provider().key_provider.load_private_key(der)
+}
+
+/// What the listener serves under `tls.acme` until the CA issued a
+/// certificate: a self-signed one for the domains (clients refuse it; the
+/// listener still starts and answers the CA's challenge).
+fn acme_placeholder(acme: &AcmeConfig) -> Result<Loaded, String> {
+    let err = |e: rcgen::Error| format!("tls.acme: cannot make the placeholder certificate: {e}");
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(acme.domains.clone()).map_err(err)?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "mcpflip: waiting for the ACME CA",
+    );
+    let cert = params.self_signed(&key).map_err(err)?;
+    let signing =
+        signing_key(&key.serialize_der()).map_err(|e| format!("tls.acme: placeholder key: {e}"))?;
+    Ok(Loaded {
+        key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
+        names: acme.domains.clone(),
+        not_after: None,
+    })
 }
 
 /// `tls.min_version`: TLS 1.2 (and 1.3), or 1.3 alone.
@@ -148,6 +273,15 @@ pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(chain)
 }
 
+/// The DNS names (and addresses) of the leaf certificate in `path`.
+pub fn certificate_names(path: &Path) -> Result<Vec<String>, String> {
+    let chain = read_chain(path)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| format!("{}: no certificate in it", path.display()))?;
+    Ok(inspect(leaf, path).0)
+}
+
 /// A certificate and its key, read and checked to belong together (a
 /// client certificate), and the certificate's notAfter (Unix seconds;
 /// `None` when it cannot be read).
@@ -229,10 +363,22 @@ fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> (Vec<String>, Option<i64>)
 struct SniResolver {
     default: Arc<CertifiedKey>,
     by_name: Vec<(String, Arc<CertifiedKey>)>,
+    /// `tls.acme`: a handshake that offers only `acme-tls/1` is the CA's
+    /// validation, answered from [`ACME_CHALLENGES`].
+    acme: bool,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.acme
+            && hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN))
+        {
+            let sni = hello.server_name()?.to_ascii_lowercase();
+            let challenges = ACME_CHALLENGES.lock().ok()?;
+            return challenges.get(&sni).cloned();
+        }
         let Some(sni) = hello.server_name() else {
             return Some(Arc::clone(&self.default));
         };
@@ -263,7 +409,14 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
         cert: tls.cert.clone(),
         key: tls.key.clone(),
     };
-    let default = load(&default_pair)?;
+    let default = match &tls.acme {
+        // Nothing issued yet: a placeholder until the CA answers.
+        Some(acme) if !tls.cert.exists() || !tls.key.exists() => acme_placeholder(acme)?,
+        _ => load(&default_pair)?,
+    };
+    if let Some(acme) = &tls.acme {
+        acme.check()?;
+    }
     let mut certificates = Vec::new();
     let mut note = |pair: &CertPair, loaded: &Loaded| {
         if let Some(not_after) = loaded.not_after {
@@ -315,8 +468,12 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
     let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver {
         default: default.key,
         by_name,
+        acme: tls.acme.is_some(),
     }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tls.acme.is_some() {
+        cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok((Arc::new(cfg), certificates))
 }
 
@@ -771,7 +928,8 @@ pub fn write_dev_cert(dir: &Path, extra_names: &[String], force: bool) -> Result
     params.not_before = rcgen::date_time_ymd(y, m, d);
     let (y, m, d) = civil_from_days(today + 800);
     params.not_after = rcgen::date_time_ymd(y, m, d);
-    let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
 
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     write_file(&out.ca, ca.pem().as_bytes(), 0o644)?;
@@ -849,6 +1007,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         };
         let cfg = server_config(&tls).expect("loads");
         assert_eq!(
@@ -870,6 +1029,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         };
         let e = server_config(&mismatched).unwrap_err();
         assert!(e.contains("does not belong to the certificate"), "{e}");
@@ -881,6 +1041,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         };
         let e = server_config(&missing).unwrap_err();
         assert!(
@@ -897,6 +1058,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         })
         .unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
@@ -908,6 +1070,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         })
         .unwrap_err();
         assert!(e.contains("no private key"), "{e}");
@@ -965,6 +1128,7 @@ mod tests {
             client_crl: Some(crl),
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         };
         let e = server_config(&with(None, junk.clone())).unwrap_err();
         assert!(e.contains("need tls.client_ca"), "{e}");
@@ -972,6 +1136,7 @@ mod tests {
             client_crl: None,
             client_auth: ClientAuth::Optional,
             min_version: Default::default(),
+            acme: None,
             ..with(None, PathBuf::new())
         };
         let e = server_config(&optional).unwrap_err();
@@ -1001,6 +1166,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            acme: None,
         };
         server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");
         let e = server_config(&with_ca(dir.path().join("nope.pem"))).unwrap_err();

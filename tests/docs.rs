@@ -84,6 +84,13 @@ fn populated() -> Config {
                 client_crl: Some(p("clients-ca.crl")),
                 client_auth: mcpflip::tls::ClientAuth::Optional,
                 min_version: mcpflip::tls::TlsVersion::V1_3,
+                acme: Some(mcpflip::tls::AcmeConfig {
+                    domains: vec!["mcp.example.com".into()],
+                    email: Some("ops@example.com".into()),
+                    directory: mcpflip::tls::LETS_ENCRYPT.into(),
+                    directory_ca: Some(p("acme-ca.crt")),
+                    renew_before: Duration::from_secs(30 * 86_400),
+                }),
             }),
             proxy_protocol: true,
         },
@@ -99,6 +106,7 @@ fn populated() -> Config {
                 client_crl: None,
                 client_auth: Default::default(),
                 min_version: Default::default(),
+                acme: None,
             }),
         },
         control: ControlConfig {

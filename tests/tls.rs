@@ -327,6 +327,7 @@ fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         client_crl: None,
         client_auth: Default::default(),
         min_version: Default::default(),
+        acme: None,
     };
     tls_front_with(backend, &tls).0
 }
@@ -342,6 +343,7 @@ fn mtls_front(backend: u16, pki: &Pki) -> (u16, tokio::sync::mpsc::UnboundedRece
         client_crl: None,
         client_auth: Default::default(),
         min_version: Default::default(),
+        acme: None,
     };
     tls_front_with(backend, &tls)
 }

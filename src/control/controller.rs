@@ -401,6 +401,29 @@ impl Controller {
         self.tls.as_ref()
     }
 
+    /// The listener's certificate files changed under `tls.acme` (a new
+    /// certificate was issued): they are read again and served from the next
+    /// handshake, and the expiry gauge follows, as a `reload` of the
+    /// certificates alone would do.
+    pub fn refresh_listener_tls(&self) -> Result<(), String> {
+        let config = self.config();
+        let tls = config.listen.tls.as_ref().ok_or("no [listen] tls")?;
+        let (server, mut certificates) = crate::tls::listener_tls(tls)?;
+        if let Some(admin) = &config.admin.tls {
+            certificates.extend(crate::tls::listener_tls(admin)?.1);
+        }
+        if let Some(slot) = self.listener_tls() {
+            slot.store(Arc::clone(&server));
+        }
+        self.config.rcu(|c| {
+            let mut next = Config::clone(c);
+            next.resolved.listener_tls = Some(Arc::clone(&server));
+            next.resolved.certificates = certificates.clone();
+            next
+        });
+        Ok(())
+    }
+
     /// The admin listener's TLS config, when it terminates TLS.
     pub(crate) fn admin_tls(&self) -> Option<&TlsSlot> {
         self.admin_tls.get()

@@ -45,6 +45,7 @@ impl Pki {
         ca.distinguished_name
             .push(DnType::CommonName, "mcpflip test CA");
         let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::from_params(&ca, &ca_key);
         let mut serial = 0u64;
         let mut leaf =
             |name: &str, names: Vec<String>, usage: Vec<ExtendedKeyUsagePurpose>, cn: &str| {
@@ -54,7 +55,7 @@ impl Pki {
                 p.extended_key_usages = usage;
                 serial += 1;
                 p.serial_number = Some(SerialNumber::from(serial));
-                let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("sign");
+                let cert = p.signed_by(&key, &issuer).expect("sign");
                 CertPair {
                     cert: write(&format!("{name}.crt"), cert.pem()),
                     key: write(&format!("{name}.key"), key.serialize_pem()),
@@ -88,7 +89,7 @@ impl Pki {
             }],
             key_identifier_method: KeyIdMethod::Sha256,
         }
-        .signed_by(&ca_cert, &ca_key)
+        .signed_by(&issuer)
         .expect("crl");
         Pki {
             ca: write("ca.crt", ca_cert.pem()),

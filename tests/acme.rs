@@ -1,0 +1,290 @@
+//! `[listen] tls.acme` against a real ACME CA: Let's Encrypt's test server,
+//! Pebble (Debian's `pebble`, unpacked by `tests/tools/install.sh pebble`),
+//! whose validation authority resolves the domain through
+//! pebble-challtestsrv's DNS (every name: 127.0.0.1) and connects to the
+//! listener's port for `tls-alpn-01`, as Let's Encrypt does on port 443.
+//!
+//! Proven here: a listener that starts with no certificate serves a
+//! placeholder, answers the CA's challenge itself, and serves the issued
+//! certificate (which chains to Pebble's root) from the next handshake,
+//! with its expiry in the gauge and the files written; a restart with a
+//! certificate not yet due orders nothing and reuses the account; one whose
+//! certificate is due orders a new one with the same account.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::pki::Pki;
+use support::{closed_port, TestConfig};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+const DOMAIN: &str = "mcp.example.test";
+
+/// A child process killed when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pebble and its DNS server, validating on `tls_port`.
+struct Pebble {
+    _dns: Kill,
+    _ca: Kill,
+    directory: String,
+    management: String,
+    /// The CA of Pebble's own HTTPS.
+    https_ca: PathBuf,
+}
+
+fn pebble_bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PEBBLE_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    support::tools::ensure("pebble");
+    support::tools::dir().join("pebble/usr/bin").join(name)
+}
+
+impl Pebble {
+    async fn start(dir: &Path, tls_port: u16) -> Pebble {
+        let pki = Pki::new(&dir.join("pebble-pki"));
+        let (dns, dns_mgmt) = (closed_port(), closed_port());
+        let challtestsrv = Command::new(pebble_bin("pebble-challtestsrv"))
+            .args([
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv starts");
+        let (listen, management) = (closed_port(), closed_port());
+        let config = dir.join("pebble.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{listen}"),
+                "managementListenAddress": format!("127.0.0.1:{management}"),
+                "certificate": pki.server,
+                "privateKey": pki.server_key,
+                "httpPort": closed_port(),
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }})
+            .to_string(),
+        )
+        .expect("pebble config");
+        let ca = Command::new(pebble_bin("pebble"))
+            .arg("-config")
+            .arg(&config)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            // No random sleep before validating, no nonce refused on purpose.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble starts");
+        let p = Pebble {
+            _dns: Kill(challtestsrv),
+            _ca: Kill(ca),
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            management: format!("https://127.0.0.1:{management}"),
+            https_ca: pki.ca.clone(),
+        };
+        let directory = p.directory.clone();
+        support::until_async("Pebble's directory answers", || async {
+            get(&p.https_ca, &directory).await.is_some()
+        })
+        .await;
+        let mut p = p;
+        assert!(
+            p._dns.0.try_wait().expect("dns server").is_none(),
+            "pebble-challtestsrv exited (run it by hand to see why)"
+        );
+        p
+    }
+
+    /// Pebble's root for the certificates it issues (it makes one per run).
+    async fn root(&self, dir: &Path) -> PathBuf {
+        let pem = get(&self.https_ca, &format!("{}/roots/0", self.management))
+            .await
+            .expect("Pebble's root");
+        let path = dir.join("pebble-root.pem");
+        std::fs::write(&path, pem).expect("write root");
+        path
+    }
+}
+
+/// The body of a GET of `url` over HTTPS trusting `ca`, if it answered 200.
+async fn get(ca: &Path, url: &str) -> Option<String> {
+    let tls = mcpflip::tls::client_config(Some(ca)).expect("client tls");
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let req = http::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The certificate the listener at `port` presents for `DOMAIN` to a client
+/// that trusts `root` only: its DER, or the handshake's error.
+async fn served(port: u16, root: &Path) -> Result<Vec<u8>, String> {
+    let tls = mcpflip::tls::client_config(Some(root)).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(DOMAIN).expect("name");
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, conn) = stream.get_ref();
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or_else(|| "no certificate".to_owned())
+}
+
+/// `GET /healthz` over HTTPS to the listener at `port` as `DOMAIN`, trusting `root`.
+async fn healthz(port: u16, root: &Path) -> u16 {
+    let tls = mcpflip::tls::client_config(Some(root)).expect("client tls");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(DOMAIN).expect("name");
+    let stream = connector.connect(name, tcp).await.expect("handshake");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("http/1.1");
+    tokio::spawn(conn);
+    let req = http::Request::get("/healthz")
+        .header("host", DOMAIN)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send.send_request(req)
+        .await
+        .expect("answer")
+        .status()
+        .as_u16()
+}
+
+fn config(dir: &Path, port: u16, blue: u16, pebble: &Pebble, renew_before: &str) -> TestConfig {
+    TestConfig::new(dir)
+        .slot("blue", blue, 100)
+        .listen_port(port)
+        .set("proxy", "allowed_hosts", format!("[\"{DOMAIN}\"]"))
+        .set(
+            "listen",
+            "tls",
+            format!(
+                "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], email = \"ops@example.test\", directory = {}, directory_ca = {}, renew_before = \"{renew_before}\" }} }}",
+                support::config::q(dir.join("site.crt").display().to_string()),
+                support::config::q(dir.join("site.key").display().to_string()),
+                support::config::q(&pebble.directory),
+                support::config::q(pebble.https_ca.display().to_string()),
+            ),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_gets_its_certificate_from_an_acme_ca_and_renews_it() {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = closed_port();
+    let pebble = Pebble::start(d, port).await;
+    let root = pebble.root(d).await;
+    let blue = support::upstream(
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
+        &stop,
+    )
+    .await;
+
+    // No certificate yet: the proxy starts on a placeholder and orders one.
+    let p = support::start(config(d, port, blue, &pebble, "30d").load()).await;
+    support::until_async("the issued certificate served", || async {
+        served(port, &root).await.is_ok()
+    })
+    .await;
+    let first = served(port, &root).await.expect("served");
+    let names = mcpflip::tls::certificate_names(&d.join("site.crt")).expect("cert file");
+    assert_eq!(names, [DOMAIN]);
+    assert!(d.join("site.key").exists());
+    assert!(d.join("site.crt.account.json").exists());
+    // The listener serves HTTP over it.
+    assert_eq!(healthz(port, &root).await, 200);
+    // Its expiry is in the gauge, without a reload.
+    let m = support::metrics(p.admin_addr).await;
+    let series = format!(
+        "mcpflip_certificate_expiry_timestamp_seconds{{name=\"{DOMAIN}\",file=\"{}\"}}",
+        d.join("site.crt").display()
+    );
+    assert!(support::metric(&m, &series) > 0, "{m}");
+    p.shutdown().await;
+
+    // Started again with the certificate not due: nothing is ordered (the
+    // same certificate is served).
+    let cert = std::fs::read(d.join("site.crt")).expect("cert");
+    let p = support::start(config(d, port, blue, &pebble, "30d").load()).await;
+    // An order takes Pebble about a second here.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(served(port, &root).await.expect("served"), first);
+    assert_eq!(std::fs::read(d.join("site.crt")).expect("cert"), cert);
+    p.shutdown().await;
+
+    // Due (renew_before longer than its life): a new one, same account.
+    let account = std::fs::read(d.join("site.crt.account.json")).expect("account");
+    let p = support::start(config(d, port, blue, &pebble, "100000d").load()).await;
+    support::until_async("a renewed certificate served", || async {
+        served(port, &root).await.is_ok_and(|c| c != first)
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(d.join("site.crt.account.json")).expect("account"),
+        account,
+        "the account is reused"
+    );
+    p.shutdown().await;
+    stop.cancel();
+}
