@@ -39,8 +39,10 @@ use crate::control::persist::write_atomic;
 use crate::control::Controller;
 use crate::tls::{AcmeConfig, TlsConfig, ACME_CHALLENGES};
 
-/// The first wait after a failed order, doubling up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+/// The first wait after a failed order, doubling up to [`MAX_BACKOFF`]:
+/// four failures in the first 75 minutes, under Let's Encrypt's limit of
+/// five failed validations per name and hour.
+const FIRST_BACKOFF: Duration = Duration::from_secs(5 * 60);
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// Longest wait between two looks at the certificate.
 const CHECK_EVERY: Duration = Duration::from_secs(12 * 3600);
