@@ -89,20 +89,8 @@ install_promtool() {
     return
   fi
   command -v apt-get >/dev/null 2>&1 || { echo "tools/install.sh: promtool needs apt-get (Debian's $PROMETHEUS_DEB package)" >&2; exit 1; }
-  echo "tools: unpacking promtool from Debian's $PROMETHEUS_DEB package into $dir"
-  rm -rf "${dir:?}" "$TOOLS_DIR/deb"
-  run mkdir -p "$TOOLS_DIR/deb"
-  # apt-get download needs the package lists; on a fresh machine (root) refresh them once.
-  if ! (cd "$TOOLS_DIR/deb" && apt-get download "$PROMETHEUS_DEB" >/dev/null 2>&1); then
-    if [[ "$(id -u)" -eq 0 ]]; then run apt-get update -qq; fi
-    (cd "$TOOLS_DIR/deb" && run apt-get download "$PROMETHEUS_DEB")
-  fi
-  local deb
-  deb="$(ls "$TOOLS_DIR"/deb/*.deb 2>/dev/null | head -1)"
-  [[ -n "$deb" ]] || { echo "tools/install.sh: apt-get download $PROMETHEUS_DEB left no .deb" >&2; exit 1; }
-  run dpkg-deb -x "$deb" "$dir"
+  unpack_deb "$PROMETHEUS_DEB" "$dir"
   run "$dir/usr/bin/promtool" --version
-  rm -rf "$TOOLS_DIR/deb"
   stamp_write promtool "$PROMETHEUS_DEB"
 }
 
@@ -139,6 +127,29 @@ etcd_usable() {
   (( major > 3 || (major == 3 && minor >= 4) ))
 }
 
+# Unpacks Debian's package PKG into DIR (emptied first): downloaded with apt-get
+# (its lists refreshed first as root when the download fails), extracted with
+# dpkg-deb; nothing is installed and no service started.
+unpack_deb() {
+  local pkg="$1" dir="$2" scratch="$TOOLS_DIR/$1-deb"
+  echo "tools: unpacking Debian's $pkg package into $dir (no service is installed or started)"
+  rm -rf "${dir:?}" "$scratch"
+  run mkdir -p "$scratch"
+  if ! (cd "$scratch" && apt-get download "$pkg" >/dev/null 2>&1); then
+    if [[ "$(id -u)" -ne 0 ]]; then
+      echo "tools/install.sh: cannot download $pkg; refresh apt's package lists as root (apt-get update), or install it: apt-get install $pkg" >&2
+      exit 1
+    fi
+    run apt-get update -qq
+    (cd "$scratch" && run apt-get download "$pkg")
+  fi
+  local deb
+  deb="$(ls "$scratch"/*.deb 2>/dev/null | head -1)"
+  [[ -n "$deb" ]] || { echo "tools/install.sh: apt-get download $pkg left no .deb" >&2; exit 1; }
+  run dpkg-deb -x "$deb" "$dir"
+  rm -rf "$scratch"
+}
+
 install_etcd() {
   local dir="$TOOLS_DIR/etcd"
   if [[ -n "${ETCD:-}" ]]; then
@@ -156,23 +167,8 @@ install_etcd() {
     return
   fi
   command -v apt-get >/dev/null 2>&1 || { echo "tools/install.sh: etcd is missing and there is no apt-get; install etcd 3.4 or later and put it on PATH (or set ETCD=/path/to/etcd)" >&2; exit 1; }
-  echo "tools: unpacking etcd from Debian's $ETCD_DEB package into $dir (no service is installed or started)"
-  rm -rf "${dir:?}" "$TOOLS_DIR/etcd-deb"
-  run mkdir -p "$TOOLS_DIR/etcd-deb"
-  if ! (cd "$TOOLS_DIR/etcd-deb" && apt-get download "$ETCD_DEB" >/dev/null 2>&1); then
-    if [[ "$(id -u)" -ne 0 ]]; then
-      echo "tools/install.sh: cannot download $ETCD_DEB; refresh apt's package lists as root (apt-get update), or install it: apt-get install $ETCD_DEB" >&2
-      exit 1
-    fi
-    run apt-get update -qq
-    (cd "$TOOLS_DIR/etcd-deb" && run apt-get download "$ETCD_DEB")
-  fi
-  local deb
-  deb="$(ls "$TOOLS_DIR"/etcd-deb/*.deb 2>/dev/null | head -1)"
-  [[ -n "$deb" ]] || { echo "tools/install.sh: apt-get download $ETCD_DEB left no .deb" >&2; exit 1; }
-  run dpkg-deb -x "$deb" "$dir"
+  unpack_deb "$ETCD_DEB" "$dir"
   run "$dir/usr/bin/etcd" --version
-  rm -rf "$TOOLS_DIR/etcd-deb"
   etcd_usable "$dir/usr/bin/etcd" || { echo "tools/install.sh: $ETCD_DEB holds an etcd older than 3.4" >&2; exit 1; }
   stamp_write etcd "$ETCD_DEB"
 }
@@ -192,22 +188,7 @@ install_pebble() {
     return
   fi
   command -v apt-get >/dev/null 2>&1 || { echo "tools/install.sh: pebble is missing and there is no apt-get; build pebble and pebble-challtestsrv and set PEBBLE_DIR" >&2; exit 1; }
-  echo "tools: unpacking pebble from Debian's $PEBBLE_DEB package into $dir (no service is installed or started)"
-  rm -rf "${dir:?}" "$TOOLS_DIR/pebble-deb"
-  run mkdir -p "$TOOLS_DIR/pebble-deb"
-  if ! (cd "$TOOLS_DIR/pebble-deb" && apt-get download "$PEBBLE_DEB" >/dev/null 2>&1); then
-    if [[ "$(id -u)" -ne 0 ]]; then
-      echo "tools/install.sh: cannot download $PEBBLE_DEB; refresh apt's package lists as root (apt-get update), or install it: apt-get install $PEBBLE_DEB" >&2
-      exit 1
-    fi
-    run apt-get update -qq
-    (cd "$TOOLS_DIR/pebble-deb" && run apt-get download "$PEBBLE_DEB")
-  fi
-  local deb
-  deb="$(ls "$TOOLS_DIR"/pebble-deb/*.deb 2>/dev/null | head -1)"
-  [[ -n "$deb" ]] || { echo "tools/install.sh: apt-get download $PEBBLE_DEB left no .deb" >&2; exit 1; }
-  run dpkg-deb -x "$deb" "$dir"
-  rm -rf "$TOOLS_DIR/pebble-deb"
+  unpack_deb "$PEBBLE_DEB" "$dir"
   [[ -x "$dir/usr/bin/pebble" && -x "$dir/usr/bin/pebble-challtestsrv" ]] || { echo "tools/install.sh: $PEBBLE_DEB holds no pebble or pebble-challtestsrv" >&2; exit 1; }
   stamp_write pebble "$PEBBLE_DEB"
 }
