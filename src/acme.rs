@@ -73,7 +73,19 @@ pub async fn run(ctl: Arc<Controller>, stop: CancellationToken) {
                     _ = stop.cancelled() => return,
                     r = order(&tls, &acme) => r,
                 };
-                match order.and_then(|()| ctl.refresh_listener_tls()) {
+                let order = order.and_then(|()| ctl.refresh_listener_tls());
+                ctl.note_acme(&acme.domains, &acme.directory, |a| match &order {
+                    Ok(()) => {
+                        a.issued += 1;
+                        a.issued_at_ms = Some(crate::control::controller::now_ms());
+                        a.error = None;
+                    }
+                    Err(e) => {
+                        a.failed += 1;
+                        a.error = Some(e.clone());
+                    }
+                });
+                match order {
                     Ok(()) => {
                         backoff = FIRST_BACKOFF;
                         tracing::info!(domains = ?acme.domains, cert = %tls.cert.display(), "ACME: certificate issued; the listener serves it from the next handshake");
@@ -92,6 +104,9 @@ pub async fn run(ctl: Arc<Controller>, stop: CancellationToken) {
                 }
             }
         };
+        ctl.note_acme(&acme.domains, &acme.directory, |a| {
+            a.next_check_ms = Some(crate::control::controller::now_ms() + wait.as_millis() as u64);
+        });
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -254,8 +254,21 @@ async fn the_listener_gets_its_certificate_from_an_acme_ca_and_renews_it() {
     assert!(d.join("site.crt.account.json").exists());
     // The listener serves HTTP over it.
     assert_eq!(healthz(port, &root).await, 200);
-    // Its expiry is in the gauge, without a reload.
+    // `status` and the counter say so; its expiry is in the gauge, without a reload.
+    let status = support::ctl(&config(d, port, blue, &pebble, "30d").socket(), "status").await;
+    assert_eq!(status["acme"]["issued"], 1, "{status}");
+    assert_eq!(status["acme"]["failed"], 0, "{status}");
+    assert_eq!(status["acme"]["domains"][0], DOMAIN, "{status}");
+    assert!(
+        status["acme"]["next_check_ms"].as_u64().is_some(),
+        "{status}"
+    );
     let m = support::metrics(p.admin_addr).await;
+    assert_eq!(
+        support::metric(&m, "mcpflip_acme_orders_total{result=\"issued\"}"),
+        1,
+        "{m}"
+    );
     let series = format!(
         "mcpflip_certificate_expiry_timestamp_seconds{{name=\"{DOMAIN}\",file=\"{}\"}}",
         d.join("site.crt").display()
@@ -285,6 +298,64 @@ async fn the_listener_gets_its_certificate_from_an_acme_ca_and_renews_it() {
         account,
         "the account is reused"
     );
+    p.shutdown().await;
+    stop.cancel();
+}
+
+/// A CA that cannot be reached: the listener still starts, on a placeholder
+/// no client trusts, and `status` and the counter say why the order failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_acme_ca_is_unreachable_serves_a_placeholder_and_says_why() {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = closed_port();
+    let pki = Pki::new(&d.join("pki"));
+    let blue = support::upstream(
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
+        &stop,
+    )
+    .await;
+    let cfg = TestConfig::new(d)
+        .slot("blue", blue, 100)
+        .listen_port(port)
+        .set(
+            "listen",
+            "tls",
+            format!(
+                "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], directory = \"https://127.0.0.1:{}/dir\", directory_ca = {} }} }}",
+                support::config::q(d.join("site.crt").display().to_string()),
+                support::config::q(d.join("site.key").display().to_string()),
+                closed_port(),
+                support::config::q(pki.ca.display().to_string()),
+            ),
+        );
+    let p = support::start(cfg.load()).await;
+    support::until_async("the failed order in status", || async {
+        support::ctl(&cfg.socket(), "status").await["acme"]["failed"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
+    let status = support::ctl(&cfg.socket(), "status").await;
+    assert_eq!(status["acme"]["issued"], 0, "{status}");
+    let error = status["acme"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("a new account at https://127.0.0.1:"),
+        "{status}"
+    );
+    let m = support::metrics(p.admin_addr).await;
+    assert_eq!(
+        support::metric(&m, "mcpflip_acme_orders_total{result=\"failed\"}"),
+        1,
+        "{m}"
+    );
+    // The listener presents a certificate, which no CA vouches for.
+    let refused = served(port, &pki.ca)
+        .await
+        .expect_err("an untrusted placeholder");
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    assert!(!d.join("site.crt").exists(), "nothing written");
     p.shutdown().await;
     stop.cancel();
 }

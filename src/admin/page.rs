@@ -623,6 +623,7 @@ mod tests {
             cluster: None,
             handover: None,
             migration: None,
+            acme: None,
         }
     }
 

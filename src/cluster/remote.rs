@@ -182,6 +182,7 @@ async fn read_status(etcd: &Etcd, prefix: &str) -> anyhow::Result<Value> {
         deploy: None,
         handover: None,
         migration: None,
+        acme: None,
         cluster: Some(ClusterStatus {
             instance: "(ctl --cluster)".into(),
             prefix: prefix.to_owned(),

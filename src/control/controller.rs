@@ -212,6 +212,8 @@ pub struct Controller {
     pub counters: crate::metrics::counters::ControlCounters,
     state_file: Mutex<StateFileStatus>,
     last_rollback: Mutex<Option<RollbackRecord>>,
+    /// `tls.acme`'s record for `status` and the metrics (set by `acme::run`).
+    acme: Mutex<Option<crate::control::protocol::AcmeStatus>>,
     /// The deploy that runs or ran last (only `deploy` writes it).
     deploy_run: Mutex<Option<DeployRun>>,
     /// The fleet's shared store, when `[cluster]` is set.
@@ -333,6 +335,7 @@ impl Controller {
             state_save_failures_total: AtomicU64::new(0),
             counters: Default::default(),
             last_rollback: Mutex::new(None),
+            acme: Mutex::new(None),
             deploy_run: Mutex::new(None),
             store: joined.as_ref().map(|j| Arc::clone(&j.store)),
             handover: Mutex::new(None),
@@ -399,6 +402,28 @@ impl Controller {
 
     pub(crate) fn listener_tls(&self) -> Option<&TlsSlot> {
         self.tls.as_ref()
+    }
+
+    /// `tls.acme`'s record, changed by `f` (made for `domains` at `directory`
+    /// on first use).
+    pub fn note_acme(
+        &self,
+        domains: &[String],
+        directory: &str,
+        f: impl FnOnce(&mut crate::control::protocol::AcmeStatus),
+    ) {
+        let mut acme = lock(&self.acme);
+        let record = acme.get_or_insert_with(|| crate::control::protocol::AcmeStatus {
+            domains: domains.to_vec(),
+            directory: directory.to_owned(),
+            ..Default::default()
+        });
+        f(record);
+    }
+
+    /// `tls.acme`'s record, once `acme::run` started.
+    pub fn acme_status(&self) -> Option<crate::control::protocol::AcmeStatus> {
+        lock(&self.acme).clone()
     }
 
     /// The listener's certificate files changed under `tls.acme` (a new
@@ -517,6 +542,7 @@ impl Controller {
             deploy: self.deploy_status(),
             handover: self.handover_status(&table),
             migration: self.migration_status(),
+            acme: lock(&self.acme).clone(),
             cluster: self.store.as_ref().map(|s| s.status()),
         }
     }

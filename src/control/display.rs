@@ -193,6 +193,25 @@ fn status(s: &Status) -> String {
     if let Some(c) = &s.cluster {
         out.push_str(&fleet(c));
     }
+    if let Some(a) = &s.acme {
+        let now = crate::control::controller::now_ms();
+        let _ = writeln!(
+            out,
+            "acme: {} from {}: {} issued, {} failed{}{}",
+            a.domains.join(", "),
+            a.directory,
+            a.issued,
+            a.failed,
+            match &a.error {
+                Some(e) => format!("; last order failed: {e}"),
+                None => String::new(),
+            },
+            match a.next_check_ms {
+                Some(at) => format!("; next look in {:.0}s", secs(at.saturating_sub(now))),
+                None => String::new(),
+            }
+        );
+    }
     if !s.state_file.persisted {
         let _ = writeln!(
             out,

@@ -473,6 +473,30 @@ pub struct Status {
     /// The fleet, when this instance is in one (`[cluster]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// The listener's certificate from an ACME CA (`[listen] tls.acme`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeStatus>,
+}
+
+/// `[listen] tls.acme`: how the listener's certificate came, since the
+/// process started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeStatus {
+    pub domains: Vec<String>,
+    pub directory: String,
+    /// Orders that ended with a certificate served.
+    pub issued: u64,
+    /// Orders that failed (tried again later).
+    pub failed: u64,
+    /// When the last certificate was issued (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at_ms: Option<u64>,
+    /// Why the last order failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the certificate is looked at next (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_ms: Option<u64>,
 }
 
 /// The fleet as one of its instances sees it.

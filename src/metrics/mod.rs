@@ -354,6 +354,15 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
             }
         }
     }
+    if let Some(acme) = ctl.acme_status() {
+        let mut fam = w.family(
+            "mcpflip_acme_orders",
+            Kind::Counter,
+            "Certificate orders of [listen] tls.acme, by result: issued (served from the next handshake), failed (tried again later)",
+        );
+        fam.counter(&[("result", "issued")], acme.issued);
+        fam.counter(&[("result", "failed")], acme.failed);
+    }
     {
         let mut fam = w.family(
             "mcpflip_reloads",
