@@ -33,6 +33,7 @@ use instant_acme::{
     HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::persist::write_atomic;
@@ -56,8 +57,14 @@ fn account_path(cert: &Path) -> PathBuf {
     cert.with_file_name(name)
 }
 
-/// Keeps the listener's certificate issued and fresh until `stop`.
-pub async fn run(ctl: Arc<Controller>, stop: CancellationToken) {
+/// Keeps the listener's certificate issued and fresh until `stop`. In a
+/// fleet (`fleet`), one instance orders at a time (a lease-bound lock) and
+/// its challenge answers are published for every instance to serve: the
+/// CA's validation may reach any of them.
+pub async fn run(ctl: Arc<Controller>, fleet: Option<Fleet>, stop: CancellationToken) {
+    if let Some(f) = &fleet {
+        tokio::spawn(follow(f.clone(), stop.clone()));
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
         let config = ctl.config();
@@ -71,7 +78,7 @@ pub async fn run(ctl: Arc<Controller>, stop: CancellationToken) {
                 tracing::info!(domains = ?acme.domains, directory = %acme.directory, "ACME: ordering a certificate");
                 let order = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = order(&tls, &acme) => r,
+                    r = order_in(fleet.as_ref(), &tls, &acme) => r,
                 };
                 let order = order.and_then(|()| ctl.refresh_listener_tls());
                 ctl.note_acme(&acme.domains, &acme.directory, |a| match &order {
@@ -137,7 +144,7 @@ fn due_in(tls: &TlsConfig, acme: &AcmeConfig) -> Option<Duration> {
 
 /// One order: account, authorizations answered over `tls-alpn-01`, a CSR
 /// for a new key, the chain; key and chain written to `tls.key`, `tls.cert`.
-async fn order(tls: &TlsConfig, acme: &AcmeConfig) -> Result<(), String> {
+async fn order(tls: &TlsConfig, acme: &AcmeConfig, fleet: Option<&Fleet>) -> Result<(), String> {
     let http = AcmeHttp::new(acme.directory_ca.as_deref())?;
     let account = account(tls, acme, http).await?;
     let identifiers: Vec<Identifier> = acme
@@ -164,7 +171,11 @@ async fn order(tls: &TlsConfig, acme: &AcmeConfig) -> Result<(), String> {
                 .ok_or("the CA offers no tls-alpn-01 challenge (the only one mcpflip answers)")?;
             let domain = challenge.identifier().to_string();
             let digest = challenge.key_authorization().digest();
-            answering.put(&domain, challenge_cert(&domain, digest.as_ref())?);
+            let (answer, shared) = challenge_cert(&domain, digest.as_ref())?;
+            if let Some(f) = fleet {
+                f.publish(&domain, &shared).await?;
+            }
+            answering.put(&domain, answer);
             challenge
                 .set_ready()
                 .await
@@ -181,6 +192,9 @@ async fn order(tls: &TlsConfig, acme: &AcmeConfig) -> Result<(), String> {
             "the order is {status:?} after validation (the CA could not reach this listener on port 443 for {:?}?)",
             acme.domains
         ));
+    }
+    if let Some(f) = fleet {
+        f.withdraw(&answering.0).await;
     }
     drop(answering);
     let err = |e: rcgen::Error| format!("the certificate request: {e}");
@@ -234,18 +248,220 @@ async fn account(tls: &TlsConfig, acme: &AcmeConfig, http: AcmeHttp) -> Result<A
 
 /// The `tls-alpn-01` answer for `domain`: self-signed, with the
 /// `acmeIdentifier` extension holding the key authorization's SHA-256.
-fn challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+fn challenge_cert(domain: &str, digest: &[u8]) -> Result<(Arc<CertifiedKey>, Answer), String> {
     let err = |e: rcgen::Error| format!("the tls-alpn-01 certificate: {e}");
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(err)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(err)?;
-    let signing = crate::tls::signing_key(&key.serialize_der())
-        .map_err(|e| format!("the tls-alpn-01 key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![cert.der().clone()],
-        signing,
-    )))
+    let shared = Answer {
+        cert: cert.der().to_vec(),
+        key: key.serialize_der(),
+    };
+    Ok((shared.certified()?, shared))
+}
+
+/// A `tls-alpn-01` answer as the fleet holds it: DER of the certificate and
+/// of its PKCS#8 key (a throwaway pair, good for that challenge alone).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Answer {
+    #[serde(with = "b64")]
+    cert: Vec<u8>,
+    #[serde(with = "b64")]
+    key: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Answer {
+    fn certified(&self) -> Result<Arc<CertifiedKey>, String> {
+        let signing =
+            crate::tls::signing_key(&self.key).map_err(|e| format!("the tls-alpn-01 key: {e}"))?;
+        Ok(Arc::new(CertifiedKey::new(
+            vec![rustls::pki_types::CertificateDer::from(self.cert.clone())],
+            signing,
+        )))
+    }
+}
+
+/// Orders under the fleet's ACME lock when in a fleet (waiting for another
+/// instance's order to end), else at once.
+async fn order_in(fleet: Option<&Fleet>, tls: &TlsConfig, acme: &AcmeConfig) -> Result<(), String> {
+    let Some(f) = fleet else {
+        return order(tls, acme, None).await;
+    };
+    let lease = f.lock().await?;
+    let result = order(tls, acme, Some(f)).await;
+    let _ = f.etcd.revoke(lease).await;
+    result
+}
+
+/// What the fleet's ACME keys need: its etcd and its prefix.
+#[derive(Clone)]
+pub struct Fleet {
+    etcd: crate::cluster::etcd::Etcd,
+    /// `{prefix}.acme/`.
+    namespace: String,
+}
+
+/// How long the fleet's ACME lock and a published answer live at most.
+const FLEET_LEASE: Duration = Duration::from_secs(180);
+
+impl Fleet {
+    pub fn new(etcd: crate::cluster::etcd::Etcd, prefix: &str) -> Fleet {
+        Fleet {
+            etcd,
+            namespace: format!("{prefix}.acme/"),
+        }
+    }
+
+    fn answer_key(&self, domain: &str) -> Vec<u8> {
+        format!("{}answers/{}", self.namespace, domain.to_ascii_lowercase()).into_bytes()
+    }
+
+    /// Takes the fleet's ACME lock (two instances' challenges for one name
+    /// cannot both be answered): waits while another instance holds it.
+    /// Returns its lease, to revoke when done.
+    async fn lock(&self) -> Result<i64, String> {
+        use crate::cluster::etcd::{Compare, Op, Txn};
+        let key = format!("{}lock", self.namespace).into_bytes();
+        let started = tokio::time::Instant::now();
+        loop {
+            let lease = self
+                .etcd
+                .grant(FLEET_LEASE)
+                .await
+                .map_err(|e| format!("the fleet's ACME lock: {e}"))?;
+            let txn = Txn {
+                compare: vec![Compare::CreateRevision {
+                    key: key.clone(),
+                    revision: 0,
+                }],
+                success: vec![Op::Put {
+                    key: key.clone(),
+                    value: std::process::id().to_string().into_bytes(),
+                    lease: lease.id,
+                }],
+                failure: vec![],
+            };
+            match self.etcd.txn(&txn).await {
+                Ok(out) if out.succeeded => return Ok(lease.id),
+                Ok(_) => {
+                    let _ = self.etcd.revoke(lease.id).await;
+                }
+                Err(e) => {
+                    let _ = self.etcd.revoke(lease.id).await;
+                    return Err(format!("the fleet's ACME lock: {e}"));
+                }
+            }
+            if started.elapsed() > FLEET_LEASE {
+                return Err("another instance of the fleet has been ordering for 3 min".into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Publishes the answer for `domain` (for every instance to serve).
+    async fn publish(&self, domain: &str, answer: &Answer) -> Result<(), String> {
+        let value = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+        let err =
+            |e: crate::cluster::etcd::EtcdError| format!("publishing the challenge answer: {e}");
+        let lease = self.etcd.grant(FLEET_LEASE).await.map_err(err)?;
+        self.etcd
+            .put(&self.answer_key(domain), &value, lease.id)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Takes the answers for `domains` back (their lease would, too).
+    async fn withdraw(&self, domains: &[String]) {
+        for d in domains {
+            let _ = self.etcd.delete(&self.answer_key(d)).await;
+        }
+    }
+}
+
+/// Serves every instance's published answers here, until `stop`: read, then
+/// followed with a watch; read again after an error.
+async fn follow(fleet: Fleet, stop: CancellationToken) {
+    use crate::cluster::etcd::{WatchBatch, WatchEvent};
+    let prefix = format!("{}answers/", fleet.namespace);
+    let domain_of = |key: &[u8]| {
+        std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix.as_str()))
+            .map(str::to_owned)
+    };
+    let put = |key: &[u8], value: &[u8]| {
+        let Some(domain) = domain_of(key) else { return };
+        let answer = serde_json::from_slice::<Answer>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.certified());
+        match answer {
+            Ok(answer) => {
+                if let Ok(mut c) = ACME_CHALLENGES.lock() {
+                    c.insert(domain, answer);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "a published tls-alpn-01 answer is not mcpflip's: ignored")
+            }
+        }
+    };
+    loop {
+        let round = async {
+            let (kvs, revision) = fleet.etcd.get_prefix(prefix.as_bytes()).await?;
+            for kv in &kvs {
+                put(&kv.key, &kv.value);
+            }
+            let mut watch = fleet.etcd.watch(prefix.as_bytes(), revision + 1).await?;
+            loop {
+                match watch.next().await? {
+                    WatchBatch::Events { events, .. } => {
+                        for e in events {
+                            match e {
+                                WatchEvent::Put(kv) => put(&kv.key, &kv.value),
+                                WatchEvent::Delete { key, .. } => {
+                                    if let (Some(d), Ok(mut c)) =
+                                        (domain_of(&key), ACME_CHALLENGES.lock())
+                                    {
+                                        c.remove(&d);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => return Ok::<(), crate::cluster::etcd::EtcdError>(()),
+                }
+            }
+        };
+        let ended = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = round => r,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "the fleet's ACME answers: reading again");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// The challenge answers of one order, taken back when it is dropped.

@@ -237,8 +237,12 @@ pub async fn start_with(
         .as_ref()
         .is_some_and(|t| t.acme.is_some())
     {
+        let shared = fleet
+            .as_ref()
+            .map(|f| crate::acme::Fleet::new(f.etcd.clone(), &f.prefix));
         tokio::spawn(crate::acme::run(
             Arc::clone(&controller),
+            shared,
             stop_accepting.child_token(),
         ));
     }

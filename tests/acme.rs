@@ -359,3 +359,59 @@ async fn a_listener_whose_acme_ca_is_unreachable_serves_a_placeholder_and_says_w
     p.shutdown().await;
     stop.cancel();
 }
+
+/// In a fleet the CA's validation may reach any instance: the instance that
+/// orders publishes its challenge answer through etcd and every instance
+/// serves it. Here Pebble validates on instance B's port only, so instance
+/// A's certificate can come only through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_another_instance_answers_the_challenge() {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let etcd = support::etcd::EtcdCluster::start(1);
+    let (port_a, port_b) = (closed_port(), closed_port());
+    let pebble = Pebble::start(d, port_b).await;
+    let root = pebble.root(d).await;
+    let blue = support::upstream(
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
+        &stop,
+    )
+    .await;
+    let mut procs = Vec::new();
+    for (name, port) in [("b", port_b), ("a", port_a)] {
+        let home = d.join(name);
+        std::fs::create_dir_all(&home).expect("dir");
+        let cfg = config(&home, port, blue, &pebble, "30d")
+            .set("admin", "addr", format!("\"127.0.0.1:{}\"", closed_port()))
+            .set("cluster", "etcd", etcd.toml_endpoints())
+            .set_str("cluster", "prefix", "/acme-test")
+            .set_str("cluster", "instance", name)
+            .set_str("cluster", "lease_ttl", "2s");
+        let socket = cfg.socket();
+        let file = cfg.write();
+        let mut proc = support::proc::ProxyProcess::spawn(&file, &socket, &[]);
+        proc.ready().await;
+        procs.push(proc);
+    }
+    let a = &procs[1];
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while served(port_a, &root).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "instance a never got its certificate; its log:\n{}\nb's log:\n{}",
+            a.stderr(),
+            procs[0].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let names = mcpflip::tls::certificate_names(&d.join("a/site.crt")).expect("a's cert file");
+    assert_eq!(names, [DOMAIN]);
+    // B got its own too (validated on its own port).
+    support::until_async("b's certificate served", || async {
+        served(port_b, &root).await.is_ok()
+    })
+    .await;
+    drop(procs);
+    stop.cancel();
+}
