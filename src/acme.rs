@@ -337,36 +337,14 @@ impl Fleet {
     /// cannot both be answered): waits while another instance holds it.
     /// Returns its lease, to revoke when done.
     async fn lock(&self) -> Result<i64, String> {
-        use crate::cluster::etcd::{Compare, Op, Txn};
         let key = format!("{}lock", self.namespace).into_bytes();
+        let me = std::process::id().to_string();
         let started = tokio::time::Instant::now();
         loop {
-            let lease = self
-                .etcd
-                .grant(FLEET_LEASE)
-                .await
-                .map_err(|e| format!("the fleet's ACME lock: {e}"))?;
-            let txn = Txn {
-                compare: vec![Compare::CreateRevision {
-                    key: key.clone(),
-                    revision: 0,
-                }],
-                success: vec![Op::Put {
-                    key: key.clone(),
-                    value: std::process::id().to_string().into_bytes(),
-                    lease: lease.id,
-                }],
-                failure: vec![],
-            };
-            match self.etcd.txn(&txn).await {
-                Ok(out) if out.succeeded => return Ok(lease.id),
-                Ok(_) => {
-                    let _ = self.etcd.revoke(lease.id).await;
-                }
-                Err(e) => {
-                    let _ = self.etcd.revoke(lease.id).await;
-                    return Err(format!("the fleet's ACME lock: {e}"));
-                }
+            match self.etcd.try_lock(&key, me.as_bytes(), FLEET_LEASE).await {
+                Ok(Ok(lease)) => return Ok(lease.id),
+                Ok(Err(_)) => {}
+                Err(e) => return Err(format!("the fleet's ACME lock: {e}")),
             }
             if started.elapsed() > FLEET_LEASE {
                 return Err("another instance of the fleet has been ordering for 3 min".into());

@@ -403,41 +403,19 @@ impl Store for Fleet {
 
     fn lock_deploy(&self) -> BoxFuture<'_, Result<Box<dyn Send + Sync>, CtlError>> {
         Box::pin(async move {
-            let lease = self
+            let lease = match self
                 .etcd
-                .grant(self.lease_ttl)
+                .try_lock(&self.lock_key(), self.instance.as_bytes(), self.lease_ttl)
                 .await
-                .map_err(|e| self.fail(e))?;
-            let key = self.lock_key();
-            let txn = Txn {
-                compare: vec![Compare::CreateRevision {
-                    key: key.clone(),
-                    revision: 0,
-                }],
-                success: vec![Op::Put {
-                    key: key.clone(),
-                    value: self.instance.clone().into_bytes(),
-                    lease: lease.id,
-                }],
-                failure: vec![Op::Get { key }],
-            };
-            let out = match self.etcd.txn(&txn).await {
-                Ok(out) => out,
-                Err(e) => {
-                    let _ = self.etcd.revoke(lease.id).await;
-                    return Err(self.fail(e));
+            {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(holder)) => {
+                    let holder = String::from_utf8_lossy(&holder).into_owned();
+                    tracing::info!(%holder, "a deploy runs on another instance of the fleet");
+                    return Err(CtlError::Busy);
                 }
+                Err(e) => return Err(self.fail(e)),
             };
-            if !out.succeeded {
-                let _ = self.etcd.revoke(lease.id).await;
-                let holder = out
-                    .gets
-                    .first()
-                    .and_then(|kvs| kvs.first())
-                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-                tracing::info!(holder = ?holder, "a deploy runs on another instance of the fleet");
-                return Err(CtlError::Busy);
-            }
             let stop = tokio_util::sync::CancellationToken::new();
             let (etcd, token, every) = (self.etcd.clone(), stop.clone(), self.lease_ttl / 3);
             tokio::spawn(async move {

@@ -513,6 +513,49 @@ impl Etcd {
         Ok(out)
     }
 
+    /// A lock: creates `key` holding `value`, bound to a new lease of `ttl`,
+    /// unless the key exists. `Ok(Ok(lease))` when this call took it (revoke
+    /// the lease to release it), `Ok(Err(holder))` with the value of the key
+    /// that is there.
+    pub async fn try_lock(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Result<Lease, Vec<u8>>, EtcdError> {
+        let lease = self.grant(ttl).await?;
+        let txn = Txn {
+            compare: vec![Compare::CreateRevision {
+                key: key.to_vec(),
+                revision: 0,
+            }],
+            success: vec![Op::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                lease: lease.id,
+            }],
+            failure: vec![Op::Get { key: key.to_vec() }],
+        };
+        match self.txn(&txn).await {
+            Ok(out) if out.succeeded => Ok(Ok(lease)),
+            Ok(out) => {
+                let _ = self.revoke(lease.id).await;
+                let holder = out
+                    .gets
+                    .into_iter()
+                    .next()
+                    .and_then(|kvs| kvs.into_iter().next())
+                    .map(|kv| kv.value)
+                    .unwrap_or_default();
+                Ok(Err(holder))
+            }
+            Err(e) => {
+                let _ = self.revoke(lease.id).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Grants a lease of `ttl` (whole seconds, at least one).
     pub async fn grant(&self, ttl: Duration) -> Result<Lease, EtcdError> {
         let secs = ttl.as_secs().max(1) as i64;
