@@ -228,6 +228,13 @@ async fn account(tls: &TlsConfig, acme: &AcmeConfig, http: AcmeHttp) -> Result<A
     }
     let contact = acme.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let eab = match &acme.eab {
+        Some(eab) => Some(instant_acme::ExternalAccountKey::new(
+            eab.kid.clone(),
+            &eab.hmac_key()?,
+        )),
+        None => None,
+    };
     let (account, credentials) = Account::builder_with_http(Box::new(http))
         .create(
             &NewAccount {
@@ -236,7 +243,7 @@ async fn account(tls: &TlsConfig, acme: &AcmeConfig, http: AcmeHttp) -> Result<A
                 only_return_existing: false,
             },
             acme.directory.clone(),
-            None,
+            eab.as_ref(),
         )
         .await
         .map_err(|e| format!("a new account at {}: {e}", acme.directory))?;

@@ -77,6 +77,44 @@ pub struct AcmeConfig {
         serialize_with = "humantime_out"
     )]
     pub renew_before: std::time::Duration,
+    /// External account binding, for a CA that asks for one (ZeroSSL,
+    /// Google Trust Services): the key id and a file holding the HMAC key
+    /// as the CA hands it out (base64url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eab: Option<AcmeEab>,
+}
+
+/// `tls.acme.eab`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeEab {
+    pub kid: String,
+    pub hmac_key_file: PathBuf,
+}
+
+impl AcmeEab {
+    /// The HMAC key of `hmac_key_file` (base64url, padded or not), decoded.
+    pub fn hmac_key(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let text = crate::files::read_to_string(&self.hmac_key_file, crate::files::MAX_SECRET)
+            .map_err(|e| {
+                format!(
+                    "tls.acme.eab.hmac_key_file {}: {e}",
+                    self.hmac_key_file.display()
+                )
+            })?;
+        let text = text.trim().trim_end_matches('=');
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "tls.acme.eab.hmac_key_file {}: not a base64url key",
+                    self.hmac_key_file.display()
+                )
+            })
+    }
 }
 
 /// Let's Encrypt's production directory.
@@ -132,6 +170,12 @@ impl AcmeConfig {
         }
         if self.renew_before < std::time::Duration::from_secs(3600) {
             return Err("tls.acme.renew_before: at least 1h".into());
+        }
+        if let Some(eab) = &self.eab {
+            if eab.kid.is_empty() || eab.kid.len() > 256 {
+                return Err("tls.acme.eab.kid: 1 to 256 characters".into());
+            }
+            eab.hmac_key()?;
         }
         Ok(())
     }

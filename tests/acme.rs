@@ -59,6 +59,12 @@ fn pebble_bin(name: &str) -> PathBuf {
 
 impl Pebble {
     async fn start(dir: &Path, tls_port: u16) -> Pebble {
+        Self::start_with(dir, tls_port, None).await
+    }
+
+    /// As `start`; with `eab` (key id, base64url HMAC key) Pebble asks every
+    /// new account for external account binding.
+    async fn start_with(dir: &Path, tls_port: u16, eab: Option<(&str, &str)>) -> Pebble {
         let pki = Pki::new(&dir.join("pebble-pki"));
         let (dns, dns_mgmt) = (closed_port(), closed_port());
         let challtestsrv = Command::new(pebble_bin("pebble-challtestsrv"))
@@ -84,21 +90,21 @@ impl Pebble {
             .expect("pebble-challtestsrv starts");
         let (listen, management) = (closed_port(), closed_port());
         let config = dir.join("pebble.json");
-        std::fs::write(
-            &config,
-            serde_json::json!({"pebble": {
-                "listenAddress": format!("127.0.0.1:{listen}"),
-                "managementListenAddress": format!("127.0.0.1:{management}"),
-                "certificate": pki.server,
-                "privateKey": pki.server_key,
-                "httpPort": closed_port(),
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
-            }})
-            .to_string(),
-        )
-        .expect("pebble config");
+        let mut pebble = serde_json::json!({
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": pki.server,
+            "privateKey": pki.server_key,
+            "httpPort": closed_port(),
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": eab.is_some(),
+        });
+        if let Some((kid, key)) = eab {
+            pebble["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+        }
+        std::fs::write(&config, serde_json::json!({ "pebble": pebble }).to_string())
+            .expect("pebble config");
         let ca = Command::new(pebble_bin("pebble"))
             .arg("-config")
             .arg(&config)
@@ -413,5 +419,65 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
     })
     .await;
     drop(procs);
+    stop.cancel();
+}
+
+/// A CA that asks for external account binding (ZeroSSL, Google Trust
+/// Services): without `tls.acme.eab` the order fails and says why; with the
+/// key id and HMAC key file the CA handed out, the certificate comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_asks_for_external_account_binding_gets_it() {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = closed_port();
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(d, port, Some(("kid-1", key))).await;
+    let root = pebble.root(d).await;
+    let blue = support::upstream(
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
+        &stop,
+    )
+    .await;
+    // Without it: refused by the CA, the reason in status.
+    let home = d.join("without");
+    std::fs::create_dir_all(&home).expect("dir");
+    let cfg = config(&home, port, blue, &pebble, "30d");
+    let p = support::start(cfg.load()).await;
+    support::until_async("the refused order in status", || async {
+        support::ctl(&cfg.socket(), "status").await["acme"]["failed"]
+            .as_u64()
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
+    let status = support::ctl(&cfg.socket(), "status").await;
+    let error = status["acme"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("a new account at"), "{status}");
+    assert!(served(port, &root).await.is_err());
+    p.shutdown().await;
+    // With it.
+    let home = d.join("with");
+    std::fs::create_dir_all(&home).expect("dir");
+    let key_file = home.join("eab.key");
+    std::fs::write(&key_file, format!("{key}\n")).expect("key file");
+    let tls = format!(
+        "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], directory = {}, directory_ca = {}, eab = {{ kid = \"kid-1\", hmac_key_file = {} }} }} }}",
+        support::config::q(home.join("site.crt").display().to_string()),
+        support::config::q(home.join("site.key").display().to_string()),
+        support::config::q(&pebble.directory),
+        support::config::q(pebble.https_ca.display().to_string()),
+        support::config::q(key_file.display().to_string()),
+    );
+    let p = support::start(
+        config(&home, port, blue, &pebble, "30d")
+            .set("listen", "tls", tls)
+            .load(),
+    )
+    .await;
+    support::until_async("the certificate served", || async {
+        served(port, &root).await.is_ok()
+    })
+    .await;
+    p.shutdown().await;
     stop.cancel();
 }
