@@ -562,18 +562,23 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     Ok(crls)
 }
 
+/// Appends the SHA-256 of `bytes` to `out`, in lowercase hex.
+pub fn sha256_hex(out: &mut String, bytes: &[u8]) {
+    use std::fmt::Write;
+    for b in ring::digest::digest(&ring::digest::SHA256, bytes).as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
 /// The `X-Forwarded-Client-Cert` value for a client certificate the
 /// listener verified, in Envoy's format: `Hash=` (the SHA-256 of its DER, in
 /// hex), then `Subject="..."` (its distinguished name) and a `DNS=` or
 /// `URI=` per subject alternative name. Bounded: past 4 KiB, the hash alone.
 pub fn forwarded_client_cert(leaf: &CertificateDer<'_>) -> Option<http::HeaderValue> {
-    use std::fmt::Write;
     use x509_parser::extensions::GeneralName;
     const MAX: usize = 4096;
     let mut v = String::from("Hash=");
-    for b in ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref() {
-        let _ = write!(v, "{b:02x}");
-    }
+    sha256_hex(&mut v, leaf.as_ref());
     let hash_only = v.len();
     if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) {
         let subject = cert.subject().to_string();

@@ -118,12 +118,9 @@ impl FleetSessions {
 
     /// The key of session `id`'s `part` (`record` or `moved`).
     fn key(&self, id: &[u8], part: &str) -> Vec<u8> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, id);
         let mut k = String::with_capacity(self.namespace.len() + 64 + 1 + part.len());
         k.push_str(&self.namespace);
-        for b in digest.as_ref() {
-            k.push_str(&format!("{b:02x}"));
-        }
+        crate::tls::sha256_hex(&mut k, id);
         k.push('/');
         k.push_str(part);
         k.into_bytes()

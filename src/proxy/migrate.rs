@@ -796,11 +796,12 @@ pub async fn migrate(
         Arc::clone(picked.ok_or(MigrateFailure::NoSlot)?)
     };
     let inner = replay(&slot, c, template, path).await?;
-    c.moved.store(Some(Arc::new(Moved {
+    let ours = Arc::new(Moved {
         slot: Arc::clone(&slot.name),
         generation: slot.generation,
         inner: inner.clone(),
-    })));
+    });
+    c.moved.store(Some(Arc::clone(&ours)));
     if let (Some(m), Some(revision)) = (mirror, fleet) {
         let to = c.moved_to();
         let recorded = match &to {
@@ -824,11 +825,7 @@ pub async fn migrate(
                     }
                 }
                 tracing::warn!("another instance of the fleet recorded a move of this session to a slot this instance cannot route to: this replay is kept");
-                c.moved.store(Some(Arc::new(Moved {
-                    slot: Arc::clone(&slot.name),
-                    generation: slot.generation,
-                    inner: inner.clone(),
-                })));
+                c.moved.store(Some(ours));
             }
             Err(()) => {
                 tracing::warn!(to = %slot.name, "the fleet could not record this session's move: other instances may move it again")
