@@ -216,6 +216,33 @@ async fn healthz(port: u16, root: &Path) -> u16 {
 }
 
 fn config(dir: &Path, port: u16, blue: u16, pebble: &Pebble, renew_before: &str) -> TestConfig {
+    acme_config(
+        dir,
+        port,
+        blue,
+        &pebble.directory,
+        &pebble.https_ca,
+        &format!("email = \"ops@example.test\", renew_before = \"{renew_before}\""),
+    )
+}
+
+/// A proxy on `port` in front of `blue` whose certificate (`site.crt` in
+/// `dir`) comes from the ACME CA at `directory` (HTTPS checked against
+/// `ca`), with `extra` keys in `tls.acme`.
+fn acme_config(
+    dir: &Path,
+    port: u16,
+    blue: u16,
+    directory: &str,
+    ca: &Path,
+    extra: &str,
+) -> TestConfig {
+    let q = |p: &Path| support::config::q(p.display().to_string());
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
     TestConfig::new(dir)
         .slot("blue", blue, 100)
         .listen_port(port)
@@ -224,13 +251,22 @@ fn config(dir: &Path, port: u16, blue: u16, pebble: &Pebble, renew_before: &str)
             "listen",
             "tls",
             format!(
-                "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], email = \"ops@example.test\", directory = {}, directory_ca = {}, renew_before = \"{renew_before}\" }} }}",
-                support::config::q(dir.join("site.crt").display().to_string()),
-                support::config::q(dir.join("site.key").display().to_string()),
-                support::config::q(&pebble.directory),
-                support::config::q(pebble.https_ca.display().to_string()),
+                "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], directory = {}, directory_ca = {}{extra} }} }}",
+                q(&dir.join("site.crt")),
+                q(&dir.join("site.key")),
+                support::config::q(directory),
+                q(ca),
             ),
         )
+}
+
+/// The slot every test's proxy is in front of (the built-in MCP server).
+async fn blue(stop: &CancellationToken) -> u16 {
+    support::upstream(
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
+        stop,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,11 +277,7 @@ async fn the_listener_gets_its_certificate_from_an_acme_ca_and_renews_it() {
     let port = closed_port();
     let pebble = Pebble::start(d, port).await;
     let root = pebble.root(d).await;
-    let blue = support::upstream(
-        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
-        &stop,
-    )
-    .await;
+    let blue = blue(&stop).await;
 
     // No certificate yet: the proxy starts on a placeholder and orders one.
     let p = support::start(config(d, port, blue, &pebble, "30d").load()).await;
@@ -317,25 +349,9 @@ async fn a_listener_whose_acme_ca_is_unreachable_serves_a_placeholder_and_says_w
     let d = dir.path();
     let port = closed_port();
     let pki = Pki::new(&d.join("pki"));
-    let blue = support::upstream(
-        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
-        &stop,
-    )
-    .await;
-    let cfg = TestConfig::new(d)
-        .slot("blue", blue, 100)
-        .listen_port(port)
-        .set(
-            "listen",
-            "tls",
-            format!(
-                "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], directory = \"https://127.0.0.1:{}/dir\", directory_ca = {} }} }}",
-                support::config::q(d.join("site.crt").display().to_string()),
-                support::config::q(d.join("site.key").display().to_string()),
-                closed_port(),
-                support::config::q(pki.ca.display().to_string()),
-            ),
-        );
+    let blue = blue(&stop).await;
+    let unreachable = format!("https://127.0.0.1:{}/dir", closed_port());
+    let cfg = acme_config(d, port, blue, &unreachable, &pki.ca, "");
     let p = support::start(cfg.load()).await;
     support::until_async("the failed order in status", || async {
         support::ctl(&cfg.socket(), "status").await["acme"]["failed"]
@@ -379,11 +395,7 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
     let (port_a, port_b) = (closed_port(), closed_port());
     let pebble = Pebble::start(d, port_b).await;
     let root = pebble.root(d).await;
-    let blue = support::upstream(
-        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
-        &stop,
-    )
-    .await;
+    let blue = blue(&stop).await;
     let mut procs = Vec::new();
     for (name, port) in [("b", port_b), ("a", port_a)] {
         let home = d.join(name);
@@ -434,11 +446,7 @@ async fn a_ca_that_asks_for_external_account_binding_gets_it() {
     let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
     let pebble = Pebble::start_with(d, port, Some(("kid-1", key))).await;
     let root = pebble.root(d).await;
-    let blue = support::upstream(
-        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both),
-        &stop,
-    )
-    .await;
+    let blue = blue(&stop).await;
     // Without it: refused by the CA, the reason in status.
     let home = d.join("without");
     std::fs::create_dir_all(&home).expect("dir");
@@ -460,20 +468,12 @@ async fn a_ca_that_asks_for_external_account_binding_gets_it() {
     std::fs::create_dir_all(&home).expect("dir");
     let key_file = home.join("eab.key");
     std::fs::write(&key_file, format!("{key}\n")).expect("key file");
-    let tls = format!(
-        "{{ cert = {}, key = {}, acme = {{ domains = [\"{DOMAIN}\"], directory = {}, directory_ca = {}, eab = {{ kid = \"kid-1\", hmac_key_file = {} }} }} }}",
-        support::config::q(home.join("site.crt").display().to_string()),
-        support::config::q(home.join("site.key").display().to_string()),
-        support::config::q(&pebble.directory),
-        support::config::q(pebble.https_ca.display().to_string()),
-        support::config::q(key_file.display().to_string()),
+    let eab = format!(
+        "eab = {{ kid = \"kid-1\", hmac_key_file = {} }}",
+        support::config::q(key_file.display().to_string())
     );
-    let p = support::start(
-        config(&home, port, blue, &pebble, "30d")
-            .set("listen", "tls", tls)
-            .load(),
-    )
-    .await;
+    let cfg = acme_config(&home, port, blue, &pebble.directory, &pebble.https_ca, &eab);
+    let p = support::start(cfg.load()).await;
     support::until_async("the certificate served", || async {
         served(port, &root).await.is_ok()
     })

@@ -56,14 +56,21 @@ type H2Client = Client<
 >;
 
 fn h2_client(ca: &Path) -> H2Client {
-    let tls = client_tls(ca);
+    https_client(client_tls(ca), true)
+}
+
+/// An HTTPS client with `tls`, speaking HTTP/2 only (`h2`) or HTTP/1.1.
+fn https_client(tls: rustls::ClientConfig, h2: bool) -> H2Client {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_only()
-        .enable_http2()
-        .build();
+        .https_only();
+    let connector = if h2 {
+        connector.enable_http2().build()
+    } else {
+        connector.enable_http1().build()
+    };
     Client::builder(TokioExecutor::new())
-        .http2_only(true)
+        .http2_only(h2)
         .build(connector)
 }
 
@@ -647,17 +654,7 @@ async fn get_with_headers(
     headers: &[(&str, &str)],
 ) -> Result<(u16, http::Version), String> {
     let tls = mcpflip::tls::client_config_with_identity(Some(ca), identity).expect("client tls");
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only();
-    let connector = if h2 {
-        connector.enable_http2().build()
-    } else {
-        connector.enable_http1().build()
-    };
-    let client: H2Client = Client::builder(TokioExecutor::new())
-        .http2_only(h2)
-        .build(connector);
+    let client = https_client(tls, h2);
     let mut req = http::Request::get(format!("https://{addr}/healthz"));
     for (name, value) in headers {
         req = req.header(*name, *value);
@@ -968,12 +965,7 @@ async fn the_access_log_names_the_client_certificate() {
 
 /// The body of `GET https://localhost:{port}{path}` (HTTP/1.1), trusting `ca`.
 async fn https_text(addr: std::net::SocketAddr, ca: &Path, path: &str) -> String {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(client_tls(ca))
-        .https_only()
-        .enable_http1()
-        .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let client = https_client(client_tls(ca), false);
     let req = http::Request::get(format!("https://localhost:{}{path}", addr.port()))
         .body(Full::new(Bytes::new()))
         .expect("request");
@@ -1007,17 +999,7 @@ async fn the_admin_listener_serves_https_and_reload_swaps_its_certificate() {
     let p = support::start(with(&first).load()).await;
     let admin = p.admin_addr;
     for h2 in [false, true] {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(client_tls(&first.ca))
-            .https_only();
-        let connector = if h2 {
-            connector.enable_http2().build()
-        } else {
-            connector.enable_http1().build()
-        };
-        let client: H2Client = Client::builder(TokioExecutor::new())
-            .http2_only(h2)
-            .build(connector);
+        let client = https_client(client_tls(&first.ca), h2);
         let req = http::Request::get(format!("https://localhost:{}/metrics", admin.port()))
             .body(Full::new(Bytes::new()))
             .expect("request");
