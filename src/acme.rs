@@ -16,6 +16,12 @@
 //! certificate is served from the next handshake and shows in
 //! `mcpflip_certificate_expiry_timestamp_seconds`, without a reload.
 //!
+//! In a fleet, one instance orders at a time; its challenge answers are
+//! published under `{prefix}.acme/answers/` for every instance to serve, and
+//! (`tls.acme.share`) the certificate it gets is kept under
+//! `{prefix}.acme/certificates/`, where an instance whose own is missing or
+//! due takes it instead of ordering.
+//!
 //! The ACME protocol itself is the `instant-acme` crate's, over this
 //! process's HTTP client and rustls.
 
@@ -80,10 +86,13 @@ pub async fn run(ctl: Arc<Controller>, fleet: Option<Fleet>, stop: CancellationT
                     _ = stop.cancelled() => return,
                     r = order_in(fleet.as_ref(), &tls, &acme) => r,
                 };
-                let order = order.and_then(|()| ctl.refresh_listener_tls());
+                let order = order.and_then(|got| ctl.refresh_listener_tls().map(|()| got));
                 ctl.note_acme(&acme.domains, &acme.directory, |a| match &order {
-                    Ok(()) => {
-                        a.issued += 1;
+                    Ok(got) => {
+                        match got {
+                            Got::Issued => a.issued += 1,
+                            Got::Shared => a.shared += 1,
+                        }
                         a.issued_at_ms = Some(crate::control::controller::now_ms());
                         a.error = None;
                     }
@@ -93,9 +102,16 @@ pub async fn run(ctl: Arc<Controller>, fleet: Option<Fleet>, stop: CancellationT
                     }
                 });
                 match order {
-                    Ok(()) => {
+                    Ok(got) => {
                         backoff = FIRST_BACKOFF;
-                        tracing::info!(domains = ?acme.domains, cert = %tls.cert.display(), "ACME: certificate issued; the listener serves it from the next handshake");
+                        match got {
+                            Got::Issued => {
+                                tracing::info!(domains = ?acme.domains, cert = %tls.cert.display(), "ACME: certificate issued; the listener serves it from the next handshake")
+                            }
+                            Got::Shared => {
+                                tracing::info!(domains = ?acme.domains, cert = %tls.cert.display(), "ACME: the fleet's certificate taken (another instance ordered it); the listener serves it from the next handshake")
+                            }
+                        }
                         if due_in(&tls, &acme).is_some() {
                             continue;
                         }
@@ -130,6 +146,12 @@ fn due_in(tls: &TlsConfig, acme: &AcmeConfig) -> Option<Duration> {
     };
     let (_, not_after) = crate::tls::load_identity(&pair).ok()?;
     let names = crate::tls::certificate_names(&tls.cert).ok()?;
+    due(&names, not_after, acme)
+}
+
+/// How long until a certificate for `names` that ends at `not_after` is due
+/// for renewal (`None`: now, or it is not for every configured domain).
+fn due(names: &[String], not_after: Option<i64>, acme: &AcmeConfig) -> Option<Duration> {
     if !acme
         .domains
         .iter()
@@ -143,8 +165,13 @@ fn due_in(tls: &TlsConfig, acme: &AcmeConfig) -> Option<Duration> {
 }
 
 /// One order: account, authorizations answered over `tls-alpn-01`, a CSR
-/// for a new key, the chain; key and chain written to `tls.key`, `tls.cert`.
-async fn order(tls: &TlsConfig, acme: &AcmeConfig, fleet: Option<&Fleet>) -> Result<(), String> {
+/// for a new key, the chain; key and chain written to `tls.key`, `tls.cert`
+/// and returned.
+async fn order(
+    tls: &TlsConfig,
+    acme: &AcmeConfig,
+    fleet: Option<&Fleet>,
+) -> Result<Issued, String> {
     let http = AcmeHttp::new(acme.directory_ca.as_deref())?;
     let account = account(tls, acme, http).await?;
     let identifiers: Vec<Identifier> = acme
@@ -209,10 +236,53 @@ async fn order(tls: &TlsConfig, acme: &AcmeConfig, fleet: Option<&Fleet>) -> Res
         .poll_certificate(&retries)
         .await
         .map_err(|e| format!("waiting for the certificate: {e}"))?;
-    // The key first: a certificate is never on disk without its key.
-    write_atomic(&tls.key, key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
-    write_atomic(&tls.cert, chain.as_bytes()).map_err(|e| e.to_string())?;
-    Ok(())
+    let issued = Issued {
+        domains: acme.domains.clone(),
+        cert: chain,
+        key: key.serialize_pem(),
+    };
+    issued.install(tls)?;
+    Ok(issued)
+}
+
+/// A certificate and its key, as PEM: as an order returns it, and as the
+/// fleet keeps it in etcd (`tls.acme.share`).
+#[derive(Serialize, Deserialize)]
+struct Issued {
+    domains: Vec<String>,
+    cert: String,
+    key: String,
+}
+
+impl Issued {
+    /// Writes key and chain to `tls.key` and `tls.cert`.
+    fn install(&self, tls: &TlsConfig) -> Result<(), String> {
+        // The key first: a certificate is never on disk without its key.
+        write_atomic(&tls.key, self.key.as_bytes()).map_err(|e| e.to_string())?;
+        write_atomic(&tls.cert, self.cert.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Whether it may be served for `acme` now: the key is the
+    /// certificate's, and it is for every domain and not due for renewal.
+    fn fresh(&self, tls: &TlsConfig, acme: &AcmeConfig) -> Result<bool, String> {
+        let pair = crate::config::CertPair {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        };
+        let (names, not_after) =
+            crate::tls::pem_identity(self.cert.as_bytes(), self.key.as_bytes(), &pair)?;
+        Ok(due(&names, not_after, acme).is_some())
+    }
+}
+
+/// How the listener's certificate came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Got {
+    /// Ordered from the CA by this instance.
+    Issued,
+    /// Another instance of the fleet ordered it (`tls.acme.share`).
+    Shared,
 }
 
 /// The account of `<cert>.account.json`, or a new one saved there.
@@ -306,13 +376,40 @@ impl Answer {
 }
 
 /// Orders under the fleet's ACME lock when in a fleet (waiting for another
-/// instance's order to end), else at once.
-async fn order_in(fleet: Option<&Fleet>, tls: &TlsConfig, acme: &AcmeConfig) -> Result<(), String> {
+/// instance's order to end), else at once. With `tls.acme.share`, a fresh
+/// certificate another instance ordered is taken instead, and one ordered
+/// here is kept in etcd for the others.
+async fn order_in(
+    fleet: Option<&Fleet>,
+    tls: &TlsConfig,
+    acme: &AcmeConfig,
+) -> Result<Got, String> {
     let Some(f) = fleet else {
-        return order(tls, acme, None).await;
+        return order(tls, acme, None).await.map(|_| Got::Issued);
     };
     let lease = f.lock().await?;
-    let result = order(tls, acme, Some(f)).await;
+    let result = async {
+        if acme.share {
+            match f.shared(tls, acme).await {
+                Ok(Some(shared)) => {
+                    shared.install(tls)?;
+                    return Ok(Got::Shared);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: the fleet's certificate could not be read; ordering one")
+                }
+            }
+        }
+        let issued = order(tls, acme, Some(f)).await?;
+        if acme.share {
+            if let Err(e) = f.share(acme, &issued).await {
+                tracing::warn!(error = %e, "ACME: the new certificate could not be kept in etcd; the other instances will order their own");
+            }
+        }
+        Ok(Got::Issued)
+    }
+    .await;
     let _ = f.etcd.revoke(lease).await;
     result
 }
@@ -370,6 +467,53 @@ impl Fleet {
             .put(&self.answer_key(domain), &value, lease.id)
             .await
             .map_err(err)?;
+        Ok(())
+    }
+
+    /// The key of the fleet's certificate for `acme`'s domains from its
+    /// directory (a hash: the domains in any order and case are one set).
+    fn certificate_key(&self, acme: &AcmeConfig) -> Vec<u8> {
+        let mut domains: Vec<String> = acme
+            .domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        let mut hash = String::new();
+        crate::tls::sha256_hex(
+            &mut hash,
+            format!("{}\n{}", acme.directory, domains.join(",")).as_bytes(),
+        );
+        format!("{}certificates/{hash}", self.namespace).into_bytes()
+    }
+
+    /// The certificate another instance ordered for `acme`, when it may be
+    /// served now (`None`: none, or it is due too).
+    async fn shared(&self, tls: &TlsConfig, acme: &AcmeConfig) -> Result<Option<Issued>, String> {
+        let (kv, _) = self
+            .etcd
+            .get(&self.certificate_key(acme))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(kv) = kv else { return Ok(None) };
+        let shared: Issued = serde_json::from_slice(&kv.value)
+            .map_err(|e| format!("the fleet's certificate is not mcpflip's: {e}"))?;
+        match shared.fresh(tls, acme) {
+            Ok(true) => Ok(Some(shared)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(format!("the fleet's certificate: {e}")),
+        }
+    }
+
+    /// Keeps `issued` in etcd for the other instances (no lease: it lasts
+    /// until the next order replaces it).
+    async fn share(&self, acme: &AcmeConfig, issued: &Issued) -> Result<(), String> {
+        let value = serde_json::to_vec(issued).map_err(|e| e.to_string())?;
+        self.etcd
+            .put(&self.certificate_key(acme), &value, 0)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 

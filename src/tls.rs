@@ -82,6 +82,19 @@ pub struct AcmeConfig {
     /// as the CA hands it out (base64url).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eab: Option<AcmeEab>,
+    /// In a fleet (`[cluster]`): the issued certificate and its key are kept
+    /// in etcd, so that one order serves every instance (`false`: each
+    /// instance orders its own, and the key never leaves its host).
+    #[serde(default = "default_share", skip_serializing_if = "is_true")]
+    pub share: bool,
+}
+
+fn default_share() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `tls.acme.eab`.
@@ -304,8 +317,12 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 
 /// Reads the PEM certificates of `path` (leaf first).
 pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path, "certificate file")?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
+    parse_chain(&read(path, "certificate file")?, path)
+}
+
+/// The PEM certificates of `pem` (leaf first), read from `path`.
+fn parse_chain(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not a PEM certificate chain: {e}", path.display()))?;
     if chain.is_empty() {
@@ -334,9 +351,25 @@ pub fn load_identity(pair: &CertPair) -> Result<(Arc<CertifiedKey>, Option<i64>)
 }
 
 fn load(pair: &CertPair) -> Result<Loaded, String> {
-    let chain = read_chain(&pair.cert)?;
-    let pem = read(&pair.key, "key file")?;
-    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+    let cert = read(&pair.cert, "certificate file")?;
+    let key = read(&pair.key, "key file")?;
+    load_pem(&cert, &key, pair)
+}
+
+/// The DNS names (and addresses) and the notAfter of a PEM certificate
+/// chain and its PEM key, checked to belong together as `load` checks files
+/// (`pair` names them in errors).
+pub fn pem_identity(
+    cert: &[u8],
+    key: &[u8],
+    pair: &CertPair,
+) -> Result<(Vec<String>, Option<i64>), String> {
+    load_pem(cert, key, pair).map(|l| (l.names, l.not_after))
+}
+
+fn load_pem(cert: &[u8], pem: &[u8], pair: &CertPair) -> Result<Loaded, String> {
+    let chain = parse_chain(cert, &pair.cert)?;
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         format!(
             "{}: no private key in it (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
             pair.key.display()

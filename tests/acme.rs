@@ -382,10 +382,49 @@ async fn a_listener_whose_acme_ca_is_unreachable_serves_a_placeholder_and_says_w
     stop.cancel();
 }
 
+/// Instance `name` of a fleet on `etcd`, on `port`, at home in `d/name`,
+/// with `extra` keys in `tls.acme` (after the e-mail and `renew_before`).
+async fn fleet_instance(
+    d: &Path,
+    name: &str,
+    port: u16,
+    blue: u16,
+    pebble: &Pebble,
+    etcd: &support::etcd::EtcdCluster,
+    extra: &str,
+) -> (
+    support::proc::ProxyProcess,
+    TestConfig,
+    std::net::SocketAddr,
+) {
+    let home = d.join(name);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
+    std::fs::create_dir_all(&home).expect("dir");
+    let cfg = acme_config(
+        &home,
+        port,
+        blue,
+        &pebble.directory,
+        &pebble.https_ca,
+        &format!("email = \"ops@example.test\", renew_before = \"30d\"{extra}"),
+    )
+    .set_str("admin", "addr", admin.to_string())
+    .set("cluster", "etcd", etcd.toml_endpoints())
+    .set_str("cluster", "prefix", "/acme-test")
+    .set_str("cluster", "instance", name)
+    .set_str("cluster", "lease_ttl", "2s");
+    let socket = cfg.socket();
+    let file = cfg.write();
+    let mut proc = support::proc::ProxyProcess::spawn(&file, &socket, &[]);
+    proc.ready().await;
+    (proc, cfg, admin)
+}
+
 /// In a fleet the CA's validation may reach any instance: the instance that
 /// orders publishes its challenge answer through etcd and every instance
 /// serves it. Here Pebble validates on instance B's port only, so instance
-/// A's certificate can come only through B.
+/// A's certificate can come only through B. With `share = false` each
+/// orders its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_fleet_another_instance_answers_the_challenge() {
     let stop = CancellationToken::new();
@@ -398,18 +437,8 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
     let blue = blue(&stop).await;
     let mut procs = Vec::new();
     for (name, port) in [("b", port_b), ("a", port_a)] {
-        let home = d.join(name);
-        std::fs::create_dir_all(&home).expect("dir");
-        let cfg = config(&home, port, blue, &pebble, "30d")
-            .set("admin", "addr", format!("\"127.0.0.1:{}\"", closed_port()))
-            .set("cluster", "etcd", etcd.toml_endpoints())
-            .set_str("cluster", "prefix", "/acme-test")
-            .set_str("cluster", "instance", name)
-            .set_str("cluster", "lease_ttl", "2s");
-        let socket = cfg.socket();
-        let file = cfg.write();
-        let mut proc = support::proc::ProxyProcess::spawn(&file, &socket, &[]);
-        proc.ready().await;
+        let (proc, _, _) =
+            fleet_instance(d, name, port, blue, &pebble, &etcd, ", share = false").await;
         procs.push(proc);
     }
     let a = &procs[1];
@@ -430,7 +459,76 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
         served(port_b, &root).await.is_ok()
     })
     .await;
+    assert_ne!(
+        served(port_a, &root).await.expect("a's"),
+        served(port_b, &root).await.expect("b's"),
+        "with share = false each instance has a certificate of its own"
+    );
     drop(procs);
+    stop.cancel();
+}
+
+/// `tls.acme.share` (the default): the certificate one instance ordered is
+/// kept in etcd, and an instance started later on a fresh disk takes it
+/// instead of ordering: both serve the same certificate, the CA saw one
+/// order, and the second instance's files hold it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_one_order_serves_every_instance() {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let etcd = support::etcd::EtcdCluster::start(1);
+    let (port_a, port_b) = (closed_port(), closed_port());
+    let pebble = Pebble::start(d, port_b).await;
+    let root = pebble.root(d).await;
+    let blue = blue(&stop).await;
+    let (b, _, _) = fleet_instance(d, "b", port_b, blue, &pebble, &etcd, "").await;
+    support::until_async("b's certificate served", || async {
+        served(port_b, &root).await.is_ok()
+    })
+    .await;
+    let (a, a_cfg, a_admin) = fleet_instance(d, "a", port_a, blue, &pebble, &etcd, "").await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while served(port_a, &root).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "instance a never got its certificate; its log:\n{}",
+            a.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        served(port_a, &root).await.expect("a's"),
+        served(port_b, &root).await.expect("b's"),
+        "a serves the certificate b ordered"
+    );
+    assert_eq!(
+        std::fs::read(d.join("a/site.crt")).expect("a's cert"),
+        std::fs::read(d.join("b/site.crt")).expect("b's cert")
+    );
+    assert_eq!(
+        std::fs::read(d.join("a/site.key")).expect("a's key"),
+        std::fs::read(d.join("b/site.key")).expect("b's key")
+    );
+    let status = support::ctl(&a_cfg.socket(), "status").await;
+    assert_eq!(status["acme"]["shared"], 1, "{status}");
+    assert_eq!(status["acme"]["issued"], 0, "{status}");
+    assert!(
+        !d.join("a/site.crt.account.json").exists(),
+        "a never talked to the CA"
+    );
+    let m = support::metrics(a_admin).await;
+    assert_eq!(
+        support::metric(&m, "mcpflip_acme_orders_total{result=\"shared\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        support::metric(&m, "mcpflip_acme_orders_total{result=\"issued\"}"),
+        0,
+        "{m}"
+    );
+    drop((a, b));
     stop.cancel();
 }
 

@@ -94,6 +94,7 @@ fn populated() -> Config {
                         kid: "kid-1".into(),
                         hmac_key_file: p("eab.key"),
                     }),
+                    share: false,
                 }),
             }),
             proxy_protocol: true,

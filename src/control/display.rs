@@ -197,11 +197,15 @@ fn status(s: &Status) -> String {
         let now = crate::control::controller::now_ms();
         let _ = writeln!(
             out,
-            "acme: {} from {}: {} issued, {} failed{}{}",
+            "acme: {} from {}: {} issued, {} failed{}{}{}",
             a.domains.join(", "),
             a.directory,
             a.issued,
             a.failed,
+            match a.shared {
+                0 => String::new(),
+                n => format!(", {n} taken from the fleet"),
+            },
             match &a.error {
                 Some(e) => format!("; last order failed: {e}"),
                 None => String::new(),

@@ -486,9 +486,13 @@ pub struct AcmeStatus {
     pub directory: String,
     /// Orders that ended with a certificate served.
     pub issued: u64,
+    /// Certificates another instance of the fleet ordered, taken instead of
+    /// an order (`tls.acme.share`).
+    #[serde(default)]
+    pub shared: u64,
     /// Orders that failed (tried again later).
     pub failed: u64,
-    /// When the last certificate was issued (ms since the epoch).
+    /// When the last certificate was issued or taken (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_at_ms: Option<u64>,
     /// Why the last order failed, until one succeeds.

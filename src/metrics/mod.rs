@@ -358,9 +358,10 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
         let mut fam = w.family(
             "mcpflip_acme_orders",
             Kind::Counter,
-            "Certificate orders of [listen] tls.acme, by result: issued (served from the next handshake), failed (tried again later)",
+            "Certificate orders of [listen] tls.acme, by result: issued (served from the next handshake), shared (another fleet instance's certificate taken instead), failed (tried again later)",
         );
         fam.counter(&[("result", "issued")], acme.issued);
+        fam.counter(&[("result", "shared")], acme.shared);
         fam.counter(&[("result", "failed")], acme.failed);
     }
     {
