@@ -115,7 +115,7 @@ pub async fn run(ctl: Arc<Controller>, fleet: Option<Fleet>, stop: CancellationT
                         if due_in(&tls, &acme).is_some() {
                             continue;
                         }
-                        tracing::warn!(renew_before = %humantime::format_duration(acme.renew_before), "ACME: the new certificate is due already (renew_before is longer than the CA's certificates last); looking again in 12h");
+                        tracing::warn!(renew_before = ?acme.renew_before.map(humantime::format_duration), "ACME: the new certificate is due already (renew_before is longer than the CA's certificates last); looking again in 12h");
                         CHECK_EVERY
                     }
                     Err(e) => {
@@ -144,23 +144,27 @@ fn due_in(tls: &TlsConfig, acme: &AcmeConfig) -> Option<Duration> {
         cert: tls.cert.clone(),
         key: tls.key.clone(),
     };
-    let (_, not_after) = crate::tls::load_identity(&pair).ok()?;
-    let names = crate::tls::certificate_names(&tls.cert).ok()?;
-    due(&names, not_after, acme)
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+    due(&crate::tls::file_identity(&pair).ok()?, acme, now)
 }
 
-/// How long until a certificate for `names` that ends at `not_after` is due
-/// for renewal (`None`: now, or it is not for every configured domain).
-fn due(names: &[String], not_after: Option<i64>, acme: &AcmeConfig) -> Option<Duration> {
+/// How long after `now` (Unix seconds) a certificate is due for renewal
+/// (`None`: now, or it is not for every configured domain): `renew_before`
+/// its end, or once a third of its lifetime is left.
+fn due(id: &crate::tls::Identity, acme: &AcmeConfig, now: i64) -> Option<Duration> {
     if !acme
         .domains
         .iter()
-        .all(|d| names.iter().any(|n| n.eq_ignore_ascii_case(d)))
+        .all(|d| id.names.iter().any(|n| n.eq_ignore_ascii_case(d)))
     {
         return None;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
-    let due = not_after? - acme.renew_before.as_secs() as i64;
+    let not_after = id.not_after?;
+    let before = match acme.renew_before {
+        Some(r) => r.as_secs() as i64,
+        None => (not_after - id.not_before?) / 3,
+    };
+    let due = not_after - before;
     (due > now).then(|| Duration::from_secs((due - now) as u64).min(CHECK_EVERY))
 }
 
@@ -270,9 +274,12 @@ impl Issued {
             cert: tls.cert.clone(),
             key: tls.key.clone(),
         };
-        let (names, not_after) =
-            crate::tls::pem_identity(self.cert.as_bytes(), self.key.as_bytes(), &pair)?;
-        Ok(due(&names, not_after, acme).is_some())
+        let id = crate::tls::pem_identity(self.cert.as_bytes(), self.key.as_bytes(), &pair)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs() as i64;
+        Ok(due(&id, acme, now).is_some())
     }
 }
 
@@ -653,5 +660,81 @@ impl HttpClient for AcmeHttp {
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
             Ok(BytesResponse::from(resp))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn acme(renew_before: Option<Duration>) -> AcmeConfig {
+        let mut a: AcmeConfig =
+            toml::from_str("domains = [\"mcp.example.com\"]").expect("tls.acme");
+        a.renew_before = renew_before;
+        a
+    }
+
+    fn cert(not_before: i64, not_after: i64) -> crate::tls::Identity {
+        crate::tls::Identity {
+            names: vec!["mcp.example.com".into()],
+            not_before: Some(not_before),
+            not_after: Some(not_after),
+        }
+    }
+
+    #[test]
+    fn by_default_a_certificate_is_renewed_when_a_third_of_its_life_is_left() {
+        let now = 1_800_000_000;
+        let days = |d: i64| Some(Duration::from_secs((d * DAY) as u64).min(CHECK_EVERY));
+        // 90 days, issued 10 days ago: due at day 60, in 50 days (looked at
+        // again within 12 h).
+        assert_eq!(
+            due(&cert(now - 10 * DAY, now + 80 * DAY), &acme(None), now),
+            days(50)
+        );
+        // Let's Encrypt's 6-day certificates: due at day 4, not at once as
+        // a fixed 30 days would have it.
+        let six = cert(now, now + 6 * DAY);
+        assert_eq!(
+            due(&six, &acme(None), now),
+            Some(CHECK_EVERY),
+            "due in 4 days"
+        );
+        assert_eq!(due(&six, &acme(None), now + 4 * DAY), None);
+        assert_eq!(
+            due(&six, &acme(Some(Duration::from_secs(30 * DAY as u64))), now),
+            None
+        );
+        // 45 days with 20 left: due in 5; with 14 left, now.
+        assert_eq!(
+            due(&cert(now - 25 * DAY, now + 20 * DAY), &acme(None), now),
+            Some(Duration::from_secs(5 * DAY as u64)).map(|d| d.min(CHECK_EVERY))
+        );
+        assert_eq!(
+            due(&cert(now - 31 * DAY, now + 14 * DAY), &acme(None), now),
+            None
+        );
+        // renew_before, when set, is what counts.
+        assert_eq!(
+            due(
+                &cert(now - 10 * DAY, now + 80 * DAY),
+                &acme(Some(Duration::from_secs(79 * DAY as u64))),
+                now
+            ),
+            days(1)
+        );
+    }
+
+    #[test]
+    fn a_certificate_not_for_every_domain_is_due() {
+        let now = 1_800_000_000;
+        let mut a = acme(None);
+        a.domains.push("other.example.com".into());
+        assert_eq!(due(&cert(now, now + 90 * DAY), &a, now), None);
+        a.domains.pop();
+        a.domains[0] = "MCP.example.com".into();
+        assert!(due(&cert(now, now + 90 * DAY), &a, now).is_some());
     }
 }

@@ -70,13 +70,15 @@ pub struct AcmeConfig {
     /// (a private ACME CA); the system's roots otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_ca: Option<PathBuf>,
-    /// How long before its end a certificate is renewed.
+    /// How long before its end a certificate is renewed (`None`: when a
+    /// third of its lifetime is left, as Caddy does).
     #[serde(
-        default = "default_renew_before",
+        default,
         deserialize_with = "humantime_duration",
-        serialize_with = "humantime_out"
+        serialize_with = "humantime_out",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub renew_before: std::time::Duration,
+    pub renew_before: Option<std::time::Duration>,
     /// External account binding, for a CA that asks for one (ZeroSSL,
     /// Google Trust Services): the key id and a file holding the HMAC key
     /// as the CA hands it out (base64url).
@@ -137,19 +139,23 @@ fn default_acme_directory() -> String {
     LETS_ENCRYPT.to_owned()
 }
 
-fn default_renew_before() -> std::time::Duration {
-    std::time::Duration::from_secs(30 * 24 * 3600)
-}
-
 fn humantime_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> Result<std::time::Duration, D::Error> {
+) -> Result<Option<std::time::Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
-fn humantime_out<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
+fn humantime_out<S: serde::Serializer>(
+    d: &Option<std::time::Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 impl AcmeConfig {
@@ -181,7 +187,10 @@ impl AcmeConfig {
                 self.directory
             ));
         }
-        if self.renew_before < std::time::Duration::from_secs(3600) {
+        if self
+            .renew_before
+            .is_some_and(|r| r < std::time::Duration::from_secs(3600))
+        {
             return Err("tls.acme.renew_before: at least 1h".into());
         }
         if let Some(eab) = &self.eab {
@@ -227,6 +236,7 @@ fn acme_placeholder(acme: &AcmeConfig) -> Result<Loaded, String> {
         key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing)),
         names: acme.domains.clone(),
         not_after: None,
+        not_before: None,
     })
 }
 
@@ -297,6 +307,19 @@ struct Loaded {
     names: Vec<String>,
     /// The leaf's notAfter, seconds since the Unix epoch (`None`: unparsable).
     not_after: Option<i64>,
+    /// The leaf's notBefore, likewise.
+    not_before: Option<i64>,
+}
+
+/// What a certificate and its key are for, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// DNS names (and IP addresses, as text) of the leaf.
+    pub names: Vec<String>,
+    /// The leaf's notBefore and notAfter, seconds since the Unix epoch
+    /// (`None`: unparsable).
+    pub not_before: Option<i64>,
+    pub not_after: Option<i64>,
 }
 
 /// A certificate the listener serves, for `mcpflip_certificate_expiry_timestamp_seconds`.
@@ -356,15 +379,21 @@ fn load(pair: &CertPair) -> Result<Loaded, String> {
     load_pem(&cert, &key, pair)
 }
 
-/// The DNS names (and addresses) and the notAfter of a PEM certificate
-/// chain and its PEM key, checked to belong together as `load` checks files
-/// (`pair` names them in errors).
-pub fn pem_identity(
-    cert: &[u8],
-    key: &[u8],
-    pair: &CertPair,
-) -> Result<(Vec<String>, Option<i64>), String> {
-    load_pem(cert, key, pair).map(|l| (l.names, l.not_after))
+/// What a PEM certificate chain and its PEM key are for, checked to belong
+/// together as `load` checks files (`pair` names them in errors).
+pub fn pem_identity(cert: &[u8], key: &[u8], pair: &CertPair) -> Result<Identity, String> {
+    load_pem(cert, key, pair).map(|l| Identity {
+        names: l.names,
+        not_before: l.not_before,
+        not_after: l.not_after,
+    })
+}
+
+/// [`pem_identity`] of the files of `pair`.
+pub fn file_identity(pair: &CertPair) -> Result<Identity, String> {
+    let cert = read(&pair.cert, "certificate file")?;
+    let key = read(&pair.key, "key file")?;
+    pem_identity(&cert, &key, pair)
 }
 
 fn load_pem(cert: &[u8], pem: &[u8], pair: &CertPair) -> Result<Loaded, String> {
@@ -387,17 +416,18 @@ fn load_pem(cert: &[u8], pem: &[u8], pair: &CertPair) -> Result<Loaded, String> 
             pair.cert.display()
         )
     })?;
-    let (names, not_after) = inspect(&key.cert[0], &pair.cert);
+    let (names, validity) = inspect(&key.cert[0], &pair.cert);
     Ok(Loaded {
         key: Arc::new(key),
         names,
-        not_after,
+        not_after: validity.map(|v| v.1),
+        not_before: validity.map(|v| v.0),
     })
 }
 
 /// Warns about a certificate outside its validity period; returns its names
-/// and its notAfter.
-fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> (Vec<String>, Option<i64>) {
+/// and its notBefore and notAfter.
+fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> (Vec<String>, Option<(i64, i64)>) {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
         tracing::warn!(cert = %path.display(), "cannot parse the certificate to check its dates and names");
         return (Vec::new(), None);
@@ -432,7 +462,13 @@ fn inspect(leaf: &CertificateDer<'_>, path: &Path) -> (Vec<String>, Option<i64>)
             }
         }
     }
-    (names, Some(validity.not_after.timestamp()))
+    (
+        names,
+        Some((
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        )),
+    )
 }
 
 /// Picks a certificate by SNI name (exact, then `*.` wildcard); the default otherwise.

@@ -89,7 +89,7 @@ fn populated() -> Config {
                     email: Some("ops@example.com".into()),
                     directory: mcpflip::tls::LETS_ENCRYPT.into(),
                     directory_ca: Some(p("acme-ca.crt")),
-                    renew_before: Duration::from_secs(30 * 86_400),
+                    renew_before: Some(Duration::from_secs(30 * 86_400)),
                     eab: Some(mcpflip::tls::AcmeEab {
                         kid: "kid-1".into(),
                         hmac_key_file: p("eab.key"),
