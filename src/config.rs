@@ -396,6 +396,11 @@ pub struct ProxyConfig {
     /// (`replace`), or none of the three (`off`).
     #[serde(default)]
     pub x_forwarded: XForwarded,
+    /// Give every request an id (nginx's `$request_id`): sent to the slot and
+    /// back to the client in `X-Request-Id`, and written in the access log.
+    /// A trusted proxy's own id is kept; any other client's is replaced.
+    #[serde(default)]
+    pub request_id: bool,
     /// The addresses (or address blocks) of the load balancers in front of
     /// the proxy, whose `X-Forwarded-*` headers are believed (nginx's
     /// `set_real_ip_from`, Caddy's `trusted_proxies`). Empty (the default):
@@ -773,6 +778,7 @@ section_default!(LogConfig {
 section_default!(ProxyConfig {
     preserve_host: false,
     x_forwarded: XForwarded::Append,
+    request_id: false,
     trusted_proxies: Vec::new(),
     client_ip_header: None,
     allowed_clients: None,
@@ -1671,9 +1677,14 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "  proxy         preserve_host {}, x_forwarded {}, connect timeout {}, header read timeout {}",
+            "  proxy         preserve_host {}, x_forwarded {}{}, connect timeout {}, header read timeout {}",
             self.proxy.preserve_host,
             self.proxy.x_forwarded.as_str(),
+            if self.proxy.request_id {
+                ", request_id (X-Request-Id)"
+            } else {
+                ""
+            },
             d(self.proxy.connect_timeout),
             d(self.proxy.header_read_timeout)
         );

@@ -779,6 +779,7 @@ fn lines_as_the_map(
         forwarded_proto: HeaderValue::from_static("http"),
         forwarded_for: HeaderValue::from_static("192.0.2.7"),
         client_cert: Some(HeaderValue::from_static("Hash=00")),
+        request_id: Some(HeaderValue::from_static("0123456789abcdef0123456789abcdef")),
         cut: Some((crate::mcp::headers::MCP_SESSION_ID, 3)),
         lines: None,
     };

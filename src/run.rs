@@ -273,6 +273,7 @@ pub async fn start_with(
         tables: Arc::clone(&controller.tables),
         preserve_host: proxy_cfg.preserve_host,
         x_forwarded: proxy_cfg.x_forwarded,
+        request_id: proxy_cfg.request_id,
         trusted: crate::proxy::trusted::Trusted::new(&proxy_cfg.trusted_proxies),
         proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
         sse_keepalive: proxy_cfg.sse_keepalive,

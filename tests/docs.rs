@@ -146,6 +146,7 @@ fn populated() -> Config {
         proxy: ProxyConfig {
             preserve_host: true,
             x_forwarded: mcpflip::config::XForwarded::Off,
+            request_id: true,
             trusted_proxies: vec!["10.0.0.0/8".parse().expect("address block")],
             client_ip_header: Some("X-Real-IP".into()),
             allowed_clients: Some(vec!["192.0.2.0/24".parse().expect("address block")]),

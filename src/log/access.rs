@@ -41,6 +41,8 @@ pub const MAX_SLOT: usize = 32;
 pub const MAX_MCP_METHOD: usize = 48;
 /// A client certificate's SHA-256, in hex.
 pub const CERT_HASH: usize = 64;
+/// The longest `X-Request-Id` kept (`proxy::forward::request_id`).
+pub const MAX_REQUEST_ID: usize = 64;
 
 /// How often the writer drains the queue: the most a line waits, and what
 /// the queue must hold at the highest request rate (16,384 lines in 20 ms is
@@ -157,6 +159,8 @@ pub struct Record {
     /// The SHA-256 (hex) of the certificate the client presented on this
     /// connection (`[listen] tls.client_ca`); empty when none.
     pub client_cert: Inline<CERT_HASH>,
+    /// `X-Request-Id` (`[proxy] request_id`); empty when off.
+    pub request_id: Inline<MAX_REQUEST_ID>,
     pub method: Method,
     /// The path without its query (which may carry a legacy session id).
     pub path: Inline<MAX_PATH>,
@@ -183,6 +187,7 @@ impl Record {
             remote_addr,
             client_ip: None,
             client_cert: Inline::EMPTY,
+            request_id: Inline::EMPTY,
             method,
             path: Inline::new(path),
             status: 0,
@@ -664,6 +669,10 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
         out.extend_from_slice(r.client_cert.as_bytes());
         out.push(b'"');
     }
+    if !r.request_id.is_empty() {
+        key(out, REQUEST_ID);
+        quoted(out, r.request_id.as_bytes());
+    }
     key(out, METHOD);
     // A method is a token (RFC 9110): no quote, backslash or control byte.
     trusted(out, json, r.method.as_str());
@@ -720,6 +729,7 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
 type Key = (&'static [u8], &'static [u8]);
 const CLIENT_IP: Key = (b" client_ip=", b",\"client_ip\":");
 const CLIENT_CERT: Key = (b" client_cert=", b",\"client_cert\":");
+const REQUEST_ID: Key = (b" request_id=", b",\"request_id\":");
 const METHOD: Key = (b" method=", b",\"method\":");
 const PATH: Key = (b" path=", b",\"path\":");
 const STATUS: Key = (b" status=", b",\"status\":");
@@ -820,6 +830,27 @@ mod tests {
         }
         let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
         assert_eq!(v["client_cert"], hash);
+    }
+
+    #[test]
+    fn request_id_is_written_quoted_and_escaped_when_set() {
+        let mut r = record();
+        let mut out = Vec::new();
+        format(&mut out, &r, Style::Json, &mut Clock::new());
+        assert!(!String::from_utf8_lossy(&out).contains("request_id"));
+        // A trusted proxy's id is visible ASCII, quotes included.
+        r.request_id = Inline::new("lb\"1");
+        for (style, want) in [
+            (Style::Text, " request_id=\"lb\\\"1\" method=POST "),
+            (Style::Json, ",\"request_id\":\"lb\\\"1\",\"method\":"),
+        ] {
+            out.clear();
+            format(&mut out, &r, style, &mut Clock::new());
+            let line = String::from_utf8(out.clone()).expect("utf-8");
+            assert!(line.contains(want), "{line}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(v["request_id"], "lb\"1");
     }
 
     #[test]

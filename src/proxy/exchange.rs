@@ -94,6 +94,17 @@ impl Exchange {
         }
     }
 
+    /// The request's `X-Request-Id` (`[proxy] request_id`): the line's
+    /// `request_id`.
+    pub fn request_id(&mut self, value: &http::HeaderValue) {
+        if let Some(l) = self.line.as_mut() {
+            // Visible ASCII (`forward::request_id`).
+            if let Ok(id) = value.to_str() {
+                l.request_id = crate::log::access::Inline::new(id);
+            }
+        }
+    }
+
     /// Whether the request's `Mcp-Method` is `tools/call` (read once, at the start).
     pub fn is_tools_call(&self) -> bool {
         self.mcp_method.is_some_and(method::is_tools_call)

@@ -40,7 +40,7 @@ use crate::table::{Slot, Tables};
 use crate::upstream::client::{Answer, Wait};
 use crate::upstream::h1::{
     ProxyHeaders, XForwarded, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR, X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
+    X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::upstream::lines::{into_map_headers, BadLine, LineKind, RawHeaders};
 use crate::upstream::{BodyState, ForwardBody, RequestBody, SendError, UpstreamError};
@@ -55,6 +55,8 @@ pub struct Forwarder {
     pub preserve_host: bool,
     /// Which forwarding headers go out (`[proxy] x_forwarded`).
     pub x_forwarded: XForwarded,
+    /// Every request gets an id in `X-Request-Id` (`[proxy] request_id`).
+    pub request_id: bool,
     /// The load balancers whose `X-Forwarded-*` are believed
     /// (`[proxy] trusted_proxies`).
     pub trusted: Trusted,
@@ -110,6 +112,8 @@ struct Read {
     host: Option<HeaderValue>,
     last_event_id: Option<HeaderValue>,
     era: Era,
+    /// `X-Request-Id` (`[proxy] request_id`).
+    request_id: Option<HeaderValue>,
 }
 
 /// Where `send_to` sends a request, and what the one pass over its headers
@@ -132,6 +136,8 @@ struct Routed {
     /// The client's connection is served by [`crate::proxy::h1`], which
     /// writes an answer's header lines as the slot sent them.
     own_h1: bool,
+    /// `X-Request-Id` (`[proxy] request_id`).
+    request_id: Option<HeaderValue>,
 }
 
 /// The client end of a connection, made once per connection: its address, its
@@ -199,6 +205,10 @@ impl Forwarder {
                 if let Some(cert) = peer.conn.client_cert() {
                     exchange.client_cert(cert);
                 }
+                let request_id = self.request_id.then(|| request_id(&req, peer));
+                if let Some(id) = &request_id {
+                    exchange.request_id(id);
+                }
                 let decided = self.decide(&req, &scan, peer, client);
                 // A session that moves is of the session era; `site` is known
                 // here for the rest.
@@ -217,9 +227,11 @@ impl Forwarder {
                     host: scan.host,
                     last_event_id: scan.last_event_id,
                     era,
+                    request_id,
                 };
                 (decided, exchange, read)
             };
+            let request_id = read.request_id.clone();
             let mut resp = 'answer: {
                 let (slot, site, moved, client_sid) = match decided {
                     Decided::Answer(resp) => break 'answer *resp,
@@ -255,9 +267,21 @@ impl Forwarder {
                     last_event_id: read.last_event_id,
                     h1: req.version() < http::Version::HTTP_2,
                     own_h1: matches!(req.body(), RequestBody::Read { .. }),
+                    request_id: read.request_id,
                 };
                 self.send_to(req, peer, &mut exchange, routed).await
             };
+            if let Some(id) = request_id {
+                // Back to the client, the proxy's own answers included; a
+                // slot that echoes the id keeps its line (the same id).
+                let echoed = resp
+                    .body()
+                    .raw_headers()
+                    .is_some_and(|r| r.values_named(b"x-request-id").next().is_some());
+                if !echoed {
+                    resp.headers_mut().insert(X_REQUEST_ID, id);
+                }
+            }
             exchange.respond(&resp, resp.body().raw_headers());
             resp.body_mut().attach(exchange);
             resp
@@ -502,6 +526,7 @@ impl Forwarder {
             last_event_id,
             h1,
             own_h1,
+            request_id,
         } = routed;
         async move {
             let method = req.method().clone();
@@ -564,6 +589,7 @@ impl Forwarder {
             let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
             let mut proxy = self.rewrite_request(&mut req, host, &slot, peer);
+            proxy.request_id = request_id;
             proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
             let (head, body) = req.into_parts();
             // Migration on: a small POST is read whole (see `buffer_body`).
@@ -1091,12 +1117,36 @@ impl Forwarder {
             forwarded_proto,
             forwarded_for,
             client_cert,
+            request_id: None,
             cut: None,
             // Written upstream in place of the map, which holds only the
             // lines read here.
             lines: req.body_mut().take_lines(),
         }
     }
+}
+
+/// A request's id (`[proxy] request_id`): the `X-Request-Id` a trusted
+/// proxy sent (1 to 64 visible ASCII bytes), so that one id follows the
+/// request through both; else a new one, 128 random bits in hex as nginx's
+/// `$request_id` (not a secret: any client sees its own).
+fn request_id(req: &Request<RequestBody>, peer: &Peer) -> HeaderValue {
+    if peer.trusted {
+        let sent = RequestBody::first_value(req, LineKind::XRequestId, &X_REQUEST_ID).filter(|v| {
+            (1..=crate::log::access::MAX_REQUEST_ID).contains(&v.len())
+                && v.iter().all(u8::is_ascii_graphic)
+        });
+        if let Some(v) = sent.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+            return v;
+        }
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = HEX[(n >> (124 - 4 * i) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 impl Forwarder {

@@ -222,6 +222,9 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The client's TLS certificate, as the proxy verified it (Envoy's format).
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// The request's id (`[proxy] request_id`; de facto, as nginx's examples,
+/// Envoy and Heroku name it).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The headers the proxy sets on a request it forwards, written by
 /// [`encode_head`] in place of any of the same name the client sent: what a
@@ -246,6 +249,8 @@ pub struct ProxyHeaders {
     /// `tls.client_ca`, or what a trusted proxy said of its client's. The
     /// client's own never goes out.
     pub client_cert: Option<HeaderValue>,
+    /// `X-Request-Id` (`[proxy] request_id`), in place of the client's.
+    pub request_id: Option<HeaderValue>,
     /// The first header of this name goes out without its first this many
     /// bytes (a session tag, which the map keeps: the answer reuses it).
     pub cut: Option<(HeaderName, usize)>,
@@ -319,6 +324,7 @@ pub fn encode_head(
             + p.forwarded_proto.len()
             + p.forwarded_for.len()
             + p.client_cert.as_ref().map_or(0, |c| c.len() + 28)
+            + p.request_id.as_ref().map_or(0, |c| c.len() + 16)
             + 80
     });
     out.reserve(method.as_str().len() + target.len() + size + host.len() + extra + 64 + room);
@@ -335,6 +341,8 @@ pub fn encode_head(
     // after the other lines, by a second pass only then.
     let mut prior_for = false;
     let mut cut = proxy.and_then(|p| p.cut.as_ref());
+    // The client's `X-Request-Id` gives way to the proxy's.
+    let own_id = proxy.is_some_and(|p| p.request_id.is_some());
     if let (Some(lines), Some(_)) = (lines, proxy) {
         let mut copy = lines.copier();
         for line in lines.iter() {
@@ -350,6 +358,7 @@ pub fn encode_head(
                     prior_for = true;
                     continue;
                 }
+                LineKind::XRequestId if own_id => continue,
                 // None comes with the lines (`proxy::h1` keeps them only
                 // then); never passed on.
                 k if k.is_hop_by_hop() => continue,
@@ -380,6 +389,9 @@ pub fn encode_head(
                 prior_for = true;
                 continue;
             }
+            if own_id && name == X_REQUEST_ID {
+                continue;
+            }
             if let Some((_, n)) = cut.filter(|(c, _)| c == name) {
                 cut = None;
                 let v = value.as_bytes();
@@ -391,6 +403,9 @@ pub fn encode_head(
     }
     if let Some(cert) = proxy.and_then(|p| p.client_cert.as_ref()) {
         put(out, b"x-forwarded-client-cert", cert.as_bytes());
+    }
+    if let Some(id) = proxy.and_then(|p| p.request_id.as_ref()) {
+        put(out, b"x-request-id", id.as_bytes());
     }
     if let Some(p) = proxy.filter(|p| p.x_forwarded != XForwarded::Off) {
         if let Some(h) = &p.forwarded_host {
@@ -1252,6 +1267,7 @@ mod tests {
             forwarded_proto: HeaderValue::from_static("https"),
             forwarded_for: HeaderValue::from_static("192.0.2.7"),
             client_cert: None,
+            request_id: None,
             cut: None,
             lines: None,
         };
@@ -1272,6 +1288,29 @@ mod tests {
             proxied(&headers, &with_cert),
             "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
              x-forwarded-client-cert: Hash=ab;Subject=\"CN=c\"\r\n\r\n"
+        );
+        // `[proxy] request_id`: the proxy's id in place of the client's;
+        // without it the client's passes as any header.
+        let mut with_id = headers.clone();
+        with_id.insert("x-request-id", HeaderValue::from_static("the-client's"));
+        let own_id = ProxyHeaders {
+            request_id: Some(HeaderValue::from_static("0123abcd")),
+            x_forwarded: XForwarded::Off,
+            ..proxy.clone()
+        };
+        assert_eq!(
+            proxied(&with_id, &own_id),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
+             x-request-id: 0123abcd\r\n\r\n"
+        );
+        let passed = ProxyHeaders {
+            x_forwarded: XForwarded::Off,
+            ..proxy.clone()
+        };
+        assert_eq!(
+            proxied(&with_id, &passed),
+            "GET /mcp HTTP/1.1\r\nhost: slot:3001\r\naccept: */*\r\n\
+             x-request-id: the-client's\r\n\r\n"
         );
         // The client's address alone, or none of the three: the client's
         // own dropped either way.

@@ -91,6 +91,7 @@ pub enum LineKind {
     XForwardedHost,
     XForwardedProto,
     XForwardedClientCert,
+    XRequestId,
     Expect,
 }
 
@@ -109,6 +110,7 @@ impl LineKind {
             10 if is("keep-alive") => LineKind::HopByHop,
             10 if is("mcp-method") => LineKind::McpMethod,
             12 if is("content-type") => LineKind::ContentType,
+            12 if is("x-request-id") => LineKind::XRequestId,
             13 if is("last-event-id") => LineKind::LastEventId,
             14 if is("content-length") => LineKind::ContentLength,
             14 if is("mcp-session-id") => LineKind::SessionId,
