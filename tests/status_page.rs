@@ -7,6 +7,9 @@
 //!   phases and events; the page asks nothing of anyone but the admin
 //!   listener, throws nothing, and its CSP holds. Screenshots are left in
 //!   `target/tmp/status-page/`;
+//! - in a fleet (two instances, a real etcd), the page lists the instances
+//!   and their counts, and a drain counts the streams another instance
+//!   holds (in Chromium and without JavaScript);
 //! - without JavaScript (a plain GET) the page holds the same state,
 //!   server-rendered, and a meta refresh;
 //! - the `/events` feed outlives the admin listener's header timeout, ends at
@@ -242,6 +245,118 @@ fn a_deploy_shows_live_in_chromium_blue_draining_then_drained_then_green_serving
     );
     drop(b);
     assert!(proxy.terminate().success(), "{}", proxy.stderr());
+}
+
+/// In a fleet the page shows every instance's counts, and a drain counts
+/// the streams the fleet holds: here a legacy SSE session held on blue
+/// through edge-2 keeps the drain of a deploy run on edge-1 open, and
+/// edge-1's page (in Chromium, and without JavaScript) says so, "1 live
+/// stream in the fleet (0 here)", not the "0 live streams" of edge-1 alone.
+#[test]
+fn in_a_fleet_the_page_shows_the_instances_and_the_fleets_streams_on_the_drain() {
+    let chromium = browser::chromium();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let h = rt.block_on(Harness::new());
+    let etcd = support::etcd::EtcdCluster::start(1);
+    let mut instances = Vec::new();
+    for n in 1..=2 {
+        let dir = h.dir.path().join(format!("edge-{n}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (public, admin) = (support::closed_port(), support::closed_port());
+        let cfg = support::TestConfig::blue_green(&dir, h.blue, h.green)
+            .listen_port(public)
+            .set_str("admin", "addr", format!("127.0.0.1:{admin}"))
+            .set_str("drain", "deadline", "2m")
+            .set_str("watch", "window", "1s")
+            .set_str("watch", "interval", "500ms")
+            .set("cluster", "etcd", etcd.toml_endpoints())
+            .set_str("cluster", "prefix", "/page-test")
+            .set_str("cluster", "instance", format!("edge-{n}"))
+            .set_str("cluster", "lease_ttl", "2s");
+        let socket = cfg.socket();
+        let path = cfg.write();
+        let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+        proxy.wait_ready();
+        instances.push((proxy, socket, public, admin));
+    }
+    let client = http_client();
+    let page = format!("http://127.0.0.1:{}/", instances[0].3);
+
+    // A session held open on blue through edge-2.
+    let session = rt
+        .block_on(SseSession::open(
+            &client,
+            &format!("http://127.0.0.1:{}", instances[1].2),
+        ))
+        .expect("a legacy SSE session through edge-2");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = Browser::start(&chromium, dir.path()).expect("chromium starts");
+    b.navigate(&page).expect("open the page");
+    b.until(
+        "both instances on edge-1's page, edge-2 holding blue's stream",
+        "document.querySelector('#conn')?.dataset.conn === 'live' \
+         && document.querySelector('#fleet .fleet-head b')?.textContent === 'edge-1' \
+         && !!document.querySelector('#fleet .etcd.up') \
+         && document.querySelector('#instances tr[data-instance=\"edge-1\"] .name')?.textContent === 'edge-1 (this one)' \
+         && document.querySelector('#instances tr[data-instance=\"edge-2\"] td[data-slot=blue]')?.textContent === '1 / 0' \
+         && document.querySelector('#instances tr.total td[data-slot=blue]')?.textContent === '1 / 0'",
+        "document.querySelector('#fleet')?.innerText",
+    )
+    .expect("the fleet section");
+
+    let socket = instances[0].1.clone();
+    let deploy = std::thread::spawn(move || proc::ctl(&socket, &["deploy", "green"]));
+    b.until(
+        "blue draining on edge-1, held open by edge-2's stream",
+        "document.querySelector('#drains .drain[data-slot=blue] .live')?.textContent === '1 live stream in the fleet (0 here)' \
+         && document.querySelector('#deploy li[data-phase=drain][data-state=active] .detail')?.textContent.startsWith('blue: 1 live stream in the fleet (0 here), ') \
+         && document.querySelector('#fleet .lock')?.textContent === 'edge-1'",
+        SHOW,
+    )
+    .expect("the fleet's drain");
+    let html = rt.block_on(get_text(&client, &page));
+    for want in [
+        "<section id=\"fleet-section\">",
+        "<tr data-instance=\"edge-2\">",
+        "<span class=\"live\">1 live stream in the fleet (0 here)</span>",
+    ] {
+        assert!(html.contains(want), "no {want} in the plain page:\n{html}");
+    }
+    std::fs::create_dir_all(shots()).expect("screenshot dir");
+    b.screenshot(&shots().join("fleet-draining.png"))
+        .expect("screenshot while draining");
+
+    // edge-2's page shows the deploy edge-1 runs, and who runs it.
+    let other = rt.block_on(get_text(
+        &client,
+        &format!("http://127.0.0.1:{}/", instances[1].3),
+    ));
+    assert!(
+        other.contains(" · by <b class=\"by\">edge-1</b>"),
+        "edge-2's page:\n{other}"
+    );
+
+    // The stream ends: the fleet's drain completes.
+    rt.block_on(async move { drop(session) });
+    b.until(
+        "blue drained, the deploy passed",
+        "!!document.querySelector('tr[data-slot=blue][data-state=drained]') \
+         && document.querySelector('#deploy .deploy-head')?.dataset.phase === 'passed'",
+        SHOW,
+    )
+    .expect("the deploy passed");
+    let run = deploy.join().expect("the ctl thread");
+    assert!(run.ok(), "ctl deploy failed: {run:?}");
+    assert!(b.seen.errors.is_empty(), "{:?}", b.seen.errors);
+    drop(b);
+    for (mut p, ..) in instances {
+        assert!(p.terminate().success(), "{}", p.stderr());
+    }
 }
 
 async fn get(

@@ -102,6 +102,13 @@ impl Page<'_> {
         );
         o.push_str("<section id=\"slots-section\">\n<h2>Slots</h2>\n");
         slots(s, &mut o);
+        if s.cluster.is_some() {
+            o.push_str(
+                "</section>\n<section id=\"fleet-section\">\n<h2>Fleet</h2>\n<div id=\"fleet\">\n",
+            );
+            fleet(s, &mut o);
+            o.push_str("</div>\n");
+        }
         o.push_str(
             "</section>\n<section id=\"drain-section\">\n<h2>Drain</h2>\n<div id=\"drains\">\n",
         );
@@ -145,17 +152,109 @@ fn slots(s: &Status, o: &mut String) {
     o.push_str("</tbody>\n</table>\n");
 }
 
+/// What a drain of `slot` waits for: this instance's live streams and
+/// requests in flight, and in a fleet every other instance's as it
+/// published them (`(live, in flight, this instance's live)`; app.js's
+/// `drainCounts` is the same).
+fn drain_counts(s: &Status, slot: &str) -> (u64, u64, Option<u64>) {
+    let here = s.slots.iter().find(|x| x.name == slot);
+    let (live, inflight) = here.map_or((0, 0), |x| (x.live_streams, x.inflight));
+    let Some(c) = &s.cluster else {
+        return (live, inflight, None);
+    };
+    let (mut all_live, mut all_inflight) = (live, inflight);
+    for i in c.instances.iter().filter(|i| i.name != c.instance) {
+        for x in i.slots.iter().filter(|x| x.slot == slot) {
+            all_live += x.live_streams;
+            all_inflight += x.inflight;
+        }
+    }
+    (all_live, all_inflight, Some(live))
+}
+
+/// The live streams of a drain as the page writes them: `1 live stream`,
+/// in a fleet `3 live streams in the fleet (1 here)`.
+fn live_text(live: u64, here: Option<u64>) -> String {
+    let n = count(live, "live stream", "live streams");
+    match here {
+        Some(h) => format!("{n} in the fleet ({h} here)"),
+        None => n,
+    }
+}
+
+/// The fleet (`[cluster]`): this instance, etcd, the table's revision, the
+/// deploy lock, and each live instance's counts per slot with their sums.
+fn fleet(s: &Status, o: &mut String) {
+    let Some(c) = &s.cluster else { return };
+    let etcd = if c.connected {
+        "<span class=\"etcd up\">connected</span>".to_owned()
+    } else {
+        format!(
+            "<span class=\"etcd down\">unreachable{}</span>",
+            c.disconnected_since_ms
+                .map(|t| format!(" since {}", clock(t)))
+                .unwrap_or_default()
+        )
+    };
+    let _ = writeln!(
+        o,
+        "<p class=\"fleet-head\" data-connected=\"{}\">this instance <b>{}</b> · etcd {etcd} · \
+         table revision {} · deploy lock <b class=\"lock\">{}</b></p>",
+        c.connected,
+        esc(&c.instance),
+        c.revision,
+        esc(c.deploy_lock.as_deref().unwrap_or("free")),
+    );
+    o.push_str(
+        "<table id=\"instances\">\n<thead><tr><th>instance</th><th class=\"num\">counts from</th>",
+    );
+    for x in &s.slots {
+        let _ = write!(
+            o,
+            "<th class=\"num\">{} live / in flight</th>",
+            esc(&x.name)
+        );
+    }
+    o.push_str("</tr></thead>\n<tbody>\n");
+    let cells = |o: &mut String, counts: &[crate::control::protocol::SlotCounts]| {
+        for x in &s.slots {
+            let (live, inflight) = counts
+                .iter()
+                .find(|y| y.slot == x.name)
+                .map_or((0, 0), |y| (y.live_streams, y.inflight));
+            let _ = write!(
+                o,
+                "<td class=\"num\" data-slot=\"{}\">{live} / {inflight}</td>",
+                esc(&x.name)
+            );
+        }
+    };
+    for i in &c.instances {
+        let _ = write!(
+            o,
+            "<tr data-instance=\"{n}\"><td class=\"name\">{n}{}</td><td class=\"num age\">{} ago</td>",
+            if i.name == c.instance { " (this one)" } else { "" },
+            dur(i.lease_age_ms),
+            n = esc(&i.name),
+        );
+        cells(o, &i.slots);
+        o.push_str("</tr>\n");
+    }
+    o.push_str("<tr class=\"total\" data-instance=\"\"><td class=\"name\">fleet</td><td></td>");
+    cells(o, &c.totals);
+    o.push_str("</tr>\n</tbody>\n</table>\n");
+}
+
 fn drains(s: &Status, o: &mut String) {
     for d in &s.drains {
-        let slot = s.slots.iter().find(|x| x.name == d.slot);
-        let (live, inflight) = slot.map_or((0, 0), |x| (x.live_streams, x.inflight));
+        let (live, inflight, here) = drain_counts(s, &d.slot);
         let _ = writeln!(
             o,
             "<div class=\"drain\" data-slot=\"{n}\">\n<p class=\"drain-head\"><b>{n}</b> \
              <span class=\"live\">{}</span>, <span class=\"inflight\">{} in flight</span></p>\n\
              <p class=\"clock\"><meter min=\"0\" max=\"{}\" value=\"{}\"></meter> \
              <span>{} of {} deadline</span></p>\n</div>",
-            count(live, "live stream", "live streams"),
+            esc(&live_text(live, here)),
             inflight,
             d.deadline_ms,
             d.elapsed_ms.min(d.deadline_ms),
@@ -275,14 +374,10 @@ fn phases(d: &DeployStatus, s: &Status) -> Vec<Phase> {
             if let Some(x) = d.drained.iter().find(|x| &x.slot == slot) {
                 texts.push(drained_text(x));
             } else if let Some(r) = s.drains.iter().find(|r| &r.slot == slot) {
-                let live = s
-                    .slots
-                    .iter()
-                    .find(|x| &x.name == slot)
-                    .map_or(0, |x| x.live_streams);
+                let (live, _, here) = drain_counts(s, slot);
                 texts.push(format!(
                     "{slot}: {}, {} of {}",
-                    count(live, "live stream", "live streams"),
+                    live_text(live, here),
                     dur(r.elapsed_ms),
                     dur(r.deadline_ms)
                 ));
@@ -367,14 +462,44 @@ fn phases(d: &DeployStatus, s: &Status) -> Vec<Phase> {
     out
 }
 
+/// The deploy the page shows: this instance's, or in a fleet the fleet's
+/// last when it is newer (another instance ran it), with who ran it and
+/// whether it was orphaned (app.js's `shownDeploy` is the same).
+fn shown_deploy(
+    s: &Status,
+) -> Option<(
+    &DeployStatus,
+    Option<&crate::control::protocol::FleetDeploy>,
+)> {
+    let fleet = s.cluster.as_ref().and_then(|c| c.deploy.as_ref());
+    match (&s.deploy, fleet) {
+        (Some(d), Some(f)) if f.status.started_at > d.started_at => Some((&f.status, Some(f))),
+        (Some(d), _) => Some((d, None)),
+        (None, Some(f)) => Some((&f.status, Some(f))),
+        (None, None) => None,
+    }
+}
+
 fn deploy(s: &Status, o: &mut String) {
-    let Some(d) = &s.deploy else {
+    let Some((d, fleet)) = shown_deploy(s) else {
         o.push_str("<p class=\"none\">No deploy since the proxy started.</p>\n");
         return;
     };
+    let by = match fleet {
+        Some(f) => format!(
+            " · by <b class=\"by\">{}</b>{}",
+            esc(&f.by),
+            if f.orphaned {
+                " <span class=\"badge orphaned\">orphaned</span>"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
     let _ = writeln!(
         o,
-        "<p class=\"deploy-head\" data-phase=\"{p}\">deploy <b>{}</b> from <b>{}</b> · started {} · \
+        "<p class=\"deploy-head\" data-phase=\"{p}\">deploy <b>{}</b> from <b>{}</b> · started {}{by} · \
          <span class=\"badge phase-{p}\">{p}</span></p>\n<ol class=\"phases\">",
         esc(&d.to),
         esc(d.from.as_deref().unwrap_or("(none)")),
@@ -661,6 +786,87 @@ mod tests {
         assert!(!html.contains("<style") && !html.contains(" style="));
         // Nothing is loaded from elsewhere.
         assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+    }
+
+    /// `status()` as instance `edge-1` of a fleet whose `edge-2` holds two
+    /// of blue's streams, and whose last deploy `by` ran, started at `at`.
+    fn in_a_fleet(by: &str, at: u64) -> Status {
+        use crate::control::protocol::{ClusterStatus, FleetDeploy, InstanceStatus, SlotCounts};
+        let counts = |blue: u64, green_inflight: u64| {
+            vec![
+                SlotCounts {
+                    slot: "blue".into(),
+                    live_streams: blue,
+                    ..Default::default()
+                },
+                SlotCounts {
+                    slot: "green".into(),
+                    inflight: green_inflight,
+                    ..Default::default()
+                },
+            ]
+        };
+        let mut s = status();
+        let mut fleet_deploy = s.deploy.clone().expect("a deploy");
+        fleet_deploy.started_at = at;
+        s.cluster = Some(ClusterStatus {
+            instance: "edge-1".into(),
+            prefix: "/mcpflip".into(),
+            connected: false,
+            disconnected_since_ms: Some(1_700_000_003_000),
+            revision: 42,
+            instances: vec![
+                InstanceStatus {
+                    name: "edge-1".into(),
+                    lease_age_ms: 400,
+                    // Published before its own stream opened.
+                    slots: counts(0, 3),
+                },
+                InstanceStatus {
+                    name: HOSTILE.into(),
+                    lease_age_ms: 1200,
+                    slots: counts(2, 1),
+                },
+            ],
+            totals: counts(2, 4),
+            deploy_lock: Some(by.into()),
+            deploy: Some(FleetDeploy {
+                by: by.into(),
+                status: fleet_deploy,
+                orphaned: true,
+            }),
+        });
+        s
+    }
+
+    #[test]
+    fn in_a_fleet_the_drain_counts_every_instance_and_the_fleet_is_shown() {
+        // The fleet's deploy is older than this instance's: this one's shows.
+        let html = page(&in_a_fleet("edge-2", 1_600_000_000_000), &[]);
+        // This instance's live stream now, and the other's as published.
+        assert!(
+            html.contains("<span class=\"live\">3 live streams in the fleet (1 here)</span>, <span class=\"inflight\">0 in flight</span>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("blue: 3 live streams in the fleet (1 here), 3.2 s of 60 s"),
+            "{html}"
+        );
+        assert!(html.contains("<section id=\"fleet-section\">"));
+        assert!(html.contains("this instance <b>edge-1</b> · etcd <span class=\"etcd down\">unreachable since 22:13:23</span> · table revision 42 · deploy lock <b class=\"lock\">edge-2</b>"), "{html}");
+        assert!(html.contains("<th class=\"num\">blue live / in flight</th><th class=\"num\">green live / in flight</th>"));
+        assert!(html.contains("<tr data-instance=\"edge-1\"><td class=\"name\">edge-1 (this one)</td><td class=\"num age\">0.4 s ago</td><td class=\"num\" data-slot=\"blue\">0 / 0</td><td class=\"num\" data-slot=\"green\">0 / 3</td></tr>"), "{html}");
+        assert!(html.contains("<td class=\"num\" data-slot=\"blue\">2 / 0</td><td class=\"num\" data-slot=\"green\">0 / 1</td>"));
+        assert!(html.contains("<tr class=\"total\" data-instance=\"\"><td class=\"name\">fleet</td><td></td><td class=\"num\" data-slot=\"blue\">2 / 0</td><td class=\"num\" data-slot=\"green\">0 / 4</td></tr>"));
+        assert!(!html.contains(HOSTILE) && html.contains("&lt;script&gt;alert(1)"));
+        assert!(!html.contains("class=\"by\""), "{html}");
+        // A newer deploy another instance ran shows, with who ran it.
+        let html = page(&in_a_fleet("edge-2", 1_800_000_000_000), &[]);
+        assert!(html.contains(" · by <b class=\"by\">edge-2</b> <span class=\"badge orphaned\">orphaned</span> · "), "{html}");
+        // Without a fleet there is no fleet section and the counts are this
+        // instance's.
+        let html = page(&status(), &[]);
+        assert!(!html.contains("fleet"), "{html}");
     }
 
     #[test]

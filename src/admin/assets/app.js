@@ -72,6 +72,59 @@
     document.title = `mcpflip · ${active}`;
   }
 
+  // ---- fleet --------------------------------------------------------------
+
+  // What a drain of `slot` waits for: this instance's counts, and in a fleet
+  // every other instance's as published (src/admin/page.rs's `drain_counts`).
+  function drainCounts(st, slot) {
+    const here = st.slots.find((y) => y.name === slot) || { live_streams: 0, inflight: 0 };
+    const c = st.cluster;
+    if (!c) return { live: here.live_streams, inflight: here.inflight, here: null };
+    let live = here.live_streams, inflight = here.inflight;
+    for (const i of c.instances || []) {
+      if (i.name === c.instance) continue;
+      for (const x of i.slots || []) {
+        if (x.slot === slot) { live += x.live_streams; inflight += x.inflight; }
+      }
+    }
+    return { live, inflight, here: here.live_streams };
+  }
+
+  function liveText(n) {
+    const t = count(n.live, 'live stream', 'live streams');
+    return n.here === null ? t : `${t} in the fleet (${n.here} here)`;
+  }
+
+  function renderFleet(st) {
+    const root = document.getElementById('fleet');
+    const c = st.cluster;
+    if (!root || !c) return;
+    const etcd = c.connected
+      ? h('span', { class: 'etcd up' }, 'connected')
+      : h('span', { class: 'etcd down' },
+        c.disconnected_since_ms ? `unreachable since ${clock(c.disconnected_since_ms)}` : 'unreachable');
+    const head = h('p', { class: 'fleet-head', 'data-connected': String(c.connected) },
+      'this instance ', h('b', {}, c.instance), ' · etcd ', etcd,
+      ` · table revision ${c.revision} · deploy lock `, h('b', { class: 'lock' }, c.deploy_lock || 'free'));
+    const names = st.slots.map((x) => x.name);
+    const cells = (counts) => names.map((slot) => {
+      const x = (counts || []).find((y) => y.slot === slot) || { live_streams: 0, inflight: 0 };
+      return h('td', { class: 'num', 'data-slot': slot }, `${x.live_streams} / ${x.inflight}`);
+    });
+    const rows = (c.instances || []).map((i) =>
+      h('tr', { 'data-instance': i.name },
+        h('td', { class: 'name' }, i.name + (i.name === c.instance ? ' (this one)' : '')),
+        h('td', { class: 'num age' }, `${dur(i.lease_age_ms)} ago`),
+        ...cells(i.slots)));
+    rows.push(h('tr', { class: 'total', 'data-instance': '' },
+      h('td', { class: 'name' }, 'fleet'), h('td', {}), ...cells(c.totals)));
+    const table = h('table', { id: 'instances' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'instance'), h('th', { class: 'num' }, 'counts from'),
+        ...names.map((n) => h('th', { class: 'num' }, `${n} live / in flight`)))),
+      h('tbody', {}, ...rows));
+    root.replaceChildren(head, table);
+  }
+
   // ---- drain --------------------------------------------------------------
 
   // Live streams of a draining slot over time, against its deadline: the x
@@ -134,11 +187,11 @@
     const running = new Set();
     for (const d of st.drains || []) {
       running.add(d.slot);
-      const x = st.slots.find((y) => y.name === d.slot) || { live_streams: 0, inflight: 0 };
-      sample(d.slot, d.elapsed_ms, d.deadline_ms, x.live_streams);
+      const x = drainCounts(st, d.slot);
+      sample(d.slot, d.elapsed_ms, d.deadline_ms, x.live);
       out.push(h('div', { class: 'drain', 'data-slot': d.slot },
         h('p', { class: 'drain-head' }, h('b', {}, d.slot), ' ',
-          h('span', { class: 'live' }, count(x.live_streams, 'live stream', 'live streams')), ', ',
+          h('span', { class: 'live' }, liveText(x)), ', ',
           h('span', { class: 'inflight' }, `${x.inflight} in flight`)),
         spark(model.drains.get(d.slot)),
         h('p', { class: 'clock' },
@@ -194,9 +247,7 @@
         if (x) {
           texts.push(drainedText(x));
         } else if (r) {
-          const sl = st.slots.find((y) => y.name === slot);
-          const live = sl ? sl.live_streams : 0;
-          texts.push(`${slot}: ${count(live, 'live stream', 'live streams')}, ${dur(r.elapsed_ms)} of ${dur(r.deadline_ms)}`);
+          texts.push(`${slot}: ${liveText(drainCounts(st, slot))}, ${dur(r.elapsed_ms)} of ${dur(r.deadline_ms)}`);
           meter = [Math.min(r.elapsed_ms, r.deadline_ms), r.deadline_ms];
         } else {
           texts.push(`${slot}: drain ended early`);
@@ -226,16 +277,29 @@
     return out;
   }
 
+  // This instance's deploy, or in a fleet the fleet's last when it is newer
+  // (src/admin/page.rs's `shown_deploy`): [deploy, the fleet's record or null].
+  function shownDeploy(st) {
+    const f = (st.cluster && st.cluster.deploy) || null;
+    const d = st.deploy;
+    if (d && (!f || f.status.started_at <= d.started_at)) return [d, null];
+    return f ? [f.status, f] : [null, null];
+  }
+
   function renderDeploy(st) {
     const root = document.getElementById('deploy');
-    const d = st.deploy;
+    const [d, fleet] = shownDeploy(st);
     if (!d) {
       root.replaceChildren(h('p', { class: 'none' }, 'No deploy since the proxy started.'));
       return;
     }
+    const by = fleet
+      ? [' · by ', h('b', { class: 'by' }, fleet.by),
+        ...(fleet.orphaned ? [' ', h('span', { class: 'badge orphaned' }, 'orphaned')] : [])]
+      : [];
     const head = h('p', { class: 'deploy-head', 'data-phase': d.phase },
       'deploy ', h('b', {}, d.to), ' from ', h('b', {}, d.from || '(none)'),
-      ` · started ${clock(d.started_at)} · `,
+      ` · started ${clock(d.started_at)}`, ...by, ' · ',
       h('span', { class: `badge phase-${d.phase}` }, d.phase));
     const items = phases(d, st).map((p) => {
       const li = h('li', { class: `phase ${p.state}`, 'data-phase': p.name, 'data-state': p.state },
@@ -323,6 +387,7 @@
     const st = model.status;
     if (!st) return;
     renderSlots(st);
+    renderFleet(st);
     renderDrains(st);
     renderDeploy(st);
   }
