@@ -958,7 +958,7 @@ fn every_family_a_scrape_has_is_in_the_metrics_reference() {
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
-        .filter(|n| n.starts_with("mcpflip_"))
+        .filter(|n| n.starts_with("mcpflip_") || n.starts_with("process_"))
         .collect();
     // The 0.0.4 text format's family names: `_total` on counters, as documented.
     let families: BTreeSet<&str> = run
@@ -1132,5 +1132,87 @@ async fn the_packaged_logrotate_file_rotates_the_access_log_with_no_line_lost() 
         "the first rotation compressed by the second (delaycompress)"
     );
     proxy.stop().expect("clean stop");
+    stop.cancel();
+}
+
+/// The process families every Prometheus client exports, as the proxy
+/// process reads them of itself: started under `ulimit -n 1000`, its
+/// `process_max_fds` is 1000; 40 client connections held open are 40 more
+/// `process_open_fds` (each one socket; nothing else opens meanwhile);
+/// it started just now and holds some memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_families_are_the_proxys_own() {
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blue = support::upstream(ServerConfig::new("blue", Transport::Both), &stop).await;
+    let (public, admin) = (support::closed_port(), support::closed_port());
+    let cfg = support::TestConfig::blue_green(dir.path(), blue, blue)
+        .listen_port(public)
+        .set_str("admin", "addr", format!("127.0.0.1:{admin}"));
+    let config = cfg.write();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 1000 && exec \"$0\" run --config \"$1\"")
+        .arg(BIN)
+        .arg(&config);
+    let mut proc = support::proc::ProxyProcess::spawn_command(cmd, &cfg.socket());
+    proc.ready().await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let before = support::metrics(admin).await;
+    assert_eq!(value(&before, "process_max_fds"), 1000.0, "{before}");
+    let started = value(&before, "process_start_time_seconds");
+    assert!(
+        started > now - 60.0 && started <= now + 1.0,
+        "{started} vs {now}"
+    );
+    assert!(
+        value(&before, "process_resident_memory_bytes") > 1e6,
+        "{before}"
+    );
+    assert!(
+        value(&before, "process_virtual_memory_bytes") > 1e6,
+        "{before}"
+    );
+    // Whole clock ticks: a process this young may not have used one yet.
+    assert!(
+        value(&before, "process_cpu_seconds_total") >= 0.0,
+        "{before}"
+    );
+
+    // Each connection is one more descriptor in the proxy, once accepted.
+    let open = value(&before, "process_open_fds");
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", public))
+                .await
+                .expect("connect"),
+        );
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut now_open;
+    loop {
+        let after = support::metrics(admin).await;
+        now_open = value(&after, "process_open_fds");
+        if now_open >= open + 40.0 || tokio::time::Instant::now() > end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        now_open >= open + 40.0 && now_open < open + 60.0,
+        "{open} open before, {now_open} with 40 connections held"
+    );
+    drop(held);
+    drop(proc);
     stop.cancel();
 }

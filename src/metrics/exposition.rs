@@ -151,6 +151,12 @@ impl Family<'_> {
         self.sample("_total", labels, None, Value::Int(value));
     }
 
+    /// A counter sample that is not a whole number (CPU seconds).
+    pub fn counter_f64(&mut self, labels: &[(&str, &str)], value: f64) {
+        debug_assert_eq!(self.kind, Kind::Counter);
+        self.sample("_total", labels, None, Value::Float(value));
+    }
+
     /// A gauge sample (the family must be a gauge). Whole values are written
     /// as integers (`2`, not `2.0`), as people read them.
     pub fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {

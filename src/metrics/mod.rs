@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod exposition;
+pub mod process;
 
 use std::sync::atomic::Ordering;
 
@@ -413,6 +414,7 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
         "When this process started serving, seconds since the Unix epoch",
     )
     .gauge(&[], ctl.counters.started());
+    process::write(&mut w);
     w.finish()
 }
 
