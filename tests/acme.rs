@@ -366,6 +366,18 @@ async fn a_listener_whose_acme_ca_is_unreachable_serves_a_placeholder_and_says_w
         error.contains("a new account at https://127.0.0.1:"),
         "{status}"
     );
+    // The status page says so too.
+    let page = support::mcp::get_text(
+        &support::mcp::http_client(),
+        &format!("http://{}/", p.admin_addr),
+    )
+    .await;
+    assert!(
+        page.contains(
+            "<p class=\"acme-error\">last order failed: a new account at https://127.0.0.1:"
+        ),
+        "{page}"
+    );
     let m = support::metrics(p.admin_addr).await;
     assert_eq!(
         support::metric(&m, "mcpflip_acme_orders_total{result=\"failed\"}"),

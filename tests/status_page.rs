@@ -10,6 +10,8 @@
 //! - in a fleet (two instances, a real etcd), the page lists the instances
 //!   and their counts, and a drain counts the streams another instance
 //!   holds (in Chromium and without JavaScript);
+//! - with `tls.acme` and a CA that cannot be reached, the page says why the
+//!   certificate did not come;
 //! - without JavaScript (a plain GET) the page holds the same state,
 //!   server-rendered, and a meta refresh;
 //! - the `/events` feed outlives the admin listener's header timeout, ends at
@@ -357,6 +359,53 @@ fn in_a_fleet_the_page_shows_the_instances_and_the_fleets_streams_on_the_drain()
     for (mut p, ..) in instances {
         assert!(p.terminate().success(), "{}", p.stderr());
     }
+}
+
+/// `[listen] tls.acme` with a CA that cannot be reached: the page (drawn
+/// by app.js in Chromium) shows the domains, the failed order and why.
+#[test]
+fn the_page_shows_why_the_acme_certificate_did_not_come() {
+    let chromium = browser::chromium();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let h = rt.block_on(Harness::new());
+    let pki = support::pki::Pki::new(&h.dir.path().join("pki"));
+    let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+    let (cfg, _, admin) = h.builder_on_ports();
+    let cfg = cfg.set(
+        "listen",
+        "tls",
+        format!(
+            "{{ cert = {}, key = {}, acme = {{ domains = [\"mcp.example.test\"], directory = \"https://127.0.0.1:{}/dir\", directory_ca = {} }} }}",
+            q(&h.dir.path().join("site.crt")),
+            q(&h.dir.path().join("site.key")),
+            support::closed_port(),
+            q(&pki.ca),
+        ),
+    );
+    let path = cfg.write();
+    let mut proxy = ProxyProcess::spawn(&path, &cfg.socket(), &["--ignore-state"]);
+    proxy.wait_ready();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = Browser::start(&chromium, dir.path()).expect("chromium starts");
+    b.navigate(&format!("http://127.0.0.1:{admin}/"))
+        .expect("open the page");
+    b.until(
+        "the failed order on the page, drawn from the feed",
+        "document.querySelector('#conn')?.dataset.conn === 'live' \
+         && document.querySelector('#acme .acme-head b')?.textContent === 'mcp.example.test' \
+         && Number(document.querySelector('#acme .acme-counts')?.dataset.failed) >= 1 \
+         && document.querySelector('#acme .acme-counts')?.textContent.startsWith('0 issued, ') \
+         && (document.querySelector('#acme .acme-error')?.textContent || '').startsWith('last order failed: a new account at https://127.0.0.1:')",
+        "document.querySelector('#acme')?.innerText",
+    )
+    .expect("the acme section");
+    assert!(b.seen.errors.is_empty(), "{:?}", b.seen.errors);
+    drop(b);
+    assert!(proxy.terminate().success(), "{}", proxy.stderr());
 }
 
 async fn get(

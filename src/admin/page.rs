@@ -109,6 +109,11 @@ impl Page<'_> {
             fleet(s, &mut o);
             o.push_str("</div>\n");
         }
+        if s.acme.is_some() {
+            o.push_str("</section>\n<section id=\"acme-section\">\n<h2>Certificate (ACME)</h2>\n<div id=\"acme\">\n");
+            acme(s, &mut o);
+            o.push_str("</div>\n");
+        }
         o.push_str(
             "</section>\n<section id=\"drain-section\">\n<h2>Drain</h2>\n<div id=\"drains\">\n",
         );
@@ -243,6 +248,43 @@ fn fleet(s: &Status, o: &mut String) {
     o.push_str("<tr class=\"total\" data-instance=\"\"><td class=\"name\">fleet</td><td></td>");
     cells(o, &c.totals);
     o.push_str("</tr>\n</tbody>\n</table>\n");
+}
+
+/// `[listen] tls.acme`: the domains and the CA, what the orders came to, why
+/// the last one failed, and when the certificate is looked at next (app.js's
+/// `renderAcme` is the same).
+fn acme(s: &Status, o: &mut String) {
+    let Some(a) = &s.acme else { return };
+    let _ = writeln!(
+        o,
+        "<p class=\"acme-head\"><b>{}</b> from <span class=\"directory\">{}</span></p>",
+        esc(&a.domains.join(", ")),
+        esc(&a.directory)
+    );
+    let mut counts = format!("{} issued, {} failed", a.issued, a.failed);
+    if a.shared > 0 {
+        let _ = write!(counts, ", {} taken from the fleet", a.shared);
+    }
+    if let Some(at) = a.issued_at_ms {
+        let _ = write!(counts, " · last certificate at {}", clock(at));
+    }
+    if let Some(at) = a.next_check_ms {
+        let _ = write!(counts, " · next look at {}", clock(at));
+    }
+    let _ = writeln!(
+        o,
+        "<p class=\"acme-counts\" data-issued=\"{}\" data-failed=\"{}\">{}</p>",
+        a.issued,
+        a.failed,
+        esc(&counts)
+    );
+    if let Some(e) = &a.error {
+        let _ = writeln!(
+            o,
+            "<p class=\"acme-error\">last order failed: {}</p>",
+            esc(e)
+        );
+    }
 }
 
 fn drains(s: &Status, o: &mut String) {
@@ -867,6 +909,31 @@ mod tests {
         // instance's.
         let html = page(&status(), &[]);
         assert!(!html.contains("fleet"), "{html}");
+    }
+
+    #[test]
+    fn the_acme_section_says_how_the_certificate_came_and_why_an_order_failed() {
+        let mut s = status();
+        assert!(!page(&s, &[]).contains("acme"));
+        s.acme = Some(crate::control::protocol::AcmeStatus {
+            domains: vec!["mcp.example.com".into(), "b.example.com".into()],
+            directory: crate::tls::LETS_ENCRYPT.into(),
+            issued: 1,
+            shared: 2,
+            failed: 3,
+            issued_at_ms: Some(1_700_000_000_000),
+            error: Some(HOSTILE.into()),
+            next_check_ms: Some(1_700_000_300_000),
+        });
+        let html = page(&s, &[]);
+        assert!(html.contains("<section id=\"acme-section\">"), "{html}");
+        assert!(html.contains("<p class=\"acme-head\"><b>mcp.example.com, b.example.com</b> from <span class=\"directory\">https://acme-v02.api.letsencrypt.org/directory</span></p>"), "{html}");
+        assert!(html.contains("<p class=\"acme-counts\" data-issued=\"1\" data-failed=\"3\">1 issued, 3 failed, 2 taken from the fleet · last certificate at 22:13:20 · next look at 22:18:20</p>"), "{html}");
+        assert!(
+            html.contains("<p class=\"acme-error\">last order failed: &lt;script&gt;"),
+            "{html}"
+        );
+        assert!(!html.contains(HOSTILE));
     }
 
     #[test]

@@ -125,6 +125,25 @@
     root.replaceChildren(head, table);
   }
 
+  // ---- acme ---------------------------------------------------------------
+
+  function renderAcme(st) {
+    const root = document.getElementById('acme');
+    const a = st.acme;
+    if (!root || !a) return;
+    let counts = `${a.issued} issued, ${a.failed} failed`;
+    if (a.shared > 0) counts += `, ${a.shared} taken from the fleet`;
+    if (a.issued_at_ms) counts += ` · last certificate at ${clock(a.issued_at_ms)}`;
+    if (a.next_check_ms) counts += ` · next look at ${clock(a.next_check_ms)}`;
+    const out = [
+      h('p', { class: 'acme-head' }, h('b', {}, a.domains.join(', ')), ' from ',
+        h('span', { class: 'directory' }, a.directory)),
+      h('p', { class: 'acme-counts', 'data-issued': a.issued, 'data-failed': a.failed }, counts),
+    ];
+    if (a.error) out.push(h('p', { class: 'acme-error' }, `last order failed: ${a.error}`));
+    root.replaceChildren(...out);
+  }
+
   // ---- drain --------------------------------------------------------------
 
   // Live streams of a draining slot over time, against its deadline: the x
@@ -388,6 +407,7 @@
     if (!st) return;
     renderSlots(st);
     renderFleet(st);
+    renderAcme(st);
     renderDrains(st);
     renderDeploy(st);
   }
