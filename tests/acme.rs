@@ -433,6 +433,20 @@ async fn fleet_instance(
     (proc, cfg, admin)
 }
 
+/// Waits (60 s at most) until the listener at `port` serves a certificate
+/// `root` vouches for; `logs` says why not.
+async fn until_served(port: u16, root: &Path, logs: impl Fn() -> String) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while served(port, root).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the listener on {port} never got its certificate:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// In a fleet the CA's validation may reach any instance: the instance that
 /// orders publishes its challenge answer through etcd and every instance
 /// serves it. Here Pebble validates on instance B's port only, so instance
@@ -454,17 +468,14 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
             fleet_instance(d, name, port, blue, &pebble, &etcd, ", share = false").await;
         procs.push(proc);
     }
-    let a = &procs[1];
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    while served(port_a, &root).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "instance a never got its certificate; its log:\n{}\nb's log:\n{}",
-            a.stderr(),
+    until_served(port_a, &root, || {
+        format!(
+            "a's log:\n{}\nb's log:\n{}",
+            procs[1].stderr(),
             procs[0].stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+    })
+    .await;
     let names = mcpflip::tls::certificate_names(&d.join("a/site.crt")).expect("a's cert file");
     assert_eq!(names, [DOMAIN]);
     // B got its own too (validated on its own port).
@@ -501,15 +512,7 @@ async fn in_a_fleet_one_order_serves_every_instance() {
     })
     .await;
     let (a, a_cfg, a_admin) = fleet_instance(d, "a", port_a, blue, &pebble, &etcd, "").await;
-    let end = tokio::time::Instant::now() + Duration::from_secs(30);
-    while served(port_a, &root).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "instance a never got its certificate; its log:\n{}",
-            a.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_served(port_a, &root, || a.stderr()).await;
     assert_eq!(
         served(port_a, &root).await.expect("a's"),
         served(port_b, &root).await.expect("b's"),

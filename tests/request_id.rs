@@ -19,7 +19,6 @@ use http_body_util::Full;
 use support::proc::ProxyProcess;
 use support::{closed_port, connect_from, head_recorder, read_to_close, TestConfig};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const TRUSTED: [u8; 4] = [127, 0, 0, 1];
 const CLIENT: [u8; 4] = [127, 0, 0, 2];
@@ -164,21 +163,13 @@ async fn behind_haproxy_its_unique_id_is_the_requests_id_everywhere() {
         .set_str("log", "access_log", access.to_str().expect("utf-8"));
     let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
     proc.ready().await;
-    let front = SocketAddr::from((TRUSTED, closed_port()));
-    let _h = support::tools::Haproxy::start(
+    // On 127.0.0.1: a trusted proxy.
+    let (_h, front) = support::tools::Haproxy::in_front(
         dir.path(),
-        &format!(
-            "global\n  maxconn 64\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             listen front\n  bind {front}\n\
-             \x20 unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
-             \x20 http-request set-header X-Request-Id %[unique-id]\n\
-             \x20 server mcpflip {public}\n"
-        ),
-    );
-    support::until_async("HAProxy listens", || async move {
-        TcpStream::connect(front).await.is_ok()
-    })
+        public,
+        "  unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
+         \x20 http-request set-header X-Request-Id %[unique-id]\n",
+    )
     .await;
 
     let answer = get_from(CLIENT, front, &public.to_string(), "X-Request-Id: mine\r\n").await;

@@ -48,6 +48,13 @@ const RECORDER: &str = "(() => { window.__seen = []; \
     new MutationObserver(rec).observe(document.getElementById('slots'), {subtree: true, childList: true, attributes: true}); \
     return true; })()";
 
+/// Fails naming the first of `wants` the plain page `html` lacks.
+fn has_all(html: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(html.contains(want), "no {want} in the plain page:\n{html}");
+    }
+}
+
 /// Where the screenshots go.
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page")
@@ -158,16 +165,17 @@ fn a_deploy_shows_live_in_chromium_blue_draining_then_drained_then_green_serving
 
     // Without JavaScript: the same state, rendered by the server, and the refresh.
     let html = rt.block_on(get_text(&client, &page));
-    for want in [
-        "<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>",
-        "<tr data-slot=\"blue\" data-state=\"draining\">",
-        "<tr data-slot=\"green\" data-state=\"serving\">",
-        "<div class=\"drain\" data-slot=\"blue\">",
-        "<span class=\"live\">1 live stream</span>",
-        "data-phase=\"drain\" data-state=\"active\"",
-    ] {
-        assert!(html.contains(want), "no {want} in the plain page:\n{html}");
-    }
+    has_all(
+        &html,
+        &[
+            "<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>",
+            "<tr data-slot=\"blue\" data-state=\"draining\">",
+            "<tr data-slot=\"green\" data-state=\"serving\">",
+            "<div class=\"drain\" data-slot=\"blue\">",
+            "<span class=\"live\">1 live stream</span>",
+            "data-phase=\"drain\" data-state=\"active\"",
+        ],
+    );
 
     std::fs::create_dir_all(shots()).expect("screenshot dir");
     b.screenshot(&shots().join("deploy-draining.png"))
@@ -322,13 +330,14 @@ fn in_a_fleet_the_page_shows_the_instances_and_the_fleets_streams_on_the_drain()
     )
     .expect("the fleet's drain");
     let html = rt.block_on(get_text(&client, &page));
-    for want in [
-        "<section id=\"fleet-section\">",
-        "<tr data-instance=\"edge-2\">",
-        "<span class=\"live\">1 live stream in the fleet (0 here)</span>",
-    ] {
-        assert!(html.contains(want), "no {want} in the plain page:\n{html}");
-    }
+    has_all(
+        &html,
+        &[
+            "<section id=\"fleet-section\">",
+            "<tr data-instance=\"edge-2\">",
+            "<span class=\"live\">1 live stream in the fleet (0 here)</span>",
+        ],
+    );
     std::fs::create_dir_all(shots()).expect("screenshot dir");
     b.screenshot(&shots().join("fleet-draining.png"))
         .expect("screenshot while draining");

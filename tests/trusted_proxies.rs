@@ -21,7 +21,6 @@ use http_body_util::Full;
 use support::proc::ProxyProcess;
 use support::{closed_port, connect_from, head_recorder, read_to_close, TestConfig};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const TRUSTED: [u8; 4] = [127, 0, 0, 1];
 const CLIENT: [u8; 4] = [127, 0, 0, 2];
@@ -52,28 +51,15 @@ fn forwarding(head: &str) -> Vec<String> {
         .collect()
 }
 
-/// Real HAProxy in HTTP mode on 127.0.0.1 in front of `public`, with
-/// `option forwardfor` and the `extra` lines: running, and where it listens.
+/// Real HAProxy in HTTP mode on 127.0.0.1 (`TRUSTED`) in front of
+/// `public`, with `option forwardfor` and the `extra` lines: running, and
+/// where it listens.
 async fn haproxy_in_front(
     dir: &std::path::Path,
     public: SocketAddr,
     extra: &str,
 ) -> (support::tools::Haproxy, SocketAddr) {
-    let front = SocketAddr::from((TRUSTED, closed_port()));
-    let h = support::tools::Haproxy::start(
-        dir,
-        &format!(
-            "global\n  maxconn 64\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             listen front\n  bind {front}\n  option forwardfor\n{extra}\
-             \x20 server mcpflip {public}\n"
-        ),
-    );
-    support::until_async("HAProxy listens", || async move {
-        TcpStream::connect(front).await.is_ok()
-    })
-    .await;
-    (h, front)
+    support::tools::Haproxy::in_front(dir, public, &format!("  option forwardfor\n{extra}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,33 @@ impl Haproxy {
     }
 }
 
+impl Haproxy {
+    /// HAProxy in HTTP mode on 127.0.0.1 in front of `public`, with the
+    /// `listen` section's `lines` (each ending in a newline): running, and
+    /// where it listens.
+    pub async fn in_front(
+        dir: &std::path::Path,
+        public: std::net::SocketAddr,
+        lines: &str,
+    ) -> (Haproxy, std::net::SocketAddr) {
+        let front = std::net::SocketAddr::from(([127, 0, 0, 1], super::closed_port()));
+        let h = Haproxy::start(
+            dir,
+            &format!(
+                "global\n  maxconn 64\n\
+                 defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                 listen front\n  bind {front}\n{lines}\
+                 \x20 server mcpflip {public}\n"
+            ),
+        );
+        super::until_async("HAProxy listens", || async move {
+            tokio::net::TcpStream::connect(front).await.is_ok()
+        })
+        .await;
+        (h, front)
+    }
+}
+
 impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.0.kill();
