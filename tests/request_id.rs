@@ -195,3 +195,23 @@ async fn behind_haproxy_its_unique_id_is_the_requests_id_everywhere() {
     );
     drop(proc);
 }
+
+/// A slot that cannot be reached: the client's 502 carries the id, and the
+/// proxy's `upstream failed` line names it, so a user's report finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_failed_line_names_the_request_id_the_client_got() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let public = SocketAddr::from((TRUSTED, closed_port()));
+    let cfg = TestConfig::blue_green(dir.path(), closed_port(), closed_port())
+        .listen_port(public.port())
+        .set("proxy", "request_id", "true");
+    let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
+    let answer = get_from(CLIENT, public, &public.to_string(), "").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let id = ids(&answer);
+    assert!(id.len() == 1 && is_generated(&id[0]), "{answer}");
+    let line = proc.stderr_with("upstream failed");
+    assert!(line.contains(&format!("request_id={}", id[0])), "{line}");
+    drop(proc);
+}

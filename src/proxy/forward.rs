@@ -112,8 +112,6 @@ struct Read {
     host: Option<HeaderValue>,
     last_event_id: Option<HeaderValue>,
     era: Era,
-    /// `X-Request-Id` (`[proxy] request_id`).
-    request_id: Option<HeaderValue>,
 }
 
 /// Where `send_to` sends a request, and what the one pass over its headers
@@ -136,8 +134,6 @@ struct Routed {
     /// The client's connection is served by [`crate::proxy::h1`], which
     /// writes an answer's header lines as the slot sent them.
     own_h1: bool,
-    /// `X-Request-Id` (`[proxy] request_id`).
-    request_id: Option<HeaderValue>,
 }
 
 /// The client end of a connection, made once per connection: its address, its
@@ -186,7 +182,7 @@ impl Forwarder {
             // Scoped: a borrowed local stays in the future's state across every
             // await in its scope (`-Zprint-type-sizes`: the scan twice, 496 of
             // its bytes, before this block).
-            let (decided, mut exchange, read) = {
+            let (decided, mut exchange, read, request_id) = {
                 let scan = match Forwarder::scan(&mut req) {
                     Ok(scan) => scan,
                     Err(e) => return bad_header(&e),
@@ -227,11 +223,9 @@ impl Forwarder {
                     host: scan.host,
                     last_event_id: scan.last_event_id,
                     era,
-                    request_id,
                 };
-                (decided, exchange, read)
+                (decided, exchange, read, request_id)
             };
-            let request_id = read.request_id.clone();
             let mut resp = 'answer: {
                 let (slot, site, moved, client_sid) = match decided {
                     Decided::Answer(resp) => break 'answer *resp,
@@ -267,9 +261,10 @@ impl Forwarder {
                     last_event_id: read.last_event_id,
                     h1: req.version() < http::Version::HTTP_2,
                     own_h1: matches!(req.body(), RequestBody::Read { .. }),
-                    request_id: read.request_id,
                 };
-                self.send_to(req, peer, &mut exchange, routed).await
+                // By reference: one copy in this future's state.
+                self.send_to(req, peer, &mut exchange, routed, request_id.as_ref())
+                    .await
             };
             if let Some(id) = request_id {
                 // Back to the client, the proxy's own answers included; a
@@ -512,6 +507,7 @@ impl Forwarder {
         peer: &'a Peer,
         exchange: &'a mut Exchange,
         routed: Routed,
+        request_id: Option<&'a HeaderValue>,
     ) -> impl Future<Output = Response<ResponseBody>> + 'a {
         // Taken apart before the block: taken apart inside it, the route's
         // fields were kept twice in its state, as captured and as locals.
@@ -526,7 +522,6 @@ impl Forwarder {
             last_event_id,
             h1,
             own_h1,
-            request_id,
         } = routed;
         async move {
             let method = req.method().clone();
@@ -589,7 +584,7 @@ impl Forwarder {
             let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
 
             let mut proxy = self.rewrite_request(&mut req, host, &slot, peer);
-            proxy.request_id = request_id;
+            proxy.request_id = request_id.cloned();
             proxy.cut = tagged_in.as_ref().map(|(_, n)| (MCP_SESSION_ID, *n));
             let (head, body) = req.into_parts();
             // Migration on: a small POST is read whole (see `buffer_body`).
@@ -748,7 +743,16 @@ impl Forwarder {
                             humantime::format_duration(wait)
                         ),
                     };
-                    tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed");
+                    match request_id.and_then(|v| v.to_str().ok()) {
+                        // With `[proxy] request_id`: the id the client got,
+                        // to find this line from its report.
+                        Some(id) => {
+                            tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), request_id = %id, error = %cause, "upstream failed")
+                        }
+                        None => {
+                            tracing::warn!(slot = %slot.name, %method, status = status.as_u16(), error = %cause, "upstream failed")
+                        }
+                    }
                     let reached =
                         matches!(kind, UpstreamError::Reset | UpstreamError::ResponseTimeout);
                     if let Some(id) = reached.then(call_id).flatten() {
