@@ -394,43 +394,80 @@ async fn a_listener_whose_acme_ca_is_unreachable_serves_a_placeholder_and_says_w
     stop.cancel();
 }
 
-/// Instance `name` of a fleet on `etcd`, on `port`, at home in `d/name`,
-/// with `extra` keys in `tls.acme` (after the e-mail; `renew_before` is left
-/// to its default, a third of the certificate's lifetime).
-async fn fleet_instance(
-    d: &Path,
-    name: &str,
-    port: u16,
+/// Two instances' worth of a fleet: etcd, Pebble validating on B's port
+/// only, the slot, and a home for each instance under one directory.
+struct AcmeFleet {
+    stop: CancellationToken,
+    dir: tempfile::TempDir,
+    etcd: support::etcd::EtcdCluster,
+    pebble: Pebble,
+    /// Pebble's root for the certificates it issues.
+    root: PathBuf,
     blue: u16,
-    pebble: &Pebble,
-    etcd: &support::etcd::EtcdCluster,
-    extra: &str,
-) -> (
-    support::proc::ProxyProcess,
-    TestConfig,
-    std::net::SocketAddr,
-) {
-    let home = d.join(name);
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
-    std::fs::create_dir_all(&home).expect("dir");
-    let cfg = acme_config(
-        &home,
-        port,
-        blue,
-        &pebble.directory,
-        &pebble.https_ca,
-        &format!("email = \"ops@example.test\"{extra}"),
-    )
-    .set_str("admin", "addr", admin.to_string())
-    .set("cluster", "etcd", etcd.toml_endpoints())
-    .set_str("cluster", "prefix", "/acme-test")
-    .set_str("cluster", "instance", name)
-    .set_str("cluster", "lease_ttl", "2s");
-    let socket = cfg.socket();
-    let file = cfg.write();
-    let mut proc = support::proc::ProxyProcess::spawn(&file, &socket, &[]);
-    proc.ready().await;
-    (proc, cfg, admin)
+    port_a: u16,
+    port_b: u16,
+}
+
+impl AcmeFleet {
+    async fn start() -> AcmeFleet {
+        let stop = CancellationToken::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etcd = support::etcd::EtcdCluster::start(1);
+        let (port_a, port_b) = (closed_port(), closed_port());
+        let pebble = Pebble::start(dir.path(), port_b).await;
+        let root = pebble.root(dir.path()).await;
+        let blue = blue(&stop).await;
+        AcmeFleet {
+            stop,
+            dir,
+            etcd,
+            pebble,
+            root,
+            blue,
+            port_a,
+            port_b,
+        }
+    }
+
+    /// Instance `name` ("a" or "b", on its port), at home in `dir/name`,
+    /// with `extra` keys in `tls.acme` (after the e-mail; `renew_before` is
+    /// left to its default, a third of the certificate's lifetime).
+    async fn instance(
+        &self,
+        name: &str,
+        extra: &str,
+    ) -> (
+        support::proc::ProxyProcess,
+        TestConfig,
+        std::net::SocketAddr,
+    ) {
+        let port = if name == "a" {
+            self.port_a
+        } else {
+            self.port_b
+        };
+        let home = self.dir.path().join(name);
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
+        std::fs::create_dir_all(&home).expect("dir");
+        let cfg = acme_config(
+            &home,
+            port,
+            self.blue,
+            &self.pebble.directory,
+            &self.pebble.https_ca,
+            &format!("email = \"ops@example.test\"{extra}"),
+        )
+        .set_str("admin", "addr", admin.to_string())
+        .set("cluster", "etcd", self.etcd.toml_endpoints())
+        .set_str("cluster", "prefix", "/acme-test")
+        .set_str("cluster", "instance", name)
+        .set_str("cluster", "lease_ttl", "2s");
+        let socket = cfg.socket();
+        let file = cfg.write();
+        let mut proc = support::proc::ProxyProcess::spawn(&file, &socket, &[]);
+        proc.ready().await;
+        (proc, cfg, admin)
+    }
 }
 
 /// Waits (60 s at most) until the listener at `port` serves a certificate
@@ -454,21 +491,13 @@ async fn until_served(port: u16, root: &Path, logs: impl Fn() -> String) {
 /// orders its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_fleet_another_instance_answers_the_challenge() {
-    let stop = CancellationToken::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let etcd = support::etcd::EtcdCluster::start(1);
-    let (port_a, port_b) = (closed_port(), closed_port());
-    let pebble = Pebble::start(d, port_b).await;
-    let root = pebble.root(d).await;
-    let blue = blue(&stop).await;
+    let f = AcmeFleet::start().await;
+    let (d, root, port_a, port_b) = (f.dir.path(), &f.root, f.port_a, f.port_b);
     let mut procs = Vec::new();
-    for (name, port) in [("b", port_b), ("a", port_a)] {
-        let (proc, _, _) =
-            fleet_instance(d, name, port, blue, &pebble, &etcd, ", share = false").await;
-        procs.push(proc);
+    for name in ["b", "a"] {
+        procs.push(f.instance(name, ", share = false").await.0);
     }
-    until_served(port_a, &root, || {
+    until_served(port_a, root, || {
         format!(
             "a's log:\n{}\nb's log:\n{}",
             procs[1].stderr(),
@@ -480,16 +509,16 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
     assert_eq!(names, [DOMAIN]);
     // B got its own too (validated on its own port).
     support::until_async("b's certificate served", || async {
-        served(port_b, &root).await.is_ok()
+        served(port_b, root).await.is_ok()
     })
     .await;
     assert_ne!(
-        served(port_a, &root).await.expect("a's"),
-        served(port_b, &root).await.expect("b's"),
+        served(port_a, root).await.expect("a's"),
+        served(port_b, root).await.expect("b's"),
         "with share = false each instance has a certificate of its own"
     );
     drop(procs);
-    stop.cancel();
+    f.stop.cancel();
 }
 
 /// `tls.acme.share` (the default): the certificate one instance ordered is
@@ -498,24 +527,15 @@ async fn in_a_fleet_another_instance_answers_the_challenge() {
 /// order, and the second instance's files hold it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_fleet_one_order_serves_every_instance() {
-    let stop = CancellationToken::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let etcd = support::etcd::EtcdCluster::start(1);
-    let (port_a, port_b) = (closed_port(), closed_port());
-    let pebble = Pebble::start(d, port_b).await;
-    let root = pebble.root(d).await;
-    let blue = blue(&stop).await;
-    let (b, _, _) = fleet_instance(d, "b", port_b, blue, &pebble, &etcd, "").await;
-    support::until_async("b's certificate served", || async {
-        served(port_b, &root).await.is_ok()
-    })
-    .await;
-    let (a, a_cfg, a_admin) = fleet_instance(d, "a", port_a, blue, &pebble, &etcd, "").await;
-    until_served(port_a, &root, || a.stderr()).await;
+    let f = AcmeFleet::start().await;
+    let (d, root, port_a, port_b) = (f.dir.path(), &f.root, f.port_a, f.port_b);
+    let (b, _, _) = f.instance("b", "").await;
+    until_served(port_b, root, || b.stderr()).await;
+    let (a, a_cfg, a_admin) = f.instance("a", "").await;
+    until_served(port_a, root, || a.stderr()).await;
     assert_eq!(
-        served(port_a, &root).await.expect("a's"),
-        served(port_b, &root).await.expect("b's"),
+        served(port_a, root).await.expect("a's"),
+        served(port_b, root).await.expect("b's"),
         "a serves the certificate b ordered"
     );
     assert_eq!(
@@ -545,7 +565,7 @@ async fn in_a_fleet_one_order_serves_every_instance() {
         "{m}"
     );
     drop((a, b));
-    stop.cancel();
+    f.stop.cancel();
 }
 
 /// A CA that asks for external account binding (ZeroSSL, Google Trust

@@ -55,6 +55,19 @@ fn has_all(html: &str, wants: &[&str]) {
     }
 }
 
+/// What a browser test starts from: Chromium, a runtime for the clients,
+/// and blue and green upstreams on it.
+fn browser_test() -> (PathBuf, tokio::runtime::Runtime, Harness) {
+    let chromium = browser::chromium();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let h = rt.block_on(Harness::new());
+    (chromium, rt, h)
+}
+
 /// Where the screenshots go.
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page")
@@ -98,13 +111,7 @@ fn states_of(seen: &[String], slot: &str) -> Vec<String> {
 
 #[test]
 fn a_deploy_shows_live_in_chromium_blue_draining_then_drained_then_green_serving() {
-    let chromium = browser::chromium();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let h = rt.block_on(Harness::new());
+    let (chromium, rt, h) = browser_test();
     let cfg = h
         .builder()
         .set_str("drain", "deadline", "2m")
@@ -264,13 +271,7 @@ fn a_deploy_shows_live_in_chromium_blue_draining_then_drained_then_green_serving
 /// stream in the fleet (0 here)", not the "0 live streams" of edge-1 alone.
 #[test]
 fn in_a_fleet_the_page_shows_the_instances_and_the_fleets_streams_on_the_drain() {
-    let chromium = browser::chromium();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let h = rt.block_on(Harness::new());
+    let (chromium, rt, h) = browser_test();
     let etcd = support::etcd::EtcdCluster::start(1);
     let mut instances = Vec::new();
     for n in 1..=2 {
@@ -374,13 +375,8 @@ fn in_a_fleet_the_page_shows_the_instances_and_the_fleets_streams_on_the_drain()
 /// by app.js in Chromium) shows the domains, the failed order and why.
 #[test]
 fn the_page_shows_why_the_acme_certificate_did_not_come() {
-    let chromium = browser::chromium();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let h = rt.block_on(Harness::new());
+    // The runtime runs blue and green.
+    let (chromium, _rt, h) = browser_test();
     let pki = support::pki::Pki::new(&h.dir.path().join("pki"));
     let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
     let (cfg, _, admin) = h.builder_on_ports();
