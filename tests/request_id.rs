@@ -215,3 +215,63 @@ async fn the_upstream_failed_line_names_the_request_id_the_client_got() {
     assert!(line.contains(&format!("request_id={}", id[0])), "{line}");
     drop(proc);
 }
+
+/// A slot that answers with an `X-Request-Id` of its own keeps it, over
+/// HTTP/1.1 (its lines passed as they came) and HTTP/2 (a map) alike: the
+/// client gets one id, the slot's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slots_own_request_id_reaches_the_client_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nx-request-id: slot-7\r\n\
+                            content-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = support::start(
+        TestConfig::blue_green(dir.path(), port, closed_port())
+            .set("proxy", "request_id", "true")
+            .load(),
+    )
+    .await;
+    let public = p.public_addr;
+    let answer = get_from(CLIENT, public, &public.to_string(), "").await;
+    assert_eq!(ids(&answer), ["slot-7"], "{answer}");
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::get(format!("http://{public}/mcp"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = h2.request(req).await.expect("h2 answer");
+    let got: Vec<&str> = resp
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .map(|v| v.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(got, ["slot-7"]);
+    p.shutdown().await;
+}

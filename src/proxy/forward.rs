@@ -268,12 +268,14 @@ impl Forwarder {
             };
             if let Some(id) = request_id {
                 // Back to the client, the proxy's own answers included; a
-                // slot that echoes the id keeps its line (the same id).
-                let echoed = resp
-                    .body()
-                    .raw_headers()
-                    .is_some_and(|r| r.values_named(b"x-request-id").next().is_some());
-                if !echoed {
+                // slot that sends one (an echo, usually) keeps its own, from
+                // its lines or in the map alike.
+                let sent = resp.headers().contains_key(X_REQUEST_ID)
+                    || resp
+                        .body()
+                        .raw_headers()
+                        .is_some_and(|r| r.values_named(b"x-request-id").next().is_some());
+                if !sent {
                     resp.headers_mut().insert(X_REQUEST_ID, id);
                 }
             }
