@@ -1928,3 +1928,55 @@ async fn a_request_body_over_max_request_body_is_413_and_never_reaches_the_slot_
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// Writes `bytes` on `w` in 64 KiB pieces; `None` at the first write the
+/// proxy refuses (a reset), else `w` back (dropped, it would close the
+/// connection's sending side).
+fn write_unasked(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    bytes: Vec<u8>,
+) -> tokio::task::JoinHandle<Option<tokio::net::tcp::OwnedWriteHalf>> {
+    tokio::spawn(async move {
+        for piece in bytes.chunks(64 * 1024) {
+            w.write_all(piece).await.ok()?;
+        }
+        Some(w)
+    })
+}
+
+/// A head the proxy cannot serve, a client still writing: a head too large
+/// (431) and a malformed head followed by a large body (400) are answered
+/// and then closed lingering, as after a 413, so that a client that writes
+/// its whole request before it reads gets the answer, not a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_the_proxy_refuses_is_answered_to_a_client_still_writing() {
+    let h = Harness::new().await;
+    let p = start(&h, &[]).await;
+    let big = "a".repeat(16 << 20);
+    let too_large = format!("GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n");
+    let mut malformed =
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nNot A Header\r\nContent-Length: 8388608\r\n\r\n"
+            .to_vec();
+    malformed.resize(malformed.len() + (8 << 20), b' ');
+    for (want, request) in [(431, too_large.into_bytes()), (400, malformed)] {
+        for _ in 0..3 {
+            let (mut r, w) = TcpStream::connect(p.public_addr)
+                .await
+                .expect("connect")
+                .into_split();
+            let written = write_unasked(w, request.clone()).await.expect("the writer");
+            assert!(
+                written.is_some(),
+                "{want}: the request was cut with a reset"
+            );
+            drop(written);
+            let got = read_until_closed(&mut r)
+                .await
+                .expect("answered and closed");
+            let (status, text) = parse_answer(&got);
+            assert_eq!(status, want, "{text}");
+        }
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}

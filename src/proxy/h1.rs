@@ -841,7 +841,21 @@ where
                         return Poll::Ready(Err(e));
                     }
                 },
-                State::Hyper(c) => return c.as_mut().poll(cx).map_err(Into::into),
+                State::Hyper(c) => {
+                    let end = ready!(c.as_mut().poll(cx));
+                    if let Err(e) = &end {
+                        // hyper answered a head it could not read (400, or
+                        // 431 past its buffer) and closes with the rest of
+                        // the request unread, which a client still writing
+                        // it would get as a reset instead of the answer:
+                        // closed lingering, as after a 413. Its connection
+                        // still holds the socket here.
+                        if e.is_parse() || e.is_parse_too_large() {
+                            this.conn.linger();
+                        }
+                    }
+                    return Poll::Ready(end.map_err(Into::into));
+                }
                 State::Done => return Poll::Ready(Ok(())),
             }
         }
