@@ -1216,3 +1216,61 @@ async fn the_process_families_are_the_proxys_own() {
     drop(proc);
     stop.cancel();
 }
+
+/// The access log's `user_agent` (nginx's `$http_user_agent`): the
+/// client's `User-Agent` as it sent it, quoted and escaped, its first 128
+/// bytes; absent when the client sent none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_the_clients_user_agent() {
+    use tokio::io::AsyncWriteExt;
+    let stop = CancellationToken::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blue = support::upstream(ServerConfig::new("blue", Transport::Both), &stop).await;
+    let public = support::closed_port();
+    let access = dir.path().join("access.log");
+    let cfg = support::TestConfig::blue_green(dir.path(), blue, blue)
+        .listen_port(public)
+        .set_str("log", "format", "json")
+        .set_str("log", "access_log", access.display().to_string());
+    let mut proc = support::proc::ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
+    let long = format!("agent/{}", "x".repeat(300));
+    for ua in [
+        Some("python-httpx/0.28.1 \"quoted\"".to_owned()),
+        Some(long.clone()),
+        None,
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", public))
+            .await
+            .expect("connect");
+        let ua = ua
+            .map(|u| format!("User-Agent: {u}\r\n"))
+            .unwrap_or_default();
+        s.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n{ua}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+        support::read_until_closed(&mut s).await.expect("answered");
+    }
+    let log = support::access_lines(&access, 3).await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // Written as each request ends: in any order.
+    let mut agents: Vec<Option<&str>> = lines.iter().map(|l| l["user_agent"].as_str()).collect();
+    agents.sort();
+    assert_eq!(
+        agents,
+        [
+            None,
+            Some(&long[..128]),
+            Some("python-httpx/0.28.1 \"quoted\"")
+        ],
+        "{log}"
+    );
+    drop(proc);
+    stop.cancel();
+}

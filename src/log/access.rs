@@ -43,6 +43,8 @@ pub const MAX_MCP_METHOD: usize = 48;
 pub const CERT_HASH: usize = 64;
 /// The longest `X-Request-Id` kept (`proxy::forward::request_id`).
 pub const MAX_REQUEST_ID: usize = 64;
+/// The longest `User-Agent` a line prints (a client controls it).
+pub const MAX_USER_AGENT: usize = 128;
 
 /// How often the writer drains the queue: the most a line waits, and what
 /// the queue must hold at the highest request rate (16,384 lines in 20 ms is
@@ -178,6 +180,8 @@ pub struct Record {
     /// The `Mcp-Method` header (empty when absent).
     pub mcp_method: Inline<MAX_MCP_METHOD>,
     pub session: Option<Fingerprint>,
+    /// The client's `User-Agent` (empty when absent, or not UTF-8).
+    pub user_agent: Inline<MAX_USER_AGENT>,
     pub end: End,
 }
 
@@ -199,6 +203,7 @@ impl Record {
             era: None,
             mcp_method: Inline::EMPTY,
             session: None,
+            user_agent: Inline::EMPTY,
             end: End::Complete,
         }
     }
@@ -715,6 +720,10 @@ fn format_as<const JSON: bool>(out: &mut Vec<u8>, r: &Record, clock: &mut Clock)
             out.push(b'"');
         }
     }
+    if !r.user_agent.is_empty() {
+        key(out, USER_AGENT);
+        quoted(out, r.user_agent.as_bytes());
+    }
     key(out, END);
     out.push(b'"');
     out.extend_from_slice(r.end.as_str().as_bytes());
@@ -730,6 +739,7 @@ type Key = (&'static [u8], &'static [u8]);
 const CLIENT_IP: Key = (b" client_ip=", b",\"client_ip\":");
 const CLIENT_CERT: Key = (b" client_cert=", b",\"client_cert\":");
 const REQUEST_ID: Key = (b" request_id=", b",\"request_id\":");
+const USER_AGENT: Key = (b" user_agent=", b",\"user_agent\":");
 const METHOD: Key = (b" method=", b",\"method\":");
 const PATH: Key = (b" path=", b",\"path\":");
 const STATUS: Key = (b" status=", b",\"status\":");

@@ -105,6 +105,19 @@ impl Exchange {
         }
     }
 
+    /// Whether the request has an access-log line (the log is on).
+    pub fn logged(&self) -> bool {
+        self.line.is_some()
+    }
+
+    /// The client's `User-Agent`: the line's `user_agent` (its first
+    /// [`access::MAX_USER_AGENT`] bytes; one that is not UTF-8 is left out).
+    pub fn user_agent(&mut self, value: &[u8]) {
+        if let (Some(l), Ok(ua)) = (self.line.as_mut(), std::str::from_utf8(value)) {
+            l.user_agent = access::Inline::new(ua);
+        }
+    }
+
     /// Whether the request's `Mcp-Method` is `tools/call` (read once, at the start).
     pub fn is_tools_call(&self) -> bool {
         self.mcp_method.is_some_and(method::is_tools_call)

@@ -201,6 +201,13 @@ impl Forwarder {
                 if let Some(cert) = peer.conn.client_cert() {
                     exchange.client_cert(cert);
                 }
+                if exchange.logged() {
+                    let ua =
+                        RequestBody::first_value(&req, LineKind::UserAgent, &header::USER_AGENT);
+                    if let Some(ua) = ua {
+                        exchange.user_agent(ua);
+                    }
+                }
                 let request_id = self.request_id.then(|| request_id(&req, peer));
                 if let Some(id) = &request_id {
                     exchange.request_id(id);

@@ -92,6 +92,7 @@ pub enum LineKind {
     XForwardedProto,
     XForwardedClientCert,
     XRequestId,
+    UserAgent,
     Expect,
 }
 
@@ -109,6 +110,7 @@ impl LineKind {
             10 if is("connection") => LineKind::Connection,
             10 if is("keep-alive") => LineKind::HopByHop,
             10 if is("mcp-method") => LineKind::McpMethod,
+            10 if is("user-agent") => LineKind::UserAgent,
             12 if is("content-type") => LineKind::ContentType,
             12 if is("x-request-id") => LineKind::XRequestId,
             13 if is("last-event-id") => LineKind::LastEventId,
