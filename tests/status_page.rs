@@ -11,7 +11,8 @@
 //!   and their counts, and a drain counts the streams another instance
 //!   holds (in Chromium and without JavaScript);
 //! - with `tls.acme` and a CA that cannot be reached, the page says why the
-//!   certificate did not come;
+//!   certificate did not come; with `migrate = "replay"`, it counts the
+//!   sessions captured and the one a deploy moves;
 //! - without JavaScript (a plain GET) the page holds the same state,
 //!   server-rendered, and a meta refresh;
 //! - the `/events` feed outlives the admin listener's header timeout, ends at
@@ -408,6 +409,57 @@ fn the_page_shows_why_the_acme_certificate_did_not_come() {
         "document.querySelector('#acme')?.innerText",
     )
     .expect("the acme section");
+    assert!(b.seen.errors.is_empty(), "{:?}", b.seen.errors);
+    drop(b);
+    assert!(proxy.terminate().success(), "{}", proxy.stderr());
+}
+
+/// `[drain] migrate = "replay"`: the page counts the captured session, then
+/// its move when a deploy with `--migrate` ends blue and the session's next
+/// call goes to green.
+#[test]
+fn the_page_counts_the_sessions_a_deploy_moves() {
+    // The runtime runs blue and green.
+    let (chromium, rt, h) = browser_test();
+    let (cfg, public, admin) = h.builder_on_ports();
+    let cfg = cfg
+        .set_str("drain", "migrate", "replay")
+        .set_str("watch", "window", "1s")
+        .set_str("watch", "interval", "500ms");
+    let path = cfg.write();
+    let mut proxy = ProxyProcess::spawn(&path, &cfg.socket(), &["--ignore-state"]);
+    proxy.wait_ready();
+    let client = http_client();
+    let url = format!("http://127.0.0.1:{public}/mcp");
+    let sid = rt.block_on(support::mcp::open_session(&client, &url));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = Browser::start(&chromium, dir.path()).expect("chromium starts");
+    b.navigate(&format!("http://127.0.0.1:{admin}/"))
+        .expect("open the page");
+    let counts = "document.querySelector('#migration .migration-counts')";
+    b.until(
+        "the captured session on the page",
+        &format!(
+            "document.querySelector('#conn')?.dataset.conn === 'live' \
+             && ({counts}?.textContent || '').startsWith('1 session captured (') \
+             && {counts}?.dataset.migrated === '0'"
+        ),
+        &format!("{counts}?.textContent"),
+    )
+    .expect("the migration section");
+    let run = proc::ctl(&cfg.socket(), &["deploy", "green", "--migrate"]);
+    assert!(run.ok(), "ctl deploy failed: {run:?}");
+    let (status, answer) = rt.block_on(support::mcp::call_whoami(&client, &url, &sid, 7));
+    assert_eq!(status, 200, "{answer}");
+    b.until(
+        "the session's move on the page",
+        &format!(
+            "{counts}?.dataset.migrated === '1' \
+             && ({counts}?.textContent || '').includes(' · 1 moved · 0 could not move · ')"
+        ),
+        &format!("{counts}?.textContent"),
+    )
+    .expect("the move");
     assert!(b.seen.errors.is_empty(), "{:?}", b.seen.errors);
     drop(b);
     assert!(proxy.terminate().success(), "{}", proxy.stderr());

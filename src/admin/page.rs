@@ -109,6 +109,11 @@ impl Page<'_> {
             fleet(s, &mut o);
             o.push_str("</div>\n");
         }
+        if s.migration.is_some() {
+            o.push_str("</section>\n<section id=\"migration-section\">\n<h2>Session migration</h2>\n<div id=\"migration\">\n");
+            migration(s, &mut o);
+            o.push_str("</div>\n");
+        }
         if s.acme.is_some() {
             o.push_str("</section>\n<section id=\"acme-section\">\n<h2>Certificate (ACME)</h2>\n<div id=\"acme\">\n");
             acme(s, &mut o);
@@ -248,6 +253,47 @@ fn fleet(s: &Status, o: &mut String) {
     o.push_str("<tr class=\"total\" data-instance=\"\"><td class=\"name\">fleet</td><td></td>");
     cells(o, &c.totals);
     o.push_str("</tr>\n</tbody>\n</table>\n");
+}
+
+/// `1.5 KiB`, `2.0 MiB`: a byte count as people read it (app.js's `size`).
+fn size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// `[drain] migrate = "replay"`: the sessions held for a move, the moves,
+/// the sessions that could not move by cause, and the calls cut in flight
+/// (app.js's `renderMigration` is the same).
+fn migration(s: &Status, o: &mut String) {
+    let Some(m) = &s.migration else { return };
+    let failed: u64 = m.failed.values().sum();
+    let causes: Vec<String> = m
+        .failed
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| format!("{n} {c}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "<p class=\"migration-counts\" data-migrated=\"{}\" data-failed=\"{failed}\">{} · {} moved · {} could not move{} · {}</p>",
+        m.migrated,
+        esc(&format!(
+            "{} captured ({})",
+            count(m.captured_sessions, "session", "sessions"),
+            size(m.captured_bytes)
+        )),
+        m.migrated,
+        failed,
+        if causes.is_empty() {
+            String::new()
+        } else {
+            esc(&format!(" ({})", causes.join(", ")))
+        },
+        count(m.interrupted_calls, "call interrupted", "calls interrupted"),
+    );
 }
 
 /// `[listen] tls.acme`: the domains and the CA, what the orders came to, why
@@ -934,6 +980,33 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains(HOSTILE));
+    }
+
+    #[test]
+    fn the_migration_section_counts_captures_moves_and_failures() {
+        let mut s = status();
+        assert!(!page(&s, &[]).contains("migration"));
+        s.migration = Some(crate::control::protocol::MigrationStatus {
+            mode: "replay".into(),
+            captured_sessions: 1,
+            captured_bytes: 3 * 1024 * 1024 / 2,
+            migrated: 12,
+            failed: [("not_captured".to_owned(), 2), ("upstream".to_owned(), 0)]
+                .into_iter()
+                .collect(),
+            interrupted_calls: 3,
+        });
+        let html = page(&s, &[]);
+        assert!(
+            html.contains("<section id=\"migration-section\">"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<p class=\"migration-counts\" data-migrated=\"12\" data-failed=\"2\">1 session captured (1.5 MiB) · 12 moved · 2 could not move (2 not_captured) · 3 calls interrupted</p>"),
+            "{html}"
+        );
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
     }
 
     #[test]

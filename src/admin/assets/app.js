@@ -125,6 +125,28 @@
     root.replaceChildren(head, table);
   }
 
+  // ---- migration ----------------------------------------------------------
+
+  // A byte count as people read it (src/admin/page.rs's `size`).
+  function size(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / 1048576).toFixed(1)} MiB`;
+  }
+
+  function renderMigration(st) {
+    const root = document.getElementById('migration');
+    const m = st.migration;
+    if (!root || !m) return;
+    const entries = Object.entries(m.failed || {});
+    const failed = entries.reduce((a, [, n]) => a + n, 0);
+    const causes = entries.filter(([, n]) => n > 0).map(([c, n]) => `${n} ${c}`);
+    const text = `${count(m.captured_sessions, 'session', 'sessions')} captured (${size(m.captured_bytes)})`
+      + ` · ${m.migrated} moved · ${failed} could not move${causes.length ? ` (${causes.join(', ')})` : ''}`
+      + ` · ${count(m.interrupted_calls, 'call interrupted', 'calls interrupted')}`;
+    root.replaceChildren(h('p', { class: 'migration-counts', 'data-migrated': m.migrated, 'data-failed': failed }, text));
+  }
+
   // ---- acme ---------------------------------------------------------------
 
   function renderAcme(st) {
@@ -151,7 +173,8 @@
   function spark(d) {
     const W = 600, H = 110, L = 24, B = 14;
     const last = d.points[d.points.length - 1] || [0, 0];
-    const span = Math.min(d.deadline, Math.max(10000, last[0] * 1.5));
+    // At least 1 ms: a drain cut at once (`--migrate`) has a deadline of 0.
+    const span = Math.max(1, Math.min(d.deadline, Math.max(10000, last[0] * 1.5)));
     const top = Math.max(1, ...d.points.map((p) => p[1]));
     const x = (ms) => L + ((W - L - 4) * Math.min(ms, span)) / span;
     const y = (n) => 4 + ((H - B - 4) * (top - n)) / top;
@@ -407,6 +430,7 @@
     if (!st) return;
     renderSlots(st);
     renderFleet(st);
+    renderMigration(st);
     renderAcme(st);
     renderDrains(st);
     renderDeploy(st);
