@@ -65,7 +65,7 @@ pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 /// Renders the metrics text in the 0.0.4 text format (what a scraper without an
 /// `Accept` header gets).
 pub fn metrics_text(ctl: &Arc<Controller>, proxy: &ProxyStats) -> String {
-    metrics::render(ctl, proxy, Format::Text)
+    metrics::render(ctl, proxy, Format::Text, metrics::process::read().as_ref())
 }
 
 /// How the admin listener treats its clients.
@@ -149,7 +149,12 @@ fn not_allowed(peer: std::net::SocketAddr) -> Response<AdminBody> {
     resp
 }
 
-fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
+/// `process`: what `/metrics` shows of the process, read before.
+fn handle(
+    req: &Request<Incoming>,
+    admin: &Arc<Admin>,
+    process: Option<&metrics::process::Process>,
+) -> Response<AdminBody> {
     let mut cache = "no-store";
     let mut resp = if let Err(why) = admin.guard.check(req.headers(), req.uri()) {
         let status = match why {
@@ -232,7 +237,7 @@ fn handle(req: &Request<Incoming>, admin: &Arc<Admin>) -> Response<AdminBody> {
                 let mut r = whole(
                     StatusCode::OK,
                     format.content_type(),
-                    metrics::render(&admin.ctl, &admin.proxy, format),
+                    metrics::render(&admin.ctl, &admin.proxy, format, process),
                 );
                 // Caches must not hand one scraper the other format.
                 r.headers_mut()
@@ -324,8 +329,18 @@ pub async fn serve(
                     let active = conn.begin(req.version() < http::Version::HTTP_2);
                     let admin = Arc::clone(&admin);
                     async move {
+                        // Read on the blocking pool: listing `/proc/self/fd`
+                        // may take milliseconds (`metrics::process`).
+                        let process = if allowed && req.uri().path() == "/metrics" {
+                            tokio::task::spawn_blocking(metrics::process::read)
+                                .await
+                                .ok()
+                                .flatten()
+                        } else {
+                            None
+                        };
                         let resp = if allowed {
-                            handle(&req, &admin)
+                            handle(&req, &admin, process.as_ref())
                         } else {
                             not_allowed(peer)
                         };

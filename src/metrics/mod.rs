@@ -33,8 +33,14 @@ pub const COMMIT: &str = env!("MCPFLIP_COMMIT");
 type PickHistogram = fn(&Slot) -> &AtomicHistogram;
 
 /// Renders one scrape in `format`; `proxy` holds the public listener's
-/// counters that belong to no slot.
-pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
+/// counters that belong to no slot, `process` what [`process::read`] read
+/// (off the worker threads: see there).
+pub fn render(
+    ctl: &Controller,
+    proxy: &ProxyStats,
+    format: Format,
+    process: Option<&process::Process>,
+) -> String {
     let table = ctl.tables.load_full();
     let slots = &table.slots;
     let mut w = Writer::new(format);
@@ -414,7 +420,7 @@ pub fn render(ctl: &Controller, proxy: &ProxyStats, format: Format) -> String {
         "When this process started serving, seconds since the Unix epoch",
     )
     .gauge(&[], ctl.counters.started());
-    process::write(&mut w);
+    process::write(&mut w, process);
     w.finish()
 }
 
