@@ -1856,21 +1856,25 @@ impl ProxyConfig {
     }
 }
 
-/// Half the soft `RLIMIT_NOFILE` (a client connection may hold a slot
-/// connection too), at least 16; 4096 when the limit cannot be read.
-pub fn default_max_connections() -> usize {
+/// The soft `RLIMIT_NOFILE` (`ulimit -n`); `None` when unlimited or
+/// unreadable.
+pub fn open_file_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass and has no other effect.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// Half the soft `RLIMIT_NOFILE` (a client connection may hold a slot
+/// connection too), at least 16; 4096 when the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    let Some(limit) = open_file_limit() else {
         return 4096;
-    }
-    usize::try_from(lim.rlim_cur / 2)
-        .unwrap_or(usize::MAX)
-        .max(16)
+    };
+    usize::try_from(limit / 2).unwrap_or(usize::MAX).max(16)
 }
 
 fn check_upstream(s: &str) -> Result<(), String> {

@@ -78,13 +78,7 @@ pub fn read() -> Option<Process> {
     }
     let ticks = ticks as f64;
     let open_fds = open_fds();
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and has no other effect.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    let max_fds = (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur);
+    let max_fds = crate::config::open_file_limit();
     Some(Process {
         cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
         resident_bytes: stat.rss_pages * page as u64,
