@@ -29,7 +29,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper_util::client::legacy::Client;
@@ -140,12 +140,16 @@ pub async fn run(ctl: Arc<Controller>, fleet: Option<Fleet>, stop: CancellationT
 /// How long until the certificate is due for renewal (`None`: now, or it
 /// is missing, unreadable, or not for the configured domains).
 fn due_in(tls: &TlsConfig, acme: &AcmeConfig) -> Option<Duration> {
-    let pair = crate::config::CertPair {
-        cert: tls.cert.clone(),
-        key: tls.key.clone(),
-    };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
-    due(&crate::tls::file_identity(&pair).ok()?, acme, now)
+    due(
+        &crate::tls::file_identity(&tls.pair()).ok()?,
+        acme,
+        unix_now(),
+    )
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    (crate::control::controller::now_ms() / 1000) as i64
 }
 
 /// How long after `now` (Unix seconds) a certificate is due for renewal
@@ -270,16 +274,8 @@ impl Issued {
     /// Whether it may be served for `acme` now: the key is the
     /// certificate's, and it is for every domain and not due for renewal.
     fn fresh(&self, tls: &TlsConfig, acme: &AcmeConfig) -> Result<bool, String> {
-        let pair = crate::config::CertPair {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-        };
-        let id = crate::tls::pem_identity(self.cert.as_bytes(), self.key.as_bytes(), &pair)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| e.to_string())?
-            .as_secs() as i64;
-        Ok(due(&id, acme, now).is_some())
+        let id = crate::tls::pem_identity(self.cert.as_bytes(), self.key.as_bytes(), &tls.pair())?;
+        Ok(due(&id, acme, unix_now()).is_some())
     }
 }
 

@@ -158,6 +158,16 @@ fn humantime_out<S: serde::Serializer>(
     }
 }
 
+impl TlsConfig {
+    /// `cert` and `key` as a pair.
+    pub fn pair(&self) -> CertPair {
+        CertPair {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
 impl AcmeConfig {
     /// What is wrong with it, if anything.
     pub fn check(&self) -> Result<(), String> {
@@ -518,10 +528,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
 /// [`server_config`], and the certificates it serves (for their expiry metric),
 /// from one reading of the files.
 pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<CertificateInfo>), String> {
-    let default_pair = CertPair {
-        cert: tls.cert.clone(),
-        key: tls.key.clone(),
-    };
+    let default_pair = tls.pair();
     let default = match &tls.acme {
         // Nothing issued yet: a placeholder until the CA answers.
         Some(acme) if !tls.cert.exists() || !tls.key.exists() => acme_placeholder(acme)?,
