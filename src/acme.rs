@@ -425,6 +425,10 @@ pub struct Fleet {
     namespace: String,
 }
 
+/// The largest value read back from the fleet's ACME keys: a certificate
+/// and its key as files may be (`files::MAX_PEM` each), and JSON around them.
+const MAX_SHARED: u64 = 2 * crate::files::MAX_PEM + 4096;
+
 /// How long the fleet's ACME lock and a published answer live at most.
 const FLEET_LEASE: Duration = Duration::from_secs(180);
 
@@ -500,6 +504,12 @@ impl Fleet {
             .await
             .map_err(|e| e.to_string())?;
         let Some(kv) = kv else { return Ok(None) };
+        if kv.value.len() as u64 > MAX_SHARED {
+            return Err(format!(
+                "the fleet's certificate is {} bytes, over {MAX_SHARED}",
+                kv.value.len()
+            ));
+        }
         let shared: Issued = serde_json::from_slice(&kv.value)
             .map_err(|e| format!("the fleet's certificate is not mcpflip's: {e}"))?;
         match shared.fresh(tls, acme) {
@@ -541,6 +551,10 @@ async fn follow(fleet: Fleet, stop: CancellationToken) {
     };
     let put = |key: &[u8], value: &[u8]| {
         let Some(domain) = domain_of(key) else { return };
+        if value.len() as u64 > MAX_SHARED {
+            tracing::warn!(%domain, bytes = value.len(), "a published tls-alpn-01 answer is too large: ignored");
+            return;
+        }
         let answer = serde_json::from_slice::<Answer>(value)
             .map_err(|e| e.to_string())
             .and_then(|a| a.certified());
