@@ -586,12 +586,17 @@ fn addr(out: &mut Vec<u8>, a: &SocketAddr) {
 }
 
 fn hex8(out: &mut Vec<u8>, f: Fingerprint) {
+    out.extend_from_slice(&hex_digits::<8>(u128::from(f.0)));
+}
+
+/// The low `N` hex digits of `v`, lowercase, leading zeros kept.
+pub fn hex_digits<const N: usize>(v: u128) -> [u8; N] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut d = [0; 8];
+    let mut d = [0; N];
     for (i, slot) in d.iter_mut().enumerate() {
-        *slot = HEX[((f.0 >> ((7 - i) * 4)) & 0xf) as usize];
+        *slot = HEX[((v >> ((N - 1 - i) * 4)) & 0xf) as usize];
     }
-    out.extend_from_slice(&d);
+    d
 }
 
 /// `s` as a JSON string body (or a quoted text value): `"` and `\` escaped,

@@ -1153,12 +1153,7 @@ fn request_id(req: &Request<RequestBody>, peer: &Peer) -> HeaderValue {
             return v;
         }
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
-    let mut id = [0u8; 32];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = HEX[(n >> (124 - 4 * i) & 0xf) as usize];
-    }
+    let id = crate::log::access::hex_digits::<32>(fastrand::u128(..));
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
