@@ -978,3 +978,199 @@ async fn a_reconnecting_get_of_a_moved_session_resumes_only_what_the_new_slot_se
     drop(body);
     proxy.shutdown().await;
 }
+
+/// A legacy HTTP+SSE server (2024-11-05) that records every message: `GET
+/// /sse` opens a session (`{slot}-{n}`, named in the `endpoint` event), and
+/// the answers to what is posted to `/messages/?session_id=` come on that
+/// session's stream. An `initialize` is preceded by a log notification
+/// ("hello from {slot}"); the `never` tool is never answered. The session
+/// ends with its stream.
+async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
+    type Streams =
+        Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<Bytes>>>;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let seen = Arc::new(Seen::default());
+    let streams: Arc<Streams> = Arc::default();
+    let next = Arc::new(AtomicU32::new(1));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let (seen, streams, next) = (Arc::clone(&log), Arc::clone(&streams), Arc::clone(&next));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                    let (seen, streams, next) =
+                        (Arc::clone(&seen), Arc::clone(&streams), Arc::clone(&next));
+                    async move {
+                        let record = |s: &str, what: &str| {
+                            seen.0
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((s.to_owned(), what.to_owned()))
+                        };
+                        let streams = |f: &mut dyn FnMut(&mut std::collections::HashMap<_, _>)| {
+                            f(&mut streams.lock().unwrap_or_else(|p| p.into_inner()))
+                        };
+                        if req.method() == hyper::Method::GET {
+                            let s = format!("{slot}-{}", next.fetch_add(1, Ordering::Relaxed));
+                            record(&s, "GET /sse");
+                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                            let _ = tx.send(Bytes::from(format!(
+                                "event: endpoint\r\ndata: /messages/?session_id={s}\r\n\r\n"
+                            )));
+                            streams(&mut |m| {
+                                m.insert(s.clone(), tx.clone());
+                            });
+                            return Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "text/event-stream")
+                                    .body(Channel(rx).boxed())
+                                    .expect("stream"),
+                            );
+                        }
+                        let s = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("session_id="))
+                            .unwrap_or_default()
+                            .to_owned();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let mut tx = None;
+                        streams(&mut |m| tx = m.get(&s).filter(|t| !t.is_closed()).cloned());
+                        let Some(tx) = tx else {
+                            return Ok(answer(404, None, None));
+                        };
+                        let method = msg["method"].as_str().unwrap_or_default();
+                        record(&s, &format!("{method} id={}", msg["id"]));
+                        let send = |v: Value| {
+                            let _ = tx
+                                .send(Bytes::from(format!("event: message\r\ndata: {v}\r\n\r\n")));
+                        };
+                        if method == "initialize" {
+                            send(json!({"jsonrpc":"2.0","method":"notifications/message",
+                                "params":{"level":"info","data":format!("hello from {slot}")}}));
+                            send(json!({"jsonrpc":"2.0","id":msg["id"],"result":{
+                                "protocolVersion":"2024-11-05","capabilities":{},
+                                "serverInfo":{"name":slot,"version":"1"}}}));
+                        } else if msg.get("id").is_some() && msg["params"]["name"] != "never" {
+                            send(
+                                json!({"jsonrpc":"2.0","id":msg["id"],"result":{"slot":slot,"session":s}}),
+                            );
+                        }
+                        Ok(answer(202, None, None))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A legacy HTTP+SSE session outlives its slot on the client's one open
+/// stream: at `drain blue --migrate` the proxy opens the session again on
+/// green (its `initialize`, `notifications/initialized` and `setLevel`
+/// replayed, in order, under the proxy's own ids), and the client's stream
+/// goes on from green without an `endpoint` event or any answer to the
+/// replay: first the error of the call blue never answered, then green's
+/// notification, then the answer to the client's next call, which its old
+/// POST URL carried to green's session.
+#[tokio::test]
+async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
+    let (blue, blue_seen) = legacy_upstream("blue").await;
+    let (green, green_seen) = legacy_upstream("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let base = url.trim_end_matches("/mcp");
+    let mut s = support::mcp::SseSession::open(&client, base)
+        .await
+        .expect("legacy session");
+    assert!(
+        s.post_url().contains("session_id=mf1.blue.1.blue-1"),
+        "{}",
+        s.post_url()
+    );
+    s.request("logging/setLevel", json!({"level": "debug"}))
+        .await
+        .expect("setLevel");
+    let r = s
+        .request("tools/call", json!({"name": "whoami"}))
+        .await
+        .expect("call");
+    assert_eq!(r["slot"], "blue", "{r}");
+    // A call blue never answers: its answer would come on blue's stream.
+    s.post(request(10, "tools/call", json!({"name": "never"})))
+        .await
+        .expect("post");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+
+    // The same stream, now from green.
+    let (_, first) = s.next_message().await.expect("the stream goes on");
+    assert_eq!(
+        first["id"], 10,
+        "the unanswered call's error first: {first}"
+    );
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted by a deploy")),
+        "{first}"
+    );
+    let (name, hello) = s.next_message().await.expect("green's notification");
+    assert_eq!(
+        (name.as_str(), &hello["params"]["data"]),
+        ("message", &json!("hello from green")),
+        "what green sent during the replay passes, its answers do not: {hello}"
+    );
+    s.post(request(11, "tools/call", json!({"name": "whoami"})))
+        .await
+        .expect("the old POST URL still takes requests");
+    let (_, r) = s.next_message().await.expect("the answer");
+    assert_eq!(r["id"], 11, "{r}");
+    assert_eq!(r["result"]["slot"], "green", "{r}");
+    assert_eq!(r["result"]["session"], "green-1", "{r}");
+
+    assert_eq!(
+        green_seen.of("green-1"),
+        [
+            "GET /sse",
+            r#"initialize id="mcpflip-replay-0""#,
+            "notifications/initialized id=null",
+            r#"logging/setLevel id="mcpflip-replay-1""#,
+            "tools/call id=11",
+        ],
+        "green's session: the replay in order, then the client's call"
+    );
+    assert_eq!(
+        blue_seen.of("blue-1").last().map(String::as_str),
+        Some("tools/call id=10"),
+        "nothing reached blue after the move"
+    );
+    let status = support::ctl(&socket, "status").await;
+    assert_eq!(status["migration"]["migrated"], 1, "{status}");
+    assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
+    let live: Vec<(Value, Value)> = status["slots"]
+        .as_array()
+        .expect("slots")
+        .iter()
+        .map(|s| (s["name"].clone(), s["live_streams"].clone()))
+        .collect();
+    assert_eq!(
+        live,
+        [(json!("blue"), json!(0)), (json!("green"), json!(1))],
+        "the stream counts on green now"
+    );
+    drop(s);
+    proxy.shutdown().await;
+}

@@ -801,12 +801,24 @@ async fn probe_speaks_2026_07_28_to_a_server_that_speaks_nothing_else() {
 /// Python 1.x SDK servers as blue and green behind a proxy with `[drain]
 /// migrate = mode`: (blue's server, green's, the proxy's directory, its
 /// control socket, its base URL, the proxy).
-async fn migration_rig(mode: &str) -> (Proc, Proc, tempfile::TempDir, PathBuf, String, Child) {
-    let (blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
-    let (green_srv, green) = server(Sdk::Py1, "green", "streamable-http").await;
+async fn migration_rig(
+    mode: &str,
+    transport: &str,
+    server_sdk: Sdk,
+) -> (Proc, Proc, tempfile::TempDir, PathBuf, String, Child) {
+    let (blue_srv, blue) = server(server_sdk, "blue", transport).await;
+    let (green_srv, green) = server(server_sdk, "green", transport).await;
+    let legacy = transport == "sse";
     let (dir, socket, base, proxy) = start_proxy_with(blue, green, |c| {
-        c.set_str("drain", "quiet", "100ms")
-            .set_str("drain", "migrate", mode)
+        let c = c
+            .set_str("drain", "quiet", "100ms")
+            .set_str("drain", "migrate", mode);
+        if legacy {
+            c.set_str("probe", "transport", "sse")
+                .set_str("probe", "path", "/sse")
+        } else {
+            c
+        }
     })
     .await;
     (blue_srv, green_srv, dir, socket, base, proxy)
@@ -821,16 +833,30 @@ async fn migration_rig(mode: &str) -> (Proc, Proc, tempfile::TempDir, PathBuf, S
 /// at the deadline gets a JSON-RPC error (not a hang), and the ticker's calls
 /// after blue is gone are answered by green. With migration off (the
 /// baseline) the same run fails calls once blue is gone.
-async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
+///
+/// `transport` "sse": the same with legacy HTTP+SSE sessions (2024-11-05),
+/// whose GET stream the proxy keeps open and moves (`proxy::splice`).
+async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool, transport: &str) {
+    migration_across_a_deploy_of(Sdk::Py1, client_sdk, replay, transport).await;
+}
+
+/// [`migration_across_a_deploy`] with servers of `server_sdk`.
+async fn migration_across_a_deploy_of(
+    server_sdk: Sdk,
+    client_sdk: Sdk,
+    replay: bool,
+    transport: &str,
+) {
     let mode = if replay { "replay" } else { "off" };
-    let (mut blue_srv, _green, _dir, socket, base, mut proxy) = migration_rig(mode).await;
-    let mut ticker = client(client_sdk, &base, "streamable-http").await;
+    let (mut blue_srv, _green, _dir, socket, base, mut proxy) =
+        migration_rig(mode, transport, server_sdk).await;
+    let mut ticker = client(client_sdk, &base, transport).await;
     assert_ok(
         &ticker.call("whoami").await,
         "blue",
         "the ticker's first call",
     );
-    let mut slow = client(client_sdk, &base, "streamable-http").await;
+    let mut slow = client(client_sdk, &base, transport).await;
     assert_ok(
         &slow.call("whoami").await,
         "blue",
@@ -838,8 +864,14 @@ async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
     );
     let before = blue_load(&socket).await;
     slow.send(r#"call slow {"seconds": 60}"#).await;
+    if transport == "sse" {
+        // A legacy POST is answered 202 at once and its call runs with
+        // nothing in flight at the proxy: its answer is to come on the
+        // stream. Half a second for the POST to pass.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let end = tokio::time::Instant::now() + Duration::from_secs(20);
-    while blue_load(&socket).await <= before {
+    while transport != "sse" && blue_load(&socket).await <= before {
         assert!(
             tokio::time::Instant::now() < end,
             "the slow call never reached blue"
@@ -906,7 +938,7 @@ async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
     let (mut ticker, results) = ticking.await.expect("ticker");
     let failed: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).collect();
     eprintln!(
-        "{client_sdk:?} migrate={mode}: {} calls, {} failed: {failed:?}",
+        "{client_sdk:?} {transport} migrate={mode}: {} calls, {} failed: {failed:?}",
         results.len(),
         failed.len()
     );
@@ -934,6 +966,14 @@ async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
             "both sessions moved, once each: {}",
             v["migration"]
         );
+        // The slow call alone: a ticker call in flight at the cut gets its
+        // answer within the call's grace, and (legacy) the calls answered
+        // before the cut are not answered again with an error.
+        assert_eq!(
+            v["migration"]["interrupted_calls"], 1,
+            "only the slow call was interrupted: {}",
+            v["migration"]
+        );
     } else {
         assert!(
             !failed.is_empty(),
@@ -945,33 +985,61 @@ async fn migration_across_a_deploy(client_sdk: Sdk, replay: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_replay_python1_client_across_a_deploy() {
-    migration_across_a_deploy(Sdk::Py1, true).await;
+    migration_across_a_deploy(Sdk::Py1, true, "streamable-http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_replay_python2_client_across_a_deploy() {
-    migration_across_a_deploy(Sdk::Py2, true).await;
+    migration_across_a_deploy(Sdk::Py2, true, "streamable-http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_replay_typescript_client_across_a_deploy() {
-    migration_across_a_deploy(Sdk::Ts, true).await;
+    migration_across_a_deploy(Sdk::Ts, true, "streamable-http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_off_python1_client_fails_across_a_deploy_baseline() {
-    migration_across_a_deploy(Sdk::Py1, false).await;
+    migration_across_a_deploy(Sdk::Py1, false, "streamable-http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_legacy_sse_python1_client_across_a_deploy() {
+    migration_across_a_deploy(Sdk::Py1, true, "sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_legacy_sse_python2_client_across_a_deploy() {
+    migration_across_a_deploy(Sdk::Py2, true, "sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_legacy_sse_typescript_client_across_a_deploy() {
+    migration_across_a_deploy(Sdk::Ts, true, "sse").await;
+}
+
+/// The TypeScript SDK's legacy server names its session `sessionId` (the
+/// Python SDK's, `session_id`) and checks `initialize` its own way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_legacy_sse_typescript_server_python1_client_across_a_deploy() {
+    migration_across_a_deploy_of(Sdk::Ts, Sdk::Py1, true, "sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_off_legacy_sse_python1_client_fails_across_a_deploy_baseline() {
+    migration_across_a_deploy(Sdk::Py1, false, "sse").await;
 }
 
 /// Issue 16: `kill -9` of blue while SDK sessions are open on it (blue
 /// draining after a flip, so green serves): with replay, each session's next
 /// call is answered by green; with migration off it fails.
-async fn migration_after_kill(replay: bool) {
+async fn migration_after_kill(replay: bool, transport: &str) {
     let mode = if replay { "replay" } else { "off" };
-    let (blue_srv, _green, _dir, socket, base, mut proxy) = migration_rig(mode).await;
+    let (blue_srv, _green, _dir, socket, base, mut proxy) =
+        migration_rig(mode, transport, Sdk::Py1).await;
     let mut clients = Vec::new();
     for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
-        let mut c = client(sdk, &base, "streamable-http").await;
+        let mut c = client(sdk, &base, transport).await;
         assert_ok(&c.call("whoami").await, "blue", "first call");
         clients.push((sdk, c));
     }
@@ -1009,10 +1077,17 @@ async fn migration_after_kill(replay: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_replay_after_kill_9_of_blue() {
-    migration_after_kill(true).await;
+    migration_after_kill(true, "streamable-http").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_off_after_kill_9_of_blue_fails_baseline() {
-    migration_after_kill(false).await;
+    migration_after_kill(false, "streamable-http").await;
+}
+
+/// Legacy HTTP+SSE sessions: `kill -9` of blue breaks their GET streams,
+/// which move to green; each session's next call is answered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_legacy_sse_after_kill_9_of_blue() {
+    migration_after_kill(true, "sse").await;
 }

@@ -47,6 +47,11 @@ where
         }
     }
 
+    /// The body and what was read of it past the events taken.
+    pub fn into_parts(self) -> (B, BytesMut) {
+        (self.body, self.buf)
+    }
+
     /// The next complete event (comments and empty events included).
     pub async fn next(&mut self) -> Result<SseEvent, EventError> {
         loop {
@@ -66,6 +71,25 @@ where
                 None => return Err(EventError::Ended),
             }
         }
+    }
+}
+
+impl SseEvent {
+    /// The event as a stream carries it (its comments and ids are not kept).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.event.len() + self.data.len() + 16);
+        if !self.event.is_empty() {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(self.event.as_bytes());
+            out.push(b'\n');
+        }
+        for line in self.data.split('\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        out
     }
 }
 

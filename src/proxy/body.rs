@@ -21,6 +21,10 @@
 //! migrate_call_grace`, at most 3 s) to pass its answer: a call that was a few
 //! milliseconds from done is not failed for a cut that came between its
 //! first event and its answer. After the grace it ends with the JSON-RPC error.
+//!
+//! A legacy HTTP+SSE session's stream (migration on) does not end where its
+//! slot does: it moves (`proxy::splice`), at an event boundary, once the
+//! calls it carries have had the same grace; the client's response goes on.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +38,7 @@ use http_body_util::Full;
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
 use crate::proxy::migrate::Sessions;
+use crate::proxy::splice::{Spliced, Splicer, Splicing};
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
 use crate::upstream::lines::{RawAnswer, RawHeaders};
@@ -75,8 +80,8 @@ struct Stream {
     /// parks the guard on.
     conn: Conn,
     /// Forces the connection when the slot's force token fires, until
-    /// dropped, and tells the body.
-    watch: ForceWatch,
+    /// dropped, and tells the body. `None` while the stream moves.
+    watch: Option<ForceWatch>,
     /// Migration on, a POST's stream with a known request id: what to do if
     /// the proxy ends the stream (or the slot breaks it) before the answer
     /// passed. Boxed: most streams (GETs) have none.
@@ -85,6 +90,11 @@ struct Stream {
     answered: bool,
     /// After a forced end, the end of the unanswered call's grace.
     call_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Migration on, a legacy HTTP+SSE session's stream: moved where it
+    /// would end with its slot (`proxy::splice`). Boxed: most streams have none.
+    splice: Option<Box<Splicer>>,
+    /// The move under way.
+    splicing: Option<Splicing>,
 }
 
 /// A call's stream that may be cut: the JSON-RPC error event for its id, the
@@ -124,6 +134,9 @@ impl Resume {
         }
     }
 }
+
+/// What a body's poll gives.
+type Polled = Poll<Option<Result<Frame<Bytes>, HttpError>>>;
 
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";
 
@@ -178,13 +191,28 @@ impl ResponseBody {
                 ids,
                 keepalive: keepalive.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
                 conn: conn.clone(),
-                watch,
+                watch: Some(watch),
                 cut: cut.map(Box::new),
                 answered: false,
                 call_deadline: None,
+                splice: None,
+                splicing: None,
             })),
             exchange: None,
         }
+    }
+
+    /// Makes a legacy session's stream move where it would end with its
+    /// slot ([`Splicer`]): its slot's force no longer closes the connection
+    /// unless the stream fails to move within [`FORCE_GRACE`].
+    pub fn splice_with(mut self, splicer: Splicer) -> Self {
+        if let Kind::Stream(s) = &mut self.kind {
+            if let Some(g) = &s.guard {
+                s.watch = Some(s.conn.watch_force_moving(g.stats().force_token()));
+            }
+            s.splice = Some(Box::new(splicer));
+        }
+        self
     }
 
     /// Hands the body its exchange's record, closed when the body ends.
@@ -309,11 +337,16 @@ impl Stream {
     /// is unanswered and its grace (timed from the first poll after the
     /// force) has not passed. Registers the grace's wake-up.
     fn in_call_grace(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(cut) = &self.cut else { return false };
-        if self.answered || cut.grace.is_zero() {
-            return false;
-        }
-        let grace = cut.grace;
+        let grace = match (&self.cut, &self.splice) {
+            (Some(cut), _) if !self.answered && !cut.grace.is_zero() => cut.grace,
+            // A legacy session's stream carries the answers of all its
+            // calls: it waits while one is unanswered.
+            (None, Some(s)) => match s.call_grace() {
+                Some(grace) => grace,
+                None => return false,
+            },
+            _ => return false,
+        };
         let deadline = self
             .call_deadline
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
@@ -354,6 +387,38 @@ impl Stream {
         }
     }
 
+    /// Starts moving a legacy session's stream, where it would end: the old
+    /// slot's count drops now; the client's response goes on. `None`: it
+    /// does not move (no session to move), and ends.
+    fn begin_splice(&mut self, cx: &mut Context<'_>, torn: bool) -> Option<Polled> {
+        let splicing = self.splice.as_mut()?.begin(torn)?;
+        self.guard = None;
+        self.watch = None;
+        self.splicing = Some(splicing);
+        // Polled at once: it takes the session's move lock before any POST
+        // of the session can be routed to the old slot.
+        Some(self.poll_frame(cx))
+    }
+
+    /// The stream comes from its new slot from now on: `first` (if any) is
+    /// for the client first.
+    fn spliced(&mut self, moved: Spliced) -> Option<Bytes> {
+        let Spliced { slot, body, first } = moved;
+        self.inner = body;
+        self.guard = Some(slot.stats.stream_guard());
+        self.watch = Some(self.conn.watch_force_moving(slot.stats.force_token()));
+        self.forced = false;
+        self.grace = None;
+        self.call_deadline = None;
+        self.scanner = SseScanner::default();
+        if let Some(s) = self.splice.as_mut() {
+            s.moved_to(&slot);
+            s.watch(&first);
+        }
+        self.scanner.feed(&first);
+        (!first.is_empty()).then_some(first)
+    }
+
     fn finish(&mut self) {
         self.done = true;
         if let Some(guard) = self.guard.take() {
@@ -375,7 +440,26 @@ impl Stream {
         if self.done {
             return Poll::Ready(None);
         }
-        if !self.forced && self.watch.poll_forced(cx) {
+        if let Some(splicing) = self.splicing.as_mut() {
+            let moved = match splicing.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(moved) => moved,
+            };
+            self.splicing = None;
+            match moved {
+                Ok(moved) => {
+                    if let Some(first) = self.spliced(moved) {
+                        return Poll::Ready(Some(Ok(Frame::data(first))));
+                    }
+                }
+                Err(_) => {
+                    // Counted and logged: it ends as without migration.
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        if !self.forced && self.watch.as_ref().is_some_and(|w| w.poll_forced(cx)) {
             self.forced = true;
             // Timed from the force, whatever happens in the call's grace, so
             // the stream ends before its connection is dropped.
@@ -385,6 +469,12 @@ impl Stream {
         let cutting = self.forced && !self.in_call_grace(cx);
         if self.forced {
             if cutting && self.scanner.at_boundary() && self.rewrite.is_none() {
+                // Cut with its slot (not by a shutdown): a legacy session moves.
+                if self.splice.as_ref().is_some_and(|s| s.slot_gone()) {
+                    if let Some(moving) = self.begin_splice(cx, false) {
+                        return moving;
+                    }
+                }
                 return self.end_cut();
             }
             // The upstream stalls inside an event: end anyway once the grace passes
@@ -416,6 +506,13 @@ impl Stream {
                     return Poll::Pending;
                 }
                 Poll::Ready(None) => {
+                    let gone = self.splice.as_ref().is_some_and(|s| s.slot_gone());
+                    if gone && self.rewrite.is_none() {
+                        let torn = !self.scanner.at_boundary();
+                        if let Some(moving) = self.begin_splice(cx, torn) {
+                            return moving;
+                        }
+                    }
                     self.finish();
                     self.note_unanswered();
                     if let Some(held) = self.rewrite.take().and_then(|mut r| r.finish()) {
@@ -429,6 +526,14 @@ impl Stream {
                         // an error for its call instead of a stream cut short.
                         tracing::debug!(error = %e, "the slot broke a call's stream: answered with a JSON-RPC error");
                         return self.end_cut();
+                    }
+                    if self.rewrite.is_none() {
+                        // The slot broke the stream (killed): a legacy session moves.
+                        let torn = !self.scanner.at_boundary();
+                        if let Some(moving) = self.begin_splice(cx, torn) {
+                            tracing::debug!(error = %e, "the slot broke a legacy session's stream: it moves");
+                            return moving;
+                        }
                     }
                     self.finish();
                     self.note_unanswered();
@@ -451,15 +556,29 @@ impl Stream {
                 match rewrite.push(data) {
                     Rewritten::Pending => continue,
                     Rewritten::Done(out) => {
+                        if let (Some(s), Some(sid)) = (
+                            self.splice.as_mut(),
+                            self.rewrite.as_ref().and_then(EndpointRewrite::session),
+                        ) {
+                            s.set_session(sid);
+                        }
                         self.rewrite = None;
                         data = out;
                     }
                 }
             }
+            if let Some(s) = self.splice.as_mut() {
+                s.watch(&data);
+            }
             if cutting {
                 // Send up to the end of the event in progress, then stop.
                 if let Some(end) = self.scanner.feed_to_boundary(&data) {
                     self.watch_answer(&data[..end]);
+                    if self.splice.as_ref().is_some_and(|s| s.slot_gone()) {
+                        // A legacy session's stream moves at the next poll,
+                        // at this boundary; the old stream's rest is dropped.
+                        return Poll::Ready(Some(Ok(Frame::data(data.slice(..end)))));
+                    }
                     self.finish();
                     let data = data.slice(..end);
                     return match self.cut_reply() {

@@ -299,6 +299,40 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// [`Conn::watch_force`] for a stream that moves when forced (a legacy
+    /// HTTP+SSE session's, `proxy::splice`): its body is told, and its
+    /// connection is forced only if the stream has neither moved nor ended
+    /// (the handle dropped) within [`FORCE_GRACE`]: a client that does not
+    /// read never lets its body move.
+    pub fn watch_force_moving(&self, force: CancellationToken) -> ForceWatch {
+        let (ended, mut ended_rx) = oneshot::channel::<()>();
+        let signal = Arc::new(ForceSignal::default());
+        if force.is_cancelled() {
+            signal.set();
+        }
+        let conn = self.clone();
+        let told = signal.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = force.cancelled() => {
+                    told.set();
+                    tokio::select! {
+                        _ = &mut ended_rx => {}
+                        _ = tokio::time::sleep(FORCE_GRACE) => conn.force_stream(),
+                    }
+                }
+                _ = &mut ended_rx => {}
+            }
+        });
+        ForceWatch {
+            _ended: ended,
+            signal,
+        }
+    }
+}
+
 /// A stream's force as its body sees it: one atomic load per poll, where
 /// polling the token's own future took two mutexes (about 450 instructions
 /// per relayed event, bench/PROFILE.md §33).

@@ -30,10 +30,11 @@ use crate::proxy::body::{Cut, ResponseBody, Resume};
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
-use crate::proxy::migrate::{self, Sessions};
+use crate::proxy::migrate::{self, Captured, Sessions};
 use crate::proxy::rate_limit::RateLimit;
 use crate::proxy::scan::Scan;
-use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId};
+use crate::proxy::splice::Splicer;
+use crate::proxy::sse::{find_in_query, EndpointRewrite, EventIdTag, LastEventId};
 use crate::proxy::trusted::Trusted;
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
@@ -96,8 +97,9 @@ enum Decided {
     /// To this slot, with the tag to strip; the session id the client holds
     /// (migration on).
     Go(Arc<Slot>, Option<TagSite>, Option<HeaderValue>),
-    /// Its session (the id the client holds) must move first.
-    Move(Option<HeaderValue>),
+    /// Its session (the id the client holds) must move first, or (a legacy
+    /// HTTP+SSE session, `true`) has moved with its stream.
+    Move(Option<HeaderValue>, bool),
 }
 
 impl Decided {
@@ -216,6 +218,7 @@ impl Forwarder {
                 // A session that moves is of the session era; `site` is known
                 // here for the rest.
                 let era = match &decided {
+                    Decided::Move(_, true) => Era::LegacySse,
                     Decided::Go(_, site, _) => Era::of_headers(
                         req.method(),
                         scan.session.is_some(),
@@ -243,7 +246,7 @@ impl Forwarder {
                         }
                         (slot, site, None, client_sid)
                     }
-                    Decided::Move(client_sid) => {
+                    Decided::Move(client_sid, _) => {
                         // A session that moves reads the map (its replay
                         // copies it) and changes it (its id): all of it,
                         // where `proxy::h1` kept the lines as they came. A
@@ -344,8 +347,13 @@ impl Forwarder {
             tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, status = status.as_u16(), "{refused}");
             return Decided::answer(jsonrpc_error(status, &refused.to_string()));
         }
-        // With migration on: the session id the client holds, for the store.
-        let client_sid = self.sessions.as_ref().and_then(|_| scan.session.clone());
+        // With migration on: the session id the client holds, for the store
+        // (a legacy HTTP+SSE POST holds it in its URL).
+        let legacy = scan.session.is_none();
+        let client_sid = self.sessions.as_ref().and_then(|_| match &scan.session {
+            Some(sid) => Some(sid.clone()),
+            None => legacy_sid(req.uri()),
+        });
         let table = self.tables.load();
         match affinity::route(&table, req, scan.session.as_ref()) {
             Route::Pinned { slot, site }
@@ -353,11 +361,17 @@ impl Forwarder {
                     && matches!(site, TagSite::Header { .. })
                     && migrate::must_move(&slot) =>
             {
-                Decided::Move(client_sid)
+                Decided::Move(client_sid, false)
             }
+            // A legacy session whose stream moved (or is moving) off the
+            // slot its URL names, which may still serve it.
+            Route::Pinned {
+                site: TagSite::Query { .. },
+                ..
+            } if self.legacy_moved_off(client_sid.as_ref()) => Decided::Move(client_sid, true),
             Route::Pinned { slot, site } => Decided::Go(slot, Some(site), client_sid),
             Route::Picked(slot) => Decided::Go(slot, None, client_sid),
-            Route::SessionGone if client_sid.is_some() => Decided::Move(client_sid),
+            Route::SessionGone if client_sid.is_some() => Decided::Move(client_sid, legacy),
             Route::SessionGone => {
                 self.stats.count_local(LocalResponse::SessionGone);
                 tracing::debug!(%method, uri = %req.uri(), status = 404, "session not found (its slot is gone or not serving)");
@@ -464,6 +478,17 @@ impl Forwarder {
             fail(MigrateFailure::NotCaptured);
             return Err(());
         };
+        if captured.is_legacy() {
+            // Its stream moves it, or has not (and its failure is counted there).
+            return match self.legacy_moved(&captured, None).await {
+                Some(found) => Ok(found),
+                None => {
+                    self.stats.count_local(LocalResponse::SessionGone);
+                    tracing::info!(method = %req.method(), "a legacy SSE session's stream did not move with its slot: answered 404");
+                    Err(())
+                }
+            };
+        }
         if let Some(found) = migrate::current(&self.tables.load(), &captured) {
             return Ok(found);
         }
@@ -585,8 +610,15 @@ impl Forwarder {
                     // (its id carries this slot's tag, as the client holds it).
                     resumed = self.resumed_call(last, client_sid.as_ref());
                 }
-                req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
-                migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
+                if era == Era::LegacySse {
+                    // The new upstream session, in the POST URL.
+                    if let Some(uri) = with_session_value(req.uri(), inner) {
+                        *req.uri_mut() = uri;
+                    }
+                } else {
+                    req.headers_mut().insert(MCP_SESSION_ID, inner.clone());
+                    migrate::last_event_id(req.headers_mut(), &slot.tag_prefix);
+                }
             }
             let inflight = stats.inflight_guard();
             // A legacy SSE session starts with a GET that carries no session id.
@@ -626,6 +658,11 @@ impl Forwarder {
                 .as_deref()
                 .map_or(migrate::Kind::Other, migrate::kind);
             let call_id = || buffered.as_deref().and_then(migrate::call_id);
+            // A legacy session's call: its answer comes on the session's
+            // stream, which notes it as it passes; noted before it is sent.
+            let mut legacy_call = (era == Era::LegacySse)
+                .then(|| self.legacy_call(client_sid.as_ref(), call_id()))
+                .flatten();
             // The slot's header lines go to the client as they came, with no
             // `HeaderMap` made of them, when [`crate::proxy::h1`] writes the
             // answer (bench/PROFILE.md §22); its session id is read and set
@@ -686,17 +723,23 @@ impl Forwarder {
                 ))
                 .await;
                 if let Ok((to, inner)) = to {
-                    if let Some(resp) = resumes(&head.method, head.headers.get(LAST_EVENT_ID))
-                        .and_then(|last| {
-                            self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
-                        })
-                    {
-                        stats.count_upstream_error(refused);
-                        return resp;
+                    if era == Era::LegacySse {
+                        if let Some(uri) = with_session_value(&head.uri, &inner) {
+                            head.uri = uri;
+                        }
+                    } else {
+                        if let Some(resp) = resumes(&head.method, head.headers.get(LAST_EVENT_ID))
+                            .and_then(|last| {
+                                self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
+                            })
+                        {
+                            stats.count_upstream_error(refused);
+                            return resp;
+                        }
+                        head.headers.insert(MCP_SESSION_ID, inner.clone());
+                        migrate::last_event_id(&mut head.headers, &to.tag_prefix);
                     }
-                    head.headers.insert(MCP_SESSION_ID, inner.clone());
                     proxy.cut = None;
-                    migrate::last_event_id(&mut head.headers, &to.tag_prefix);
                     if !self.preserve_host {
                         proxy.host = to.host_header.clone();
                     }
@@ -825,6 +868,20 @@ impl Forwarder {
             // with a 400 too. The id the client gets: a moved session keeps
             // the one it has; any other is tagged with its slot, and a new
             // session whose `initialize` was read whole is captured under it.
+            if let Some(call) = legacy_call.as_mut() {
+                call.accepted = parts.status.is_success();
+            }
+            if parts.status.is_success()
+                && era == Era::LegacySse
+                && kind == migrate::Kind::Initialize
+                && matches!(site, Some(TagSite::Query { .. }))
+            {
+                if let (Some(sessions), Some(sid), Some(init)) =
+                    (&self.sessions, &client_sid, &buffered)
+                {
+                    sessions.capture_legacy(sid, init.clone());
+                }
+            }
             if parts.status.is_success() {
                 let given = |id: &HeaderValue| -> Option<HeaderValue> {
                     if let (Some(_), Some(sid)) = (&moved, &client_sid) {
@@ -896,7 +953,26 @@ impl Forwarder {
                 let ids = moved
                     .as_ref()
                     .map(|_| EventIdTag::new(Bytes::copy_from_slice(slot.tag_prefix.as_bytes())));
-                ResponseBody::stream(
+                // Migration on: a legacy session's stream moves with it.
+                let splicer = match (&rewrite, &self.sessions) {
+                    (Some(_), Some(sessions)) => {
+                        let headers = match proxy.lines.take() {
+                            Some(lines) => lines.into_map().unwrap_or_default(),
+                            None => head.headers.clone(),
+                        };
+                        Some(Splicer::new(
+                            Arc::clone(&self.tables),
+                            Arc::clone(sessions),
+                            Arc::clone(&self.stats),
+                            head.uri.clone(),
+                            headers,
+                            &slot,
+                            self.call_grace,
+                        ))
+                    }
+                    _ => None,
+                };
+                let body = ResponseBody::stream(
                     body,
                     guard,
                     rewrite,
@@ -904,7 +980,11 @@ impl Forwarder {
                     self.sse_keepalive,
                     &peer.conn,
                     cut,
-                )
+                );
+                match splicer {
+                    Some(splicer) => body.splice_with(splicer),
+                    None => body,
+                }
             } else {
                 ResponseBody::plain(body, inflight)
             };
@@ -968,6 +1048,9 @@ impl Forwarder {
                 .count_migrate_failure(MigrateFailure::NotCaptured);
             return Err(());
         };
+        if captured.is_legacy() {
+            return self.legacy_moved(&captured, Some(avoid)).await.ok_or(());
+        }
         match migrate::migrate(
             &self.tables,
             &captured,
@@ -990,6 +1073,50 @@ impl Forwarder {
                 tracing::info!(from = %avoid, %cause, "session could not migrate");
                 Err(())
             }
+        }
+    }
+
+    /// Notes a legacy session's call `id` as waiting for its answer.
+    fn legacy_call(&self, sid: Option<&HeaderValue>, id: Option<Bytes>) -> Option<LegacyCall> {
+        let (sessions, sid, id) = (self.sessions.as_ref()?, sid?, id?);
+        let c = sessions.get(sid.as_bytes()).filter(|c| c.is_legacy())?;
+        c.note_call(id.clone());
+        Some(LegacyCall {
+            c,
+            id,
+            accepted: false,
+        })
+    }
+
+    /// Whether legacy session `sid`'s stream moved, or is moving, off the
+    /// slot its POST URL names (migration on).
+    fn legacy_moved_off(&self, sid: Option<&HeaderValue>) -> bool {
+        let (Some(sessions), Some(sid)) = (&self.sessions, sid) else {
+            return false;
+        };
+        sessions
+            .get(sid.as_bytes())
+            .is_some_and(|c| c.is_legacy() && (c.has_moved() || c.is_moving()))
+    }
+
+    /// Where legacy session `c` lives now (not `avoid`, a slot that just
+    /// refused its POST): once its stream's move under way is done, or one
+    /// that starts within [`LEGACY_MOVE_WAIT`] (the stream sees its slot go
+    /// when it reads next). `None`: its stream did not move.
+    async fn legacy_moved(
+        &self,
+        c: &Captured,
+        avoid: Option<&str>,
+    ) -> Option<(Arc<Slot>, HeaderValue)> {
+        let until = tokio::time::Instant::now() + LEGACY_MOVE_WAIT;
+        loop {
+            drop(c.moving().await);
+            let found = migrate::current(&self.tables.load(), c)
+                .filter(|(slot, _)| avoid != Some(&*slot.name));
+            if found.is_some() || tokio::time::Instant::now() >= until {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -1248,6 +1375,54 @@ fn resumes<'a>(method: &http::Method, last: Option<&'a HeaderValue>) -> Option<&
     last.map(HeaderValue::as_bytes)
 }
 
+/// How long a legacy session's POST that finds its slot gone waits for the
+/// session's stream to move (the stream sees the slot go at its next read).
+const LEGACY_MOVE_WAIT: Duration = Duration::from_secs(2);
+
+/// A legacy session's call noted as waiting for its answer on the stream:
+/// forgotten again unless its slot accepted it.
+struct LegacyCall {
+    c: Arc<Captured>,
+    id: Bytes,
+    accepted: bool,
+}
+
+impl Drop for LegacyCall {
+    fn drop(&mut self) {
+        if !self.accepted {
+            self.c.answered(&self.id);
+        }
+    }
+}
+
+/// The session id (tagged) in a legacy HTTP+SSE POST URL.
+fn legacy_sid(uri: &Uri) -> Option<HeaderValue> {
+    let query = uri.query()?;
+    let (at, key_len) = find_in_query(query)?;
+    let value = query[at + key_len..].split('&').next()?;
+    tag::SessionTag::decode(value)?;
+    HeaderValue::from_str(value).ok()
+}
+
+/// `uri` with the value of its `sessionId` / `session_id` parameter
+/// replaced by `value` (a moved legacy session's new upstream id).
+fn with_session_value(uri: &Uri, value: &HeaderValue) -> Option<Uri> {
+    let query = uri.query()?;
+    let (at, key_len) = find_in_query(query)?;
+    let start = at + key_len;
+    let end = query[start..].find('&').map_or(query.len(), |e| start + e);
+    let pq = format!(
+        "{}?{}{}{}",
+        uri.path(),
+        &query[..start],
+        value.to_str().ok()?,
+        &query[end..]
+    );
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(pq).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
 /// Cuts the session tag (`prefix_len` bytes at `value_at` of the query) out
 /// of a legacy SSE POST URL, so the upstream sees its own session id (the
 /// route already decoded it: no second decode). A header's tag is cut by the
@@ -1391,6 +1566,30 @@ mod tests {
             error_chain(&e),
             "the upstream connection failed: broken pipe"
         );
+    }
+
+    /// A legacy POST URL: the session id the client holds is read only
+    /// when it carries a slot's tag, and a moved session's new upstream id
+    /// replaces the whole value, the other parameters kept.
+    #[test]
+    fn a_legacy_post_url_gives_its_session_and_takes_the_new_one() {
+        let uri: Uri = "/messages/?x=1&session_id=mf1.blue.3.abc&y=2"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            legacy_sid(&uri).as_ref().map(HeaderValue::as_bytes),
+            Some(&b"mf1.blue.3.abc"[..])
+        );
+        assert_eq!(
+            legacy_sid(&"/messages/?session_id=abc".parse().unwrap()),
+            None
+        );
+        assert_eq!(legacy_sid(&"/messages/".parse().unwrap()), None);
+        let new = with_session_value(&uri, &HeaderValue::from_static("xyz")).unwrap();
+        assert_eq!(new, "/messages/?x=1&session_id=xyz&y=2");
+        let last: Uri = "/messages?sessionId=mf1.blue.3.abc".parse().unwrap();
+        let new = with_session_value(&last, &HeaderValue::from_static("u-1")).unwrap();
+        assert_eq!(new, "/messages?sessionId=u-1");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Live session migration (`[drain] migrate = "replay"`): a Streamable HTTP
-//! session that outlives its slot continues on a serving one.
+//! session that outlives its slot continues on a serving one (a legacy
+//! HTTP+SSE session is kept here too, and moved by its stream:
+//! `proxy::splice`).
 //!
 //! Capture: when a session-less POST carrying `initialize` is answered 2xx with
 //! an `Mcp-Session-Id`, its body is kept under the tagged id the client got
@@ -54,9 +56,9 @@ const MAX_SHAPING_BODY: usize = 4 * 1024;
 /// `migrate_max_sessions` allows: clients choose the bodies' sizes.
 const MAX_HELD: usize = 256 * 1024 * 1024;
 /// Longest a replay may take per step.
-const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer to a replayed request the proxy reads.
-const MAX_REPLY: usize = 256 * 1024;
+pub(crate) const MAX_REPLY: usize = 256 * 1024;
 const SHARDS: usize = 16;
 /// Most unanswered calls kept per session (the oldest are dropped first).
 const MAX_UNANSWERED: usize = 16;
@@ -128,6 +130,17 @@ struct Kept {
     /// slice, rebuilt when it changes (rarely): most sessions never have
     /// one, and every captured session pays for the empty field.
     unanswered: Box<[(Bytes, Bytes)]>,
+    /// A legacy HTTP+SSE session (2024-11-05): its calls not yet answered on
+    /// its stream. `None` for a Streamable HTTP session (boxed: one word).
+    legacy: Option<Box<LegacyCalls>>,
+}
+
+/// What a legacy HTTP+SSE session keeps: its calls whose answers have not
+/// passed on its stream yet (ids as JSON text), answered with the
+/// interrupted-call error if the stream moves before they do.
+#[derive(Debug, Default)]
+struct LegacyCalls {
+    pending: Vec<Bytes>,
 }
 
 impl Captured {
@@ -148,6 +161,78 @@ impl Captured {
     /// The session-shaping requests kept, in order.
     pub fn shaping(&self) -> Vec<Bytes> {
         self.kept().shaping.clone()
+    }
+
+    /// Whether it is a legacy HTTP+SSE session, which its GET stream moves
+    /// ([`crate::proxy::splice`]), never a request.
+    pub fn is_legacy(&self) -> bool {
+        self.kept().legacy.is_some()
+    }
+
+    /// Whether the session moved (it may have to move again).
+    pub fn has_moved(&self) -> bool {
+        self.moved.load().is_some()
+    }
+
+    /// Whether a move of the session is under way (a replay, a splice).
+    pub fn is_moving(&self) -> bool {
+        self.replaying.try_lock().is_err()
+    }
+
+    /// A legacy session's call (its id as JSON text) was accepted: its
+    /// answer is to come on the stream. The oldest is forgotten past
+    /// 16 (a client that never gets answers).
+    pub fn note_call(&self, id: Bytes) {
+        let mut kept = self.kept();
+        if let Some(l) = kept.legacy.as_mut() {
+            if l.pending.len() >= MAX_UNANSWERED {
+                l.pending.remove(0);
+            }
+            l.pending.push(id);
+        }
+    }
+
+    /// Whether a legacy session has calls waiting for their answers.
+    pub fn has_pending(&self) -> bool {
+        self.kept()
+            .legacy
+            .as_ref()
+            .is_some_and(|l| !l.pending.is_empty())
+    }
+
+    /// The answer to call `id` (JSON text) passed on the stream.
+    pub fn answered(&self, id: &[u8]) {
+        let mut kept = self.kept();
+        if let Some(l) = kept.legacy.as_mut() {
+            if let Some(at) = l.pending.iter().position(|p| p == id) {
+                l.pending.remove(at);
+            }
+        }
+    }
+
+    /// A legacy session's calls still unanswered, forgotten here: their
+    /// answers will never come (the stream that would carry them moved).
+    pub fn take_pending(&self) -> Vec<Bytes> {
+        let mut kept = self.kept();
+        kept.legacy
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.pending))
+            .unwrap_or_default()
+    }
+
+    /// Records that the session lives on `slot` now, as upstream session `inner`.
+    pub fn moved_here(&self, slot: &Slot, inner: HeaderValue) {
+        self.moved.store(Some(Arc::new(Moved {
+            slot: Arc::clone(&slot.name),
+            generation: slot.generation,
+            inner,
+        })));
+    }
+
+    /// Holds the session's moves off until the guard drops: one move at a
+    /// time, and requests of the session wait for it.
+    pub async fn moving(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.replaying.lock().await
     }
 
     /// Where the session moved, as exported (`None`: it has not, or its
@@ -336,6 +421,17 @@ impl Sessions {
         true
     }
 
+    /// [`Sessions::capture`] for a legacy HTTP+SSE session, whose client
+    /// holds `id` in its POST URL. Not shared with the fleet nor handed over:
+    /// only the process that holds its GET stream can move it.
+    pub fn capture_legacy(&self, id: &HeaderValue, init: Bytes) -> bool {
+        let Some(c) = self.insert(id, init) else {
+            return false;
+        };
+        c.kept().legacy = Some(Box::default());
+        true
+    }
+
     /// [`Sessions::capture`] without telling the fleet: for a session that
     /// came from elsewhere (the fleet's record, a handover).
     fn insert(&self, id: &HeaderValue, init: Bytes) -> Option<Arc<Captured>> {
@@ -437,9 +533,10 @@ impl Sessions {
             }
             self.held.fetch_add(body.len(), Ordering::Relaxed);
             list.push(own(&body));
+            let legacy = kept.legacy.is_some();
             drop(kept);
             self.publish();
-            if let Some(m) = self.mirror() {
+            if let Some(m) = self.mirror().filter(|_| !legacy) {
                 m.changed(&c);
             }
         }
@@ -505,7 +602,9 @@ impl Sessions {
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, e| {
-                let keep = now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle;
+                // A legacy session's open stream holds it: not idle.
+                let keep = now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
+                    || Arc::strong_count(&e.captured) > 1 && e.captured.is_legacy();
                 if !keep {
                     gone += 1;
                     self.held.fetch_sub(e.captured.bytes(), Ordering::Relaxed);
@@ -577,6 +676,10 @@ impl Sessions {
             for e in map.values() {
                 let c = &e.captured;
                 let kept = c.kept();
+                if kept.legacy.is_some() {
+                    // Its stream stays with this process.
+                    continue;
+                }
                 let exported = (|| {
                     Some(Exported {
                         id: text(&c.id)?,
@@ -846,7 +949,7 @@ const CARRIED: [header::HeaderName; 4] = [
 ];
 
 /// Headers of a replayed request.
-fn replay_headers(template: &HeaderMap, slot: &Slot) -> HeaderMap {
+pub(crate) fn replay_headers(template: &HeaderMap, slot: &Slot) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(CARRIED.len() + 3);
     for name in CARRIED {
         for v in template.get_all(&name) {

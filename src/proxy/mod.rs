@@ -11,7 +11,8 @@
 //! the TLS listener gets a 400 that says so (`plaintext`).
 //!
 //! With `[drain] migrate = "replay"`, `migrate` keeps each session's
-//! `initialize` and moves a session whose slot is gone to a serving one.
+//! `initialize` and moves a session whose slot is gone to a serving one;
+//! `splice` moves a legacy HTTP+SSE session with its open GET stream.
 
 pub mod accept;
 pub mod affinity;
@@ -27,6 +28,7 @@ pub mod plaintext;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod scan;
+pub mod splice;
 pub mod sse;
 pub mod trusted;
 pub mod workers;

@@ -243,6 +243,8 @@ pub struct EndpointRewrite {
     scanner: SseScanner,
     tag_prefix: String,
     upstream_authority: String,
+    /// The session id the rewritten endpoint gives the client (tagged).
+    session: Option<Box<str>>,
 }
 
 /// The first event may not grow beyond this before we give up and pass it on.
@@ -267,7 +269,14 @@ impl EndpointRewrite {
             scanner: SseScanner::default(),
             tag_prefix,
             upstream_authority,
+            session: None,
         }
+    }
+
+    /// The session id (tagged) the client got in the rewritten `endpoint`
+    /// event: `None` until then, or if the first event was not one.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// The same stage with another bound on the held first event (the fuzz
@@ -300,7 +309,10 @@ impl EndpointRewrite {
                 let mut out =
                     BytesMut::with_capacity(event.len() + self.tag_prefix.len() + rest.len());
                 match rewrite_endpoint(&event, &self.tag_prefix, &self.upstream_authority) {
-                    Some(new_event) => out.extend_from_slice(new_event.as_bytes()),
+                    Some(new_event) => {
+                        self.session = endpoint_session(&new_event).map(Into::into);
+                        out.extend_from_slice(new_event.as_bytes());
+                    }
                     None => out.extend_from_slice(&event),
                 }
                 out.extend_from_slice(&rest);
@@ -543,6 +555,17 @@ pub fn rewrite_endpoint(
         out.push_str(line);
     }
     (is_endpoint && rewrote).then_some(out)
+}
+
+/// The session id in an `endpoint` event's URL (`sessionId` / `session_id`).
+pub fn endpoint_session(event: &str) -> Option<&str> {
+    let url = event
+        .lines()
+        .find_map(|l| field(l.trim_end_matches('\r'), "data"))?;
+    let (at, key_len) = find_session_param(url.trim())?;
+    let value = &url.trim()[at + key_len..];
+    let value = value.split(['&', '#']).next().unwrap_or_default();
+    (!value.is_empty()).then_some(value)
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {

@@ -131,7 +131,8 @@ impl SseSession {
         &self.post_url
     }
 
-    async fn post(&self, msg: Value) -> anyhow::Result<()> {
+    /// Posts `msg` to the session's URL; its answers come on the stream.
+    pub async fn post(&self, msg: Value) -> anyhow::Result<()> {
         let req = http::Request::post(&self.post_url)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(msg.to_string())))?;
@@ -162,6 +163,20 @@ impl SseSession {
                 }
                 return Ok(v["result"].clone());
             }
+        }
+    }
+
+    /// The next message on the stream, whatever it is (a notification, an
+    /// answer), as JSON, and the name of its event.
+    pub async fn next_message(&mut self) -> anyhow::Result<(String, Value)> {
+        loop {
+            let ev = self.events.next().await?;
+            if ev.data.is_empty() {
+                continue;
+            }
+            let v = serde_json::from_str(&ev.data)
+                .map_err(|e| anyhow!("bad message {:?}: {e}", ev.data))?;
+            return Ok((ev.name, v));
         }
     }
 
