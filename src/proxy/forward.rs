@@ -1077,15 +1077,17 @@ impl Forwarder {
     }
 
     /// Notes a legacy session's call `id` as waiting for its answer.
-    fn legacy_call(&self, sid: Option<&HeaderValue>, id: Option<Bytes>) -> Option<LegacyCall> {
+    /// Boxed: it lives in the request's future across the send, one word
+    /// there for every request.
+    fn legacy_call(&self, sid: Option<&HeaderValue>, id: Option<Bytes>) -> Option<Box<LegacyCall>> {
         let (sessions, sid, id) = (self.sessions.as_ref()?, sid?, id?);
         let c = sessions.get(sid.as_bytes()).filter(|c| c.is_legacy())?;
         c.note_call(id.clone());
-        Some(LegacyCall {
+        Some(Box::new(LegacyCall {
             c,
             id,
             accepted: false,
-        })
+        }))
     }
 
     /// Whether legacy session `sid`'s stream moved, or is moving, off the
