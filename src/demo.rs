@@ -3,9 +3,11 @@
 //! sessions of different lengths and one long Streamable HTTP session; a
 //! deploy of a broken green that the probe refuses, then a real deploy (probe,
 //! flip, drain, watch) of the fixed green, with a timeline of who is where and
-//! how the live counts fall. The legacy sessions end on their own; the long
-//! one would hold blue until the drain deadline, so `drain blue --migrate`
-//! moves it to green (`[drain] migrate = "replay"`) under the id it has.
+//! how the live counts fall. The short legacy sessions end on their own; the
+//! long ones (one Streamable HTTP, one legacy SSE) would hold blue until the
+//! drain deadline, so `drain blue --migrate` moves them to green (`[drain]
+//! migrate = "replay"`): the first under the id it has, the second on its
+//! open stream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,11 +227,41 @@ impl HttpSession {
     }
 }
 
-/// Client 4's long session: a call every 200 ms, a line when the slot that
-/// answers changes, until `stop` or a few calls after it moved. Returns the
-/// calls answered by each slot, in order.
+/// A long session of the demo: Streamable HTTP (client 4) or legacy SSE
+/// (client 5).
+enum Long {
+    Http(HttpSession),
+    Sse(SseSession),
+}
+
+impl Long {
+    async fn whoami(&mut self) -> anyhow::Result<String> {
+        match self {
+            Long::Http(s) => s.call("whoami").await,
+            Long::Sse(s) => s.call("whoami", json!({})).await,
+        }
+    }
+
+    /// How the client holds its session, for the timeline.
+    fn held(&self, who: &str) -> String {
+        match self {
+            Long::Http(s) => format!(
+                "same session id {} (mcpflip replayed its initialize on {who})",
+                s.sid
+            ),
+            Long::Sse(_) => format!(
+                "on the same SSE stream and POST URL (mcpflip spliced the stream onto a new session on {who})"
+            ),
+        }
+    }
+}
+
+/// A long session: a call every 200 ms, a line when the slot that answers
+/// changes, until `stop` or a few calls after it moved. Returns the calls
+/// answered by each slot, in order.
 async fn long_session(
-    mut s: HttpSession,
+    client: u32,
+    mut s: Long,
     t: Arc<Timeline>,
     stop: CancellationToken,
 ) -> anyhow::Result<Vec<(String, u32)>> {
@@ -240,15 +272,15 @@ async fn long_session(
             _ = stop.cancelled() => return Ok(answered),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let who = s.call("whoami").await?;
+        let who = s.whoami().await?;
         calls += 1;
         match answered.last_mut() {
             Some((slot, n)) if *slot == who => *n += 1,
             _ => {
                 if !answered.is_empty() {
                     t.say(format!(
-                        "client 4: call {calls} answered by {who}, same session id {} (mcpflip replayed its initialize on {who})",
-                        s.sid
+                        "client {client}: call {calls} answered by {who}, {}",
+                        s.held(&who)
                     ));
                 }
                 answered.push((who, 1));
@@ -393,7 +425,25 @@ pub async fn run() -> anyhow::Result<()> {
         long.sid
     ));
     let stop_long = CancellationToken::new();
-    let long_task = tokio::spawn(long_session(long, Arc::clone(&t), stop_long.clone()));
+    let long_task = tokio::spawn(long_session(
+        4,
+        Long::Http(long),
+        Arc::clone(&t),
+        stop_long.clone(),
+    ));
+    // A fifth holds a legacy SSE session as long: its session lives in its
+    // open stream.
+    let mut legacy = SseSession::open(&client, &base).await?;
+    let who = legacy.call("whoami", json!({})).await?;
+    t.say(format!(
+        "client 5 opened a legacy SSE session on {who}; it calls whoami every 200 ms and does not stop"
+    ));
+    let legacy_task = tokio::spawn(long_session(
+        5,
+        Long::Sse(legacy),
+        Arc::clone(&t),
+        stop_long.clone(),
+    ));
     let status = ctl.status();
     t.say(format!(
         "live streams: blue {}, green {}",
@@ -482,31 +532,41 @@ pub async fn run() -> anyhow::Result<()> {
     for task in tasks {
         task.await??;
     }
-    // Their streams close once the proxy sees the connections go.
+    // Their streams close once the proxy sees the connections go: client
+    // 5's alone stays.
     let blue_stats = ctl.tables.load().get("blue").map(|s| Arc::clone(&s.stats));
     if let Some(stats) = blue_stats {
-        tokio::time::timeout(Duration::from_secs(5), stats.wait_streams_ended())
-            .await
-            .map_err(|_| anyhow!("blue's SSE streams did not close"))?;
+        let closed = Instant::now() + Duration::from_secs(5);
+        while stats.live_streams() > 1 {
+            if Instant::now() > closed {
+                bail!("blue's short SSE sessions' streams did not close");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    t.say("blue's SSE sessions have all ended; client 4's session still works on blue, so the drain would wait for its 30s deadline");
+    t.say("blue's short SSE sessions have ended; clients 4 and 5 still work on blue, so the drain would wait for its 30s deadline");
     t.say("drain blue --migrate   (blue's sessions move to green; [drain] migrate = \"replay\")");
     ctl.drain("blue", Some(Duration::ZERO))
         .await
         .map_err(|e| anyhow!("drain --migrate: {e}"))?;
     let reply = deployed.await?.map_err(|e| anyhow!("deploy failed: {e}"))?;
-    let moved = match tokio::time::timeout(Duration::from_secs(10), long_task).await {
-        Ok(joined) => joined??,
-        Err(_) => {
-            stop_long.cancel();
-            bail!("client 4's session did not reach green");
+    for (client, task, kept) in [
+        (4, long_task, "one session id throughout"),
+        (5, legacy_task, "one stream throughout"),
+    ] {
+        let moved = match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(joined) => joined??,
+            Err(_) => {
+                stop_long.cancel();
+                bail!("client {client}'s session did not reach green");
+            }
+        };
+        match moved.as_slice() {
+            [(first, before), (then, after)] if first == "blue" && then == "green" => t.say(format!(
+                "client {client}: {before} calls answered by blue, then {after} by green, {kept}, none failed"
+            )),
+            other => bail!("client {client}'s calls were answered by {other:?}, not blue then green"),
         }
-    };
-    match moved.as_slice() {
-        [(first, before), (then, after)] if first == "blue" && then == "green" => t.say(format!(
-            "client 4: {before} calls answered by blue, then {after} by green, one session id throughout, none failed"
-        )),
-        other => bail!("client 4's calls were answered by {other:?}, not blue then green"),
     }
     let drained_ms = reply.drained_after_ms.unwrap_or(0);
     t.say(format!(
@@ -519,7 +579,7 @@ pub async fn run() -> anyhow::Result<()> {
         }
     ));
     t.say(format!(
-        "blue drained after {:.2}s: its SSE sessions closed, its long session moved; safe to stop blue (the guide would still be sleeping for {:.0}s)",
+        "blue drained after {:.2}s: its short SSE sessions closed, its long sessions moved; safe to stop blue (the guide would still be sleeping for {:.0}s)",
         drained_ms as f64 / 1000.0,
         120.0 - drained_ms as f64 / 1000.0
     ));
@@ -529,7 +589,9 @@ pub async fn run() -> anyhow::Result<()> {
             s.name, s.state, s.weight, s.live_streams
         ));
     }
-    if reply.forced > 0 {
+    // Client 5's stream was open at the cut, and moved; no other stream
+    // was cut.
+    if reply.forced > 1 {
         bail!("{} streams had to be forced", reply.forced);
     }
     running.shutdown().await;

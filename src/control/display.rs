@@ -457,6 +457,15 @@ mod tests {
     use super::*;
     use crate::control::protocol::{CtlError, DrainOutcome};
 
+    /// One stream is "1 live stream", not "1 live streams" (the demo's
+    /// drain lines, `ctl status`).
+    #[test]
+    fn one_is_singular() {
+        assert_eq!(counted(1, "live stream"), "1 live stream");
+        assert_eq!(counted(0, "live stream"), "0 live streams");
+        assert_eq!(counted(2, "live stream"), "2 live streams");
+    }
+
     #[test]
     fn errors_show_their_code_message_and_probe_steps() {
         let report = ProbeReport {
