@@ -272,7 +272,20 @@ impl Conn {
     /// not polled while its client does not read, so it cannot watch for
     /// itself.
     pub fn watch_force(&self, force: CancellationToken) -> ForceWatch {
-        let (ended, ended_rx) = oneshot::channel::<()>();
+        self.watch(force, false)
+    }
+
+    /// [`Conn::watch_force`] for a stream that moves when forced (a legacy
+    /// HTTP+SSE session's, `proxy::splice`): its body is told, and its
+    /// connection is forced only if the stream has neither moved nor ended
+    /// (the handle dropped) within [`FORCE_GRACE`]: a client that does not
+    /// read never lets its body move.
+    pub fn watch_force_moving(&self, force: CancellationToken) -> ForceWatch {
+        self.watch(force, true)
+    }
+
+    fn watch(&self, force: CancellationToken, moving: bool) -> ForceWatch {
+        let (ended, mut ended_rx) = oneshot::channel::<()>();
         let signal = Arc::new(ForceSignal::default());
         if force.is_cancelled() {
             // Forced before it opened (shutdown): the body sees it at once.
@@ -283,45 +296,18 @@ impl Conn {
         tokio::spawn(async move {
             tokio::select! {
                 // A stream that ends because it was forced still forces its
-                // connection (its body also does, when it sees the force).
+                // connection (its body also does, when it sees the force);
+                // one that moves, only if it has not moved in the grace.
                 biased;
                 _ = force.cancelled() => {
                     told.set();
-                    conn.force_stream();
-                }
-                _ = ended_rx => {}
-            }
-        });
-        ForceWatch {
-            _ended: ended,
-            signal,
-        }
-    }
-}
-
-impl Conn {
-    /// [`Conn::watch_force`] for a stream that moves when forced (a legacy
-    /// HTTP+SSE session's, `proxy::splice`): its body is told, and its
-    /// connection is forced only if the stream has neither moved nor ended
-    /// (the handle dropped) within [`FORCE_GRACE`]: a client that does not
-    /// read never lets its body move.
-    pub fn watch_force_moving(&self, force: CancellationToken) -> ForceWatch {
-        let (ended, mut ended_rx) = oneshot::channel::<()>();
-        let signal = Arc::new(ForceSignal::default());
-        if force.is_cancelled() {
-            signal.set();
-        }
-        let conn = self.clone();
-        let told = signal.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                _ = force.cancelled() => {
-                    told.set();
-                    tokio::select! {
-                        _ = &mut ended_rx => {}
-                        _ = tokio::time::sleep(FORCE_GRACE) => conn.force_stream(),
+                    if moving {
+                        tokio::select! {
+                            _ = &mut ended_rx => return,
+                            _ = tokio::time::sleep(FORCE_GRACE) => {}
+                        }
                     }
+                    conn.force_stream();
                 }
                 _ = &mut ended_rx => {}
             }
@@ -938,5 +924,35 @@ mod tests {
         // A stream opened after the force (shutdown) sees it at its first poll.
         let late = conn.watch_force(token);
         assert!(poll_forced(&late, &Arc::new(Woken::default())));
+    }
+
+    /// A stream that moves when forced (a legacy session's) is told at
+    /// once, but its connection is forced only if the stream has not moved
+    /// (dropped its watch) within the grace.
+    #[tokio::test]
+    async fn a_moving_streams_connection_is_forced_only_if_it_does_not_move() {
+        let (moved, stuck) = (Conn::new(), Conn::new());
+        let token = CancellationToken::new();
+        let a = moved.watch_force_moving(token.clone());
+        let b = stuck.watch_force_moving(token.clone());
+        token.cancel();
+        let woken = Arc::new(Woken::default());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(poll_forced(&a, &woken) && poll_forced(&b, &woken)) {
+            assert!(Instant::now() < deadline, "the bodies were never told");
+            tokio::task::yield_now().await;
+        }
+        assert!(!moved.0.settle.load(Ordering::Acquire));
+        drop(a);
+        tokio::time::sleep(FORCE_GRACE + Duration::from_millis(10)).await;
+        assert!(
+            !moved.0.settle.load(Ordering::Acquire),
+            "a stream that moved keeps its connection"
+        );
+        assert!(
+            stuck.0.settle.load(Ordering::Acquire),
+            "one that did not move within the grace is forced"
+        );
+        drop(b);
     }
 }
