@@ -49,6 +49,16 @@ run() {
 
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
+# refresh SRC DST: DST becomes a copy of SRC, by rename: a peer that starts while another test
+# runs this reads the old file or the new one, never one `cp` has truncated and not yet
+# written (a TypeScript client then imported an sdk.mjs without the class it needs: "is not a
+# constructor"). Unchanged files are left alone.
+refresh() {
+  cmp -s "$1" "$2" && return 0
+  run cp "$1" "$2.tmp.$$"
+  run mv -f "$2.tmp.$$" "$2"
+}
+
 install() {
   local stamp="$PEERS_DIR/conformance.stamp"
   local want="pkg=$(hash_of "$HERE/conformance-package.json" "$HERE/conformance-package-lock.json")"
@@ -59,7 +69,7 @@ install() {
     flock 9
   fi
   # The server must live next to node_modules so its bare imports resolve; always refresh it.
-  run cp "$HERE/conformance-server.mjs" "$DIR/server.mjs"
+  refresh "$HERE/conformance-server.mjs" "$DIR/server.mjs"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$NODE" && -f "$SUITE" ]]; then
     echo "peers: conformance up to date" >&2
   else

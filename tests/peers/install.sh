@@ -35,6 +35,16 @@ stamp_ok() { [[ -f "$PEERS_DIR/$1.stamp" && "$(cat "$PEERS_DIR/$1.stamp")" == "$
 stamp_write() { printf '%s' "$2" >"$PEERS_DIR/$1.stamp"; }
 hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
+# refresh SRC DST: DST becomes a copy of SRC, by rename: a peer that starts while another test
+# runs this reads the old file or the new one, never one `cp` has truncated and not yet
+# written (a TypeScript client then imported an sdk.mjs without the class it needs: "is not a
+# constructor"). Unchanged files are left alone.
+refresh() {
+  cmp -s "$1" "$2" && return 0
+  run cp "$1" "$2.tmp.$$"
+  run mv -f "$2.tmp.$$" "$2"
+}
+
 install_py() { # name spec lockfile
   local name=$1 spec=$2 lock="$HERE/$3"
   local want="$spec lock=$(hash_of "$lock") py=$("$PYTHON" -V 2>&1)"
@@ -52,7 +62,7 @@ install_node() {
   local want="pkg=$(hash_of "$HERE/node-package.json" "$HERE/node-package-lock.json") node=$(node --version 2>&1)"
   mkdir -p "$dir"
   # sdk.mjs must live next to node_modules so its bare imports resolve; always refresh it.
-  run cp "$HERE/sdk.mjs" "$dir/sdk.mjs"
+  refresh "$HERE/sdk.mjs" "$dir/sdk.mjs"
   if stamp_ok node "$want"; then echo "peers: node up to date"; return; fi
   echo "peers: installing node peer into $dir"
   rm -rf "$dir/node_modules"
