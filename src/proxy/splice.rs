@@ -51,6 +51,9 @@ const MAX_WATCHED_EVENT: usize = 256 * 1024;
 /// Most bytes of the new stream's other events kept while the replay's
 /// answers are awaited (a server notification that came first).
 const MAX_HELD_EVENTS: usize = 64 * 1024;
+/// Longest a splice may take in all (each of its steps has
+/// `migrate::REPLAY_TIMEOUT`).
+const SPLICE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The ids of the proxy's own requests in a replay.
 const REPLAY_ID: &str = "mcpflip-replay-";
 
@@ -280,7 +283,11 @@ async fn splice(
     let moved = {
         // One move at a time; the session's POSTs wait for this one.
         let _one = c.moving().await;
-        replay(&tables, &c, &template, &path, &from).await
+        // Each step is timed; the whole too, for a slot that sends other
+        // events and never the one awaited.
+        tokio::time::timeout(SPLICE_TIMEOUT, replay(&tables, &c, &template, &path, &from))
+            .await
+            .unwrap_or(Err(MigrateFailure::Upstream))
     };
     match moved {
         Ok((slot, body, held)) => {
