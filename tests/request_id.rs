@@ -275,3 +275,56 @@ async fn a_slots_own_request_id_reaches_the_client_once() {
     assert_eq!(got, ["slot-7"]);
     p.shutdown().await;
 }
+
+/// A session that moves (`[drain] migrate = "replay"`): the main log's
+/// `session migrated` line names the id of the request that moved it, the
+/// one its client got back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_migrated_line_names_the_request_id_the_client_got() {
+    use http_body_util::BodyExt as _;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let slot = |name: &'static str| {
+        support::upstream(
+            mcpflip::demo_server::ServerConfig::new(name, mcpflip::demo_server::Transport::Both),
+            &stop,
+        )
+    };
+    let (blue, green) = (slot("blue").await, slot("green").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = closed_port();
+    let cfg = TestConfig::blue_green(dir.path(), blue, green)
+        .listen_port(port)
+        .set("proxy", "request_id", "true")
+        .set_str("drain", "migrate", "replay");
+    let mut proc = ProxyProcess::spawn(&cfg.write(), &cfg.socket(), &[]);
+    proc.ready().await;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let client = support::mcp::http_client();
+    let sid = support::mcp::open_session(&client, &url).await;
+    let r = support::ctl(&cfg.socket(), "weights blue=100 green=1").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&cfg.socket(), "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let req = http::Request::post(&url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &sid)
+        .body(Full::new(Bytes::from(
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#,
+        )))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("an id")
+        .to_owned();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("green"), "{body:?}");
+    let line = proc.stderr_with("session migrated");
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
+    drop(proc);
+    stop.cancel();
+}

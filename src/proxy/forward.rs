@@ -49,6 +49,17 @@ const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// `tracing::info!` naming the request's id (`[proxy] request_id`) when it
+/// has one: the lines of a session's move, found from a client's report.
+macro_rules! info_id {
+    ($id:expr, $($rest:tt)+) => {
+        match $id.and_then(|v: &HeaderValue| v.to_str().ok()) {
+            Some(id) => tracing::info!(request_id = %id, $($rest)+),
+            None => tracing::info!($($rest)+),
+        }
+    };
+}
+
 /// What the request path needs besides the request itself.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -254,7 +265,9 @@ impl Forwarder {
                         if let Err(e) = RequestBody::whole_map(&mut req) {
                             break 'answer bad_header(&e);
                         }
-                        match Box::pin(self.moved(&req, client_sid.as_ref())).await {
+                        match Box::pin(self.moved(&req, client_sid.as_ref(), request_id.as_ref()))
+                            .await
+                        {
                             Ok((slot, inner)) => (slot, None, Some(inner), client_sid),
                             Err(()) => break 'answer session_not_found(),
                         }
@@ -465,6 +478,7 @@ impl Forwarder {
         &self,
         req: &Request<RequestBody>,
         client_sid: Option<&HeaderValue>,
+        request_id: Option<&HeaderValue>,
     ) -> Result<(Arc<Slot>, HeaderValue), ()> {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
             return Err(());
@@ -472,7 +486,7 @@ impl Forwarder {
         let fail = |cause: MigrateFailure| {
             self.stats.count_migrate_failure(cause);
             self.stats.count_local(LocalResponse::SessionGone);
-            tracing::info!(method = %req.method(), %cause, "session could not migrate: answered 404");
+            info_id!(request_id, method = %req.method(), %cause, "session could not migrate: answered 404");
         };
         let Some(captured) = sessions.find(sid.as_bytes()).await else {
             fail(MigrateFailure::NotCaptured);
@@ -484,7 +498,7 @@ impl Forwarder {
                 Some(found) => Ok(found),
                 None => {
                     self.stats.count_local(LocalResponse::SessionGone);
-                    tracing::info!(method = %req.method(), "a legacy SSE session's stream did not move with its slot: answered 404");
+                    info_id!(request_id, method = %req.method(), "a legacy SSE session's stream did not move with its slot: answered 404");
                     Err(())
                 }
             };
@@ -505,7 +519,7 @@ impl Forwarder {
             Ok((slot, inner, replayed)) => {
                 if replayed {
                     self.stats.count_migrated();
-                    tracing::info!(to = %slot.name, method = %req.method(), "session migrated: initialize replayed on a serving slot");
+                    info_id!(request_id, to = %slot.name, method = %req.method(), "session migrated: initialize replayed on a serving slot");
                 }
                 Ok((slot, inner))
             }
@@ -720,6 +734,7 @@ impl Forwarder {
                     &head.uri,
                     client_sid.as_ref(),
                     &slot.name,
+                    request_id,
                 ))
                 .await;
                 if let Ok((to, inner)) = to {
@@ -1039,6 +1054,7 @@ impl Forwarder {
         uri: &Uri,
         client_sid: Option<&HeaderValue>,
         avoid: &Arc<str>,
+        request_id: Option<&HeaderValue>,
     ) -> Result<(Arc<Slot>, HeaderValue), ()> {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
             return Err(());
@@ -1064,13 +1080,13 @@ impl Forwarder {
             Ok((slot, inner, replayed)) => {
                 if replayed {
                     self.stats.count_migrated();
-                    tracing::info!(from = %avoid, to = %slot.name, "session migrated: its slot refused the connection");
+                    info_id!(request_id, from = %avoid, to = %slot.name, "session migrated: its slot refused the connection");
                 }
                 Ok((slot, inner))
             }
             Err(cause) => {
                 self.stats.count_migrate_failure(cause);
-                tracing::info!(from = %avoid, %cause, "session could not migrate");
+                info_id!(request_id, from = %avoid, %cause, "session could not migrate");
                 Err(())
             }
         }
