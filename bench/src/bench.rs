@@ -154,6 +154,10 @@ pub struct Options {
     /// Keep the temporary directory (every config and log).
     #[arg(long)]
     pub keep: bool,
+    /// Leave other processes on the proxy's cores (by default their threads
+    /// are moved off them for the run and put back after).
+    #[arg(long)]
+    pub no_shield: bool,
 }
 
 impl Options {

@@ -5,8 +5,8 @@
 
 use crate::model::{
     AccessLog, CpuPlan, Deploy, Exchange, ExchangeCount, FailureCount, Kill, Kind, Machine, Meta,
-    MultiCore, MultiCoreLevel, Run, Slot, SlotCounts, Soak, SoakEnd, Span, Version, W1Cell,
-    W1Level, W2Cell, W2Level, W3Cell, W4Cell, W5Capture, W5Cell, W1, W2, W3, W4, W5,
+    MultiCore, MultiCoreLevel, Run, Shielded, Slot, SlotCounts, Soak, SoakEnd, Span, Version,
+    W1Cell, W1Level, W2Cell, W2Level, W3Cell, W4Cell, W5Capture, W5Cell, W1, W2, W3, W4, W5,
 };
 use crate::stats::Series;
 
@@ -72,6 +72,13 @@ pub fn meta() -> Meta {
         ],
         nofile: 20_000,
         nofile_hard: 20_000,
+        shield: Some(Shielded {
+            cpus: vec![1],
+            threads: 6,
+            processes: vec!["process_api".to_owned(), "sshd".to_owned()],
+            left: 0,
+            refused: 0,
+        }),
     }
 }
 

@@ -31,6 +31,7 @@ mod model;
 mod multicore;
 mod profile;
 mod report;
+mod shield;
 mod soak;
 mod stats;
 mod streams;
@@ -229,6 +230,22 @@ fn ensure_anchors(root: &Path, kinds: &[Kind], wrk: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Resolves at the first SIGINT or SIGTERM (never, when they cannot be
+/// caught).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 /// `2026-11-24T22:05:31Z` → `2026-11-24T2205Z` (a file name without colons).
 fn stamp(date: &str) -> String {
     let (day, time) = date.split_once('T').unwrap_or((date, ""));
@@ -291,6 +308,9 @@ fn run(opts: Options) -> anyhow::Result<()> {
     let machine = sys::machine(cpus.len());
     let plan = model::CpuPlan::new(&cpus, opts.proxy_cores.map(|c| c as usize));
     sys::pin_self(&plan.loadgen).context("cannot pin the load generator")?;
+    // Other processes off the proxy's cores until the run ends (dropped last).
+    let shield = (!opts.no_shield && plan.proxy.len() < cpus.len())
+        .then(|| shield::Shield::raise(&plan.proxy));
     let (nofile, nofile_hard) = sys::raise_nofile(1 << 20);
     let (max_n, max_reason) = bench::max_streams(nofile);
     let settings = Settings::new(&opts, max_n, max_reason, plan.workers());
@@ -336,6 +356,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
         versions: versions(&root, &env.mcpflip),
         nofile,
         nofile_hard,
+        shield: shield.as_ref().map(|s| s.record.clone()),
     };
     println!(
         "mcpflip-bench: {} ({} cores, kernel {}); {}",
@@ -360,6 +381,9 @@ fn run(opts: Options) -> anyhow::Result<()> {
     if env.taskset.is_none() {
         println!("mcpflip-bench: taskset not found; processes are not pinned to their cores");
     }
+    if let Some(s) = &meta.shield {
+        println!("mcpflip-bench: {}", report::shield_line(s));
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(plan.loadgen.len().max(1))
@@ -374,7 +398,13 @@ fn run(opts: Options) -> anyhow::Result<()> {
             b.upstreams.port(targets::Slot::Green),
             dir.path().display()
         ));
-        let r = workloads(&mut b, &opts, &mut results).await;
+        // SIGINT or SIGTERM ends the run through here, so that the children
+        // stop and the shield comes down (a killed run would leave other
+        // processes' threads off the proxy's cores).
+        let r = tokio::select! {
+            r = workloads(&mut b, &opts, &mut results) => r,
+            signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+        };
         b.stop();
         r
     });
@@ -517,6 +547,7 @@ fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
         }],
         nofile,
         nofile_hard,
+        shield: None,
     };
     let passed = result.passed();
     let mut run = Run::new(meta);

@@ -282,6 +282,25 @@ pub struct Meta {
     /// RLIMIT_NOFILE of every process: the soft limit in force, and the hard one.
     pub nofile: u64,
     pub nofile_hard: u64,
+    /// Other processes' threads moved off the proxy's cores for the run
+    /// (`None`: not shielded, `--no-shield`, or a file of an earlier run).
+    #[serde(default)]
+    pub shield: Option<Shielded>,
+}
+
+/// What the CPU shield did (`crate::shield`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shielded {
+    /// The CPUs kept for the proxy under test.
+    pub cpus: Vec<usize>,
+    /// Threads of other processes moved off them (and put back after the run).
+    pub threads: usize,
+    /// Those threads' processes (`comm`), each once.
+    pub processes: Vec<String>,
+    /// Threads that may run on the kept CPUs alone, so stayed.
+    pub left: usize,
+    /// Threads the kernel would not move (another user's, without root).
+    pub refused: usize,
 }
 
 impl Meta {

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use crate::figures::{self, Goal};
 use crate::model::{
-    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, W1Cell, W1, W2, W3, W4, W5,
+    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, W1, W2, W3, W4, W5,
 };
 use crate::soak;
 use crate::stats::{self, Series};
@@ -174,6 +174,9 @@ fn machine(o: &mut String, m: &Meta) {
             " (**not pinned**: taskset was not found)"
         }
     );
+    if let Some(s) = &m.shield {
+        let _ = writeln!(o, "| CPU shield | {} |", shield_line(s));
+    }
     let _ = writeln!(
         o,
         "| same core count for all | mcpflip `workers` = nginx `worker_processes` = HAProxy `nbthread` = Caddy `GOMAXPROCS` = {} (the multi-core section varies it) |",
@@ -191,6 +194,34 @@ fn machine(o: &mut String, m: &Meta) {
         "| file descriptors | RLIMIT_NOFILE {} for every process (hard limit {}) |\n",
         m.nofile, m.nofile_hard
     );
+}
+
+/// What the CPU shield did, in one line (the report's machine table, and
+/// the run's own output).
+pub fn shield_line(s: &Shielded) -> String {
+    let mut line = format!(
+        "{} thread{} of other processes ({}) moved off CPU {} for the run and put back after, \
+         so that their work does not stall the proxy under test (`--no-shield` leaves them)",
+        s.threads,
+        plural(s.threads),
+        if s.processes.is_empty() {
+            "none".to_owned()
+        } else {
+            s.processes.join(", ")
+        },
+        model::list(&s.cpus)
+    );
+    if s.left > 0 {
+        let _ = write!(line, "; {} may run there alone and stayed", s.left);
+    }
+    if s.refused > 0 {
+        let _ = write!(
+            line,
+            "; {} could not be moved (another user's: run as root to move them)",
+            s.refused
+        );
+    }
+    line
 }
 
 fn summary(o: &mut String, run: &Run) {
@@ -1031,7 +1062,21 @@ mod tests {
         );
         let mut older = fixture::run();
         older.meta.steal_s = None;
+        older.meta.shield = None;
         assert!(!render(&older).contains("hypervisor steal"));
+        assert!(!render(&older).contains("CPU shield"));
+        assert!(
+            text.contains(
+                "| CPU shield | 6 threads of other processes (process_api, sshd) moved off CPU 1 \
+                 for the run and put back after"
+            ),
+            "{text}"
+        );
+        let mut partly = fixture::run();
+        if let Some(s) = partly.meta.shield.as_mut() {
+            s.refused = 3;
+        }
+        assert!(render(&partly).contains("; 3 could not be moved (another user's"));
         assert!(text.contains(
             "from the results file it wrote, `bench/results/2026-11-24T2205Z-2c-amd-epyc.json`"
         ));
