@@ -726,6 +726,53 @@ async fn at_max_connections_new_connections_get_503() {
     h.stop.cancel();
 }
 
+/// At a connection cap, a client that writes its whole request before it
+/// reads (Python's `http.client`, curl without `Expect`) reads its 503: the
+/// refused connection closes lingering, as after a 413, not with a reset that
+/// would destroy the answer in the client's buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_connection_cap_a_client_still_writing_reads_its_503() {
+    let h = Harness::new().await;
+    let p = support::start(
+        h.builder()
+            .set("proxy", "max_connections", "2")
+            .set("proxy", "max_connections_per_ip", "1")
+            .load(),
+    )
+    .await;
+    let to = p.public_addr;
+    let mut post = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 8388608\r\n\r\n"
+        .to_vec();
+    post.resize(post.len() + (8 << 20), b' ');
+    // A's stream takes its address's cap; with B's, the whole cap is taken
+    // for a third address.
+    let mut held = vec![stream_from(A, to).await];
+    for (from, why) in [
+        (A, "max_connections_per_ip"),
+        ([127, 0, 0, 4], "max_connections"),
+    ] {
+        if why == "max_connections" {
+            held.push(stream_from(B, to).await);
+        }
+        for _ in 0..3 {
+            let (mut r, w) = support::connect_from(from, to).await.into_split();
+            let written = write_unasked(w, post.clone()).await.expect("the writer");
+            assert!(written.is_some(), "{why}: the request was cut with a reset");
+            drop(written);
+            let got = read_until_closed(&mut r)
+                .await
+                .expect("answered and closed");
+            let (status, text) = parse_answer(&got);
+            assert_eq!(status, 503, "{why}: {text}");
+            assert!(text.contains(&format!("\"error\":\"{why}\"")), "{text}");
+        }
+    }
+    drop(held);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// `[proxy] max_connections_per_ip`: an address at its cap has its new
 /// connection answered 503 (`max_connections_per_ip`, counted) while
 /// another address is served, and gets room back as its connections close;

@@ -25,7 +25,7 @@
 //!
 //! - A connection that closes with the rest of a request unread (a 413 for a
 //!   body over `max_request_body`; hyper's 400 or 431 for a head it cannot
-//!   read, `proxy::h1`) closes *lingering*, as nginx's
+//!   read, `proxy::h1`; the 503 at a connection cap) closes *lingering*, as nginx's
 //!   `lingering_close`: its socket is kept past the connection (a duplicate
 //!   descriptor, made only then), shut for writing, and read off until the
 //!   client closes, [`LINGERING_TIMEOUT`] passes without data, or

@@ -7,7 +7,9 @@
 //! `max_connections` a new connection is answered 503 (when it sends a request
 //! head in time) or closed, so the proxy degrades before the kernel's
 //! descriptor limit; so is one whose address holds `max_connections_per_ip`
-//! (`per_ip`), so that one client cannot take them all. Plain HTTP sent to
+//! (`per_ip`), so that one client cannot take them all; a refused request's
+//! unread body is read off before the close (lingering, as after a 413), so
+//! that a client still writing reads its 503. Plain HTTP sent to
 //! the TLS listener gets a 400 that says so (`plaintext`).
 //!
 //! With `[drain] migrate = "replay"`, `migrate` keeps each session's
@@ -40,6 +42,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, StatusCode};
+use hyper::body::Body as _;
 use hyper::service::service_fn;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -336,16 +339,28 @@ impl Accepted {
             idle: Duration::ZERO,
         };
         let conn = Conn::new();
+        conn.set_socket(std::os::fd::AsRawFd::as_raw_fd(&self.tcp));
         let service = {
             let conn = conn.clone();
             service_fn(move |req: http::Request<RequestBody>| {
-                let active = conn.begin(req.version() < http::Version::HTTP_2);
+                let h1 = req.version() < http::Version::HTTP_2;
+                let active = conn.begin(h1);
+                // A body it never reads: read off after the answer, or the
+                // close resets the answer out of a client still writing.
+                if h1 && matches!(req.body(), RequestBody::Hyper(b) if !b.is_end_stream()) {
+                    conn.linger();
+                }
                 async move { Ok::<_, Infallible>(refused.answer().map(|b| Tracked::new(b, active))) }
             })
         };
         let never = CancellationToken::new();
         self.drive(builders, service, &conn, limits, stats, &never)
             .await;
+        // Still counted among the refusing (bounded by MAX_REFUSING) until
+        // its socket is closed.
+        if let Some(socket) = conn.take_lingering() {
+            conn::linger(socket, &never).await;
+        }
     }
 
     /// Runs the TLS handshake where there is one, then serves the
