@@ -196,6 +196,9 @@ fn machine(o: &mut String, m: &Meta) {
     );
 }
 
+/// The processes the shield line names; the results file has them all.
+const SHIELD_NAMES: usize = 6;
+
 /// What the CPU shield did, in one line (the report's machine table, and
 /// the run's own output).
 pub fn shield_line(s: &Shielded) -> String {
@@ -204,10 +207,14 @@ pub fn shield_line(s: &Shielded) -> String {
          so that their work does not stall the proxy under test (`--no-shield` leaves them)",
         s.threads,
         plural(s.threads),
-        if s.processes.is_empty() {
-            "none".to_owned()
-        } else {
-            s.processes.join(", ")
+        match s.processes.len() {
+            0 => "none".to_owned(),
+            n if n <= SHIELD_NAMES => s.processes.join(", "),
+            n => format!(
+                "{} and {} more",
+                s.processes[..SHIELD_NAMES].join(", "),
+                n - SHIELD_NAMES
+            ),
         },
         model::list(&s.cpus)
     );
@@ -1077,6 +1084,10 @@ mod tests {
             s.refused = 3;
         }
         assert!(render(&partly).contains("; 3 could not be moved (another user's"));
+        if let Some(s) = partly.meta.shield.as_mut() {
+            s.processes = (0..9).map(|i| format!("p{i}")).collect();
+        }
+        assert!(render(&partly).contains("(p0, p1, p2, p3, p4, p5 and 3 more) moved off CPU 1"));
         assert!(text.contains(
             "from the results file it wrote, `bench/results/2026-11-24T2205Z-2c-amd-epyc.json`"
         ));
