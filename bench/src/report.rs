@@ -1033,10 +1033,20 @@ fn limits(o: &mut String, run: &Run) {
             }
         );
     }
+    let shielded = match &run.meta.shield {
+        Some(s) if s.threads > 0 => format!(
+            " Their threads were kept off the proxy's CPU {} for the run (the CPU shield), so \
+             they stall the upstreams and the load generator, every target alike, and no longer \
+             the proxy under test alone; per-CPU kernel work and the host's own scheduling can \
+             still stall any core.",
+            model::list(&s.cpus)
+        ),
+        _ => String::new(),
+    };
     let _ = writeln!(
         o,
         "- **Noise.** A shared virtual machine: other processes (builds, tests) may run beside \
-         the benchmark; the min–max ranges show how much that moved each figure.\n"
+         the benchmark; the min–max ranges show how much that moved each figure.{shielded}\n"
     );
 }
 
@@ -1088,6 +1098,8 @@ mod tests {
             s.processes = (0..9).map(|i| format!("p{i}")).collect();
         }
         assert!(render(&partly).contains("(p0, p1, p2, p3, p4, p5 and 3 more) moved off CPU 1"));
+        assert!(text.contains("Their threads were kept off the proxy's CPU 1 for the run"));
+        assert!(!render(&older).contains("Their threads were kept off"));
         assert!(text.contains(
             "from the results file it wrote, `bench/results/2026-11-24T2205Z-2c-amd-epyc.json`"
         ));
