@@ -147,7 +147,6 @@ pub async fn serve(
         let refusing = Arc::clone(&refusing);
         settings.workers.spawn(tcp, move |mut tcp| async move {
             let conn = Conn::new();
-            conn.set_socket(std::os::fd::AsRawFd::as_raw_fd(&tcp));
             let stats = Arc::clone(&forwarder.stats);
             let addr = if proxy_protocol {
                 match client_of(&mut tcp, peer, head_deadline, &stats).await {
@@ -224,13 +223,10 @@ pub async fn serve(
                 tls,
                 head_deadline,
             };
+            // Counted until its socket is closed (a lingering close too).
             let end = at
                 .drive(&builder, service, &conn, limits, &stats, &shutdown)
                 .await;
-            // Counted until its socket is closed.
-            if let Some(socket) = conn.take_lingering() {
-                conn::linger(socket, &shutdown).await;
-            }
             if end == End::HeaderTimeout {
                 stats.count_client_fault(ClientFault::HeaderTimeout);
                 tracing::debug!(peer = %addr, "no request head within header_read_timeout: closed");
@@ -339,7 +335,6 @@ impl Accepted {
             idle: Duration::ZERO,
         };
         let conn = Conn::new();
-        conn.set_socket(std::os::fd::AsRawFd::as_raw_fd(&self.tcp));
         let service = {
             let conn = conn.clone();
             service_fn(move |req: http::Request<RequestBody>| {
@@ -353,18 +348,17 @@ impl Accepted {
                 async move { Ok::<_, Infallible>(refused.answer().map(|b| Tracked::new(b, active))) }
             })
         };
+        // Still counted among the refusing (bounded by MAX_REFUSING) until
+        // its socket is closed, lingering too.
         let never = CancellationToken::new();
         self.drive(builders, service, &conn, limits, stats, &never)
             .await;
-        // Still counted among the refusing (bounded by MAX_REFUSING) until
-        // its socket is closed.
-        if let Some(socket) = conn.take_lingering() {
-            conn::linger(socket, &never).await;
-        }
     }
 
     /// Runs the TLS handshake where there is one, then serves the
     /// connection with [`conn::drive`]; a failed handshake is `Closed`.
+    /// A connection a request asked to close lingering ([`Conn::linger`])
+    /// is read off before this returns (until `shutdown` at the latest).
     async fn drive<S, B>(
         self,
         builders: &conn::Builders,
@@ -391,13 +385,14 @@ impl Accepted {
             tls,
             head_deadline,
         } = self;
+        conn.set_socket(std::os::fd::AsRawFd::as_raw_fd(&tcp));
         let timed = conn::Timed {
             conn,
             limits,
             head_deadline,
             shutdown,
         };
-        match tls {
+        let end = match tls {
             None => {
                 let proto = builders.sniff(&tcp, head_deadline).await;
                 serve_io(builders, proto, tcp, service, timed).await
@@ -426,7 +421,11 @@ impl Accepted {
                 })
                 .await
             }
+        };
+        if let Some(socket) = conn.take_lingering() {
+            conn::linger(socket, shutdown).await;
         }
+        end
     }
 }
 
