@@ -451,6 +451,16 @@ impl Bench {
         ]
     }
 
+    /// Every target's processes and the upstreams': what has to be quiet
+    /// before a run whose figures the previous run's teardown would skew.
+    pub fn all_pids(&self) -> Vec<u32> {
+        let mut pids = self.upstreams.pids();
+        for t in &self.targets {
+            pids.extend(t.pids());
+        }
+        pids
+    }
+
     /// Restarts target `i` if its process died during a run; returns what
     /// ended it.
     pub async fn revive(&mut self, i: usize) -> anyhow::Result<Option<String>> {

@@ -35,6 +35,7 @@ fn w2(target: Kind, mem: f64, p99: f64, before_kib: f64) -> W2Cell {
     c.p99_ms = s(&[p99; 3]);
     c.cpu_per_1k_ms = s(&[20.0, 20.0, 20.0]);
     c.setup_s = s(&[0.2, 0.2, 0.2]);
+    c.settle_s = s(&[0.3, 2.4, 0.6]);
     c
 }
 

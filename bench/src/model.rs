@@ -560,6 +560,11 @@ pub struct W2Cell {
     pub cpu_per_1k_ms: Series,
     /// Seconds to open all streams.
     pub setup_s: Series,
+    /// Seconds the bench waited, before this run, for every proxy and the
+    /// upstreams to go quiet (`sys::settle`); empty in results files written
+    /// before it did.
+    #[serde(default)]
+    pub settle_s: Series,
     pub failed: usize,
     pub cut: usize,
     pub events: u64,
@@ -575,6 +580,7 @@ impl W2Cell {
             p99_ms: Series::default(),
             cpu_per_1k_ms: Series::default(),
             setup_s: Series::default(),
+            settle_s: Series::default(),
             failed: 0,
             cut: 0,
             events: 0,

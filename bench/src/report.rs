@@ -661,6 +661,26 @@ fn w2_section(o: &mut String, w: &W2) {
         w.pad + 60,
         w.window_s,
     );
+    let settles: Vec<f64> = w
+        .levels
+        .iter()
+        .flat_map(|l| l.cells.iter())
+        .flat_map(|c| c.settle_s.0.iter().copied())
+        .filter(|v| v.is_finite())
+        .collect();
+    if !settles.is_empty() {
+        let lo = settles.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = settles.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            o,
+            "Before each run the bench waits until every proxy and the upstreams have used under \
+             2 % of a core for 300 ms ({}–{} s here): the last run's N streams close at its end, \
+             and their teardown (for Caddy after 9,000 streams, about 2 s and a garbage \
+             collection) would otherwise run on the next target's core during its window.\n",
+            stats::one(lo),
+            stats::one(hi),
+        );
+    }
     for l in &w.levels {
         let _ = writeln!(o, "**N = {}**\n", stats::int(l.n as f64));
         let _ = writeln!(
@@ -1159,6 +1179,29 @@ mod tests {
         assert!(!json.contains("\"capture\""));
         let back = Run::from_json(&json).expect("reads back");
         assert!(!render(&back).contains("capture on"));
+    }
+
+    #[test]
+    fn w2_says_how_long_the_runs_waited_to_settle() {
+        let text = render(&fixture::run());
+        assert!(
+            text.contains(
+                "Before each run the bench waits until every proxy and the upstreams have used \
+                 under 2 % of a core for 300 ms (0.3–2.4 s here)"
+            ),
+            "{text}"
+        );
+        // A results file from before the bench waited has no such field.
+        let mut old = fixture::run();
+        for l in &mut old.w2.as_mut().expect("w2").levels {
+            for c in &mut l.cells {
+                c.settle_s = Default::default();
+            }
+        }
+        let json = old.to_json().expect("serialises");
+        let back =
+            Run::from_json(&json.replace("\"settle_s\"", "\"unknown_field\"")).expect("reads");
+        assert!(!render(&back).contains("Before each run the bench waits"));
     }
 
     #[test]

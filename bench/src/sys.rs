@@ -238,6 +238,60 @@ impl CpuMeter {
     }
 }
 
+/// How [`settle`] decides that processes have gone quiet: less than `busy`
+/// of CPU time over each of `quiet_steps` consecutive `step`s.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    pub step: std::time::Duration,
+    pub busy: std::time::Duration,
+    pub quiet_steps: u32,
+    /// Gives up waiting after this long.
+    pub limit: std::time::Duration,
+}
+
+impl Quiet {
+    /// Under 2 % of a core for 300 ms, waiting at most 30 s: what is left of a
+    /// proxy's and the upstreams' work once a run's connections have closed
+    /// (their teardown and, for a garbage-collected proxy, its collection).
+    pub const AFTER_A_RUN: Quiet = Quiet {
+        step: std::time::Duration::from_millis(100),
+        busy: std::time::Duration::from_millis(2),
+        quiet_steps: 3,
+        limit: std::time::Duration::from_secs(30),
+    };
+}
+
+/// Waits until the processes `pids()` lists (asked again at every step, so a
+/// process that ends counts as quiet) use less CPU than `q` allows, and says
+/// how long that took and whether they got there before `q.limit`.
+///
+/// Between two runs the one that just ended may still be tearing down its
+/// connections on the core the next target is pinned to: thousands of SSE
+/// streams closing take a proxy hundreds of milliseconds (Caddy, after
+/// 9,000, more than a second and a garbage collection), which the next
+/// target's window would otherwise pay for.
+pub async fn settle(pids: impl Fn() -> Vec<u32>, q: Quiet) -> (std::time::Duration, bool) {
+    let started = Instant::now();
+    let mut last = cpu_seconds(&pids());
+    let mut quiet = 0;
+    while started.elapsed() < q.limit {
+        tokio::time::sleep(q.step).await;
+        let now = cpu_seconds(&pids());
+        // A process that ended takes its time with it: no negative use.
+        let used = (now - last).max(0.0);
+        last = now;
+        if used < q.busy.as_secs_f64() {
+            quiet += 1;
+            if quiet >= q.quiet_steps {
+                return (started.elapsed(), true);
+            }
+        } else {
+            quiet = 0;
+        }
+    }
+    (started.elapsed(), false)
+}
+
 /// Time the hypervisor ran something else while this guest's CPUs wanted to
 /// run (all CPUs together, in seconds): the `steal` column of `/proc/stat`'s
 /// `cpu` line. `None` where the kernel does not count it.
@@ -538,5 +592,61 @@ mod tests {
             }),
             "{fds:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn settling_waits_for_a_busy_process_to_go_quiet() {
+        let q = Quiet {
+            step: std::time::Duration::from_millis(50),
+            busy: std::time::Duration::from_millis(5),
+            quiet_steps: 2,
+            limit: std::time::Duration::from_secs(10),
+        };
+        // A shell spinning for 0.6 s, then idle (sleeping) for a while.
+        let mut busy = Command::new("sh")
+            .args(["-c", "timeout 0.6 sh -c 'while :; do :; done'; sleep 5"])
+            .spawn()
+            .expect("sh");
+        let pid = busy.id();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (took, quiet) = settle(|| tree(pid), q).await;
+        assert!(quiet, "the spinning shell went quiet within the limit");
+        assert!(
+            took >= std::time::Duration::from_millis(400),
+            "settled after {took:?}, while the shell still spun for ~550 ms"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "settled after {took:?}"
+        );
+        let _ = busy.kill();
+        let _ = busy.wait();
+
+        // An idle process settles at once (two quiet steps), and one that
+        // never quiets down is given up on at the limit.
+        let mut idle = Command::new("sleep").arg("5").spawn().expect("sleep");
+        let (took, quiet) = settle(|| vec![idle.id()], q).await;
+        assert!(
+            quiet && took < std::time::Duration::from_secs(1),
+            "{took:?}"
+        );
+        let _ = idle.kill();
+        let _ = idle.wait();
+        let mut spin = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh");
+        let short = Quiet {
+            limit: std::time::Duration::from_millis(400),
+            ..q
+        };
+        let (took, quiet) = settle(|| vec![spin.id()], short).await;
+        let _ = spin.kill();
+        let _ = spin.wait();
+        assert!(
+            !quiet,
+            "a process spinning throughout never counts as quiet"
+        );
+        assert!(took >= std::time::Duration::from_millis(400), "{took:?}");
     }
 }

@@ -11,6 +11,7 @@ use crate::bench::Bench;
 use crate::model::{Kind, W2Cell, W2Level, W2};
 use crate::stats;
 use crate::streams;
+use crate::sys;
 
 /// Client source addresses: 127.0.0.2 .. so that the client side never runs
 /// short of ports (each address has its own port range).
@@ -43,6 +44,10 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
     for round in b.rounds() {
         for (li, &n) in levels.iter().enumerate() {
             for i in b.order(round) {
+                // The last run's N streams are closed, but their teardown
+                // (and a collector's pass over what they held) may still run
+                // on the core this target is pinned to: wait it out.
+                let (settled, quiet) = sys::settle(|| b.all_pids(), sys::Quiet::AFTER_A_RUN).await;
                 b.targets[i].restart().await?;
                 let t = &b.targets[i];
                 let addr = t.addr();
@@ -79,11 +84,12 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                 };
                 cell.cpu_per_1k_ms.push(per_1k);
                 cell.setup_s.push(run.setup.as_secs_f64());
+                cell.settle_s.push(settled.as_secs_f64());
                 cell.failed += run.failed;
                 cell.cut += run.cut;
                 cell.events += run.events;
                 b.log(&format!(
-                    "W2 {round} N={n:<6} {:<8} open {:>6}/{n} in {:>5.1} s  {:>7} KiB/stream  relay p50 {:>6} ms p99 {:>6} ms  {:>6} ms CPU/1k events  ({} events in {:.1} s){}",
+                    "W2 {round} N={n:<6} {:<8} open {:>6}/{n} in {:>5.1} s  {:>7} KiB/stream  relay p50 {:>6} ms p99 {:>6} ms  {:>6} ms CPU/1k events  ({} events in {:.1} s; {}){}",
                     kind.label(),
                     run.opened,
                     run.setup.as_secs_f64(),
@@ -93,6 +99,11 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                     stats::two(per_1k),
                     stats::int(run.events as f64),
                     run.window.as_secs_f64(),
+                    if quiet {
+                        format!("the last run settled in {:.1} s", settled.as_secs_f64())
+                    } else {
+                        format!("the last run NOT settled after {:.0} s", settled.as_secs_f64())
+                    },
                     if run.failed + run.cut > 0 {
                         format!("  FAILED: {} did not open, {} cut", run.failed, run.cut)
                     } else {
