@@ -983,8 +983,9 @@ async fn a_reconnecting_get_of_a_moved_session_resumes_only_what_the_new_slot_se
 /// /sse` opens a session (`{slot}-{n}`, named in the `endpoint` event), and
 /// the answers to what is posted to `/messages/?session_id=` come on that
 /// session's stream. An `initialize` is preceded by a log notification
-/// ("hello from {slot}"); the `never` tool is never answered. The session
-/// ends with its stream.
+/// ("hello from {slot}"); the `never` tool is never answered; the `tear`
+/// tool gets half an answer, then the stream's connection is dropped (as a
+/// killed server's). The session ends with its stream.
 async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
     type Streams =
         Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<Bytes>>>;
@@ -994,13 +995,20 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
     let streams: Arc<Streams> = Arc::default();
     let next = Arc::new(AtomicU32::new(1));
     let log = Arc::clone(&seen);
+    let breakers: Arc<Mutex<std::collections::HashMap<String, CancellationToken>>> = Arc::default();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
             let (seen, streams, next) = (Arc::clone(&log), Arc::clone(&streams), Arc::clone(&next));
+            let breakers = Arc::clone(&breakers);
+            // Cancelled by the `tear` tool: the connection is dropped, as a
+            // killed server's would be.
+            let broken = CancellationToken::new();
+            let breaker = broken.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<Incoming>| {
                     let (seen, streams, next) =
                         (Arc::clone(&seen), Arc::clone(&streams), Arc::clone(&next));
+                    let (breakers, breaker) = (Arc::clone(&breakers), breaker.clone());
                     async move {
                         let record = |s: &str, what: &str| {
                             seen.0
@@ -1021,6 +1029,10 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
                             streams(&mut |m| {
                                 m.insert(s.clone(), tx.clone());
                             });
+                            breakers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(s.clone(), breaker);
                             return Ok::<_, Infallible>(
                                 hyper::Response::builder()
                                     .header("content-type", "text/event-stream")
@@ -1058,6 +1070,23 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
                             send(json!({"jsonrpc":"2.0","id":msg["id"],"result":{
                                 "protocolVersion":"2024-11-05","capabilities":{},
                                 "serverInfo":{"name":slot,"version":"1"}}}));
+                        } else if msg["params"]["name"] == "tear" {
+                            // Half an answer, then the stream's connection breaks.
+                            let _ = tx.send(Bytes::from(format!(
+                                "event: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{},\"res",
+                                msg["id"]
+                            )));
+                            let breaker = breakers
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get(&s)
+                                .cloned();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                if let Some(b) = breaker {
+                                    b.cancel();
+                                }
+                            });
                         } else if msg.get("id").is_some() && msg["params"]["name"] != "never" {
                             send(
                                 json!({"jsonrpc":"2.0","id":msg["id"],"result":{"slot":slot,"session":s}}),
@@ -1066,9 +1095,12 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
                         Ok(answer(202, None, None))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = broken.cancelled() => {}
+                }
             });
         }
     });
@@ -1171,6 +1203,79 @@ async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
         [(json!("blue"), json!(0)), (json!("green"), json!(1))],
         "the stream counts on green now"
     );
+    drop(s);
+    proxy.shutdown().await;
+}
+
+/// A legacy session whose stream breaks inside an event (its slot killed
+/// while it sent an answer) moves, and its client never gets the half event
+/// as a message: it is dispatched under a type MCP clients ignore
+/// (`mcpflip-torn`), the call it answered gets its interrupted-call error,
+/// and the stream goes on from green. Before, the half event was ended with
+/// a blank line and came as a `message` carrying half a JSON-RPC answer.
+#[tokio::test]
+async fn a_legacy_stream_broken_inside_an_event_moves_without_a_torn_message() {
+    let (blue, _) = legacy_upstream("blue").await;
+    let (green, green_seen) = legacy_upstream("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let base = url.trim_end_matches("/mcp");
+    let mut s = support::mcp::SseSession::open(&client, base)
+        .await
+        .expect("legacy session");
+    let r = s
+        .request("tools/call", json!({"name": "whoami"}))
+        .await
+        .expect("call");
+    assert_eq!(r["slot"], "blue", "{r}");
+    // Green takes new sessions too: where the session goes (a move picks
+    // another slot than the one it leaves).
+    green_serves_too(&socket).await;
+
+    s.post(request(12, "tools/call", json!({"name": "tear"})))
+        .await
+        .expect("post");
+    let (kind, data) = s.next_event().await.expect("what came of the torn event");
+    assert_eq!(
+        kind, "mcpflip-torn",
+        "the half answer is not a message: {data:?}"
+    );
+    assert!(
+        data.starts_with(r#"{"jsonrpc":"2.0","id":12,"res"#),
+        "{data:?}"
+    );
+    let (_, first) = s.next_message().await.expect("the stream goes on");
+    assert_eq!(
+        first["id"], 12,
+        "the torn answer's call gets its error: {first}"
+    );
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted by a deploy")),
+        "{first}"
+    );
+    let (name, hello) = s.next_message().await.expect("green's notification");
+    assert_eq!(
+        (name.as_str(), &hello["params"]["data"]),
+        ("message", &json!("hello from green")),
+        "{hello}"
+    );
+    s.post(request(13, "tools/call", json!({"name": "whoami"})))
+        .await
+        .expect("the old POST URL still takes requests");
+    let (_, r) = s.next_message().await.expect("the answer");
+    assert_eq!(
+        (&r["id"], &r["result"]["slot"]),
+        (&json!(13), &json!("green")),
+        "{r}"
+    );
+    assert_eq!(
+        green_seen.of("green-1").last().map(String::as_str),
+        Some("tools/call id=13")
+    );
+    let status = support::ctl(&socket, "status").await;
+    assert_eq!(status["migration"]["migrated"], 1, "{status}");
+    assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
     drop(s);
     proxy.shutdown().await;
 }

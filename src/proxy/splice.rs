@@ -44,6 +44,18 @@ use crate::table::{Slot, SlotState, Tables};
 use crate::upstream::client::{Answer, Wait};
 use crate::upstream::{BodyWatch, ForwardBody, UpstreamBody};
 
+/// Ends an event the old stream broke inside of, so that no client takes
+/// what came of it for a message. SSE cannot take back the lines already
+/// sent, and a blank line alone would dispatch them (half a JSON-RPC answer,
+/// as the event type the upstream named, `message` mostly). Instead: `:` and
+/// a line end close whatever line was cut (a comment when none was), and the
+/// event is dispatched under a type no MCP client listens to. The
+/// TypeScript SDK's clients take only `message` events (`EventSource`'s
+/// `onmessage`), the Python SDK's log an unknown event and go on. The call
+/// it carried, if it was an answer, is still pending and gets its
+/// interrupted-call error right after.
+pub(crate) const TORN_END: &[u8] = b":\nevent: mcpflip-torn\n\n";
+
 /// Largest event whose answer the proxy looks for as it passes; a larger
 /// one's call stays noted (and, if the stream moves, gets a stray error the
 /// SDK clients log and drop: its id is no longer awaited).
@@ -296,8 +308,7 @@ async fn splice(
             tracing::info!(from = %from, to = %slot.name, interrupted = pending.len(), "legacy SSE session migrated: its stream goes on from a serving slot");
             let mut first = BytesMut::new();
             if torn {
-                // The old stream broke inside an event: end it.
-                first.extend_from_slice(b"\n\n");
+                first.extend_from_slice(TORN_END);
             }
             for id in pending {
                 stats.count_interrupted();
@@ -623,6 +634,95 @@ mod tests {
         s.watch(b"data: {\"jsonrpc\":\"2.0\",\"id\":\"a\",\"error\":{\"code\":1,\"message\":\"no\"}}\n\n");
         assert_eq!(c.take_pending(), [Bytes::from("2")], "1 and \"a\" answered");
         assert_eq!(s.call_grace(), None);
+    }
+
+    /// The events an SSE client dispatches from `stream`, as the WHATWG
+    /// algorithm does (lines end at CRLF, LF or CR; `event` sets the type,
+    /// `data` appends; a blank line dispatches when there is data): `(type,
+    /// data)`, the type `message` where none was set.
+    fn dispatched(stream: &[u8]) -> Vec<(String, String)> {
+        let text = String::from_utf8_lossy(stream)
+            .replace("\r\n", "\n")
+            .replace('\r', "\n");
+        let (mut out, mut kind, mut data) = (Vec::new(), String::new(), None::<String>);
+        let mut lines: Vec<&str> = text.split('\n').collect();
+        lines.pop(); // what follows the last line end is not a line yet
+        for line in lines {
+            if line.is_empty() {
+                if let Some(d) = data.take() {
+                    let k = if kind.is_empty() {
+                        "message".to_owned()
+                    } else {
+                        std::mem::take(&mut kind)
+                    };
+                    out.push((k, d));
+                }
+                kind.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => kind = value.to_owned(),
+                "data" => {
+                    let d = data.get_or_insert_with(String::new);
+                    if !d.is_empty() {
+                        d.push('\n');
+                    }
+                    d.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Wherever the old stream broke inside an event, what the client had of
+    /// it is dispatched as `mcpflip-torn` (which MCP clients ignore), never
+    /// as a `message`, and the events of the new stream after it come whole.
+    #[test]
+    fn an_event_torn_anywhere_never_reaches_a_client_as_a_message() {
+        let event = "event: message\r\nid: 7\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":12,\"result\":{}}\r\n\r\n";
+        let next = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":13,\"result\":{}}\n\n";
+        let before = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n";
+        // Every cut inside the event: mid-line, at a line start, between CR and LF.
+        for cut in 1..=event.len() - 4 {
+            let mut stream = before.as_bytes().to_vec();
+            stream.extend_from_slice(&event.as_bytes()[..cut]);
+            stream.extend_from_slice(TORN_END);
+            stream.extend_from_slice(next);
+            let got = dispatched(&stream);
+            let at = String::from_utf8_lossy(&event.as_bytes()[..cut]).into_owned();
+            assert_eq!(
+                got.first().map(|e| e.0.as_str()),
+                Some("message"),
+                "cut {at:?}: {got:?}"
+            );
+            assert_eq!(
+                got.last(),
+                Some(&(
+                    "message".to_owned(),
+                    "{\"jsonrpc\":\"2.0\",\"id\":13,\"result\":{}}".to_owned()
+                )),
+                "cut {at:?}: {got:?}"
+            );
+            let messages = got.iter().filter(|e| e.0 == "message").count();
+            assert_eq!(
+                messages, 2,
+                "only the whole events are messages, cut {at:?}: {got:?}"
+            );
+            assert!(
+                got.len() <= 3 && got[1..got.len() - 1].iter().all(|e| e.0 == "mcpflip-torn"),
+                "cut {at:?}: {got:?}"
+            );
+        }
+        // What the old blank line did: half an answer, dispatched as a message.
+        let mut old = event.as_bytes()[..40].to_vec();
+        old.extend_from_slice(b"\n\n");
+        assert_eq!(dispatched(&old)[0].0, "message", "the defect this replaces");
     }
 
     #[test]

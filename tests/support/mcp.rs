@@ -168,6 +168,13 @@ impl SseSession {
 
     /// The next message on the stream, whatever it is (a notification, an
     /// answer), as JSON, and the name of its event.
+    /// The next event as it came: `(event type, data)`, the type empty
+    /// where the event named none.
+    pub async fn next_event(&mut self) -> anyhow::Result<(String, String)> {
+        let ev = self.events.next().await?;
+        Ok((ev.name, ev.data))
+    }
+
     pub async fn next_message(&mut self) -> anyhow::Result<(String, Value)> {
         loop {
             let ev = self.events.next().await?;
