@@ -645,3 +645,50 @@ async fn words_and_json_requests_share_one_connection() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A serving slot weighted to 0 goes to standby at once, and its sessions'
+/// requests get 404 (HAProxy's weight 0 would drain it instead): the reply
+/// says so, as `flip` without `--drain` does, in JSON and on the CLI, and a
+/// canary shift that leaves every slot serving carries no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighting_a_serving_slot_to_zero_warns_that_its_sessions_get_404() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let url = format!("http://{}/mcp", p.public_addr);
+    let client = http_client();
+    let sid = support::mcp::open_session(&client, &url).await;
+    let r = h.ctl("weights blue=50 green=50").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r.get("warning").is_none(),
+        "a canary shift cuts nothing: {r}"
+    );
+
+    let r = h.ctl("weights blue=0 green=100").await;
+    assert_eq!(r["ok"], true, "{r}");
+    let w = r["warning"].as_str().unwrap_or_default();
+    assert!(
+        w.contains("blue went to standby without a drain")
+            && w.contains("404")
+            && w.contains("drain blue"),
+        "{r}"
+    );
+    // What the warning says: blue's session is cut.
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, _, body) = post_json(&client, &url, Some(&sid), call).await;
+    assert_eq!(status, 404, "{body}");
+
+    // The CLI prints it; a second weight change that cuts nothing does not.
+    let run = ctl_bin(&h.socket(), &["weights", "blue=100", "green=100"]);
+    assert!(run.ok() && !run.stdout.contains("warning"), "{run:?}");
+    let run = ctl_bin(&h.socket(), &["weights", "green=0"]);
+    assert!(
+        run.ok()
+            && run
+                .stdout
+                .contains("warning: green went to standby without a drain"),
+        "{run:?}"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}

@@ -720,9 +720,35 @@ impl Controller {
 
     /// `weights NAME=W ...`: one table swap.
     pub async fn set_weights(&self, weights: Vec<Weight>) -> Result<Weighted, CtlError> {
+        let before = self.state();
         let applied = self.apply(Command::Weights(weights), None).await?;
+        // A serving slot weighted to 0 stops taking its own sessions too: as
+        // `flip` without `--drain`, the reply says so (HAProxy's weight 0
+        // drains; this one does not).
+        let cut: Vec<&str> = applied
+            .state
+            .slots
+            .iter()
+            .filter(|s| {
+                s.state == SlotState::Standby
+                    && before
+                        .slots
+                        .iter()
+                        .any(|b| b.name == s.name && b.state == SlotState::Serving)
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        let warning = (!cut.is_empty()).then(|| {
+            format!(
+                "{} went to standby without a drain: requests of its open sessions now get 404; \
+                 use `drain {}` instead of weight 0 to let them finish",
+                cut.join(", "),
+                cut[0]
+            )
+        });
         Ok(Weighted {
             slots: briefs(&applied.state),
+            warning,
         })
     }
 

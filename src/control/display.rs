@@ -387,6 +387,9 @@ pub fn reply(r: &Reply) -> String {
                     s.name, s.state, s.weight, s.generation
                 );
             }
+            if let Some(w) = &w.warning {
+                let _ = writeln!(out, "warning: {w}");
+            }
             out
         }
         Reply::Flip(f) => flipped(f),

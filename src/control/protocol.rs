@@ -655,6 +655,10 @@ pub struct DeployStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Weighted {
     pub slots: Vec<SlotBrief>,
+    /// Set when a serving slot went to `standby` (weighted 0): its open
+    /// sessions' requests now get 404, as after `flip` without `--drain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// `flip` and `rollback`.
