@@ -46,6 +46,11 @@ pub struct TlsConfig {
     /// The oldest TLS version the listener speaks (nginx's `ssl_protocols`).
     #[serde(default, skip_serializing_if = "TlsVersion::is_default")]
     pub min_version: TlsVersion,
+    /// The cipher suites the listener may negotiate, by IANA name
+    /// (nginx's `ssl_ciphers`, HAProxy's `ciphers` and `ciphersuites`);
+    /// empty: every suite rustls offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ciphers: Vec<String>,
     /// Certificates from an ACME CA (Let's Encrypt), written to `cert` and
     /// `key` and renewed before they expire (`src/acme.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +314,34 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The cipher suites rustls offers here, by IANA name, strongest first.
+pub fn cipher_names() -> Vec<String> {
+    rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect()
+}
+
+/// The provider with only the suites `names` lists (in the provider's order
+/// of preference, not the list's); all of them when `names` is empty.
+fn with_ciphers(names: &[String]) -> Result<Arc<CryptoProvider>, String> {
+    if names.is_empty() {
+        return Ok(provider());
+    }
+    let mut p = rustls::crypto::ring::default_provider();
+    let known = cipher_names();
+    if let Some(bad) = names.iter().find(|n| !known.contains(n)) {
+        return Err(format!(
+            "tls.ciphers: unknown cipher suite {bad:?}; the suites are {}",
+            known.join(", ")
+        ));
+    }
+    p.cipher_suites
+        .retain(|s| names.iter().any(|n| *n == format!("{:?}", s.suite())));
+    Ok(Arc::new(p))
+}
+
 /// A certificate chain and its key, loaded and checked.
 #[derive(Debug)]
 struct Loaded {
@@ -568,9 +601,16 @@ pub fn listener_tls(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Vec<Certifica
             by_name.push((n, Arc::clone(&extra.key)));
         }
     }
-    let builder = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(with_ciphers(&tls.ciphers)?)
         .with_protocol_versions(tls.min_version.versions())
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|e| match e {
+            // The only suites left are for a version the listener does not speak.
+            rustls::Error::General(_) if !tls.ciphers.is_empty() => format!(
+                "tls.ciphers: none of {:?} is a TLS 1.3 suite (TLS13_*), which min_version = \"1.3\" needs",
+                tls.ciphers
+            ),
+            e => format!("TLS setup: {e}"),
+        })?;
     if tls.client_ca.is_none() && tls.client_auth == ClientAuth::Optional {
         return Err("tls.client_auth: \"optional\" needs tls.client_ca (the CAs a certificate presented must be signed by)".into());
     }
@@ -1120,6 +1160,60 @@ mod tests {
         assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
     }
 
+    /// `tls.ciphers`: a list keeps only those suites; an unknown name or a
+    /// list with no suite for the versions spoken is refused, naming why.
+    #[test]
+    fn a_cipher_list_keeps_its_suites_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
+        let with = |ciphers: &[&str], min_version: TlsVersion| TlsConfig {
+            cert: dev.cert.clone(),
+            key: dev.key.clone(),
+            sni: vec![],
+            client_ca: None,
+            client_crl: None,
+            client_auth: Default::default(),
+            min_version,
+            ciphers: ciphers.iter().map(|c| c.to_string()).collect(),
+            acme: None,
+        };
+        let names = cipher_names();
+        assert!(
+            names.contains(&"TLS13_AES_256_GCM_SHA384".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".to_owned()),
+            "{names:?}"
+        );
+        let kept = with_ciphers(&["TLS13_AES_256_GCM_SHA384".into()]).expect("known");
+        let kept: Vec<String> = kept
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(kept, ["TLS13_AES_256_GCM_SHA384"]);
+        server_config(&with(&["TLS13_AES_256_GCM_SHA384"], TlsVersion::V1_3)).expect("usable");
+        server_config(&with(&[], TlsVersion::V1_2)).expect("every suite by default");
+
+        let e =
+            server_config(&with(&["ECDHE-RSA-AES256-GCM-SHA384"], TlsVersion::V1_2)).unwrap_err();
+        assert!(
+            e.contains("unknown cipher suite \"ECDHE-RSA-AES256-GCM-SHA384\"")
+                && e.contains("TLS13_AES_128_GCM_SHA256"),
+            "{e}"
+        );
+        let e = server_config(&with(
+            &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+            TlsVersion::V1_3,
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("is a TLS 1.3 suite") && e.contains("min_version"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn dev_cert_loads_and_bad_files_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1132,6 +1226,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         };
         let cfg = server_config(&tls).expect("loads");
@@ -1154,6 +1249,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         };
         let e = server_config(&mismatched).unwrap_err();
@@ -1166,6 +1262,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         };
         let e = server_config(&missing).unwrap_err();
@@ -1183,6 +1280,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         })
         .unwrap_err();
@@ -1195,6 +1293,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         })
         .unwrap_err();
@@ -1253,6 +1352,7 @@ mod tests {
             client_crl: Some(crl),
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         };
         let e = server_config(&with(None, junk.clone())).unwrap_err();
@@ -1261,6 +1361,7 @@ mod tests {
             client_crl: None,
             client_auth: ClientAuth::Optional,
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
             ..with(None, PathBuf::new())
         };
@@ -1291,6 +1392,7 @@ mod tests {
             client_crl: None,
             client_auth: Default::default(),
             min_version: Default::default(),
+            ciphers: Vec::new(),
             acme: None,
         };
         server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");

@@ -84,6 +84,7 @@ fn populated() -> Config {
                 client_crl: Some(p("clients-ca.crl")),
                 client_auth: mcpflip::tls::ClientAuth::Optional,
                 min_version: mcpflip::tls::TlsVersion::V1_3,
+                ciphers: vec!["TLS13_AES_256_GCM_SHA384".into()],
                 acme: Some(mcpflip::tls::AcmeConfig {
                     domains: vec!["mcp.example.com".into()],
                     email: Some("ops@example.com".into()),
@@ -111,6 +112,7 @@ fn populated() -> Config {
                 client_crl: None,
                 client_auth: Default::default(),
                 min_version: Default::default(),
+                ciphers: Vec::new(),
                 acme: None,
             }),
         },

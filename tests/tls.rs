@@ -334,6 +334,7 @@ fn tls_front(backend: u16, cert: &Path, key: &Path) -> u16 {
         client_crl: None,
         client_auth: Default::default(),
         min_version: Default::default(),
+        ciphers: Vec::new(),
         acme: None,
     };
     tls_front_with(backend, &tls).0
@@ -350,6 +351,7 @@ fn mtls_front(backend: u16, pki: &Pki) -> (u16, tokio::sync::mpsc::UnboundedRece
         client_crl: None,
         client_auth: Default::default(),
         min_version: Default::default(),
+        ciphers: Vec::new(),
         acme: None,
     };
     tls_front_with(backend, &tls)
@@ -928,6 +930,117 @@ async fn tls_min_version_refuses_older_clients_and_reload_applies_it() {
         "TLS 1.2 served"
     );
     assert!(handshake_with(addr, &dev.ca, &rustls::version::TLS13).await);
+    p.shutdown().await;
+    stop.cancel();
+}
+
+/// The suite a client offering only `suites` negotiates with `addr`
+/// (trusting `ca`), or `None` when the handshake fails.
+async fn handshake_suite(addr: std::net::SocketAddr, ca: &Path, suites: &[&str]) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in mcpflip::tls::read_chain(ca).expect("ca") {
+        roots.add(c).expect("root");
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| suites.contains(&format!("{:?}", s.suite()).as_str()));
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.ok()?;
+    let suite = tls.get_ref().1.negotiated_cipher_suite()?;
+    Some(format!("{:?}", suite.suite()))
+}
+
+/// `[listen] tls.ciphers` (nginx's `ssl_ciphers`): a client that offers
+/// only suites outside the list is refused at the handshake, one that offers
+/// a listed suite gets it; `reload` without the list serves every suite again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_ciphers_limit_the_suites_a_client_can_get_and_reload_applies_them() {
+    let stop = CancellationToken::new();
+    let plain = upstream("blue", &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
+    let with = |extra: &str| {
+        TestConfig::new(d).slot("blue", plain, 100).set(
+            "listen",
+            "tls",
+            format!(
+                "{{ cert = {}, key = {}{extra} }}",
+                support::config::q(dev.cert.display().to_string()),
+                support::config::q(dev.key.display().to_string())
+            ),
+        )
+    };
+    let p = support::start(
+        with(", ciphers = [\"TLS13_AES_256_GCM_SHA384\", \"TLS13_CHACHA20_POLY1305_SHA256\"]")
+            .load(),
+    )
+    .await;
+    let addr = p.public_addr;
+    let aes128 = ["TLS13_AES_128_GCM_SHA256"];
+    let tls12 = [
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    ];
+    assert_eq!(
+        handshake_suite(addr, &dev.ca, &aes128).await,
+        None,
+        "unlisted suite refused"
+    );
+    assert_eq!(
+        handshake_suite(addr, &dev.ca, &tls12).await,
+        None,
+        "no TLS 1.2 suite is listed"
+    );
+    assert_eq!(
+        handshake_suite(
+            addr,
+            &dev.ca,
+            &["TLS13_AES_128_GCM_SHA256", "TLS13_CHACHA20_POLY1305_SHA256"]
+        )
+        .await
+        .as_deref(),
+        Some("TLS13_CHACHA20_POLY1305_SHA256"),
+        "a listed suite the client offers"
+    );
+    let m = support::metrics(p.admin_addr).await;
+    assert_eq!(
+        support::metric(&m, "mcpflip_client_errors_total{kind=\"tls_handshake\"}"),
+        2,
+        "{m}"
+    );
+    // Without the list (reload), every suite rustls offers again.
+    with("").write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        handshake_suite(addr, &dev.ca, &aes128).await.as_deref(),
+        Some("TLS13_AES_128_GCM_SHA256")
+    );
+    assert!(
+        handshake_suite(addr, &dev.ca, &tls12).await.is_some(),
+        "TLS 1.2 again"
+    );
+    // A list with a name rustls does not know is refused by reload, and the
+    // listener keeps what it had.
+    with(", ciphers = [\"ECDHE-RSA-AES256-GCM-SHA384\"]").write();
+    let r = ctl(d, "reload").await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown cipher suite")),
+        "{r}"
+    );
+    assert!(handshake_suite(addr, &dev.ca, &aes128).await.is_some());
     p.shutdown().await;
     stop.cancel();
 }
