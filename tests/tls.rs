@@ -859,6 +859,36 @@ async fn with_optional_client_auth_a_certificate_is_checked_only_when_presented(
     p.shutdown().await;
 }
 
+/// The suite a client negotiates with `addr` (trusting `ca`) when it speaks
+/// only `versions` and offers only the suites `offer` keeps, or `None` when
+/// the handshake fails.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    offer: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in mcpflip::tls::read_chain(ca).expect("ca") {
+        roots.add(c).expect("root");
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| offer(&format!("{:?}", s.suite())));
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.ok()?;
+    let suite = tls.get_ref().1.negotiated_cipher_suite()?;
+    Some(format!("{:?}", suite.suite()))
+}
+
 /// Whether a TLS handshake with `addr` succeeds for a client that speaks
 /// only `version`, trusting `ca`.
 async fn handshake_with(
@@ -866,21 +896,21 @@ async fn handshake_with(
     ca: &Path,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in mcpflip::tls::read_chain(ca).expect("ca") {
-        roots.add(c).expect("root");
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[version])
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    connector.connect(name, tcp).await.is_ok()
+    handshake(addr, ca, &[version], |_| true).await.is_some()
+}
+
+/// A proxy config for a slot on `plain` with `[listen] tls` on `dev`'s
+/// certificate, `extra` appended inside the table (`, min_version = ...`).
+fn dev_tls(d: &Path, plain: u16, dev: &mcpflip::tls::DevCert, extra: &str) -> TestConfig {
+    TestConfig::new(d).slot("blue", plain, 100).set(
+        "listen",
+        "tls",
+        format!(
+            "{{ cert = {}, key = {}{extra} }}",
+            support::config::q(dev.cert.display().to_string()),
+            support::config::q(dev.key.display().to_string())
+        ),
+    )
 }
 
 /// `[listen] tls.min_version = "1.3"` (nginx's `ssl_protocols TLSv1.3`): a
@@ -893,17 +923,7 @@ async fn tls_min_version_refuses_older_clients_and_reload_applies_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
-    let with = |min: &str| {
-        TestConfig::new(d).slot("blue", plain, 100).set(
-            "listen",
-            "tls",
-            format!(
-                "{{ cert = {}, key = {}{min} }}",
-                support::config::q(dev.cert.display().to_string()),
-                support::config::q(dev.key.display().to_string())
-            ),
-        )
-    };
+    let with = |min: &str| dev_tls(d, plain, &dev, min);
     let cfg = with(", min_version = \"1.3\"");
     let p = support::start(cfg.load()).await;
     let addr = p.public_addr;
@@ -934,28 +954,10 @@ async fn tls_min_version_refuses_older_clients_and_reload_applies_it() {
     stop.cancel();
 }
 
-/// The suite a client offering only `suites` negotiates with `addr`
-/// (trusting `ca`), or `None` when the handshake fails.
+/// The suite a client offering only `suites` (TLS 1.2 and 1.3) gets.
 async fn handshake_suite(addr: std::net::SocketAddr, ca: &Path, suites: &[&str]) -> Option<String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in mcpflip::tls::read_chain(ca).expect("ca") {
-        roots.add(c).expect("root");
-    }
-    let mut provider = rustls::crypto::ring::default_provider();
-    provider
-        .cipher_suites
-        .retain(|s| suites.contains(&format!("{:?}", s.suite()).as_str()));
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = connector.connect(name, tcp).await.ok()?;
-    let suite = tls.get_ref().1.negotiated_cipher_suite()?;
-    Some(format!("{:?}", suite.suite()))
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    handshake(addr, ca, &versions, |s| suites.contains(&s)).await
 }
 
 /// `[listen] tls.ciphers` (nginx's `ssl_ciphers`): a client that offers
@@ -968,17 +970,7 @@ async fn tls_ciphers_limit_the_suites_a_client_can_get_and_reload_applies_them()
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let dev = mcpflip::tls::write_dev_cert(&d.join("certs"), &[], false).expect("dev cert");
-    let with = |extra: &str| {
-        TestConfig::new(d).slot("blue", plain, 100).set(
-            "listen",
-            "tls",
-            format!(
-                "{{ cert = {}, key = {}{extra} }}",
-                support::config::q(dev.cert.display().to_string()),
-                support::config::q(dev.key.display().to_string())
-            ),
-        )
-    };
+    let with = |extra: &str| dev_tls(d, plain, &dev, extra);
     let p = support::start(
         with(", ciphers = [\"TLS13_AES_256_GCM_SHA384\", \"TLS13_CHACHA20_POLY1305_SHA256\"]")
             .load(),
