@@ -743,7 +743,7 @@ impl Controller {
                 "{} went to standby without a drain: requests of its open sessions now get 404; \
                  use `drain {}` instead of weight 0 to let them finish",
                 cut.join(", "),
-                cut[0]
+                cut.join("`, `drain ")
             )
         });
         Ok(Weighted {
