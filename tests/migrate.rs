@@ -1107,6 +1107,41 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
     (port, seen)
 }
 
+/// What a moved legacy session's client reads next on its stream: the
+/// error of call `interrupted` (never answered on the old slot), green's
+/// notification from the replay (its answers to the replay never show), and,
+/// for call `next` posted to its old POST URL, green's answer, returned.
+async fn goes_on_from_green(
+    s: &mut support::mcp::SseSession,
+    interrupted: u32,
+    next: u32,
+) -> Value {
+    let (_, first) = s.next_message().await.expect("the stream goes on");
+    assert_eq!(
+        first["id"], interrupted,
+        "the unanswered call's error first: {first}"
+    );
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("interrupted by a deploy")),
+        "{first}"
+    );
+    let (name, hello) = s.next_message().await.expect("green's notification");
+    assert_eq!(
+        (name.as_str(), &hello["params"]["data"]),
+        ("message", &json!("hello from green")),
+        "what green sent during the replay passes, its answers do not: {hello}"
+    );
+    s.post(request(next, "tools/call", json!({"name": "whoami"})))
+        .await
+        .expect("the old POST URL still takes requests");
+    let (_, r) = s.next_message().await.expect("the answer");
+    assert_eq!(r["id"], next, "{r}");
+    assert_eq!(r["result"]["slot"], "green", "{r}");
+    r
+}
+
 /// A legacy HTTP+SSE session outlives its slot on the client's one open
 /// stream: at `drain blue --migrate` the proxy opens the session again on
 /// green (its `initialize`, `notifications/initialized` and `setLevel`
@@ -1148,29 +1183,7 @@ async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
     assert!(r.get("error").is_none(), "{r}");
 
     // The same stream, now from green.
-    let (_, first) = s.next_message().await.expect("the stream goes on");
-    assert_eq!(
-        first["id"], 10,
-        "the unanswered call's error first: {first}"
-    );
-    assert!(
-        first["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("interrupted by a deploy")),
-        "{first}"
-    );
-    let (name, hello) = s.next_message().await.expect("green's notification");
-    assert_eq!(
-        (name.as_str(), &hello["params"]["data"]),
-        ("message", &json!("hello from green")),
-        "what green sent during the replay passes, its answers do not: {hello}"
-    );
-    s.post(request(11, "tools/call", json!({"name": "whoami"})))
-        .await
-        .expect("the old POST URL still takes requests");
-    let (_, r) = s.next_message().await.expect("the answer");
-    assert_eq!(r["id"], 11, "{r}");
-    assert_eq!(r["result"]["slot"], "green", "{r}");
+    let r = goes_on_from_green(&mut s, 10, 11).await;
     assert_eq!(r["result"]["session"], "green-1", "{r}");
 
     assert_eq!(
@@ -1243,32 +1256,7 @@ async fn a_legacy_stream_broken_inside_an_event_moves_without_a_torn_message() {
         data.starts_with(r#"{"jsonrpc":"2.0","id":12,"res"#),
         "{data:?}"
     );
-    let (_, first) = s.next_message().await.expect("the stream goes on");
-    assert_eq!(
-        first["id"], 12,
-        "the torn answer's call gets its error: {first}"
-    );
-    assert!(
-        first["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("interrupted by a deploy")),
-        "{first}"
-    );
-    let (name, hello) = s.next_message().await.expect("green's notification");
-    assert_eq!(
-        (name.as_str(), &hello["params"]["data"]),
-        ("message", &json!("hello from green")),
-        "{hello}"
-    );
-    s.post(request(13, "tools/call", json!({"name": "whoami"})))
-        .await
-        .expect("the old POST URL still takes requests");
-    let (_, r) = s.next_message().await.expect("the answer");
-    assert_eq!(
-        (&r["id"], &r["result"]["slot"]),
-        (&json!(13), &json!("green")),
-        "{r}"
-    );
+    goes_on_from_green(&mut s, 12, 13).await;
     assert_eq!(
         green_seen.of("green-1").last().map(String::as_str),
         Some("tools/call id=13")
