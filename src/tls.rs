@@ -1142,6 +1142,21 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A `tls` section of `cert` and `key`, every other key at its default.
+    fn tls_of(cert: &Path, key: &Path) -> TlsConfig {
+        TlsConfig {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            sni: vec![],
+            client_ca: None,
+            client_crl: None,
+            client_auth: Default::default(),
+            min_version: Default::default(),
+            ciphers: Vec::new(),
+            acme: None,
+        }
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
@@ -1167,15 +1182,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
         let with = |ciphers: &[&str], min_version: TlsVersion| TlsConfig {
-            cert: dev.cert.clone(),
-            key: dev.key.clone(),
-            sni: vec![],
-            client_ca: None,
-            client_crl: None,
-            client_auth: Default::default(),
             min_version,
             ciphers: ciphers.iter().map(|c| c.to_string()).collect(),
-            acme: None,
+            ..tls_of(&dev.cert, &dev.key)
         };
         let names = cipher_names();
         assert!(
@@ -1218,17 +1227,7 @@ mod tests {
     fn dev_cert_loads_and_bad_files_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
-        let tls = TlsConfig {
-            cert: dev.cert.clone(),
-            key: dev.key.clone(),
-            sni: vec![],
-            client_ca: None,
-            client_crl: None,
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
-        };
+        let tls = tls_of(&dev.cert, &dev.key);
         let cfg = server_config(&tls).expect("loads");
         assert_eq!(
             cfg.alpn_protocols,
@@ -1241,30 +1240,10 @@ mod tests {
 
         let other = tempfile::tempdir().expect("tempdir");
         let dev2 = write_dev_cert(other.path(), &[], false).expect("second dev cert");
-        let mismatched = TlsConfig {
-            cert: dev.cert.clone(),
-            key: dev2.key.clone(),
-            sni: vec![],
-            client_ca: None,
-            client_crl: None,
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
-        };
+        let mismatched = tls_of(&dev.cert, &dev2.key);
         let e = server_config(&mismatched).unwrap_err();
         assert!(e.contains("does not belong to the certificate"), "{e}");
-        let missing = TlsConfig {
-            cert: dir.path().join("nope.crt"),
-            key: dev.key.clone(),
-            sni: vec![],
-            client_ca: None,
-            client_crl: None,
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
-        };
+        let missing = tls_of(&dir.path().join("nope.crt"), &dev.key);
         let e = server_config(&missing).unwrap_err();
         assert!(
             e.contains("cannot read the certificate file") && e.contains("nope.crt"),
@@ -1272,31 +1251,9 @@ mod tests {
         );
         let empty = dir.path().join("empty.crt");
         std::fs::write(&empty, "not pem\n").expect("write");
-        let e = server_config(&TlsConfig {
-            cert: empty,
-            key: dev.key.clone(),
-            sni: vec![],
-            client_ca: None,
-            client_crl: None,
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
-        })
-        .unwrap_err();
+        let e = server_config(&tls_of(&empty, &dev.key)).unwrap_err();
         assert!(e.contains("no certificate in it"), "{e}");
-        let e = server_config(&TlsConfig {
-            cert: dev.cert.clone(),
-            key: dev.cert,
-            sni: vec![],
-            client_ca: None,
-            client_crl: None,
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
-        })
-        .unwrap_err();
+        let e = server_config(&tls_of(&dev.cert, &dev.cert)).unwrap_err();
         assert!(e.contains("no private key"), "{e}");
     }
 
@@ -1345,25 +1302,15 @@ mod tests {
         let junk = dir.path().join("junk.crl");
         std::fs::write(&junk, "not pem\n").expect("write");
         let with = |ca: Option<PathBuf>, crl: PathBuf| TlsConfig {
-            cert: dev.cert.clone(),
-            key: dev.key.clone(),
-            sni: vec![],
             client_ca: ca,
             client_crl: Some(crl),
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
+            ..tls_of(&dev.cert, &dev.key)
         };
         let e = server_config(&with(None, junk.clone())).unwrap_err();
         assert!(e.contains("need tls.client_ca"), "{e}");
         let optional = TlsConfig {
-            client_crl: None,
             client_auth: ClientAuth::Optional,
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
-            ..with(None, PathBuf::new())
+            ..tls_of(&dev.cert, &dev.key)
         };
         let e = server_config(&optional).unwrap_err();
         assert!(e.contains("needs tls.client_ca"), "{e}");
@@ -1385,15 +1332,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let dev = write_dev_cert(dir.path(), &[], false).expect("dev cert");
         let with_ca = |ca: PathBuf| TlsConfig {
-            cert: dev.cert.clone(),
-            key: dev.key.clone(),
-            sni: vec![],
             client_ca: Some(ca),
-            client_crl: None,
-            client_auth: Default::default(),
-            min_version: Default::default(),
-            ciphers: Vec::new(),
-            acme: None,
+            ..tls_of(&dev.cert, &dev.key)
         };
         server_config(&with_ca(dev.ca.clone())).expect("the dev CA verifies clients");
         let e = server_config(&with_ca(dir.path().join("nope.pem"))).unwrap_err();
