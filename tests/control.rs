@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mcpflip::demo_server::{ServerConfig, Transport};
 use serde_json::Value;
-use support::mcp::{http_client, initialize, post_json};
+use support::mcp::{call_whoami, http_client, initialize, open_session, post_json, SseSession};
 use support::proc::{ctl as ctl_bin, ProxyProcess};
 use support::{closed_port, until, upstream, Harness, TestConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -670,7 +670,8 @@ async fn weighting_a_serving_slot_to_zero_warns_that_its_sessions_get_404() {
     assert!(
         w.contains("blue went to standby without a drain")
             && w.contains("404")
-            && w.contains("drain blue"),
+            && w.contains("drain blue")
+            && w.contains("--drain"),
         "{r}"
     );
     // What the warning says: blue's session is cut.
@@ -687,6 +688,90 @@ async fn weighting_a_serving_slot_to_zero_warns_that_its_sessions_get_404() {
             && run
                 .stdout
                 .contains("warning: green went to standby without a drain"),
+        "{run:?}"
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// The slot `sid`'s `whoami` reached through `url`.
+async fn whoami(client: &support::mcp::HttpClient, url: &str, sid: &str, id: u32) -> String {
+    let (status, body) = call_whoami(client, url, sid, id).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `weights ... --drain`, the canary's last step as HAProxy's weight 0 does
+/// it: the slot weighted to 0 takes no new session, its sessions (a Streamable
+/// HTTP one and a legacy SSE stream) keep going to it, `--wait` replies once
+/// the stream is gone, and the slot is then drained. `wait` without `drain`
+/// is refused in both forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighting_a_slot_to_zero_with_drain_keeps_its_sessions_until_it_drains() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let base = format!("http://{}", p.public_addr);
+    let url = format!("{base}/mcp");
+    let client = http_client();
+    let sid = open_session(&client, &url).await;
+    let mut stream = SseSession::open(&client, &base)
+        .await
+        .expect("legacy session");
+    assert_eq!(whoami(&client, &url, &sid, 2).await, "blue");
+
+    let run = ctl_bin(&h.socket(), &["weights", "blue=0", "--wait"]);
+    assert!(!run.ok() && run.stderr.contains("--drain"), "{run:?}");
+    let r = h
+        .ctl(r#"{"cmd": "weights", "weights": {"blue": 0}, "wait": true}"#)
+        .await;
+    assert_eq!(r["code"], "bad_command", "{r}");
+    assert_eq!(h.ctl("status").await["active"], "blue");
+
+    let socket = h.socket();
+    let waiting = tokio::spawn(async move {
+        support::ctl(&socket, "weights blue=0 green=100 --drain --wait").await
+    });
+    let hr = &h;
+    support::until_async("blue draining", || async move {
+        hr.ctl("status").await["slots"][0]["state"] == "draining"
+    })
+    .await;
+    // Blue's sessions keep going to blue; a new one goes to green.
+    assert_eq!(whoami(&client, &url, &sid, 3).await, "blue");
+    let text = stream
+        .call("whoami", serde_json::json!({}))
+        .await
+        .expect("legacy call");
+    assert_eq!(text, "blue");
+    let fresh = open_session(&client, &url).await;
+    assert_eq!(whoami(&client, &url, &fresh, 2).await, "green");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "blue has a live stream: not drained yet"
+    );
+
+    drop(stream);
+    let r = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the drain ends once the stream is gone")
+        .expect("ctl task");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r.get("warning").is_none(), "a drain cuts nothing: {r}");
+    assert_eq!(r["draining"], serde_json::json!(["blue"]), "{r}");
+    assert_eq!(r["drained"][0]["slot"], "blue", "{r}");
+    assert_eq!(r["drained"][0]["forced"], 0, "{r}");
+    assert_eq!(h.ctl("status").await["slots"][0]["state"], "drained");
+
+    // The CLI says what drains.
+    let run = ctl_bin(&h.socket(), &["weights", "blue=100", "green=100"]);
+    assert!(run.ok(), "{run:?}");
+    let run = ctl_bin(&h.socket(), &["weights", "green=0", "--drain"]);
+    assert!(
+        run.ok() && run.stdout.contains("draining: green") && !run.stdout.contains("warning"),
         "{run:?}"
     );
     p.shutdown().await;

@@ -795,12 +795,16 @@ _mcpflip() {
             return 0
             ;;
         mcpflip__subcmd__ctl__subcmd__weights)
-            opts="-h --socket --config --cluster --json --help"
+            opts="-h --drain --wait --deadline --socket --config --cluster --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --deadline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

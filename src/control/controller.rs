@@ -718,30 +718,43 @@ impl Controller {
         Ok(report)
     }
 
-    /// `weights NAME=W ...`: one table swap.
-    pub async fn set_weights(&self, weights: Vec<Weight>) -> Result<Weighted, CtlError> {
+    /// `weights NAME=W ...`: one table swap. With `drain`, a serving slot set
+    /// to 0 drains (by `deadline`, else `[drain] deadline`) instead of going
+    /// to standby.
+    pub async fn set_weights(
+        &self,
+        weights: Vec<Weight>,
+        drain: bool,
+        deadline: Option<Duration>,
+    ) -> Result<Weighted, CtlError> {
         let before = self.state();
-        let applied = self.apply(Command::Weights(weights), None).await?;
-        // A serving slot weighted to 0 stops taking its own sessions too: as
-        // `flip` without `--drain`, the reply says so (HAProxy's weight 0
-        // drains; this one does not).
-        let cut: Vec<&str> = applied
-            .state
-            .slots
-            .iter()
-            .filter(|s| {
-                s.state == SlotState::Standby
-                    && before
-                        .slots
-                        .iter()
-                        .any(|b| b.name == s.name && b.state == SlotState::Serving)
-            })
-            .map(|s| s.name.as_str())
-            .collect();
+        let applied = self
+            .apply(Command::Weights { weights, drain }, deadline)
+            .await?;
+        // The serving slots this change took out of service: they drain with
+        // `drain`; without it they stop taking their own sessions too and, as
+        // after `flip` without `--drain`, the reply says so (HAProxy's weight
+        // 0 drains; this one does not unless asked).
+        let left = |to: SlotState| -> Vec<String> {
+            applied
+                .state
+                .slots
+                .iter()
+                .filter(|s| {
+                    s.state == to
+                        && before
+                            .slots
+                            .iter()
+                            .any(|b| b.name == s.name && b.state == SlotState::Serving)
+                })
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        let cut = left(SlotState::Standby);
         let warning = (!cut.is_empty()).then(|| {
             format!(
                 "{} went to standby without a drain: requests of its open sessions now get 404; \
-                 use `drain {}` instead of weight 0 to let them finish",
+                 `drain {}` lets them finish (`weights ... --drain` drains at once)",
                 cut.join(", "),
                 cut.join("`, `drain ")
             )
@@ -749,6 +762,8 @@ impl Controller {
         Ok(Weighted {
             slots: briefs(&applied.state),
             warning,
+            draining: left(SlotState::Draining),
+            drained: None,
         })
     }
 

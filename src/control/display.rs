@@ -387,6 +387,12 @@ pub fn reply(r: &Reply) -> String {
                     s.name, s.state, s.weight, s.generation
                 );
             }
+            if !w.draining.is_empty() {
+                let _ = writeln!(out, "draining: {}", w.draining.join(", "));
+            }
+            for d in w.drained.iter().flatten() {
+                let _ = writeln!(out, "{}", drained_line(d));
+            }
             if let Some(w) = &w.warning {
                 let _ = writeln!(out, "warning: {w}");
             }

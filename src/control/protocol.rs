@@ -78,6 +78,24 @@ pub enum Request {
         #[arg(value_name = "NAME=W", required = true)]
         #[serde(serialize_with = "weights_out", deserialize_with = "weights_in")]
         weights: Vec<Weight>,
+        /// A serving slot set to 0 drains (its sessions keep going to it)
+        /// instead of going to standby (its sessions get 404).
+        #[arg(long)]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        drain: bool,
+        /// With --drain: reply once the slots set to 0 are drained.
+        #[arg(long, requires = "drain")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        wait: bool,
+        /// With --drain: the drain deadline (default: [drain] deadline), e.g. 90s.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "drain")]
+        #[serde(
+            default,
+            serialize_with = "duration_out",
+            deserialize_with = "duration_in",
+            skip_serializing_if = "Option::is_none"
+        )]
+        deadline: Option<Duration>,
     },
     /// Stop new sessions to SLOT; its sessions keep going to it until it is drained.
     Drain {
@@ -273,7 +291,12 @@ fn as_on_the_wire(request: Request) -> Result<Request, CtlError> {
             condition: None,
             timeout,
         },
-        Request::Weights { weights } => {
+        Request::Weights {
+            weights,
+            drain,
+            wait,
+            deadline,
+        } => {
             for (i, w) in weights.iter().enumerate() {
                 if weights[..i].iter().any(|o| o.slot == w.slot) {
                     return Err(CtlError::BadCommand(format!(
@@ -282,7 +305,12 @@ fn as_on_the_wire(request: Request) -> Result<Request, CtlError> {
                     )));
                 }
             }
-            Request::Weights { weights }
+            Request::Weights {
+                weights,
+                drain,
+                wait,
+                deadline,
+            }
         }
         other => other,
     })
@@ -659,6 +687,12 @@ pub struct Weighted {
     /// sessions' requests now get 404, as after `flip` without `--drain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// With `--drain`: the slots that went from serving to `draining`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
+    /// With `--wait`: how they drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<Vec<Drained>>,
 }
 
 /// `flip` and `rollback`.
@@ -1342,9 +1376,31 @@ mod tests {
                         slot: "green".into(),
                         weight: 10
                     }
-                ]
+                ],
+                drain: false,
+                wait: false,
+                deadline: None,
             }
         );
+        assert_eq!(
+            words("weights blue=0 green=100 --drain --wait --deadline 90s"),
+            Request::Weights {
+                weights: vec![
+                    Weight {
+                        slot: "blue".into(),
+                        weight: 0
+                    },
+                    Weight {
+                        slot: "green".into(),
+                        weight: 100
+                    }
+                ],
+                drain: true,
+                wait: true,
+                deadline: Some(Duration::from_secs(90)),
+            }
+        );
+        assert!(parse_line("weights blue=0 --wait").is_err());
         assert_eq!(
             words("flip green --no-probe --drain --wait"),
             Request::Flip {

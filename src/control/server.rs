@@ -253,7 +253,32 @@ pub async fn execute(
     };
     match request {
         Request::Status => Ok(Reply::Status(Box::new(ctl.status()))),
-        Request::Weights { weights } => ctl.set_weights(weights).await.map(Reply::Weights),
+        Request::Weights {
+            weights,
+            drain,
+            wait,
+            deadline,
+        } => {
+            if !drain && (wait || deadline.is_some()) {
+                return Err(CtlError::BadCommand(
+                    "`wait` and `deadline` of `weights` go with `drain`".into(),
+                ));
+            }
+            let mut reply = ctl.set_weights(weights, drain, deadline).await?;
+            if wait {
+                let mut drained = Vec::new();
+                let mut progress = progress;
+                for slot in &reply.draining {
+                    let outcome = ctl.wait_drained(slot, None, &mut progress).await?;
+                    drained.push(Drained {
+                        slot: slot.clone(),
+                        outcome,
+                    });
+                }
+                reply.drained = Some(drained);
+            }
+            Ok(Reply::Weights(reply))
+        }
         Request::Flip {
             slot,
             no_probe,

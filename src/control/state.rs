@@ -74,8 +74,9 @@ pub struct State {
 /// `probe`) never become commands; a probe gates a flip before it is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Set these weights in one step.
-    Weights(Vec<Weight>),
+    /// Set these weights in one step. A serving slot set to 0 goes to
+    /// `standby`, or with `drain` to `draining` (its sessions keep going to it).
+    Weights { weights: Vec<Weight>, drain: bool },
     /// `to` gets [`FLIP_WEIGHT`]; every other serving slot 0, draining or standby.
     Flip { to: String, drain: bool },
     /// Stop new sessions to `slot`; its sessions keep going to it.
@@ -232,7 +233,7 @@ impl State {
 pub fn apply(state: &State, cmd: &Command) -> Result<(State, Vec<Event>), CtlError> {
     let mut next = state.clone();
     let events = match cmd {
-        Command::Weights(ws) => weights(&mut next, ws)?,
+        Command::Weights { weights: ws, drain } => weights(&mut next, ws, *drain)?,
         Command::Flip { to, drain } => flip(&mut next, to, *drain)?,
         Command::Drain { slot } => drain(&mut next, slot)?,
         Command::Drained { slot, generation } => drained(&mut next, slot, *generation)?,
@@ -248,7 +249,7 @@ pub fn apply(state: &State, cmd: &Command) -> Result<(State, Vec<Event>), CtlErr
     Ok((next, events))
 }
 
-fn weights(s: &mut State, ws: &[Weight]) -> Result<Vec<Event>, CtlError> {
+fn weights(s: &mut State, ws: &[Weight], drain: bool) -> Result<Vec<Event>, CtlError> {
     if ws.is_empty() {
         return Err(CtlError::BadCommand(
             "`weights` needs NAME=W pairs, e.g. `weights blue=90 green=10`".into(),
@@ -281,6 +282,7 @@ fn weights(s: &mut State, ws: &[Weight]) -> Result<Vec<Event>, CtlError> {
         slot.weight = w.weight;
         slot.state = match (slot.state, w.weight) {
             (_, w) if w > 0 => SlotState::Serving,
+            (SlotState::Serving, _) if drain => SlotState::Draining,
             (SlotState::Serving, _) => SlotState::Standby,
             (st, _) => st,
         };
@@ -518,6 +520,14 @@ mod tests {
         }
     }
 
+    /// `weights` without `--drain`.
+    fn plain_weights(weights: Vec<Weight>) -> Command {
+        Command::Weights {
+            weights,
+            drain: false,
+        }
+    }
+
     fn ok(s: &State, cmd: Command) -> (State, Vec<Event>) {
         apply(s, &cmd).unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
     }
@@ -579,38 +589,57 @@ mod tests {
     #[test]
     fn weights_set_states_and_stay_in_bounds() {
         let s = blue_green();
-        let (next, ev) = ok(&s, Command::Weights(vec![w("blue", 90), w("green", 10)]));
+        let (next, ev) = ok(&s, plain_weights(vec![w("blue", 90), w("green", 10)]));
         assert_eq!(rec(&next, "green").state, SlotState::Serving);
         assert!(matches!(&ev[..], [Event::WeightsSet { slots }] if slots.len() == 2));
         // A serving slot weighted to 0 goes to standby.
-        let (next, _) = ok(&next, Command::Weights(vec![w("blue", 0)]));
+        let (next, _) = ok(&next, plain_weights(vec![w("blue", 0)]));
         assert_eq!(
             (rec(&next, "blue").state, rec(&next, "blue").weight),
             (SlotState::Standby, 0)
         );
+        // With `drain`, a serving slot weighted to 0 drains instead; a slot
+        // already out of service keeps its state, and a weight brings a
+        // draining slot back.
+        let (two, _) = ok(&s, plain_weights(vec![w("green", 10)]));
+        let to_zero = |drain| Command::Weights {
+            weights: vec![w("blue", 0), w("green", 100)],
+            drain,
+        };
+        let (drained, _) = ok(&two, to_zero(true));
+        assert_eq!(
+            (rec(&drained, "blue").state, rec(&drained, "blue").weight),
+            (SlotState::Draining, 0)
+        );
+        assert_eq!(rec(&drained, "green").state, SlotState::Serving);
+        let (again, _) = ok(&drained, to_zero(true));
+        assert_eq!(rec(&again, "blue").state, SlotState::Draining);
+        let (back, _) = ok(&drained, plain_weights(vec![w("blue", 5)]));
+        assert_eq!(rec(&back, "blue").state, SlotState::Serving);
+        assert_eq!(
+            rec(&ok(&two, to_zero(false)).0, "blue").state,
+            SlotState::Standby
+        );
         // Bounds: the config's 0..=1_000_000.
         assert_eq!(
-            ok(&s, Command::Weights(vec![w("blue", MAX_WEIGHT)]))
-                .0
-                .slots[0]
-                .weight,
+            ok(&s, plain_weights(vec![w("blue", MAX_WEIGHT)])).0.slots[0].weight,
             MAX_WEIGHT
         );
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("blue", MAX_WEIGHT + 1)])),
+            refused(&s, plain_weights(vec![w("blue", MAX_WEIGHT + 1)])),
             ErrorCode::WeightOutOfRange
         );
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("blue", u32::MAX)])),
+            refused(&s, plain_weights(vec![w("blue", u32::MAX)])),
             ErrorCode::WeightOutOfRange
         );
-        assert_eq!(refused(&s, Command::Weights(vec![])), ErrorCode::BadCommand);
+        assert_eq!(refused(&s, plain_weights(vec![])), ErrorCode::BadCommand);
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("blue", 1), w("blue", 2)])),
+            refused(&s, plain_weights(vec![w("blue", 1), w("blue", 2)])),
             ErrorCode::BadCommand
         );
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("purple", 1)])),
+            refused(&s, plain_weights(vec![w("purple", 1)])),
             ErrorCode::UnknownSlot
         );
     }
@@ -619,11 +648,11 @@ mod tests {
     fn weights_that_leave_nothing_serving_are_refused() {
         let s = blue_green();
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("blue", 0)])),
+            refused(&s, plain_weights(vec![w("blue", 0)])),
             ErrorCode::NoServingSlot
         );
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("blue", 0), w("green", 0)])),
+            refused(&s, plain_weights(vec![w("blue", 0), w("green", 0)])),
             ErrorCode::NoServingSlot
         );
     }
@@ -632,7 +661,7 @@ mod tests {
     fn a_retired_slot_gets_no_weight_and_no_flip() {
         let (s, _) = ok(&blue_green(), cmd_slot(retire_cmd, "green"));
         assert_eq!(
-            refused(&s, Command::Weights(vec![w("green", 5)])),
+            refused(&s, plain_weights(vec![w("green", 5)])),
             ErrorCode::SlotRetired
         );
         assert_eq!(refused(&s, flip("green", true)), ErrorCode::SlotRetired);
@@ -641,7 +670,7 @@ mod tests {
             ErrorCode::SlotRetired
         );
         // Weight 0 for a retired slot keeps it retired.
-        let (next, _) = ok(&s, Command::Weights(vec![w("green", 0), w("blue", 50)]));
+        let (next, _) = ok(&s, plain_weights(vec![w("green", 0), w("blue", 50)]));
         assert_eq!(rec(&next, "green").state, SlotState::Retired);
         // `standby` brings it back, a new generation.
         let (next, _) = ok(&s, cmd_slot(standby_cmd, "green"));
@@ -657,7 +686,7 @@ mod tests {
     fn a_flip_moves_every_serving_slot_and_remembers_the_previous() {
         let (s, _) = ok(
             &State::from_config([("blue", 90), ("green", 0), ("canary", 10)]),
-            Command::Weights(vec![w("canary", 10)]),
+            plain_weights(vec![w("canary", 10)]),
         );
         let (next, ev) = ok(&s, flip("green", true));
         assert_eq!(
@@ -692,7 +721,7 @@ mod tests {
         assert_eq!(refused(&s, flip("blue", true)), ErrorCode::AlreadyActive);
         assert_eq!(refused(&s, flip("blue", false)), ErrorCode::AlreadyActive);
         // With a canary beside it, a flip to the heavier slot still has work to do.
-        let (canary, _) = ok(&s, Command::Weights(vec![w("green", 10)]));
+        let (canary, _) = ok(&s, plain_weights(vec![w("green", 10)]));
         let (next, _) = ok(&canary, flip("blue", true));
         assert_eq!(rec(&next, "green").state, SlotState::Draining);
         assert_eq!(next.previous_active, None, "the active slot did not change");
@@ -714,7 +743,7 @@ mod tests {
             ErrorCode::LastServingSlot
         );
         // With another slot serving, each is allowed.
-        let (two, _) = ok(&s, Command::Weights(vec![w("green", 10)]));
+        let (two, _) = ok(&s, plain_weights(vec![w("green", 10)]));
         for f in [drain_cmd, standby_cmd, retire_cmd] {
             let (next, _) = ok(&two, f("blue".into()));
             assert!(!rec(&next, "blue").serving());
@@ -724,7 +753,7 @@ mod tests {
 
     #[test]
     fn drain_rules() {
-        let (s, _) = ok(&blue_green(), Command::Weights(vec![w("green", 10)]));
+        let (s, _) = ok(&blue_green(), plain_weights(vec![w("green", 10)]));
         let (next, ev) = ok(&s, cmd_slot(drain_cmd, "green"));
         assert_eq!(
             ev,
@@ -820,7 +849,7 @@ mod tests {
     fn reconcile_adds_readdresses_and_removes_only_idle_slots() {
         let (s, _) = ok(
             &blue_green(),
-            Command::Weights(vec![w("blue", 70), w("green", 30)]),
+            plain_weights(vec![w("blue", 70), w("green", 30)]),
         );
         let cfg = |names: &[(&str, u32, bool)]| {
             names
@@ -862,7 +891,7 @@ mod tests {
             ),
             ErrorCode::SlotInUse
         );
-        let (idle, _) = ok(&next, Command::Weights(vec![w("green", 0)]));
+        let (idle, _) = ok(&next, plain_weights(vec![w("green", 0)]));
         assert_eq!(
             refused(
                 &idle,
