@@ -126,6 +126,117 @@ pub fn sse_scanner(data: &[u8]) {
     );
 }
 
+/// The answer scan (`mcp::answers::AnswerScan`, which tells a legacy
+/// session's stream which calls were answered): the events it dispatches and
+/// the ids it finds are the same whatever the chunking, and agree with a
+/// model that reads the whole stream at once: WHATWG lines (`\r\n`, `\n` or
+/// `\r`), `data` lines joined with `\n`, an event dispatched at a blank line
+/// when it has data, and each `message` event's data read by `serde_json` as
+/// a JSON-RPC answer (an id, a non-null `result` or `error`, no `method`).
+/// Only data that is a JSON object holds the scan to the model: what is not
+/// JSON the scan does not check (an answer the client could not read either).
+pub fn answers(data: &[u8]) {
+    use crate::mcp::answers::AnswerScan;
+    let (payload, chunks) = chunked(data);
+
+    let mut got: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut scan = AnswerScan::default();
+    for c in &chunks {
+        scan.feed(c, |id| got.push(id.map(<[u8]>::to_vec)));
+    }
+
+    // The model: lines, then events, then serde_json.
+    let mut lines = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < payload.len() {
+        match payload[i] {
+            b'\n' => {
+                lines.push(&payload[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                lines.push(&payload[start..i]);
+                if payload.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut want: Vec<Option<Option<Vec<u8>>>> = Vec::new();
+    let (mut kind, mut data_lines): (&[u8], Vec<&[u8]>) = (b"", Vec::new());
+    for line in lines {
+        if line.is_empty() {
+            if !data_lines.is_empty() {
+                let data = data_lines.join(&b'\n');
+                want.push(if kind.is_empty() || kind == b"message" {
+                    model_answer(&data)
+                } else {
+                    Some(None)
+                });
+            }
+            (kind, data_lines) = (b"", Vec::new());
+            continue;
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => (line, &b""[..]),
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        match field {
+            b"data" => data_lines.push(value),
+            b"event" => kind = value,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "events dispatched from {payload:?} cut as {chunks:?}: {got:?}"
+    );
+    for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+        if let Some(w) = w {
+            assert_eq!(
+                g, w,
+                "event {n} of {payload:?} cut as {chunks:?}: the scan found {g:?}, the model {w:?}"
+            );
+        }
+    }
+}
+
+/// What the model says of an event's data: `None` when the scan is not held
+/// to it (not a JSON object), else the answer's id, if it is one.
+fn model_answer(data: &[u8]) -> Option<Option<Vec<u8>>> {
+    #[derive(serde::Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        method: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        result: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    let text = std::str::from_utf8(data).ok()?;
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(text).ok()?;
+    let Ok(m) = serde_json::from_str::<Message<'_>>(text) else {
+        return Some(None); // valid JSON, but a key of the four twice
+    };
+    if m.method.is_some() || (m.result.is_none() && m.error.is_none()) {
+        return Some(None);
+    }
+    Some(m.id.map(|id| id.get().as_bytes().to_vec()))
+}
+
 /// The `retry:` grammar the model holds the scanner to (one line, without '\n').
 fn retry_of(line: &[u8]) -> Option<u64> {
     if line.len() > crate::proxy::sse::MAX_RETRY_LINE {

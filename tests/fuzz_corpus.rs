@@ -98,3 +98,8 @@ fn state_file_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", mcpflip::fuzzing::proxy_protocol);
 }
+
+#[test]
+fn answers_corpus() {
+    replay("answers", mcpflip::fuzzing::answers);
+}

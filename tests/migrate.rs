@@ -1087,6 +1087,14 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
                                     b.cancel();
                                 }
                             });
+                        } else if msg["params"]["name"] == "big" {
+                            // Half a MiB of answer, its id last (as the
+                            // TypeScript SDK's servers write it).
+                            let _ = tx.send(Bytes::from(format!(
+                                "event: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{}\"}}]}},\"id\":{}}}\r\n\r\n",
+                                "x".repeat(512 * 1024),
+                                msg["id"]
+                            )));
                         } else if msg.get("id").is_some() && msg["params"]["name"] != "never" {
                             send(
                                 json!({"jsonrpc":"2.0","id":msg["id"],"result":{"slot":slot,"session":s}}),
@@ -1263,6 +1271,37 @@ async fn a_legacy_stream_broken_inside_an_event_moves_without_a_torn_message() {
     );
     let status = support::ctl(&socket, "status").await;
     assert_eq!(status["migration"]["migrated"], 1, "{status}");
+    assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
+    drop(s);
+    proxy.shutdown().await;
+}
+
+/// A legacy session's call whose answer is large (half a MiB, its id after
+/// the result) is known as answered once that passes, so a move errs only
+/// the call still waiting. Before, an answer over 256 KiB was not read for
+/// its id: the move sent the client a stray interrupted-call error for the
+/// call it already had the answer of, first.
+#[tokio::test]
+async fn a_large_answer_on_a_legacy_stream_is_not_erred_again_when_it_moves() {
+    let (blue, _) = legacy_upstream("blue").await;
+    let (green, _) = legacy_upstream("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let base = url.trim_end_matches("/mcp");
+    let mut s = support::mcp::SseSession::open(&client, base)
+        .await
+        .expect("legacy session");
+    let text = s.call("big", json!({})).await.expect("the large call");
+    assert_eq!(text.len(), 512 * 1024);
+    s.post(request(10, "tools/call", json!({"name": "never"})))
+        .await
+        .expect("post");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    goes_on_from_green(&mut s, 10, 11).await;
+    let status = support::ctl(&socket, "status").await;
     assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
     drop(s);
     proxy.shutdown().await;

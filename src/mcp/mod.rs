@@ -3,6 +3,7 @@
 //! the tag codec, the method names it knows. Imports nothing of the crate, so
 //! every other module may use it.
 
+pub mod answers;
 pub mod era;
 pub mod headers;
 pub mod method;

@@ -36,7 +36,8 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 
-use crate::probe::events::{take_event, EventReader, SseEvent};
+use crate::mcp::answers::AnswerScan;
+use crate::probe::events::{EventReader, SseEvent};
 use crate::proxy::migrate::{self, Captured, Sessions};
 use crate::proxy::sse::find_session_param;
 use crate::stats::{MigrateFailure, ProxyStats};
@@ -56,10 +57,6 @@ use crate::upstream::{BodyWatch, ForwardBody, UpstreamBody};
 /// interrupted-call error right after.
 pub(crate) const TORN_END: &[u8] = b":\nevent: mcpflip-torn\n\n";
 
-/// Largest event whose answer the proxy looks for as it passes; a larger
-/// one's call stays noted (and, if the stream moves, gets a stray error the
-/// SDK clients log and drop: its id is no longer awaited).
-const MAX_WATCHED_EVENT: usize = 256 * 1024;
 /// Most bytes of the new stream's other events kept while the replay's
 /// answers are awaited (a server notification that came first).
 const MAX_HELD_EVENTS: usize = 64 * 1024;
@@ -91,10 +88,8 @@ pub struct Splicer {
     /// The captured session, held once captured: an open stream keeps it
     /// from idling out (`Sessions::expire`).
     captured: Option<Arc<Captured>>,
-    /// The event in progress, for [`Splicer::watch`].
-    event: BytesMut,
-    /// The event in progress is over [`MAX_WATCHED_EVENT`]: skipped.
-    skipping: bool,
+    /// The answers passing to the client, for [`Splicer::watch`].
+    answers: AnswerScan,
 }
 
 /// A stream that moved: its new slot, the new upstream stream, and what the
@@ -131,8 +126,7 @@ impl Splicer {
             grace,
             sid: None,
             captured: None,
-            event: BytesMut::new(),
-            skipping: false,
+            answers: AnswerScan::default(),
         }
     }
 
@@ -143,59 +137,20 @@ impl Splicer {
 
     /// Notes what passes to the client: answers to the session's calls.
     pub fn watch(&mut self, data: &[u8]) {
-        if self.sid.is_none() {
+        let Some(sid) = self.sid.as_deref() else {
             return;
-        }
-        if self.skipping {
-            // Past an oversized event: its blank line ends the skip.
-            let tail = self.event.len().min(3);
-            let mut probe = Vec::with_capacity(tail + data.len());
-            probe.extend_from_slice(&self.event[self.event.len() - tail..]);
-            probe.extend_from_slice(data);
-            let end = ["\n\n", "\r\r", "\r\n\r\n"]
-                .iter()
-                .filter_map(|b| memchr::memmem::find(&probe, b.as_bytes()).map(|i| i + b.len()))
-                .min();
-            self.event.clear();
-            match end {
-                Some(end) => {
-                    self.skipping = false;
-                    self.event.extend_from_slice(&probe[end..]);
-                }
-                None => {
-                    let keep = probe.len().min(3);
-                    self.event.extend_from_slice(&probe[probe.len() - keep..]);
-                    return;
+        };
+        let (sessions, captured) = (&self.sessions, &mut self.captured);
+        self.answers.feed(data, |id| {
+            if captured.is_none() {
+                *captured = sessions.get(sid.as_bytes()).filter(|c| c.is_legacy());
+            }
+            if let (Some(c), Some(id)) = (captured.as_ref(), id) {
+                if c.has_pending() {
+                    c.answered(id);
                 }
             }
-        } else {
-            self.event.extend_from_slice(data);
-        }
-        while let Some(event) = take_event(&mut self.event) {
-            self.on_event(&event);
-        }
-        if self.event.len() > MAX_WATCHED_EVENT {
-            self.skipping = true;
-            let keep = self.event.split_off(self.event.len() - 3);
-            self.event = keep;
-        }
-    }
-
-    fn on_event(&mut self, event: &SseEvent) {
-        if self.captured.is_none() {
-            let sid = self.sid.as_deref().unwrap_or_default();
-            self.captured = self.sessions.get(sid.as_bytes()).filter(|c| c.is_legacy());
-        }
-        let Some(c) = &self.captured else { return };
-        if !c.has_pending() {
-            return;
-        }
-        if !is_message(event) {
-            return;
-        }
-        if let Some(id) = response_id(&event.data) {
-            c.answered(id.as_bytes());
-        }
+        });
     }
 
     /// How long a cut stream may still wait for its calls' answers: `None`
@@ -230,8 +185,8 @@ impl Splicer {
                 .filter(|c| c.is_legacy())?,
         };
         self.captured = Some(Arc::clone(&c));
-        self.event.clear();
-        self.skipping = false;
+        // The new stream starts at an event's start (the torn one ended).
+        self.answers = AnswerScan::default();
         Some(Box::pin(splice(
             Arc::clone(&self.tables),
             c,
@@ -623,16 +578,22 @@ mod tests {
             s.watch(part);
         }
         assert_eq!(s.call_grace(), Some(Duration::from_secs(1)));
-        // An answer over the bound: skipped, its call kept.
+        // An answer of 1 MiB with its id last (the TypeScript SDK's order):
+        // found as it passes, whatever its size.
         let big = format!(
-            "data: {{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":\"{}\"}}\n\n",
-            "x".repeat(2 * MAX_WATCHED_EVENT)
+            "data: {{\"jsonrpc\":\"2.0\",\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"{}\"}}]}},\"id\":2}}\n\n",
+            "x".repeat(1 << 20)
         );
-        for part in big.as_bytes().chunks(64 * 1024) {
+        for part in big.as_bytes().chunks(16 * 1024) {
             s.watch(part);
         }
+        assert_eq!(s.call_grace(), Some(Duration::from_secs(1)), "\"a\" waits");
         s.watch(b"data: {\"jsonrpc\":\"2.0\",\"id\":\"a\",\"error\":{\"code\":1,\"message\":\"no\"}}\n\n");
-        assert_eq!(c.take_pending(), [Bytes::from("2")], "1 and \"a\" answered");
+        assert_eq!(
+            c.take_pending(),
+            Vec::<Bytes>::new(),
+            "1, 2 and \"a\" answered"
+        );
         assert_eq!(s.call_grace(), None);
     }
 
