@@ -480,6 +480,12 @@ impl SlotStats {
         self.force.load().cancel();
     }
 
+    /// Ends the streams open now at their next event boundaries (as
+    /// `force_end_streams` does); streams opened later run.
+    pub fn end_open_streams(&self) {
+        drop(self.force_streams());
+    }
+
     /// Ends every open stream as `force_end_streams` does, and every stream
     /// opened until the returned hold drops; then streams run again.
     pub fn force_streams(&self) -> ForceHold<'_> {

@@ -189,9 +189,10 @@ impl Tables {
         self.0.load_full()
     }
 
-    /// Replaces the table. Only the controller's owner task calls this.
-    pub(crate) fn store(&self, table: Arc<Table>) {
-        self.0.store(table);
+    /// Replaces the table, returning the one it replaced. Only the
+    /// controller's owner task calls this.
+    pub(crate) fn swap(&self, table: Arc<Table>) -> Arc<Table> {
+        self.0.swap(table)
     }
 }
 

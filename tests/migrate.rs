@@ -1306,3 +1306,91 @@ async fn a_large_answer_on_a_legacy_stream_is_not_erred_again_when_it_moves() {
     drop(s);
     proxy.shutdown().await;
 }
+
+/// `weights blue=0 green=100` without `--drain` puts blue to standby: with
+/// migration on, that cut is a move, not a 404, in both eras. A legacy
+/// session's stream, which blue would keep sending, ends there and goes on
+/// from green, its old POST URL carried along. Before, the stream stayed
+/// open on blue while every POST of the session waited for it to move, then
+/// got 404: the session was dead with its stream still open.
+#[tokio::test]
+async fn a_legacy_session_of_a_slot_put_to_standby_without_a_drain_moves() {
+    let (blue, _) = legacy_upstream("blue").await;
+    let (green, green_seen) = legacy_upstream("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let base = url.trim_end_matches("/mcp");
+    let mut s = support::mcp::SseSession::open(&client, base)
+        .await
+        .expect("legacy session");
+    let r = s
+        .request("tools/call", json!({"name": "whoami"}))
+        .await
+        .expect("call");
+    assert_eq!(r["slot"], "blue", "{r}");
+    s.post(request(10, "tools/call", json!({"name": "never"})))
+        .await
+        .expect("post");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let r = support::ctl(&socket, "weights blue=0 green=100").await;
+    let warning = r["warning"].as_str().unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        warning.starts_with(
+            "blue went to standby without a drain: its open sessions move to a serving slot"
+        ),
+        "the warning says what happens with migration on: {warning}"
+    );
+    let r = goes_on_from_green(&mut s, 10, 11).await;
+    assert_eq!(r["result"]["session"], "green-1", "{r}");
+    assert_eq!(
+        green_seen.of("green-1").last().map(String::as_str),
+        Some("tools/call id=11")
+    );
+    let status = support::ctl(&socket, "status").await;
+    assert_eq!(status["migration"]["migrated"], 1, "{status}");
+    assert_eq!(status["slots"][0]["live_streams"], 0, "{status}");
+    drop(s);
+    proxy.shutdown().await;
+}
+
+/// The Streamable HTTP era of the same cut: the session's GET stream on blue
+/// ends (its client reconnects, and so moves), and its next call is
+/// replayed on green; `flip blue` then serves blue again, and a new
+/// session's stream there is not ended by the earlier cut.
+#[tokio::test]
+async fn a_streamable_session_of_a_slot_put_to_standby_without_a_drain_moves() {
+    let (blue, _b) = recording("blue").await;
+    let (green, _g) = recording("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let sid = open(&client, &url).await;
+    let (_, stream) = get_stream(&client, &url, &sid, None).await;
+    let stream = tokio::spawn(stream.collect());
+
+    let r = support::ctl(&socket, "weights blue=0 green=100").await;
+    assert!(r.get("error").is_none(), "{r}");
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream)
+        .await
+        .expect("blue's stream ends at the cut")
+        .expect("join")
+        .expect("cleanly");
+    let (status, r) = call(&client, &url, &sid, 2).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["result"]["slot"], "green", "{r}");
+    assert_eq!(proxy.proxy_stats.migrated(), 1);
+
+    // Blue serves again: its new sessions' streams run.
+    let r = support::ctl(&socket, "weights blue=100 green=0").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let again = open(&client, &url).await;
+    let (_, mut body) = get_stream(&client, &url, &again, None).await;
+    let (_, r) = call(&client, &url, &again, 2).await;
+    assert_eq!(r["result"]["slot"], "blue", "{r}");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), body.frame())
+            .await
+            .is_err(),
+        "a stream of blue serving again stays open"
+    );
+    drop(body);
+    proxy.shutdown().await;
+}

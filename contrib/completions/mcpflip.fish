@@ -90,7 +90,7 @@ complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_sub
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l socket -d 'The control socket' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l config -d 'The config that names the socket (when --socket is not given)' -r -F
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l cluster -d 'Control the fleet of this config\'s [cluster] straight through etcd (no socket; from any machine that reaches etcd)' -r -F
-complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l drain -d 'A serving slot set to 0 drains (its sessions keep going to it) instead of going to standby (its sessions get 404)'
+complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l drain -d 'A serving slot set to 0 drains (its sessions keep going to it) instead of going to standby (its sessions get 404, or move with [drain] migrate = "replay")'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l wait -d 'With --drain: reply once the slots set to 0 are drained'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -l json -d 'Print the raw JSON lines'
 complete -c mcpflip -n "__fish_mcpflip_using_subcommand ctl; and __fish_seen_subcommand_from weights" -s h -l help -d 'Print help'

@@ -2,7 +2,7 @@
 //! commands in order from a queue, runs the pure [`state::apply`], builds the
 //! routing table (a new generation of a slot gets a new connection pool),
 //! hands the state to the one persister and waits until it is durable, then
-//! publishes the table (`Tables::store`), starts or stops drains, and
+//! publishes the table (`Tables::swap`), starts or stops drains, and
 //! broadcasts what happened. A command's reply is sent after all of that, so
 //! `ok` means the change routes and is on disk.
 //!
@@ -752,11 +752,12 @@ impl Controller {
         };
         let cut = left(SlotState::Standby);
         let warning = (!cut.is_empty()).then(|| {
-            format!(
-                "{} went to standby without a drain: requests of its open sessions now get 404; \
-                 `drain {}` lets them finish (`weights ... --drain` drains at once)",
-                cut.join(", "),
-                cut.join("`, `drain ")
+            self.cut_warning(
+                &cut,
+                &format!(
+                    "`drain {}` lets them finish (`weights ... --drain` drains at once)",
+                    cut.join("`, `drain ")
+                ),
             )
         });
         Ok(Weighted {
@@ -765,6 +766,21 @@ impl Controller {
             draining: left(SlotState::Draining),
             drained: None,
         })
+    }
+
+    /// The warning of a change that put `cut` to standby without a drain:
+    /// what now happens to their sessions, and `finish`, how not to.
+    fn cut_warning(&self, cut: &[String], finish: &str) -> String {
+        let fate = if self.config().drain.migrate == crate::config::MigrateMode::Replay {
+            "its open sessions move to a serving slot ([drain] migrate = \"replay\"), \
+             its streams end and their calls in flight get `migrate_call_grace` to answer"
+        } else {
+            "requests of its open sessions now get 404"
+        };
+        format!(
+            "{} went to standby without a drain: {fate}; {finish}",
+            cut.join(", ")
+        )
     }
 
     /// Whether `cmd` would apply to the state as it is now (a dry run of the
@@ -800,11 +816,9 @@ impl Controller {
         if !opts.drain && reply.from.is_some() {
             let cut = standby_of(&applied);
             if !cut.is_empty() {
-                reply.warning = Some(format!(
-                    "{} went to standby without a drain: requests of its open sessions now get 404; \
-                     use `flip {to} --drain` to let them finish",
-                    cut.join(", ")
-                ));
+                reply.warning = Some(
+                    self.cut_warning(&cut, &format!("use `flip {to} --drain` to let them finish")),
+                );
             }
         }
         reply.probe = report;
@@ -1047,6 +1061,32 @@ fn table_of(state: &State, runtime: &BTreeMap<String, Runtime>) -> Table {
         })
         .collect();
     Table::new(slots, state.revision)
+}
+
+/// With `[drain] migrate = "replay"`: a slot that took its sessions' requests
+/// in `before` and takes none in `after` (put to standby by `flip` or
+/// `weights` without a drain, or retired) has its sessions moved rather than
+/// answered 404: it is cut, and its open streams end at event boundaries, so
+/// that a legacy HTTP+SSE session's stream moves too (its POSTs follow it). A
+/// slot that serves again is no longer cut.
+fn cut_left_without_drain(before: &Table, after: &Table) {
+    for slot in after.slots.iter() {
+        let Some(was) = before.get(&slot.name) else {
+            continue;
+        };
+        if was.generation != slot.generation {
+            continue;
+        }
+        if slot.state == SlotState::Serving {
+            if was.state != SlotState::Serving {
+                slot.stats.set_cut(false);
+            }
+        } else if was.state.accepts_pinned() && !slot.state.accepts_pinned() {
+            tracing::info!(slot = %slot.name, streams = slot.stats.live_streams(), "left service without a drain: its sessions move ([drain] migrate = \"replay\")");
+            slot.stats.set_cut(true);
+            slot.stats.end_open_streams();
+        }
+    }
 }
 
 /// The owner task: the only code that changes the state, the table and the file.
@@ -1403,7 +1443,10 @@ impl Owner {
         let table = Arc::new(table_of(&next, &runtime));
         self.runtime = runtime;
         self.state = next.clone();
-        self.ctl.tables.store(Arc::clone(&table));
+        let before = self.ctl.tables.swap(Arc::clone(&table));
+        if self.ctl.config().drain.migrate == crate::config::MigrateMode::Replay {
+            cut_left_without_drain(&before, &table);
+        }
         self.ctl.state.store(Arc::new(next));
         let cfg = self.ctl.config();
         self.ctl.drains.reconcile(

@@ -7,7 +7,7 @@
 //!             controller (one owner task, commands in order)
 //!               ├─ state::apply (pure: every rule, unit-tested)
 //!               ├─ persist (one writer; the reply waits until it is durable)
-//!               ├─ Tables::store (the table the request path reads)
+//!               ├─ Tables::swap (the table the request path reads)
 //!               └─ events ─► subscribers (Controller::subscribe)
 //!             drain / watch / deploy / reload: tasks that issue commands
 //! ```

@@ -46,7 +46,8 @@ pub enum Request {
     /// Probe SLOT, then send new sessions to it: weight 100 for SLOT, 0 for every other serving slot.
     ///
     /// A failed probe changes nothing. A probed flip starts the watch window.
-    /// Without --drain the old slots go to standby and their sessions get 404.
+    /// Without --drain the old slots go to standby and their sessions get 404
+    /// (with [drain] migrate = "replay" they move to a serving slot).
     Flip {
         /// The slot to send new sessions to.
         slot: String,
@@ -79,7 +80,8 @@ pub enum Request {
         #[serde(serialize_with = "weights_out", deserialize_with = "weights_in")]
         weights: Vec<Weight>,
         /// A serving slot set to 0 drains (its sessions keep going to it)
-        /// instead of going to standby (its sessions get 404).
+        /// instead of going to standby (its sessions get 404, or move with
+        /// [drain] migrate = "replay").
         #[arg(long)]
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         drain: bool,
@@ -684,7 +686,8 @@ pub struct DeployStatus {
 pub struct Weighted {
     pub slots: Vec<SlotBrief>,
     /// Set when a serving slot went to `standby` (weighted 0): its open
-    /// sessions' requests now get 404, as after `flip` without `--drain`.
+    /// sessions' requests now get 404 (or move, with `[drain] migrate =
+    /// "replay"), as after `flip` without `--drain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
     /// With `--drain`: the slots that went from serving to `draining`.
