@@ -362,6 +362,40 @@ async fn a_flip_reaches_the_fleet_and_its_drain_waits_for_the_fleet() {
         .await;
     }
 
+    // `weights --drain` is the same fleet-wide drain: green, set to 0
+    // through instance 3, drains on every instance, its sessions keep going
+    // to it whichever instance they pass, and it is drained only once the
+    // stream held through instance 2 ends.
+    let (on_green, slot) = new_session(c, &f.i(2).base).await;
+    assert_eq!(slot, "green");
+    let held = hold_stream(c, &f.i(2).base, &on_green).await;
+    let r = f.i(3).ctl("weights blue=100 green=0 --drain").await;
+    assert_eq!(r["draining"], json!(["green"]), "{r}");
+    for n in 1..=3 {
+        until_status(f.i(n), "green draining, blue serving everywhere", |s| {
+            state_of(s, "green") == "draining" && state_of(s, "blue") == "serving"
+        })
+        .await;
+        assert_eq!(whoami(c, &f.i(n).base, &on_green).await, "green");
+        let (_, slot) = new_session(c, &f.i(n).base).await;
+        assert_eq!(slot, "blue", "a new session through instance {n}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        state_of(&f.i(1).status().await, "green"),
+        "draining",
+        "instance 2's stream keeps the fleet's drain open"
+    );
+    drop(held);
+    let r = f.i(1).ctl("wait green drained --timeout 30s").await;
+    assert_eq!(r["ok"], true, "{r}");
+    for n in 1..=3 {
+        until_status(f.i(n), "green drained everywhere", |s| {
+            state_of(s, "green") == "drained"
+        })
+        .await;
+    }
+
     // Propagation is measured on the instances that adopted the flip.
     let m = get_text(c, &format!("{}/metrics", f.i(2).admin)).await;
     assert!(m.contains("mcpflip_cluster_connected 1"), "{m}");
@@ -375,7 +409,7 @@ async fn a_flip_reaches_the_fleet_and_its_drain_waits_for_the_fleet() {
     // Two concurrent flips from two instances never both go through, and
     // they race to a `conflict` (the loser retries).
     let mut conflicts = 0;
-    let mut to = "blue";
+    let mut to = "green";
     for round in 0..20 {
         let line = format!("flip {to} --no-probe");
         let (a, b) = tokio::join!(f.i(1).ctl(&line), f.i(2).ctl(&line));
