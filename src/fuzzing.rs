@@ -209,17 +209,6 @@ pub fn answers(data: &[u8]) {
 /// What the model says of an event's data: `None` when the scan is not held
 /// to it (not a JSON object), else the answer's id, if it is one.
 fn model_answer(data: &[u8]) -> Option<Option<Vec<u8>>> {
-    #[derive(serde::Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow, default)]
-        id: Option<&'a serde_json::value::RawValue>,
-        #[serde(default)]
-        method: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        result: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        error: Option<serde::de::IgnoredAny>,
-    }
     let text = std::str::from_utf8(data).ok()?;
     if !text
         .trim_start_matches([' ', '\t', '\n', '\r'])
@@ -228,13 +217,13 @@ fn model_answer(data: &[u8]) -> Option<Option<Vec<u8>>> {
         return None;
     }
     serde_json::from_str::<serde_json::Value>(text).ok()?;
-    let Ok(m) = serde_json::from_str::<Message<'_>>(text) else {
-        return Some(None); // valid JSON, but a key of the four twice
-    };
-    if m.method.is_some() || (m.result.is_none() && m.error.is_none()) {
-        return Some(None);
-    }
-    Some(m.id.map(|id| id.get().as_bytes().to_vec()))
+    // Valid JSON that is no answer (a key of the four twice, a request, a
+    // notification) is held to "no answer".
+    Some(
+        crate::mcp::answers::serde_answer_id(text)
+            .flatten()
+            .map(|id| id.get().as_bytes().to_vec()),
+    )
 }
 
 /// The `retry:` grammar the model holds the scanner to (one line, without '\n').

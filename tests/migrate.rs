@@ -1150,6 +1150,65 @@ async fn goes_on_from_green(
     r
 }
 
+/// A legacy HTTP+SSE session opened through a proxy with migration on, in
+/// front of legacy blue and green (which takes no new session yet).
+struct Legacy {
+    proxy: mcpflip::run::Running,
+    socket: std::path::PathBuf,
+    s: support::mcp::SseSession,
+    blue_seen: Arc<Seen>,
+    green_seen: Arc<Seen>,
+    _dir: tempfile::TempDir,
+}
+
+async fn legacy_session() -> Legacy {
+    let (blue, blue_seen) = legacy_upstream("blue").await;
+    let (green, green_seen) = legacy_upstream("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let s = support::mcp::SseSession::open(&client, url.trim_end_matches("/mcp"))
+        .await
+        .expect("legacy session");
+    Legacy {
+        proxy,
+        socket,
+        s,
+        blue_seen,
+        green_seen,
+        _dir,
+    }
+}
+
+impl Legacy {
+    /// A `whoami` call, which blue answers.
+    async fn answered_by_blue(&mut self) {
+        let r = self
+            .s
+            .request("tools/call", json!({"name": "whoami"}))
+            .await
+            .expect("call");
+        assert_eq!(r["slot"], "blue", "{r}");
+    }
+
+    /// Call `id` of the `never` tool, which blue never answers (its answer
+    /// would come on blue's stream), once it reached blue.
+    async fn unanswered(&mut self, id: u32) {
+        self.s
+            .post(request(id, "tools/call", json!({"name": "never"})))
+            .await
+            .expect("post");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    async fn status(&self) -> Value {
+        support::ctl(&self.socket, "status").await
+    }
+
+    async fn end(self) {
+        drop(self.s);
+        self.proxy.shutdown().await;
+    }
+}
+
 /// A legacy HTTP+SSE session outlives its slot on the client's one open
 /// stream: at `drain blue --migrate` the proxy opens the session again on
 /// green (its `initialize`, `notifications/initialized` and `setLevel`
@@ -1160,42 +1219,28 @@ async fn goes_on_from_green(
 /// POST URL carried to green's session.
 #[tokio::test]
 async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
-    let (blue, blue_seen) = legacy_upstream("blue").await;
-    let (green, green_seen) = legacy_upstream("green").await;
-    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
-    let base = url.trim_end_matches("/mcp");
-    let mut s = support::mcp::SseSession::open(&client, base)
-        .await
-        .expect("legacy session");
+    let mut l = legacy_session().await;
     assert!(
-        s.post_url().contains("session_id=mf1.blue.1.blue-1"),
+        l.s.post_url().contains("session_id=mf1.blue.1.blue-1"),
         "{}",
-        s.post_url()
+        l.s.post_url()
     );
-    s.request("logging/setLevel", json!({"level": "debug"}))
+    l.s.request("logging/setLevel", json!({"level": "debug"}))
         .await
         .expect("setLevel");
-    let r = s
-        .request("tools/call", json!({"name": "whoami"}))
-        .await
-        .expect("call");
-    assert_eq!(r["slot"], "blue", "{r}");
-    // A call blue never answers: its answer would come on blue's stream.
-    s.post(request(10, "tools/call", json!({"name": "never"})))
-        .await
-        .expect("post");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    l.answered_by_blue().await;
+    l.unanswered(10).await;
 
-    green_serves_too(&socket).await;
-    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    green_serves_too(&l.socket).await;
+    let r = support::ctl(&l.socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
 
     // The same stream, now from green.
-    let r = goes_on_from_green(&mut s, 10, 11).await;
+    let r = goes_on_from_green(&mut l.s, 10, 11).await;
     assert_eq!(r["result"]["session"], "green-1", "{r}");
 
     assert_eq!(
-        green_seen.of("green-1"),
+        l.green_seen.of("green-1"),
         [
             "GET /sse",
             r#"initialize id="mcpflip-replay-0""#,
@@ -1206,11 +1251,11 @@ async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
         "green's session: the replay in order, then the client's call"
     );
     assert_eq!(
-        blue_seen.of("blue-1").last().map(String::as_str),
+        l.blue_seen.of("blue-1").last().map(String::as_str),
         Some("tools/call id=10"),
         "nothing reached blue after the move"
     );
-    let status = support::ctl(&socket, "status").await;
+    let status = l.status().await;
     assert_eq!(status["migration"]["migrated"], 1, "{status}");
     assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
     let live: Vec<(Value, Value)> = status["slots"]
@@ -1224,8 +1269,7 @@ async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
         [(json!("blue"), json!(0)), (json!("green"), json!(1))],
         "the stream counts on green now"
     );
-    drop(s);
-    proxy.shutdown().await;
+    l.end().await;
 }
 
 /// A legacy session whose stream breaks inside an event (its slot killed
@@ -1236,26 +1280,16 @@ async fn a_legacy_sessions_stream_moves_and_its_post_url_follows() {
 /// a blank line and came as a `message` carrying half a JSON-RPC answer.
 #[tokio::test]
 async fn a_legacy_stream_broken_inside_an_event_moves_without_a_torn_message() {
-    let (blue, _) = legacy_upstream("blue").await;
-    let (green, green_seen) = legacy_upstream("green").await;
-    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
-    let base = url.trim_end_matches("/mcp");
-    let mut s = support::mcp::SseSession::open(&client, base)
-        .await
-        .expect("legacy session");
-    let r = s
-        .request("tools/call", json!({"name": "whoami"}))
-        .await
-        .expect("call");
-    assert_eq!(r["slot"], "blue", "{r}");
+    let mut l = legacy_session().await;
+    l.answered_by_blue().await;
     // Green takes new sessions too: where the session goes (a move picks
     // another slot than the one it leaves).
-    green_serves_too(&socket).await;
+    green_serves_too(&l.socket).await;
 
-    s.post(request(12, "tools/call", json!({"name": "tear"})))
+    l.s.post(request(12, "tools/call", json!({"name": "tear"})))
         .await
         .expect("post");
-    let (kind, data) = s.next_event().await.expect("what came of the torn event");
+    let (kind, data) = l.s.next_event().await.expect("what came of the torn event");
     assert_eq!(
         kind, "mcpflip-torn",
         "the half answer is not a message: {data:?}"
@@ -1264,16 +1298,15 @@ async fn a_legacy_stream_broken_inside_an_event_moves_without_a_torn_message() {
         data.starts_with(r#"{"jsonrpc":"2.0","id":12,"res"#),
         "{data:?}"
     );
-    goes_on_from_green(&mut s, 12, 13).await;
+    goes_on_from_green(&mut l.s, 12, 13).await;
     assert_eq!(
-        green_seen.of("green-1").last().map(String::as_str),
+        l.green_seen.of("green-1").last().map(String::as_str),
         Some("tools/call id=13")
     );
-    let status = support::ctl(&socket, "status").await;
+    let status = l.status().await;
     assert_eq!(status["migration"]["migrated"], 1, "{status}");
     assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
-    drop(s);
-    proxy.shutdown().await;
+    l.end().await;
 }
 
 /// A legacy session's call whose answer is large (half a MiB, its id after
@@ -1283,28 +1316,18 @@ async fn a_legacy_stream_broken_inside_an_event_moves_without_a_torn_message() {
 /// call it already had the answer of, first.
 #[tokio::test]
 async fn a_large_answer_on_a_legacy_stream_is_not_erred_again_when_it_moves() {
-    let (blue, _) = legacy_upstream("blue").await;
-    let (green, _) = legacy_upstream("green").await;
-    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
-    let base = url.trim_end_matches("/mcp");
-    let mut s = support::mcp::SseSession::open(&client, base)
-        .await
-        .expect("legacy session");
-    let text = s.call("big", json!({})).await.expect("the large call");
+    let mut l = legacy_session().await;
+    let text = l.s.call("big", json!({})).await.expect("the large call");
     assert_eq!(text.len(), 512 * 1024);
-    s.post(request(10, "tools/call", json!({"name": "never"})))
-        .await
-        .expect("post");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    l.unanswered(10).await;
 
-    green_serves_too(&socket).await;
-    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    green_serves_too(&l.socket).await;
+    let r = support::ctl(&l.socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
-    goes_on_from_green(&mut s, 10, 11).await;
-    let status = support::ctl(&socket, "status").await;
+    goes_on_from_green(&mut l.s, 10, 11).await;
+    let status = l.status().await;
     assert_eq!(status["migration"]["interrupted_calls"], 1, "{status}");
-    drop(s);
-    proxy.shutdown().await;
+    l.end().await;
 }
 
 /// `weights blue=0 green=100` without `--drain` puts blue to standby: with
@@ -1315,24 +1338,11 @@ async fn a_large_answer_on_a_legacy_stream_is_not_erred_again_when_it_moves() {
 /// got 404: the session was dead with its stream still open.
 #[tokio::test]
 async fn a_legacy_session_of_a_slot_put_to_standby_without_a_drain_moves() {
-    let (blue, _) = legacy_upstream("blue").await;
-    let (green, green_seen) = legacy_upstream("green").await;
-    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
-    let base = url.trim_end_matches("/mcp");
-    let mut s = support::mcp::SseSession::open(&client, base)
-        .await
-        .expect("legacy session");
-    let r = s
-        .request("tools/call", json!({"name": "whoami"}))
-        .await
-        .expect("call");
-    assert_eq!(r["slot"], "blue", "{r}");
-    s.post(request(10, "tools/call", json!({"name": "never"})))
-        .await
-        .expect("post");
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut l = legacy_session().await;
+    l.answered_by_blue().await;
+    l.unanswered(10).await;
 
-    let r = support::ctl(&socket, "weights blue=0 green=100").await;
+    let r = support::ctl(&l.socket, "weights blue=0 green=100").await;
     let warning = r["warning"].as_str().unwrap_or_else(|| panic!("{r}"));
     assert!(
         warning.starts_with(
@@ -1340,17 +1350,16 @@ async fn a_legacy_session_of_a_slot_put_to_standby_without_a_drain_moves() {
         ),
         "the warning says what happens with migration on: {warning}"
     );
-    let r = goes_on_from_green(&mut s, 10, 11).await;
+    let r = goes_on_from_green(&mut l.s, 10, 11).await;
     assert_eq!(r["result"]["session"], "green-1", "{r}");
     assert_eq!(
-        green_seen.of("green-1").last().map(String::as_str),
+        l.green_seen.of("green-1").last().map(String::as_str),
         Some("tools/call id=11")
     );
-    let status = support::ctl(&socket, "status").await;
+    let status = l.status().await;
     assert_eq!(status["migration"]["migrated"], 1, "{status}");
     assert_eq!(status["slots"][0]["live_streams"], 0, "{status}");
-    drop(s);
-    proxy.shutdown().await;
+    l.end().await;
 }
 
 /// The Streamable HTTP era of the same cut: the session's GET stream on blue

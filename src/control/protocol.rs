@@ -293,12 +293,7 @@ fn as_on_the_wire(request: Request) -> Result<Request, CtlError> {
             condition: None,
             timeout,
         },
-        Request::Weights {
-            weights,
-            drain,
-            wait,
-            deadline,
-        } => {
+        Request::Weights { ref weights, .. } => {
             for (i, w) in weights.iter().enumerate() {
                 if weights[..i].iter().any(|o| o.slot == w.slot) {
                     return Err(CtlError::BadCommand(format!(
@@ -307,12 +302,7 @@ fn as_on_the_wire(request: Request) -> Result<Request, CtlError> {
                     )));
                 }
             }
-            Request::Weights {
-                weights,
-                drain,
-                wait,
-                deadline,
-            }
+            request
         }
         other => other,
     })

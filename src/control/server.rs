@@ -239,6 +239,24 @@ async fn connection(stream: UnixStream, ctl: Arc<Controller>, stop: Cancellation
     }
 }
 
+/// Waits for each slot of `slots` to be drained (`--wait` of a `flip` or
+/// `weights` that drains them), in turn.
+async fn all_drained(
+    ctl: &Controller,
+    slots: &[String],
+    mut progress: impl FnMut(crate::control::protocol::Progress),
+) -> Result<Vec<Drained>, CtlError> {
+    let mut drained = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let outcome = ctl.wait_drained(slot, None, &mut progress).await?;
+        drained.push(Drained {
+            slot: slot.clone(),
+            outcome,
+        });
+    }
+    Ok(drained)
+}
+
 /// Runs one request; progress lines go to `tx`, the final reply is returned.
 pub async fn execute(
     ctl: &Arc<Controller>,
@@ -266,16 +284,7 @@ pub async fn execute(
             }
             let mut reply = ctl.set_weights(weights, drain, deadline).await?;
             if wait {
-                let mut drained = Vec::new();
-                let mut progress = progress;
-                for slot in &reply.draining {
-                    let outcome = ctl.wait_drained(slot, None, &mut progress).await?;
-                    drained.push(Drained {
-                        slot: slot.clone(),
-                        outcome,
-                    });
-                }
-                reply.drained = Some(drained);
+                reply.drained = Some(all_drained(ctl, &reply.draining, progress).await?);
             }
             Ok(Reply::Weights(reply))
         }
@@ -294,16 +303,7 @@ pub async fn execute(
             };
             let mut reply = ctl.flip(&slot, opts).await?;
             if drain && wait {
-                let mut drained = Vec::new();
-                let mut progress = progress;
-                for f in &reply.draining {
-                    let outcome = ctl.wait_drained(f, None, &mut progress).await?;
-                    drained.push(Drained {
-                        slot: f.clone(),
-                        outcome,
-                    });
-                }
-                reply.drained = Some(drained);
+                reply.drained = Some(all_drained(ctl, &reply.draining, progress).await?);
             }
             Ok(Reply::Flip(Box::new(reply)))
         }

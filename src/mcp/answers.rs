@@ -23,6 +23,30 @@ const MAX_KEY: usize = 64;
 /// An event type longer than `message` is not `message`.
 const MAX_TYPE: usize = b"message".len();
 
+/// An event's data as `serde_json` reads a JSON-RPC message: `None` when it
+/// is no answer (not such an object, a key of the four twice, a request or
+/// a notification), else the answer's `id` as its JSON text (`None`: it has
+/// none, or `null`). What [`AnswerScan`] finds in one pass; it reads the
+/// replay's answers, and it is the model the fuzz target holds the scan to.
+pub fn serde_answer_id(data: &str) -> Option<Option<&serde_json::value::RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        method: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        result: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
+    }
+    let m: Message<'_> = serde_json::from_str(data).ok()?;
+    if m.method.is_some() || (m.result.is_none() && m.error.is_none()) {
+        return None;
+    }
+    Some(m.id)
+}
+
 /// Finds the answers in an SSE stream's bytes, chunk by chunk.
 #[derive(Debug, Default)]
 pub struct AnswerScan {

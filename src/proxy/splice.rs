@@ -36,7 +36,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 
-use crate::mcp::answers::AnswerScan;
+use crate::mcp::answers::{serde_answer_id, AnswerScan};
 use crate::probe::events::{EventReader, SseEvent};
 use crate::proxy::migrate::{self, Captured, Sessions};
 use crate::proxy::sse::find_session_param;
@@ -212,22 +212,7 @@ fn is_message(event: &SseEvent) -> bool {
 
 /// The id (as JSON text) of a JSON-RPC response, `None` for anything else.
 fn response_id(data: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Message<'a> {
-        #[serde(borrow, default)]
-        id: Option<&'a serde_json::value::RawValue>,
-        #[serde(default)]
-        method: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        result: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        error: Option<serde::de::IgnoredAny>,
-    }
-    let m: Message<'_> = serde_json::from_str(data).ok()?;
-    if m.method.is_some() || (m.result.is_none() && m.error.is_none()) {
-        return None;
-    }
-    Some(m.id?.get().to_owned())
+    Some(serde_answer_id(data)??.get().to_owned())
 }
 
 /// `body` (a JSON-RPC request) with the id `id` in place of its own.
