@@ -1087,6 +1087,23 @@ async fn legacy_upstream(slot: &'static str) -> (u16, Arc<Seen>) {
                                     b.cancel();
                                 }
                             });
+                        } else if msg["params"]["name"] == "split" {
+                            // Half of this call's answer; 300 ms later its
+                            // rest and, in the same write, the answer of call
+                            // `then` (two answers ready at once).
+                            let _ = tx.send(Bytes::from(format!(
+                                "event: message\r\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{},\"res",
+                                msg["id"]
+                            )));
+                            let then = json!({"jsonrpc":"2.0",
+                                "id":msg["params"]["arguments"]["then"],"result":{"slot":slot}});
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                                let _ = tx.send(Bytes::from(format!(
+                                    "ult\":{{\"slot\":\"{slot}\"}}}}\r\n\r\nevent: message\r\ndata: {then}\r\n\r\n"
+                                )));
+                            });
                         } else if msg["params"]["name"] == "big" {
                             // Half a MiB of answer, its id last (as the
                             // TypeScript SDK's servers write it).
@@ -1162,9 +1179,14 @@ struct Legacy {
 }
 
 async fn legacy_session() -> Legacy {
+    legacy_session_with(|c| c).await
+}
+
+/// [`legacy_session`] on a config `edit` changes.
+async fn legacy_session_with(edit: impl FnOnce(TestConfig) -> TestConfig) -> Legacy {
     let (blue, blue_seen) = legacy_upstream("blue").await;
     let (green, green_seen) = legacy_upstream("green").await;
-    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", edit).await;
     let s = support::mcp::SseSession::open(&client, url.trim_end_matches("/mcp"))
         .await
         .expect("legacy session");
@@ -1402,4 +1424,37 @@ async fn a_streamable_session_of_a_slot_put_to_standby_without_a_drain_moves() {
     );
     drop(body);
     proxy.shutdown().await;
+}
+
+/// A cut that comes inside an answer sends that answer's end and drops the
+/// rest of the chunk it came in: a second answer in that rest never reaches
+/// the client, so its call gets the interrupted-call error on green. Before,
+/// the whole chunk was read for answers first, the dropped one counted as
+/// passed, and its call was left with neither answer nor error.
+#[tokio::test]
+async fn an_answer_dropped_at_the_cut_leaves_its_call_to_be_erred() {
+    let mut l = legacy_session_with(|c| c.set_str("drain", "migrate_call_grace", "0s")).await;
+    l.answered_by_blue().await;
+    green_serves_too(&l.socket).await;
+    // Call 13 is answered by blue only with the rest of call 12's answer.
+    l.unanswered(13).await;
+    l.s.post(request(
+        12,
+        "tools/call",
+        json!({"name": "split", "arguments": {"then": 13}}),
+    ))
+    .await
+    .expect("post");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let r = support::ctl(&l.socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (_, first) = l.s.next_message().await.expect("call 12's answer");
+    assert_eq!(
+        (&first["id"], &first["result"]["slot"]),
+        (&json!(12), &json!("blue")),
+        "the answer the cut came inside is sent whole: {first}"
+    );
+    goes_on_from_green(&mut l.s, 13, 14).await;
+    l.end().await;
 }

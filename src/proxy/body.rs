@@ -567,12 +567,15 @@ impl Stream {
                     }
                 }
             }
-            if let Some(s) = self.splice.as_mut() {
-                s.watch(&data);
-            }
             if cutting {
                 // Send up to the end of the event in progress, then stop.
                 if let Some(end) = self.scanner.feed_to_boundary(&data) {
+                    // Only what the client gets is answered: an answer in
+                    // the rest, dropped here, leaves its call waiting (for
+                    // its interrupted-call error when the stream moves).
+                    if let Some(s) = self.splice.as_mut() {
+                        s.watch(&data[..end]);
+                    }
                     self.watch_answer(&data[..end]);
                     if self.splice.as_ref().is_some_and(|s| s.slot_gone()) {
                         // A legacy session's stream moves at the next poll,
@@ -592,8 +595,14 @@ impl Stream {
                         None => Poll::Ready(Some(Ok(Frame::data(data)))),
                     };
                 }
+                if let Some(s) = self.splice.as_mut() {
+                    s.watch(&data);
+                }
                 self.watch_answer(&data);
                 return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if let Some(s) = self.splice.as_mut() {
+                s.watch(&data);
             }
             self.watch_answer(&data);
             if let Some(ms) = self.scanner.feed(&data) {
