@@ -457,6 +457,14 @@ pub struct ProxyConfig {
         serialize_with = "duration_out"
     )]
     pub client_body_timeout: Duration,
+    /// A client that takes nothing of what it is sent (an answer, an event
+    /// stream's events) for this long has its connection dropped.
+    #[serde(
+        default = "default_send_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub send_timeout: Duration,
     /// The largest request body a client may send (nginx's
     /// `client_max_body_size`): a larger declared `Content-Length` is
     /// answered 413 before any slot is asked, and a body without one
@@ -715,6 +723,9 @@ fn default_idle_timeout() -> Duration {
 fn default_client_body_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_max_request_body() -> u64 {
     16 * MIB
 }
@@ -786,6 +797,7 @@ section_default!(ProxyConfig {
     header_read_timeout: default_header_timeout(),
     idle_timeout: default_idle_timeout(),
     client_body_timeout: default_client_body_timeout(),
+    send_timeout: default_send_timeout(),
     max_request_body: default_max_request_body(),
     response_header_timeout: default_response_timeout(),
     tool_call_timeout: default_tool_call_timeout(),
@@ -1231,6 +1243,7 @@ impl Config {
                 "client_body_timeout",
                 self.proxy.client_body_timeout,
             ),
+            ("proxy", "send_timeout", self.proxy.send_timeout),
             (
                 "proxy",
                 "response_header_timeout",
@@ -1707,11 +1720,12 @@ impl Config {
         }
         let _ = writeln!(
             s,
-            "  limits        header read {}, idle {}, client body {} (at most {}), response header {}, tools/call {}, max connections {}",
+            "  limits        header read {}, idle {}, client body {} (at most {}), send {}, response header {}, tools/call {}, max connections {}",
             d(self.proxy.header_read_timeout),
             d(self.proxy.idle_timeout),
             d(self.proxy.client_body_timeout),
             size_text(self.proxy.max_request_body),
+            d(self.proxy.send_timeout),
             d(self.proxy.response_header_timeout),
             d(self.proxy.tool_call_timeout),
             match self.proxy.max_connections {

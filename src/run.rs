@@ -193,6 +193,7 @@ pub async fn start_with(
     let limits = Limits {
         header_read: proxy_cfg.header_read_timeout,
         idle: proxy_cfg.idle_timeout,
+        send: proxy_cfg.send_timeout,
     };
     let host_guard = HostGuard::new(public_addr, proxy_cfg.allowed_hosts.as_deref());
     let admin_guard = HostGuard::new(admin_addr, config.admin.allowed_hosts.as_deref());

@@ -644,10 +644,13 @@ pub enum ClientFault {
     ClientCertificate,
     /// A request body larger than `max_request_body` (answered 413).
     BodyTooLarge,
+    /// A client that took nothing of what it was sent for `send_timeout`
+    /// (its connection dropped).
+    SendTimeout,
 }
 
 impl ClientFault {
-    pub const ALL: [ClientFault; 9] = [
+    pub const ALL: [ClientFault; 10] = [
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::BodyInvalid,
@@ -657,6 +660,7 @@ impl ClientFault {
         Self::TlsHandshake,
         Self::ClientCertificate,
         Self::BodyTooLarge,
+        Self::SendTimeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -669,6 +673,7 @@ impl ClientFault {
             Self::TlsHandshake => "tls_handshake",
             Self::ClientCertificate => "client_certificate",
             Self::BodyTooLarge => "body_too_large",
+            Self::SendTimeout => "send_timeout",
         }
     }
 }

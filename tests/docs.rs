@@ -156,6 +156,7 @@ fn populated() -> Config {
             header_read_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             client_body_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
             max_request_body: 1024,
             response_header_timeout: Duration::from_secs(1),
             tool_call_timeout: Duration::from_secs(1),

@@ -2027,3 +2027,189 @@ async fn a_head_the_proxy_refuses_is_answered_to_a_client_still_writing() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot that answers every request with 4 MiB (a plain answer, not a
+/// stream), and tells when it is done writing one (or its connection broke).
+async fn large_answer_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<bool>) {
+    raw_slot(|mut s, tx| async move {
+        let mut got = Vec::new();
+        while read_head(&mut s, &mut got).await.is_some() {
+            got.clear();
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: 4194304\r\n\r\n";
+            let sent = s.write_all(head).await.is_ok()
+                && s.write_all(&vec![b'x'; 4 << 20]).await.is_ok();
+            let _ = tx.send(sent);
+            if !sent {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// The proxy in front of [`large_answer_slot`] (blue), with 1 s timers.
+async fn large_answer_proxy(h: &Harness) -> mcpflip::run::Running {
+    let (large, _) = large_answer_slot().await;
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", large, 100)
+        .slot("green", h.green, 0)
+        .slot("gray", delaying_slot().await, 0);
+    let cfg = proxy_keys(
+        cfg,
+        &[
+            ("header_read_timeout", "1s"),
+            ("idle_timeout", "1s"),
+            ("send_timeout", "1s"),
+        ],
+    );
+    support::start(cfg.load()).await
+}
+
+/// An HTTP/2 client that opens 20 streams and never opens their windows
+/// (`SETTINGS_INITIAL_WINDOW_SIZE` 0, legal) while it answers pings: each
+/// answer's body waits for a window that never comes, and held a connection
+/// to the slot with it, on a connection that idle_timeout never closed (its
+/// requests were in progress). Now the client, taking nothing for
+/// `send_timeout`, has its connection dropped, and every slot connection
+/// goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_never_opens_its_windows_is_dropped_after_send_timeout() {
+    let h = Harness::new().await;
+    let p = large_answer_proxy(&h).await;
+    let blue = support::stats(&p, "blue");
+    let tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let resp = send
+            .send_request(support::get(p.public_addr, "/large"))
+            .await
+            .expect("h2 stream");
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    assert_eq!(blue.inflight(), 20, "every answer waits for its window");
+    let ended = tokio::time::timeout(PATIENCE, driver).await;
+    assert!(
+        ended.is_ok(),
+        "the connection of a client that takes nothing is still open"
+    );
+    until("no request in flight on blue", || blue.inflight() == 0).await;
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}"),
+        1,
+        "{m}"
+    );
+    drop(held);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// The same over HTTP/1.1: a client that reads the head of a large answer
+/// and then nothing (its receive buffer full, the proxy's send queue full)
+/// is dropped after `send_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h1_client_that_stops_reading_its_answer_is_dropped_after_send_timeout() {
+    let h = Harness::new().await;
+    let p = large_answer_proxy(&h).await;
+    let blue = support::stats(&p, "blue");
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = sock.connect(p.public_addr).await.expect("connect");
+    s.write_all(b"GET /large HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).await.expect("head");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(blue.inflight(), 1);
+    // Reads nothing more for well past send_timeout (1 s) plus its check.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    until("no request in flight on blue", || blue.inflight() == 0).await;
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}"),
+        1,
+        "{m}"
+    );
+    // What the client then reads ends short of the answer: it was cut.
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("the connection is closed");
+    assert!(got.len() + n < 4 << 20, "{} bytes", got.len() + n);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// What `send_timeout` does not end: an event stream that waits for its next
+/// event (nothing to send), a slow reader that takes its answer bit by bit,
+/// and a call whose answer takes longer than it to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_timeout_spares_quiet_streams_slow_readers_and_slow_answers() {
+    let h = Harness::new().await;
+    let p = large_answer_proxy(&h).await;
+    // A quiet stream on green (a tick a minute).
+    assert_eq!(h.ctl("weights blue=0 green=100").await["ok"], true);
+    let mut quiet = TcpStream::connect(p.public_addr).await.expect("connect");
+    quiet
+        .write_all(b"GET /ticker?interval_ms=60000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 64];
+    let n = quiet.read(&mut head).await.expect("head");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+    // A slow reader of blue's 4 MiB: 64 KiB every 300 ms would take a
+    // minute; it reads for 4 s.
+    assert_eq!(h.ctl("weights blue=100 green=0").await["ok"], true);
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut slow = sock.connect(p.public_addr).await.expect("connect");
+    slow.write_all(b"GET /large HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut read = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..13 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = slow.read(&mut buf).await.expect("the slow reader reads");
+        assert!(
+            n > 0,
+            "the slow reader's connection closed after {read} bytes"
+        );
+        read += n;
+    }
+    drop(slow);
+    // A call answered after 2.5 s (its head included): nothing to send
+    // meanwhile.
+    assert_eq!(h.ctl("weights blue=0 gray=100").await["ok"], true);
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /call?ms=2500 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}"),
+        0,
+        "{m}"
+    );
+    // The quiet stream is still open (what it has is read; it does not end).
+    let mut rest = [0u8; 4096];
+    while let Ok(read) =
+        tokio::time::timeout(Duration::from_millis(200), quiet.read(&mut rest)).await
+    {
+        let n = read.expect("the quiet stream reads");
+        assert!(n > 0, "the quiet stream ended");
+    }
+    drop(quiet);
+    p.shutdown().await;
+    h.stop.cancel();
+}

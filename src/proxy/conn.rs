@@ -23,6 +23,16 @@
 //!     streams too; a forced drain deadline is the point where that is
 //!     acceptable.
 //!
+//! - A connection whose client stops taking what it is sent for
+//!   `send_timeout` (nginx's `send_timeout`, HAProxy's `timeout client`
+//!   while it writes) is dropped: its socket refused writes that long
+//!   ([`SendWatch`]), or a response frame was not taken on that long
+//!   ([`Tracked`]: HTTP/2 polls a body only when the stream's window has
+//!   room, so a client that never opens it is seen there). Checked every
+//!   `send_timeout` while a request is in progress (so within twice it);
+//!   an event stream that waits for its next event sends nothing and is
+//!   not stalled.
+//!
 //! - A connection that closes with the rest of a request unread (a 413 for a
 //!   body over `max_request_body`; hyper's 400 or 431 for a head it cannot
 //!   read, `proxy::h1`; the 503 at a connection cap) closes *lingering*, as nginx's
@@ -77,6 +87,8 @@ pub struct Limits {
     pub header_read: Duration,
     /// With no request in progress / no open stream.
     pub idle: Duration,
+    /// A client that takes nothing of what it is sent for this long.
+    pub send: Duration,
 }
 
 /// A handle on one connection, shared by its driver, its requests and the
@@ -134,6 +146,15 @@ struct ConnState {
     /// A duplicate of the socket, made when the connection is to close
     /// lingering ([`Conn::linger`]); the driver's caller reads it off.
     lingering: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// When the client's socket last refused a write ([`clock`] plus one;
+    /// 0: its last write went through). [`SendWatch`] sets it.
+    write_blocked: AtomicU64,
+    /// Response frames handed to the connection and not taken on yet (the
+    /// body not polled again), by the parity of the send check's `epoch`
+    /// they were handed in ([`Tracked`]).
+    handed: [AtomicU32; 2],
+    /// Send checks so far (the driver's, every `send_timeout` while busy).
+    epoch: AtomicU32,
 }
 
 impl ConnState {
@@ -394,18 +415,36 @@ fn instant(ms: u64) -> Instant {
         .unwrap_or(now_i)
 }
 
-/// A response body that keeps its request [`Active`] until it is dropped.
+/// A response body that keeps its request [`Active`] until it is dropped,
+/// and counts what it handed out as not taken on until it is polled (again):
+/// its head, then each data frame (the connection's send check). HTTP/2
+/// polls a body only once the stream's window has room.
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
-    _active: Active,
+    active: Active,
+    /// The parity of the epoch its head or last data frame was handed out
+    /// in, until it is polled.
+    handed: Option<usize>,
 }
 
 impl<B> Tracked<B> {
     pub fn new(inner: B, active: Active) -> Self {
+        let state = &active.0 .0;
+        let p = (state.epoch.load(Ordering::Acquire) & 1) as usize;
+        state.handed[p].fetch_add(1, Ordering::Relaxed);
         Tracked {
             inner,
-            _active: active,
+            active,
+            handed: Some(p),
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let Some(p) = self.handed {
+            self.active.0 .0.handed[p].fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -418,7 +457,20 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let state = &this.active.0 .0;
+        if let Some(p) = this.handed.take() {
+            state.handed[p].fetch_sub(1, Ordering::Relaxed);
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.is_data() {
+                let p = (state.epoch.load(Ordering::Acquire) & 1) as usize;
+                state.handed[p].fetch_add(1, Ordering::Relaxed);
+                this.handed = Some(p);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -434,6 +486,144 @@ impl<B: RawAnswer> RawAnswer for Tracked<B> {
     fn take_raw_headers(&mut self) -> Option<Box<RawHeaders>> {
         self.inner.take_raw_headers()
     }
+}
+
+/// The client's socket, watched for writes it refuses: how long it has
+/// taken none is what `send_timeout` limits (the driver reads it). A write
+/// that is refused (`Pending`) marks the time once; one that goes through
+/// clears it.
+#[derive(Debug)]
+pub struct SendWatch<I> {
+    io: I,
+    conn: Conn,
+    blocked: bool,
+}
+
+impl<I> SendWatch<I> {
+    pub fn new(io: I, conn: &Conn) -> Self {
+        SendWatch {
+            io,
+            conn: conn.clone(),
+            blocked: false,
+        }
+    }
+
+    fn note<T>(&mut self, polled: &Poll<std::io::Result<T>>) {
+        match polled {
+            Poll::Pending if !self.blocked => {
+                self.blocked = true;
+                self.conn
+                    .0
+                    .write_blocked
+                    .store(clock() + 1, Ordering::Relaxed);
+            }
+            Poll::Ready(_) if self.blocked => {
+                self.blocked = false;
+                self.conn.0.write_blocked.store(0, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SendWatch<I> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendWatch<I> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.note(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.note(&polled);
+        polled
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The send check, every `send` while a request is in progress: whether
+/// the client took nothing for at least `send`. Then starts the next epoch.
+///
+/// While its socket refuses writes, what counts is whether the client takes
+/// bytes: the kernel's send queue (`outq`, its size at the previous check)
+/// must have shrunk since the previous check. The kernel wakes a writer only
+/// once much of a large queue has gone, so a slow reader may see no write go
+/// through for longer than `send` and is still taking its answer. While the
+/// socket takes writes, a head or frame handed out before the previous check
+/// and still not taken on is the client's doing (HTTP/2: a stream whose
+/// window it never opens), whatever its other streams do.
+fn stalled(state: &ConnState, send: Duration, outq: &mut Option<u32>) -> bool {
+    let queued = send_queue(state);
+    let drained = matches!((*outq, queued), (Some(before), Some(now)) if now < before);
+    *outq = queued;
+    let blocked = state.write_blocked.load(Ordering::Relaxed);
+    // Frames of the epoch before the one ending now share the next one's
+    // parity: handed out before the previous check, at least `send` ago.
+    let epoch = state.epoch.load(Ordering::Acquire);
+    let older = ((epoch + 1) & 1) as usize;
+    let stalled = if blocked != 0 {
+        instant(blocked - 1) + send <= Instant::now() && !drained
+    } else {
+        state.handed[older].load(Ordering::Relaxed) > 0
+    };
+    if !stalled {
+        state.epoch.store(epoch.wrapping_add(1), Ordering::Release);
+    }
+    stalled
+}
+
+/// Bytes in the connection's socket send queue not yet taken by the client
+/// (`SIOCOUTQ`), when its socket is known.
+fn send_queue(state: &ConnState) -> Option<u32> {
+    let fd = state.socket.load(Ordering::Relaxed) - 1;
+    if fd < 0 {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is this connection's socket (set by its server, open
+    // while the driver runs); TIOCOUTQ writes one int.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    (r == 0).then(|| u32::try_from(queued).unwrap_or(0))
 }
 
 /// True when a request is in progress; then the end of the last one wakes
@@ -460,6 +650,8 @@ pub enum End {
     HeaderTimeout,
     /// Dropped: a forced or idle-closed connection outlived its grace.
     Dropped,
+    /// Dropped: its client took nothing of what it was sent for `send_timeout`.
+    SendTimeout,
 }
 
 /// What woke [`drive`]'s loop.
@@ -627,6 +819,8 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // What the client does not take is timed (`send_timeout`).
+    let io = SendWatch::new(io, timed.conn);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     run(connection, |c| c.graceful_shutdown(), timed).await
 }
@@ -658,6 +852,10 @@ where
     let shut = shutdown.cancelled();
     tokio::pin!(shut);
     let mut armed = true;
+    // The timer is the next send check (the connection is busy).
+    let mut watching = false;
+    // The socket's send queue at the last send check.
+    let mut outq = None;
     let mut phase = Phase::Head;
     let mut graceful = false;
     // After an event, or at the start, every source is polled (to register
@@ -707,6 +905,7 @@ where
                     phase = Phase::Closing;
                     timer.as_mut().reset(Instant::now() + FORCE_GRACE);
                     armed = true;
+                    watching = false;
                 } else if phase == Phase::Settling {
                     // The end of the response in progress at the settle
                     // consumes the flag `busy` raised (the connection may be
@@ -719,15 +918,17 @@ where
                     phase = Phase::Settling;
                     timer.as_mut().reset(Instant::now() + FORCE_GRACE);
                     armed = true;
+                    watching = false;
                     if !busy(state) {
                         phase = Phase::Open;
                         settled(state, timer.as_mut(), limits.idle);
                     }
                 } else if phase != Phase::Closing
-                    && !armed
+                    && (!armed || watching)
                     && state.active.load(Ordering::Acquire) == 0
                 {
                     // The request the timer found busy ended: idle from its end.
+                    watching = false;
                     phase = Phase::Open;
                     timer
                         .as_mut()
@@ -735,34 +936,44 @@ where
                     armed = true;
                 }
             }
-            Event::Timer => match phase {
-                Phase::Head if !state.started.load(Ordering::Relaxed) => break End::HeaderTimeout,
-                Phase::Head | Phase::Open if busy(state) => {
-                    // Busy: the end of the last request wakes us.
-                    phase = Phase::Open;
-                    armed = false;
-                }
-                Phase::Head | Phase::Open
-                    if instant(state.last_end.load(Ordering::Relaxed)) + limits.idle
-                        > Instant::now() =>
-                {
-                    // Requests came and went since the timer was set: the
-                    // idle deadline is the last one's end + idle.
-                    phase = Phase::Open;
-                    let at = instant(state.last_end.load(Ordering::Relaxed)) + limits.idle;
-                    timer.as_mut().reset(at);
-                }
-                Phase::Head | Phase::Open => {
-                    if !graceful {
-                        graceful_shutdown(connection.as_mut());
-                        graceful = true;
+            Event::Timer => {
+                watching = false;
+                match phase {
+                    Phase::Head if !state.started.load(Ordering::Relaxed) => {
+                        break End::HeaderTimeout
                     }
-                    phase = Phase::Closing;
-                    timer.as_mut().reset(Instant::now() + FORCE_GRACE);
+                    Phase::Head | Phase::Open if busy(state) => {
+                        // Busy: the end of the last request wakes us; until
+                        // then, the client is checked for taking what it is sent.
+                        phase = Phase::Open;
+                        if stalled(state, limits.send, &mut outq) {
+                            break End::SendTimeout;
+                        }
+                        watching = true;
+                        timer.as_mut().reset(Instant::now() + limits.send);
+                    }
+                    Phase::Head | Phase::Open
+                        if instant(state.last_end.load(Ordering::Relaxed)) + limits.idle
+                            > Instant::now() =>
+                    {
+                        // Requests came and went since the timer was set: the
+                        // idle deadline is the last one's end + idle.
+                        phase = Phase::Open;
+                        let at = instant(state.last_end.load(Ordering::Relaxed)) + limits.idle;
+                        timer.as_mut().reset(at);
+                    }
+                    Phase::Head | Phase::Open => {
+                        if !graceful {
+                            graceful_shutdown(connection.as_mut());
+                            graceful = true;
+                        }
+                        phase = Phase::Closing;
+                        timer.as_mut().reset(Instant::now() + FORCE_GRACE);
+                    }
+                    // A forced response that did not end within the grace.
+                    Phase::Settling | Phase::Closing => break End::Dropped,
                 }
-                // A forced response that did not end within the grace.
-                Phase::Settling | Phase::Closing => break End::Dropped,
-            },
+            }
             Event::Shut => {
                 graceful_shutdown(connection.as_mut());
                 graceful = true;

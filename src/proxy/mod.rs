@@ -227,9 +227,16 @@ pub async fn serve(
             let end = at
                 .drive(&builder, service, &conn, limits, &stats, &shutdown)
                 .await;
-            if end == End::HeaderTimeout {
-                stats.count_client_fault(ClientFault::HeaderTimeout);
-                tracing::debug!(peer = %addr, "no request head within header_read_timeout: closed");
+            match end {
+                End::HeaderTimeout => {
+                    stats.count_client_fault(ClientFault::HeaderTimeout);
+                    tracing::debug!(peer = %addr, "no request head within header_read_timeout: closed");
+                }
+                End::SendTimeout => {
+                    stats.count_client_fault(ClientFault::SendTimeout);
+                    tracing::debug!(peer = %addr, "the client took nothing of its answer for send_timeout: dropped");
+                }
+                End::Closed | End::Dropped => {}
             }
         });
     }
@@ -333,6 +340,7 @@ impl Accepted {
             header_read,
             // Answer once, then close.
             idle: Duration::ZERO,
+            send: header_read,
         };
         let conn = Conn::new();
         let service = {
@@ -453,6 +461,8 @@ where
 {
     let Some(builder) = builders.hyper(proto) else {
         let http1 = Arc::clone(builders.http1());
+        // What the client does not take is timed (`send_timeout`).
+        let io = conn::SendWatch::new(io, timed.conn);
         let connection = h1::Connection::new(io, service, http1, timed.conn.clone());
         return conn::run(connection, |c| c.graceful_shutdown(), timed).await;
     };
