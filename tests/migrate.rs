@@ -97,7 +97,13 @@ struct Upstream {
 /// `never`: not at all; `closed`: the stream ends there, for the client to
 /// resume later, as a server that polls does; others: at once).
 async fn upstream(slot: &'static str) -> Upstream {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    upstream_at(slot, 0).await
+}
+
+/// [`upstream`] on `port` (0: any), as a process started again at its
+/// address is.
+async fn upstream_at(slot: &'static str, port: u16) -> Upstream {
+    let l = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     let port = l.local_addr().expect("addr").port();
     let seen = Arc::new(Seen::default());
     let next = Arc::new(AtomicU32::new(1));
@@ -489,6 +495,39 @@ async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
         .get("blue")
         .map(|b| b.stats.upstream_errors(UpstreamError::Connect));
     assert_eq!(refusals, Some(2));
+    // The moved session goes on at green without asking blue first (a
+    // slot that does not answer its connections would cost each request
+    // its connect timeout), and stays there once blue's process is back at
+    // its address (with none of its sessions). Before, each request tried
+    // blue first, and the first to reach the new process went there (an
+    // SDK server answers it 404: the session, alive at green, ended, and
+    // its capture was forgotten).
+    let (status, r) = call(&client, &url, &sid, 4).await;
+    assert_eq!(
+        (status, &r["result"]["slot"]),
+        (200, &json!("green")),
+        "{r}"
+    );
+    let tried = |p: &mcpflip::run::Running| {
+        p.controller
+            .tables
+            .load()
+            .get("blue")
+            .map(|b| b.stats.upstream_errors(UpstreamError::Connect))
+    };
+    assert_eq!(tried(&proxy), Some(2), "blue was not asked again");
+    let again = upstream_at("blue", blue).await;
+    let (status, r) = call(&client, &url, &sid, 5).await;
+    assert_eq!(
+        (status, &r["result"]["session"]),
+        (200, &json!("green-1")),
+        "{r}"
+    );
+    assert!(
+        again.seen.sessions().is_empty(),
+        "blue's new process was asked"
+    );
+    assert_eq!(proxy.proxy_stats.captured_sessions(), 1);
     // A session the proxy never saw begin (created before it started) whose
     // slot is retired: the SDK-style 404, counted as not captured.
     let r = support::ctl(&socket, "weights blue=0").await;
@@ -1409,9 +1448,19 @@ async fn a_streamable_session_of_a_slot_put_to_standby_without_a_drain_moves() {
     assert_eq!(r["result"]["slot"], "green", "{r}");
     assert_eq!(proxy.proxy_stats.migrated(), 1);
 
-    // Blue serves again: its new sessions' streams run.
+    // Blue serves again, green goes to standby: the moved session moves
+    // on from green (replayed on blue as a new session), rather than going
+    // back to its old session on blue, which never saw what it did on green.
     let r = support::ctl(&socket, "weights blue=100 green=0").await;
     assert!(r.get("error").is_none(), "{r}");
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!(
+        (status, &r["result"]["session"]),
+        (200, &json!("blue-2")),
+        "{r}"
+    );
+    assert_eq!(proxy.proxy_stats.migrated(), 2);
+    // Its new sessions' streams run.
     let again = open(&client, &url).await;
     let (_, mut body) = get_stream(&client, &url, &again, None).await;
     let (_, r) = call(&client, &url, &again, 2).await;

@@ -252,8 +252,11 @@ impl Forwarder {
                     Decided::Answer(resp) => break 'answer *resp,
                     Decided::Go(slot, site, client_sid) => {
                         if let (Some(sessions), Some(sid)) = (&self.sessions, &client_sid) {
-                            // A session that never moves: its idle clock only.
-                            sessions.touch(sid.as_bytes());
+                            // Its idle clock (`decide` reset a Streamable
+                            // HTTP session's already).
+                            if !matches!(site, Some(TagSite::Header { .. })) {
+                                sessions.touch(sid.as_bytes());
+                            }
                         }
                         (slot, site, None, client_sid)
                     }
@@ -369,10 +372,14 @@ impl Forwarder {
         });
         let table = self.tables.load();
         match affinity::route(&table, req, scan.session.as_ref()) {
+            // A session whose slot cut it, or that moved already: its slot
+            // may serve again (a rollback, a process back at its address),
+            // but the session lives where it moved, and goes on there.
             Route::Pinned { slot, site }
-                if client_sid.is_some()
-                    && matches!(site, TagSite::Header { .. })
-                    && migrate::must_move(&slot) =>
+                if matches!(site, TagSite::Header { .. })
+                    && client_sid.as_ref().is_some_and(|sid| {
+                        migrate::must_move(&slot) || self.touched_moved(sid)
+                    }) =>
             {
                 Decided::Move(client_sid, false)
             }
@@ -1104,6 +1111,13 @@ impl Forwarder {
             id,
             accepted: false,
         }))
+    }
+
+    /// Resets session `sid`'s idle clock; whether it moved (migration on).
+    fn touched_moved(&self, sid: &HeaderValue) -> bool {
+        self.sessions
+            .as_ref()
+            .is_some_and(|s| s.touch(sid.as_bytes()))
     }
 
     /// Whether legacy session `sid`'s stream moved, or is moving, off the

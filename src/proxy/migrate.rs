@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -116,8 +116,24 @@ pub struct Captured {
     init: Bytes,
     kept: Mutex<Kept>,
     moved: ArcSwapOption<Moved>,
+    /// `moved` is set: read on every request of the session (one load,
+    /// where `moved` would take ArcSwap's guard).
+    has_moved: AtomicBool,
     /// One replay at a time per session; concurrent requests wait for it.
     replaying: tokio::sync::Mutex<()>,
+    /// The store's count of bytes held ([`Sessions::bytes`]): what this
+    /// session holds is added as it comes and taken off when it goes, the
+    /// rest when the session is dropped (not when the store forgets it: a
+    /// request or a stream may still hold it, and add to it).
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for Captured {
+    fn drop(&mut self) {
+        let kept = self.kept.get_mut().unwrap_or_else(|p| p.into_inner());
+        let bytes = self.init.len() + kept.bytes();
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 /// What a captured session keeps besides its `initialize`.
@@ -171,7 +187,7 @@ impl Captured {
 
     /// Whether the session moved (it may have to move again).
     pub fn has_moved(&self) -> bool {
-        self.moved.load().is_some()
+        self.has_moved.load(Ordering::Acquire)
     }
 
     /// Whether a move of the session is under way (a replay, a splice).
@@ -181,13 +197,21 @@ impl Captured {
 
     /// A legacy session's call (its id as JSON text) was accepted: its
     /// answer is to come on the stream. The oldest is forgotten past
-    /// 16 (a client that never gets answers).
+    /// 16 (a client that never gets answers); none is noted while the
+    /// store holds its most (the call then gets no error if the stream
+    /// moves before its answer).
     pub fn note_call(&self, id: Bytes) {
+        if self.held.load(Ordering::Relaxed).saturating_add(id.len()) > MAX_HELD {
+            return;
+        }
+        let id = own(&id);
         let mut kept = self.kept();
         if let Some(l) = kept.legacy.as_mut() {
             if l.pending.len() >= MAX_UNANSWERED {
-                l.pending.remove(0);
+                let oldest = l.pending.remove(0);
+                self.held.fetch_sub(oldest.len(), Ordering::Relaxed);
             }
+            self.held.fetch_add(id.len(), Ordering::Relaxed);
             l.pending.push(id);
         }
     }
@@ -205,7 +229,8 @@ impl Captured {
         let mut kept = self.kept();
         if let Some(l) = kept.legacy.as_mut() {
             if let Some(at) = l.pending.iter().position(|p| p == id) {
-                l.pending.remove(at);
+                let done = l.pending.remove(at);
+                self.held.fetch_sub(done.len(), Ordering::Relaxed);
             }
         }
     }
@@ -214,19 +239,23 @@ impl Captured {
     /// answers will never come (the stream that would carry them moved).
     pub fn take_pending(&self) -> Vec<Bytes> {
         let mut kept = self.kept();
-        kept.legacy
+        let pending = kept
+            .legacy
             .as_mut()
             .map(|l| std::mem::take(&mut l.pending))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let bytes: usize = pending.iter().map(Bytes::len).sum();
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        pending
     }
 
     /// Records that the session lives on `slot` now, as upstream session `inner`.
     pub fn moved_here(&self, slot: &Slot, inner: HeaderValue) {
-        self.moved.store(Some(Arc::new(Moved {
+        self.set_moved(Arc::new(Moved {
             slot: Arc::clone(&slot.name),
             generation: slot.generation,
             inner,
-        })));
+        }));
     }
 
     /// Holds the session's moves off until the guard drops: one move at a
@@ -252,23 +281,36 @@ impl Captured {
         let Ok(inner) = HeaderValue::from_str(&m.inner) else {
             return false;
         };
-        self.moved.store(Some(Arc::new(Moved {
+        self.set_moved(Arc::new(Moved {
             slot: m.slot.as_str().into(),
             generation: m.generation,
             inner,
-        })));
+        }));
         true
     }
 
     fn bytes(&self) -> usize {
-        let kept = self.kept();
-        self.init.len()
-            + kept.shaping.iter().map(Bytes::len).sum::<usize>()
-            + kept
+        self.init.len() + self.kept().bytes()
+    }
+
+    fn set_moved(&self, m: Arc<Moved>) {
+        self.moved.store(Some(m));
+        self.has_moved.store(true, Ordering::Release);
+    }
+}
+
+impl Kept {
+    fn bytes(&self) -> usize {
+        self.shaping.iter().map(Bytes::len).sum::<usize>()
+            + self
                 .unanswered
                 .iter()
                 .map(|(id, event)| id.len() + event.len())
                 .sum::<usize>()
+            + self
+                .legacy
+                .as_ref()
+                .map_or(0, |l| l.pending.iter().map(Bytes::len).sum())
     }
 }
 
@@ -314,7 +356,7 @@ pub struct Sessions {
     idle: Duration,
     count: AtomicUsize,
     /// Bytes of captured bodies held (the memory a session costs, reported).
-    held: AtomicUsize,
+    held: Arc<AtomicUsize>,
     epoch: Instant,
     stats: Arc<ProxyStats>,
     /// The fleet's copy (`[cluster]`), set once at start.
@@ -329,7 +371,7 @@ impl Sessions {
             max,
             idle,
             count: AtomicUsize::new(0),
-            held: AtomicUsize::new(0),
+            held: Arc::default(),
             // `idle` back: a session imported idle (`import`) keeps its age.
             epoch: Instant::now()
                 .checked_sub(idle)
@@ -444,7 +486,9 @@ impl Sessions {
             init: own(&init),
             kept: Mutex::default(),
             moved: ArcSwapOption::empty(),
+            has_moved: AtomicBool::new(false),
             replaying: tokio::sync::Mutex::new(()),
+            held: Arc::clone(&self.held),
         });
         let key = self.key(id.as_bytes());
         self.held.fetch_add(captured.bytes(), Ordering::Relaxed);
@@ -460,13 +504,9 @@ impl Sessions {
             let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
             map.insert(key, entry)
         };
-        match old {
-            Some(old) => {
-                self.held.fetch_sub(old.captured.bytes(), Ordering::Relaxed);
-            }
-            None => {
-                self.count.fetch_add(1, Ordering::Relaxed);
-            }
+        // The session replaced takes its bytes off when it is dropped.
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
         }
         self.publish();
         Some(captured)
@@ -481,16 +521,21 @@ impl Sessions {
         Some(Arc::clone(&e.captured))
     }
 
-    /// Resets `id`'s idle clock: one read lock, one atomic store, in the
-    /// map's entry. The id itself is not compared (that would read the
-    /// session's record elsewhere on the heap on every request): an id
-    /// sharing its key with another session only keeps that one from idling
-    /// out, and `get` and `remove` compare ids.
-    pub fn touch(&self, id: &[u8]) {
+    /// Resets `id`'s idle clock (one read lock, one atomic store, in the
+    /// map's entry) and says whether the session moved (one load in its
+    /// record). The id itself is not compared (that would read the id
+    /// elsewhere on the heap on every request): an id sharing its key with
+    /// another session only keeps that one from idling out, or sends its
+    /// requests the way of a moved session, where `find` compares ids.
+    pub fn touch(&self, id: &[u8]) -> bool {
         let key = self.key(id);
         let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(&key) {
-            e.last_used.store(self.now(), Ordering::Relaxed);
+        match map.get(&key) {
+            Some(e) => {
+                e.last_used.store(self.now(), Ordering::Relaxed);
+                e.captured.has_moved()
+            }
+            None => false,
         }
     }
 
@@ -508,9 +553,8 @@ impl Sessions {
                 _ => None,
             }
         };
-        if let Some(e) = gone {
+        if gone.is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
-            self.held.fetch_sub(e.captured.bytes(), Ordering::Relaxed);
             self.publish();
         }
     }
@@ -607,7 +651,6 @@ impl Sessions {
                     || Arc::strong_count(&e.captured) > 1 && e.captured.is_legacy();
                 if !keep {
                     gone += 1;
-                    self.held.fetch_sub(e.captured.bytes(), Ordering::Relaxed);
                 }
                 keep
             });
@@ -904,7 +947,7 @@ pub async fn migrate(
         generation: slot.generation,
         inner: inner.clone(),
     });
-    c.moved.store(Some(Arc::clone(&ours)));
+    c.set_moved(Arc::clone(&ours));
     if let (Some(m), Some(revision)) = (mirror, fleet) {
         let to = c.moved_to();
         let recorded = match &to {
@@ -928,7 +971,7 @@ pub async fn migrate(
                     }
                 }
                 tracing::warn!("another instance of the fleet recorded a move of this session to a slot this instance cannot route to: this replay is kept");
-                c.moved.store(Some(ours));
+                c.set_moved(ours);
             }
             Err(()) => {
                 tracing::warn!(to = %slot.name, "the fleet could not record this session's move: other instances may move it again")
@@ -1196,6 +1239,42 @@ mod tests {
         call_id(body)
     }
 
+    /// Every byte a session holds counts in the store's bytes while it is
+    /// held, from wherever it is held: a legacy session's noted calls (their
+    /// ids, up to 64 KiB of JSON text each, 16 kept) count, and what is
+    /// added to a session the store has just forgotten (a request or a
+    /// stream still holds it) goes off with the session itself. Before, the
+    /// ids counted nowhere (16 × 64 KiB per session, past the 256 MiB
+    /// bound), and what was added after the store forgot a session counted
+    /// forever.
+    #[test]
+    fn held_bytes_count_what_a_session_holds_until_it_is_dropped() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(100, Duration::from_secs(3600), stats);
+        let id = HeaderValue::from_static("b1.g1.legacy");
+        let init = Bytes::from_static(br#"{"id":0,"method":"initialize"}"#);
+        assert!(s.capture_legacy(&id, init.clone()));
+        let c = s.get(id.as_bytes()).expect("captured");
+        let call = |n: usize| Bytes::from(format!("\"{n:0>61440}\""));
+        for n in 0..20 {
+            c.note_call(call(n));
+        }
+        let each = call(0).len();
+        assert_eq!(s.bytes(), init.len() + 16 * each, "the last 16 ids count");
+        c.answered(&call(19));
+        assert_eq!(s.bytes(), init.len() + 15 * each);
+        assert_eq!(c.take_pending().len(), 15);
+        assert_eq!(s.bytes(), init.len());
+
+        // Forgotten by the store while held: what is added now goes with it.
+        c.note_call(call(1));
+        s.remove(id.as_bytes());
+        c.note_call(call(2));
+        assert_eq!(s.bytes(), init.len() + 2 * each, "held still");
+        drop(c);
+        assert_eq!(s.bytes(), 0, "nothing held once the session is gone");
+    }
+
     /// What one process exports another imports whole: bodies, shaping,
     /// unanswered calls, the move and the idle clock; a session the
     /// importer holds keeps its own, gaining only the move; the store's
@@ -1227,8 +1306,7 @@ mod tests {
         });
         old.get(b"b1.g1.s2")
             .expect("s2")
-            .moved
-            .store(Some(Arc::clone(&moved)));
+            .set_moved(Arc::clone(&moved));
         let (list, skipped) = old.export();
         assert_eq!((list.len(), skipped), (3, 0));
 
