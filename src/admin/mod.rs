@@ -322,6 +322,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _entered = entered;
             let conn = Conn::new();
+            // For the send check (`send_timeout`): its send queue.
+            conn.set_socket(std::os::fd::AsRawFd::as_raw_fd(&tcp));
             let svc = {
                 let conn = conn.clone();
                 service_fn(move |req| {

@@ -237,8 +237,8 @@ impl Conn {
         }
     }
 
-    /// The connection's socket, for [`Conn::linger`]: set once, while the
-    /// socket is open, by whoever serves the connection.
+    /// The connection's socket, for [`Conn::linger`] and the send check:
+    /// set once, while the socket is open, by whoever serves the connection.
     pub fn set_socket(&self, fd: std::os::fd::RawFd) {
         self.0.socket.store(fd.saturating_add(1), Ordering::Relaxed);
     }
