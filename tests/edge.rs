@@ -2213,3 +2213,42 @@ async fn send_timeout_spares_quiet_streams_slow_readers_and_slow_answers() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// One HTTP/2 connection opens at most 128 streams at once (nginx's
+/// default): each may hold a connection to a slot, and a client's
+/// connections are what `max_connections_per_ip` counts. Before, 1,024.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connection_has_at_most_128_streams_at_once() {
+    let h = Harness::new().await;
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", delaying_slot().await, 100)
+        .slot("green", h.green, 0);
+    let p = support::start(cfg.load()).await;
+    let blue = support::stats(&p, "blue");
+    let tcp = TcpStream::connect(p.public_addr).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let mut send = send.clone();
+            let req = support::get(p.public_addr, "/call?ms=3000");
+            tokio::spawn(async move { send.send_request(req).await.map(|r| r.status()) })
+        })
+        .collect();
+    until("128 requests in flight", || blue.inflight() == 128).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(blue.inflight(), 128, "no more streams than 128 at once");
+    for call in calls {
+        let status = call.await.expect("join");
+        assert!(
+            matches!(status, Ok(s) if s == 200),
+            "every request is served in turn: {status:?}"
+        );
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}

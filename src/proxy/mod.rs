@@ -58,8 +58,12 @@ pub use forward::Forwarder;
 /// new certificates; established connections keep theirs).
 pub type TlsSlot = Arc<ArcSwap<rustls::ServerConfig>>;
 
-/// HTTP/2 streams one client connection may have open at once.
-const MAX_STREAMS: u32 = 1024;
+/// HTTP/2 streams one client connection may have open at once: nginx's
+/// default (`http2_max_concurrent_streams`; HAProxy's is 100). Each may
+/// hold a connection to a slot, so `max_connections_per_ip`, which counts
+/// TCP connections, bounds a client's slot connections at this many times
+/// its own.
+const MAX_STREAMS: u32 = 128;
 /// Connections being refused at once (each waits at most `header_read_timeout`
 /// for a request head to answer 503 to); beyond this they are closed at once.
 const MAX_REFUSING: usize = 64;
