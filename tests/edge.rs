@@ -2047,6 +2047,12 @@ async fn large_answer_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<bool>
     .await
 }
 
+/// Clients the proxy dropped for `send_timeout` so far.
+async fn send_timeouts(p: &mcpflip::run::Running) -> u64 {
+    let m = metrics(p.admin_addr).await;
+    metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}")
+}
+
 /// The proxy in front of [`large_answer_slot`] (blue), with 1 s timers.
 async fn large_answer_proxy(h: &Harness) -> mcpflip::run::Running {
     let (large, _) = large_answer_slot().await;
@@ -2101,12 +2107,7 @@ async fn an_h2_client_that_never_opens_its_windows_is_dropped_after_send_timeout
         "the connection of a client that takes nothing is still open"
     );
     until("no request in flight on blue", || blue.inflight() == 0).await;
-    let m = metrics(p.admin_addr).await;
-    assert_eq!(
-        metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}"),
-        1,
-        "{m}"
-    );
+    assert_eq!(send_timeouts(&p).await, 1);
     drop(held);
     p.shutdown().await;
     h.stop.cancel();
@@ -2133,12 +2134,7 @@ async fn an_h1_client_that_stops_reading_its_answer_is_dropped_after_send_timeou
     // Reads nothing more for well past send_timeout (1 s) plus its check.
     tokio::time::sleep(Duration::from_secs(4)).await;
     until("no request in flight on blue", || blue.inflight() == 0).await;
-    let m = metrics(p.admin_addr).await;
-    assert_eq!(
-        metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}"),
-        1,
-        "{m}"
-    );
+    assert_eq!(send_timeouts(&p).await, 1);
     // What the client then reads ends short of the answer: it was cut.
     let got = read_until_closed(&mut s)
         .await
@@ -2195,12 +2191,7 @@ async fn send_timeout_spares_quiet_streams_slow_readers_and_slow_answers() {
     )
     .await;
     assert_eq!(status, 200, "{text}");
-    let m = metrics(p.admin_addr).await;
-    assert_eq!(
-        metric(&m, "mcpflip_client_errors_total{kind=\"send_timeout\"}"),
-        0,
-        "{m}"
-    );
+    assert_eq!(send_timeouts(&p).await, 0);
     // The quiet stream is still open (what it has is read; it does not end).
     let mut rest = [0u8; 4096];
     while let Ok(read) =
