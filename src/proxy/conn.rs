@@ -44,8 +44,10 @@
 //!   once its request is out: Python's `http.client`, curl without `Expect`)
 //!   would get that reset instead of its answer.
 //!
-//! Nothing here runs per request beyond three atomic operations and a clock
-//! read: the idle timer is lazy (as nginx's and HAProxy's are). A request's
+//! Nothing here runs per request beyond a few atomic operations (three for
+//! the idle timer, about four more for the send check's count of what is
+//! handed out; bench/PROFILE.md §40) and a clock read: the timers are lazy
+//! (as nginx's and HAProxy's are). A request's
 //! end stores the time; the driver's timer, set for the idle deadline of an
 //! earlier request, moves itself to the new one when it fires. Only a
 //! driver whose timer found the connection busy asks to be woken by the end
