@@ -990,3 +990,60 @@ async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
     .await;
     assert_eq!(moved_whoami(&f, 1, &late, 1000).await, "green");
 }
+
+/// A session that began through instance 1 and whose requests then all
+/// come through instance 2 (a load balancer that moved its client), which
+/// never read its record (nothing moved), keeps its record in etcd while it
+/// is used: instance 2 renews it with its own lease. Before, only the
+/// instance holding it renewed it, and only for requests it saw: the record
+/// went after `migrate_idle` while the session was in use, and its move then
+/// found nothing (`not_captured`, 404). `idle`, used by no one, expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_used_only_through_another_instance_keeps_its_record() {
+    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+        c.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_idle", "6s")
+    })
+    .await;
+    let url = format!("{}/mcp", f.i(1).base);
+    let used = open_session(&f.client, &url).await;
+    let idle = open_session(&f.client, &url).await;
+    support::until_async("both records written to etcd", || async {
+        session_keys(&f).await.len() == 2
+    })
+    .await;
+    // Once a second through instance 2, until `idle`'s record expires
+    // (migrate_idle 6 s plus two renewal periods of 1.5 s).
+    let end = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut n = 10;
+    loop {
+        n += 1;
+        assert_eq!(moved_whoami(&f, 2, &used, n).await, "blue");
+        if session_keys(&f).await.len() < 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "idle's record never expired"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        session_keys(&f).await.len(),
+        1,
+        "the session in use kept its record"
+    );
+    // And it moves through instance 2 once blue is gone; `idle` cannot.
+    assert_eq!(f.i(2).ctl("flip green --no-probe").await["ok"], true);
+    assert_eq!(f.i(2).ctl("retire blue").await["ok"], true);
+    for n in 1..=3 {
+        until_status(f.i(n), "blue retired everywhere", |s| {
+            state_of(s, "blue") == "retired"
+        })
+        .await;
+    }
+    assert_eq!(moved_whoami(&f, 2, &used, 100).await, "green");
+    let (status, _) = call_whoami(&f.client, &format!("{}/mcp", f.i(2).base), &idle, 101).await;
+    assert_eq!(status, 404, "idle's record is gone");
+    drop(f.etcd);
+}

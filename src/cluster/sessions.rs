@@ -196,21 +196,28 @@ impl FleetSessions {
 
     /// Grants the next lease and binds to it the sessions that had a request
     /// here within the last period (and a little more, for the clock's
-    /// whole seconds), both keys where they exist.
+    /// whole seconds), both keys where they exist: those this instance
+    /// holds, and those another one holds that were used through this one
+    /// (a client the load balancer moved here after its session began).
     async fn renew(&self, sessions: &Sessions, period: Duration) -> Result<(), EtcdError> {
         let lease = self.grant().await?;
         let mut used = sessions.used_within(period + Duration::from_secs(2));
         // A legacy session has no keys in etcd (its stream moves it, here
         // alone): one in a chunk would send the chunk key by key.
         used.retain(|c| !c.is_legacy());
-        for chunk in used.chunks(TXN_OPS / 2) {
-            let mut keys = Vec::with_capacity(chunk.len() * 2);
-            for c in chunk {
-                keys.push(self.key(c.id(), "record"));
-                if c.moved_to().is_some() {
-                    keys.push(self.key(c.id(), "moved"));
-                }
+        let mut keys = Vec::with_capacity(used.len() * 2);
+        for c in &used {
+            keys.push(self.key(c.id(), "record"));
+            if c.moved_to().is_some() {
+                keys.push(self.key(c.id(), "moved"));
             }
+        }
+        // Its record only: a move of it is renewed by the instances that
+        // hold the session (and took the move).
+        for id in sessions.take_foreign() {
+            keys.push(self.key(&id, "record"));
+        }
+        for keys in keys.chunks(TXN_OPS) {
             let all = Txn {
                 compare: keys
                     .iter()
@@ -234,7 +241,10 @@ impl FleetSessions {
             for key in keys {
                 let one = Txn {
                     compare: vec![Compare::Exists { key: key.clone() }],
-                    success: vec![Op::Touch { key, lease }],
+                    success: vec![Op::Touch {
+                        key: key.clone(),
+                        lease,
+                    }],
                     failure: vec![],
                 };
                 self.etcd.txn(&one).await?;

@@ -1113,11 +1113,12 @@ impl Forwarder {
         }))
     }
 
-    /// Resets session `sid`'s idle clock; whether it moved (migration on).
+    /// Resets Streamable HTTP session `sid`'s idle clock (in a fleet, notes
+    /// one held elsewhere for its renewal); whether it moved (migration on).
     fn touched_moved(&self, sid: &HeaderValue) -> bool {
         self.sessions
             .as_ref()
-            .is_some_and(|s| s.touch(sid.as_bytes()))
+            .is_some_and(|s| s.touch_streamable(sid.as_bytes()))
     }
 
     /// Whether legacy session `sid`'s stream moved, or is moving, off the

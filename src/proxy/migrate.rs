@@ -345,6 +345,14 @@ impl Hasher for KeyHasher {
 
 type Shard = RwLock<HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>>;
 
+/// In a fleet: the ids of sessions this instance does not hold that had a
+/// request here since the last renewal, by map key (one map per shard).
+type Foreign = Mutex<HashMap<u64, Box<[u8]>, BuildHasherDefault<KeyHasher>>>;
+
+/// Most ids of sessions held elsewhere noted per renewal period (a few MiB
+/// at most): past it, a session used only here may go unrenewed.
+const MAX_FOREIGN: usize = 65_536;
+
 /// The captured sessions, by the tagged `Mcp-Session-Id` the client holds.
 #[derive(Debug)]
 pub struct Sessions {
@@ -361,6 +369,10 @@ pub struct Sessions {
     stats: Arc<ProxyStats>,
     /// The fleet's copy (`[cluster]`), set once at start.
     mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
+    /// In a fleet: sessions another instance holds, used here (renewed with
+    /// this instance's lease, `cluster::sessions`).
+    foreign: Box<[Foreign]>,
+    foreign_count: AtomicUsize,
 }
 
 impl Sessions {
@@ -378,6 +390,8 @@ impl Sessions {
                 .unwrap_or_else(Instant::now),
             stats,
             mirror: std::sync::OnceLock::new(),
+            foreign: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            foreign_count: AtomicUsize::new(0),
         }
     }
 
@@ -528,6 +542,17 @@ impl Sessions {
     /// another session only keeps that one from idling out, or sends its
     /// requests the way of a moved session, where `find` compares ids.
     pub fn touch(&self, id: &[u8]) -> bool {
+        self.touch_noting(id, false)
+    }
+
+    /// [`Sessions::touch`] for a Streamable HTTP session (its id tagged by
+    /// this fleet): one this instance does not hold is noted for the
+    /// fleet's renewal.
+    pub fn touch_streamable(&self, id: &[u8]) -> bool {
+        self.touch_noting(id, true)
+    }
+
+    fn touch_noting(&self, id: &[u8], note: bool) -> bool {
         let key = self.key(id);
         let map = self.shard(key).read().unwrap_or_else(|p| p.into_inner());
         match map.get(&key) {
@@ -535,8 +560,41 @@ impl Sessions {
                 e.last_used.store(self.now(), Ordering::Relaxed);
                 e.captured.has_moved()
             }
-            None => false,
+            None => {
+                drop(map);
+                if note && self.mirror().is_some() {
+                    self.note_foreign(key, id);
+                }
+                false
+            }
         }
+    }
+
+    /// A Streamable HTTP session this instance does not hold had a request
+    /// here: in a fleet its record (another instance's) is renewed with
+    /// this instance's lease too, so that it lives while any instance sees
+    /// it used. Once per session and period; bounded.
+    #[cold]
+    fn note_foreign(&self, key: u64, id: &[u8]) {
+        let mut seen = self.foreign[(key >> 32) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains_key(&key) || self.foreign_count.load(Ordering::Relaxed) >= MAX_FOREIGN {
+            return;
+        }
+        seen.insert(key, id.into());
+        self.foreign_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The ids [`Sessions::note_foreign`] noted since the last call.
+    pub fn take_foreign(&self) -> Vec<Box<[u8]>> {
+        let mut out = Vec::new();
+        for shard in self.foreign.iter() {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()));
+            self.foreign_count.fetch_sub(taken.len(), Ordering::Relaxed);
+            out.extend(taken.into_values());
+        }
+        out
     }
 
     /// Forgets `id` (its session ended: DELETE, or a 404 from its slot),
