@@ -586,7 +586,8 @@ impl Sessions {
         self.foreign_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The ids [`Sessions::note_foreign`] noted since the last call.
+    /// The ids of sessions held elsewhere that [`Sessions::touch_streamable`]
+    /// noted since the last call.
     pub fn take_foreign(&self) -> Vec<Box<[u8]>> {
         let mut out = Vec::new();
         for shard in self.foreign.iter() {
