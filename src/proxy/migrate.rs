@@ -345,6 +345,13 @@ impl Hasher for KeyHasher {
 
 type Shard = RwLock<HashMap<u64, Entry, BuildHasherDefault<KeyHasher>>>;
 
+/// The shard of map key `key` (of the sessions, and of the foreign ids):
+/// bits the map itself does not use for the bucket (low bits) or the
+/// control byte (top 7).
+fn shard_of(key: u64) -> usize {
+    (key >> 32) as usize % SHARDS
+}
+
 /// In a fleet: the ids of sessions this instance does not hold that had a
 /// request here since the last renewal, by map key (one map per shard).
 type Foreign = Mutex<HashMap<u64, Box<[u8]>, BuildHasherDefault<KeyHasher>>>;
@@ -437,10 +444,9 @@ impl Sessions {
         self.hasher.hash_one(id)
     }
 
-    /// The shard of map key `key`: bits the map itself does not use for
-    /// the bucket (low bits) or the control byte (top 7).
+    /// The shard of map key `key` ([`shard_of`]).
     fn shard(&self, key: u64) -> &Shard {
-        &self.shards[(key >> 32) as usize % SHARDS]
+        &self.shards[shard_of(key)]
     }
 
     fn now(&self) -> u64 {
@@ -573,10 +579,10 @@ impl Sessions {
     /// A Streamable HTTP session this instance does not hold had a request
     /// here: in a fleet its record (another instance's) is renewed with
     /// this instance's lease too, so that it lives while any instance sees
-    /// it used. Once per session and period; bounded.
-    #[cold]
+    /// it used. Noted once per session and period (a shard's lock, and an
+    /// allocation the first time); bounded.
     fn note_foreign(&self, key: u64, id: &[u8]) {
-        let mut seen = self.foreign[(key >> 32) as usize % SHARDS]
+        let mut seen = self.foreign[shard_of(key)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if seen.contains_key(&key) || self.foreign_count.load(Ordering::Relaxed) >= MAX_FOREIGN {
