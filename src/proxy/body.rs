@@ -353,6 +353,15 @@ impl Stream {
         deadline.as_mut().poll(cx).is_pending()
     }
 
+    /// What goes to the client: a legacy session's answers passing
+    /// ([`Splicer::watch`]) and the call's own answer ([`Self::watch_answer`]).
+    fn watch_sent(&mut self, data: &[u8]) {
+        if let Some(s) = self.splice.as_mut() {
+            s.watch(data);
+        }
+        self.watch_answer(data);
+    }
+
     /// Notes whether `data` carries the call's answer (the stream of a POST
     /// holds one request's messages: progress notifications, server requests,
     /// then the answer), and the last event id the client saw before it.
@@ -573,10 +582,7 @@ impl Stream {
                     // Only what the client gets is answered: an answer in
                     // the rest, dropped here, leaves its call waiting (for
                     // its interrupted-call error when the stream moves).
-                    if let Some(s) = self.splice.as_mut() {
-                        s.watch(&data[..end]);
-                    }
-                    self.watch_answer(&data[..end]);
+                    self.watch_sent(&data[..end]);
                     if self.splice.as_ref().is_some_and(|s| s.slot_gone()) {
                         // A legacy session's stream moves at the next poll,
                         // at this boundary; the old stream's rest is dropped.
@@ -595,16 +601,10 @@ impl Stream {
                         None => Poll::Ready(Some(Ok(Frame::data(data)))),
                     };
                 }
-                if let Some(s) = self.splice.as_mut() {
-                    s.watch(&data);
-                }
-                self.watch_answer(&data);
+                self.watch_sent(&data);
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            if let Some(s) = self.splice.as_mut() {
-                s.watch(&data);
-            }
-            self.watch_answer(&data);
+            self.watch_sent(&data);
             if let Some(ms) = self.scanner.feed(&data) {
                 if let Some(g) = &self.guard {
                     g.stats().note_retry(ms);
