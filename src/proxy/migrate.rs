@@ -356,9 +356,14 @@ fn shard_of(key: u64) -> usize {
 /// request here since the last renewal, by map key (one map per shard).
 type Foreign = Mutex<HashMap<u64, Box<[u8]>, BuildHasherDefault<KeyHasher>>>;
 
-/// Most ids of sessions held elsewhere noted per renewal period (a few MiB
-/// at most): past it, a session used only here may go unrenewed.
-const MAX_FOREIGN: usize = 65_536;
+/// Most ids of sessions held elsewhere noted per renewal period: past it, a
+/// session used only here may go unrenewed. Any client can make ids up (a
+/// tag is public), and an id with no record in etcd costs the renewal a
+/// transaction of its own: this bounds that too.
+const MAX_FOREIGN: usize = 4_096;
+/// Longest id noted (the SDKs' are UUIDs, 32 to 36 characters, plus the
+/// tag): with [`MAX_FOREIGN`], 1 MiB at most.
+const MAX_FOREIGN_ID: usize = 256;
 
 /// The captured sessions, by the tagged `Mcp-Session-Id` the client holds.
 #[derive(Debug)]
@@ -568,7 +573,7 @@ impl Sessions {
             }
             None => {
                 drop(map);
-                if note && self.mirror().is_some() {
+                if note && id.len() <= MAX_FOREIGN_ID && self.mirror().is_some() {
                     self.note_foreign(key, id);
                 }
                 false
@@ -1302,6 +1307,59 @@ mod tests {
 
     fn request_id(body: &[u8]) -> Option<Bytes> {
         call_id(body)
+    }
+
+    /// A mirror that records nothing: the store acts as in a fleet.
+    #[derive(Debug)]
+    struct NoFleet;
+
+    impl Mirror for NoFleet {
+        fn changed(&self, _: &Arc<Captured>) {}
+        fn ended(&self, _: &[u8]) {}
+        fn fetch<'a>(&'a self, _: &'a [u8]) -> MirrorFuture<'a, Option<Exported>> {
+            Box::pin(async { None })
+        }
+        fn move_of<'a>(&'a self, _: &'a [u8]) -> MirrorFuture<'a, Result<FleetMove, ()>> {
+            Box::pin(async { Err(()) })
+        }
+        fn record_move<'a>(
+            &'a self,
+            _: &'a [u8],
+            _: i64,
+            _: &'a ExportedMove,
+        ) -> MirrorFuture<'a, Result<Option<FleetMove>, ()>> {
+            Box::pin(async { Err(()) })
+        }
+    }
+
+    /// In a fleet, the ids of sessions held elsewhere that had a request
+    /// here are noted once each for the renewal, and what a client can make
+    /// up is bounded: ids over 256 bytes are not noted, nor more than 4,096
+    /// per period; a session held here is never noted, nor any outside a
+    /// fleet.
+    #[test]
+    fn foreign_ids_are_noted_once_and_bounded() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(100, Duration::from_secs(3600), stats);
+        assert!(!s.touch_streamable(b"mf1.blue.1.a"));
+        assert!(s.take_foreign().is_empty(), "not in a fleet");
+
+        s.set_mirror(Arc::new(NoFleet));
+        let held = HeaderValue::from_static("mf1.blue.1.held");
+        assert!(s.capture(&held, Bytes::from_static(b"{}")));
+        s.touch_streamable(held.as_bytes());
+        s.touch_streamable(b"mf1.blue.1.a");
+        s.touch_streamable(b"mf1.blue.1.a");
+        s.touch(b"mf1.blue.1.legacy");
+        s.touch_streamable(format!("mf1.blue.1.{}", "x".repeat(300)).as_bytes());
+        let noted = s.take_foreign();
+        assert_eq!(noted, [b"mf1.blue.1.a".to_vec().into_boxed_slice()]);
+        assert!(s.take_foreign().is_empty(), "taken once");
+
+        for n in 0..5_000 {
+            s.touch_streamable(format!("mf1.blue.1.{n}").as_bytes());
+        }
+        assert_eq!(s.take_foreign().len(), MAX_FOREIGN);
     }
 
     /// Every byte a session holds counts in the store's bytes while it is
