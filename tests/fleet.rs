@@ -1047,3 +1047,110 @@ async fn a_session_used_only_through_another_instance_keeps_its_record() {
     assert_eq!(status, 404, "idle's record is gone");
     drop(f.etcd);
 }
+
+/// What etcd has committed through raft: every transaction that may write,
+/// whether its comparisons held or not.
+async fn proposals(f: &Fleet) -> u64 {
+    let url = format!("{}/metrics", f.etcd.endpoints()[0]);
+    let text = support::mcp::get_text(&f.client, &url).await;
+    support::metric(&text, "etcd_server_proposals_committed_total")
+}
+
+/// A client that makes session ids up (tagged as this fleet tags them) and
+/// sends each once through an instance that does not hold it costs the
+/// renewal no transaction per id. Before, a chunk holding one made-up id
+/// failed its transaction and every key of the chunk was then touched in a
+/// transaction of its own: 400 made-up ids, over 400 raft proposals (each a
+/// disk sync) within a renewal period. The session in use keeps its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_session_ids_cost_the_renewal_no_transaction_each() {
+    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+        c.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_idle", "6s")
+    })
+    .await;
+    let real = open_session(&f.client, &format!("{}/mcp", f.i(1).base)).await;
+    support::until_async("the session's record written to etcd", || async {
+        session_keys(&f).await.len() == 1
+    })
+    .await;
+    let tag = mcpflip::mcp::tag::SessionTag::decode(&real).expect("a tagged id");
+    let prefix = &real[..tag.prefix_len(&real)];
+    let url = format!("{}/mcp", f.i(2).base);
+    let before = proposals(&f).await;
+    for n in 0..400 {
+        let (status, _) = call_whoami(&f.client, &url, &format!("{prefix}made-up-{n}"), n).await;
+        assert_eq!(status, 404, "a made-up session is not found");
+    }
+    // The real one is used through instance 2 too, and the renewals of
+    // two periods (1.5 s each) run.
+    assert_eq!(moved_whoami(&f, 2, &real, 1000).await, "blue");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let spent = proposals(&f).await - before;
+    assert!(
+        spent < 150,
+        "{spent} raft proposals for 400 made-up session ids in two renewal periods"
+    );
+    assert_eq!(
+        session_keys(&f).await.len(),
+        1,
+        "the real session's record stays"
+    );
+    assert_eq!(moved_whoami(&f, 2, &real, 1001).await, "blue");
+    drop(f.etcd);
+}
+
+/// A session that ended through another instance, in the same renewal as
+/// 60 sessions in use here, costs the renewal one transaction more, not one
+/// per session (fewer than 70 raft proposals in all over two periods; 103
+/// before). Before, the chunk's transaction failed on the gone record,
+/// and each of the 61 keys was then touched in a transaction of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_elsewhere_costs_the_renewal_one_transaction() {
+    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+        c.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_idle", "6s")
+    })
+    .await;
+    let url = |n: usize| format!("{}/mcp", f.i(n).base);
+    let mut here = Vec::new();
+    for _ in 0..60 {
+        here.push(open_session(&f.client, &url(2)).await);
+    }
+    let gone = open_session(&f.client, &url(1)).await;
+    support::until_async("61 records written to etcd", || async {
+        session_keys(&f).await.len() == 61
+    })
+    .await;
+    let before = proposals(&f).await;
+    for (n, sid) in here.iter().enumerate() {
+        assert_eq!(moved_whoami(&f, 2, sid, n as u32).await, "blue");
+    }
+    // Noted through instance 2, then ended through instance 1.
+    assert_eq!(moved_whoami(&f, 2, &gone, 100).await, "blue");
+    let resp = f
+        .client
+        .request(
+            http::Request::delete(url(1))
+                .header("mcp-session-id", &gone)
+                .header("mcp-protocol-version", "2025-06-18")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("request"),
+        )
+        .await
+        .expect("DELETE");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    // Two renewal periods (1.5 s each).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let spent = proposals(&f).await - before;
+    assert!(
+        spent < 70,
+        "{spent} raft proposals in two renewal periods of 60 sessions and one gone"
+    );
+    assert_eq!(
+        session_keys(&f).await.len(),
+        60,
+        "the 60 in use keep theirs"
+    );
+    drop(f.etcd);
+}

@@ -218,33 +218,45 @@ impl FleetSessions {
             keys.push(self.key(&id, "record"));
         }
         for keys in keys.chunks(TXN_OPS) {
+            // All of them, or (one is gone: its session ended through
+            // another instance, a move is not recorded, or a client made
+            // the id up) which still exist, in the same transaction.
             let all = Txn {
-                compare: keys
-                    .iter()
-                    .map(|k| Compare::Exists { key: k.clone() })
-                    .collect(),
-                success: keys
-                    .iter()
-                    .map(|k| Op::Touch {
-                        key: k.clone(),
-                        lease,
-                    })
-                    .collect(),
-                failure: vec![],
+                compare: exists(keys),
+                success: touch(keys, lease),
+                failure: keys.iter().map(|k| Op::Exists { key: k.clone() }).collect(),
             };
-            if self.etcd.txn(&all).await?.succeeded {
+            let out = self.etcd.txn(&all).await?;
+            if out.succeeded {
                 continue;
             }
-            // One of them is gone (its session ended through another
-            // instance, or a move is not recorded): each on its own. A gone
-            // record is not written again: an ended session stays ended.
-            for key in keys {
+            // Those that exist, in one more. A gone record is not written
+            // again: an ended session stays ended. A made-up id costs no
+            // transaction of its own (at most MAX_FOREIGN of them a period).
+            let there: Vec<Vec<u8>> = keys
+                .iter()
+                .zip(&out.gets)
+                .filter(|(_, kvs)| !kvs.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            if there.is_empty() {
+                continue;
+            }
+            let some = Txn {
+                compare: exists(&there),
+                success: touch(&there, lease),
+                failure: vec![],
+            };
+            if self.etcd.txn(&some).await?.succeeded {
+                continue;
+            }
+            // One of those ended meanwhile: each on its own (sessions that
+            // existed a moment ago, not made-up ids).
+            for key in there {
+                let one = std::slice::from_ref(&key);
                 let one = Txn {
-                    compare: vec![Compare::Exists { key: key.clone() }],
-                    success: vec![Op::Touch {
-                        key: key.clone(),
-                        lease,
-                    }],
+                    compare: exists(one),
+                    success: touch(one, lease),
                     failure: vec![],
                 };
                 self.etcd.txn(&one).await?;
@@ -347,6 +359,23 @@ impl FleetSessions {
         let moved = first(gets.next());
         Ok((record, moved))
     }
+}
+
+/// Each of `keys` exists.
+fn exists(keys: &[Vec<u8>]) -> Vec<Compare> {
+    keys.iter()
+        .map(|k| Compare::Exists { key: k.clone() })
+        .collect()
+}
+
+/// Binds each of `keys` to `lease`, their values kept.
+fn touch(keys: &[Vec<u8>], lease: i64) -> Vec<Op> {
+    keys.iter()
+        .map(|k| Op::Touch {
+            key: k.clone(),
+            lease,
+        })
+        .collect()
 }
 
 /// The record of captured session `c`; `None` when a body is not text (the

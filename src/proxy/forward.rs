@@ -1165,8 +1165,9 @@ impl Forwarder {
         client_sid: &Option<HeaderValue>,
     ) {
         let Some(sid) = client_sid else { return };
-        if *method == http::Method::DELETE || parts.status == StatusCode::NOT_FOUND {
-            sessions.remove(sid.as_bytes());
+        let found = parts.status != StatusCode::NOT_FOUND;
+        if *method == http::Method::DELETE || !found {
+            sessions.remove(sid.as_bytes(), found);
         } else if let (true, migrate::Kind::Shaping, Some(body)) =
             (parts.status.is_success(), kind, buffered)
         {

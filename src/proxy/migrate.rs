@@ -610,11 +610,14 @@ impl Sessions {
     }
 
     /// Forgets `id` (its session ended: DELETE, or a 404 from its slot),
-    /// here and in the fleet (whichever instance it began through).
-    pub fn remove(&self, id: &[u8]) {
-        if let Some(m) = self.mirror() {
-            m.ended(id);
-        }
+    /// here and in the fleet: `everywhere` (a DELETE its slot took) ends it
+    /// whichever instance it began through; otherwise (a 404) it ends in the
+    /// fleet only if this instance held it. An id another instance holds, or
+    /// that a client made up, then costs etcd no write per request; a record
+    /// of another instance's session that its slot no longer knows is no
+    /// longer renewed from here, and expires (`migrate_idle`) unless used
+    /// elsewhere.
+    pub fn remove(&self, id: &[u8], everywhere: bool) {
         let key = self.key(id);
         let gone = {
             let mut map = self.shard(key).write().unwrap_or_else(|p| p.into_inner());
@@ -623,6 +626,17 @@ impl Sessions {
                 _ => None,
             }
         };
+        if let Some(m) = self.mirror() {
+            if everywhere || gone.is_some() {
+                m.ended(id);
+            }
+            let mut noted = self.foreign[shard_of(key)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if noted.remove(&key).is_some() {
+                self.foreign_count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         if gone.is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.publish();
@@ -1311,11 +1325,17 @@ mod tests {
 
     /// A mirror that records nothing: the store acts as in a fleet.
     #[derive(Debug)]
-    struct NoFleet;
+    /// A fleet of one that keeps nothing but the ids it was told ended.
+    #[derive(Default)]
+    struct NoFleet {
+        ended: std::sync::Mutex<Vec<Box<[u8]>>>,
+    }
 
     impl Mirror for NoFleet {
         fn changed(&self, _: &Arc<Captured>) {}
-        fn ended(&self, _: &[u8]) {}
+        fn ended(&self, id: &[u8]) {
+            self.ended.lock().unwrap().push(id.into());
+        }
         fn fetch<'a>(&'a self, _: &'a [u8]) -> MirrorFuture<'a, Option<Exported>> {
             Box::pin(async { None })
         }
@@ -1344,7 +1364,7 @@ mod tests {
         assert!(!s.touch_streamable(b"mf1.blue.1.a"));
         assert!(s.take_foreign().is_empty(), "not in a fleet");
 
-        s.set_mirror(Arc::new(NoFleet));
+        s.set_mirror(Arc::new(NoFleet::default()));
         let held = HeaderValue::from_static("mf1.blue.1.held");
         assert!(s.capture(&held, Bytes::from_static(b"{}")));
         s.touch_streamable(held.as_bytes());
@@ -1360,6 +1380,40 @@ mod tests {
             s.touch_streamable(format!("mf1.blue.1.{n}").as_bytes());
         }
         assert_eq!(s.take_foreign().len(), MAX_FOREIGN);
+    }
+
+    /// A 404 for an id this instance does not hold (another's session, or
+    /// one a client made up) ends nothing in the fleet and takes the id off
+    /// the renewal; a 404 for a session held here, or a DELETE its slot
+    /// took, ends it in the fleet. Before, every 404 queued a delete in etcd:
+    /// one write per made-up id.
+    #[test]
+    fn a_session_not_found_ends_in_the_fleet_only_where_it_was_held() {
+        let stats = Arc::new(ProxyStats::default());
+        let s = Sessions::new(100, Duration::from_secs(3600), stats);
+        let fleet = Arc::new(NoFleet::default());
+        s.set_mirror(fleet.clone());
+        let held = HeaderValue::from_static("mf1.blue.1.held");
+        assert!(s.capture(&held, Bytes::from_static(b"{}")));
+        s.touch_streamable(b"mf1.blue.1.made-up");
+        s.touch_streamable(b"mf1.blue.1.elsewhere");
+        s.remove(b"mf1.blue.1.made-up", false);
+        assert!(fleet.ended.lock().unwrap().is_empty(), "nothing ends");
+        assert_eq!(
+            s.take_foreign(),
+            [b"mf1.blue.1.elsewhere".to_vec().into_boxed_slice()],
+            "the id not found is not renewed"
+        );
+        s.remove(b"mf1.blue.1.elsewhere", true);
+        s.remove(held.as_bytes(), false);
+        assert_eq!(
+            *fleet.ended.lock().unwrap(),
+            [
+                b"mf1.blue.1.elsewhere".to_vec().into_boxed_slice(),
+                b"mf1.blue.1.held".to_vec().into_boxed_slice()
+            ]
+        );
+        assert!(s.get(held.as_bytes()).is_none());
     }
 
     /// Every byte a session holds counts in the store's bytes while it is
@@ -1391,7 +1445,7 @@ mod tests {
 
         // Forgotten by the store while held: what is added now goes with it.
         c.note_call(call(1));
-        s.remove(id.as_bytes());
+        s.remove(id.as_bytes(), true);
         c.note_call(call(2));
         assert_eq!(s.bytes(), init.len() + 2 * each, "held still");
         drop(c);
@@ -1636,7 +1690,7 @@ mod tests {
         assert_eq!(s.take_unanswered(a.as_bytes(), b"ev-05"), None, "once");
         assert_eq!(s.take_unanswered(a.as_bytes(), b"ev-99"), None);
         assert_eq!(s.bytes(), 2 + (MAX_UNANSWERED - 1) * each);
-        s.remove(a.as_bytes());
+        s.remove(a.as_bytes(), true);
         assert_eq!(s.bytes(), 0, "a session's unanswered calls go with it");
     }
 
@@ -1654,7 +1708,7 @@ mod tests {
         s.shard(ka).write().expect("lock").insert(ka, entry);
         assert!(s.get(a.as_bytes()).is_none());
         s.touch(a.as_bytes());
-        s.remove(a.as_bytes());
+        s.remove(a.as_bytes(), true);
         assert_eq!(s.len(), 1, "a's DELETE must not forget b");
         let held = s.shard(ka).read().expect("lock");
         assert_eq!(&*held.get(&ka).expect("kept").captured.id, b.as_bytes());
@@ -1678,7 +1732,7 @@ mod tests {
         assert_eq!((s.len(), stats.captured_sessions()), (2, 2));
         s.shape(a.as_bytes(), Bytes::from_static(b"12345"));
         assert_eq!(s.bytes(), 2 + 2 + 5);
-        s.remove(a.as_bytes());
+        s.remove(a.as_bytes(), true);
         assert!(s.get(a.as_bytes()).is_none());
         assert_eq!(s.len(), 1);
         // Idle expiry: zero idle forgets everything not touched this second.

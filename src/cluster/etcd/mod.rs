@@ -124,6 +124,12 @@ pub enum Op {
     Get {
         key: Vec<u8>,
     },
+    /// Whether `key` exists: a `Get` of the key alone (its entry in
+    /// [`TxnOutcome::gets`] has no value), so that asking costs no value's
+    /// bytes.
+    Exists {
+        key: Vec<u8>,
+    },
     Delete {
         key: Vec<u8>,
     },
@@ -143,7 +149,7 @@ pub struct TxnOutcome {
     pub succeeded: bool,
     /// The store's revision after it.
     pub revision: i64,
-    /// What each `Get` of the branch that ran read, in order.
+    /// What each `Get` (and `Exists`) of the branch that ran read, in order.
     pub gets: Vec<Vec<Kv>>,
     /// How many keys each `Delete` of the branch that ran removed, in order.
     pub deleted: Vec<i64>,
@@ -400,6 +406,7 @@ impl Etcd {
                 &wire::RangeRequest {
                     key,
                     range_end: &[],
+                    keys_only: false,
                 },
             )
             .await?;
@@ -415,6 +422,7 @@ impl Etcd {
                 &wire::RangeRequest {
                     key: prefix,
                     range_end: &end,
+                    keys_only: false,
                 },
             )
             .await?;
@@ -717,6 +725,12 @@ fn request_ops(ops: &[Op]) -> Vec<wire::RequestOp<'_>> {
             Op::Get { key } => wire::RequestOp::RequestRange(wire::RangeRequest {
                 key,
                 range_end: &[],
+                keys_only: false,
+            }),
+            Op::Exists { key } => wire::RequestOp::RequestRange(wire::RangeRequest {
+                key,
+                range_end: &[],
+                keys_only: true,
             }),
             Op::Delete { key } => wire::RequestOp::RequestDeleteRange(wire::DeleteRequest {
                 key,

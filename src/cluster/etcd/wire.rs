@@ -82,6 +82,9 @@ pub struct RangeRequest<'a> {
     pub key: &'a [u8],
     #[serde(with = "b64", skip_serializing_if = "<[u8]>::is_empty")]
     pub range_end: &'a [u8],
+    /// The keys alone, no values (whether they exist).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keys_only: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
