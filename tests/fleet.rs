@@ -740,6 +740,16 @@ async fn ctl_cluster_from_outside_the_instances_deploys() {
 
 /// The fleet's session records (`{prefix}.sessions/`): their keys.
 async fn session_keys(f: &Fleet) -> Vec<String> {
+    session_revisions(f)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// Each session key in etcd with the revision it was last written at (a
+/// renewal's touch writes it).
+async fn session_revisions(f: &Fleet) -> Vec<(String, i64)> {
     let etcd = mcpflip::cluster::etcd::Etcd::new(mcpflip::cluster::etcd::Settings {
         endpoints: f.etcd.endpoints(),
         tls: None,
@@ -751,7 +761,12 @@ async fn session_keys(f: &Fleet) -> Vec<String> {
         .await
         .expect("etcd answers");
     kvs.iter()
-        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                kv.mod_revision,
+            )
+        })
         .collect()
 }
 
@@ -1100,11 +1115,13 @@ async fn made_up_session_ids_cost_the_renewal_no_transaction_each() {
     drop(f.etcd);
 }
 
-/// A session that ended through another instance, in the same renewal as
-/// 60 sessions in use here, costs the renewal one transaction more, not one
-/// per session (fewer than 70 raft proposals in all over two periods; 103
-/// before). Before, the chunk's transaction failed on the gone record,
-/// and each of the 61 keys was then touched in a transaction of its own.
+/// A session whose record is gone from etcd (ended or expired through
+/// another instance) while its client still uses it here, in the same
+/// renewals as 60 sessions in use here, costs each renewal one transaction
+/// more, not one per session, and the 60 are still renewed (fewer than 100
+/// raft proposals in all over two periods; 167 before). Before, the chunk's
+/// transaction failed on the gone record, and each of the 61 keys was then
+/// touched in a transaction of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ended_elsewhere_costs_the_renewal_one_transaction() {
     let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
@@ -1117,40 +1134,61 @@ async fn a_session_ended_elsewhere_costs_the_renewal_one_transaction() {
     for _ in 0..60 {
         here.push(open_session(&f.client, &url(2)).await);
     }
+    support::until_async("60 records written to etcd", || async {
+        session_keys(&f).await.len() == 60
+    })
+    .await;
+    let ours = session_keys(&f).await;
     let gone = open_session(&f.client, &url(1)).await;
     support::until_async("61 records written to etcd", || async {
         session_keys(&f).await.len() == 61
     })
     .await;
-    let before = proposals(&f).await;
-    for (n, sid) in here.iter().enumerate() {
-        assert_eq!(moved_whoami(&f, 2, sid, n as u32).await, "blue");
+    // The record of `gone` (instance 1's) goes; its session lives on.
+    let etcd = mcpflip::cluster::etcd::Etcd::new(mcpflip::cluster::etcd::Settings {
+        endpoints: f.etcd.endpoints(),
+        tls: None,
+        credentials: None,
+        request_timeout: Duration::from_secs(2),
+    });
+    for key in session_keys(&f).await {
+        if !ours.contains(&key) {
+            assert_eq!(etcd.delete(key.as_bytes()).await.expect("etcd"), 1);
+        }
     }
-    // Noted through instance 2, then ended through instance 1.
-    assert_eq!(moved_whoami(&f, 2, &gone, 100).await, "blue");
-    let resp = f
-        .client
-        .request(
-            http::Request::delete(url(1))
-                .header("mcp-session-id", &gone)
-                .header("mcp-protocol-version", "2025-06-18")
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .expect("request"),
-        )
-        .await
-        .expect("DELETE");
-    assert!(resp.status().is_success(), "{}", resp.status());
-    // Two renewal periods (1.5 s each).
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let written = session_revisions(&f).await;
+    assert_eq!(written.len(), 60);
+    let before = proposals(&f).await;
+    // All 61 used through instance 2 for two renewal periods (1.5 s each):
+    // `gone` noted as another's in each renewal.
+    let end = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let mut n = 0;
+    while tokio::time::Instant::now() < end {
+        for sid in here.iter().chain([&gone]) {
+            n += 1;
+            assert_eq!(moved_whoami(&f, 2, sid, n).await, "blue");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let spent = proposals(&f).await - before;
     assert!(
-        spent < 70,
+        spent < 100,
         "{spent} raft proposals in two renewal periods of 60 sessions and one gone"
     );
+    // Renewed: each of the 60 bound to a later lease; the gone one is not
+    // written again.
+    let renewed = session_revisions(&f).await;
     assert_eq!(
-        session_keys(&f).await.len(),
+        renewed.len(),
         60,
-        "the 60 in use keep theirs"
+        "the 60 in use keep theirs, gone stays gone"
     );
+    for (key, revision) in &renewed {
+        let (_, was) = written
+            .iter()
+            .find(|(k, _)| k == key)
+            .expect("written before");
+        assert!(revision > was, "{key} was not renewed");
+    }
     drop(f.etcd);
 }

@@ -233,12 +233,17 @@ impl FleetSessions {
             // Those that exist, in one more. A gone record is not written
             // again: an ended session stays ended. A made-up id costs no
             // transaction of its own (at most MAX_FOREIGN of them a period).
-            let there: Vec<Vec<u8>> = keys
-                .iter()
-                .zip(&out.gets)
-                .filter(|(_, kvs)| !kvs.is_empty())
-                .map(|(k, _)| k.clone())
-                .collect();
+            let there: Vec<Vec<u8>> = if out.gets.len() == keys.len() {
+                keys.iter()
+                    .zip(&out.gets)
+                    .filter(|(_, kvs)| !kvs.is_empty())
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            } else {
+                // Not an answer per key: every key, each on its own below
+                // if need be.
+                keys.to_vec()
+            };
             if there.is_empty() {
                 continue;
             }
