@@ -738,6 +738,16 @@ async fn ctl_cluster_from_outside_the_instances_deploys() {
     );
 }
 
+/// Three instances with `[drain] migrate = "replay"` and `migrate_idle` of
+/// 6 s: the records renewed every 1.5 s, and gone 9 s after the last use.
+async fn migrating_fleet() -> Fleet {
+    Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+        c.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_idle", "6s")
+    })
+    .await
+}
+
 /// The fleet's session records (`{prefix}.sessions/`): their keys.
 async fn session_keys(f: &Fleet) -> Vec<String> {
     session_revisions(f)
@@ -809,11 +819,7 @@ async fn moved_whoami(f: &Fleet, n: usize, sid: &str, id: u32) -> String {
 /// after `migrate_idle` while one in use stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
-    let mut f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
-        c.set_str("drain", "migrate", "replay")
-            .set_str("drain", "migrate_idle", "6s")
-    })
-    .await;
+    let mut f = migrating_fleet().await;
     let url = |n: usize| format!("{}/mcp", f.i(n).base);
     let written = "mcpflip_cluster_session_writes_total{result=\"ok\"}";
 
@@ -1015,11 +1021,7 @@ async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
 /// found nothing (`not_captured`, 404). `idle`, used by no one, expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_used_only_through_another_instance_keeps_its_record() {
-    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
-        c.set_str("drain", "migrate", "replay")
-            .set_str("drain", "migrate_idle", "6s")
-    })
-    .await;
+    let f = migrating_fleet().await;
     let url = format!("{}/mcp", f.i(1).base);
     let used = open_session(&f.client, &url).await;
     let idle = open_session(&f.client, &url).await;
@@ -1079,11 +1081,7 @@ async fn proposals(f: &Fleet) -> u64 {
 /// disk sync) within a renewal period. The session in use keeps its record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_session_ids_cost_the_renewal_no_transaction_each() {
-    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
-        c.set_str("drain", "migrate", "replay")
-            .set_str("drain", "migrate_idle", "6s")
-    })
-    .await;
+    let f = migrating_fleet().await;
     let real = open_session(&f.client, &format!("{}/mcp", f.i(1).base)).await;
     support::until_async("the session's record written to etcd", || async {
         session_keys(&f).await.len() == 1
@@ -1124,11 +1122,7 @@ async fn made_up_session_ids_cost_the_renewal_no_transaction_each() {
 /// touched in a transaction of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ended_elsewhere_costs_the_renewal_one_transaction() {
-    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
-        c.set_str("drain", "migrate", "replay")
-            .set_str("drain", "migrate_idle", "6s")
-    })
-    .await;
+    let f = migrating_fleet().await;
     let url = |n: usize| format!("{}/mcp", f.i(n).base);
     let mut here = Vec::new();
     for _ in 0..60 {
