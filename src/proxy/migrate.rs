@@ -1323,10 +1323,9 @@ mod tests {
         call_id(body)
     }
 
-    /// A mirror that records nothing: the store acts as in a fleet.
-    #[derive(Debug)]
-    /// A fleet of one that keeps nothing but the ids it was told ended.
-    #[derive(Default)]
+    /// A mirror that keeps nothing but the ids it was told ended: the store
+    /// acts as in a fleet.
+    #[derive(Debug, Default)]
     struct NoFleet {
         ended: std::sync::Mutex<Vec<Box<[u8]>>>,
     }
