@@ -193,8 +193,11 @@ moves)
         echo "set pagination off"
         echo "set print frame-arguments none"
         echo "set breakpoint pending on"
+        # A CPU without ERMS (some VMs) gets the variants without the suffix.
         for f in __memmove_avx512_unaligned_erms __memmove_evex_unaligned_erms \
-                 __memmove_avx_unaligned_erms __memmove_sse2_unaligned_erms; do
+                 __memmove_avx_unaligned_erms __memmove_sse2_unaligned_erms \
+                 __memmove_avx512_unaligned __memmove_evex_unaligned \
+                 __memmove_avx_unaligned __memmove_sse2_unaligned; do
             printf 'break %s if $rdx >= 100\ncommands\nsilent\nprintf "SIZE %%d\\n", $rdx\nbt 2\ncontinue\nend\n' "$f"
         done
         echo "continue"
