@@ -80,7 +80,7 @@ master_process off;
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log warn;
-events { worker_connections 1024; }
+events { worker_connections 20000; }
 http {
     access_log off;
     upstream mcp { server 127.0.0.1:$up; keepalive 1024; keepalive_requests 1000000; }
