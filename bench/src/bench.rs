@@ -154,6 +154,12 @@ pub struct Options {
     /// Keep the temporary directory (every config and log).
     #[arg(long)]
     pub keep: bool,
+    /// W2: write every measured event's upstream send time and client
+    /// arrival (`ts_us arrival_us`, Unix microseconds) to one file per run
+    /// in DIR, to split the relay latency into hops against a packet capture
+    /// (bench/profile/hops.py).
+    #[arg(long, value_name = "DIR")]
+    pub w2_arrivals: Option<PathBuf>,
     /// Leave other processes on the proxy's cores (by default their threads
     /// are moved off them for the run and put back after).
     #[arg(long)]
@@ -257,6 +263,8 @@ pub struct Settings {
     pub w2_interval_ms: u64,
     pub w2_pad: usize,
     pub w2_window: Duration,
+    /// `--w2-arrivals`.
+    pub w2_arrivals: Option<std::path::PathBuf>,
     pub w3_flips: usize,
     /// One flip every this long (`--flip-every-ms`).
     pub w3_every: Duration,
@@ -316,6 +324,7 @@ impl Settings {
                 w2_interval_ms: 500,
                 w2_pad: 256,
                 w2_window: ms(1500),
+                w2_arrivals: o.w2_arrivals.clone(),
                 w3_flips: 100,
                 w3_every: ms(o.flip_every_ms.unwrap_or(5)),
                 w3_rate: 2000.0,
@@ -344,6 +353,7 @@ impl Settings {
                 w2_interval_ms: 500,
                 w2_pad: 256,
                 w2_window: ms(2500),
+                w2_arrivals: o.w2_arrivals.clone(),
                 w3_flips: 1000,
                 w3_every: ms(o.flip_every_ms.unwrap_or(5)),
                 w3_rate: 2000.0,
@@ -620,6 +630,17 @@ mod tests {
             cli.command,
             Some(Command::Render { soak: Some(ref s), .. }) if s == &PathBuf::from("s.json")
         ));
+    }
+
+    #[test]
+    fn w2_arrivals_are_kept_only_when_asked() {
+        let o = parse(&[]).expect("parses").run;
+        assert_eq!(Settings::new(&o, 9_000, String::new(), 1).w2_arrivals, None);
+        let o = parse(&["--only", "w2", "--w2-arrivals", "/tmp/a"])
+            .expect("parses")
+            .run;
+        let s = Settings::new(&o, 9_000, String::new(), 1);
+        assert_eq!(s.w2_arrivals, Some(PathBuf::from("/tmp/a")));
     }
 
     #[test]

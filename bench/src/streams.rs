@@ -55,6 +55,8 @@ pub struct TickerRun {
     pub cpu: CpuUse,
     /// Streams that ended before we closed them.
     pub cut: usize,
+    /// Each measured event's `(ts_us, arrival_us)`, when asked for.
+    pub arrivals: Vec<(u64, u64)>,
 }
 
 struct Shared {
@@ -64,12 +66,15 @@ struct Shared {
     failed: AtomicUsize,
     cut: AtomicUsize,
     hist: Mutex<Histogram<u64>>,
+    /// `Some` when each event's times are kept.
+    arrivals: Option<Mutex<Vec<(u64, u64)>>>,
     stop: CancellationToken,
 }
 
 /// Opens `n` ticker streams through `addr` (spread over `sources`), measures,
 /// closes them. `proxy` lists the proxy's processes (empty for direct);
-/// `groups` are the processes whose CPU time is read over the window.
+/// `groups` are the processes whose CPU time is read over the window;
+/// `arrivals` keeps each measured event's send and arrival times.
 #[allow(clippy::too_many_arguments)]
 pub async fn tickers(
     addr: SocketAddr,
@@ -81,6 +86,7 @@ pub async fn tickers(
     proxy: impl Fn() -> Vec<u32>,
     groups: impl Fn() -> Vec<(&'static str, Vec<u32>)>,
     window: Duration,
+    arrivals: bool,
 ) -> TickerRun {
     let pids0 = proxy();
     let rss0 = sys::rss_kib(&pids0);
@@ -91,6 +97,7 @@ pub async fn tickers(
         failed: AtomicUsize::new(0),
         cut: AtomicUsize::new(0),
         hist: Mutex::new(stats::histogram()),
+        arrivals: arrivals.then(|| Mutex::new(Vec::new())),
         stop: CancellationToken::new(),
     });
     let req: Arc<[u8]> = http::get_stream(
@@ -155,6 +162,11 @@ pub async fn tickers(
         window,
         cpu,
         cut: shared.cut.load(Ordering::Acquire),
+        arrivals: shared
+            .arrivals
+            .as_ref()
+            .and_then(|a| a.lock().ok().map(|mut a| std::mem::take(&mut *a)))
+            .unwrap_or_default(),
     }
 }
 
@@ -210,6 +222,9 @@ async fn ticker_stream(
                     shared.events.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut h) = shared.hist.lock() {
                         stats::record(&mut h, arrived.saturating_sub(ts));
+                    }
+                    if let Some(Ok(mut a)) = shared.arrivals.as_ref().map(|a| a.lock()) {
+                        a.push((ts, arrived));
                     }
                 }
             }

@@ -41,6 +41,8 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
     };
     let (lo, hi) = crate::sys::ephemeral_ports();
     let per_source = ((hi - lo) as usize).saturating_sub(2000).max(1000);
+    // Numbers the arrival files in the order the runs happened.
+    let mut seq = 0;
     for round in b.rounds() {
         for (li, &n) in levels.iter().enumerate() {
             for i in b.order(round) {
@@ -64,8 +66,25 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                     || bref.targets[i].pids(),
                     || bref.cpu_groups(i),
                     s.w2_window,
+                    s.w2_arrivals.is_some(),
                 )
                 .await;
+                if let Some(dir) = &s.w2_arrivals {
+                    seq += 1;
+                    let path = dir.join(format!(
+                        "w2-{seq:03}-r{}-n{n}-{}.txt",
+                        round.i + 1,
+                        kind.label()
+                    ));
+                    let text: String = run
+                        .arrivals
+                        .iter()
+                        .map(|(ts, at)| format!("{ts} {at}\n"))
+                        .collect();
+                    std::fs::create_dir_all(dir)
+                        .and_then(|()| std::fs::write(&path, text))
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                }
                 let cell = &mut w.levels[li].cells[i];
                 // NaN where nothing was measured, so the rounds stay aligned.
                 let mem = run.rss_growth_kib.map(|g| g / n as f64);
