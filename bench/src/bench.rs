@@ -264,7 +264,7 @@ pub struct Settings {
     pub w2_pad: usize,
     pub w2_window: Duration,
     /// `--w2-arrivals`.
-    pub w2_arrivals: Option<std::path::PathBuf>,
+    pub w2_arrivals: Option<PathBuf>,
     pub w3_flips: usize,
     /// One flip every this long (`--flip-every-ms`).
     pub w3_every: Duration,

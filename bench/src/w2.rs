@@ -5,6 +5,7 @@
 //! the proxy's CPU time over the window (per-thread `schedstat`), over the
 //! events relayed in it, gives CPU per 1,000 events.
 
+use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::bench::Bench;
@@ -76,11 +77,10 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                         round.i + 1,
                         kind.label()
                     ));
-                    let text: String = run
-                        .arrivals
-                        .iter()
-                        .map(|(ts, at)| format!("{ts} {at}\n"))
-                        .collect();
+                    let mut text = String::with_capacity(run.arrivals.len() * 34);
+                    for (ts, at) in &run.arrivals {
+                        let _ = writeln!(text, "{ts} {at}");
+                    }
                     std::fs::create_dir_all(dir)
                         .and_then(|()| std::fs::write(&path, text))
                         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
