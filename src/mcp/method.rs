@@ -39,6 +39,8 @@ pub const OTHER: &str = "other";
 
 /// Number of label values: every known method, then `other`.
 pub const COUNT: usize = KNOWN.len() + 1;
+// An index is kept in a byte (`proxy::exchange::Exchange`).
+const _: () = assert!(COUNT <= u8::MAX as usize);
 
 /// The index of `method` in [`KNOWN`], or `KNOWN.len()` for `other`: byte
 /// compares only, no allocation.
