@@ -587,8 +587,11 @@ enum Relayed {
 /// One step of relaying a body.
 enum Step {
     Frame(Option<Result<http_body::Frame<Bytes>, BoxError>>),
-    /// The body has nothing now: what is gathered goes out first.
+    /// The body has nothing now, and what is gathered did not go out at
+    /// once: it goes out first.
     Write,
+    /// Writing to the client failed.
+    Failed(io::Error),
     ClientGone,
 }
 
@@ -620,25 +623,50 @@ where
     let chunked = framing == Framing::Chunked;
     let vectored = io.is_write_vectored();
     let mut held: Option<Bytes> = None;
+    // Bytes of `out` and `held` (framed) already written, when a write
+    // waits.
+    let mut written = 0;
     loop {
         let step = std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
             Poll::Ready(f) => Poll::Ready(Step::Frame(f.map(|r| r.map_err(Into::into)))),
-            Poll::Pending if !out.is_empty() || held.is_some() => Poll::Ready(Step::Write),
+            Poll::Pending if !out.is_empty() || held.is_some() => {
+                // Written now when the socket takes it all (the common
+                // case): the wake-ups the body registered in this poll
+                // stand, and the task waits for them without asking the
+                // body again (bench/PROFILE.md §46).
+                let data = held.as_deref().unwrap_or_default();
+                match poll_write_framed(io, cx, out, chunked, data, &mut written) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
+                    Poll::Pending => return Poll::Ready(Step::Write),
+                }
+                match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
+                    Poll::Pending => return Poll::Ready(Step::Write),
+                }
+                written = 0;
+                held = None;
+                // Waiting for the body (an event stream between events):
+                // the buffer is not kept meanwhile.
+                *out = Vec::new();
+                client_gone(io, buf, cx).map(|()| Step::ClientGone)
+            }
             Poll::Pending => client_gone(io, buf, cx).map(|()| Step::ClientGone),
         })
         .await;
         let data = match step {
             Step::Write => {
-                match held.take() {
-                    Some(data) => write_framed(io, out, chunked, &data).await?,
-                    None => io.write_all(out).await?,
-                }
+                // The socket is full (or a flush waits): the rest goes out
+                // as the client takes it.
+                let data = held.take();
+                let data = data.as_deref().unwrap_or_default();
+                write_framed(io, out, chunked, data, std::mem::take(&mut written)).await?;
                 io.flush().await?;
-                // Waiting for the body (an event stream between events):
-                // the buffer is not kept meanwhile.
                 *out = Vec::new();
                 continue;
             }
+            Step::Failed(e) => return Err(e),
             Step::ClientGone => return Ok(Relayed::ClientGone),
             Step::Frame(None) => break,
             Step::Frame(Some(Err(e))) => {
@@ -661,7 +689,7 @@ where
             left -= data.len() as u64;
         }
         if data.len() >= COPY_MAX {
-            write_framed(io, out, chunked, &data).await?;
+            write_framed(io, out, chunked, &data, 0).await?;
             out.clear();
         } else if vectored {
             held = Some(data);
@@ -698,41 +726,58 @@ fn gather(out: &mut Vec<u8>, chunked: bool, data: Option<Bytes>) {
 }
 
 /// Writes `out` and then `data`, framed, from their own buffers (a held
-/// frame, or one of [`COPY_MAX`] bytes or more): one `writev` when the socket
-/// takes them all.
+/// frame, or one of [`COPY_MAX`] bytes or more), on from the first `done`
+/// bytes: one `writev` when the socket takes them all.
 async fn write_framed<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &[u8],
     chunked: bool,
     data: &[u8],
+    mut done: usize,
 ) -> io::Result<()> {
+    std::future::poll_fn(|cx| poll_write_framed(io, cx, out, chunked, data, &mut done)).await
+}
+
+/// [`write_framed`] as a poll: `done` counts the bytes written, across
+/// polls that return `Pending`. An empty `data` is no chunk.
+fn poll_write_framed<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    out: &[u8],
+    chunked: bool,
+    data: &[u8],
+    done: &mut usize,
+) -> Poll<io::Result<()>> {
     let mut line = [0; CHUNK_LINE_MAX];
-    let (line, crlf): (&[u8], &[u8]) = if chunked {
+    let (line, crlf): (&[u8], &[u8]) = if chunked && !data.is_empty() {
         (chunk_line(data.len(), &mut line), b"\r\n")
     } else {
         (&[], &[])
     };
     let mut parts = [out, line, data, crlf];
-    let mut first = 0;
+    advance(&mut parts, *done);
     loop {
-        while first < parts.len() && parts[first].is_empty() {
-            first += 1;
-        }
-        if first == parts.len() {
-            return Ok(());
-        }
+        let Some(first) = parts.iter().position(|p| !p.is_empty()) else {
+            return Poll::Ready(Ok(()));
+        };
         let slices = parts.map(io::IoSlice::new);
-        let mut n = io.write_vectored(&slices[first..]).await?;
+        let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[first..]))?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
-        for part in &mut parts[first..] {
-            let k = n.min(part.len());
-            *part = &part[k..];
-            n -= k;
-            if n == 0 {
-                break;
-            }
+        *done += n;
+        advance(&mut parts, n);
+    }
+}
+
+/// Drops the first `n` bytes of `parts`.
+fn advance(parts: &mut [&[u8]], mut n: usize) {
+    for part in parts {
+        let k = n.min(part.len());
+        *part = &part[k..];
+        n -= k;
+        if n == 0 {
+            break;
         }
     }
 }
@@ -1542,6 +1587,70 @@ mod tests {
         dropped: Arc<AtomicBool>,
     }
 
+    /// A body that streams what the test sends and counts its polls.
+    struct Counted {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl RawAnswer for Counted {}
+
+    impl Body for Counted {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            self.rx
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streams_body_is_polled_twice_per_event() {
+        // Once for the event, once to find nothing more: the write that
+        // follows does not wait, so the body's wake-ups stand (PROFILE §46).
+        let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let body = Arc::new(std::sync::Mutex::new(Some(Counted {
+            rx,
+            polls: Arc::clone(&polls),
+        })));
+        let svc = service_fn(move |_req: Request<RequestBody>| {
+            let body = body.lock().unwrap().take().unwrap();
+            Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
+                as Pin<Box<dyn Future<Output = _> + Send>>
+        });
+        let (mut client, task) = open(svc);
+        client
+            .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let k = client.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..k]);
+        }
+        let before = polls.load(Ordering::SeqCst);
+        for n in 0..10u8 {
+            let event = format!("data: {n}\n\n");
+            events.send(Bytes::from(event.clone())).await.unwrap();
+            let k = client.read(&mut chunk).await.unwrap();
+            assert_eq!(&chunk[..k], format!("9\r\n{event}\r\n").as_bytes());
+        }
+        // Every event relayed, and the connection idle again.
+        tokio::task::yield_now().await;
+        let polls = polls.load(Ordering::SeqCst) - before;
+        assert_eq!(polls, 20, "body polls for 10 events");
+        drop(client);
+        task.await.unwrap().unwrap();
+        drop(events);
+    }
+
     impl RawAnswer for Watched {}
 
     impl Body for Watched {
@@ -1567,32 +1676,84 @@ mod tests {
     async fn a_held_frame_goes_out_whole_whatever_each_write_takes() {
         for chunked in [true, false] {
             for head in [&b"HTTP/1.1 200 OK\r\n\r\n"[..], b""] {
-                // A pipe that takes at most 3 bytes at a time: every write
-                // ends inside a part, or at its edge.
-                let (mut w, mut r) = tokio::io::duplex(3);
-                let reader = tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    r.read_to_end(&mut got).await.expect("read");
-                    got
-                });
-                write_framed(&mut w, head, chunked, b"data: {\"n\":1}\n\n")
-                    .await
-                    .expect("written");
-                drop(w);
                 let mut want = head.to_vec();
                 if chunked {
                     want.extend_from_slice(b"f\r\ndata: {\"n\":1}\n\n\r\n");
                 } else {
                     want.extend_from_slice(b"data: {\"n\":1}\n\n");
                 }
-                assert_eq!(
-                    String::from_utf8_lossy(&reader.await.expect("reader")),
-                    String::from_utf8_lossy(&want),
-                    "chunked: {chunked}, head: {}",
-                    !head.is_empty()
-                );
+                // Resumed after any number of bytes a write that waited took.
+                for done in 0..=want.len() {
+                    // A pipe that takes at most 3 bytes at a time: every write
+                    // ends inside a part, or at its edge.
+                    let (mut w, mut r) = tokio::io::duplex(3);
+                    let reader = tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        r.read_to_end(&mut got).await.expect("read");
+                        got
+                    });
+                    write_framed(&mut w, head, chunked, b"data: {\"n\":1}\n\n", done)
+                        .await
+                        .expect("written");
+                    drop(w);
+                    assert_eq!(
+                        String::from_utf8_lossy(&reader.await.expect("reader")),
+                        String::from_utf8_lossy(&want[done..]),
+                        "chunked: {chunked}, head: {}, from {done}",
+                        !head.is_empty()
+                    );
+                }
             }
         }
+        // No data, no chunk (a chunk of none would end the body).
+        let mut sink = Vec::new();
+        write_framed(&mut sink, b"head", true, b"", 0)
+            .await
+            .expect("written");
+        assert_eq!(sink, b"head");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_client_reads_slowly_loses_no_byte() {
+        // A pipe of 16 bytes: every event's write waits for the client, in
+        // the middle of its chunk, and is taken on where it stopped.
+        let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let body = Arc::new(std::sync::Mutex::new(Some(Watched {
+            rx,
+            dropped: Arc::new(AtomicBool::new(false)),
+        })));
+        let svc = service_fn(move |_req: Request<RequestBody>| {
+            let body = body.lock().unwrap().take().unwrap();
+            Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
+                as Pin<Box<dyn Future<Output = _> + Send>>
+        });
+        let (mut client, server) = tokio::io::duplex(16);
+        let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
+        client
+            .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut want = Vec::new();
+        for n in 0..6 {
+            let event = format!("data: {}\n\n", n.to_string().repeat(40 + n));
+            want.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+            events.send(Bytes::from(event)).await.unwrap();
+        }
+        want.extend_from_slice(b"0\r\n\r\n");
+        drop(events);
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        task.await.unwrap().unwrap();
+        let body = all.split(|_| false).next().unwrap();
+        let at = body
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        assert_eq!(
+            String::from_utf8_lossy(&all[at..]),
+            String::from_utf8_lossy(&want)
+        );
     }
 
     #[tokio::test]
