@@ -21,7 +21,9 @@
 # nginx) in front of it as is: the upstream's work per request behind each proxy.
 # WRK=1 (calls, nginx) pins the proxy on CPU 1 and the upstream on CPU 0 as W1 does, drives it
 # with wrk (C connections, on CPU 0) for N seconds, and prints the proxy's CPU per request, user
-# and system apart, and its context switches per 1,000 requests, from /proc (OUT gets wrk's report).
+# and system apart, and its context switches per 1,000 requests, from /proc (OUT gets wrk's report),
+# and wrk's own CPU and wake-ups per request (GNU time); with UPSTREAM=1, the upstream's instead
+# of the proxy's: what CPU 0, which bounds W1 at c=64 here, spends behind each proxy (§47).
 # KEEPALIVE=1 (calls, nginx): the client's requests say `Connection: keep-alive`, as the MCP
 # SDKs' HTTP clients (httpx, undici) send them.
 # SSE=1 (calls, nginx): the call is answered with an SSE stream (the demo's `slow` tool for 0
@@ -123,12 +125,22 @@ calls|nginx)
         ticks=$(getconf CLK_TCK)
         switches() { cat /proc/"$target"/task/*/status | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v, n}'; }
         before=$(cut -d' ' -f14,15 "/proc/$target/stat") sw0=$(switches)
-        taskset -c 0 wrk -t1 -c"$c" -d"${n}s" --latency -s "$dir/call.lua" "http://127.0.0.1:$port/mcp" >"$out"
+        # wrk's own CPU and wake-ups (GNU time: its rusage from wait4, nothing attached).
+        timed=()
+        if [ -x /usr/bin/time ]; then timed=(/usr/bin/time -o "$dir/wrk.time" -f "%U %S %w %c"); fi
+        "${timed[@]}" taskset -c 0 wrk -t1 -c"$c" -d"${n}s" --latency -s "$dir/call.lua" "http://127.0.0.1:$port/mcp" >"$out"
         after=$(cut -d' ' -f14,15 "/proc/$target/stat") sw1=$(switches)
         reqs=$(awk '/requests in/ {print $1}' "$out")
         grep -E "Requests/sec| 50%| 99%" "$out"
-        echo "$before $after" | awk -v n="$reqs" -v t="$ticks" '{ printf "proxy CPU per request over %d requests: user %.2f µs, system %.2f µs\n", n, ($3-$1)*1e6/t/n, ($4-$2)*1e6/t/n }'
+        who=proxy
+        if [ -n "${UPSTREAM:-}" ]; then who=upstream; fi
+        echo "$before $after" | awk -v n="$reqs" -v t="$ticks" -v who="$who" '{ printf "%s CPU per request over %d requests: user %.2f µs, system %.2f µs\n", who, n, ($3-$1)*1e6/t/n, ($4-$2)*1e6/t/n }'
         echo "$sw0 $sw1" | awk -v n="$reqs" '{ printf "context switches per 1,000 requests: voluntary %.1f, involuntary %.1f\n", ($3-$1)*1000/n, ($4-$2)*1000/n }'
+        if [ -s "$dir/wrk.time" ]; then
+            awk -v n="$reqs" '{ printf "wrk per request: user %.2f µs, system %.2f µs; wake-ups per 1,000 requests %.1f (involuntary switches %.1f)\n", $1*1e6/n, $2*1e6/n, $3*1000/n, $4*1000/n }' "$dir/wrk.time"
+        else
+            echo "wrk's own CPU not measured: GNU time is not installed (apt-get install time)"
+        fi
         exit 0
     fi
     if [ -n "${STRACE:-}" ]; then
