@@ -1587,6 +1587,37 @@ mod tests {
         dropped: Arc<AtomicBool>,
     }
 
+    /// What [`answering_once`]'s service returns.
+    type Once<B> = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+
+    /// A service that answers its one request with `body`.
+    fn answering_once<B: Body + Send + 'static>(
+        body: B,
+    ) -> impl Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future = Once<B>,
+    > + Send
+           + 'static {
+        let body = std::sync::Mutex::new(Some(body));
+        service_fn(move |_req: Request<RequestBody>| {
+            let body = body.lock().unwrap().take().expect("one request");
+            Box::pin(async move { Ok(Response::new(body)) }) as Once<B>
+        })
+    }
+
+    /// Reads an answer's head (and whatever came with it) off `client`.
+    async fn read_head(client: &mut DuplexStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let k = client.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..k]);
+        }
+        got
+    }
+
     /// A body that streams what the test sends and counts its polls.
     struct Counted {
         rx: tokio::sync::mpsc::Receiver<Bytes>,
@@ -1615,26 +1646,17 @@ mod tests {
         // follows does not wait, so the body's wake-ups stand (PROFILE §46).
         let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let body = Arc::new(std::sync::Mutex::new(Some(Counted {
+        let svc = answering_once(Counted {
             rx,
             polls: Arc::clone(&polls),
-        })));
-        let svc = service_fn(move |_req: Request<RequestBody>| {
-            let body = body.lock().unwrap().take().unwrap();
-            Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
-                as Pin<Box<dyn Future<Output = _> + Send>>
         });
         let (mut client, task) = open(svc);
         client
             .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
+        read_head(&mut client).await;
         let mut chunk = [0u8; 1024];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let k = client.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..k]);
-        }
         let before = polls.load(Ordering::SeqCst);
         for n in 0..10u8 {
             let event = format!("data: {n}\n\n");
@@ -1718,14 +1740,9 @@ mod tests {
         // A pipe of 16 bytes: every event's write waits for the client, in
         // the middle of its chunk, and is taken on where it stopped.
         let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-        let body = Arc::new(std::sync::Mutex::new(Some(Watched {
+        let svc = answering_once(Watched {
             rx,
             dropped: Arc::new(AtomicBool::new(false)),
-        })));
-        let svc = service_fn(move |_req: Request<RequestBody>| {
-            let body = body.lock().unwrap().take().unwrap();
-            Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
-                as Pin<Box<dyn Future<Output = _> + Send>>
         });
         let (mut client, server) = tokio::io::duplex(16);
         let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
@@ -1760,26 +1777,17 @@ mod tests {
     async fn a_stream_goes_out_event_by_event_and_ends_when_its_client_leaves() {
         let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let dropped = Arc::new(AtomicBool::new(false));
-        let body = Arc::new(std::sync::Mutex::new(Some(Watched {
+        let svc = answering_once(Watched {
             rx,
             dropped: Arc::clone(&dropped),
-        })));
-        let svc = service_fn(move |_req: Request<RequestBody>| {
-            let body = body.lock().unwrap().take().unwrap();
-            Box::pin(async move { Ok::<_, Infallible>(Response::new(body)) })
-                as Pin<Box<dyn Future<Output = _> + Send>>
         });
         let (mut client, task) = open(svc);
         client
             .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
+        let got = read_head(&mut client).await;
         let mut chunk = [0u8; 1024];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let k = client.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..k]);
-        }
         let head = String::from_utf8_lossy(&got).to_lowercase();
         assert!(
             head.contains("transfer-encoding: chunked"),
