@@ -1157,6 +1157,7 @@ mod tests {
         let stream = Watched {
             rx,
             dropped: Arc::default(),
+            polls: Arc::default(),
         };
         assert_eq!(framing_of(None, &stream), Framing::Chunked);
         assert_eq!(
@@ -1581,10 +1582,12 @@ mod tests {
         );
     }
 
-    /// A body that streams what the test sends and says when it is dropped.
+    /// A body that streams what the test sends, counts its polls and says
+    /// when it is dropped.
     struct Watched {
         rx: tokio::sync::mpsc::Receiver<Bytes>,
         dropped: Arc<AtomicBool>,
+        polls: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     /// What [`answering_once`]'s service returns.
@@ -1618,36 +1621,15 @@ mod tests {
         got
     }
 
-    /// A body that streams what the test sends and counts its polls.
-    struct Counted {
-        rx: tokio::sync::mpsc::Receiver<Bytes>,
-        polls: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl RawAnswer for Counted {}
-
-    impl Body for Counted {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-            self.polls.fetch_add(1, Ordering::SeqCst);
-            self.rx
-                .poll_recv(cx)
-                .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
-        }
-    }
-
     #[tokio::test]
     async fn a_streams_body_is_polled_twice_per_event() {
         // Once for the event, once to find nothing more: the write that
         // follows does not wait, so the body's wake-ups stand (PROFILE §46).
         let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let svc = answering_once(Counted {
+        let svc = answering_once(Watched {
             rx,
+            dropped: Arc::default(),
             polls: Arc::clone(&polls),
         });
         let (mut client, task) = open(svc);
@@ -1682,6 +1664,7 @@ mod tests {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
             self.rx
                 .poll_recv(cx)
                 .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
@@ -1742,7 +1725,8 @@ mod tests {
         let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
         let svc = answering_once(Watched {
             rx,
-            dropped: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::default(),
+            polls: Arc::default(),
         });
         let (mut client, server) = tokio::io::duplex(16);
         let task = tokio::spawn(Connection::new(server, svc, http1(), Conn::new()));
@@ -1780,6 +1764,7 @@ mod tests {
         let svc = answering_once(Watched {
             rx,
             dropped: Arc::clone(&dropped),
+            polls: Arc::default(),
         });
         let (mut client, task) = open(svc);
         client
