@@ -635,12 +635,7 @@ where
                 // stand, and the task waits for them without asking the
                 // body again (bench/PROFILE.md §46).
                 let data = held.as_deref().unwrap_or_default();
-                match poll_write_framed(io, cx, out, chunked, data, &mut written) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
-                    Poll::Pending => return Poll::Ready(Step::Write),
-                }
-                match Pin::new(&mut *io).poll_flush(cx) {
+                match poll_send(io, cx, out, chunked, data, &mut written) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e)),
                     Poll::Pending => return Poll::Ready(Step::Write),
@@ -659,10 +654,11 @@ where
             Step::Write => {
                 // The socket is full (or a flush waits): the rest goes out
                 // as the client takes it.
-                let data = held.take();
-                let data = data.as_deref().unwrap_or_default();
-                write_framed(io, out, chunked, data, std::mem::take(&mut written)).await?;
-                io.flush().await?;
+                let data = held.as_deref().unwrap_or_default();
+                std::future::poll_fn(|cx| poll_send(io, cx, out, chunked, data, &mut written))
+                    .await?;
+                written = 0;
+                held = None;
                 *out = Vec::new();
                 continue;
             }
@@ -768,6 +764,20 @@ fn poll_write_framed<I: AsyncWrite + Unpin>(
         *done += n;
         advance(&mut parts, n);
     }
+}
+
+/// [`poll_write_framed`], then a flush: what the relay sends before it
+/// waits for the body.
+fn poll_send<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    cx: &mut Context<'_>,
+    out: &[u8],
+    chunked: bool,
+    data: &[u8],
+    done: &mut usize,
+) -> Poll<io::Result<()>> {
+    ready!(poll_write_framed(io, cx, out, chunked, data, done))?;
+    Pin::new(io).poll_flush(cx)
 }
 
 /// Drops the first `n` bytes of `parts`.
@@ -1022,7 +1032,7 @@ mod tests {
     use http::HeaderValue;
     use http_body_util::{BodyExt as _, Full};
     use hyper::service::service_fn;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, DuplexStream};
 
     fn parsed(text: &[u8]) -> (Parsed, BytesMut) {
@@ -1587,7 +1597,7 @@ mod tests {
     struct Watched {
         rx: tokio::sync::mpsc::Receiver<Bytes>,
         dropped: Arc<AtomicBool>,
-        polls: Arc<std::sync::atomic::AtomicUsize>,
+        polls: Arc<AtomicUsize>,
     }
 
     /// What [`answering_once`]'s service returns.
@@ -1626,7 +1636,7 @@ mod tests {
         // Once for the event, once to find nothing more: the write that
         // follows does not wait, so the body's wake-ups stand (PROFILE §46).
         let (events, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let polls = Arc::new(AtomicUsize::new(0));
         let svc = answering_once(Watched {
             rx,
             dropped: Arc::default(),
