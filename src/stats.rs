@@ -629,7 +629,7 @@ pub enum ClientFault {
     BodyTimeout,
     /// A request body that broke: a bad chunk, cut short, reset (answered 400).
     BodyInvalid,
-    /// A malformed or duplicate `Host` / `Origin` (answered 400).
+    /// A malformed or duplicate `Host` / `Origin`, or no `Host` (answered 400).
     BadHost,
     /// Plain HTTP sent to the TLS listener (answered 400).
     NotTls,
@@ -690,7 +690,7 @@ pub enum LocalResponse {
     SessionGone,
     /// 503: no slot is serving.
     NoSlot,
-    /// 400: a request the proxy cannot forward.
+    /// 400: a request the proxy cannot forward (`CONNECT`).
     BadRequest,
     /// 400: plain HTTP on the TLS listener.
     NotTls,

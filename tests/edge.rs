@@ -1300,6 +1300,135 @@ async fn malformed_hosts_are_400_and_the_admin_listener_is_guarded() {
     h.stop.cancel();
 }
 
+/// A request that names no host (HTTP/1.1 without `Host`, RFC 9112 §3.2)
+/// and a `CONNECT` are 400, counted, and never reach a slot, as nginx
+/// answers them; an HTTP/1.0 request may still come without `Host`. Before,
+/// the first went to the slot and the second reached it as `CONNECT /`,
+/// whose 2xx hyper took for a tunnel: the client got no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_host_and_connect_are_400() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let port = p.public_addr.port();
+    let connect = format!("CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n");
+    for (req, why) in [
+        (
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
+            "no Host header",
+        ),
+        (connect, "CONNECT is not served"),
+    ] {
+        let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let (head, body) = read_message(&mut s, &mut buf).await;
+        assert!(head.starts_with("http/1.1 400"), "{req:?} -> {head}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains(why), "{req:?} -> {body}");
+    }
+    let blue = support::stats(&p, "blue");
+    assert_eq!(
+        (1..=5).map(|c| blue.responses(c)).sum::<u64>(),
+        0,
+        "a request without a host, or a CONNECT, reached the slot"
+    );
+    // HTTP/1.0 has no Host requirement: served.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let got = read_until_closed(&mut s).await.expect("an answer");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let m = metrics(p.admin_addr).await;
+    for (series, n) in [
+        (
+            "mcpflip_local_responses_total{code=\"400\",reason=\"bad_host\"}",
+            1,
+        ),
+        (
+            "mcpflip_local_responses_total{code=\"400\",reason=\"bad_request\"}",
+            1,
+        ),
+        ("mcpflip_client_errors_total{kind=\"bad_host\"}", 1),
+    ] {
+        assert_eq!(metric(&m, series), n, "{series}\n{m}");
+    }
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// A slot that answers on kept connections with the framing its path names:
+/// `/both` a `Content-Length` beside chunked coding that says more than the
+/// body, `/short` one that says less, `/gzip` a transfer coding other than
+/// chunked (then it closes); anything else `{}` by its length.
+async fn framing_slot() -> u16 {
+    raw_slot::<(), _, _>(|mut s, _tx| async move {
+        let mut buf = Vec::new();
+        while let Some(end) = read_head(&mut s, &mut buf).await {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end);
+            let gzip = head.starts_with("get /gzip ");
+            let answer: &[u8] = if head.starts_with("get /both ") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+            } else if head.starts_with("get /short ") {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+            } else if gzip {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+            };
+            if s.write_all(answer).await.is_err() || gzip {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+/// A slot's `Content-Length` beside `Transfer-Encoding` is not passed on
+/// (RFC 9112 §6.3): the client gets the body framed by the proxy alone, and
+/// its connection carries the next answer intact. Before, the slot's length
+/// framed the re-chunked body: one that said more cut the client's
+/// connection short, one that said less left the rest to be read as the
+/// next answer. A transfer coding the proxy would have to take off is the
+/// slot's 502 (nginx's "upstream sent unknown Transfer-Encoding"), not coded
+/// bytes handed on as the content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slots_length_beside_chunked_coding_is_not_passed_on() {
+    let h = Harness::new().await;
+    let slot = framing_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for (path, status, body) in [
+        ("/both", "200", &b"{}"[..]),
+        ("/short", "200", b"abcd"),
+        ("/ok", "200", b"{}"),
+        ("/gzip", "502", b""),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let (head, got) = read_message(&mut s, &mut buf).await;
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "{path}: {head}"
+        );
+        if status == "200" {
+            assert_eq!(got, body, "{path}: {head}");
+            assert!(!head.contains("content-length: 50"), "{path}: {head}");
+        } else {
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.contains("Transfer-Encoding"), "{path}: {text}");
+        }
+    }
+    assert!(buf.is_empty(), "bytes past the last answer: {buf:?}");
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// Typed classification: a connect timeout (a slot whose accept queue is full
 /// drops the SYN) is `timeout` and 504; a refused connect is `connect` and 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

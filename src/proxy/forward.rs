@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt as _;
 
 use crate::mcp::headers::{LAST_EVENT_ID, MCP_SESSION_ID};
@@ -351,7 +351,21 @@ impl Forwarder {
         {
             return self.too_large(req, peer);
         }
-        if let Err(refused) = self.host_guard.check_scanned(scan, req.uri()) {
+        if method == Method::CONNECT {
+            // A tunnel is a forward proxy's work: nothing a slot could
+            // answer (hyper would forward it as `CONNECT /` and take a 2xx
+            // for a tunnel). nginx answers it 400 too.
+            self.stats.count_local(LocalResponse::BadRequest);
+            tracing::debug!(uri = %req.uri(), peer = %peer.addr, "CONNECT refused");
+            return Decided::answer(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: CONNECT is not served (mcpflip is a reverse proxy, not a tunnel)",
+            ));
+        }
+        if let Err(refused) = self
+            .host_guard
+            .check_scanned(scan, req.uri(), req.version())
+        {
             let (status, answer) = match &refused {
                 Refused::Malformed(_) => {
                     self.stats.count_client_fault(ClientFault::BadHost);

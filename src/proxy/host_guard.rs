@@ -21,7 +21,7 @@
 use std::net::Ipv6Addr;
 
 use http::header::HeaderMap;
-use http::Uri;
+use http::{Uri, Version};
 
 use crate::proxy::scan::Scan;
 
@@ -61,15 +61,17 @@ impl HostGuard {
         }
     }
 
-    /// Checks the request's `Host`, its target's authority (absolute form,
-    /// HTTP/2 `:authority`) and `Origin`.
+    /// Checks the `Host`, the target's authority (absolute form, HTTP/2
+    /// `:authority`) and `Origin` of an HTTP/1.1 request.
     pub fn check(&self, headers: &HeaderMap, uri: &Uri) -> Result<(), Refused> {
-        self.check_scanned(&Scan::of(headers), uri)
+        self.check_scanned(&Scan::of(headers), uri, Version::HTTP_11)
     }
 
     /// [`HostGuard::check`] on the `Host` and `Origin` values the request's
-    /// one pass over its headers found (bench/PROFILE.md §18, §19).
-    pub fn check_scanned(&self, scan: &Scan, uri: &Uri) -> Result<(), Refused> {
+    /// one pass over its headers found (bench/PROFILE.md §18, §19), for a
+    /// request of `version`: from HTTP/1.1 on, a request that names no host
+    /// at all is malformed (RFC 9112 §3.2; nginx and Caddy answer it 400).
+    pub fn check_scanned(&self, scan: &Scan, uri: &Uri, version: Version) -> Result<(), Refused> {
         let (host, hosts, origin, origins) = (
             scan.host.as_ref(),
             scan.hosts,
@@ -105,6 +107,12 @@ impl HostGuard {
             }
             None => None,
         };
+        if host.is_none() && target.is_none() && version >= Version::HTTP_11 {
+            return Err(Refused::Malformed(
+                "Bad Request: no Host header (an HTTP/1.1 or HTTP/2 request must name its host)"
+                    .into(),
+            ));
+        }
         if let (Some((h, _)), Some((t, _))) = (host, target) {
             // RFC 9113 §8.3.1: Host must not differ from :authority; a smuggled
             // second name would reach the slot in X-Forwarded-Host.
@@ -388,6 +396,26 @@ mod tests {
                 matches!(r, Err(Refused::Malformed(ref m)) if m.contains("not ASCII")),
                 "{r:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_request_must_name_its_host_from_http_1_1_on() {
+        let none = Scan::of(&HeaderMap::new());
+        let absolute: Uri = "http://localhost/mcp".parse().expect("uri");
+        for g in [loopback(), HostGuard::Off] {
+            for v in [Version::HTTP_11, Version::HTTP_2] {
+                assert!(
+                    matches!(
+                        g.check_scanned(&none, &root(), v),
+                        Err(Refused::Malformed(_))
+                    ),
+                    "{v:?}"
+                );
+                // The target's authority names it (absolute form, `:authority`).
+                assert!(g.check_scanned(&none, &absolute, v).is_ok(), "{v:?}");
+            }
+            assert!(g.check_scanned(&none, &root(), Version::HTTP_10).is_ok());
         }
     }
 

@@ -184,6 +184,11 @@ pub struct Line {
 }
 
 impl Line {
+    /// What the line is to the proxy.
+    pub fn kind(&self) -> LineKind {
+        self.kind
+    }
+
     /// The line of `h`, in a buffer that starts at `base` ([`span_of`]).
     pub fn of(base: usize, h: &httparse::Header<'_>, kind: LineKind) -> Line {
         let (ns, ne, vs, ve) = span_of(base, h);
