@@ -1361,7 +1361,8 @@ async fn requests_without_a_host_and_connect_are_400() {
 /// A slot that answers on kept connections with the framing its path names:
 /// `/both` a `Content-Length` beside chunked coding that says more than the
 /// body, `/short` one that says less, `/gzip` a transfer coding other than
-/// chunked (then it closes); anything else `{}` by its length.
+/// chunked (then it closes), `/204` a 204 with a length; anything else `{}`
+/// by its length.
 async fn framing_slot() -> u16 {
     raw_slot::<(), _, _>(|mut s, _tx| async move {
         let mut buf = Vec::new();
@@ -1373,6 +1374,8 @@ async fn framing_slot() -> u16 {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
             } else if head.starts_with("get /short ") {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+            } else if head.starts_with("get /204 ") {
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n"
             } else if gzip {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00"
             } else {
@@ -1394,9 +1397,10 @@ async fn framing_slot() -> u16 {
 /// connection short, one that said less left the rest to be read as the
 /// next answer. A transfer coding the proxy would have to take off is the
 /// slot's 502 (nginx's "upstream sent unknown Transfer-Encoding"), not coded
-/// bytes handed on as the content.
+/// bytes handed on as the content. A 204's length is not passed on either:
+/// over HTTP/2 it was, and the client took the answer for a protocol error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slots_length_beside_chunked_coding_is_not_passed_on() {
+async fn a_slots_length_beside_chunked_coding_or_on_a_204_is_not_passed_on() {
     let h = Harness::new().await;
     let slot = framing_slot().await;
     let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
@@ -1407,6 +1411,7 @@ async fn a_slots_length_beside_chunked_coding_is_not_passed_on() {
         ("/both", "200", &b"{}"[..]),
         ("/short", "200", b"abcd"),
         ("/ok", "200", b"{}"),
+        ("/204", "204", b""),
         ("/gzip", "502", b""),
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
@@ -1416,15 +1421,47 @@ async fn a_slots_length_beside_chunked_coding_is_not_passed_on() {
             head.starts_with(&format!("http/1.1 {status}")),
             "{path}: {head}"
         );
-        if status == "200" {
-            assert_eq!(got, body, "{path}: {head}");
-            assert!(!head.contains("content-length: 50"), "{path}: {head}");
-        } else {
+        if status == "502" {
             let text = String::from_utf8_lossy(&got);
             assert!(text.contains("Transfer-Encoding"), "{path}: {text}");
+        } else {
+            assert_eq!(got, body, "{path}: {head}");
+            assert!(!head.contains("content-length: 50"), "{path}: {head}");
+            assert!(!head.contains("content-length: 8"), "{path}: {head}");
         }
     }
     assert!(buf.is_empty(), "bytes past the last answer: {buf:?}");
+
+    // The same answers over HTTP/2, which hyper frames from the headers.
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for (path, status, body) in [
+        ("/both", 200, &b"{}"[..]),
+        ("/short", 200, b"abcd"),
+        ("/204", 204, b""),
+    ] {
+        let resp = h2
+            .get(
+                format!("http://{}{path}", p.public_addr)
+                    .parse()
+                    .expect("uri"),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{path} over HTTP/2: {e:?}"));
+        assert_eq!(resp.status(), status, "{path}");
+        let length = resp.headers().get("content-length").cloned();
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&got[..], body, "{path}");
+        if let Some(n) = length {
+            assert_eq!(
+                n.to_str().ok(),
+                Some(body.len().to_string().as_str()),
+                "{path}"
+            );
+        }
+    }
     p.shutdown().await;
     h.stop.cancel();
 }

@@ -626,9 +626,11 @@ pub fn parse_response_raw(
             noted.note(kind, h.value);
             lines.push(Line::of(base, h, kind));
         }
-        if noted.transfer_encoding && noted.content_length {
+        if noted.content_length && (noted.transfer_encoding || status == StatusCode::NO_CONTENT) {
             // Transfer-Encoding overrides a length, which is not passed on
-            // (RFC 9112 §6.3 item 3): the client's framing is the proxy's own.
+            // (RFC 9112 §6.3 item 3): the client's framing is the proxy's
+            // own. A 204 has none to pass on (RFC 9110 §8.6; an HTTP/2
+            // client takes one for a protocol error).
             lines.retain(|l| l.kind() != LineKind::ContentLength);
         }
         let headers = RawHeaders::new(buf.split_to(len).freeze(), lines);
@@ -1079,7 +1081,7 @@ mod tests {
         use Framing::*;
         // (answer, request method, framing, keep-alive; `None`: not asserted)
         type Case = (&'static [u8], Method, Option<Framing>, Option<bool>);
-        let cases: [Case; 12] = [
+        let cases: [Case; 13] = [
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
                 Method::HEAD,
@@ -1088,6 +1090,12 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 204 No Content\r\n\r\n",
+                Method::GET,
+                Some(Empty),
+                Some(true),
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
                 Method::GET,
                 Some(Empty),
                 Some(true),
@@ -1167,8 +1175,9 @@ mod tests {
             if let Some(k) = keep_alive {
                 assert_eq!(h.keep_alive, k, "{shown:?}");
             }
-            // A length beside Transfer-Encoding is not passed on (§6.3 item 3).
-            if text.windows(18).any(|w| w == b"Transfer-Encoding:") {
+            // A length beside Transfer-Encoding is not passed on (§6.3 item
+            // 3), nor a 204's.
+            if text.windows(18).any(|w| w == b"Transfer-Encoding:") || h.status == 204 {
                 assert!(!h.headers.contains_key("content-length"), "{shown:?}");
             }
         }
