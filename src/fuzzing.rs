@@ -759,13 +759,126 @@ fn h1_read(pieces: &[&[u8]]) -> H1Outcome {
 /// however the reads cut it, comes to what it comes to read whole (the same
 /// head, body bytes, end or error), and the body is never longer than what
 /// arrived.
+///
+/// And the head the proxy writes the client for that answer frames the body
+/// the slot's framing decoded: a `Content-Length` that is the decoded
+/// body's length, chunked coding, or nothing for a bodiless status; one
+/// framing header, never the slot's own beside it.
 pub fn h1_response(data: &[u8]) {
     let (payload, chunks) = chunked(data);
     let whole = h1_read(&[payload]);
     let cut = h1_read(&chunks);
     assert_eq!(whole, cut, "read whole vs in {} pieces", chunks.len());
-    if let H1Outcome::Answer { body, .. } = &whole {
+    if let H1Outcome::Answer { body, ended, .. } = &whole {
         assert!(body.len() <= payload.len());
+        if *ended {
+            h1_relayed_head(payload, body.len());
+        }
+    }
+}
+
+/// A body that only tells its size, as the upstream client's does from the
+/// slot's framing.
+struct Sized(Option<u64>);
+
+impl http_body::Body for Sized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
+    }
+}
+
+/// Writes the client's head for the answer at the front of `payload` (whose
+/// body decoded to `body` bytes and ended) as `proxy::h1` writes it from the
+/// slot's lines, and checks its framing.
+fn h1_relayed_head(payload: &[u8], body: usize) {
+    let mut buf = bytes::BytesMut::from(payload);
+    let Ok(Some(raw)) = h1::parse_response_raw(&mut buf, &http::Method::GET) else {
+        panic!("an answer read whole parses with its lines as they came");
+    };
+    let hint = match raw.framing {
+        h1::Framing::Length(n) => Some(n),
+        h1::Framing::Empty | h1::Framing::Done => Some(0),
+        _ => None,
+    };
+    let bodiless = raw.status.is_informational()
+        || raw.status == http::StatusCode::NO_CONTENT
+        || raw.status == http::StatusCode::NOT_MODIFIED;
+    let mut out = Vec::new();
+    let (framing, _) = server_h1::encode_head(
+        raw.status,
+        Some(&raw.headers),
+        &HeaderMap::new(),
+        &Sized(hint),
+        bodiless,
+        true,
+        &mut out,
+    );
+    let shown = String::from_utf8_lossy(&out).into_owned();
+    match framing {
+        server_h1::Framing::Length(n) => {
+            assert_eq!(
+                n, body as u64,
+                "the client is told another length: {shown:?}"
+            )
+        }
+        server_h1::Framing::Chunked => {}
+        server_h1::Framing::None => assert!(bodiless && body == 0, "{shown:?}"),
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut resp = httparse::Response::new(&mut headers);
+    assert!(
+        matches!(resp.parse(&out), Ok(httparse::Status::Complete(_))),
+        "the head written does not parse: {shown:?}"
+    );
+    let count = |name: &str| {
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    let (lengths, codings) = (count("content-length"), count("transfer-encoding"));
+    assert!(lengths + codings <= 1, "framed twice: {shown:?}");
+    assert_eq!(
+        codings == 1,
+        framing == server_h1::Framing::Chunked,
+        "{shown:?}"
+    );
+    if !bodiless {
+        assert_eq!(
+            lengths == 1,
+            matches!(framing, server_h1::Framing::Length(_)),
+            "{shown:?}"
+        );
+    }
+    // The map hyper frames the answer from (HTTP/2, and the HTTP/1.1
+    // connections hyper serves): a length only where it is the body's (a
+    // 304 keeps the one its resource has), none on a 204.
+    let map = raw
+        .headers
+        .into_map()
+        .expect("lines that parsed make a map");
+    let length = map.get(http::header::CONTENT_LENGTH);
+    if raw.status == http::StatusCode::NO_CONTENT {
+        assert!(length.is_none(), "a 204 with a length: {map:?}");
+    } else if let (Some(v), false) = (length, bodiless) {
+        assert_eq!(
+            v.to_str().ok().and_then(|v| v.parse::<u64>().ok()),
+            Some(body as u64),
+            "the map says another length: {map:?}"
+        );
     }
 }
 

@@ -1361,8 +1361,8 @@ async fn requests_without_a_host_and_connect_are_400() {
 /// A slot that answers on kept connections with the framing its path names:
 /// `/both` a `Content-Length` beside chunked coding that says more than the
 /// body, `/short` one that says less, `/gzip` a transfer coding other than
-/// chunked (then it closes), `/204` a 204 with a length; anything else `{}`
-/// by its length.
+/// chunked (then it closes), `/204` a 204 with a length, `/listed` its
+/// length as a list (`2, 2`); anything else `{}` by its length.
 async fn framing_slot() -> u16 {
     raw_slot::<(), _, _>(|mut s, _tx| async move {
         let mut buf = Vec::new();
@@ -1374,6 +1374,8 @@ async fn framing_slot() -> u16 {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
             } else if head.starts_with("get /short ") {
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
+            } else if head.starts_with("get /listed ") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}"
             } else if head.starts_with("get /204 ") {
                 b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n"
             } else if gzip {
@@ -1398,7 +1400,8 @@ async fn framing_slot() -> u16 {
 /// next answer. A transfer coding the proxy would have to take off is the
 /// slot's 502 (nginx's "upstream sent unknown Transfer-Encoding"), not coded
 /// bytes handed on as the content. A 204's length is not passed on either:
-/// over HTTP/2 it was, and the client took the answer for a protocol error.
+/// over HTTP/2 it was, and the client took the answer for a protocol error,
+/// as it took a length given as a list (`2, 2`, which HTTP/1.1 allows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slots_length_beside_chunked_coding_or_on_a_204_is_not_passed_on() {
     let h = Harness::new().await;
@@ -1412,6 +1415,7 @@ async fn a_slots_length_beside_chunked_coding_or_on_a_204_is_not_passed_on() {
         ("/short", "200", b"abcd"),
         ("/ok", "200", b"{}"),
         ("/204", "204", b""),
+        ("/listed", "200", b"{}"),
         ("/gzip", "502", b""),
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
@@ -1441,6 +1445,7 @@ async fn a_slots_length_beside_chunked_coding_or_on_a_204_is_not_passed_on() {
         ("/both", 200, &b"{}"[..]),
         ("/short", 200, b"abcd"),
         ("/204", 204, b""),
+        ("/listed", 200, b"{}"),
     ] {
         let resp = h2
             .get(

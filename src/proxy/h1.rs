@@ -208,7 +208,7 @@ fn give_back(buf: &mut BytesMut, head: &[u8]) {
 
 /// How an answer's body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// No body (HEAD, 1xx, 204, 304).
     None,
     /// `Content-Length`: this many bytes left.
@@ -238,7 +238,7 @@ fn framing_of<B: Body>(length: Option<u64>, body: &B) -> Framing {
 /// body), a `Date` when it has none, and `Connection: close` when the answer
 /// or the caller (`keep_alive` false) asks. Returns the framing and whether
 /// the connection may carry another request.
-fn encode_head<B: Body>(
+pub(crate) fn encode_head<B: Body>(
     status: StatusCode,
     raw: Option<&RawHeaders>,
     headers: &HeaderMap,

@@ -626,11 +626,19 @@ pub fn parse_response_raw(
             noted.note(kind, h.value);
             lines.push(Line::of(base, h, kind));
         }
-        if noted.content_length && (noted.transfer_encoding || status == StatusCode::NO_CONTENT) {
+        if noted.content_length
+            && (noted.transfer_encoding
+                || status == StatusCode::NO_CONTENT
+                || (noted.length_repeated
+                    && !matches!(*method, Method::HEAD)
+                    && status != StatusCode::NOT_MODIFIED))
+        {
             // Transfer-Encoding overrides a length, which is not passed on
             // (RFC 9112 §6.3 item 3): the client's framing is the proxy's
             // own. A 204 has none to pass on (RFC 9110 §8.6; an HTTP/2
-            // client takes one for a protocol error).
+            // client takes one for a protocol error). A length given more
+            // than once (`7, 7`, two lines that agree) is passed on as the
+            // body's size, once, by whichever writer frames the answer.
             lines.retain(|l| l.kind() != LineKind::ContentLength);
         }
         let headers = RawHeaders::new(buf.split_to(len).freeze(), lines);
@@ -660,6 +668,8 @@ pub fn parse_response_raw(
 struct Noted {
     transfer_encoding: bool,
     content_length: bool,
+    /// More than one `Content-Length` value (equal or not).
+    length_repeated: bool,
     connection: bool,
     /// A `Content-Type` came; the first one's verdict.
     content_type: Option<bool>,
@@ -673,6 +683,7 @@ impl Default for Noted {
         Noted {
             transfer_encoding: false,
             content_length: false,
+            length_repeated: false,
             connection: false,
             content_type: None,
             length: Ok(None),
@@ -684,6 +695,7 @@ impl Noted {
     fn note(&mut self, kind: LineKind, value: &[u8]) {
         match kind {
             LineKind::ContentLength => {
+                self.length_repeated |= self.content_length || value.contains(&b',');
                 self.content_length = true;
                 if let Ok(length) = &mut self.length {
                     if let Err(e) = fold_length(length, value) {
