@@ -629,16 +629,17 @@ pub fn parse_response_raw(
         if noted.content_length
             && (noted.transfer_encoding
                 || status == StatusCode::NO_CONTENT
-                || (noted.length_repeated
-                    && !matches!(*method, Method::HEAD)
-                    && status != StatusCode::NOT_MODIFIED))
+                || noted.length_repeated
+                || noted.length.is_err())
         {
             // Transfer-Encoding overrides a length, which is not passed on
             // (RFC 9112 §6.3 item 3): the client's framing is the proxy's
             // own. A 204 has none to pass on (RFC 9110 §8.6; an HTTP/2
             // client takes one for a protocol error). A length given more
             // than once (`7, 7`, two lines that agree) is passed on as the
-            // body's size, once, by whichever writer frames the answer.
+            // body's size, once, by whichever writer frames the answer; a
+            // bad one is the slot's 502 where it would frame a body, and is
+            // left out of a HEAD's or a 304's answer, as one given twice.
             lines.retain(|l| l.kind() != LineKind::ContentLength);
         }
         let headers = RawHeaders::new(buf.split_to(len).freeze(), lines);
