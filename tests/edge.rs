@@ -1358,6 +1358,66 @@ async fn requests_without_a_host_and_connect_are_400() {
     h.stop.cancel();
 }
 
+/// A request that names its session twice (two `Mcp-Session-Id` headers, a
+/// legacy POST's `session_id` or `sessionId` twice in its query) is 400 and
+/// never reaches a slot: the proxy routed by the first while the slot read
+/// the one its framework picks (Starlette's query map keeps the last), with
+/// only the first's tag taken off. Before, both went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_names_its_session_twice_is_400() {
+    let h = Harness::new().await;
+    let (slot, mut heads) = hop_by_hop_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+    let tag = "mf1.blue.1.";
+    for (target, headers) in [
+        (
+            "/mcp".to_string(),
+            format!("Mcp-Session-Id: {tag}a\r\nMcp-Session-Id: {tag}b\r\n"),
+        ),
+        (
+            format!("/messages?session_id={tag}a&session_id=b"),
+            String::new(),
+        ),
+        (
+            format!("/messages?sessionId={tag}a&session_id={tag}b"),
+            String::new(),
+        ),
+    ] {
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\
+             Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let (head, body) = read_message(&mut s, &mut buf).await;
+        assert!(
+            head.starts_with("http/1.1 400"),
+            "{target} {headers:?}: {head}"
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("more than one session id"), "{body}");
+    }
+    assert!(
+        heads.try_recv().is_err(),
+        "a session named twice reached the slot"
+    );
+    // Named once, it goes on.
+    let (status, _) = exchange(
+        p.public_addr,
+        b"POST /messages?x=1&session_id=b HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          Connection: close\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_local_responses_total{code=\"400\",reason=\"bad_request\"}";
+    assert_eq!(metric(&m, series), 3, "{m}");
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// A slot that answers on kept connections with the framing its path names:
 /// `/both` a `Content-Length` beside chunked coding that says more than the
 /// body, `/short` one that says less, `/gzip` a transfer coding other than

@@ -34,7 +34,9 @@ use crate::proxy::migrate::{self, Captured, Sessions};
 use crate::proxy::rate_limit::RateLimit;
 use crate::proxy::scan::Scan;
 use crate::proxy::splice::Splicer;
-use crate::proxy::sse::{find_in_query, EndpointRewrite, EventIdTag, LastEventId};
+use crate::proxy::sse::{
+    find_in_query, session_params_repeated, EndpointRewrite, EventIdTag, LastEventId,
+};
 use crate::proxy::trusted::Trusted;
 use crate::stats::{ClientFault, LocalResponse, MigrateFailure, ProxyStats};
 use crate::table::{Slot, Tables};
@@ -360,6 +362,18 @@ impl Forwarder {
             return Decided::answer(jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 "Bad Request: CONNECT is not served (mcpflip is a reverse proxy, not a tunnel)",
+            ));
+        }
+        if scan.sessions > 1 || req.uri().query().is_some_and(session_params_repeated) {
+            // The session is what the request is routed by, and the slot
+            // might read another copy than the proxy (the first of two
+            // headers for most servers, the last of two query parameters for
+            // Starlette's): one request, one session.
+            self.stats.count_local(LocalResponse::BadRequest);
+            tracing::debug!(uri = %req.uri(), peer = %peer.addr, "a session named twice refused");
+            return Decided::answer(jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: more than one session id (Mcp-Session-Id, sessionId or session_id)",
             ));
         }
         if let Err(refused) = self

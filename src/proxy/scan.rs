@@ -25,8 +25,9 @@ pub struct Scan {
     pub origins: u32,
     /// The first `Mcp-Method`.
     pub mcp_method: Option<HeaderValue>,
-    /// The first `Mcp-Session-Id`.
+    /// The first `Mcp-Session-Id`, and how many came.
     pub session: Option<HeaderValue>,
+    pub sessions: u32,
     /// The first `MCP-Protocol-Version`.
     pub protocol_version: Option<HeaderValue>,
     /// The first `Last-Event-ID`.
@@ -45,6 +46,7 @@ impl Scan {
                 s.origins += 1;
             } else if name == MCP_SESSION_ID {
                 s.session.get_or_insert_with(|| value.clone());
+                s.sessions += 1;
             } else if name == MCP_METHOD {
                 s.mcp_method.get_or_insert_with(|| value.clone());
             } else if name == MCP_PROTOCOL_VERSION {
@@ -73,7 +75,10 @@ impl Scan {
                     s.origins += 1;
                     &mut s.origin
                 }
-                LineKind::SessionId => &mut s.session,
+                LineKind::SessionId => {
+                    s.sessions += 1;
+                    &mut s.session
+                }
                 LineKind::McpMethod => &mut s.mcp_method,
                 LineKind::McpProtocolVersion => &mut s.protocol_version,
                 LineKind::LastEventId => &mut s.last_event_id,
@@ -152,6 +157,11 @@ mod tests {
             );
             assert_eq!(s.mcp_method.as_ref(), map.get(MCP_METHOD), "{head:?}");
             assert_eq!(s.session.as_ref(), map.get(MCP_SESSION_ID), "{head:?}");
+            assert_eq!(
+                s.sessions as usize,
+                map.get_all(MCP_SESSION_ID).iter().count(),
+                "{head:?}"
+            );
         }
     }
 }

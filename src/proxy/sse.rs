@@ -600,6 +600,18 @@ pub fn find_session_param(s: &str) -> Option<(usize, usize)> {
     find_in_query(&s[q + 1..]).map(|(at, len)| (q + 1 + at, len))
 }
 
+/// True when a query string names a session more than once (`sessionId`
+/// or `session_id`, twice or both): which one a server reads is its own
+/// choice (Starlette's query map keeps the last), the proxy routes by the
+/// first.
+pub fn session_params_repeated(query: &str) -> bool {
+    query
+        .split('&')
+        .filter(|part| part.starts_with("sessionId=") || part.starts_with("session_id="))
+        .nth(1)
+        .is_some()
+}
+
 /// Like [`find_session_param`] on a bare query string (no '?').
 pub fn find_in_query(query: &str) -> Option<(usize, usize)> {
     let mut at = 0;
@@ -617,6 +629,20 @@ pub fn find_in_query(query: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_named_twice_in_a_query_is_seen() {
+        for (query, twice) in [
+            ("session_id=a", false),
+            ("x=1&sessionId=a&y=2", false),
+            ("session_id=a&session_id=b", true),
+            ("sessionId=a&x=1&session_id=b", true),
+            ("session_id=a&my_session_id=b", false),
+            ("", false),
+        ] {
+            assert_eq!(session_params_repeated(query), twice, "{query:?}");
+        }
+    }
 
     /// Feeds `chunks` through a tagger; the bytes out, joined.
     fn tagged(chunks: &[&str]) -> String {
