@@ -690,8 +690,8 @@ pub enum LocalResponse {
     SessionGone,
     /// 503: no slot is serving.
     NoSlot,
-    /// 400: a request the proxy cannot forward (`CONNECT`, a session named
-    /// twice).
+    /// 400: a request the proxy cannot forward (`CONNECT`, a session or a
+    /// `Last-Event-ID` named twice).
     BadRequest,
     /// 400: plain HTTP on the TLS listener.
     NotTls,

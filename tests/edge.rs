@@ -1359,7 +1359,9 @@ async fn requests_without_a_host_and_connect_are_400() {
 }
 
 /// A request that names its session twice (two `Mcp-Session-Id` headers, a
-/// legacy POST's `session_id` or `sessionId` twice in its query) is 400 and
+/// legacy POST's `session_id` or `sessionId` twice in its query), or the
+/// last event it saw twice (`Last-Event-ID`, read to resume a moved
+/// session's stream), is 400 and
 /// never reaches a slot: the proxy routed by the first while the slot read
 /// the one its framework picks (Starlette's query map keeps the last), with
 /// only the first's tag taken off. Before, both went on.
@@ -1382,6 +1384,10 @@ async fn a_request_that_names_its_session_twice_is_400() {
         (
             format!("/messages?sessionId={tag}a&session_id={tag}b"),
             String::new(),
+        ),
+        (
+            "/mcp".to_string(),
+            format!("Mcp-Session-Id: {tag}a\r\nLast-Event-ID: 1\r\nLast-Event-ID: 2\r\n"),
         ),
     ] {
         let request = format!(
@@ -1413,7 +1419,7 @@ async fn a_request_that_names_its_session_twice_is_400() {
     assert_eq!(status, 200);
     let m = metrics(p.admin_addr).await;
     let series = "mcpflip_local_responses_total{code=\"400\",reason=\"bad_request\"}";
-    assert_eq!(metric(&m, series), 3, "{m}");
+    assert_eq!(metric(&m, series), 4, "{m}");
     p.shutdown().await;
     h.stop.cancel();
 }

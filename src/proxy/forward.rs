@@ -364,16 +364,20 @@ impl Forwarder {
                 "Bad Request: CONNECT is not served (mcpflip is a reverse proxy, not a tunnel)",
             ));
         }
-        if scan.sessions > 1 || req.uri().query().is_some_and(session_params_repeated) {
-            // The session is what the request is routed by, and the slot
-            // might read another copy than the proxy (the first of two
-            // headers for most servers, the last of two query parameters for
-            // Starlette's): one request, one session.
+        if scan.sessions > 1
+            || scan.last_event_ids > 1
+            || req.uri().query().is_some_and(session_params_repeated)
+        {
+            // The session is what the request is routed by (and the last
+            // event id where a moved session resumes), and the slot might
+            // read another copy than the proxy (the first of two headers for
+            // most servers, both joined for Node's, the last of two query
+            // parameters for Starlette's): one request, one session.
             self.stats.count_local(LocalResponse::BadRequest);
             tracing::debug!(uri = %req.uri(), peer = %peer.addr, "a session named twice refused");
             return Decided::answer(jsonrpc_error(
                 StatusCode::BAD_REQUEST,
-                "Bad Request: more than one session id (Mcp-Session-Id, sessionId or session_id)",
+                "Bad Request: more than one session id (Mcp-Session-Id, sessionId or session_id) or Last-Event-ID",
             ));
         }
         if let Err(refused) = self

@@ -30,8 +30,9 @@ pub struct Scan {
     pub sessions: u32,
     /// The first `MCP-Protocol-Version`.
     pub protocol_version: Option<HeaderValue>,
-    /// The first `Last-Event-ID`.
+    /// The first `Last-Event-ID`, and how many came.
     pub last_event_id: Option<HeaderValue>,
+    pub last_event_ids: u32,
 }
 
 impl Scan {
@@ -53,6 +54,7 @@ impl Scan {
                 s.protocol_version.get_or_insert_with(|| value.clone());
             } else if name == LAST_EVENT_ID {
                 s.last_event_id.get_or_insert_with(|| value.clone());
+                s.last_event_ids += 1;
             }
         }
         s
@@ -81,7 +83,10 @@ impl Scan {
                 }
                 LineKind::McpMethod => &mut s.mcp_method,
                 LineKind::McpProtocolVersion => &mut s.protocol_version,
-                LineKind::LastEventId => &mut s.last_event_id,
+                LineKind::LastEventId => {
+                    s.last_event_ids += 1;
+                    &mut s.last_event_id
+                }
                 _ => continue,
             };
             if slot.is_none() {
@@ -160,6 +165,12 @@ mod tests {
             assert_eq!(
                 s.sessions as usize,
                 map.get_all(MCP_SESSION_ID).iter().count(),
+                "{head:?}"
+            );
+            assert_eq!(s.last_event_id.as_ref(), map.get(LAST_EVENT_ID), "{head:?}");
+            assert_eq!(
+                s.last_event_ids as usize,
+                map.get_all(LAST_EVENT_ID).iter().count(),
                 "{head:?}"
             );
         }
