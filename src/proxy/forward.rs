@@ -353,32 +353,10 @@ impl Forwarder {
         {
             return self.too_large(req, peer);
         }
-        if method == Method::CONNECT {
-            // A tunnel is a forward proxy's work: nothing a slot could
-            // answer (hyper would forward it as `CONNECT /` and take a 2xx
-            // for a tunnel). nginx answers it 400 too.
+        if let Some(why) = unforwardable(req, scan) {
             self.stats.count_local(LocalResponse::BadRequest);
-            tracing::debug!(uri = %req.uri(), peer = %peer.addr, "CONNECT refused");
-            return Decided::answer(jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: CONNECT is not served (mcpflip is a reverse proxy, not a tunnel)",
-            ));
-        }
-        if scan.sessions > 1
-            || scan.last_event_ids > 1
-            || req.uri().query().is_some_and(session_params_repeated)
-        {
-            // The session is what the request is routed by (and the last
-            // event id where a moved session resumes), and the slot might
-            // read another copy than the proxy (the first of two headers for
-            // most servers, both joined for Node's, the last of two query
-            // parameters for Starlette's): one request, one session.
-            self.stats.count_local(LocalResponse::BadRequest);
-            tracing::debug!(uri = %req.uri(), peer = %peer.addr, "a session named twice refused");
-            return Decided::answer(jsonrpc_error(
-                StatusCode::BAD_REQUEST,
-                "Bad Request: more than one session id (Mcp-Session-Id, sessionId or session_id) or Last-Event-ID",
-            ));
+            tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, "{why}");
+            return Decided::answer(jsonrpc_error(StatusCode::BAD_REQUEST, why));
         }
         if let Err(refused) = self
             .host_guard
@@ -1509,6 +1487,30 @@ fn strip_query_tag(req: &mut Request<RequestBody>, value_at: usize, prefix_len: 
             *req.uri_mut() = new;
         }
     }
+}
+
+/// Why a request is no slot's to answer (`400 bad_request`), if it is not:
+/// a `CONNECT`, a tunnel, which is a forward proxy's work (hyper would send
+/// it on as `CONNECT /` and take a 2xx for a tunnel; nginx answers it 400
+/// too); or a session, or the last event id where a moved session resumes,
+/// named twice, since the slot might read another copy than the proxy routed
+/// by (the first of two headers for most servers, both joined for Node's,
+/// the last of two query parameters for Starlette's).
+fn unforwardable(req: &Request<RequestBody>, scan: &Scan) -> Option<&'static str> {
+    if req.method() == Method::CONNECT {
+        return Some(
+            "Bad Request: CONNECT is not served (mcpflip is a reverse proxy, not a tunnel)",
+        );
+    }
+    if scan.sessions > 1
+        || scan.last_event_ids > 1
+        || req.uri().query().is_some_and(session_params_repeated)
+    {
+        return Some(
+            "Bad Request: more than one session id (Mcp-Session-Id, sessionId or session_id) or Last-Event-ID",
+        );
+    }
+    None
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
