@@ -484,6 +484,17 @@ pub struct ProxyConfig {
         serialize_with = "duration_out"
     )]
     pub response_header_timeout: Duration,
+    /// Longest pause between two reads of a slot's answer body once its head
+    /// was passed on (nginx's `proxy_read_timeout` between reads), unless the
+    /// answer is an event stream: the client's answer is then cut (its
+    /// connection closed, or its HTTP/2 stream reset) and the slot's
+    /// connection closed.
+    #[serde(
+        default = "default_response_body_timeout",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub response_body_timeout: Duration,
     /// The same wait for a request that carries `Mcp-Method: tools/call` (tool
     /// calls run long). Clients before 2026-07-28 send no `Mcp-Method`: their
     /// calls are bounded by `response_header_timeout`.
@@ -732,6 +743,9 @@ fn default_max_request_body() -> u64 {
 fn default_response_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_response_body_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_tool_call_timeout() -> Duration {
     Duration::from_secs(600)
 }
@@ -800,6 +814,7 @@ section_default!(ProxyConfig {
     send_timeout: default_send_timeout(),
     max_request_body: default_max_request_body(),
     response_header_timeout: default_response_timeout(),
+    response_body_timeout: default_response_body_timeout(),
     tool_call_timeout: default_tool_call_timeout(),
     max_connections: None,
     max_connections_per_ip: None,
@@ -1248,6 +1263,11 @@ impl Config {
                 "proxy",
                 "response_header_timeout",
                 self.proxy.response_header_timeout,
+            ),
+            (
+                "proxy",
+                "response_body_timeout",
+                self.proxy.response_body_timeout,
             ),
             ("proxy", "tool_call_timeout", self.proxy.tool_call_timeout),
         ] {
@@ -1720,13 +1740,14 @@ impl Config {
         }
         let _ = writeln!(
             s,
-            "  limits        header read {}, idle {}, client body {} (at most {}), send {}, response header {}, tools/call {}, max connections {}",
+            "  limits        header read {}, idle {}, client body {} (at most {}), send {}, response header {}, response body {}, tools/call {}, max connections {}",
             d(self.proxy.header_read_timeout),
             d(self.proxy.idle_timeout),
             d(self.proxy.client_body_timeout),
             size_text(self.proxy.max_request_body),
             d(self.proxy.send_timeout),
             d(self.proxy.response_header_timeout),
+            d(self.proxy.response_body_timeout),
             d(self.proxy.tool_call_timeout),
             match self.proxy.max_connections {
                 Some(n) => n.to_string(),

@@ -159,6 +159,7 @@ fn populated() -> Config {
             send_timeout: Duration::from_secs(1),
             max_request_body: 1024,
             response_header_timeout: Duration::from_secs(1),
+            response_body_timeout: Duration::from_secs(1),
             tool_call_timeout: Duration::from_secs(1),
             max_connections: Some(1),
             max_connections_per_ip: Some(1),

@@ -1549,6 +1549,153 @@ async fn connect_failures_are_classified_by_type() {
         .expect("bind");
     let full = sock.listen(1).expect("listen");
     let full_port = full.local_addr().expect("addr").port();
+/// A slot that sends an answer's head and part of its body, then stalls:
+/// `/length` (a `Content-Length` of 100, 10 bytes sent), `/chunked` (one
+/// chunk, no end), `/events` (an event stream: one event, then quiet).
+/// `/slow` sends its 4-byte body a byte every 400 ms (each pause under the
+/// test's timeout, the whole over it).
+async fn stalling_slot() -> u16 {
+    raw_slot::<(), _, _>(|mut s, _tx| async move {
+        let mut buf = Vec::new();
+        while let Some(end) = read_head(&mut s, &mut buf).await {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end);
+            if head.starts_with("get /slow ") {
+                if s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                for b in b"{ok}" {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    if s.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let answer: &[u8] = if head.starts_with("get /chunked ") {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            } else if head.starts_with("get /events ") {
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n10\r\ndata: {\"n\": 1}\n\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+            };
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+            // Stalls until the proxy lets go.
+            let mut rest = [0u8; 1024];
+            while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+            return;
+        }
+    })
+    .await
+    .0
+}
+
+/// A slot that stalls inside an answer's body (not an event stream) for
+/// `response_body_timeout` has that answer cut: the client's connection is
+/// closed before the body's end (HTTP/1.1) or its stream reset (HTTP/2),
+/// and it is counted as `read_timeout`. Before, nothing timed the body
+/// once its head was out: the client waited, and held a connection to the
+/// slot, for as long as both stayed open. The pause is timed between reads,
+/// not over the whole body, and an event stream is never timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
+    let h = Harness::new().await;
+    let slot = stalling_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(proxy_keys(cfg, &[("response_body_timeout", "1s")]).load()).await;
+
+    // A body whose pauses are each shorter than the timeout is whole.
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("\r\n\r\n{ok}"), "{text}");
+
+    for (path, sent, end) in [
+        ("/length", "0123456789", None),
+        ("/chunked", "hello", Some("0\r\n\r\n")),
+    ] {
+        let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let started = std::time::Instant::now();
+        let got = read_until_closed(&mut s).await.unwrap_or_else(|got| {
+            panic!(
+                "{path}: still open after 15 s: {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        });
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        assert!(text.contains(sent), "{path}: {text}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{path}: cut before the timeout: {text}"
+        );
+        match end {
+            Some(end) => assert!(!text.ends_with(end), "{path}: {text}"),
+            None => assert!(
+                text.to_ascii_lowercase().contains("content-length: 100"),
+                "{path}: {text}"
+            ),
+        }
+    }
+
+    // Over HTTP/2 the stream is reset: the body fails, not ends.
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let resp = h2
+        .get(
+            format!("http://{}/length", p.public_addr)
+                .parse()
+                .expect("uri"),
+        )
+        .await
+        .expect("/length over HTTP/2");
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(PATIENCE, resp.into_body().collect())
+        .await
+        .expect("the HTTP/2 stream ends within the patience");
+    assert!(body.is_err(), "a cut body read as whole: {body:?}");
+
+    // An event stream quiet for longer than the timeout stays open.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let quiet = tokio::time::timeout(Duration::from_millis(2500), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(quiet.is_err(), "the event stream ended: {text}");
+    assert!(text.contains("data: {\"n\": 1}"), "{text}");
+
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"read_timeout\"}";
+    assert_eq!(metric(&m, series), 3, "{series} in\n{m}");
+    drop(s);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
     let mut fillers = Vec::new();
     for _ in 0..4 {
         let attempt = tokio::time::timeout(

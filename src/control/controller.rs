@@ -120,6 +120,7 @@ impl Upstream {
             None => UpstreamClient::new(proxy.connect_timeout, proxy.pool_idle_timeout),
         }
         .with_response_timeout(self.response_timeout)
+        .with_body_timeout(proxy.response_body_timeout)
     }
 }
 

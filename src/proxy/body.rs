@@ -42,7 +42,7 @@ use crate::proxy::splice::{Spliced, Splicer, Splicing};
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
 use crate::upstream::lines::{RawAnswer, RawHeaders};
-use crate::upstream::{HttpError, UpstreamBody};
+use crate::upstream::{HttpError, UpstreamBody, UpstreamError};
 
 /// A response body on its way to the client.
 pub struct ResponseBody {
@@ -275,6 +275,12 @@ impl Body for ResponseBody {
             Kind::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             Kind::Plain { inner, guard } => {
                 let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Err(HttpError::ReadTimeout(timeout)))) = &polled {
+                    if let Some(stats) = guard.as_ref().map(InflightGuard::stats) {
+                        stats.count_upstream_error(UpstreamError::ReadTimeout);
+                        tracing::warn!(slot = %stats.name(), timeout = %humantime::format_duration(*timeout), "the slot's answer body paused longer than response_body_timeout: the client's answer was cut");
+                    }
+                }
                 if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
                     guard.take();
                 }

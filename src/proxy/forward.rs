@@ -812,7 +812,11 @@ impl Forwarder {
                         stats.note_connect_failure();
                     }
                     let (status, code) = match kind {
-                        UpstreamError::Timeout | UpstreamError::ResponseTimeout => {
+                        // A send fails before any body is read: never
+                        // `ReadTimeout` here, but a timeout all the same.
+                        UpstreamError::Timeout
+                        | UpstreamError::ResponseTimeout
+                        | UpstreamError::ReadTimeout => {
                             (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
                         }
                         UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream_connect"),

@@ -48,14 +48,18 @@ pub enum UpstreamError {
     Reset,
     /// No response head within the response header timeout.
     ResponseTimeout,
+    /// An answer's body (not an event stream) paused longer than the
+    /// response body timeout, after its head was passed on.
+    ReadTimeout,
 }
 
 impl UpstreamError {
-    pub const ALL: [UpstreamError; 4] = [
+    pub const ALL: [UpstreamError; 5] = [
         Self::Connect,
         Self::Timeout,
         Self::Reset,
         Self::ResponseTimeout,
+        Self::ReadTimeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +67,7 @@ impl UpstreamError {
             Self::Timeout => "timeout",
             Self::Reset => "reset",
             Self::ResponseTimeout => "response_timeout",
+            Self::ReadTimeout => "read_timeout",
         }
     }
 }
@@ -133,6 +138,9 @@ pub struct UpstreamClient {
     pool: Arc<Pool>,
     /// The slot's response header timeout.
     response_timeout: Duration,
+    /// The longest pause between two reads of an answer's body that is not
+    /// an event stream (`[proxy] response_body_timeout`); `None`: untimed.
+    body_timeout: Option<Duration>,
 }
 
 /// A slot's connections and how new ones are made.
@@ -274,12 +282,21 @@ impl UpstreamClient {
         Self {
             pool: Arc::new(pool),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            body_timeout: None,
         }
     }
 
     /// This client with `timeout` as its response header timeout.
     pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// This client with `timeout` as the longest pause between two reads of
+    /// an answer's body (not an event stream's) that [`UpstreamClient::send`]
+    /// gets; the body then fails with [`HttpError::ReadTimeout`].
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = Some(timeout);
         self
     }
 
@@ -325,10 +342,15 @@ impl UpstreamClient {
         let authority = authority.clone();
         // The request line is origin-form: the URI's path and query.
         let (head, body) = req.into_parts();
-        self.pool
+        let mut resp = self
+            .pool
             .send(https, &authority, &head, body, None, None, Answer::Map)
             .await
-            .map_err(|(e, _)| e)
+            .map_err(|(e, _)| e)?;
+        // The probe's own timeout bounds it whole; a connection a client's
+        // request used before keeps no timeout of its.
+        resp.body_mut().time_reads(None);
+        Ok(resp)
     }
 
     /// Sends a client's request (`head` and `body`) to `scheme://authority`
@@ -363,7 +385,10 @@ impl UpstreamClient {
                 .send(https, authority, head, body, proxy, Some(&wait), answer)
                 .await
             {
-                Ok(resp) => Ok(resp),
+                Ok(mut resp) => {
+                    resp.body_mut().time_reads(self.body_timeout);
+                    Ok(resp)
+                }
                 Err((ClientError::ResponseTimeout(_), _)) => Err(SendError::Upstream {
                     kind: UpstreamError::ResponseTimeout,
                     error: None,
@@ -975,9 +1000,6 @@ async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
 }
 
 impl UpstreamBody {
-    /// Whether the answer's `Content-Type` says `text/event-stream`
-    /// (`mcp::headers::is_event_stream`), noted when its head was parsed: no
-    /// lookup in its map.
     /// The answer's headers as they came, when they were asked for that way
     /// ([`Answer::Raw`]) and not taken yet.
     pub fn raw_headers(&self) -> Option<&RawHeaders> {
@@ -988,8 +1010,21 @@ impl UpstreamBody {
         self.raw.as_deref_mut()
     }
 
+    /// Whether the answer's `Content-Type` says `text/event-stream`
+    /// (`mcp::headers::is_event_stream`), noted when its head was parsed: no
+    /// lookup in its map.
     pub fn is_event_stream(&self) -> bool {
         self.event_stream
+    }
+
+    /// Times the pauses between reads of this body with `timeout` (never
+    /// an event stream's): past it, the body fails with
+    /// [`HttpError::ReadTimeout`]. Set on its connection, which the next
+    /// answer read on it sets again.
+    pub fn time_reads(&mut self, timeout: Option<Duration>) {
+        if let Some(p) = self.conn.as_deref_mut() {
+            p.conn.read_timeout = timeout;
+        }
     }
 
     /// Once the body has ended: its connection goes back to the pool when
@@ -1041,7 +1076,24 @@ impl Body for UpstreamBody {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            match ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(filled) => filled,
+                Poll::Pending => {
+                    let Some(timeout) = conn.read_timeout.filter(|_| !this.event_stream) else {
+                        return Poll::Pending;
+                    };
+                    // A clock read per pause, not per read: a body that
+                    // arrives with its head never pauses.
+                    let deadline = *conn
+                        .read_deadline
+                        .get_or_insert_with(|| Instant::now() + timeout);
+                    let timer = conn.timer.get_or_insert_with(|| HeadTimer::new(deadline));
+                    ready!(timer.poll_until(deadline, cx));
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(HttpError::ReadTimeout(timeout))));
+                }
+            };
+            match filled {
                 Ok(0) => {
                     this.conn = None;
                     if this.framing == Framing::UntilClose {
@@ -1050,7 +1102,7 @@ impl Body for UpstreamBody {
                     }
                     return Poll::Ready(Some(Err(HttpError::Closed)));
                 }
-                Ok(_) => {}
+                Ok(_) => conn.read_deadline = None,
                 Err(e) => {
                     this.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
@@ -1368,6 +1420,73 @@ mod tests {
             counts.closed.load(Ordering::SeqCst) == 2
         })
         .await;
+    }
+
+    /// A body that pauses past the client's body timeout fails with
+    /// `ReadTimeout` (and its connection closes); a probe's body (`request`)
+    /// on the same client is not timed by it, nor made untimed for good.
+    #[tokio::test]
+    async fn a_body_that_pauses_past_the_body_timeout_fails() {
+        let (authority, counts) = upstream(Upstream::Stall).await;
+        let timeout = Duration::from_millis(200);
+        let client = UpstreamClient::new(Duration::from_secs(5), Duration::from_secs(90))
+            .with_body_timeout(timeout);
+        let watch = BodyWatch::default();
+        let sent = |client: UpstreamClient| {
+            let authority = authority.clone();
+            let watch = &watch;
+            async move {
+                let (head, body) = get(&authority).into_parts();
+                let wait = Wait {
+                    period: Duration::from_secs(5),
+                    body: watch,
+                };
+                let resp = client
+                    .send(
+                        &Scheme::HTTP,
+                        &authority,
+                        &head,
+                        body,
+                        None,
+                        wait,
+                        Answer::Map,
+                    )
+                    .await
+                    .unwrap();
+                resp.into_body()
+            }
+        };
+        for _ in 0..2 {
+            let mut body = sent(client.clone()).await;
+            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(&first[..], b"ok");
+            let started = Instant::now();
+            let err = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("the pause is timed")
+                .unwrap()
+                .unwrap_err();
+            assert!(
+                matches!(err, HttpError::ReadTimeout(t) if t == timeout),
+                "{err}"
+            );
+            assert!(started.elapsed() >= timeout);
+            // The probe between the two sends does not time out.
+            let resp = client.request(get(&authority)).await.unwrap();
+            let mut probe = resp.into_body();
+            probe.frame().await.unwrap().unwrap();
+            assert!(
+                tokio::time::timeout(timeout * 3, probe.frame())
+                    .await
+                    .is_err(),
+                "a probe's body was timed by the client's body timeout"
+            );
+        }
+        until("the timed-out connections closed", || {
+            counts.closed.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        assert_eq!(client.idle_connections(), 0);
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ pub enum HttpError {
     /// The request body failed while it was being sent (see its `BodyWatch`).
     #[error("the request body failed: {0}")]
     Body(crate::upstream::body::ClientBodyError),
+    /// The answer's body paused longer than its read timeout
+    /// (`[proxy] response_body_timeout`).
+    #[error("the upstream's answer body paused longer than {0:?}")]
+    ReadTimeout(std::time::Duration),
 }
 
 impl From<io::Error> for HttpError {
@@ -128,8 +132,18 @@ pub struct Conn {
     pub io: Io,
     pub buf: BytesMut,
     /// Its timer for response heads, kept with it (made by the first
-    /// request that waits for a head on it).
+    /// request that waits for a head on it), which times an answer body's
+    /// pauses too.
     pub timer: Option<HeadTimer>,
+    /// The longest pause between two reads of the answer's body in
+    /// progress, unless it is an event stream; `None`: untimed. Here, not in
+    /// the body: the body moves with the response through the proxy's
+    /// layers, the connection stays behind its pointer.
+    pub read_timeout: Option<std::time::Duration>,
+    /// When the pause in progress times out: set when a body's read finds
+    /// nothing, cleared when one finds bytes (so never set on an idle
+    /// connection: a body that ends read bytes last).
+    pub read_deadline: Option<tokio::time::Instant>,
 }
 
 impl Conn {
@@ -138,6 +152,8 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             timer: None,
+            read_timeout: None,
+            read_deadline: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The response-head timer an upstream connection keeps (a leaf: the
-//! connection in `h1` holds it, the pool in `client` runs it).
+//! connection in `h1` holds it, the pool in `client` runs it, and the
+//! answer's body times its pauses on it too).
 
 use std::future::Future;
 use std::pin::Pin;
