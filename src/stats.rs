@@ -701,10 +701,15 @@ pub enum LocalResponse {
     ClientNotAllowed,
     /// 413: a declared `Content-Length` over `[proxy] max_request_body`.
     BodyTooLarge,
+    /// 405: `TRACE`, which would echo the request's credentials (nginx
+    /// answers it 405 too).
+    MethodNotAllowed,
+    /// 501: a request body in a transfer coding other than `chunked`.
+    NotImplemented,
 }
 
 impl LocalResponse {
-    pub const ALL: [LocalResponse; 9] = [
+    pub const ALL: [LocalResponse; 11] = [
         Self::BadHost,
         Self::HostNotAllowed,
         Self::SessionGone,
@@ -714,15 +719,19 @@ impl LocalResponse {
         Self::RateLimited,
         Self::ClientNotAllowed,
         Self::BodyTooLarge,
+        Self::MethodNotAllowed,
+        Self::NotImplemented,
     ];
     pub fn code(self) -> u16 {
         match self {
             Self::BadHost | Self::BadRequest | Self::NotTls => 400,
             Self::HostNotAllowed | Self::ClientNotAllowed => 403,
             Self::SessionGone => 404,
+            Self::MethodNotAllowed => 405,
             Self::RateLimited => 429,
             Self::BodyTooLarge => 413,
             Self::NoSlot => 503,
+            Self::NotImplemented => 501,
         }
     }
     pub fn reason(self) -> &'static str {
@@ -736,6 +745,8 @@ impl LocalResponse {
             Self::RateLimited => "rate_limited",
             Self::ClientNotAllowed => "client_not_allowed",
             Self::BodyTooLarge => "body_too_large",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NotImplemented => "not_implemented",
         }
     }
 }

@@ -1301,8 +1301,8 @@ async fn malformed_hosts_are_400_and_the_admin_listener_is_guarded() {
 }
 
 /// A request that names no host (HTTP/1.1 without `Host`, RFC 9112 §3.2)
-/// and a `CONNECT` are 400, counted, and never reach a slot, as nginx
-/// answers them; an HTTP/1.0 request may still come without `Host`. Before,
+/// and a `CONNECT` are 400, a `TRACE` 405, counted, and never reach a slot,
+/// as nginx answers them; an HTTP/1.0 request may still come without `Host`. Before,
 /// the first went to the slot and the second reached it as `CONNECT /`,
 /// whose 2xx hyper took for a tunnel: the client got no answer at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1317,12 +1317,20 @@ async fn requests_without_a_host_and_connect_are_400() {
             "no Host header",
         ),
         (connect, "CONNECT is not served"),
+        (
+            "TRACE / HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: secret\r\n\r\n".to_string(),
+            "TRACE is not served",
+        ),
     ] {
         let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
         s.write_all(req.as_bytes()).await.expect("write");
         let mut buf = Vec::new();
         let (head, body) = read_message(&mut s, &mut buf).await;
-        assert!(head.starts_with("http/1.1 400"), "{req:?} -> {head}");
+        let status = if req.starts_with("TRACE") { 405 } else { 400 };
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "{req:?} -> {head}"
+        );
         let body = String::from_utf8_lossy(&body);
         assert!(body.contains(why), "{req:?} -> {body}");
     }
@@ -1330,7 +1338,7 @@ async fn requests_without_a_host_and_connect_are_400() {
     assert_eq!(
         (1..=5).map(|c| blue.responses(c)).sum::<u64>(),
         0,
-        "a request without a host, or a CONNECT, reached the slot"
+        "a request without a host, a CONNECT or a TRACE reached the slot"
     );
     // HTTP/1.0 has no Host requirement: served.
     let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
@@ -1350,10 +1358,77 @@ async fn requests_without_a_host_and_connect_are_400() {
             "mcpflip_local_responses_total{code=\"400\",reason=\"bad_request\"}",
             1,
         ),
+        (
+            "mcpflip_local_responses_total{code=\"405\",reason=\"method_not_allowed\"}",
+            1,
+        ),
         ("mcpflip_client_errors_total{kind=\"bad_host\"}", 1),
     ] {
         assert_eq!(metric(&m, series), n, "{series}\n{m}");
     }
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// A request body in a transfer coding other than `chunked` alone is `501`
+/// (as nginx answers it, RFC 9112 §6.1), counted, never reaches a slot, and
+/// the connection closes after it with the body read off (the client that
+/// writes it whole reads its 501, not a reset). Before, hyper took
+/// `gzip, chunked` for chunked, the header went as hop-by-hop, and the slot
+/// got the coded bytes as the content with nothing to say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_in_another_transfer_coding_is_501() {
+    let h = Harness::new().await;
+    let p = h.start().await;
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+    for coding in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+        let request =
+            format!("POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{coding}\r\n{body}GET /next HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let got = read_until_closed(&mut s).await.unwrap_or_else(|got| {
+            panic!(
+                "{coding:?}: not closed: {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        });
+        let (status, text) = parse_answer(&got);
+        assert_eq!(status, 501, "{coding:?}: {text}");
+        assert!(text.contains("other than chunked"), "{coding:?}: {text}");
+        assert_eq!(
+            text.matches("HTTP/1.1 ").count(),
+            1,
+            "{coding:?}: the bytes after the body were served: {text}"
+        );
+    }
+    let blue = support::stats(&p, "blue");
+    assert_eq!(
+        (1..=5).map(|c| blue.responses(c)).sum::<u64>(),
+        0,
+        "a request in another transfer coding reached the slot"
+    );
+    // Chunked alone is served.
+    let json = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{json}\r\n0\r\n\r\n",
+        json.len()
+    );
+    s.write_all(request.as_bytes()).await.expect("write");
+    let got = read_until_closed(&mut s).await.expect("an answer");
+    let (status, text) = parse_answer(&got);
+    assert_ne!(status, 501, "{text}");
+    assert_eq!(
+        (1..=5).map(|c| blue.responses(c)).sum::<u64>(),
+        1,
+        "the chunked request did not reach the slot: {text}"
+    );
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_local_responses_total{code=\"501\",reason=\"not_implemented\"}";
+    assert_eq!(metric(&m, series), 2, "{series}\n{m}");
     p.shutdown().await;
     h.stop.cancel();
 }
@@ -1537,18 +1612,6 @@ async fn a_slots_length_beside_chunked_coding_or_on_a_204_is_not_passed_on() {
     h.stop.cancel();
 }
 
-/// Typed classification: a connect timeout (a slot whose accept queue is full
-/// drops the SYN) is `timeout` and 504; a refused connect is `connect` and 502.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_failures_are_classified_by_type() {
-    let h = Harness::new().await;
-    // A listener with a backlog of one that never accepts: once its queue is
-    // full, further SYNs are dropped and a connect waits.
-    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.bind("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind");
-    let full = sock.listen(1).expect("listen");
-    let full_port = full.local_addr().expect("addr").port();
 /// A slot that sends an answer's head and part of its body, then stalls:
 /// `/length` (a `Content-Length` of 100, 10 bytes sent), `/chunked` (one
 /// chunk, no end), `/events` (an event stream: one event, then quiet).
@@ -1696,6 +1759,18 @@ async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
     h.stop.cancel();
 }
 
+/// Typed classification: a connect timeout (a slot whose accept queue is full
+/// drops the SYN) is `timeout` and 504; a refused connect is `connect` and 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_classified_by_type() {
+    let h = Harness::new().await;
+    // A listener with a backlog of one that never accepts: once its queue is
+    // full, further SYNs are dropped and a connect waits.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let full = sock.listen(1).expect("listen");
+    let full_port = full.local_addr().expect("addr").port();
     let mut fillers = Vec::new();
     for _ in 0..4 {
         let attempt = tokio::time::timeout(

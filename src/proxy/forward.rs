@@ -353,10 +353,13 @@ impl Forwarder {
         {
             return self.too_large(req, peer);
         }
-        if let Some(why) = unforwardable(req, scan) {
-            self.stats.count_local(LocalResponse::BadRequest);
+        if let Some((answer, why)) = unforwardable(req, scan) {
+            self.stats.count_local(answer);
             tracing::debug!(%method, uri = %req.uri(), peer = %peer.addr, "{why}");
-            return Decided::answer(jsonrpc_error(StatusCode::BAD_REQUEST, why));
+            let status = StatusCode::from_u16(answer.code()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut resp = jsonrpc_error(status, why);
+            close_after_unread_body(&mut resp, req, peer);
+            return Decided::answer(resp);
         }
         if let Err(refused) = self
             .host_guard
@@ -476,15 +479,7 @@ impl Forwarder {
             "body_too_large",
             &too_large_message(self.max_request_body),
         );
-        // An HTTP/1.1 body left unread cannot be told from a next request.
-        if req.version() < http::Version::HTTP_2 && !matches!(req.body(), RequestBody::Read { .. })
-        {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            peer.conn.close_soon();
-            // Read off after the answer, or the close resets it.
-            peer.conn.linger();
-        }
+        close_after_unread_body(&mut resp, req, peer);
         Decided::answer(resp)
     }
 
@@ -1493,28 +1488,88 @@ fn strip_query_tag(req: &mut Request<RequestBody>, value_at: usize, prefix_len: 
     }
 }
 
-/// Why a request is no slot's to answer (`400 bad_request`), if it is not:
-/// a `CONNECT`, a tunnel, which is a forward proxy's work (hyper would send
-/// it on as `CONNECT /` and take a 2xx for a tunnel; nginx answers it 400
-/// too); or a session, or the last event id where a moved session resumes,
+/// Why a request is no slot's to answer, and the answer it gets, if it is
+/// not: a `CONNECT` (`400 bad_request`), a tunnel, which is a forward
+/// proxy's work (hyper would send it on as `CONNECT /` and take a 2xx for a
+/// tunnel; nginx answers it 400 too); a `TRACE` (`405`, as nginx answers
+/// it), which a slot would answer with the request's own headers, cookies
+/// and credentials included (cross-site tracing); or (`400 bad_request`) a
+/// session, or the last event id where a moved session resumes,
 /// named twice, since the slot might read another copy than the proxy routed
 /// by (the first of two headers for most servers, both joined for Node's,
 /// the last of two query parameters for Starlette's).
-fn unforwardable(req: &Request<RequestBody>, scan: &Scan) -> Option<&'static str> {
+fn unforwardable(req: &Request<RequestBody>, scan: &Scan) -> Option<(LocalResponse, &'static str)> {
+    if req.version() == http::Version::HTTP_11 {
+        if let Some(refused) = transfer_coding(req.headers()) {
+            return Some(refused);
+        }
+    }
     if req.method() == Method::CONNECT {
-        return Some(
+        return Some((
+            LocalResponse::BadRequest,
             "Bad Request: CONNECT is not served (mcpflip is a reverse proxy, not a tunnel)",
-        );
+        ));
+    }
+    if req.method() == Method::TRACE {
+        return Some((
+            LocalResponse::MethodNotAllowed,
+            "Method Not Allowed: TRACE is not served (it would echo the request's credentials)",
+        ));
     }
     if scan.sessions > 1
         || scan.last_event_ids > 1
         || req.uri().query().is_some_and(session_params_repeated)
     {
-        return Some(
+        return Some((
+            LocalResponse::BadRequest,
             "Bad Request: more than one session id (Mcp-Session-Id, sessionId or session_id) or Last-Event-ID",
-        );
+        ));
     }
     None
+}
+
+/// A request body in a transfer coding other than `chunked` alone, refused
+/// `501` as nginx refuses it (RFC 9112 §6.1: a coding not understood). hyper
+/// reads `gzip, chunked` as chunked and takes the chunks off, and the header
+/// is hop-by-hop: the slot would get the coded bytes as the content, with
+/// nothing to say so. Only a request hyper read has the header (the proxy's
+/// own HTTP/1.1 reader hands any `Transfer-Encoding` to hyper, and HTTP/2
+/// has none); hyper drops a `Content-Length` beside it and closes the
+/// connection after the answer (RFC 9112 §6.3).
+fn transfer_coding(headers: &HeaderMap) -> Option<(LocalResponse, &'static str)> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let first = codings.next()?;
+    if codings.next().is_some()
+        || !first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked")
+    {
+        return Some((
+            LocalResponse::NotImplemented,
+            "Not Implemented: a Transfer-Encoding other than chunked",
+        ));
+    }
+    None
+}
+
+/// An HTTP/1.1 request's body that a local answer leaves unread cannot be
+/// told from a next request: the connection closes after `resp`, lingering
+/// (read off after the answer, or the close resets it).
+fn close_after_unread_body(
+    resp: &mut Response<ResponseBody>,
+    req: &Request<RequestBody>,
+    peer: &Peer,
+) {
+    if req.version() < http::Version::HTTP_2
+        && !matches!(req.body(), RequestBody::Read { .. })
+        && !http_body::Body::is_end_stream(req.body())
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        peer.conn.close_soon();
+        peer.conn.linger();
+    }
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
