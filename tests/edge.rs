@@ -2149,6 +2149,58 @@ async fn hop_by_hop_headers_stop_at_the_proxy_both_ways() {
     h.stop.cancel();
 }
 
+/// An HTTP/2 request's cookies, which browsers send as a field each, reach
+/// the slot as one `Cookie` line joined with `; ` (RFC 9113 §8.2.3), as
+/// nginx passes them on. Before, each went as a line of its own, which a
+/// server that expects one `Cookie` line (RFC 6265 §5.4) misreads. An
+/// HTTP/1.1 request's lines go as they came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_requests_cookies_reach_the_slot_as_one_line() {
+    let h = Harness::new().await;
+    let (slot, mut heads) = hop_by_hop_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+    let h2: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for (cookies, want) in [
+        (&["a=1", "b=2", "c=3"][..], "cookie: a=1; b=2; c=3\r\n"),
+        (&["only=1"][..], "cookie: only=1\r\n"),
+    ] {
+        let mut req = http::Request::get(format!("http://{}/chunked", p.public_addr));
+        for c in cookies {
+            req = req.header("cookie", *c);
+        }
+        let resp = h2
+            .request(req.body(http_body_util::Empty::new()).expect("request"))
+            .await
+            .expect("answered over HTTP/2");
+        assert_eq!(resp.status(), 200);
+        let got = tokio::time::timeout(PATIENCE, heads.recv())
+            .await
+            .expect("the slot got the request")
+            .expect("a head");
+        assert!(got.contains(want), "{cookies:?}: {got}");
+        assert_eq!(got.matches("cookie:").count(), 1, "{cookies:?}: {got}");
+    }
+    // HTTP/1.1: the lines as they came.
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"GET /chunked HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let (head, _) = read_message(&mut s, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let got = tokio::time::timeout(PATIENCE, heads.recv())
+        .await
+        .expect("the slot got the request")
+        .expect("a head");
+    assert!(got.contains("cookie: a=1\r\ncookie: b=2\r\n"), "{got}");
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// A slot that answers `GET /PATH` with a one-event SSE stream (chunked)
 /// whose `X-Accel-Buffering` line is the path's: `/none` sends none, `/no`
 /// `no`, `/yes` `yes`, `/twice` two lines.

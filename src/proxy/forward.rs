@@ -1263,6 +1263,9 @@ impl Forwarder {
             *req.uri_mut() = Uri::from(pq);
         }
         // Upstream connections are HTTP/1.1 whatever the client spoke.
+        if req.version() == http::Version::HTTP_2 {
+            join_cookies(req.headers_mut());
+        }
         *req.version_mut() = http::Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
         let host = match (&client_host, self.preserve_host) {
@@ -1551,6 +1554,29 @@ fn transfer_coding(headers: &HeaderMap) -> Option<(LocalResponse, &'static str)>
         ));
     }
     None
+}
+
+/// An HTTP/2 request's cookies as one `Cookie` line, their values joined
+/// with `; `, as RFC 9113 §8.2.3 asks of a request passed on over HTTP/1.1:
+/// browsers send each cookie as a field of its own over HTTP/2 (crumbs, which
+/// compress better), while an HTTP/1.1 server may expect the one line RFC
+/// 6265 §5.4 has a client send: one that reads the first loses the rest, a
+/// CGI-style one that joins repeated lines with `,` gives the first cookie
+/// the others as part of its value. nginx joins them too.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Valid: values that were valid, joined by visible ASCII.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// An HTTP/1.1 request's body that a local answer leaves unread cannot be
