@@ -1079,7 +1079,12 @@ impl Body for UpstreamBody {
             let filled = match conn.poll_fill(cx) {
                 Poll::Ready(filled) => filled,
                 Poll::Pending => {
-                    let Some(timeout) = conn.read_timeout.filter(|_| !this.event_stream) else {
+                    // An event stream is never timed: one test of a flag it
+                    // holds, on the relay's path.
+                    if this.event_stream {
+                        return Poll::Pending;
+                    }
+                    let Some(timeout) = conn.read_timeout else {
                         return Poll::Pending;
                     };
                     // A clock read per pause, not per read: a body that
