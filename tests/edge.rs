@@ -1662,9 +1662,9 @@ async fn stalling_slot() -> u16 {
 /// A slot that stalls inside an answer's body (not an event stream) for
 /// `response_body_timeout` has that answer cut: the client's connection is
 /// closed before the body's end (HTTP/1.1) or its stream reset (HTTP/2),
-/// and it is counted as `read_timeout`. Before, nothing timed the body
-/// once its head was out: the client waited, and held a connection to the
-/// slot, for as long as both stayed open. The pause is timed between reads,
+/// and it is counted as `read_timeout` and in the watch's error share.
+/// Before, nothing timed the body once its head was out: the client waited,
+/// and held a connection to the slot, for as long as both stayed open. The pause is timed between reads,
 /// not over the whole body, and an event stream is never timed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
@@ -1754,6 +1754,9 @@ async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
     let m = metrics(p.admin_addr).await;
     let series = "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"read_timeout\"}";
     assert_eq!(metric(&m, series), 3, "{series} in\n{m}");
+    // And in what the watch judges: each cut answer failed as a 5xx would.
+    let blue = support::stats(&p, "blue");
+    assert_eq!(blue.upstream_failures(), 3);
     drop(s);
     p.shutdown().await;
     h.stop.cancel();

@@ -278,6 +278,11 @@ impl Body for ResponseBody {
                 if let Poll::Ready(Some(Err(HttpError::ReadTimeout(timeout)))) = &polled {
                     if let Some(stats) = guard.as_ref().map(InflightGuard::stats) {
                         stats.count_upstream_error(UpstreamError::ReadTimeout);
+                        // The slot failed the answer as surely as with a 5xx
+                        // (whose status it could no longer send): the watch
+                        // counts it, so a new slot that stalls inside its
+                        // answers rolls back.
+                        stats.count_upstream_failure();
                         tracing::warn!(slot = %stats.name(), timeout = %humantime::format_duration(*timeout), "the slot's answer body paused longer than response_body_timeout: the client's answer was cut");
                     }
                 }
