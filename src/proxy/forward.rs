@@ -1492,7 +1492,8 @@ fn strip_query_tag(req: &mut Request<RequestBody>, value_at: usize, prefix_len: 
 }
 
 /// Why a request is no slot's to answer, and the answer it gets, if it is
-/// not: a `CONNECT` (`400 bad_request`), a tunnel, which is a forward
+/// not: a body in a transfer coding other than `chunked` (`501`, see
+/// [`transfer_coding`]); a `CONNECT` (`400 bad_request`), a tunnel, which is a forward
 /// proxy's work (hyper would send it on as `CONNECT /` and take a 2xx for a
 /// tunnel; nginx answers it 400 too); a `TRACE` (`405`, as nginx answers
 /// it), which a slot would answer with the request's own headers, cookies
