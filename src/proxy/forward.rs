@@ -1566,11 +1566,11 @@ fn transfer_coding(headers: &HeaderMap) -> Option<(LocalResponse, &'static str)>
 /// the others as part of its value. nginx joins them too.
 fn join_cookies(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+    let (Some(first), Some(second)) = (values.next(), values.next()) else {
         return;
     };
     let mut joined = first.as_bytes().to_vec();
-    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+    for v in std::iter::once(second).chain(values) {
         joined.extend_from_slice(b"; ");
         joined.extend_from_slice(v.as_bytes());
     }

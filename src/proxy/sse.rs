@@ -605,11 +605,12 @@ pub fn find_session_param(s: &str) -> Option<(usize, usize)> {
 /// choice (Starlette's query map keeps the last), the proxy routes by the
 /// first.
 pub fn session_params_repeated(query: &str) -> bool {
-    query
-        .split('&')
-        .filter(|part| part.starts_with("sessionId=") || part.starts_with("session_id="))
-        .nth(1)
-        .is_some()
+    // Another one in what follows the first's parameter, by the one matcher.
+    find_in_query(query).is_some_and(|(at, _)| {
+        query[at..]
+            .find('&')
+            .is_some_and(|end| find_in_query(&query[at + end + 1..]).is_some())
+    })
 }
 
 /// Like [`find_session_param`] on a bare query string (no '?').
