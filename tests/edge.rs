@@ -1762,6 +1762,101 @@ async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
     h.stop.cancel();
 }
 
+/// A slot that sends an answer's head and part of its body, then breaks off
+/// (killed, crashed): `/length` (a `Content-Length` of 100, 10 bytes sent)
+/// and `/chunked` (one chunk, no end) close the connection, `/bad` sends a
+/// chunk size that is not hex, `/events` an event stream's first event and
+/// closes without its last chunk. `/ok` is whole.
+async fn breaking_slot() -> u16 {
+    raw_slot::<(), _, _>(|mut s, _tx| async move {
+        let mut buf = Vec::new();
+        while let Some(end) = read_head(&mut s, &mut buf).await {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end);
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            let answer: &[u8] = match path.as_str() {
+                "/length" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+                "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                "/bad" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+                "/events" => b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n10\r\ndata: {\"n\": 1}\n\n\r\n",
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+            };
+            if s.write_all(answer).await.is_err() || path != "/ok" {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+/// A slot that breaks off inside an answer's body (its connection closed
+/// before the body's end, or a chunk it cannot frame) has the client's
+/// answer cut, and it is counted as `body_reset` in
+/// `mcpflip_upstream_errors_total`; an answer that is not an event stream
+/// counts in the watch's error share too, as a 5xx would. Before, such an
+/// answer showed in the access log alone: the counter an operator alerts on
+/// (nginx's "upstream prematurely closed connection while reading upstream")
+/// stayed at 0, and a new slot that crashed inside its answers passed its
+/// watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_breaks_inside_a_body_is_counted() {
+    let h = Harness::new().await;
+    let slot = breaking_slot().await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("\r\n\r\n{}"), "{text}");
+
+    for (path, sent) in [
+        ("/length", "0123456789"),
+        ("/chunked", "hello"),
+        ("/bad", "hello"),
+        ("/events", "data: {\"n\": 1}"),
+    ] {
+        let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json, text/event-stream\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.expect("write");
+        let got = read_until_closed(&mut s).await.unwrap_or_else(|got| {
+            panic!(
+                "{path}: still open after 15 s: {:?}",
+                String::from_utf8_lossy(&got)
+            )
+        });
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+        assert!(text.contains(sent), "{path}: {text}");
+        // Cut: neither the last chunk nor the announced length came.
+        assert!(!text.ends_with("0\r\n\r\n"), "{path}: {text}");
+        if path == "/length" {
+            assert!(
+                text.to_ascii_lowercase().contains("content-length: 100"),
+                "{text}"
+            );
+        }
+    }
+
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"body_reset\"}";
+    assert_eq!(metric(&m, series), 4, "{series} in\n{m}");
+    let series = "mcpflip_upstream_errors_total{slot=\"blue\",kind=\"reset\"}";
+    assert_eq!(metric(&m, series), 0, "{series} in\n{m}");
+    // The three cut answers failed as a 5xx would; the stream's break is
+    // counted above only (a stream a slot ends at a deploy is not a failed call).
+    let blue = support::stats(&p, "blue");
+    assert_eq!(blue.upstream_failures(), 3);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
 /// Typed classification: a connect timeout (a slot whose accept queue is full
 /// drops the SYN) is `timeout` and 504; a refused connect is `connect` and 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

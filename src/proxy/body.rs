@@ -275,15 +275,20 @@ impl Body for ResponseBody {
             Kind::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             Kind::Plain { inner, guard } => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(Some(Err(HttpError::ReadTimeout(timeout)))) = &polled {
+                if let Poll::Ready(Some(Err(error))) = &polled {
                     if let Some(stats) = guard.as_ref().map(InflightGuard::stats) {
-                        stats.count_upstream_error(UpstreamError::ReadTimeout);
                         // The slot failed the answer as surely as with a 5xx
                         // (whose status it could no longer send): the watch
-                        // counts it, so a new slot that stalls inside its
-                        // answers rolls back.
+                        // counts it, so a new slot that stalls or breaks off
+                        // inside its answers rolls back.
                         stats.count_upstream_failure();
-                        tracing::warn!(slot = %stats.name(), timeout = %humantime::format_duration(*timeout), "the slot's answer body paused longer than response_body_timeout: the client's answer was cut");
+                        if let HttpError::ReadTimeout(timeout) = error {
+                            stats.count_upstream_error(UpstreamError::ReadTimeout);
+                            tracing::warn!(slot = %stats.name(), timeout = %humantime::format_duration(*timeout), "the slot's answer body paused longer than response_body_timeout: the client's answer was cut");
+                        } else {
+                            stats.count_upstream_error(UpstreamError::BodyReset);
+                            tracing::warn!(slot = %stats.name(), %error, "the slot broke off inside an answer's body: the client's answer was cut");
+                        }
                     }
                 }
                 if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
@@ -541,6 +546,11 @@ impl Stream {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    // Counted, not judged: a stream a slot ends by stopping
+                    // (a deploy's old slot) is not a failed call.
+                    if let Some(g) = &self.guard {
+                        g.stats().count_upstream_error(UpstreamError::BodyReset);
+                    }
                     if self.cut.is_some() && !self.answered && self.scanner.at_boundary() {
                         // The slot broke off mid-call (killed): the client gets
                         // an error for its call instead of a stream cut short.

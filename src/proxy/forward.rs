@@ -808,14 +808,17 @@ impl Forwarder {
                     }
                     let (status, code) = match kind {
                         // A send fails before any body is read: never
-                        // `ReadTimeout` here, but a timeout all the same.
+                        // `ReadTimeout` nor `BodyReset` here, but a timeout
+                        // and a broken connection all the same.
                         UpstreamError::Timeout
                         | UpstreamError::ResponseTimeout
                         | UpstreamError::ReadTimeout => {
                             (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
                         }
                         UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream_connect"),
-                        UpstreamError::Reset => (StatusCode::BAD_GATEWAY, "upstream_reset"),
+                        UpstreamError::Reset | UpstreamError::BodyReset => {
+                            (StatusCode::BAD_GATEWAY, "upstream_reset")
+                        }
                     };
                     stats.count_response(status.as_u16());
                     stats.count_upstream_failure();

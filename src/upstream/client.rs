@@ -51,15 +51,20 @@ pub enum UpstreamError {
     /// An answer's body (not an event stream) paused longer than the
     /// response body timeout, after its head was passed on.
     ReadTimeout,
+    /// The connection broke inside an answer's body, after its head was
+    /// passed on (reset, closed before the body's end, a chunk that cannot
+    /// be framed): the client's answer was cut.
+    BodyReset,
 }
 
 impl UpstreamError {
-    pub const ALL: [UpstreamError; 5] = [
+    pub const ALL: [UpstreamError; 6] = [
         Self::Connect,
         Self::Timeout,
         Self::Reset,
         Self::ResponseTimeout,
         Self::ReadTimeout,
+        Self::BodyReset,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +73,7 @@ impl UpstreamError {
             Self::Reset => "reset",
             Self::ResponseTimeout => "response_timeout",
             Self::ReadTimeout => "read_timeout",
+            Self::BodyReset => "body_reset",
         }
     }
 }
