@@ -654,6 +654,13 @@ pub struct SlotConfig {
         serialize_with = "opt_duration_out"
     )]
     pub response_header_timeout: Option<Duration>,
+    /// This slot's `[proxy] response_body_timeout`.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "opt_duration_out"
+    )]
+    pub response_body_timeout: Option<Duration>,
 }
 
 impl SlotConfig {
@@ -1375,14 +1382,18 @@ impl Config {
             }
         }
         for (i, slot) in self.slots.iter().enumerate() {
-            if slot.response_header_timeout.is_some_and(|d| d.is_zero()) {
-                return Err(err(
-                    "slot",
-                    Some(i),
-                    "response_header_timeout",
-                    "must be greater than 0 (leave it out for [proxy] response_header_timeout)"
-                        .into(),
-                ));
+            for (key, timeout) in [
+                ("response_header_timeout", slot.response_header_timeout),
+                ("response_body_timeout", slot.response_body_timeout),
+            ] {
+                if timeout.is_some_and(|d| d.is_zero()) {
+                    return Err(err(
+                        "slot",
+                        Some(i),
+                        key,
+                        format!("must be greater than 0 (leave it out for [proxy] {key})"),
+                    ));
+                }
             }
         }
         if !self.probe.path.starts_with('/') {
@@ -1820,12 +1831,16 @@ impl Config {
         for slot in &self.slots {
             let _ = writeln!(
                 s,
-                "  slot {:<8} {} weight {}{}{}{}",
+                "  slot {:<8} {} weight {}{}{}{}{}",
                 slot.name,
                 slot.upstream,
                 slot.weight,
                 match slot.response_header_timeout {
                     Some(t) => format!(", response header timeout {}", d(t)),
+                    None => String::new(),
+                },
+                match slot.response_body_timeout {
+                    Some(t) => format!(", response body timeout {}", d(t)),
                     None => String::new(),
                 },
                 match &slot.ca {
@@ -2432,6 +2447,22 @@ upstream = "http://127.0.0.1:3002"
         let e = parse(&GOOD.replace("weight = 100", "weight = 0")).unwrap_err();
         assert!(e.message.contains("no slot has a weight"), "{e}");
         assert_eq!(e.line, Some(11));
+    }
+
+    #[test]
+    fn a_slots_zero_timeout_is_refused() {
+        for key in ["response_header_timeout", "response_body_timeout"] {
+            let text = GOOD.replace(
+                "upstream = \"http://127.0.0.1:3002\"",
+                &format!("upstream = \"http://127.0.0.1:3002\"\n{key} = \"0s\""),
+            );
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, format!("slot[1].{key}"), "{e}");
+            assert!(e.message.contains("greater than 0"), "{e}");
+            let text = text.replace("\"0s\"", "\"5m\"");
+            let c = parse(&text).expect("valid");
+            assert!(c.describe().contains("timeout 5m"), "{key}");
+        }
     }
 
     #[test]

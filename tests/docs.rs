@@ -190,6 +190,7 @@ fn populated() -> Config {
             cert: Some(p("client.crt")),
             key: Some(p("client.key")),
             response_header_timeout: Some(Duration::from_secs(1)),
+            response_body_timeout: Some(Duration::from_secs(1)),
         }],
         cluster: Some(ClusterConfig {
             etcd: vec!["https://127.0.0.1:2379".into()],

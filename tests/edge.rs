@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use mcpflip::upstream::client::UpstreamError;
 use support::mcp::http_client;
 use support::{metric, metrics, read_until_closed, until, Harness, TestConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1670,7 +1671,11 @@ async fn stalling_slot() -> u16 {
 async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
     let h = Harness::new().await;
     let slot = stalling_slot().await;
-    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    // Green, the same server, is a slot known to pause: its own timeout.
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", slot, 100)
+        .slot("green", slot, 0)
+        .slot_set("green", "response_body_timeout", "\"1h\"");
     let p = support::start(proxy_keys(cfg, &[("response_body_timeout", "1s")]).load()).await;
 
     // A body whose pauses are each shorter than the timeout is whole.
@@ -1757,6 +1762,32 @@ async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
     // And in what the watch judges: each cut answer failed as a 5xx would.
     let blue = support::stats(&p, "blue");
     assert_eq!(blue.upstream_failures(), 3);
+    drop(s);
+
+    // `[[slot]] response_body_timeout` overrides `[proxy]`'s.
+    assert_eq!(h.ctl("flip green --no-probe").await["ok"], true);
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    s.write_all(b"GET /length HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let open = tokio::time::timeout(Duration::from_millis(2500), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        open.is_err(),
+        "green's answer was cut at [proxy]'s timeout: {text}"
+    );
+    assert!(text.contains("0123456789"), "{text}");
+    let green = support::stats(&p, "green");
+    assert_eq!(green.upstream_errors(UpstreamError::ReadTimeout), 0);
     drop(s);
     p.shutdown().await;
     h.stop.cancel();

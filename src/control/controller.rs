@@ -63,6 +63,8 @@ pub struct Upstream {
     live: Option<Arc<crate::tls::SlotTls>>,
     /// `[[slot]] response_header_timeout`, else `[proxy]`'s.
     response_timeout: Duration,
+    /// `[[slot]] response_body_timeout`, else `[proxy]`'s.
+    body_timeout: Duration,
 }
 
 impl Upstream {
@@ -105,6 +107,9 @@ impl Upstream {
             response_timeout: slot
                 .response_header_timeout
                 .unwrap_or(config.proxy.response_header_timeout),
+            body_timeout: slot
+                .response_body_timeout
+                .unwrap_or(config.proxy.response_body_timeout),
         })
     }
 
@@ -120,7 +125,7 @@ impl Upstream {
             None => UpstreamClient::new(proxy.connect_timeout, proxy.pool_idle_timeout),
         }
         .with_response_timeout(self.response_timeout)
-        .with_body_timeout(proxy.response_body_timeout)
+        .with_body_timeout(self.body_timeout)
     }
 }
 
