@@ -272,14 +272,35 @@ pub fn parse_line(line: &str) -> Result<Request, CtlError> {
                 // `flip --help` on the socket: the help is the answer.
                 return CtlError::BadCommand(text.trim_end().to_owned());
             }
-            // clap's first line says what is wrong; the usage that follows is for a terminal.
-            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
-            CtlError::BadCommand(format!(
-                "{}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby, reload (`mcpflip ctl CMD --help`)",
-                quote(first, 200)
-            ))
+            CtlError::BadCommand(one_line_error(&text))
         })?;
     as_on_the_wire(request)
+}
+
+/// clap's error for a terminal as one line for the socket: its first
+/// paragraph (what is wrong, with what it lists below: the missing
+/// arguments, the possible values), then the command's usage, or the
+/// commands when no command was recognised.
+fn one_line_error(text: &str) -> String {
+    let what = text
+        .split("\n\n")
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let usage = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Usage: "))
+        .filter(|u| !u.starts_with("mcpflip-ctl "));
+    match usage {
+        Some(usage) => format!("{}; usage: {}", quote(&what, 200), quote(usage, 200)),
+        None => format!(
+            "{}; commands: status, flip, weights, drain, wait, probe, rollback, deploy, retire, standby, reload (`mcpflip ctl CMD --help`)",
+            quote(&what, 200)
+        ),
+    }
 }
 
 /// The words' request as its JSON form carries it, so that both forms of one
@@ -1492,6 +1513,20 @@ mod tests {
             let e = parse_line(line).expect_err(line);
             assert_eq!(e.code(), ErrorCode::BadCommand, "{line}: {e}");
         }
+        // What clap lists under its first line is part of the error.
+        let e = parse_line("flip").expect_err("no slot").to_string();
+        assert!(
+            e.starts_with(
+                "the following required arguments were not provided: <SLOT>; usage: flip <SLOT>"
+            ),
+            "{e}"
+        );
+        let e = parse_line("wait blue undrained")
+            .expect_err("condition")
+            .to_string();
+        assert!(e.contains("[possible values: drained]"), "{e}");
+        let e = parse_line("bogus").expect_err("command").to_string();
+        assert!(e.contains("commands: status, flip,"), "{e}");
         let long = "z".repeat(50_000);
         let e = parse_line(&long).expect_err("long word");
         assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
