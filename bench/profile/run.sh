@@ -28,6 +28,9 @@
 # SDKs' HTTP clients (httpx, undici) send them.
 # SSE=1 (calls, nginx): the call is answered with an SSE stream (the demo's `slow` tool for 0
 # seconds), as the Python SDK's server answers every POST.
+# NSTAT=1 (with WRK=1) prints the machine's TCP counters per request over the measured run
+# (segments, delayed and pure ACKs, autocorking, from nstat): what the kernel does for each
+# proxy on either side of it.
 # STRACE=1 (calls, nginx) counts the proxy's system calls per request with `strace -c` instead
 # of callgrind (OUT is strace's table).
 set -euo pipefail
@@ -124,6 +127,7 @@ calls|nginx)
         taskset -c 0 wrk -t1 -c"$c" -d1s -s "$dir/call.lua" "http://127.0.0.1:$port/mcp" >/dev/null
         ticks=$(getconf CLK_TCK)
         switches() { cat /proc/"$target"/task/*/status | awk '/^voluntary_ctxt_switches/ {v += $2} /^nonvoluntary_ctxt_switches/ {n += $2} END {print v, n}'; }
+        if [ -n "${NSTAT:-}" ]; then nstat -n; fi
         before=$(cut -d' ' -f14,15 "/proc/$target/stat") sw0=$(switches)
         # wrk's own CPU and wake-ups (GNU time: its rusage from wait4, nothing attached).
         timed=()
@@ -131,6 +135,11 @@ calls|nginx)
         "${timed[@]}" taskset -c 0 wrk -t1 -c"$c" -d"${n}s" --latency -s "$dir/call.lua" "http://127.0.0.1:$port/mcp" >"$out"
         after=$(cut -d' ' -f14,15 "/proc/$target/stat") sw1=$(switches)
         reqs=$(awk '/requests in/ {print $1}' "$out")
+        if [ -n "${NSTAT:-}" ]; then
+            # The machine's TCP counters over the measured run (loopback: every segment is
+            # sent once and received once), per request.
+            nstat | awk -v n="$reqs" '$1 ~ /^(TcpOutSegs|TcpExtDelayedACKs|TcpExtTCPPureAcks|TcpExtTCPHPAcks|TcpExtTCPHPHits|TcpExtTCPAutoCorking|TcpExtTCPOrigDataSent|TcpExtTCPBacklogCoalesce)$/ { printf "  %-26s %6.3f per request\n", $1, $2 / n }'
+        fi
         grep -E "Requests/sec| 50%| 99%" "$out"
         who=proxy
         if [ -n "${UPSTREAM:-}" ]; then who=upstream; fi
