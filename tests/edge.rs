@@ -1888,6 +1888,71 @@ async fn a_slot_that_breaks_inside_a_body_is_counted() {
     h.stop.cancel();
 }
 
+/// A slot that says how long it keeps an idle connection (`Keep-Alive:
+/// timeout=1`; Node's HTTP server says `timeout=5` on every answer) and
+/// closes one that idled that long when the next request comes on it, as
+/// if its close had crossed the request on the way: that request is lost
+/// unanswered. Each connection and each such loss is reported.
+async fn keep_alive_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+    raw_slot(|mut s, tx| async move {
+        let _ = tx.send("connection");
+        let mut buf = Vec::new();
+        let mut answered = std::time::Instant::now();
+        while let Some(end) = read_head(&mut s, &mut buf).await {
+            buf.drain(..end);
+            if answered.elapsed() >= Duration::from_secs(1) {
+                let _ = tx.send("lost");
+                return;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\n{}";
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+            answered = std::time::Instant::now();
+        }
+    })
+    .await
+}
+
+/// A connection to a slot is reused only while it has idled less than the
+/// slot said it keeps one (`Keep-Alive: timeout=N`, less a margin): a
+/// request sent on one the slot is closing at that moment is lost, and the
+/// client gets a 502 for a call the slot never saw (an MCP call is not sent
+/// twice). Before, only `pool_idle_timeout` (90 s) bounded the reuse, and
+/// behind Node's servers (5 s) the request that came just as the slot closed
+/// its idle connection failed. The header is not passed on.
+// One thread, one worker: the slot's connections go back to the idle list
+// the next request takes them from (each worker thread has its own).
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_the_slot_is_closing_is_not_reused() {
+    let h = Harness::new().await;
+    let (slot, mut seen) = keep_alive_slot().await;
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", slot, 100)
+        .set("proxy", "workers", "1");
+    let p = support::start(cfg.load()).await;
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for pause in [0, 200, 1200] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        s.write_all(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, body) = read_message(&mut s, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "after {pause} ms: {head}");
+        assert!(!head.contains("keep-alive:"), "{head}");
+        assert_eq!(body, b"{}");
+    }
+    p.shutdown().await;
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    // The second request on the first connection, the third on a new one.
+    assert_eq!(events, ["connection", "connection"]);
+    h.stop.cancel();
+}
+
 /// Typed classification: a connect timeout (a slot whose accept queue is full
 /// drops the SYN) is `timeout` and 504; a refused connect is `connect` and 502.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,7 +339,7 @@ impl Noted {
                 self.close |= lists_token(value, b"close");
                 false
             }
-            LineKind::TransferEncoding | LineKind::HopByHop => false,
+            LineKind::TransferEncoding | LineKind::KeepAlive | LineKind::HopByHop => false,
             LineKind::Date => {
                 self.dated = true;
                 true

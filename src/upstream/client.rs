@@ -488,7 +488,7 @@ impl Pool {
                 continue;
             }
             let mut e = idle.remove(i);
-            if now.duration_since(e.since) < self.idle_timeout && e.conn.conn.is_open() {
+            if e.conn.conn.fresh(e.since, now, self.idle_timeout) && e.conn.conn.is_open() {
                 return Some(e.conn);
             }
         }
@@ -556,7 +556,12 @@ impl Pool {
                     }
                 };
                 match sent {
-                    Ok(answered) => break answered,
+                    Ok(answered) => {
+                        if let Some(secs) = answered.idle_hint {
+                            conn.conn.note_idle_hint(secs);
+                        }
+                        break answered;
+                    }
                     // A reused connection closed before the request went out:
                     // nothing was sent, so it is safe to send once more.
                     Err((_, Some(unsent))) if reused => {
@@ -979,7 +984,7 @@ async fn reap(pool: Weak<Pool>, timeout: Duration) {
             let expired: Vec<Idle> = pool
                 .lock_at(i)
                 .extract_if(.., |e| {
-                    now.duration_since(e.since) >= timeout || !e.conn.conn.is_open()
+                    !e.conn.conn.fresh(e.since, now, timeout) || !e.conn.conn.is_open()
                 })
                 .collect();
             drop(expired);

@@ -144,6 +144,10 @@ pub struct Conn {
     /// nothing, cleared when one finds bytes (so never set on an idle
     /// connection: a body that ends read bytes last).
     pub read_deadline: Option<tokio::time::Instant>,
+    /// How long this connection may idle and still be reused, from what the
+    /// slot's answers said of its own idle timeout (`Keep-Alive:
+    /// timeout=N`, less a margin); `None`: they said nothing.
+    pub idle_limit: Option<std::time::Duration>,
 }
 
 impl Conn {
@@ -154,7 +158,29 @@ impl Conn {
             timer: None,
             read_timeout: None,
             read_deadline: None,
+            idle_limit: None,
         }
+    }
+
+    /// Notes what an answer's `Keep-Alive` said of the slot's idle timeout
+    /// (`secs`): the connection is reused only while it has idled less
+    /// ([`reuse_within`]).
+    pub fn note_idle_hint(&mut self, secs: u32) {
+        self.idle_limit = Some(reuse_within(secs));
+    }
+
+    /// Whether a connection idle since `since` may take a request at
+    /// `now`, under the pool's `idle_timeout` and the slot's own.
+    pub fn fresh(
+        &self,
+        since: tokio::time::Instant,
+        now: tokio::time::Instant,
+        idle_timeout: std::time::Duration,
+    ) -> bool {
+        let limit = self
+            .idle_limit
+            .map_or(idle_timeout, |l| l.min(idle_timeout));
+        now.duration_since(since) < limit
     }
 
     /// True when an idle connection can take a request: the upstream has
@@ -541,6 +567,9 @@ pub struct RawHead {
     /// The first `Content-Type` says `text/event-stream`
     /// ([`crate::mcp::headers::is_event_stream`]).
     pub event_stream: bool,
+    /// How long the slot keeps the connection open while it idles, as its
+    /// `Keep-Alive: timeout=N` says (seconds); `None`: it did not say.
+    pub idle_hint: Option<u32>,
 }
 
 impl RawHead {
@@ -673,6 +702,7 @@ pub fn parse_response_raw(
             framing,
             keep_alive,
             event_stream: noted.content_type == Some(true),
+            idle_hint: noted.idle_hint,
         }));
     }
 }
@@ -693,6 +723,8 @@ struct Noted {
     /// The `Content-Length` values folded in order: the length, or why they
     /// are bad (reported only when no `Transfer-Encoding` overrides them).
     length: Result<Option<u64>, &'static str>,
+    /// The last `timeout` a `Keep-Alive` line gave (seconds).
+    idle_hint: Option<u32>,
 }
 
 impl Default for Noted {
@@ -704,6 +736,7 @@ impl Default for Noted {
             connection: false,
             content_type: None,
             length: Ok(None),
+            idle_hint: None,
         }
     }
 }
@@ -725,9 +758,44 @@ impl Noted {
             LineKind::ContentType if self.content_type.is_none() => {
                 self.content_type = Some(is_event_stream_type(value));
             }
+            LineKind::KeepAlive => {
+                self.idle_hint = keep_alive_timeout(value).or(self.idle_hint);
+            }
             _ => {}
         }
     }
+}
+
+/// How long a connection may idle and still be reused when its slot closes
+/// idle ones after `secs` seconds: a second less (half of it below two), so
+/// that a request never goes out on a connection the slot is closing at
+/// that moment: it would be lost with no answer, and an MCP call is not sent
+/// twice. `0`: never reused.
+pub fn reuse_within(secs: u32) -> std::time::Duration {
+    let hint = std::time::Duration::from_secs(u64::from(secs));
+    hint - (hint / 2).min(std::time::Duration::from_secs(1))
+}
+
+/// The `timeout` parameter of a `Keep-Alive` value (`timeout=5, max=1000`:
+/// how many seconds the server keeps an idle connection open, as Node's
+/// HTTP server and Apache say on every answer), at most a day.
+pub fn keep_alive_timeout(value: &[u8]) -> Option<u32> {
+    value.split(|&b| b == b',').find_map(|param| {
+        let eq = param.iter().position(|&b| b == b'=')?;
+        let (name, secs) = (param[..eq].trim_ascii(), param[eq + 1..].trim_ascii());
+        if !name.eq_ignore_ascii_case(b"timeout") {
+            return None;
+        }
+        let secs = secs
+            .strip_prefix(b"\"")
+            .and_then(|s| s.strip_suffix(b"\""))
+            .unwrap_or(secs);
+        if secs.is_empty() || secs.len() > 9 || !secs.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u32 = std::str::from_utf8(secs).ok()?.parse().ok()?;
+        Some(n.min(86_400))
+    })
 }
 
 /// Folds one `Content-Length` value (a list of equal lengths) into `length`.
@@ -956,6 +1024,46 @@ mod tests {
         assert_eq!(head.framing, Framing::Chunked(Chunk::Size));
         assert!(head.keep_alive);
         assert_eq!(&rest[..], b"5\r\nhello\r\n");
+    }
+
+    #[test]
+    fn a_keep_alive_timeout_is_read_from_the_answer() {
+        for (value, secs) in [
+            ("timeout=5", Some(5)),
+            ("timeout=5, max=1000", Some(5)),
+            ("max=100, Timeout = 30", Some(30)),
+            ("timeout=\"7\"", Some(7)),
+            ("timeout=0", Some(0)),
+            ("timeout=99999999", Some(86_400)),
+            ("timeout=", None),
+            ("timeout=-1", None),
+            ("timeout=5s", None),
+            ("timeout=9999999999", None),
+            ("max=5", None),
+            ("", None),
+        ] {
+            assert_eq!(keep_alive_timeout(value.as_bytes()), secs, "{value:?}");
+        }
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let raw = parse_response_raw(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(raw.idle_hint, Some(5));
+        assert!(raw.keep_alive);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..]);
+        let raw = parse_response_raw(&mut buf, &Method::GET).unwrap().unwrap();
+        assert_eq!(raw.idle_hint, None);
+    }
+
+    #[test]
+    fn a_slots_idle_timeout_bounds_reuse_with_a_margin() {
+        let ms = std::time::Duration::from_millis;
+        // Node's `timeout=5`: reused up to 4 s of idling; a short one keeps
+        // half of itself; `timeout=0` is never reused.
+        assert_eq!(reuse_within(5), ms(4_000));
+        assert_eq!(reuse_within(2), ms(1_000));
+        assert_eq!(reuse_within(1), ms(500));
+        assert_eq!(reuse_within(0), ms(0));
     }
 
     #[test]

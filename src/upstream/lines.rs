@@ -74,8 +74,11 @@ pub enum LineKind {
     ContentLength,
     TransferEncoding,
     Connection,
-    /// Another hop-by-hop header (RFC 9110 §7.6.1): `Keep-Alive`,
-    /// `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, `Proxy-Authenticate`,
+    /// `Keep-Alive` (hop-by-hop): a slot's answer may say in it how long
+    /// the slot keeps an idle connection open (`timeout=5`).
+    KeepAlive,
+    /// Another hop-by-hop header (RFC 9110 §7.6.1): `Proxy-Connection`,
+    /// `TE`, `Trailer`, `Upgrade`, `Proxy-Authenticate`,
     /// `Proxy-Authorization`.
     HopByHop,
     ContentType,
@@ -108,7 +111,7 @@ impl LineKind {
             6 if is("expect") => LineKind::Expect,
             7 if is("trailer") || is("upgrade") => LineKind::HopByHop,
             10 if is("connection") => LineKind::Connection,
-            10 if is("keep-alive") => LineKind::HopByHop,
+            10 if is("keep-alive") => LineKind::KeepAlive,
             10 if is("mcp-method") => LineKind::McpMethod,
             10 if is("user-agent") => LineKind::UserAgent,
             12 if is("content-type") => LineKind::ContentType,
@@ -149,7 +152,10 @@ impl LineKind {
     pub fn is_hop_by_hop(self) -> bool {
         matches!(
             self,
-            LineKind::Connection | LineKind::TransferEncoding | LineKind::HopByHop
+            LineKind::Connection
+                | LineKind::TransferEncoding
+                | LineKind::KeepAlive
+                | LineKind::HopByHop
         )
     }
 }
@@ -599,7 +605,7 @@ mod tests {
             ("Content-Length", ContentLength),
             ("TRANSFER-ENCODING", TransferEncoding),
             ("connection", Connection),
-            ("Keep-Alive", HopByHop),
+            ("Keep-Alive", KeepAlive),
             ("Proxy-Connection", HopByHop),
             ("TE", HopByHop),
             ("Trailer", HopByHop),
