@@ -729,8 +729,11 @@ fn default_connect_timeout() -> Duration {
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
 }
+/// Under the 5 s after which uvicorn (the Python SDK's server) and Node's
+/// HTTP server close an idle connection: a request sent on one the slot is
+/// closing at that moment would be lost unanswered.
 fn default_pool_idle() -> Duration {
-    Duration::from_secs(90)
+    Duration::from_secs(4)
 }
 fn default_log_level() -> String {
     "info".into()

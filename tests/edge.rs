@@ -1888,30 +1888,67 @@ async fn a_slot_that_breaks_inside_a_body_is_counted() {
     h.stop.cancel();
 }
 
-/// A slot that says how long it keeps an idle connection (`Keep-Alive:
-/// timeout=1`; Node's HTTP server says `timeout=5` on every answer) and
-/// closes one that idled that long when the next request comes on it, as
-/// if its close had crossed the request on the way: that request is lost
-/// unanswered. Each connection and each such loss is reported.
-async fn keep_alive_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
-    raw_slot(|mut s, tx| async move {
+/// A slot that keeps an idle connection `idle` long (saying so in
+/// `Keep-Alive: timeout=N` when `say`; Node's HTTP server says `timeout=5`
+/// on every answer, uvicorn closes after 5 s without saying) and closes one
+/// that idled that long when the next request comes on it, as if its close
+/// had crossed the request on the way: that request is lost unanswered.
+/// Each connection and each such loss is reported.
+async fn keep_alive_slot(
+    idle: Duration,
+    say: bool,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+    raw_slot(move |mut s, tx| async move {
         let _ = tx.send("connection");
         let mut buf = Vec::new();
         let mut answered = std::time::Instant::now();
+        let answer = if say {
+            format!(
+                "HTTP/1.1 200 OK\r\nKeep-Alive: timeout={}\r\nContent-Length: 2\r\n\r\n{{}}",
+                idle.as_secs()
+            )
+        } else {
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}".to_owned()
+        };
         while let Some(end) = read_head(&mut s, &mut buf).await {
             buf.drain(..end);
-            if answered.elapsed() >= Duration::from_secs(1) {
+            if answered.elapsed() >= idle {
                 let _ = tx.send("lost");
                 return;
             }
-            let answer = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\n{}";
-            if s.write_all(answer).await.is_err() {
+            if s.write_all(answer.as_bytes()).await.is_err() {
                 return;
             }
             answered = std::time::Instant::now();
         }
     })
     .await
+}
+
+/// Sends a GET on one client connection after each pause; each must be
+/// answered 200 `{}` with no `Keep-Alive` passed on. What the slot saw.
+async fn paced_requests(
+    p: &mcpflip::run::Running,
+    pauses: &[u64],
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) -> Vec<&'static str> {
+    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for pause in pauses {
+        tokio::time::sleep(Duration::from_millis(*pause)).await;
+        s.write_all(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, body) = read_message(&mut s, &mut buf).await;
+        assert!(head.starts_with("http/1.1 200"), "after {pause} ms: {head}");
+        assert!(!head.contains("keep-alive:"), "{head}");
+        assert_eq!(body, b"{}");
+    }
+    let mut events = Vec::new();
+    while let Ok(e) = seen.try_recv() {
+        events.push(e);
+    }
+    events
 }
 
 /// A connection to a slot is reused only while it has idled less than the
@@ -1926,30 +1963,36 @@ async fn keep_alive_slot() -> (u16, tokio::sync::mpsc::UnboundedReceiver<&'stati
 #[tokio::test(flavor = "current_thread")]
 async fn a_connection_the_slot_is_closing_is_not_reused() {
     let h = Harness::new().await;
-    let (slot, mut seen) = keep_alive_slot().await;
+    let (slot, mut seen) = keep_alive_slot(Duration::from_secs(1), true).await;
     let cfg = TestConfig::new(h.dir.path())
         .slot("blue", slot, 100)
         .set("proxy", "workers", "1");
     let p = support::start(cfg.load()).await;
-    let mut s = TcpStream::connect(p.public_addr).await.expect("connect");
-    let mut buf = Vec::new();
-    for pause in [0, 200, 1200] {
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        s.write_all(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            .await
-            .expect("write");
-        let (head, body) = read_message(&mut s, &mut buf).await;
-        assert!(head.starts_with("http/1.1 200"), "after {pause} ms: {head}");
-        assert!(!head.contains("keep-alive:"), "{head}");
-        assert_eq!(body, b"{}");
-    }
-    p.shutdown().await;
-    let mut events = Vec::new();
-    while let Ok(e) = seen.try_recv() {
-        events.push(e);
-    }
+    let events = paced_requests(&p, &[0, 200, 1200], &mut seen).await;
     // The second request on the first connection, the third on a new one.
     assert_eq!(events, ["connection", "connection"]);
+    p.shutdown().await;
+    h.stop.cancel();
+}
+
+/// By default a connection to a slot is not reused once it idled 4 s
+/// (`pool_idle_timeout`): under the 5 s after which uvicorn, the Python
+/// SDK's server, closes an idle connection without saying so. Before, the
+/// default was 90 s, and a request that came about 5 s after the last one
+/// could go out on a connection uvicorn was closing: a 502 for a call the
+/// slot never saw.
+// One thread, one worker, as above.
+#[tokio::test(flavor = "current_thread")]
+async fn by_default_a_connection_is_not_reused_past_uvicorns_idle_timeout() {
+    let h = Harness::new().await;
+    let (slot, mut seen) = keep_alive_slot(Duration::from_secs(5), false).await;
+    let cfg = TestConfig::new(h.dir.path())
+        .slot("blue", slot, 100)
+        .set("proxy", "workers", "1");
+    let p = support::start(cfg.load()).await;
+    let events = paced_requests(&p, &[0, 300, 5_200], &mut seen).await;
+    assert_eq!(events, ["connection", "connection"]);
+    p.shutdown().await;
     h.stop.cancel();
 }
 
