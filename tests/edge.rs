@@ -1506,26 +1506,29 @@ async fn a_request_that_names_its_session_twice_is_400() {
 /// chunked (then it closes), `/204` a 204 with a length, `/listed` its
 /// length as a list (`2, 2`); anything else `{}` by its length.
 async fn framing_slot() -> u16 {
-    raw_slot::<(), _, _>(|mut s, _tx| async move {
+    scripted_slot(|path| match path {
+        "/both" => (&b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"[..], true),
+        "/short" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n4\r\nabcd\r\n0\r\n\r\n", true),
+        "/listed" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}", true),
+        "/204" => (b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n", true),
+        "/gzip" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00", false),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true),
+    })
+    .await
+}
+
+/// A slot that answers each request with the fixed bytes `script` gives
+/// for its path, then reads the next request on the same connection, or
+/// closes it when `script` says so.
+async fn scripted_slot(script: fn(&str) -> (&'static [u8], bool)) -> u16 {
+    raw_slot::<(), _, _>(move |mut s, _tx| async move {
         let mut buf = Vec::new();
         while let Some(end) = read_head(&mut s, &mut buf).await {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.drain(..end);
-            let gzip = head.starts_with("get /gzip ");
-            let answer: &[u8] = if head.starts_with("get /both ") {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
-            } else if head.starts_with("get /short ") {
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n4\r\nabcd\r\n0\r\n\r\n"
-            } else if head.starts_with("get /listed ") {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}"
-            } else if head.starts_with("get /204 ") {
-                b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n"
-            } else if gzip {
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00"
-            } else {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
-            };
-            if s.write_all(answer).await.is_err() || gzip {
+            let path = head.split(' ').nth(1).unwrap_or_default();
+            let (answer, go_on) = script(path);
+            if s.write_all(answer).await.is_err() || !go_on {
                 return;
             }
         }
@@ -1799,26 +1802,14 @@ async fn a_slot_that_stalls_inside_a_body_has_that_answer_cut() {
 /// chunk size that is not hex, `/events` an event stream's first event and
 /// closes without its last chunk. `/ok` is whole.
 async fn breaking_slot() -> u16 {
-    raw_slot::<(), _, _>(|mut s, _tx| async move {
-        let mut buf = Vec::new();
-        while let Some(end) = read_head(&mut s, &mut buf).await {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            buf.drain(..end);
-            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-            let answer: &[u8] = match path.as_str() {
-                "/length" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
-                "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                "/bad" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
-                "/events" => b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n10\r\ndata: {\"n\": 1}\n\n\r\n",
-                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
-            };
-            if s.write_all(answer).await.is_err() || path != "/ok" {
-                return;
-            }
-        }
+    scripted_slot(|path| match path {
+        "/length" => (&b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"[..], false),
+        "/chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", false),
+        "/bad" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", false),
+        "/events" => (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n10\r\ndata: {\"n\": 1}\n\n\r\n", false),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true),
     })
     .await
-    .0
 }
 
 /// A slot that breaks off inside an answer's body (its connection closed
