@@ -176,6 +176,8 @@ pub struct SlotStats {
     /// its faults (never a client's fault). The watch window reads this.
     upstream_failures: AtomicU64,
     upstream_errors: [AtomicU64; UpstreamError::ALL.len()],
+    /// Connections made to the slot, by every generation's client.
+    upstream_connections: Arc<AtomicU64>,
     pub stream_duration: AtomicHistogram,
     pub drain_duration: AtomicHistogram,
     /// Request durations, arrival to the end of the response body (long-lived
@@ -225,6 +227,7 @@ impl SlotStats {
             hot: PerWorker::default(),
             upstream_failures: AtomicU64::new(0),
             upstream_errors: Default::default(),
+            upstream_connections: Arc::default(),
             stream_duration: AtomicHistogram::new(&STREAM_BUCKETS),
             drain_duration: AtomicHistogram::new(&DRAIN_BUCKETS),
             request_duration: AtomicHistogram::new(&REQUEST_BUCKETS),
@@ -403,6 +406,18 @@ impl SlotStats {
 
     pub fn upstream_errors(&self, kind: UpstreamError) -> u64 {
         self.upstream_errors[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counter of connections made to the slot, for its clients
+    /// (`UpstreamClient::with_connection_counter`).
+    pub fn connection_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.upstream_connections)
+    }
+
+    /// Connections made to the slot so far (a request on a reused one
+    /// makes none).
+    pub fn upstream_connections(&self) -> u64 {
+        self.upstream_connections.load(Ordering::Relaxed)
     }
 
     /// Records a finished request: its duration, and under its MCP method

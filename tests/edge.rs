@@ -1962,6 +1962,10 @@ async fn a_connection_the_slot_is_closing_is_not_reused() {
     let events = paced_requests(&p, &[0, 200, 1200], &mut seen).await;
     // The second request on the first connection, the third on a new one.
     assert_eq!(events, ["connection", "connection"]);
+    // As the metrics count them.
+    let m = metrics(p.admin_addr).await;
+    let series = "mcpflip_upstream_connections_total{slot=\"blue\"}";
+    assert_eq!(metric(&m, series), 2, "{series} in\n{m}");
     p.shutdown().await;
     h.stop.cancel();
 }
@@ -1983,6 +1987,8 @@ async fn by_default_a_connection_is_not_reused_past_uvicorns_idle_timeout() {
     let p = support::start(cfg.load()).await;
     let events = paced_requests(&p, &[0, 300, 5_200], &mut seen).await;
     assert_eq!(events, ["connection", "connection"]);
+    let blue = support::stats(&p, "blue");
+    assert_eq!(blue.upstream_connections(), 2);
     p.shutdown().await;
     h.stop.cancel();
 }

@@ -113,8 +113,9 @@ impl Upstream {
         })
     }
 
-    /// A new client, with a pool of its own.
-    fn client(&self, proxy: &ProxyConfig) -> UpstreamClient {
+    /// A new client, with a pool of its own, counting its connections in
+    /// the slot's `stats`.
+    fn client(&self, proxy: &ProxyConfig, stats: &SlotStats) -> UpstreamClient {
         match &self.tls {
             Some(tls) => UpstreamClient::with_tls(
                 proxy.connect_timeout,
@@ -126,6 +127,7 @@ impl Upstream {
         }
         .with_response_timeout(self.response_timeout)
         .with_body_timeout(self.body_timeout)
+        .with_connection_counter(stats.connection_counter())
     }
 }
 
@@ -296,13 +298,14 @@ impl Controller {
         for sc in &config.slots {
             let upstream = Upstream::of(sc, &config)?;
             let generation = state.get(&sc.name).map_or(1, |r| r.generation);
+            let stats = stats.get(&sc.name);
             runtime.insert(
                 sc.name.clone(),
                 Runtime {
-                    client: upstream.client(&config.proxy),
+                    client: upstream.client(&config.proxy, &stats),
                     upstream,
                     generation,
-                    stats: stats.get(&sc.name),
+                    stats,
                 },
             );
         }
@@ -1196,13 +1199,14 @@ impl Owner {
                     (Some(cur), None) if cur.generation == r.generation => cur.clone(),
                     (cur, new) => {
                         let upstream = new.or(cur.map(|c| &c.upstream))?.clone();
+                        let stats = cur
+                            .map(|c| Arc::clone(&c.stats))
+                            .unwrap_or_else(|| self.stats.get(&r.name));
                         Runtime {
-                            client: upstream.client(&self.proxy),
+                            client: upstream.client(&self.proxy, &stats),
                             upstream,
                             generation: r.generation,
-                            stats: cur
-                                .map(|c| Arc::clone(&c.stats))
-                                .unwrap_or_else(|| self.stats.get(&r.name)),
+                            stats,
                         }
                     }
                 };

@@ -126,6 +126,16 @@ pub fn render(
             }
         }
     }
+    {
+        let mut fam = w.family(
+            "mcpflip_upstream_connections",
+            Kind::Counter,
+            "Connections made to each slot (a request on a reused one makes none)",
+        );
+        for s in slots {
+            fam.counter(&[("slot", &s.name)], s.stats.upstream_connections());
+        }
+    }
     edge(&mut w, proxy);
     {
         let mut fam = w.family(

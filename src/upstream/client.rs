@@ -163,6 +163,9 @@ struct Pool {
     live: Option<Arc<crate::tls::SlotTls>>,
     /// The reaper of expired idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
+    /// Connections made so far (the slot's counter, which outlives its
+    /// clients: `mcpflip_upstream_connections_total`).
+    made: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -284,12 +287,23 @@ impl UpstreamClient {
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             live,
             reaping: std::sync::atomic::AtomicBool::new(false),
+            made: Arc::default(),
         };
         Self {
             pool: Arc::new(pool),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             body_timeout: None,
         }
+    }
+
+    /// This client counting the connections it makes in `made` (shared
+    /// with the slot's clients before and after it). Call on a new client,
+    /// whose pool no clone shares yet.
+    pub fn with_connection_counter(mut self, made: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        if let Some(pool) = Arc::get_mut(&mut self.pool) {
+            pool.made = made;
+        }
+        self
     }
 
     /// This client with `timeout` as its response header timeout.
@@ -621,6 +635,7 @@ impl Pool {
                 .await
                 .map_err(|_| ClientError::ResponseTimeout(wait.period))?,
         }?;
+        self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Box::new(Pooled { conn, target }))
     }
 
