@@ -12,9 +12,12 @@
 //! A connection is handed out only while it is open (`Conn::is_open`: the
 //! upstream neither closed it nor sent anything while it idled). A request
 //! whose first write failed on a reused connection (it closed in the
-//! meantime) is sent once more on a new one. Idle connections older than
-//! `pool_idle_timeout`, or closed by the upstream, are dropped by a reaper
-//! task that lives as long as the pool.
+//! meantime) is sent once more on a new one. A connection idle for
+//! `pool_idle_timeout`, or for less than the slot says it keeps one open
+//! (its answers' `Keep-Alive: timeout=N`, less a margin), is not handed out:
+//! a request sent as the slot closes it would be lost. Those, and the ones
+//! the upstream closed, are dropped by a reaper task that lives as long as
+//! the pool.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -339,7 +342,7 @@ impl UpstreamClient {
                     .lock_at(i)
                     .iter_mut()
                     .map(|e| {
-                        now.duration_since(e.since) < self.pool.idle_timeout
+                        e.conn.conn.fresh(e.since, now, self.pool.idle_timeout)
                             && e.conn.conn.is_open()
                     })
                     .filter(|&open| open)
