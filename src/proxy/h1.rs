@@ -339,7 +339,8 @@ impl Noted {
                 self.close |= lists_token(value, b"close");
                 false
             }
-            LineKind::TransferEncoding | LineKind::KeepAlive | LineKind::HopByHop => false,
+            // Every other hop-by-hop line is the proxy's to write or drop.
+            kind if kind.is_hop_by_hop() => false,
             LineKind::Date => {
                 self.dated = true;
                 true

@@ -790,11 +790,11 @@ pub fn keep_alive_timeout(value: &[u8]) -> Option<u32> {
             .strip_prefix(b"\"")
             .and_then(|s| s.strip_suffix(b"\""))
             .unwrap_or(secs);
-        if secs.is_empty() || secs.len() > 9 || !secs.iter().all(u8::is_ascii_digit) {
+        // Nine digits at most, as a length is read.
+        if secs.len() > 9 {
             return None;
         }
-        let n: u32 = std::str::from_utf8(secs).ok()?.parse().ok()?;
-        Some(n.min(86_400))
+        parse_length(secs).map(|n| n.min(86_400) as u32)
     })
 }
 
