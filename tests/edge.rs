@@ -2988,3 +2988,95 @@ async fn an_h2_connection_has_at_most_128_streams_at_once() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot named by a host name with two addresses, the first of which drops
+/// connection attempts (a blackholed route, an IPv6 address that is not
+/// routed): every new connection was held on it for all of
+/// `connect_timeout` and failed with a 504, although the slot answered on
+/// its other address. Now the next address is tried beside it after 250 ms
+/// (RFC 8305). The proxy runs in a network namespace whose `/etc/hosts`
+/// names `slot.test` with both (tests/support/netns.rs); the dropping
+/// address is a listener whose accept queue is full, the other the demo
+/// server, both on the host's ends of the namespace's two links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
+    use support::netns::{self, Netns};
+    use support::proc::{ProxyProcess, BIN};
+    if let Err(why) = netns::available() {
+        panic!("{why}");
+    }
+    let ns = Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    let live = TcpListener::bind((ns.client_host, 0)).await.expect("bind");
+    let port = live.local_addr().expect("addr").port();
+    let cfg =
+        mcpflip::demo_server::ServerConfig::new("blue", mcpflip::demo_server::Transport::Both);
+    tokio::spawn(mcpflip::demo_server::serve(live, cfg, stop.clone()));
+    // The same port on the other link's address, its queue full: one
+    // connection waits there unaccepted, and the kernel drops every SYN
+    // after it.
+    let dropping = tokio::net::TcpSocket::new_v4().expect("socket");
+    dropping
+        .bind(SocketAddr::from((ns.etcd_host, port)))
+        .expect("bind the same port on the other address");
+    let dropping = dropping.listen(0).expect("listen");
+    let _queued = TcpStream::connect((ns.etcd_host, port))
+        .await
+        .expect("queued");
+    let attempt = TcpStream::connect((ns.etcd_host, port));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), attempt)
+            .await
+            .is_err(),
+        "a full accept queue should drop the attempt"
+    );
+    ns.hosts(&format!(
+        "{} slot.test\n{} slot.test\n",
+        ns.etcd_host, ns.client_host
+    ));
+    let order = ns
+        .command("getent")
+        .args(["ahosts", "slot.test"])
+        .output()
+        .expect("getent");
+    let order = String::from_utf8_lossy(&order.stdout).into_owned();
+    assert!(
+        order.starts_with(&ns.etcd_host.to_string()),
+        "the namespace's resolver must give the dropping address first:\n{order}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let public = SocketAddr::from((ns.client_ns, 18080));
+    let cfg = TestConfig::new(dir.path())
+        .slot_url("blue", &format!("http://slot.test:{port}"), Some(100), None)
+        .set_str("listen", "addr", public.to_string())
+        .set_str(
+            "admin",
+            "addr",
+            SocketAddr::from((ns.client_ns, 18081)).to_string(),
+        );
+    let socket = cfg.socket();
+    let mut proxy = ProxyProcess::spawn_with(ns.command(BIN), &cfg.write(), &socket, &[]);
+    proxy.ready().await;
+    let client = http_client();
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        let (status, sid, body) = support::mcp::post_json(
+            &client,
+            &format!("http://{public}/mcp"),
+            None,
+            support::mcp::initialize(),
+        )
+        .await;
+        assert_eq!(
+            status,
+            200,
+            "session {i} after {:?}: {body}\n{}",
+            started.elapsed(),
+            proxy.stderr()
+        );
+        assert!(sid.is_some(), "{body}");
+    }
+    drop(dropping);
+}

@@ -30,7 +30,6 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::upstream::body::{BodyState, BodyWatch, ForwardBody};
@@ -169,6 +168,9 @@ struct Pool {
     /// Connections made so far (the slot's counter, which outlives its
     /// clients: `mcpflip_upstream_connections_total`).
     made: Arc<std::sync::atomic::AtomicU64>,
+    /// The address the last new connection went to, tried first by the next
+    /// when the slot's name has several (`upstream::connect`).
+    last_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -291,6 +293,7 @@ impl UpstreamClient {
             live,
             reaping: std::sync::atomic::AtomicBool::new(false),
             made: Arc::default(),
+            last_addr: Mutex::new(None),
         };
         Self {
             pool: Arc::new(pool),
@@ -654,16 +657,23 @@ impl Pool {
         let port = authority
             .port_u16()
             .unwrap_or(if target.https { 443 } else { 80 });
-        let tcp = tokio::time::timeout(self.connect_timeout, connect_tcp(host, port))
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                authority: authority.clone(),
-                timeout: self.connect_timeout,
-            })?
-            .map_err(|source| ClientError::Connect {
-                authority: authority.clone(),
-                source,
-            })?;
+        let last = *self.last_addr.lock().unwrap_or_else(|p| p.into_inner());
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            crate::upstream::connect::connect(host, port, last),
+        )
+        .await
+        .map_err(|_| ClientError::ConnectTimeout {
+            authority: authority.clone(),
+            timeout: self.connect_timeout,
+        })?
+        .map_err(|source| ClientError::Connect {
+            authority: authority.clone(),
+            source,
+        })?;
+        if let Ok(addr) = tcp.peer_addr() {
+            *self.last_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+        }
         // Small requests and answers: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         if target.https {
@@ -1008,24 +1018,6 @@ async fn reap(pool: Weak<Pool>, timeout: Duration) {
             drop(expired);
         }
     }
-}
-
-/// The first address of `host:port` that accepts a connection.
-async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
-    let mut last = None;
-    // An IP literal is parsed, not resolved.
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{host} resolved to no address"),
-        )
-    }))
 }
 
 impl UpstreamBody {

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod client;
+pub mod connect;
 pub mod h1;
 pub mod lines;
 pub mod timer;

@@ -96,6 +96,18 @@ impl Netns {
         c
     }
 
+    /// The namespace's own `/etc/hosts`: `ip netns exec` mounts
+    /// `/etc/netns/NAME/hosts` over it for the program it runs.
+    pub fn hosts(&self, text: &str) {
+        let dir = self.etc();
+        std::fs::create_dir_all(&dir).expect("/etc/netns/NAME");
+        std::fs::write(dir.join("hosts"), text).expect("/etc/netns/NAME/hosts");
+    }
+
+    fn etc(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
     /// Cuts (`false`) or restores (`true`) the etcd link.
     pub fn etcd_link(&self, up: bool) {
         ip(&[
@@ -113,5 +125,6 @@ impl Drop for Netns {
         // The namespace's ends go with it, and the host ends with their peers.
         let _ = ip(&["netns", "del", &self.name]);
         let _ = ip(&["link", "del", &self.etcd_link]);
+        let _ = std::fs::remove_dir_all(self.etc());
     }
 }

@@ -1,0 +1,256 @@
+//! Opening a TCP connection to a slot whose name resolves to several
+//! addresses, as RFC 8305 ("Happy Eyeballs") has clients do it.
+//!
+//! Tried one after the other, an address that drops the connection attempt
+//! (a blackholed route: IPv6 announced in DNS but not routed, a firewall that
+//! drops, a host that is down) held every new connection for the whole of
+//! `connect_timeout`, and the next address never got its turn: the slot
+//! failed with a 504 although another of its addresses answered at once.
+//! Here an attempt starts on each address in turn, the next one as soon as
+//! the one before failed or after [`ATTEMPT_DELAY`] without an answer, the
+//! earlier ones going on meanwhile; the first to connect wins and the others
+//! are dropped. The addresses alternate between IPv6 and IPv4 after the
+//! resolver's first (RFC 8305 §4), so one broken family costs one delay, not
+//! one per address. `connect_timeout` (the caller's) still bounds the whole.
+//!
+//! Go's dialer, curl and Chrome race the two families the same way (a
+//! 200–300 ms head start for the first); nginx tries a server's next address
+//! only after `proxy_connect_timeout`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How long an attempt goes unanswered before the next address is tried
+/// beside it (RFC 8305 §5 recommends 250 ms).
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// The first address of `host:port` that accepts a connection (an IP literal
+/// is parsed, not resolved); `last` (the address the slot's last new
+/// connection went to) is tried first when the name still has it.
+pub async fn connect(host: &str, port: u16, last: Option<SocketAddr>) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    match addrs[..] {
+        [] => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        )),
+        // The common case (an IP literal, a name with one address): no race.
+        [one] => TcpStream::connect(one).await,
+        _ => first_to_connect(order(addrs, last), ATTEMPT_DELAY).await,
+    }
+}
+
+/// The order `addrs` are tried in: `last` first when it is among them (the
+/// address that answered last time: a dead first address then costs the
+/// slot's first new connection its delay, not every one), then as
+/// [`interleave`] puts them.
+pub fn order(addrs: Vec<SocketAddr>, last: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let mut addrs = interleave(addrs);
+    if let Some(i) = last.and_then(|l| addrs.iter().position(|a| *a == l)) {
+        addrs[..=i].rotate_right(1);
+    }
+    addrs
+}
+
+/// `addrs` in the order they are tried: the resolver's first, then the
+/// families in turn, each in the resolver's order (RFC 8305 §4).
+pub fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let first_v6 = first.is_ipv6();
+    let (mut same, mut other): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(same.len() + other.len());
+    let (mut same, mut other) = (same.drain(..), other.drain(..));
+    loop {
+        match (same.next(), other.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that accepts: an attempt starts on each
+/// in turn, the next when every attempt so far failed or `delay` after the
+/// last one started; all that were started go on until one connects. The
+/// error, when none does, is the first attempt's.
+pub async fn first_to_connect(addrs: Vec<SocketAddr>, delay: Duration) -> io::Result<TcpStream> {
+    let mut addrs = addrs.into_iter();
+    let mut running = Vec::new();
+    let mut first_error = None;
+    // Fires at once: the first attempt starts on the first poll.
+    let mut next_start = pin!(tokio::time::sleep(Duration::ZERO));
+    std::future::poll_fn(|cx| loop {
+        let start_now = running.is_empty() || next_start.as_mut().poll(cx).is_ready();
+        if start_now {
+            if let Some(addr) = addrs.next() {
+                running.push(Box::pin(TcpStream::connect(addr)));
+                next_start.as_mut().reset(Instant::now() + delay);
+                continue;
+            }
+        }
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].as_mut().poll(cx) {
+                Poll::Ready(Ok(stream)) => return Poll::Ready(Ok(stream)),
+                Poll::Ready(Err(e)) => {
+                    first_error.get_or_insert(e);
+                    drop(running.swap_remove(i));
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        if !running.is_empty() {
+            return Poll::Pending;
+        }
+        // Every attempt so far failed: the next address now, or the end.
+        if addrs.len() == 0 {
+            return Poll::Ready(Err(first_error.take().unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no address to connect to")
+            })));
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    fn v4(last: u8) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 80)
+    }
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+    }
+
+    fn v6(last: u16) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last)),
+            80,
+        )
+    }
+
+    #[test]
+    fn the_address_that_answered_last_goes_first() {
+        let addrs = vec![v6(1), v6(2), v4(1), v4(2)];
+        assert_eq!(
+            order(addrs.clone(), Some(v4(2))),
+            vec![v4(2), v6(1), v4(1), v6(2)]
+        );
+        assert_eq!(order(addrs.clone(), Some(v6(1))), interleave(addrs.clone()));
+        // Gone from the name: the resolver's order.
+        assert_eq!(order(addrs.clone(), Some(v4(9))), interleave(addrs));
+    }
+
+    #[test]
+    fn families_alternate_after_the_resolvers_first() {
+        assert_eq!(
+            interleave(vec![v6(1), v6(2), v6(3), v4(1), v4(2)]),
+            vec![v6(1), v4(1), v6(2), v4(2), v6(3)]
+        );
+        assert_eq!(
+            interleave(vec![v4(1), v6(1), v4(2)]),
+            vec![v4(1), v6(1), v4(2)]
+        );
+        assert_eq!(interleave(vec![v4(2), v4(1)]), vec![v4(2), v4(1)]);
+        assert_eq!(interleave(vec![]), vec![]);
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further
+    /// SYNs, so a connection attempt to it hangs as one to a blackholed
+    /// address does.
+    struct Stuck {
+        addr: SocketAddr,
+        _listener: tokio::net::TcpListener,
+        _queued: Vec<TcpStream>,
+    }
+
+    async fn stuck() -> Stuck {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(any_port()).unwrap();
+        // A backlog of 0 queues one connection; the next SYN is dropped.
+        let listener = sock.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            if let Ok(Ok(c)) =
+                tokio::time::timeout(Duration::from_millis(100), s.connect(addr)).await
+            {
+                queued.push(c);
+            }
+        }
+        Stuck {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+
+    /// An address nothing listens on.
+    fn refusing() -> SocketAddr {
+        let l = std::net::TcpListener::bind(any_port()).unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_does_not_hold_up_the_next() {
+        let stuck = stuck().await;
+        // The full queue drops an attempt: it would hang here.
+        let alone = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(stuck.addr));
+        assert!(alone.await.is_err(), "the stuck listener accepted");
+
+        let live = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let started = std::time::Instant::now();
+        let stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            first_to_connect(vec![stuck.addr, live_addr], ATTEMPT_DELAY),
+        )
+        .await
+        .expect("the live address was never tried")
+        .expect("connected");
+        assert_eq!(stream.peer_addr().unwrap(), live_addr);
+        let took = started.elapsed();
+        assert!(
+            took >= ATTEMPT_DELAY,
+            "the second address started before the first had its delay: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_hands_over_at_once() {
+        // A port nothing listens on: refused, and the next address starts
+        // without waiting out the delay.
+        let closed = refusing();
+        let live = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            first_to_connect(vec![closed, live_addr], Duration::from_secs(60)),
+        )
+        .await
+        .expect("waited for the delay after a refusal")
+        .expect("connected");
+        assert_eq!(stream.peer_addr().unwrap(), live_addr);
+    }
+
+    #[tokio::test]
+    async fn when_every_address_fails_the_first_error_is_told() {
+        let e = first_to_connect(vec![refusing(), refusing()], ATTEMPT_DELAY)
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+    }
+}
