@@ -3031,10 +3031,10 @@ async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
             .is_err(),
         "a full accept queue should drop the attempt"
     );
-    ns.hosts(&format!(
-        "{} slot.test\n{} slot.test\n",
-        ns.etcd_host, ns.client_host
-    ));
+    ns.etc_file(
+        "hosts",
+        &format!("{} slot.test\n{} slot.test\n", ns.etcd_host, ns.client_host),
+    );
     let order = ns
         .command("getent")
         .args(["ahosts", "slot.test"])
@@ -3079,4 +3079,81 @@ async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
         assert!(sid.is_some(), "{body}");
     }
     drop(dropping);
+}
+
+/// A slot named by a host name while its resolver does not answer: every
+/// request that needed a new connection started a lookup of its own (a
+/// `getaddrinfo` on a blocking thread that outlives the request, the
+/// resolver's 5 s per try), so a burst of requests became as many threads
+/// and as many queries at a resolver already in trouble. Now the requests
+/// wait for the one lookup under way. The proxy runs in a network namespace
+/// whose `resolv.conf` names a UDP socket of this test that counts the
+/// queries and answers none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_slot_whose_resolver_is_silent_share_one_lookup() {
+    use support::netns::{self, Netns};
+    use support::proc::{ProxyProcess, BIN};
+    if let Err(why) = netns::available() {
+        panic!("{why}");
+    }
+    let ns = Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"));
+    let dns = tokio::net::UdpSocket::bind((ns.client_host, 53))
+        .await
+        .expect("bind the namespace's resolver");
+    ns.etc_file("hosts", "127.0.0.1 localhost\n");
+    ns.etc_file(
+        "resolv.conf",
+        &format!(
+            "nameserver {}\noptions timeout:5 attempts:1\n",
+            ns.client_host
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let public = SocketAddr::from((ns.client_ns, 18080));
+    let cfg = TestConfig::new(dir.path())
+        .slot_url("blue", "http://slot.test:8000", Some(100), None)
+        .set_str("listen", "addr", public.to_string())
+        .set_str(
+            "admin",
+            "addr",
+            SocketAddr::from((ns.client_ns, 18081)).to_string(),
+        )
+        .set_str("proxy", "connect_timeout", "2s");
+    let socket = cfg.socket();
+    let mut proxy = ProxyProcess::spawn_with(ns.command(BIN), &cfg.write(), &socket, &[]);
+    proxy.ready().await;
+
+    let client = http_client();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                support::mcp::post_json(
+                    &client,
+                    &format!("http://{public}/mcp"),
+                    None,
+                    support::mcp::initialize(),
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    // Within the requests' wait (connect_timeout): one getaddrinfo asks for
+    // A and AAAA, two queries.
+    let mut queries = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut buf = [0u8; 512];
+    while let Ok(got) = tokio::time::timeout_at(until, dns.recv_from(&mut buf)).await {
+        let (n, from) = got.expect("recv");
+        queries.push((from, buf[..n.min(2)].to_vec()));
+    }
+    assert!(
+        !queries.is_empty() && queries.len() <= 2,
+        "{} queries for 20 requests at once: {queries:?}",
+        queries.len()
+    );
+    for r in requests {
+        assert_eq!(r.await.expect("join"), 504, "{}", proxy.stderr());
+    }
 }

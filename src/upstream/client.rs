@@ -168,9 +168,8 @@ struct Pool {
     /// Connections made so far (the slot's counter, which outlives its
     /// clients: `mcpflip_upstream_connections_total`).
     made: Arc<std::sync::atomic::AtomicU64>,
-    /// The address the last new connection went to, tried first by the next
-    /// when the slot's name has several (`upstream::connect`).
-    last_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The slot's addresses (`upstream::connect`).
+    resolver: crate::upstream::connect::Resolver,
 }
 
 impl std::fmt::Debug for Pool {
@@ -293,7 +292,7 @@ impl UpstreamClient {
             live,
             reaping: std::sync::atomic::AtomicBool::new(false),
             made: Arc::default(),
-            last_addr: Mutex::new(None),
+            resolver: Default::default(),
         };
         Self {
             pool: Arc::new(pool),
@@ -657,23 +656,16 @@ impl Pool {
         let port = authority
             .port_u16()
             .unwrap_or(if target.https { 443 } else { 80 });
-        let last = *self.last_addr.lock().unwrap_or_else(|p| p.into_inner());
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            crate::upstream::connect::connect(host, port, last),
-        )
-        .await
-        .map_err(|_| ClientError::ConnectTimeout {
-            authority: authority.clone(),
-            timeout: self.connect_timeout,
-        })?
-        .map_err(|source| ClientError::Connect {
-            authority: authority.clone(),
-            source,
-        })?;
-        if let Ok(addr) = tcp.peer_addr() {
-            *self.last_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
-        }
+        let tcp = tokio::time::timeout(self.connect_timeout, self.resolver.connect(host, port))
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                authority: authority.clone(),
+                timeout: self.connect_timeout,
+            })?
+            .map_err(|source| ClientError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
         // Small requests and answers: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         if target.https {

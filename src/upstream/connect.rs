@@ -1,5 +1,6 @@
-//! Opening a TCP connection to a slot whose name resolves to several
-//! addresses, as RFC 8305 ("Happy Eyeballs") has clients do it.
+//! Where a slot's new connections go: its name looked up one lookup at a
+//! time ([`Resolver`]), and its addresses raced as RFC 8305 ("Happy
+//! Eyeballs") has clients do it.
 //!
 //! Tried one after the other, an address that drops the connection attempt
 //! (a blackholed route: IPv6 announced in DNS but not routed, a firewall that
@@ -11,7 +12,8 @@
 //! earlier ones going on meanwhile; the first to connect wins and the others
 //! are dropped. The addresses alternate between IPv6 and IPv4 after the
 //! resolver's first (RFC 8305 §4), so one broken family costs one delay, not
-//! one per address. `connect_timeout` (the caller's) still bounds the whole.
+//! one per address, and the address that answered last goes first.
+//! `connect_timeout` (the caller's) still bounds the whole.
 //!
 //! Go's dialer, curl and Chrome race the two families the same way (a
 //! 200–300 ms head start for the first); nginx tries a server's next address
@@ -31,19 +33,104 @@ use tokio::time::Instant;
 /// beside it (RFC 8305 §5 recommends 250 ms).
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// The first address of `host:port` that accepts a connection (an IP literal
-/// is parsed, not resolved); `last` (the address the slot's last new
-/// connection went to) is tried first when the name still has it.
-pub async fn connect(host: &str, port: u16, last: Option<SocketAddr>) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-    match addrs[..] {
-        [] => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{host} resolved to no address"),
-        )),
-        // The common case (an IP literal, a name with one address): no race.
-        [one] => TcpStream::connect(one).await,
-        _ => first_to_connect(order(addrs, last), ATTEMPT_DELAY).await,
+/// How long a name's addresses are used again without a new lookup.
+pub const FRESH: Duration = Duration::from_secs(1);
+
+/// Where a slot's new connections go: its name's addresses, looked up once
+/// at a time and used again for [`FRESH`], and the one that answered last.
+///
+/// One lookup at a time: each lookup is a `getaddrinfo` on a blocking
+/// thread that cannot be called off. With the slot's resolver down, every
+/// request that needed a new connection started one of its own, and each
+/// held a thread for the resolver's own timeouts (5 s per try) after the
+/// request had given up: a burst of requests became as many threads (up to
+/// tokio's 512 per worker) and as many queries at a resolver already in
+/// trouble. Now the requests that need the name while it is being looked up
+/// wait for that lookup (Go's resolver shares concurrent lookups the same
+/// way); one that gives up (`connect_timeout`) lets the next waiter look it
+/// up again. A failed lookup is not kept; a connection that fails drops
+/// what was kept, so an address that changed is looked up at once.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    kept: tokio::sync::Mutex<Option<Kept>>,
+    /// The address the last new connection went to, tried first next time
+    /// when the name still has it.
+    last: std::sync::Mutex<Option<SocketAddr>>,
+    lookups: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Kept {
+    host: String,
+    port: u16,
+    at: Instant,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Resolver {
+    /// A connection to the first address of `host:port` that accepts one
+    /// (an IP literal is parsed, not looked up).
+    pub async fn connect(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        let addrs = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => self.lookup(host, port).await?,
+        };
+        let tried = match addrs[..] {
+            // The common case (an IP literal, a name with one address): no race.
+            [one] => TcpStream::connect(one).await,
+            _ => {
+                let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+                first_to_connect(order(addrs, last), ATTEMPT_DELAY).await
+            }
+        };
+        match &tried {
+            Ok(stream) => {
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = stream.peer_addr().ok();
+            }
+            Err(_) => self.forget(),
+        }
+        tried
+    }
+
+    /// `host:port`'s addresses: the kept ones while fresh, else a lookup
+    /// (or the lookup another request is making).
+    pub async fn lookup(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        let mut kept = self.kept.lock().await;
+        if let Some(k) = kept
+            .as_ref()
+            .filter(|k| k.host == host && k.port == port && k.at.elapsed() < FRESH)
+        {
+            return Ok(k.addrs.clone());
+        }
+        self.lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} resolved to no address"),
+            ));
+        }
+        *kept = Some(Kept {
+            host: host.to_owned(),
+            port,
+            at: Instant::now(),
+            addrs: addrs.clone(),
+        });
+        Ok(addrs)
+    }
+
+    /// Drops the kept addresses (unless a lookup is under way): the next
+    /// connection looks the name up again.
+    pub fn forget(&self) {
+        if let Ok(mut kept) = self.kept.try_lock() {
+            *kept = None;
+        }
+    }
+
+    /// Lookups started so far.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -139,6 +226,44 @@ mod tests {
             IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last)),
             80,
         )
+    }
+
+    #[tokio::test]
+    async fn lookups_at_the_same_time_are_one_and_their_answer_is_kept_a_while() {
+        let r = std::sync::Arc::new(Resolver::default());
+        let lookups: Vec<_> = (0..20)
+            .map(|_| {
+                let r = std::sync::Arc::clone(&r);
+                tokio::spawn(async move { r.lookup("localhost", 80).await })
+            })
+            .collect();
+        for l in lookups {
+            let addrs = l.await.expect("join").expect("localhost resolves");
+            assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        }
+        assert_eq!(r.lookups(), 1, "twenty requests, one lookup");
+        r.lookup("localhost", 80).await.expect("kept");
+        assert_eq!(r.lookups(), 1);
+        // Another port is another name.
+        r.lookup("localhost", 81).await.expect("resolves");
+        assert_eq!(r.lookups(), 2);
+        // A failed connection forgets, and so does time.
+        r.forget();
+        r.lookup("localhost", 81).await.expect("resolves");
+        assert_eq!(r.lookups(), 3);
+        tokio::time::sleep(FRESH).await;
+        r.lookup("localhost", 81).await.expect("resolves");
+        assert_eq!(r.lookups(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_ip_literal_is_never_looked_up() {
+        let live = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+        let port = live.local_addr().unwrap().port();
+        let r = Resolver::default();
+        let s = r.connect("127.0.0.1", port).await.expect("connects");
+        assert_eq!(s.peer_addr().unwrap(), live.local_addr().unwrap());
+        assert_eq!(r.lookups(), 0);
     }
 
     #[test]

@@ -96,12 +96,13 @@ impl Netns {
         c
     }
 
-    /// The namespace's own `/etc/hosts`: `ip netns exec` mounts
-    /// `/etc/netns/NAME/hosts` over it for the program it runs.
-    pub fn hosts(&self, text: &str) {
+    /// A file of the namespace's own under `/etc` (`hosts`, `resolv.conf`):
+    /// `ip netns exec` mounts `/etc/netns/NAME/FILE` over `/etc/FILE` for
+    /// the program it runs.
+    pub fn etc_file(&self, file: &str, text: &str) {
         let dir = self.etc();
         std::fs::create_dir_all(&dir).expect("/etc/netns/NAME");
-        std::fs::write(dir.join("hosts"), text).expect("/etc/netns/NAME/hosts");
+        std::fs::write(dir.join(file), text).expect("/etc/netns/NAME/FILE");
     }
 
     fn etc(&self) -> std::path::PathBuf {
