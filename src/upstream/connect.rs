@@ -48,8 +48,10 @@ pub const FRESH: Duration = Duration::from_secs(1);
 /// trouble. Now the requests that need the name while it is being looked up
 /// wait for that lookup (Go's resolver shares concurrent lookups the same
 /// way); one that gives up (`connect_timeout`) lets the next waiter look it
-/// up again. A failed lookup is not kept; a connection that fails drops
-/// what was kept, so an address that changed is looked up at once.
+/// up again. A failed lookup is not kept. A kept answer is not dropped when
+/// a connection to it fails: with the slot down, every request would then
+/// wait its turn for a lookup of its own before its refusal; an address that
+/// changed (a container made again) is seen within [`FRESH`].
 #[derive(Debug, Default)]
 pub struct Resolver {
     kept: tokio::sync::Mutex<Option<Kept>>,
@@ -83,11 +85,8 @@ impl Resolver {
                 first_to_connect(order(addrs, last), ATTEMPT_DELAY).await
             }
         };
-        match &tried {
-            Ok(stream) => {
-                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = stream.peer_addr().ok();
-            }
-            Err(_) => self.forget(),
+        if let Ok(stream) = &tried {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = stream.peer_addr().ok();
         }
         tried
     }
@@ -118,14 +117,6 @@ impl Resolver {
             addrs: addrs.clone(),
         });
         Ok(addrs)
-    }
-
-    /// Drops the kept addresses (unless a lookup is under way): the next
-    /// connection looks the name up again.
-    pub fn forget(&self) {
-        if let Ok(mut kept) = self.kept.try_lock() {
-            *kept = None;
-        }
     }
 
     /// Lookups started so far.
@@ -247,13 +238,10 @@ mod tests {
         // Another port is another name.
         r.lookup("localhost", 81).await.expect("resolves");
         assert_eq!(r.lookups(), 2);
-        // A failed connection forgets, and so does time.
-        r.forget();
-        r.lookup("localhost", 81).await.expect("resolves");
-        assert_eq!(r.lookups(), 3);
+        // Kept for FRESH.
         tokio::time::sleep(FRESH).await;
         r.lookup("localhost", 81).await.expect("resolves");
-        assert_eq!(r.lookups(), 4);
+        assert_eq!(r.lookups(), 3);
     }
 
     #[tokio::test]
