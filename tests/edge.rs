@@ -1503,7 +1503,7 @@ async fn a_request_that_names_its_session_twice_is_400() {
 /// A slot that answers on kept connections with the framing its path names:
 /// `/both` a `Content-Length` beside chunked coding that says more than the
 /// body, `/short` one that says less, `/gzip` a transfer coding other than
-/// chunked (then it closes), `/204` a 204 with a length, `/listed` its
+/// chunked and `/gzip-chunked` one before chunked (then it closes), `/204` a 204 with a length, `/listed` its
 /// length as a list (`2, 2`); anything else `{}` by its length.
 async fn framing_slot() -> u16 {
     scripted_slot(|path| match path {
@@ -1512,6 +1512,7 @@ async fn framing_slot() -> u16 {
         "/listed" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}", true),
         "/204" => (b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n", true),
         "/gzip" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00", false),
+        "/gzip-chunked" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8b\x08\x00\r\n0\r\n\r\n", false),
         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true),
     })
     .await
@@ -1544,7 +1545,8 @@ async fn scripted_slot(script: fn(&str) -> (&'static [u8], bool)) -> u16 {
 /// connection short, one that said less left the rest to be read as the
 /// next answer. A transfer coding the proxy would have to take off is the
 /// slot's 502 (nginx's "upstream sent unknown Transfer-Encoding"), not coded
-/// bytes handed on as the content. A 204's length is not passed on either:
+/// bytes handed on as the content: `gzip, chunked` was taken for chunked
+/// and the gzip coding dropped (as Debian 12's nginx 1.22 still does). A 204's length is not passed on either:
 /// over HTTP/2 it was, and the client took the answer for a protocol error,
 /// as it took a length given as a list (`2, 2`, which HTTP/1.1 allows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1561,6 +1563,7 @@ async fn a_slots_length_beside_chunked_coding_or_on_a_204_is_not_passed_on() {
         ("/ok", "200", b"{}"),
         ("/204", "204", b""),
         ("/listed", "200", b"{}"),
+        ("/gzip-chunked", "502", b""),
         ("/gzip", "502", b""),
     ] {
         let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");

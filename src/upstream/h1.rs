@@ -825,24 +825,24 @@ fn framing(
         return Ok((Framing::Empty, true));
     }
     if noted.transfer_encoding {
-        // The last coding decides; both with Content-Length: the length is
-        // ignored and the connection not reused (§6.3 item 3).
-        let last = h
-            .values(LineKind::TransferEncoding)
-            .next_back()
-            .filter(|v| is_visible(v))
-            .and_then(|v| v.rsplit(|&b| b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        // `chunked` alone, in one line; then with Content-Length the length
+        // is ignored and the connection not reused (§6.3 item 3).
+        let mut lines = h.values(LineKind::TransferEncoding);
+        let chunked = lines
+            .next()
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            && lines.next().is_none();
         if chunked {
             return Ok((Framing::Chunked(Chunk::Size), !noted.content_length));
         }
-        // Another coding last (`gzip`): §6.3 would read it until close, but
-        // the coding goes with `Transfer-Encoding`, which is hop-by-hop, and
-        // the client would take the coded bytes as the content. Refused, as
-        // nginx refuses it ("upstream sent unknown Transfer-Encoding").
+        // Another coding (`gzip`, `gzip, chunked`): the proxy would take the
+        // chunks off and pass the coded bytes on as the content, the coding
+        // gone with `Transfer-Encoding`, which is hop-by-hop (an HTTP/2
+        // client cannot be told it at all). Refused, as nginx refuses
+        // anything but `chunked` alone since 1.23 ("upstream sent unknown
+        // Transfer-Encoding"), and as requests in another coding are (501).
         return Err(HttpError::Malformed(
-            "Transfer-Encoding whose last coding is not chunked",
+            "Transfer-Encoding other than chunked alone",
         ));
     }
     Ok(match noted.length.map_err(HttpError::Malformed)? {
@@ -1326,6 +1326,9 @@ mod tests {
             // A coding the proxy cannot take off, or no coding at all.
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n",
         ] {
             let mut buf = BytesMut::from(bad);
