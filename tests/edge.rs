@@ -3160,3 +3160,54 @@ async fn requests_for_a_slot_whose_resolver_is_silent_share_one_lookup() {
         assert_eq!(r.await.expect("join"), 504, "{}", proxy.stderr());
     }
 }
+
+/// An `https://` slot that takes the connection but never answers the TLS
+/// handshake (a server that stopped accepting: the kernel completed the TCP
+/// handshake, nobody reads the ClientHello) held the request for its whole
+/// response header timeout (`tool_call_timeout`, 10 minutes, for a tool
+/// call) and was counted as a slow answer. The handshake is now part of
+/// connecting, bounded by `connect_timeout` as nginx bounds its handshake
+/// with an upstream by `proxy_connect_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_slot_that_never_finishes_its_handshake_is_a_connect_timeout() {
+    let h = Harness::new().await;
+    let silent = silent_slot(false).await;
+    let cfg = proxy_keys(
+        TestConfig::new(h.dir.path()).slot_url(
+            "blue",
+            &format!("https://127.0.0.1:{silent}"),
+            Some(100),
+            None,
+        ),
+        &[
+            ("connect_timeout", "1s"),
+            ("response_header_timeout", "30s"),
+        ],
+    );
+    let p = support::start(cfg.load()).await;
+    let (status, body) = exchange(
+        p.public_addr,
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("connect_timeout"), "{body}");
+    let m = metrics(p.admin_addr).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"mcpflip_upstream_errors_total{slot="blue",kind="timeout"}"#
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"mcpflip_upstream_errors_total{slot="blue",kind="response_timeout"}"#
+        ),
+        0
+    );
+    p.shutdown().await;
+    h.stop.cancel();
+}

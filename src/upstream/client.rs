@@ -671,10 +671,16 @@ impl Pool {
         if target.https {
             let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                 .map_err(|_| ClientError::ServerName(host.to_owned()))?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
+            // The handshake is part of connecting: a slot that took the
+            // connection but reads nothing (it stopped accepting) is not a
+            // slow answer (nginx bounds its handshake with an upstream by
+            // `proxy_connect_timeout` too).
+            let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
                 .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    authority: authority.clone(),
+                    timeout: self.connect_timeout,
+                })?
                 .map_err(|source| ClientError::Tls {
                     authority: authority.clone(),
                     source,
