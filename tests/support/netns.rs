@@ -45,9 +45,13 @@ pub fn available() -> Result<(), String> {
 
 impl Netns {
     /// A fresh namespace; addresses in 10.213.0.0/16 and 10.214.0.0/16
-    /// picked from the process id, so parallel runs do not collide.
+    /// picked from the process id and a count of the namespaces this
+    /// process made, so parallel runs, and tests of one binary running at
+    /// once, do not collide.
     pub fn create() -> Result<Netns, String> {
-        let id = std::process::id();
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
+        let id = (std::process::id() % 1_000_000) * 8 + n;
         let (a, b) = (((id >> 8) % 250) as u8, ((id % 64) * 4) as u8);
         let ns = Netns {
             name: format!("mcpflip-t{id}"),
