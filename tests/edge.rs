@@ -3211,3 +3211,26 @@ async fn a_tls_slot_that_never_finishes_its_handshake_is_a_connect_timeout() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot's status past 599 is not one HTTP defines: RFC 9110 §15 has a
+/// client take it as a 5xx, and the proxy counted it among the slot's 5xx
+/// answers, but not as the slot's failure, so a new slot answering 600 to
+/// every call passed its watch window. Now it is both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_status_past_599_is_the_slots_failure() {
+    let h = Harness::new().await;
+    let slot = scripted_slot(|_| (b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\n{}", true)).await;
+    let cfg = TestConfig::new(h.dir.path()).slot("blue", slot, 100);
+    let p = support::start(cfg.load()).await;
+    let (status, text) = exchange(
+        p.public_addr,
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 600, "passed on as it came: {text}");
+    let blue = support::stats(&p, "blue");
+    assert_eq!(blue.responses(5), 1, "counted among the 5xx");
+    assert_eq!(blue.upstream_failures(), 1, "and as the slot's failure");
+    p.shutdown().await;
+    h.stop.cancel();
+}

@@ -891,7 +891,9 @@ impl Forwarder {
             }
             exchange.upstream_answered();
             stats.count_response(parts.status.as_u16());
-            if parts.status.is_server_error() {
+            // 600-999 is no status HTTP defines: a client takes it as a
+            // 5xx (RFC 9110 §15), and so does the watch window.
+            if parts.status.as_u16() >= 500 {
                 stats.count_upstream_failure();
             }
             strip_hop_by_hop(&mut parts.headers);
