@@ -3234,3 +3234,92 @@ async fn a_slot_status_past_599_is_the_slots_failure() {
     p.shutdown().await;
     h.stop.cancel();
 }
+
+/// A slot named by a host name that does not resolve (the resolver answers
+/// NXDOMAIN at once): the failed lookup is kept for the second addresses are
+/// kept, so the requests that wait behind it fail with its error instead of
+/// each asking the resolver again, one at a time. The resolver is a UDP
+/// socket of this test that answers every query NXDOMAIN and counts the
+/// `A` queries for the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_name_that_does_not_resolve_is_asked_once_for_requests_at_once() {
+    use support::netns::{self, Netns};
+    use support::proc::{ProxyProcess, BIN};
+    if let Err(why) = netns::available() {
+        panic!("{why}");
+    }
+    let ns = Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"));
+    let dns = tokio::net::UdpSocket::bind((ns.client_host, 53))
+        .await
+        .expect("bind the namespace's resolver");
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = std::sync::Arc::clone(&asked);
+    let answering = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = dns.recv_from(&mut buf).await {
+            let q = &buf[..n];
+            // The question: labels up to a zero, then type and class.
+            let Some(end) = (12..n).find(|&i| q[i] == 0).map(|i| i + 5) else {
+                continue;
+            };
+            if end > n {
+                continue;
+            }
+            if &q[12..end - 4] == b"\x04slot\x04test\x00" && q[end - 4..end - 2] == [0, 1] {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // NXDOMAIN: the id, QR RD RA and rcode 3, one question, no records.
+            let mut answer = vec![q[0], q[1], 0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0];
+            answer.extend_from_slice(&q[12..end]);
+            let _ = dns.send_to(&answer, from).await;
+        }
+    });
+    ns.etc_file("hosts", "127.0.0.1 localhost\n");
+    ns.etc_file(
+        "resolv.conf",
+        &format!(
+            "nameserver {}\noptions timeout:5 attempts:1\n",
+            ns.client_host
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let public = SocketAddr::from((ns.client_ns, 18080));
+    let cfg = TestConfig::new(dir.path())
+        .slot_url("blue", "http://slot.test:8000", Some(100), None)
+        .set_str("listen", "addr", public.to_string())
+        .set_str(
+            "admin",
+            "addr",
+            SocketAddr::from((ns.client_ns, 18081)).to_string(),
+        );
+    let socket = cfg.socket();
+    let mut proxy = ProxyProcess::spawn_with(ns.command(BIN), &cfg.write(), &socket, &[]);
+    proxy.ready().await;
+
+    let client = http_client();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                support::mcp::post_json(
+                    &client,
+                    &format!("http://{public}/mcp"),
+                    None,
+                    support::mcp::initialize(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for r in requests {
+        let (status, _, body) = r.await.expect("join");
+        assert_eq!(status, 502, "{body}\n{}", proxy.stderr());
+        assert!(body.contains("slot.test"), "{body}");
+    }
+    let asked = asked.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&asked),
+        "the resolver was asked for slot.test {asked} times for 20 requests at once"
+    );
+    answering.abort();
+}

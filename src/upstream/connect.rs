@@ -48,7 +48,11 @@ pub const FRESH: Duration = Duration::from_secs(1);
 /// trouble. Now the requests that need the name while it is being looked up
 /// wait for that lookup (Go's resolver shares concurrent lookups the same
 /// way); one that gives up (`connect_timeout`) lets the next waiter look it
-/// up again. A failed lookup is not kept. A kept answer is not dropped when
+/// up again. A failed lookup is kept as long as addresses are: the requests
+/// that waited behind it, and those that come in its second, fail at once
+/// with its error rather than each asking again in turn (one at a time, a
+/// name that does not resolve would have queued every request to the slot
+/// behind a lookup of its own). A kept answer is not dropped when
 /// a connection to it fails: with the slot down, every request would then
 /// wait its turn for a lookup of its own before its refusal; an address that
 /// changed (a container made again) is seen within [`FRESH`].
@@ -66,7 +70,8 @@ struct Kept {
     host: String,
     port: u16,
     at: Instant,
-    addrs: Vec<SocketAddr>,
+    /// The addresses, or why there are none (its kind and text).
+    answer: Result<Vec<SocketAddr>, (io::ErrorKind, String)>,
 }
 
 impl Resolver {
@@ -99,24 +104,38 @@ impl Resolver {
             .as_ref()
             .filter(|k| k.host == host && k.port == port && k.at.elapsed() < FRESH)
         {
-            return Ok(k.addrs.clone());
+            return match &k.answer {
+                Ok(addrs) => Ok(addrs.clone()),
+                Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+            };
         }
         self.lookups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-        if addrs.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{host} resolved to no address"),
-            ));
-        }
+        let answer = match tokio::net::lookup_host((host, port)).await {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if addrs.is_empty() {
+                    Err((
+                        io::ErrorKind::NotFound,
+                        format!("{host} resolved to no address"),
+                    ))
+                } else {
+                    Ok(addrs)
+                }
+            }
+            Err(e) => Err((e.kind(), e.to_string())),
+        };
+        let told = match &answer {
+            Ok(addrs) => Ok(addrs.clone()),
+            Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+        };
         *kept = Some(Kept {
             host: host.to_owned(),
             port,
             at: Instant::now(),
-            addrs: addrs.clone(),
+            answer,
         });
-        Ok(addrs)
+        told
     }
 
     /// Lookups started so far.
