@@ -33,11 +33,13 @@ use tokio::time::Instant;
 /// beside it (RFC 8305 §5 recommends 250 ms).
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// How long a name's addresses are used again without a new lookup.
+/// How long a name's lookup, its addresses or its failure, is used again
+/// without a new one.
 pub const FRESH: Duration = Duration::from_secs(1);
 
-/// Where a slot's new connections go: its name's addresses, looked up once
-/// at a time and used again for [`FRESH`], and the one that answered last.
+/// Where a slot's new connections go: its name's addresses, looked up one
+/// lookup at a time and used again for [`FRESH`], and the one that answered
+/// last.
 ///
 /// One lookup at a time: each lookup is a `getaddrinfo` on a blocking
 /// thread that cannot be called off. With the slot's resolver down, every
