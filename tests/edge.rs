@@ -3081,6 +3081,11 @@ async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
         );
         assert!(sid.is_some(), "{body}");
     }
+    // The dead address shows in the log, once: the live one goes first
+    // from then on.
+    let log = proxy.stderr();
+    let dead = format!("first={}:{port}", ns.etcd_host);
+    assert_eq!(log.matches(&dead).count(), 1, "{log}");
     drop(dropping);
 }
 

@@ -89,7 +89,22 @@ impl Resolver {
             [one] => TcpStream::connect(one).await,
             _ => {
                 let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
-                first_to_connect(order(addrs, last), ATTEMPT_DELAY).await
+                let addrs = order(addrs, last);
+                let first = addrs[0];
+                let tried = first_to_connect(addrs, ATTEMPT_DELAY).await;
+                match tried.as_ref().map(TcpStream::peer_addr) {
+                    // Once per change of address (the winner goes first next
+                    // time): a dead address of the slot's name shows in the log.
+                    Ok(Ok(peer)) if peer != first => tracing::info!(
+                        name = host,
+                        first = %first,
+                        connected = %peer,
+                        "the first address of a slot's name refused the connection or did not answer in {} ms; another took it",
+                        ATTEMPT_DELAY.as_millis()
+                    ),
+                    _ => {}
+                }
+                tried
             }
         };
         if let Ok(stream) = &tried {
