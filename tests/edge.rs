@@ -2992,6 +2992,86 @@ async fn an_h2_connection_has_at_most_128_streams_at_once() {
     h.stop.cancel();
 }
 
+/// A network namespace of the test's own for a proxy whose slot is named by
+/// a host name (tests/support/netns.rs); fails, does not skip, without root.
+fn slot_name_namespace() -> support::netns::Netns {
+    if let Err(why) = support::netns::available() {
+        panic!("{why}");
+    }
+    support::netns::Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"))
+}
+
+/// The namespace's resolver: a UDP socket of the test on the host's end of
+/// the clients' link, named by the namespace's `resolv.conf` (one try, 5 s).
+async fn namespace_resolver(ns: &support::netns::Netns) -> tokio::net::UdpSocket {
+    let dns = tokio::net::UdpSocket::bind((ns.client_host, 53))
+        .await
+        .expect("bind the namespace's resolver");
+    ns.etc_file("hosts", "127.0.0.1 localhost\n");
+    ns.etc_file(
+        "resolv.conf",
+        &format!(
+            "nameserver {}\noptions timeout:5 attempts:1\n",
+            ns.client_host
+        ),
+    );
+    dns
+}
+
+/// `mcpflip run` inside `ns` with one slot, blue, at `upstream`, its
+/// listeners on the namespace's end of the clients' link, and `keys` set in
+/// `[proxy]`; its public address.
+async fn proxy_in_namespace(
+    ns: &support::netns::Netns,
+    dir: &std::path::Path,
+    upstream: &str,
+    keys: &[(&str, &str)],
+) -> (support::proc::ProxyProcess, SocketAddr) {
+    let public = SocketAddr::from((ns.client_ns, 18080));
+    let cfg = proxy_keys(
+        TestConfig::new(dir)
+            .slot_url("blue", upstream, Some(100), None)
+            .set_str("listen", "addr", public.to_string())
+            .set_str(
+                "admin",
+                "addr",
+                SocketAddr::from((ns.client_ns, 18081)).to_string(),
+            ),
+        keys,
+    );
+    let socket = cfg.socket();
+    let mut proxy = support::proc::ProxyProcess::spawn_with(
+        ns.command(support::proc::BIN),
+        &cfg.write(),
+        &socket,
+        &[],
+    );
+    proxy.ready().await;
+    (proxy, public)
+}
+
+/// `n` MCP `initialize` POSTs to `public` at once: status, session, body.
+fn initializes_at_once(
+    public: SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(u16, Option<String>, String)>> {
+    let client = http_client();
+    (0..n)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                support::mcp::post_json(
+                    &client,
+                    &format!("http://{public}/mcp"),
+                    None,
+                    support::mcp::initialize(),
+                )
+                .await
+            })
+        })
+        .collect()
+}
+
 /// A slot named by a host name with two addresses, the first of which drops
 /// connection attempts (a blackholed route, an IPv6 address that is not
 /// routed): every new connection was held on it for all of
@@ -3003,12 +3083,7 @@ async fn an_h2_connection_has_at_most_128_streams_at_once() {
 /// server, both on the host's ends of the namespace's two links.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
-    use support::netns::{self, Netns};
-    use support::proc::{ProxyProcess, BIN};
-    if let Err(why) = netns::available() {
-        panic!("{why}");
-    }
-    let ns = Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"));
+    let ns = slot_name_namespace();
     let stop = tokio_util::sync::CancellationToken::new();
     let _guard = stop.clone().drop_guard();
     let live = TcpListener::bind((ns.client_host, 0)).await.expect("bind");
@@ -3050,35 +3125,16 @@ async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let public = SocketAddr::from((ns.client_ns, 18080));
-    let cfg = TestConfig::new(dir.path())
-        .slot_url("blue", &format!("http://slot.test:{port}"), Some(100), None)
-        .set_str("listen", "addr", public.to_string())
-        .set_str(
-            "admin",
-            "addr",
-            SocketAddr::from((ns.client_ns, 18081)).to_string(),
-        );
-    let socket = cfg.socket();
-    let mut proxy = ProxyProcess::spawn_with(ns.command(BIN), &cfg.write(), &socket, &[]);
-    proxy.ready().await;
-    let client = http_client();
+    let (proxy, public) =
+        proxy_in_namespace(&ns, dir.path(), &format!("http://slot.test:{port}"), &[]).await;
+    // One after the other: each its own session.
     for i in 0..3 {
-        let started = std::time::Instant::now();
-        let (status, sid, body) = support::mcp::post_json(
-            &client,
-            &format!("http://{public}/mcp"),
-            None,
-            support::mcp::initialize(),
-        )
-        .await;
-        assert_eq!(
-            status,
-            200,
-            "session {i} after {:?}: {body}\n{}",
-            started.elapsed(),
-            proxy.stderr()
-        );
+        let (status, sid, body) = initializes_at_once(public, 1)
+            .pop()
+            .expect("one")
+            .await
+            .expect("join");
+        assert_eq!(status, 200, "session {i}: {body}\n{}", proxy.stderr());
         assert!(sid.is_some(), "{body}");
     }
     // The dead address shows in the log, once: the live one goes first
@@ -3099,54 +3155,17 @@ async fn a_slot_address_that_drops_connections_does_not_hold_up_the_next() {
 /// queries and answers none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_a_slot_whose_resolver_is_silent_share_one_lookup() {
-    use support::netns::{self, Netns};
-    use support::proc::{ProxyProcess, BIN};
-    if let Err(why) = netns::available() {
-        panic!("{why}");
-    }
-    let ns = Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"));
-    let dns = tokio::net::UdpSocket::bind((ns.client_host, 53))
-        .await
-        .expect("bind the namespace's resolver");
-    ns.etc_file("hosts", "127.0.0.1 localhost\n");
-    ns.etc_file(
-        "resolv.conf",
-        &format!(
-            "nameserver {}\noptions timeout:5 attempts:1\n",
-            ns.client_host
-        ),
-    );
+    let ns = slot_name_namespace();
+    let dns = namespace_resolver(&ns).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let public = SocketAddr::from((ns.client_ns, 18080));
-    let cfg = TestConfig::new(dir.path())
-        .slot_url("blue", "http://slot.test:8000", Some(100), None)
-        .set_str("listen", "addr", public.to_string())
-        .set_str(
-            "admin",
-            "addr",
-            SocketAddr::from((ns.client_ns, 18081)).to_string(),
-        )
-        .set_str("proxy", "connect_timeout", "2s");
-    let socket = cfg.socket();
-    let mut proxy = ProxyProcess::spawn_with(ns.command(BIN), &cfg.write(), &socket, &[]);
-    proxy.ready().await;
-
-    let client = http_client();
-    let requests: Vec<_> = (0..20)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                support::mcp::post_json(
-                    &client,
-                    &format!("http://{public}/mcp"),
-                    None,
-                    support::mcp::initialize(),
-                )
-                .await
-                .0
-            })
-        })
-        .collect();
+    let (proxy, public) = proxy_in_namespace(
+        &ns,
+        dir.path(),
+        "http://slot.test:8000",
+        &[("connect_timeout", "2s")],
+    )
+    .await;
+    let requests = initializes_at_once(public, 20);
     // Within the requests' wait (connect_timeout): one getaddrinfo asks for
     // A and AAAA, two queries.
     let mut queries = Vec::new();
@@ -3162,7 +3181,8 @@ async fn requests_for_a_slot_whose_resolver_is_silent_share_one_lookup() {
         queries.len()
     );
     for r in requests {
-        assert_eq!(r.await.expect("join"), 504, "{}", proxy.stderr());
+        let (status, _, body) = r.await.expect("join");
+        assert_eq!(status, 504, "{body}\n{}", proxy.stderr());
     }
 }
 
@@ -3248,15 +3268,8 @@ async fn a_slot_status_past_599_is_the_slots_failure() {
 /// `A` queries for the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_name_that_does_not_resolve_is_asked_once_for_requests_at_once() {
-    use support::netns::{self, Netns};
-    use support::proc::{ProxyProcess, BIN};
-    if let Err(why) = netns::available() {
-        panic!("{why}");
-    }
-    let ns = Netns::create().unwrap_or_else(|e| panic!("cannot make the namespace: {e}"));
-    let dns = tokio::net::UdpSocket::bind((ns.client_host, 53))
-        .await
-        .expect("bind the namespace's resolver");
+    let ns = slot_name_namespace();
+    let dns = namespace_resolver(&ns).await;
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = std::sync::Arc::clone(&asked);
     let answering = tokio::spawn(async move {
@@ -3279,43 +3292,9 @@ async fn a_slot_name_that_does_not_resolve_is_asked_once_for_requests_at_once() 
             let _ = dns.send_to(&answer, from).await;
         }
     });
-    ns.etc_file("hosts", "127.0.0.1 localhost\n");
-    ns.etc_file(
-        "resolv.conf",
-        &format!(
-            "nameserver {}\noptions timeout:5 attempts:1\n",
-            ns.client_host
-        ),
-    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let public = SocketAddr::from((ns.client_ns, 18080));
-    let cfg = TestConfig::new(dir.path())
-        .slot_url("blue", "http://slot.test:8000", Some(100), None)
-        .set_str("listen", "addr", public.to_string())
-        .set_str(
-            "admin",
-            "addr",
-            SocketAddr::from((ns.client_ns, 18081)).to_string(),
-        );
-    let socket = cfg.socket();
-    let mut proxy = ProxyProcess::spawn_with(ns.command(BIN), &cfg.write(), &socket, &[]);
-    proxy.ready().await;
-
-    let client = http_client();
-    let requests: Vec<_> = (0..20)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                support::mcp::post_json(
-                    &client,
-                    &format!("http://{public}/mcp"),
-                    None,
-                    support::mcp::initialize(),
-                )
-                .await
-            })
-        })
-        .collect();
+    let (proxy, public) = proxy_in_namespace(&ns, dir.path(), "http://slot.test:8000", &[]).await;
+    let requests = initializes_at_once(public, 20);
     for r in requests {
         let (status, _, body) = r.await.expect("join");
         assert_eq!(status, 502, "{body}\n{}", proxy.stderr());
