@@ -3183,6 +3183,11 @@ async fn requests_for_a_slot_whose_resolver_is_silent_share_one_lookup() {
     for r in requests {
         let (status, _, body) = r.await.expect("join");
         assert_eq!(status, 504, "{body}\n{}", proxy.stderr());
+        // The resolver, not the slot, is named as what did not answer.
+        assert!(
+            body.contains("looking up the name of slot.test:8000"),
+            "{body}"
+        );
     }
 }
 
@@ -3217,6 +3222,7 @@ async fn a_tls_slot_that_never_finishes_its_handshake_is_a_connect_timeout() {
     .await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("connect_timeout"), "{body}");
+    assert!(body.contains("the TLS handshake with"), "{body}");
     let m = metrics(p.admin_addr).await;
     assert_eq!(
         metric(

@@ -93,9 +93,11 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// The TCP connection was not made within `connect_timeout`.
-    #[error("connecting to {authority} took longer than connect_timeout ({timeout:?})")]
+    /// The connection was not made within `connect_timeout`: the name's
+    /// lookup, the TCP connection or the TLS handshake (`step`).
+    #[error("{step} {authority} took longer than connect_timeout ({timeout:?})")]
     ConnectTimeout {
+        step: ConnectStep,
         authority: Authority,
         timeout: Duration,
     },
@@ -115,6 +117,26 @@ pub enum ClientError {
     /// No response head within the wait (`UpstreamClient::send`).
     #[error("no response head within {0:?}")]
     ResponseTimeout(Duration),
+}
+
+/// The step of making a connection that ran out of `connect_timeout`, as
+/// its error message says it: a resolver that does not answer is not a slot
+/// that does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectStep {
+    Lookup,
+    Tcp,
+    Tls,
+}
+
+impl std::fmt::Display for ConnectStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectStep::Lookup => "looking up the name of",
+            ConnectStep::Tcp => "connecting to",
+            ConnectStep::Tls => "the TLS handshake with",
+        })
+    }
 }
 
 /// Why a forwarded request got no response head.
@@ -656,16 +678,25 @@ impl Pool {
         let port = authority
             .port_u16()
             .unwrap_or(if target.https { 443 } else { 80 });
-        let tcp = tokio::time::timeout(self.connect_timeout, self.resolver.connect(host, port))
+        // The lookup and the TCP connection share connect_timeout.
+        let deadline = Instant::now() + self.connect_timeout;
+        let timed_out = |step| ClientError::ConnectTimeout {
+            step,
+            authority: authority.clone(),
+            timeout: self.connect_timeout,
+        };
+        let failed = |source| ClientError::Connect {
+            authority: authority.clone(),
+            source,
+        };
+        let addrs = tokio::time::timeout_at(deadline, self.resolver.addresses(host, port))
             .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                authority: authority.clone(),
-                timeout: self.connect_timeout,
-            })?
-            .map_err(|source| ClientError::Connect {
-                authority: authority.clone(),
-                source,
-            })?;
+            .map_err(|_| timed_out(ConnectStep::Lookup))?
+            .map_err(failed)?;
+        let tcp = tokio::time::timeout_at(deadline, self.resolver.connect_to(host, addrs))
+            .await
+            .map_err(|_| timed_out(ConnectStep::Tcp))?
+            .map_err(failed)?;
         // Small requests and answers: never wait for Nagle.
         let _ = tcp.set_nodelay(true);
         if target.https {
@@ -677,10 +708,7 @@ impl Pool {
             // `proxy_connect_timeout` too).
             let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
                 .await
-                .map_err(|_| ClientError::ConnectTimeout {
-                    authority: authority.clone(),
-                    timeout: self.connect_timeout,
-                })?
+                .map_err(|_| timed_out(ConnectStep::Tls))?
                 .map_err(|source| ClientError::Tls {
                     authority: authority.clone(),
                     source,

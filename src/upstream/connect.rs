@@ -80,11 +80,27 @@ impl Resolver {
     /// A connection to the first address of `host:port` that accepts one
     /// (an IP literal is parsed, not looked up).
     pub async fn connect(&self, host: &str, port: u16) -> io::Result<TcpStream> {
-        let addrs = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => self.lookup(host, port).await?,
-        };
+        let addrs = self.addresses(host, port).await?;
+        self.connect_to(host, addrs).await
+    }
+
+    /// `host:port`'s addresses: an IP literal's own, or a name's from
+    /// [`Resolver::lookup`].
+    pub async fn addresses(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+            Err(_) => self.lookup(host, port).await,
+        }
+    }
+
+    /// A connection to the first of `addrs` (the addresses of `host`) that
+    /// accepts one: raced when there are several.
+    pub async fn connect_to(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
         let tried = match addrs[..] {
+            [] => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            )),
             // The common case (an IP literal, a name with one address): no race.
             [one] => TcpStream::connect(one).await,
             _ => {
