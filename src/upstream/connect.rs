@@ -96,6 +96,8 @@ impl Resolver {
     /// A connection to the first of `addrs` (the addresses of `host`) that
     /// accepts one: raced when there are several.
     pub async fn connect_to(&self, host: &str, addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
+        // The first address tried, when there is a race to lose.
+        let mut first = None;
         let tried = match addrs[..] {
             [] => Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -106,25 +108,26 @@ impl Resolver {
             _ => {
                 let last = *self.last.lock().unwrap_or_else(|p| p.into_inner());
                 let addrs = order(addrs, last);
-                let first = addrs[0];
-                let tried = first_to_connect(addrs, ATTEMPT_DELAY).await;
-                match tried.as_ref().map(TcpStream::peer_addr) {
-                    // Once per change of address (the winner goes first next
-                    // time): a dead address of the slot's name shows in the log.
-                    Ok(Ok(peer)) if peer != first => tracing::info!(
-                        name = host,
-                        first = %first,
-                        connected = %peer,
-                        "the first address of a slot's name refused the connection or did not answer in {} ms; another took it",
-                        ATTEMPT_DELAY.as_millis()
-                    ),
-                    _ => {}
-                }
-                tried
+                first = Some(addrs[0]);
+                first_to_connect(addrs, ATTEMPT_DELAY).await
             }
         };
-        if let Ok(stream) = &tried {
-            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = stream.peer_addr().ok();
+        let peer = tried.as_ref().ok().and_then(|s| s.peer_addr().ok());
+        if let (Some(first), Some(peer)) = (first, peer) {
+            // Once per change of address (the winner goes first next time):
+            // a dead address of the slot's name shows in the log.
+            if peer != first {
+                tracing::info!(
+                    name = host,
+                    first = %first,
+                    connected = %peer,
+                    "the first address of a slot's name refused the connection or did not answer in {} ms; another took it",
+                    ATTEMPT_DELAY.as_millis()
+                );
+            }
+        }
+        if peer.is_some() {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = peer;
         }
         tried
     }
@@ -137,10 +140,7 @@ impl Resolver {
             .as_ref()
             .filter(|k| k.host == host && k.port == port && k.at.elapsed() < FRESH)
         {
-            return match &k.answer {
-                Ok(addrs) => Ok(addrs.clone()),
-                Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
-            };
+            return told(&k.answer);
         }
         self.lookups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -158,10 +158,7 @@ impl Resolver {
             }
             Err(e) => Err((e.kind(), e.to_string())),
         };
-        let told = match &answer {
-            Ok(addrs) => Ok(addrs.clone()),
-            Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
-        };
+        let told = told(&answer);
         *kept = Some(Kept {
             host: host.to_owned(),
             port,
@@ -174,6 +171,14 @@ impl Resolver {
     /// Lookups started so far.
     pub fn lookups(&self) -> u64 {
         self.lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A kept answer as a lookup's result.
+fn told(answer: &Result<Vec<SocketAddr>, (io::ErrorKind, String)>) -> io::Result<Vec<SocketAddr>> {
+    match answer {
+        Ok(addrs) => Ok(addrs.clone()),
+        Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
     }
 }
 
@@ -196,10 +201,9 @@ pub fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
         return addrs;
     };
     let first_v6 = first.is_ipv6();
-    let (mut same, mut other): (Vec<_>, Vec<_>) =
-        addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
-    let mut out = Vec::with_capacity(same.len() + other.len());
-    let (mut same, mut other) = (same.drain(..), other.drain(..));
+    let mut out = Vec::with_capacity(addrs.len());
+    let (same, other): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let (mut same, mut other) = (same.into_iter(), other.into_iter());
     loop {
         match (same.next(), other.next()) {
             (None, None) => return out,
