@@ -721,10 +721,13 @@ pub enum LocalResponse {
     MethodNotAllowed,
     /// 501: a request body in a transfer coding other than `chunked`.
     NotImplemented,
+    /// 503: the session's slot is gone and its record in the fleet's etcd
+    /// could not be read (it may exist: the client is told to come again).
+    ClusterUnavailable,
 }
 
 impl LocalResponse {
-    pub const ALL: [LocalResponse; 11] = [
+    pub const ALL: [LocalResponse; 12] = [
         Self::BadHost,
         Self::HostNotAllowed,
         Self::SessionGone,
@@ -736,6 +739,7 @@ impl LocalResponse {
         Self::BodyTooLarge,
         Self::MethodNotAllowed,
         Self::NotImplemented,
+        Self::ClusterUnavailable,
     ];
     pub fn code(self) -> u16 {
         match self {
@@ -745,7 +749,7 @@ impl LocalResponse {
             Self::MethodNotAllowed => 405,
             Self::RateLimited => 429,
             Self::BodyTooLarge => 413,
-            Self::NoSlot => 503,
+            Self::NoSlot | Self::ClusterUnavailable => 503,
             Self::NotImplemented => 501,
         }
     }
@@ -762,6 +766,7 @@ impl LocalResponse {
             Self::BodyTooLarge => "body_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotImplemented => "not_implemented",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }
@@ -788,7 +793,8 @@ impl Refusal {
 
 /// Why a session could not be migrated: the `cause` label of
 /// `mcpflip_migrations_failed_total`. Its request is then answered 404, as
-/// without migration.
+/// without migration, except where the fleet could not be read
+/// (`ClusterUnavailable`: 503, the session may exist).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MigrateFailure {
     /// The session's `initialize` was not captured (created before the proxy
@@ -805,14 +811,20 @@ pub enum MigrateFailure {
     /// The serving slot answered the replayed `initialize` without a session.
     #[error("the serving slot refused the replayed initialize")]
     Refused,
+    /// The session's record in the fleet's etcd could not be read (etcd
+    /// did not answer within `request_timeout`, or as many reads waited
+    /// that long for their turn).
+    #[error("the fleet's record of the session could not be read")]
+    ClusterUnavailable,
 }
 
 impl MigrateFailure {
-    pub const ALL: [MigrateFailure; 4] = [
+    pub const ALL: [MigrateFailure; 5] = [
         Self::NotCaptured,
         Self::NoSlot,
         Self::Upstream,
         Self::Refused,
+        Self::ClusterUnavailable,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -820,6 +832,7 @@ impl MigrateFailure {
             Self::NoSlot => "no_slot",
             Self::Upstream => "upstream",
             Self::Refused => "refused",
+            Self::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }

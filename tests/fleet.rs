@@ -163,14 +163,15 @@ impl Fleet {
     }
 
     async fn start_with(stop: CancellationToken, kind: Slots) -> Fleet {
-        Self::start_tuned(stop, kind, |c| c).await
+        Self::start_tuned(stop, kind, |_, _, c| c).await
     }
 
-    /// As `start_with`, each instance's config passed through `tune` last.
+    /// As `start_with`, each instance's config passed through `tune` last
+    /// (with the instance's number, 1 to 3, and the etcd it is to use).
     async fn start_tuned(
         stop: CancellationToken,
         kind: Slots,
-        tune: impl Fn(TestConfig) -> TestConfig,
+        tune: impl Fn(usize, &EtcdCluster, TestConfig) -> TestConfig,
     ) -> Fleet {
         let etcd = EtcdCluster::start(3);
         let mut sdk_servers = Vec::new();
@@ -202,7 +203,7 @@ impl Fleet {
                 .set_str("cluster", "instance", format!("edge-{n}"))
                 .set_str("cluster", "lease_ttl", "2s")
                 .set_str("cluster", "request_timeout", "1s");
-            let cfg = tune(cfg);
+            let cfg = tune(n, &etcd, cfg);
             let socket = cfg.socket();
             let config = cfg.write();
             let mut proc = ProxyProcess::spawn(&config, &socket, &[]);
@@ -603,7 +604,7 @@ async fn one_deploy_at_a_time_in_the_fleet_and_an_orphaned_one_shows() {
 async fn a_deploy_rolls_back_on_the_5xx_that_another_instance_served() {
     // The watch checks every 4 s: the 5xx share is read from etcd before the
     // next probe of the dead green would fail the window by itself.
-    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
+    let f = Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |_, _, c| {
         c.set_str("watch", "interval", "4s")
             .set("watch", "max_error_ratio", "0.05")
     })
@@ -741,11 +742,58 @@ async fn ctl_cluster_from_outside_the_instances_deploys() {
 /// Three instances with `[drain] migrate = "replay"` and `migrate_idle` of
 /// 6 s: the records renewed every 1.5 s, and gone 9 s after the last use.
 async fn migrating_fleet() -> Fleet {
-    Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |c| {
-        c.set_str("drain", "migrate", "replay")
-            .set_str("drain", "migrate_idle", "6s")
+    migrating_fleet_tuned(|_, _, c| c).await
+}
+
+/// [`migrating_fleet`], each instance's config passed through `tune` last.
+async fn migrating_fleet_tuned(
+    tune: impl Fn(usize, &EtcdCluster, TestConfig) -> TestConfig,
+) -> Fleet {
+    Fleet::start_tuned(CancellationToken::new(), Slots::BuiltIn, |n, etcd, c| {
+        let c = c
+            .set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_idle", "6s");
+        tune(n, etcd, c)
     })
     .await
+}
+
+/// Forwards a new local port to etcd member 0 (`to`), holding back each
+/// piece of what the instance sends for `delay`: an etcd that answers
+/// slowly. Bound here and served by the test's runtime.
+fn slow_etcd(to: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.set_nonblocking(true).expect("nonblocking");
+    let port = l.local_addr().expect("addr").port();
+    let l = tokio::net::TcpListener::from_std(l).expect("listener");
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    return;
+                };
+                let (mut from_instance, mut to_instance) = inbound.into_split();
+                let (mut from_etcd, mut to_etcd) = out.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_instance.read(&mut buf).await {
+                        tokio::time::sleep(delay).await;
+                        if to_etcd.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_etcd.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut from_etcd, &mut to_instance).await;
+                    let _ = to_instance.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    port
 }
 
 /// The fleet's session records (`{prefix}.sessions/`): their keys.
@@ -1063,6 +1111,159 @@ async fn a_session_used_only_through_another_instance_keeps_its_record() {
     let (status, _) = call_whoami(&f.client, &format!("{}/mcp", f.i(2).base), &idle, 101).await;
     assert_eq!(status, 404, "idle's record is gone");
     drop(f.etcd);
+}
+
+/// Blue retired through instance 1, and seen retired by every instance.
+async fn retire_blue(f: &Fleet) {
+    assert_eq!(f.i(1).ctl("flip green --no-probe").await["ok"], true);
+    let r = f.i(1).ctl("retire blue").await;
+    assert_eq!(r["ok"], true, "{r}");
+    for n in 1..=3 {
+        until_status(f.i(n), "blue retired everywhere", |s| {
+            state_of(s, "blue") == "retired"
+        })
+        .await;
+    }
+}
+
+/// A session held by another instance whose record cannot be read (etcd
+/// down) is answered 503 with `Retry-After`, and moves through the same
+/// instance once etcd is back. Before, it was answered 404 as a session
+/// never captured: an MCP client starts over on a 404 (the spec), so an
+/// etcd outage ended every session that had to move, while their records
+/// were intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_record_cannot_be_read_is_told_to_come_again_not_that_it_is_gone() {
+    let mut f = migrating_fleet().await;
+    let sid = open_session(&f.client, &format!("{}/mcp", f.i(1).base)).await;
+    support::until_async("its record written to etcd", || async {
+        session_keys(&f).await.len() == 1
+    })
+    .await;
+    retire_blue(&f).await;
+
+    f.etcd.stop_all();
+    let resp = f
+        .client
+        .request(
+            http::Request::post(format!("{}/mcp", f.i(2).base))
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", &sid)
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"whoami"}})
+                        .to_string(),
+                )))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = resp.status();
+    let retry = resp.headers().get("retry-after").cloned();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        status,
+        503,
+        "{body}\ninstance 2's log:\n{}",
+        f.i(2).proc.stderr()
+    );
+    assert_eq!(retry.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert_eq!(body["error"], "cluster_unavailable", "{body}");
+    let unavailable = "mcpflip_migrations_failed_total{cause=\"cluster_unavailable\"}";
+    assert_eq!(instance_metric(&f, 2, unavailable).await, 1);
+    assert_eq!(
+        instance_metric(
+            &f,
+            2,
+            "mcpflip_local_responses_total{code=\"503\",reason=\"cluster_unavailable\"}"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        instance_metric(
+            &f,
+            2,
+            "mcpflip_migrations_failed_total{cause=\"not_captured\"}"
+        )
+        .await,
+        0
+    );
+
+    // etcd back: the same session, through the same instance, moves.
+    f.etcd.restart_all();
+    assert_eq!(moved_whoami(&f, 2, &sid, 3).await, "green");
+    assert_eq!(moved_whoami(&f, 3, &sid, 4).await, "green");
+    assert_eq!(fleet_metric(&f, "mcpflip_sessions_migrated_total").await, 1);
+}
+
+/// More sessions than the reads of records allowed at once (32) move through
+/// one instance at the same moment, while its etcd answers slowly (150 ms a
+/// request): every one moves. Before, a request that found 32 reads in
+/// flight was answered 404 at once, as a session never captured: a deploy
+/// that moved many sessions through an instance whose etcd was slow for a
+/// moment ended some of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_sessions_than_reads_at_once_all_move_while_etcd_is_slow() {
+    const SESSIONS: usize = 40;
+    let f = migrating_fleet_tuned(|n, etcd, c| {
+        if n != 2 {
+            return c;
+        }
+        let slow = slow_etcd(etcd.client_port(0), Duration::from_millis(150));
+        c.set("cluster", "etcd", format!("[\"http://127.0.0.1:{slow}\"]"))
+    })
+    .await;
+    let url1 = format!("{}/mcp", f.i(1).base);
+    let mut sids = Vec::new();
+    for _ in 0..SESSIONS {
+        sids.push(open_session(&f.client, &url1).await);
+    }
+    support::until_async("every record written to etcd", || async {
+        session_keys(&f).await.len() == SESSIONS
+    })
+    .await;
+    retire_blue(&f).await;
+
+    let url2 = format!("{}/mcp", f.i(2).base);
+    let calls: Vec<_> = sids
+        .iter()
+        .enumerate()
+        .map(|(k, sid)| {
+            let (client, url, sid) = (f.client.clone(), url2.clone(), sid.clone());
+            tokio::spawn(async move { call_whoami(&client, &url, &sid, 100 + k as u32).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.expect("call"));
+    }
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {SESSIONS} did not move: {failed:?}\ninstance 2's log:\n{}",
+        failed.len(),
+        f.i(2).proc.stderr()
+    );
+    for (_, body) in &answers {
+        assert_eq!(body["result"]["content"][0]["text"], "green", "{body}");
+    }
+    assert_eq!(
+        instance_metric(
+            &f,
+            2,
+            "mcpflip_cluster_sessions_taken_total{what=\"record\"}"
+        )
+        .await,
+        SESSIONS as u64
+    );
 }
 
 /// What etcd has committed through raft: every transaction that may write,

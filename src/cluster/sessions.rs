@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::etcd::{Compare, Etcd, EtcdError, Kv, Op, Txn};
 use crate::proxy::migrate::{
-    Captured, Exported, ExportedMove, FleetMove, Mirror, MirrorFuture, Sessions,
+    Captured, Exported, ExportedMove, FleetMove, Mirror, MirrorFuture, Sessions, Unreadable,
 };
 use crate::stats::{FleetTaken, FleetWrite, ProxyStats};
 
@@ -52,7 +52,8 @@ const TXN_BYTES: usize = 512 * 1024;
 const RETRY: Duration = Duration::from_secs(1);
 /// Most reads of the fleet's records at once: any request with an id whose
 /// slot is gone asks etcd for its record, and the ids are the client's to
-/// choose; over this, a session unknown here is answered as not captured.
+/// choose; over this, reads wait their turn (up to `request_timeout`, then
+/// the request is answered 503: its session may exist).
 const MAX_FETCHING: usize = 32;
 
 /// A session's record.
@@ -414,24 +415,31 @@ impl Mirror for FleetSessions {
         self.queue(id, Pending::Delete);
     }
 
-    fn fetch<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Option<Exported>> {
+    fn fetch<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Result<Option<Exported>, Unreadable>> {
         Box::pin(async move {
-            let Ok(_one) = self.fetching.try_acquire() else {
-                tracing::debug!("{MAX_FETCHING} reads of session records in flight already: this one is not captured");
-                return None;
+            // A read waits its turn, up to one request's time: a burst of
+            // sessions moving at once (a deploy, etcd slow for a moment) is
+            // served late rather than told its sessions are gone.
+            let wait = self.etcd.request_timeout();
+            let Ok(Ok(_one)) = tokio::time::timeout(wait, self.fetching.acquire()).await else {
+                tracing::debug!("{MAX_FETCHING} reads of session records were in flight for {}: a session's request is answered 503", humantime::format_duration(wait));
+                return Err(Unreadable);
             };
             let (record, moved) = match self.read(id).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the fleet's record of a session could not be read");
-                    return None;
+                    tracing::warn!(error = %e, "the fleet's record of a session could not be read: its request is answered 503");
+                    return Err(Unreadable);
                 }
             };
-            let record: Record = match serde_json::from_slice(&record?.value) {
+            let Some(record) = record else {
+                return Ok(None);
+            };
+            let record: Record = match serde_json::from_slice(&record.value) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "a session record in the fleet's etcd is not mcpflip's: ignored");
-                    return None;
+                    return Ok(None);
                 }
             };
             let moved = move_of(moved.as_ref()).to;
@@ -439,14 +447,17 @@ impl Mirror for FleetSessions {
             if moved.is_some() {
                 self.stats.count_fleet_taken(FleetTaken::Move);
             }
-            Some(Exported {
-                id: String::from_utf8(id.to_vec()).ok()?,
+            let Ok(id) = String::from_utf8(id.to_vec()) else {
+                return Ok(None);
+            };
+            Ok(Some(Exported {
+                id,
                 init: record.init,
                 shaping: record.shaping,
                 unanswered: vec![],
                 moved,
                 idle_s: 0,
-            })
+            }))
         })
     }
 

@@ -30,7 +30,7 @@ use crate::proxy::body::{Cut, ResponseBody, Resume};
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
-use crate::proxy::migrate::{self, Captured, Sessions};
+use crate::proxy::migrate::{self, Captured, Sessions, Unreadable};
 use crate::proxy::rate_limit::RateLimit;
 use crate::proxy::scan::Scan;
 use crate::proxy::splice::Splicer;
@@ -274,7 +274,7 @@ impl Forwarder {
                             .await
                         {
                             Ok((slot, inner)) => (slot, None, Some(inner), client_sid),
-                            Err(()) => break 'answer session_not_found(),
+                            Err(answer) => break 'answer answer,
                         }
                     }
                 };
@@ -485,24 +485,36 @@ impl Forwarder {
 
     /// Where a session whose slot is gone continues: where it moved already,
     /// or a serving slot it is replayed on now. `Err` (counted, logged) when
-    /// it cannot move: the request is then answered 404 as without migration.
+    /// it cannot move: the answer to give (404 as without migration, 503 when
+    /// the fleet's record of it could not be read).
     async fn moved(
         &self,
         req: &Request<RequestBody>,
         client_sid: Option<&HeaderValue>,
         request_id: Option<&HeaderValue>,
-    ) -> Result<(Arc<Slot>, HeaderValue), ()> {
+    ) -> Result<(Arc<Slot>, HeaderValue), Response<ResponseBody>> {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
-            return Err(());
+            return Err(session_not_found());
         };
         let fail = |cause: MigrateFailure| {
             self.stats.count_migrate_failure(cause);
             self.stats.count_local(LocalResponse::SessionGone);
             info_id!(request_id, method = %req.method(), %cause, "session could not migrate: answered 404");
+            session_not_found()
         };
-        let Some(captured) = sessions.find(sid.as_bytes()).await else {
-            fail(MigrateFailure::NotCaptured);
-            return Err(());
+        let captured = match sessions.find(sid.as_bytes()).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(fail(MigrateFailure::NotCaptured)),
+            Err(Unreadable) => {
+                // The session may exist: a 404 would end it for the client
+                // (an MCP client starts over on one), a 503 is one failed
+                // request, and the next moves it once the fleet answers.
+                self.stats
+                    .count_migrate_failure(MigrateFailure::ClusterUnavailable);
+                self.stats.count_local(LocalResponse::ClusterUnavailable);
+                info_id!(request_id, method = %req.method(), cause = %MigrateFailure::ClusterUnavailable, "session could not migrate now: answered 503");
+                return Err(cluster_unavailable());
+            }
         };
         if captured.is_legacy() {
             // Its stream moves it, or has not (and its failure is counted there).
@@ -511,7 +523,7 @@ impl Forwarder {
                 None => {
                     self.stats.count_local(LocalResponse::SessionGone);
                     info_id!(request_id, method = %req.method(), "a legacy SSE session's stream did not move with its slot: answered 404");
-                    Err(())
+                    Err(session_not_found())
                 }
             };
         }
@@ -535,10 +547,7 @@ impl Forwarder {
                 }
                 Ok((slot, inner))
             }
-            Err(cause) => {
-                fail(cause);
-                Err(())
-            }
+            Err(cause) => Err(fail(cause)),
         }
     }
 
@@ -1080,10 +1089,18 @@ impl Forwarder {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
             return Err(());
         };
-        let Some(captured) = sessions.find(sid.as_bytes()).await else {
-            self.stats
-                .count_migrate_failure(MigrateFailure::NotCaptured);
-            return Err(());
+        let captured = match sessions.find(sid.as_bytes()).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                self.stats
+                    .count_migrate_failure(MigrateFailure::NotCaptured);
+                return Err(());
+            }
+            Err(Unreadable) => {
+                self.stats
+                    .count_migrate_failure(MigrateFailure::ClusterUnavailable);
+                return Err(());
+            }
         };
         if captured.is_legacy() {
             return self.legacy_moved(&captured, Some(avoid)).await.ok_or(());
@@ -1688,6 +1705,21 @@ pub fn session_not_found() -> Response<ResponseBody> {
         r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#
             .to_string(),
     )
+}
+
+/// The 503 for a request of a session whose slot is gone and whose record
+/// in the fleet's etcd could not be read: the session may exist, so the
+/// client is told to come again (`Retry-After: 1`), not that it is gone.
+fn cluster_unavailable() -> Response<ResponseBody> {
+    let mut resp = local_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        "cluster_unavailable",
+        "this session's slot is gone and the fleet's record of it could not be read; try again",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// A JSON-RPC error answer, as the SDK servers give for a refused Host.

@@ -72,6 +72,13 @@ pub struct Moved {
     pub inner: HeaderValue,
 }
 
+/// The fleet's record of a session could not be read (its etcd did not
+/// answer in time, or too many reads were waiting): the session may well
+/// exist, so its request is told to come again (503), not that the session
+/// is gone (404, on which an MCP client must start over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
 /// A future a [`Mirror`] returns.
 pub type MirrorFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -85,8 +92,9 @@ pub trait Mirror: Send + Sync + std::fmt::Debug {
     fn changed(&self, c: &Arc<Captured>);
     /// Session `id` ended (DELETE, or its slot's 404).
     fn ended(&self, id: &[u8]);
-    /// The fleet's record of session `id`, which this process does not hold.
-    fn fetch<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Option<Exported>>;
+    /// The fleet's record of session `id`, which this process does not hold:
+    /// `Ok(None)` when the fleet has none, `Err` when it could not be read.
+    fn fetch<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Result<Option<Exported>, Unreadable>>;
     /// Where the fleet says session `id` moved last, and the revision of that
     /// record (0: it never moved). `Err` when the fleet cannot be asked.
     fn move_of<'a>(&'a self, id: &'a [u8]) -> MirrorFuture<'a, Result<FleetMove, ()>>;
@@ -419,14 +427,20 @@ impl Sessions {
 
     /// The captured session `id`, from the fleet's record when this process
     /// does not hold it (it began through another instance): taken into this
-    /// store, so that its next requests here need no round trip.
-    pub async fn find(&self, id: &[u8]) -> Option<Arc<Captured>> {
+    /// store, so that its next requests here need no round trip. `Err` when
+    /// the fleet's record could not be read.
+    pub async fn find(&self, id: &[u8]) -> Result<Option<Arc<Captured>>, Unreadable> {
         if let Some(c) = self.get(id) {
-            return Some(c);
+            return Ok(Some(c));
         }
-        let x = self.mirror()?.fetch(id).await?;
+        let Some(mirror) = self.mirror() else {
+            return Ok(None);
+        };
+        let Some(x) = mirror.fetch(id).await? else {
+            return Ok(None);
+        };
         self.import_one(x);
-        self.get(id)
+        Ok(self.get(id))
     }
 
     /// Sessions whose last request here was at most `within` ago.
@@ -1335,8 +1349,11 @@ mod tests {
         fn ended(&self, id: &[u8]) {
             self.ended.lock().unwrap().push(id.into());
         }
-        fn fetch<'a>(&'a self, _: &'a [u8]) -> MirrorFuture<'a, Option<Exported>> {
-            Box::pin(async { None })
+        fn fetch<'a>(
+            &'a self,
+            _: &'a [u8],
+        ) -> MirrorFuture<'a, Result<Option<Exported>, Unreadable>> {
+            Box::pin(async { Ok(None) })
         }
         fn move_of<'a>(&'a self, _: &'a [u8]) -> MirrorFuture<'a, Result<FleetMove, ()>> {
             Box::pin(async { Err(()) })

@@ -227,6 +227,11 @@ impl Etcd {
         }
     }
 
+    /// How long one request may take (`[cluster] request_timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// The endpoints, in the order they are tried from.
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
