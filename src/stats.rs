@@ -724,10 +724,14 @@ pub enum LocalResponse {
     /// 503: the session's slot is gone and its record in the fleet's etcd
     /// could not be read (it may exist: the client is told to come again).
     ClusterUnavailable,
+    /// 502: the session's slot is gone and the serving slot failed (did not
+    /// connect, reset, timed out, answered 5xx) while it was replayed there;
+    /// its next request tries again.
+    SessionNotMoved,
 }
 
 impl LocalResponse {
-    pub const ALL: [LocalResponse; 12] = [
+    pub const ALL: [LocalResponse; 13] = [
         Self::BadHost,
         Self::HostNotAllowed,
         Self::SessionGone,
@@ -740,6 +744,7 @@ impl LocalResponse {
         Self::MethodNotAllowed,
         Self::NotImplemented,
         Self::ClusterUnavailable,
+        Self::SessionNotMoved,
     ];
     pub fn code(self) -> u16 {
         match self {
@@ -751,6 +756,7 @@ impl LocalResponse {
             Self::BodyTooLarge => 413,
             Self::NoSlot | Self::ClusterUnavailable => 503,
             Self::NotImplemented => 501,
+            Self::SessionNotMoved => 502,
         }
     }
     pub fn reason(self) -> &'static str {
@@ -767,6 +773,7 @@ impl LocalResponse {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotImplemented => "not_implemented",
             Self::ClusterUnavailable => "cluster_unavailable",
+            Self::SessionNotMoved => "session_not_moved",
         }
     }
 }
@@ -793,8 +800,9 @@ impl Refusal {
 
 /// Why a session could not be migrated: the `cause` label of
 /// `mcpflip_migrations_failed_total`. Its request is then answered 404, as
-/// without migration, except where the fleet could not be read
-/// (`ClusterUnavailable`: 503, the session may exist).
+/// without migration, where the session cannot move (`NotCaptured`,
+/// `Refused`); where it may move later it is told so: 502 (`Upstream`) or
+/// 503 (`NoSlot`, `ClusterUnavailable`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MigrateFailure {
     /// The session's `initialize` was not captured (created before the proxy
@@ -805,10 +813,12 @@ pub enum MigrateFailure {
     /// No slot serves.
     #[error("no slot is serving")]
     NoSlot,
-    /// The serving slot failed (connect, reset, timeout) during the replay.
+    /// The serving slot failed (connect, reset, timeout, a 5xx) during the
+    /// replay.
     #[error("the serving slot failed during the replay")]
     Upstream,
-    /// The serving slot answered the replayed `initialize` without a session.
+    /// The serving slot answered the replayed `initialize` without a session
+    /// (a 4xx, a JSON-RPC error, no session id).
     #[error("the serving slot refused the replayed initialize")]
     Refused,
     /// The session's record in the fleet's etcd could not be read (etcd

@@ -19,7 +19,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use mcpflip::stats::MigrateFailure;
+use mcpflip::stats::{LocalResponse, MigrateFailure};
 use mcpflip::upstream::UpstreamError;
 use serde_json::{json, Value};
 use support::mcp::{call_whoami as call, http_client, initialize, open_session as open, post_json};
@@ -541,6 +541,88 @@ async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
             .proxy_stats
             .migrate_failures(MigrateFailure::NotCaptured),
         1
+    );
+    proxy.shutdown().await;
+}
+
+/// A slot that answers every request 503 (an overloaded or starting
+/// server); taken down by the token, its port then refusing connections.
+async fn failing() -> (u16, CancellationToken) {
+    let l = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                _ = stopped.cancelled() => return,
+                a = l.accept() => match a { Ok((tcp, _)) => tcp, Err(_) => return },
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|_: hyper::Request<Incoming>| async {
+                    Ok::<_, Infallible>(answer(503, None, None))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, stop)
+}
+
+/// A session whose slot is retired, moved while the serving slot fails (a
+/// 503 to the replayed `initialize`, then its port refusing connections),
+/// is answered 502 (`session_not_moved`) each time, and moves on the
+/// request after the slot is back. Before, each was answered 404, on which
+/// an MCP client ends its session, though nothing of it was lost.
+#[tokio::test]
+async fn a_session_whose_move_fails_on_the_serving_slot_is_not_told_it_is_gone() {
+    let (blue, _b) = recording("blue").await;
+    let (green, green_down) = failing().await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| c).await;
+    let sid = open(&client, &url).await;
+    for line in ["weights blue=0 green=100", "retire blue"] {
+        let r = support::ctl(&socket, line).await;
+        assert!(r.get("error").is_none(), "{line}: {r}");
+    }
+    let failed = || proxy.proxy_stats.migrate_failures(MigrateFailure::Upstream);
+    let (status, r) = call(&client, &url, &sid, 2).await;
+    assert_eq!(
+        (status, &r["error"]),
+        (502, &json!("session_not_moved")),
+        "{r}"
+    );
+    assert_eq!(failed(), 1);
+    green_down.cancel();
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!(
+        (status, &r["error"]),
+        (502, &json!("session_not_moved")),
+        "{r}"
+    );
+    assert_eq!(failed(), 2);
+    assert_eq!(
+        proxy
+            .proxy_stats
+            .local_responses(LocalResponse::SessionNotMoved),
+        2
+    );
+    // Green's process is back at its address: the same session moves.
+    let _green = upstream_at("green", green).await;
+    let (status, r) = call(&client, &url, &sid, 4).await;
+    assert_eq!(
+        (status, &r["result"]["slot"], &r["result"]["session"]),
+        (200, &json!("green"), &json!("green-1")),
+        "{r}"
+    );
+    assert_eq!(proxy.proxy_stats.migrated(), 1);
+    assert_eq!(
+        proxy
+            .proxy_stats
+            .migrate_failures(MigrateFailure::NotCaptured),
+        0
     );
     proxy.shutdown().await;
 }

@@ -413,12 +413,7 @@ impl Forwarder {
             Route::NoSlot => {
                 self.stats.count_local(LocalResponse::NoSlot);
                 tracing::warn!(%method, uri = %req.uri(), status = 503, "no slot is serving");
-                Decided::answer(local_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    None,
-                    "no_slot",
-                    "no slot is serving",
-                ))
+                Decided::answer(no_slot())
             }
         }
     }
@@ -546,6 +541,25 @@ impl Forwarder {
                     info_id!(request_id, to = %slot.name, method = %req.method(), "session migrated: initialize replayed on a serving slot");
                 }
                 Ok((slot, inner))
+            }
+            // The session may move on its next request: a 404 would end
+            // it for the client.
+            Err(cause @ MigrateFailure::Upstream) => {
+                self.stats.count_migrate_failure(cause);
+                self.stats.count_local(LocalResponse::SessionNotMoved);
+                info_id!(request_id, method = %req.method(), %cause, "session could not migrate now: answered 502");
+                Err(local_error(
+                    StatusCode::BAD_GATEWAY,
+                    None,
+                    "session_not_moved",
+                    "this session's slot is gone and the serving slot failed while the session was moved there; try again",
+                ))
+            }
+            Err(cause @ MigrateFailure::NoSlot) => {
+                self.stats.count_migrate_failure(cause);
+                self.stats.count_local(LocalResponse::NoSlot);
+                info_id!(request_id, method = %req.method(), %cause, "session could not migrate now: answered 503");
+                Err(no_slot())
             }
             Err(cause) => Err(fail(cause)),
         }
@@ -1704,6 +1718,16 @@ pub fn session_not_found() -> Response<ResponseBody> {
         StatusCode::NOT_FOUND,
         r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#
             .to_string(),
+    )
+}
+
+/// The 503 when no slot serves.
+fn no_slot() -> Response<ResponseBody> {
+    local_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        None,
+        "no_slot",
+        "no slot is serving",
     )
 }
 

@@ -1196,6 +1196,11 @@ async fn replay(
 ) -> Result<HeaderValue, MigrateFailure> {
     let mut headers = replay_headers(template, slot);
     let (status, h, body) = send(slot, &headers, path, c.init.clone()).await?;
+    if status.is_server_error() {
+        // The slot failed, as a connection it refused: the next request of
+        // the session may find it well.
+        return Err(MigrateFailure::Upstream);
+    }
     let Some(inner) = h
         .get(MCP_SESSION_ID)
         .cloned()
@@ -1218,6 +1223,9 @@ async fn replay(
     let initialized =
         Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
     let (status, _, _) = send(slot, &headers, path, initialized).await?;
+    if status.is_server_error() {
+        return Err(MigrateFailure::Upstream);
+    }
     if !status.is_success() {
         return Err(MigrateFailure::Refused);
     }
