@@ -545,6 +545,62 @@ async fn a_slot_refusing_connections_moves_its_sessions_or_names_the_cause() {
     proxy.shutdown().await;
 }
 
+/// A session that only listens on its GET stream, with no request for
+/// longer than `migrate_idle`, is in use: it is kept, and moves at the cut.
+/// Before, it was forgotten after `migrate_idle` (2 s here, 1 h by default:
+/// a client that keeps its session open for hours and calls a tool now and
+/// then), and its first request after the cut got the 404 on which an MCP
+/// client ends its session. Once its stream is closed it idles out as any
+/// session does.
+#[tokio::test]
+async fn a_session_listening_on_its_stream_is_in_use_however_long_since_its_last_request() {
+    let (blue, _b) = recording("blue").await;
+    let (green, _g) = recording("green").await;
+    let (proxy, url, socket, client, _dir) = rig(blue, green, "replay", |c| {
+        c.set_str("drain", "migrate_idle", "2s")
+    })
+    .await;
+    let sid = open(&client, &url).await;
+    let idle = open(&client, &url).await;
+    let resp = client
+        .request(stream_get(&url, None, &sid))
+        .await
+        .expect("stream opens");
+    assert_eq!(resp.status(), 200);
+    let stream = tokio::spawn(resp.into_body().collect());
+    let blue_stats = support::stats(&proxy, "blue");
+    support::until("the stream open on blue", || blue_stats.live_streams() == 1).await;
+    // Past migrate_idle and its sweeps (every second): the session with no
+    // stream is forgotten, the listening one is kept.
+    support::until("the idle session forgotten", || {
+        proxy.proxy_stats.captured_sessions() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(proxy.proxy_stats.captured_sessions(), 1);
+
+    green_serves_too(&socket).await;
+    for line in ["drain blue", "drain blue --migrate"] {
+        let r = support::ctl(&socket, line).await;
+        assert!(r.get("error").is_none(), "{line}: {r}");
+    }
+    support::until("blue's stream ended by the cut", || stream.is_finished()).await;
+    let (status, r) = call(&client, &url, &sid, 2).await;
+    assert_eq!(
+        (status, &r["result"]["slot"]),
+        (200, &json!("green")),
+        "{r}"
+    );
+    let (status, _) = call(&client, &url, &idle, 3).await;
+    assert_eq!(status, 404, "the session with no stream idled out");
+    // Its stream is gone: it idles out too (a stream's hold is let go).
+    support::until("the moved session forgotten once idle", || {
+        proxy.proxy_stats.captured_sessions() == 0
+    })
+    .await;
+    proxy.shutdown().await;
+}
+
 /// A slot that answers every request 503 (an overloaded or starting
 /// server); taken down by the token, its port then refusing connections.
 async fn failing() -> (u16, CancellationToken) {

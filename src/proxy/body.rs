@@ -37,7 +37,7 @@ use http_body_util::Full;
 
 use crate::proxy::conn::{Conn, ForceWatch, FORCE_GRACE};
 use crate::proxy::exchange::{End, Exchange};
-use crate::proxy::migrate::Sessions;
+use crate::proxy::migrate::{Sessions, StreamHold};
 use crate::proxy::splice::{Spliced, Splicer, Splicing};
 use crate::proxy::sse::{EndpointRewrite, EventIdTag, LastEventId, Rewritten, SseScanner};
 use crate::stats::{InflightGuard, ProxyStats, StreamGuard};
@@ -95,6 +95,9 @@ struct Stream {
     splice: Option<Box<Splicer>>,
     /// The move under way.
     splicing: Option<Splicing>,
+    /// Migration on: the captured session whose stream this is, kept in
+    /// use while the stream is open.
+    hold: Option<StreamHold>,
 }
 
 /// A call's stream that may be cut: the JSON-RPC error event for its id, the
@@ -197,6 +200,7 @@ impl ResponseBody {
                 call_deadline: None,
                 splice: None,
                 splicing: None,
+                hold: None,
             })),
             exchange: None,
         }
@@ -211,6 +215,14 @@ impl ResponseBody {
                 s.watch = Some(s.conn.watch_force_moving(g.stats().force_token()));
             }
             s.splice = Some(Box::new(splicer));
+        }
+        self
+    }
+
+    /// Keeps `hold`'s session in use while the stream is open.
+    pub fn holding(mut self, hold: Option<StreamHold>) -> Self {
+        if let Kind::Stream(s) = &mut self.kind {
+            s.hold = hold;
         }
         self
     }

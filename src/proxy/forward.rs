@@ -30,7 +30,7 @@ use crate::proxy::body::{Cut, ResponseBody, Resume};
 use crate::proxy::conn::Conn;
 use crate::proxy::exchange::Exchange;
 use crate::proxy::host_guard::{HostGuard, Refused};
-use crate::proxy::migrate::{self, Captured, Sessions, Unreadable};
+use crate::proxy::migrate::{self, Captured, Sessions, StreamHold, Unreadable};
 use crate::proxy::rate_limit::RateLimit;
 use crate::proxy::scan::Scan;
 use crate::proxy::splice::Splicer;
@@ -1031,6 +1031,15 @@ impl Forwarder {
                     }
                     _ => None,
                 };
+                // A captured session's stream keeps it in use while open,
+                // however long since its last request (a legacy session's
+                // splicer holds it already).
+                let hold = match (&self.sessions, &client_sid, &rewrite) {
+                    (Some(sessions), Some(sid), None) => {
+                        sessions.get(sid.as_bytes()).map(StreamHold::new)
+                    }
+                    _ => None,
+                };
                 let body = ResponseBody::stream(
                     body,
                     guard,
@@ -1039,7 +1048,8 @@ impl Forwarder {
                     self.sse_keepalive,
                     &peer.conn,
                     cut,
-                );
+                )
+                .holding(hold);
                 match splicer {
                     Some(splicer) => body.splice_with(splicer),
                     None => body,

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,10 @@ pub struct Captured {
     /// `moved` is set: read on every request of the session (one load,
     /// where `moved` would take ArcSwap's guard).
     has_moved: AtomicBool,
+    /// Its SSE streams open through this process (a GET stream the client
+    /// listens on, a call's answer): a session with one is in use, however
+    /// long since its last request ([`StreamHold`]).
+    streams: AtomicU32,
     /// One replay at a time per session; concurrent requests wait for it.
     replaying: tokio::sync::Mutex<()>,
     /// The store's count of bytes held ([`Sessions::bytes`]): what this
@@ -322,12 +326,43 @@ impl Kept {
     }
 }
 
+/// A session's SSE stream, open while this lives (the stream's body holds
+/// it): the session is not idle meanwhile. A client that listens on its GET
+/// stream for hours and calls nothing is using its session; forgotten after
+/// `migrate_idle`, it could not move at a deploy and got a 404 there.
+#[derive(Debug)]
+pub struct StreamHold(Arc<Captured>);
+
+impl StreamHold {
+    pub fn new(c: Arc<Captured>) -> StreamHold {
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        StreamHold(c)
+    }
+}
+
+impl Drop for StreamHold {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A session in its shard's map.
 #[derive(Debug)]
 struct Entry {
     /// Seconds since the store's epoch of the session's last request.
     last_used: AtomicU64,
     captured: Arc<Captured>,
+}
+
+impl Entry {
+    /// Seconds the session has been idle at `now`: none while a stream of
+    /// it is open here.
+    fn idle_at(&self, now: u64) -> u64 {
+        if self.captured.streams.load(Ordering::Relaxed) > 0 {
+            return 0;
+        }
+        now.saturating_sub(self.last_used.load(Ordering::Relaxed))
+    }
 }
 
 /// The maps' keys are already hashes ([`Sessions::key`]): used as they are.
@@ -443,15 +478,16 @@ impl Sessions {
         Ok(self.get(id))
     }
 
-    /// Sessions whose last request here was at most `within` ago.
+    /// Sessions whose last request here was at most `within` ago, or with a
+    /// stream open here.
     pub fn used_within(&self, within: Duration) -> Vec<Arc<Captured>> {
-        let since = self.now().saturating_sub(within.as_secs());
+        let (now, within) = (self.now(), within.as_secs());
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let map = shard.read().unwrap_or_else(|p| p.into_inner());
             out.extend(
                 map.values()
-                    .filter(|e| e.last_used.load(Ordering::Relaxed) >= since)
+                    .filter(|e| e.idle_at(now) <= within)
                     .map(|e| Arc::clone(&e.captured)),
             );
         }
@@ -526,6 +562,7 @@ impl Sessions {
             kept: Mutex::default(),
             moved: ArcSwapOption::empty(),
             has_moved: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
             replaying: tokio::sync::Mutex::new(()),
             held: Arc::clone(&self.held),
         });
@@ -745,7 +782,7 @@ impl Sessions {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, e| {
                 // A legacy session's open stream holds it: not idle.
-                let keep = now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
+                let keep = e.idle_at(now) < idle
                     || Arc::strong_count(&e.captured) > 1 && e.captured.is_legacy();
                 if !keep {
                     gone += 1;
@@ -843,7 +880,7 @@ impl Sessions {
                                 inner: m.inner.to_str().ok()?.to_owned(),
                             }),
                         },
-                        idle_s: now.saturating_sub(e.last_used.load(Ordering::Relaxed)),
+                        idle_s: e.idle_at(now),
                     })
                 })();
                 match exported {
