@@ -892,15 +892,7 @@ async fn a_captured_session_moves_once_through_any_instance_of_the_fleet() {
     assert!(keys.iter().all(|k| k.ends_with("/record")), "{keys:?}");
 
     // Blue's process is gone: flipped away from and retired, fleet-wide.
-    assert_eq!(f.i(1).ctl("flip green --no-probe").await["ok"], true);
-    let r = f.i(1).ctl("retire blue").await;
-    assert_eq!(r["ok"], true, "{r}");
-    for n in 1..=3 {
-        until_status(f.i(n), "blue retired everywhere", |s| {
-            state_of(s, "blue") == "retired"
-        })
-        .await;
-    }
+    retire_blue(&f, 1).await;
 
     // Instance 2 never saw `one` begin: it reads the record, replays it on
     // green and records the move; instances 3 and 1 take that move.
@@ -1099,24 +1091,18 @@ async fn a_session_used_only_through_another_instance_keeps_its_record() {
         "the session in use kept its record"
     );
     // And it moves through instance 2 once blue is gone; `idle` cannot.
-    assert_eq!(f.i(2).ctl("flip green --no-probe").await["ok"], true);
-    assert_eq!(f.i(2).ctl("retire blue").await["ok"], true);
-    for n in 1..=3 {
-        until_status(f.i(n), "blue retired everywhere", |s| {
-            state_of(s, "blue") == "retired"
-        })
-        .await;
-    }
+    retire_blue(&f, 2).await;
     assert_eq!(moved_whoami(&f, 2, &used, 100).await, "green");
     let (status, _) = call_whoami(&f.client, &format!("{}/mcp", f.i(2).base), &idle, 101).await;
     assert_eq!(status, 404, "idle's record is gone");
     drop(f.etcd);
 }
 
-/// Blue retired through instance 1, and seen retired by every instance.
-async fn retire_blue(f: &Fleet) {
-    assert_eq!(f.i(1).ctl("flip green --no-probe").await["ok"], true);
-    let r = f.i(1).ctl("retire blue").await;
+/// Green made active and blue retired through instance `n`, and blue seen
+/// retired by every instance.
+async fn retire_blue(f: &Fleet, n: usize) {
+    assert_eq!(f.i(n).ctl("flip green --no-probe").await["ok"], true);
+    let r = f.i(n).ctl("retire blue").await;
     assert_eq!(r["ok"], true, "{r}");
     for n in 1..=3 {
         until_status(f.i(n), "blue retired everywhere", |s| {
@@ -1140,7 +1126,7 @@ async fn a_session_whose_record_cannot_be_read_is_told_to_come_again_not_that_it
         session_keys(&f).await.len() == 1
     })
     .await;
-    retire_blue(&f).await;
+    retire_blue(&f, 1).await;
 
     f.etcd.stop_all();
     let resp = f
@@ -1227,7 +1213,7 @@ async fn more_sessions_than_reads_at_once_all_move_while_etcd_is_slow() {
         session_keys(&f).await.len() == SESSIONS
     })
     .await;
-    retire_blue(&f).await;
+    retire_blue(&f, 1).await;
 
     let url2 = format!("{}/mcp", f.i(2).base);
     let calls: Vec<_> = sids
