@@ -273,6 +273,12 @@ pub struct DrainConfig {
         serialize_with = "duration_out"
     )]
     pub migrate_call_grace: Duration,
+    /// With `migrate = "replay"`: a 404 from a session's slot to a request of
+    /// a captured session is taken as the slot's server having lost it (a
+    /// restart the control plane did not make): the session is replayed and
+    /// the request sent again, instead of the 404 passed on.
+    #[serde(default)]
+    pub migrate_on_404: bool,
 }
 
 /// `[drain] migrate`: what happens to a session whose slot is retired,
@@ -790,7 +796,8 @@ section_default!(DrainConfig {
     migrate: MigrateMode::Off,
     migrate_max_sessions: default_migrate_max_sessions(),
     migrate_idle: default_migrate_idle(),
-    migrate_call_grace: default_migrate_call_grace()
+    migrate_call_grace: default_migrate_call_grace(),
+    migrate_on_404: false
 });
 section_default!(ProbeConfig {
     path: default_probe_path(),
@@ -1303,6 +1310,14 @@ impl Config {
                      \"0s\" ends calls in flight at the cut at once",
                     humantime::format_duration(MAX_MIGRATE_CALL_GRACE)
                 ),
+            ));
+        }
+        if self.drain.migrate_on_404 && self.drain.migrate == MigrateMode::Off {
+            return Err(err(
+                "drain",
+                None,
+                "migrate_on_404",
+                "needs migrate = \"replay\" (a session is replayed from what the proxy captured when it began)".into(),
             ));
         }
         if self.drain.migrate_max_sessions == 0 {
@@ -2590,5 +2605,16 @@ upstream = "http://127.0.0.1:3002"
         assert!(e.to_string().contains("at most 3s"), "{e}");
         let c = parse(&with("0s")).expect("0s is allowed");
         assert_eq!(c.drain.migrate_call_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn migrate_on_404_needs_migration() {
+        let with = |keys: &str| GOOD.replace("[drain]\n", &format!("[drain]\n{keys}\n"));
+        let e = parse(&with("migrate_on_404 = true")).unwrap_err();
+        assert_eq!(e.key, "drain.migrate_on_404");
+        assert!(e.to_string().contains("replay"), "{e}");
+        let c = parse(&with("migrate = \"replay\"\nmigrate_on_404 = true")).expect("with replay");
+        assert!(c.drain.migrate_on_404);
+        assert!(!parse(GOOD).expect("default").drain.migrate_on_404);
     }
 }

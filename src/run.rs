@@ -297,6 +297,7 @@ pub async fn start_with(
         stats: Arc::clone(&proxy_stats),
         sessions: sessions.clone(),
         call_grace: drain_cfg.migrate_call_grace,
+        migrate_on_404: drain_cfg.migrate_on_404,
     });
     let admin = tokio::spawn(crate::admin::serve(
         admin,

@@ -127,6 +127,7 @@ fn populated() -> Config {
             migrate_max_sessions: 1,
             migrate_idle: Duration::from_secs(1),
             migrate_call_grace: Duration::from_secs(1),
+            migrate_on_404: true,
         },
         probe: ProbeConfig {
             path: "/mcp".into(),

@@ -601,6 +601,83 @@ async fn a_session_listening_on_its_stream_is_in_use_however_long_since_its_last
     proxy.shutdown().await;
 }
 
+/// mcpflip's own MCP server as `slot` on `port` (0: any), as a process of
+/// its own would be: its port, and its task (ended once `stop` is
+/// cancelled and its connections closed).
+async fn demo_at(
+    slot: &str,
+    port: u16,
+    stop: &CancellationToken,
+) -> (u16, tokio::task::JoinHandle<std::io::Result<()>>) {
+    use mcpflip::demo_server::{ServerConfig, Transport};
+    let l = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let cfg = ServerConfig::new(slot, Transport::Both);
+    (
+        port,
+        tokio::spawn(mcpflip::demo_server::serve(l, cfg, stop.clone())),
+    )
+}
+
+/// `[drain] migrate_on_404`: blue's server restarts on its own at its
+/// address (a crash and systemd's restart: the control plane saw nothing)
+/// and answers the sessions it lost 404. With the key, a captured session
+/// is replayed there and its request sent again, the client keeping its
+/// id, and again after a second restart; a session the proxy never
+/// captured still gets its 404. Without the key (the default) the 404
+/// passes, as the spec has it for a session its server ended.
+#[tokio::test]
+async fn with_migrate_on_404_a_session_its_restarted_server_lost_goes_on() {
+    let whoami = |r: &Value| r["result"]["content"][0]["text"].clone();
+    for on in [false, true] {
+        let stop = CancellationToken::new();
+        let first = stop.child_token();
+        let (blue, first_run) = demo_at("blue", 0, &first).await;
+        let (green, _green) = demo_at("green", 0, &stop).await;
+        let (proxy, url, _socket, client, _dir) = rig(blue, green, "replay", |c| {
+            c.set("drain", "migrate_on_404", on.to_string())
+        })
+        .await;
+        let sid = open(&client, &url).await;
+        let (status, r) = call(&client, &url, &sid, 2).await;
+        assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+
+        // Blue's process is gone and started again at its address.
+        first.cancel();
+        first_run.await.expect("join").expect("blue stopped");
+        let second = stop.child_token();
+        let (_, second_run) = demo_at("blue", blue, &second).await;
+        let (status, r) = call(&client, &url, &sid, 3).await;
+        if !on {
+            assert_eq!(status, 404, "{r}");
+            assert_eq!(proxy.proxy_stats.migrated(), 0);
+            proxy.shutdown().await;
+            stop.cancel();
+            continue;
+        }
+        assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+        assert_eq!(proxy.proxy_stats.migrated(), 1);
+        let (status, _) = call(&client, &url, &sid, 4).await;
+        assert_eq!(status, 200);
+        assert_eq!(proxy.proxy_stats.migrated(), 1, "moved once");
+
+        // Once more: the session's new upstream id is lost in turn.
+        second.cancel();
+        second_run.await.expect("join").expect("blue stopped");
+        let (_, _third) = demo_at("blue", blue, &stop).await;
+        let (status, r) = call(&client, &url, &sid, 5).await;
+        assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+        assert_eq!(proxy.proxy_stats.migrated(), 2);
+
+        // An id the proxy never captured: the slot's 404, no replay.
+        let (status, _) = call(&client, &url, "mf1.blue.1.made-up", 6).await;
+        assert_eq!(status, 404);
+        assert_eq!(proxy.proxy_stats.migrated(), 2);
+        proxy.shutdown().await;
+        stop.cancel();
+    }
+}
+
 /// A slot that answers every request 503 (an overloaded or starting
 /// server); taken down by the token, its port then refusing connections.
 async fn failing() -> (u16, CancellationToken) {

@@ -101,6 +101,9 @@ pub struct Forwarder {
     /// With migration on: how long a call in flight at a cut may take to
     /// answer before its stream ends with the JSON-RPC error.
     pub call_grace: Duration,
+    /// `[drain] migrate_on_404`: a captured session its slot answers 404 is
+    /// replayed and its request sent again.
+    pub migrate_on_404: bool,
 }
 
 /// Where a request goes, decided on one table snapshot.
@@ -529,6 +532,7 @@ impl Forwarder {
             &self.tables,
             &captured,
             None,
+            None,
             req.headers(),
             req.uri(),
             sessions.mirror(),
@@ -743,14 +747,39 @@ impl Forwarder {
             // client hands its body back unsent, and the head is still here:
             // nothing of it went out, nothing of its body was read). The refusal
             // is the old slot's error; the answer, the new slot's.
-            let refused = match &mut sent {
+            let mut refused = match &mut sent {
                 Err(SendError::Upstream {
                     kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),
                     unsent,
                     ..
-                }) if client_sid.is_some() => unsent.take().map(|body| (*kind, body)),
+                }) if client_sid.is_some() => unsent.take().map(|body| (Some(*kind), body)),
                 _ => None,
             };
+            // `[drain] migrate_on_404`: the slot answers 404 to a session the
+            // proxy captured, which its server lost (restarted on its own):
+            // the session is replayed and the request sent again, its body
+            // being a GET's none or a small POST's, read whole.
+            if refused.is_none()
+                && self.migrate_on_404
+                && era == Era::Session
+                && method != http::Method::DELETE
+                && matches!(&sent, Ok(r) if r.status() == StatusCode::NOT_FOUND)
+                // Held here: an id nobody captured (made up, or from before
+                // the proxy started) costs no replay and no fleet read.
+                && self
+                    .sessions
+                    .as_ref()
+                    .zip(client_sid.as_ref())
+                    .is_some_and(|(s, sid)| s.get(sid.as_bytes()).is_some())
+            {
+                refused = match (&method, &buffered) {
+                    (&http::Method::GET, _) => {
+                        Some((None, Box::new(ForwardBody::from(Bytes::new()))))
+                    }
+                    (_, Some(b)) => Some((None, Box::new(ForwardBody::from(b.clone())))),
+                    _ => None,
+                };
+            }
             if let Some((refused, retry)) = refused {
                 // The retry reads the head's map (a replay copies it) and
                 // edits it: made whole from the client's lines, if they were
@@ -768,7 +797,12 @@ impl Forwarder {
                     &head.headers,
                     &head.uri,
                     client_sid.as_ref(),
-                    &slot.name,
+                    refused.is_some().then_some(&slot.name),
+                    if refused.is_some() {
+                        None
+                    } else {
+                        moved.as_ref()
+                    },
                     request_id,
                 ))
                 .await;
@@ -783,7 +817,9 @@ impl Forwarder {
                                 self.resumed_unanswered(last, client_sid.as_ref(), &to.tag_prefix)
                             })
                         {
-                            stats.count_upstream_error(refused);
+                            if let Some(kind) = refused {
+                                stats.count_upstream_error(kind);
+                            }
                             return resp;
                         }
                         head.headers.insert(MCP_SESSION_ID, inner.clone());
@@ -794,7 +830,9 @@ impl Forwarder {
                         proxy.host = to.host_header.clone();
                     }
                     // Already in origin form (`rewrite_request`): the pool knows where.
-                    stats.count_upstream_error(refused);
+                    if let Some(kind) = refused {
+                        stats.count_upstream_error(kind);
+                    }
                     sent = Box::pin(to.client.send(
                         &to.scheme,
                         &to.authority,
@@ -1101,13 +1139,16 @@ impl Forwarder {
         Some((Bytes::copy_from_slice(last), event))
     }
 
-    /// [`Forwarder::moved`] for a request already taken apart.
+    /// [`Forwarder::moved`] for a request already taken apart: away from
+    /// `avoid`, the slot that refused its connection, or (`None`) off
+    /// upstream session `stale`, which its slot answered 404.
     async fn moved_for(
         &self,
         headers: &HeaderMap,
         uri: &Uri,
         client_sid: Option<&HeaderValue>,
-        avoid: &Arc<str>,
+        avoid: Option<&Arc<str>>,
+        stale: Option<&HeaderValue>,
         request_id: Option<&HeaderValue>,
     ) -> Result<(Arc<Slot>, HeaderValue), ()> {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
@@ -1127,12 +1168,17 @@ impl Forwarder {
             }
         };
         if captured.is_legacy() {
-            return self.legacy_moved(&captured, Some(avoid)).await.ok_or(());
+            return self
+                .legacy_moved(&captured, avoid.map(|a| &**a))
+                .await
+                .ok_or(());
         }
+        let from = avoid.map_or("its slot", |a| &**a);
         match migrate::migrate(
             &self.tables,
             &captured,
-            Some(avoid),
+            avoid.map(|a| &**a),
+            stale,
             headers,
             uri,
             sessions.mirror(),
@@ -1142,13 +1188,20 @@ impl Forwarder {
             Ok((slot, inner, replayed)) => {
                 if replayed {
                     self.stats.count_migrated();
-                    info_id!(request_id, from = %avoid, to = %slot.name, "session migrated: its slot refused the connection");
+                    match avoid {
+                        Some(_) => {
+                            info_id!(request_id, %from, to = %slot.name, "session migrated: its slot refused the connection")
+                        }
+                        None => {
+                            info_id!(request_id, to = %slot.name, "session migrated: its slot answered 404 (its server lost the session)")
+                        }
+                    }
                 }
                 Ok((slot, inner))
             }
             Err(cause) => {
                 self.stats.count_migrate_failure(cause);
-                info_id!(request_id, from = %avoid, %cause, "session could not migrate");
+                info_id!(request_id, %from, %cause, "session could not migrate");
                 Err(())
             }
         }

@@ -1027,6 +1027,8 @@ pub type Migrated = (Arc<Slot>, HeaderValue, bool);
 
 /// Moves the captured session `c` to a serving slot (not `avoid`): replays
 /// its `initialize`, `notifications/initialized` and shaping requests there.
+/// A move to upstream session `stale` (one its slot answered 404: its
+/// server lost it) is no move: the session is replayed again.
 /// `template` is the client's current request head, whose headers
 /// (authorization, accept, content type) the replay reuses.
 ///
@@ -1041,15 +1043,19 @@ pub async fn migrate(
     tables: &crate::table::Tables,
     c: &Captured,
     avoid: Option<&str>,
+    stale: Option<&HeaderValue>,
     template: &HeaderMap,
     path: &Uri,
     mirror: Option<&dyn Mirror>,
 ) -> Result<Migrated, MigrateFailure> {
     let _one = c.replaying.lock().await;
     // Another request of this session may have moved it meanwhile (not away
-    // from `avoid`, the slot that just refused this request).
-    let here =
-        |c: &Captured| current(&tables.load(), c).filter(|(slot, _)| avoid != Some(&*slot.name));
+    // from `avoid`, the slot that just refused this request, nor to the
+    // upstream session that was just found lost).
+    let here = |c: &Captured| {
+        current(&tables.load(), c)
+            .filter(|(slot, inner)| avoid != Some(&*slot.name) && stale != Some(inner))
+    };
     if let Some((slot, inner)) = here(c) {
         return Ok((slot, inner, false));
     }
