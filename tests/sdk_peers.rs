@@ -1075,6 +1075,68 @@ async fn migration_after_kill(replay: bool, transport: &str) {
     proxy.start_kill().expect("kill proxy");
 }
 
+/// `[drain] migrate_on_404`: blue's Python SDK server is killed (`kill -9`)
+/// and started again at its port, as systemd or a container runtime
+/// restarts a crashed server, with nothing said to mcpflip; blue stays the
+/// active slot. The new process answers every session the old one had 404.
+/// With the key each SDK client's next call is answered by the new blue
+/// process, in the session it holds; without it (the default) the call
+/// fails, as it does straight against the server.
+async fn a_crashed_and_restarted_server(migrate_on_404: bool) {
+    let (mut blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (_green_srv, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    let (_dir, _socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("drain", "migrate", "replay").set(
+            "drain",
+            "migrate_on_404",
+            migrate_on_404.to_string(),
+        )
+    })
+    .await;
+    let mut clients = Vec::new();
+    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+        let mut c = client(sdk, &base, "streamable-http").await;
+        assert_ok(&c.call("whoami").await, "blue", "first call");
+        clients.push((sdk, c));
+    }
+    blue_srv.child.start_kill().expect("kill -9 blue");
+    let _ = blue_srv.child.wait().await;
+    let (_blue_again, port) = server_with(
+        Sdk::Py1,
+        "blue",
+        "streamable-http",
+        &["--port", &blue.to_string()],
+    )
+    .await;
+    assert_eq!(port, blue, "blue restarted at its address");
+    for (sdk, c) in &mut clients {
+        let r = c.call("whoami").await;
+        if migrate_on_404 {
+            assert_ok(
+                &r,
+                "blue",
+                &format!("{sdk:?}: the next call after blue's restart"),
+            );
+        } else {
+            assert_ne!(
+                r["ok"], true,
+                "{sdk:?}: without migrate_on_404 the restarted server's 404 passes: {r}"
+            );
+        }
+    }
+    proxy.start_kill().expect("kill proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_on_404_sessions_go_on_after_their_server_crashed_and_restarted() {
+    a_crashed_and_restarted_server(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_migrate_on_404_sessions_end_with_their_restarted_server_baseline() {
+    a_crashed_and_restarted_server(false).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_replay_after_kill_9_of_blue() {
     migration_after_kill(true, "streamable-http").await;
