@@ -1252,6 +1252,68 @@ async fn more_sessions_than_reads_at_once_all_move_while_etcd_is_slow() {
     );
 }
 
+/// `[drain] migrate_on_404` in a fleet: green's server, holding a session
+/// captured through instance 1, restarts on its own at its address (the
+/// control plane sees nothing). The session's next request, through
+/// instance 2, which never held it, gets the new process's 404; instance 2
+/// reads the session's record, replays it on green and sends the request
+/// again, and instance 3 then takes that move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_migrate_on_404_a_session_its_restarted_server_lost_goes_on_through_any_instance() {
+    let f = migrating_fleet_tuned(|_, _, c| c.set("drain", "migrate_on_404", "true")).await;
+    assert_eq!(f.i(1).ctl("flip green --no-probe").await["ok"], true);
+    for n in 1..=3 {
+        until_status(f.i(n), "green active everywhere", |s| {
+            s["active"] == "green"
+        })
+        .await;
+    }
+    let sid = open_session(&f.client, &format!("{}/mcp", f.i(1).base)).await;
+    assert_eq!(moved_whoami(&f, 1, &sid, 2).await, "green");
+    support::until_async("its record written to etcd", || async {
+        session_keys(&f).await.len() == 1
+    })
+    .await;
+
+    // Green's process ends and a new one starts at its port.
+    let upstream = slot_of(&f.i(1).status().await, "green")["upstream"].clone();
+    let port: u16 = upstream
+        .as_str()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("green's upstream: {upstream}"));
+    f.green_stop.cancel();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < end, "green's port: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let again = CancellationToken::new();
+    let _again = again.clone().drop_guard();
+    tokio::spawn(mcpflip::demo_server::serve(
+        listener,
+        ServerConfig::new("green", Transport::Both),
+        again,
+    ));
+
+    assert_eq!(moved_whoami(&f, 2, &sid, 3).await, "green");
+    assert_eq!(
+        instance_metric(&f, 2, "mcpflip_sessions_migrated_total").await,
+        1
+    );
+    assert_eq!(moved_whoami(&f, 3, &sid, 4).await, "green");
+    assert_eq!(
+        fleet_metric(&f, "mcpflip_sessions_migrated_total").await,
+        1,
+        "moved once for the fleet"
+    );
+}
+
 /// What etcd has committed through raft: every transaction that may write,
 /// whether its comparisons held or not.
 async fn proposals(f: &Fleet) -> u64 {

@@ -764,13 +764,15 @@ impl Forwarder {
                 && era == Era::Session
                 && method != http::Method::DELETE
                 && matches!(&sent, Ok(r) if r.status() == StatusCode::NOT_FOUND)
-                // Held here: an id nobody captured (made up, or from before
-                // the proxy started) costs no replay and no fleet read.
+                // Held here, or maybe by another instance of the fleet (its
+                // record is read as for a gone slot's session): an id
+                // nobody captured costs no replay, and off a fleet no lookup
+                // past this process's own.
                 && self
                     .sessions
                     .as_ref()
                     .zip(client_sid.as_ref())
-                    .is_some_and(|(s, sid)| s.get(sid.as_bytes()).is_some())
+                    .is_some_and(|(s, sid)| s.mirror().is_some() || s.get(sid.as_bytes()).is_some())
             {
                 refused = match (&method, &buffered) {
                     (&http::Method::GET, _) => {
