@@ -747,7 +747,7 @@ impl Forwarder {
             // client hands its body back unsent, and the head is still here:
             // nothing of it went out, nothing of its body was read). The refusal
             // is the old slot's error; the answer, the new slot's.
-            let mut refused = match &mut sent {
+            let mut resend = match &mut sent {
                 Err(SendError::Upstream {
                     kind: kind @ (UpstreamError::Connect | UpstreamError::Timeout),
                     unsent,
@@ -759,7 +759,7 @@ impl Forwarder {
             // proxy captured, which its server lost (restarted on its own):
             // the session is replayed and the request sent again, its body
             // being a GET's none or a small POST's, read whole.
-            if refused.is_none()
+            if resend.is_none()
                 && self.migrate_on_404
                 && era == Era::Session
                 && method != http::Method::DELETE
@@ -774,7 +774,7 @@ impl Forwarder {
                     .zip(client_sid.as_ref())
                     .is_some_and(|(s, sid)| s.mirror().is_some() || s.get(sid.as_bytes()).is_some())
             {
-                refused = match (&method, &buffered) {
+                resend = match (&method, &buffered) {
                     (&http::Method::GET, _) => {
                         Some((None, Box::new(ForwardBody::from(Bytes::new()))))
                     }
@@ -782,7 +782,7 @@ impl Forwarder {
                     _ => None,
                 };
             }
-            if let Some((refused, retry)) = refused {
+            if let Some((refused, retry)) = resend {
                 // The retry reads the head's map (a replay copies it) and
                 // edits it: made whole from the client's lines, if they were
                 // kept, and written from the map from now on.
