@@ -1053,26 +1053,32 @@ async fn migration_after_kill(replay: bool, transport: &str) {
         );
     }
     let mut blue_srv = blue_srv;
-    // SIGKILL: no goodbye on any connection.
-    blue_srv.child.start_kill().expect("kill -9 blue");
-    let _ = blue_srv.child.wait().await;
-    for (sdk, c) in &mut clients {
+    kill_9(&mut blue_srv).await;
+    next_whoami(
+        &mut clients,
+        replay.then_some("green"),
+        "after kill -9 of blue",
+    )
+    .await;
+    proxy.start_kill().expect("kill proxy");
+}
+
+/// SIGKILL: no goodbye on any connection.
+async fn kill_9(server: &mut Proc) {
+    server.child.start_kill().expect("kill -9");
+    let _ = server.child.wait().await;
+}
+
+/// Each client's next `whoami`: answered by `slot`, or (`None`) failed (a
+/// failed call, or, Python 1.x, a client that gave up altogether).
+async fn next_whoami(clients: &mut [(Sdk, Proc)], slot: Option<&str>, when: &str) {
+    for (sdk, c) in clients {
         let r = c.call("whoami").await;
-        if replay {
-            assert_ok(
-                &r,
-                "green",
-                &format!("{sdk:?}: the next call after kill -9 of blue"),
-            );
-        } else {
-            // A failed call, or (Python 1.x) a client that gave up altogether.
-            assert_ne!(
-                r["ok"], true,
-                "{sdk:?}: without migration the call fails: {r}"
-            );
+        match slot {
+            Some(slot) => assert_ok(&r, slot, &format!("{sdk:?}: the next call {when}")),
+            None => assert_ne!(r["ok"], true, "{sdk:?}: the next call {when} fails: {r}"),
         }
     }
-    proxy.start_kill().expect("kill proxy");
 }
 
 /// `[drain] migrate_on_404`: blue's Python SDK server is killed (`kill -9`)
@@ -1099,8 +1105,7 @@ async fn a_crashed_and_restarted_server(migrate_on_404: bool) {
         assert_ok(&c.call("whoami").await, "blue", "first call");
         clients.push((sdk, c));
     }
-    blue_srv.child.start_kill().expect("kill -9 blue");
-    let _ = blue_srv.child.wait().await;
+    kill_9(&mut blue_srv).await;
     let (_blue_again, port) = server_with(
         Sdk::Py1,
         "blue",
@@ -1109,21 +1114,13 @@ async fn a_crashed_and_restarted_server(migrate_on_404: bool) {
     )
     .await;
     assert_eq!(port, blue, "blue restarted at its address");
-    for (sdk, c) in &mut clients {
-        let r = c.call("whoami").await;
-        if migrate_on_404 {
-            assert_ok(
-                &r,
-                "blue",
-                &format!("{sdk:?}: the next call after blue's restart"),
-            );
-        } else {
-            assert_ne!(
-                r["ok"], true,
-                "{sdk:?}: without migrate_on_404 the restarted server's 404 passes: {r}"
-            );
-        }
-    }
+    // Without the key the restarted server's 404 passes.
+    next_whoami(
+        &mut clients,
+        migrate_on_404.then_some("blue"),
+        "after blue's restart",
+    )
+    .await;
     proxy.start_kill().expect("kill proxy");
 }
 
