@@ -1619,6 +1619,42 @@ mod tests {
         assert_eq!(clock.expire(), 1, "expired on the old process's clock");
     }
 
+    /// A session with a stream open is in use, however old its last request:
+    /// the sweep keeps it, the fleet's renewal takes it (`used_within`), an
+    /// upgrade hands it over as used now; once its stream is gone it idles
+    /// from its last request again.
+    #[test]
+    fn an_open_stream_keeps_its_session_in_use() {
+        let s = Sessions::new(10, Duration::from_secs(60), Arc::new(ProxyStats::default()));
+        let x = Exported {
+            id: "mf1.blue.1.listening".into(),
+            init: "{}".into(),
+            shaping: vec![],
+            unanswered: vec![],
+            moved: None,
+            idle_s: 59,
+        };
+        assert_eq!(s.import(vec![x]), 1);
+        let id = b"mf1.blue.1.listening";
+        let key = s.key(id);
+        let held = {
+            let map = s.shard(key).read().unwrap();
+            StreamHold::new(Arc::clone(&map[&key].captured))
+        };
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(s.expire(), 0, "kept while its stream is open");
+        assert_eq!(s.used_within(Duration::from_secs(1)).len(), 1);
+        assert_eq!(s.export().0[0].idle_s, 0);
+        drop(held);
+        assert!(s.used_within(Duration::from_secs(1)).is_empty());
+        assert!(s.export().0[0].idle_s >= 60);
+        assert_eq!(
+            s.expire(),
+            1,
+            "idle from its last request once the stream is gone"
+        );
+    }
+
     /// `kind` skips the parse only where the parse finds no kept kind:
     /// whatever the spelling, escapes included, the two agree.
     #[test]
