@@ -483,8 +483,7 @@ impl Forwarder {
 
     /// Where a session whose slot is gone continues: where it moved already,
     /// or a serving slot it is replayed on now. `Err` (counted, logged) when
-    /// it cannot move: the answer to give (404 as without migration, 503 when
-    /// the fleet's record of it could not be read).
+    /// it cannot move: the answer to give ([`Forwarder::not_moved`]).
     async fn moved(
         &self,
         req: &Request<RequestBody>,
@@ -494,26 +493,8 @@ impl Forwarder {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
             return Err(session_not_found());
         };
-        let fail = |cause: MigrateFailure| {
-            self.stats.count_migrate_failure(cause);
-            self.stats.count_local(LocalResponse::SessionGone);
-            info_id!(request_id, method = %req.method(), %cause, "session could not migrate: answered 404");
-            session_not_found()
-        };
-        let captured = match sessions.find(sid.as_bytes()).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(fail(MigrateFailure::NotCaptured)),
-            Err(Unreadable) => {
-                // The session may exist: a 404 would end it for the client
-                // (an MCP client starts over on one), a 503 is one failed
-                // request, and the next moves it once the fleet answers.
-                self.stats
-                    .count_migrate_failure(MigrateFailure::ClusterUnavailable);
-                self.stats.count_local(LocalResponse::ClusterUnavailable);
-                info_id!(request_id, method = %req.method(), cause = %MigrateFailure::ClusterUnavailable, "session could not migrate now: answered 503");
-                return Err(cluster_unavailable());
-            }
-        };
+        let fail = |cause| self.not_moved(cause, req.method(), request_id);
+        let captured = Self::captured(sessions, sid).await.map_err(fail)?;
         if captured.is_legacy() {
             // Its stream moves it, or has not (and its failure is counted there).
             return match self.legacy_moved(&captured, None).await {
@@ -546,27 +527,56 @@ impl Forwarder {
                 }
                 Ok((slot, inner))
             }
-            // The session may move on its next request: a 404 would end
-            // it for the client.
-            Err(cause @ MigrateFailure::Upstream) => {
-                self.stats.count_migrate_failure(cause);
-                self.stats.count_local(LocalResponse::SessionNotMoved);
-                info_id!(request_id, method = %req.method(), %cause, "session could not migrate now: answered 502");
-                Err(local_error(
+            Err(cause) => Err(fail(cause)),
+        }
+    }
+
+    /// The captured session `sid`, read from the fleet if need be; why it
+    /// cannot move when it is not to be had.
+    async fn captured(
+        sessions: &Sessions,
+        sid: &HeaderValue,
+    ) -> Result<Arc<Captured>, MigrateFailure> {
+        match sessions.find(sid.as_bytes()).await {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(MigrateFailure::NotCaptured),
+            Err(Unreadable) => Err(MigrateFailure::ClusterUnavailable),
+        }
+    }
+
+    /// The answer to a request of a session that could not move, counted and
+    /// logged: the SDK-style 404 only where the session cannot move at all
+    /// (an MCP client ends its session on it); where its next request may
+    /// move it, what says so (502 for a slot that failed the replay, 503 with
+    /// no slot serving or the fleet's record unreadable).
+    fn not_moved(
+        &self,
+        cause: MigrateFailure,
+        method: &http::Method,
+        request_id: Option<&HeaderValue>,
+    ) -> Response<ResponseBody> {
+        self.stats.count_migrate_failure(cause);
+        let (local, resp) = match cause {
+            MigrateFailure::NotCaptured | MigrateFailure::Refused => {
+                (LocalResponse::SessionGone, session_not_found())
+            }
+            MigrateFailure::Upstream => (
+                LocalResponse::SessionNotMoved,
+                local_error(
                     StatusCode::BAD_GATEWAY,
                     None,
                     "session_not_moved",
                     "this session's slot is gone and the serving slot failed while the session was moved there; try again",
-                ))
+                ),
+            ),
+            MigrateFailure::NoSlot => (LocalResponse::NoSlot, no_slot()),
+            MigrateFailure::ClusterUnavailable => {
+                (LocalResponse::ClusterUnavailable, cluster_unavailable())
             }
-            Err(cause @ MigrateFailure::NoSlot) => {
-                self.stats.count_migrate_failure(cause);
-                self.stats.count_local(LocalResponse::NoSlot);
-                info_id!(request_id, method = %req.method(), %cause, "session could not migrate now: answered 503");
-                Err(no_slot())
-            }
-            Err(cause) => Err(fail(cause)),
-        }
+        };
+        self.stats.count_local(local);
+        info_id!(request_id, %method, %cause, status = resp.status().as_u16(), "session could not migrate");
+        resp
     }
 
     /// Reads a small POST body whole (migration on only): the proxy may need
@@ -1156,16 +1166,10 @@ impl Forwarder {
         let (Some(sessions), Some(sid)) = (&self.sessions, client_sid) else {
             return Err(());
         };
-        let captured = match sessions.find(sid.as_bytes()).await {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                self.stats
-                    .count_migrate_failure(MigrateFailure::NotCaptured);
-                return Err(());
-            }
-            Err(Unreadable) => {
-                self.stats
-                    .count_migrate_failure(MigrateFailure::ClusterUnavailable);
+        let captured = match Self::captured(sessions, sid).await {
+            Ok(c) => c,
+            Err(cause) => {
+                self.stats.count_migrate_failure(cause);
                 return Err(());
             }
         };
