@@ -1604,19 +1604,23 @@ mod tests {
         assert_eq!(small.len(), 1);
         // A long idle clock carries over: the session expires on time.
         let clock = Sessions::new(10, Duration::from_secs(60), Arc::new(ProxyStats::default()));
-        let x = Exported {
-            id: "b1.g1.old".into(),
-            init: "{}".into(),
-            shaping: vec![],
-            unanswered: vec![],
-            moved: None,
-            idle_s: 59,
-        };
-        assert_eq!(clock.import(vec![x]), 1);
+        assert_eq!(clock.import(vec![idle_for("b1.g1.old", 59)]), 1);
         let (out, _) = clock.export();
         assert!(out[0].idle_s >= 59, "{out:?}");
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(clock.expire(), 1, "expired on the old process's clock");
+    }
+
+    /// A session handed over with `idle_s` seconds on its idle clock.
+    fn idle_for(id: &str, idle_s: u64) -> Exported {
+        Exported {
+            id: id.into(),
+            init: "{}".into(),
+            shaping: vec![],
+            unanswered: vec![],
+            moved: None,
+            idle_s,
+        }
     }
 
     /// A session with a stream open is in use, however old its last request:
@@ -1626,15 +1630,7 @@ mod tests {
     #[test]
     fn an_open_stream_keeps_its_session_in_use() {
         let s = Sessions::new(10, Duration::from_secs(60), Arc::new(ProxyStats::default()));
-        let x = Exported {
-            id: "mf1.blue.1.listening".into(),
-            init: "{}".into(),
-            shaping: vec![],
-            unanswered: vec![],
-            moved: None,
-            idle_s: 59,
-        };
-        assert_eq!(s.import(vec![x]), 1);
+        assert_eq!(s.import(vec![idle_for("mf1.blue.1.listening", 59)]), 1);
         let id = b"mf1.blue.1.listening";
         let key = s.key(id);
         let held = {
