@@ -809,7 +809,7 @@ impl Forwarder {
                     &head.headers,
                     &head.uri,
                     client_sid.as_ref(),
-                    refused.is_some().then_some(&slot.name),
+                    refused.is_some().then_some(&*slot.name),
                     if refused.is_some() {
                         None
                     } else {
@@ -1159,7 +1159,7 @@ impl Forwarder {
         headers: &HeaderMap,
         uri: &Uri,
         client_sid: Option<&HeaderValue>,
-        avoid: Option<&Arc<str>>,
+        avoid: Option<&str>,
         stale: Option<&HeaderValue>,
         request_id: Option<&HeaderValue>,
     ) -> Result<(Arc<Slot>, HeaderValue), ()> {
@@ -1174,16 +1174,13 @@ impl Forwarder {
             }
         };
         if captured.is_legacy() {
-            return self
-                .legacy_moved(&captured, avoid.map(|a| &**a))
-                .await
-                .ok_or(());
+            return self.legacy_moved(&captured, avoid).await.ok_or(());
         }
-        let from = avoid.map_or("its slot", |a| &**a);
+        let from = avoid.unwrap_or("its slot");
         match migrate::migrate(
             &self.tables,
             &captured,
-            avoid.map(|a| &**a),
+            avoid,
             stale,
             headers,
             uri,
@@ -1194,14 +1191,11 @@ impl Forwarder {
             Ok((slot, inner, replayed)) => {
                 if replayed {
                     self.stats.count_migrated();
-                    match avoid {
-                        Some(_) => {
-                            info_id!(request_id, %from, to = %slot.name, "session migrated: its slot refused the connection")
-                        }
-                        None => {
-                            info_id!(request_id, to = %slot.name, "session migrated: its slot answered 404 (its server lost the session)")
-                        }
-                    }
+                    let why = match avoid {
+                        Some(_) => "its slot refused the connection",
+                        None => "its slot answered 404 (its server lost the session)",
+                    };
+                    info_id!(request_id, %from, to = %slot.name, "session migrated: {why}");
                 }
                 Ok((slot, inner))
             }
