@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, MigrateMode};
 use crate::control::controller::Controller;
 use crate::control::persist::{self, LoadError};
+use crate::control::sessions_file::{self, Taken};
 use crate::control::state::State;
 use crate::control::{paths, server};
 use crate::health::{Lifecycle, Phase};
@@ -55,6 +56,8 @@ pub struct Running {
     /// The captured sessions (`[drain] migrate = "replay"`), handed over in
     /// an upgrade.
     sessions: Option<Arc<Sessions>>,
+    /// Where they are saved at a shutdown, without a fleet.
+    sessions_file: Option<std::path::PathBuf>,
 }
 
 /// The state to start on: the state file's, checked as strictly as a
@@ -190,6 +193,7 @@ pub async fn start_with(
     let proxy_cfg = config.proxy.clone();
     let proxy_protocol = config.listen.proxy_protocol;
     let drain_cfg = config.drain.clone();
+    let state_file = config.control.state_file.clone();
     let limits = Limits {
         header_read: proxy_cfg.header_read_timeout,
         idle: proxy_cfg.idle_timeout,
@@ -269,6 +273,15 @@ pub async fn start_with(
             tokio::spawn(shared.run(Arc::downgrade(&s), stop.child_token()));
         }
         s
+    });
+    // Alone, what the proxy captured before a restart (a fleet's etcd has it).
+    let sessions_file = sessions.as_ref().filter(|_| fleet.is_none()).map(|s| {
+        let path = sessions_file::path_of(&state_file);
+        persist::remove_stale_temps(&path);
+        if !ignore_state {
+            take_sessions(&path, s);
+        }
+        path
     });
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
@@ -361,7 +374,25 @@ pub async fn start_with(
         idle: limits.idle,
         workers,
         sessions,
+        sessions_file,
     })
+}
+
+/// Takes the sessions a stopped proxy saved at `path` into `sessions`, and says so.
+fn take_sessions(path: &std::path::Path, sessions: &Sessions) {
+    match sessions_file::take(path, sessions) {
+        Taken::None => {}
+        Taken::Read { read, added } => tracing::info!(
+            path = %path.display(),
+            read,
+            added,
+            "captured sessions taken back from before the restart (those idle past migrate_idle are not)"
+        ),
+        Taken::Refused(why) => tracing::warn!(
+            path = %path.display(),
+            "the captured sessions saved before the restart are not used: {why}; the file is left as it is, and replaced at the next shutdown"
+        ),
+    }
 }
 
 /// One line for `systemctl status` (`STATUS=`): the active slot and the
@@ -446,6 +477,20 @@ impl Running {
                 let _ = tokio::time::timeout(wait, connections.closed()).await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), connections.shutdown()).await;
+        }
+        // The connections are closed: what they captured is all there is.
+        // A new process that took over has the sessions already.
+        if let (Phase::ShuttingDown, Some(s), Some(path)) =
+            (phase, &self.sessions, &self.sessions_file)
+        {
+            match sessions_file::save(path, s) {
+                Ok(n) => {
+                    tracing::info!(path = %path.display(), sessions = n, "captured sessions saved for the next start")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save the captured sessions: after the restart they cannot move")
+                }
+            }
         }
         // Commands still running (an `upgrade`'s own reply) finish.
         let _ = self.control.await;

@@ -1720,3 +1720,81 @@ async fn an_answer_dropped_at_the_cut_leaves_its_call_to_be_erred() {
     goes_on_from_green(&mut l.s, 13, 14).await;
     l.end().await;
 }
+
+/// A restart of the proxy (SIGTERM, then `mcpflip run` again on the same
+/// config, as `systemctl restart mcpflip` does) keeps the sessions it
+/// captured: saved beside the state file at the shutdown (mode 0600), taken
+/// back at the start and the file removed, so that a session opened before
+/// the restart moves under its id when its slot is cut after it, where it got
+/// the 404 of a session never captured. A proxy killed with SIGKILL saves
+/// nothing, and does not take the file it read at its start again: its
+/// sessions get that 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
+    use std::os::unix::fs::MetadataExt;
+    use support::proc::ProxyProcess;
+    let h = support::Harness::new().await;
+    let (cfg, public, _) = h.builder_on_ports();
+    let cfg = cfg
+        .set_str("drain", "migrate", "replay")
+        .set_str("drain", "deadline", "60s");
+    let saved = h.dir.path().join("state.sessions.json");
+    let (path, socket) = (cfg.write(), cfg.socket());
+    let url = format!("http://127.0.0.1:{public}/mcp");
+    let client = http_client();
+    let whoami = |r: &Value| r["result"]["content"][0]["text"].clone();
+
+    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+    proxy.ready().await;
+    let sid = open(&client, &url).await;
+    let (status, r) = call(&client, &url, &sid, 2).await;
+    assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+    let code = proxy.terminate();
+    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+    let mode = std::fs::metadata(&saved)
+        .unwrap_or_else(|e| panic!("no sessions file ({e}):\n{}", proxy.stderr()))
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+    proxy.ready().await;
+    let log = proxy.stderr_with("captured sessions taken back");
+    assert!(log.contains("read=1 added=1"), "{log}");
+    assert!(!saved.exists(), "the file is removed once taken");
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!(
+        (status, whoami(&r)),
+        (200, json!("green")),
+        "{r}\n{}",
+        proxy.stderr()
+    );
+
+    // Again, once it moved: where it moved to comes back too (else its
+    // request would go to blue, the slot its id names).
+    let code = proxy.terminate();
+    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+    proxy.ready().await;
+    let (status, r) = call(&client, &url, &sid, 4).await;
+    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+
+    // Killed: nothing saved, and the file of the last start is gone.
+    let other = open(&client, &url).await;
+    let (status, r) = call(&client, &url, &other, 2).await;
+    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    proxy.kill9();
+    assert!(!saved.exists());
+    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+    proxy.ready().await;
+    let r = support::ctl(&socket, "weights blue=1 green=100").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = support::ctl(&socket, "drain green --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, r) = call(&client, &url, &other, 3).await;
+    assert_eq!(status, 404, "{r}");
+    let code = proxy.terminate();
+    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+}

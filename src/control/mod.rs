@@ -16,7 +16,9 @@
 //! and `display` are the `ctl` side; `paths` refuses directories and sockets
 //! another user could have planted; `host` is what the drain and watch tasks
 //! need of the controller (so the controller owns them without a cycle);
-//! `store` is the seam a fleet's shared store (etcd) plugs into.
+//! `store` is the seam a fleet's shared store (etcd) plugs into;
+//! `sessions_file` keeps the captured sessions across a restart, beside the
+//! state file.
 
 pub mod client;
 pub mod controller;
@@ -29,6 +31,7 @@ pub mod persist;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+pub mod sessions_file;
 pub mod state;
 pub mod store;
 pub mod watch;

@@ -1,0 +1,290 @@
+//! The captured sessions across a restart of the proxy (`[drain] migrate =
+//! "replay"` without a fleet): written beside the state file when the proxy
+//! shuts down, taken back and removed when it starts again, so that a
+//! session captured before `systemctl restart mcpflip` can still move when
+//! its slot goes away after it. (A hitless upgrade hands them over on its
+//! socket instead; a fleet keeps them in its etcd.)
+//!
+//! The file is JSON lines: a header (`{"version":1,"saved_at":...}`), then
+//! one session per line, as the handover sends them. It is written as the
+//! state file is ([`persist::write_atomic`]: a fresh temporary file, never a
+//! link, mode 0600, fsync, rename, fsync of the directory) and read as it is
+//! (never through a link, never a file another user owns), each line and the
+//! whole file bounded. A file that cannot be used is logged and left where
+//! it is for the operator; the proxy starts without its sessions.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::paths;
+use crate::control::persist;
+use crate::proxy::migrate::{Exported, Sessions};
+
+/// The format this version writes and reads.
+const FORMAT: u32 = 1;
+/// The largest file read: every captured body together is at most 256 MiB,
+/// and JSON's escapes may grow a body in a string.
+pub const MAX_FILE: u64 = 1 << 30;
+/// The largest line read: one session, its `initialize` (64 KiB at most) and
+/// its kept requests and unanswered calls, escaped.
+pub const MAX_LINE: u64 = 4 << 20;
+
+/// The file's first line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    version: u32,
+    /// When it was written, in seconds since the Unix epoch: the time the
+    /// proxy was down counts as idle time.
+    saved_at: u64,
+}
+
+/// Where the sessions of the proxy whose state file is `state_file` are
+/// kept: beside it, `state.json` giving `state.sessions.json`.
+pub fn path_of(state_file: &Path) -> PathBuf {
+    let stem = state_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    paths::parent_of(state_file).join(format!("{stem}.sessions.json"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// Writes every session `sessions` holds to `path`, durably; how many.
+pub fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
+    let (list, _) = sessions.export();
+    let mut out = Vec::with_capacity(64 + list.len() * 512);
+    let header = Header {
+        version: FORMAT,
+        saved_at: unix_now(),
+    };
+    line(&mut out, &header);
+    for s in &list {
+        line(&mut out, s);
+    }
+    persist::write_atomic(path, &out)?;
+    Ok(list.len())
+}
+
+/// What [`take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// No file: the proxy stopped without one, or this is its first start.
+    None,
+    /// Read, and removed: the sessions read, and how many of them were added
+    /// (not idle past `migrate_idle`, within the store's bounds).
+    Read { read: usize, added: usize },
+    /// Not used (a link, another user's file, too large, corrupt), and left
+    /// where it is: why.
+    Refused(String),
+}
+
+/// Reads the sessions file at `path` into `sessions` and removes it, so
+/// that a later start (after a crash, with no new file) does not take
+/// sessions ended since.
+pub fn take(path: &Path, sessions: &Sessions) -> Taken {
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Taken::None,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Taken::Refused("it is a symlink; the proxy writes a plain file".into())
+        }
+        Err(e) => return Taken::Refused(format!("cannot open it: {e}")),
+    };
+    let list = match read(f) {
+        Ok(list) => list,
+        Err(why) => return Taken::Refused(why),
+    };
+    let read = list.len();
+    let added = sessions.import(list);
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the sessions file read at start; a start after a crash would take its sessions again");
+    }
+    Taken::Read { read, added }
+}
+
+/// The sessions of an open sessions file, their idle time grown by the time
+/// since it was written; or why it is refused.
+fn read(f: std::fs::File) -> Result<Vec<Exported>, String> {
+    let meta = f.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("it is not a plain file".into());
+    }
+    if !paths::trusted_uid(meta.uid(), paths::euid()) {
+        return Err(format!(
+            "it is owned by uid {}, not by root or uid {} (the user running mcpflip)",
+            meta.uid(),
+            paths::euid()
+        ));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!(
+            "it is {} bytes; a sessions file is at most {MAX_FILE}",
+            meta.len()
+        ));
+    }
+    let mut lines = BufReader::new(f.take(MAX_FILE));
+    let mut buf = Vec::new();
+    let mut next = |buf: &mut Vec<u8>| -> Result<bool, String> {
+        buf.clear();
+        let n = (&mut lines)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', buf)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if n as u64 > MAX_LINE {
+            return Err(format!("a line is longer than {MAX_LINE} bytes"));
+        }
+        Ok(n > 0)
+    };
+    if !next(&mut buf)? {
+        return Err("it is empty".into());
+    }
+    let header: Header =
+        serde_json::from_slice(&buf).map_err(|e| format!("its first line is corrupt: {e}"))?;
+    if header.version != FORMAT {
+        return Err(format!(
+            "its format version is {}; this mcpflip reads version {FORMAT}",
+            header.version
+        ));
+    }
+    let down = unix_now().saturating_sub(header.saved_at);
+    let mut out = Vec::new();
+    let mut number = 1;
+    while next(&mut buf)? {
+        number += 1;
+        let mut s: Exported =
+            serde_json::from_slice(&buf).map_err(|e| format!("line {number} is corrupt: {e}"))?;
+        s.idle_s = s.idle_s.saturating_add(down);
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// `v` as one line of JSON at the end of `out`.
+fn line(out: &mut Vec<u8>, v: &impl Serialize) {
+    // Into a Vec, of plain structs of strings and numbers: cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    fn store() -> Sessions {
+        Sessions::new(
+            1000,
+            Duration::from_secs(3600),
+            Arc::new(crate::stats::ProxyStats::default()),
+        )
+    }
+
+    fn exported(id: &str, idle_s: u64) -> Exported {
+        Exported {
+            id: id.into(),
+            init: r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#.into(),
+            shaping: vec![r#"{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"debug"}}"#.into()],
+            unanswered: Vec::new(),
+            moved: None,
+            idle_s,
+        }
+    }
+
+    #[test]
+    fn the_name_is_taken_from_the_state_file() {
+        assert_eq!(
+            path_of(Path::new("/var/lib/mcpflip/state.json")),
+            Path::new("/var/lib/mcpflip/state.sessions.json")
+        );
+        assert_eq!(
+            path_of(Path::new("/srv/blue-green")),
+            Path::new("/srv/blue-green.sessions.json")
+        );
+    }
+
+    #[test]
+    fn saved_sessions_come_back_once_and_the_file_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.sessions.json");
+        let before = store();
+        assert_eq!(
+            before.import(vec![
+                exported("mf1.blue.1.a", 5),
+                exported("mf1.blue.1.b", 0)
+            ]),
+            2
+        );
+        assert_eq!(save(&path, &before).expect("saved"), 2);
+        let mode = std::fs::metadata(&path).expect("written").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let after = store();
+        assert_eq!(take(&path, &after), Taken::Read { read: 2, added: 2 });
+        assert!(!path.exists(), "the file is removed once read");
+        let (mut got, _) = after.export();
+        got.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].shaping, exported("", 0).shaping, "kept requests too");
+        assert!(got[0].idle_s >= 5, "{got:?}");
+        assert_eq!(take(&path, &after), Taken::None);
+    }
+
+    #[test]
+    fn time_down_counts_as_idle_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.json");
+        let long_ago = unix_now() - 7200;
+        let mut text = format!("{{\"version\":1,\"saved_at\":{long_ago}}}\n");
+        text.push_str(&serde_json::to_string(&exported("mf1.blue.1.a", 0)).expect("json"));
+        text.push('\n');
+        std::fs::write(&path, text).expect("write");
+        // Idle 2 h against `migrate_idle` of 1 h: not taken.
+        assert_eq!(take(&path, &store()), Taken::Read { read: 1, added: 0 });
+    }
+
+    #[test]
+    fn a_planted_link_a_corrupt_file_and_an_overlong_line_are_refused_and_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "{\"version\":1,\"saved_at\":0}\n").expect("write");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(matches!(take(&link, &store()), Taken::Refused(why) if why.contains("symlink")));
+        assert!(link.exists());
+
+        let corrupt = dir.path().join("corrupt.json");
+        std::fs::write(&corrupt, "{\"version\":1,\"saved_at\":0}\n{\"id\":").expect("write");
+        assert!(matches!(take(&corrupt, &store()), Taken::Refused(why) if why.contains("line 2")));
+        assert!(corrupt.exists(), "left for the operator");
+
+        let newer = dir.path().join("newer.json");
+        std::fs::write(&newer, "{\"version\":2,\"saved_at\":0}\n").expect("write");
+        assert!(
+            matches!(take(&newer, &store()), Taken::Refused(why) if why.contains("version is 2"))
+        );
+
+        let long = dir.path().join("long.json");
+        let mut f = std::fs::File::create(&long).expect("create");
+        writeln!(f, "{{\"version\":1,\"saved_at\":0}}").expect("write");
+        f.write_all(&vec![b' '; MAX_LINE as usize + 10])
+            .expect("write");
+        drop(f);
+        assert!(matches!(take(&long, &store()), Taken::Refused(why) if why.contains("longer")));
+    }
+}
