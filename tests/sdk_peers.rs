@@ -1134,6 +1134,73 @@ async fn without_migrate_on_404_sessions_end_with_their_restarted_server_baselin
     a_crashed_and_restarted_server(false).await;
 }
 
+/// `systemctl restart mcpflip` in the middle of the SDK clients' sessions:
+/// SIGTERM, then `mcpflip run` again on the same config. Each client goes on
+/// in its session through the new process (the slot is in the session id),
+/// and when blue is then cut (`drain blue --migrate`), each client's next
+/// call is answered by green, in the session it holds: the new process took
+/// the captured sessions back from the file the old one saved. The baseline
+/// restarts with `--ignore-state`, which leaves that file unread, as every
+/// restart did before: the sessions cannot move, and the calls fail.
+async fn a_restart_of_the_proxy(keeps_sessions: bool) {
+    let (_blue_srv, blue) = server(Sdk::Py1, "blue", "streamable-http").await;
+    let (_green_srv, green) = server(Sdk::Py1, "green", "streamable-http").await;
+    // The clients' open GET streams hold a shutdown up to the drain deadline.
+    let (dir, socket, base, mut proxy) = start_proxy_with(blue, green, |c| {
+        c.set_str("drain", "migrate", "replay")
+            .set_str("drain", "deadline", "1s")
+    })
+    .await;
+    let mut clients = Vec::new();
+    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+        let mut c = client(sdk, &base, "streamable-http").await;
+        assert_ok(&c.call("whoami").await, "blue", "first call");
+        clients.push((sdk, c));
+    }
+    let pid = proxy.id().expect("pid") as i32;
+    // SAFETY: kill(2) on the proxy this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let code = proxy.wait().await.expect("wait");
+    assert!(code.success(), "{code}");
+    let mut args = vec!["run", "--config"];
+    let config = dir.path().join("mcpflip.toml");
+    args.push(config.to_str().expect("utf-8"));
+    if !keeps_sessions {
+        args.push("--ignore-state");
+    }
+    let _proxy = Command::new(BIN)
+        .args(&args)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mcpflip run");
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ctl(&socket, &["status"]).await.0 {
+        assert!(tokio::time::Instant::now() < end, "mcpflip did not restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    next_whoami(&mut clients, Some("blue"), "through the restarted proxy").await;
+    let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(&socket, &["drain", "blue", "--migrate", "--wait"]).await;
+    assert!(ok, "{out}");
+    next_whoami(
+        &mut clients,
+        keeps_sessions.then_some("green"),
+        "after blue was cut behind the restarted proxy",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_across_a_restart_of_the_proxy() {
+    a_restart_of_the_proxy(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_replay_across_a_restart_without_the_saved_sessions_fails_baseline() {
+    a_restart_of_the_proxy(false).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_replay_after_kill_9_of_blue() {
     migration_after_kill(true, "streamable-http").await;
