@@ -279,6 +279,15 @@ pub struct DrainConfig {
     /// the request sent again, instead of the 404 passed on.
     #[serde(default)]
     pub migrate_on_404: bool,
+    /// With `migrate = "replay"` and no fleet: how often the captured
+    /// sessions are written beside the state file (and at every shutdown),
+    /// so that a proxy killed or crashed comes back with those saved last.
+    #[serde(
+        default = "default_migrate_save_interval",
+        deserialize_with = "duration",
+        serialize_with = "duration_out"
+    )]
+    pub migrate_save_interval: Duration,
 }
 
 /// `[drain] migrate`: what happens to a session whose slot is retired,
@@ -700,6 +709,9 @@ fn default_migrate_max_sessions() -> usize {
 fn default_migrate_idle() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_migrate_save_interval() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_migrate_call_grace() -> Duration {
     Duration::from_secs(1)
 }
@@ -797,7 +809,8 @@ section_default!(DrainConfig {
     migrate_max_sessions: default_migrate_max_sessions(),
     migrate_idle: default_migrate_idle(),
     migrate_call_grace: default_migrate_call_grace(),
-    migrate_on_404: false
+    migrate_on_404: false,
+    migrate_save_interval: default_migrate_save_interval()
 });
 section_default!(ProbeConfig {
     path: default_probe_path(),
@@ -1261,6 +1274,11 @@ impl Config {
         for (section, key, d) in [
             ("drain", "deadline", self.drain.deadline),
             ("drain", "migrate_idle", self.drain.migrate_idle),
+            (
+                "drain",
+                "migrate_save_interval",
+                self.drain.migrate_save_interval,
+            ),
             ("probe", "timeout", self.probe.timeout),
             ("watch", "interval", self.watch.interval),
             ("proxy", "connect_timeout", self.proxy.connect_timeout),
@@ -1706,6 +1724,14 @@ impl Config {
             d(self.drain.quiet),
             self.drain.migrate.as_str()
         );
+        if self.drain.migrate == MigrateMode::Replay && self.cluster.is_none() {
+            let _ = writeln!(
+                s,
+                "  sessions file {} (captured sessions, saved every {} and at shutdown)",
+                crate::control::sessions_file::path_of(&self.control.state_file).display(),
+                d(self.drain.migrate_save_interval)
+            );
+        }
         let transport = match self.probe.transport {
             ProbeTransport::StreamableHttp => "streamable-http",
             ProbeTransport::Sse => "sse",

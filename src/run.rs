@@ -56,8 +56,9 @@ pub struct Running {
     /// The captured sessions (`[drain] migrate = "replay"`), handed over in
     /// an upgrade.
     sessions: Option<Arc<Sessions>>,
-    /// Where they are saved at a shutdown, without a fleet.
-    sessions_file: Option<std::path::PathBuf>,
+    /// Their writer, without a fleet: saves them beside the state file
+    /// every `migrate_save_interval` and at a shutdown.
+    sessions_file: Option<Arc<sessions_file::Saver>>,
 }
 
 /// The state to start on: the state file's, checked as strictly as a
@@ -274,14 +275,18 @@ pub async fn start_with(
         }
         s
     });
-    // Alone, what the proxy captured before a restart (a fleet's etcd has it).
+    // Alone, what the proxy captured before a restart (a fleet's etcd has
+    // it), and saved for the next one.
     let sessions_file = sessions.as_ref().filter(|_| fleet.is_none()).map(|s| {
         let path = sessions_file::path_of(&state_file);
         persist::remove_stale_temps(&path);
         if !ignore_state {
             take_sessions(&path, s);
         }
-        path
+        let saver = sessions_file::Saver::new(path, Arc::clone(s));
+        let every = drain_cfg.migrate_save_interval;
+        tokio::spawn(Arc::clone(&saver).every(every, stop_accepting.child_token()));
+        saver
     });
     let forwarder = Arc::new(Forwarder {
         tables: Arc::clone(&controller.tables),
@@ -480,17 +485,8 @@ impl Running {
         }
         // The connections are closed: what they captured is all there is.
         // A new process that took over has the sessions already.
-        if let (Phase::ShuttingDown, Some(s), Some(path)) =
-            (phase, &self.sessions, &self.sessions_file)
-        {
-            match sessions_file::save(path, s) {
-                Ok(n) => {
-                    tracing::info!(path = %path.display(), sessions = n, "captured sessions saved for the next start")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot save the captured sessions: after the restart they cannot move")
-                }
-            }
+        if let (Phase::ShuttingDown, Some(saver)) = (phase, &self.sessions_file) {
+            saver.save_logged(sessions_file::When::Shutdown).await;
         }
         // Commands still running (an `upgrade`'s own reply) finish.
         let _ = self.control.await;

@@ -128,6 +128,7 @@ fn populated() -> Config {
             migrate_idle: Duration::from_secs(1),
             migrate_call_grace: Duration::from_secs(1),
             migrate_on_404: true,
+            migrate_save_interval: Duration::from_secs(1),
         },
         probe: ProbeConfig {
             path: "/mcp".into(),

@@ -1723,12 +1723,12 @@ async fn an_answer_dropped_at_the_cut_leaves_its_call_to_be_erred() {
 
 /// A restart of the proxy (SIGTERM, then `mcpflip run` again on the same
 /// config, as `systemctl restart mcpflip` does) keeps the sessions it
-/// captured: saved beside the state file at the shutdown (mode 0600), taken
-/// back at the start and the file removed, so that a session opened before
-/// the restart moves under its id when its slot is cut after it, where it got
-/// the 404 of a session never captured. A proxy killed with SIGKILL saves
-/// nothing, and does not take the file it read at its start again: its
-/// sessions get that 404.
+/// captured: saved beside the state file at the shutdown (mode 0600) and
+/// taken back at the start, so that a session opened before the restart
+/// moves under its id when its slot is cut after it, where it got the 404 of
+/// a session never captured; where a moved session went comes back too. A
+/// proxy killed with SIGKILL comes back with what its last periodic save
+/// (`migrate_save_interval`) held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
     use std::os::unix::fs::MetadataExt;
@@ -1737,7 +1737,8 @@ async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
     let (cfg, public, _) = h.builder_on_ports();
     let cfg = cfg
         .set_str("drain", "migrate", "replay")
-        .set_str("drain", "deadline", "60s");
+        .set_str("drain", "deadline", "60s")
+        .set_str("drain", "migrate_save_interval", "1h");
     let saved = h.dir.path().join("state.sessions.json");
     let (path, socket) = (cfg.write(), cfg.socket());
     let url = format!("http://127.0.0.1:{public}/mcp");
@@ -1760,7 +1761,6 @@ async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
     proxy.ready().await;
     let log = proxy.stderr_with("captured sessions taken back");
     assert!(log.contains("read=1 added=1"), "{log}");
-    assert!(!saved.exists(), "the file is removed once taken");
     green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
@@ -1776,25 +1776,32 @@ async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
     // request would go to blue, the slot its id names).
     let code = proxy.terminate();
     assert!(code.success(), "{code}:\n{}", proxy.stderr());
+    let cfg = cfg.set_str("drain", "migrate_save_interval", "200ms");
+    cfg.write();
     let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
     proxy.ready().await;
     let (status, r) = call(&client, &url, &sid, 4).await;
     assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
 
-    // Killed: nothing saved, and the file of the last start is gone.
+    // Killed: what the last periodic save held comes back.
     let other = open(&client, &url).await;
     let (status, r) = call(&client, &url, &other, 2).await;
     assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    support::until("a periodic save holds the new session", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains(&other))
+    })
+    .await;
     proxy.kill9();
-    assert!(!saved.exists());
     let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
     proxy.ready().await;
     let r = support::ctl(&socket, "weights blue=1 green=100").await;
     assert!(r.get("error").is_none(), "{r}");
     let r = support::ctl(&socket, "drain green --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
-    let (status, r) = call(&client, &url, &other, 3).await;
-    assert_eq!(status, 404, "{r}");
+    for (sid, id) in [(&sid, 5), (&other, 3)] {
+        let (status, r) = call(&client, &url, sid, id).await;
+        assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+    }
     let code = proxy.terminate();
     assert!(code.success(), "{code}:\n{}", proxy.stderr());
 }

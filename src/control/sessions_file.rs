@@ -1,9 +1,13 @@
 //! The captured sessions across a restart of the proxy (`[drain] migrate =
-//! "replay"` without a fleet): written beside the state file when the proxy
-//! shuts down, taken back and removed when it starts again, so that a
-//! session captured before `systemctl restart mcpflip` can still move when
-//! its slot goes away after it. (A hitless upgrade hands them over on its
-//! socket instead; a fleet keeps them in its etcd.)
+//! "replay"` without a fleet): written beside the state file every
+//! `migrate_save_interval` and when the proxy shuts down, and taken back
+//! when it starts again, so that a session captured before `systemctl
+//! restart mcpflip`, or before a crash and the restart after it, can still
+//! move when its slot goes away. (A hitless upgrade hands them over on its
+//! socket instead; a fleet keeps them in its etcd.) The file stays: a crash
+//! before the next save finds it again. A session that ended after the
+//! last save comes back with it, and is forgotten once idle for
+//! `migrate_idle` (its client no longer uses its id).
 //!
 //! The file is JSON lines: a header (`{"version":1,"saved_at":...}`), then
 //! one session per line, as the handover sends them. It is written as the
@@ -16,9 +20,11 @@
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::control::paths;
 use crate::control::persist;
@@ -60,8 +66,75 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Why a save is made: it is logged at `info` at the shutdown only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Interval,
+    Shutdown,
+}
+
+/// The one writer of a proxy's sessions file: saves every
+/// `migrate_save_interval`, and once more at the shutdown, one at a time,
+/// each with what the store holds when it starts (so none lands older
+/// than one before it).
+pub struct Saver {
+    path: PathBuf,
+    sessions: Arc<Sessions>,
+    one_at_a_time: Mutex<()>,
+}
+
+impl Saver {
+    pub fn new(path: PathBuf, sessions: Arc<Sessions>) -> Arc<Saver> {
+        Arc::new(Saver {
+            path,
+            sessions,
+            one_at_a_time: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the sessions now, durably (blocking: file I/O and fsync); how many.
+    pub fn save(&self) -> Result<usize, persist::SaveError> {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+        save(&self.path, &self.sessions)
+    }
+
+    /// [`Saver::save`] off the runtime's threads, logged.
+    pub async fn save_logged(self: &Arc<Self>, when: When) {
+        let me = Arc::clone(self);
+        let path = self.path.display();
+        match tokio::task::spawn_blocking(move || me.save()).await {
+            Ok(Ok(n)) if when == When::Shutdown => {
+                tracing::info!(%path, sessions = n, "captured sessions saved for the next start")
+            }
+            Ok(Ok(n)) => tracing::debug!(%path, sessions = n, "captured sessions saved"),
+            Ok(Err(e)) => tracing::warn!(
+                %path,
+                error = %e,
+                "cannot save the captured sessions: the proxy started again would not have those captured since the last save"
+            ),
+            Err(e) => tracing::warn!(%path, error = %e, "the save of the captured sessions failed"),
+        }
+    }
+
+    /// Saves every `interval` until `stop`.
+    pub async fn every(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.save_logged(When::Interval).await,
+            }
+        }
+    }
+}
+
 /// Writes every session `sessions` holds to `path`, durably; how many.
-pub fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
+fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
     let (list, _) = sessions.export();
     let mut out = Vec::with_capacity(64 + list.len() * 512);
     let header = Header {
@@ -81,17 +154,15 @@ pub fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveErro
 pub enum Taken {
     /// No file: the proxy stopped without one, or this is its first start.
     None,
-    /// Read, and removed: the sessions read, and how many of them were added
-    /// (not idle past `migrate_idle`, within the store's bounds).
+    /// Read: the sessions read, and how many of them were added (not idle
+    /// past `migrate_idle`, within the store's bounds).
     Read { read: usize, added: usize },
     /// Not used (a link, another user's file, too large, corrupt), and left
     /// where it is: why.
     Refused(String),
 }
 
-/// Reads the sessions file at `path` into `sessions` and removes it, so
-/// that a later start (after a crash, with no new file) does not take
-/// sessions ended since.
+/// Reads the sessions file at `path` into `sessions`.
 pub fn take(path: &Path, sessions: &Sessions) -> Taken {
     let f = match std::fs::OpenOptions::new()
         .read(true)
@@ -111,9 +182,6 @@ pub fn take(path: &Path, sessions: &Sessions) -> Taken {
     };
     let read = list.len();
     let added = sessions.import(list);
-    if let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove the sessions file read at start; a start after a crash would take its sessions again");
-    }
     Taken::Read { read, added }
 }
 
@@ -185,7 +253,6 @@ fn line(out: &mut Vec<u8>, v: &impl Serialize) {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::sync::Arc;
 
     fn store() -> Sessions {
         Sessions::new(
@@ -219,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn saved_sessions_come_back_once_and_the_file_goes() {
+    fn saved_sessions_come_back_with_what_they_hold() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.sessions.json");
         let before = store();
@@ -236,12 +303,14 @@ mod tests {
 
         let after = store();
         assert_eq!(take(&path, &after), Taken::Read { read: 2, added: 2 });
-        assert!(!path.exists(), "the file is removed once read");
         let (mut got, _) = after.export();
         got.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].shaping, exported("", 0).shaping, "kept requests too");
         assert!(got[0].idle_s >= 5, "{got:?}");
+        // Taken again (a second start after a crash): held already, not added twice.
+        assert_eq!(take(&path, &after), Taken::Read { read: 2, added: 0 });
+        std::fs::remove_file(&path).expect("remove");
         assert_eq!(take(&path, &after), Taken::None);
     }
 
