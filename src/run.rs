@@ -166,6 +166,8 @@ pub async fn start_with(
     inherited: Inherited,
 ) -> anyhow::Result<Running> {
     let state = initial_state(&config, ignore_state)?;
+    // Only a handover takes the control socket over from a live process.
+    let handover = inherited.replace_control;
     // Certificates were loaded once, by the config's validation.
     let tls: Option<proxy::TlsSlot> = config
         .resolved
@@ -280,7 +282,9 @@ pub async fn start_with(
     let sessions_file = sessions.as_ref().filter(|_| fleet.is_none()).map(|s| {
         let path = sessions_file::path_of(&state_file);
         persist::remove_stale_temps(&path);
-        if !ignore_state {
+        // In a handover the old process sends what it holds now; its last
+        // save, older, would hold moves made since as they were before.
+        if !ignore_state && !handover {
             take_sessions(&path, s);
         }
         let saver = sessions_file::Saver::new(path, Arc::clone(s));

@@ -519,3 +519,75 @@ async fn an_upgrade_hands_the_captured_sessions_over() {
     unsafe { libc::kill(new_pid, libc::SIGTERM) };
     support::until("the new process exits on SIGTERM", || !alive(new_pid)).await;
 }
+
+/// The new process of an upgrade takes the captured sessions from the old
+/// one, not from the sessions file the old one saved: that file is older,
+/// and a session that moved again since would go back to where it was then.
+/// Here a session moves blue → green, a restart saves that, it moves green
+/// → blue, and an upgrade follows: its next call must reach blue, where the
+/// file says green (whose server still holds the session it had there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_takes_the_sessions_the_old_process_holds_not_its_older_file() {
+    let h = Harness::new().await;
+    let (cfg, public, _) = config(&h);
+    let cfg =
+        cfg.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_save_interval", "1h");
+    let path = cfg.write();
+    let socket = cfg.socket();
+    let url = format!("http://127.0.0.1:{public}/mcp");
+    // A client per call: no keep-alive connection holds the old process.
+    let whoami = |sid: &str, id: u32| {
+        let client = http_client();
+        let (url, sid) = (url.clone(), sid.to_owned());
+        async move {
+            let (status, r) = support::mcp::call_whoami(&client, &url, &sid, id).await;
+            assert_eq!(status, 200, "{r}");
+            r["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        }
+    };
+    let command = |line: &str| {
+        let socket = socket.clone();
+        let line = line.to_owned();
+        async move {
+            let r = support::ctl(&socket, &line).await;
+            assert!(r.get("error").is_none(), "{line}: {r}");
+        }
+    };
+
+    let mut first = ProxyProcess::spawn(&path, &socket, &[]);
+    first.ready().await;
+    let sid = support::mcp::open_session(&http_client(), &url).await;
+    command("weights blue=100 green=1").await;
+    command("drain blue --migrate --wait").await;
+    assert_eq!(whoami(&sid, 2).await, "green");
+    let code = first.terminate();
+    assert!(code.success(), "{code}:\n{}", first.stderr());
+
+    let mut old = ProxyProcess::spawn(&path, &socket, &[]);
+    old.ready().await;
+    command("weights blue=100 green=1").await;
+    command("drain green --migrate --wait").await;
+    assert_eq!(whoami(&sid, 3).await, "blue");
+
+    let binary = rebuilt(h.dir.path());
+    let (new_pid, _) = upgrade(&socket, &binary, &old);
+    let _new = Pid(new_pid);
+    let code = old.wait_exit();
+    assert!(
+        code.success(),
+        "the old process exited {code}:\n{}",
+        old.stderr()
+    );
+    assert_eq!(
+        whoami(&sid, 4).await,
+        "blue",
+        "the move the old process made"
+    );
+    // SAFETY: kill(2) on the new process this test started through ctl.
+    unsafe { libc::kill(new_pid, libc::SIGTERM) };
+    support::until("the new process exits on SIGTERM", || !alive(new_pid)).await;
+}
