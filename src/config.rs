@@ -236,6 +236,21 @@ pub struct ControlConfig {
     pub state_file: PathBuf,
 }
 
+impl ControlConfig {
+    /// Where the captured sessions are saved (`[drain] migrate = "replay"`
+    /// without a fleet): beside the state file, `state.json` giving
+    /// `state.sessions.json`.
+    pub fn sessions_file(&self) -> PathBuf {
+        let stem = self
+            .state_file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state".into());
+        self.state_file
+            .with_file_name(format!("{stem}.sessions.json"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainConfig {
@@ -1728,7 +1743,7 @@ impl Config {
             let _ = writeln!(
                 s,
                 "  sessions file {} (captured sessions, saved every {} and at shutdown)",
-                crate::control::sessions_file::path_of(&self.control.state_file).display(),
+                self.control.sessions_file().display(),
                 d(self.drain.migrate_save_interval)
             );
         }
@@ -2086,6 +2101,22 @@ upstream = "http://127.0.0.1:3002"
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn the_sessions_file_is_named_after_the_state_file_beside_it() {
+        let of = |state: &str| {
+            ControlConfig {
+                socket: PathBuf::from("/run/c.sock"),
+                state_file: PathBuf::from(state),
+            }
+            .sessions_file()
+        };
+        assert_eq!(
+            of("/var/lib/mcpflip/state.json"),
+            PathBuf::from("/var/lib/mcpflip/state.sessions.json")
+        );
+        assert_eq!(of("/srv/bg"), PathBuf::from("/srv/bg.sessions.json"));
     }
 
     #[test]

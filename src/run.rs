@@ -196,7 +196,7 @@ pub async fn start_with(
     let proxy_cfg = config.proxy.clone();
     let proxy_protocol = config.listen.proxy_protocol;
     let drain_cfg = config.drain.clone();
-    let state_file = config.control.state_file.clone();
+    let sessions_path = config.control.sessions_file();
     let limits = Limits {
         header_read: proxy_cfg.header_read_timeout,
         idle: proxy_cfg.idle_timeout,
@@ -280,7 +280,7 @@ pub async fn start_with(
     // Alone, what the proxy captured before a restart (a fleet's etcd has
     // it), and saved for the next one.
     let sessions_file = sessions.as_ref().filter(|_| fleet.is_none()).map(|s| {
-        let path = sessions_file::path_of(&state_file);
+        let path = sessions_path.clone();
         persist::remove_stale_temps(&path);
         // In a handover the old process sends what it holds now; its last
         // save, older, would hold moves made since as they were before.
@@ -399,7 +399,7 @@ fn take_sessions(path: &std::path::Path, sessions: &Sessions) {
         ),
         Taken::Refused(why) => tracing::warn!(
             path = %path.display(),
-            "the captured sessions saved before the restart are not used: {why}; the file is left as it is, and replaced at the next shutdown"
+            "the captured sessions saved before the restart are not used: {why}; the file is left as it is until the next save replaces it"
         ),
     }
 }

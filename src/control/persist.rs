@@ -123,7 +123,8 @@ pub fn load(path: &Path) -> Result<Option<StateFile>, LoadError> {
     };
     let f = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // Never through a link; a FIFO put there does not block the start.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
@@ -247,6 +248,15 @@ fn temp_name(path: &Path) -> PathBuf {
 /// Writes `bytes` as the file at `path`, durably: a fresh temporary file
 /// (never an existing file or link), fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `fill` writes, through a buffer (a large file
+/// is never whole in memory).
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), SaveError> {
     let mut tries = 0;
     let (tmp, mut f) = loop {
         let tmp = temp_name(path);
@@ -264,8 +274,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SaveError> {
         }
     };
     let result = (|| {
-        f.write_all(bytes)
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
+        fill(&mut w)
+            .and_then(|()| w.flush())
             .map_err(|e| SaveError::new(path, Stage::Write, &e))?;
+        drop(w);
         f.sync_all()
             .map_err(|e| SaveError::new(path, Stage::SyncFile, &e))?;
         drop(f);
@@ -447,6 +460,14 @@ mod tests {
             .expect_err("a link")
             .to_string()
             .contains("symlink"));
+        std::fs::remove_file(&p).expect("rm");
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo(3) on a NUL-terminated path in the test's directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(load(&p)
+            .expect_err("a FIFO, refused without blocking")
+            .to_string()
+            .contains("not a plain file"),);
     }
 
     #[test]

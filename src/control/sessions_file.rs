@@ -26,8 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::paths;
-use crate::control::persist;
+use crate::control::{paths, persist};
 use crate::proxy::migrate::{Exported, Sessions};
 
 /// The format this version writes and reads.
@@ -47,16 +46,6 @@ struct Header {
     /// When it was written, in seconds since the Unix epoch: the time the
     /// proxy was down counts as idle time.
     saved_at: u64,
-}
-
-/// Where the sessions of the proxy whose state file is `state_file` are
-/// kept: beside it, `state.json` giving `state.sessions.json`.
-pub fn path_of(state_file: &Path) -> PathBuf {
-    let stem = state_file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    paths::parent_of(state_file).join(format!("{stem}.sessions.json"))
 }
 
 fn unix_now() -> u64 {
@@ -136,16 +125,14 @@ impl Saver {
 /// Writes every session `sessions` holds to `path`, durably; how many.
 fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
     let (list, _) = sessions.export();
-    let mut out = Vec::with_capacity(64 + list.len() * 512);
     let header = Header {
         version: FORMAT,
         saved_at: unix_now(),
     };
-    line(&mut out, &header);
-    for s in &list {
-        line(&mut out, s);
-    }
-    persist::write_atomic(path, &out)?;
+    persist::write_atomic_with(path, |w| {
+        line(w, &header)?;
+        list.iter().try_for_each(|s| line(w, s))
+    })?;
     Ok(list.len())
 }
 
@@ -166,7 +153,8 @@ pub enum Taken {
 pub fn take(path: &Path, sessions: &Sessions) -> Taken {
     let f = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // Never through a link; a FIFO put there does not block the start.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
@@ -242,11 +230,10 @@ fn read(f: std::fs::File) -> Result<Vec<Exported>, String> {
     Ok(out)
 }
 
-/// `v` as one line of JSON at the end of `out`.
-fn line(out: &mut Vec<u8>, v: &impl Serialize) {
-    // Into a Vec, of plain structs of strings and numbers: cannot fail.
-    let _ = serde_json::to_writer(&mut *out, v);
-    out.push(b'\n');
+/// `v` as one line of JSON.
+fn line(w: &mut dyn std::io::Write, v: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, v)?;
+    w.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -271,18 +258,6 @@ mod tests {
             moved: None,
             idle_s,
         }
-    }
-
-    #[test]
-    fn the_name_is_taken_from_the_state_file() {
-        assert_eq!(
-            path_of(Path::new("/var/lib/mcpflip/state.json")),
-            Path::new("/var/lib/mcpflip/state.sessions.json")
-        );
-        assert_eq!(
-            path_of(Path::new("/srv/blue-green")),
-            Path::new("/srv/blue-green.sessions.json")
-        );
     }
 
     #[test]
@@ -341,6 +316,15 @@ mod tests {
         std::fs::write(&corrupt, "{\"version\":1,\"saved_at\":0}\n{\"id\":").expect("write");
         assert!(matches!(take(&corrupt, &store()), Taken::Refused(why) if why.contains("line 2")));
         assert!(corrupt.exists(), "left for the operator");
+
+        let fifo = dir.path().join("fifo.json");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo(3) on a NUL-terminated path in the test's directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(
+            matches!(take(&fifo, &store()), Taken::Refused(why) if why.contains("not a plain file")),
+            "a FIFO neither blocks the start nor is read"
+        );
 
         let newer = dir.path().join("newer.json");
         std::fs::write(&newer, "{\"version\":2,\"saved_at\":0}\n").expect("write");
