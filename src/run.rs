@@ -287,7 +287,7 @@ pub async fn start_with(
         if !ignore_state && !handover {
             take_sessions(&path, s);
         }
-        let saver = sessions_file::Saver::new(path, Arc::clone(s));
+        let saver = sessions_file::Saver::new(path, Arc::clone(s), Arc::clone(&proxy_stats));
         let every = drain_cfg.migrate_save_interval;
         tokio::spawn(Arc::clone(&saver).every(every, stop_accepting.child_token()));
         saver

@@ -862,6 +862,11 @@ pub struct ProxyStats {
     captured_bytes: AtomicU64,
     /// Sessions not captured because the store was full.
     capture_refused: AtomicU64,
+    /// The sessions file (`control::sessions_file`): when it was last
+    /// written whole (seconds since the Unix epoch; 0: not yet), and the
+    /// saves that failed.
+    sessions_saved_at: AtomicU64,
+    sessions_save_failures: AtomicU64,
     /// Calls cut in flight and answered with a JSON-RPC error.
     interrupted: AtomicU64,
     /// Client addresses the per-address limits keep state for.
@@ -1030,6 +1035,24 @@ impl ProxyStats {
 
     pub fn captured_sessions(&self) -> u64 {
         self.captured.load(Ordering::Relaxed)
+    }
+
+    /// A save of the sessions file: its time when it succeeded, else none.
+    pub fn note_sessions_saved(&self, at: Option<u64>) {
+        match at {
+            Some(t) => self.sessions_saved_at.store(t, Ordering::Relaxed),
+            None => {
+                self.sessions_save_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn sessions_saved_at(&self) -> u64 {
+        self.sessions_saved_at.load(Ordering::Relaxed)
+    }
+
+    pub fn sessions_save_failures(&self) -> u64 {
+        self.sessions_save_failures.load(Ordering::Relaxed)
     }
 
     pub fn count_capture_refused(&self) {

@@ -1805,3 +1805,41 @@ async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
     let code = proxy.terminate();
     assert!(code.success(), "{code}:\n{}", proxy.stderr());
 }
+
+/// The periodic save (`migrate_save_interval`) and what it tells: a save
+/// that cannot be written (here a directory stands at the file's path) is
+/// counted and the proxy serves on; once the path is free, the next save
+/// writes every captured session and its time.
+#[tokio::test]
+async fn a_failed_save_of_the_captured_sessions_is_counted_and_the_next_one_writes_them() {
+    let (blue, _) = recording("blue").await;
+    let (green, _) = recording("green").await;
+    let (proxy, url, _socket, client, dir) = rig(blue, green, "replay", |c| {
+        c.set_str("drain", "migrate_save_interval", "100ms")
+    })
+    .await;
+    let saved = dir.path().join("state.sessions.json");
+    std::fs::create_dir(&saved).expect("mkdir");
+    std::fs::write(saved.join("kept"), b"x").expect("a file in it");
+    let stats = std::sync::Arc::clone(&proxy.proxy_stats);
+    let sid = open(&client, &url).await;
+    support::until("a failed save is counted", || {
+        stats.sessions_save_failures() >= 2
+    })
+    .await;
+    assert_eq!(stats.sessions_saved_at(), 0);
+    let (status, _) = call(&client, &url, &sid, 2).await;
+    assert_eq!(status, 200, "the proxy serves on");
+
+    std::fs::remove_dir_all(&saved).expect("rm");
+    support::until("a save succeeds", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains(&sid))
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    support::until("its time is kept", || stats.sessions_saved_at() + 5 >= now).await;
+    proxy.shutdown().await;
+}

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{paths, persist};
 use crate::proxy::migrate::{Exported, Sessions};
+use crate::stats::ProxyStats;
 
 /// The format this version writes and reads.
 const FORMAT: u32 = 1;
@@ -69,14 +70,16 @@ pub enum When {
 pub struct Saver {
     path: PathBuf,
     sessions: Arc<Sessions>,
+    stats: Arc<ProxyStats>,
     one_at_a_time: Mutex<()>,
 }
 
 impl Saver {
-    pub fn new(path: PathBuf, sessions: Arc<Sessions>) -> Arc<Saver> {
+    pub fn new(path: PathBuf, sessions: Arc<Sessions>, stats: Arc<ProxyStats>) -> Arc<Saver> {
         Arc::new(Saver {
             path,
             sessions,
+            stats,
             one_at_a_time: Mutex::new(()),
         })
     }
@@ -88,7 +91,10 @@ impl Saver {
     /// Writes the sessions now, durably (blocking: file I/O and fsync); how many.
     pub fn save(&self) -> Result<usize, persist::SaveError> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-        save(&self.path, &self.sessions)
+        let saved = save(&self.path, &self.sessions);
+        self.stats
+            .note_sessions_saved(saved.as_ref().ok().map(|_| unix_now()));
+        saved
     }
 
     /// [`Saver::save`] off the runtime's threads, logged.

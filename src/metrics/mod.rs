@@ -517,6 +517,18 @@ fn edge(w: &mut Writer, proxy: &ProxyStats) {
     )
     .gauge(&[], proxy.captured_bytes() as f64);
     w.family(
+        "mcpflip_captured_sessions_saved_timestamp_seconds",
+        Kind::Gauge,
+        "When the captured sessions were last saved beside the state file (0: not yet; without a fleet)",
+    )
+    .gauge(&[], proxy.sessions_saved_at() as f64);
+    w.family(
+        "mcpflip_captured_sessions_save_failures",
+        Kind::Counter,
+        "Saves of the captured sessions beside the state file that failed",
+    )
+    .counter(&[], proxy.sessions_save_failures());
+    w.family(
         "mcpflip_interrupted_calls",
         Kind::Counter,
         "Calls whose slot went away before answering, answered with a JSON-RPC error by the proxy",
