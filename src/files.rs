@@ -45,6 +45,14 @@ pub fn read_to_string(path: &Path, max: u64) -> Result<String, ReadError> {
     })
 }
 
+/// A FIFO at `path`, for the tests that plant one where the proxy opens a file.
+#[cfg(test)]
+pub fn make_fifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo(3) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1037,12 +1037,7 @@ async fn migration_after_kill(replay: bool, transport: &str) {
     let mode = if replay { "replay" } else { "off" };
     let (blue_srv, _green, _dir, socket, base, mut proxy) =
         migration_rig(mode, transport, Sdk::Py1).await;
-    let mut clients = Vec::new();
-    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
-        let mut c = client(sdk, &base, transport).await;
-        assert_ok(&c.call("whoami").await, "blue", "first call");
-        clients.push((sdk, c));
-    }
+    let mut clients = clients_on_blue(&base, transport).await;
     let (ok, out) = ctl(&socket, &["flip", "green", "--no-probe", "--drain"]).await;
     assert!(ok, "{out}");
     for (sdk, c) in &mut clients {
@@ -1061,6 +1056,18 @@ async fn migration_after_kill(replay: bool, transport: &str) {
     )
     .await;
     proxy.start_kill().expect("kill proxy");
+}
+
+/// A client of each SDK (Python 1.x, 2.x, TypeScript) in a session of its
+/// own, whose first call blue answered.
+async fn clients_on_blue(base: &str, transport: &str) -> Vec<(Sdk, Proc)> {
+    let mut clients = Vec::new();
+    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
+        let mut c = client(sdk, base, transport).await;
+        assert_ok(&c.call("whoami").await, "blue", "first call");
+        clients.push((sdk, c));
+    }
+    clients
 }
 
 /// SIGKILL: no goodbye on any connection.
@@ -1099,12 +1106,7 @@ async fn a_crashed_and_restarted_server(migrate_on_404: bool) {
         )
     })
     .await;
-    let mut clients = Vec::new();
-    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
-        let mut c = client(sdk, &base, "streamable-http").await;
-        assert_ok(&c.call("whoami").await, "blue", "first call");
-        clients.push((sdk, c));
-    }
+    let mut clients = clients_on_blue(&base, "streamable-http").await;
     kill_9(&mut blue_srv).await;
     let (_blue_again, port) = server_with(
         Sdk::Py1,
@@ -1151,12 +1153,7 @@ async fn a_restart_of_the_proxy(keeps_sessions: bool) {
             .set_str("drain", "deadline", "1s")
     })
     .await;
-    let mut clients = Vec::new();
-    for sdk in [Sdk::Py1, Sdk::Py2, Sdk::Ts] {
-        let mut c = client(sdk, &base, "streamable-http").await;
-        assert_ok(&c.call("whoami").await, "blue", "first call");
-        clients.push((sdk, c));
-    }
+    let mut clients = clients_on_blue(&base, "streamable-http").await;
     let pid = proxy.id().expect("pid") as i32;
     // SAFETY: kill(2) on the proxy this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -461,9 +461,7 @@ mod tests {
             .to_string()
             .contains("symlink"));
         std::fs::remove_file(&p).expect("rm");
-        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: mkfifo(3) on a NUL-terminated path in the test's directory.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::files::make_fifo(&p);
         assert!(load(&p)
             .expect_err("a FIFO, refused without blocking")
             .to_string()

@@ -324,9 +324,7 @@ mod tests {
         assert!(corrupt.exists(), "left for the operator");
 
         let fifo = dir.path().join("fifo.json");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: mkfifo(3) on a NUL-terminated path in the test's directory.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::files::make_fifo(&fifo);
         assert!(
             matches!(take(&fifo, &store()), Taken::Refused(why) if why.contains("not a plain file")),
             "a FIFO neither blocks the start nor is read"

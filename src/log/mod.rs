@@ -154,9 +154,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         assert!(matches!(open_append(&link), Err(LogError::Open { .. })));
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: mkfifo with a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::files::make_fifo(&fifo);
         assert!(open_append(&fifo).is_err());
         let fresh = dir.path().join("fresh.log");
         open_append(&fresh).expect("created");
