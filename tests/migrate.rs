@@ -1843,3 +1843,44 @@ async fn a_failed_save_of_the_captured_sessions_is_counted_and_the_next_one_writ
     support::until("its time is kept", || stats.sessions_saved_at() + 5 >= now).await;
     proxy.shutdown().await;
 }
+
+/// A move is saved within seconds, whatever `migrate_save_interval` says: a
+/// proxy killed after a deploy moved its sessions comes back with the
+/// moves. Lost, the session would go back to the slot its id names, where
+/// blue's server, still running after its drain, holds the session as it
+/// was before it moved (answered "blue", a session split in two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_saved_at_once_so_a_killed_proxy_keeps_it() {
+    use support::proc::ProxyProcess;
+    let h = support::Harness::new().await;
+    let (cfg, public, _) = h.builder_on_ports();
+    let cfg =
+        cfg.set_str("drain", "migrate", "replay")
+            .set_str("drain", "migrate_save_interval", "1h");
+    let saved = h.dir.path().join("state.sessions.json");
+    let (path, socket) = (cfg.write(), cfg.socket());
+    let url = format!("http://127.0.0.1:{public}/mcp");
+    let client = http_client();
+    let whoami = |r: &Value| r["result"]["content"][0]["text"].clone();
+
+    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+    proxy.ready().await;
+    let sid = open(&client, &url).await;
+    green_serves_too(&socket).await;
+    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    assert!(r.get("error").is_none(), "{r}");
+    let (status, r) = call(&client, &url, &sid, 2).await;
+    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    support::until("the move is saved", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains(&sid) && t.contains("green"))
+    })
+    .await;
+    proxy.kill9();
+
+    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
+    proxy.ready().await;
+    let (status, r) = call(&client, &url, &sid, 3).await;
+    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    let code = proxy.terminate();
+    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+}

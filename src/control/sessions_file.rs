@@ -115,18 +115,35 @@ impl Saver {
         }
     }
 
-    /// Saves every `interval` until `stop`.
+    /// Saves every `interval` until `stop`, and within [`MOVES_SAVED_WITHIN`]
+    /// of sessions moving (a deploy): a move lost to a crash would send the
+    /// session back to the slot its id names, where its server may still
+    /// hold the session as it was before it moved.
     pub async fn every(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(start + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut moves = tokio::time::interval_at(start + MOVES_SAVED_WITHIN, MOVES_SAVED_WITHIN);
+        moves.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut moved = self.stats.migrated();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => self.save_logged(When::Interval).await,
+                _ = tick.tick() => {}
+                _ = moves.tick() => {
+                    if self.stats.migrated() == moved {
+                        continue;
+                    }
+                }
             }
+            moved = self.stats.migrated();
+            self.save_logged(When::Interval).await;
         }
     }
 }
+
+/// How soon after sessions moved the file holds their moves.
+pub const MOVES_SAVED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Writes every session `sessions` holds to `path`, durably; how many.
 fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
