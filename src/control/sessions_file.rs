@@ -147,16 +147,20 @@ pub const MOVES_SAVED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Writes every session `sessions` holds to `path`, durably; how many.
 fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
-    let (list, _) = sessions.export();
     let header = Header {
         version: FORMAT,
         saved_at: unix_now(),
     };
+    let mut n = 0;
     persist::write_atomic_with(path, |w| {
         line(w, &header)?;
-        list.iter().try_for_each(|s| line(w, s))
+        sessions.export_each(|s| {
+            n += 1;
+            line(w, &s)
+        })?;
+        Ok(())
     })?;
-    Ok(list.len())
+    Ok(n)
 }
 
 /// What [`take`] found.
@@ -288,11 +292,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.sessions.json");
         let before = store();
+        // One with all a session may hold: an unanswered call, a move.
+        let mut full = exported("mf1.blue.1.b", 0);
+        full.unanswered = vec![("ev-7".into(), "event: message\ndata: {}\n\n".into())];
+        full.moved = Some(crate::proxy::migrate::ExportedMove {
+            slot: "green".into(),
+            generation: 3,
+            inner: "upstream-id".into(),
+        });
         assert_eq!(
-            before.import(vec![
-                exported("mf1.blue.1.a", 5),
-                exported("mf1.blue.1.b", 0)
-            ]),
+            before.import(vec![exported("mf1.blue.1.a", 5), full.clone()]),
             2
         );
         assert_eq!(save(&path, &before).expect("saved"), 2);
@@ -306,6 +315,8 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].shaping, exported("", 0).shaping, "kept requests too");
         assert!(got[0].idle_s >= 5, "{got:?}");
+        got[1].idle_s = 0;
+        assert_eq!(got[1], full, "every field comes back");
         // Taken again (a second start after a crash): held already, not added twice.
         assert_eq!(take(&path, &after), Taken::Read { read: 2, added: 0 });
         std::fs::remove_file(&path).expect("remove");

@@ -840,26 +840,81 @@ pub struct ExportedMove {
     pub inner: String,
 }
 
+/// [`Exported`] borrowing the store's bodies: what [`Sessions::export_each`]
+/// gives, serialized as an [`Exported`] is.
+#[derive(Debug, Serialize)]
+pub struct ExportedRef<'a> {
+    pub id: &'a str,
+    pub init: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shaping: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<(&'a str, &'a str)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<ExportedMove>,
+    pub idle_s: u64,
+}
+
+impl ExportedRef<'_> {
+    fn to_owned(&self) -> Exported {
+        Exported {
+            id: self.id.to_owned(),
+            init: self.init.to_owned(),
+            shaping: self.shaping.iter().map(|&b| b.to_owned()).collect(),
+            unanswered: self
+                .unanswered
+                .iter()
+                .map(|&(i, e)| (i.to_owned(), e.to_owned()))
+                .collect(),
+            moved: self.moved.clone(),
+            idle_s: self.idle_s,
+        }
+    }
+}
+
 impl Sessions {
     /// Every captured session, for the process that takes over. One whose
     /// bytes are not UTF-8 (the proxy captures JSON bodies only, so none in
     /// practice) is left out, and counted in the second number.
     pub fn export(&self) -> (Vec<Exported>, usize) {
-        let now = self.now();
-        let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
         let mut out = Vec::with_capacity(self.len());
+        let skipped = self
+            .export_each(|x| {
+                out.push(x.to_owned());
+                Ok(())
+            })
+            .unwrap_or(0);
+        (out, skipped)
+    }
+
+    /// [`Sessions::export`] one session at a time, borrowing its bodies (no
+    /// copy of them: the sessions file is written from these), until `each`
+    /// fails. No shard's lock is held while `each` runs.
+    pub fn export_each(
+        &self,
+        mut each: impl FnMut(ExportedRef<'_>) -> std::io::Result<()>,
+    ) -> std::io::Result<usize> {
+        fn text(b: &[u8]) -> Option<&str> {
+            std::str::from_utf8(b).ok()
+        }
+        let now = self.now();
         let mut skipped = 0;
         for shard in self.shards.iter() {
-            let map = shard.read().unwrap_or_else(|p| p.into_inner());
-            for e in map.values() {
-                let c = &e.captured;
+            let held: Vec<(Arc<Captured>, u64)> = {
+                let map = shard.read().unwrap_or_else(|p| p.into_inner());
+                map.values()
+                    .map(|e| (Arc::clone(&e.captured), e.idle_at(now)))
+                    .collect()
+            };
+            for (c, idle_s) in held {
                 let kept = c.kept();
                 if kept.legacy.is_some() {
                     // Its stream stays with this process.
                     continue;
                 }
+                let moved = c.moved.load_full();
                 let exported = (|| {
-                    Some(Exported {
+                    Some(ExportedRef {
                         id: text(&c.id)?,
                         init: text(&c.init)?,
                         shaping: kept
@@ -872,7 +927,7 @@ impl Sessions {
                             .iter()
                             .map(|(i, ev)| Some((text(i)?, text(ev)?)))
                             .collect::<Option<_>>()?,
-                        moved: match c.moved.load_full() {
+                        moved: match &moved {
                             None => None,
                             Some(m) => Some(ExportedMove {
                                 slot: m.slot.to_string(),
@@ -880,16 +935,16 @@ impl Sessions {
                                 inner: m.inner.to_str().ok()?.to_owned(),
                             }),
                         },
-                        idle_s: e.idle_at(now),
+                        idle_s,
                     })
                 })();
                 match exported {
-                    Some(x) => out.push(x),
+                    Some(x) => each(x)?,
                     None => skipped += 1,
                 }
             }
         }
-        (out, skipped)
+        Ok(skipped)
     }
 
     /// Takes the sessions the process that handed over captured. One this
