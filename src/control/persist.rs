@@ -115,55 +115,70 @@ fn refused(path: &Path, reason: impl Into<String>) -> LoadError {
     }
 }
 
-/// Reads the state file; `Ok(None)` when there is none yet.
-pub fn load(path: &Path) -> Result<Option<StateFile>, LoadError> {
-    let read_err = |source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+/// Why a file the proxy wrote cannot be read back ([`open_own`]).
+#[derive(Debug)]
+pub enum OpenError {
+    /// It is not what the proxy writes (a link, not a plain file, another
+    /// user's, too large): why.
+    Refused(String),
+    Read(std::io::Error),
+}
+
+/// Opens a file the proxy wrote (the state file, the sessions file) to read
+/// it back; `Ok(None)` when there is none. Refuses what the proxy did not
+/// write: a link (never followed), anything but a plain file (a FIFO put
+/// there does not block the open), a file owned by another user than root
+/// or this one, one larger than `max` bytes. What it gives reads at most
+/// `max` bytes.
+pub fn open_own(path: &Path, max: u64) -> Result<Option<std::io::Take<std::fs::File>>, OpenError> {
     let f = match std::fs::OpenOptions::new()
         .read(true)
-        // Never through a link; a FIFO put there does not block the start.
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(refused(
-                path,
-                "it is a symlink; the proxy writes a plain file",
+            return Err(OpenError::Refused(
+                "it is a symlink; the proxy writes a plain file".into(),
             ))
         }
-        Err(e) => return Err(read_err(e)),
+        Err(e) => return Err(OpenError::Read(e)),
     };
-    let meta = f.metadata().map_err(read_err)?;
+    let meta = f.metadata().map_err(OpenError::Read)?;
     if !meta.is_file() {
-        return Err(refused(path, "it is not a plain file"));
+        return Err(OpenError::Refused("it is not a plain file".into()));
     }
     if !paths::trusted_uid(meta.uid(), paths::euid()) {
-        return Err(refused(
-            path,
-            format!(
-                "it is owned by uid {}, not by root or uid {} (the user running mcpflip)",
-                meta.uid(),
-                paths::euid()
-            ),
-        ));
+        return Err(OpenError::Refused(format!(
+            "it is owned by uid {}, not by root or uid {} (the user running mcpflip)",
+            meta.uid(),
+            paths::euid()
+        )));
     }
-    if meta.len() > MAX_FILE {
-        return Err(refused(
-            path,
-            format!(
-                "it is {} bytes; a state file is at most {MAX_FILE}",
-                meta.len()
-            ),
-        ));
+    if meta.len() > max {
+        return Err(OpenError::Refused(format!(
+            "it is {} bytes; such a file is at most {max}",
+            meta.len()
+        )));
     }
+    Ok(Some(f.take(max)))
+}
+
+/// Reads the state file; `Ok(None)` when there is none yet.
+pub fn load(path: &Path) -> Result<Option<StateFile>, LoadError> {
+    let read_err = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = match open_own(path, MAX_FILE) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
+        Err(OpenError::Refused(why)) => return Err(refused(path, why)),
+        Err(OpenError::Read(e)) => return Err(read_err(e)),
+    };
     let mut text = String::new();
-    f.take(MAX_FILE)
-        .read_to_string(&mut text)
-        .map_err(read_err)?;
+    f.read_to_string(&mut text).map_err(read_err)?;
     parse(&text)
         .map(Some)
         .map_err(|reason| refused(path, reason))

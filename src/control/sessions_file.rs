@@ -18,7 +18,6 @@
 //! it is for the operator; the proxy starts without its sessions.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{paths, persist};
+use crate::control::persist;
 use crate::proxy::migrate::{Exported, Sessions};
 use crate::stats::ProxyStats;
 
@@ -34,10 +33,10 @@ use crate::stats::ProxyStats;
 const FORMAT: u32 = 1;
 /// The largest file read: every captured body together is at most 256 MiB,
 /// and JSON's escapes may grow a body in a string.
-pub const MAX_FILE: u64 = 1 << 30;
+const MAX_FILE: u64 = 1 << 30;
 /// The largest line read: one session, its `initialize` (64 KiB at most) and
 /// its kept requests and unanswered calls, escaped.
-pub const MAX_LINE: u64 = 4 << 20;
+const MAX_LINE: u64 = 4 << 20;
 
 /// The file's first line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,10 +81,6 @@ impl Saver {
             stats,
             one_at_a_time: Mutex::new(()),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Writes the sessions now, durably (blocking: file I/O and fsync); how many.
@@ -143,7 +138,7 @@ impl Saver {
 }
 
 /// How soon after sessions moved the file holds their moves.
-pub const MOVES_SAVED_WITHIN: Duration = Duration::from_secs(2);
+const MOVES_SAVED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Writes every session `sessions` holds to `path`, durably; how many.
 fn save(path: &Path, sessions: &Sessions) -> Result<usize, persist::SaveError> {
@@ -178,18 +173,11 @@ pub enum Taken {
 
 /// Reads the sessions file at `path` into `sessions`.
 pub fn take(path: &Path, sessions: &Sessions) -> Taken {
-    let f = match std::fs::OpenOptions::new()
-        .read(true)
-        // Never through a link; a FIFO put there does not block the start.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Taken::None,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Taken::Refused("it is a symlink; the proxy writes a plain file".into())
-        }
-        Err(e) => return Taken::Refused(format!("cannot open it: {e}")),
+    let f = match persist::open_own(path, MAX_FILE) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Taken::None,
+        Err(persist::OpenError::Refused(why)) => return Taken::Refused(why),
+        Err(persist::OpenError::Read(e)) => return Taken::Refused(format!("cannot read it: {e}")),
     };
     let list = match read(f) {
         Ok(list) => list,
@@ -200,27 +188,10 @@ pub fn take(path: &Path, sessions: &Sessions) -> Taken {
     Taken::Read { read, added }
 }
 
-/// The sessions of an open sessions file, their idle time grown by the time
-/// since it was written; or why it is refused.
-fn read(f: std::fs::File) -> Result<Vec<Exported>, String> {
-    let meta = f.metadata().map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err("it is not a plain file".into());
-    }
-    if !paths::trusted_uid(meta.uid(), paths::euid()) {
-        return Err(format!(
-            "it is owned by uid {}, not by root or uid {} (the user running mcpflip)",
-            meta.uid(),
-            paths::euid()
-        ));
-    }
-    if meta.len() > MAX_FILE {
-        return Err(format!(
-            "it is {} bytes; a sessions file is at most {MAX_FILE}",
-            meta.len()
-        ));
-    }
-    let mut lines = BufReader::new(f.take(MAX_FILE));
+/// The sessions of a sessions file ([`persist::open_own`]), their idle time
+/// grown by the time since it was written; or why it is refused.
+fn read(f: std::io::Take<std::fs::File>) -> Result<Vec<Exported>, String> {
+    let mut lines = BufReader::new(f);
     let mut buf = Vec::new();
     let mut next = |buf: &mut Vec<u8>| -> Result<bool, String> {
         buf.clear();
@@ -267,6 +238,7 @@ fn line(w: &mut dyn std::io::Write, v: &impl Serialize) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
 
     fn store() -> Sessions {
         Sessions::new(
