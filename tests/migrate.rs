@@ -1721,6 +1721,59 @@ async fn an_answer_dropped_at_the_cut_leaves_its_call_to_be_erred() {
     l.end().await;
 }
 
+/// A real `mcpflip run` with migration on, in front of the harness's blue and
+/// green on fixed ports, started again on the same config as a restart does:
+/// its sessions file, and a client for its public URL.
+struct Restarting {
+    _h: support::Harness,
+    cfg: TestConfig,
+    socket: std::path::PathBuf,
+    saved: std::path::PathBuf,
+    url: String,
+    client: support::mcp::HttpClient,
+}
+
+impl Restarting {
+    async fn new(edit: impl FnOnce(TestConfig) -> TestConfig) -> Self {
+        let h = support::Harness::new().await;
+        let (cfg, public, _) = h.builder_on_ports();
+        let cfg = edit(cfg.set_str("drain", "migrate", "replay"));
+        cfg.write();
+        Restarting {
+            socket: cfg.socket(),
+            saved: h.dir.path().join("state.sessions.json"),
+            url: format!("http://127.0.0.1:{public}/mcp"),
+            client: http_client(),
+            cfg,
+            _h: h,
+        }
+    }
+
+    /// The proxy on the config as it is now, once its control socket answers.
+    async fn start(&self) -> support::proc::ProxyProcess {
+        let mut proxy = support::proc::ProxyProcess::spawn(&self.cfg.path(), &self.socket, &[]);
+        proxy.ready().await;
+        proxy
+    }
+
+    /// A new session, opened through the proxy.
+    async fn open(&self) -> String {
+        open(&self.client, &self.url).await
+    }
+
+    /// The status and the slot that answered session `sid`'s `whoami` (request `id`).
+    async fn whoami(&self, sid: &str, id: u32) -> (u16, Value, Value) {
+        let (status, r) = call(&self.client, &self.url, sid, id).await;
+        (status, r["result"]["content"][0]["text"].clone(), r)
+    }
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(mut proxy: support::proc::ProxyProcess) {
+    let code = proxy.terminate();
+    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+}
+
 /// A restart of the proxy (SIGTERM, then `mcpflip run` again on the same
 /// config, as `systemctl restart mcpflip` does) keeps the sessions it
 /// captured: saved beside the state file at the shutdown (mode 0600) and
@@ -1732,41 +1785,33 @@ async fn an_answer_dropped_at_the_cut_leaves_its_call_to_be_erred() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
     use std::os::unix::fs::MetadataExt;
-    use support::proc::ProxyProcess;
-    let h = support::Harness::new().await;
-    let (cfg, public, _) = h.builder_on_ports();
-    let cfg = cfg
-        .set_str("drain", "migrate", "replay")
-        .set_str("drain", "deadline", "60s")
-        .set_str("drain", "migrate_save_interval", "1h");
-    let saved = h.dir.path().join("state.sessions.json");
-    let (path, socket) = (cfg.write(), cfg.socket());
-    let url = format!("http://127.0.0.1:{public}/mcp");
-    let client = http_client();
-    let whoami = |r: &Value| r["result"]["content"][0]["text"].clone();
+    let mut t = Restarting::new(|c| {
+        c.set_str("drain", "deadline", "60s")
+            .set_str("drain", "migrate_save_interval", "1h")
+    })
+    .await;
+    let socket = t.socket.clone();
 
-    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
-    proxy.ready().await;
-    let sid = open(&client, &url).await;
-    let (status, r) = call(&client, &url, &sid, 2).await;
-    assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+    let mut proxy = t.start().await;
+    let sid = t.open().await;
+    let (status, slot, r) = t.whoami(&sid, 2).await;
+    assert_eq!((status, slot), (200, json!("blue")), "{r}");
     let code = proxy.terminate();
     assert!(code.success(), "{code}:\n{}", proxy.stderr());
-    let mode = std::fs::metadata(&saved)
+    let mode = std::fs::metadata(&t.saved)
         .unwrap_or_else(|e| panic!("no sessions file ({e}):\n{}", proxy.stderr()))
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 
-    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
-    proxy.ready().await;
+    let proxy = t.start().await;
     let log = proxy.stderr_with("captured sessions taken back");
     assert!(log.contains("read=1 added=1"), "{log}");
     green_serves_too(&socket).await;
     let r = support::ctl(&socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
-    let (status, r) = call(&client, &url, &sid, 3).await;
+    let (status, slot, r) = t.whoami(&sid, 3).await;
     assert_eq!(
-        (status, whoami(&r)),
+        (status, slot),
         (200, json!("green")),
         "{r}\n{}",
         proxy.stderr()
@@ -1774,36 +1819,35 @@ async fn a_restart_of_the_proxy_keeps_the_sessions_it_captured() {
 
     // Again, once it moved: where it moved to comes back too (else its
     // request would go to blue, the slot its id names).
-    let code = proxy.terminate();
-    assert!(code.success(), "{code}:\n{}", proxy.stderr());
-    let cfg = cfg.set_str("drain", "migrate_save_interval", "200ms");
-    cfg.write();
-    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
-    proxy.ready().await;
-    let (status, r) = call(&client, &url, &sid, 4).await;
-    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    stop(proxy);
+    t.cfg = t
+        .cfg
+        .clone()
+        .set_str("drain", "migrate_save_interval", "200ms");
+    t.cfg.write();
+    let mut proxy = t.start().await;
+    let (status, slot, r) = t.whoami(&sid, 4).await;
+    assert_eq!((status, slot), (200, json!("green")), "{r}");
 
     // Killed: what the last periodic save held comes back.
-    let other = open(&client, &url).await;
-    let (status, r) = call(&client, &url, &other, 2).await;
-    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    let other = t.open().await;
+    let (status, slot, r) = t.whoami(&other, 2).await;
+    assert_eq!((status, slot), (200, json!("green")), "{r}");
     support::until("a periodic save holds the new session", || {
-        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains(&other))
+        std::fs::read_to_string(&t.saved).is_ok_and(|text| text.contains(&other))
     })
     .await;
     proxy.kill9();
-    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
-    proxy.ready().await;
+    let proxy = t.start().await;
     let r = support::ctl(&socket, "weights blue=1 green=100").await;
     assert!(r.get("error").is_none(), "{r}");
     let r = support::ctl(&socket, "drain green --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
     for (sid, id) in [(&sid, 5), (&other, 3)] {
-        let (status, r) = call(&client, &url, sid, id).await;
-        assert_eq!((status, whoami(&r)), (200, json!("blue")), "{r}");
+        let (status, slot, r) = t.whoami(sid, id).await;
+        assert_eq!((status, slot), (200, json!("blue")), "{r}");
     }
-    let code = proxy.terminate();
-    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+    stop(proxy);
 }
 
 /// The periodic save (`migrate_save_interval`) and what it tells: a save
@@ -1851,36 +1895,24 @@ async fn a_failed_save_of_the_captured_sessions_is_counted_and_the_next_one_writ
 /// was before it moved (answered "blue", a session split in two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_is_saved_at_once_so_a_killed_proxy_keeps_it() {
-    use support::proc::ProxyProcess;
-    let h = support::Harness::new().await;
-    let (cfg, public, _) = h.builder_on_ports();
-    let cfg =
-        cfg.set_str("drain", "migrate", "replay")
-            .set_str("drain", "migrate_save_interval", "1h");
-    let saved = h.dir.path().join("state.sessions.json");
-    let (path, socket) = (cfg.write(), cfg.socket());
-    let url = format!("http://127.0.0.1:{public}/mcp");
-    let client = http_client();
-    let whoami = |r: &Value| r["result"]["content"][0]["text"].clone();
+    let t = Restarting::new(|c| c.set_str("drain", "migrate_save_interval", "1h")).await;
 
-    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
-    proxy.ready().await;
-    let sid = open(&client, &url).await;
-    green_serves_too(&socket).await;
-    let r = support::ctl(&socket, "drain blue --migrate --wait").await;
+    let mut proxy = t.start().await;
+    let sid = t.open().await;
+    green_serves_too(&t.socket).await;
+    let r = support::ctl(&t.socket, "drain blue --migrate --wait").await;
     assert!(r.get("error").is_none(), "{r}");
-    let (status, r) = call(&client, &url, &sid, 2).await;
-    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
+    let (status, slot, r) = t.whoami(&sid, 2).await;
+    assert_eq!((status, slot), (200, json!("green")), "{r}");
     support::until("the move is saved", || {
-        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains(&sid) && t.contains("green"))
+        std::fs::read_to_string(&t.saved)
+            .is_ok_and(|text| text.contains(&sid) && text.contains("green"))
     })
     .await;
     proxy.kill9();
 
-    let mut proxy = ProxyProcess::spawn(&path, &socket, &[]);
-    proxy.ready().await;
-    let (status, r) = call(&client, &url, &sid, 3).await;
-    assert_eq!((status, whoami(&r)), (200, json!("green")), "{r}");
-    let code = proxy.terminate();
-    assert!(code.success(), "{code}:\n{}", proxy.stderr());
+    let proxy = t.start().await;
+    let (status, slot, r) = t.whoami(&sid, 3).await;
+    assert_eq!((status, slot), (200, json!("green")), "{r}");
+    stop(proxy);
 }
