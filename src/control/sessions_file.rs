@@ -110,7 +110,7 @@ impl Saver {
         }
     }
 
-    /// Saves every `interval` until `stop`, and within [`MOVES_SAVED_WITHIN`]
+    /// Saves every `interval` until `stop`, and within `MOVES_SAVED_WITHIN`
     /// of sessions moving (a deploy): a move lost to a crash would send the
     /// session back to the slot its id names, where its server may still
     /// hold the session as it was before it moved.
