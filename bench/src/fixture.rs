@@ -36,6 +36,8 @@ fn w2(target: Kind, mem: f64, p99: f64, before_kib: f64) -> W2Cell {
     c.cpu_per_1k_ms = s(&[20.0, 20.0, 20.0]);
     c.setup_s = s(&[0.2, 0.2, 0.2]);
     c.settle_s = s(&[0.3, 2.4, 0.6]);
+    c.steal_pct = s(&[0.2, 0.4, 1.6]);
+    c.remeasured = 1;
     c
 }
 

@@ -565,10 +565,29 @@ pub struct W2Cell {
     /// before it did.
     #[serde(default)]
     pub settle_s: Series,
+    /// The share of the kept window's CPU time (its length × the machine's
+    /// CPUs) the hypervisor stole, in %; empty in results files written
+    /// before the bench read it.
+    #[serde(default)]
+    pub steal_pct: Series,
+    /// Windows measured again because the hypervisor stole more than
+    /// [`W2_STEAL_LIMIT`] of their CPU time.
+    #[serde(default)]
+    pub remeasured: usize,
     pub failed: usize,
     pub cut: usize,
     pub events: u64,
 }
+
+/// The share of a W2 window's CPU time (its length × the machine's CPUs) the
+/// hypervisor may steal before the window is measured again: a relay p99 is
+/// the few slowest events of a 2.5 s window, and one stall of the guest's
+/// CPUs sets it for whichever target it falls on (bench/PROFILE.md §55).
+pub const W2_STEAL_LIMIT: f64 = 0.01;
+
+/// Windows per W2 cell at most: the first and two more when the hypervisor
+/// stole more than [`W2_STEAL_LIMIT`]; the least stolen is kept.
+pub const W2_TRIES: usize = 3;
 
 impl W2Cell {
     pub fn new(target: Kind) -> W2Cell {
@@ -581,6 +600,8 @@ impl W2Cell {
             cpu_per_1k_ms: Series::default(),
             setup_s: Series::default(),
             settle_s: Series::default(),
+            steal_pct: Series::default(),
+            remeasured: 0,
             failed: 0,
             cut: 0,
             events: 0,

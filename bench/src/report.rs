@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 
 use crate::figures::{self, Goal};
 use crate::model::{
-    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, W1, W2, W3, W4, W5,
+    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, W1, W2,
+    W2_STEAL_LIMIT, W2_TRIES, W3, W4, W5,
 };
 use crate::soak;
 use crate::stats::{self, Series};
@@ -681,22 +682,57 @@ fn w2_section(o: &mut String, w: &W2) {
             stats::one(hi),
         );
     }
+    let cells = || w.levels.iter().flat_map(|l| l.cells.iter());
+    let stolen = cells().any(|c| !c.steal_pct.0.is_empty());
+    if stolen {
+        let windows: usize = cells().map(|c| c.steal_pct.0.len()).sum();
+        let remeasured: usize = cells().map(|c| c.remeasured).sum();
+        let over = cells()
+            .flat_map(|c| c.steal_pct.0.iter())
+            .filter(|&&pct| pct > W2_STEAL_LIMIT * 100.0)
+            .count();
+        let _ = writeln!(
+            o,
+            "A relay p99 is the few slowest events of one window, and a stall of the guest's CPUs \
+             (the hypervisor running another guest: `/proc/stat`'s steal) sets it for whichever \
+             target it falls on (bench/PROFILE.md §55). So a window that lost more than {} % of \
+             its CPU time (its length × the machine's CPUs) to steal is measured again, up to {} \
+             windows for one target's round and alike for every target, and the least stolen is kept. Here {} \
+             window{} measured again for the {} kept, and {} kept window{} still lost more than \
+             {} % (the \"stolen %\" column: each kept window's share).\n",
+            stats::int(W2_STEAL_LIMIT * 100.0),
+            W2_TRIES,
+            remeasured,
+            if remeasured == 1 { " was" } else { "s were" },
+            windows,
+            over,
+            if over == 1 { "" } else { "s" },
+            stats::int(W2_STEAL_LIMIT * 100.0),
+        );
+    }
     for l in &w.levels {
         let _ = writeln!(o, "**N = {}**\n", stats::int(l.n as f64));
         let _ = writeln!(
             o,
-            "| target | memory per stream (KiB) | relay p50 ms | relay p99 ms | proxy CPU ms per 1k events | time to open N (s) | failed / cut |\n|---|---|---|---|---|---|---|"
+            "| target | memory per stream (KiB) | relay p50 ms | relay p99 ms | proxy CPU ms per 1k events | time to open N (s) | {}failed / cut |\n|---|---|---|---|---|---|---|{}",
+            if stolen { "stolen % | " } else { "" },
+            if stolen { "---|" } else { "" },
         );
         for c in &l.cells {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {}{} / {} |",
                 c.target.label(),
                 c.mem_kib.show(stats::two),
                 c.p50_ms.show(stats::ms),
                 c.p99_ms.show(stats::ms),
                 c.cpu_per_1k_ms.show(stats::two),
                 c.setup_s.show(stats::one),
+                if stolen {
+                    format!("{} | ", c.steal_pct.show(stats::one))
+                } else {
+                    String::new()
+                },
                 c.failed,
                 c.cut
             );
@@ -1202,6 +1238,43 @@ mod tests {
         let back =
             Run::from_json(&json.replace("\"settle_s\"", "\"unknown_field\"")).expect("reads");
         assert!(!render(&back).contains("Before each run the bench waits"));
+    }
+
+    #[test]
+    fn w2_shows_each_windows_steal_and_the_windows_measured_again() {
+        let run = fixture::run();
+        let text = render(&run);
+        let cells: usize = run
+            .w2
+            .as_ref()
+            .expect("w2")
+            .levels
+            .iter()
+            .map(|l| l.cells.len())
+            .sum();
+        // Each fixture cell: one window measured again, one of its three
+        // kept windows over 1 %.
+        assert!(
+            text.contains(&format!(
+                "Here {cells} windows were measured again for the {} kept, and {cells} kept \
+                 windows still lost more than 1 %",
+                cells * 3
+            )),
+            "{text}"
+        );
+        assert!(text.contains("| stolen % | failed / cut |"), "{text}");
+        assert!(text.contains("| 0.4 (0.2–1.6) | 0 / 0 |"), "{text}");
+        // A results file from before the bench read the steal: no column.
+        let mut old = run.clone();
+        for l in &mut old.w2.as_mut().expect("w2").levels {
+            for c in &mut l.cells {
+                c.steal_pct = Default::default();
+                c.remeasured = 0;
+            }
+        }
+        let text = render(&old);
+        assert!(!text.contains("stolen %"), "{text}");
+        assert!(!text.contains("measured again"), "{text}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct TickerRun {
     pub events: u64,
     pub window: Duration,
     pub cpu: CpuUse,
+    /// The hypervisor's steal over the window (`None` where not counted).
+    pub stolen: Option<sys::Stolen>,
     /// Streams that ended before we closed them.
     pub cut: usize,
     /// Each measured event's `(ts_us, arrival_us)`, when asked for.
@@ -136,11 +138,13 @@ pub async fn tickers(
     let rss_growth_kib =
         (!pids.is_empty()).then(|| sys::rss_kib(&pids).saturating_sub(rss0) as f64);
     let meter = CpuMeter::start(groups());
+    let steal = sys::StealMeter::start();
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Release);
     tokio::time::sleep(window).await;
     shared.measuring.store(false, Ordering::Release);
     let window = t0.elapsed();
+    let stolen = steal.stop();
     let cpu = meter.stop();
     shared.stop.cancel();
     for t in tasks {
@@ -161,6 +165,7 @@ pub async fn tickers(
         events: shared.events.load(Ordering::Acquire),
         window,
         cpu,
+        stolen,
         cut: shared.cut.load(Ordering::Acquire),
         arrivals: shared
             .arrivals

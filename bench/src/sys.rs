@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::model::Machine;
 
@@ -307,6 +307,66 @@ fn steal_of(stat: &str) -> Option<u64> {
     line.split_whitespace().nth(8)?.parse().ok()
 }
 
+/// The CPUs `/proc/stat` lists (its `cpuN` lines).
+fn cpus_of(stat: &str) -> usize {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
+}
+
+/// The hypervisor's steal over a measurement window: started before it,
+/// read after it (bench/PROFILE.md §55: a window's tail latency follows it).
+pub struct StealMeter {
+    ticks: Option<u64>,
+    cpus: usize,
+    started: Instant,
+}
+
+/// What a [`StealMeter`] read over its window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stolen {
+    /// Seconds, all CPUs together.
+    pub seconds: f64,
+    /// Of the CPU time the window offered (its length × the CPUs).
+    pub share: f64,
+}
+
+impl StealMeter {
+    pub fn start() -> StealMeter {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        StealMeter {
+            ticks: steal_of(&stat),
+            cpus: cpus_of(&stat).max(1),
+            started: Instant::now(),
+        }
+    }
+
+    /// `None` where the kernel does not count steal.
+    pub fn stop(&self) -> Option<Stolen> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks = steal_of(&stat)?.checked_sub(self.ticks?)?;
+        Some(stolen(
+            ticks,
+            clock_ticks(),
+            self.started.elapsed(),
+            self.cpus,
+        ))
+    }
+}
+
+fn stolen(ticks: u64, per_second: f64, window: Duration, cpus: usize) -> Stolen {
+    let seconds = ticks as f64 / per_second;
+    let offered = window.as_secs_f64() * cpus as f64;
+    Stolen {
+        seconds,
+        share: if offered > 0.0 {
+            seconds / offered
+        } else {
+            0.0
+        },
+    }
+}
+
 /// The facts about the machine the report starts with.
 ///
 /// `cores`: the CPUs this benchmark may use (read before it pins itself).
@@ -553,6 +613,22 @@ mod tests {
         assert_eq!(steal_of(stat), Some(32187));
         assert_eq!(steal_of("cpu0 1 2 3 4 5 6 7 8\n"), None);
         assert_eq!(steal_of("cpu  1 2 3 4\n"), None);
+        assert_eq!(cpus_of(stat), 1);
+        assert_eq!(cpus_of("cpu  1\ncpu0 1\ncpu1 1\nintr 5\n"), 2);
+    }
+
+    #[test]
+    fn a_windows_steal_is_a_share_of_the_cpu_time_it_offered() {
+        // 25 ticks of 10 ms over 2.5 s on 2 CPUs: 0.25 s of 5 s.
+        let s = stolen(25, 100.0, Duration::from_millis(2500), 2);
+        assert!((s.seconds - 0.25).abs() < 1e-9, "{s:?}");
+        assert!((s.share - 0.05).abs() < 1e-9, "{s:?}");
+        assert_eq!(stolen(3, 100.0, Duration::ZERO, 2).share, 0.0);
+        // This machine's own counter reads, and never backwards.
+        let meter = StealMeter::start();
+        if let Some(s) = meter.stop() {
+            assert!(s.seconds >= 0.0 && s.share >= 0.0, "{s:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::bench::Bench;
-use crate::model::{Kind, W2Cell, W2Level, W2};
+use crate::model::{Kind, W2Cell, W2Level, W2, W2_STEAL_LIMIT, W2_TRIES};
 use crate::stats;
 use crate::streams;
 use crate::sys;
@@ -47,29 +47,53 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
     for round in b.rounds() {
         for (li, &n) in levels.iter().enumerate() {
             for i in b.order(round) {
-                // The last run's N streams are closed, but their teardown
-                // (and a collector's pass over what they held) may still run
-                // on the core this target is pinned to: wait it out.
-                let (settled, quiet) = sys::settle(|| b.all_pids(), sys::Quiet::AFTER_A_RUN).await;
-                b.targets[i].restart().await?;
-                let t = &b.targets[i];
-                let addr = t.addr();
-                let host = t.host();
-                let kind = t.kind;
-                let bref: &Bench = b;
-                let run = streams::tickers(
-                    addr,
-                    &host,
-                    n,
-                    s.w2_interval_ms,
-                    s.w2_pad,
-                    &sources(n, per_source),
-                    || bref.targets[i].pids(),
-                    || bref.cpu_groups(i),
-                    s.w2_window,
-                    s.w2_arrivals.is_some(),
-                )
-                .await;
+                let kind = b.targets[i].kind;
+                // A window the hypervisor took the CPUs from is measured
+                // again, for every target alike; the least stolen is kept.
+                let mut kept: Option<(streams::TickerRun, std::time::Duration, bool)> = None;
+                let mut remeasured = 0;
+                for attempt in 0..W2_TRIES {
+                    // The last run's N streams are closed, but their teardown
+                    // (and a collector's pass over what they held) may still
+                    // run on the core this target is pinned to: wait it out.
+                    let (settled, quiet) =
+                        sys::settle(|| b.all_pids(), sys::Quiet::AFTER_A_RUN).await;
+                    b.targets[i].restart().await?;
+                    let t = &b.targets[i];
+                    let addr = t.addr();
+                    let host = t.host();
+                    let bref: &Bench = b;
+                    let run = streams::tickers(
+                        addr,
+                        &host,
+                        n,
+                        s.w2_interval_ms,
+                        s.w2_pad,
+                        &sources(n, per_source),
+                        || bref.targets[i].pids(),
+                        || bref.cpu_groups(i),
+                        s.w2_window,
+                        s.w2_arrivals.is_some(),
+                    )
+                    .await;
+                    let stolen = share(&run) > W2_STEAL_LIMIT;
+                    if stolen && attempt + 1 < W2_TRIES {
+                        remeasured += 1;
+                        b.log(&format!(
+                            "W2 {round} N={n:<6} {:<8} the hypervisor stole {:.1} % of the window's CPU time (relay p99 {} ms): measured again",
+                            kind.label(),
+                            share(&run) * 100.0,
+                            stats::ms(stats::quantile_ms(&run.hist, 0.99)),
+                        ));
+                    }
+                    if least_stolen(kept.as_ref().map(|k| share(&k.0)), share(&run)) {
+                        kept = Some((run, settled, quiet));
+                    }
+                    if !stolen {
+                        break;
+                    }
+                }
+                let (run, settled, quiet) = kept.expect("at least one window");
                 if let Some(dir) = &s.w2_arrivals {
                     seq += 1;
                     let path = dir.join(format!(
@@ -104,11 +128,14 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                 cell.cpu_per_1k_ms.push(per_1k);
                 cell.setup_s.push(run.setup.as_secs_f64());
                 cell.settle_s.push(settled.as_secs_f64());
+                let steal_pct = run.stolen.map(|st| st.share * 100.0);
+                cell.steal_pct.push(steal_pct.unwrap_or(f64::NAN));
+                cell.remeasured += remeasured;
                 cell.failed += run.failed;
                 cell.cut += run.cut;
                 cell.events += run.events;
                 b.log(&format!(
-                    "W2 {round} N={n:<6} {:<8} open {:>6}/{n} in {:>5.1} s  {:>7} KiB/stream  relay p50 {:>6} ms p99 {:>6} ms  {:>6} ms CPU/1k events  ({} events in {:.1} s; {}){}",
+                    "W2 {round} N={n:<6} {:<8} open {:>6}/{n} in {:>5.1} s  {:>7} KiB/stream  relay p50 {:>6} ms p99 {:>6} ms  {:>6} ms CPU/1k events  ({} events in {:.1} s, {} % stolen; {}){}",
                     kind.label(),
                     run.opened,
                     run.setup.as_secs_f64(),
@@ -118,6 +145,7 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                     stats::two(per_1k),
                     stats::int(run.events as f64),
                     run.window.as_secs_f64(),
+                    steal_pct.map_or("—".into(), stats::one),
                     if quiet {
                         format!("the last run settled in {:.1} s", settled.as_secs_f64())
                     } else {
@@ -136,4 +164,30 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
         t.restart().await?;
     }
     Ok(w)
+}
+
+/// The share of `run`'s window the hypervisor stole; a window whose steal
+/// could not be read counts as none.
+fn share(run: &streams::TickerRun) -> f64 {
+    run.stolen.map_or(0.0, |s| s.share)
+}
+
+/// Whether a window stolen from by `share` is kept over the one kept so far
+/// (the first always is; of two, the less stolen).
+fn least_stolen(kept: Option<f64>, share: f64) -> bool {
+    kept.is_none_or(|k| share < k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_stolen_window_is_kept() {
+        assert!(least_stolen(None, 0.30));
+        assert!(least_stolen(Some(0.30), 0.05));
+        assert!(!least_stolen(Some(0.05), 0.30));
+        // Equal: the earlier window stays.
+        assert!(!least_stolen(Some(0.05), 0.05));
+    }
 }
