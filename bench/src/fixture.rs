@@ -24,6 +24,7 @@ fn w1(target: Kind, rps: &[f64], cpu: &[f64], p99: &[f64]) -> W1Cell {
     c.proxy_busy = s(&[0.95, 0.95, 0.95]);
     c.upstream_cores = s(&[0.5, 0.5, 0.5]);
     c.loadgen_cores = s(&[0.4, 0.4, 0.4]);
+    c.steal_pct = s(&[0.1, 0.3, 0.2]);
     c
 }
 

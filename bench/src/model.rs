@@ -412,6 +412,15 @@ pub struct W1Cell {
     /// The upstreams' and the load generator's load, in cores.
     pub upstream_cores: Series,
     pub loadgen_cores: Series,
+    /// The share of each kept run's CPU time (its length × the machine's
+    /// CPUs) the hypervisor stole, in %; empty in results files written
+    /// before the bench read it, and in the multi-core section.
+    #[serde(default)]
+    pub steal_pct: Series,
+    /// Runs measured again because the hypervisor stole more than
+    /// [`STEAL_LIMIT`] of their CPU time.
+    #[serde(default)]
+    pub remeasured: usize,
     pub failed: u64,
 }
 
@@ -426,6 +435,8 @@ impl W1Cell {
             proxy_busy: Series::default(),
             upstream_cores: Series::default(),
             loadgen_cores: Series::default(),
+            steal_pct: Series::default(),
+            remeasured: 0,
             failed: 0,
         }
     }
@@ -571,7 +582,7 @@ pub struct W2Cell {
     #[serde(default)]
     pub steal_pct: Series,
     /// Windows measured again because the hypervisor stole more than
-    /// [`W2_STEAL_LIMIT`] of their CPU time.
+    /// [`STEAL_LIMIT`] of their CPU time.
     #[serde(default)]
     pub remeasured: usize,
     pub failed: usize,
@@ -579,15 +590,16 @@ pub struct W2Cell {
     pub events: u64,
 }
 
-/// The share of a W2 window's CPU time (its length × the machine's CPUs) the
-/// hypervisor may steal before the window is measured again: a relay p99 is
-/// the few slowest events of a 2.5 s window, and one stall of the guest's
-/// CPUs sets it for whichever target it falls on (bench/PROFILE.md §55).
-pub const W2_STEAL_LIMIT: f64 = 0.01;
+/// The share of a measured window's CPU time (its length × the machine's
+/// CPUs) the hypervisor may steal before the window is measured again (W1,
+/// W2): a p99 is the few slowest answers or events of a window of seconds,
+/// and one stall of the guest's CPUs sets it, and a throughput, for whichever
+/// target it falls on (bench/PROFILE.md §55).
+pub const STEAL_LIMIT: f64 = 0.01;
 
-/// Windows per W2 cell at most: the first and two more when the hypervisor
-/// stole more than [`W2_STEAL_LIMIT`]; the least stolen is kept.
-pub const W2_TRIES: usize = 3;
+/// Windows per target and round at most: the first and two more when the
+/// hypervisor stole more than [`STEAL_LIMIT`]; the least stolen is kept.
+pub const STEAL_TRIES: usize = 3;
 
 impl W2Cell {
     pub fn new(target: Kind) -> W2Cell {

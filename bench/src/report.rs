@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use crate::figures::{self, Goal};
 use crate::model::{
-    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, W1, W2,
-    W2_STEAL_LIMIT, W2_TRIES, W3, W4, W5,
+    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, STEAL_LIMIT,
+    STEAL_TRIES, W1, W2, W3, W4, W5,
 };
 use crate::soak;
 use crate::stats::{self, Series};
@@ -340,9 +340,12 @@ fn goals_table(o: &mut String, run: &Run) {
 /// One W1 table (a concurrency, one load generator).
 fn w1_table(o: &mut String, m: &Meta, cells: &[W1Cell]) {
     let cpu0 = model::list(&m.plan.upstream);
+    let stolen = cells.iter().any(|c| !c.steal_pct.0.is_empty());
     let _ = writeln!(
         o,
-        "| target | requests/s | p50 ms | p99 ms | proxy CPU µs per request | proxy busy | CPU {cpu0} (upstream + load gen) | failed |\n|---|---|---|---|---|---|---|---|"
+        "| target | requests/s | p50 ms | p99 ms | proxy CPU µs per request | proxy busy | CPU {cpu0} (upstream + load gen) | {}failed |\n|---|---|---|---|---|---|---|---|{}",
+        if stolen { "stolen % | " } else { "" },
+        if stolen { "---|" } else { "" },
     );
     for cell in cells {
         let cores = Series(
@@ -356,7 +359,7 @@ fn w1_table(o: &mut String, m: &Meta, cells: &[W1Cell]) {
         let direct = cell.target == Kind::Direct;
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {}{} |",
             cell.target.label(),
             cell.rps.show(stats::int),
             cell.p50_ms.show(stats::ms),
@@ -372,6 +375,11 @@ fn w1_table(o: &mut String, m: &Meta, cells: &[W1Cell]) {
                 cell.proxy_busy.show(pct)
             },
             cores.show(stats::two),
+            if stolen {
+                format!("{} | ", cell.steal_pct.show(stats::one))
+            } else {
+                String::new()
+            },
             cell.failed
         );
     }
@@ -394,6 +402,14 @@ fn w1_section(o: &mut String, m: &Meta, w: &W1) {
         w.warmup_s,
         w.measure_s,
         model::list(&m.plan.upstream),
+    );
+    steal_rule(
+        o,
+        "run",
+        w.levels
+            .iter()
+            .flat_map(|l| l.cells.iter())
+            .map(|c| (&c.steal_pct, c.remeasured)),
     );
     for l in &w.levels {
         let _ = writeln!(o, "**c = {}**\n", l.conc);
@@ -645,6 +661,40 @@ fn profile_section(o: &mut String, ps: &Profiles) {
     let _ = writeln!(o);
 }
 
+/// The rule for a run the hypervisor stole from (W1's runs, W2's windows),
+/// with what it did in this run, from each cell's kept shares and the count
+/// of runs measured again; nothing for a results file without them. Says
+/// whether the cells have a "stolen %" column.
+fn steal_rule<'a>(
+    o: &mut String,
+    what: &str,
+    cells: impl Iterator<Item = (&'a Series, usize)>,
+) -> bool {
+    let (mut kept, mut remeasured, mut over) = (0, 0, 0);
+    for (pct, again) in cells {
+        kept += pct.0.len();
+        remeasured += again;
+        over += pct.0.iter().filter(|&&p| p > STEAL_LIMIT * 100.0).count();
+    }
+    if kept == 0 {
+        return false;
+    }
+    let limit = stats::int(STEAL_LIMIT * 100.0);
+    let _ = writeln!(
+        o,
+        "A stall of the guest's CPUs (the hypervisor running another guest: `/proc/stat`'s \
+         steal) sets a p99, and takes from a throughput, for whichever target it falls on \
+         (bench/PROFILE.md §55). So a {what} that lost more than {limit} % of its CPU time (its \
+         length × the machine's CPUs) to steal is measured again, up to {STEAL_TRIES} {what}s \
+         for one target's round and alike for every target, and the least stolen is kept. Here \
+         {remeasured} {what}{} measured again for the {kept} kept, and {over} kept {what}{} still \
+         lost more than {limit} % (the \"stolen %\" column: each kept {what}'s share).\n",
+        if remeasured == 1 { " was" } else { "s were" },
+        if over == 1 { "" } else { "s" },
+    );
+    true
+}
+
 fn w2_section(o: &mut String, w: &W2) {
     let _ = writeln!(o, "## W2 — SSE streams\n");
     let _ = writeln!(
@@ -682,34 +732,14 @@ fn w2_section(o: &mut String, w: &W2) {
             stats::one(hi),
         );
     }
-    let cells = || w.levels.iter().flat_map(|l| l.cells.iter());
-    let stolen = cells().any(|c| !c.steal_pct.0.is_empty());
-    if stolen {
-        let windows: usize = cells().map(|c| c.steal_pct.0.len()).sum();
-        let remeasured: usize = cells().map(|c| c.remeasured).sum();
-        let over = cells()
-            .flat_map(|c| c.steal_pct.0.iter())
-            .filter(|&&pct| pct > W2_STEAL_LIMIT * 100.0)
-            .count();
-        let _ = writeln!(
-            o,
-            "A relay p99 is the few slowest events of one window, and a stall of the guest's CPUs \
-             (the hypervisor running another guest: `/proc/stat`'s steal) sets it for whichever \
-             target it falls on (bench/PROFILE.md §55). So a window that lost more than {} % of \
-             its CPU time (its length × the machine's CPUs) to steal is measured again, up to {} \
-             windows for one target's round and alike for every target, and the least stolen is kept. Here {} \
-             window{} measured again for the {} kept, and {} kept window{} still lost more than \
-             {} % (the \"stolen %\" column: each kept window's share).\n",
-            stats::int(W2_STEAL_LIMIT * 100.0),
-            W2_TRIES,
-            remeasured,
-            if remeasured == 1 { " was" } else { "s were" },
-            windows,
-            over,
-            if over == 1 { "" } else { "s" },
-            stats::int(W2_STEAL_LIMIT * 100.0),
-        );
-    }
+    let stolen = steal_rule(
+        o,
+        "window",
+        w.levels
+            .iter()
+            .flat_map(|l| l.cells.iter())
+            .map(|c| (&c.steal_pct, c.remeasured)),
+    );
     for l in &w.levels {
         let _ = writeln!(o, "**N = {}**\n", stats::int(l.n as f64));
         let _ = writeln!(
@@ -1273,8 +1303,26 @@ mod tests {
             }
         }
         let text = render(&old);
-        assert!(!text.contains("stolen %"), "{text}");
-        assert!(!text.contains("measured again"), "{text}");
+        assert!(!text.contains("time to open N (s) | stolen %"), "{text}");
+        assert!(!text.contains("windows were measured again"), "{text}");
+    }
+
+    #[test]
+    fn w1_shows_each_runs_steal() {
+        let mut run = fixture::run();
+        let w1 = run.w1.as_mut().expect("w1");
+        w1.levels[0].cells[0].remeasured = 2;
+        let runs: usize = w1.levels.iter().map(|l| l.cells.len() * 3).sum();
+        let text = render(&run);
+        assert!(
+            text.contains(&format!(
+                "Here 2 runs were measured again for the {runs} kept, and 0 kept runs still lost \
+                 more than 1 %"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("| stolen % | failed |"), "{text}");
+        assert!(text.contains("| 0.2 (0.1–0.3) | 0 |"), "{text}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::http::{self, Conn};
 use crate::load::{self, Load, Outcome};
 use crate::model::{AccessLog, Kind, W1Cell, W1Level, W1};
 use crate::stats::{self, Series};
+use crate::sys;
 use crate::targets::Target;
 use crate::wrk;
 
@@ -64,6 +65,23 @@ pub fn add_wrk(cell: &mut W1Cell, m: Option<&wrk::Measured>, workers: usize, sec
     cell.upstream_cores.push(m.cpu.cores("upstream"));
     cell.loadgen_cores.push(m.cpu.cores("loadgen"));
     cell.failed += r.failed();
+}
+
+/// Adds a kept run's steal (`least_stolen`) to `cell`.
+pub fn add_steal(cell: &mut W1Cell, stolen: &Option<sys::Stolen>, remeasured: usize) {
+    cell.steal_pct
+        .push(stolen.map_or(f64::NAN, |s| s.share * 100.0));
+    cell.remeasured += remeasured;
+}
+
+/// The line of a run measured again for the hypervisor's steal.
+fn stolen_line(what: &str, t: &Target, rps: f64, share: f64) -> String {
+    format!(
+        "{what} {:<8} {:>9} req/s  the hypervisor stole {:.1} % of the run's CPU time: measured again",
+        t.kind.label(),
+        stats::int(rps),
+        share * 100.0
+    )
 }
 
 /// Opens one session through the target (`initialize` + `initialized`).
@@ -223,26 +241,39 @@ pub async fn run_w1(b: &mut Bench) -> anyhow::Result<(W1, Option<W1>)> {
         for (li, &c) in s.w1_conc.iter().enumerate() {
             for i in b.order(round) {
                 let t = &b.targets[i];
-                let o = closed_loop(b, t, &sessions[i], c, s.w1_measure).await;
+                let what = format!("W1 {round} c={c:<3}");
+                let kept = sys::least_stolen(
+                    || closed_loop(b, t, &sessions[i], c, s.w1_measure),
+                    |o, share| b.log(&stolen_line(&what, t, o.rps(), share)),
+                )
+                .await;
+                let o = kept.value;
                 let cell = &mut w.levels[li].cells[i];
                 add(cell, &o, t.workers());
-                b.log(&format!(
-                    "{}{}",
-                    cell_line(&format!("W1 {round} c={c:<3}"), t, cell),
-                    failures(&o)
-                ));
+                add_steal(cell, &kept.stolen, kept.remeasured);
+                b.log(&format!("{}{}", cell_line(&what, t, cell), failures(&o)));
             }
         }
         if let Some(ww) = &mut with_wrk {
             for i in b.order(round) {
                 let t = &b.targets[i];
-                let m = wrk_loop(b, t, &sessions[i][0], s.c64).await;
+                let what = format!("W1 {round} c={:<3} wrk", s.c64);
+                let kept = sys::least_stolen(
+                    || wrk_loop(b, t, &sessions[i][0], s.c64),
+                    |m, share| {
+                        let rps = m.as_ref().map_or(f64::NAN, |m| m.result.rps());
+                        b.log(&stolen_line(&what, t, rps, share));
+                    },
+                )
+                .await;
+                let m = kept.value;
                 let cell = &mut ww.levels[0].cells[i];
                 add_wrk(cell, m.as_ref(), t.workers(), s.wrk_seconds);
+                add_steal(cell, &kept.stolen, kept.remeasured);
                 let failed = m.as_ref().map_or(0, |m| m.result.failed());
                 b.log(&format!(
                     "{}{}",
-                    cell_line(&format!("W1 {round} c={:<3} wrk", s.c64), t, cell),
+                    cell_line(&what, t, cell),
                     if failed > 0 {
                         format!("  FAILED: {failed}")
                     } else {

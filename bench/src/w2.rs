@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use crate::bench::Bench;
-use crate::model::{Kind, W2Cell, W2Level, W2, W2_STEAL_LIMIT, W2_TRIES};
+use crate::model::{Kind, W2Cell, W2Level, STEAL_LIMIT, STEAL_TRIES, W2};
 use crate::stats;
 use crate::streams;
 use crate::sys;
@@ -52,7 +52,7 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                 // again, for every target alike; the least stolen is kept.
                 let mut kept: Option<(streams::TickerRun, std::time::Duration, bool)> = None;
                 let mut remeasured = 0;
-                for attempt in 0..W2_TRIES {
+                for attempt in 0..STEAL_TRIES {
                     // The last run's N streams are closed, but their teardown
                     // (and a collector's pass over what they held) may still
                     // run on the core this target is pinned to: wait it out.
@@ -76,8 +76,8 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                         s.w2_arrivals.is_some(),
                     )
                     .await;
-                    let stolen = share(&run) > W2_STEAL_LIMIT;
-                    if stolen && attempt + 1 < W2_TRIES {
+                    let stolen = share(&run) > STEAL_LIMIT;
+                    if stolen && attempt + 1 < STEAL_TRIES {
                         remeasured += 1;
                         b.log(&format!(
                             "W2 {round} N={n:<6} {:<8} the hypervisor stole {:.1} % of the window's CPU time (relay p99 {} ms): measured again",
@@ -86,7 +86,7 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                             stats::ms(stats::quantile_ms(&run.hist, 0.99)),
                         ));
                     }
-                    if least_stolen(kept.as_ref().map(|k| share(&k.0)), share(&run)) {
+                    if sys::less_stolen(kept.as_ref().map(|k| share(&k.0)), share(&run)) {
                         kept = Some((run, settled, quiet));
                     }
                     if !stolen {
@@ -166,28 +166,7 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
     Ok(w)
 }
 
-/// The share of `run`'s window the hypervisor stole; a window whose steal
-/// could not be read counts as none.
+/// The share of `run`'s window the hypervisor stole.
 fn share(run: &streams::TickerRun) -> f64 {
-    run.stolen.map_or(0.0, |s| s.share)
-}
-
-/// Whether a window stolen from by `share` is kept over the one kept so far
-/// (the first always is; of two, the less stolen).
-fn least_stolen(kept: Option<f64>, share: f64) -> bool {
-    kept.is_none_or(|k| share < k)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_least_stolen_window_is_kept() {
-        assert!(least_stolen(None, 0.30));
-        assert!(least_stolen(Some(0.30), 0.05));
-        assert!(!least_stolen(Some(0.05), 0.30));
-        // Equal: the earlier window stays.
-        assert!(!least_stolen(Some(0.05), 0.05));
-    }
+    sys::share_of(run.stolen)
 }
