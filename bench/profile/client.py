@@ -6,7 +6,8 @@
                                   tools/call POST on it to FILE
   client.py streams HOST:PORT N   opens N SSE sessions (half legacy GET /sse, half Streamable
                                   HTTP GET /mcp), prints "open", holds them until stdin closes
-  client.py ticker HOST:PORT N MS opens N `GET /ticker?interval_ms=MS&pad=256` streams, prints
+  client.py ticker HOST:PORT N MS opens N `GET /ticker?interval_ms=MS&pad=256&phase_ms=F` streams
+                                  (their phases F spread evenly over MS, as W2's), prints
                                   "open"; on each stdin line reads them for that many seconds
                                   and prints the events received in that time
 """
@@ -114,9 +115,10 @@ def streams(host, port, n):
 
 def ticker(host, port, n, ms):
     sel = selectors.DefaultSelector()
-    for _ in range(n):
+    for i in range(n):
         s = socket.create_connection((host, port))
-        s.sendall(f"GET /ticker?interval_ms={ms}&pad=256 HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        phase = i * ms // n
+        s.sendall(f"GET /ticker?interval_ms={ms}&pad=256&phase_ms={phase} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
         head = read_until(s, b"\r\n\r\n")
         if b" 200 " not in head.split(b"\r\n")[0]:
             sys.exit(f"GET /ticker answered {head[:100]!r}")

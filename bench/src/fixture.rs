@@ -214,6 +214,7 @@ pub fn run() -> Run {
         window_s: 2.5,
         max_n: 9_000,
         max_reason: "the open-file limit".to_owned(),
+        phased: true,
         levels: vec![level(1_000, 10.0, 1.2, 1.0), level(9_000, 6.5, 0.9, 1.5)],
     });
     // W3: no failed request: met.

@@ -637,6 +637,12 @@ pub struct W2 {
     pub max_n: usize,
     /// Why the largest N is what it is.
     pub max_reason: String,
+    /// Whether each stream's events came at its own phase of the interval,
+    /// spread evenly, and every run started the upstreams afresh (false in
+    /// results files written before: the events came one interval after each
+    /// stream opened, from upstreams that had served the runs before).
+    #[serde(default)]
+    pub phased: bool,
     pub levels: Vec<W2Level>,
 }
 

@@ -700,8 +700,8 @@ fn w2_section(o: &mut String, w: &W2) {
     let _ = writeln!(
         o,
         "N concurrent `GET /ticker?interval_ms={}&pad={}` streams (one event every {} ms per \
-         stream, ~{} bytes each, carrying the upstream's send time `ts_us`). Each run starts the \
-         proxy afresh; memory per stream = (proxy RSS with the N streams open − RSS before) / N, \
+         stream, ~{} bytes each, carrying the upstream's send time `ts_us`{}). Each run starts the \
+         proxy{} afresh; memory per stream = (proxy RSS with the N streams open − RSS before) / N, \
          summed over the proxy's processes (nginx: master and workers). Relay latency = client \
          clock at arrival − `ts_us`, every event of a {:.1} s window. CPU per 1,000 events = the \
          proxy's CPU time over the window (every thread's run time from `/proc/<pid>/task/*/schedstat`, in ns) per 1,000 events relayed. \
@@ -710,6 +710,17 @@ fn w2_section(o: &mut String, w: &W2) {
         w.pad,
         w.interval_ms,
         w.pad + 60,
+        if w.phased {
+            format!(
+                "; stream i's events come when the wall clock is i × {} / N ms into its {} ms \
+                 interval, the upstream's `phase_ms`, so every target relays the same events at \
+                 the same times, however its streams opened",
+                w.interval_ms, w.interval_ms
+            )
+        } else {
+            String::new()
+        },
+        if w.phased { " and the two upstreams" } else { "" },
         w.window_s,
     );
     let settles: Vec<f64> = w
@@ -1305,6 +1316,24 @@ mod tests {
         let text = render(&old);
         assert!(!text.contains("time to open N (s) | stolen %"), "{text}");
         assert!(!text.contains("windows were measured again"), "{text}");
+    }
+
+    #[test]
+    fn w2_says_its_streams_tick_on_one_schedule_only_where_they_did() {
+        let mut run = fixture::run();
+        run.w2.as_mut().expect("w2").phased = true;
+        let text = render(&run);
+        assert!(text.contains("the upstream's `phase_ms`"), "{text}");
+        assert!(
+            text.contains("Each run starts the proxy and the two upstreams afresh"),
+            "{text}"
+        );
+        // A results file from before: its streams ticked from when they opened.
+        let json = run.to_json().expect("serialises");
+        let back = Run::from_json(&json.replace("\"phased\"", "\"unknown_field\"")).expect("reads");
+        let text = render(&back);
+        assert!(!text.contains("phase_ms"), "{text}");
+        assert!(text.contains("Each run starts the proxy afresh"), "{text}");
     }
 
     #[test]

@@ -102,12 +102,6 @@ pub async fn tickers(
         arrivals: arrivals.then(|| Mutex::new(Vec::new())),
         stop: CancellationToken::new(),
     });
-    let req: Arc<[u8]> = http::get_stream(
-        host,
-        &format!("/ticker?interval_ms={interval_ms}&pad={pad}"),
-        None,
-    )
-    .into();
     let opening = Arc::new(Semaphore::new(OPENING));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
@@ -117,10 +111,23 @@ pub async fn tickers(
         } else {
             Some(sources[i % sources.len()])
         };
+        // Stream i's events come at its own place in the wall clock's
+        // interval, the N streams spread evenly over it: every target relays
+        // the same events at the same times, however its streams opened
+        // (bench/PROFILE.md §56).
+        let req: Arc<[u8]> = http::get_stream(
+            host,
+            &format!(
+                "/ticker?interval_ms={interval_ms}&pad={pad}&phase_ms={}",
+                phase_ms(i, n, interval_ms)
+            ),
+            None,
+        )
+        .into();
         tasks.push(tokio::spawn(ticker_stream(
             addr,
             src,
-            req.clone(),
+            req,
             shared.clone(),
             opening.clone(),
         )));
@@ -173,6 +180,11 @@ pub async fn tickers(
             .and_then(|a| a.lock().ok().map(|mut a| std::mem::take(&mut *a)))
             .unwrap_or_default(),
     }
+}
+
+/// Stream `i` of `n`'s place in an interval of `interval_ms`: evenly spread.
+fn phase_ms(i: usize, n: usize, interval_ms: u64) -> u64 {
+    (i as u64 * interval_ms) / n.max(1) as u64
 }
 
 async fn ticker_stream(
@@ -382,4 +394,24 @@ async fn open_session(addr: SocketAddr, host: &str, legacy: bool) -> anyhow::Res
         head.status
     );
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_spread_evenly_over_the_interval() {
+        let phases: Vec<u64> = (0..1000).map(|i| phase_ms(i, 1000, 500)).collect();
+        assert_eq!(phases[0], 0);
+        assert_eq!(*phases.last().expect("1000"), 499);
+        // Two streams per millisecond, none left out.
+        let mut per_ms = [0; 500];
+        for p in phases {
+            per_ms[p as usize] += 1;
+        }
+        assert!(per_ms.iter().all(|&c| c == 2), "{per_ms:?}");
+        // Every phase inside the interval (the upstream refuses one outside).
+        assert!((0..9000).all(|i| phase_ms(i, 9000, 500) < 500));
+    }
 }

@@ -226,23 +226,14 @@ impl Upstreams {
             let mut last = None;
             for _attempt in 0..3 {
                 let port = free_port()?;
-                let mut cmd = env.pinned(&env.plan.upstream, &env.mcpflip);
-                cmd.args(["upstream", "--port", &port.to_string()])
-                    .args(["--slot", slot.name(), "--transport", "both"])
-                    .env("RUST_LOG", "warn");
-                let name = format!("upstream-{}", slot.name());
-                let mut child = spawn(cmd, &env.dir, &name)?;
-                match wait_listening(&mut child, port, &env.dir, &name) {
-                    Ok(()) => {
+                match Upstreams::spawn(env, slot, port) {
+                    Ok(child) => {
                         ports[slot.index()] = port;
                         children.push(child);
                         last = None;
                         break;
                     }
-                    Err(e) => {
-                        stop_child(&mut child);
-                        last = Some(e);
-                    }
+                    Err(e) => last = Some(e),
                 }
             }
             if let Some(e) = last {
@@ -250,6 +241,37 @@ impl Upstreams {
             }
         }
         Ok(Upstreams { children, ports })
+    }
+
+    /// Both upstreams stopped and started again on their ports: what a run
+    /// left in them (an allocator's dirty pages from 9,000 streams, purged
+    /// as the next run allocates) no longer runs during the next target's
+    /// window (bench/PROFILE.md §56).
+    pub fn restart(&mut self, env: &Env) -> anyhow::Result<()> {
+        self.stop();
+        self.children.clear();
+        for slot in [Slot::Blue, Slot::Green] {
+            let child = Upstreams::spawn(env, slot, self.port(slot))?;
+            self.children.push(child);
+        }
+        Ok(())
+    }
+
+    /// One upstream on `port`, listening.
+    fn spawn(env: &Env, slot: Slot, port: u16) -> anyhow::Result<Child> {
+        let mut cmd = env.pinned(&env.plan.upstream, &env.mcpflip);
+        cmd.args(["upstream", "--port", &port.to_string()])
+            .args(["--slot", slot.name(), "--transport", "both"])
+            .env("RUST_LOG", "warn");
+        let name = format!("upstream-{}", slot.name());
+        let mut child = spawn(cmd, &env.dir, &name)?;
+        match wait_listening(&mut child, port, &env.dir, &name) {
+            Ok(()) => Ok(child),
+            Err(e) => {
+                stop_child(&mut child);
+                Err(e)
+            }
+        }
     }
 
     pub fn port(&self, slot: Slot) -> u16 {

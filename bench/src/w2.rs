@@ -32,6 +32,7 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
         window_s: s.w2_window.as_secs_f64(),
         max_n: s.w2_max_n,
         max_reason: s.w2_max_reason.clone(),
+        phased: true,
         levels: levels
             .iter()
             .map(|&n| W2Level {
@@ -56,6 +57,7 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                     // The last run's N streams are closed, but their teardown
                     // (and a collector's pass over what they held) may still
                     // run on the core this target is pinned to: wait it out.
+                    b.upstreams.restart(&b.env)?;
                     let (settled, quiet) =
                         sys::settle(|| b.all_pids(), sys::Quiet::AFTER_A_RUN).await;
                     b.targets[i].restart().await?;
