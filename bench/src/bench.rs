@@ -127,7 +127,7 @@ pub struct Options {
     /// Only these targets.
     #[arg(long, value_delimiter = ',', ignore_case = true)]
     pub targets: Vec<Kind>,
-    /// Rounds per workload (default 3, and 5 for W1 and the access log; quick 1).
+    /// Rounds per workload (default 3, and 5 for W1, W2 and the access log; quick 1).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: Option<u32>,
     /// Cores, and workers, for the proxy under test.

@@ -268,6 +268,8 @@ pub struct Meta {
     #[serde(default)]
     pub steal_s: Option<f64>,
     pub rounds: usize,
+    /// W1's rounds, and those of the access log, the multi-core section, W5
+    /// and (since 2026-12-07) W2.
     pub w1_rounds: usize,
     /// Each round started one target further on (`Bench::order`); false in
     /// files of earlier runs, whose rounds all ran in the targets' order.

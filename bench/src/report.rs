@@ -78,13 +78,29 @@ pub fn render(run: &Run) -> String {
          command printed while it ran; `bench/README.md` explains each workload.\n",
         m.rounds,
         plural(m.rounds),
-        if m.w1_rounds != m.rounds {
-            format!(
-                " ({} for W1 and the runs made of it: the access log, the multi-core section, W5)",
-                m.w1_rounds
-            )
-        } else {
-            String::new()
+        {
+            // W2 takes W1's count since 2026-12-07 (its p99 is the figure
+            // that needs the rounds most); a file from before has W2's
+            // rounds at the common count.
+            let w2 = run
+                .w2
+                .as_ref()
+                .and_then(|w| w.levels.first())
+                .and_then(|l| l.cells.first())
+                .map(|c| c.p99_ms.0.len())
+                .filter(|&n| n == m.w1_rounds && n != m.rounds);
+            match (m.w1_rounds != m.rounds, w2) {
+                (true, Some(_)) => format!(
+                    " ({} for W1, W2 and the runs made of W1: the access log, the multi-core \
+                     section, W5)",
+                    m.w1_rounds
+                ),
+                (true, None) => format!(
+                    " ({} for W1 and the runs made of it: the access log, the multi-core section, W5)",
+                    m.w1_rounds
+                ),
+                (false, _) => String::new(),
+            }
         },
         if m.rotated {
             format!(
@@ -1334,6 +1350,29 @@ mod tests {
         let text = render(&back);
         assert!(!text.contains("phase_ms"), "{text}");
         assert!(text.contains("Each run starts the proxy afresh"), "{text}");
+    }
+
+    #[test]
+    fn the_rounds_say_whether_w2_took_w1s_count() {
+        let mut run = fixture::run();
+        run.meta.rounds = 3;
+        run.meta.w1_rounds = 5;
+        // The fixture's W2 has three rounds: the common count.
+        let text = render(&run);
+        assert!(
+            text.contains("(5 for W1 and the runs made of it:"),
+            "{text}"
+        );
+        for l in &mut run.w2.as_mut().expect("w2").levels {
+            for c in &mut l.cells {
+                c.p99_ms.0 = vec![1.0; 5];
+            }
+        }
+        let text = render(&run);
+        assert!(
+            text.contains("(5 for W1, W2 and the runs made of W1:"),
+            "{text}"
+        );
     }
 
     #[test]
