@@ -14,9 +14,28 @@ use crate::model::{CpuPlan, Kind};
 use crate::sys;
 use crate::targets::{Env, Target, Upstreams};
 
-/// `0..n`, starting at `by % n` and wrapping.
-fn rotated(n: usize, by: usize) -> Vec<usize> {
-    (0..n).map(|k| (k + by) % n.max(1)).collect()
+/// Round `by`'s order of `0..n`: a base order shifted by `by` (each target
+/// `+ by` modulo `n`), so that over `n` rounds each target takes every place
+/// once. The base is a Williams sequence (0, 1, −1, 2, −2, … modulo `n`; for
+/// an odd `n`, that of `n − 1` and then `n − 1`), whose steps from one place
+/// to the next differ: a target's predecessor changes from round to round,
+/// where a plain rotation kept every target right after the same one in each
+/// round (mcpflip always ran right after `direct`, which had just driven the
+/// upstreams hardest).
+pub(crate) fn rotated(n: usize, by: usize) -> Vec<usize> {
+    let even = n - n % 2;
+    let williams = (0..even).map(|k| {
+        let step = k.div_ceil(2);
+        if k % 2 == 1 {
+            step
+        } else {
+            (even - step) % even
+        }
+    });
+    williams
+        .chain((even < n).then_some(n - 1))
+        .map(|b| (b + by) % n)
+        .collect()
 }
 
 /// The parts of a run.
@@ -433,10 +452,11 @@ impl Bench {
     }
 
     /// The targets in the order of a round: each round starts one target
-    /// further on (round 1: direct, mcpflip, nginx, …; round 2: mcpflip,
-    /// nginx, …, direct), so that no target always runs right after the
-    /// same one, or first after a restart (a place in the order is not a
-    /// property of a proxy).
+    /// further on (round 1: direct, mcpflip, HAProxy, nginx, Caddy; round 2:
+    /// mcpflip, nginx, Caddy, HAProxy, direct), and the order within a round
+    /// changes which target runs right after which, so that no target always
+    /// runs right after the same one, or first after a restart (a place in
+    /// the order is not a property of a proxy).
     pub fn order(&self, round: Round) -> Vec<usize> {
         rotated(self.targets.len(), round.i)
     }
@@ -684,6 +704,9 @@ mod tests {
         assert_eq!(rotated(3, 0), [0, 1, 2]);
         assert_eq!(rotated(3, 1), [1, 2, 0]);
         assert_eq!(rotated(3, 4), [1, 2, 0]);
+        assert_eq!(rotated(5, 0), [0, 1, 3, 2, 4]);
+        assert_eq!(rotated(4, 1), [1, 2, 0, 3]);
+        assert_eq!(rotated(2, 1), [1, 0]);
         // Over as many rounds as targets, each target takes every place once.
         for place in 0..5 {
             let mut at: Vec<usize> = (0..5).map(|r| rotated(5, r)[place]).collect();
@@ -691,5 +714,32 @@ mod tests {
             assert_eq!(at, [0, 1, 2, 3, 4]);
         }
         assert!(rotated(0, 2).is_empty());
+    }
+
+    #[test]
+    fn no_target_runs_after_the_same_one_in_every_round() {
+        // The five targets of a full run over its five rounds (a rotation
+        // kept mcpflip right after direct in each round it was not first).
+        for t in 0..5 {
+            let before: std::collections::BTreeSet<usize> = (0..5)
+                .filter_map(|r| {
+                    let order = rotated(5, r);
+                    let at = order.iter().position(|&x| x == t).expect("every target");
+                    at.checked_sub(1).map(|p| order[p])
+                })
+                .collect();
+            assert!(before.len() >= 3, "target {t} ran after {before:?} only");
+        }
+        // Four targets: every other one, as the Williams square gives.
+        for t in 0..4 {
+            let before: std::collections::BTreeSet<usize> = (0..4)
+                .filter_map(|r| {
+                    let order = rotated(4, r);
+                    let at = order.iter().position(|&x| x == t).expect("every target");
+                    at.checked_sub(1).map(|p| order[p])
+                })
+                .collect();
+            assert_eq!(before.len(), 3, "target {t} ran after {before:?} only");
+        }
     }
 }

@@ -54,6 +54,7 @@ pub fn meta() -> Meta {
         rounds: 3,
         w1_rounds: 3,
         rotated: true,
+        stepped: true,
         targets: Kind::ALL.to_vec(),
         machine: Machine {
             hostname: "bench-host".to_owned(),

@@ -275,6 +275,12 @@ pub struct Meta {
     /// files of earlier runs, whose rounds all ran in the targets' order.
     #[serde(default)]
     pub rotated: bool,
+    /// Each round's order stepped through the targets as `Bench::order`
+    /// does since 2026-12-07 (a target's predecessor changes from round to
+    /// round); false in files of earlier runs, whose rounds were rotations of
+    /// one order, each target always right after the same one.
+    #[serde(default)]
+    pub stepped: bool,
     pub targets: Vec<Kind>,
     pub machine: Machine,
     pub plan: CpuPlan,

@@ -102,10 +102,22 @@ pub fn render(run: &Run) -> String {
                 (false, _) => String::new(),
             }
         },
-        if m.rotated {
+        if m.rotated && m.stepped {
+            let first: Vec<Kind> = crate::bench::rotated(m.targets.len(), 0)
+                .into_iter()
+                .map(|i| m.targets[i])
+                .collect();
             format!(
-                "the first round in the order {}, each next one starting one target further on \
-                 (no target always runs right after the same one)",
+                "the first round in the order {}, each next one with every target one place on \
+                 in the list {} (so each target takes every place once in {} rounds, and runs \
+                 right after different targets from round to round)",
+                labels(&first),
+                labels(&m.targets),
+                m.targets.len()
+            )
+        } else if m.rotated {
+            format!(
+                "the first round in the order {}, each next one starting one target further on",
                 labels(&m.targets)
             )
         } else {
@@ -1371,6 +1383,31 @@ mod tests {
         let text = render(&run);
         assert!(
             text.contains("(5 for W1, W2 and the runs made of W1:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_order_of_the_rounds_is_told_as_it_was() {
+        let mut run = fixture::run();
+        run.meta.targets = vec![
+            Kind::Direct,
+            Kind::Mcpflip,
+            Kind::Nginx,
+            Kind::Haproxy,
+            Kind::Caddy,
+        ];
+        run.meta.rotated = true;
+        run.meta.stepped = true;
+        let text = render(&run);
+        assert!(
+            text.contains("the first round in the order direct, mcpflip, HAProxy, nginx, Caddy, each next one with every target one place on"),
+            "{text}"
+        );
+        run.meta.stepped = false;
+        let text = render(&run);
+        assert!(
+            text.contains("the first round in the order direct, mcpflip, nginx, HAProxy, Caddy, each next one starting one target further on"),
             "{text}"
         );
     }
