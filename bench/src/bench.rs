@@ -716,29 +716,28 @@ mod tests {
         assert!(rotated(0, 2).is_empty());
     }
 
+    /// The targets `t` runs right after over `n` rounds of `n` targets.
+    fn ran_after(n: usize, t: usize) -> std::collections::BTreeSet<usize> {
+        (0..n)
+            .filter_map(|r| {
+                let order = rotated(n, r);
+                let at = order.iter().position(|&x| x == t).expect("every target");
+                at.checked_sub(1).map(|p| order[p])
+            })
+            .collect()
+    }
+
     #[test]
     fn no_target_runs_after_the_same_one_in_every_round() {
         // The five targets of a full run over its five rounds (a rotation
         // kept mcpflip right after direct in each round it was not first).
         for t in 0..5 {
-            let before: std::collections::BTreeSet<usize> = (0..5)
-                .filter_map(|r| {
-                    let order = rotated(5, r);
-                    let at = order.iter().position(|&x| x == t).expect("every target");
-                    at.checked_sub(1).map(|p| order[p])
-                })
-                .collect();
+            let before = ran_after(5, t);
             assert!(before.len() >= 3, "target {t} ran after {before:?} only");
         }
         // Four targets: every other one, as the Williams square gives.
         for t in 0..4 {
-            let before: std::collections::BTreeSet<usize> = (0..4)
-                .filter_map(|r| {
-                    let order = rotated(4, r);
-                    let at = order.iter().position(|&x| x == t).expect("every target");
-                    at.checked_sub(1).map(|p| order[p])
-                })
-                .collect();
+            let before = ran_after(4, t);
             assert_eq!(before.len(), 3, "target {t} ran after {before:?} only");
         }
     }
