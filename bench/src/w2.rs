@@ -55,10 +55,12 @@ pub async fn run_w2(b: &mut Bench) -> anyhow::Result<W2> {
                 let mut kept: Option<(streams::TickerRun, std::time::Duration, bool)> = None;
                 let mut remeasured = 0;
                 for attempt in 0..STEAL_TRIES {
+                    // Upstreams that served the last run's streams slowed
+                    // the next one (bench/PROFILE.md §56): fresh ones.
+                    b.upstreams.restart(&b.env)?;
                     // The last run's N streams are closed, but their teardown
                     // (and a collector's pass over what they held) may still
                     // run on the core this target is pinned to: wait it out.
-                    b.upstreams.restart(&b.env)?;
                     let (settled, quiet) =
                         sys::settle(|| b.all_pids(), sys::Quiet::AFTER_A_RUN).await;
                     b.targets[i].restart().await?;
