@@ -33,7 +33,7 @@ pub(crate) fn rotated(n: usize, by: usize) -> Vec<usize> {
         }
     });
     williams
-        .chain((even < n).then_some(n - 1))
+        .chain((even < n).then(|| n - 1))
         .map(|b| (b + by) % n)
         .collect()
 }
