@@ -119,6 +119,16 @@ pub enum Command {
         #[arg(long)]
         mcpflip: Option<PathBuf>,
     },
+    /// Build mcpflip profile-guided, as a run measures it: an instrumented
+    /// build, trained by this bench's W2, W3 and W5 against mcpflip alone,
+    /// then the build laid out by that profile (bench/PROFILE.md §57). Prints
+    /// the binary's path: `target/<host>/<profile>/mcpflip`.
+    Pgo {
+        /// The cargo profile of both builds: `release` (what ships) or
+        /// `profiling` (the same code with line tables).
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
     /// Print how mcpflip's ratios moved from run A to run B.
     Diff {
         /// The earlier results file.
@@ -164,12 +174,17 @@ pub struct Options {
     /// Where the JSON results go.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Use this mcpflip binary instead of building target/profiling/mcpflip.
+    /// Use this mcpflip binary instead of building it (profile-guided, with
+    /// the profiling profile).
     #[arg(long)]
     pub mcpflip: Option<PathBuf>,
     /// Skip the perf profile of mcpflip under W1.
     #[arg(long)]
     pub no_profile: bool,
+    /// Measure mcpflip built without a profile (by default it is built
+    /// profile-guided, as `mcpflip-bench pgo` builds it).
+    #[arg(long)]
+    pub no_pgo: bool,
     /// Keep the temporary directory (every config and log).
     #[arg(long)]
     pub keep: bool,

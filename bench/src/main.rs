@@ -29,6 +29,7 @@ mod http;
 mod load;
 mod model;
 mod multicore;
+mod pgo;
 mod profile;
 mod report;
 mod shield;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Some(Command::Render { file, out, soak }) => render(&file, soak.as_deref(), out.as_deref()),
         Some(Command::Diff { a, b }) => diff(&a, &b),
         Some(Command::Fleet { flips, mcpflip }) => fleet_figures(flips, mcpflip),
+        Some(Command::Pgo { profile }) => pgo_build(&profile),
         Some(Command::Soak(o)) => match soak(&o) {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -82,6 +84,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `pgo`: the profile-guided build, its path on stdout.
+fn pgo_build(profile: &str) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        bail!(
+            "built without optimisations, the training run would measure the load generator; run\n    \
+             cargo run -p mcpflip-bench --release -- pgo --profile {profile}"
+        );
+    }
+    let root = root();
+    let bin = pgo::build(&root, profile, |args, flags, dir| {
+        cargo_build(&root, args, Some(flags), dir)
+    })?;
+    println!("{}", bin.display());
+    Ok(())
+}
+
 /// The repository: this crate's parent directory.
 fn fleet_figures(flips: usize, mcpflip: Option<PathBuf>) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
@@ -92,7 +110,7 @@ fn fleet_figures(flips: usize, mcpflip: Option<PathBuf>) -> anyhow::Result<()> {
     let root = root();
     let mcpflip = match mcpflip {
         Some(p) => p,
-        None => build_mcpflip(&root)?,
+        None => build_mcpflip(&root, false)?,
     };
     fleet::run(&root, &mcpflip, flips)
 }
@@ -134,11 +152,38 @@ fn diff(a: &Path, b: &Path) -> anyhow::Result<()> {
 
 /// Builds the `mcpflip` binary with the `profiling` profile (the release code
 /// with line tables, so that perf names lines; the shipped release build has
-/// no debug info) and returns its path (cargo says where it put it, whatever
-/// the target directory).
-fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
+/// no debug info), profile-guided unless `pgo` is false (`pgo` module), and
+/// returns its path.
+fn build_mcpflip(root: &Path, pgo: bool) -> anyhow::Result<PathBuf> {
+    if pgo {
+        return pgo::build(root, "profiling", |args, flags, dir| {
+            cargo_build(root, args, Some(flags), dir)
+        });
+    }
+    let args = [
+        "build",
+        "--profile",
+        "profiling",
+        "-p",
+        "mcpflip",
+        "--bin",
+        "mcpflip",
+    ]
+    .map(str::to_owned);
+    cargo_build(root, &args, None, None)
+}
+
+/// Runs `cargo ARGS` in the repository (with `RUSTFLAGS` set to `rustflags`
+/// when given, in `target_dir` when given) and returns the path of the
+/// `mcpflip` executable cargo says it built, whatever the target directory.
+fn cargo_build(
+    root: &Path,
+    args: &[String],
+    rustflags: Option<&str>,
+    target_dir: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("mcpflip-bench: building mcpflip (cargo build --profile profiling -p mcpflip --bin mcpflip)");
+    println!("mcpflip-bench: building mcpflip (cargo {})", args.join(" "));
     let mut build = Process::new(&cargo);
     // `cargo run -p mcpflip-bench` hands this process its package's variables
     // (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). ring's build script
@@ -159,17 +204,16 @@ fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
             build.env_remove(&*name);
         }
     }
+    if let Some(flags) = rustflags {
+        build
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env("RUSTFLAGS", flags);
+    }
+    build.current_dir(root).args(args);
+    if let Some(dir) = target_dir {
+        build.arg("--target-dir").arg(dir);
+    }
     let mut child = build
-        .current_dir(root)
-        .args([
-            "build",
-            "--profile",
-            "profiling",
-            "-p",
-            "mcpflip",
-            "--bin",
-            "mcpflip",
-        ])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
         .spawn()
@@ -188,7 +232,7 @@ fn build_mcpflip(root: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     if !child.wait()?.success() {
-        bail!("cargo build --profile profiling -p mcpflip failed");
+        bail!("cargo {} failed", args.join(" "));
     }
     exe.context("cargo built no mcpflip executable")
 }
@@ -253,7 +297,18 @@ fn stamp(date: &str) -> String {
     format!("{day}T{hm}Z")
 }
 
-fn versions(root: &Path, mcpflip: &Path) -> Vec<Version> {
+/// How the measured mcpflip was built, as the report's versions table says.
+fn build_note(opts: &Options) -> &'static str {
+    match (&opts.mcpflip, opts.no_pgo) {
+        (Some(_), _) => "the binary given with --mcpflip",
+        (None, false) => {
+            "profiling profile: release + line tables, profile-guided by W2, W3 and W5 (bench/PROFILE.md §57)"
+        }
+        (None, true) => "profiling profile: release + line tables",
+    }
+}
+
+fn versions(root: &Path, mcpflip: &Path, build: &str) -> Vec<Version> {
     let v = |cmd: &str, args: &[&str]| {
         sys::find_binary(cmd)
             .and_then(|p| sys::version_of(p.to_str()?, args))
@@ -263,10 +318,7 @@ fn versions(root: &Path, mcpflip: &Path) -> Vec<Version> {
     [
         (
             "mcpflip",
-            format!(
-                "git {} (profiling profile: release + line tables, {rustc})",
-                sys::mcpflip_rev(mcpflip, root)
-            ),
+            format!("git {} ({build}, {rustc})", sys::mcpflip_rev(mcpflip, root)),
         ),
         ("nginx", v("nginx", &["-v"])),
         ("HAProxy", v("haproxy", &["-v"])),
@@ -296,7 +348,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
     ensure_anchors(&root, &kinds, wants_wrk)?;
     let mcpflip = match &opts.mcpflip {
         Some(p) => p.clone(),
-        None => build_mcpflip(&root)?,
+        None => build_mcpflip(&root, !opts.no_pgo)?,
     };
     // The run's time and the hypervisor's steal over it, the build excluded
     // (as the report says).
@@ -354,7 +406,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
         machine,
         plan: plan.clone(),
         pinned: env.taskset.is_some(),
-        versions: versions(&root, &env.mcpflip),
+        versions: versions(&root, &env.mcpflip, build_note(&opts)),
         nofile,
         nofile_hard,
         shield: shield.as_ref().map(|s| s.record.clone()),
@@ -482,7 +534,7 @@ fn soak(opts: &SoakOptions) -> anyhow::Result<bool> {
     let root = root();
     let mcpflip = match &opts.mcpflip {
         Some(p) => p.clone(),
-        None => build_mcpflip(&root)?,
+        None => build_mcpflip(&root, false)?,
     };
     let (nofile, nofile_hard) = sys::raise_nofile(1 << 16);
     let cpus = sys::allowed_cpus();
