@@ -31,8 +31,9 @@ pub struct Toolchain {
 }
 
 impl Toolchain {
-    /// The host triple and rustc's `llvm-profdata`; an error that says how to
-    /// install it when it is missing.
+    /// The host triple and rustc's `llvm-profdata`, which `rustup component
+    /// add llvm-tools` installs once when it is missing; an error that says how
+    /// to install it when that fails.
     pub fn find() -> anyhow::Result<Toolchain> {
         let rustc = |args: &[&str]| -> anyhow::Result<String> {
             let out = Process::new("rustc")
@@ -42,7 +43,24 @@ impl Toolchain {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         };
         let sysroot = rustc(&["--print", "sysroot"])?;
-        Toolchain::at(&rustc(&["-vV"])?, Path::new(&sysroot))
+        let vv = rustc(&["-vV"])?;
+        if let Ok(found) = Toolchain::at(&vv, Path::new(&sysroot)) {
+            return Ok(found);
+        }
+        // As a missing anchor runs bench/setup.sh: rustup adds the component
+        // once (the run says so), then the check is made again and its error,
+        // if any, says what to do by hand.
+        println!(
+            "mcpflip-bench: llvm-profdata is missing; running rustup component add llvm-tools"
+        );
+        let added = Process::new("rustup")
+            .args(["component", "add", "llvm-tools"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !added {
+            println!("mcpflip-bench: rustup could not add llvm-tools");
+        }
+        Toolchain::at(&vv, Path::new(&sysroot))
     }
 
     /// As `find`, from `rustc -vV`'s text and the sysroot.
