@@ -160,16 +160,7 @@ fn build_mcpflip(root: &Path, pgo: bool) -> anyhow::Result<PathBuf> {
             cargo_build(root, args, Some(flags), dir)
         });
     }
-    let args = [
-        "build",
-        "--profile",
-        "profiling",
-        "-p",
-        "mcpflip",
-        "--bin",
-        "mcpflip",
-    ]
-    .map(str::to_owned);
+    let args = pgo::build_args("profiling", None);
     cargo_build(root, &args, None, None)
 }
 

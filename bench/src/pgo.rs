@@ -115,9 +115,11 @@ impl Layout {
     }
 }
 
-/// The `cargo build` arguments of one step.
-pub fn build_args(profile: &str, host: &str) -> Vec<String> {
-    [
+/// The `cargo build` arguments of mcpflip's binary with `profile`, for
+/// `host` when given (the profile-guided steps name it; the plain build does
+/// not, and keeps `target/<profile>`).
+pub fn build_args(profile: &str, host: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = [
         "build",
         "--profile",
         profile,
@@ -125,11 +127,13 @@ pub fn build_args(profile: &str, host: &str) -> Vec<String> {
         "mcpflip",
         "--bin",
         "mcpflip",
-        "--target",
-        host,
     ]
     .map(str::to_owned)
-    .to_vec()
+    .to_vec();
+    if let Some(host) = host {
+        args.extend(["--target".to_owned(), host.to_owned()]);
+    }
+    args
 }
 
 /// RUSTFLAGS for the instrumented build: the raw profiles go to `raw`.
@@ -190,7 +194,7 @@ pub fn build(
     std::fs::create_dir_all(&raw).with_context(|| format!("cannot create {}", raw.display()))?;
 
     println!("mcpflip-bench: pgo 1/3: the instrumented build (target/pgo/gen)");
-    let args = build_args(profile, &tools.host);
+    let args = build_args(profile, Some(&tools.host));
     let gen_bin = build(&args, &generate_flags(&raw), Some(&layout.gen_target()))?;
 
     println!("mcpflip-bench: pgo 2/3: training it with this bench's {TRAINING}");
@@ -202,7 +206,8 @@ pub fn build(
     if !status.success() {
         bail!("the training run failed ({status}); its report: target/pgo/training.md");
     }
-    let profraw: Vec<PathBuf> = std::fs::read_dir(&raw)?
+    let profraw: Vec<PathBuf> = std::fs::read_dir(&raw)
+        .with_context(|| format!("cannot read {}", raw.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "profraw"))
         .collect();
@@ -276,7 +281,7 @@ mod tests {
 
     #[test]
     fn builds_name_the_host_so_build_scripts_stay_uninstrumented() {
-        let a = build_args("release", "x86_64-unknown-linux-gnu");
+        let a = build_args("release", Some("x86_64-unknown-linux-gnu"));
         let at = a.iter().position(|x| x == "--target").unwrap();
         assert_eq!(a[at + 1], "x86_64-unknown-linux-gnu");
         assert_eq!(
