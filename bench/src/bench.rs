@@ -129,6 +129,16 @@ pub enum Command {
         #[arg(long, default_value = "release")]
         profile: String,
     },
+    /// How each target of issue 14 fared over many runs: in how many it was
+    /// met, and its spread (bench/PROFILE.md §59).
+    History {
+        /// Results files, oldest first (default: every file in
+        /// bench/results/, by name, which starts with the run's date).
+        files: Vec<PathBuf>,
+        /// How many of the latest values each line shows.
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+    },
     /// Print how mcpflip's ratios moved from run A to run B.
     Diff {
         /// The earlier results file.
@@ -644,6 +654,16 @@ mod tests {
         let cli = parse(&["diff", "a.json", "b.json"]).expect("parses");
         assert!(matches!(cli.command, Some(Command::Diff { .. })));
         assert!(parse(&["diff", "a.json"]).is_err());
+        let cli = parse(&["history", "a.json", "b.json", "--last", "3"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::History { ref files, last: 3 }) if files.len() == 2
+        ));
+        let cli = parse(&["history"]).expect("no files: every result");
+        assert!(matches!(
+            cli.command,
+            Some(Command::History { ref files, last: 5 }) if files.is_empty()
+        ));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod figures;
 #[cfg(test)]
 mod fixture;
 mod fleet;
+mod history;
 mod http;
 mod load;
 mod model;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Some(Command::Run(o)) => run(o),
         Some(Command::Render { file, out, soak }) => render(&file, soak.as_deref(), out.as_deref()),
         Some(Command::Diff { a, b }) => diff(&a, &b),
+        Some(Command::History { files, last }) => history(files, last),
         Some(Command::Fleet { flips, mcpflip }) => fleet_figures(flips, mcpflip),
         Some(Command::Pgo { profile }) => pgo_build(&profile),
         Some(Command::Soak(o)) => match soak(&o) {
@@ -138,6 +140,41 @@ fn render(file: &Path, soak: Option<&Path>, out: Option<&Path>) -> anyhow::Resul
         }
         None => print!("{text}"),
     }
+    Ok(())
+}
+
+/// `history`: the files given, or every file in bench/results/ by name.
+fn history(files: Vec<PathBuf>, last: usize) -> anyhow::Result<()> {
+    let files = if files.is_empty() {
+        let dir = root().join("bench/results");
+        let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        all.sort();
+        all
+    } else {
+        files
+    };
+    let mut runs = Vec::new();
+    let mut skipped = Vec::new();
+    for f in &files {
+        let name = f.display().to_string();
+        match Run::read(f) {
+            Ok(run) => match history::not_counted(&run) {
+                None => runs.push(run),
+                Some(why) => skipped.push((name, why.to_owned())),
+            },
+            Err(e) => skipped.push((name, format!("{e:#}"))),
+        }
+    }
+    anyhow::ensure!(
+        !runs.is_empty(),
+        "none of the {} files is a run with figures of issue 14",
+        files.len()
+    );
+    print!("{}", history::render(&runs, &skipped, last));
     Ok(())
 }
 
