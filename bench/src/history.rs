@@ -64,6 +64,12 @@ pub fn not_counted(run: &Run) -> Option<&'static str> {
     }
 }
 
+/// Whether every must `run` measured was met (and it measured one).
+pub fn met_every_must(run: &Run) -> bool {
+    let goals = figures::goals(run);
+    !goals.is_empty() && goals.iter().all(|g| g.must_met() == Some(true))
+}
+
 /// Every figure any of `runs` measured, in the order the runs first name
 /// them; `runs` are taken oldest first, those [`not_counted`] left out.
 pub fn rows(runs: &[Run]) -> Vec<Row> {
@@ -119,6 +125,14 @@ pub fn render(runs: &[Run], skipped: &[(String, String)], last: usize) -> String
             machines.join(", ")
         );
     }
+    let all_met = counted
+        .iter()
+        .filter(|r| r.meta.complete && met_every_must(r))
+        .count();
+    let _ = writeln!(
+        o,
+        "Complete runs that met every must: {all_met} of {complete}.\n"
+    );
     let _ = writeln!(
         o,
         "\"met\" counts the runs whose value met the must; the median and min–max are over those \
@@ -222,6 +236,25 @@ mod tests {
         assert_eq!(r.met(), 2, "{:?}", r.values);
         assert_eq!(r.values[1].0, "2026-12-02T00:00:00Z", "kept in run order");
         assert!((r.series().max() - 1.2).abs() < 1e-9, "{:?}", r.values);
+        // The second run misses c=1 p99, so it did not meet every must.
+        assert!(!met_every_must(&runs[1]));
+    }
+
+    #[test]
+    fn every_must_met_only_when_each_measured_one_is() {
+        // The fixture's access log, W3, W4 and W5 are met; its W1 and W2 are not.
+        let mut r = fixture::run();
+        assert!(!met_every_must(&r));
+        r.w1 = None;
+        r.w1_wrk = None;
+        r.multicore = None;
+        r.w2 = None;
+        assert!(met_every_must(&r), "{:?}", figures::goals(&r));
+        let w3 = r.w3.as_mut().expect("fixture has W3");
+        for c in w3.cells.iter_mut().filter(|c| c.target == Kind::Mcpflip) {
+            c.failed = Series(vec![0.0, 1.0, 0.0]);
+        }
+        assert!(!met_every_must(&r), "one failed request in W3");
     }
 
     #[test]
