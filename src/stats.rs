@@ -151,7 +151,7 @@ struct SlotShard {
     /// Responses by status class, 1xx..5xx.
     requests: [AtomicU64; 5],
     /// Requests by protocol era, indexed like `Era::ALL`.
-    eras: [AtomicU64; 4],
+    eras: [AtomicU64; Era::ALL.len()],
     /// One more than the milliseconds since the slot's `epoch` of this
     /// worker's last request pinned to the slot (0: none).
     last_pinned_ms: AtomicU64,

@@ -257,6 +257,23 @@ async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
     h.ctl("flip green --no-probe").await;
     let (status, _, _) = post_json(&client, &url, None, json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
     assert_eq!(status, 200);
+    // A plain GET (OAuth discovery) names no era; one that asks for an
+    // event stream, with no session and no protocol version, is a legacy
+    // SSE open, whatever it is answered.
+    for accept in [None, Some("text/event-stream")] {
+        let mut get = http::Request::get(format!(
+            "http://{}/.well-known/oauth-protected-resource",
+            p.public_addr
+        ));
+        if let Some(a) = accept {
+            get = get.header("accept", a);
+        }
+        let resp = client
+            .request(get.body(Full::new(Bytes::new())).expect("req"))
+            .await
+            .expect("get");
+        let _ = resp.into_body().collect().await;
+    }
 
     let metrics = client
         .request(
@@ -289,6 +306,8 @@ async fn upstream_down_is_502_malformed_http_is_400_and_metrics_show_it() {
         "mcpflip_mcp_requests_total{slot=\"blue\",era=\"sessionless\"} 1",
         "mcpflip_mcp_requests_total{slot=\"green\",era=\"sessionless\"} 1",
         "mcpflip_mcp_requests_total{slot=\"green\",era=\"stateless\"} 0",
+        "mcpflip_mcp_requests_total{slot=\"green\",era=\"other\"} 1",
+        "mcpflip_mcp_requests_total{slot=\"green\",era=\"legacy_sse\"} 1",
     ] {
         assert!(text.contains(needle), "metrics lack {needle:?}:\n{text}");
     }

@@ -241,6 +241,14 @@ impl Forwarder {
                         scan.mcp_method.is_some(),
                         scan.protocol_version.as_ref().map(HeaderValue::as_bytes),
                         *site,
+                        || {
+                            RequestBody::any_value(
+                                &req,
+                                b"accept",
+                                &header::ACCEPT,
+                                crate::mcp::era::accepts_event_stream,
+                            )
+                        },
                     ),
                     _ => Era::Session,
                 };
@@ -685,7 +693,7 @@ impl Forwarder {
             }
             let inflight = stats.inflight_guard();
             // A legacy SSE session starts with a GET that carries no session id.
-            let legacy_get = era == Era::LegacySse && site.is_none() && moved.is_none();
+            let legacy_get = era.may_open_legacy_stream() && site.is_none() && moved.is_none();
 
             let mut proxy = self.rewrite_request(&mut req, host, &slot, peer);
             proxy.request_id = request_id.cloned();

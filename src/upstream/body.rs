@@ -72,6 +72,24 @@ impl RequestBody {
         }
     }
 
+    /// Whether any value of the header `name` passes `pred`; `lower` is the
+    /// name in lowercase, to find it among the lines as they came.
+    pub fn any_value(
+        req: &http::Request<RequestBody>,
+        lower: &[u8],
+        name: &HeaderName,
+        pred: impl Fn(&[u8]) -> bool,
+    ) -> bool {
+        match RequestBody::lines(req) {
+            Some(lines) => lines.values_named(lower).any(pred),
+            None => req
+                .headers()
+                .get_all(name)
+                .iter()
+                .any(|v| pred(v.as_bytes())),
+        }
+    }
+
     /// Makes `req`'s map whole: every header line in it, where they were
     /// kept as they came. For a path that reads or changes the map
     /// (migration).
