@@ -31,6 +31,9 @@
 # NSTAT=1 (with WRK=1) prints the machine's TCP counters per request over the measured run
 # (segments, delayed and pure ACKs, autocorking, from nstat): what the kernel does for each
 # proxy on either side of it.
+# LIGHT=1 (calls, nginx) puts a static upstream (nginx answering every request with the demo's
+# answer to the call) behind the proxy instead of `mcpflip upstream`: with WRK=1 and C=64, the
+# proxy on CPU 1 becomes the bound on requests/s (§60).
 # STRACE=1 (calls, nginx) counts the proxy's system calls per request with `strace -c` instead
 # of callgrind (OUT is strace's table).
 set -euo pipefail
@@ -52,7 +55,37 @@ if [ -n "${UPSTREAM:-}" ]; then upstream=("${measured[@]}") measured=(); fi
 # STRACE=1: no callgrind; strace -c counts the system calls instead, attached after the warm-up.
 if [ -n "${STRACE:-}" ]; then upstream=() measured=(); fi
 if [ -n "${WRK:-}" ]; then upstream=(taskset -c 0) measured=(taskset -c 1); fi
-"${upstream[@]}" "$bin" upstream --port "$up" --slot blue >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
+if [ -n "${LIGHT:-}" ]; then
+    # LIGHT=1: a static upstream (nginx, one process) that answers every request with the
+    # demo's answer to W1's call and a fixed session id: less work per request on CPU 0 than
+    # the demo server, so that under WRK=1 the proxy, not CPU 0, bounds requests/s (§60).
+    command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
+    cat >"$dir/upstream.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/upstream.pid;
+error_log $dir/upstream-error.log warn;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    server {
+        listen 127.0.0.1:$up;
+        location / {
+            default_type application/json;
+            add_header Mcp-Session-Id static-session always;
+            add_header X-Served-By blue always;
+            return 200 '{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}';
+        }
+    }
+}
+CONF
+    "${upstream[@]}" nginx -c "$dir/upstream.conf" -p "$dir" >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
+else
+    "${upstream[@]}" "$bin" upstream --port "$up" --slot blue >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
+fi
 cat >"$dir/mcpflip.toml" <<TOML
 [listen]
 addr = "127.0.0.1:$port"
