@@ -46,6 +46,18 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 up=$(free_port) port=$(free_port)
+# The head of a one-process nginx config (NAME.pid, NAME-error.log in $dir), and the check.
+nginx_head() {
+    command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
+    cat <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/$1.pid;
+error_log $dir/$1-error.log warn;
+events { worker_connections 20000; }
+CONF
+}
 sim=()
 if [ -n "${CACHE:-}" ]; then sim=(--cache-sim=yes --branch-sim=yes); fi
 # What runs under callgrind: the proxy, or (UPSTREAM=1) the upstream.
@@ -59,14 +71,7 @@ if [ -n "${LIGHT:-}" ]; then
     # LIGHT=1: a static upstream (nginx, one process) that answers every request with the
     # demo's answer to W1's call and a fixed session id: less work per request on CPU 0 than
     # the demo server, so that under WRK=1 the proxy, not CPU 0, bounds requests/s (§60).
-    command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
-    cat >"$dir/upstream.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/upstream.pid;
-error_log $dir/upstream-error.log warn;
-events { worker_connections 20000; }
+    { nginx_head upstream; cat <<CONF
 http {
     access_log off;
     keepalive_requests 1000000;
@@ -82,6 +87,7 @@ http {
     }
 }
 CONF
+    } >"$dir/upstream.conf"
     "${upstream[@]}" nginx -c "$dir/upstream.conf" -p "$dir" >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
 else
     "${upstream[@]}" "$bin" upstream --port "$up" --slot blue >"$dir/upstream.log" 2>&1 & upstream_pid=$!; pids+=($upstream_pid)
@@ -111,14 +117,7 @@ wait_port "$up"
 # nginx configuration (bench/src/targets.rs), one process.
 start_proxy() {
     if [ "$1" = nginx ]; then
-        command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
-        cat >"$dir/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/nginx-error.log warn;
-events { worker_connections 20000; }
+        { nginx_head nginx; cat <<CONF
 http {
     access_log off;
     upstream mcp { server 127.0.0.1:$up; keepalive 1024; keepalive_requests 1000000; }
@@ -139,6 +138,7 @@ http {
     }
 }
 CONF
+        } >"$dir/nginx.conf"
         "${measured[@]}" nginx -c "$dir/nginx.conf" -p "$dir" \
             >"$dir/proxy.log" 2>&1 & proxy=$!; pids+=($proxy)
     else
