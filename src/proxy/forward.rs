@@ -244,7 +244,6 @@ impl Forwarder {
                         || {
                             RequestBody::any_value(
                                 &req,
-                                b"accept",
                                 &header::ACCEPT,
                                 crate::mcp::era::accepts_event_stream,
                             )

@@ -72,16 +72,15 @@ impl RequestBody {
         }
     }
 
-    /// Whether any value of the header `name` passes `pred`; `lower` is the
-    /// name in lowercase, to find it among the lines as they came.
+    /// Whether any value of the header `name` passes `pred` (among the lines
+    /// as they came, by its lowercase name, which `HeaderName` is).
     pub fn any_value(
         req: &http::Request<RequestBody>,
-        lower: &[u8],
         name: &HeaderName,
         pred: impl Fn(&[u8]) -> bool,
     ) -> bool {
         match RequestBody::lines(req) {
-            Some(lines) => lines.values_named(lower).any(pred),
+            Some(lines) => lines.values_named(name.as_str().as_bytes()).any(pred),
             None => req
                 .headers()
                 .get_all(name)
