@@ -146,14 +146,7 @@ fn render(file: &Path, soak: Option<&Path>, out: Option<&Path>) -> anyhow::Resul
 /// `history`: the files given, or every file in bench/results/ by name.
 fn history(files: Vec<PathBuf>, last: usize) -> anyhow::Result<()> {
     let files = if files.is_empty() {
-        let dir = root().join("bench/results");
-        let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot read {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        all.sort();
-        all
+        sys::files_with_extension(&root().join("bench/results"), "json")?
     } else {
         files
     };

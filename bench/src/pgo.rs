@@ -206,11 +206,7 @@ pub fn build(
     if !status.success() {
         bail!("the training run failed ({status}); its report: target/pgo/training.md");
     }
-    let profraw: Vec<PathBuf> = std::fs::read_dir(&raw)
-        .with_context(|| format!("cannot read {}", raw.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "profraw"))
-        .collect();
+    let profraw = crate::sys::files_with_extension(&raw, "profraw")?;
     if profraw.is_empty() {
         bail!(
             "the training run left no profile in {} (did mcpflip exit on SIGTERM?)",

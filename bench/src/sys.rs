@@ -648,6 +648,18 @@ pub fn fds_of(pid: u32) -> Vec<Fd> {
     out
 }
 
+/// The files in `dir` whose names end in `.ext`, sorted by name.
+pub fn files_with_extension(dir: &Path, ext: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context as _;
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -795,6 +807,22 @@ mod tests {
             }),
             "{fds:?}"
         );
+    }
+
+    #[test]
+    fn files_with_an_extension_are_listed_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["b.json", "a.json", "c.json.bak", "d.profraw"] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        let names: Vec<String> = files_with_extension(dir.path(), "json")
+            .expect("listed")
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect();
+        assert_eq!(names, ["a.json", "b.json"]);
+        let err = files_with_extension(&dir.path().join("none"), "json").expect_err("no dir");
+        assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
     }
 
     #[tokio::test]
