@@ -51,6 +51,8 @@ pub enum Workload {
     W4,
     /// Affinity cost.
     W5,
+    /// W1 c=64 behind a static upstream: the proxy as the bound.
+    W1Static,
     /// W1 c=64 with mcpflip's access log on and off.
     AccessLog,
     /// W1 c=64 with 1, 2, … workers for every proxy.
@@ -58,8 +60,9 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::W1,
+        Workload::W1Static,
         Workload::W2,
         Workload::W3,
         Workload::W4,

@@ -121,6 +121,12 @@ pub fn ratios(run: &Run) -> Vec<Ratio> {
     if let Some(w) = &run.w1_wrk {
         w1_ratios(&mut out, run, w, " (wrk)");
     }
+    if let Some(st) = &run.w1_static {
+        w1_ratios(&mut out, run, &st.ours, ", static upstream");
+        if let Some(w) = &st.wrk {
+            w1_ratios(&mut out, run, w, ", static upstream (wrk)");
+        }
+    }
     if let Some(mc) = &run.multicore {
         for l in mc.levels.iter().filter(|l| !l.from_w1) {
             for (cells, suffix) in [(&l.ours, ""), (&l.wrk, " (wrk)")] {

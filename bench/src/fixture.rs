@@ -6,7 +6,8 @@
 use crate::model::{
     AccessLog, CpuPlan, Deploy, Exchange, ExchangeCount, FailureCount, Kill, Kind, Machine, Meta,
     MultiCore, MultiCoreLevel, Run, Shielded, Slot, SlotCounts, Soak, SoakEnd, Span, Version,
-    W1Cell, W1Level, W2Cell, W2Level, W3Cell, W4Cell, W5Capture, W5Cell, W1, W2, W3, W4, W5,
+    W1Cell, W1Level, W1Static, W2Cell, W2Level, W3Cell, W4Cell, W5Capture, W5Cell, W1, W2, W3, W4,
+    W5,
 };
 use crate::stats::Series;
 
@@ -144,6 +145,38 @@ pub fn run() -> Run {
             conc: 64,
             cells: wrk64.clone(),
         }],
+    });
+    // Behind the static upstream (no direct): mcpflip 88,000 vs nginx 80,000
+    // = 1.10× (per round 1.10, 1.05, 1.16); CPU 11 vs 12 µs = 0.92×. wrk:
+    // 90,000 vs 81,000 = 1.11×.
+    let statics = |cells: Vec<W1Cell>| W1Level { conc: 64, cells };
+    r.w1_static = Some(W1Static {
+        upstream: "nginx 1.22.1, one process".to_owned(),
+        ours: W1 {
+            generator: "mcpflip-bench".to_owned(),
+            warmup_s: 0.4,
+            measure_s: 2.0,
+            levels: vec![statics(vec![
+                w1(
+                    Kind::Mcpflip,
+                    &[88_000.0, 84_000.0, 92_800.0],
+                    &[11.0; 3],
+                    &[1.0; 3],
+                ),
+                w1(Kind::Nginx, &[80_000.0; 3], &[12.0; 3], &[1.1; 3]),
+                w1(Kind::Haproxy, &[79_000.0; 3], &[12.5; 3], &[1.1; 3]),
+                w1(Kind::Caddy, &[20_000.0; 3], &[50.0; 3], &[6.0; 3]),
+            ])],
+        },
+        wrk: Some(W1 {
+            generator: "wrk debian/4.1.0-3+b2 [epoll]".to_owned(),
+            warmup_s: 0.0,
+            measure_s: 2.0,
+            levels: vec![statics(vec![
+                w1(Kind::Mcpflip, &[90_000.0; 3], &[10.8; 3], &[0.9; 3]),
+                w1(Kind::Nginx, &[81_000.0; 3], &[11.9; 3], &[1.0; 3]),
+            ])],
+        }),
     });
     // Access log: 39,000 on vs 40,000 off = 0.975×: met (≥ 0.95).
     r.access_log = Some(AccessLog {

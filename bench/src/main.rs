@@ -365,7 +365,9 @@ fn run(opts: Options) -> anyhow::Result<()> {
     }
     let root = root();
     let kinds = opts.kinds();
-    let wants_wrk = opts.wants(Workload::W1) || opts.wants(Workload::Multicore);
+    let wants_wrk = opts.wants(Workload::W1)
+        || opts.wants(Workload::W1Static)
+        || opts.wants(Workload::Multicore);
     ensure_anchors(&root, &kinds, wants_wrk)?;
     let mcpflip = match &opts.mcpflip {
         Some(p) => p.clone(),
@@ -659,6 +661,9 @@ async fn workloads(b: &mut Bench, opts: &Options, r: &mut Run) -> anyhow::Result
         if !opts.no_profile && !b.settings.quick {
             r.profile = profile::under_w1(b).await;
         }
+    }
+    if opts.wants(Workload::W1Static) {
+        r.w1_static = w1::run_static(b).await?;
     }
     if opts.wants(Workload::AccessLog) {
         r.access_log = w1::run_access_log(b).await?;

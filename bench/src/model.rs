@@ -330,6 +330,9 @@ pub struct Run {
     /// W1 again with wrk as the load generator (the cross-check).
     #[serde(default)]
     pub w1_wrk: Option<W1>,
+    /// W1 at c=64 behind a static upstream (the proxy as the bound).
+    #[serde(default)]
+    pub w1_static: Option<W1Static>,
     #[serde(default)]
     pub access_log: Option<AccessLog>,
     #[serde(default)]
@@ -357,6 +360,7 @@ impl Run {
             meta,
             w1: None,
             w1_wrk: None,
+            w1_static: None,
             access_log: None,
             multicore: None,
             profile: None,
@@ -372,6 +376,7 @@ impl Run {
     pub fn has_comparison(&self) -> bool {
         self.w1.is_some()
             || self.w1_wrk.is_some()
+            || self.w1_static.is_some()
             || self.access_log.is_some()
             || self.multicore.is_some()
             || self.profile.is_some()
@@ -482,6 +487,21 @@ impl W1 {
     pub fn concs(&self) -> Vec<usize> {
         self.levels.iter().map(|l| l.conc).collect()
     }
+}
+
+/// W1 at c=64 with every proxy in front of one static upstream instead of
+/// the MCP upstreams: an upstream that costs less per request than the
+/// demo server, so that on a machine where the upstream and the load
+/// generator share a core the proxy's own core is the bound
+/// (bench/PROFILE.md §60). Not one of issue 14's rows; reported beside W1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct W1Static {
+    /// What answers behind every proxy (its server and version).
+    pub upstream: String,
+    /// This program's load generator (one level: c=64).
+    pub ours: W1,
+    /// wrk, when installed.
+    pub wrk: Option<W1>,
 }
 
 /// mcpflip at W1 c=64 with its access log on and off, back to back in each round.

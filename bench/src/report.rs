@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use crate::figures::{self, Goal};
 use crate::model::{
-    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, STEAL_LIMIT,
+    self, AccessLog, Kind, Meta, MultiCore, Profiles, Run, Shielded, W1Cell, W1Static, STEAL_LIMIT,
     STEAL_TRIES, W1, W2, W3, W4, W5,
 };
 use crate::soak;
@@ -132,6 +132,9 @@ pub fn render(run: &Run) -> String {
     }
     if let Some(w) = &run.w1_wrk {
         wrk_section(&mut o, run, w);
+    }
+    if let Some(st) = &run.w1_static {
+        static_section(&mut o, run, st);
     }
     if let Some(a) = &run.access_log {
         access_log_section(&mut o, a);
@@ -485,6 +488,93 @@ fn wrk_section(o: &mut String, run: &Run, w: &W1) {
                 lines.join("; ")
             );
         }
+    }
+}
+
+/// mcpflip over `k` at `conc` in `w`: the ratio of the medians of `figure`,
+/// and the spread of the round-by-round ratios.
+fn ratio_and_spread(w: &W1, conc: usize, k: Kind, figure: fn(&W1Cell) -> &Series) -> String {
+    match (w.cell(conc, Kind::Mcpflip), w.cell(conc, k)) {
+        (Some(a), Some(b)) => {
+            let rounds = Series::per_round_ratio(figure(a), figure(b));
+            format!(
+                "{} ({}–{})",
+                stats::ratio(figure(a).median() / figure(b).median()),
+                stats::two(rounds.min()),
+                stats::two(rounds.max())
+            )
+        }
+        _ => "—".to_owned(),
+    }
+}
+
+fn static_section(o: &mut String, run: &Run, st: &W1Static) {
+    let m = &run.meta;
+    let cpu0 = model::list(&m.plan.upstream);
+    let conc = st.ours.concs().first().copied().unwrap_or(64);
+    let _ = writeln!(
+        o,
+        "### W1 behind a static upstream: the proxy as the bound
+"
+    );
+    let _ = writeln!(
+        o,
+        "Not one of issue 14's rows, which use the MCP upstream above: the same request at c={conc}, \
+         in rounds of their own, with every proxy in front of one static upstream instead: {}. It \
+         runs where the MCP upstreams run (CPU {cpu0}, beside the load generator) and does less \
+         work per request than the demo server, so that the proxy's own core, not CPU {cpu0}, is \
+         the first to fill (bench/PROFILE.md §60). A run measured the proxy where its \"proxy \
+         busy\" is near 100 %; where CPU {cpu0} is near {} core{} instead, it measured that core \
+         again. Direct is left out: it has no proxy to bound.\n",
+        st.upstream,
+        m.plan.upstream.len(),
+        plural(m.plan.upstream.len()),
+    );
+    steal_rule(
+        o,
+        "run",
+        std::iter::once(&st.ours)
+            .chain(st.wrk.as_ref())
+            .flat_map(|w| w.levels.iter())
+            .flat_map(|l| l.cells.iter())
+            .map(|c| (&c.steal_pct, c.remeasured)),
+    );
+    for (w, what) in std::iter::once((&st.ours, "this bench's generator"))
+        .chain(st.wrk.as_ref().map(|w| (w, "wrk")))
+    {
+        for l in &w.levels {
+            let _ = writeln!(o, "**c = {}, {what}, static upstream**\n", l.conc);
+            w1_table(o, m, &l.cells);
+        }
+    }
+    let mut lines = Vec::new();
+    for k in figures::anchors(run) {
+        if st.ours.cell(conc, k).is_none() {
+            continue;
+        }
+        let both = |figure: fn(&W1Cell) -> &Series| {
+            format!(
+                "{} with this bench's generator{}",
+                ratio_and_spread(&st.ours, conc, k, figure),
+                st.wrk.as_ref().map_or(String::new(), |w| format!(
+                    ", {} with wrk",
+                    ratio_and_spread(w, conc, k, figure)
+                ))
+            )
+        };
+        lines.push(format!(
+            "- mcpflip / {}: requests/s {}; proxy CPU per request {}.",
+            k.label(),
+            both(|c| &c.rps),
+            both(|c| &c.cpu_us)
+        ));
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            o,
+            "Ratios of the medians, with the round-by-round spread:\n\n{}\n",
+            lines.join("\n")
+        );
     }
 }
 
@@ -1428,6 +1518,34 @@ mod tests {
         );
         assert!(text.contains("| stolen % | failed |"), "{text}");
         assert!(text.contains("| 0.2 (0.1–0.3) | 0 |"), "{text}");
+    }
+
+    #[test]
+    fn the_static_upstream_row_shows_each_ratio_with_its_spread() {
+        let text = render(&fixture::run());
+        assert!(
+            text.contains("### W1 behind a static upstream: the proxy as the bound"),
+            "{text}"
+        );
+        assert!(text.contains("**c = 64, wrk, static upstream**"), "{text}");
+        assert!(
+            text.contains(
+                "- mcpflip / nginx: requests/s 1.10× (1.05–1.16) with this bench's generator, \
+                 1.11× (1.11–1.11) with wrk; proxy CPU per request 0.92× (0.92–0.92) with this \
+                 bench's generator, 0.91× (0.91–0.91) with wrk."
+            ),
+            "{text}"
+        );
+        // HAProxy ran only with this bench's generator: no wrk ratio to show.
+        assert!(
+            text.contains("- mcpflip / HAProxy: requests/s 1.11× (1.06–1.17) with this bench's generator, — with wrk;"),
+            "{text}"
+        );
+        // The summary and `diff` carry its ratios, apart from W1's own.
+        assert!(text.contains("| W1 c=64, static upstream (wrk) | requests/s | higher |"));
+        let mut without = fixture::run();
+        without.w1_static = None;
+        assert!(!render(&without).contains("static upstream"));
     }
 
     #[test]

@@ -10,10 +10,10 @@ use std::time::Duration;
 use crate::bench::Bench;
 use crate::http::{self, Conn};
 use crate::load::{self, Load, Outcome};
-use crate::model::{AccessLog, Kind, W1Cell, W1Level, W1};
+use crate::model::{AccessLog, Kind, W1Cell, W1Level, W1Static, W1};
 use crate::stats::{self, Series};
 use crate::sys;
-use crate::targets::Target;
+use crate::targets::{Target, Upstreams};
 use crate::wrk;
 
 /// Adds one run of this bench's load generator to `cell`.
@@ -284,6 +284,55 @@ pub async fn run_w1(b: &mut Bench) -> anyhow::Result<(W1, Option<W1>)> {
         }
     }
     Ok((w, with_wrk))
+}
+
+/// W1 at c=64, both load generators, with every proxy in front of one static
+/// upstream (an nginx process that answers every request with the demo's
+/// answer to the call) instead of the MCP upstreams: the proxy as the bound
+/// where the upstream and the load generator share a core (bench/PROFILE.md
+/// §60). The run's own targets and upstreams stand aside, idle, and come
+/// back after; direct has no proxy to bound, so it is left out. `None`,
+/// logged, when nginx is not installed.
+pub async fn run_static(b: &mut Bench) -> anyhow::Result<Option<W1Static>> {
+    let Some(nginx) = sys::find_binary("nginx") else {
+        b.log("W1 behind a static upstream: skipped, nginx is not installed (bench/setup.sh)");
+        return Ok(None);
+    };
+    // `nginx version: nginx/1.22.1` → `nginx 1.22.1`.
+    let version = nginx
+        .to_str()
+        .and_then(|p| sys::version_of(p, &["-v"]))
+        .map(|v| v.trim_start_matches("nginx version: ").replace('/', " "))
+        .unwrap_or_else(|| "nginx".to_owned());
+    let upstream = format!(
+        "{version}, one process, `return 200` with the demo's 91-byte answer to the call and a fixed `Mcp-Session-Id`"
+    );
+    let statics = Upstreams::start_static(&b.env, &nginx)?;
+    let targets = b
+        .kinds()
+        .into_iter()
+        .filter(|&k| k != Kind::Direct)
+        .map(|k| Target::in_dir(k, &format!("static-{}", k.key()), &b.env, &statics))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let own_targets = std::mem::replace(&mut b.targets, targets);
+    let own_upstreams = std::mem::replace(&mut b.upstreams, statics);
+    let settings = b.settings.clone();
+    b.settings.w1_conc = vec![settings.c64];
+    b.log(&format!("W1 behind a static upstream: {upstream}"));
+    let measured = run_w1(b).await;
+    b.settings = settings;
+    for t in &mut b.targets {
+        t.stop();
+    }
+    b.targets = own_targets;
+    let mut statics = std::mem::replace(&mut b.upstreams, own_upstreams);
+    statics.stop();
+    let (ours, wrk) = measured?;
+    Ok(Some(W1Static {
+        upstream,
+        ours,
+        wrk,
+    }))
 }
 
 /// `wrk 4.1.0` from wrk's banner (`wrk debian/4.1.0-3+b2 [epoll] Copyright …`).
