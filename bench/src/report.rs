@@ -556,10 +556,13 @@ fn static_section(o: &mut String, run: &Run, st: &W1Static) {
             format!(
                 "{} with this bench's generator{}",
                 ratio_and_spread(&st.ours, conc, k, figure),
-                st.wrk.as_ref().map_or(String::new(), |w| format!(
-                    ", {} with wrk",
-                    ratio_and_spread(w, conc, k, figure)
-                ))
+                st.wrk
+                    .as_ref()
+                    .filter(|w| w.cell(conc, k).is_some())
+                    .map_or(String::new(), |w| format!(
+                        ", {} with wrk",
+                        ratio_and_spread(w, conc, k, figure)
+                    ))
             )
         };
         lines.push(format!(
@@ -1538,7 +1541,10 @@ mod tests {
         );
         // HAProxy ran only with this bench's generator: no wrk ratio to show.
         assert!(
-            text.contains("- mcpflip / HAProxy: requests/s 1.11× (1.06–1.17) with this bench's generator, — with wrk;"),
+            text.contains(
+                "- mcpflip / HAProxy: requests/s 1.11× (1.06–1.17) with this bench's generator; \
+                 proxy CPU per request 0.88× (0.88–0.88) with this bench's generator."
+            ),
             "{text}"
         );
         // The summary and `diff` carry its ratios, apart from W1's own.
