@@ -301,6 +301,30 @@ fn rps_goal(
     })
 }
 
+/// Figures measured beside the issue's rows, in their form but not among
+/// them: W1 c=64 requests/s behind the static upstream (the proxy as the
+/// bound, bench/PROFILE.md §60, §61), with each load generator, against the
+/// issue's W1 must (≥ 1.0×). `history` lists them after the goals; no verdict
+/// counts them.
+pub fn beside(run: &Run) -> Vec<Goal> {
+    let Some(st) = &run.w1_static else {
+        return Vec::new();
+    };
+    std::iter::once((&st.ours, ""))
+        .chain(st.wrk.as_ref().map(|w| (w, ", wrk")))
+        .flat_map(|(w, generator)| {
+            w.concs().into_iter().filter_map(move |c| {
+                rps_goal(
+                    format!("W1 c={c} requests/s vs nginx behind a static upstream{generator} (beside the issue's rows)"),
+                    "—",
+                    w.cell(c, Kind::Mcpflip),
+                    w.cell(c, Kind::Nginx),
+                )
+            })
+        })
+        .collect()
+}
+
 /// The targets of issue 14 (and the issue-5 targets it keeps), in the
 /// issue's order, for what this run measured.
 pub fn goals(run: &Run) -> Vec<Goal> {

@@ -71,11 +71,16 @@ pub fn met_every_must(run: &Run) -> bool {
 }
 
 /// Every figure any of `runs` measured, in the order the runs first name
-/// them; `runs` are taken oldest first, those [`not_counted`] left out.
+/// them, the goals first and then the figures measured beside them
+/// ([`figures::beside`]); `runs` are taken oldest first, those
+/// [`not_counted`] left out.
 pub fn rows(runs: &[Run]) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::new();
-    for run in runs.iter().filter(|r| not_counted(r).is_none()) {
-        for g in figures::goals(run) {
+    let counted: Vec<&Run> = runs.iter().filter(|r| not_counted(r).is_none()).collect();
+    let goals = counted.iter().map(|&r| (r, figures::goals(r)));
+    let beside = counted.iter().map(|&r| (r, figures::beside(r)));
+    for (run, figures) in goals.chain(beside) {
+        for g in figures {
             let Goal {
                 figure,
                 better,
@@ -273,5 +278,48 @@ mod tests {
         assert!(text.contains("over 1 runs"), "{text}");
         assert!(text.contains("- soak.json: not a bench run"), "{text}");
         assert!(text.contains("| W1 c=1 p99 vs nginx | ≤ "), "{text}");
+    }
+
+    #[test]
+    fn the_static_upstream_row_is_listed_after_the_goals_and_counts_for_no_verdict() {
+        let mut met = fixture::run();
+        met.w1 = None;
+        met.w1_wrk = None;
+        met.multicore = None;
+        met.w2 = None;
+        assert!(met_every_must(&met), "{:?}", figures::goals(&met));
+        // The fixture's static row is 1.10× (wrk 1.11×); below 1.0× it would
+        // miss the W1 must, and still no verdict counts it.
+        let mut slower = met.clone();
+        let st = slower
+            .w1_static
+            .as_mut()
+            .expect("fixture has the static row");
+        for c in st.ours.levels[0]
+            .cells
+            .iter_mut()
+            .filter(|c| c.target == Kind::Mcpflip)
+        {
+            c.rps = Series(vec![70_000.0; 3]);
+        }
+        assert!(met_every_must(&slower));
+        let all = rows(&[met, slower]);
+        let i = all
+            .iter()
+            .position(|r| {
+                r.figure
+                    .starts_with("W1 c=64 requests/s vs nginx behind a static upstream (beside")
+            })
+            .expect("the static row");
+        assert!(
+            all[..i].iter().all(|r| !r.figure.contains("static")),
+            "after the goals: {all:?}"
+        );
+        assert_eq!(all[i].measured(), 2);
+        assert_eq!(all[i].met(), 1, "{:?}", all[i].values);
+        assert!(
+            all[i + 1].figure.contains("static upstream, wrk"),
+            "{all:?}"
+        );
     }
 }
