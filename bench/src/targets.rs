@@ -112,6 +112,68 @@ pub(crate) fn wait_listening(
     }
 }
 
+/// Starts `cmd` as `name` and waits until it listens on `port`; stopped
+/// again when it does not.
+fn spawn_listening(cmd: Command, dir: &Path, name: &str, port: u16) -> anyhow::Result<Child> {
+    let mut child = spawn(cmd, dir, name)?;
+    match wait_listening(&mut child, port, dir, name) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            stop_child(&mut child);
+            Err(e)
+        }
+    }
+}
+
+/// `start` on a free loopback port, tried on three ports: one may be taken
+/// between its release and the child's bind.
+fn on_a_free_port(
+    mut start: impl FnMut(u16) -> anyhow::Result<Child>,
+) -> anyhow::Result<(u16, Child)> {
+    let mut last = None;
+    for _attempt in 0..3 {
+        let port = free_port()?;
+        match start(port) {
+            Ok(child) => return Ok((port, child)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three attempts"))
+}
+
+/// nginx on `cpus` with its prefix, config and early error log in `dir`.
+fn nginx_command(env: &Env, cpus: &[usize], nginx: &Path, dir: &Path) -> Command {
+    let mut c = env.pinned(cpus, nginx);
+    c.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-e")
+        .arg(dir.join("error.log"));
+    c
+}
+
+/// The top of both nginx configs (the proxy's and the static upstream's):
+/// in the foreground, `workers` processes under a master or one without,
+/// as many connections as the open-file limit allows, errors only.
+fn nginx_head(dir: &Path, master: bool, workers: usize, nofile: u64) -> String {
+    format!(
+        r#"daemon off;
+master_process {master};
+worker_processes {workers};
+worker_rlimit_nofile {nofile};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections {conns};
+}}
+"#,
+        master = if master { "on" } else { "off" },
+        dir = dir.display(),
+        conns = nofile.saturating_sub(64).max(1024),
+    )
+}
+
 /// Stops a child: SIGTERM, again after 2 s (mcpflip and Caddy stop at once on
 /// a second signal), then SIGKILL to it and every process below it.
 pub(crate) fn stop_child(child: &mut Child) {
@@ -233,22 +295,9 @@ impl Upstreams {
         let mut children = Vec::new();
         let mut ports = [0u16; 2];
         for slot in [Slot::Blue, Slot::Green] {
-            let mut last = None;
-            for _attempt in 0..3 {
-                let port = free_port()?;
-                match Upstreams::spawn(env, slot, port) {
-                    Ok(child) => {
-                        ports[slot.index()] = port;
-                        children.push(child);
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            if let Some(e) = last {
-                return Err(e);
-            }
+            let (port, child) = on_a_free_port(|port| Upstreams::spawn(env, slot, port))?;
+            ports[slot.index()] = port;
+            children.push(child);
         }
         Ok(Upstreams {
             children,
@@ -262,21 +311,12 @@ impl Upstreams {
     /// It costs CPU 0 less per request than the demo server (5.76 µs against
     /// 6.72 under wrk at c=64, bench/PROFILE.md §60).
     pub fn start_static(env: &Env, nginx: &Path) -> anyhow::Result<Upstreams> {
-        let mut last = None;
-        for _attempt in 0..3 {
-            let port = free_port()?;
-            match Upstreams::spawn_static(env, nginx, port) {
-                Ok(child) => {
-                    return Ok(Upstreams {
-                        children: vec![child],
-                        ports: [port, port],
-                        nginx: Some(nginx.to_owned()),
-                    })
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("three attempts"))
+        let (port, child) = on_a_free_port(|port| Upstreams::spawn_static(env, nginx, port))?;
+        Ok(Upstreams {
+            children: vec![child],
+            ports: [port, port],
+            nginx: Some(nginx.to_owned()),
+        })
     }
 
     fn spawn_static(env: &Env, nginx: &Path, port: u16) -> anyhow::Result<Child> {
@@ -286,22 +326,8 @@ impl Upstreams {
             dir.join("nginx.conf"),
             static_config(&dir, port, env.nofile),
         )?;
-        let mut cmd = env.pinned(&env.plan.upstream, nginx);
-        cmd.arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.join("error.log"));
-        let name = "upstream-static";
-        let mut child = spawn(cmd, &env.dir, name)?;
-        match wait_listening(&mut child, port, &env.dir, name) {
-            Ok(()) => Ok(child),
-            Err(e) => {
-                stop_child(&mut child);
-                Err(e)
-            }
-        }
+        let cmd = nginx_command(env, &env.plan.upstream, nginx, &dir);
+        spawn_listening(cmd, &env.dir, "upstream-static", port)
     }
 
     /// Both upstreams stopped and started again on their ports: what a run
@@ -329,15 +355,7 @@ impl Upstreams {
         cmd.args(["upstream", "--port", &port.to_string()])
             .args(["--slot", slot.name(), "--transport", "both"])
             .env("RUST_LOG", "warn");
-        let name = format!("upstream-{}", slot.name());
-        let mut child = spawn(cmd, &env.dir, &name)?;
-        match wait_listening(&mut child, port, &env.dir, &name) {
-            Ok(()) => Ok(child),
-            Err(e) => {
-                stop_child(&mut child);
-                Err(e)
-            }
-        }
+        spawn_listening(cmd, &env.dir, &format!("upstream-{}", slot.name()), port)
     }
 
     pub fn port(&self, slot: Slot) -> u16 {
@@ -360,14 +378,7 @@ impl Upstreams {
 fn static_config(dir: &Path, port: u16, nofile: u64) -> String {
     format!(
         r#"# written by mcpflip-bench: the static upstream
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile {nofile};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections {conns}; }}
-http {{
+{head}http {{
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
@@ -382,8 +393,7 @@ http {{
     }}
 }}
 "#,
-        dir = dir.display(),
-        conns = nofile.clamp(1024, 65_536),
+        head = nginx_head(dir, false, 1, nofile),
     )
 }
 
@@ -574,14 +584,7 @@ impl Target {
             }
             Kind::Nginx => {
                 std::fs::write(self.dir.join("nginx.conf"), self.nginx_config())?;
-                let mut c = self.env.pinned(&cpus, self.bin());
-                c.arg("-p")
-                    .arg(&self.dir)
-                    .arg("-c")
-                    .arg(self.dir.join("nginx.conf"))
-                    .arg("-e")
-                    .arg(self.dir.join("error.log"));
-                c
+                nginx_command(&self.env, &cpus, self.bin(), &self.dir)
             }
             Kind::Haproxy => {
                 std::fs::write(self.dir.join("haproxy.cfg"), self.haproxy_config())?;
@@ -712,20 +715,9 @@ weight = {wg}
     /// them, the upstream did 11 % fewer instructions per request behind
     /// nginx, on the core that bounds W1: bench/PROFILE.md §23).
     fn nginx_config(&self) -> String {
-        let nofile = self.env.nofile;
-        let conns = nofile.saturating_sub(64).max(1024);
         format!(
             r#"# written by mcpflip-bench
-daemon off;
-master_process on;
-worker_processes {workers};
-worker_rlimit_nofile {nofile};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{
-    worker_connections {conns};
-}}
-http {{
+{head}http {{
     access_log off;
     upstream mcp {{
         server 127.0.0.1:{up};
@@ -749,8 +741,7 @@ http {{
     }}
 }}
 "#,
-            workers = self.workers,
-            dir = self.dir.display(),
+            head = nginx_head(&self.dir, true, self.workers, self.env.nofile),
             up = self.upstream(self.active),
             port = self.port,
         )
