@@ -64,7 +64,8 @@ impl Ratio {
     }
 }
 
-fn ratio_of(a: &Series, b: &Series) -> (f64, Series) {
+/// `a` over `b`: the ratio of the medians, and the round-by-round ratios.
+pub fn ratio_of(a: &Series, b: &Series) -> (f64, Series) {
     (a.median() / b.median(), Series::per_round_ratio(a, b))
 }
 

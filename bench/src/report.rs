@@ -496,10 +496,10 @@ fn wrk_section(o: &mut String, run: &Run, w: &W1) {
 fn ratio_and_spread(w: &W1, conc: usize, k: Kind, figure: fn(&W1Cell) -> &Series) -> String {
     match (w.cell(conc, Kind::Mcpflip), w.cell(conc, k)) {
         (Some(a), Some(b)) => {
-            let rounds = Series::per_round_ratio(figure(a), figure(b));
+            let (value, rounds) = figures::ratio_of(figure(a), figure(b));
             format!(
                 "{} ({}–{})",
-                stats::ratio(figure(a).median() / figure(b).median()),
+                stats::ratio(value),
                 stats::two(rounds.min()),
                 stats::two(rounds.max())
             )
